@@ -1,1 +1,76 @@
-"""requeue.api."""
+"""API models: the specs and statuses of DLQReplay and QueuePolicy, which are the CRD schemas."""
+
+from requeue.api.base import (
+    Condition,
+    ConditionStatus,
+    SecretKeyRef,
+    find_condition,
+    parse_duration,
+    set_condition,
+)
+from requeue.api.common import Rate, RedisConnection, RedisTls, Selector
+from requeue.api.gates import (
+    GatePolicy,
+    GateSpec,
+    GateStatus,
+    GateType,
+    HttpGate,
+    HttpHeader,
+    PostgresGate,
+    RedisGate,
+)
+from requeue.api.policy import (
+    Actions,
+    Alerts,
+    AutoReplay,
+    Clean,
+    CleanRule,
+    PolicyAction,
+    QueuePolicySpec,
+    QueuePolicyStatus,
+    QueueState,
+    Thresholds,
+)
+from requeue.api.replay import Breakdown, DLQReplaySpec, DLQReplayStatus, ReplayPhase, Verify
+from requeue.api.resources import API_VERSION, GROUP, VERSION, DLQReplay, QueuePolicy
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "VERSION",
+    "Actions",
+    "Alerts",
+    "AutoReplay",
+    "Breakdown",
+    "Clean",
+    "CleanRule",
+    "Condition",
+    "ConditionStatus",
+    "DLQReplay",
+    "DLQReplaySpec",
+    "DLQReplayStatus",
+    "GatePolicy",
+    "GateSpec",
+    "GateStatus",
+    "GateType",
+    "HttpGate",
+    "HttpHeader",
+    "PolicyAction",
+    "PostgresGate",
+    "QueuePolicy",
+    "QueuePolicySpec",
+    "QueuePolicyStatus",
+    "QueueState",
+    "Rate",
+    "RedisConnection",
+    "RedisGate",
+    "RedisTls",
+    "ReplayPhase",
+    "SecretKeyRef",
+    "Selector",
+    "Thresholds",
+    "Verify",
+    "find_condition",
+    "parse_duration",
+    "set_condition",
+]

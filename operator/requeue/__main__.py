@@ -1,0 +1,5 @@
+"""``python -m requeue`` is the ``requeue`` command."""
+
+from requeue.cli import main
+
+main()

@@ -1,0 +1,177 @@
+"""Building blocks shared by every API model: camelCase wire names, durations,
+Secret references and Kubernetes-style conditions.
+
+The pydantic models are the single source of truth: ``requeue crds`` turns
+them into the CRD schemas, so a ``Field(description=...)`` here is what
+``kubectl explain`` prints.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$"
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+#: A duration such as ``500ms``, ``30s``, ``15m``, ``2h``, ``7d`` or ``1h30m``.
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
+
+#: A BullMQ queue name. BullMQ refuses ``:`` in queue names (it separates key parts).
+QueueName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^:\s]+$")]
+
+#: A Kubernetes object name (RFC 1123 subdomain).
+ObjectName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    ),
+]
+
+#: The key prefix BullMQ was configured with (``prefix`` option, ``bull`` by default).
+KeyPrefix = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\s]+$")]
+
+
+def cel_rules(*rules: tuple[str, str]) -> JsonDict:
+    """``json_schema_extra`` carrying CEL rules (rule, message) into the CRD schema.
+
+    They mirror a pydantic validator of the same model, so the API server rejects
+    what the model rejects (API servers without CEL still get the operator's check).
+    """
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+def parse_duration(value: str) -> timedelta:
+    """Turn ``"1h30m"`` into a timedelta; raises ValueError on anything else."""
+    if not re.fullmatch(DURATION_PATTERN, value):
+        raise ValueError(f"invalid duration {value!r}: use e.g. 500ms, 30s, 15m, 2h, 7d")
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+    return timedelta(seconds=seconds)
+
+
+class ApiModel(BaseModel):
+    """Base of every spec model: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=False,
+        validate_default=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready dict Kubernetes stores (camelCase, unset optionals omitted)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class StatusModel(ApiModel):
+    """Base of status models: tolerant of fields written by newer versions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the resource's own namespace.
+
+    There is deliberately no ``namespace`` field: a resource can only read
+    Secrets of its own namespace, so RBAC in one namespace cannot be used to
+    read another's credentials.
+    """
+
+    name: ObjectName = Field(description="Name of a Secret in the same namespace as this resource.")
+    key: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key within the Secret's data whose value is used.",
+    )
+
+
+class ConditionStatus(StrEnum):
+    """Whether a condition holds, per the Kubernetes API conventions."""
+
+    #: The condition holds.
+    TRUE = "True"
+    #: The condition does not hold.
+    FALSE = "False"
+    #: Not known yet.
+    UNKNOWN = "Unknown"
+
+
+class Condition(StatusModel):
+    """One observation of the resource, keyed by ``type`` (Kubernetes API conventions)."""
+
+    type: str = Field(description="CamelCase condition type, e.g. Ready, GatesPassed, Healthy.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase machine-readable reason for the last transition.")
+    message: str = Field(default="", description="Human-readable details; never contains secrets.")
+    last_transition_time: datetime = Field(
+        description="When the status last changed (RFC 3339).",
+    )
+    observed_generation: int = Field(
+        default=0, description="The .metadata.generation this condition was computed from."
+    )
+
+
+def set_condition(
+    conditions: list[Condition],
+    *,
+    type: str,
+    status: bool | ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime,
+) -> list[Condition]:
+    """Return ``conditions`` with ``type`` set, like ``meta.SetStatusCondition``.
+
+    ``lastTransitionTime`` only moves when the status flips, so watchers can tell
+    how long a condition has held.
+    """
+    if isinstance(status, bool):
+        status = ConditionStatus.TRUE if status else ConditionStatus.FALSE
+    result: list[Condition] = []
+    found = False
+    for cond in conditions:
+        if cond.type != type:
+            result.append(cond)
+            continue
+        found = True
+        changed = cond.status != status
+        result.append(
+            Condition(
+                type=type,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=now if changed else cond.last_transition_time,
+                observed_generation=generation,
+            )
+        )
+    if not found:
+        result.append(
+            Condition(
+                type=type,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=now,
+                observed_generation=generation,
+            )
+        )
+    return result
+
+
+def find_condition(conditions: list[Condition], type: str) -> Condition | None:
+    """The condition of that type, if any."""
+    return next((c for c in conditions if c.type == type), None)

@@ -1,0 +1,106 @@
+"""Models shared by DLQReplay and QueuePolicy: how to reach Redis and how fast to replay."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import re2
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from requeue.api.base import ApiModel, SecretKeyRef, cel_rules
+
+#: A job name or a glob over job names (``*``, ``?``, ``[abc]``), e.g. ``whatsapp.*``.
+JobNamePattern = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class RedisTls(ApiModel):
+    """TLS settings for Redis; a ``rediss://`` URL turns TLS on by itself."""
+
+    ca_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a PEM CA bundle to verify the server with."
+    )
+    insecure_skip_verify: bool = Field(
+        default=False, description="Do not verify the server certificate. For testing only."
+    )
+
+
+class RedisConnection(ApiModel):
+    """Where the BullMQ data lives. The URL (with any password) comes from a Secret."""
+
+    url_secret_ref: SecretKeyRef = Field(
+        description="Secret key holding the Redis URL, e.g. rediss://default:PASSWORD@host:6379.",
+    )
+    db: int | None = Field(
+        default=None, ge=0, le=1023, description="Database number; overrides the one in the URL."
+    )
+    tls: RedisTls | None = Field(default=None, description="TLS settings.")
+
+
+class Selector(ApiModel):
+    """Which failed jobs to pick. All set filters must match (AND); an empty selector picks all."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "!has(self.failedAfter) || !has(self.failedBefore)"
+                " || timestamp(self.failedAfter) < timestamp(self.failedBefore)",
+                "failedAfter must be earlier than failedBefore",
+            )
+        )
+    )
+
+    job_names: list[JobNamePattern] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Job names or globs (e.g. whatsapp.*); a job matches if any entry does.",
+    )
+    failed_reason_pattern: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="RE2 regular expression searched in the job's failedReason, e.g. '429|rate limit'.",
+    )
+    data_match: dict[str, Any] | None = Field(
+        default=None,
+        description="JSON object that must be a subset of the job data; nested objects compare recursively.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    failed_after: datetime | None = Field(
+        default=None, description="Only jobs that failed at or after this time (RFC 3339)."
+    )
+    failed_before: datetime | None = Field(
+        default=None, description="Only jobs that failed before this time (RFC 3339)."
+    )
+    max_jobs: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="Replay at most this many (oldest failures first)."
+    )
+
+    @field_validator("failed_reason_pattern")
+    @classmethod
+    def _compiles_in_re2(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re2.compile(value)
+            except re2.error as exc:
+                raise ValueError(f"not a valid RE2 regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _window_in_order(self) -> Selector:
+        if self.failed_after and self.failed_before and self.failed_after >= self.failed_before:
+            raise ValueError("failedAfter must be earlier than failedBefore")
+        return self
+
+
+class Rate(ApiModel):
+    """How fast jobs go back to the queue, so the replay does not flood workers or Redis."""
+
+    jobs_per_second: float = Field(
+        default=100, gt=0, le=100_000, description="Average replay rate (token bucket)."
+    )
+    batch_size: int = Field(default=200, ge=1, le=1000, description="Jobs moved per Redis round trip.")
+    max_waiting: int | None = Field(
+        default=None,
+        ge=1,
+        description="Hold the replay while the queue's waiting backlog is above this. Unset: no bound.",
+    )

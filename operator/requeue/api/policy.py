@@ -1,0 +1,167 @@
+"""The QueuePolicy resource: watch queues, pause during outages, replay after, clean, alert."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from requeue.api.base import (
+    ApiModel,
+    Condition,
+    Duration,
+    KeyPrefix,
+    QueueName,
+    SecretKeyRef,
+    StatusModel,
+)
+from requeue.api.common import Rate, RedisConnection, Selector
+from requeue.api.gates import GatePolicy, GateSpec, GateStatus
+from requeue.api.replay import Verify
+
+
+class Thresholds(ApiModel):
+    """When a queue counts as unhealthy; unset thresholds are not checked."""
+
+    failed: int | None = Field(default=None, ge=0, description="Alert above this many failed jobs.")
+    waiting: int | None = Field(default=None, ge=0, description="Alert above this waiting backlog.")
+    failure_rate_percent: float | None = Field(
+        default=None, ge=0, le=100, description="Alert above this failure rate over `window`."
+    )
+    window: Duration = Field(default="5m", description="Window for the failure rate.")
+    stalled_active_seconds: int | None = Field(
+        default=None, ge=1, description="Alert when an active job's lock expired this long ago."
+    )
+
+
+class AutoReplay(ApiModel):
+    """Replay jobs that failed during an outage once its gates have been green for a while."""
+
+    selector: Selector = Field(default_factory=Selector, description="Which failed jobs qualify.")
+    stable_for: Duration = Field(
+        default="2m", description="How long all gates must be green before replaying."
+    )
+    max_replays_per_job: int = Field(
+        default=2, ge=1, le=100, description="Never auto-replay one job more often than this."
+    )
+    cooldown: Duration = Field(default="10m", description="Minimum time between two auto replays.")
+    rate: Rate = Field(default_factory=Rate, description="Replay speed.")
+    verify: Verify | None = Field(default=None, description="Verify each auto replay.")
+
+
+class CleanRule(ApiModel):
+    """Remove finished jobs older than grace, at most limit per evaluation."""
+
+    grace: Duration = Field(description="Keep jobs that finished more recently than this.")
+    limit: int = Field(default=1000, ge=1, le=100_000, description="Most jobs removed per evaluation.")
+
+
+class Clean(ApiModel):
+    """Retention for finished jobs, applied with BullMQ's own clean script."""
+
+    completed: CleanRule | None = Field(default=None, description="Retention of completed jobs.")
+    failed: CleanRule | None = Field(default=None, description="Retention of failed jobs.")
+
+
+class Actions(ApiModel):
+    """What requeue may do by itself."""
+
+    pause_while_gates_fail: bool = Field(
+        default=False, description="Pause every queue while a gate is red; resume when all are green."
+    )
+    auto_replay: AutoReplay | None = Field(default=None, description="Replay after recovery.")
+    clean: Clean | None = Field(default=None, description="Clean old finished jobs.")
+
+
+class Alerts(ApiModel):
+    """Where breaches and recoveries are reported."""
+
+    events: bool = Field(default=True, description="Emit Kubernetes Events.")
+    slack_webhook_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a Slack incoming-webhook URL."
+    )
+    repeat_after: Duration = Field(
+        default="1h", description="Repeat an alert for a breach that lasts longer than this."
+    )
+
+
+class QueuePolicySpec(ApiModel):
+    """A standing policy over one or more queues of one Redis."""
+
+    redis: RedisConnection = Field(description="The Redis that holds the queues.")
+    prefix: KeyPrefix = Field(default="bull", description="BullMQ key prefix.")
+    queues: list[QueueName] = Field(
+        min_length=1,
+        max_length=500,
+        description="Queues this policy watches.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    interval: Duration = Field(default="30s", description="Time between two evaluations.")
+    gates: list[GateSpec] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Dependencies whose health drives actions.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    gate_policy: GatePolicy = Field(default_factory=GatePolicy, description="Gate thresholds.")
+    thresholds: Thresholds = Field(default_factory=Thresholds, description="Alerting thresholds.")
+    actions: Actions = Field(default_factory=Actions, description="Automatic remediation.")
+    alerts: Alerts = Field(default_factory=Alerts, description="Alert destinations.")
+    dry_run: bool = Field(
+        default=False, description="Decide and report only: no pause, resume, replay or clean."
+    )
+
+
+class QueueState(StatusModel):
+    """The last observation of one queue."""
+
+    name: str = Field(description="Queue name.")
+    waiting: int = Field(default=0, description="Jobs in wait.")
+    active: int = Field(default=0, description="Jobs being processed.")
+    completed: int = Field(default=0, description="Completed jobs kept.")
+    failed: int = Field(default=0, description="Failed jobs kept.")
+    delayed: int = Field(default=0, description="Delayed jobs.")
+    prioritized: int = Field(default=0, description="Jobs waiting with a priority.")
+    paused: bool = Field(default=False, description="Whether the queue is paused.")
+    paused_by_policy: bool = Field(default=False, description="Whether this policy paused it.")
+    failure_rate_percent: float | None = Field(
+        default=None, description="Failed / (completed + failed) over the window, in percent."
+    )
+    stalled: int = Field(default=0, description="Active jobs whose lock expired.")
+    healthy: bool = Field(default=True, description="No threshold breached.")
+    reasons: list[str] = Field(default_factory=list, description="Breached thresholds.")
+
+
+class PolicyAction(StatusModel):
+    """Something the policy did (or, in dry run, would have done)."""
+
+    at: datetime = Field(description="When.")
+    action: str = Field(description="Alert, Recover, Pause, Resume, AutoReplay or Clean.")
+    queue: str = Field(default="", description="Queue concerned, if any.")
+    reason: str = Field(default="", description="Why.")
+    dry_run: bool = Field(default=False, description="Only decided, not done.")
+    result: str = Field(default="", description="Outcome, e.g. the child DLQReplay name.")
+
+
+class QueuePolicyStatus(StatusModel):
+    """Observed queue health and recent actions."""
+
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Healthy, GatesPassed, Ready.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int = Field(default=0, description="Generation last acted upon.")
+    queues: list[QueueState] = Field(default_factory=list, description="Per-queue observation.")
+    gates: list[GateStatus] = Field(default_factory=list, description="Last result of every gate.")
+    last_actions: list[PolicyAction] = Field(
+        default_factory=list, description="Most recent actions, newest first (bounded)."
+    )
+    last_evaluated_at: datetime | None = Field(default=None, description="Last evaluation time.")
+    gates_green_since: datetime | None = Field(
+        default=None, description="Since when every gate has been healthy."
+    )
+    outage_started_at: datetime | None = Field(
+        default=None, description="When the current or last outage began (first red gate)."
+    )
+    last_auto_replay_at: datetime | None = Field(default=None, description="Last auto replay.")

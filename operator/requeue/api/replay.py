@@ -1,0 +1,152 @@
+"""The DLQReplay resource: replay a selection of failed jobs once gates pass, then verify."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import Field
+
+from requeue.api.base import (
+    ApiModel,
+    Condition,
+    Duration,
+    KeyPrefix,
+    QueueName,
+    StatusModel,
+)
+from requeue.api.common import Rate, RedisConnection, Selector
+from requeue.api.gates import GatePolicy, GateSpec, GateStatus
+
+
+class Verify(ApiModel):
+    """Watch the replayed jobs after the replay and judge the outcome."""
+
+    window: Duration = Field(default="5m", description="How long to watch the replayed jobs.")
+    min_success_rate: float = Field(
+        default=0.95,
+        ge=0,
+        le=1,
+        description="Fraction (0-1) of replayed jobs that must complete within the window.",
+    )
+    max_failed_again: int | None = Field(
+        default=None, ge=0, description="Fail if more replayed jobs than this fail again. Unset: no bound."
+    )
+
+
+class DLQReplaySpec(ApiModel):
+    """Replay failed BullMQ jobs: which, how fast, after which checks, verified how."""
+
+    redis: RedisConnection = Field(description="The Redis that holds the queue.")
+    prefix: KeyPrefix = Field(default="bull", description="BullMQ key prefix.")
+    queue: QueueName = Field(
+        description="Queue whose failed set is replayed.",
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "queue is immutable"}]
+        },
+    )
+    selector: Selector = Field(
+        default_factory=Selector,
+        description="Which failed jobs to replay; immutable once created.",
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "selector is immutable"}]
+        },
+    )
+    rate: Rate = Field(default_factory=Rate, description="Replay speed; may change while running.")
+    reset_attempts: bool = Field(
+        default=True, description="Reset attemptsMade so replayed jobs get their full retries again."
+    )
+    pause_queue: bool = Field(
+        default=False,
+        description="Pause the queue while gates are red and resume it before replaying.",
+    )
+    gates: list[GateSpec] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Health checks that must pass before (and while) replaying.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    gate_policy: GatePolicy = Field(default_factory=GatePolicy, description="Gate timing.")
+    verify: Verify | None = Field(
+        default=None, description="Verify the outcome after replaying. Unset: succeed when all moved."
+    )
+    target_queue: QueueName | None = Field(
+        default=None,
+        description="Move matched jobs into this queue (same Redis and prefix) instead of retrying in place.",
+    )
+    suspend: bool = Field(default=False, description="Stop at the next batch (and resume the queue).")
+    dry_run: bool = Field(
+        default=False, description="Only count and break down what would be replayed; move nothing."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete this resource that many seconds after it finished."
+    )
+
+
+class ReplayPhase(StrEnum):
+    """Where a replay is in its life."""
+
+    #: Accepted, not started.
+    PENDING = "Pending"
+    #: Checking gates; nothing moved yet (or held mid-replay).
+    WAITING_FOR_GATES = "WaitingForGates"
+    #: Moving jobs from the snapshot back to the queue.
+    REPLAYING = "Replaying"
+    #: All moved; watching the replayed jobs for verify.window.
+    VERIFYING = "Verifying"
+    #: Done and, if asked, verified.
+    SUCCEEDED = "Succeeded"
+    #: Stopped by an error, a gate timeout or failed verification.
+    FAILED = "Failed"
+    #: spec.suspend is true.
+    SUSPENDED = "Suspended"
+    #: Deleted before it finished.
+    CANCELLED = "Cancelled"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the replay will never move another job."""
+        return self in (ReplayPhase.SUCCEEDED, ReplayPhase.FAILED, ReplayPhase.CANCELLED)
+
+
+class Breakdown(StatusModel):
+    """Matched jobs grouped for a human, most common first."""
+
+    by_name: dict[str, int] = Field(default_factory=dict, description="Matched jobs per job name.")
+    by_reason: dict[str, int] = Field(
+        default_factory=dict, description="Matched jobs per normalised failure reason."
+    )
+
+
+class DLQReplayStatus(StatusModel):
+    """What the replay did so far; enough, with the Redis snapshot, to resume after a crash."""
+
+    phase: ReplayPhase = Field(default=ReplayPhase.PENDING, description="Current phase.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, GatesPassed, QueuePaused, Progressing, Succeeded.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int = Field(default=0, description="Generation last acted upon.")
+    matched: int = Field(default=0, description="Failed jobs selected into the snapshot.")
+    replayed: int = Field(default=0, description="Jobs moved back to the queue.")
+    skipped: int = Field(
+        default=0, description="Selected jobs no longer in the failed set when their turn came."
+    )
+    corrupt: int = Field(default=0, description="Jobs whose data could not be read.")
+    failed_again: int = Field(default=0, description="Replayed jobs that failed again.")
+    completed: int = Field(default=0, description="Replayed jobs that completed during verify.")
+    progress: str = Field(default="", description='Replayed and skipped of matched, e.g. "1200/5000".')
+    started_at: datetime | None = Field(default=None, description="When replaying started.")
+    replay_finished_at: datetime | None = Field(
+        default=None, description="When the last job was moved; the verify window starts here."
+    )
+    completed_at: datetime | None = Field(default=None, description="When it finished.")
+    gates: list[GateStatus] = Field(default_factory=list, description="Last result of every gate.")
+    queue_paused_by_replay: bool = Field(
+        default=False, description="True while this replay holds the queue paused."
+    )
+    breakdown: Breakdown | None = Field(default=None, description="Matched jobs by name and reason.")
+    sample_ids: list[str] = Field(default_factory=list, description="First matched job ids.")
+    corrupt_ids: list[str] = Field(default_factory=list, description="First corrupt job ids.")
+    message: str = Field(default="", description="Last thing worth telling a person.")

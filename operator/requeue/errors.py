@@ -1,0 +1,123 @@
+"""Every failure requeue names, in one tree.
+
+::
+
+    RequeueError
+    ├── PermanentError              waiting will not help; fix the spec or the data
+    │   ├── SpecInvalid             the resource or file does not validate
+    │   ├── SecretNotFound          a referenced Secret or key does not exist
+    │   ├── AuthFailed              Redis/Postgres/HTTP refused the credentials
+    │   ├── VerificationFailed      replayed jobs did not succeed well enough
+    │   └── GatesTimedOut           gates did not pass within gatePolicy.timeout
+    └── TransientError              may pass on its own; retry with backoff
+        ├── RedisUnavailable        cannot reach Redis, or it errored
+        ├── QueueLocked             another replay holds the queue's lease
+        └── GateFailed              a health gate is red
+
+Each carries a ``reason`` (the CamelCase condition reason written to status)
+and a message a person on call can act on. Messages never contain secrets:
+build them with :func:`requeue.redact.redact_url`.
+"""
+
+from __future__ import annotations
+
+
+class RequeueError(Exception):
+    """Base of all requeue errors."""
+
+    #: CamelCase reason for status conditions and Events.
+    reason: str = "Error"
+    #: Exit code of the CLI when this error ends a command.
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, queue: str | None = None, replay: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.queue = queue
+        self.replay = replay
+
+
+class PermanentError(RequeueError):
+    """Retrying will not help until a person changes something."""
+
+    reason = "PermanentError"
+
+
+class TransientError(RequeueError):
+    """May pass by itself; the caller retries after ``delay`` seconds."""
+
+    reason = "TransientError"
+
+    def __init__(self, message: str, *, delay: float = 10.0, **kwargs: str | None):
+        super().__init__(message, **kwargs)
+        self.delay = delay
+
+
+class SpecInvalid(PermanentError):
+    """The spec does not validate; the message names the field."""
+
+    reason = "SpecInvalid"
+    exit_code = 2
+
+
+class SecretNotFound(PermanentError):
+    """A Secret or key referenced by the spec does not exist."""
+
+    reason = "SecretNotFound"
+    exit_code = 2
+
+
+class AuthFailed(PermanentError):
+    """Credentials were refused."""
+
+    reason = "AuthFailed"
+    exit_code = 3
+
+
+class VerificationFailed(PermanentError):
+    """The replayed jobs did not meet spec.verify."""
+
+    reason = "VerificationFailed"
+    exit_code = 1
+
+
+class GatesTimedOut(PermanentError):
+    """Gates stayed red past gatePolicy.timeout."""
+
+    reason = "GatesTimedOut"
+    exit_code = 1
+
+
+class RedisUnavailable(TransientError):
+    """Redis is unreachable or answered with an error."""
+
+    reason = "RedisUnreachable"
+    exit_code = 3
+
+
+class QueueLocked(TransientError):
+    """Another replay holds this queue; ``holder`` names it."""
+
+    reason = "QueueLocked"
+    exit_code = 1
+
+    def __init__(self, message: str, *, holder: str, delay: float = 5.0, **kwargs: str | None):
+        super().__init__(message, delay=delay, **kwargs)
+        self.holder = holder
+
+
+class GateFailed(TransientError):
+    """A health gate is red."""
+
+    reason = "GateFailed"
+    exit_code = 1
+
+
+class CorruptJob(RequeueError):
+    """A job whose hash is missing or whose data is not JSON; counted, never fatal."""
+
+    reason = "CorruptJob"
+
+    def __init__(self, message: str, *, job_id: str, **kwargs: str | None):
+        super().__init__(message, **kwargs)
+        self.job_id = job_id
