@@ -59,12 +59,17 @@ def parse_duration(value: str) -> timedelta:
 
 
 class ApiModel(BaseModel):
-    """Base of every spec model: camelCase on the wire, unknown fields rejected."""
+    """Base of every spec model: camelCase on the wire, unknown fields rejected.
+
+    Strict, so ``batchSize: "5"`` or ``suspend: 0`` fail here exactly as the API
+    server's schema fails them; the CLI and the operator must judge alike.
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
+        strict=True,
         use_enum_values=False,
         validate_default=True,
     )
@@ -77,7 +82,7 @@ class ApiModel(BaseModel):
 class StatusModel(ApiModel):
     """Base of status models: tolerant of fields written by newer versions."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=False)
 
 
 class SecretKeyRef(ApiModel):

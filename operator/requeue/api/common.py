@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 import re2
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, ConfigDict, Field, field_validator, model_validator
 
 from requeue.api.base import ApiModel, SecretKeyRef, cel_rules
 
@@ -65,11 +64,11 @@ class Selector(ApiModel):
         description="JSON object that must be a subset of the job data; nested objects compare recursively.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
-    failed_after: datetime | None = Field(
-        default=None, description="Only jobs that failed at or after this time (RFC 3339)."
+    failed_after: AwareDatetime | None = Field(
+        default=None, strict=False, description="Only jobs that failed at or after this time (RFC 3339)."
     )
-    failed_before: datetime | None = Field(
-        default=None, description="Only jobs that failed before this time (RFC 3339)."
+    failed_before: AwareDatetime | None = Field(
+        default=None, strict=False, description="Only jobs that failed before this time (RFC 3339)."
     )
     max_jobs: int | None = Field(
         default=None, ge=1, le=10_000_000, description="Replay at most this many (oldest failures first)."

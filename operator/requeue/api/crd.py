@@ -16,6 +16,7 @@ import yaml
 from requeue.api.resources import CATEGORY, GROUP, KINDS, VERSION, KindInfo
 
 _DROP = {"title", "$defs"}
+_RULES = "x-kubernetes-validations"
 
 
 def structural(schema: dict[str, Any]) -> dict[str, Any]:
@@ -25,14 +26,14 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
     def walk(node: dict[str, Any]) -> dict[str, Any]:
         if "$ref" in node:
             target = walk(defs[node["$ref"].rsplit("/", 1)[-1]])
-            extra = {k: v for k, v in node.items() if k != "$ref"}
-            return {**target, **walk(extra)} if extra else target
+            extra = walk({k: v for k, v in node.items() if k != "$ref"})
+            return _merge(target, extra)
         if "anyOf" in node:
             options = [o for o in node["anyOf"] if o.get("type") != "null"]
             if len(options) != 1:
                 raise ValueError(f"cannot express union in a structural schema: {node}")
             rest = {k: v for k, v in node.items() if k != "anyOf"}
-            return {**walk(options[0]), **walk(rest)}
+            return _merge(walk(options[0]), walk(rest))
         out: dict[str, Any] = {}
         for key, value in node.items():
             if key in _DROP or (key == "default" and value is None):
@@ -58,6 +59,15 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
         return out
 
     return walk(schema)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """A field's own keys over its type's; CEL rules of both are kept."""
+    merged = {**base, **extra}
+    rules = base.get(_RULES, []) + extra.get(_RULES, [])
+    if rules:
+        merged[_RULES] = rules
+    return merged
 
 
 def schema_for(model: type[Any]) -> dict[str, Any]:
