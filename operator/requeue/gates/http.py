@@ -1,0 +1,220 @@
+"""HTTP gate: the provider's health endpoint answers an expected status (and JSON value) in time.
+
+The runbook's ``curl -H "Authorization: Bearer $CGB_API_KEY" "$CGB_API_URL/health"``,
+with the header value from a Secret and the certificate checked against an
+optional CA bundle from a Secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import re
+import ssl
+import time
+from http import HTTPStatus
+from typing import Any
+
+import certifi
+import httpx
+
+from requeue.api.base import parse_duration
+from requeue.api.gates import HeaderValueSource, HttpGate
+from requeue.errors import RequeueError
+from requeue.gates.result import GateResult, clip, describe_network_error
+from requeue.redact import redact_url
+from requeue.secrets import SecretSource
+
+__all__ = ["MAX_BODY", "JsonPathError", "check_http", "evaluate_json_path", "is_missing", "json_equals"]
+
+#: Bytes of the response body read at most; the rest is never downloaded.
+MAX_BODY = 64 * 1024
+
+_PATH_STEP = re.compile(r"\.([A-Za-z0-9_-]+)|\[([0-9]+)\]")
+_MISSING = object()
+
+
+class JsonPathError(ValueError):
+    """The path is not of the supported form ``$.a.b[0]``."""
+
+
+async def check_http(spec: HttpGate, secrets: SecretSource) -> GateResult:
+    """Send the request and judge the status code and, with ``jsonPath``, one JSON value."""
+    started = time.monotonic()
+    shown = redact_url(spec.url)
+    try:
+        headers = {
+            h.name: h.prefix + await _header_value(h.value, h.value_from, secrets) for h in spec.headers
+        }
+        pem = await secrets.get(spec.ca_secret_ref) if spec.ca_secret_ref is not None else None
+        try:
+            verify = ssl_context(pem)
+        except (ssl.SSLError, ValueError):
+            assert spec.ca_secret_ref is not None
+            ref = f"{spec.ca_secret_ref.name}/{spec.ca_secret_ref.key}"
+            return GateResult.fail(
+                f"the CA in secret {ref} is not a valid PEM certificate bundle",
+                time.monotonic() - started,
+            )
+    except RequeueError as exc:  # secret missing or unreadable: secret-free message
+        return GateResult.fail(exc.message, time.monotonic() - started)
+
+    timeout = parse_duration(spec.timeout).total_seconds()
+    try:
+        async with (
+            asyncio.timeout(timeout),
+            httpx.AsyncClient(
+                verify=verify,
+                follow_redirects=spec.follow_redirects,
+                timeout=httpx.Timeout(timeout),
+                # identity: the size cap then bounds what we hold, not a compressed bomb
+                headers={"User-Agent": "requeue-gate", "Accept-Encoding": "identity"},
+            ) as client,
+            client.stream(
+                spec.method,
+                spec.url,
+                headers=headers,
+                content=spec.body.encode() if spec.body is not None else None,
+            ) as response,
+        ):
+            body, truncated = await _read_capped(response)
+    except (httpx.TimeoutException, TimeoutError) as exc:
+        what = "could not connect" if isinstance(exc, httpx.ConnectTimeout) else "no complete response"
+        return GateResult.fail(
+            f"{spec.method} {shown}: {what} within {spec.timeout} (timeout)", time.monotonic() - started
+        )
+    except httpx.HTTPError as exc:
+        cause = (
+            describe_network_error(exc) or f"{type(exc).__name__}: {clip(str(exc), 200) or 'request failed'}"
+        )
+        if "certificate verification failed" in cause and spec.ca_secret_ref is None:
+            cause += " (set caSecretRef to the CA that issued the server certificate)"
+        return GateResult.fail(f"{spec.method} {shown}: {cause}", time.monotonic() - started)
+    except ssl.SSLError as exc:  # pragma: no cover - httpx wraps these, kept as a safety net
+        return GateResult.fail(f"{spec.method} {shown}: TLS error: {exc.reason}", time.monotonic() - started)
+    latency = time.monotonic() - started
+
+    status = _status_text(response.status_code)
+    if response.status_code not in spec.expect_status:
+        expected = ", ".join(str(s) for s in spec.expect_status)
+        extra = ""
+        if 300 <= response.status_code < 400 and not spec.follow_redirects:
+            location = response.headers.get("location")
+            extra = "; redirects are not followed" + (
+                f" (Location: {redact_url(location)})" if location else ""
+            )
+        return GateResult.fail(f"{status} (expected {expected}){extra}", latency)
+    if spec.json_path is None:
+        return GateResult.ok(status, latency)
+
+    if truncated:
+        return GateResult.fail(
+            f"{status} but the body is larger than {MAX_BODY // 1024} KiB; {spec.json_path} not evaluated",
+            latency,
+        )
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return GateResult.fail(f"{status} but the body is not JSON ({spec.json_path} not evaluated)", latency)
+    value = evaluate_json_path(document, spec.json_path)
+    wanted = _show(spec.equals)
+    if value is _MISSING:
+        return GateResult.fail(f"{status} but {spec.json_path} is missing (expected {wanted})", latency)
+    if not json_equals(value, spec.equals):
+        return GateResult.fail(
+            f"{status} but {spec.json_path} is {_show(value)} (expected {wanted})", latency
+        )
+    return GateResult.ok(f"{status}, {spec.json_path} is {wanted}", latency)
+
+
+@functools.lru_cache(maxsize=64)
+def ssl_context(ca_pem: str | None) -> ssl.SSLContext:
+    """A verifying client context: the system bundle (certifi), or only the given PEM CA bundle.
+
+    Cached: loading a CA bundle blocks the event loop for tens of milliseconds.
+    """
+    if ca_pem is None:
+        return ssl.create_default_context(cafile=certifi.where())
+    return ssl.create_default_context(cadata=ca_pem)
+
+
+def evaluate_json_path(document: Any, path: str) -> Any:
+    """Follow ``$.a.b[0]`` through parsed JSON; a module-private sentinel when a step is missing.
+
+    Only member names and array indexes are supported (what the CRD pattern allows);
+    anything else raises :class:`JsonPathError`.
+    """
+    if not path.startswith("$"):
+        raise JsonPathError(f"{path!r}: a JSONPath starts with $")
+    rest = path[1:]
+    position = 0
+    current = document
+    while position < len(rest):
+        step = _PATH_STEP.match(rest, position)
+        if step is None:
+            raise JsonPathError(f"{path!r}: only .name and [index] steps are supported")
+        position = step.end()
+        name, index = step.groups()
+        if name is not None:
+            if not isinstance(current, dict) or name not in current:
+                return _MISSING
+            current = current[name]
+        else:
+            i = int(index)
+            if not isinstance(current, list) or i >= len(current):
+                return _MISSING
+            current = current[i]
+    return current
+
+
+def is_missing(value: Any) -> bool:
+    """Whether :func:`evaluate_json_path` found nothing."""
+    return value is _MISSING
+
+
+def json_equals(actual: Any, expected: Any) -> bool:
+    """JSON equality: ``true`` is not ``1``, ``1`` equals ``1.0``, containers compare deeply."""
+    if isinstance(actual, bool) or isinstance(expected, bool):
+        return isinstance(actual, bool) and isinstance(expected, bool) and actual == expected
+    if isinstance(actual, int | float) and isinstance(expected, int | float):
+        return actual == expected
+    if isinstance(actual, list) and isinstance(expected, list):
+        return len(actual) == len(expected) and all(
+            json_equals(a, e) for a, e in zip(actual, expected, strict=True)
+        )
+    if isinstance(actual, dict) and isinstance(expected, dict):
+        return actual.keys() == expected.keys() and all(json_equals(actual[k], expected[k]) for k in actual)
+    return type(actual) is type(expected) and bool(actual == expected)
+
+
+async def _header_value(
+    value: str | None, value_from: HeaderValueSource | None, secrets: SecretSource
+) -> str:
+    if value is not None:
+        return value
+    assert value_from is not None  # the model requires one of the two
+    return (await secrets.get(value_from.secret_key_ref)).strip("\r\n")
+
+
+async def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:
+    """At most :data:`MAX_BODY` bytes of the body, and whether there was more."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY:
+            return b"".join(chunks)[:MAX_BODY], True
+    return b"".join(chunks), False
+
+
+def _status_text(code: int) -> str:
+    try:
+        return f"HTTP {code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return f"HTTP {code}"
+
+
+def _show(value: Any) -> str:
+    return clip(json.dumps(value, ensure_ascii=False), 100)

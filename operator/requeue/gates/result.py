@@ -1,0 +1,108 @@
+"""What one gate check found, and the helpers every gate uses to describe failures.
+
+A check never raises for a broken dependency: "unreachable" is a result
+(crate-operator records an unreachable cluster as status the same way). Only
+programming errors escape, and the runner turns even those into a result.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from requeue.api.base import SecretKeyRef
+from requeue.secrets import SecretSource
+
+#: Longest message stored in ``.status.gates[].message``.
+MAX_MESSAGE = 512
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    """One check: did it pass, why (secret-free), and how long it took (seconds)."""
+
+    healthy: bool
+    message: str
+    latency: float = 0.0
+
+    @classmethod
+    def ok(cls, message: str, latency: float = 0.0) -> GateResult:
+        return cls(True, message, latency)
+
+    @classmethod
+    def fail(cls, message: str, latency: float = 0.0) -> GateResult:
+        return cls(False, message, latency)
+
+
+@dataclass(slots=True)
+class RecordingSecrets:
+    """A :class:`SecretSource` that remembers every value it handed out.
+
+    The runner redacts those values from the message of the check that used
+    them, whatever path the text took (a server echoing a header, a driver
+    quoting a DSN), so a secret cannot leak through a message we did not foresee.
+    """
+
+    source: SecretSource
+    values: list[str] = field(default_factory=list)
+
+    async def get(self, ref: SecretKeyRef) -> str:
+        value = await self.source.get(ref)
+        self.values.append(value)
+        stripped = value.strip()
+        if stripped != value:
+            self.values.append(stripped)
+        return value
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then its causes and contexts (drivers wrap the OSError that says what happened)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def describe_network_error(exc: BaseException) -> str | None:
+    """A short cause for socket-level failures (DNS, refused, reset, TLS), or None if not one."""
+    for err in exception_chain(exc):
+        if isinstance(err, socket.gaierror):
+            return "cannot resolve host name (DNS)"
+        if isinstance(err, ssl.SSLCertVerificationError):
+            return f"TLS certificate verification failed: {err.verify_message or err.reason}"
+        if isinstance(err, ssl.SSLError):
+            return f"TLS error: {err.reason or err.__class__.__name__}"
+        if isinstance(err, ConnectionRefusedError) or (
+            isinstance(err, OSError) and err.errno == errno.ECONNREFUSED
+        ):
+            return "connection refused"
+        if isinstance(err, ConnectionResetError):
+            return "connection reset by peer"
+        if isinstance(err, OSError) and err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "host unreachable"
+    return None
+
+
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    """One line, at most ``limit`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def format_ms(seconds: float) -> str:
+    """``0.0123`` -> ``12.3 ms``."""
+    return f"{seconds * 1000:.1f} ms"
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
