@@ -1,0 +1,351 @@
+"""Async BullMQ adapter: counts, pause/resume, paging the failed set, replaying ids, cleaning.
+
+Every BullMQ state change goes through BullMQ's own scripts (:mod:`.scripts`);
+every call touches a bounded number of jobs (a page or a batch), so other Redis
+clients never stall for more than a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from requeue.queues.keys import QueueKeys
+from requeue.queues.scripts import Scripts, register
+
+#: Jobs per page of the failed set (one bounded Lua call each).
+DEFAULT_PAGE_SIZE = 500
+#: Highest score BullMQ writes (ms since epoch fit easily below this).
+MAX_SCORE = 9_000_000_000_000_000
+
+
+class ReprocessResult(IntEnum):
+    """Result codes of BullMQ's ``reprocessJob`` script."""
+
+    #: Moved back to wait (or prioritized).
+    REPLAYED = 1
+    #: The job hash does not exist (removed since it was selected).
+    MISSING = -1
+    #: The job is no longer in the failed set (already replayed, or moved by someone else).
+    NOT_IN_FAILED = -3
+
+
+def text(value: Any) -> str | None:
+    """Redis reply to ``str`` (clients may or may not decode responses)."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Position in the failed set: after the member ``job_id`` with score ``score`` (ms)."""
+
+    score: str = ""
+    job_id: str = ""
+
+
+@dataclass(frozen=True)
+class FailedJob:
+    """One entry of a page of the failed set, as far as selection needs it."""
+
+    id: str
+    #: Failure time (the failed set's score), ms since epoch.
+    finished_on: int
+    #: None when the hash is missing or has no name (a corrupt job).
+    name: str | None
+    failed_reason: str | None
+    #: The raw JSON text of the job's data.
+    data: str | None
+    lifo: bool = False
+
+    @property
+    def corrupt_reason(self) -> str | None:
+        """Why this job cannot be replayed safely, or None."""
+        if self.name is None:
+            return "job hash missing or has no name"
+        if self.data is None:
+            return "job has no data"
+        try:
+            json.loads(self.data)
+        except ValueError:
+            return "job data is not JSON"
+        return None
+
+
+@dataclass(frozen=True)
+class FailedPage:
+    """One page: the candidates (name-prefiltered), how many members were scanned, where to go on."""
+
+    jobs: list[FailedJob]
+    scanned: int
+    cursor: Cursor
+    done: bool
+
+
+_LUA_MAGIC = set("^$()%.[]*+-?")
+
+
+def glob_to_lua(glob: str) -> str | None:
+    """An anchored Lua pattern matching the same names as the glob, or None if unsure.
+
+    Supports ``*``, ``?`` and ``[...]`` classes (``[!...]`` negated); anything
+    else is matched literally. None means "do not prefilter in Redis".
+    """
+    out = ["^"]
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            end = glob.find("]", i + 2)
+            if end < 0:
+                return None
+            body = glob[i + 1:end]
+            neg = body.startswith("!")
+            if neg:
+                body = body[1:]
+            if not body or "%" in body or "[" in body or "^" in body:
+                return None
+            out.append("[" + ("^" if neg else "") + body + "]")
+            i = end
+        elif c in _LUA_MAGIC:
+            out.append("%" + c)
+        elif c == "\0":
+            return None
+        else:
+            out.append(c)
+        i += 1
+    out.append("$")
+    return "".join(out)
+
+
+class BullQueue:
+    """One BullMQ queue on one Redis.
+
+    :param redis: a ``redis.asyncio.Redis`` (see :func:`requeue.queues.connect`).
+    """
+
+    def __init__(self, redis: Redis, queue: str, *, prefix: str = "bull",
+                 scripts: Scripts | None = None) -> None:
+        self.redis = redis
+        self.name = queue
+        self.prefix = prefix
+        self.keys = QueueKeys(prefix, queue)
+        self.scripts = scripts or register(redis)
+
+    # -- observation ---------------------------------------------------------
+
+    async def counts(self, *states: str) -> dict[str, int]:
+        """Job counts per state via BullMQ's ``getCounts`` (``waiting`` is ``wait``)."""
+        states = states or ("wait", "paused", "active", "prioritized", "delayed", "completed", "failed")
+        args = ["wait" if s == "waiting" else s for s in states]
+        result = await self.scripts.get_counts(keys=[self.keys.base], args=args)
+        return {s: int(n) for s, n in zip(states, result, strict=True)}
+
+    async def backlog(self) -> int:
+        """Jobs waiting to be picked up: wait + paused (legacy) + prioritized."""
+        counts = await self.counts("wait", "paused", "prioritized")
+        return sum(counts.values())
+
+    async def is_paused(self) -> bool:
+        """Whether BullMQ's ``meta`` hash carries the ``paused`` flag."""
+        return bool(await self.redis.hexists(self.keys.meta, "paused"))
+
+    # -- pause / resume ------------------------------------------------------
+
+    def _pause_keys(self, pause: bool) -> list[str]:
+        src, dst = (self.keys.wait, self.keys.paused) if pause else (self.keys.paused, self.keys.wait)
+        return [src, dst, self.keys.meta, self.keys.prioritized, self.keys.events, self.keys.delayed,
+                self.keys.marker]
+
+    async def queue_pause(self, pipe: Pipeline, pause: bool) -> None:
+        """Queue BullMQ's ``pause`` script (pause or resume) on a pipeline."""
+        await self.scripts.pause(keys=self._pause_keys(pause), args=["paused" if pause else "resumed"],
+                           client=pipe)
+
+    async def pause(self) -> None:
+        """Pause the queue globally (BullMQ's ``pause`` script)."""
+        await self.scripts.pause(keys=self._pause_keys(True), args=["paused"])
+
+    async def resume(self) -> None:
+        """Resume the queue (BullMQ's ``pause`` script with ``resumed``)."""
+        while int(await self.scripts.pause(keys=self._pause_keys(False), args=["resumed"]) or 0) > 0:
+            pass  # legacy paused list longer than 7000: BullMQ moves 7000 per call
+
+    # -- the failed set ------------------------------------------------------
+
+    async def select_page(
+        self,
+        cursor: Cursor = Cursor(),
+        *,
+        min_score: int = 0,
+        max_score: int = MAX_SCORE,
+        name_globs: Sequence[str] = (),
+        count: int = DEFAULT_PAGE_SIZE,
+    ) -> FailedPage:
+        """One page of the failed set in score order after ``cursor``.
+
+        ``min_score`` is inclusive, ``max_score`` exclusive (ms). When every glob
+        converts to a Lua pattern, non-matching names are dropped inside Redis
+        (then only their ids are scanned, not transferred); the caller must still
+        apply its exact filters. Jobs with a missing hash or name are returned
+        with ``name=None`` whatever the globs.
+        """
+        patterns: list[str] = []
+        if name_globs:
+            converted = [glob_to_lua(g) for g in name_globs]
+            if all(p is not None for p in converted):
+                patterns = [p for p in converted if p is not None]
+        reply = await self.scripts.select_page(
+            keys=[self.keys.failed],
+            args=[self.keys.base, min_score, max_score, cursor.score, cursor.job_id, count, *patterns],
+        )
+        scanned = int(reply[0])
+        new_cursor = Cursor(text(reply[1]) or "", text(reply[2]) or "")
+        done = int(reply[3]) == 1
+        jobs: list[FailedJob] = []
+        for i in range(4, len(reply), 6):
+            job_id = text(reply[i]) or ""
+            jobs.append(
+                FailedJob(
+                    id=job_id,
+                    finished_on=int(float(text(reply[i + 1]) or 0)),
+                    name=text(reply[i + 2]),
+                    failed_reason=text(reply[i + 3]),
+                    data=text(reply[i + 4]),
+                    lifo=text(reply[i + 5]) == "1",
+                )
+            )
+        return FailedPage(jobs=jobs, scanned=scanned, cursor=new_cursor, done=done)
+
+    async def fetch(self, ids: Sequence[str], fields: Sequence[str] = (
+        "name", "data", "failedReason", "finishedOn", "opts", "atm", "ats", "priority",
+    )) -> list[dict[str, str | None] | None]:
+        """The fields of each job (pipelined HMGET; one round trip); None where the hash is missing."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.exists(self.keys.job(job_id))
+                pipe.hmget(self.keys.job(job_id), list(fields))
+            raw = await pipe.execute()
+        out: list[dict[str, str | None] | None] = []
+        for i in range(0, len(raw), 2):
+            if not raw[i]:
+                out.append(None)
+            else:
+                out.append({f: text(v) for f, v in zip(fields, raw[i + 1], strict=True)})
+        return out
+
+    async def failed_count(self, min_score: int = 0, max_score: int = MAX_SCORE) -> int:
+        """Members of the failed set with min_score <= score < max_score."""
+        return int(await self.redis.zcount(self.keys.failed, min_score, f"({max_score}"))
+
+    async def failed_scores(self, ids: Sequence[str]) -> list[float | None]:
+        """Failed-set score of each id, None where absent."""
+        if not ids:
+            return []
+        return list(await self.redis.zmscore(self.keys.failed, list(ids)))
+
+    # -- replay --------------------------------------------------------------
+
+    async def queue_reprocess(self, pipe: Pipeline, job_id: str, *, lifo: bool = False,
+                        reset_attempts: bool = True) -> None:
+        """Queue BullMQ's ``reprocessJob`` (failed -> wait/prioritized) for one job on a pipeline."""
+        k = self.keys
+        reset = "1" if reset_attempts else "0"
+        await self.scripts.reprocess_job(
+            keys=[k.job(job_id), k.events, k.failed, k.wait, k.meta, k.active, k.marker, k.prioritized,
+                  k.priority_counter],
+            args=[job_id, "RPUSH" if lifo else "LPUSH", "failedReason", "failed", reset, reset],
+            client=pipe,
+        )
+
+    async def replay(self, ids: Sequence[str], *, lifo: Iterable[str] = (),
+                     reset_attempts: bool = True) -> list[ReprocessResult]:
+        """Move failed jobs back to wait in one pipeline; a result code per id.
+
+        Harmless to repeat: a job no longer in the failed set answers ``NOT_IN_FAILED``.
+        """
+        lifo_ids = set(lifo)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                await self.queue_reprocess(pipe, job_id, lifo=job_id in lifo_ids,
+                                           reset_attempts=reset_attempts)
+            raw = await pipe.execute()
+        return [ReprocessResult(int(r)) for r in raw]
+
+    async def move_failed_to_wait(self, *, count: int, max_timestamp: int) -> bool:
+        """BullMQ's ``moveJobsToWait`` (what ``Queue.retryJobs`` uses): up to ``count`` failed jobs
+        with a score <= ``max_timestamp`` go back to wait. Returns True while more may remain.
+
+        Fast, but BullMQ's script pushes prioritized jobs to ``wait`` and keeps the
+        attempt counters; callers use it only when that is what the user asked for.
+        """
+        k = self.keys
+        reply = await self.scripts.move_jobs_to_wait(
+            keys=[k.base, k.events, k.failed, k.wait, k.paused, k.meta, k.active, k.marker],
+            args=[count, max_timestamp, "failed"],
+        )
+        return int(reply) == 1
+
+    async def queue_copy(self, pipe: Pipeline, job: dict[str, str | None], *, new_id: str,
+                   timestamp_ms: int, reset_attempts: bool = True) -> None:
+        """Queue BullMQ's add-job script creating a copy of ``job`` (an HMGET dict) in this queue.
+
+        The copy keeps name, data, opts and priority; ``new_id`` makes it idempotent:
+        BullMQ adds nothing when a job with that id exists. Delay is dropped (a
+        replayed job is due now). With ``reset_attempts=False`` the attempts made are
+        not carried over (BullMQ has no way to add a job with attempts made).
+        """
+        opts: dict[str, Any] = json.loads(job.get("opts") or "{}")
+        for drop in ("delay", "jobId", "repeat", "rjk", "de", "deduplication", "debounce", "parent",
+                     "prevMillis"):
+            opts.pop(drop, None)
+        opts["jobId"] = new_id
+        priority = int(job.get("priority") or opts.get("priority") or 0)
+        k = self.keys
+        packed_args = msgpack.packb(
+            [k.base, new_id, job.get("name") or "", timestamp_ms, None, None, None, None, None],
+            use_bin_type=True,
+        )
+        args = [packed_args, job.get("data") or "{}", msgpack.packb(opts), timestamp_ms]
+        if priority:
+            await self.scripts.add_prioritized_job(
+                keys=[k.marker, k.meta, k.key("id"), k.prioritized, k.delayed, k.completed, k.active,
+                      k.events, k.priority_counter],
+                args=args, client=pipe)
+        else:
+            await self.scripts.add_standard_job(
+                keys=[k.wait, k.paused, k.meta, k.key("id"), k.completed, k.delayed, k.active,
+                      k.events, k.marker],
+                args=args, client=pipe)
+
+    async def queue_remove(self, pipe: Pipeline, job_id: str) -> None:
+        """Queue BullMQ's ``removeJob`` (children kept) on a pipeline."""
+        await self.scripts.remove_job(keys=[self.keys.job(job_id), self.keys.repeat],
+                                args=[job_id, "0", self.keys.base], client=pipe)
+
+    # -- clean ---------------------------------------------------------------
+
+    async def clean(self, state: str = "failed", *, grace_ms: int = 0, limit: int = 500) -> int:
+        """Remove up to ``limit`` jobs older than ``grace_ms`` from ``state`` (``cleanJobsInSet``)."""
+        k = self.keys
+        removed = await self.scripts.clean_jobs_in_set(
+            keys=[k.key(state), k.events, k.repeat],
+            args=[k.base, round(time.time() * 1000) - grace_ms, limit, state],
+        )
+        return len(removed or [])
+

@@ -1,0 +1,82 @@
+"""Connect to Redis with errors that name the server (redacted) and never the password."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as rx
+
+from requeue.errors import AuthFailed, RedisUnavailable
+from requeue.redact import redact_text, redact_url
+
+#: Seconds to wait for connecting and for each command.
+DEFAULT_TIMEOUT = 10.0
+
+#: Redis errors that mean "try again later".
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, ConnectionError, TimeoutError, OSError,
+)
+
+
+def is_auth_error(exc: BaseException) -> bool:
+    """Redis refused the credentials (or demands some)."""
+    if isinstance(exc, rx.AuthenticationError | rx.AuthorizationError):
+        return True
+    msg = str(exc)
+    return isinstance(exc, rx.ResponseError) and any(
+        m in msg for m in ("NOAUTH", "WRONGPASS", "NOPERM", "invalid password")
+    )
+
+
+def map_redis_error(exc: BaseException, *, url: str | None = None, queue: str | None = None,
+                    replay: str | None = None) -> AuthFailed | RedisUnavailable:
+    """Turn a redis-py error into requeue's error tree; the message is redacted."""
+    where = f" at {redact_url(url)}" if url else ""
+    detail = redact_text(f"{type(exc).__name__}: {exc}", [url] if url else [])
+    if is_auth_error(exc):
+        return AuthFailed(f"Redis{where} refused the credentials ({detail})", queue=queue, replay=replay)
+    return RedisUnavailable(f"Redis{where} unavailable ({detail})", queue=queue, replay=replay)
+
+
+async def connect(
+    url: str,
+    *,
+    db: int | None = None,
+    tls_ca_pem: str | None = None,
+    tls_insecure_skip_verify: bool = False,
+    timeout_s: float = DEFAULT_TIMEOUT,
+) -> aioredis.Redis:
+    """A ``redis.asyncio.Redis`` (decoded responses) that answered PING.
+
+    :param db: overrides the database number in the URL.
+    :param tls_ca_pem: PEM CA bundle to verify a ``rediss://`` server with.
+    :raises AuthFailed: credentials refused.
+    :raises RedisUnavailable: cannot connect; the message carries the redacted URL.
+    """
+    kwargs: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "health_check_interval": 30,
+    }
+    if db is not None:
+        kwargs["db"] = db
+    if url.startswith("rediss://"):
+        if tls_ca_pem:
+            kwargs["ssl_ca_data"] = tls_ca_pem
+        if tls_insecure_skip_verify:
+            kwargs["ssl_cert_reqs"] = ssl.CERT_NONE
+            kwargs["ssl_check_hostname"] = False
+    try:
+        client: aioredis.Redis = aioredis.Redis.from_url(url, **kwargs)
+    except ValueError as exc:
+        raise RedisUnavailable(f"invalid Redis URL {redact_url(url)}: {redact_text(str(exc), [url])}",
+                               delay=60) from None
+    try:
+        await client.ping()
+    except (rx.RedisError, OSError) as exc:
+        await client.aclose()
+        raise map_redis_error(exc, url=url) from None
+    return client

@@ -1,0 +1,71 @@
+"""BullMQ's own Lua scripts, as shipped in the ``bullmq`` package, registered on our client.
+
+We never copy BullMQ's Lua: the text is read from the installed package
+(``bullmq.redis_connection.SCRIPT_DEFINITIONS``), so BullMQ keeps owning the
+correctness of its state machine. requeue's own read-only/bookkeeping Lua is in
+:mod:`requeue.queues.lua`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bullmq.redis_connection import SCRIPT_DEFINITIONS, loadScript
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from requeue.queues import lua
+
+#: BullMQ scripts requeue calls.
+BULLMQ_SCRIPTS = ("reprocessJob", "moveJobsToWait", "pause", "getCounts", "cleanJobsInSet", "removeJob",
+                  "addStandardJob", "addPrioritizedJob", "addDelayedJob")
+
+
+@dataclass(frozen=True)
+class Scripts:
+    """The scripts, bound to one client (``script(keys=, args=, client=pipeline)`` queues them)."""
+
+    reprocess_job: AsyncScript
+    move_jobs_to_wait: AsyncScript
+    pause: AsyncScript
+    get_counts: AsyncScript
+    clean_jobs_in_set: AsyncScript
+    remove_job: AsyncScript
+    add_standard_job: AsyncScript
+    add_prioritized_job: AsyncScript
+    add_delayed_job: AsyncScript
+    select_page: AsyncScript
+    tally_batch: AsyncScript
+    acquire_lease: AsyncScript
+    release_lease: AsyncScript
+
+
+_CACHE: dict[str, str] = {}
+
+
+def _bullmq(name: str) -> str:
+    if name not in _CACHE:
+        _CACHE[name] = loadScript(SCRIPT_DEFINITIONS[name])
+    return _CACHE[name]
+
+
+def register(redis: Redis) -> Scripts:
+    """Register every script on ``redis`` (no round trip; loaded on first use)."""
+    def reg(text: str) -> AsyncScript:
+        return redis.register_script(text)
+
+    return Scripts(
+        reprocess_job=reg(_bullmq("reprocessJob")),
+        move_jobs_to_wait=reg(_bullmq("moveJobsToWait")),
+        pause=reg(_bullmq("pause")),
+        get_counts=reg(_bullmq("getCounts")),
+        clean_jobs_in_set=reg(_bullmq("cleanJobsInSet")),
+        remove_job=reg(_bullmq("removeJob")),
+        add_standard_job=reg(_bullmq("addStandardJob")),
+        add_prioritized_job=reg(_bullmq("addPrioritizedJob")),
+        add_delayed_job=reg(_bullmq("addDelayedJob")),
+        select_page=reg(lua.SELECT_PAGE),
+        tally_batch=reg(lua.TALLY_BATCH),
+        acquire_lease=reg(lua.ACQUIRE_LEASE),
+        release_lease=reg(lua.RELEASE_LEASE),
+    )
