@@ -1,0 +1,161 @@
+"""Fixtures over real services: redis-server, Postgres, a TCP proxy, kmock + kubectl, the operator.
+
+Helpers live in ``tests/support`` (import them as ``support.<module>``). No
+fixture skips: a missing service is a failed test with the reason spelled out.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+
+import psycopg
+import pytest
+import pytest_asyncio
+import redis
+import redis.asyncio as aioredis
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:  # keeps `support` importable even if tests/ becomes a package
+    sys.path.insert(0, str(TESTS_DIR))
+
+from support.kube import Kube, start_kube  # noqa: E402
+from support.operator_proc import DEFAULT_COMMAND, OperatorProcess  # noqa: E402
+from support.redis_server import RedisServer  # noqa: E402
+from support.tcp_proxy import TcpProxy  # noqa: E402
+
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+# ---------------------------------------------------------------- Redis
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """This session's own redis-server (never the shared one on 6379)."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of the session's redis-server, FLUSHALLed for this test (restarted if a test killed it)."""
+    if not redis_server.running:
+        redis_server.restart()
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server.url
+
+
+@pytest_asyncio.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A ``redis.asyncio`` client (``decode_responses=True``) on ``redis_url``."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def redis_factory() -> Iterator[Callable[[], RedisServer]]:
+    """Start extra redis-servers (e.g. to kill one without hurting the session's); all stopped."""
+    servers: list[RedisServer] = []
+
+    def start() -> RedisServer:
+        server = RedisServer().start()
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+
+
+# ---------------------------------------------------------------- Postgres
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    """The machine's Postgres (trust auth, database ``test``); fails loudly when unreachable."""
+    try:
+        with psycopg.connect(PG_DSN, connect_timeout=5) as conn:
+            conn.execute("SELECT 1").fetchone()
+    except psycopg.Error as exc:
+        pytest.fail(f"Postgres is not reachable at {PG_DSN}: {exc}. Start it (trust auth for "
+                    "postgres on 127.0.0.1, database 'test'); these tests need the real one.",
+                    pytrace=False)
+    return PG_DSN
+
+
+# ---------------------------------------------------------------- TCP proxy
+
+
+@pytest_asyncio.fixture
+async def proxy_factory() -> AsyncIterator[Callable[[str, int], Awaitable[TcpProxy]]]:
+    """``await proxy_factory(host, port)`` -> a started TcpProxy on this test's loop; all stopped.
+
+    For a proxy serving a subprocess while the test blocks, run TcpProxy on a
+    ``support.BackgroundLoop`` instead.
+    """
+    proxies: list[TcpProxy] = []
+
+    async def start(host: str, port: int) -> TcpProxy:
+        proxy = await TcpProxy(host, port).start()
+        proxies.append(proxy)
+        return proxy
+
+    try:
+        yield start
+    finally:
+        for proxy in proxies:
+            await proxy.stop()
+
+
+# ---------------------------------------------------------------- Kubernetes
+
+
+@pytest.fixture
+def kube() -> Iterator[Kube]:
+    """A fresh kmock API server with crds/*.yaml registered, a kubeconfig, and ``kube.kubectl``."""
+    k = start_kube()
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+OperatorFactory = Callable[..., OperatorProcess]
+
+
+@pytest.fixture
+def operator_factory(kube: Kube, tmp_path: Path) -> Iterator[OperatorFactory]:
+    """``operator_factory(command=..., env=...)`` -> a started OperatorProcess on ``kube``.
+
+    Every process is stopped (SIGTERM, then SIGKILL) at teardown; its log is
+    printed then, so a failing test shows what the operator said.
+    """
+    procs: list[OperatorProcess] = []
+
+    def start(command: Sequence[str] = DEFAULT_COMMAND, *,
+              env: dict[str, str] | None = None, start: bool = True) -> OperatorProcess:
+        log = tmp_path / f"operator-{len(procs) + 1}.log"
+        proc = OperatorProcess(kube.kubeconfig, log, command=command, env=env)
+        procs.append(proc)
+        return proc.start() if start else proc
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.stop(timeout=10)
+            print(f"--- {proc.log_path} ---\n{proc.logs()[-8000:]}")

@@ -1,0 +1,227 @@
+"""The kmock API server behaves enough like Kubernetes for kubectl and kopf.
+
+Uses a CRD of its own (``widgets.test.requeue.dev``) so that these tests do not
+depend on the requeue CRDs; whatever ``crds/*.yaml`` holds is checked too.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support import wait_until
+from support.kube import Kube, KubectlError, jsonpath, load_crds
+from support.operator_proc import OperatorProcess
+
+pytestmark = pytest.mark.e2e
+
+PROBE_OPERATOR = Path(__file__).resolve().parents[1] / "support" / "probe_operator.py"
+KOPF_PROBE = (sys.executable, "-m", "kopf", "run", "--standalone", "-A", "--verbose",
+              str(PROBE_OPERATOR))
+
+WIDGET_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "widgets.test.requeue.dev"},
+    "spec": {
+        "group": "test.requeue.dev",
+        "scope": "Namespaced",
+        "names": {"kind": "Widget", "plural": "widgets", "singular": "widget",
+                  "shortNames": ["wdg"], "categories": ["requeue"]},
+        "versions": [{
+            "name": "v1", "served": True, "storage": True,
+            "subresources": {"status": {}},
+            "schema": {"openAPIV3Schema": {"type": "object",
+                                           "x-kubernetes-preserve-unknown-fields": True}},
+            "additionalPrinterColumns": [
+                {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
+                {"name": "Ready", "type": "string",
+                 "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            ],
+        }],
+    },
+}
+WIDGETS = "test.requeue.dev/v1/widgets"
+
+
+def widget(name: str, size: int = 1, **metadata: Any) -> str:
+    return json.dumps({"apiVersion": "test.requeue.dev/v1", "kind": "Widget",
+                       "metadata": {"name": name, **metadata}, "spec": {"size": size}})
+
+
+@pytest.fixture
+def widgets(kube: Kube) -> Kube:
+    kube.add_crd(WIDGET_CRD)
+    return kube
+
+
+def test_discovery_lists_builtins_our_crds_and_the_test_crd(widgets: Kube) -> None:
+    out = widgets.kubectl("api-resources", "-o", "name").stdout.split()
+    for name in ("namespaces", "secrets", "events", "leases.coordination.k8s.io",
+                 "customresourcedefinitions.apiextensions.k8s.io", "widgets.test.requeue.dev"):
+        assert name in out
+    for crd in load_crds():  # crds/*.yaml, generated from the API models
+        assert f"{crd['spec']['names']['plural']}.{crd['spec']['group']}" in out
+        short = crd["spec"]["names"].get("shortNames", [])
+        for alias in short:
+            assert widgets.kubectl("get", alias).returncode == 0
+    crd_names = {c["metadata"]["name"] for c in widgets.kubectl.json("get", "crd")["items"]}
+    assert "widgets.test.requeue.dev" in crd_names
+
+
+def test_apply_then_reapply_round_trips(widgets: Kube, tmp_path: Path) -> None:
+    manifest = tmp_path / "w1.yaml"
+    manifest.write_text("apiVersion: test.requeue.dev/v1\nkind: Widget\n"
+                        "metadata: {name: w1, labels: {team: a}}\nspec: {size: 3, colour: red}\n")
+    assert "created" in widgets.kubectl("apply", "-f", str(manifest)).stdout
+    first = widgets.kubectl.json("get", "wdg", "w1")
+    assert first["spec"] == {"size": 3, "colour": "red"}
+    assert first["metadata"]["namespace"] == "default"
+    assert first["metadata"]["generation"] == 1 and first["metadata"]["uid"]
+
+    manifest.write_text("apiVersion: test.requeue.dev/v1\nkind: Widget\n"
+                        "metadata: {name: w1, labels: {team: a}}\nspec: {size: 4}\n")
+    assert "configured" in widgets.kubectl("apply", "-f", str(manifest)).stdout
+    second = widgets.kubectl.json("get", "widgets", "w1")
+    assert second["spec"] == {"size": 4}  # kubectl's merge patch removed the dropped key
+    assert second["metadata"]["generation"] == 2
+    assert int(second["metadata"]["resourceVersion"]) > int(first["metadata"]["resourceVersion"])
+    assert second["metadata"]["uid"] == first["metadata"]["uid"]
+    assert "unchanged" in widgets.kubectl("apply", "-f", str(manifest)).stdout
+
+    stored = widgets.get(WIDGETS, "w1")
+    assert stored is not None and stored["spec"] == {"size": 4}
+    listed = widgets.kubectl.json("get", "widgets", "-l", "team=a")
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["w1"]
+    assert widgets.kubectl.json("get", "widgets", "-l", "team=b")["items"] == []
+
+
+def test_get_prints_the_crd_printer_columns(widgets: Kube) -> None:
+    widgets.kubectl.apply(widget("w1", size=7))
+    widgets.kubectl("patch", "wdg", "w1", "--subresource=status", "--type=merge", "-p", json.dumps(
+        {"status": {"phase": "Replaying", "conditions": [{"type": "Ready", "status": "False"}]}}))
+    lines = widgets.kubectl("get", "wdg").stdout.splitlines()
+    assert lines[0].split() == ["NAME", "PHASE", "SIZE", "READY", "AGE"]
+    assert lines[1].split()[:4] == ["w1", "Replaying", "7", "False"]
+    assert widgets.kubectl("get", "requeue").returncode == 0  # the category works too
+
+
+def test_status_subresource_rules(widgets: Kube) -> None:
+    widgets.kubectl.apply(widget("w1", size=1))
+    widgets.kubectl("patch", "wdg", "w1", "--subresource=status", "--type=merge",
+                    "-p", '{"status": {"phase": "Done"}, "spec": {"size": 99}}')
+    obj = widgets.get(WIDGETS, "w1")
+    assert obj is not None
+    assert obj["status"] == {"phase": "Done"} and obj["spec"]["size"] == 1
+    assert obj["metadata"]["generation"] == 1  # status changes never bump generation
+
+    widgets.kubectl("patch", "wdg", "w1", "--type=merge",
+                    "-p", '{"status": {"phase": "Hacked"}, "spec": {"size": 2}}')
+    obj = widgets.get(WIDGETS, "w1")
+    assert obj is not None
+    assert obj["status"] == {"phase": "Done"} and obj["spec"]["size"] == 2
+    assert obj["metadata"]["generation"] == 2
+
+
+def test_stale_resource_version_is_a_conflict(widgets: Kube) -> None:
+    widgets.kubectl.apply(widget("w1"))
+    with pytest.raises(KubectlError, match="the object has been modified"):
+        widgets.kubectl("patch", "wdg", "w1", "--type=merge",
+                        "-p", '{"metadata": {"resourceVersion": "1"}, "spec": {"size": 5}}')
+
+
+def test_delete_waits_for_finalizers(widgets: Kube) -> None:
+    widgets.kubectl.apply(widget("w1", finalizers=["test.requeue.dev/hold"]))
+    widgets.kubectl("delete", "wdg", "w1", "--wait=false")
+    held = widgets.kubectl.json("get", "wdg", "w1")
+    assert held["metadata"]["deletionTimestamp"]
+
+    widgets.kubectl("patch", "wdg", "w1", "--type=merge", "-p", '{"metadata": {"finalizers": null}}')
+    gone = widgets.kubectl("get", "wdg", "w1", check=False)
+    assert gone.returncode != 0 and "(NotFound)" in gone.stderr
+    assert widgets.get(WIDGETS, "w1") is None
+    widgets.kubectl.apply(widget("w1"))  # the name is free again
+    assert widgets.kubectl("delete", "wdg", "w1").returncode == 0  # no finalizers: gone at once
+
+
+def test_secrets_events_and_describe(widgets: Kube) -> None:
+    password = base64.b64encode(b"s3cret").decode()
+    widgets.kubectl.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                           "metadata": {"name": "redis"}, "data": {"password": password}})
+    secret = widgets.kubectl.json("get", "secret", "redis")
+    assert base64.b64decode(secret["data"]["password"]) == b"s3cret"
+    assert widgets.kubectl("get", "secrets").stdout.split()[4:7] == ["redis", "Opaque", "1"]
+
+    widgets.kubectl.apply(widget("w1"))
+    uid = widgets.kubectl.json("get", "wdg", "w1")["metadata"]["uid"]
+    widgets.kubectl("create", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": "w1-"}, "type": "Warning", "reason": "GateFailed",
+        "message": "postgres unreachable", "lastTimestamp": "2026-01-01T00:00:00Z",
+        "involvedObject": {"apiVersion": "test.requeue.dev/v1", "kind": "Widget",
+                           "name": "w1", "namespace": "default", "uid": uid},
+    }))
+    events = widgets.kubectl.json("get", "events", "--field-selector",
+                                  "involvedObject.name=w1,type=Warning")["items"]
+    assert [e["reason"] for e in events] == ["GateFailed"]
+    assert events[0]["metadata"]["name"].startswith("w1-")
+    assert "GateFailed" in widgets.kubectl("get", "events").stdout
+    assert widgets.kubectl.json("get", "events", "--field-selector",
+                                "involvedObject.name=other")["items"] == []
+    described = widgets.kubectl("describe", "wdg", "w1").stdout
+    assert "Name:" in described and "w1" in described and "GateFailed" in described
+
+
+def test_lists_carry_kind_and_resource_version(widgets: Kube) -> None:
+    widgets.kubectl.apply(widget("w1"))
+    url = f"{widgets.url}/apis/test.requeue.dev/v1/namespaces/default/widgets"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        listed = json.load(response)
+    assert listed["kind"] == "WidgetList" and listed["apiVersion"] == "test.requeue.dev/v1"
+    assert listed["metadata"]["resourceVersion"] == listed["items"][0]["metadata"]["resourceVersion"]
+
+
+def test_jsonpath_subset() -> None:
+    obj = {"status": {"conditions": [{"type": "A", "status": "x"}, {"type": "B", "status": "y"}]}}
+    assert jsonpath(obj, '.status.conditions[?(@.type=="B")].status') == ["y"]
+    assert jsonpath(obj, ".status.conditions[*].type") == ["A", "B"]
+    assert jsonpath(obj, ".status.conditions[0].status") == ["x"]
+    assert jsonpath(obj, ".status.missing") == []
+
+
+def test_kopf_operator_sets_status_and_releases_finalizers(
+    widgets: Kube, operator_factory: Any
+) -> None:
+    operator: OperatorProcess = operator_factory(KOPF_PROBE)
+    operator.wait_for_log(r"Starting the watch-stream for widgets")
+
+    widgets.kubectl.apply(widget("w1", size=3))
+
+    def phase(name: str) -> str | None:
+        obj = widgets.kubectl.json("get", "wdg", name)
+        return obj.get("status", {}).get("phase")  # type: ignore[no-any-return]
+
+    wait_until(lambda: phase("w1") == "Ready", timeout=30,
+               message=lambda: f"status.phase=Ready; operator log:\n{operator.logs()[-3000:]}")
+    assert "Ready" in widgets.kubectl("get", "wdg", "w1").stdout
+    obj = widgets.kubectl.json("get", "wdg", "w1")
+    assert obj["metadata"]["finalizers"] == ["probe.test.requeue.dev/finalizer"]
+    wait_until(lambda: "Probed" in widgets.kubectl("get", "events").stdout, timeout=15,
+               message="the operator's event")
+
+    operator.restart()  # SIGKILL and start again: the next object is still handled
+    operator.wait_for_log(r"Starting the watch-stream for widgets")
+    widgets.kubectl.apply(widget("w2", size=5))
+    wait_until(lambda: phase("w2") == "Ready", timeout=30,
+               message=lambda: f"w2 Ready after restart; log:\n{operator.logs()[-3000:]}")
+
+    widgets.kubectl("delete", "wdg", "w1", "--timeout=30s")  # waits until kopf drops the finalizer
+    assert widgets.get(WIDGETS, "w1") is None
