@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from support import wait_until
 from support.kube import Kube, KubectlError, jsonpath, load_crds
@@ -21,6 +22,7 @@ from support.operator_proc import OperatorProcess
 
 pytestmark = pytest.mark.e2e
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PROBE_OPERATOR = Path(__file__).resolve().parents[1] / "support" / "probe_operator.py"
 KOPF_PROBE = (sys.executable, "-m", "kopf", "run", "--standalone", "-A", "--verbose",
               str(PROBE_OPERATOR))
@@ -187,6 +189,33 @@ def test_lists_carry_kind_and_resource_version(widgets: Kube) -> None:
         listed = json.load(response)
     assert listed["kind"] == "WidgetList" and listed["apiVersion"] == "test.requeue.dev/v1"
     assert listed["metadata"]["resourceVersion"] == listed["items"][0]["metadata"]["resourceVersion"]
+
+
+def test_secret_string_data_becomes_data(widgets: Kube) -> None:
+    widgets.kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+                           "stringData": {"dsn": "postgresql://u:p@h/db"}})
+    widgets.kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+                           "stringData": {"dsn": "postgresql://u:p@h/db2"}})
+    secret = widgets.kubectl.json("get", "secret", "db")
+    assert "stringData" not in secret
+    assert base64.b64decode(secret["data"]["dsn"]) == b"postgresql://u:p@h/db2"
+
+
+def test_repo_examples_apply_and_print_with_the_crd_columns(kube: Kube) -> None:
+    examples = sorted(EXAMPLES.glob("*.yaml"))
+    kinds = {doc["kind"] for path in examples for doc in yaml.safe_load_all(path.read_text())
+             if isinstance(doc, dict) and "kind" in doc}
+    for path in examples:
+        kube.kubectl("apply", "-f", str(path))
+    for crd in load_crds():
+        names = crd["spec"]["names"]
+        if names["kind"] not in kinds:
+            continue
+        columns = crd["spec"]["versions"][0].get("additionalPrinterColumns", [])
+        header = kube.kubectl("get", names["shortNames"][0], "-A").stdout.splitlines()[0]
+        for column in columns:
+            if not column.get("priority"):
+                assert column["name"].upper() in header
 
 
 def test_jsonpath_subset() -> None:

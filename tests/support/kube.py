@@ -9,6 +9,7 @@ on, in the emulator rather than in the operator (DESIGN.md, Tests):
   (kopf idles silently without CRDs and namespaces in discovery);
 * lists carry ``apiVersion``/``kind: <Kind>List`` and the current
   ``resourceVersion``; label and field selectors (equality only) filter them;
+* a Secret's ``stringData`` is folded into base64 ``data``;
 * every write maintains ``metadata.resourceVersion`` (one global counter),
   ``uid``, ``creationTimestamp`` and ``generation`` (bumped when anything but
   metadata/status changes), supports ``generateName``, rejects a stale
@@ -22,8 +23,8 @@ on, in the emulator rather than in the operator (DESIGN.md, Tests):
   ``[?(@.type=="Ready")]``), with built-in columns for events and secrets.
 
 Not emulated: PUT (replace), server-side apply, dry-run, schema validation and
-defaulting, watch bookmarks, ``resourceVersion`` on watch (a new watch first
-replays every existing object as ADDED — kopf copes), ``stringData`` of Secrets.
+defaulting, namespace existence, watch bookmarks, ``resourceVersion`` on watch
+(a new watch first replays every existing object as ADDED — kopf copes).
 
 The server runs on a :class:`~support.BackgroundLoop` thread, so tests may
 call blocking ``kubectl`` while the operator subprocess keeps talking to it.
@@ -32,6 +33,7 @@ call blocking ``kubectl`` while the operator subprocess keeps talking to it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import datetime
 import functools
@@ -142,9 +144,10 @@ def _path_column(spec: Mapping[str, Any]) -> Column:
             return None
         if type_ == "date" and isinstance(found[0], str):
             return human_age(found[0])
-        if len(found) == 1:
-            return found[0]
-        return ",".join(map(str, found))
+        value = found[0]  # kube-apiserver also takes the first result only
+        if type_ == "string" and not isinstance(value, str):
+            return json.dumps(value, separators=(",", ":"))  # as its JSONPath printer does
+        return value
 
     return _column(spec["name"], type_, getter, spec.get("description", ""),
                    int(spec.get("priority", 0)))
@@ -314,6 +317,7 @@ class ApiServer(kmock.KubernetesEmulator):
             meta.pop(volatile, None)
         if resource in self._status_subresource:
             obj.pop("status", None)
+        _fold_string_data(resource, obj)
 
     def _current(self, request: Request) -> dict[str, Any]:
         assert request.resource is not None and request.name is not None
@@ -357,6 +361,7 @@ class ApiServer(kmock.KubernetesEmulator):
                 wanted.pop("status", None)
                 if "status" in current:
                     wanted["status"] = current["status"]
+        _fold_string_data(request.resource, wanted)
         new_meta = wanted.setdefault("metadata", {})
         for fixed in ("uid", "name", "namespace", "creationTimestamp", "generation",
                       "resourceVersion", "deletionTimestamp"):
@@ -550,6 +555,16 @@ def _wants_table(request: Request) -> bool:
 
 def _without_meta_status(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+def _fold_string_data(resource: kmock.resource | None, obj: dict[str, Any]) -> None:
+    """A Secret's write-only ``stringData`` is merged into base64 ``data``, as the API server does."""
+    if resource != kmock.resource("v1/secrets") or "stringData" not in obj:
+        return
+    data = dict(obj.get("data") or {})
+    for key, value in (obj.pop("stringData") or {}).items():
+        data[key] = base64.b64encode(str(value).encode()).decode()
+    obj["data"] = data
 
 
 def _strip_directives(value: Any) -> Any:
