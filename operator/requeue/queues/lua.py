@@ -98,16 +98,20 @@ return out
 #:
 #: KEYS[1] progress hash, KEYS[2] failed zset, KEYS[3] replayed-ids list.
 #: ARGV[1] job key prefix, ARGV[2] new replay cursor, ARGV[3] extra skipped
-#: (ids of the batch not sent to BullMQ), ARGV[4..] ids sent. Returns {moved, skipped, missing}.
+#: (ids of the batch not sent to BullMQ), ARGV[4] "failed" (reprocessJob: moved when
+#: the hash exists and the id is in the failed set) or "exists" (removeJob of a job
+#: already copied: moved when the hash exists), ARGV[5..] ids sent.
+#: Returns {moved, skipped, missing}.
 TALLY_BATCH = r"""
 local rcall = redis.call
 local moved, skipped, missing = 0, tonumber(ARGV[3]), 0
 local ids = {}
-for i = 4, #ARGV do
+local need_failed = ARGV[4] == "failed"
+for i = 5, #ARGV do
   local id = ARGV[i]
   if rcall("EXISTS", ARGV[1] .. id) == 0 then
     missing = missing + 1
-  elseif rcall("ZSCORE", KEYS[2], id) then
+  elseif not need_failed or rcall("ZSCORE", KEYS[2], id) then
     moved = moved + 1
     ids[#ids + 1] = id
   else
