@@ -13,6 +13,7 @@ Used by the model/schema agreement tests and by the API-server emulator, so
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,17 @@ def _unknown_fields(schema: dict[str, Any], obj: Any, at: list[str | int]) -> It
 _CEL = celpy.Environment()
 
 
+@functools.lru_cache(maxsize=256)
+def _program(rule: str) -> Any:
+    return _CEL.program(_CEL.compile(rule))
+
+
 def _cel_errors(schema: dict[str, Any], obj: Any, old: Any, at: list[str | int]) -> Iterator[str]:
     for rule in schema.get("x-kubernetes-validations", []):
         uses_old = "oldSelf" in rule["rule"]
         if uses_old and old is None:
             continue
-        program = _CEL.program(_CEL.compile(rule["rule"]))
+        program = _program(rule["rule"])
         activation = {"self": celpy.json_to_cel(obj)}
         if uses_old:
             activation["oldSelf"] = celpy.json_to_cel(old)

@@ -60,6 +60,7 @@ from kmock._internal import parsing as kmock_parsing
 from kmock._internal.rendering import Payload, Request
 
 from support import BackgroundLoop
+from support.crd_validate import validate as validate_against_crd
 
 __all__ = ["ApiServer", "Kube", "Kubectl", "find_kubectl", "load_crds", "start_kube"]
 
@@ -220,6 +221,7 @@ class ApiServer(kmock.KubernetesEmulator):
     _resource_version: int = attrs.field(default=0, init=False)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _columns: dict[kmock.resource, list[Column]] = attrs.field(factory=dict, init=False)
+    _crds: dict[kmock.resource, Mapping[str, Any]] = attrs.field(factory=dict, init=False)
     _status_subresource: set[kmock.resource] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -264,6 +266,7 @@ class ApiServer(kmock.KubernetesEmulator):
                 subresources=version.get("subresources", {}).keys(), singular=names.get("singular"),
             )
             printer = version.get("additionalPrinterColumns")
+            self._crds[res] = crd
             self._columns[res] = ([NAME_COLUMN, *map(_path_column, printer)] if printer
                                   else [NAME_COLUMN, AGE_COLUMN])
             registered.append(res)
@@ -387,8 +390,11 @@ class ApiServer(kmock.KubernetesEmulator):
             if action == kmock_enums.action.CREATE and isinstance(request.data, dict):
                 self._stamp_new(request.resource, request.data, namespace=request.namespace
                                 or request.data.get("metadata", {}).get("namespace"))
+                self._validate(request.resource, request.data, old=None)
             elif action == kmock_enums.action.UPDATE and request.name is not None:
                 wanted = self._prepare_update(request)
+                if wanted is not None:
+                    self._validate(request.resource, wanted, old=self._current(request))
                 # kmock applies request.data as a patch; a JSON patch replacing the root makes
                 # the stored object exactly what we computed, whatever the client's patch type.
                 ops = [] if wanted is None else [{"op": "replace", "path": "", "value": wanted}]
@@ -400,6 +406,20 @@ class ApiServer(kmock.KubernetesEmulator):
                     == "customresourcedefinitions" and isinstance(request.data, dict)):
                 self.register_crd(request.data)
             return response
+
+    def _validate(self, resource: kmock.resource, obj: dict[str, Any],
+                  old: dict[str, Any] | None) -> None:
+        """Refuse a custom resource its CRD's schema or CEL rules refuse, as kube-apiserver does."""
+        crd = self._crds.get(resource)
+        if crd is None:
+            return
+        errors = validate_against_crd(crd, obj, old=old)
+        if errors:
+            kind = crd["spec"]["names"]["kind"]
+            name = obj.get("metadata", {}).get("name", "")
+            raise kmock.KubernetesError(
+                422, "Invalid",
+                f'{kind}.{crd["spec"]["group"]} "{name}" is invalid: {"; ".join(errors)}')
 
     async def _prepare_delete(self, request: Request) -> None:
         current = self._current(request)
@@ -452,7 +472,8 @@ class ApiServer(kmock.KubernetesEmulator):
         group_version = gv.removeprefix("apis/").removeprefix("api/")
         group, _, version = group_version.rpartition("/")
         patch_param = [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}]
-        paths = {}
+        paths: dict[str, Any] = {}
+        schemas: dict[str, Any] = {}
         for res in self._get_resources():
             if (res.group, res.version) != (group, version):
                 continue
@@ -461,7 +482,13 @@ class ApiServer(kmock.KubernetesEmulator):
             paths[f"/{gv}/namespaces/{{namespace}}/{res.plural}/{{name}}"] = {"patch": {
                 "x-kubernetes-group-version-kind": gvk, "parameters": patch_param,
                 "responses": {"200": {"description": "OK"}}}}
-        return {"openapi": "3.0.0", "info": {"title": "kmock", "version": "v0"}, "paths": paths}
+            crd = self._crds.get(res)
+            if crd is not None:  # what `kubectl explain` reads: the CRD schema, keyed by GVK
+                schema = copy.deepcopy(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+                schema["x-kubernetes-group-version-kind"] = [gvk]
+                schemas[f"{'.'.join(reversed(group.split('.')))}.{version}.{kind}"] = schema
+        return {"openapi": "3.0.0", "info": {"title": "kmock", "version": "v0"}, "paths": paths,
+                "components": {"schemas": schemas}}
 
     async def _serve_list(self, request: Request) -> Payload:
         resource = request.resource
