@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from requeue.api.crd import write_crds
+from requeue.api.docs import render_reference
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,12 +28,19 @@ def main() -> None:
     help="Where the CRD files live.",
 )
 def crds(check: bool, directory: Path) -> None:
-    """Write crds/*.yaml from the API models (the only way they change)."""
+    """Write crds/*.yaml (and the chart's copy, and docs/api-reference.md) from the API models."""
     targets = [directory]
     chart_crds = directory.parent / "charts" / "requeue" / "crds"
     if chart_crds.parent.is_dir():
         targets.append(chart_crds)
     stale = [f"{d}/{name}" for d in targets for name in write_crds(d, check=check)]
+    reference = directory.parent / "docs" / "api-reference.md"
+    text = render_reference()
+    if not reference.exists() or reference.read_text() != text:
+        stale.append(str(reference))
+        if not check:
+            reference.parent.mkdir(parents=True, exist_ok=True)
+            reference.write_text(text)
     if check and stale:
         click.echo(f"stale: {', '.join(stale)}; run `requeue crds` and commit", err=True)
         sys.exit(1)
