@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
 
 from requeue.api import DLQReplaySpec, DLQReplayStatus, GatePolicy, GateStatus, GateType, ReplayPhase
 from requeue.api.base import find_condition
 from requeue.errors import RedisUnavailable
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys, connect
 from requeue.replay import ReplayEngine, StepResult
+from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
 
 Q = "default"
 
@@ -84,7 +84,7 @@ async def test_replays_matching_jobs_once_and_leaves_others(redis_url: str, r: a
     assert cond is not None and cond.status == "True"
     # the lease is released and the replay's keys expire
     assert not await r.exists(QueueKeys("bull", Q).lease)
-    assert 0 < await r.ttl(ReplayKeys("u1").snapshot)
+    assert await r.ttl(ReplayKeys("u1").snapshot) > 0
 
 
 async def test_dry_run_changes_nothing(redis_url: str, r: aioredis.Redis) -> None:
@@ -318,7 +318,7 @@ class FlipGate:
 
 class Clock:
     def __init__(self) -> None:
-        self.now = datetime.now(timezone.utc)
+        self.now = datetime.now(UTC)
 
     def __call__(self) -> datetime:
         return self.now
