@@ -1,0 +1,33 @@
+"""Globs turned into Lua patterns for the in-Redis name prefilter agree with fnmatch."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import lupa
+import pytest
+
+from requeue.queues import glob_to_lua
+
+NAMES = ["whatsapp.send", "whatsapp.status", "whatsappXsend", "pdf.generate", "email.send", "a%b", "a.b",
+         "x(1)", "job-1", "job-2", "Job-3", "", "send", "sms+send", "q?", "[x]"]
+GLOBS = ["whatsapp.*", "*.send", "whatsapp.s?nd", "*", "job-[12]", "job-[!1]", "a%b", "a.b", "x(1)",
+         "sms+send", "pdf.generate", "*s*t*", "[Jj]ob-*"]
+
+
+@pytest.fixture(scope="module")
+def lua_find() -> lupa.LuaRuntime:
+    return lupa.LuaRuntime().eval("function(s, p) return string.find(s, p) ~= nil end")
+
+
+@pytest.mark.parametrize("glob", GLOBS)
+def test_lua_pattern_matches_like_fnmatch(glob: str, lua_find: lupa.LuaRuntime) -> None:
+    pattern = glob_to_lua(glob)
+    assert pattern is not None
+    for name in NAMES:
+        assert lua_find(name, pattern) == fnmatch.fnmatchcase(name, glob), (glob, name, pattern)
+
+
+@pytest.mark.parametrize("glob", ["job-[", "a[%]b", "x[]"])
+def test_unsure_globs_are_not_prefiltered(glob: str) -> None:
+    assert glob_to_lua(glob) is None
