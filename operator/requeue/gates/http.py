@@ -101,9 +101,9 @@ async def check_http(spec: HttpGate, secrets: SecretSource) -> GateResult:
         extra = ""
         if 300 <= response.status_code < 400 and not spec.follow_redirects:
             location = response.headers.get("location")
-            extra = "; redirects are not followed" + (
-                f" (Location: {redact_url(location)})" if location else ""
-            )
+            extra = "; redirects are not followed"
+            if location:
+                extra += f" (Location: {redact_url(str(response.url.join(location)))})"
         return GateResult.fail(f"{status} (expected {expected}){extra}", latency)
     if spec.json_path is None:
         return GateResult.ok(status, latency)

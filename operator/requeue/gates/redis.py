@@ -64,9 +64,11 @@ async def check_redis(spec: RedisGate, secrets: SecretSource, *, default_url: st
             time.monotonic() - started,
         )
 
+    connected = False
     try:
         async with asyncio.timeout(timeout):
             await client.initialize()  # connect, AUTH, HELLO: failures here are connection failures
+            connected = True
             pings = []
             for _ in range(PINGS):
                 t0 = time.monotonic()
@@ -77,8 +79,11 @@ async def check_redis(spec: RedisGate, secrets: SecretSource, *, default_url: st
     except AuthenticationError as exc:
         return GateResult.fail(f"{shown}: {_auth_message(exc)}", time.monotonic() - started)
     except (RedisTimeoutError, TimeoutError):
+        hint = ""
+        if not connected and url.startswith("rediss://"):
+            hint = "; no TLS handshake: does the server speak TLS on that port?"
         return GateResult.fail(
-            f"{shown}: no answer within {spec.timeout} (timeout)", time.monotonic() - started
+            f"{shown}: no answer within {spec.timeout} (timeout){hint}", time.monotonic() - started
         )
     except RedisConnectionError as exc:
         cause = describe_network_error(exc) or _first_line(exc) or "connection failed"
@@ -115,11 +120,11 @@ async def check_redis(spec: RedisGate, secrets: SecretSource, *, default_url: st
 
 def _auth_message(exc: AuthenticationError) -> str:
     """WRONGPASS / NOAUTH / no password configured, in words (the server's text carries no secret)."""
-    text = str(exc)
+    text = f"{exc.status_code or ''} {exc}"
     if "WRONGPASS" in text or "invalid username-password" in text or "invalid password" in text:
         return "authentication failed: wrong user name or password (WRONGPASS)"
-    if "NOAUTH" in text or "Authentication required" in text:
-        return "authentication required (NOAUTH): put the password in the URL"
+    if "NOAUTH" in text or "Authentication required" in text or "already authenticated" in text:
+        return "authentication required (NOAUTH): the URL has no password"
     if "no password is set" in text or "without any password configured" in text:
         return "authentication failed: the URL has a password but the server requires none"
     return "authentication failed"

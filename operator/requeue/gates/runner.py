@@ -32,7 +32,7 @@ from requeue.api.gates import GatePolicy, GateSpec, GateStatus, GateType
 from requeue.gates.http import check_http
 from requeue.gates.postgres import check_postgres
 from requeue.gates.redis import check_redis
-from requeue.gates.result import GateResult, RecordingSecrets, clip
+from requeue.gates.result import GateResult, RecordingSecrets, clip, sensitive_parts
 from requeue.metrics import GATE_CHECK_SECONDS, GATE_HEALTHY
 from requeue.redact import redact_text
 from requeue.secrets import SecretSource
@@ -84,7 +84,7 @@ async def run_check(
     result = await _bounded(gate, check, timeout)
     secrets_seen = list(recording.values)
     if default_redis_url:
-        secrets_seen.append(default_redis_url)
+        secrets_seen.extend(sensitive_parts(default_redis_url))
     message = clip(redact_text(result.message, secrets_seen))
     return GateResult(result.healthy, message, time.monotonic() - started)
 
