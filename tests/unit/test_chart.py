@@ -252,7 +252,7 @@ def test_notes_name_the_namespaces(chart: helm_python.Chart) -> None:
 
 
 def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    containers: list[dict[str, Any]] = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
     return containers[0]
 

@@ -33,7 +33,8 @@ PINNED_BASE = re.compile(r"^python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64}
 
 
 def commands() -> tuple[dockerfile.Command, ...]:
-    return dockerfile.parse_file(str(DOCKERFILE))
+    parsed: tuple[dockerfile.Command, ...] = dockerfile.parse_file(str(DOCKERFILE))
+    return parsed
 
 
 def stages() -> dict[str, list[dockerfile.Command]]:
