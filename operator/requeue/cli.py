@@ -46,3 +46,32 @@ def crds(check: bool, directory: Path) -> None:
         sys.exit(1)
     for name in stale:
         click.echo(f"wrote {name}")
+
+
+@main.command()
+@click.option("--standalone", is_flag=True, help="No peering with other replicas (run exactly one).")
+@click.option("-A", "--all-namespaces", "clusterwide", is_flag=True, help="Watch every namespace.")
+@click.option("-n", "--namespace", "namespaces", multiple=True, help="Watch this namespace (repeatable).")
+@click.option("--liveness", "liveness_endpoint", metavar="URL",
+              help="Serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz.")
+@click.option("--metrics-port", type=int, default=9090, show_default=True, envvar="REQUEUE_METRICS_PORT",
+              help="Port of the Prometheus /metrics endpoint; 0 disables it.")
+@click.option("--metrics-address", default="0.0.0.0", show_default=True, help="Address /metrics binds to.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              envvar="REQUEUE_LOG_FORMAT")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              default="info", show_default=True, envvar="REQUEUE_LOG_LEVEL")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (same as --log-level debug).")
+def run(standalone: bool, clusterwide: bool, namespaces: tuple[str, ...], liveness_endpoint: str | None,
+        metrics_port: int, metrics_address: str, log_format: str, log_level: str, verbose: bool) -> None:
+    """Run the operator (kopf) against the current kubeconfig or the in-cluster service account."""
+    if clusterwide and namespaces:
+        raise click.UsageError("use either --all-namespaces or --namespace, not both")
+    if not clusterwide and not namespaces:
+        raise click.UsageError("say which namespaces to watch: --all-namespaces or --namespace NS")
+    from requeue.handlers.main import run_operator
+
+    run_operator(standalone=standalone, clusterwide=clusterwide, namespaces=namespaces,
+                 liveness_endpoint=liveness_endpoint, metrics_port=metrics_port,
+                 metrics_address=metrics_address, verbose=verbose, log_format=log_format,
+                 log_level=log_level)

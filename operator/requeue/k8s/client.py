@@ -1,0 +1,70 @@
+"""The Kubernetes API client, configured once per process.
+
+The ``kubernetes`` package keeps its configuration in a process-wide default:
+:func:`load_config` fills it from the in-cluster service account when running
+in a pod (``KUBERNETES_SERVICE_HOST`` set and non-empty), else from the
+kubeconfig (``KUBECONFIG`` or ``~/.kube/config``). Every API object built
+afterwards (including :class:`requeue.k8s.secrets.KubeSecrets`'s) uses it.
+
+The client is synchronous: callers run its calls in a worker thread
+(``asyncio.to_thread``) so the event loop never blocks on the API server.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from requeue.errors import TransientError
+
+__all__ = ["ApiUnavailable", "core_v1", "custom_objects", "load_config", "translate"]
+
+_lock = threading.Lock()
+_loaded = False
+
+
+def load_config() -> None:
+    """Configure the client's defaults once (idempotent, thread-safe)."""
+    global _loaded
+    with _lock:
+        if _loaded:
+            return
+        from kubernetes import config
+
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        else:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
+        _loaded = True
+
+
+def custom_objects() -> Any:
+    """A ``CustomObjectsApi`` on the loaded configuration."""
+    load_config()
+    from kubernetes import client
+
+    return client.CustomObjectsApi()
+
+
+def core_v1() -> Any:
+    """A ``CoreV1Api`` on the loaded configuration."""
+    load_config()
+    from kubernetes import client
+
+    return client.CoreV1Api()
+
+
+class ApiUnavailable(TransientError):
+    """The Kubernetes API server could not be reached or answered with a server error."""
+
+    reason = "KubernetesApiError"
+
+
+def translate(exc: BaseException, what: str) -> Exception:
+    """An API exception as our error tree; the response body (it may echo objects) is never quoted."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        reason = getattr(exc, "reason", None) or ""
+        return ApiUnavailable(f"{what}: Kubernetes API answered HTTP {status} {reason}".strip(), delay=5)
+    return ApiUnavailable(f"{what}: Kubernetes API unreachable ({type(exc).__name__})", delay=5)

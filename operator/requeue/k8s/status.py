@@ -1,0 +1,42 @@
+"""Write a resource's ``.status`` through the status subresource (JSON merge patch).
+
+A merge patch replaces lists whole (``conditions`` is written as one list) and
+deletes a field sent as ``null``, so callers send the complete status with
+unset optionals as ``null`` and a field the model dropped disappears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from requeue.api.resources import GROUP, VERSION
+from requeue.k8s.client import custom_objects, translate
+
+__all__ = ["MERGE_PATCH", "patch_status"]
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+async def patch_status(
+    plural: str, namespace: str, name: str, status: Mapping[str, Any], *, request_timeout: float = 10.0
+) -> bool:
+    """Merge ``status`` into the object's ``.status``; False when the object no longer exists.
+
+    :raises ApiUnavailable: the API server is unreachable or failed (retry later).
+    """
+
+    def call() -> None:
+        custom_objects().patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, plural, name, {"status": dict(status)},
+            _content_type=MERGE_PATCH, _request_timeout=request_timeout,
+        )
+
+    try:
+        await asyncio.to_thread(call)
+    except Exception as exc:
+        if getattr(exc, "status", None) == 404:
+            return False
+        raise translate(exc, f"writing status of {plural} {namespace}/{name}") from None
+    return True
