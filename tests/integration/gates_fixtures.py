@@ -31,6 +31,7 @@ class ControlledHttp:
     """An HTTP (or HTTPS) API on 127.0.0.1 whose answers the test picks by path.
 
     * ``/status/{code}``: that status, body ``{"status": "ok"}``
+    * ``/health``: :attr:`health_status` (200 unless the test flips it)
     * ``/json``: 200 with :attr:`json_body` (the test changes it between checks)
     * ``/text``: 200 with a body that is not JSON
     * ``/slow?seconds=N``: 200 after N seconds
@@ -44,6 +45,7 @@ class ControlledHttp:
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.ssl_context = ssl_context
         self.json_body: Any = {"status": "ok", "checks": [{"name": "db", "ok": True}]}
+        self.health_status = 200
         self.requests: list[dict[str, Any]] = []
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -60,6 +62,7 @@ class ControlledHttp:
         app = web.Application()
         app.router.add_route("*", "/status/{code}", self._status)
         app.router.add_route("*", "/json", self._json)
+        app.router.add_route("*", "/health", self._health)
         app.router.add_route("*", "/text", self._text)
         app.router.add_route("*", "/slow", self._slow)
         app.router.add_route("*", "/big", self._big)
@@ -92,6 +95,10 @@ class ControlledHttp:
     async def _status(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
         return web.json_response({"status": "ok"}, status=int(request.match_info["code"]))
+
+    async def _health(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        return web.json_response({"status": "ok"}, status=self.health_status)
 
     async def _json(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
