@@ -32,6 +32,11 @@ class Thresholds(ApiModel):
     stalled_active_seconds: int | None = Field(
         default=None, ge=1, description="Alert when an active job's lock expired this long ago."
     )
+    failure_rate_min_jobs: int = Field(
+        default=10,
+        ge=1,
+        description="Fewest finished jobs in the window before failureRatePercent is judged.",
+    )
 
 
 class AutoReplay(ApiModel):
@@ -112,6 +117,15 @@ class QueuePolicySpec(ApiModel):
     )
 
 
+class QueueBreach(StatusModel):
+    """One threshold a queue is breaching, and when requeue last alerted about it."""
+
+    kind: str = Field(description="failed, waiting, failureRate or stalled.")
+    message: str = Field(default="", description='What was measured, e.g. "failed 150 > 100".')
+    since: datetime = Field(description="When the breach began.")
+    last_alert_at: datetime | None = Field(default=None, description="When it was last alerted.")
+
+
 class QueueState(StatusModel):
     """The last observation of one queue."""
 
@@ -124,12 +138,18 @@ class QueueState(StatusModel):
     prioritized: int = Field(default=0, description="Jobs waiting with a priority.")
     paused: bool = Field(default=False, description="Whether the queue is paused.")
     paused_by_policy: bool = Field(default=False, description="Whether this policy paused it.")
+    dry_run_paused: bool = Field(
+        default=False, description="Whether this policy would have paused it, were it not a dry run."
+    )
     failure_rate_percent: float | None = Field(
         default=None, description="Failed / (completed + failed) over the window, in percent."
     )
     stalled: int = Field(default=0, description="Active jobs whose lock expired.")
     healthy: bool = Field(default=True, description="No threshold breached.")
     reasons: list[str] = Field(default_factory=list, description="Breached thresholds.")
+    breaches: list[QueueBreach] = Field(
+        default_factory=list, description="Breached thresholds with their alert bookkeeping."
+    )
 
 
 class PolicyAction(StatusModel):
@@ -165,3 +185,7 @@ class QueuePolicyStatus(StatusModel):
         default=None, description="When the current or last outage began (first red gate)."
     )
     last_auto_replay_at: datetime | None = Field(default=None, description="Last auto replay.")
+    last_replayed_outage: datetime | None = Field(
+        default=None,
+        description="Start of the outage whose failures were last auto-replayed (once per outage).",
+    )

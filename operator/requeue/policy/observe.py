@@ -1,0 +1,127 @@
+"""What one QueuePolicy evaluation sees, and the small state it carries between evaluations.
+
+Pure data, no I/O: :mod:`requeue.policy.collect` fills an :class:`Observation`
+from Redis, :func:`requeue.policy.decide.decide` turns it into a decision.
+
+Two kinds of state survive an evaluation:
+
+* ``.status`` (:class:`~requeue.api.policy.QueuePolicyStatus`): everything a
+  person wants to read — counts, who paused a queue, breaches and when they
+  were alerted, gate history, last actions.
+* :class:`PolicyMemory`: bookkeeping nobody needs to read — per queue the
+  events-stream cursor, the failure-rate window (counts per time bucket) and
+  when an active job was first seen without a lock. Stored as JSON in Redis
+  beside the queues (:mod:`requeue.policy.memory`), so it survives restarts
+  without bloating the status object every interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from requeue.api.gates import GateStatus
+
+__all__ = [
+    "BUCKETS_PER_WINDOW",
+    "EventTally",
+    "Observation",
+    "PolicyMemory",
+    "QueueMemory",
+    "QueueObservation",
+]
+
+#: The failure-rate window is kept as this many buckets (its edge is exact to 1/N of the window).
+BUCKETS_PER_WINDOW = 10
+
+
+@dataclass(frozen=True)
+class EventTally:
+    """``completed`` and ``failed`` entries read from a queue's events stream since the last cursor.
+
+    ``per_second`` maps the Unix second of each entry (from its stream id) to
+    ``(completed, failed)``, so the entries land in the right window bucket
+    however late they were read.
+    """
+
+    #: The id of the last entry read; the next read starts after it. "" when nothing was ever read.
+    cursor: str = ""
+    per_second: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+    #: True when the read stopped at its page budget with entries left (the reader is behind).
+    behind: bool = False
+
+    @property
+    def completed(self) -> int:
+        return sum(c for c, _ in self.per_second.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(f for _, f in self.per_second.values())
+
+
+@dataclass(frozen=True)
+class QueueObservation:
+    """One queue as it was seen in one evaluation."""
+
+    name: str
+    waiting: int = 0
+    active: int = 0
+    completed: int = 0
+    failed: int = 0
+    delayed: int = 0
+    prioritized: int = 0
+    paused: bool = False
+    events: EventTally = field(default_factory=EventTally)
+    #: Ids of active jobs whose lock key is gone; None when stalled jobs were not checked.
+    lockless_active: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything one evaluation saw: every queue, every gate, or why it could not look."""
+
+    at: datetime
+    queues: Mapping[str, QueueObservation] = field(default_factory=dict)
+    #: Last gate results (thresholds applied); None when the gates have not been checked yet.
+    gates: tuple[GateStatus, ...] | None = None
+    #: Set when Redis could not be read; ``queues`` is then empty. Never contains secrets.
+    error: str | None = None
+    #: CamelCase reason for ``error``, e.g. RedisUnreachable.
+    error_reason: str = "RedisUnreachable"
+
+
+@dataclass(frozen=True)
+class QueueMemory:
+    """What the policy remembers about one queue between evaluations."""
+
+    #: Events-stream id read last ("" = never read).
+    cursor: str = ""
+    #: Failure-rate window: ``(bucket start in Unix seconds, completed, failed)``, oldest first.
+    buckets: tuple[tuple[int, int, int], ...] = ()
+    #: Active job id -> Unix second it was first seen without a lock.
+    lockless_since: Mapping[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"c": self.cursor, "b": [list(b) for b in self.buckets], "l": dict(self.lockless_since)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> QueueMemory:
+        """Tolerant: anything malformed is dropped (the window then starts afresh)."""
+        try:
+            buckets = tuple((int(b[0]), int(b[1]), int(b[2])) for b in data.get("b", ()))
+            lockless = {str(k): int(v) for k, v in dict(data.get("l", {})).items()}
+            return cls(cursor=str(data.get("c", "")), buckets=buckets, lockless_since=lockless)
+        except (TypeError, ValueError, IndexError):
+            return cls()
+
+
+@dataclass(frozen=True)
+class PolicyMemory:
+    """Per-queue :class:`QueueMemory` of one policy."""
+
+    queues: Mapping[str, QueueMemory] = field(default_factory=dict)
+
+    def get(self, queue: str) -> QueueMemory:
+        return self.queues.get(queue, QueueMemory())
