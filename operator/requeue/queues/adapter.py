@@ -210,10 +210,11 @@ class BullQueue:
             converted = [glob_to_lua(g) for g in name_globs]
             if all(p is not None for p in converted):
                 patterns = [p for p in converted if p is not None]
-        reply = await self.scripts.select_page(
+        raw = await self.scripts.select_page(
             keys=[self.keys.failed],
             args=[self.keys.base, min_score, max_score, cursor.score, cursor.job_id, count, *patterns],
         )
+        reply = json.loads(raw)
         scanned = int(reply[0])
         new_cursor = Cursor(text(reply[1]) or "", text(reply[2]) or "")
         done = int(reply[3]) == 1

@@ -57,6 +57,7 @@ async def connect(
     """
     kwargs: dict[str, Any] = {
         "decode_responses": True,
+        "encoding_errors": "replace",
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
         "health_check_interval": 30,

@@ -10,9 +10,10 @@ from __future__ import annotations
 #: KEYS[1] failed zset. ARGV[1] job key prefix, ARGV[2] min score (inclusive),
 #: ARGV[3] max score (exclusive), ARGV[4] cursor score ("" = start), ARGV[5] cursor id,
 #: ARGV[6] page size (members scanned), ARGV[7..] anchored Lua patterns over names
-#: (none = every name). Returns {scanned, cursor score, cursor id, done, then per
-#: candidate: id, score, name (false if the hash or name is missing), failedReason,
-#: data, lifo "1"/"0"}. Ties on the score are ordered by member like the zset itself,
+#: (none = every name). Returns one JSON text (one bulk string parses far faster
+#: than thousands): [scanned, cursor score, cursor id, done, then per candidate:
+#: id, score, name (false if the hash or name is missing), failedReason, data, lifo "1"/"0"].
+#: Ties on the score are ordered by member like the zset itself,
 #: and a cursor member that left the set meanwhile is stepped over by (score, id).
 SELECT_PAGE = r"""
 local rcall = redis.call
@@ -85,7 +86,7 @@ for i = 1, #items, 2 do
 end
 out[1] = scanned
 if exhausted then out[4] = 1 end
-return out
+return cjson.encode(out)
 """
 
 #: Writes requeue's progress hash only; reads BullMQ's failed set and job hashes.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,14 +19,17 @@ from requeue.queues import FailedJob
 #: Longest normalised reason kept (longer ones are cut, so groups stay few).
 MAX_REASON_LENGTH = 160
 
+# Our own fixed patterns (no user input, no nested quantifiers), so Python's re is
+# safe here and much faster than re2's Python binding for many small strings.
 # Order matters: UUIDs before hex ids before plain numbers.
-_UUID = re2.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_HEX = re2.compile(r"\b(?:0x[0-9a-fA-F]+|[0-9a-fA-F]*[0-9][0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*|"
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_HEX = re.compile(r"\b(?:0x[0-9a-fA-F]+|[0-9a-fA-F]*[0-9][0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*|"
                    r"[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*[0-9][0-9a-fA-F]*)\b")
-_NUMBER = re2.compile(r"\d+(?:\.\d+)?")
-_SPACES = re2.compile(r"\s+")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_SPACES = re.compile(r"\s+")
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_reason(reason: str | None) -> str:
     """Fold the variable parts of a failure reason so similar failures group together.
 
