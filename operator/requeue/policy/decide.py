@@ -30,7 +30,8 @@ Rules, in the order they are applied:
    recovery (intersected with the user's selector). A new outage that begins
    before the previous one was replayed extends it rather than replacing it,
    so its failures are not forgotten.
-5. **clean.** Every evaluation, per queue and per configured state with jobs.
+5. **clean.** Every evaluation, per queue and per configured state that has
+   jobs older than the grace (or any jobs, when the collector did not count).
 
 ``dryRun``: Alert and Recover still notify (reporting is what a dry run is
 for); Pause, Resume, AutoReplay and Clean are decided, recorded in
@@ -637,6 +638,8 @@ def decide(
                 ("failed", clean.failed, obs.failed),
             )
             for state, rule, count in rules:
+                if obs.cleanable is not None:
+                    count = obs.cleanable.get(state, count)
                 if rule is not None and count > 0:
                     actions.append(Clean(name, state, parse_duration(rule.grace), rule.limit))
 

@@ -76,6 +76,9 @@ class QueueObservation:
     events: EventTally = field(default_factory=EventTally)
     #: Ids of active jobs whose lock key is gone; None when stalled jobs were not checked.
     lockless_active: frozenset[str] | None = None
+    #: Per state ("completed", "failed"): jobs that finished before the clean rule's grace.
+    #: None when not counted (then any job in the state makes a Clean due).
+    cleanable: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)
