@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from support.bullmq_jobs import JobSpec, make_failed_jobs
+from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
 from support.dlqreplay import (
     condition,
     event_reasons,
@@ -22,12 +25,18 @@ from support.dlqreplay import (
     replay,
     secret,
     status,
+    wait_gone_async,
     wait_status_async,
 )
-from support.kube import Kube
+from support.kube import Kube, KubectlError, load_crds, start_kube
+from support.operator_proc import OperatorProcess
 from support.redis_server import free_port
 
 pytestmark = pytest.mark.e2e
+
+
+def datetime_of(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def jobs(n: int, name: str = "whatsapp.send", reason: str = "429 Too Many Requests") -> list[JobSpec]:
@@ -80,3 +89,163 @@ async def test_missing_secret_is_a_condition_then_the_replay_recovers(
         in metrics
     assert 'requeue_redis_up{namespace="default",owner="r1"} 1.0' in metrics
     assert status(kube, "r1")["observedGeneration"] == 1
+
+
+async def test_two_replays_on_one_queue_take_turns(
+    kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    a_ids = await make_failed_jobs(redis_url, "default", jobs(150, name="a.job"))
+    b_ids = await make_failed_jobs(redis_url, "default", jobs(20, name="b.job"))
+    await apply(kube, secret("redis", {"url": redis_url}))
+    operator = operator_factory(operator_command())
+
+    await apply(kube, replay("first", "default", selector={"jobNames": ["a.*"]},
+                             rate={"jobsPerSecond": 50, "batchSize": 10}))
+    await wait_status_async(kube, "first", lambda s: s.get("phase") == "Replaying", operator=operator,
+                            what="the first replay replaying")
+    await apply(kube, replay("second", "default", selector={"jobNames": ["b.*"]}))
+    st = await wait_status_async(kube, "second", lambda s: condition(s, "Ready").get("reason") == "QueueLocked",
+                                 operator=operator, what="the second replay waiting for the lease")
+    assert "default/first" in condition(st, "Ready")["message"]
+    assert st["replayed"] == 0
+    assert "QueueLocked" in await asyncio.to_thread(event_reasons, kube, "second")
+
+    first = await wait_status_async(kube, "first", lambda s: s.get("phase") == "Succeeded",
+                                    operator=operator, timeout=60, what="the first replay's end")
+    second = await wait_status_async(kube, "second", lambda s: s.get("phase") == "Succeeded",
+                                     operator=operator, timeout=60, what="the second replay's end")
+    assert first["replayed"] == 150 and second["replayed"] == 20
+    assert datetime_of(second["startedAt"]) >= datetime_of(first["completedAt"])
+    assert sorted(await redis_client.lrange("bull:default:wait", 0, -1)) == sorted(a_ids + b_ids)
+    assert not await redis_client.exists("requeue:lease:bull:default")
+
+
+async def test_reapply_and_edit_after_the_end_change_nothing(
+    kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis, tmp_path: Any
+) -> None:
+    await make_failed_jobs(redis_url, "default", jobs(10))
+    await apply(kube, secret("redis", {"url": redis_url}))
+    operator = operator_factory(operator_command())
+    manifest = replay("once", "default", selector={"jobNames": ["whatsapp.*"]})
+    await apply(kube, manifest)
+    done = await wait_status_async(kube, "once", lambda s: s.get("phase") == "Succeeded", operator=operator,
+                                   what="phase Succeeded")
+    async with run_worker(redis_url, "default") as worker:  # workers take the replayed jobs ...
+        await worker.wait_for(10)
+    later = await make_failed_jobs(redis_url, "default", jobs(5))  # ... and later the same kind fails again
+
+    assert "unchanged" in await apply(kube, manifest)  # GitOps re-sync of the same file: no-op
+    edited = {**manifest, "spec": {**manifest["spec"], "rate": {"jobsPerSecond": 5}}}
+    assert "configured" in await apply(kube, edited)
+    st = await wait_status_async(kube, "once", lambda s: condition(s, "SpecIgnored").get("status") == "True",
+                                 operator=operator, what="condition SpecIgnored")
+    assert condition(st, "SpecIgnored")["reason"] == "ReplayFinished"
+    assert condition(st, "SpecIgnored")["observedGeneration"] == 2
+    assert "SpecIgnored" in await asyncio.to_thread(event_reasons, kube, "once")
+    assert st["phase"] == "Succeeded" and st["replayed"] == done["replayed"] == 10
+    assert st["completedAt"] == done["completedAt"]
+    assert sorted(await redis_client.zrange("bull:default:failed", 0, -1)) == sorted(later)
+    with pytest.raises(KubectlError, match="selector is immutable"):  # the CRD's CEL rule
+        await kubectl(kube, "patch", "dlqr", "once", "--type=merge", "-p",
+                      '{"spec": {"selector": {"jobNames": ["other"]}}}')
+
+    # The operator restarting does not run it again either.
+    operator.restart()
+    operator.wait_for_log(r"Daemon 'replay' succeeded", timeout=30)
+    assert status(kube, "once")["completedAt"] == done["completedAt"]
+    assert sorted(await redis_client.zrange("bull:default:failed", 0, -1)) == sorted(later)
+
+
+def _without_cel(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_cel(v) for k, v in node.items() if k != "x-kubernetes-validations"}
+    if isinstance(node, list):
+        return [_without_cel(v) for v in node]
+    return node
+
+
+@pytest.fixture
+def kube_without_cel() -> Iterator[Kube]:
+    """An API server that does not run the CRDs' CEL rules (before Kubernetes 1.25, or CEL disabled)."""
+    k = start_kube(crds=[_without_cel(crd) for crd in load_crds()])
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+async def test_edits_while_running_suspend_rate_and_an_immutable_selector(
+    kube_without_cel: Kube, redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    kube = kube_without_cel
+    operator = OperatorProcess(kube.kubeconfig, tmp_path / "operator.log", command=operator_command())
+    try:
+        await _edits_while_running(kube, operator.start(), redis_url, redis_client)
+    finally:
+        operator.stop()
+
+
+async def _edits_while_running(kube: Kube, operator: OperatorProcess, redis_url: str,
+                               redis_client: aioredis.Redis) -> None:
+    await make_failed_jobs(redis_url, "default", jobs(100, name="a.job"))
+    b_ids = await make_failed_jobs(redis_url, "default", jobs(20, name="b.job"))
+    await apply(kube, secret("redis", {"url": redis_url}))
+    await apply(kube, replay("slow", "default", selector={"jobNames": ["a.*"]},
+                             rate={"jobsPerSecond": 10, "batchSize": 5}))
+    await wait_status_async(kube, "slow", lambda s: s.get("replayed", 0) > 0, operator=operator,
+                            what="some jobs replayed")
+
+    await kubectl(kube, "patch", "dlqr", "slow", "--type=merge", "-p", '{"spec": {"suspend": true}}')
+    st = await wait_status_async(kube, "slow", lambda s: s.get("phase") == "Suspended", operator=operator,
+                                 what="phase Suspended")
+    assert st["replayed"] < 100
+    assert not await redis_client.exists("requeue:lease:bull:default")  # suspended: lease released
+
+    # No CEL in the emulator: the operator itself keeps the selector it started with.
+    await kubectl(kube, "patch", "dlqr", "slow", "--type=merge", "-p",
+                  '{"spec": {"suspend": false, "selector": {"jobNames": ["b.*"]},'
+                  ' "rate": {"jobsPerSecond": 1000, "batchSize": 100}}}')
+    st = await wait_status_async(kube, "slow", lambda s: s.get("phase") == "Succeeded", operator=operator,
+                                 timeout=30, what="phase Succeeded after resuming faster")
+    assert st["matched"] == st["replayed"] == 100
+    assert condition(st, "SpecIgnored")["reason"] == "ImmutableFieldChanged"
+    assert "spec.selector" in condition(st, "SpecIgnored")["message"]
+    reasons = await asyncio.to_thread(event_reasons, kube, "slow")
+    assert "Suspended" in reasons and "Resumed" in reasons and "SpecIgnored" in reasons
+    assert sorted(await redis_client.zrange("bull:default:failed", 0, -1)) == sorted(b_ids)
+
+
+async def test_delete_mid_run_resumes_the_queue_and_releases_everything(
+    kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    await make_failed_jobs(redis_url, "held", jobs(10))
+    await make_failed_jobs(redis_url, "busy", jobs(200))
+    await apply(kube, secret("redis", {"url": redis_url}))
+    operator = operator_factory(operator_command())
+    # "held" waits for a gate that never passes, with the queue paused by the replay;
+    # "busy" is halfway through moving jobs.
+    await apply(kube, replay("held", "held", pauseQueue=True, gatePolicy={"interval": "500ms"},
+                             gates=[{"name": "down", "http": {"url": "http://127.0.0.1:9/health",
+                                                              "timeout": "1s"}}]))
+    await apply(kube, replay("busy", "busy", rate={"jobsPerSecond": 20, "batchSize": 10}))
+    held = await wait_status_async(kube, "held", lambda s: s.get("queuePausedByReplay") is True,
+                                   operator=operator, what="queue paused by the replay")
+    busy = await wait_status_async(kube, "busy", lambda s: 0 < s.get("replayed", 0), operator=operator,
+                                   what="jobs moving")
+    assert await redis_client.hexists("bull:held:meta", "paused")
+    assert await redis_client.exists("requeue:lease:bull:held", "requeue:lease:bull:busy") == 2
+    uids = {name: kube.get("requeue.dev/v1alpha1/dlqreplays", name)["metadata"]["uid"]  # type: ignore[index]
+            for name in ("held", "busy")}
+
+    await kubectl(kube, "delete", "dlqr", "held", "busy", "--wait=false")
+    for name in ("held", "busy"):
+        await wait_gone_async(kube, name, operator=operator)
+    assert not await redis_client.hexists("bull:held:meta", "paused")  # resumed: requeue had paused it
+    assert not await redis_client.exists("requeue:lease:bull:held", "requeue:lease:bull:busy")
+    for uid in uids.values():
+        assert await redis_client.keys(f"requeue:replay:{uid}:*") == []
+    moved = await redis_client.llen("bull:busy:wait")
+    assert moved >= busy["replayed"] and moved + await redis_client.zcard("bull:busy:failed") == 200
+    reasons = await asyncio.to_thread(event_reasons, kube, "held")
+    assert "QueueResumed" in reasons and "Cancelled" in reasons
+    assert held["phase"] == "WaitingForGates"

@@ -26,6 +26,7 @@ __all__ = [
     "replay",
     "secret",
     "status",
+    "wait_gone_async",
     "wait_status",
     "wait_status_async",
 ]
@@ -110,3 +111,15 @@ async def wait_status_async(kube: Kube, name: str, predicate: Any, *,
 
     result: dict[str, Any] = await async_wait_until(check, timeout=timeout, interval=0.1, message=explain)
     return result
+
+
+async def wait_gone_async(kube: Kube, name: str, *, operator: OperatorProcess | None = None,
+                          timeout: float = 30.0, namespace: str = "default") -> None:
+    """Wait until the object no longer exists (finalizers released)."""
+
+    async def gone() -> bool:
+        return await asyncio.to_thread(kube.get, DLQR, name, namespace) is None
+
+    await async_wait_until(gone, timeout=timeout, interval=0.1,
+                           message=lambda: f"dlqr/{name} to be gone; operator log:\n"
+                                           f"{operator.logs()[-5000:] if operator else ''}")
