@@ -35,6 +35,11 @@ from support.redis_server import free_port
 pytestmark = pytest.mark.e2e
 
 
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
 def datetime_of(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
@@ -62,7 +67,8 @@ async def test_missing_secret_is_a_condition_then_the_replay_recovers(
     operator = operator_factory(operator_command(metrics_port=metrics_port))
 
     await apply(kube, replay("r1", "default"))
-    st = await wait_status_async(kube, "r1", lambda s: condition(s, "Ready").get("reason") == "SecretNotFound",
+    st = await wait_status_async(kube, "r1",
+                                 lambda s: condition(s, "Ready").get("reason") == "SecretNotFound",
                                  operator=operator, what="Ready=False/SecretNotFound")
     assert st["phase"] == "Pending"
     assert condition(st, "Ready")["status"] == "False"
@@ -82,11 +88,10 @@ async def test_missing_secret_is_a_condition_then_the_replay_recovers(
     assert sorted(await redis_client.lrange("bull:default:wait", 0, -1)) == sorted(ids)
     assert "Recovered" in await asyncio.to_thread(event_reasons, kube, "r1")
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
-        metrics = response.read().decode()
+    metrics = await asyncio.to_thread(scrape, metrics_port)
     assert 'requeue_replays{namespace="default",phase="Succeeded"} 1.0' in metrics
-    assert 'requeue_replay_jobs_total{namespace="default",outcome="replayed",queue="default",replay="r1"} 30.0' \
-        in metrics
+    assert ('requeue_replay_jobs_total{namespace="default",outcome="replayed",queue="default",'
+            'replay="r1"} 30.0') in metrics
     assert 'requeue_redis_up{namespace="default",owner="r1"} 1.0' in metrics
     assert status(kube, "r1")["observedGeneration"] == 1
 
@@ -104,7 +109,8 @@ async def test_two_replays_on_one_queue_take_turns(
     await wait_status_async(kube, "first", lambda s: s.get("phase") == "Replaying", operator=operator,
                             what="the first replay replaying")
     await apply(kube, replay("second", "default", selector={"jobNames": ["b.*"]}))
-    st = await wait_status_async(kube, "second", lambda s: condition(s, "Ready").get("reason") == "QueueLocked",
+    st = await wait_status_async(kube, "second",
+                                 lambda s: condition(s, "Ready").get("reason") == "QueueLocked",
                                  operator=operator, what="the second replay waiting for the lease")
     assert "default/first" in condition(st, "Ready")["message"]
     assert st["replayed"] == 0
@@ -230,7 +236,7 @@ async def test_delete_mid_run_resumes_the_queue_and_releases_everything(
     await apply(kube, replay("busy", "busy", rate={"jobsPerSecond": 20, "batchSize": 10}))
     held = await wait_status_async(kube, "held", lambda s: s.get("queuePausedByReplay") is True,
                                    operator=operator, what="queue paused by the replay")
-    busy = await wait_status_async(kube, "busy", lambda s: 0 < s.get("replayed", 0), operator=operator,
+    busy = await wait_status_async(kube, "busy", lambda s: s.get("replayed", 0) > 0, operator=operator,
                                    what="jobs moving")
     assert await redis_client.hexists("bull:held:meta", "paused")
     assert await redis_client.exists("requeue:lease:bull:held", "requeue:lease:bull:busy") == 2

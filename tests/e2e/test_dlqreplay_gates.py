@@ -157,7 +157,8 @@ async def test_workers_failing_again_end_in_verification_failed(
     operator = operator_factory(operator_command())
     async with run_worker(redis_url, "orders", fail_when=lambda job: "upstream still down"):
         await apply(kube, replay("orders-retry", "orders", verify={"window": "2m", "minSuccessRate": 0.9}))
-        st = await wait_status_async(kube, "orders-retry", lambda s: s.get("phase") in ("Succeeded", "Failed"),
+        st = await wait_status_async(kube, "orders-retry",
+                                     lambda s: s.get("phase") in ("Succeeded", "Failed"),
                                      operator=operator, timeout=60, what="the end of the replay")
     assert st["phase"] == "Failed"
     assert condition(st, "Succeeded")["reason"] == "VerificationFailed"

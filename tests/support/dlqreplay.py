@@ -96,7 +96,7 @@ def wait_status(kube: Kube, name: str, predicate: Any, *, operator: OperatorProc
 
 
 async def wait_status_async(kube: Kube, name: str, predicate: Any, *,
-                            operator: OperatorProcess | None = None, timeout: float = 30.0,
+                            operator: OperatorProcess | None = None, timeout: float = 30.0,  # noqa: ASYNC109
                             what: str = "status", namespace: str = "default") -> dict[str, Any]:
     """:func:`wait_status` for async tests: the test's loop keeps running (e.g. BullMQ workers on it)."""
 
@@ -114,7 +114,7 @@ async def wait_status_async(kube: Kube, name: str, predicate: Any, *,
 
 
 async def wait_gone_async(kube: Kube, name: str, *, operator: OperatorProcess | None = None,
-                          timeout: float = 30.0, namespace: str = "default") -> None:
+                          timeout: float = 30.0, namespace: str = "default") -> None:  # noqa: ASYNC109
     """Wait until the object no longer exists (finalizers released)."""
 
     async def gone() -> bool:
