@@ -1,0 +1,382 @@
+"""One QueuePolicy evaluation: observe -> decide -> act -> settle, behind small protocols.
+
+The kopf timer (``handlers/``) only wires real implementations::
+
+    result = await evaluate(
+        PolicyRef(namespace, name, uid, generation), spec, status,
+        redis=redis,                       # requeue.queues.connect(url from the Secret)
+        ops=BullQueueOps(redis, spec.prefix),
+        replays=<ReplayCreator: creates the child DLQReplay with an owner reference>,
+        notifier=SlackNotifier(secrets, spec.alerts.slack_webhook_secret_ref) or None,
+        gates=<GateRunner results, thresholds applied>,
+        memory=<result.memory of the previous evaluation, or None after a restart>,
+    )
+    patch.status.update(result.status.to_wire()); emit result.events; keep result.memory
+
+Nothing here raises for a Redis outage or a failed action: Redis errors become
+``Ready=False`` (reason ``RedisUnreachable``/``AuthFailed``) and failed actions
+become Warning Events and ``lastActions[].result`` (see
+:func:`requeue.policy.decide.settle`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from redis import exceptions as rx
+from redis.asyncio import Redis
+
+from requeue.api.common import Rate, Selector
+from requeue.api.gates import GateStatus
+from requeue.api.policy import QueuePolicySpec, QueuePolicyStatus
+from requeue.api.replay import DLQReplaySpec
+from requeue.errors import RequeueError
+from requeue.metrics import (
+    ACTIONS,
+    POLICY_EVALUATION_SECONDS,
+    QUEUE_DEPTH_LEGACY,
+    QUEUE_FAILURE_RATIO,
+    QUEUE_JOBS,
+    QUEUE_PAUSED,
+)
+from requeue.policy.budget import ReplayBudget
+from requeue.policy.collect import CollectStats, collect
+from requeue.policy.decide import (
+    Action,
+    Alert,
+    AutoReplay,
+    Clean,
+    Decision,
+    Pause,
+    PolicyEvent,
+    Recover,
+    Resume,
+    decide,
+    queues_to_observe,
+    settle,
+)
+from requeue.policy.memory import load_memory, queue_save_memory
+from requeue.policy.observe import Observation, PolicyMemory
+from requeue.queues import BullQueue, map_redis_error
+from requeue.queues.scripts import Scripts, register
+from requeue.redact import redact_text
+
+__all__ = [
+    "CLEAN_BATCH",
+    "LABEL_AUTO_REPLAY",
+    "LABEL_POLICY",
+    "BullQueueOps",
+    "ChildReplay",
+    "EvaluationResult",
+    "Notifier",
+    "PolicyRef",
+    "QueueOps",
+    "ReplayCreator",
+    "child_replay",
+    "evaluate",
+    "forget_metrics",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Jobs removed per BullMQ ``cleanJobsInSet`` call; a rule's ``limit`` is reached in batches of this.
+CLEAN_BATCH = 500
+#: Label on child DLQReplays: the QueuePolicy that created them.
+LABEL_POLICY = "requeue.dev/policy"
+#: Label on child DLQReplays: "true".
+LABEL_AUTO_REPLAY = "requeue.dev/auto-replay"
+#: Annotation on child DLQReplays: the queue (queue names are not always valid label values).
+ANNOTATION_QUEUE = "requeue.dev/queue"
+#: Annotation on child DLQReplays: start of the outage it replays.
+ANNOTATION_OUTAGE = "requeue.dev/outage-started-at"
+
+_REDIS_ERRORS: tuple[type[BaseException], ...] = (rx.RedisError, OSError)
+_OBSERVE_ERRORS: tuple[type[BaseException], ...] = (rx.RedisError, OSError, RequeueError)
+
+
+# ----------------------------------------------------------------- protocols
+
+
+class QueueOps(Protocol):
+    """Changes to queues; :class:`BullQueueOps` does them with BullMQ's scripts."""
+
+    async def pause(self, queue: str) -> None: ...
+
+    async def resume(self, queue: str) -> None: ...
+
+    async def clean(self, queue: str, state: str, *, grace_ms: int, limit: int) -> int:
+        """Remove up to ``limit`` jobs of ``state`` older than ``grace_ms``; return how many."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChildReplay:
+    """A DLQReplay to create in the policy's namespace, owned by the policy."""
+
+    name: str
+    queue: str
+    spec: DLQReplaySpec
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+
+
+class ReplayCreator(Protocol):
+    """Creates child DLQReplays (in the operator: the Kubernetes API, owner reference to the policy)."""
+
+    async def create(self, child: ChildReplay) -> str:
+        """Create it and return its name; one that already exists (same name) counts as created."""
+        ...
+
+
+class Notifier(Protocol):
+    """Tells people about breaches and recoveries (e.g. :class:`~requeue.policy.slack.SlackNotifier`)."""
+
+    async def notify(self, policy: str, items: Sequence[Alert | Recover]) -> bool: ...
+
+
+class BullQueueOps:
+    """:class:`QueueOps` over :class:`requeue.queues.BullQueue` (scripts registered once)."""
+
+    def __init__(self, redis: Redis, prefix: str = "bull") -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._scripts: Scripts = register(redis)
+
+    def _queue(self, queue: str) -> BullQueue:
+        return BullQueue(self._redis, queue, prefix=self._prefix, scripts=self._scripts)
+
+    async def pause(self, queue: str) -> None:
+        await self._queue(queue).pause()
+
+    async def resume(self, queue: str) -> None:
+        await self._queue(queue).resume()
+
+    async def clean(self, queue: str, state: str, *, grace_ms: int, limit: int) -> int:
+        return await self._queue(queue).clean(state, grace_ms=grace_ms, limit=limit)
+
+
+# ----------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class PolicyRef:
+    """Which QueuePolicy this is (names children, keys its Redis state, labels metrics)."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int = 0
+
+
+@dataclass
+class EvaluationResult:
+    """What the handler writes and keeps."""
+
+    #: Write this to ``.status``.
+    status: QueuePolicyStatus
+    #: Keep for the next evaluation (also stored in Redis).
+    memory: PolicyMemory
+    #: Emit these as Kubernetes Events on the policy.
+    events: list[PolicyEvent]
+    decision: Decision
+    #: Redis round trips of this evaluation (observe, act, save memory).
+    round_trips: int = 0
+    #: Seconds this evaluation took.
+    seconds: float = 0.0
+    #: Actions that failed: index into ``decision.actions`` -> redacted error.
+    failures: dict[int, str] = field(default_factory=dict)
+
+
+def child_replay(policy: PolicyRef, spec: QueuePolicySpec, action: AutoReplay) -> ChildReplay:
+    """The child DLQReplay an :class:`AutoReplay` decision stands for.
+
+    It re-checks the policy's gates before replaying, carries the per-job
+    budget (:class:`~requeue.policy.budget.ReplayBudget`) as annotations, and
+    selects only what failed during the outage.
+    """
+    budget = ReplayBudget.for_policy(policy.uid, action.max_replays_per_job)
+    replay_spec = DLQReplaySpec(
+        redis=spec.redis, prefix=spec.prefix, queue=action.queue,
+        selector=Selector.model_validate(action.selector.model_dump()),
+        rate=Rate.model_validate(action.rate.model_dump()),
+        gates=list(spec.gates), gate_policy=spec.gate_policy, verify=action.verify,
+    )
+    return ChildReplay(
+        name=action.name, queue=action.queue, spec=replay_spec,
+        labels={LABEL_POLICY: policy.name, LABEL_AUTO_REPLAY: "true"},
+        annotations={**budget.annotations(), ANNOTATION_QUEUE: action.queue,
+                     ANNOTATION_OUTAGE: action.outage_started_at.isoformat()},
+    )
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, RequeueError):
+        return redact_text(exc.message)
+    return redact_text(f"{type(exc).__name__}: {exc}")
+
+
+# ----------------------------------------------------------------- evaluate
+
+
+async def evaluate(
+    policy: PolicyRef,
+    spec: QueuePolicySpec,
+    status: QueuePolicyStatus | None,
+    *,
+    redis: Redis,
+    ops: QueueOps,
+    replays: ReplayCreator | None = None,
+    notifier: Notifier | None = None,
+    gates: Sequence[GateStatus] | None = None,
+    memory: PolicyMemory | None = None,
+    now: datetime | None = None,
+) -> EvaluationResult:
+    """Observe every queue, decide, carry out what was decided, and return the settled status.
+
+    :param memory: the previous result's memory; None loads it from Redis (one round trip).
+    :param now: the evaluation time (tests pass their own); default: the current UTC time.
+    """
+    started = time.perf_counter()
+    now = now or datetime.now(UTC)
+    round_trips = 0
+    names = queues_to_observe(spec, status)
+    observation: Observation
+    try:
+        if memory is None:
+            memory = await load_memory(redis, policy.uid)
+            round_trips += 1
+        observation, stats = await collect(redis, spec, names, memory, now=now, gates=gates)
+        round_trips += stats.round_trips
+    except _OBSERVE_ERRORS as exc:
+        err = exc if isinstance(exc, RequeueError) else map_redis_error(exc)
+        observation = Observation(at=now, gates=tuple(gates) if gates is not None else None,
+                                  error=_error_text(err), error_reason=err.reason)
+        stats = CollectStats(0, 0)
+        memory = memory or PolicyMemory()
+
+    decision = decide(spec, status, observation, memory, now=now, generation=policy.generation,
+                      policy_name=policy.name)
+    events = list(decision.events)
+    results: dict[int, str] = {}
+    failures: dict[int, str] = {}
+    executable = set(map(id, decision.to_execute))
+
+    notify_items: list[Alert | Recover] = []
+    for index, action in enumerate(decision.actions):
+        if id(action) not in executable:
+            continue
+        if isinstance(action, Alert | Recover):
+            notify_items.append(action)
+            ACTIONS.labels(action=action.kind.value.lower(), queue=action.queue).inc()
+            continue
+        try:
+            text, calls = await _execute(policy, spec, action, ops, replays)
+            round_trips += calls
+        except Exception as exc:  # every failure is reported, none stops the others
+            message = _error_text(exc)
+            failures[index] = message
+            logger.warning("policy %s/%s: %s %s failed: %s", policy.namespace, policy.name,
+                           action.kind.value, action.queue, message)
+            events.append(PolicyEvent("Warning", "ActionFailed",
+                                      f"{action.kind.value} {action.queue} failed: {message}"))
+            continue
+        if text is not None:
+            results[index] = text
+        metric = "auto_replay" if isinstance(action, AutoReplay) else action.kind.value.lower()
+        ACTIONS.labels(action=metric, queue=action.queue).inc()
+
+    if notifier is not None and (notify_items or observation.error is None):
+        try:
+            await notifier.notify(policy.name, notify_items)
+        except Exception as exc:
+            message = _error_text(exc)
+            logger.warning("policy %s/%s: notification failed: %s", policy.namespace, policy.name, message)
+            events.append(PolicyEvent("Warning", "NotifyFailed", message))
+
+    settled = settle(decision, now=now, results=results, failures=failures)
+
+    new_memory = decision.memory
+    if observation.error is None:
+        try:
+            pipe = redis.pipeline(transaction=False)
+            queue_save_memory(pipe, policy.uid, new_memory, memory)
+            await pipe.execute()
+            round_trips += 1
+        except _REDIS_ERRORS as exc:
+            logger.warning("policy %s/%s: could not store its memory: %s", policy.namespace, policy.name,
+                           _error_text(exc))
+
+    _export_metrics(policy, settled, names, observation)
+    seconds = time.perf_counter() - started
+    POLICY_EVALUATION_SECONDS.observe(seconds)
+    return EvaluationResult(status=settled, memory=new_memory, events=events, decision=decision,
+                            round_trips=round_trips, seconds=seconds, failures=failures)
+
+
+async def _execute(
+    policy: PolicyRef, spec: QueuePolicySpec, action: Action, ops: QueueOps,
+    replays: ReplayCreator | None,
+) -> tuple[str | None, int]:
+    """Carry out one remediation.
+
+    Returns the text for ``lastActions[].result`` (None: no entry) and the
+    number of Redis calls it made.
+    """
+    if isinstance(action, Pause):
+        await ops.pause(action.queue)
+        return "paused", 1
+    if isinstance(action, Resume):
+        await ops.resume(action.queue)
+        return "resumed", 1
+    if isinstance(action, AutoReplay):
+        if replays is None:
+            raise RuntimeError("no ReplayCreator configured: cannot create child DLQReplays")
+        return await replays.create(child_replay(policy, spec, action)), 0
+    if isinstance(action, Clean):
+        grace_ms = int(action.grace.total_seconds() * 1000)
+        removed = calls = 0
+        while removed < action.limit:
+            batch = min(CLEAN_BATCH, action.limit - removed)
+            n = await ops.clean(action.queue, action.state, grace_ms=grace_ms, limit=batch)
+            calls += 1
+            removed += n
+            if n < batch:
+                break
+        return (f"removed {removed}" if removed else None), calls
+    return None, 0
+
+
+def _export_metrics(policy: PolicyRef, status: QueuePolicyStatus, names: Sequence[str],
+                    observation: Observation) -> None:
+    if observation.error is not None:
+        return
+    for q in status.queues:
+        if q.name not in observation.queues:
+            continue
+        labels = {"namespace": policy.namespace, "policy": policy.name, "queue": q.name}
+        for state, value in (("waiting", q.waiting), ("active", q.active), ("completed", q.completed),
+                             ("failed", q.failed), ("delayed", q.delayed), ("prioritized", q.prioritized)):
+            QUEUE_JOBS.labels(**labels, state=state).set(value)
+            QUEUE_DEPTH_LEGACY.labels(queue=q.name, status=state).set(value)
+        QUEUE_PAUSED.labels(**labels).set(1 if q.paused else 0)
+        if q.failure_rate_percent is not None:
+            QUEUE_FAILURE_RATIO.labels(**labels).set(q.failure_rate_percent / 100)
+
+
+def forget_metrics(policy: PolicyRef, queues: Sequence[str]) -> None:
+    """Drop a deleted policy's (or removed queue's) series so dashboards do not show stale values."""
+    for queue in queues:
+        labels = (policy.namespace, policy.name, queue)
+        for state in ("waiting", "active", "completed", "failed", "delayed", "prioritized"):
+            for metric, key in ((QUEUE_JOBS, (*labels, state)), (QUEUE_DEPTH_LEGACY, (queue, state))):
+                with contextlib.suppress(KeyError):
+                    metric.remove(*key)
+        for gauge in (QUEUE_PAUSED, QUEUE_FAILURE_RATIO):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)

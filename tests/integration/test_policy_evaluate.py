@@ -1,0 +1,399 @@
+"""One QueuePolicy evaluation against real Redis, real BullMQ jobs, real gates and a real webhook server."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from aiohttp import web
+from bullmq import Queue, Worker  # type: ignore[import-untyped]
+from prometheus_client import REGISTRY
+from redis.asyncio.connection import Connection
+
+from requeue.api.base import SecretKeyRef, find_condition
+from requeue.api.policy import QueuePolicySpec, QueuePolicyStatus
+from requeue.gates.runner import GateRunner
+from requeue.policy.budget import ReplayBudget
+from requeue.policy.collect import collect
+from requeue.policy.evaluate import BullQueueOps, ChildReplay, PolicyRef, evaluate
+from requeue.policy.memory import load_memory
+from requeue.policy.observe import PolicyMemory
+from requeue.policy.slack import SlackNotifier
+from requeue.queues import BullQueue, QueueKeys
+from requeue.secrets import StaticSecrets
+from support.bullmq_jobs import JobSpec, make_failed_jobs
+from support.redis_server import RedisServer
+
+evaluate_module = importlib.import_module("requeue.policy.evaluate")
+POLICY = PolicyRef(namespace="visapi", name="visapi-queues", uid="0b6c2f4e-uid", generation=3)
+TOKEN = "T000/B000/s3cr3tw3bh00kt0k3n"
+
+
+def spec(**overrides: Any) -> QueuePolicySpec:
+    body: dict[str, Any] = {"redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+                            "queues": ["orders"], "interval": "10s"}
+    body.update(overrides)
+    return QueuePolicySpec.model_validate(body)
+
+
+class Webhook:
+    """A Slack-like incoming webhook on a loopback port, recording every POST."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.status = 200
+        self.retry_after: str | None = None
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.posts.append(await request.json())
+        headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+        return web.Response(status=self.status, text="ok" if self.status < 300 else "rate_limited",
+                            headers=headers)
+
+    async def start(self) -> Webhook:
+        app = web.Application()
+        app.router.add_post("/services/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/services/{TOKEN}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def webhook() -> AsyncIterator[Webhook]:
+    hook = await Webhook().start()
+    try:
+        yield hook
+    finally:
+        await hook.stop()
+
+
+@pytest_asyncio.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+class Recorder:
+    """ReplayCreator that records children (the Kubernetes side is the handler's, tested e2e)."""
+
+    def __init__(self) -> None:
+        self.children: list[ChildReplay] = []
+
+    async def create(self, child: ChildReplay) -> str:
+        if all(c.name != child.name for c in self.children):
+            self.children.append(child)
+        return child.name
+
+
+def cond(status: QueuePolicyStatus, type_: str) -> tuple[str, str]:
+    c = find_condition(status.conditions, type_)
+    assert c is not None
+    return c.status.value, c.reason
+
+
+async def test_breach_alerts_once_on_slack_and_recovers_once(
+    redis: aioredis.Redis, redis_url: str, webhook: Webhook, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secrets = StaticSecrets({("ops-slack", "url"): webhook.url})
+    notifier = SlackNotifier(secrets, SecretKeyRef(name="ops-slack", key="url"), min_interval=0)
+    s = spec(thresholds={"failed": 5},
+             alerts={"slackWebhookSecretRef": {"name": "ops-slack", "key": "url"}})
+    ops = BullQueueOps(redis)
+    await make_failed_jobs(redis_url, "orders", [JobSpec("whatsapp.send", reason="429")] * 6)
+
+    result = await evaluate(POLICY, s, None, redis=redis, ops=ops, notifier=notifier)
+    assert cond(result.status, "Healthy") == ("False", "FailedAboveThreshold")
+    assert cond(result.status, "Ready") == ("True", "Evaluated")
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", "FailedAboveThreshold")]
+    assert len(webhook.posts) == 1 and "failed 6 > 5" in webhook.posts[0]["text"]
+    assert "visapi-queues" in webhook.posts[0]["text"]
+
+    for _ in range(3):
+        result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, notifier=notifier,
+                                memory=result.memory)
+    assert len(webhook.posts) == 1
+
+    await BullQueue(redis, "orders").clean("failed", grace_ms=0, limit=100)
+    result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, notifier=notifier,
+                            memory=result.memory)
+    assert cond(result.status, "Healthy") == ("True", "WithinThresholds")
+    assert len(webhook.posts) == 2 and ":large_green_circle:" in webhook.posts[1]["text"]
+    ours = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("aiohttp"))
+    everything = ours + repr(result.status) + repr(result.events)
+    assert TOKEN not in everything and "s3cr3t" not in everything
+
+
+async def test_slack_failures_are_events_with_the_url_redacted_and_lines_are_kept(
+    redis: aioredis.Redis, redis_url: str, webhook: Webhook, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    clock = [100.0]
+    notifier = SlackNotifier(StaticSecrets({("ops-slack", "url"): webhook.url}),
+                             SecretKeyRef(name="ops-slack", key="url"), min_interval=30,
+                             clock=lambda: clock[0])
+    s = spec(queues=["a", "b"], thresholds={"failed": 0})
+    ops = BullQueueOps(redis)
+    webhook.status, webhook.retry_after = 429, "60"
+    await make_failed_jobs(redis_url, "a", [JobSpec("x")])
+    result = await evaluate(POLICY, s, None, redis=redis, ops=ops, notifier=notifier)
+    assert [e.reason for e in result.events if e.type == "Warning"] == [
+        "FailedAboveThreshold", "NotifyFailed"]
+    assert len(webhook.posts) == 1
+
+    webhook.status, webhook.retry_after = 200, None
+    await make_failed_jobs(redis_url, "b", [JobSpec("x")])
+    clock[0] += 30  # inside Retry-After: held back, nothing lost
+    result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, notifier=notifier,
+                            memory=result.memory)
+    assert len(webhook.posts) == 1 and notifier.pending == 2
+    clock[0] += 31
+    result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, notifier=notifier,
+                            memory=result.memory)
+    assert len(webhook.posts) == 2
+    text = webhook.posts[1]["text"]
+    assert "*a*: failed 1 > 0" in text and "*b*: failed 1 > 0" in text
+    ours = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("aiohttp"))
+    assert TOKEN not in ours + repr(result.events)
+
+
+async def test_red_gate_pauses_green_resumes_only_ours(
+    redis: aioredis.Redis, redis_url: str, redis_factory: Any,
+) -> None:
+    dependency: RedisServer = redis_factory()
+    secrets = StaticSecrets({("cache", "url"): dependency.url})
+    s = spec(queues=["critical", "default", "bulk"],
+             gates=[{"name": "cache", "redis": {"urlSecretRef": {"name": "cache", "key": "url"},
+                                                 "maxLatency": "2s", "timeout": "2s"}}],
+             actions={"pauseWhileGatesFail": True})
+    runner = GateRunner(s.gates, s.gate_policy, secrets, namespace="visapi", owner="visapi-queues")
+    ops = BullQueueOps(redis)
+    await BullQueue(redis, "bulk").pause()  # someone else's pause
+
+    gates = await runner.check([], datetime.now(UTC))
+    result = await evaluate(POLICY, s, None, redis=redis, ops=ops, gates=gates)
+    assert result.decision.actions == () and cond(result.status, "GatesPassed") == ("True", "AllGatesPassed")
+
+    dependency.kill()
+    gates = await runner.check(gates, datetime.now(UTC))
+    result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, gates=gates,
+                            memory=result.memory)
+    assert cond(result.status, "GatesPassed") == ("False", "GateFailed")
+    paused = {q: await BullQueue(redis, q).is_paused() for q in ("critical", "default", "bulk")}
+    assert paused == {"critical": True, "default": True, "bulk": True}
+    assert {q.name: q.paused_by_policy for q in result.status.queues} == {
+        "critical": True, "default": True, "bulk": False}
+    assert [(a.action, a.queue, a.result) for a in result.status.last_actions] == [
+        ("Pause", "default", "paused"), ("Pause", "critical", "paused")]
+
+    dependency.restart()
+    gates = await runner.check(gates, datetime.now(UTC))
+    result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, gates=gates,
+                            memory=result.memory)
+    paused = {q: await BullQueue(redis, q).is_paused() for q in ("critical", "default", "bulk")}
+    assert paused == {"critical": False, "default": False, "bulk": True}
+    assert sample("requeue_actions_total", action="resume", queue="default") >= 1
+
+
+async def test_auto_replay_once_per_outage_with_a_per_job_budget(
+    redis: aioredis.Redis, redis_url: str,
+) -> None:
+    s = spec(gates=[{"name": "db", "http": {"url": "http://127.0.0.1:1/"}}],
+             actions={"autoReplay": {"selector": {"jobNames": ["whatsapp.send"]}, "stableFor": "2m",
+                                     "cooldown": "10m", "maxReplaysPerJob": 2,
+                                     "rate": {"jobsPerSecond": 50}}})
+    from requeue.api.gates import GateStatus, GateType
+
+    def gates(healthy: bool) -> list[GateStatus]:
+        return [GateStatus(name="db", type=GateType.HTTP, healthy=healthy, message="checked")]
+
+    recorder = Recorder()
+    ops = BullQueueOps(redis)
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    result = await evaluate(POLICY, s, None, redis=redis, ops=ops, replays=recorder, gates=gates(False),
+                            now=start)
+    ids = await make_failed_jobs(redis_url, "orders", [JobSpec("whatsapp.send", {"to": i}) for i in range(5)])
+    recovered = datetime.now(UTC) + timedelta(seconds=1)
+    result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, replays=recorder,
+                            gates=gates(True), memory=result.memory, now=recovered)
+    assert recorder.children == []
+    result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, replays=recorder,
+                            gates=gates(True), memory=result.memory, now=recovered + timedelta(minutes=2))
+    assert len(recorder.children) == 1
+    child = recorder.children[0]
+    assert child.spec.queue == "orders" and child.spec.selector.job_names == ["whatsapp.send"]
+    assert child.spec.selector.failed_after == start and child.spec.selector.failed_before == recovered
+    assert child.spec.rate.jobs_per_second == 50 and [g.name for g in child.spec.gates] == ["db"]
+    assert child.labels == {"requeue.dev/policy": "visapi-queues", "requeue.dev/auto-replay": "true"}
+    assert result.status.last_actions[0].result == child.name
+    for minutes in (3, 30, 300):
+        result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, replays=recorder,
+                                gates=gates(True), memory=result.memory,
+                                now=recovered + timedelta(minutes=minutes))
+    assert len(recorder.children) == 1  # once per outage
+
+    # the budget the replay engine applies while snapshotting
+    budget = ReplayBudget.from_annotations(dict(child.annotations))
+    assert budget is not None and budget.max_per_job == 2
+    assert await budget.take(redis, "replay-1", ids) == ids
+    assert await budget.take(redis, "replay-1", ids) == ids  # a retried step is not charged twice
+    assert await budget.take(redis, "replay-2", ids[:3]) == ids[:3]
+    assert await budget.take(redis, "replay-3", ids) == ids[3:]  # first three used their budget
+    assert await budget.over_budget(redis, ids) == set(ids)  # 4 and 5 now used theirs too
+    assert await budget.used(redis, [*ids[:1], "never-replayed"]) == {ids[0]: 2, "never-replayed": 0}
+    assert ReplayBudget.from_annotations({"requeue.dev/replay-budget-key": "x"}) is None
+
+
+async def test_clean_removes_only_jobs_older_than_grace_in_bounded_batches(
+    redis: aioredis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    old = await make_failed_jobs(redis_url, "orders", [JobSpec("old", {"i": i}) for i in range(10)])
+    await asyncio.sleep(4.5)  # let them age past the grace (no assertion on time)
+    new = await make_failed_jobs(redis_url, "orders", [JobSpec("new", {"i": i}) for i in range(3)])
+
+    calls: list[int] = []
+
+    class CountingOps(BullQueueOps):
+        async def clean(self, queue: str, state: str, *, grace_ms: int, limit: int) -> int:
+            calls.append(limit)
+            return await super().clean(queue, state, grace_ms=grace_ms, limit=limit)
+
+    monkeypatch.setattr(evaluate_module, "CLEAN_BATCH", 4)
+    s = spec(actions={"clean": {"failed": {"grace": "4s", "limit": 1000}}})
+    result = await evaluate(POLICY, s, None, redis=redis, ops=CountingOps(redis))
+    assert calls == [4, 4, 4]  # 4 + 4 + 2 removed: the short batch ends it
+    remaining = set(await redis.zrange(QueueKeys("bull", "orders").failed, 0, -1))
+    assert remaining == set(new) and not remaining & set(old)
+    assert [(a.action, a.result) for a in result.status.last_actions] == [("Clean", "removed 10")]
+    calls.clear()
+    result = await evaluate(POLICY, s, result.status, redis=redis, ops=CountingOps(redis),
+                            memory=result.memory)
+    assert calls == []  # nothing older than grace: no Clean at all
+
+
+class CountingConnection(Connection):
+    sends = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sends += 1
+        await super().send_packed_command(command, check_health)
+
+
+async def test_one_round_trip_observes_every_queue(redis_url: str) -> None:
+    pool = aioredis.ConnectionPool.from_url(redis_url, connection_class=CountingConnection,
+                                            decode_responses=True)
+    client = aioredis.Redis(connection_pool=pool)
+    try:
+        await client.ping()
+        names = [f"q{i}" for i in range(50)]
+        s = spec(queues=names, thresholds={"failureRatePercent": 5, "failed": 1},
+                 actions={"clean": {"completed": {"grace": "1h"}, "failed": {"grace": "1d"}}})
+        CountingConnection.sends = 0
+        observation, stats = await collect(client, s, names, PolicyMemory(), now=datetime.now(UTC))
+        assert CountingConnection.sends == 1 == stats.round_trips
+        assert stats.commands == 50 * 11 and len(observation.queues) == 50
+
+        CountingConnection.sends = 0
+        result = await evaluate(POLICY, s, None, redis=client, ops=BullQueueOps(client))
+        # load memory + observe + store memory; nothing to act on
+        assert CountingConnection.sends == 3 == result.round_trips
+        CountingConnection.sends = 0
+        result = await evaluate(POLICY, s, result.status, redis=client, ops=BullQueueOps(client),
+                                memory=result.memory)
+        assert CountingConnection.sends == 2 == result.round_trips
+        assert set((await load_memory(client, POLICY.uid)).queues) == set(names)
+    finally:
+        await client.aclose()
+        await pool.disconnect()
+
+
+async def test_stalled_active_job_without_a_lock(redis: aioredis.Redis, redis_url: str) -> None:
+    release = asyncio.Event()
+
+    async def hang(job: Any, token: str) -> str:
+        await release.wait()
+        return "ok"
+
+    q = Queue("orders", {"connection": redis_url})
+    worker = Worker("orders", hang, {"connection": redis_url, "drainDelay": 1})
+    try:
+        job = await q.add("pdf.generate", {})
+        keys = QueueKeys("bull", "orders")
+        for _ in range(200):
+            if await redis.lrange(keys.active, 0, -1):
+                break
+            await asyncio.sleep(0.02)
+        s = spec(thresholds={"stalledActiveSeconds": 60})
+        t0 = datetime.now(UTC)
+        result = await evaluate(POLICY, s, None, redis=redis, ops=BullQueueOps(redis), now=t0)
+        assert result.status.queues[0].stalled == 0 and result.status.queues[0].active == 1
+        await redis.delete(keys.job(str(job.id)) + ":lock")  # what PX expiry does to a dead worker's lock
+        result = await evaluate(POLICY, s, result.status, redis=redis, ops=BullQueueOps(redis),
+                                memory=result.memory, now=t0 + timedelta(seconds=10))
+        assert result.status.queues[0].stalled == 0
+        result = await evaluate(POLICY, s, result.status, redis=redis, ops=BullQueueOps(redis),
+                                memory=result.memory, now=t0 + timedelta(seconds=75))
+        assert result.status.queues[0].stalled == 1
+        assert cond(result.status, "Healthy") == ("False", "StalledJobs")
+    finally:
+        release.set()
+        await worker.close()
+        await q.close()
+
+
+async def test_unreachable_redis_is_a_condition_not_an_exception(redis_factory: Any) -> None:
+    server: RedisServer = redis_factory()
+    client = aioredis.Redis.from_url(server.url, decode_responses=True, socket_timeout=2,
+                                     socket_connect_timeout=2)
+    try:
+        s = spec(queues=["orders"], thresholds={"failed": 1})
+        result = await evaluate(POLICY, s, None, redis=client, ops=BullQueueOps(client))
+        server.kill()
+        result = await evaluate(POLICY, s, result.status, redis=client, ops=BullQueueOps(client),
+                                memory=result.memory)
+        assert cond(result.status, "Ready") == ("False", "RedisUnreachable")
+        assert [e.reason for e in result.events] == ["RedisUnreachable"]
+        assert result.decision.actions == ()
+    finally:
+        await client.aclose()
+
+
+def sample(name: str, **labels: str) -> float:
+    value = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_metrics_carry_the_observed_counts(redis: aioredis.Redis, redis_url: str) -> None:
+    await make_failed_jobs(redis_url, "orders", [JobSpec("x")] * 3)
+    await BullQueue(redis, "orders").pause()
+    before = sample("requeue_policy_evaluation_seconds_count")
+    await evaluate(POLICY, spec(), None, redis=redis, ops=BullQueueOps(redis))
+    labels = {"namespace": "visapi", "policy": "visapi-queues", "queue": "orders"}
+    assert sample("bullmq_queue_jobs", **labels, state="failed") == 3
+    assert sample("bullmq_queue_jobs", **labels, state="waiting") == 0
+    assert sample("bullmq_queue_paused", **labels) == 1
+    assert sample("queue_depth_total", queue="orders", status="failed") == 3
+    assert sample("requeue_policy_evaluation_seconds_count") == before + 1

@@ -1,0 +1,15 @@
+"""The public API of requeue.policy, pinned (like httpx's tests/test_exported_members.py)."""
+
+from __future__ import annotations
+
+import requeue.policy
+
+
+def test_exported_members() -> None:
+    exported = set(requeue.policy.__all__)
+    public = {name for name in dir(requeue.policy) if not name.startswith("_")}
+    # decide, collect and evaluate are the functions (they shadow their modules on the package)
+    modules = {"budget", "failure_rate", "memory", "observe", "slack"}
+    assert exported == public - modules
+    assert callable(requeue.policy.decide) and callable(requeue.policy.evaluate)
+    assert requeue.policy.__all__ == sorted(requeue.policy.__all__, key=lambda n: (not n[0].isupper(), n))
