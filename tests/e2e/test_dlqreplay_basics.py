@@ -255,3 +255,41 @@ async def test_delete_mid_run_resumes_the_queue_and_releases_everything(
     reasons = await asyncio.to_thread(event_reasons, kube, "held")
     assert "QueueResumed" in reasons and "Cancelled" in reasons
     assert held["phase"] == "WaitingForGates"
+
+
+async def test_unreachable_redis_waits_until_the_secret_is_fixed_and_unstarted_replays_delete_at_once(
+    kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    ids = await make_failed_jobs(redis_url, "default", jobs(5))
+    health_port = free_port()
+    operator = operator_factory(operator_command("--liveness", f"http://127.0.0.1:{health_port}/healthz"))
+    await apply(kube, secret("redis", {"url": f"redis://:hunter2@127.0.0.1:{free_port()}/0"}))
+    await apply(kube, replay("nowhere", "default"))
+    await apply(kube, replay("never-started", "default", secret_name="no-such-secret"))
+
+    st = await wait_status_async(kube, "nowhere",
+                                 lambda s: condition(s, "Ready").get("reason") == "RedisUnreachable",
+                                 operator=operator, what="Ready=False/RedisUnreachable")
+    assert "hunter2" not in str(st) and "***" in condition(st, "Ready")["message"]  # redacted
+    await wait_status_async(kube, "never-started",
+                            lambda s: condition(s, "Ready").get("reason") == "SecretNotFound",
+                            operator=operator, what="Ready=False/SecretNotFound")
+    await kubectl(kube, "delete", "dlqr", "never-started", "--wait=false")
+    await wait_gone_async(kube, "never-started", operator=operator)  # nothing in Redis to clean up
+
+    await apply(kube, secret("redis", {"url": redis_url}))  # the on-call person fixes the Secret
+    st = await wait_status_async(kube, "nowhere", lambda s: s.get("phase") == "Succeeded", operator=operator,
+                                 timeout=60, what="phase Succeeded once Redis is reachable")
+    assert st["replayed"] == 5
+    assert sorted(await redis_client.lrange("bull:default:wait", 0, -1)) == sorted(ids)
+    reasons = await asyncio.to_thread(event_reasons, kube, "nowhere")
+    assert reasons.count("RedisUnreachable") == 1 and "Recovered" in reasons
+    events_text = await kubectl(kube, "get", "events")
+    assert "hunter2" not in events_text
+    assert "hunter2" not in operator.logs()
+
+    def healthz() -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=10) as response:
+            return int(response.status)
+
+    assert await asyncio.to_thread(healthz) == 200
