@@ -75,3 +75,56 @@ def run(standalone: bool, clusterwide: bool, namespaces: tuple[str, ...], livene
                  liveness_endpoint=liveness_endpoint, metrics_port=metrics_port,
                  metrics_address=metrics_address, verbose=verbose, log_format=log_format,
                  log_level=log_level)
+
+
+@main.command()
+@click.option("-f", "--filename", "file", required=True, metavar="FILE",
+              help="DLQReplay manifest, as for `kubectl apply -f` ('-' reads stdin).")
+@click.option("--redis-url", envvar="REQUEUE_REDIS_URL", metavar="URL",
+              help="Redis URL [env REQUEUE_REDIS_URL]; default: the spec's redis.urlSecretRef via --secret.")
+@click.option("--secret", "secrets", multiple=True, metavar="NAME/KEY=VALUE",
+              help="Value of a Secret key the spec references (repeatable); "
+                   "or env REQUEUE_SECRET_<NAME>_<KEY>.")
+@click.option("--dry-run", is_flag=True,
+              help="Select and break down only; move nothing, leave Redis as it was.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: print exactly the object the operator writes to .status.")
+@click.option("--replay-id", metavar="ID",
+              help="Names the snapshot in Redis; default metadata.uid, else derived from namespace/name, "
+                   "so rerunning the same command resumes it.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output; only the result.")
+def replay(file: str, redis_url: str | None, secrets: tuple[str, ...], dry_run: bool, output: str,
+           replay_id: str | None, quiet: bool) -> None:
+    """Replay failed BullMQ jobs once, as a DLQReplay would, without Kubernetes.
+
+    Exit codes: 0 done, 1 failed (e.g. verification), 2 invalid spec or missing
+    secret, 3 Redis unreachable or authentication failed, 130 interrupted
+    (Ctrl-C/SIGTERM stop after the current step; rerun the command to resume).
+    """
+    from requeue.commands.replay_cmd import ReplayOptions, run_replay
+
+    sys.exit(run_replay(ReplayOptions(file=file, redis_url=redis_url, secrets=secrets, dry_run=dry_run,
+                                      output="json" if output == "json" else "text",
+                                      replay_id=replay_id, quiet=quiet)))
+
+
+@main.command()
+@click.option("--redis-url", envvar="REQUEUE_REDIS_URL", required=True, metavar="URL",
+              help="Redis URL [env REQUEUE_REDIS_URL].")
+@click.option("--queue", required=True, help="BullMQ queue name.")
+@click.option("--prefix", default="bull", show_default=True, help="BullMQ key prefix.")
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Groups shown per breakdown.")
+@click.option("--sample", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Sample job ids per group.")
+@click.option("-o", "--output", type=click.Choice(["table", "text", "json"]), default=None,
+              help="Default: table on a terminal, text otherwise.")
+def inspect(redis_url: str, queue: str, prefix: str, top: int, sample: int, output: str | None) -> None:
+    """What is in a queue's failed set: by job name, normalised failure reason and hour. Read-only.
+
+    Exit codes: 0 done, 3 Redis unreachable or authentication failed.
+    """
+    from requeue.commands.inspect_cmd import run_inspect
+
+    sys.exit(run_inspect(redis_url=redis_url, queue=queue, prefix=prefix, top=top, sample=sample,
+                         output=output or "auto"))

@@ -1,0 +1,141 @@
+"""``requeue inspect``: what is in a queue's failed set, by job name, failure reason and hour.
+
+Output: rich tables on a terminal, plain aligned text otherwise (logs, pipes),
+and ``-o json`` for scripts. The JSON shape (``schemaVersion`` 1) is::
+
+    {
+      "schemaVersion": 1,
+      "queue": "default", "prefix": "bull",
+      "redis": "redis://default:***@redis:6379/0",      # always redacted
+      "scannedAt": "2025-07-16T11:02:03Z", "elapsedSeconds": 0.41,
+      "paused": false,
+      "counts": {"wait": 0, "paused": 0, "active": 0, "prioritized": 0,
+                 "delayed": 0, "completed": 10, "failed": 20000},   # BullMQ getCounts
+      "total": 20000,            # failed-set members scanned
+      "readable": 19998,         # total - corrupt; the groups cover these
+      "oldestFailure": "2025-07-16T09:00:12Z", "newestFailure": "2025-07-16T10:59:58Z",
+      "corrupt": {"count": 2, "ids": ["17", "18"],
+                  "byProblem": {"job data is not JSON": 1, "job hash missing or has no name": 1}},
+      "byName":   {"groups": [{"key": "whatsapp.send", "count": 6667, "sampleIds": ["3"]}, ...],
+                   "otherGroups": 0, "otherJobs": 0, "capped": false},
+      "byReason": {...same shape; keys are normalised reasons, e.g. "timeout after <n>ms"},
+      "byHour":   {...same shape; keys are UTC hours "2025-07-16T09:00:00Z", in time order}
+    }
+
+Groups are the ``--top`` largest, most jobs first (hours: the busiest, in time
+order); ``otherGroups``/``otherJobs`` count what was left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from redis import exceptions as rx
+from rich.console import Console
+from rich.table import Table
+
+from requeue.analysis import Breakdown, FailedSetReport, analyse_failed_set
+from requeue.commands.output import Secrets, is_tty, report_error
+from requeue.errors import RequeueError
+from requeue.queues import BullQueue, connect, map_redis_error
+from requeue.redact import redact_url
+
+__all__ = ["run_inspect"]
+
+def run_inspect(*, redis_url: str, queue: str, prefix: str = "bull", top: int = 20, sample: int = 1,
+                output: str = "auto") -> int:
+    """Scan, print, return the exit code (0, or 3 when Redis is unreachable or refuses us).
+
+    :param output: ``table``, ``text``, ``json``, or ``auto`` (table on a terminal, else text).
+    """
+    secrets = Secrets()
+    secrets.add(redis_url)
+    try:
+        report = asyncio.run(_scan(redis_url, queue, prefix, top, sample))
+    except RequeueError as exc:
+        return report_error(exc, secrets)
+    report.redis = redact_url(redis_url)
+    if output == "json":
+        print(json.dumps(report.to_json(), indent=2))
+    elif output == "table" or (output == "auto" and is_tty(sys.stdout)):
+        _print_tables(report, Console())
+    else:
+        print(render_text(report), end="")
+    return 0
+
+
+async def _scan(url: str, queue: str, prefix: str, top: int, sample: int) -> FailedSetReport:
+    redis = await connect(url)
+    try:
+        return await analyse_failed_set(BullQueue(redis, queue, prefix=prefix), top=top, samples=sample)
+    except (rx.RedisError, OSError) as exc:  # after connecting: named, redacted, exit 3
+        raise map_redis_error(exc, url=url, queue=queue) from None
+    finally:
+        await redis.aclose()
+
+
+def _pct(n: int, total: int) -> str:
+    return f"{100.0 * n / total:.1f}%" if total else "-"
+
+
+def _headline(r: FailedSetReport) -> list[str]:
+    counts = " ".join(f"{k}={v}" for k, v in r.counts.items())
+    lines = [
+        f"queue {r.queue} (prefix {r.prefix}) at {r.redis}: {r.total} failed jobs, {r.corrupt} corrupt; "
+        f"scanned in {r.elapsed_s:.2f}s",
+        f"counts: {counts}; {'PAUSED' if r.paused else 'not paused'}",
+    ]
+    if r.oldest_ms is not None:
+        data = r.to_json()
+        lines.append(f"failures from {data['oldestFailure']} to {data['newestFailure']}")
+    return lines
+
+
+_TITLES = (("by_name", "JOB NAME"), ("by_reason", "FAILURE REASON (normalised)"), ("by_hour", "HOUR (UTC)"))
+
+
+def render_text(r: FailedSetReport) -> str:
+    """Plain, aligned text: one block per breakdown; no colours, no box drawing."""
+    out = _headline(r)
+    for attr, title in _TITLES:
+        b: Breakdown = getattr(r, attr)
+        out.append("")
+        width = max([len(title), *(len(g.key) for g in b.groups)])
+        out.append(f"{title:<{width}}  {'COUNT':>8}  {'SHARE':>6}  SAMPLE IDS")
+        for g in b.groups:
+            out.append(f"{g.key:<{width}}  {g.count:>8}  {_pct(g.count, r.readable):>6}  "
+                       f"{', '.join(g.sample_ids)}")
+        if not b.groups:
+            out.append("(none)")
+        if b.other_jobs:
+            out.append(f"... {b.other_jobs} more jobs in {b.other_groups} more groups"
+                       + (" (too many distinct keys; counted, not grouped)" if b.capped else ""))
+    if r.corrupt:
+        problems = ", ".join(f"{k}: {v}" for k, v in r.corrupt_by_problem.items())
+        out.append("")
+        out.append(f"CORRUPT {r.corrupt} ({problems}); first ids: {', '.join(r.corrupt_ids)}")
+    return "\n".join(out) + "\n"
+
+
+def _print_tables(r: FailedSetReport, console: Console) -> None:
+    for line in _headline(r):
+        console.print(line, highlight=False)
+    for attr, title in _TITLES:
+        b: Breakdown = getattr(r, attr)
+        table = Table(title=f"by {title.lower()}", title_justify="left")
+        table.add_column(title.split(" (")[0].title(), overflow="fold")
+        table.add_column("Count", justify="right")
+        table.add_column("Share", justify="right")
+        table.add_column("Sample ids", overflow="fold")
+        for g in b.groups:
+            table.add_row(g.key, str(g.count), _pct(g.count, r.readable), ", ".join(g.sample_ids))
+        if b.other_jobs:
+            table.add_row(f"[dim]{b.other_groups} more groups[/dim]", str(b.other_jobs),
+                          _pct(b.other_jobs, r.readable), "")
+        console.print(table)
+    if r.corrupt:
+        problems = ", ".join(f"{k}: {v}" for k, v in r.corrupt_by_problem.items())
+        console.print(f"[yellow]corrupt: {r.corrupt}[/yellow] ({problems}); first ids: "
+                      f"{', '.join(r.corrupt_ids)}", highlight=False)

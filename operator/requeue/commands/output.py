@@ -1,0 +1,68 @@
+"""Shared by the CLI commands: how errors are printed and with which exit code, and TTY detection.
+
+Everything a command prints goes through :func:`redact_text` with the secret
+values it knows (the Redis URL, ``--secret`` values), so a password can never
+reach a terminal or a CI log, even inside a library's error message.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from requeue.errors import (
+    AuthFailed,
+    RedisUnavailable,
+    RequeueError,
+    SecretNotFound,
+    SpecInvalid,
+)
+from requeue.redact import redact_text
+
+__all__ = ["EXIT_INTERRUPTED", "Secrets", "error_label", "is_tty", "report_error"]
+
+#: Exit status after Ctrl-C / SIGTERM: 128 + the signal number, as shells do.
+EXIT_INTERRUPTED = 130
+
+
+class Secrets:
+    """Values that must never be printed, collected as a command learns them."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+
+    def add(self, *values: str | None) -> None:
+        for value in values:
+            if value and value not in self.values:
+                self.values.append(value)
+
+    def redact(self, text: str) -> str:
+        return redact_text(text, self.values)
+
+
+def error_label(exc: RequeueError) -> str:
+    """A few words saying what kind of failure it is, for the start of the error line."""
+    if isinstance(exc, AuthFailed):
+        return "authentication failed"
+    if isinstance(exc, RedisUnavailable):
+        return "Redis unreachable"
+    if isinstance(exc, SpecInvalid):
+        return "invalid spec"
+    if isinstance(exc, SecretNotFound):
+        return "missing secret"
+    return exc.reason
+
+
+def report_error(exc: RequeueError, secrets: Secrets, stream: TextIO | None = None) -> int:
+    """Print ``requeue: <label>: <message>`` (redacted) and return the exit code."""
+    out = stream or sys.stderr
+    print(f"requeue: {error_label(exc)}: {secrets.redact(exc.message)}", file=out)
+    return exc.exit_code
+
+
+def is_tty(stream: TextIO) -> bool:
+    """Whether ``stream`` is an interactive terminal."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,444 @@
+"""``requeue replay -f FILE``: the operator's replay engine, one-shot, without Kubernetes.
+
+FILE is the DLQReplay manifest you would ``kubectl apply -f`` (a multi-document
+file may hold other objects, e.g. Secrets; exactly one DLQReplay is used). It is
+validated with the same models as the operator (exit 2 naming the field).
+
+**Redis URL**: ``--redis-url`` or ``REQUEUE_REDIS_URL``; else the spec's
+``redis.urlSecretRef`` from ``--secret NAME/KEY=VALUE`` or the environment
+(``REQUEUE_SECRET_<NAME>_<KEY>``, see :mod:`requeue.secrets`). Gates resolve
+their Secrets the same way. URLs are redacted in everything printed.
+
+**Resume**: the replay id names the snapshot and progress keys in Redis. It
+defaults to ``metadata.uid`` when the manifest has one, else to
+``cli-<hash of namespace/name>``, so rerunning the same command after a crash,
+a SIGKILL or Ctrl-C continues the same snapshot: every selected job is moved
+exactly once. ``--replay-id ID`` sets it explicitly (to resume under a renamed
+manifest, or to run a manifest again as a new replay once the first finished).
+A replay that finished is not run again: rerunning prints its outcome.
+
+**Dry run** (``--dry-run`` or ``spec.dryRun``): selection only, under a
+throw-away replay id whose keys are deleted afterwards; prints the count, the
+breakdown and the first ids; moves nothing and leaves Redis as it was.
+
+**Ctrl-C / SIGTERM**: the current step finishes, then the replay is suspended
+the engine's way (the queue is resumed if this replay paused it, the queue's
+lease released); where it stopped and how to resume is printed; exit 130. A
+second signal aborts at once (still safe: the state is in Redis).
+
+**Output**: a live progress bar on a terminal (stderr), one line per phase and
+event otherwise; the result on stdout: a summary, or with ``-o json`` exactly
+the object the operator writes to ``.status``.
+
+Exit codes: 0 done, 1 failed (verification, gates timed out, snapshot lost),
+2 invalid spec or missing secret, 3 Redis unreachable or credentials refused,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import secrets as pysecrets
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import yaml
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from requeue.api import DLQReplay, DLQReplaySpec, DLQReplayStatus, ReplayPhase, find_condition
+from requeue.api.loading import parse
+from requeue.commands.output import EXIT_INTERRUPTED, Secrets, report_error
+from requeue.errors import AuthFailed, RedisUnavailable, RequeueError, SecretNotFound, SpecInvalid
+from requeue.gates import GateRunner
+from requeue.queues import ReplayKeys, connect
+from requeue.redact import redact_url
+from requeue.replay import ReplayEngine, StepResult
+from requeue.secrets import StaticSecrets
+
+__all__ = ["ReplayOptions", "default_replay_id", "load_manifest", "run_replay", "status_json"]
+
+#: Seconds between two progress lines in plain output while the phase stays the same.
+PLAIN_PROGRESS_INTERVAL = 5.0
+#: Condition reasons that end the CLI with exit code 3 (Redis) or 2 (spec/secret), else 1.
+_EXIT_BY_REASON = {
+    AuthFailed.reason: AuthFailed.exit_code,
+    RedisUnavailable.reason: RedisUnavailable.exit_code,
+    SpecInvalid.reason: SpecInvalid.exit_code,
+    SecretNotFound.reason: SecretNotFound.exit_code,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplayOptions:
+    """The command line of ``requeue replay``."""
+
+    file: str
+    redis_url: str | None = None
+    secrets: tuple[str, ...] = ()
+    dry_run: bool = False
+    output: Literal["text", "json"] = "text"
+    replay_id: str | None = None
+    quiet: bool = False
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def load_manifest(file: str) -> DLQReplay:
+    """The one DLQReplay in ``file`` (``-`` is stdin), validated; SpecInvalid names the field."""
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text()
+    except OSError as exc:
+        raise SpecInvalid(f"{file}: cannot read: {exc.strerror or exc}") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise SpecInvalid(f"{file}: not valid YAML: {exc}") from None
+    replays = [d for d in docs if isinstance(d, dict) and d.get("kind") == "DLQReplay"]
+    if len(replays) != 1:
+        if len(docs) == 1:  # let the models say what is wrong with the one document
+            return parse(DLQReplay, docs[0] if isinstance(docs[0], dict) else text, name=file)
+        raise SpecInvalid(f"{file}: expected exactly one DLQReplay document, found {len(replays)}")
+    manifest = parse(DLQReplay, replays[0], name=file)
+    if not manifest.metadata.get("name") and not manifest.metadata.get("uid"):
+        raise SpecInvalid(f"{file}: metadata.name: required (it names the replay, so a rerun resumes it)")
+    return manifest
+
+
+def owner_of(manifest: DLQReplay) -> str:
+    """``namespace/name`` as the operator shows it (namespace ``default`` when unset)."""
+    meta = manifest.metadata
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name') or meta.get('uid')}"
+
+
+def default_replay_id(manifest: DLQReplay) -> str:
+    """``metadata.uid`` if present, else ``cli-`` + a hash of ``namespace/name``: stable across reruns."""
+    uid = manifest.metadata.get("uid")
+    if uid:
+        return str(uid)
+    return "cli-" + hashlib.sha256(owner_of(manifest).encode()).hexdigest()[:16]
+
+
+def status_json(status: DLQReplayStatus) -> dict[str, Any]:
+    """Exactly the object the operator writes to ``.status``."""
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def exit_code_for(status: DLQReplayStatus) -> int:
+    """0 succeeded (or suspended by the spec), 3 Redis/auth, 2 spec/secret, 1 any other failure."""
+    if status.phase in (ReplayPhase.SUCCEEDED, ReplayPhase.SUSPENDED):
+        return 0
+    cond = find_condition(status.conditions, "Succeeded")
+    return _EXIT_BY_REASON.get(cond.reason if cond else "", 1)
+
+
+# ---------------------------------------------------------------- progress display
+
+
+class Reporter:
+    """Plain lines: one per phase change and per engine event, a progress line now and then."""
+
+    def __init__(self, stream: TextIO, secrets: Secrets) -> None:
+        self.stream = stream
+        self.secrets = secrets
+        self.phase: ReplayPhase | None = None
+        self.last_line = 0.0
+        self.last_progress = ""
+
+    def note(self, text: str) -> None:
+        print(self.secrets.redact(text), file=self.stream, flush=True)
+
+    def step(self, result: StepResult) -> None:
+        st = result.status
+        for event in result.events:
+            self.note(f"{event.type.lower()}: {event.reason}: {event.message}")
+        now = time.monotonic()
+        if st.phase != self.phase:
+            self.phase = st.phase
+            self.note(f"phase {st.phase.value}: {st.message or 'starting'}")
+            self.last_line, self.last_progress = now, st.progress
+        elif now - self.last_line >= PLAIN_PROGRESS_INTERVAL and st.progress != self.last_progress:
+            self.note(f"{st.phase.value}: {st.message or st.progress}")
+            self.last_line, self.last_progress = now, st.progress
+
+    def close(self) -> None:
+        pass
+
+
+class RichReporter(Reporter):
+    """A live progress bar on a terminal: phase, replayed/matched, rate, gates; events above it."""
+
+    def __init__(self, console: Console, secrets: Secrets) -> None:
+        super().__init__(sys.stderr, secrets)
+        self.console = console
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.fields[phase]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[gates]}"),
+            console=console,
+            transient=False,
+        )
+        self.task = self.progress.add_task("replay", total=None, phase="Pending", rate="", gates="")
+        self.samples: list[tuple[float, int]] = []
+        self.progress.start()
+
+    def note(self, text: str) -> None:
+        self.progress.console.print(self.secrets.redact(text), highlight=False, markup=False)
+
+    def _rate(self, done: int) -> str:
+        now = time.monotonic()
+        self.samples.append((now, done))
+        self.samples = [s for s in self.samples if now - s[0] <= 5.0]
+        t0, d0 = self.samples[0]
+        return f"{(done - d0) / (now - t0):.0f} jobs/s" if now > t0 and done > d0 else ""
+
+    def step(self, result: StepResult) -> None:
+        st = result.status
+        for event in result.events:
+            self.note(f"{event.type.lower()}: {event.reason}: {event.message}")
+        if st.phase != self.phase:
+            self.phase = st.phase
+            self.note(f"phase {st.phase.value}: {st.message or 'starting'}")
+        gates = ""
+        if st.gates:
+            ok = sum(1 for g in st.gates if g.healthy)
+            red = ", ".join(g.name for g in st.gates if not g.healthy)
+            gates = f"gates {ok}/{len(st.gates)} ok" + (f" (waiting: {red})" if red else "")
+        done = st.replayed + st.skipped
+        self.progress.update(self.task, completed=done, total=st.matched or None, phase=st.phase.value,
+                             rate=self._rate(st.replayed), gates=gates)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+class Quiet(Reporter):
+    def note(self, text: str) -> None:
+        pass
+
+    def step(self, result: StepResult) -> None:
+        pass
+
+
+# ---------------------------------------------------------------- the command
+
+
+def run_replay(opts: ReplayOptions) -> int:
+    """Validate, connect, drive the engine to the end (or a signal), print; return the exit code."""
+    hidden = Secrets()
+    hidden.add(opts.redis_url)
+    try:
+        static = StaticSecrets.from_flags(opts.secrets)
+    except ValueError as exc:
+        return report_error(SpecInvalid(str(exc)), hidden)
+    hidden.add(*(flag.partition("=")[2] for flag in opts.secrets))
+    try:
+        manifest = load_manifest(opts.file)
+        return asyncio.run(_Replay(opts, manifest, static, hidden).main())
+    except RequeueError as exc:
+        return report_error(exc, hidden)
+
+
+class _Replay:
+    def __init__(self, opts: ReplayOptions, manifest: DLQReplay, static: StaticSecrets,
+                 hidden: Secrets) -> None:
+        self.opts = opts
+        self.manifest = manifest
+        self.static = static
+        self.hidden = hidden
+        self.spec: DLQReplaySpec = manifest.spec
+        self.dry_run = opts.dry_run or manifest.spec.dry_run
+        if self.dry_run:
+            self.spec = self.spec.model_copy(update={"dry_run": True})
+        self.replay_id = opts.replay_id or default_replay_id(manifest)
+        self.owner = owner_of(manifest)
+        self.stop = asyncio.Event()
+        self.signal_name = ""
+        self.status = DLQReplayStatus()
+
+    async def resolve_url(self) -> str:
+        if self.opts.redis_url:
+            return self.opts.redis_url
+        try:
+            url = await self.static.get(self.spec.redis.url_secret_ref)
+        except SecretNotFound as exc:
+            raise SecretNotFound(f"no Redis URL: pass --redis-url URL, set REQUEUE_REDIS_URL, or give the "
+                                 f"spec's redis.urlSecretRef: {exc.message}") from None
+        self.hidden.add(url)
+        return url
+
+    async def main(self) -> int:
+        url = await self.resolve_url()
+        tls = self.spec.redis.tls
+        ca = None
+        if tls is not None and tls.ca_secret_ref is not None:
+            ca = await self.static.get(tls.ca_secret_ref)
+        redis = await connect(url, db=self.spec.redis.db, tls_ca_pem=ca,
+                              tls_insecure_skip_verify=bool(tls and tls.insecure_skip_verify))
+        replay_id = self.replay_id
+        if self.dry_run:  # a throw-away id: never touches (or finishes) the real replay's state
+            replay_id = f"{self.replay_id}-dryrun-{pysecrets.token_hex(4)}"
+        gates = (GateRunner(self.spec.gates, self.spec.gate_policy, self.static, default_redis_url=url,
+                            owner=self.owner) if self.spec.gates else None)
+        engine = ReplayEngine(redis, replay_id=replay_id, owner=self.owner, gates=gates)
+        reporter = self._reporter()
+        loop = asyncio.get_running_loop()
+        main_task = asyncio.current_task()
+        installed: list[signal.Signals] = []
+
+        def on_signal(sig: signal.Signals) -> None:
+            if self.stop.is_set():
+                if main_task is not None:
+                    main_task.cancel()
+                return
+            self.signal_name = sig.name
+            self.stop.set()
+            reporter.note(f"{sig.name}: stopping after the current step (again to abort at once)")
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal, sig)
+                installed.append(sig)
+        try:
+            await self._announce(redis, url, reporter)
+            try:
+                code = await self._drive(engine, reporter)
+            finally:
+                if self.dry_run:
+                    with contextlib.suppress(Exception):
+                        await engine.cancel(self.spec, self.status)  # drops the throw-away keys
+        except asyncio.CancelledError:
+            reporter.close()
+            self._print_result()
+            print(f"requeue: aborted at {self.status.progress or '0/0'}; rerun the same command to resume "
+                  f"(replay id {self.replay_id})", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        finally:
+            reporter.close()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await redis.aclose()
+        return code
+
+    def _reporter(self) -> Reporter:
+        if self.opts.quiet:
+            return Quiet(sys.stderr, self.hidden)
+        console = Console(stderr=True)
+        if console.is_terminal:
+            return RichReporter(console, self.hidden)
+        return Reporter(sys.stderr, self.hidden)
+
+    async def _announce(self, redis: Any, url: str, reporter: Reporter) -> None:
+        what = "dry run of" if self.dry_run else "replay"
+        reporter.note(f"{what} {self.owner} (replay id {self.replay_id}): queue {self.spec.queue} "
+                      f"(prefix {self.spec.prefix}) at {redact_url(url)}")
+        if not self.dry_run:
+            progress = await redis.hgetall(ReplayKeys(self.replay_id).progress)
+            if progress:
+                stage = progress.get("stage", "")
+                if stage == "done":
+                    reporter.note(f"this replay already finished ({progress.get('outcome', '')}); showing "
+                                  "its outcome. To run the manifest again, use a new metadata.name or "
+                                  "--replay-id")
+                else:
+                    reporter.note(f"resuming: {progress.get('replayed', '0')} of "
+                                  f"{progress.get('matched', '0')} selected jobs already moved (stage "
+                                  f"{stage or 'start'})")
+
+    async def _drive(self, engine: ReplayEngine, reporter: Reporter) -> int:
+        """The loop of :meth:`ReplayEngine.run`, plus: stop cleanly between steps on a signal."""
+        spec = self.spec
+        while True:
+            result = await engine.step(spec, self.status)
+            self.status = result.status
+            reporter.step(result)
+            st = self.status
+            if st.phase.finished or st.phase == ReplayPhase.SUSPENDED:
+                reporter.close()
+                self._print_result()
+                return exit_code_for(st)
+            if engine.redis_failures >= engine.redis_failure_bound:
+                reporter.close()
+                self._print_result()
+                ready = find_condition(st.conditions, "Ready")
+                raise RedisUnavailable(ready.message if ready else "Redis unavailable", queue=spec.queue,
+                                       replay=self.owner)
+            if self.stop.is_set():
+                return await self._interrupted(engine, reporter)
+            if result.delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), result.delay)
+
+    async def _interrupted(self, engine: ReplayEngine, reporter: Reporter) -> int:
+        before = self.status
+        if not self.dry_run:
+            # the engine's own suspend: resumes the queue if this replay paused it, releases the lease
+            result = await engine.step(self.spec.model_copy(update={"suspend": True}), before)
+            self.status = result.status  # its events say "spec.suspend"; not what happened here
+        reporter.close()
+        self._print_result(headline=f"Interrupted ({self.signal_name}) in phase {before.phase.value}")
+        st = self.status
+        if self.dry_run:
+            print(f"requeue: {self.signal_name}: dry run stopped; nothing was moved", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        resumed = " (the queue this replay had paused was resumed)" if before.queue_paused_by_replay else ""
+        print(f"requeue: {self.signal_name}: stopped in phase {before.phase.value} at {st.progress} "
+              f"(replayed {st.replayed}, skipped {st.skipped}, matched {st.matched}){resumed}.\n"
+              f"requeue: to resume, rerun the same command (replay id {self.replay_id}; or add "
+              f"--replay-id {self.replay_id})", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+    # -- the result
+
+    def _print_result(self, headline: str | None = None) -> None:
+        st = self.status
+        if self.opts.output == "json":
+            print(json.dumps(status_json(st), indent=2), flush=True)
+            return
+        text = render_summary(st, dry_run=self.dry_run, quiet=self.opts.quiet, headline=headline)
+        print(self.hidden.redact(text), end="", flush=True)
+
+
+def render_summary(st: DLQReplayStatus, *, dry_run: bool = False, quiet: bool = False,
+                   headline: str | None = None) -> str:
+    """The human result: outcome line, counters, breakdown, first ids."""
+    head = headline or (f"{st.phase.value}: {st.message}" if st.message else st.phase.value)
+    if quiet:
+        return head + "\n"
+    lines = [head]
+    if dry_run:
+        lines.append(f"would replay {st.matched} jobs ({st.corrupt} corrupt, not replayable)")
+    else:
+        lines.append(f"matched {st.matched}, replayed {st.replayed}, skipped {st.skipped}, corrupt "
+                     f"{st.corrupt}" + (f", completed {st.completed}, failed again {st.failed_again}"
+                                        if st.completed or st.failed_again else ""))
+    if st.breakdown is not None:
+        for title, groups in (("by name", st.breakdown.by_name), ("by reason", st.breakdown.by_reason)):
+            if groups:
+                lines.append(f"{title}:")
+                width = max(len(k) for k in groups)
+                lines.extend(f"  {k:<{width}}  {v:>8}" for k, v in groups.items())
+    if st.sample_ids:
+        lines.append(f"first ids: {', '.join(st.sample_ids)}")
+    if st.corrupt_ids:
+        lines.append(f"corrupt ids: {', '.join(st.corrupt_ids)}")
+    return "\n".join(lines) + "\n"
