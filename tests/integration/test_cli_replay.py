@@ -1,0 +1,349 @@
+"""``requeue replay -f FILE`` against real failed BullMQ jobs: exactly the matching set moves, exactly
+once, across SIGKILL and Ctrl-C; dry runs change nothing; every failure has its exit code."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from click.testing import CliRunner
+
+from requeue.api import DLQReplayStatus
+from requeue.cli import main
+from requeue.queues import QueueKeys
+from support import wait_until
+from support.bullmq_jobs import JobSpec, make_failed_jobs
+from support.cli import cli, keyspace, popen_cli, write_manifest
+from support.redis_server import RedisServer, free_port
+
+Q = "default"
+K = QueueKeys("bull", Q)
+RATE_LIMITED = "429 Too Many Requests"
+FAST = {"jobsPerSecond": 100_000, "batchSize": 50}
+#: name + reason + dataMatch: only whatsapp.send, 429, tenant acme
+SELECTOR = {"jobNames": ["whatsapp.*"], "failedReasonPattern": "429|[Rr]ate limit",
+            "dataMatch": {"tenant": "acme"}}
+
+
+def mixed_jobs(n: int) -> list[JobSpec]:
+    out = []
+    for i in range(n):
+        name = ("whatsapp.send", "email.send")[i % 2]
+        reason = RATE_LIMITED if i % 3 else f"timeout after {5000 + i}ms"
+        tenant = "acme" if i % 5 else "globex"
+        out.append(JobSpec(name=name, data={"i": i, "tenant": tenant, "to": f"+49{i:09d}"}, reason=reason,
+                           opts={"priority": 3} if i % 7 == 0 else {}))
+    return out
+
+
+def matching(ids: list[str], jobs: list[JobSpec]) -> list[str]:
+    return [i for i, j in zip(ids, jobs, strict=True) if j.name.startswith("whatsapp.")
+            and ("429" in j.reason or "ate limit" in j.reason) and j.data["tenant"] == "acme"]
+
+
+async def failed_order(r: aioredis.Redis, ids: list[str]) -> list[str]:
+    """``ids`` in the failed set's order (failure time, then id as BullMQ's zset sorts ties)."""
+    wanted = set(ids)
+    return [i for i in await r.zrange(K.failed, 0, -1) if i in wanted]
+
+
+async def replayed_ids(r: aioredis.Redis) -> list[str]:
+    """Everything a worker would pick up: wait (plain) and prioritized."""
+    return [*await r.lrange(K.wait, 0, -1), *await r.zrange(K.prioritized, 0, -1)]
+
+
+async def test_replay_moves_exactly_the_matching_set_and_prints_the_status(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    jobs = mixed_jobs(90)
+    ids = await make_failed_jobs(redis_url, Q, jobs)
+    expected = matching(ids, jobs)
+    assert 0 < len(expected) < len(ids)
+    in_failed_order = await failed_order(redis_client, expected)
+    manifest = write_manifest(tmp_path / "replay.yaml", {"selector": SELECTOR, "rate": FAST})
+
+    res = cli("replay", "-f", str(manifest), "--redis-url", redis_url, "-o", "json")
+    assert res.code == 0, res.output
+    status = json.loads(res.stdout)  # stdout is exactly the status object, nothing else
+    assert status == DLQReplayStatus.model_validate(status).model_dump(mode="json", by_alias=True,
+                                                                       exclude_none=True)
+    assert status["phase"] == "Succeeded"
+    assert (status["matched"], status["replayed"], status["skipped"], status["corrupt"]) == \
+        (len(expected), len(expected), 0, 0)
+    assert status["breakdown"] == {"byName": {"whatsapp.send": len(expected)},
+                                   "byReason": {"<n> Too Many Requests": len(expected)}}
+    assert status["sampleIds"] == in_failed_order[:10]
+
+    moved = await replayed_ids(redis_client)
+    assert sorted(moved) == sorted(expected)  # exactly the set, no duplicates
+    assert set(await redis_client.zrange(K.failed, 0, -1)) == set(ids) - set(expected)
+    for i in expected:
+        job = await redis_client.hgetall(K.job(i))
+        assert "atm" not in job and "failedReason" not in job  # resetAttempts defaults to true
+
+    # the same command again: the replay finished, nothing moves twice
+    again = cli("replay", "-f", str(manifest), "--redis-url", redis_url)
+    assert again.code == 0, again.output
+    assert "already finished" in again.stderr
+    assert sorted(await replayed_ids(redis_client)) == sorted(expected)
+    assert again.stdout.startswith("Succeeded: moved")
+
+
+async def test_dry_run_changes_nothing_and_shows_what_would_move(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    jobs = mixed_jobs(60)
+    ids = await make_failed_jobs(redis_url, Q, jobs)
+    expected = await failed_order(redis_client, matching(ids, jobs))
+    manifest = write_manifest(tmp_path / "replay.yaml", {"selector": SELECTOR, "rate": FAST})
+    before = keyspace(redis_url)
+
+    res = cli("replay", "-f", str(manifest), "--redis-url", redis_url, "--dry-run")
+    assert res.code == 0, res.output
+    assert keyspace(redis_url) == before  # not even requeue's own keys are left behind
+    assert f"would replay {len(expected)} jobs" in res.stdout
+    assert re.search(rf"^\s+whatsapp\.send\s+{len(expected)}$", res.stdout, re.M), res.stdout
+    assert f"first ids: {', '.join(expected[:10])}" in res.stdout
+
+    res = cli("replay", "-f", str(manifest), "--redis-url", redis_url, "--dry-run", "-o", "json")
+    assert res.code == 0, res.output
+    status = json.loads(res.stdout)
+    assert (status["phase"], status["matched"], status["replayed"]) == ("Succeeded", len(expected), 0)
+    assert status["sampleIds"] == expected[:10]
+    assert keyspace(redis_url) == before
+
+    # spec.dryRun in the manifest is a dry run too, and does not use up the real replay's id
+    dry = write_manifest(tmp_path / "dry.yaml", {"selector": SELECTOR, "rate": FAST, "dryRun": True})
+    assert cli("replay", "-f", str(dry), "--redis-url", redis_url).code == 0
+    assert keyspace(redis_url) == before
+    real = cli("replay", "-f", str(manifest), "--redis-url", redis_url, "-o", "json")
+    assert real.code == 0 and json.loads(real.stdout)["replayed"] == len(expected), real.output
+
+
+async def test_corrupt_jobs_are_counted_and_skipped_not_fatal(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    jobs = [JobSpec(name="whatsapp.send", data={"i": i}, reason=RATE_LIMITED) for i in range(20)]
+    ids = await make_failed_jobs(redis_url, Q, jobs)
+    await redis_client.hset(K.job(ids[3]), "data", "{not json")
+    await redis_client.hdel(K.job(ids[4]), "name")
+    manifest = write_manifest(tmp_path / "replay.yaml", {"rate": FAST})
+
+    res = cli("replay", "-f", str(manifest), "--redis-url", redis_url, "-o", "json")
+    assert res.code == 0, res.output
+    status = json.loads(res.stdout)
+    assert (status["phase"], status["corrupt"], status["replayed"]) == ("Succeeded", 2, 18)
+    assert set(status["corruptIds"]) == {ids[3], ids[4]}
+    assert set(await redis_client.zrange(K.failed, 0, -1)) == {ids[3], ids[4]}
+
+
+async def test_sigkill_mid_replay_then_rerun_replays_each_job_exactly_once(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    jobs = mixed_jobs(240)
+    ids = await make_failed_jobs(redis_url, Q, jobs)
+    expected = matching(ids, jobs)
+    # slow enough that the kill lands mid-run: 20 jobs/s in batches of 4
+    manifest = write_manifest(tmp_path / "replay.yaml",
+                              {"selector": SELECTOR, "rate": {"jobsPerSecond": 20, "batchSize": 4}})
+    args = ("replay", "-f", str(manifest), "--secret", f"redis/url={redis_url}")
+    proc = popen_cli(*args, log=tmp_path / "first.log")
+    sync = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        wait_until(lambda: sync.llen(K.wait) + sync.zcard(K.prioritized) >= 12, timeout=60,
+                   message=lambda: f"first replays; log: {(tmp_path / 'first.log').read_text()}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        sync.close()
+        if proc.poll() is None:
+            proc.kill()
+    moved_before = await replayed_ids(redis_client)
+    assert 12 <= len(moved_before) < len(expected), "the kill must land mid-replay"
+
+    res = cli(*args, "-o", "json")
+    assert res.code == 0, res.output
+    status = json.loads(res.stdout)
+    assert (status["phase"], status["matched"], status["replayed"]) == ("Succeeded", len(expected),
+                                                                       len(expected))
+    moved = await replayed_ids(redis_client)
+    assert len(moved) == len(set(moved)) == len(expected)  # no duplicates
+    assert set(moved) == set(expected)
+    assert set(await redis_client.zrange(K.failed, 0, -1)) == set(ids) - set(expected)  # none left
+    assert await redis_client.get(K.lease) is None
+
+
+async def test_ctrl_c_stops_cleanly_resumes_the_queue_it_paused_and_says_how_to_continue(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    jobs = mixed_jobs(60)
+    ids = await make_failed_jobs(redis_url, Q, jobs)
+    expected = matching(ids, jobs)
+    dead = f"http://127.0.0.1:{free_port()}/health"  # nothing listens: the gate stays red
+    gated = write_manifest(tmp_path / "replay.yaml", {
+        "selector": SELECTOR, "rate": FAST, "pauseQueue": True,
+        "gates": [{"name": "provider", "http": {"url": dead, "timeout": "1s"}}],
+        "gatePolicy": {"interval": "1s"},
+    })
+    proc = popen_cli("replay", "-f", str(gated), "--redis-url", redis_url, log=tmp_path / "run.log")
+    sync = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        wait_until(lambda: sync.hexists(K.meta, "paused"), timeout=30,
+                   message=lambda: f"the replay pausing the queue; log: {(tmp_path / 'run.log').read_text()}")
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+    finally:
+        sync.close()
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "run.log").read_text()
+    assert code == 130, log
+    assert not await redis_client.hexists(K.meta, "paused"), "the queue this replay paused is resumed"
+    assert await redis_client.get(K.lease) is None, "the lease is released"
+    assert "SIGINT: stopped in phase WaitingForGates" in log
+    assert await replayed_ids(redis_client) == []
+    replay_id = re.search(r"--replay-id (\S+)\)", log)
+    assert replay_id, log
+
+    # resume under another name with the printed --replay-id; gates dropped (the provider is back)
+    renamed = write_manifest(tmp_path / "renamed.yaml", {"selector": SELECTOR, "rate": FAST},
+                             name="other-name")
+    res = cli("replay", "-f", str(renamed), "--redis-url", redis_url, "--replay-id", replay_id.group(1),
+              "-o", "json")
+    assert res.code == 0, res.output
+    assert "resuming" in res.stderr
+    assert sorted(await replayed_ids(redis_client)) == sorted(expected)
+
+
+async def test_sigterm_mid_replay_stops_after_a_batch_and_rerun_completes(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    jobs = mixed_jobs(180)
+    ids = await make_failed_jobs(redis_url, Q, jobs)
+    expected = matching(ids, jobs)
+    manifest = write_manifest(tmp_path / "replay.yaml",
+                              {"selector": SELECTOR, "rate": {"jobsPerSecond": 10, "batchSize": 2}})
+    args = ("replay", "-f", str(manifest), "--redis-url", redis_url)
+    proc = popen_cli(*args, log=tmp_path / "run.log")
+    sync = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        wait_until(lambda: sync.llen(K.wait) + sync.zcard(K.prioritized) >= 4, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        sync.close()
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "run.log").read_text()
+    assert code == 130, log
+    assert "Interrupted (SIGTERM) in phase Replaying" in log
+    stopped_at = re.search(r"at (\d+)/(\d+) \(replayed (\d+)", log)
+    assert stopped_at, log
+    moved = await replayed_ids(redis_client)
+    assert len(moved) == int(stopped_at.group(3)) < len(expected)  # what it says is what it did
+
+    res = cli(*args, "--quiet")
+    assert res.code == 0, res.output
+    assert res.stderr == "" and res.stdout.startswith("Succeeded")
+    moved = await replayed_ids(redis_client)
+    assert len(moved) == len(set(moved)) and set(moved) == set(expected)
+
+
+# ---------------------------------------------------------------- failures and their exit codes
+
+
+def _manifest_text(spec: str, metadata: str = "  name: r1\n") -> str:
+    return (f"apiVersion: requeue.dev/v1alpha1\nkind: DLQReplay\nmetadata:\n{metadata}spec:\n"
+            f"  redis: {{urlSecretRef: {{name: redis, key: url}}}}\n  queue: default\n{spec}")
+
+
+def test_invalid_spec_exits_2_naming_the_field(tmp_path: Path) -> None:
+    runner = CliRunner()
+    cases = {
+        "  rate: {jobsPerSecond: 0}\n": "spec.rate.jobsPerSecond",
+        "  selector: {failedReasonPattern: '(a'}\n": "spec.selector.failedReasonPattern",
+        "  selectr: {}\n": "spec.selectr",
+        "  gates: [{name: x}]\n": "spec.gates[0]",
+    }
+    for spec, field in cases.items():
+        path = tmp_path / "bad.yaml"
+        path.write_text(_manifest_text(spec))
+        res = runner.invoke(main, ["replay", "-f", str(path), "--redis-url", "redis://127.0.0.1:1/0"])
+        assert res.exit_code == 2, (spec, res.output)
+        assert "invalid spec" in res.output and field in res.output, (spec, res.output)
+    path.write_text(_manifest_text("", metadata="  namespace: ops\n"))
+    res = runner.invoke(main, ["replay", "-f", str(path), "--redis-url", "redis://127.0.0.1:1/0"])
+    assert res.exit_code == 2 and "metadata.name" in res.output, res.output
+    path.write_text("kind: [unclosed\n")
+    res = runner.invoke(main, ["replay", "-f", str(path)])
+    assert res.exit_code == 2 and "not valid YAML" in res.output, res.output
+    res = runner.invoke(main, ["replay", "-f", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "cannot read" in res.output, res.output
+
+
+def test_manifest_from_stdin_and_beside_other_documents(redis_url: str, tmp_path: Path) -> None:
+    secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: redis}\nstringData: {url: x}\n"
+    text = secret + "---\n" + _manifest_text("  dryRun: true\n")
+    res = CliRunner().invoke(main, ["replay", "-f", "-", "--redis-url", redis_url, "-o", "json"], input=text)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["phase"] == "Succeeded"
+
+
+def test_redis_url_from_secret_flag_or_env_and_missing(redis_url: str, tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "r.yaml", {"dryRun": True})
+    res = cli("replay", "-f", str(manifest), "--secret", f"redis/url={redis_url}")
+    assert res.code == 0, res.output
+    res = cli("replay", "-f", str(manifest), env={"REQUEUE_SECRET_REDIS_URL": redis_url})
+    assert res.code == 0, res.output
+    res = cli("replay", "-f", str(manifest), env={"REQUEUE_REDIS_URL": redis_url})
+    assert res.code == 0, res.output
+    res = cli("replay", "-f", str(manifest))
+    assert res.code == 2, res.output
+    for hint in ("missing secret", "--redis-url", "REQUEUE_REDIS_URL", "REQUEUE_SECRET_REDIS_URL"):
+        assert hint in res.stderr, res.stderr
+    res = cli("replay", "-f", str(manifest), "--secret", "no-slash=1")
+    assert res.code == 2 and "NAME/KEY=VALUE" in res.stderr, res.output
+
+
+def test_unreachable_redis_exits_3_and_never_prints_the_password(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"rediss://ops:pa55-w0rd@127.0.0.1:{port}/0"
+    manifest = write_manifest(tmp_path / "r.yaml", {})
+    for how in (["--redis-url", url], ["--secret", f"redis/url={url}"]):
+        res = cli("replay", "-f", str(manifest), *how)
+        assert res.code == 3, res.output
+        assert "Redis unreachable" in res.stderr
+        assert f"rediss://ops:***@127.0.0.1:{port}/0" in res.stderr
+        assert "pa55-w0rd" not in res.output
+
+
+def test_wrong_password_exits_3_authentication_failed(
+    redis_factory: Callable[[], RedisServer], tmp_path: Path
+) -> None:
+    server = redis_factory()
+    admin = redis.Redis(host=server.host, port=server.port)
+    admin.config_set("requirepass", "the-right-one")
+    admin.close()
+    manifest = write_manifest(tmp_path / "r.yaml", {})
+    url = f"redis://default:not-the-right-one@{server.host}:{server.port}/0"
+    res = cli("replay", "-f", str(manifest), "--redis-url", url, "-o", "json")
+    assert res.code == 3, res.output
+    assert "authentication failed" in res.stderr
+    assert "not-the-right-one" not in res.output and "the-right-one" not in res.output
+    assert res.stdout == ""
+
+
+def test_status_json_is_the_operator_status_shape() -> None:
+    """-o json is DLQReplayStatus with the operator's field names; pinned so scripts can rely on it."""
+    from requeue.commands.replay_cmd import status_json
+
+    wire: dict[str, Any] = status_json(DLQReplayStatus())
+    assert {"phase", "conditions", "observedGeneration", "matched", "replayed", "skipped", "corrupt",
+            "failedAgain", "completed", "progress", "gates", "queuePausedByReplay", "sampleIds",
+            "corruptIds", "message"} == set(wire)

@@ -1,0 +1,121 @@
+"""Run the ``requeue`` CLI as users do: a subprocess ``python -m requeue ...``; plus manifest and
+Redis-snapshot helpers for the CLI tests.
+
+The subprocess gets a clean environment for the variables the CLI reads
+(``REQUEUE_*``), so a developer's shell cannot change a test's outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+import yaml
+
+__all__ = ["CliResult", "acli", "cli", "cli_command", "cli_env", "keyspace", "popen_cli", "write_manifest"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "requeue", *args]
+
+
+def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("REQUEUE_")}
+    base.update({"PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "COLUMNS": "200"})
+    base.update(env or {})
+    return base
+
+
+def cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0) -> CliResult:
+    """Run the CLI to completion (blocking)."""
+    proc = subprocess.run(cli_command(*args), capture_output=True, text=True, env=cli_env(env),
+                          timeout=timeout, cwd=REPO, stdin=subprocess.DEVNULL, check=False)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+async def acli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0) -> CliResult:  # noqa: ASYNC109
+    """Run the CLI to completion without blocking the test's event loop (Node workers keep reading)."""
+    proc = await asyncio.create_subprocess_exec(
+        *cli_command(*args), env=cli_env(env), cwd=REPO, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return CliResult(proc.returncode, out.decode(), err.decode())
+
+
+def popen_cli(*args: str, env: Mapping[str, str] | None = None, log: Path) -> subprocess.Popen[bytes]:
+    """Start the CLI in the background, stdout and stderr into ``log`` (for kill/interrupt tests)."""
+    handle = log.open("wb")
+    try:
+        return subprocess.Popen(cli_command(*args), stdout=handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=cli_env(env), cwd=REPO)
+    finally:
+        handle.close()
+
+
+def write_manifest(path: Path, spec: Mapping[str, Any], *, name: str = "replay-1",
+                   namespace: str | None = "ops", **metadata: Any) -> Path:
+    """A DLQReplay manifest file as a user writes it (Redis URL from Secret ``redis``/``url``)."""
+    meta: dict[str, Any] = {"name": name, **metadata}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    body: dict[str, Any] = {"redis": {"urlSecretRef": {"name": "redis", "key": "url"}}, "queue": "default"}
+    body.update(spec)
+    path.write_text(yaml.safe_dump({"apiVersion": "requeue.dev/v1alpha1", "kind": "DLQReplay",
+                                    "metadata": meta, "spec": body}, sort_keys=False))
+    return path
+
+
+def keyspace(url: str, *, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """Every key of the Redis at ``url`` with its type, value and whether it expires (comparable)."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    out: dict[str, Any] = {}
+    try:
+        for key in sorted(client.scan_iter(count=1000)):
+            if any(key.startswith(p) for p in exclude):
+                continue
+            kind = client.type(key)
+            value: Any
+            if kind == "string":
+                value = client.get(key)
+            elif kind == "hash":
+                value = client.hgetall(key)
+            elif kind == "list":
+                value = client.lrange(key, 0, -1)
+            elif kind == "set":
+                value = sorted(client.smembers(key))
+            elif kind == "zset":
+                value = client.zrange(key, 0, -1, withscores=True)
+            elif kind == "stream":
+                value = client.xrange(key)
+            else:
+                value = None
+            out[key] = (kind, value, client.ttl(key) >= 0)
+    finally:
+        client.close()
+    return out
