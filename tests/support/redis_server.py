@@ -92,11 +92,29 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(self._failure(f"redis-server exited with {self._proc.returncode}"))
-            if self.ping():
+            answering = self._answering_pid()
+            if answering == self._proc.pid:
                 return self
+            if answering is not None:
+                # Another session's redis-server holds this port (e.g. it was free while ours was
+                # killed for a restart): using it would FLUSHALL somebody else's data. Fail loudly.
+                self.kill()
+                raise RuntimeError(self._failure(
+                    f"port {self.port} is served by another redis-server (pid {answering})"))
             time.sleep(0.02)
         self.kill()
         raise RuntimeError(self._failure(f"redis-server did not answer PING within {timeout}s"))
+
+    def _answering_pid(self) -> int | None:
+        """The process id of the redis-server answering on our port, or None if nobody answers."""
+        client = redis.Redis(host=self.host, port=self.port, socket_timeout=0.5,
+                             socket_connect_timeout=0.5)
+        try:
+            return int(client.info("server")["process_id"])
+        except (redis.RedisError, KeyError, ValueError):
+            return None
+        finally:
+            client.close()
 
     def ping(self) -> bool:
         client = redis.Redis(host=self.host, port=self.port, socket_timeout=0.5,
