@@ -291,8 +291,16 @@ class ReplayDriver:
                 await self.sleep(delay)
         finally:
             await self.close()
-        if self.status.phase.finished and not self.gone:
+        if self.gone:
+            return
+        if self.status.phase.finished:
             await self.expire()
+            return
+        # Stopped mid-run (shutdown, deletion): leave the latest status behind, unless the
+        # deletion handler has taken over (its Cancelled status must not be overwritten).
+        async with self.state.lock:
+            if not self.state.cancelled:
+                await self.write(force=True)
 
     def _stopping(self) -> bool:
         return bool(self.stopped) or self.state.cancelled
