@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from requeue.queues.keys import QueueKeys
+from requeue.queues.raw import bulk, pack
 from requeue.queues.scripts import Scripts, register
 
 #: Jobs per page of the failed set (one bounded Lua call each).
@@ -65,15 +66,21 @@ class FailedJob:
     #: None when the hash is missing or has no name (a corrupt job).
     name: str | None
     failed_reason: str | None
-    #: The raw JSON text of the job's data.
+    #: The raw JSON text of the job's data (None when the page was read without data).
     data: str | None
     lifo: bool = False
+    #: The job has a priority (> 0): BullMQ puts it into ``prioritized``, not ``wait``.
+    prioritized: bool = False
+    #: Whether the data is JSON, when Redis checked it (a page read without data); None: check ``data``.
+    data_is_json: bool | None = None
 
     @property
     def corrupt_reason(self) -> str | None:
         """Why this job cannot be replayed safely, or None."""
         if self.name is None:
             return "job hash missing or has no name"
+        if self.data_is_json is not None:
+            return None if self.data_is_json else "job has no data or it is not JSON"
         if self.data is None:
             return "job has no data"
         try:
@@ -196,6 +203,7 @@ class BullQueue:
         max_score: int = MAX_SCORE,
         name_globs: Sequence[str] = (),
         count: int = DEFAULT_PAGE_SIZE,
+        with_data: bool = True,
     ) -> FailedPage:
         """One page of the failed set in score order after ``cursor``.
 
@@ -203,7 +211,9 @@ class BullQueue:
         converts to a Lua pattern, non-matching names are dropped inside Redis
         (then only their ids are scanned, not transferred); the caller must still
         apply its exact filters. Jobs with a missing hash or name are returned
-        with ``name=None`` whatever the globs.
+        with ``name=None`` whatever the globs. ``with_data=False`` leaves
+        ``data`` out (Redis checks that it is JSON instead): several times less
+        to transfer and parse when no filter looks at the data.
         """
         patterns: list[str] = []
         if name_globs:
@@ -212,7 +222,8 @@ class BullQueue:
                 patterns = [p for p in converted if p is not None]
         raw = await self.scripts.select_page(
             keys=[self.keys.failed],
-            args=[self.keys.base, min_score, max_score, cursor.score, cursor.job_id, count, *patterns],
+            args=[self.keys.base, min_score, max_score, cursor.score, cursor.job_id, count,
+                  "1" if with_data else "0", *patterns],
         )
         reply = json.loads(raw)
         scanned = int(reply[0])
@@ -220,15 +231,18 @@ class BullQueue:
         done = int(reply[3]) == 1
         jobs: list[FailedJob] = []
         for i in range(4, len(reply), 6):
-            job_id = text(reply[i]) or ""
+            flags = reply[i + 5]
+            data = reply[i + 4]
             jobs.append(
                 FailedJob(
-                    id=job_id,
-                    finished_on=int(float(text(reply[i + 1]) or 0)),
-                    name=text(reply[i + 2]),
-                    failed_reason=text(reply[i + 3]),
-                    data=text(reply[i + 4]),
-                    lifo=text(reply[i + 5]) == "1",
+                    id=str(reply[i]),
+                    finished_on=int(float(reply[i + 1] or 0)),
+                    name=reply[i + 2] or None,
+                    failed_reason=reply[i + 3] or None,
+                    data=data or None,
+                    lifo=flags[0] == "1",
+                    prioritized=flags[1] == "1",
+                    data_is_json=None if flags[2] == "?" else flags[2] == "1",
                 )
             )
         return FailedPage(jobs=jobs, scanned=scanned, cursor=new_cursor, done=done)
@@ -288,6 +302,47 @@ class BullQueue:
             raw = await pipe.execute()
         return [ReprocessResult(int(r)) for r in raw]
 
+    # -- replay, packed by hand (the engine's hot path; see :mod:`requeue.queues.raw`) ------
+
+    def target_list(self, paused: bool) -> str:
+        """Where a replayed job without priority goes: ``wait``, or the legacy ``paused`` list
+        while the queue is paused (a BullMQ 5 app resumes by ``RENAME paused wait``, which
+        would overwrite ``wait``; BullMQ 6 and Python migrate the ``paused`` list on resume)."""
+        return self.keys.paused if paused else self.keys.wait
+
+    def reprocess_commands(self, ids: Sequence[str], *, paused: bool, lifo: Iterable[str] = (),
+                           reset_attempts: bool = True) -> list[bytes]:
+        """``EVALSHA reprocessJob`` for each id, packed (same keys and args as :meth:`queue_reprocess`)."""
+        k = self.keys
+        sha = self.scripts.reprocess_job.sha
+        head = b"*18\r\n" + bulk("EVALSHA") + bulk(sha) + bulk("9")
+        middle = b"".join(bulk(x) for x in (k.events, k.failed, self.target_list(paused), k.meta,
+                                              k.active, k.marker, k.prioritized, k.priority_counter))
+        reset = "1" if reset_attempts else "0"
+        tail = bulk("failedReason") + bulk("failed") + bulk(reset) + bulk(reset)
+        lpush, rpush = bulk("LPUSH"), bulk("RPUSH")
+        lifo_ids = set(lifo)
+        base = k.base
+        return [head + bulk(base + job_id) + middle + bulk(job_id) + (rpush if job_id in lifo_ids else lpush)
+                + tail for job_id in ids]
+
+    def move_to_wait_command(self, *, count: int, max_timestamp: int | str, paused: bool) -> bytes:
+        """``EVALSHA moveJobsToWait`` for the failed set, packed; paused-aware like
+        :meth:`reprocess_commands`. Moves the first ``count`` members with a score <=
+        ``max_timestamp``; keeps attempts and ignores priority and lifo (see
+        :meth:`move_failed_to_wait`)."""
+        k = self.keys
+        return pack("EVALSHA", self.scripts.move_jobs_to_wait.sha, 8, k.base, k.events, k.failed,
+                    self.target_list(paused), k.paused, k.meta, k.active, k.marker,
+                    count, max_timestamp, "failed")
+
+    def reset_attempts_commands(self, ids: Sequence[str]) -> list[bytes]:
+        """``HDEL atm ats`` per job: what ``reprocessJob`` does with its reset flags, for jobs that
+        ``moveJobsToWait`` moved in the same MULTI."""
+        base = self.keys.base
+        cmd, fields = b"*4\r\n" + bulk("HDEL"), bulk("atm") + bulk("ats")
+        return [cmd + bulk(base + job_id) + fields for job_id in ids]
+
     async def move_failed_to_wait(self, *, count: int, max_timestamp: int) -> bool:
         """BullMQ's ``moveJobsToWait`` (what ``Queue.retryJobs`` uses): up to ``count`` failed jobs
         with a score <= ``max_timestamp`` go back to wait. Returns True while more may remain.
@@ -333,6 +388,37 @@ class BullQueue:
                 keys=[k.wait, k.paused, k.meta, k.key("id"), k.completed, k.delayed, k.active,
                       k.events, k.marker],
                 args=args, client=pipe)
+
+    def copy_command(self, job: dict[str, str | None], *, new_id: str, timestamp_ms: int,
+                     paused: bool = False) -> bytes:
+        """BullMQ's add-job script creating a copy of ``job`` here, packed (see :meth:`queue_copy`).
+
+        ``paused``: this queue is paused, so a job without priority goes to the legacy
+        ``paused`` list, where every BullMQ major finds it on resume (see :meth:`target_list`).
+        """
+        opts: dict[str, Any] = json.loads(job.get("opts") or "{}")
+        for drop in ("delay", "jobId", "repeat", "rjk", "de", "deduplication", "debounce", "parent",
+                     "prevMillis"):
+            opts.pop(drop, None)
+        opts["jobId"] = new_id
+        priority = int(job.get("priority") or opts.get("priority") or 0)
+        k = self.keys
+        packed_args = msgpack.packb(
+            [k.base, new_id, job.get("name") or "", timestamp_ms, None, None, None, None, None],
+            use_bin_type=True,
+        )
+        args = [packed_args, (job.get("data") or "{}").encode(), msgpack.packb(opts), timestamp_ms]
+        if priority:
+            return pack("EVALSHA", self.scripts.add_prioritized_job.sha, 9, k.marker, k.meta, k.key("id"),
+                        k.prioritized, k.delayed, k.completed, k.active, k.events, k.priority_counter,
+                        *args)
+        return pack("EVALSHA", self.scripts.add_standard_job.sha, 9, self.target_list(paused), k.paused,
+                    k.meta, k.key("id"), k.completed, k.delayed, k.active, k.events, k.marker, *args)
+
+    def remove_command(self, job_id: str) -> bytes:
+        """BullMQ's ``removeJob`` (children kept), packed."""
+        return pack("EVALSHA", self.scripts.remove_job.sha, 2, self.keys.job(job_id), self.keys.repeat,
+                    job_id, "0", self.keys.base)
 
     async def queue_remove(self, pipe: Pipeline, job_id: str) -> None:
         """Queue BullMQ's ``removeJob`` (children kept) on a pipeline."""

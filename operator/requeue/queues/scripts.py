@@ -36,6 +36,7 @@ class Scripts:
     add_delayed_job: AsyncScript
     select_page: AsyncScript
     tally_batch: AsyncScript
+    batch_head: AsyncScript
     acquire_lease: AsyncScript
     release_lease: AsyncScript
 
@@ -66,6 +67,7 @@ def register(redis: Redis) -> Scripts:
         add_delayed_job=reg(_bullmq("addDelayedJob")),
         select_page=reg(lua.SELECT_PAGE),
         tally_batch=reg(lua.TALLY_BATCH),
+        batch_head=reg(lua.BATCH_HEAD),
         acquire_lease=reg(lua.ACQUIRE_LEASE),
         release_lease=reg(lua.RELEASE_LEASE),
     )

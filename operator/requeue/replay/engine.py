@@ -26,6 +26,7 @@ Restart safety, in short (keys in :class:`requeue.queues.ReplayKeys`):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from typing import Any, Literal, Protocol
 
 from redis import exceptions as rx
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from requeue.api import (
     Breakdown,
@@ -53,12 +55,24 @@ from requeue.metrics import REPLAY_BATCH_SECONDS, REPLAY_JOBS
 from requeue.queues import BullQueue, Cursor, ReplayKeys, map_redis_error
 from requeue.queues.adapter import text
 from requeue.queues.keys import REPLAY_RETENTION_SECONDS
+from requeue.queues.raw import RawTransaction, pack
 from requeue.replay.select import Matcher, normalize_reason, to_ms
 
 logger = logging.getLogger(__name__)
 
-#: Failed-set members scanned per selection step.
-SELECT_PAGE_SIZE = 500
+#: Failed-set members per selection page (one read-only Lua call each, ~3 µs of Redis time per
+#: member it returns: a page stays around a millisecond, so other clients never wait long).
+SELECT_PAGE_SIZE = 400
+#: Page size when names are prefiltered in Redis (non-matching members cost ~0.5 µs each).
+SELECT_PAGE_SIZE_NAMES = 1000
+#: Failed-set members scanned per selection step at most (several pages, each committed alone).
+SELECT_STEP_MEMBERS = 20_000
+#: Jobs per sub-transaction of a replay batch with BullMQ's ``reprocessJob`` (~20 µs of Redis
+#: time each: a MULTI stays around 2 ms) and with ``moveJobsToWait`` (~6 µs each).
+REPROCESS_CHUNK = 100
+MOVE_CHUNK = 300
+#: Jobs per sub-transaction of a targetQueue batch (an add and a remove script each).
+COPY_CHUNK = 50
 #: Replayed ids checked per verification step.
 VERIFY_CHUNK = 500
 #: How many sample / corrupt ids the status lists.
@@ -127,6 +141,20 @@ class Stage:
     DONE = "done"
 
 
+@dataclass
+class _Head:
+    """The next ids of the snapshot and what the batch needs to know, read under WATCH."""
+
+    cursor: int
+    matched: int
+    paused: bool
+    head_ok: bool
+    last_score: str
+    copied_upto: int
+    ids: list[str]
+    lifo: set[str]
+
+
 class _Finish(Exception):
     """Internal: end the replay with this outcome."""
 
@@ -142,6 +170,11 @@ def _int(p: dict[str, str], key: str) -> int:
         return int(p.get(key) or 0)
     except ValueError:
         return 0
+
+
+def _script_text(script: AsyncScript) -> str | bytes:
+    body = script.script
+    return body if isinstance(body, str | bytes) else bytes(body)
 
 
 def _from_ms(ms: int) -> datetime:
@@ -183,6 +216,7 @@ class ReplayEngine:
         self.redis_failures = 0
         self._queues: dict[tuple[str, str], BullQueue] = {}
         self._tokens: float | None = None
+        self._fast_aborts = 0
         self._refilled_at: datetime | None = None
         namespace, _, name = owner.rpartition("/")
         self._metric_labels = (namespace, name or owner)
@@ -480,24 +514,58 @@ class ReplayEngine:
 
     async def _select(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
                       events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float:
+        """Select pages into the snapshot until the selection ends or this step has scanned
+        :data:`SELECT_STEP_MEMBERS`. Each page commits on its own (snapshot ids, counters and
+        cursor in one MULTI fenced by WATCH), so a crash between pages loses nothing."""
         matcher = Matcher(spec.selector)
         upper = _int(p, "upper") or (to_ms(now) + CLOCK_SKEW_MS)
+        page_size = SELECT_PAGE_SIZE_NAMES if matcher.name_globs else SELECT_PAGE_SIZE
+        with_data = spec.selector.data_match is not None
+        scanned_now = 0
+        done = False
+        while not done and scanned_now < SELECT_STEP_MEMBERS:
+            done, scanned = await self._select_page(spec, q, st, p, matcher, upper, page_size, with_data)
+            scanned_now += scanned
+        st.progress = f"{st.replayed + st.skipped}/{st.matched}"
+        scanned_total = _int(p, "scanned")
+        st.message = f"selecting: scanned {scanned_total}, matched {st.matched}"
+        if not done:
+            return 0.0
+        await self._selection_summary(st, events)
+        if spec.dry_run:
+            st.replay_finished_at = now
+            raise _Finish(ReplayPhase.SUCCEEDED, "DryRun",
+                          f"dry run: {st.matched} jobs would be replayed (scanned {scanned_total}, "
+                          f"{st.corrupt} corrupt); nothing moved")
+        events.append(ReplayEvent("Normal", "Selected",
+                                  f"selected {st.matched} failed jobs (scanned {scanned_total}, "
+                                  f"{st.corrupt} corrupt)"))
+        self._cond(st, "Progressing", True, "Replaying", f"replaying {st.matched} jobs", gen, now)
+        if st.matched == 0:
+            await self._mark_replayed(now)
+        return 0.0
+
+    async def _select_page(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, p: dict[str, str],
+                           matcher: Matcher, upper: int, page_size: int, with_data: bool) -> tuple[bool, int]:
+        """One page into the snapshot; ``p`` is updated to what was committed. Returns (done, scanned)."""
         cursor = Cursor(p.get("sel_score", ""), p.get("sel_id", ""))
         page = await q.select_page(cursor, min_score=matcher.min_score, max_score=matcher.max_score(upper),
-                                   name_globs=matcher.name_globs, count=SELECT_PAGE_SIZE)
+                                   name_globs=matcher.name_globs, count=page_size, with_data=with_data)
         room = (spec.selector.max_jobs - st.matched) if spec.selector.max_jobs else None
         picked: list[str] = []
         lifo: list[str] = []
         corrupt: list[str] = []
         names: dict[str, int] = {}
         reasons: dict[str, int] = {}
+        prioritized = 0
         done = page.done
         cursor = page.cursor
+        everything = matcher.only_time_window
         for job in page.jobs:
             if job.corrupt_reason is not None:
                 corrupt.append(job.id)
                 continue
-            if not matcher.matches(job):
+            if not everything and not matcher.matches(job):
                 continue
             if room is not None and len(picked) >= room:
                 # the page overshoots maxJobs: stop right after the last picked job
@@ -506,8 +574,10 @@ class ReplayEngine:
             picked.append(job.id)
             if job.lifo:
                 lifo.append(job.id)
-            assert job.name is not None
-            names[job.name] = names.get(job.name, 0) + 1
+            if job.prioritized:
+                prioritized += 1
+            name = job.name or ""
+            names[name] = names.get(name, 0) + 1
             reason = normalize_reason(job.failed_reason)
             reasons[reason] = reasons.get(reason, 0) + 1
         if room is not None and len(picked) >= room:
@@ -534,6 +604,9 @@ class ReplayEngine:
             pipe.hincrby(k.progress, "matched", len(picked))
             pipe.hincrby(k.progress, "scanned", page.scanned)
             pipe.hincrby(k.progress, "lifo_count", len(lifo))
+            # a replay selected before this field existed has none: the batch then never
+            # takes the moveJobsToWait fast path (it needs to know no job has a priority)
+            pipe.hincrby(k.progress, "prio_count", prioritized)
             pipe.hset(k.progress, mapping={"sel_score": cursor.score, "sel_id": cursor.job_id,
                                            "upper": str(upper)})
             if done:
@@ -541,25 +614,11 @@ class ReplayEngine:
             await pipe.execute()
         st.matched += len(picked)
         st.corrupt += len(corrupt)
-        st.progress = f"{st.replayed + st.skipped}/{st.matched}"
-        scanned = _int(p, "scanned") + page.scanned
-        st.message = f"selecting: scanned {scanned}, matched {st.matched}"
-        if not done:
-            return 0.0
-        await self._selection_summary(st, events)
-        if spec.dry_run:
-            st.replay_finished_at = now
-            raise _Finish(ReplayPhase.SUCCEEDED, "DryRun",
-                          f"dry run: {st.matched} jobs would be replayed (scanned {scanned}, "
-                          f"{st.corrupt} corrupt); nothing moved")
-        events.append(ReplayEvent("Normal", "Selected",
-                                  f"selected {st.matched} failed jobs (scanned {scanned}, "
-                                  f"{st.corrupt} corrupt)"))
-        self._cond(st, "Progressing", True, "Replaying", f"replaying {st.matched} jobs", gen, now)
-        if st.matched == 0:
-            await self._mark_replayed(now)
-            return 0.0
-        return 0.0
+        p.update(sel_score=cursor.score, sel_id=cursor.job_id, upper=str(upper),
+                 scanned=str(_int(p, "scanned") + page.scanned),
+                 lifo_count=str(_int(p, "lifo_count") + len(lifo)),
+                 prio_count=str(_int(p, "prio_count") + prioritized))
+        return done, page.scanned
 
     async def _selection_summary(self, st: DLQReplayStatus, events: list[ReplayEvent]) -> None:
         k = self.keys
@@ -618,11 +677,16 @@ class ReplayEngine:
         if remaining <= 0 and not (spec.target_queue and _int(p, "copied_upto") > cursor):
             await self._mark_replayed(now)
             return await self._replayed(spec, st, now, events, gen)
-        # hold while gates are red (recheckDuringReplay)
+        # recheckDuringReplay: a running replay is held only once a gate is red (failureThreshold
+        # failures in a row), so a single blip does not stop it; a held one goes on only when
+        # every gate passes again (successThreshold), like the start.
         if self.gates is not None and spec.gates and spec.gate_policy.recheck_during_replay:
             gates_ok = find_condition(st.conditions, "GatesPassed")
-            if self.gates.due(st.gates, now) or (gates_ok is not None and
-                                                 gates_ok.status != ConditionStatus.TRUE):
+            held = gates_ok is not None and gates_ok.status != ConditionStatus.TRUE
+            if not held and self.gates.due(st.gates, now):
+                st.gates = await self.gates.check(st.gates, now)
+                held = self.gates.any_red(st.gates)
+            if held:
                 wait = await self._gates(spec, q, st, now, events, gen, p)
                 if wait is not None:
                     st.phase = ReplayPhase.WAITING_FOR_GATES
@@ -645,7 +709,7 @@ class ReplayEngine:
         if spec.target_queue:
             moved, skipped, missing = await self._copy_batch(spec, q, n, p)
         else:
-            moved, skipped, missing = await self._reprocess_batch(spec, q, n)
+            moved, skipped, missing = await self._reprocess_batch(spec, q, n, p)
         REPLAY_BATCH_SECONDS.observe(time.perf_counter() - started)
         ns, name = self._metric_labels
         for outcome, count in (("replayed", moved), ("skipped", skipped + missing)):
@@ -660,92 +724,183 @@ class ReplayEngine:
             return await self._replayed(spec, st, now, events, gen)
         return self._next_delay(spec)
 
-    async def _reprocess_batch(self, spec: DLQReplaySpec, q: BullQueue, n: int) -> tuple[int, int, int]:
-        """One batch in place: tally + BullMQ ``reprocessJob`` per id, one MULTI/EXEC."""
-        k = self.keys
-        async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(k.progress, q.keys.lease)
-            await self._check_lease(pipe, q)
-            cursor = int(text(await pipe.hget(k.progress, "cursor")) or 0)
-            matched = int(text(await pipe.hget(k.progress, "matched")) or 0)
-            ids = [text(x) or "" for x in await pipe.lrange(k.snapshot, cursor, cursor + n - 1)]
-            lifo: set[str] = set()
-            if ids and int(text(await pipe.hget(k.progress, "lifo_count")) or 0):
-                flags = await pipe.smismember(k.lifo, ids)
-                lifo = {i for i, f in zip(ids, flags, strict=True) if f}
-            end = cursor + len(ids)
-            pipe.multi()  # type: ignore[no-untyped-call]
-            await q.scripts.tally_batch(keys=[k.progress, q.keys.failed, k.replayed],
-                                        args=[q.keys.base, end, 0, "failed", *ids], client=pipe)
-            for job_id in ids:
-                await q.queue_reprocess(pipe, job_id, lifo=job_id in lifo, reset_attempts=spec.reset_attempts)
-            if end >= matched:
-                pipe.hset(k.progress, mapping={"stage": Stage.VERIFYING,
-                                               "replayed_ms": str(to_ms(self.clock()))})
-            result = await pipe.execute()
-        moved, skipped, missing = (int(x) for x in result[0])
-        codes = [int(c) for c in result[1:1 + len(ids)]]
-        if codes.count(1) != moved:  # pragma: no cover - would mean BullMQ's script changed
-            logger.warning("replay %s: tally predicted %d moves, reprocessJob did %d",
-                           self.owner, moved, codes.count(1))
+    async def _reprocess_batch(self, spec: DLQReplaySpec, q: BullQueue, n: int,
+                               p: dict[str, str] | None = None) -> tuple[int, int, int]:
+        """Up to ``n`` jobs in place, in sub-transactions that each stay a few ms of Redis time.
+
+        Each sub-transaction tallies its own ids (cursor and counters commit with the moves), so
+        a batch cut short by a crash or a WATCH abort loses and repeats nothing. The fast path,
+        BullMQ's ``moveJobsToWait``, is taken only where it does exactly what ``reprocessJob``
+        would: the selection saw no job with a priority or lifo, and the first members of the
+        failed set are exactly the next ids of the snapshot (WATCHed until EXEC).
+        """
+        fast_allowed = p is not None and p.get("prio_count") == "0" and _int(p, "lifo_count") == 0
+        moved = skipped = missing = 0
+        left = n
+        while left > 0:
+            chunk = await self._reprocess_chunk(spec, q, left, fast_allowed)
+            if chunk is None:
+                break
+            count, (m, s, x), finished = chunk
+            if count < 0:
+                continue  # the fast path was aborted; the next chunk goes job by job
+            moved, skipped, missing, left = moved + m, skipped + s, missing + x, left - count
+            if finished or count == 0:
+                break
         return moved, skipped, missing
 
-    async def _check_lease(self, pipe: Any, q: BullQueue) -> None:
-        if text(await pipe.get(q.keys.lease)) != self._lease_value:
+    async def _ensure_scripts(self, tx: RawTransaction, q: BullQueue, *scripts: AsyncScript) -> None:
+        """Load scripts Redis does not know (a restart, SCRIPT FLUSH): an EVALSHA that fails inside
+        MULTI would leave the tally counting a move that never happened."""
+        exists = (await tx.call([pack("SCRIPT", "EXISTS", *(sc.sha for sc in scripts))]))[0]
+        missing = [sc for sc, ok in zip(scripts, exists, strict=True) if not int(ok)]
+        if missing:
+            await tx.call([pack("SCRIPT", "LOAD", _script_text(sc)) for sc in missing])
+
+    async def _batch_head(self, tx: RawTransaction, q: BullQueue, size: int, fast: bool) -> _Head:
+        head_script = q.scripts.batch_head
+        await self._ensure_scripts(tx, q, head_script, q.scripts.tally_batch, q.scripts.reprocess_job,
+                                   q.scripts.move_jobs_to_wait, q.scripts.remove_job,
+                                   q.scripts.add_standard_job, q.scripts.add_prioritized_job)
+        k = self.keys
+        raw = (await tx.call([pack("EVALSHA", head_script.sha, 6, k.progress, q.keys.lease, q.keys.meta,
+                                   k.snapshot, k.lifo, q.keys.failed, self._lease_value, size,
+                                   q.keys.base, "1" if fast else "0")]))[0]
+        if isinstance(raw, Exception):
+            raise raw
+        reply = json.loads(raw)
+        if not reply[0]:
             raise rx.WatchError("lease lost")
+        ids = [str(x) for x in reply[7:7 + (len(reply) - 7) // 2]]
+        flags = reply[7 + len(ids):]
+        return _Head(cursor=int(reply[1]), matched=int(reply[2]), paused=bool(reply[3]),
+                     head_ok=bool(reply[4]), last_score=str(reply[5]), copied_upto=int(reply[6]),
+                     ids=ids, lifo={i for i, f in zip(ids, flags, strict=True) if f == "1"})
+
+    def _done_cmds(self, end: int, matched: int) -> list[bytes]:
+        if end < matched:
+            return []
+        return [pack("HSET", self.keys.progress, "stage", Stage.VERIFYING,
+                     "replayed_ms", to_ms(self.clock()))]
+
+    async def _reprocess_chunk(self, spec: DLQReplaySpec, q: BullQueue, limit: int,
+                               fast_allowed: bool) -> tuple[int, tuple[int, int, int], bool] | None:
+        """One sub-transaction; None when a WATCHed key changed (the next step tries again)."""
+        fast = fast_allowed and self._fast_aborts == 0
+        size = min(limit, MOVE_CHUNK if fast else REPROCESS_CHUNK)
+        k = self.keys
+        watch = [k.progress, q.keys.lease, q.keys.meta] + ([q.keys.failed] if fast else [])
+        async with RawTransaction(self.redis) as tx:
+            await tx.call([pack("WATCH", *watch)])
+            head = await self._batch_head(tx, q, size, fast)
+            ids = head.ids
+            end = head.cursor + len(ids)
+            fast = fast and head.head_ok
+            if not fast and len(ids) > REPROCESS_CHUNK:
+                ids = ids[:REPROCESS_CHUNK]
+                end = head.cursor + len(ids)
+            cmds = [pack("EVALSHA", q.scripts.tally_batch.sha, 3, k.progress, q.keys.failed, k.replayed,
+                         q.keys.base, end, 0, "failed", *ids)]
+            if fast:
+                cmds.append(q.move_to_wait_command(count=len(ids), max_timestamp=head.last_score,
+                                                   paused=head.paused))
+                if spec.reset_attempts:
+                    cmds += q.reset_attempts_commands(ids)
+            else:
+                cmds += q.reprocess_commands(ids, paused=head.paused, lifo=head.lifo,
+                                             reset_attempts=spec.reset_attempts)
+            cmds += self._done_cmds(end, head.matched)
+            result = await tx.exec(cmds)
+        if result is None:
+            if fast:
+                self._fast_aborts += 1  # e.g. jobs failing right now: the next chunk goes one by one
+                return -1, (0, 0, 0), False
+            return None
+        self._fast_aborts = 0
+        for reply in result:
+            if isinstance(reply, Exception):
+                raise reply
+        moved, skipped, missing = (int(x) for x in result[0])
+        did = len(ids) if fast and moved else [int(c) for c in result[1:1 + len(ids)]].count(1)
+        if did != moved:  # pragma: no cover - would mean BullMQ's script changed
+            logger.warning("replay %s: tally predicted %d moves, BullMQ did %d", self.owner, moved, did)
+        return len(ids), (moved, skipped, missing), end >= head.matched
 
     async def _copy_batch(self, spec: DLQReplaySpec, q: BullQueue, n: int,
                           p: dict[str, str]) -> tuple[int, int, int]:
-        """targetQueue: copy the batch into the target queue (deterministic ids), then remove the
-        originals. Two MULTI/EXECs; the first records which ids were copied, so a crash in between
-        only repeats the removal (never the copy, never zero copies)."""
+        """targetQueue: copy up to ``n`` jobs into the target queue and remove the originals.
+
+        Copy and removal of a job happen in ONE MULTI/EXEC, which WATCHes the source job
+        hashes: a source job that leaves the failed set meanwhile (retried, made active,
+        removed) aborts the transaction, and one that left before is neither copied nor
+        removed and counts as skipped. There is no moment with the copy made and the source
+        still in place, so a crash can neither duplicate nor lose a job. The copy's id is
+        derived from the source's, so BullMQ's duplicate-id rule keeps even a replay of a
+        batch from adding a second copy.
+        """
         assert spec.target_queue is not None
         target = self._queue(spec, spec.target_queue)
-        k = self.keys
-        pending_key = k.progress + ":copied"
-        async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(k.progress, q.keys.lease)
-            await self._check_lease(pipe, q)
-            cursor = int(text(await pipe.hget(k.progress, "cursor")) or 0)
-            copied_upto = int(text(await pipe.hget(k.progress, "copied_upto")) or 0)
-            if copied_upto <= cursor:
-                ids = [text(x) or "" for x in await pipe.lrange(k.snapshot, cursor, cursor + n - 1)]
-                jobs = await q.fetch(ids, ("name", "data", "opts", "priority"))
-                scores = await q.failed_scores(ids)
-                copy = [(i, j) for i, j, s in zip(ids, jobs, scores, strict=True) if j is not None
-                        and s is not None]
-                now_ms = to_ms(self.clock())
-                pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.delete(pending_key)
-                if copy:
-                    pipe.rpush(pending_key, *(i for i, _ in copy))
-                for job_id, job in copy:
-                    await target.queue_copy(pipe, job, new_id=self.copy_id(spec, job_id), timestamp_ms=now_ms,
-                                            reset_attempts=spec.reset_attempts)
-                pipe.hset(k.progress, "copied_upto", str(cursor + len(ids)))
-                await pipe.execute()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(k.progress, q.keys.lease)
-            await self._check_lease(pipe, q)
-            cursor = int(text(await pipe.hget(k.progress, "cursor")) or 0)
-            matched = int(text(await pipe.hget(k.progress, "matched")) or 0)
-            end = int(text(await pipe.hget(k.progress, "copied_upto")) or 0)
-            if end <= cursor:
-                raise rx.WatchError("batch already finished")
-            copied = [text(x) or "" for x in await pipe.lrange(pending_key, 0, -1)]
-            pipe.multi()  # type: ignore[no-untyped-call]
-            await q.scripts.tally_batch(keys=[k.progress, q.keys.failed, k.replayed],
-                                        args=[q.keys.base, end, (end - cursor) - len(copied), "exists",
-                                              *copied], client=pipe)
-            for job_id in copied:
-                await q.queue_remove(pipe, job_id)
-            pipe.delete(pending_key)
-            if end >= matched:
-                pipe.hset(k.progress, mapping={"stage": Stage.VERIFYING,
-                                               "replayed_ms": str(to_ms(self.clock()))})
-            result = await pipe.execute()
-        moved, skipped, missing = (int(x) for x in result[0])
+        moved = skipped = missing = 0
+        left = n
+        while left > 0:
+            chunk = await self._copy_chunk(spec, q, target, min(left, COPY_CHUNK))
+            if chunk is None:
+                break
+            count, (m, s, x), finished = chunk
+            moved, skipped, missing, left = moved + m, skipped + s, missing + x, left - count
+            if finished or count == 0:
+                break
         return moved, skipped, missing
+
+    async def _copy_chunk(self, spec: DLQReplaySpec, q: BullQueue, target: BullQueue,
+                          size: int) -> tuple[int, tuple[int, int, int], bool] | None:
+        k = self.keys
+        legacy_pending = k.progress + ":copied"  # written by requeue <= 0.1's two-step copy
+        async with RawTransaction(self.redis) as tx:
+            await tx.call([pack("WATCH", k.progress, q.keys.lease, target.keys.meta)])
+            head = await self._batch_head(tx, q, size, False)
+            ids = head.ids
+            if not ids:
+                return 0, (0, 0, 0), True
+            end = head.cursor + len(ids)
+            replies = await tx.call([
+                pack("WATCH", *(q.keys.job(i) for i in ids)),
+                pack("ZMSCORE", q.keys.failed, *ids),
+                pack("HEXISTS", target.keys.meta, "paused"),
+                pack("LRANGE", legacy_pending, 0, -1) if head.copied_upto > head.cursor else pack("PING"),
+                *(pack("HMGET", q.keys.job(i), "name", "data", "opts", "priority") for i in ids),
+            ])
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            scores, target_paused = replies[1], bool(replies[2])
+            copied_before = set(replies[3]) if isinstance(replies[3], list) else set()
+            fields = replies[4:]
+            now_ms = to_ms(self.clock())
+            moving: list[str] = []
+            cmds: list[bytes] = []
+            for job_id, score, job in zip(ids, scores, fields, strict=True):
+                if score is None or all(f is None for f in job):
+                    continue  # no longer failed (or gone): not ours to move any more
+                moving.append(job_id)
+                if job_id not in copied_before:
+                    cmds.append(target.copy_command(
+                        {"name": job[0], "data": job[1], "opts": job[2], "priority": job[3]},
+                        new_id=self.copy_id(spec, job_id), timestamp_ms=now_ms, paused=target_paused))
+                cmds.append(q.remove_command(job_id))
+            tally = pack("EVALSHA", q.scripts.tally_batch.sha, 3, k.progress, q.keys.failed, k.replayed,
+                         q.keys.base, end, 0, "failed", *ids)
+            tail = [pack("DEL", legacy_pending)] if copied_before else []
+            result = await tx.exec([tally, *cmds, *tail, *self._done_cmds(end, head.matched)])
+        if result is None:
+            return None
+        for reply in result:
+            if isinstance(reply, Exception):
+                raise reply
+        moved, skipped, missing = (int(x) for x in result[0])
+        if moved != len(moving):  # pragma: no cover - the WATCH makes the prediction exact
+            logger.warning("replay %s: tally predicted %d moves, %d copied", self.owner, moved, len(moving))
+        return len(ids), (moved, skipped, missing), end >= head.matched
 
     @staticmethod
     def copy_id(spec: DLQReplaySpec, job_id: str) -> str:
