@@ -48,11 +48,6 @@ class CollectStats:
     commands: int
 
 
-def _lock_key(keys: QueueKeys, job_id: str) -> str:
-    # BullMQ's per-job lock (``{prefix}:{queue}:{id}:lock``), held by the worker processing the job
-    return keys.job(job_id) + ":lock"
-
-
 async def collect(
     redis: Redis,
     spec: QueuePolicySpec,
@@ -121,7 +116,7 @@ async def collect(
         if lookups:
             pipe = redis.pipeline(transaction=False)
             for q, jid in lookups:
-                pipe.exists(_lock_key(keys[q], jid))
+                pipe.exists(keys[q].lock(jid))
             exists = await pipe.execute()
             round_trips += 1
             commands += len(lookups)

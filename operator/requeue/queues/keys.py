@@ -39,6 +39,10 @@ class QueueKeys:
         """The job hash."""
         return self.base + job_id
 
+    def lock(self, job_id: str) -> str:
+        """The job's lock (a string held by the worker processing it; it expires if the worker dies)."""
+        return self.base + job_id + ":lock"
+
     @property
     def wait(self) -> str:
         return self.key("wait")
