@@ -233,7 +233,8 @@ async def test_sigterm_mid_replay_stops_after_a_batch_and_rerun_completes(
     proc = popen_cli(*args, log=tmp_path / "run.log")
     sync = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        wait_until(lambda: sync.llen(K.wait) + sync.zcard(K.prioritized) >= 4, timeout=60)
+        wait_until(lambda: sync.llen(K.wait) + sync.zcard(K.prioritized) >= 4, timeout=60,
+                   message=lambda: f"first replays; log: {(tmp_path / 'run.log').read_text()}")
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     finally:
@@ -347,3 +348,31 @@ def test_status_json_is_the_operator_status_shape() -> None:
     assert {"phase", "conditions", "observedGeneration", "matched", "replayed", "skipped", "corrupt",
             "failedAgain", "completed", "progress", "gates", "queuePausedByReplay", "sampleIds",
             "corruptIds", "message"} == set(wire)
+
+
+async def test_redis_lost_mid_replay_exits_3_without_printing_the_password(
+    redis_factory: Callable[[], RedisServer], tmp_path: Path
+) -> None:
+    server = redis_factory()
+    admin = redis.Redis(host=server.host, port=server.port)
+    admin.config_set("requirepass", "k1ll-me-pw")
+    admin.close()
+    url = f"redis://default:k1ll-me-pw@{server.host}:{server.port}/0"
+    await make_failed_jobs(url, Q, [JobSpec(name="whatsapp.send", data={"i": i}, reason=RATE_LIMITED)
+                                    for i in range(100)])
+    manifest = write_manifest(tmp_path / "r.yaml", {"rate": {"jobsPerSecond": 20, "batchSize": 2}})
+    proc = popen_cli("replay", "-f", str(manifest), "--redis-url", url, log=tmp_path / "run.log")
+    sync = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        wait_until(lambda: sync.llen(K.wait) >= 4, timeout=60,
+                   message=lambda: f"first replays; log: {(tmp_path / 'run.log').read_text()}")
+        server.kill()
+        code = proc.wait(timeout=90)  # the engine's bounded retries with backoff, then a named failure
+    finally:
+        sync.close()
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "run.log").read_text()
+    assert code == 3, log
+    assert "requeue: Redis unreachable" in log and "Rerun the same command to resume" in log
+    assert "k1ll-me-pw" not in log

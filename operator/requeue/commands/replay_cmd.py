@@ -380,8 +380,11 @@ class _Replay:
                 reporter.close()
                 self._print_result()
                 ready = find_condition(st.conditions, "Ready")
-                raise RedisUnavailable(ready.message if ready else "Redis unavailable", queue=spec.queue,
-                                       replay=self.owner)
+                cause = (ready.message if ready else "Redis unavailable").split("; ")[0]
+                raise RedisUnavailable(
+                    f"{cause}; gave up after {engine.redis_failures} attempts in a row at {st.progress}. "
+                    f"Rerun the same command to resume (replay id {self.replay_id})",
+                    queue=spec.queue, replay=self.owner)
             if self.stop.is_set():
                 return await self._interrupted(engine, reporter)
             if result.delay > 0:
