@@ -65,6 +65,7 @@ from requeue.k8s.objects import delete_object, patch_annotations
 from requeue.k8s.secrets import KubeSecrets
 from requeue.k8s.status import patch_status
 from requeue.metrics import REDIS_UP, REPLAY_JOBS, REPLAYS
+from requeue.policy.budget import ReplayBudget
 from requeue.queues import connect
 from requeue.redact import redact_text
 from requeue.replay import ReplayEngine, ReplayEvent, utcnow
@@ -198,8 +199,11 @@ def never_touched_redis(status: DLQReplayStatus) -> bool:
     )
 
 
-async def open_engine(namespace: str, name: str, uid: str, spec: DLQReplaySpec) -> tuple[ReplayEngine, str]:
+async def open_engine(namespace: str, name: str, uid: str, spec: DLQReplaySpec, *,
+                      budget: ReplayBudget | None = None) -> tuple[ReplayEngine, str]:
     """Resolve the Redis URL from the namespace's Secret, connect, and build the engine.
+
+    :param budget: the per-job replay budget a QueuePolicy's child replay carries in its annotations.
 
     :raises SecretNotFound: the Secret or key does not exist.
     :raises AuthFailed: Redis refused the credentials.
@@ -211,7 +215,7 @@ async def open_engine(namespace: str, name: str, uid: str, spec: DLQReplaySpec) 
     ca = await secrets.get(tls.ca_secret_ref) if tls is not None and tls.ca_secret_ref is not None else None
     redis = await connect(url, db=spec.redis.db, tls_ca_pem=ca,
                           tls_insecure_skip_verify=bool(tls and tls.insecure_skip_verify))
-    engine = ReplayEngine(redis, replay_id=uid, owner=f"{namespace}/{name}")
+    engine = ReplayEngine(redis, replay_id=uid, owner=f"{namespace}/{name}", budget=budget)
     return engine, url
 
 
@@ -424,7 +428,9 @@ class ReplayDriver:
     async def connect(self, spec: DLQReplaySpec) -> ReplayEngine:
         """The engine, connected on first use; its gates follow the live spec."""
         if self.engine is None:
-            self.engine, self.redis_url = await open_engine(self.namespace, self.name, self.uid, spec)
+            budget = ReplayBudget.from_annotations(self.body.get("metadata", {}).get("annotations"))
+            self.engine, self.redis_url = await open_engine(self.namespace, self.name, self.uid, spec,
+                                                            budget=budget)
             self.secrets = KubeSecrets(self.namespace)
         assert self.secrets is not None
         self.engine.gates = GateRunner(spec.gates, spec.gate_policy, self.secrets,

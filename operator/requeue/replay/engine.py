@@ -29,7 +29,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -131,6 +131,18 @@ class GateRunnerLike(Protocol):
     def due(self, statuses: list[GateStatus], now: datetime) -> bool: ...
 
 
+class ReplayBudgetLike(Protocol):
+    """A per-job replay budget (``requeue.policy.ReplayBudget``: a QueuePolicy's auto replays).
+
+    Selection charges each page's picked ids with :meth:`take` and snapshots only those
+    allowed; a dry run asks :meth:`over_budget` and charges nothing.
+    """
+
+    async def take(self, redis: Redis, replay_uid: str, ids: Sequence[str]) -> list[str]: ...
+
+    async def over_budget(self, redis: Redis, ids: Sequence[str]) -> set[str]: ...
+
+
 class Stage:
     """The engine's stage as stored in Redis (``progress.stage``); the phase follows from it."""
 
@@ -192,6 +204,8 @@ class ReplayEngine:
     :param redis_failure_bound: consecutive Redis errors before they are surfaced
         (condition + Warning event; :meth:`run` raises :class:`RedisUnavailable`).
     :param backoff: first retry delay after a Redis error (doubles, capped at 30 s).
+    :param budget: a per-job replay budget (child DLQReplays of a QueuePolicy); jobs over it
+        are left out of the snapshot and counted in the progress field ``over_budget``.
     """
 
     def __init__(
@@ -204,8 +218,10 @@ class ReplayEngine:
         clock: Callable[[], datetime] = utcnow,
         redis_failure_bound: int = 5,
         backoff: float = 0.5,
+        budget: ReplayBudgetLike | None = None,
     ) -> None:
         self.redis = redis
+        self.budget = budget
         self.replay_id = replay_id
         self.owner = owner
         self.gates = gates
@@ -537,9 +553,10 @@ class ReplayEngine:
             raise _Finish(ReplayPhase.SUCCEEDED, "DryRun",
                           f"dry run: {st.matched} jobs would be replayed (scanned {scanned_total}, "
                           f"{st.corrupt} corrupt); nothing moved")
+        over = f", {_int(p, 'over_budget')} over their auto-replay budget" if _int(p, "over_budget") else ""
         events.append(ReplayEvent("Normal", "Selected",
                                   f"selected {st.matched} failed jobs (scanned {scanned_total}, "
-                                  f"{st.corrupt} corrupt)"))
+                                  f"{st.corrupt} corrupt{over})"))
         self._cond(st, "Progressing", True, "Replaying", f"replaying {st.matched} jobs", gen, now)
         if st.matched == 0:
             await self._mark_replayed(now)
@@ -582,6 +599,24 @@ class ReplayEngine:
             reasons[reason] = reasons.get(reason, 0) + 1
         if room is not None and len(picked) >= room:
             done = True
+        over = 0
+        if self.budget is not None and picked:
+            if spec.dry_run:
+                refused = await self.budget.over_budget(self.redis, picked)
+            else:
+                refused = set(picked) - set(await self.budget.take(self.redis, self.replay_id, picked))
+            if refused:  # not snapshotted: take them back out of the tallies
+                over = len(refused)
+                for job in page.jobs:
+                    if job.id in refused:
+                        prioritized -= 1 if job.prioritized else 0
+                        reason = normalize_reason(job.failed_reason)
+                        for tally, key in ((names, job.name or ""), (reasons, reason)):
+                            tally[key] -= 1
+                            if not tally[key]:
+                                del tally[key]
+                picked = [i for i in picked if i not in refused]
+                lifo = [i for i in lifo if i not in refused]
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(k.progress)
@@ -602,6 +637,8 @@ class ReplayEngine:
                 pipe.ltrim(k.corrupt, 0, CORRUPT_IDS - 1)
                 pipe.hincrby(k.progress, "corrupt", len(corrupt))
             pipe.hincrby(k.progress, "matched", len(picked))
+            if over:
+                pipe.hincrby(k.progress, "over_budget", over)
             pipe.hincrby(k.progress, "scanned", page.scanned)
             pipe.hincrby(k.progress, "lifo_count", len(lifo))
             # a replay selected before this field existed has none: the batch then never
@@ -617,7 +654,8 @@ class ReplayEngine:
         p.update(sel_score=cursor.score, sel_id=cursor.job_id, upper=str(upper),
                  scanned=str(_int(p, "scanned") + page.scanned),
                  lifo_count=str(_int(p, "lifo_count") + len(lifo)),
-                 prio_count=str(_int(p, "prio_count") + prioritized))
+                 prio_count=str(_int(p, "prio_count") + prioritized),
+                 over_budget=str(_int(p, "over_budget") + over))
         return done, page.scanned
 
     async def _selection_summary(self, st: DLQReplayStatus, events: list[ReplayEvent]) -> None:
