@@ -18,8 +18,8 @@ from requeue.api import DLQReplayStatus
 from requeue.cli import main
 from requeue.queues import QueueKeys
 from support import wait_until
-from support.bullmq_jobs import JobSpec, make_failed_jobs
-from support.cli import cli, keyspace, popen_cli, write_manifest
+from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
+from support.cli import acli, cli, keyspace, popen_cli, write_manifest
 from support.redis_server import RedisServer, free_port
 
 Q = "default"
@@ -376,3 +376,51 @@ async def test_redis_lost_mid_replay_exits_3_without_printing_the_password(
     assert code == 3, log
     assert "requeue: Redis unreachable" in log and "Rerun the same command to resume" in log
     assert "k1ll-me-pw" not in log
+
+
+async def test_verify_outcome_decides_the_exit_code(redis_url: str, tmp_path: Path) -> None:
+    """verify: completed by a real worker -> 0 with the counts in .status; nobody works -> 1."""
+    jobs = [JobSpec(name="whatsapp.send", data={"i": i}, reason=RATE_LIMITED) for i in range(12)]
+    await make_failed_jobs(redis_url, Q, jobs)
+    verify = {"window": "30s", "minSuccessRate": 1.0}
+    manifest = write_manifest(tmp_path / "ok.yaml", {"rate": FAST, "verify": verify}, name="verified")
+    async with run_worker(redis_url, Q) as worker:
+        res = await acli("replay", "-f", str(manifest), "--redis-url", redis_url, "-o", "json")
+    assert res.code == 0, res.output
+    status = json.loads(res.stdout)
+    assert (status["phase"], status["completed"], status["failedAgain"]) == ("Succeeded", 12, 0)
+    assert len(worker.completed) == 12
+
+    await make_failed_jobs(redis_url, Q, jobs)
+    unverified = write_manifest(tmp_path / "ko.yaml", {"rate": FAST, "verify": {"window": "1s"}},
+                                name="nobody-works")
+    res = await acli("replay", "-f", str(unverified), "--redis-url", redis_url)
+    assert res.code == 1, res.output
+    assert res.stdout.startswith("Failed: 0 of 12 replayed jobs completed"), res.stdout
+
+
+async def test_second_replay_on_a_queue_waits_naming_the_holder(redis_url: str, tmp_path: Path) -> None:
+    jobs = [JobSpec(name="whatsapp.send", data={"i": i}, reason=RATE_LIMITED) for i in range(200)]
+    await make_failed_jobs(redis_url, Q, jobs)
+    slow = {"jobsPerSecond": 10, "batchSize": 2}
+    first = popen_cli("replay", "-f", str(write_manifest(tmp_path / "a.yaml", {"rate": slow}, name="first")),
+                      "--redis-url", redis_url, log=tmp_path / "a.log")
+    second = None
+    sync = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        wait_until(lambda: sync.llen(K.wait) >= 2, timeout=60)
+        second = popen_cli("replay", "-f", str(write_manifest(tmp_path / "b.yaml", {"rate": slow},
+                                                              name="second")),
+                           "--redis-url", redis_url, log=tmp_path / "b.log")
+        wait_until(lambda: "locked by replay ops/first" in (tmp_path / "b.log").read_text(), timeout=30,
+                   message=lambda: (tmp_path / "b.log").read_text())
+        for proc in (second, first):
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 130
+    finally:
+        sync.close()
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    log = (tmp_path / "b.log").read_text()
+    assert "Interrupted (SIGINT) in phase Pending" in log and f"at {redis_url}" in log, log

@@ -51,7 +51,7 @@ def run_inspect(*, redis_url: str, queue: str, prefix: str = "bull", top: int = 
     :param output: ``table``, ``text``, ``json``, or ``auto`` (table on a terminal, else text).
     """
     secrets = Secrets()
-    secrets.add(redis_url)
+    secrets.add_url(redis_url)
     try:
         report = asyncio.run(_scan(redis_url, queue, prefix, top, sample))
     except RequeueError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from typing import TextIO
+from urllib.parse import unquote, urlsplit
 
 from requeue.errors import (
     AuthFailed,
@@ -35,6 +36,16 @@ class Secrets:
         for value in values:
             if value and value not in self.values:
                 self.values.append(value)
+
+    def add_url(self, url: str | None) -> None:
+        """A URL's password (URLs themselves are redacted wherever they appear in text)."""
+        if not url:
+            return
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        self.add(unquote(password) if password else None, password)
 
     def redact(self, text: str) -> str:
         return redact_text(text, self.values)

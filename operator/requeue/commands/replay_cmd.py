@@ -245,12 +245,17 @@ class Quiet(Reporter):
 def run_replay(opts: ReplayOptions) -> int:
     """Validate, connect, drive the engine to the end (or a signal), print; return the exit code."""
     hidden = Secrets()
-    hidden.add(opts.redis_url)
+    hidden.add_url(opts.redis_url)
     try:
         static = StaticSecrets.from_flags(opts.secrets)
     except ValueError as exc:
         return report_error(SpecInvalid(str(exc)), hidden)
-    hidden.add(*(flag.partition("=")[2] for flag in opts.secrets))
+    for flag in opts.secrets:  # a URL is shown redacted, other secret values not at all
+        value = flag.partition("=")[2]
+        if "://" in value:
+            hidden.add_url(value)
+        else:
+            hidden.add(value)
     try:
         manifest = load_manifest(opts.file)
         return asyncio.run(_Replay(opts, manifest, static, hidden).main())
@@ -283,7 +288,7 @@ class _Replay:
         except SecretNotFound as exc:
             raise SecretNotFound(f"no Redis URL: pass --redis-url URL, set REQUEUE_REDIS_URL, or give the "
                                  f"spec's redis.urlSecretRef: {exc.message}") from None
-        self.hidden.add(url)
+        self.hidden.add_url(url)
         return url
 
     async def main(self) -> int:
@@ -404,7 +409,7 @@ class _Replay:
             print(f"requeue: {self.signal_name}: dry run stopped; nothing was moved", file=sys.stderr)
             return EXIT_INTERRUPTED
         resumed = " (the queue this replay had paused was resumed)" if before.queue_paused_by_replay else ""
-        print(f"requeue: {self.signal_name}: stopped in phase {before.phase.value} at {st.progress} "
+        print(f"requeue: {self.signal_name}: stopped in phase {before.phase.value} at {st.progress or '0/0'} "
               f"(replayed {st.replayed}, skipped {st.skipped}, matched {st.matched}){resumed}.\n"
               f"requeue: to resume, rerun the same command (replay id {self.replay_id}; or add "
               f"--replay-id {self.replay_id})", file=sys.stderr)
