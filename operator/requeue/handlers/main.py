@@ -40,6 +40,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # schedules the next check; ours wake up on the stop flag, so this is rarely waited in full.
     settings.background.instant_exit_timeout = 2.0
     settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "requeue"  # the "From" column of `kubectl describe`
 
 
 def start_metrics_server(port: int, address: str = "0.0.0.0") -> bool:
