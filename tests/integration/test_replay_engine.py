@@ -396,6 +396,55 @@ async def test_recheck_during_replay_holds_on_red(redis_url: str, r: aioredis.Re
     assert st.replayed == 40
 
 
+async def test_failure_threshold_rides_out_a_blip_during_replay(redis_url: str, r: aioredis.Redis) -> None:
+    """failureThreshold 3: one or two failed checks while replaying do not hold the replay
+    (the start still needed every gate to pass); the third in a row does."""
+    await make_failed_jobs(redis_url, Q, jobs(100))
+    gate = FlipGate(True, GatePolicy(interval="1s", timeout="1m", failureThreshold=3))
+    clock = Clock()  # only moves when the test says: one batch of 10 per step
+    spec = make_spec(gates=GATES, rate={"jobsPerSecond": 100_000, "batchSize": 10})
+    engine = ReplayEngine(r, replay_id="blip", owner="ns/blip", gates=gate, clock=clock)
+    st = DLQReplayStatus()
+    while st.replayed < 10:
+        st = (await engine.step(spec, st)).status
+    # a blip: two failed checks in a row, then healthy again; the replay never stops
+    for healthy in (False, False, True):
+        gate.healthy = healthy
+        clock.tick(1.5)
+        before = st.replayed
+        st = (await engine.step(spec, st)).status
+        assert st.phase == ReplayPhase.REPLAYING, st.message
+        assert st.replayed > before
+    assert st.gates[0].consecutive_successes == 1
+    # a real outage: held on the third failure in a row, not before
+    failures = []
+    gate.healthy = False
+    while st.phase == ReplayPhase.REPLAYING:
+        clock.tick(1.5)
+        st = (await engine.step(spec, st)).status
+        failures.append(st.gates[0].consecutive_failures)
+    assert failures == [1, 2, 3]
+    assert st.phase == ReplayPhase.WAITING_FOR_GATES
+    held = st.replayed
+    assert held == 60  # 10 before, 3 batches during the blip, 2 more until the third failure
+    st, _ = await steps(engine, spec, st, 5, clock)
+    assert st.replayed == held
+    gate.healthy = True
+    clock.tick(1.5)
+    st = await drive(engine, spec, st, clock=clock)
+    assert st.phase == ReplayPhase.SUCCEEDED and st.replayed == 100
+
+
+async def test_failing_gate_below_threshold_still_blocks_the_start(redis_url: str, r: aioredis.Redis) -> None:
+    """Starting needs every gate passed (successThreshold); failureThreshold only governs holding."""
+    await make_failed_jobs(redis_url, Q, jobs(5))
+    gate = FlipGate(False, GatePolicy(interval="1s", timeout="1m", failureThreshold=3))
+    clock = Clock()
+    engine = ReplayEngine(r, replay_id="start", owner="ns/start", gates=gate, clock=clock)
+    st, _ = await steps(engine, make_spec(gates=GATES), DLQReplayStatus(), 4, clock)
+    assert st.phase == ReplayPhase.WAITING_FOR_GATES and st.replayed == 0
+
+
 # -- suspend, cancel, Redis faults ------------------------------------------------
 
 

@@ -844,6 +844,7 @@ class ReplayEngine:
                                                    paused=head.paused))
                 if spec.reset_attempts:
                     cmds += q.reset_attempts_commands(ids)
+                cmds.append(pack("HINCRBY", k.progress, "bulk_moved", len(ids)))  # how often it applied
             else:
                 cmds += q.reprocess_commands(ids, paused=head.paused, lifo=head.lifo,
                                              reset_attempts=spec.reset_attempts)

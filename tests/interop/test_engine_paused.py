@@ -1,0 +1,99 @@
+"""The replay engine against a queue that a Node.js BullMQ 5 or 6 app paused.
+
+BullMQ 5 pauses by ``RENAME wait paused`` and resumes by ``RENAME paused wait``,
+overwriting whatever was pushed onto ``wait`` meanwhile (see tests/support/node.py and
+``test_naive_replay_into_paused_queue``). The engine therefore sends replayed jobs to
+the ``paused`` list while ``meta.paused`` is set, WATCHing ``meta`` so a pause or resume
+racing the batch aborts it. Here Node pauses, live traffic keeps arriving, requeue replays
+(both batch paths: ``moveJobsToWait`` when no job has a priority, ``reprocessJob`` per job
+otherwise), Node resumes, and a Node worker of the same major processes every replayed job
+exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+
+from requeue.api import DLQReplaySpec, ReplayPhase
+from requeue.api.base import find_condition
+from requeue.queues import ReplayKeys, connect
+from requeue.replay import ReplayEngine
+from support.node import MAJORS, FailRule, NodeWorker, pause_queue, resume_queue, run_producer
+
+pytestmark = pytest.mark.interop
+
+#: Long enough to see that a paused queue is not consumed (BullMQ polls far more often);
+#: not a speed assertion.
+QUIET_WINDOW = 1.5
+RATE_LIMITED = "429 Too Many Requests from provider"
+
+
+@pytest.mark.parametrize("major", MAJORS)
+@pytest.mark.parametrize("with_priority", [False, True], ids=["moveJobsToWait", "reprocessJob"])
+async def test_engine_replay_into_node_paused_queue(major: int, with_priority: bool, redis_url: str,
+                                                    redis_client: aredis.Redis) -> None:
+    qname = f"paused-{major}-{'prio' if with_priority else 'plain'}"
+    k = f"bull:{qname}"
+    jobs: list[dict[str, Any]] = [
+        {"name": "whatsapp.send", "data": {"i": i, "to": f"+4915{i:07d}"},
+         "opts": {"priority": 3} if with_priority and i % 4 == 0 else {}}
+        for i in range(45)
+    ]
+    jobs += [{"name": "email.send", "data": {"i": i}, "opts": {}} for i in range(5)]
+    ids = await run_producer(redis_url, qname, jobs, major=major)
+    by_id = dict(zip(ids, jobs, strict=True))
+    rules = [FailRule(RATE_LIMITED, name="whatsapp.send"), FailRule("smtp down", name="email.send")]
+    async with NodeWorker(redis_url, qname, major=major, fail=rules) as worker:
+        await worker.wait_for_final(ids)
+    wanted = [i for i in ids if by_id[i]["name"] == "whatsapp.send"]
+
+    # the app pauses its queue (BullMQ 5: RENAME wait paused), and live jobs keep arriving
+    await run_producer(redis_url, qname, [{"name": "email.send", "data": {"early": True}, "opts": {}}],
+                       major=major)
+    await pause_queue(redis_url, qname, major=major)
+    live = await run_producer(redis_url, qname, [{"name": "email.send", "data": {"live": True}, "opts": {}}],
+                              major=major)
+
+    client = await connect(redis_url)
+    try:
+        spec = DLQReplaySpec.model_validate({
+            "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+            "queue": qname,
+            "selector": {"jobNames": ["whatsapp.*"]},
+            "rate": {"jobsPerSecond": 100_000, "batchSize": 20},
+        })
+        engine = ReplayEngine(client, replay_id=f"paused-{major}-{with_priority}", owner="ns/paused")
+        st = await engine.run(spec)
+        bulk = await client.hget(ReplayKeys(engine.replay_id).progress, "bulk_moved")
+    finally:
+        await client.aclose()
+    assert st.phase == ReplayPhase.SUCCEEDED
+    assert (st.matched, st.replayed, st.skipped) == (45, 45, 0)
+    cond = find_condition(st.conditions, "QueuePaused")
+    assert cond is not None and cond.reason == "PausedByOthers"
+    # which batch path ran: moveJobsToWait only where no selected job has a priority
+    assert int(bulk or 0) == (0 if with_priority else 45)
+    assert await redis_client.hexists(f"{k}:meta", "paused")
+    plain = {i for i in wanted if not by_id[i]["opts"]}
+    assert plain <= set(await redis_client.lrange(f"{k}:paused", 0, -1))
+
+    async with NodeWorker(redis_url, qname, major=major) as worker:
+        await asyncio.sleep(QUIET_WINDOW)
+        assert worker.processed == []  # paused: nothing runs, replayed or live
+        await resume_queue(redis_url, qname, major=major)
+        outcomes = await worker.wait_for_final([*wanted, *live], timeout_s=60)
+        await asyncio.sleep(QUIET_WINDOW)  # room for a duplicate to show up
+    runs = Counter(p.id for p in worker.processed)
+    assert {i: runs[i] for i in wanted} == dict.fromkeys(wanted, 1)
+    assert all(o.outcome == "completed" for o in outcomes.values())
+    for i in wanted:
+        assert outcomes[i].data == by_id[i]["data"]
+        assert outcomes[i].attempts_made_before == 0  # resetAttempts (default) on both paths
+    assert await redis_client.llen(f"{k}:paused") == 0
+    assert await redis_client.llen(f"{k}:wait") == 0
+    assert set(await redis_client.zrange(f"{k}:failed", 0, -1)) == set(ids) - set(wanted)
