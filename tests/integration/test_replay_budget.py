@@ -61,7 +61,8 @@ async def test_a_job_is_replayed_at_most_max_replays_per_job_times(redis_url: st
     spec = make_spec()
 
     for attempt in (1, 2):
-        st, _ = await drive(ReplayEngine(r, replay_id=f"child-{attempt}", owner="ns/child", budget=budget), spec)
+        engine = ReplayEngine(r, replay_id=f"child-{attempt}", owner="ns/child", budget=budget)
+        st, _ = await drive(engine, spec)
         assert st.phase == ReplayPhase.SUCCEEDED and st.matched == st.replayed == 6, st
         await fail_again(redis_url, ids)
 

@@ -4,6 +4,6 @@ Importing this package registers every handler with kopf's default registry
 (``requeue run`` does it); nothing else in requeue imports kopf.
 """
 
-from requeue.handlers import dlqreplay, main
+from requeue.handlers import dlqreplay, main, queuepolicy
 
-__all__ = ["dlqreplay", "main"]
+__all__ = ["dlqreplay", "main", "queuepolicy"]

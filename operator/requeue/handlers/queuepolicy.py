@@ -1,0 +1,500 @@
+"""QueuePolicy controller: kopf wiring around :func:`requeue.policy.evaluate`.
+
+No business logic lives here (DESIGN.md, Layers): ``policy/`` observes,
+decides and acts; this module feeds it the live spec, the last status, the
+gate results and the in-process memory, then writes what it returns.
+
+* **A daemon per policy** loops on ``spec.interval`` (read from the live spec
+  at every turn, so edits of the interval or thresholds apply at the next
+  evaluation; a spec edit also wakes the daemon at once): check the gates when
+  due (:class:`~requeue.gates.GateRunner`, counters carried in
+  ``.status.gates``), :func:`~requeue.policy.evaluate`, write ``.status``
+  through the status subresource (unset optionals as explicit ``null``, so a
+  merge patch removes e.g. a stale ``gatesGreenSince``), post the result's
+  Events, and wait on kopf's stop flag.
+* **In-process state per policy** (keyed by UID, :class:`PolicyState`): the
+  evaluation memory (events cursor, failure-rate buckets; None after a restart,
+  then :func:`~requeue.policy.evaluate` loads it from Redis) and one
+  :class:`~requeue.policy.SlackNotifier`, whose rate limit and queued lines
+  live in memory. Everything else is in ``.status`` and Redis, so a restarted
+  operator continues where the last one stopped.
+* **Auto replays** are child DLQReplays created by :class:`KubeReplayCreator`
+  with an owner reference to the policy (``controller: true``,
+  ``blockOwnerDeletion: true``) and deterministic names; one that already
+  exists counts as created, so a repeated evaluation never makes two. The
+  child's annotations carry the per-job replay budget that its own controller
+  hands to the replay engine.
+* **Every failure has a name.** An invalid spec, a missing Secret, refused
+  credentials or an unreachable Redis end in ``Ready=False`` with the error's
+  reason and one Warning Event per distinct problem, retried with backoff;
+  failed actions are Warning Events and ``lastActions[].result`` (evaluate
+  never raises for them).
+* **Deletion** (kopf's finalizer): :func:`policy_deleted` waits for the
+  current evaluation, resumes exactly the queues this policy paused
+  (:func:`~requeue.policy.release`; queues someone else paused stay paused),
+  drops the policy's memory from Redis and its metric series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from requeue.api import (
+    DLQReplay,
+    QueuePolicy,
+    QueuePolicySpec,
+    QueuePolicyStatus,
+    SecretKeyRef,
+    find_condition,
+    parse_duration,
+    set_condition,
+)
+from requeue.api.base import ConditionStatus
+from requeue.api.loading import parse
+from requeue.api.resources import GROUP, VERSION
+from requeue.errors import AuthFailed, RedisUnavailable, RequeueError, SpecInvalid
+from requeue.gates import GateRunner
+from requeue.handlers.errors import to_kopf
+from requeue.k8s.owned import Owner, create_owned
+from requeue.k8s.secrets import KubeSecrets
+from requeue.k8s.status import patch_status
+from requeue.policy import (
+    BullQueueOps,
+    ChildReplay,
+    PolicyEvent,
+    PolicyMemory,
+    PolicyRef,
+    Resume,
+    SlackNotifier,
+    evaluate,
+    forget_metrics,
+    release,
+)
+from requeue.policy.memory import memory_key
+from requeue.queues import connect
+from requeue.redact import redact_text
+
+__all__ = [
+    "PLURAL",
+    "KubeReplayCreator",
+    "PolicyDriver",
+    "PolicyState",
+    "policy_daemon",
+    "policy_deleted",
+    "policy_spec_changed",
+]
+
+logger = logging.getLogger(__name__)
+
+PLURAL = QueuePolicy.INFO.plural
+#: Shortest time between two evaluations, whatever ``spec.interval`` says (seconds).
+MIN_INTERVAL = 0.5
+#: First and longest delay (seconds) between retries after a named problem (missing Secret, ...).
+RETRY_FIRST = 1.0
+RETRY_MAX = 60.0
+#: Delay before an invalid spec is looked at again (an edit wakes the daemon earlier).
+SPEC_RETRY = 60.0
+#: Attempts of the deletion cleanup before kopf gives up and releases the finalizer anyway.
+CLEANUP_RETRIES = 10
+#: Ready reasons after which the daemon reconnects (re-reading the Secret: it may have been fixed).
+_RECONNECT_REASONS = (RedisUnavailable.reason, AuthFailed.reason)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------- per-policy state
+
+
+@dataclass
+class PolicyState:
+    """What the daemon and the handlers of one policy share, in this process only (keyed by UID)."""
+
+    #: Held for a whole evaluation plus its status write; the deletion handler takes it too.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Set by the update and deletion handlers: the daemon's wait ends early.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set by the deletion handler: the daemon evaluates and writes nothing more.
+    cancelled: bool = False
+    #: The last evaluation's memory; None after a restart (evaluate then loads it from Redis).
+    memory: PolicyMemory | None = None
+    #: One notifier per policy: its rate limit and pending lines live here.
+    notifier: SlackNotifier | None = None
+    notifier_ref: SecretKeyRef | None = None
+    #: The latest status (the object's may lag behind by one write).
+    status: QueuePolicyStatus | None = None
+    #: Queues whose metric series this process exported for the policy.
+    exported: set[str] = field(default_factory=set)
+
+
+_states: dict[str, PolicyState] = {}
+
+
+def policy_state(uid: str) -> PolicyState:
+    """The state of the policy with this UID (created on first use)."""
+    state = _states.get(uid)
+    if state is None:
+        state = _states[uid] = PolicyState()
+    return state
+
+
+def load_status(raw: Mapping[str, Any] | None) -> QueuePolicyStatus:
+    """The object's ``.status`` as the model; an unreadable one counts as empty."""
+    try:
+        return QueuePolicyStatus.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        logger.warning("ignoring an unreadable QueuePolicy .status (%d problems)", exc.error_count())
+        return QueuePolicyStatus()
+
+
+def status_wire(status: QueuePolicyStatus) -> dict[str, Any]:
+    """``.status`` for a merge patch: unset top-level optionals as explicit null, so a merge patch
+    removes a stale value (e.g. ``gatesGreenSince`` once a gate turns red).
+
+    Lists (``queues``, ``gates``, ...) replace the stored ones whole, nulls and all, so their items
+    leave unset optionals out: the schema does not allow null there.
+    """
+    full = status.model_dump(mode="json", by_alias=True)
+    compact = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {key: compact.get(key) for key in full}
+
+
+def post_events(body: Any, events: list[PolicyEvent]) -> None:
+    """Every evaluation event as a Kubernetes Event on the policy (kopf posts them in the background)."""
+    for event in events:
+        kopf.event(body, type=event.type, reason=event.reason, message=redact_text(event.message))
+
+
+async def open_redis(secrets: KubeSecrets, spec: QueuePolicySpec) -> tuple[Redis, str]:
+    """Connect to the policy's Redis with the URL from the namespace's Secret.
+
+    :raises SecretNotFound: the Secret or key does not exist.
+    :raises AuthFailed: Redis refused the credentials.
+    :raises RedisUnavailable: Redis cannot be reached.
+    """
+    url = await secrets.get(spec.redis.url_secret_ref)
+    tls = spec.redis.tls
+    ca = await secrets.get(tls.ca_secret_ref) if tls is not None and tls.ca_secret_ref is not None else None
+    redis = await connect(url, db=spec.redis.db, tls_ca_pem=ca,
+                          tls_insecure_skip_verify=bool(tls and tls.insecure_skip_verify))
+    return redis, url
+
+
+# ---------------------------------------------------------------- child replays
+
+
+class KubeReplayCreator:
+    """:class:`~requeue.policy.ReplayCreator` over the Kubernetes API: DLQReplays owned by the policy."""
+
+    def __init__(self, namespace: str, policy_name: str, policy_uid: str) -> None:
+        self.namespace = namespace
+        self.owner = Owner(kind=QueuePolicy.INFO.kind, name=policy_name, uid=policy_uid)
+
+    async def create(self, child: ChildReplay) -> str:
+        created = await create_owned(
+            DLQReplay.INFO.plural, DLQReplay.INFO.kind, self.namespace, child.name, self.owner,
+            spec=child.spec.to_wire(), labels=child.labels, annotations=child.annotations,
+        )
+        if not created:
+            logger.info("policy %s/%s: DLQReplay %s already exists", self.namespace, self.owner.name,
+                        child.name)
+        return child.name
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+class PolicyDriver:
+    """One daemon run for one QueuePolicy: evaluate every ``spec.interval`` until stopped."""
+
+    def __init__(self, *, body: Any, namespace: str, name: str, uid: str, state: PolicyState,
+                 stopped: Any) -> None:
+        self.body = body
+        self.namespace = namespace
+        self.name = name
+        self.uid = uid
+        self.state = state
+        self.stopped = stopped
+        self.status = state.status or load_status(body.get("status"))
+        self.secrets = KubeSecrets(namespace)
+        self.replays = KubeReplayCreator(namespace, name, uid)
+        self.redis: Redis | None = None
+        self.redis_url: str | None = None
+        self.connected_with: dict[str, Any] | None = None
+        self.failures = 0
+        self.trouble: tuple[str, str] | None = None
+        self.reported_invalid: int | None = None
+        self.gone = False
+
+    @property
+    def generation(self) -> int:
+        return int(self.body.get("metadata", {}).get("generation") or 0)
+
+    def _stopping(self) -> bool:
+        return bool(self.stopped) or self.state.cancelled or self.gone
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping():
+                delay = await self.evaluate_once()
+                await self.sleep(delay)
+        finally:
+            await self.close()
+
+    async def sleep(self, delay: float) -> None:
+        """Wait ``delay`` seconds, less if the daemon is stopped or the spec changes."""
+        if delay > 0 and not self._stopping():
+
+            async def stopped() -> None:
+                await self.stopped.wait()
+
+            waiters = [asyncio.ensure_future(stopped()), asyncio.ensure_future(self.state.wake.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+                await asyncio.gather(*waiters, return_exceptions=True)
+        self.state.wake.clear()
+
+    async def evaluate_once(self) -> float:
+        """One evaluation and its status write; returns the seconds to wait before the next."""
+        async with self.state.lock:
+            if self._stopping():
+                return 0.0
+            now = utcnow()
+            spec = self.current_spec(now)
+            if spec is None:
+                await self.write()
+                return SPEC_RETRY
+            interval = max(MIN_INTERVAL, parse_duration(spec.interval).total_seconds())
+            try:
+                redis, url = await self.connection(spec)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = self.on_trouble(exc, now)
+                await self.write()
+                return min(delay, max(interval, RETRY_FIRST))
+            gates = None
+            if spec.gates:
+                runner = GateRunner(spec.gates, spec.gate_policy, self.secrets, default_redis_url=url,
+                                    namespace=self.namespace, owner=self.name)
+                gates = self.status.gates
+                if runner.due(gates, now):
+                    gates = await runner.check(gates, now)
+            result = await evaluate(
+                PolicyRef(self.namespace, self.name, self.uid, self.generation), spec, self.status,
+                redis=redis, ops=BullQueueOps(redis, spec.prefix), replays=self.replays,
+                notifier=self.notifier(spec), gates=gates, memory=self.state.memory, now=now,
+            )
+            events = list(result.events)
+            ready = find_condition(result.status.conditions, "Ready")
+            unreachable = ready is not None and ready.status == ConditionStatus.FALSE \
+                and ready.reason in _RECONNECT_REASONS
+            if unreachable:
+                await self.close()  # reconnect next time, re-reading the Secret
+                if self.state.memory is not None:
+                    self.state.memory = result.memory
+            else:
+                self.state.memory = result.memory
+                if self.trouble is not None:
+                    events.append(PolicyEvent("Normal", "Recovered", f"{self.trouble[0]} resolved"))
+                self.trouble, self.failures = None, 0
+            self.status = result.status
+            self.state.status = self.status
+            post_events(self.body, events)
+            self.forget_removed_queues()
+            await self.write()
+            return interval
+
+    # -- spec
+
+    def current_spec(self, now: datetime) -> QueuePolicySpec | None:
+        """The live spec; an invalid one is reported (Ready=False, one Event per generation)."""
+        try:
+            return parse(QueuePolicySpec, dict(self.body.get("spec") or {}),
+                         name=f"{self.namespace}/{self.name}")
+        except SpecInvalid as exc:
+            gen = self.generation
+            self._set("Ready", False, exc.reason, exc.message, now)
+            self.status.observed_generation = gen
+            if self.reported_invalid != gen:
+                self.reported_invalid = gen
+                kopf.event(self.body, type="Warning", reason=exc.reason, message=exc.message)
+                logger.warning("policy %s/%s: %s", self.namespace, self.name, exc.message)
+            return None
+
+    def _set(self, type: str, status: bool | ConditionStatus, reason: str, message: str,
+             now: datetime) -> None:
+        self.status.conditions = set_condition(self.status.conditions, type=type, status=status,
+                                               reason=reason, message=message,
+                                               generation=self.generation, now=now)
+
+    def notifier(self, spec: QueuePolicySpec) -> SlackNotifier | None:
+        """The policy's Slack notifier (kept across evaluations for its rate limit), if configured."""
+        ref = spec.alerts.slack_webhook_secret_ref
+        if ref is None:
+            self.state.notifier = self.state.notifier_ref = None
+            return None
+        if self.state.notifier is None or self.state.notifier_ref != ref:
+            self.state.notifier = SlackNotifier(self.secrets, ref)
+            self.state.notifier_ref = ref
+        return self.state.notifier
+
+    # -- Redis
+
+    async def connection(self, spec: QueuePolicySpec) -> tuple[Redis, str]:
+        """The Redis client, connected on first use and again when ``spec.redis`` changes."""
+        wanted = spec.redis.to_wire()
+        if self.redis is not None and self.connected_with != wanted:
+            await self.close()
+        if self.redis is None:
+            self.redis, self.redis_url = await open_redis(self.secrets, spec)
+            self.connected_with = wanted
+        assert self.redis_url is not None
+        return self.redis, self.redis_url
+
+    async def close(self) -> None:
+        redis, self.redis = self.redis, None
+        if redis is not None:
+            with contextlib.suppress(Exception):
+                await redis.aclose()
+
+    def on_trouble(self, exc: BaseException, now: datetime) -> float:
+        """A problem before evaluating: ``Ready=False`` with its reason, one Warning Event, a backoff."""
+        if isinstance(exc, RequeueError):
+            reason, message = exc.reason, exc.message
+        else:
+            logger.exception("policy %s/%s: unexpected error", self.namespace, self.name)
+            reason, message = "InternalError", redact_text(f"unexpected {type(exc).__name__}: {exc}")
+        self.failures += 1
+        delay = float(min(RETRY_MAX, RETRY_FIRST * 2.0 ** (self.failures - 1)))
+        self._set("Ready", False, reason, message, now)
+        self._set("Healthy", ConditionStatus.UNKNOWN, reason, "queues could not be observed", now)
+        self.status.observed_generation = self.generation
+        if self.trouble != (reason, message):
+            kopf.event(self.body, type="Warning", reason=reason, message=message)
+            logger.warning("policy %s/%s: %s: %s", self.namespace, self.name, reason, message)
+        self.trouble = (reason, message)
+        return delay
+
+    # -- status and metrics
+
+    async def write(self) -> None:
+        try:
+            ok = await patch_status(PLURAL, self.namespace, self.name, status_wire(self.status))
+        except RequeueError as exc:
+            logger.warning("policy %s/%s: status not written: %s", self.namespace, self.name, exc.message)
+            return
+        if not ok:
+            self.gone = True
+
+    def forget_removed_queues(self) -> None:
+        """Drop the metric series of queues no longer observed (removed from the spec)."""
+        current = {q.name for q in self.status.queues}
+        removed = self.state.exported - current
+        if removed:
+            forget_metrics(PolicyRef(self.namespace, self.name, self.uid), sorted(removed))
+        self.state.exported = current
+
+
+# ---------------------------------------------------------------- kopf handlers
+
+
+@kopf.daemon(
+    GROUP, VERSION, PLURAL, id="evaluate",
+    # Our loop turns every failure into status and backoff; these bound what escapes it (bugs).
+    errors=kopf.ErrorsMode.TEMPORARY, backoff=30, retries=20,
+    cancellation_backoff=5.0, cancellation_timeout=30.0,
+)
+async def policy_daemon(body: kopf.Body, namespace: str | None, name: str | None, uid: str | None,
+                        stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """Evaluate one QueuePolicy every ``spec.interval`` until the daemon is stopped."""
+    assert namespace and name and uid
+    driver = PolicyDriver(body=body, namespace=namespace, name=name, uid=uid, state=policy_state(uid),
+                          stopped=stopped)
+    try:
+        await driver.run()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        logger.exception("policy %s/%s: daemon failed", namespace, name)
+        raise to_kopf(exc) from None
+
+
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="spec-changed", retries=3, backoff=1, timeout=60)
+async def policy_spec_changed(uid: str | None, **_: Any) -> None:
+    """A spec edit: wake the daemon, so a new interval or threshold applies now, not after the old one."""
+    if uid:
+        policy_state(uid).wake.set()
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup", retries=CLEANUP_RETRIES, backoff=5, timeout=600)
+async def policy_deleted(body: kopf.Body, status: kopf.Status, namespace: str | None, name: str | None,
+                         uid: str | None, retry: int, **_: Any) -> None:
+    """Leave the queues as the policy found them: resume those it paused; drop its memory and metrics.
+
+    Waits for the daemon's current evaluation first. Without any queue to
+    resume, an unreachable Redis does not hold the deletion up (the memory
+    expires by itself).
+    """
+    assert namespace and name and uid
+    state = policy_state(uid)
+    state.cancelled = True
+    state.wake.set()
+    async with state.lock:
+        current = state.status or load_status(status)
+        now = utcnow()
+        decision = release(current, now=now)
+        resumes = [a for a in decision.actions if isinstance(a, Resume)]
+        ref = PolicyRef(namespace, name, uid)
+        try:
+            spec = parse(QueuePolicySpec, dict(body.get("spec") or {}), name=f"{namespace}/{name}")
+            redis, _url = await open_redis(KubeSecrets(namespace), spec)
+            try:
+                ops = BullQueueOps(redis, spec.prefix)
+                for action in resumes:
+                    await ops.resume(action.queue)
+                await redis.delete(memory_key(uid))
+            finally:
+                await redis.aclose()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reason = exc.reason if isinstance(exc, RequeueError) else type(exc).__name__
+            message = exc.message if isinstance(exc, RequeueError) else redact_text(str(exc))
+            if resumes and retry + 1 < CLEANUP_RETRIES and not isinstance(exc, SpecInvalid):
+                raise to_kopf(exc) from None
+            if resumes:
+                queues = ", ".join(a.queue for a in resumes)
+                kopf.event(body, type="Warning", reason="CleanupFailed",
+                           message=f"giving up after {retry + 1} attempts ({reason}: {message}); "
+                                   f"resume these queues by hand: {queues}")
+            else:
+                logger.info("policy %s/%s: memory not dropped (%s); it expires by itself",
+                            namespace, name, reason)
+        else:
+            post_events(body, list(decision.events))
+            with contextlib.suppress(RequeueError):
+                await patch_status(PLURAL, namespace, name, status_wire(decision.status))
+        names = {q.name for q in current.queues} | state.exported
+        with contextlib.suppress(SpecInvalid):
+            spec = parse(QueuePolicySpec, dict(body.get("spec") or {}))
+            names |= set(spec.queues)
+            if spec.gates:
+                GateRunner(spec.gates, spec.gate_policy, KubeSecrets(namespace), namespace=namespace,
+                           owner=name).clear_metrics()
+        forget_metrics(ref, sorted(names))
+    _states.pop(uid, None)

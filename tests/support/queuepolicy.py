@@ -1,0 +1,157 @@
+"""Helpers for the QueuePolicy e2e tests: manifests, status reads, a Slack sink and /metrics.
+
+What a test asserts on comes from what a user sees: ``kubectl get``, events,
+the Slack channel (a local webhook the test runs), ``/metrics`` over HTTP,
+plus Redis itself. The DLQReplay helpers (:mod:`support.dlqreplay`) are reused
+for Secrets, Events and the operator command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from aiohttp import web
+
+from support import async_wait_until
+from support.dlqreplay import DLQR, condition, events
+from support.kube import Kube
+from support.operator_proc import OperatorProcess
+
+__all__ = [
+    "DLQR",
+    "QPOL",
+    "SlackSink",
+    "apply",
+    "condition",
+    "evaluations",
+    "kubectl",
+    "metric",
+    "policy",
+    "policy_events",
+    "scrape",
+    "status",
+    "wait_policy",
+]
+
+QPOL = "requeue.dev/v1alpha1/queuepolicies"
+
+
+def policy(name: str, queues: list[str], *, secret_name: str = "redis", namespace: str = "default",
+           **spec: Any) -> dict[str, Any]:
+    """A QueuePolicy manifest; ``spec`` entries are camelCase wire fields."""
+    return {"apiVersion": "requeue.dev/v1alpha1", "kind": "QueuePolicy",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"redis": {"urlSecretRef": {"name": secret_name, "key": "url"}},
+                     "queues": queues, **spec}}
+
+
+async def kubectl(kube: Kube, *args: str) -> str:
+    return (await asyncio.to_thread(kube.kubectl, *args)).stdout
+
+
+async def apply(kube: Kube, manifest: dict[str, Any]) -> None:
+    await asyncio.to_thread(kube.kubectl.apply, manifest)
+
+
+async def status(kube: Kube, name: str, namespace: str = "default") -> dict[str, Any]:
+    obj = await asyncio.to_thread(kube.get, QPOL, name, namespace)
+    return dict((obj or {}).get("status") or {})
+
+
+async def policy_events(kube: Kube, name: str) -> list[dict[str, Any]]:
+    """Events about the QueuePolicy (not its child replays), oldest first."""
+    items = await asyncio.to_thread(events, kube, name)
+    return [e for e in items if e.get("involvedObject", {}).get("kind") == "QueuePolicy"]
+
+
+async def wait_policy(kube: Kube, name: str, predicate: Callable[[dict[str, Any]], Any], *,
+                      operator: OperatorProcess | None = None, timeout: float = 30.0,  # noqa: ASYNC109
+                      what: str = "status") -> dict[str, Any]:
+    """Wait until ``predicate(status)`` holds; fail with the status and the operator's log tail."""
+    last: dict[str, Any] = {}
+
+    async def check() -> dict[str, Any] | None:
+        nonlocal last
+        last = await status(kube, name)
+        return last if predicate(last) else None
+
+    def explain() -> str:
+        tail = operator.logs()[-6000:] if operator is not None else ""
+        dump = json.dumps(last, indent=1)[:5000]
+        return f"{what} of qpol/{name}; last status:\n{dump}\noperator log:\n{tail}"
+
+    result: dict[str, Any] = await async_wait_until(check, timeout=timeout, interval=0.1, message=explain)
+    return result
+
+
+async def evaluations(kube: Kube, name: str, count: int, *, operator: OperatorProcess | None = None,
+                      timeout: float = 30.0) -> dict[str, Any]:  # noqa: ASYNC109
+    """Wait until the policy has been evaluated ``count`` more times; return the latest status."""
+    seen: set[str] = set()
+
+    def newer(st: dict[str, Any]) -> bool:
+        at = st.get("lastEvaluatedAt")
+        if at:
+            seen.add(at)
+        return len(seen) > count
+
+    return await wait_policy(kube, name, newer, operator=operator, timeout=timeout,
+                             what=f"{count} more evaluations")
+
+
+def queue_state(st: dict[str, Any], queue: str) -> dict[str, Any]:
+    return next((q for q in st.get("queues", []) if q.get("name") == queue), {})
+
+
+class SlackSink:
+    """A Slack incoming-webhook stand-in on 127.0.0.1 that records every POSTed message."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.messages.append(str(body.get("text", "")))
+        return web.Response(text="ok")
+
+    async def start(self) -> SlackSink:
+        app = web.Application()
+        app.router.add_post("/services/T000/B000/secret-token", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/services/T000/B000/secret-token"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def scrape(port: int) -> str:
+    """``GET /metrics`` from the operator."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics")
+        response.raise_for_status()
+        return response.text
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample ``name{labels...}`` (labels matched as a subset), or None."""
+    for line in text.splitlines():
+        m = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
+        if m is None or m[1] != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m[2] or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(m[3])
+    return None
