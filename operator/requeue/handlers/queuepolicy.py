@@ -310,7 +310,7 @@ class PolicyDriver:
             else:
                 self.state.memory = result.memory
                 if self.trouble is not None:
-                    events.append(PolicyEvent("Normal", "Recovered", f"{self.trouble[0]} resolved"))
+                    events.append(PolicyEvent("Normal", "Resolved", f"{self.trouble[0]} resolved"))
                 self.trouble, self.failures = None, 0
             self.status = result.status
             self.state.status = self.status
