@@ -542,3 +542,20 @@ def test_dashboard_panels_do_not_overlap(chart: helm_python.Chart) -> None:
 def test_dashboard_namespace_can_differ(chart: helm_python.Chart) -> None:
     objects = render(chart, {"dashboard": {"enabled": True, "namespace": "monitoring"}})
     assert one(objects, "ConfigMap")["metadata"]["namespace"] == "monitoring"
+
+
+@pytest.mark.parametrize("case", ["default", "watchNamespaces"])
+def test_the_deployment_args_are_ones_requeue_run_accepts(chart: helm_python.Chart, case: str) -> None:
+    """The chart and the CLI must agree, or the pod crash-loops on a usage error."""
+    from requeue.cli import main
+
+    container = one(render(chart, CASES[case]), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    args = list(container.get("command", [])[1:]) + list(container["args"])
+    assert args[0] == "run"
+    run = main.commands["run"]
+    ctx = run.make_context("run", args[1:])  # raises click.UsageError on an unknown flag
+    assert ctx.params["standalone"] is True
+    if case == "watchNamespaces":
+        assert list(ctx.params["namespaces"]) == ["visapi", "payments"]
+    else:
+        assert ctx.params["clusterwide"] is True
