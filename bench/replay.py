@@ -142,7 +142,7 @@ def _vm_hwm_kib() -> int:
 
 async def _child(mode: str, url: str, window: tuple[str, str]) -> dict[str, Any]:
     from requeue.api import DLQReplaySpec
-    from requeue.queues import BullQueue, Cursor, connect
+    from requeue.queues import BullQueue, connect
     from requeue.replay import ReplayEngine
 
     redis = await connect(url)
@@ -154,17 +154,12 @@ async def _child(mode: str, url: str, window: tuple[str, str]) -> dict[str, Any]
     }
     try:
         started = time.perf_counter()
-        if mode == "scan":
-            q = BullQueue(redis, QUEUE, prefix=PREFIX)
-            cursor, scanned, done = Cursor(), 0, False
-            while not done:
-                page = await q.select_page(cursor)
-                for job in page.jobs:  # what inspect does with each job: group it
-                    _ = (job.name, job.failed_reason, job.finished_on)
-                scanned += page.scanned
-                cursor, done = page.cursor, page.done
+        if mode == "scan":  # what `requeue inspect` runs: group the whole failed set
+            from requeue.analysis import analyse_failed_set
+
+            report = await analyse_failed_set(BullQueue(redis, QUEUE, prefix=PREFIX))
             elapsed = time.perf_counter() - started
-            return {"elapsed": elapsed, "jobs": scanned, "rss_kib": _vm_hwm_kib()}
+            return {"elapsed": elapsed, "jobs": report.total, "rss_kib": _vm_hwm_kib()}
         if mode == "selective":
             body["selector"] = {"jobNames": [MIX[0][0]]}
         elif mode == "window":
@@ -343,7 +338,7 @@ def measure_idle(ds: Dataset) -> Run:
 MODES = (
     ("selective", "requeue selective replay (name, 30%)"),
     ("window", "requeue time-window replay (all)"),
-    ("scan", "requeue scan (select_page, inspect)"),
+    ("scan", "requeue inspect (analyse_failed_set)"),
     ("dryrun", "requeue dry run (engine, no filter)"),
 )
 
@@ -418,7 +413,8 @@ def report(args: argparse.Namespace, idle: Row, rows: dict[str, Row], small_rss:
     print(f"\nrequeue replay benchmark: {args.jobs} failed jobs (30% whatsapp.send, 30% pdf.generate, "
           f"40% email.send, ~200-byte data), seeded by Node BullMQ {args.major}; redis-server "
           f"{redis_sync.__version__ and _redis_version()}; Python {platform.python_version()}; "
-          f"{os.cpu_count()} CPUs; medians of {args.runs} runs\n")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; "
+          f"medians of {args.runs} runs\n")
     head = f"{'measurement':44} {'jobs':>8} {'seconds':>8} {'jobs/s':>9} {'PING max':>9} {'PING p99':>9} " \
            f"{'Redis busy':>10} {'peak RSS':>9} {'RSS 1k':>7}"
     print(head)

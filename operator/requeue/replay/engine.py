@@ -62,15 +62,15 @@ logger = logging.getLogger(__name__)
 
 #: Failed-set members per selection page (one read-only Lua call each, ~3 µs of Redis time per
 #: member it returns: a page stays around a millisecond, so other clients never wait long).
-SELECT_PAGE_SIZE = 400
+SELECT_PAGE_SIZE = 250
 #: Page size when names are prefiltered in Redis (non-matching members cost ~0.5 µs each).
-SELECT_PAGE_SIZE_NAMES = 1000
+SELECT_PAGE_SIZE_NAMES = 600
 #: Failed-set members scanned per selection step at most (several pages, each committed alone).
 SELECT_STEP_MEMBERS = 20_000
 #: Jobs per sub-transaction of a replay batch with BullMQ's ``reprocessJob`` (~20 µs of Redis
 #: time each: a MULTI stays around 2 ms) and with ``moveJobsToWait`` (~6 µs each).
-REPROCESS_CHUNK = 100
-MOVE_CHUNK = 300
+REPROCESS_CHUNK = 80
+MOVE_CHUNK = 250
 #: Jobs per sub-transaction of a targetQueue batch (an add and a remove script each).
 COPY_CHUNK = 50
 #: Replayed ids checked per verification step.
