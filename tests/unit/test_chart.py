@@ -55,6 +55,7 @@ NAMESPACED_PERMISSIONS: dict[tuple[str, str], set[str]] = {
     ("requeue.dev", "queuepolicies"): {"get", "list", "watch", "patch"},
     ("requeue.dev", "dlqreplays/status"): {"patch"},
     ("requeue.dev", "queuepolicies/status"): {"patch"},
+    ("requeue.dev", "queuepolicies/finalizers"): {"update"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},

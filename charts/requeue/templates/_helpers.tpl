@@ -93,6 +93,8 @@ Verbs are exactly what the operator does, nothing more:
   get/list/watch/patch  reconcile, add finalizers, record kopf progress
   create                a QueuePolicy's auto replay creates child DLQReplays
   delete                DLQReplay spec.ttlSecondsAfterFinished
+  update .../finalizers a child DLQReplay's ownerReference has blockOwnerDeletion, which
+                        clusters enforcing owner-reference permissions allow only then
   get on Secrets        Redis URLs and gate credentials (named by secretRefs, same namespace)
   create/patch Events   every failure has a name (core and events.k8s.io)
 */}}
@@ -106,6 +108,9 @@ Verbs are exactly what the operator does, nothing more:
 - apiGroups: ["requeue.dev"]
   resources: ["dlqreplays"]
   verbs: ["create", "delete"]
+- apiGroups: ["requeue.dev"]
+  resources: ["queuepolicies/finalizers"]
+  verbs: ["update"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]

@@ -11,7 +11,8 @@ The kopf timer (``handlers/``) only wires real implementations::
         gates=<GateRunner results, thresholds applied>,
         memory=<result.memory of the previous evaluation, or None after a restart>,
     )
-    patch.status.update(result.status.to_wire()); emit result.events; keep result.memory
+    write result.status with unset top-level fields as explicit nulls (merge-patch would
+    keep a stale gatesGreenSince otherwise); emit result.events; keep result.memory
 
 Nothing here raises for a Redis outage or a failed action: Redis errors become
 ``Ready=False`` (reason ``RedisUnreachable``/``AuthFailed``) and failed actions
