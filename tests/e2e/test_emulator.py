@@ -201,6 +201,26 @@ def test_secret_string_data_becomes_data(widgets: Kube) -> None:
     assert base64.b64decode(secret["data"]["dsn"]) == b"postgresql://u:p@h/db2"
 
 
+def test_typed_kubectl_create_sends_protobuf_and_works(widgets: Kube) -> None:
+    """``kubectl create namespace|secret|configmap`` encode protobuf; the emulator decodes it."""
+    widgets.kubectl("create", "namespace", "visapi")
+    assert "visapi" in widgets.kubectl("get", "namespaces", "-o", "name").stdout
+    widgets.kubectl("-n", "visapi", "create", "secret", "generic", "redis",
+                    "--from-literal=url=redis://127.0.0.1:6379/0", "--from-literal=empty=")
+    secret = widgets.kubectl.json("-n", "visapi", "get", "secret", "redis")
+    assert secret["type"] == "Opaque"
+    assert base64.b64decode(secret["data"]["url"]).decode() == "redis://127.0.0.1:6379/0"
+    assert secret["data"]["empty"] == ""
+    widgets.kubectl("-n", "visapi", "create", "configmap", "settings", "--from-literal=rate=50")
+    assert widgets.kubectl.json("-n", "visapi", "get", "cm", "settings")["data"] == {"rate": "50"}
+    widgets.kubectl("label", "namespace", "visapi", "team=payments")
+    assert widgets.kubectl.json("get", "ns", "visapi")["metadata"]["labels"] == {"team": "payments"}
+    with pytest.raises(KubectlError, match="AlreadyExists"):
+        widgets.kubectl("create", "namespace", "visapi")
+    widgets.kubectl("delete", "namespace", "visapi")
+    assert "visapi" not in widgets.kubectl("get", "namespaces", "-o", "name").stdout
+
+
 def test_repo_examples_apply_and_print_with_the_crd_columns(kube: Kube) -> None:
     examples = sorted(EXAMPLES.glob("*.yaml"))
     kinds = {doc["kind"] for path in examples for doc in yaml.safe_load_all(path.read_text())

@@ -9,10 +9,12 @@ modules are imported as ``support.<module>`` (pytest puts ``tests/`` on
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+# Moved into the package (``requeue demo`` runs the emulator on it too); re-exported here.
+from requeue.devcluster.loop import BackgroundLoop
 
 __all__ = ["BackgroundLoop", "async_wait_until", "wait_until"]
 
@@ -58,38 +60,3 @@ async def async_wait_until(
             text = message() if callable(message) else message
             raise AssertionError(f"timed out after {timeout}s waiting for {text}")
         await asyncio.sleep(interval)
-
-
-class BackgroundLoop:
-    """An event loop in a daemon thread, for servers that must keep serving while the test blocks.
-
-    The kmock emulator and a proxy in front of a subprocess live here: the test
-    thread runs blocking ``kubectl`` calls and ``wait_until`` polls, which would
-    freeze a server sharing the test's own loop.
-    """
-
-    def __init__(self, name: str = "support-loop") -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        """Run ``coro`` on the background loop and block until it returns."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        async def _cancel_rest() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        if self.loop.is_running():
-            self.run(_cancel_rest(), timeout=10)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=10)
-        self.loop.close()
