@@ -555,7 +555,7 @@ class ApiServer(kmock.KubernetesEmulator):
     def _table(self, resource: kmock.resource, items: list[dict[str, Any]],
                request: Request) -> dict[str, Any]:
         """A meta.k8s.io/v1 Table, as kube-apiserver sends to ``kubectl get``."""
-        columns = self._columns.get(resource, [NAME_COLUMN, AGE_COLUMN])
+        columns = self.columns(resource)
         include = request.params.get("includeObject", "Metadata")
         rows = []
         for obj in items:
@@ -573,6 +573,17 @@ class ApiServer(kmock.KubernetesEmulator):
         """The served resource of that apiVersion and kind, or None. Call on the loop."""
         return next((res for res in self._get_resources() if self._kind(res) == (api_version, kind)),
                     None)
+
+    def columns(self, resource: kmock.resource) -> list[Column]:
+        """The Table columns ``kubectl get`` receives for the resource."""
+        return self._columns.get(resource, [NAME_COLUMN, AGE_COLUMN])
+
+    def list_raw(self, res: str | kmock.resource, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Stored objects (deep copies), sorted by namespace and name. Call on the loop."""
+        resource = kmock.resource(res)
+        items = [copy.deepcopy(obj.raw) for (r, ns, _), obj in self.objects.items()
+                 if r == resource and not obj.deleted and (namespace is None or ns == namespace)]
+        return sorted(items, key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
 
     def get_raw(self, res: str | kmock.resource, name: str,
                 namespace: str | None = None) -> dict[str, Any] | None:
@@ -756,6 +767,28 @@ class Cluster:
 
     def add_crd(self, crd: Mapping[str, Any]) -> list[kmock.resource]:
         return self.loop.run(self.server.add_crd(crd))
+
+    def list_objects(self, res: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Stored objects of a resource (deep copies), by namespace and name; all namespaces if None."""
+        return self.run(lambda server: server.list_raw(res, namespace))  # type: ignore[no-any-return]
+
+    def table(self, res: str, namespace: str | None = None, *, sort_by: str | None = None) -> str:
+        """What ``kubectl get [--sort-by=JSONPATH]`` prints, from the same server-side Table columns."""
+        def build(server: ApiServer) -> tuple[list[str], list[list[Any]]]:
+            columns = [c for c in server.columns(kmock.resource(res)) if not c[0].get("priority")]
+            items = server.list_raw(res, namespace)
+            if sort_by is not None:
+                items.sort(key=lambda obj: str(next(iter(jsonpath(obj, sort_by)), "")))
+            return ([c["name"].upper() for c, _ in columns],
+                    [[getter(obj) for _, getter in columns] for obj in items])
+
+        headers, rows = self.run(build)
+        if not rows:
+            return f"No resources found in {namespace} namespace.\n" if namespace else "No resources found\n"
+        cells = [headers, *[["<none>" if v is None else str(v) for v in row] for row in rows]]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+        return "".join("   ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n"
+                       for row in cells)
 
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """POST ``obj`` over HTTP, as a client would; return the stored object, or raise KubectlError.
