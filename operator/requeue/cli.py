@@ -139,7 +139,7 @@ def inspect(redis_url: str, queue: str, prefix: str, top: int, sample: int, outp
 @click.option("--timeout", type=click.FloatRange(min=5), default=120, show_default=True,
               help="Seconds the replay may take before the demo gives up.")
 def demo(jobs: int, keep: bool, no_color: bool, timeout: float) -> None:
-    """Replay an outage's failed BullMQ jobs on this machine, no cluster needed (about 30 s).
+    """Replay an outage's failed BullMQ jobs on this machine, no cluster needed (about 20 s).
 
     Starts an API-server emulator, a redis-server, the operator and BullMQ
     workers; stops all of them on exit. Needs: pip install 'requeue[demo]'.

@@ -131,3 +131,13 @@ def test_an_interrupted_demo_stops_everything_it_started(signum: int, when: str)
     assert demo.returncode == 130, output
     assert "interrupted: stopping everything the demo started" in output
     assert_nothing_left(mark, output)
+
+
+def test_without_the_demo_extra_it_says_what_to_install() -> None:
+    """kmock missing (as after a plain ``pip install requeue``): exit 2 and the pip command."""
+    code = "import sys; sys.modules['kmock'] = None; from requeue.cli import main; main(['demo'])"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=demo_env(uuid.uuid4().hex),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "pip install 'requeue[demo]'" in proc.stderr
+    assert "kmock" in proc.stderr
