@@ -141,3 +141,37 @@ def test_without_the_demo_extra_it_says_what_to_install() -> None:
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "pip install 'requeue[demo]'" in proc.stderr
     assert "kmock" in proc.stderr
+
+
+@pytest.mark.timeout(240)
+def test_keep_leaves_a_cluster_to_explore_until_ctrl_c() -> None:
+    mark = uuid.uuid4().hex
+    demo = subprocess.Popen([sys.executable, "-m", "requeue", "demo", "--jobs", "200", "--keep"],
+                            cwd=REPO_ROOT, env=demo_env(mark), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            lines.append(line)
+            if line.startswith("operator log: "):  # the last line of the --keep instructions
+                break
+        else:
+            pytest.fail(f"the demo ended instead of staying up:\n{''.join(lines)}")
+        output = "".join(lines)
+        kubeconfig = re.search(r"^export KUBECONFIG=(\S+)$", output, re.MULTILINE)
+        assert kubeconfig, output
+        got = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig[1]}", "-n", "visapi", "get", "dlqr",
+                              "-o", "jsonpath={.items[0].status.phase}"],
+                             capture_output=True, text=True, timeout=30)
+        assert got.stdout == "Succeeded", got.stderr
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    output = "".join(lines) + rest
+    assert demo.returncode == 0, output  # the replay Succeeded; Ctrl-C is how --keep ends
+    assert not Path(kubeconfig[1]).exists()
+    assert_nothing_left(mark, output)

@@ -57,6 +57,9 @@ def run_demo(*, jobs: int = 3000, keep: bool = False, color: bool = True, timeou
     try:
         return asyncio.run(main())
     except (KeyboardInterrupt, asyncio.CancelledError):
+        if keep and session.final_phase:  # --keep ends with Ctrl-C: the replay's outcome decides
+            console.print("stopping everything the demo started", highlight=False)
+            return EXIT_OK if session.final_phase == "Succeeded" else EXIT_FAILED
         console.print("interrupted: stopping everything the demo started", highlight=False)
         return EXIT_INTERRUPTED
     except Exception as exc:
