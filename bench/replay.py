@@ -236,10 +236,18 @@ class Dataset:
     window: tuple[str, str] = ("", "")
     server: Any = None
 
-    def build(self) -> Dataset:
+    def build(self, cache: Path | None = None) -> Dataset:
+        """Seed (or, with ``cache``, reuse an rdb seeded before with the same size and major)."""
         from support.redis_server import RedisServer
 
         self.server = RedisServer().start()
+        self.snapshot = self.workdir / f"snapshot-{self.jobs}.rdb"
+        cached = cache / f"replay-{self.jobs}-bullmq{self.major}.rdb" if cache else None
+        if cached is not None and cached.exists():
+            self.window = tuple(json.loads(cached.with_suffix(".json").read_text()))  # type: ignore[assignment]
+            shutil.copy(cached, self.snapshot)
+            self.restore()
+            return self
         t0 = datetime.now(UTC) - timedelta(seconds=5)
         asyncio.run(seed(self.server.url, self.jobs, self.major))
         self.window = (t0.isoformat(), (datetime.now(UTC) + timedelta(days=1)).isoformat())
@@ -249,8 +257,11 @@ class Dataset:
             client.save()
         finally:
             client.close()
-        self.snapshot = self.workdir / f"snapshot-{self.jobs}.rdb"
         shutil.copy(self.server._dir / "dump.rdb", self.snapshot)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(self.snapshot, cached)
+            cached.with_suffix(".json").write_text(json.dumps(self.window))
         return self
 
     def restore(self) -> None:
@@ -357,6 +368,9 @@ def main() -> None:
     parser.add_argument("--only", default="",
                         help="comma-separated subset of: retry,selective,window,scan,dryrun")
     parser.add_argument("--no-small", action="store_true", help="skip the 1k-job RSS baseline")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="directory keeping seeded rdb files: later runs with the same --jobs and "
+                             "--major skip seeding (the data are the same: Node BullMQ seeded them)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--after", help=argparse.SUPPRESS)
@@ -375,10 +389,10 @@ def main() -> None:
     try:
         t = time.perf_counter()
         print(f"seeding {args.jobs} failed jobs with Node BullMQ {args.major} ...", file=sys.stderr)
-        big = Dataset(args.jobs, args.major, workdir).build()
+        big = Dataset(args.jobs, args.major, workdir).build(args.cache)
         print(f"  seeded in {time.perf_counter() - t:.1f}s", file=sys.stderr)
         if not args.no_small:
-            small = Dataset(min(SMALL_JOBS, args.jobs), args.major, workdir).build()
+            small = Dataset(min(SMALL_JOBS, args.jobs), args.major, workdir).build(args.cache)
         idle = Row("idle (no load)")
         rows: dict[str, Row] = {}
         small_rss: dict[str, float] = {}

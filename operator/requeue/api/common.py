@@ -95,7 +95,7 @@ class Rate(ApiModel):
     """How fast jobs go back to the queue, so the replay does not flood workers or Redis."""
 
     jobs_per_second: float = Field(
-        default=100, gt=0, le=100_000, description="Average replay rate (token bucket)."
+        default=100, gt=0, le=1_000_000, description="Average replay rate (token bucket)."
     )
     batch_size: int = Field(default=200, ge=1, le=1000, description="Jobs moved per Redis round trip.")
     max_waiting: int | None = Field(

@@ -39,6 +39,12 @@ class ReprocessResult(IntEnum):
     NOT_IN_FAILED = -3
 
 
+def _script_body(script: Any) -> bytes:
+    """A registered script's text as bytes (redis-py keeps what it was given)."""
+    body = script.script
+    return body.encode() if isinstance(body, str) else bytes(body)
+
+
 def text(value: Any) -> str | None:
     """Redis reply to ``str`` (clients may or may not decode responses)."""
     if value is None or value is False:
@@ -326,15 +332,21 @@ class BullQueue:
         return [head + bulk(base + job_id) + middle + bulk(job_id) + (rpush if job_id in lifo_ids else lpush)
                 + tail for job_id in ids]
 
-    def move_to_wait_command(self, *, count: int, max_timestamp: int | str, paused: bool) -> bytes:
+    def move_to_wait_command(self, *, count: int, max_timestamp: int | str, paused: bool,
+                             inline: bool = False) -> bytes:
         """``EVALSHA moveJobsToWait`` for the failed set, packed; paused-aware like
         :meth:`reprocess_commands`. Moves the first ``count`` members with a score <=
         ``max_timestamp``; keeps attempts and ignores priority and lifo (see
-        :meth:`move_failed_to_wait`)."""
+        :meth:`move_failed_to_wait`).
+
+        ``inline``: ``EVAL`` with BullMQ's script text instead (a few kB more per call, a
+        SHA1 of it in Redis): inside a MULTI it can never fail with NOSCRIPT after the
+        commands around it ran (Redis checks a script's presence only at EXEC)."""
         k = self.keys
-        return pack("EVALSHA", self.scripts.move_jobs_to_wait.sha, 8, k.base, k.events, k.failed,
-                    self.target_list(paused), k.paused, k.meta, k.active, k.marker,
-                    count, max_timestamp, "failed")
+        script = self.scripts.move_jobs_to_wait
+        head = ("EVAL", _script_body(script)) if inline else ("EVALSHA", script.sha)
+        return pack(*head, 8, k.base, k.events, k.failed, self.target_list(paused), k.paused, k.meta,
+                    k.active, k.marker, count, max_timestamp, "failed")
 
     def reset_attempts_commands(self, ids: Sequence[str]) -> list[bytes]:
         """``HDEL atm ats`` per job: what ``reprocessJob`` does with its reset flags, for jobs that

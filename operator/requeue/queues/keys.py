@@ -132,6 +132,12 @@ class ReplayKeys:
         return self._key("lifo")
 
     @property
+    def slow(self) -> str:
+        """Sorted set: selected ids that need BullMQ's ``reprocessJob`` (a priority, or lifo),
+        scored by their position in the snapshot; the bulk path (``moveJobsToWait``) skips them."""
+        return self._key("slow")
+
+    @property
     def names(self) -> str:
         """Hash: matched jobs per job name."""
         return self._key("names")
@@ -147,5 +153,5 @@ class ReplayKeys:
         return self._key("corrupt")
 
     def all(self) -> list[str]:
-        return [self.snapshot, self.progress, self.replayed, self.lifo, self.names, self.reasons,
-                self.corrupt]
+        return [self.snapshot, self.progress, self.replayed, self.lifo, self.slow, self.names,
+                self.reasons, self.corrupt]

@@ -1,9 +1,47 @@
 """requeue's own Lua. BullMQ's state changes always go through BullMQ's scripts
 (:mod:`requeue.queues.scripts`); these only read BullMQ keys, bounded per call,
-and write nothing but requeue's own keys.
+and write nothing but requeue's own keys (one exception, documented at
+:data:`FAST_TALLY`: the attempt counters that ``reprocessJob`` would reset).
 """
 
 from __future__ import annotations
+
+#: Lua shared by the selection scripts: up to ``count`` members of the failed set ``key``
+#: after the cursor (``last_score``, ``last_id``; ``last_id`` "" = from ``min_s``), with
+#: their scores, below ``max_s`` where a range query is used (callers still stop at
+#: ``maxv``). Sets ``items`` (member, score, ...) and ``exhausted``.
+_AFTER_CURSOR = r"""
+local items
+local exhausted = false
+if last_id == "" then
+  items = rcall("ZRANGEBYSCORE", key, min_s, "(" .. max_s, "WITHSCORES", "LIMIT", 0, count)
+  exhausted = #items < 2 * count
+else
+  local rank = rcall("ZRANK", key, last_id)
+  local sc = rank and rcall("ZSCORE", key, last_id)
+  if rank and tonumber(sc) == tonumber(last_score) then
+    items = rcall("ZRANGE", key, rank + 1, rank + count, "WITHSCORES")
+    exhausted = #items < 2 * count
+  else
+    items = {}
+    local ls = tonumber(last_score)
+    local offset = 0
+    while true do
+      local chunk = rcall("ZRANGEBYSCORE", key, last_score, "(" .. max_s, "WITHSCORES",
+                          "LIMIT", offset, count)
+      if #chunk < 2 * count then exhausted = true end
+      for i = 1, #chunk, 2 do
+        if tonumber(chunk[i + 1]) > ls or chunk[i] > last_id then
+          items[#items + 1] = chunk[i]
+          items[#items + 1] = chunk[i + 1]
+        end
+      end
+      if #items > 0 or exhausted then break end
+      offset = offset + count
+    end
+  end
+end
+"""
 
 #: Read-only: one page of the failed set after a (score, id) cursor, name-prefiltered.
 #:
@@ -22,40 +60,12 @@ from __future__ import annotations
 SELECT_PAGE = r"""
 local rcall = redis.call
 local key, prefix = KEYS[1], ARGV[1]
+local min_s, max_s = ARGV[2], ARGV[3]
 local maxv = tonumber(ARGV[3])
 local last_score, last_id = ARGV[4], ARGV[5]
 local count = tonumber(ARGV[6])
 local want_data = ARGV[7] == "1"
-local items
-local exhausted = false
-if last_id == "" then
-  items = rcall("ZRANGEBYSCORE", key, ARGV[2], "(" .. ARGV[3], "WITHSCORES", "LIMIT", 0, count)
-  exhausted = #items < 2 * count
-else
-  local rank = rcall("ZRANK", key, last_id)
-  local sc = rank and rcall("ZSCORE", key, last_id)
-  if rank and tonumber(sc) == tonumber(last_score) then
-    items = rcall("ZRANGE", key, rank + 1, rank + count, "WITHSCORES")
-    exhausted = #items < 2 * count
-  else
-    items = {}
-    local ls = tonumber(last_score)
-    local offset = 0
-    while true do
-      local chunk = rcall("ZRANGEBYSCORE", key, last_score, "(" .. ARGV[3], "WITHSCORES",
-                          "LIMIT", offset, count)
-      if #chunk < 2 * count then exhausted = true end
-      for i = 1, #chunk, 2 do
-        if tonumber(chunk[i + 1]) > ls or chunk[i] > last_id then
-          items[#items + 1] = chunk[i]
-          items[#items + 1] = chunk[i + 1]
-        end
-      end
-      if #items > 0 or exhausted then break end
-      offset = offset + count
-    end
-  end
-end
+""" + _AFTER_CURSOR + r"""
 local npat = #ARGV - 7
 local out = {0, last_score, last_id, 0}
 local scanned = 0
@@ -183,6 +193,254 @@ end
 if skipped > 0 then rcall("HINCRBY", KEYS[1], "skipped", skipped) end
 if missing > 0 then rcall("HINCRBY", KEYS[1], "missing", missing) end
 return {moved, skipped, missing}
+"""
+
+#: Selection of a pure time window (no filter but the window and maxJobs), entirely
+#: inside Redis: one bounded page per call, committed by the call itself (a script is
+#: atomic), so nothing per job crosses the network and a crash between calls loses or
+#: repeats nothing. Writes requeue's keys only; reads BullMQ's failed set and job hashes.
+#:
+#: Per member of the window after the selection cursor (progress ``sel_score``/``sel_id``):
+#: a job whose hash or name is missing, or whose data is absent or not JSON, is corrupt
+#: (counted, first ids listed, never selected); any other is appended to the snapshot,
+#: counted by name and by failure reason (digits folded to "0" here, capped at ARGV[8]
+#: distinct keys, the rest under "\0other"; Python finishes the normalisation, which gives
+#: the same groups since it treats every digit alike), and, when it needs BullMQ's
+#: ``reprocessJob`` (a priority: goes to ``prioritized``; ``lifo``: pushed right), its
+#: snapshot position is added to the ``slow`` zset (score = position) so the replay
+#: knows where ``moveJobsToWait`` must not be used.
+#:
+#: KEYS[1] failed zset, [2] progress hash, [3] snapshot list, [4] names hash, [5] reasons
+#: hash, [6] corrupt list, [7] lifo set, [8] slow zset. ARGV[1] job key prefix, [2] min
+#: score (inclusive), [3] max score (exclusive), [4] members to scan at most, [5] maxJobs
+#: (0 = none), [6] the selection's upper bound (stored), [7] corrupt ids kept, [8] reason
+#: keys kept, [9] "1": data must parse as JSON (cjson), "0": only look like JSON (first and
+#: last character; several times cheaper, and what a truncated or non-JSON value fails).
+#: Returns {scanned, selected, corrupt, done 1/0}; scanned is -1 when the progress is not
+#: in the selecting stage (another process moved on).
+SELECT_WINDOW = r"""
+local rcall = redis.call
+local key, progress = KEYS[1], KEYS[2]
+local prefix, min_s, max_s = ARGV[1], ARGV[2], ARGV[3]
+local maxv = tonumber(max_s)
+local count, max_jobs = tonumber(ARGV[4]), tonumber(ARGV[5])
+local exact = ARGV[9] == "1"
+local p = rcall("HMGET", progress, "stage", "sel_score", "sel_id", "matched")
+if p[1] ~= "selecting" then return {-1, 0, 0, 0} end
+local last_score, last_id = p[2] or "", p[3] or ""
+local matched = tonumber(p[4]) or 0
+""" + _AFTER_CURSOR + r"""
+local decode = cjson.decode
+local byte = string.byte
+local function json_ok(s)
+  if exact then return (pcall(decode, s)) end
+  local f, l = byte(s, 1), byte(s, -1)
+  if not f then return false end
+  if f <= 32 or l <= 32 then
+    s = string.match(s, "^%s*(.-)%s*$")
+    if s == "" then return false end
+    f, l = byte(s, 1), byte(s, -1)
+  end
+  if f == 123 then return l == 125 end
+  if f == 91 then return l == 93 end
+  if f == 34 then return l == 34 and #s > 1 end
+  if f == 116 or f == 102 then return l == 101 end
+  if f == 110 then return l == 108 end
+  if f == 45 or (f >= 48 and f <= 57) then return l >= 48 and l <= 57 end
+  return false
+end
+local room = max_jobs > 0 and (max_jobs - matched) or -1
+local done = exhausted
+local ids, nids = {}, 0
+local names, reasons, folded = {}, {}, {}
+local corrupt, lifo, slow = {}, {}, {}
+local nprio, nlifo, scanned = 0, 0, 0
+local cur_score, cur_id = last_score, last_id
+for i = 1, #items, 2 do
+  local id, score = items[i], items[i + 1]
+  if tonumber(score) >= maxv then
+    done = true
+    break
+  end
+  if room >= 0 and nids >= room then
+    done = true
+    break
+  end
+  scanned = scanned + 1
+  cur_score, cur_id = score, id
+  local f = rcall("HMGET", prefix .. id, "name", "data", "priority", "opts", "failedReason")
+  local name, data = f[1], f[2]
+  if not name or name == "" or not data or not json_ok(data) then
+    corrupt[#corrupt + 1] = id
+  else
+    nids = nids + 1
+    ids[nids] = id
+    names[name] = (names[name] or 0) + 1
+    local r = f[5] or ""
+    local k = folded[r]
+    if not k then
+      k = r
+      if #k > 1000 then k = string.sub(k, 1, 1000) end
+      k = string.gsub(k, "%d", "0")
+      folded[r] = k
+    end
+    reasons[k] = (reasons[k] or 0) + 1
+    local prio = (tonumber(f[3]) or 0) ~= 0
+    local lf = f[4] and string.find(f[4], '"lifo":true', 1, true)
+    if prio or lf then
+      slow[#slow + 1] = matched + nids - 1
+      slow[#slow + 1] = id
+      if prio then nprio = nprio + 1 end
+      if lf then
+        nlifo = nlifo + 1
+        lifo[#lifo + 1] = id
+      end
+    end
+  end
+end
+if room >= 0 and nids >= room then done = true end
+for i = 1, nids, 1000 do rcall("RPUSH", KEYS[3], unpack(ids, i, math.min(i + 999, nids))) end
+for n, c in pairs(names) do rcall("HINCRBY", KEYS[4], n, c) end
+local nkeys = rcall("HLEN", KEYS[5])
+local cap = tonumber(ARGV[8])
+for r, c in pairs(reasons) do
+  if nkeys >= cap and rcall("HEXISTS", KEYS[5], r) == 0 then r = "\0other" end
+  if rcall("HINCRBY", KEYS[5], r, c) == c then nkeys = nkeys + 1 end
+end
+if #corrupt > 0 then
+  rcall("RPUSH", KEYS[6], unpack(corrupt, 1, math.min(#corrupt, tonumber(ARGV[7]))))
+  rcall("LTRIM", KEYS[6], 0, tonumber(ARGV[7]) - 1)
+  rcall("HINCRBY", progress, "corrupt", #corrupt)
+end
+if #lifo > 0 then rcall("SADD", KEYS[7], unpack(lifo)) end
+if #slow > 0 then rcall("ZADD", KEYS[8], unpack(slow)) end
+rcall("HINCRBY", progress, "matched", nids)
+rcall("HINCRBY", progress, "scanned", scanned)
+rcall("HINCRBY", progress, "lifo_count", nlifo)
+rcall("HINCRBY", progress, "prio_count", nprio)
+rcall("HSET", progress, "sel_score", cur_score, "sel_id", cur_id, "upper", ARGV[6],
+      "slow_pos", "1", "reasons_folded", "1")
+if done then rcall("HSET", progress, "stage", "replaying") end
+return {scanned, nids, #corrupt, done and 1 or 0}
+"""
+
+#: Read-only: how to move the next ``n`` snapshot ids, in one round trip per step.
+#:
+#: BullMQ's ``moveJobsToWait`` moves the first members of the failed set; it does exactly
+#: what ``reprocessJob`` does for each of them (same fields deleted, same ``waiting``
+#: event, same push to the left of the same list, same marker) except for jobs with a
+#: priority or ``lifo``. So the snapshot's next ids are compared with the head of the
+#: failed set: the longest run where they agree is split into "fast" chunks (no slow
+#: position in them, see SELECT_WINDOW) and "slow" chunks (those positions, for
+#: ``reprocessJob``); when even the first id disagrees (older failures outside the
+#: window, a job retried meanwhile), one slow chunk. Each fast chunk is checked again
+#: atomically right before it runs (FAST_GUARD), so this plan is only a prediction.
+#:
+#: KEYS[1] progress, [2] lease, [3] BullMQ meta, [4] snapshot, [5] failed zset, [6] slow
+#: zset. ARGV[1] our lease value, [2] jobs wanted, [3] fast chunk size, [4] slow chunk
+#: size, [5] "pos" (slow zset is complete), "none" (no job needs reprocessJob), "off"
+#: (no fast path). Returns JSON: [lease ok 1/0, cursor, matched, paused 1/0, copied_upto,
+#: then chunks: "f", count, score of its last member | "s", count].
+PLAN_MOVES = r"""
+local rcall = redis.call
+local out = {rcall("GET", KEYS[2]) == ARGV[1] and 1 or 0}
+local p = rcall("HMGET", KEYS[1], "cursor", "matched", "copied_upto")
+local cursor, matched = tonumber(p[1]) or 0, tonumber(p[2]) or 0
+out[2], out[3], out[4], out[5] = cursor, matched, rcall("HEXISTS", KEYS[3], "paused"), tonumber(p[3]) or 0
+local n = math.min(tonumber(ARGV[2]), matched - cursor)
+if n <= 0 then return cjson.encode(out) end
+local fast_n, slow_n = tonumber(ARGV[3]), tonumber(ARGV[4])
+local m, head = 0, {}
+if ARGV[5] ~= "off" then
+  local ids = rcall("LRANGE", KEYS[4], cursor, cursor + n - 1)
+  head = rcall("ZRANGE", KEYS[5], 0, #ids - 1, "WITHSCORES")
+  while m < #ids and head[2 * m + 1] == ids[m + 1] do m = m + 1 end
+end
+if m == 0 then
+  out[#out + 1] = "s"
+  out[#out + 1] = math.min(n, slow_n)
+  return cjson.encode(out)
+end
+local special = {}
+if ARGV[5] == "pos" then
+  local sp = rcall("ZRANGEBYSCORE", KEYS[6], cursor, cursor + m - 1, "WITHSCORES")
+  for i = 2, #sp, 2 do special[tonumber(sp[i]) - cursor + 1] = true end
+end
+local i = 1
+while i <= m do
+  local j = i
+  if special[i] then
+    while j <= m and special[j] and j - i < slow_n do j = j + 1 end
+    out[#out + 1] = "s"
+    out[#out + 1] = j - i
+  else
+    while j <= m and not special[j] and j - i < fast_n do j = j + 1 end
+    out[#out + 1] = "f"
+    out[#out + 1] = j - i
+    out[#out + 1] = head[2 * (j - 1)]
+  end
+  i = j
+end
+return cjson.encode(out)
+"""
+
+#: Sent after WATCH (progress, lease, meta, failed) and before the MULTI of a fast chunk,
+#: in the same write: checks that ``moveJobsToWait`` with ARGV[3] jobs up to score
+#: ARGV[4] would move exactly the snapshot ids from ARGV[2] on, that we hold the lease
+#: and that the queue's paused flag is still ARGV[5]. If not, it bumps a counter in the
+#: (WATCHed) progress hash, which makes our own EXEC abort: the check and the move are
+#: one atomic decision without waiting for this reply. Writes requeue's progress only.
+#:
+#: KEYS[1] progress, [2] lease, [3] BullMQ meta, [4] snapshot, [5] failed zset.
+#: ARGV[1] lease value, [2] cursor, [3] count, [4] last score, [5] paused "1"/"0".
+#: Returns 1 (go) or 0 (the EXEC that follows will be aborted).
+FAST_GUARD = r"""
+local rcall = redis.call
+local c, n = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ok = rcall("GET", KEYS[2]) == ARGV[1]
+  and tonumber(rcall("HGET", KEYS[1], "cursor") or "0") == c
+  and tostring(rcall("HEXISTS", KEYS[3], "paused")) == ARGV[5]
+if ok then
+  local ids = rcall("LRANGE", KEYS[4], c, c + n - 1)
+  local head = rcall("ZRANGE", KEYS[5], 0, n - 1, "WITHSCORES")
+  ok = #ids == n and #head == 2 * n and head[2 * n] == ARGV[4]
+  if ok then
+    for i = 1, n do
+      if head[2 * i - 1] ~= ids[i] then
+        ok = false
+        break
+      end
+    end
+  end
+end
+if ok then return 1 end
+rcall("HINCRBY", KEYS[1], "fast_miss", 1)
+return 0
+"""
+
+#: The bookkeeping of a fast chunk, inside its MULTI next to BullMQ's ``moveJobsToWait``
+#: (which FAST_GUARD proved moves exactly these ids): cursor, counters and the
+#: replayed-ids list advance atomically with the move. With ARGV[3] "1" it also deletes
+#: the attempt counters ``atm``/``ats`` of these jobs, which is what ``reprocessJob`` does
+#: with its reset flags (``moveJobsToWait`` has none): the only write to BullMQ keys in
+#: requeue's Lua, and the same one ``reprocessJob`` would make.
+#:
+#: KEYS[1] progress, [2] snapshot, [3] replayed list. ARGV[1] cursor, [2] count,
+#: [3] reset attempts "1"/"0", [4] job key prefix. Returns the ids' count.
+FAST_TALLY = r"""
+local rcall = redis.call
+local c = tonumber(ARGV[1])
+local ids = rcall("LRANGE", KEYS[2], c, c + tonumber(ARGV[2]) - 1)
+local n = #ids
+if ARGV[3] == "1" then
+  local prefix = ARGV[4]
+  for i = 1, n do rcall("HDEL", prefix .. ids[i], "atm", "ats") end
+end
+rcall("HSET", KEYS[1], "cursor", c + n)
+rcall("HINCRBY", KEYS[1], "replayed", n)
+rcall("HINCRBY", KEYS[1], "bulk_moved", n)
+for i = 1, n, 1000 do rcall("RPUSH", KEYS[3], unpack(ids, i, math.min(i + 999, n))) end
+return n
 """
 
 #: The per-queue lease: take it if free, renew it if ours, else name the holder.

@@ -127,3 +127,27 @@ class RawTransaction:
         if result is None:
             return None
         return list(result)
+
+    async def guarded_exec(self, before: Sequence[bytes], commands: Iterable[bytes]
+                           ) -> tuple[list[Any], list[Any] | None]:
+        """``before`` (e.g. ``WATCH`` and a check that may touch a WATCHed key to veto), then
+        ``MULTI``, the commands, ``EXEC``, all in ONE write: one round trip, and Redis runs
+        it back to back. Returns the replies to ``before`` and the EXEC reply (None: aborted).
+
+        :raises redis.exceptions.ResponseError: a command was refused while queueing.
+        """
+        assert self.conn is not None
+        body = list(commands)
+        self._clean = False
+        await self.conn.send_packed_command([*before, MULTI, *body, EXEC], check_health=False)
+        first = [await self._reply() for _ in before]
+        queue_error: Exception | None = None
+        for _ in range(len(body) + 1):
+            reply = await self._reply()
+            if isinstance(reply, Exception):
+                queue_error = queue_error or reply
+        result = await self._reply()
+        self._clean = True
+        if isinstance(result, Exception):
+            raise queue_error or result
+        return first, (None if result is None else list(result))

@@ -35,6 +35,10 @@ class Scripts:
     add_prioritized_job: AsyncScript
     add_delayed_job: AsyncScript
     select_page: AsyncScript
+    select_window: AsyncScript
+    plan_moves: AsyncScript
+    fast_guard: AsyncScript
+    fast_tally: AsyncScript
     tally_batch: AsyncScript
     batch_head: AsyncScript
     acquire_lease: AsyncScript
@@ -66,6 +70,10 @@ def register(redis: Redis) -> Scripts:
         add_prioritized_job=reg(_bullmq("addPrioritizedJob")),
         add_delayed_job=reg(_bullmq("addDelayedJob")),
         select_page=reg(lua.SELECT_PAGE),
+        select_window=reg(lua.SELECT_WINDOW),
+        plan_moves=reg(lua.PLAN_MOVES),
+        fast_guard=reg(lua.FAST_GUARD),
+        fast_tally=reg(lua.FAST_TALLY),
         tally_batch=reg(lua.TALLY_BATCH),
         batch_head=reg(lua.BATCH_HEAD),
         acquire_lease=reg(lua.ACQUIRE_LEASE),

@@ -67,8 +67,19 @@ SELECT_PAGE_SIZE = 250
 SELECT_PAGE_SIZE_NAMES = 600
 #: Failed-set members scanned per selection step at most (several pages, each committed alone).
 SELECT_STEP_MEMBERS = 20_000
+#: Failed-set members per call of the in-Redis selection of a pure time window
+#: (``SELECT_WINDOW``: ~3-4 µs of Redis time each, so a call stays under ~1.5 ms).
+SELECT_WINDOW_PAGE = 400
+#: The window selection's corrupt-data check: True parses every job's data as JSON in
+#: Redis (cjson, ~2.5 µs per job), False checks it only looks like JSON (first and last
+#: character: catches truncated and non-JSON values; ~0.3 µs).
+WINDOW_EXACT_JSON = False
+#: Distinct (digit-folded) failure reasons the window selection counts; the rest are
+#: grouped as "<other>" in the breakdown.
+REASON_KEYS = 2000
 #: Jobs per sub-transaction of a replay batch with BullMQ's ``reprocessJob`` (~20 µs of Redis
-#: time each: a MULTI stays around 2 ms) and with ``moveJobsToWait`` (~6 µs each).
+#: time each: a MULTI stays around 2 ms) and with ``moveJobsToWait`` (~6-7 µs each with the
+#: bookkeeping and the attempts reset).
 REPROCESS_CHUNK = 80
 MOVE_CHUNK = 250
 #: Jobs per sub-transaction of a targetQueue batch (an add and a remove script each).
@@ -165,6 +176,17 @@ class _Head:
     copied_upto: int
     ids: list[str]
     lifo: set[str]
+
+
+@dataclass
+class _Plan:
+    """How to move the next ids (``PLAN_MOVES``): chunks of ("f", count, last score) for
+    ``moveJobsToWait`` and ("s", count, "") for ``reprocessJob`` per job."""
+
+    cursor: int
+    matched: int
+    paused: bool
+    chunks: list[tuple[str, int, str]]
 
 
 class _Finish(Exception):
@@ -344,6 +366,9 @@ class ReplayEngine:
                 "stage": Stage.SELECTING if spec.dry_run else Stage.GATES,
                 "paused_before": "1" if paused else "0",
                 "queue": spec.queue, "owner": self.owner,
+                # every selected job that needs reprocessJob gets its snapshot position in
+                # ReplayKeys.slow (a replay selected by an older requeue has not: see _plan)
+                "slow_pos": "1",
             })
             self._cond(st, "Ready", True, "Ready", "Redis reachable, queue lease held", gen, now)
             self._cond(st, "Succeeded", ConditionStatus.UNKNOWN, "InProgress", "", gen, now)
@@ -537,10 +562,17 @@ class ReplayEngine:
         upper = _int(p, "upper") or (to_ms(now) + CLOCK_SKEW_MS)
         page_size = SELECT_PAGE_SIZE_NAMES if matcher.name_globs else SELECT_PAGE_SIZE
         with_data = spec.selector.data_match is not None
+        # A pure time window needs nothing from the client per job: it is selected inside
+        # Redis (the breakdown and corrupt checks included). A replay budget must see ids.
+        in_redis = matcher.only_time_window and self.budget is None
         scanned_now = 0
         done = False
         while not done and scanned_now < SELECT_STEP_MEMBERS:
-            done, scanned = await self._select_page(spec, q, st, p, matcher, upper, page_size, with_data)
+            if in_redis:
+                done, scanned = await self._select_window(spec, q, st, p, matcher, upper)
+            else:
+                done, scanned = await self._select_page(spec, q, st, p, matcher, upper, page_size,
+                                                        with_data)
             scanned_now += scanned
         st.progress = f"{st.replayed + st.skipped}/{st.matched}"
         scanned_total = _int(p, "scanned")
@@ -561,6 +593,25 @@ class ReplayEngine:
         if st.matched == 0:
             await self._mark_replayed(now)
         return 0.0
+
+    async def _select_window(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus,
+                             p: dict[str, str], matcher: Matcher, upper: int) -> tuple[bool, int]:
+        """One page of a pure time-window selection, selected and committed inside Redis
+        (``SELECT_WINDOW``: the script itself is the transaction). Returns (done, scanned)."""
+        k = self.keys
+        raw = await q.scripts.select_window(
+            keys=[q.keys.failed, k.progress, k.snapshot, k.names, k.reasons, k.corrupt, k.lifo, k.slow],
+            args=[q.keys.base, matcher.min_score, matcher.max_score(upper), SELECT_WINDOW_PAGE,
+                  spec.selector.max_jobs or 0, upper, CORRUPT_IDS, REASON_KEYS,
+                  "1" if WINDOW_EXACT_JSON else "0"],
+        )
+        scanned, picked, corrupt, done = (int(x) for x in raw)
+        if scanned < 0:
+            raise rx.WatchError("selection moved on meanwhile")
+        st.matched += picked
+        st.corrupt += corrupt
+        p.update(scanned=str(_int(p, "scanned") + scanned), upper=str(upper))
+        return done == 1, scanned
 
     async def _select_page(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, p: dict[str, str],
                            matcher: Matcher, upper: int, page_size: int, with_data: bool) -> tuple[bool, int]:
@@ -617,6 +668,8 @@ class ReplayEngine:
                                 del tally[key]
                 picked = [i for i in picked if i not in refused]
                 lifo = [i for i in lifo if i not in refused]
+        slow_ids = set(lifo) | {job.id for job in page.jobs if job.prioritized}
+        slow = [(st.matched + i, job_id) for i, job_id in enumerate(picked) if job_id in slow_ids]
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(k.progress)
@@ -628,6 +681,8 @@ class ReplayEngine:
                 pipe.rpush(k.snapshot, *picked)
             if lifo:
                 pipe.sadd(k.lifo, *lifo)
+            if slow:
+                pipe.zadd(k.slow, {job_id: pos for pos, job_id in slow})
             for name, n in names.items():
                 pipe.hincrby(k.names, name, n)
             for reason, n in reasons.items():
@@ -671,7 +726,15 @@ class ReplayEngine:
             items = sorted(((text(a) or "", int(b)) for a, b in d.items()), key=lambda kv: (-kv[1], kv[0]))
             return dict(items[:BREAKDOWN_TOP])
 
-        st.breakdown = Breakdown(by_name=top(names), by_reason=top(reasons))
+        # The window selection counts reasons with digits folded in Redis; normalising is
+        # idempotent and treats every digit alike, so normalising again here gives the
+        # same groups either way.
+        by_reason: dict[str, int] = {}
+        for raw_reason, n in reasons.items():
+            reason = text(raw_reason) or ""
+            group = "<other>" if reason == "\0other" else normalize_reason(reason)
+            by_reason[group] = by_reason.get(group, 0) + int(n)
+        st.breakdown = Breakdown(by_name=top(names), by_reason=top(by_reason))
         st.sample_ids = [text(x) or "" for x in sample]
         st.corrupt_ids = [text(x) or "" for x in corrupt]
         if st.corrupt:
@@ -703,10 +766,13 @@ class ReplayEngine:
         return n, 0.0
 
     def _next_delay(self, spec: DLQReplaySpec) -> float:
-        """Seconds until the bucket holds a full batch again."""
+        """Seconds until the bucket holds a full batch again (counting the time the batch took)."""
         rate = spec.rate.jobs_per_second
         capacity = max(1.0, min(float(spec.rate.batch_size), rate))
-        return max(0.0, (capacity - (self._tokens or 0.0)) / rate)
+        tokens = self._tokens or 0.0
+        if self._refilled_at is not None:
+            tokens += max(0.0, (self.clock() - self._refilled_at).total_seconds()) * rate
+        return max(0.0, (capacity - tokens) / rate)
 
     async def _replay(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
                       events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float:
@@ -766,44 +832,112 @@ class ReplayEngine:
                                p: dict[str, str] | None = None) -> tuple[int, int, int]:
         """Up to ``n`` jobs in place, in sub-transactions that each stay a few ms of Redis time.
 
-        Each sub-transaction tallies its own ids (cursor and counters commit with the moves), so
-        a batch cut short by a crash or a WATCH abort loses and repeats nothing. The fast path,
-        BullMQ's ``moveJobsToWait``, is taken only where it does exactly what ``reprocessJob``
-        would: the selection saw no job with a priority or lifo, and the first members of the
-        failed set are exactly the next ids of the snapshot (WATCHed until EXEC).
+        One read (``PLAN_MOVES``) splits the next ids into chunks. A "fast" chunk is BullMQ's
+        ``moveJobsToWait``, used only where it does exactly what ``reprocessJob`` would: the
+        ids are the head of the failed set and none has a priority or lifo. It is ONE write
+        and one round trip: WATCH, a guard script that vetoes the EXEC unless that still holds
+        (so the plan is only a prediction), and the MULTI with the move and its bookkeeping.
+        A "slow" chunk is ``reprocessJob`` per job. Every sub-transaction advances cursor and
+        counters atomically with its moves, so a crash or an abort loses and repeats nothing.
         """
-        fast_allowed = p is not None and p.get("prio_count") == "0" and _int(p, "lifo_count") == 0
+        mode = "off"
+        if p is not None and not self._fast_aborts:
+            if p.get("slow_pos") == "1":
+                mode = "pos"
+            elif p.get("prio_count") == "0" and _int(p, "lifo_count") == 0:
+                mode = "none"  # selected by an older requeue: only when no job needs reprocessJob
+        plan = await self._plan(q, n, mode)
         moved = skipped = missing = 0
-        left = n
-        while left > 0:
-            chunk = await self._reprocess_chunk(spec, q, left, fast_allowed)
+        cursor = plan.cursor
+        for kind, count, last_score in plan.chunks:
+            if kind == "f":
+                done = await self._fast_chunk(spec, q, cursor, count, last_score, plan.paused, plan.matched)
+                if done is None:
+                    self._fast_aborts += 1  # the next chunk goes job by job, then fast again
+                    break
+                moved, cursor = moved + done, cursor + done
+                continue
+            chunk = await self._reprocess_chunk(spec, q, count)
             if chunk is None:
                 break
-            count, (m, s, x), finished = chunk
-            if count < 0:
-                continue  # the fast path was aborted; the next chunk goes job by job
-            moved, skipped, missing, left = moved + m, skipped + s, missing + x, left - count
-            if finished or count == 0:
+            did, (m, s, x), finished = chunk
+            self._fast_aborts = 0
+            moved, skipped, missing, cursor = moved + m, skipped + s, missing + x, cursor + did
+            if finished or did == 0 or did < count:
                 break
         return moved, skipped, missing
 
-    async def _ensure_scripts(self, tx: RawTransaction, q: BullQueue, *scripts: AsyncScript) -> None:
-        """Load scripts Redis does not know (a restart, SCRIPT FLUSH): an EVALSHA that fails inside
-        MULTI would leave the tally counting a move that never happened."""
-        exists = (await tx.call([pack("SCRIPT", "EXISTS", *(sc.sha for sc in scripts))]))[0]
+    async def _plan(self, q: BullQueue, n: int, mode: str) -> _Plan:
+        k = self.keys
+        raw = await q.scripts.plan_moves(
+            keys=[k.progress, q.keys.lease, q.keys.meta, k.snapshot, q.keys.failed, k.slow],
+            args=[self._lease_value, n, MOVE_CHUNK, REPROCESS_CHUNK, mode])
+        reply = json.loads(raw)
+        if not reply[0]:
+            raise rx.WatchError("lease lost")
+        chunks: list[tuple[str, int, str]] = []
+        i = 5
+        while i < len(reply):
+            if reply[i] == "f":
+                chunks.append(("f", int(reply[i + 1]), str(reply[i + 2])))
+                i += 3
+            else:
+                chunks.append(("s", int(reply[i + 1]), ""))
+                i += 2
+        return _Plan(cursor=int(reply[1]), matched=int(reply[2]), paused=bool(reply[3]), chunks=chunks)
+
+    async def _fast_chunk(self, spec: DLQReplaySpec, q: BullQueue, cursor: int, count: int,
+                          last_score: str, paused: bool, matched: int) -> int | None:
+        """``count`` snapshot ids from ``cursor`` with ``moveJobsToWait``, guarded (see
+        :meth:`_reprocess_batch`); the number moved, or None when the guard vetoed it.
+
+        The scripts go as ``EVAL`` with their text: a script missing from Redis's cache (a
+        restart, SCRIPT FLUSH) would otherwise fail inside the MULTI after the others ran."""
+        k, qk = self.keys, q.keys
+        sc = q.scripts
+        guard = pack("EVAL", _script_text(sc.fast_guard), 5, k.progress, qk.lease, qk.meta, k.snapshot,
+                     qk.failed, self._lease_value, cursor, count, last_score, "1" if paused else "0")
+        body = [
+            pack("EVAL", _script_text(sc.fast_tally), 3, k.progress, k.snapshot, k.replayed,
+                 cursor, count, "1" if spec.reset_attempts else "0", qk.base),
+            q.move_to_wait_command(count=count, max_timestamp=last_score, paused=paused, inline=True),
+            *self._done_cmds(cursor + count, matched),
+        ]
+        async with RawTransaction(self.redis) as tx:
+            first, result = await tx.guarded_exec(
+                [pack("WATCH", k.progress, qk.lease, qk.meta, qk.failed), guard], body)
+        for reply in first:
+            if isinstance(reply, Exception):
+                raise reply
+        if result is None:
+            return None
+        for reply in result:
+            if isinstance(reply, Exception):
+                raise reply
+        return int(result[0])
+
+    def _batch_scripts(self, q: BullQueue) -> tuple[AsyncScript, ...]:
+        sc = q.scripts
+        return (sc.batch_head, sc.tally_batch, sc.reprocess_job, sc.remove_job, sc.add_standard_job,
+                sc.add_prioritized_job)
+
+    async def _batch_head(self, tx: RawTransaction, q: BullQueue, size: int,
+                          watch: Sequence[str] = ()) -> _Head:
+        """WATCH ``watch``, make sure the batch's scripts are loaded, read the head: one round
+        trip (two when a script had to be loaded)."""
+        k = self.keys
+        scripts = self._batch_scripts(q)
+        head = pack("EVALSHA", q.scripts.batch_head.sha, 6, k.progress, q.keys.lease, q.keys.meta,
+                    k.snapshot, k.lifo, q.keys.failed, self._lease_value, size, q.keys.base, "0")
+        pre = [pack("WATCH", *watch)] if watch else []
+        replies = await tx.call([*pre, pack("SCRIPT", "EXISTS", *(sc.sha for sc in scripts)), head])
+        exists, raw = replies[-2], replies[-1]
+        if isinstance(exists, Exception):
+            raise exists
         missing = [sc for sc, ok in zip(scripts, exists, strict=True) if not int(ok)]
         if missing:
             await tx.call([pack("SCRIPT", "LOAD", _script_text(sc)) for sc in missing])
-
-    async def _batch_head(self, tx: RawTransaction, q: BullQueue, size: int, fast: bool) -> _Head:
-        head_script = q.scripts.batch_head
-        await self._ensure_scripts(tx, q, head_script, q.scripts.tally_batch, q.scripts.reprocess_job,
-                                   q.scripts.move_jobs_to_wait, q.scripts.remove_job,
-                                   q.scripts.add_standard_job, q.scripts.add_prioritized_job)
-        k = self.keys
-        raw = (await tx.call([pack("EVALSHA", head_script.sha, 6, k.progress, q.keys.lease, q.keys.meta,
-                                   k.snapshot, k.lifo, q.keys.failed, self._lease_value, size,
-                                   q.keys.base, "1" if fast else "0")]))[0]
+            raw = (await tx.call([head]))[0]
         if isinstance(raw, Exception):
             raise raw
         reply = json.loads(raw)
@@ -821,46 +955,29 @@ class ReplayEngine:
         return [pack("HSET", self.keys.progress, "stage", Stage.VERIFYING,
                      "replayed_ms", to_ms(self.clock()))]
 
-    async def _reprocess_chunk(self, spec: DLQReplaySpec, q: BullQueue, limit: int,
-                               fast_allowed: bool) -> tuple[int, tuple[int, int, int], bool] | None:
-        """One sub-transaction; None when a WATCHed key changed (the next step tries again)."""
-        fast = fast_allowed and self._fast_aborts == 0
-        size = min(limit, MOVE_CHUNK if fast else REPROCESS_CHUNK)
+    async def _reprocess_chunk(self, spec: DLQReplaySpec, q: BullQueue,
+                               limit: int) -> tuple[int, tuple[int, int, int], bool] | None:
+        """One sub-transaction of ``reprocessJob`` per job: two round trips (WATCH and the head,
+        then the MULTI). None when a WATCHed key changed (the next step tries again)."""
+        size = min(limit, REPROCESS_CHUNK)
         k = self.keys
-        watch = [k.progress, q.keys.lease, q.keys.meta] + ([q.keys.failed] if fast else [])
         async with RawTransaction(self.redis) as tx:
-            await tx.call([pack("WATCH", *watch)])
-            head = await self._batch_head(tx, q, size, fast)
+            head = await self._batch_head(tx, q, size, [k.progress, q.keys.lease, q.keys.meta])
             ids = head.ids
             end = head.cursor + len(ids)
-            fast = fast and head.head_ok
-            if not fast and len(ids) > REPROCESS_CHUNK:
-                ids = ids[:REPROCESS_CHUNK]
-                end = head.cursor + len(ids)
             cmds = [pack("EVALSHA", q.scripts.tally_batch.sha, 3, k.progress, q.keys.failed, k.replayed,
                          q.keys.base, end, 0, "failed", *ids)]
-            if fast:
-                cmds.append(q.move_to_wait_command(count=len(ids), max_timestamp=head.last_score,
-                                                   paused=head.paused))
-                if spec.reset_attempts:
-                    cmds += q.reset_attempts_commands(ids)
-                cmds.append(pack("HINCRBY", k.progress, "bulk_moved", len(ids)))  # how often it applied
-            else:
-                cmds += q.reprocess_commands(ids, paused=head.paused, lifo=head.lifo,
-                                             reset_attempts=spec.reset_attempts)
+            cmds += q.reprocess_commands(ids, paused=head.paused, lifo=head.lifo,
+                                         reset_attempts=spec.reset_attempts)
             cmds += self._done_cmds(end, head.matched)
             result = await tx.exec(cmds)
         if result is None:
-            if fast:
-                self._fast_aborts += 1  # e.g. jobs failing right now: the next chunk goes one by one
-                return -1, (0, 0, 0), False
             return None
-        self._fast_aborts = 0
         for reply in result:
             if isinstance(reply, Exception):
                 raise reply
         moved, skipped, missing = (int(x) for x in result[0])
-        did = len(ids) if fast and moved else [int(c) for c in result[1:1 + len(ids)]].count(1)
+        did = [int(c) for c in result[1:1 + len(ids)]].count(1)
         if did != moved:  # pragma: no cover - would mean BullMQ's script changed
             logger.warning("replay %s: tally predicted %d moves, BullMQ did %d", self.owner, moved, did)
         return len(ids), (moved, skipped, missing), end >= head.matched
@@ -896,8 +1013,7 @@ class ReplayEngine:
         k = self.keys
         legacy_pending = k.progress + ":copied"  # written by requeue <= 0.1's two-step copy
         async with RawTransaction(self.redis) as tx:
-            await tx.call([pack("WATCH", k.progress, q.keys.lease, target.keys.meta)])
-            head = await self._batch_head(tx, q, size, False)
+            head = await self._batch_head(tx, q, size, [k.progress, q.keys.lease, target.keys.meta])
             ids = head.ids
             if not ids:
                 return 0, (0, 0, 0), True
