@@ -1,0 +1,328 @@
+"""The engine's fast path for a pure time window, against real failed BullMQ jobs.
+
+A pure time window (no jobNames, failedReasonPattern or dataMatch) is selected inside Redis
+(``SELECT_WINDOW``: one atomic page per call) and moved by BullMQ's ``moveJobsToWait`` in
+chunks, each one write: WATCH, a guard that vetoes its own EXEC unless the chunk is exactly
+the head of the failed set, and the MULTI with the move and its bookkeeping. Jobs with a
+priority or lifo go through ``reprocessJob``. These tests hold it to what ``reprocessJob``
+one by one would do, exactly once, across crashes at every point that has one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
+from requeue.queues import BullQueue, QueueKeys, ReplayKeys, connect
+from requeue.queues import raw as raw_module
+from requeue.replay import ReplayEngine
+from requeue.replay import engine as engine_module
+from support import wait_until
+from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
+from support.cli import cli, popen_cli, write_manifest
+
+Q = "default"
+K = QueueKeys("bull", Q)
+
+
+def make_spec(**fields: Any) -> DLQReplaySpec:
+    body: dict[str, Any] = {
+        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+        "queue": Q,
+        "rate": {"jobsPerSecond": 1_000_000, "batchSize": 1000},
+    }
+    body.update(fields)
+    return DLQReplaySpec.model_validate(body)
+
+
+@pytest.fixture
+async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = await connect(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def drive(engine: ReplayEngine, spec: DLQReplaySpec, st: DLQReplayStatus | None = None,
+                max_steps: int = 5000) -> DLQReplayStatus:
+    st = st or DLQReplayStatus()
+    for _ in range(max_steps):
+        st = (await engine.step(spec, st)).status
+        if st.phase.finished:
+            return st
+    raise AssertionError(f"not finished: {st.phase} {st.message}")
+
+
+def mixed(n: int) -> list[JobSpec]:
+    """Plain jobs with, interleaved, jobs with a priority, lifo jobs and jobs with attempts made."""
+    out = []
+    for i in range(n):
+        opts: dict[str, Any] = {"attempts": 2} if i % 3 == 0 else {}
+        if i % 11 == 5:
+            opts["priority"] = 1 + i % 3
+        elif i % 13 == 7:
+            opts["lifo"] = True
+        out.append(JobSpec(("whatsapp.send", "email.send")[i % 2], {"i": i}, f"timeout after {4000 + i}ms",
+                           opts))
+    return out
+
+
+def expected_state(order: list[str], jobs: dict[str, JobSpec]) -> tuple[list[str], list[str]]:
+    """What ``reprocessJob`` for each id in failure order leaves: the wait list (LPUSH, lifo
+    RPUSH) and the prioritized ids in zset order (priority, then insertion)."""
+    wait: list[str] = []
+    prio: list[tuple[int, int, str]] = []
+    for n, job_id in enumerate(order):
+        opts = jobs[job_id].opts
+        if opts.get("priority"):
+            prio.append((opts["priority"], n, job_id))
+        elif opts.get("lifo"):
+            wait.append(job_id)
+        else:
+            wait.insert(0, job_id)
+    return wait, [job_id for _, _, job_id in sorted(prio)]
+
+
+async def bulk_moved(r: aioredis.Redis, replay_id: str) -> int:
+    return int(await r.hget(ReplayKeys(replay_id).progress, "bulk_moved") or 0)
+
+
+@pytest.mark.parametrize("reset", [True, False])
+async def test_same_end_state_as_reprocess_job_one_by_one(redis_url: str, r: aioredis.Redis,
+                                                          reset: bool) -> None:
+    specs = mixed(150)
+    ids = await make_failed_jobs(redis_url, Q, specs)
+    by_id = dict(zip(ids, specs, strict=True))
+    order = list(await r.zrange(K.failed, 0, -1))
+    before = {i: await r.hgetall(K.job(i)) for i in ids}
+    st = await ReplayEngine(r, replay_id="eq", owner="ns/eq").run(make_spec(resetAttempts=reset))
+    assert st.phase == ReplayPhase.SUCCEEDED
+    assert (st.matched, st.replayed, st.skipped, st.corrupt) == (150, 150, 0, 0)
+    slow = sum(1 for s in specs if s.opts.get("priority") or s.opts.get("lifo"))
+    assert await bulk_moved(r, "eq") == 150 - slow   # everything else went the bulk way
+    wait, prioritized = expected_state(order, by_id)
+    assert await r.lrange(K.wait, 0, -1) == wait
+    assert await r.zrange(K.prioritized, 0, -1) == prioritized
+    assert await r.zcard(K.failed) == 0
+    for job_id in ids:
+        after = await r.hgetall(K.job(job_id))
+        gone = {"finishedOn", "processedOn", "failedReason"} | ({"atm", "ats"} if reset else set())
+        assert after == {f: v for f, v in before[job_id].items() if f not in gone}, job_id
+    assert await r.xlen(K.events) > 0
+    # the breakdown is exact: names counted in Redis, reasons folded there and normalised here
+    assert st.breakdown is not None
+    assert st.breakdown.by_name == {"whatsapp.send": 75, "email.send": 75}
+    assert st.breakdown.by_reason == {"timeout after <n>ms": 150}
+    # and workers run every job once
+    async with run_worker(redis_url, Q) as worker:
+        await worker.wait_for(150)
+    assert sorted(worker.completed) == sorted(ids)
+
+
+async def test_window_bounds_and_max_jobs_select_exactly(redis_url: str, r: aioredis.Redis) -> None:
+    old = await make_failed_jobs(redis_url, Q, [JobSpec("a", {"i": i}) for i in range(30)])
+    await asyncio.sleep(0.05)
+    mid = await make_failed_jobs(redis_url, Q, [JobSpec("b", {"i": i}) for i in range(40)])
+    await asyncio.sleep(0.05)
+    new = await make_failed_jobs(redis_url, Q, [JobSpec("c", {"i": i}) for i in range(20)])
+    scores = dict(await r.zrange(K.failed, 0, -1, withscores=True))
+    lo = min(scores[i] for i in mid)
+    hi = max(scores[i] for i in mid) + 1
+    assert max(scores[i] for i in old) < lo and min(scores[i] for i in new) >= hi
+    window = {"failedAfter": datetime.fromtimestamp(lo / 1000, UTC).isoformat(),
+              "failedBefore": datetime.fromtimestamp(hi / 1000, UTC).isoformat()}
+    st = await ReplayEngine(r, replay_id="w", owner="ns/w").run(
+        make_spec(selector={**window, "maxJobs": 25}))
+    assert (st.matched, st.replayed) == (25, 25)
+    in_window = [m for m, s in sorted(scores.items(), key=lambda kv: (kv[1], kv[0])) if lo <= s < hi]
+    assert sorted(await r.lrange(K.wait, 0, -1)) == sorted(in_window[:25])
+    assert set(await r.zrange(K.failed, 0, -1)) == set(old) | set(new) | set(in_window[25:])
+    # the older failures sit in front of the window: moveJobsToWait (which always starts at the
+    # head of the failed set) cannot be used, every job goes through reprocessJob
+    assert await bulk_moved(r, "w") == 0
+
+
+async def test_resume_after_crashes_between_every_selection_page_and_every_step(
+    redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    specs = mixed(120)
+    ids = await make_failed_jobs(redis_url, Q, specs)
+    monkeypatch.setattr(engine_module, "SELECT_WINDOW_PAGE", 7)
+    monkeypatch.setattr(engine_module, "SELECT_STEP_MEMBERS", 14)
+    monkeypatch.setattr(engine_module, "MOVE_CHUNK", 9)
+    spec = make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20})
+    st = DLQReplayStatus()
+    engine = ReplayEngine(r, replay_id="cs", owner="ns/cs")
+    for i in range(5000):
+        result = await engine.step(spec, st)
+        if result.status.phase.finished:
+            st = result.status
+            break
+        if i % 2 == 0:
+            engine = ReplayEngine(r, replay_id="cs", owner="ns/cs")  # a new process; status lost
+            continue
+        st = result.status
+    assert st.phase == ReplayPhase.SUCCEEDED
+    assert (st.matched, st.replayed, st.skipped) == (120, 120, 0)
+    snapshot = await r.lrange(ReplayKeys("cs").snapshot, 0, -1)
+    assert len(snapshot) == len(set(snapshot)) == 120
+    moved = [*await r.lrange(K.wait, 0, -1), *await r.zrange(K.prioritized, 0, -1)]
+    assert len(moved) == len(set(moved)) and set(moved) == set(ids)
+    assert await bulk_moved(r, "cs") > 0
+
+
+async def test_two_processes_on_one_replay_select_and_move_each_job_once(
+    redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler running twice at once (kopf did, on the emulator): every selection page and
+    every chunk is atomic and reads its cursor in Redis, so they share the work."""
+    ids = await make_failed_jobs(redis_url, Q, mixed(200))
+    monkeypatch.setattr(engine_module, "SELECT_WINDOW_PAGE", 11)
+    monkeypatch.setattr(engine_module, "MOVE_CHUNK", 13)
+    spec = make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30})
+    one, two = await asyncio.gather(
+        ReplayEngine(r, replay_id="tw", owner="ns/tw").run(spec),
+        ReplayEngine(r, replay_id="tw", owner="ns/tw").run(spec))
+    for st in (one, two):
+        assert st.phase == ReplayPhase.SUCCEEDED and (st.matched, st.replayed) == (200, 200)
+    snapshot = await r.lrange(ReplayKeys("tw").snapshot, 0, -1)
+    assert len(snapshot) == len(set(snapshot)) == 200
+    moved = [*await r.lrange(K.wait, 0, -1), *await r.zrange(K.prioritized, 0, -1)]
+    assert len(moved) == len(set(moved)) == 200 and set(moved) == set(ids)
+
+
+@pytest.mark.parametrize("lost", ["before", "after"])
+async def test_connection_lost_around_a_fast_chunk_moves_nothing_twice(
+    redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch, lost: str
+) -> None:
+    """The chunk's write reached Redis (or not), the reply never came back: the retry finds
+    the cursor where Redis left it and moves nothing twice, loses nothing."""
+    ids = await make_failed_jobs(redis_url, Q, [JobSpec("x", {"i": i}) for i in range(90)])
+    monkeypatch.setattr(engine_module, "MOVE_CHUNK", 10)
+    original = raw_module.RawTransaction.guarded_exec
+    calls = 0
+
+    async def flaky(self: Any, before: Any, commands: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls % 3 == 0:
+            if lost == "after":
+                await original(self, before, commands)
+            raise redis.exceptions.ConnectionError("connection reset by peer (test)")
+        return await original(self, before, commands)
+
+    monkeypatch.setattr(raw_module.RawTransaction, "guarded_exec", flaky)
+    engine = ReplayEngine(r, replay_id=f"ls-{lost}", owner="ns/ls", backoff=0.001, redis_failure_bound=100)
+    st = await drive(engine, make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30}))
+    assert st.phase == ReplayPhase.SUCCEEDED
+    assert (st.matched, st.replayed, st.skipped) == (90, 90, 0)
+    waiting = await r.lrange(K.wait, 0, -1)
+    assert len(waiting) == len(set(waiting)) == 90 and set(waiting) == set(ids)
+    assert await r.llen(ReplayKeys(f"ls-{lost}").replayed) == 90
+    assert calls >= 9
+
+
+async def test_guard_vetoes_a_chunk_whose_plan_went_stale(redis_url: str, r: aioredis.Redis) -> None:
+    """Between the plan and the chunk: the queue is paused, or a planned job leaves the failed
+    set (someone retried it). The guard aborts the chunk's EXEC; nothing moves; the replay then
+    finishes with that job counted as skipped."""
+    ids = await make_failed_jobs(redis_url, Q, [JobSpec("x", {"i": i}) for i in range(12)])
+    spec = make_spec()
+    engine = ReplayEngine(r, replay_id="gv", owner="ns/gv")
+    st = DLQReplayStatus()
+    while st.matched == 0 or (await r.hget(ReplayKeys("gv").progress, "stage")) != "replaying":
+        st = (await engine.step(spec, st)).status
+    q = BullQueue(r, Q)
+    plan = await engine._plan(q, 12, "pos")
+    assert [c[0] for c in plan.chunks] == ["f"] and plan.chunks[0][1] == 12
+    _, count, last = plan.chunks[0]
+    # paused meanwhile: the target list chosen from the plan would be wrong
+    assert await engine._fast_chunk(spec, q, plan.cursor, count, last, not plan.paused, plan.matched) is None
+    # a planned job retried by someone else meanwhile
+    first = (await r.zrange(K.failed, 0, 0))[0]
+    assert await q.replay([first]) == [1]
+    assert await engine._fast_chunk(spec, q, plan.cursor, count, last, plan.paused, plan.matched) is None
+    assert await r.llen(K.wait) == 1 and await r.zcard(K.failed) == 11
+    assert int(await r.hget(ReplayKeys("gv").progress, "fast_miss") or 0) == 2
+    st = await drive(engine, spec, st)
+    assert (st.replayed, st.skipped) == (11, 1)
+    assert sorted(await r.lrange(K.wait, 0, -1)) == sorted(ids)
+
+
+async def test_paused_queue_fast_path_targets_the_paused_list(redis_url: str, r: aioredis.Redis) -> None:
+    ids = await make_failed_jobs(redis_url, Q, [JobSpec("x", {"i": i}) for i in range(25)])
+    q = BullQueue(r, Q)
+    await q.pause()
+    st = await ReplayEngine(r, replay_id="pp", owner="ns/pp").run(make_spec())
+    assert st.replayed == 25 and await bulk_moved(r, "pp") == 25
+    assert sorted(await r.lrange(K.paused, 0, -1)) == sorted(ids)
+    assert await r.llen(K.wait) == 0 and await q.is_paused()
+    async with run_worker(redis_url, Q) as worker:
+        await asyncio.sleep(0.3)
+        assert worker.processed == []
+        await q.resume()
+        await worker.wait_for(25)
+    assert sorted(worker.completed) == sorted(ids)
+
+
+async def test_jobs_failing_again_during_a_fast_replay_are_not_picked_again(
+    redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = await make_failed_jobs(redis_url, Q, [JobSpec("x", {"i": i}) for i in range(60)])
+    monkeypatch.setattr(engine_module, "MOVE_CHUNK", 10)
+    spec = make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20})
+    engine = ReplayEngine(r, replay_id="fa", owner="ns/fa")
+    st = DLQReplayStatus()
+    while st.replayed < 20:
+        st = (await engine.step(spec, st)).status
+    async with run_worker(redis_url, Q, fail_when=lambda job: "still broken") as worker:
+        await worker.wait_for(20)
+    refailed = set(worker.failed)
+    assert len(refailed) == 20
+    st = await drive(engine, spec, st)
+    assert (st.matched, st.replayed, st.skipped) == (60, 60, 0)
+    assert set(await r.zrange(K.failed, 0, -1)) == refailed   # failed again, left alone
+    assert set(await r.lrange(K.wait, 0, -1)) == set(ids) - refailed
+
+
+async def test_sigkill_mid_fast_replay_then_rerun_moves_each_job_once(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    specs = mixed(200)
+    ids = await make_failed_jobs(redis_url, Q, specs)
+    manifest = write_manifest(tmp_path / "replay.yaml", {"rate": {"jobsPerSecond": 40, "batchSize": 8}})
+    args = ("replay", "-f", str(manifest), "--secret", f"redis/url={redis_url}")
+    proc = popen_cli(*args, log=tmp_path / "first.log")
+    sync = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        wait_until(lambda: sync.llen(K.wait) + sync.zcard(K.prioritized) >= 30, timeout=60,
+                   message=lambda: f"first replays; log: {(tmp_path / 'first.log').read_text()}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        sync.close()
+        if proc.poll() is None:
+            proc.kill()
+    before = await redis_client.llen(K.wait) + await redis_client.zcard(K.prioritized)
+    assert 30 <= before < 200, "the kill must land mid-replay"
+    # the rerun (same namespace/name: the same replay) at full speed
+    manifest = write_manifest(tmp_path / "replay.yaml",
+                              {"rate": {"jobsPerSecond": 1_000_000, "batchSize": 1000}})
+    res = cli(*args, "-o", "json")
+    assert res.code == 0, res.output
+    status = json.loads(res.stdout)
+    assert (status["phase"], status["matched"], status["replayed"]) == ("Succeeded", 200, 200)
+    moved = [*await redis_client.lrange(K.wait, 0, -1), *await redis_client.zrange(K.prioritized, 0, -1)]
+    assert len(moved) == len(set(moved)) == 200 and set(moved) == set(ids)
+    assert await redis_client.zcard(K.failed) == 0
