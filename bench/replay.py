@@ -89,6 +89,7 @@ class Pinger:
         self.host, self.port = host, port
         self.rtts: list[float] = []
         self.busy_ms = float("nan")
+        self.slowest: list[tuple[float, str]] = []
 
     def _redis(self) -> Any:
         import redis as redis_sync
@@ -117,6 +118,8 @@ class Pinger:
         entries = client.slowlog_get(10_000)
         client.close()
         self.busy_ms = max((e["duration"] / 1000 for e in entries), default=0.5)
+        self.slowest = [(e["duration"] / 1000, _describe(e["command"]))
+                        for e in sorted(entries, key=lambda e: -e["duration"])[:3]]
 
     @property
     def max_ms(self) -> float:
@@ -127,6 +130,36 @@ class Pinger:
         if len(self.rtts) < 100:
             return self.max_ms
         return statistics.quantiles(self.rtts, n=100)[98]
+
+
+def _script_names() -> dict[str, str]:
+    """SHA1 -> name of requeue's and BullMQ's scripts (what SLOWLOG shows of an EVALSHA)."""
+    import hashlib
+
+    from bullmq.redis_connection import SCRIPT_DEFINITIONS, loadScript
+
+    from requeue.queues import lua
+
+    def sha(body: str) -> str:
+        return hashlib.sha1(body.encode()).hexdigest()
+
+    names = {sha(getattr(lua, n)): n for n in dir(lua) if n.isupper() and isinstance(getattr(lua, n), str)}
+    for name in ("reprocessJob", "moveJobsToWait", "getCounts", "pause"):
+        names[sha(loadScript(SCRIPT_DEFINITIONS[name]))] = name
+    return names
+
+
+def _describe(command: bytes) -> str:
+    """A SLOWLOG entry's command, short: EVAL/EVALSHA named by the script's first comment line."""
+    text = command.decode("utf-8", "replace")
+    if text.startswith("EVALSHA "):
+        sha = text.split()[1]
+        return f"EVALSHA <{_script_names().get(sha, sha[:8])}>"
+    if text.startswith("EVAL "):
+        body = text[5:].lstrip()
+        first = next((ln.strip(" -[]") for ln in body.splitlines() if ln.strip(" -[]")), "")
+        return f"EVAL <{first[:40]}>"
+    return text[:60]
 
 
 # ----------------------------------------------------------------------------- the measured child
@@ -150,7 +183,7 @@ async def _child(mode: str, url: str, window: tuple[str, str]) -> dict[str, Any]
         "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
         "queue": QUEUE,
         "prefix": PREFIX,
-        "rate": {"jobsPerSecond": 100_000, "batchSize": 1000},
+        "rate": {"jobsPerSecond": 1_000_000, "batchSize": 1000},
     }
     try:
         started = time.perf_counter()
@@ -162,8 +195,9 @@ async def _child(mode: str, url: str, window: tuple[str, str]) -> dict[str, Any]
             return {"elapsed": elapsed, "jobs": report.total, "rss_kib": _vm_hwm_kib()}
         if mode == "selective":
             body["selector"] = {"jobNames": [MIX[0][0]]}
-        elif mode == "window":
+        elif mode in ("window", "window-keep"):
             body["selector"] = {"failedAfter": window[0], "failedBefore": window[1]}
+            body["resetAttempts"] = mode == "window"
         elif mode == "dryrun":
             body["dryRun"] = True
         else:
@@ -323,6 +357,7 @@ def measure_child(ds: Dataset, mode: str) -> Run:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} child failed: {proc.stderr[-4000:]}")
+    print(f"    {mode}: slowest commands (ms): {ping.slowest}", file=sys.stderr)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     return Run(out["jobs"] / out["elapsed"], out["elapsed"], out["jobs"], ping.max_ms, ping.p99_ms,
                ping.busy_ms, out["rss_kib"] / 1024)
@@ -349,6 +384,7 @@ def measure_idle(ds: Dataset) -> Run:
 MODES = (
     ("selective", "requeue selective replay (name, 30%)"),
     ("window", "requeue time-window replay (all)"),
+    ("window-keep", "  the same, resetAttempts: false"),
     ("scan", "requeue inspect (analyse_failed_set)"),
     ("dryrun", "requeue dry run (engine, no filter)"),
 )
@@ -366,7 +402,7 @@ def main() -> None:
     parser.add_argument("--major", type=int, default=6, choices=(5, 6),
                         help="Node BullMQ major (seed, retryJobs)")
     parser.add_argument("--only", default="",
-                        help="comma-separated subset of: retry,selective,window,scan,dryrun")
+                        help="comma-separated subset of: retry,selective,window,window-keep,scan,dryrun")
     parser.add_argument("--no-small", action="store_true", help="skip the 1k-job RSS baseline")
     parser.add_argument("--cache", type=Path, default=None,
                         help="directory keeping seeded rdb files: later runs with the same --jobs and "
@@ -382,7 +418,8 @@ def main() -> None:
 
     from support.node import node_available
     node_available()
-    only = set(filter(None, args.only.split(","))) or {"retry", "selective", "window", "scan", "dryrun"}
+    only = set(filter(None, args.only.split(","))) or {"retry", "selective", "window", "window-keep", "scan",
+                                                       "dryrun"}
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"requeue-bench-{os.getpid()}"
     workdir.mkdir(parents=True, exist_ok=True)
     big = small = None

@@ -24,6 +24,8 @@ from requeue.queues.scripts import Scripts, register
 
 #: Jobs per page of the failed set (one bounded Lua call each: ~1-2 ms of Redis time with data).
 DEFAULT_PAGE_SIZE = 250
+#: Redis time one page script may take (µs) before it ends the page early.
+DEFAULT_PAGE_BUDGET_US = 1500
 #: Highest score BullMQ writes (ms since epoch fit easily below this).
 MAX_SCORE = 9_000_000_000_000_000
 
@@ -210,6 +212,7 @@ class BullQueue:
         name_globs: Sequence[str] = (),
         count: int = DEFAULT_PAGE_SIZE,
         with_data: bool = True,
+        budget_us: int = DEFAULT_PAGE_BUDGET_US,
     ) -> FailedPage:
         """One page of the failed set in score order after ``cursor``.
 
@@ -219,7 +222,9 @@ class BullQueue:
         apply its exact filters. Jobs with a missing hash or name are returned
         with ``name=None`` whatever the globs. ``with_data=False`` leaves
         ``data`` out (Redis checks that it is JSON instead): several times less
-        to transfer and parse when no filter looks at the data.
+        to transfer and parse when no filter looks at the data. ``budget_us`` ends the page
+        early (not done; the cursor says where) once the script has run that long, so a page
+        never stalls other clients much longer whatever the cache or machine (0 = no limit).
         """
         patterns: list[str] = []
         if name_globs:
@@ -229,7 +234,7 @@ class BullQueue:
         raw = await self.scripts.select_page(
             keys=[self.keys.failed],
             args=[self.keys.base, min_score, max_score, cursor.score, cursor.job_id, count,
-                  "1" if with_data else "0", *patterns],
+                  "1" if with_data else "0", budget_us, *patterns],
         )
         reply = json.loads(raw)
         scanned = int(reply[0])

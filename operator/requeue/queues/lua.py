@@ -43,14 +43,31 @@ else
 end
 """
 
+#: Lua shared by the selection scripts: ``over_budget()`` is true once the call has run
+#: ``budget_us`` microseconds (0 = no limit; Redis's TIME, checked every 32 members), so a
+#: page ends early rather than stall other clients when job hashes are cold or the machine slow.
+_TIME_BUDGET = r"""
+local t0
+if budget_us > 0 then
+  local t = rcall("TIME")
+  t0 = t[1] * 1000000 + t[2]
+end
+local function over_budget()
+  if not t0 then return false end
+  local t = rcall("TIME")
+  return t[1] * 1000000 + t[2] - t0 >= budget_us
+end
+"""
+
 #: Read-only: one page of the failed set after a (score, id) cursor, name-prefiltered.
 #:
 #: KEYS[1] failed zset. ARGV[1] job key prefix, ARGV[2] min score (inclusive),
 #: ARGV[3] max score (exclusive), ARGV[4] cursor score ("" = start), ARGV[5] cursor id,
 #: ARGV[6] page size (members scanned), ARGV[7] "1" to return each candidate's data,
 #: "0" to check it is JSON here and return only the verdict (far less to transfer and
-#: parse when no filter needs the data), ARGV[8..] anchored Lua patterns over names
-#: (none = every name). Returns one JSON text (one bulk string parses far faster
+#: parse when no filter needs the data), ARGV[8] time budget in µs (0 = none: the page ends
+#: early, not done, once it is spent), ARGV[9..] anchored Lua patterns over names (none =
+#: every name). Returns one JSON text (one bulk string parses far faster
 #: than thousands): [scanned, cursor score, cursor id, done, then per candidate:
 #: id, score, name (false if the hash or name is missing), failedReason, data (false
 #: when not asked for), flags]. ``flags`` is three characters: opts say lifo "1"/"0",
@@ -65,8 +82,9 @@ local maxv = tonumber(ARGV[3])
 local last_score, last_id = ARGV[4], ARGV[5]
 local count = tonumber(ARGV[6])
 local want_data = ARGV[7] == "1"
-""" + _AFTER_CURSOR + r"""
-local npat = #ARGV - 7
+local budget_us = tonumber(ARGV[8]) or 0
+""" + _AFTER_CURSOR + _TIME_BUDGET + r"""
+local npat = #ARGV - 8
 local out = {0, last_score, last_id, 0}
 local scanned = 0
 local decode = cjson.decode
@@ -74,6 +92,10 @@ for i = 1, #items, 2 do
   local id, score = items[i], items[i + 1]
   if tonumber(score) >= maxv then
     exhausted = true
+    break
+  end
+  if scanned > 0 and scanned % 32 == 0 and over_budget() then
+    exhausted = false
     break
   end
   scanned = scanned + 1
@@ -85,7 +107,7 @@ for i = 1, #items, 2 do
     out[#out + 1] = false; out[#out + 1] = false; out[#out + 1] = "000"
   else
     local match = npat == 0
-    for p = 8, #ARGV do
+    for p = 9, #ARGV do
       if string.find(name, ARGV[p]) then
         match = true
         break
@@ -215,21 +237,24 @@ return {moved, skipped, missing}
 #: score (inclusive), [3] max score (exclusive), [4] members to scan at most, [5] maxJobs
 #: (0 = none), [6] the selection's upper bound (stored), [7] corrupt ids kept, [8] reason
 #: keys kept, [9] "1": data must parse as JSON (cjson), "0": only look like JSON (first and
-#: last character; several times cheaper, and what a truncated or non-JSON value fails).
+#: last character; several times cheaper, and what a truncated or non-JSON value fails),
+#: [10] time budget in µs (0 = none; the page ends early, not done, once it is spent).
 #: Returns {scanned, selected, corrupt, done 1/0}; scanned is -1 when the progress is not
 #: in the selecting stage (another process moved on).
 SELECT_WINDOW = r"""
+if redis.replicate_commands then redis.replicate_commands() end
 local rcall = redis.call
 local key, progress = KEYS[1], KEYS[2]
 local prefix, min_s, max_s = ARGV[1], ARGV[2], ARGV[3]
 local maxv = tonumber(max_s)
 local count, max_jobs = tonumber(ARGV[4]), tonumber(ARGV[5])
 local exact = ARGV[9] == "1"
+local budget_us = tonumber(ARGV[10]) or 0
 local p = rcall("HMGET", progress, "stage", "sel_score", "sel_id", "matched")
 if p[1] ~= "selecting" then return {-1, 0, 0, 0} end
 local last_score, last_id = p[2] or "", p[3] or ""
 local matched = tonumber(p[4]) or 0
-""" + _AFTER_CURSOR + r"""
+""" + _AFTER_CURSOR + _TIME_BUDGET + r"""
 local decode = cjson.decode
 local byte = string.byte
 local function json_ok(s)
@@ -264,6 +289,10 @@ for i = 1, #items, 2 do
   end
   if room >= 0 and nids >= room then
     done = true
+    break
+  end
+  if scanned > 0 and scanned % 32 == 0 and over_budget() then
+    done = false
     break
   end
   scanned = scanned + 1
@@ -351,10 +380,10 @@ local n = math.min(tonumber(ARGV[2]), matched - cursor)
 if n <= 0 then return cjson.encode(out) end
 local fast_n, slow_n = tonumber(ARGV[3]), tonumber(ARGV[4])
 local m, head = 0, {}
-if ARGV[5] ~= "off" then
+if ARGV[5] ~= "off" and rcall("ZRANGE", KEYS[5], 0, 0)[1] == rcall("LINDEX", KEYS[4], cursor) then
   local ids = rcall("LRANGE", KEYS[4], cursor, cursor + n - 1)
-  head = rcall("ZRANGE", KEYS[5], 0, #ids - 1, "WITHSCORES")
-  while m < #ids and head[2 * m + 1] == ids[m + 1] do m = m + 1 end
+  head = rcall("ZRANGE", KEYS[5], 0, #ids - 1)
+  while m < #ids and head[m + 1] == ids[m + 1] do m = m + 1 end
 end
 if m == 0 then
   out[#out + 1] = "s"
@@ -377,7 +406,7 @@ while i <= m do
     while j <= m and not special[j] and j - i < fast_n do j = j + 1 end
     out[#out + 1] = "f"
     out[#out + 1] = j - i
-    out[#out + 1] = head[2 * (j - 1)]
+    out[#out + 1] = rcall("ZSCORE", KEYS[5], head[j - 1])
   end
   i = j
 end

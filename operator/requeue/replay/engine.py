@@ -11,13 +11,21 @@ Restart safety, in short (keys in :class:`requeue.queues.ReplayKeys`):
 
 * Selection appends matching ids to the replay's *snapshot* list one page at a
   time; the page's ids, the breakdown counters and the selection cursor are
-  written in one MULTI/EXEC, fenced by WATCH on the progress hash.
+  written in one MULTI/EXEC, fenced by WATCH on the progress hash. A pure time
+  window is selected inside Redis instead (``SELECT_WINDOW``): each page is one
+  script, which reads the cursor from and commits to the progress hash itself.
+* The whole snapshot exists before the first move (stage ``replaying``), so jobs
+  failing again during the replay, whatever their new score, are never picked.
 * Replay walks the snapshot with a cursor. One batch is ONE MULTI/EXEC: a
   bookkeeping script of ours that predicts BullMQ's answer for each id (hash
   exists? in the failed set?) and advances cursor and counters, followed by
   BullMQ's ``reprocessJob`` for each id. Counters and moves commit together, so
   the status rebuilt from Redis after a crash is exact. ``reprocessJob`` refuses
   a job no longer in the failed set, so even a repeated batch moves nothing twice.
+  Runs of ids at the head of the failed set without priority or lifo go through
+  BullMQ's ``moveJobsToWait`` instead, each chunk guarded in the same write by a
+  script that aborts the chunk's own EXEC unless the head, lease, cursor and
+  paused flag are still what the plan saw (see :meth:`ReplayEngine._reprocess_batch`).
 * Jobs failing again later are not replayed again: only the snapshot is replayed.
 * A per-queue lease (``SET PX``, fenced by the replay id and WATCHed by every
   batch) keeps two replays off one queue.
@@ -60,16 +68,18 @@ from requeue.replay.select import Matcher, normalize_reason, to_ms
 
 logger = logging.getLogger(__name__)
 
+#: Redis time a selection page script may take (µs); it ends the page early after that.
+SELECT_BUDGET_US = 1200
 #: Failed-set members per selection page (one read-only Lua call each, ~3 µs of Redis time per
 #: member it returns: a page stays around a millisecond, so other clients never wait long).
 SELECT_PAGE_SIZE = 250
 #: Page size when names are prefiltered in Redis (non-matching members cost ~0.5 µs each).
-SELECT_PAGE_SIZE_NAMES = 600
+SELECT_PAGE_SIZE_NAMES = 1000
 #: Failed-set members scanned per selection step at most (several pages, each committed alone).
 SELECT_STEP_MEMBERS = 20_000
 #: Failed-set members per call of the in-Redis selection of a pure time window
 #: (``SELECT_WINDOW``: ~3-4 µs of Redis time each, so a call stays under ~1.5 ms).
-SELECT_WINDOW_PAGE = 400
+SELECT_WINDOW_PAGE = 500
 #: The window selection's corrupt-data check: True parses every job's data as JSON in
 #: Redis (cjson, ~2.5 µs per job), False checks it only looks like JSON (first and last
 #: character: catches truncated and non-JSON values; ~0.3 µs).
@@ -80,8 +90,8 @@ REASON_KEYS = 2000
 #: Jobs per sub-transaction of a replay batch with BullMQ's ``reprocessJob`` (~20 µs of Redis
 #: time each: a MULTI stays around 2 ms) and with ``moveJobsToWait`` (~6-7 µs each with the
 #: bookkeeping and the attempts reset).
-REPROCESS_CHUNK = 80
-MOVE_CHUNK = 250
+REPROCESS_CHUNK = 64
+MOVE_CHUNK = 200
 #: Jobs per sub-transaction of a targetQueue batch (an add and a remove script each).
 COPY_CHUNK = 50
 #: Replayed ids checked per verification step.
@@ -603,7 +613,7 @@ class ReplayEngine:
             keys=[q.keys.failed, k.progress, k.snapshot, k.names, k.reasons, k.corrupt, k.lifo, k.slow],
             args=[q.keys.base, matcher.min_score, matcher.max_score(upper), SELECT_WINDOW_PAGE,
                   spec.selector.max_jobs or 0, upper, CORRUPT_IDS, REASON_KEYS,
-                  "1" if WINDOW_EXACT_JSON else "0"],
+                  "1" if WINDOW_EXACT_JSON else "0", SELECT_BUDGET_US],
         )
         scanned, picked, corrupt, done = (int(x) for x in raw)
         if scanned < 0:
@@ -618,7 +628,8 @@ class ReplayEngine:
         """One page into the snapshot; ``p`` is updated to what was committed. Returns (done, scanned)."""
         cursor = Cursor(p.get("sel_score", ""), p.get("sel_id", ""))
         page = await q.select_page(cursor, min_score=matcher.min_score, max_score=matcher.max_score(upper),
-                                   name_globs=matcher.name_globs, count=page_size, with_data=with_data)
+                                   name_globs=matcher.name_globs, count=page_size, with_data=with_data,
+                                   budget_us=SELECT_BUDGET_US)
         room = (spec.selector.max_jobs - st.matched) if spec.selector.max_jobs else None
         picked: list[str] = []
         lifo: list[str] = []
