@@ -154,7 +154,8 @@ class DemoSession:
             report = await analyse_failed_set(BullQueue(client, QUEUE), top=5, samples=0)
         finally:
             await client.aclose()
-        self.shell(f"requeue inspect --redis-url {self.redis.url} --queue {QUEUE}")
+        self.say(f"the failed set, grouped as `requeue inspect --redis-url {self.redis.url} --queue {QUEUE}` "
+                 "does:")
         table = Table(box=None, pad_edge=False, padding=(0, 2))
         table.add_column("JOB NAME")
         table.add_column("COUNT", justify="right")
@@ -325,8 +326,10 @@ spec:
         conditions = ", ".join(f"{c.get('type')}={c.get('status')} ({c.get('reason')})"
                                for c in status.get("conditions") or [])
         fields.append(("conditions", conditions))
-        self.shell(f"kubectl -n {NAMESPACE} get dlqr {REPLAY} -o yaml   # .status, abridged",
-                   "".join(f"{key + ':':<12} {value}\n" for key, value in fields))
+        self.say(f"dlqr/{REPLAY} .status (abridged; timing from its timestamps):")
+        for key, value in fields:
+            self.console.print(f"        {key + ':':<12} {value}", highlight=False, markup=False,
+                               soft_wrap=True)
         if self.kubectl is not None:
             proc = await asyncio.to_thread(self.kubectl, "-n", NAMESPACE, "get", "events",
                                           "--sort-by=.lastTimestamp")
