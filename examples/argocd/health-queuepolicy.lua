@@ -3,7 +3,8 @@
 -- Written for Lua 5.1 (gopher-lua, Argo CD's runtime); runs unchanged on Lua 5.4.
 --
 -- The operator keeps a condition of type Healthy: True when every watched queue
--- is within its thresholds and every gate is green.
+-- is within its thresholds. Gates are reported apart (condition GatesPassed): a red
+-- gate is an outage the policy is handling (pausing queues), not a broken policy.
 --
 --   Healthy=True                       Healthy
 --   Healthy=False                      Degraded     message: the condition's message (which queue,

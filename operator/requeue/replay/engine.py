@@ -443,8 +443,8 @@ class ReplayEngine:
             st.started_at = _from_ms(_int(p, "started_ms"))
         if p.get("replayed_ms") and st.replay_finished_at is None:
             st.replay_finished_at = _from_ms(_int(p, "replayed_ms"))
-        done = st.replayed + st.skipped
-        st.progress = f"{done}/{st.matched}"
+        if "matched" in p:  # before selection "0/0" would read as "nothing to replay"
+            st.progress = f"{st.replayed + st.skipped}/{st.matched}"
 
     # -- lease ---------------------------------------------------------------
 
