@@ -31,7 +31,7 @@ people about it.
   an unreachable Redis or API server end up in condition ``Ready=False`` with
   the error's reason (``SecretNotFound``, ``AuthFailed``, ``RedisUnreachable``),
   ``.status.message`` and one Warning Event per distinct problem, retried with
-  exponential backoff (:data:`RETRY_FIRST` doubling to :data:`RETRY_MAX`) in
+  exponential backoff (:func:`requeue.handlers.daemon.backoff`) in
   the phase the replay was in: never a crash loop. An invalid spec before
   anything started ends in ``Failed`` (``SpecInvalid``).
 
@@ -60,14 +60,22 @@ from requeue.api.loading import parse
 from requeue.api.resources import GROUP, VERSION
 from requeue.errors import AuthFailed, RedisUnavailable, RequeueError, SecretNotFound, SpecInvalid
 from requeue.gates import GateRunner
+from requeue.handlers.daemon import (
+    RETRY_MAX,
+    backoff,
+    describe_failure,
+    name_trouble,
+    open_redis,
+    post_events,
+    run_daemon,
+    sleep,
+)
 from requeue.handlers.errors import to_kopf
 from requeue.k8s.objects import delete_object, patch_annotations
 from requeue.k8s.secrets import KubeSecrets
 from requeue.k8s.status import patch_status
 from requeue.metrics import REDIS_UP, REPLAY_JOBS, REPLAYS
 from requeue.policy.budget import ReplayBudget
-from requeue.queues import connect
-from requeue.redact import redact_text
 from requeue.replay import ReplayEngine, ReplayEvent, utcnow
 
 __all__ = [
@@ -89,9 +97,6 @@ PIN_ANNOTATION = f"{GROUP}/pinned-spec"
 PINNED_FIELDS = ("redis", "prefix", "queue", "selector", "targetQueue", "dryRun")
 #: Seconds between two status writes while nothing important changes.
 STATUS_INTERVAL = 2.0
-#: First and longest delay (seconds) between retries after a named problem (missing Secret, ...).
-RETRY_FIRST = 1.0
-RETRY_MAX = 60.0
 #: Attempts of the deletion cleanup before kopf gives up and releases the finalizer anyway.
 CLEANUP_RETRIES = 20
 #: Key of :class:`ObjectState` in kopf's per-object memo.
@@ -209,20 +214,9 @@ async def open_engine(namespace: str, name: str, uid: str, spec: DLQReplaySpec, 
     :raises AuthFailed: Redis refused the credentials.
     :raises RedisUnavailable: Redis cannot be reached.
     """
-    secrets = KubeSecrets(namespace)
-    url = await secrets.get(spec.redis.url_secret_ref)
-    tls = spec.redis.tls
-    ca = await secrets.get(tls.ca_secret_ref) if tls is not None and tls.ca_secret_ref is not None else None
-    redis = await connect(url, db=spec.redis.db, tls_ca_pem=ca,
-                          tls_insecure_skip_verify=bool(tls and tls.insecure_skip_verify))
+    redis, url = await open_redis(KubeSecrets(namespace), spec.redis)
     engine = ReplayEngine(redis, replay_id=uid, owner=f"{namespace}/{name}", budget=budget)
     return engine, url
-
-
-def post_events(body: Any, events: list[ReplayEvent]) -> None:
-    """Every engine event as a Kubernetes Event on the object (kopf posts them in the background)."""
-    for event in events:
-        kopf.event(body, type=event.type, reason=event.reason, message=redact_text(event.message))
 
 
 # ---------------------------------------------------------------- metrics
@@ -348,19 +342,7 @@ class ReplayDriver:
 
     async def sleep(self, delay: float) -> None:
         """Wait ``delay`` seconds, less if the daemon is stopped or the spec changes."""
-        if delay > 0 and not self._stopping():
-
-            async def stopped() -> None:
-                await self.stopped.wait()
-
-            waiters = [asyncio.ensure_future(stopped()), asyncio.ensure_future(self.state.wake.wait())]
-            try:
-                await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
-                await asyncio.gather(*waiters, return_exceptions=True)
-        self.state.wake.clear()
+        await sleep(0.0 if self._stopping() else delay, self.stopped, self.state.wake)
 
     # -- spec
 
@@ -446,15 +428,11 @@ class ReplayDriver:
 
     def _backoff(self) -> float:
         self.failures += 1
-        return float(min(RETRY_MAX, RETRY_FIRST * 2.0 ** (self.failures - 1)))
+        return backoff(self.failures)
 
     async def on_trouble(self, exc: BaseException) -> float:
         """A named problem becomes ``Ready=False`` with its reason, one Warning Event, and a backoff."""
-        if isinstance(exc, RequeueError):
-            reason, message = exc.reason, exc.message
-        else:
-            logger.exception("replay %s/%s: unexpected error", self.namespace, self.name)
-            reason, message = "InternalError", redact_text(f"unexpected {type(exc).__name__}: {exc}")
+        reason, message = name_trouble(exc, logger, f"replay {self.namespace}/{self.name}")
         if isinstance(exc, RedisUnavailable | AuthFailed):
             REDIS_UP.labels(self.namespace, self.name).set(0)
         await self.close()  # reconnect (and re-read the Secret) next time
@@ -546,13 +524,7 @@ async def replay_daemon(body: kopf.Body, namespace: str | None, name: str | None
     assert namespace and name and uid
     driver = ReplayDriver(body=body, namespace=namespace, name=name, uid=uid,
                           state=_object_state(memo), stopped=stopped)
-    try:
-        await driver.run()
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        logger.exception("replay %s/%s: daemon failed", namespace, name)
-        raise to_kopf(exc) from None
+    await run_daemon(driver.run(), logger, f"replay {namespace}/{name}")
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="spec-changed",
@@ -614,8 +586,7 @@ async def replay_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
                 observe_phase(namespace, name, None)
                 return  # it never got as far as Redis: nothing to clean up
             if retry + 1 >= CLEANUP_RETRIES or isinstance(exc, SpecInvalid):
-                reason = exc.reason if isinstance(exc, RequeueError) else type(exc).__name__
-                message = exc.message if isinstance(exc, RequeueError) else redact_text(str(exc))
+                reason, message = describe_failure(exc)
                 kopf.event(body, type="Warning", reason="CleanupFailed",
                            message=f"giving up cleaning up after {retry + 1} attempts ({reason}: {message});"
                                    " the queue lease expires by itself within a minute; resume the queue "

@@ -64,6 +64,16 @@ from requeue.api.loading import parse
 from requeue.api.resources import GROUP, VERSION
 from requeue.errors import AuthFailed, RedisUnavailable, RequeueError, SpecInvalid
 from requeue.gates import GateRunner
+from requeue.handlers.daemon import (
+    RETRY_FIRST,
+    backoff,
+    describe_failure,
+    name_trouble,
+    open_redis,
+    post_events,
+    run_daemon,
+    sleep,
+)
 from requeue.handlers.errors import to_kopf
 from requeue.k8s.owned import Owner, create_owned
 from requeue.k8s.secrets import KubeSecrets
@@ -81,8 +91,6 @@ from requeue.policy import (
     release,
 )
 from requeue.policy.memory import memory_key
-from requeue.queues import connect
-from requeue.redact import redact_text
 
 __all__ = [
     "PLURAL",
@@ -99,9 +107,6 @@ logger = logging.getLogger(__name__)
 PLURAL = QueuePolicy.INFO.plural
 #: Shortest time between two evaluations, whatever ``spec.interval`` says (seconds).
 MIN_INTERVAL = 0.5
-#: First and longest delay (seconds) between retries after a named problem (missing Secret, ...).
-RETRY_FIRST = 1.0
-RETRY_MAX = 60.0
 #: Delay before an invalid spec is looked at again (an edit wakes the daemon earlier).
 SPEC_RETRY = 60.0
 #: Attempts of the deletion cleanup before kopf gives up and releases the finalizer anyway.
@@ -170,27 +175,6 @@ def status_wire(status: QueuePolicyStatus) -> dict[str, Any]:
     return {key: compact.get(key) for key in full}
 
 
-def post_events(body: Any, events: list[PolicyEvent]) -> None:
-    """Every evaluation event as a Kubernetes Event on the policy (kopf posts them in the background)."""
-    for event in events:
-        kopf.event(body, type=event.type, reason=event.reason, message=redact_text(event.message))
-
-
-async def open_redis(secrets: KubeSecrets, spec: QueuePolicySpec) -> tuple[Redis, str]:
-    """Connect to the policy's Redis with the URL from the namespace's Secret.
-
-    :raises SecretNotFound: the Secret or key does not exist.
-    :raises AuthFailed: Redis refused the credentials.
-    :raises RedisUnavailable: Redis cannot be reached.
-    """
-    url = await secrets.get(spec.redis.url_secret_ref)
-    tls = spec.redis.tls
-    ca = await secrets.get(tls.ca_secret_ref) if tls is not None and tls.ca_secret_ref is not None else None
-    redis = await connect(url, db=spec.redis.db, tls_ca_pem=ca,
-                          tls_insecure_skip_verify=bool(tls and tls.insecure_skip_verify))
-    return redis, url
-
-
 # ---------------------------------------------------------------- child replays
 
 
@@ -254,19 +238,7 @@ class PolicyDriver:
 
     async def sleep(self, delay: float) -> None:
         """Wait ``delay`` seconds, less if the daemon is stopped or the spec changes."""
-        if delay > 0 and not self._stopping():
-
-            async def stopped() -> None:
-                await self.stopped.wait()
-
-            waiters = [asyncio.ensure_future(stopped()), asyncio.ensure_future(self.state.wake.wait())]
-            try:
-                await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
-                await asyncio.gather(*waiters, return_exceptions=True)
-        self.state.wake.clear()
+        await sleep(0.0 if self._stopping() else delay, self.stopped, self.state.wake)
 
     async def evaluate_once(self) -> float:
         """One evaluation and its status write; returns the seconds to wait before the next."""
@@ -361,7 +333,7 @@ class PolicyDriver:
         if self.redis is not None and self.connected_with != wanted:
             await self.close()
         if self.redis is None:
-            self.redis, self.redis_url = await open_redis(self.secrets, spec)
+            self.redis, self.redis_url = await open_redis(self.secrets, spec.redis)
             self.connected_with = wanted
         assert self.redis_url is not None
         return self.redis, self.redis_url
@@ -374,13 +346,9 @@ class PolicyDriver:
 
     def on_trouble(self, exc: BaseException, now: datetime) -> float:
         """A problem before evaluating: ``Ready=False`` with its reason, one Warning Event, a backoff."""
-        if isinstance(exc, RequeueError):
-            reason, message = exc.reason, exc.message
-        else:
-            logger.exception("policy %s/%s: unexpected error", self.namespace, self.name)
-            reason, message = "InternalError", redact_text(f"unexpected {type(exc).__name__}: {exc}")
+        reason, message = name_trouble(exc, logger, f"policy {self.namespace}/{self.name}")
         self.failures += 1
-        delay = float(min(RETRY_MAX, RETRY_FIRST * 2.0 ** (self.failures - 1)))
+        delay = backoff(self.failures)
         self._set("Ready", False, reason, message, now)
         self._set("Healthy", ConditionStatus.UNKNOWN, reason, "queues could not be observed", now)
         self.status.observed_generation = self.generation
@@ -425,13 +393,7 @@ async def policy_daemon(body: kopf.Body, namespace: str | None, name: str | None
     assert namespace and name and uid
     driver = PolicyDriver(body=body, namespace=namespace, name=name, uid=uid, state=policy_state(uid),
                           stopped=stopped)
-    try:
-        await driver.run()
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        logger.exception("policy %s/%s: daemon failed", namespace, name)
-        raise to_kopf(exc) from None
+    await run_daemon(driver.run(), logger, f"policy {namespace}/{name}")
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="spec-changed", retries=3, backoff=1, timeout=60)
@@ -462,7 +424,7 @@ async def policy_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
         ref = PolicyRef(namespace, name, uid)
         try:
             spec = parse(QueuePolicySpec, dict(body.get("spec") or {}), name=f"{namespace}/{name}")
-            redis, _url = await open_redis(KubeSecrets(namespace), spec)
+            redis, _url = await open_redis(KubeSecrets(namespace), spec.redis)
             try:
                 ops = BullQueueOps(redis, spec.prefix)
                 for action in resumes:
@@ -473,8 +435,7 @@ async def policy_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            reason = exc.reason if isinstance(exc, RequeueError) else type(exc).__name__
-            message = exc.message if isinstance(exc, RequeueError) else redact_text(str(exc))
+            reason, message = describe_failure(exc)
             if resumes and retry + 1 < CLEANUP_RETRIES and not isinstance(exc, SpecInvalid):
                 raise to_kopf(exc) from None
             if resumes:

@@ -1,0 +1,126 @@
+"""What the DLQReplay and QueuePolicy daemons share: waiting, backoff, Events, Redis, failures.
+
+Both controllers run one kopf daemon per object that loops "step, write
+status, wait"; the pieces of that loop that do not depend on the resource live
+here, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Iterable
+from typing import Any, Protocol
+
+import kopf
+from redis.asyncio import Redis
+
+from requeue.api.common import RedisConnection
+from requeue.errors import RequeueError
+from requeue.handlers.errors import to_kopf
+from requeue.queues import connect
+from requeue.redact import redact_text
+from requeue.secrets import SecretSource
+
+__all__ = [
+    "RETRY_FIRST",
+    "RETRY_MAX",
+    "EventLike",
+    "backoff",
+    "describe_failure",
+    "name_trouble",
+    "open_redis",
+    "post_events",
+    "run_daemon",
+    "sleep",
+]
+
+#: First and longest delay (seconds) between retries after a named problem (missing Secret, ...).
+RETRY_FIRST = 1.0
+RETRY_MAX = 60.0
+
+
+class EventLike(Protocol):
+    """An Event the core asks for: :class:`~requeue.replay.ReplayEvent` or
+    :class:`~requeue.policy.PolicyEvent`."""
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after ``failures`` named problems in a row: :data:`RETRY_FIRST` doubling
+    up to :data:`RETRY_MAX`."""
+    return float(min(RETRY_MAX, RETRY_FIRST * 2.0 ** (failures - 1)))
+
+
+async def sleep(delay: float, stopped: Any, wake: asyncio.Event) -> None:
+    """Wait ``delay`` seconds, less if kopf's ``stopped`` flag or ``wake`` (a spec edit) is set;
+    then clear ``wake``."""
+    if delay > 0:
+
+        async def stopped_wait() -> None:
+            await stopped.wait()
+
+        waiters = [asyncio.ensure_future(stopped_wait()), asyncio.ensure_future(wake.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+    wake.clear()
+
+
+def post_events(body: Any, events: Iterable[EventLike]) -> None:
+    """Every event of the core as a Kubernetes Event on the object (kopf posts them in the background)."""
+    for event in events:
+        kopf.event(body, type=event.type, reason=event.reason, message=redact_text(event.message))
+
+
+async def open_redis(secrets: SecretSource, conn: RedisConnection) -> tuple[Redis, str]:
+    """Connect to the Redis of ``conn`` with the URL (and CA) from the namespace's Secrets.
+
+    :raises SecretNotFound: the Secret or key does not exist.
+    :raises AuthFailed: Redis refused the credentials.
+    :raises RedisUnavailable: Redis cannot be reached.
+    """
+    url = await secrets.get(conn.url_secret_ref)
+    tls = conn.tls
+    ca = await secrets.get(tls.ca_secret_ref) if tls is not None and tls.ca_secret_ref is not None else None
+    redis = await connect(url, db=conn.db, tls_ca_pem=ca,
+                          tls_insecure_skip_verify=bool(tls and tls.insecure_skip_verify))
+    return redis, url
+
+
+def name_trouble(exc: BaseException, log: logging.Logger, what: str) -> tuple[str, str]:
+    """Reason and message for a problem inside a daemon's step; an unexpected one is logged with
+    its traceback (``what`` names the object, e.g. ``replay ns/name``) and becomes ``InternalError``."""
+    if isinstance(exc, RequeueError):
+        return exc.reason, exc.message
+    log.exception("%s: unexpected error", what)
+    return "InternalError", redact_text(f"unexpected {type(exc).__name__}: {exc}")
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """Reason and message of a failed cleanup, for the Event that gives up on it."""
+    if isinstance(exc, RequeueError):
+        return exc.reason, exc.message
+    return type(exc).__name__, redact_text(str(exc))
+
+
+async def run_daemon(run: Awaitable[None], log: logging.Logger, what: str) -> None:
+    """Await a driver's ``run()``; whatever escapes it (a bug) is logged and mapped to kopf's errors."""
+    try:
+        await run
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.exception("%s: daemon failed", what)
+        raise to_kopf(exc) from None
