@@ -21,15 +21,6 @@ TOKEN = "cgb-Token-51d0e7"
 SECRETS = StaticSecrets({("cgb", "bearer"): TOKEN})
 
 
-@pytest_asyncio.fixture
-async def api() -> AsyncIterator[ControlledHttp]:
-    server = await ControlledHttp().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     return make_certificates(tmp_path_factory.mktemp("certs"))

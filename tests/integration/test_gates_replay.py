@@ -9,11 +9,10 @@ The clock is injected and moved by each step's delay, as the operator would slee
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest_asyncio
 import redis.asyncio as aioredis
 from gates_fixtures import ControlledHttp
 
@@ -21,7 +20,7 @@ from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
 from requeue.api.base import find_condition
 from requeue.gates import GateRunner
 from requeue.gates.runner import GRACE
-from requeue.queues import QueueKeys, connect
+from requeue.queues import QueueKeys
 from requeue.replay import ReplayEngine
 from requeue.secrets import StaticSecrets
 from support.bullmq_jobs import JobSpec, make_failed_jobs
@@ -40,24 +39,6 @@ class Clock:
 
     def tick(self, seconds: float) -> None:
         self.now += timedelta(seconds=max(seconds, 0.001))
-
-
-@pytest_asyncio.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = await connect(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest_asyncio.fixture
-async def api() -> AsyncIterator[ControlledHttp]:
-    server = await ControlledHttp().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def spec_with(gates: list[dict[str, Any]], **fields: Any) -> DLQReplaySpec:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-import pytest_asyncio
 from gates_fixtures import ControlledHttp
 from prometheus_client import REGISTRY
 
@@ -21,15 +19,6 @@ from support import async_wait_until
 from support.tcp_proxy import TcpProxy
 
 NOW = datetime(2025, 7, 16, 12, 0, tzinfo=UTC)
-
-
-@pytest_asyncio.fixture
-async def api() -> AsyncIterator[ControlledHttp]:
-    server = await ControlledHttp().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def http_gate(name: str, url: str, timeout: str = "5s") -> GateSpec:

@@ -6,15 +6,13 @@ budget is the one a child DLQReplay carries in its annotations.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 
 from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
 from requeue.policy import ReplayBudget
-from requeue.queues import QueueKeys, ReplayKeys, connect
+from requeue.queues import QueueKeys, ReplayKeys
 from requeue.replay import ReplayEngine
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker, wait_in_set
 
@@ -25,15 +23,6 @@ def make_spec(**fields: Any) -> DLQReplaySpec:
     return DLQReplaySpec.model_validate({
         "redis": {"urlSecretRef": {"name": "redis", "key": "url"}}, "queue": Q,
         "rate": {"jobsPerSecond": 100_000, "batchSize": 50}, **fields})
-
-
-@pytest.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = await connect(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def drive(engine: ReplayEngine, spec: DLQReplaySpec) -> tuple[DLQReplayStatus, list[str]]:

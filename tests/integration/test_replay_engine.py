@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,15 +27,6 @@ def make_spec(**fields: Any) -> DLQReplaySpec:
     }
     body.update(fields)
     return DLQReplaySpec.model_validate(body)
-
-
-@pytest.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = await connect(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def drive(engine: ReplayEngine, spec: DLQReplaySpec, status: DLQReplayStatus | None = None,

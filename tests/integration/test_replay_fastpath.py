@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import redis
 import redis.asyncio as aioredis
 
 from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
-from requeue.queues import BullQueue, QueueKeys, ReplayKeys, connect
+from requeue.queues import BullQueue, QueueKeys, ReplayKeys
 from requeue.queues import raw as raw_module
 from requeue.replay import ReplayEngine
 from requeue.replay import engine as engine_module
@@ -43,15 +42,6 @@ def make_spec(**fields: Any) -> DLQReplaySpec:
     }
     body.update(fields)
     return DLQReplaySpec.model_validate(body)
-
-
-@pytest.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = await connect(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def drive(engine: ReplayEngine, spec: DLQReplaySpec, st: DLQReplayStatus | None = None,

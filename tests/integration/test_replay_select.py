@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from requeue.api import DLQReplaySpec, ReplayPhase
-from requeue.queues import ReplayKeys, connect
+from requeue.queues import ReplayKeys
 from requeue.replay import ReplayEngine
 from support.bullmq_jobs import JobSpec, make_failed_jobs
 
@@ -65,15 +65,6 @@ async def world(redis_url: str) -> World:
     made = [Made(i, s, 1) for i, s in zip(ids1, first, strict=True)]
     made += [Made(i, s, 2) for i, s in zip(ids2, second, strict=True)]
     return World(made, between)
-
-
-@pytest.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = await connect(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def subset(expected: dict[str, Any], actual: dict[str, Any]) -> bool:

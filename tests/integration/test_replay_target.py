@@ -8,7 +8,6 @@ and originals removed by BullMQ's own scripts, a real Worker holding a job activ
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -37,15 +36,6 @@ def make_spec(**fields: Any) -> DLQReplaySpec:
     }
     body.update(fields)
     return DLQReplaySpec.model_validate(body)
-
-
-@pytest.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = await connect(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def jobs(n: int, **opts: Any) -> list[JobSpec]:
