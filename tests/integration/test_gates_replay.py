@@ -25,6 +25,7 @@ from requeue.replay import ReplayEngine
 from requeue.secrets import StaticSecrets
 from support.bullmq_jobs import JobSpec, make_failed_jobs
 from support.redis_server import RedisServer
+from support.replay import replay_spec
 from support.tcp_proxy import TcpProxy
 
 Q = "default"
@@ -42,15 +43,7 @@ class Clock:
 
 
 def spec_with(gates: list[dict[str, Any]], **fields: Any) -> DLQReplaySpec:
-    body: dict[str, Any] = {
-        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
-        "queue": Q,
-        "rate": {"jobsPerSecond": 100_000, "batchSize": 50},
-        "gates": gates,
-        "gatePolicy": {"interval": "1s", "timeout": "10m"},
-    }
-    body.update(fields)
-    return DLQReplaySpec.model_validate(body)
+    return replay_spec({"gates": gates, "gatePolicy": {"interval": "1s", "timeout": "10m"}}, **fields)
 
 
 def engine_for(

@@ -6,8 +6,6 @@ budget is the one a child DLQReplay carries in its annotations.
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis.asyncio as aioredis
 
 from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
@@ -15,14 +13,9 @@ from requeue.policy import ReplayBudget
 from requeue.queues import QueueKeys, ReplayKeys
 from requeue.replay import ReplayEngine
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker, wait_in_set
+from support.replay import replay_spec as make_spec
 
 Q = "default"
-
-
-def make_spec(**fields: Any) -> DLQReplaySpec:
-    return DLQReplaySpec.model_validate({
-        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}}, "queue": Q,
-        "rate": {"jobsPerSecond": 100_000, "batchSize": 50}, **fields})
 
 
 async def drive(engine: ReplayEngine, spec: DLQReplaySpec) -> tuple[DLQReplayStatus, list[str]]:

@@ -15,32 +15,10 @@ from requeue.errors import RedisUnavailable
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys, connect
 from requeue.replay import ReplayEngine, StepResult
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
+from support.replay import drive
+from support.replay import replay_spec as make_spec
 
 Q = "default"
-
-
-def make_spec(**fields: Any) -> DLQReplaySpec:
-    body: dict[str, Any] = {
-        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
-        "queue": Q,
-        "rate": {"jobsPerSecond": 100_000, "batchSize": 50},
-    }
-    body.update(fields)
-    return DLQReplaySpec.model_validate(body)
-
-
-async def drive(engine: ReplayEngine, spec: DLQReplaySpec, status: DLQReplayStatus | None = None,
-                *, max_steps: int = 5000, clock: Clock | None = None) -> DLQReplayStatus:
-    """Step without sleeping; a test-controlled clock is moved on by each step's delay."""
-    st = status or DLQReplayStatus()
-    for _ in range(max_steps):
-        res = await engine.step(spec, st)
-        st = res.status
-        if clock is not None:
-            clock.tick(res.delay)
-        if st.phase.finished:
-            return st
-    raise AssertionError(f"not finished after {max_steps} steps: {st.phase} {st.message}")
 
 
 async def wait_ids(r: aioredis.Redis, queue: str = Q) -> list[str]:

@@ -29,29 +29,14 @@ from requeue.replay import engine as engine_module
 from support import wait_until
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
 from support.cli import cli, popen_cli, write_manifest
+from support.replay import drive, replay_spec
 
 Q = "default"
 K = QueueKeys("bull", Q)
 
 
 def make_spec(**fields: Any) -> DLQReplaySpec:
-    body: dict[str, Any] = {
-        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
-        "queue": Q,
-        "rate": {"jobsPerSecond": 1_000_000, "batchSize": 1000},
-    }
-    body.update(fields)
-    return DLQReplaySpec.model_validate(body)
-
-
-async def drive(engine: ReplayEngine, spec: DLQReplaySpec, st: DLQReplayStatus | None = None,
-                max_steps: int = 5000) -> DLQReplayStatus:
-    st = st or DLQReplayStatus()
-    for _ in range(max_steps):
-        st = (await engine.step(spec, st)).status
-        if st.phase.finished:
-            return st
-    raise AssertionError(f"not finished: {st.phase} {st.message}")
+    return replay_spec({"rate": {"jobsPerSecond": 1_000_000, "batchSize": 1000}}, **fields)
 
 
 def mixed(n: int) -> list[JobSpec]:

@@ -18,7 +18,9 @@ from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys, connect
 from requeue.queues.raw import RawTransaction
 from requeue.replay import ReplayEngine
+from support import replay
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
+from support.replay import replay_spec
 
 Q, T = "default", "retry"
 
@@ -28,14 +30,7 @@ class ProcessKilled(BaseException):
 
 
 def make_spec(**fields: Any) -> DLQReplaySpec:
-    body: dict[str, Any] = {
-        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
-        "queue": Q,
-        "targetQueue": T,
-        "rate": {"jobsPerSecond": 100_000, "batchSize": 10},
-    }
-    body.update(fields)
-    return DLQReplaySpec.model_validate(body)
+    return replay_spec({"targetQueue": T, "rate": {"jobsPerSecond": 100_000, "batchSize": 10}}, **fields)
 
 
 def jobs(n: int, **opts: Any) -> list[JobSpec]:
@@ -44,12 +39,7 @@ def jobs(n: int, **opts: Any) -> list[JobSpec]:
 
 async def drive(engine: ReplayEngine, spec: DLQReplaySpec,
                 st: DLQReplayStatus | None = None) -> DLQReplayStatus:
-    st = st or DLQReplayStatus()
-    for _ in range(2000):
-        st = (await engine.step(spec, st)).status
-        if st.phase.finished:
-            return st
-    raise AssertionError(f"not finished: {st.phase} {st.message}")
+    return await replay.drive(engine, spec, st, max_steps=2000)
 
 
 async def until_replaying(engine: ReplayEngine, spec: DLQReplaySpec) -> DLQReplayStatus:
