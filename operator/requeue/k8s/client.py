@@ -12,13 +12,15 @@ The client is synchronous: callers run its calls in a worker thread
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
+from collections.abc import Callable, Collection
 from typing import Any
 
 from requeue.errors import TransientError
 
-__all__ = ["ApiUnavailable", "core_v1", "custom_objects", "load_config", "translate"]
+__all__ = ["ApiUnavailable", "call_api", "core_v1", "custom_objects", "load_config", "translate"]
 
 _lock = threading.Lock()
 _loaded = False
@@ -68,3 +70,19 @@ def translate(exc: BaseException, what: str) -> Exception:
         reason = getattr(exc, "reason", None) or ""
         return ApiUnavailable(f"{what}: Kubernetes API answered HTTP {status} {reason}".strip(), delay=5)
     return ApiUnavailable(f"{what}: Kubernetes API unreachable ({type(exc).__name__})", delay=5)
+
+
+async def call_api(call: Callable[[], object], what: str, *, absent: Collection[int] = (404,)) -> bool:
+    """Run the synchronous client ``call`` in a worker thread; False when the API server answers
+    with a status in ``absent`` (e.g. 404: the object is gone).
+
+    :param what: what the call does, for the error message (``"deleting dlqreplays ns/name"``).
+    :raises ApiUnavailable: any other failure, through :func:`translate`.
+    """
+    try:
+        await asyncio.to_thread(call)
+    except Exception as exc:
+        if getattr(exc, "status", None) in absent:
+            return False
+        raise translate(exc, what) from None
+    return True

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 
 from requeue.api.resources import GROUP, VERSION
-from requeue.k8s.client import custom_objects, translate
+from requeue.k8s.client import call_api, custom_objects
 from requeue.k8s.status import MERGE_PATCH
 
 __all__ = ["delete_object", "patch_annotations"]
@@ -21,19 +20,13 @@ async def patch_annotations(
     Annotations are metadata: writing them never bumps ``.metadata.generation``.
     """
 
-    def call() -> None:
-        custom_objects().patch_namespaced_custom_object(
+    return await call_api(
+        lambda: custom_objects().patch_namespaced_custom_object(
             GROUP, VERSION, namespace, plural, name, {"metadata": {"annotations": dict(annotations)}},
             _content_type=MERGE_PATCH, _request_timeout=request_timeout,
-        )
-
-    try:
-        await asyncio.to_thread(call)
-    except Exception as exc:
-        if getattr(exc, "status", None) == 404:
-            return False
-        raise translate(exc, f"annotating {plural} {namespace}/{name}") from None
-    return True
+        ),
+        f"annotating {plural} {namespace}/{name}",
+    )
 
 
 async def delete_object(
@@ -51,15 +44,9 @@ async def delete_object(
         preconditions=client.V1Preconditions(uid=uid) if uid else None,
     )
 
-    def call() -> None:
-        custom_objects().delete_namespaced_custom_object(
+    return await call_api(
+        lambda: custom_objects().delete_namespaced_custom_object(
             GROUP, VERSION, namespace, plural, name, body=body, _request_timeout=request_timeout,
-        )
-
-    try:
-        await asyncio.to_thread(call)
-    except Exception as exc:
-        if getattr(exc, "status", None) in (404, 409):
-            return False
-        raise translate(exc, f"deleting {plural} {namespace}/{name}") from None
-    return True
+        ),
+        f"deleting {plural} {namespace}/{name}", absent=(404, 409),
+    )

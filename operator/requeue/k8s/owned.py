@@ -8,13 +8,12 @@ garbage collector deletes them with the policy.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from requeue.api.resources import API_VERSION, GROUP, VERSION
-from requeue.k8s.client import custom_objects, translate
+from requeue.k8s.client import call_api, custom_objects
 
 __all__ = ["Owner", "create_owned"]
 
@@ -53,15 +52,9 @@ async def create_owned(
         "spec": dict(spec),
     }
 
-    def call() -> None:
-        custom_objects().create_namespaced_custom_object(
+    return await call_api(
+        lambda: custom_objects().create_namespaced_custom_object(
             GROUP, VERSION, namespace, plural, body, _request_timeout=request_timeout,
-        )
-
-    try:
-        await asyncio.to_thread(call)
-    except Exception as exc:
-        if getattr(exc, "status", None) == 409:
-            return False
-        raise translate(exc, f"creating {plural} {namespace}/{name}") from None
-    return True
+        ),
+        f"creating {plural} {namespace}/{name}", absent=(409,),
+    )

@@ -7,12 +7,11 @@ unset optionals as ``null`` and a field the model dropped disappears.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
 from requeue.api.resources import GROUP, VERSION
-from requeue.k8s.client import custom_objects, translate
+from requeue.k8s.client import call_api, custom_objects
 
 __all__ = ["MERGE_PATCH", "patch_status"]
 
@@ -27,16 +26,10 @@ async def patch_status(
     :raises ApiUnavailable: the API server is unreachable or failed (retry later).
     """
 
-    def call() -> None:
-        custom_objects().patch_namespaced_custom_object_status(
+    return await call_api(
+        lambda: custom_objects().patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, plural, name, {"status": dict(status)},
             _content_type=MERGE_PATCH, _request_timeout=request_timeout,
-        )
-
-    try:
-        await asyncio.to_thread(call)
-    except Exception as exc:
-        if getattr(exc, "status", None) == 404:
-            return False
-        raise translate(exc, f"writing status of {plural} {namespace}/{name}") from None
-    return True
+        ),
+        f"writing status of {plural} {namespace}/{name}",
+    )
