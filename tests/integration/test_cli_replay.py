@@ -19,7 +19,7 @@ from requeue.cli import main
 from requeue.queues import QueueKeys
 from support import wait_until
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
-from support.cli import acli, cli, keyspace, popen_cli, write_manifest
+from support.cli import acli, cli, interrupt_cli, keyspace, popen_cli, write_manifest
 from support.redis_server import RedisServer, free_port
 
 Q = "default"
@@ -153,17 +153,9 @@ async def test_sigkill_mid_replay_then_rerun_replays_each_job_exactly_once(
     manifest = write_manifest(tmp_path / "replay.yaml",
                               {"selector": SELECTOR, "rate": {"jobsPerSecond": 20, "batchSize": 4}})
     args = ("replay", "-f", str(manifest), "--secret", f"redis/url={redis_url}")
-    proc = popen_cli(*args, log=tmp_path / "first.log")
-    sync = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        wait_until(lambda: sync.llen(K.wait) + sync.zcard(K.prioritized) >= 12, timeout=60,
-                   message=lambda: f"first replays; log: {(tmp_path / 'first.log').read_text()}")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        sync.close()
-        if proc.poll() is None:
-            proc.kill()
+    interrupt_cli(*args, log=tmp_path / "first.log", redis_url=redis_url,
+                  ready=lambda s: s.llen(K.wait) + s.zcard(K.prioritized) >= 12,
+                  stop=signal.SIGKILL, exit_timeout=10)
     moved_before = await replayed_ids(redis_client)
     assert 12 <= len(moved_before) < len(expected), "the kill must land mid-replay"
 
@@ -191,17 +183,9 @@ async def test_ctrl_c_stops_cleanly_resumes_the_queue_it_paused_and_says_how_to_
         "gates": [{"name": "provider", "http": {"url": dead, "timeout": "1s"}}],
         "gatePolicy": {"interval": "1s"},
     })
-    proc = popen_cli("replay", "-f", str(gated), "--redis-url", redis_url, log=tmp_path / "run.log")
-    sync = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        wait_until(lambda: sync.hexists(K.meta, "paused"), timeout=30,
-                   message=lambda: f"the replay pausing the queue; log: {(tmp_path / 'run.log').read_text()}")
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=30)
-    finally:
-        sync.close()
-        if proc.poll() is None:
-            proc.kill()
+    code = interrupt_cli("replay", "-f", str(gated), "--redis-url", redis_url, log=tmp_path / "run.log",
+                         redis_url=redis_url, ready=lambda s: s.hexists(K.meta, "paused"), ready_timeout=30,
+                         waiting_for="the replay pausing the queue", stop=signal.SIGINT, exit_timeout=30)
     log = (tmp_path / "run.log").read_text()
     assert code == 130, log
     assert not await redis_client.hexists(K.meta, "paused"), "the queue this replay paused is resumed"
@@ -230,17 +214,9 @@ async def test_sigterm_mid_replay_stops_after_a_batch_and_rerun_completes(
     manifest = write_manifest(tmp_path / "replay.yaml",
                               {"selector": SELECTOR, "rate": {"jobsPerSecond": 10, "batchSize": 2}})
     args = ("replay", "-f", str(manifest), "--redis-url", redis_url)
-    proc = popen_cli(*args, log=tmp_path / "run.log")
-    sync = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        wait_until(lambda: sync.llen(K.wait) + sync.zcard(K.prioritized) >= 4, timeout=60,
-                   message=lambda: f"first replays; log: {(tmp_path / 'run.log').read_text()}")
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=30)
-    finally:
-        sync.close()
-        if proc.poll() is None:
-            proc.kill()
+    code = interrupt_cli(*args, log=tmp_path / "run.log", redis_url=redis_url,
+                         ready=lambda s: s.llen(K.wait) + s.zcard(K.prioritized) >= 4,
+                         stop=signal.SIGTERM, exit_timeout=30)
     log = (tmp_path / "run.log").read_text()
     assert code == 130, log
     assert "Interrupted (SIGTERM) in phase Replaying" in log
@@ -361,17 +337,10 @@ async def test_redis_lost_mid_replay_exits_3_without_printing_the_password(
     await make_failed_jobs(url, Q, [JobSpec(name="whatsapp.send", data={"i": i}, reason=RATE_LIMITED)
                                     for i in range(100)])
     manifest = write_manifest(tmp_path / "r.yaml", {"rate": {"jobsPerSecond": 20, "batchSize": 2}})
-    proc = popen_cli("replay", "-f", str(manifest), "--redis-url", url, log=tmp_path / "run.log")
-    sync = redis.Redis.from_url(url, decode_responses=True)
-    try:
-        wait_until(lambda: sync.llen(K.wait) >= 4, timeout=60,
-                   message=lambda: f"first replays; log: {(tmp_path / 'run.log').read_text()}")
-        server.kill()
-        code = proc.wait(timeout=90)  # the engine's bounded retries with backoff, then a named failure
-    finally:
-        sync.close()
-        if proc.poll() is None:
-            proc.kill()
+    # exit_timeout: the engine's bounded retries with backoff, then a named failure
+    code = interrupt_cli("replay", "-f", str(manifest), "--redis-url", url, log=tmp_path / "run.log",
+                         redis_url=url, ready=lambda s: s.llen(K.wait) >= 4, stop=server.kill,
+                         exit_timeout=90)
     log = (tmp_path / "run.log").read_text()
     assert code == 3, log
     assert "requeue: Redis unreachable" in log and "Rerun the same command to resume" in log

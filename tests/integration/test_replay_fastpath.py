@@ -26,9 +26,8 @@ from requeue.queues import BullQueue, QueueKeys, ReplayKeys
 from requeue.queues import raw as raw_module
 from requeue.replay import ReplayEngine
 from requeue.replay import engine as engine_module
-from support import wait_until
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
-from support.cli import cli, popen_cli, write_manifest
+from support.cli import cli, interrupt_cli, write_manifest
 from support.replay import drive, replay_spec
 
 Q = "default"
@@ -278,17 +277,9 @@ async def test_sigkill_mid_fast_replay_then_rerun_moves_each_job_once(
     ids = await make_failed_jobs(redis_url, Q, specs)
     manifest = write_manifest(tmp_path / "replay.yaml", {"rate": {"jobsPerSecond": 40, "batchSize": 8}})
     args = ("replay", "-f", str(manifest), "--secret", f"redis/url={redis_url}")
-    proc = popen_cli(*args, log=tmp_path / "first.log")
-    sync = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        wait_until(lambda: sync.llen(K.wait) + sync.zcard(K.prioritized) >= 30, timeout=60,
-                   message=lambda: f"first replays; log: {(tmp_path / 'first.log').read_text()}")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        sync.close()
-        if proc.poll() is None:
-            proc.kill()
+    interrupt_cli(*args, log=tmp_path / "first.log", redis_url=redis_url,
+                  ready=lambda s: s.llen(K.wait) + s.zcard(K.prioritized) >= 30,
+                  stop=signal.SIGKILL, exit_timeout=10)
     before = await redis_client.llen(K.wait) + await redis_client.zcard(K.prioritized)
     assert 30 <= before < 200, "the kill must land mid-replay"
     # the rerun (same namespace/name: the same replay) at full speed

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,12 @@ from typing import Any
 import redis
 import yaml
 
-__all__ = ["CliResult", "acli", "cli", "cli_command", "cli_env", "keyspace", "popen_cli", "write_manifest"]
+from support import wait_until
+
+__all__ = [
+    "CliResult", "acli", "cli", "cli_command", "cli_env", "interrupt_cli", "keyspace", "popen_cli",
+    "write_manifest",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,6 +82,32 @@ def popen_cli(*args: str, env: Mapping[str, str] | None = None, log: Path) -> su
                                 stdin=subprocess.DEVNULL, env=cli_env(env), cwd=REPO)
     finally:
         handle.close()
+
+
+def interrupt_cli(
+    *args: str, log: Path, redis_url: str, ready: Callable[[redis.Redis], object],
+    stop: signal.Signals | Callable[[], object], exit_timeout: float, ready_timeout: float = 60.0,
+    waiting_for: str = "first replays",
+) -> int:
+    """Start the CLI in the background, wait until ``ready`` holds on the Redis at ``redis_url``,
+    then ``stop`` it (a signal to the CLI, or a callable that e.g. kills Redis); its exit code.
+
+    The CLI never outlives the call. A timeout names ``waiting_for`` and quotes the CLI's ``log``.
+    """
+    proc = popen_cli(*args, log=log)
+    sync = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        wait_until(lambda: ready(sync), timeout=ready_timeout,
+                   message=lambda: f"{waiting_for}; log: {log.read_text()}")
+        if isinstance(stop, signal.Signals):
+            proc.send_signal(stop)
+        else:
+            stop()
+        return proc.wait(timeout=exit_timeout)
+    finally:
+        sync.close()
+        if proc.poll() is None:
+            proc.kill()
 
 
 def write_manifest(path: Path, spec: Mapping[str, Any], *, name: str = "replay-1",
