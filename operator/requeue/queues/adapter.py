@@ -374,6 +374,22 @@ class BullQueue:
         )
         return int(reply) == 1
 
+    def _copy_args(self, job: dict[str, str | None], *, new_id: str,
+                   timestamp_ms: int) -> tuple[int, list[Any]]:
+        """The priority of a copy of ``job`` and the arguments of BullMQ's add-job scripts for it:
+        opts without delay, repeat, dedup or parent, and ``new_id`` as the job id."""
+        opts: dict[str, Any] = json.loads(job.get("opts") or "{}")
+        for drop in ("delay", "jobId", "repeat", "rjk", "de", "deduplication", "debounce", "parent",
+                     "prevMillis"):
+            opts.pop(drop, None)
+        opts["jobId"] = new_id
+        priority = int(job.get("priority") or opts.get("priority") or 0)
+        packed_args = msgpack.packb(
+            [self.keys.base, new_id, job.get("name") or "", timestamp_ms, None, None, None, None, None],
+            use_bin_type=True,
+        )
+        return priority, [packed_args, job.get("data") or "{}", msgpack.packb(opts), timestamp_ms]
+
     async def queue_copy(self, pipe: Pipeline, job: dict[str, str | None], *, new_id: str,
                    timestamp_ms: int, reset_attempts: bool = True) -> None:
         """Queue BullMQ's add-job script creating a copy of ``job`` (an HMGET dict) in this queue.
@@ -383,18 +399,8 @@ class BullQueue:
         replayed job is due now). With ``reset_attempts=False`` the attempts made are
         not carried over (BullMQ has no way to add a job with attempts made).
         """
-        opts: dict[str, Any] = json.loads(job.get("opts") or "{}")
-        for drop in ("delay", "jobId", "repeat", "rjk", "de", "deduplication", "debounce", "parent",
-                     "prevMillis"):
-            opts.pop(drop, None)
-        opts["jobId"] = new_id
-        priority = int(job.get("priority") or opts.get("priority") or 0)
+        priority, args = self._copy_args(job, new_id=new_id, timestamp_ms=timestamp_ms)
         k = self.keys
-        packed_args = msgpack.packb(
-            [k.base, new_id, job.get("name") or "", timestamp_ms, None, None, None, None, None],
-            use_bin_type=True,
-        )
-        args = [packed_args, job.get("data") or "{}", msgpack.packb(opts), timestamp_ms]
         if priority:
             await self.scripts.add_prioritized_job(
                 keys=[k.marker, k.meta, k.key("id"), k.prioritized, k.delayed, k.completed, k.active,
@@ -413,18 +419,8 @@ class BullQueue:
         ``paused``: this queue is paused, so a job without priority goes to the legacy
         ``paused`` list, where every BullMQ major finds it on resume (see :meth:`target_list`).
         """
-        opts: dict[str, Any] = json.loads(job.get("opts") or "{}")
-        for drop in ("delay", "jobId", "repeat", "rjk", "de", "deduplication", "debounce", "parent",
-                     "prevMillis"):
-            opts.pop(drop, None)
-        opts["jobId"] = new_id
-        priority = int(job.get("priority") or opts.get("priority") or 0)
+        priority, args = self._copy_args(job, new_id=new_id, timestamp_ms=timestamp_ms)
         k = self.keys
-        packed_args = msgpack.packb(
-            [k.base, new_id, job.get("name") or "", timestamp_ms, None, None, None, None, None],
-            use_bin_type=True,
-        )
-        args = [packed_args, (job.get("data") or "{}").encode(), msgpack.packb(opts), timestamp_ms]
         if priority:
             return pack("EVALSHA", self.scripts.add_prioritized_job.sha, 9, k.marker, k.meta, k.key("id"),
                         k.prioritized, k.delayed, k.completed, k.active, k.events, k.priority_counter,
