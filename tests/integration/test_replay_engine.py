@@ -15,7 +15,7 @@ from requeue.errors import RedisUnavailable
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys, connect
 from requeue.replay import ReplayEngine, StepResult
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
-from support.replay import drive
+from support.replay import drive, drive_losing_status
 from support.replay import replay_spec as make_spec
 
 Q = "default"
@@ -162,17 +162,7 @@ async def test_crash_between_moves_and_status_write(redis_url: str, r: aioredis.
     """Every status returned by step() is thrown away once: the next step starts from the previous one."""
     ids = await make_failed_jobs(redis_url, Q, jobs(120))
     spec = make_spec(rate={"jobsPerSecond": 100_000, "batchSize": 25})
-    st = DLQReplayStatus()
-    engine = ReplayEngine(r, replay_id="cr", owner="ns/cr")
-    for i in range(5000):
-        result = await engine.step(spec, st)
-        if result.status.phase.finished:
-            st = result.status
-            break
-        if i % 2 == 0:
-            engine = ReplayEngine(r, replay_id="cr", owner="ns/cr")  # a new process, status lost
-            continue
-        st = result.status
+    st = await drive_losing_status(r, spec, replay_id="cr")
     assert st.phase == ReplayPhase.SUCCEEDED
     assert (st.matched, st.replayed, st.skipped) == (120, 120, 0)
     waiting = await wait_ids(r)

@@ -28,7 +28,7 @@ from requeue.replay import ReplayEngine
 from requeue.replay import engine as engine_module
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
 from support.cli import cli, interrupt_cli, write_manifest
-from support.replay import drive, replay_spec
+from support.replay import drive, drive_losing_status, replay_spec
 
 Q = "default"
 K = QueueKeys("bull", Q)
@@ -136,17 +136,7 @@ async def test_resume_after_crashes_between_every_selection_page_and_every_step(
     monkeypatch.setattr(engine_module, "SELECT_STEP_MEMBERS", 14)
     monkeypatch.setattr(engine_module, "MOVE_CHUNK", 9)
     spec = make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20})
-    st = DLQReplayStatus()
-    engine = ReplayEngine(r, replay_id="cs", owner="ns/cs")
-    for i in range(5000):
-        result = await engine.step(spec, st)
-        if result.status.phase.finished:
-            st = result.status
-            break
-        if i % 2 == 0:
-            engine = ReplayEngine(r, replay_id="cs", owner="ns/cs")  # a new process; status lost
-            continue
-        st = result.status
+    st = await drive_losing_status(r, spec, replay_id="cs")
     assert st.phase == ReplayPhase.SUCCEEDED
     assert (st.matched, st.replayed, st.skipped) == (120, 120, 0)
     snapshot = await r.lrange(ReplayKeys("cs").snapshot, 0, -1)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from redis.asyncio import Redis
+
 from requeue.api import DLQReplaySpec, DLQReplayStatus
 from requeue.replay import ReplayEngine
 
-__all__ = ["drive", "replay_spec"]
+__all__ = ["drive", "drive_losing_status", "replay_spec"]
 
 
 class Ticking(Protocol):
@@ -46,3 +48,21 @@ async def drive(engine: ReplayEngine, spec: DLQReplaySpec, status: DLQReplayStat
         if st.phase.finished:
             return st
     raise AssertionError(f"not finished after {max_steps} steps: {st.phase} {st.message}")
+
+
+async def drive_losing_status(redis: Redis, spec: DLQReplaySpec, *, replay_id: str,
+                              max_steps: int = 5000) -> DLQReplayStatus:
+    """Step as processes that crash before writing every other status: that step's result is
+    thrown away and a new engine (a new process, owner ``ns/<replay_id>``) goes on from the status
+    before it. Returns the final status, or the last kept one after ``max_steps`` steps."""
+    st = DLQReplayStatus()
+    engine = ReplayEngine(redis, replay_id=replay_id, owner=f"ns/{replay_id}")
+    for i in range(max_steps):
+        result = await engine.step(spec, st)
+        if result.status.phase.finished:
+            return result.status
+        if i % 2 == 0:
+            engine = ReplayEngine(redis, replay_id=replay_id, owner=f"ns/{replay_id}")
+            continue
+        st = result.status
+    return st
