@@ -65,12 +65,16 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
-def redis_factory() -> Iterator[Callable[[], RedisServer]]:
-    """Start extra redis-servers (e.g. to kill one without hurting the session's); all stopped."""
+def redis_factory() -> Iterator[Callable[..., RedisServer]]:
+    """Start extra redis-servers (e.g. to kill one without hurting the session's); all stopped.
+
+    ``redis_factory(password=..., args=[...])`` passes those to :class:`RedisServer`
+    (``--requirepass``; e.g. ``["--appendonly", "yes"]`` so data survives ``restart()``).
+    """
     servers: list[RedisServer] = []
 
-    def start() -> RedisServer:
-        server = RedisServer().start()
+    def start(*, password: str | None = None, args: Sequence[str] = ()) -> RedisServer:
+        server = RedisServer(password=password, args=args).start()
         servers.append(server)
         return server
 

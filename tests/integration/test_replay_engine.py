@@ -449,3 +449,36 @@ async def test_redis_killed_mid_run_surfaces_redis_unavailable(redis_factory: An
             await engine.run(spec, last.status)
     finally:
         await client.aclose()
+
+
+async def test_redis_back_after_a_reported_outage_is_ready_again_with_an_event(redis_factory: Any) -> None:
+    # Regression: the step that reached Redis again set Ready=True inside _step, so the check for
+    # "Ready was RedisUnreachable" never matched and the outage's Warning got no RedisReachable.
+    server = redis_factory(args=["--appendonly", "yes", "--appendfsync", "always"])  # data survives
+    ids = await make_failed_jobs(server.url, Q, jobs(30))
+    client = await connect(server.url, timeout_s=1)
+    try:
+        spec = make_spec(rate={"jobsPerSecond": 100_000, "batchSize": 10})
+        engine = ReplayEngine(client, replay_id="back", owner="ns/back", redis_failure_bound=2, backoff=0.01)
+        st = DLQReplayStatus()
+        while st.replayed < 10:
+            st = (await engine.step(spec, st)).status
+        server.kill()
+        for _ in range(2):
+            st = (await engine.step(spec, st)).status
+        assert find_condition(st.conditions, "Ready").reason == "RedisUnreachable"  # type: ignore[union-attr]
+        server.start()
+        back = await engine.step(spec, st)
+        ready = find_condition(back.status.conditions, "Ready")
+        assert ready is not None and ready.status == "True", ready
+        assert [e.reason for e in back.events].count("RedisReachable") == 1
+        assert engine.redis_failures == 0
+        st = back.status
+        while not st.phase.finished:
+            result = await engine.step(spec, st)
+            assert "RedisReachable" not in [e.reason for e in result.events]  # once per outage
+            st = result.status
+        assert st.phase == ReplayPhase.SUCCEEDED and st.replayed == 30
+        assert sorted(await client.lrange(f"bull:{Q}:wait", 0, -1)) == sorted(ids)
+    finally:
+        await client.aclose()

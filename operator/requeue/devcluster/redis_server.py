@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -53,12 +54,19 @@ class RedisServer:
     """One ``redis-server`` on a free loopback port, in its own temporary directory.
 
     ``kill()`` is a SIGKILL (the "Redis crashed" fault); ``restart()`` brings it
-    back on the same port and with the same (empty: no persistence) dataset.
+    back on the same port and directory (its dataset is empty again, unless
+    ``args`` turn persistence on, e.g. ``("--appendonly", "yes")``).
+
+    :param password: start with ``--requirepass`` (the URL then carries it; PING uses it).
+    :param args: extra redis-server arguments, after (so overriding) the defaults.
     """
 
     def __init__(self, *, port: int | None = None, binary: str | None = None,
-                 directory: Path | None = None, own_session: bool = False) -> None:
+                 directory: Path | None = None, own_session: bool = False,
+                 password: str | None = None, args: Sequence[str] = ()) -> None:
         self.binary = binary or find_redis_server()
+        self.password = password
+        self.extra_args = list(args)
         self.port = port or free_port()
         self.host = "127.0.0.1"
         if directory is not None:
@@ -71,7 +79,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     @property
     def log_path(self) -> Path:
@@ -99,6 +108,8 @@ class RedisServer:
             "--logfile", str(self.log_path),
             "--daemonize", "no",
             "--protected-mode", "no",
+            *(["--requirepass", self.password] if self.password else []),
+            *self.extra_args,
         ]
         self._proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self._dir,
@@ -123,7 +134,7 @@ class RedisServer:
 
     def _answering_pid(self) -> int | None:
         """The process id of the redis-server answering on our port, or None if nobody answers."""
-        client = redis.Redis(host=self.host, port=self.port, socket_timeout=0.5,
+        client = redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=0.5,
                              socket_connect_timeout=0.5)
         try:
             return int(client.info("server")["process_id"])
@@ -133,7 +144,7 @@ class RedisServer:
             client.close()
 
     def ping(self) -> bool:
-        client = redis.Redis(host=self.host, port=self.port, socket_timeout=0.5,
+        client = redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=0.5,
                              socket_connect_timeout=0.5)
         try:
             return bool(client.ping())

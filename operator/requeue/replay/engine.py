@@ -279,6 +279,12 @@ class ReplayEngine:
         if st.phase.finished:
             return StepResult(st, 0.0, events)
         now = self.clock()
+        # Read before _step: a successful step sets Ready=True itself, which hid the recovery (the
+        # Warning RedisUnreachable of a mid-run outage then never got its RedisReachable). Only an
+        # outage this engine reported: after a failed connect the caller posts its own "Recovered".
+        was = find_condition(st.conditions, "Ready")
+        reported_outage = (self.redis_failures > 0 and was is not None
+                           and was.reason == RedisUnavailable.reason)
         try:
             delay = await self._step(spec, st, now, events, generation)
         except _Finish as fin:
@@ -293,9 +299,10 @@ class ReplayEngine:
         except (rx.RedisError, OSError) as exc:
             return self._redis_failed(spec, st, now, events, generation, exc)
         self.redis_failures = 0
-        ready = find_condition(st.conditions, "Ready")
-        if ready is not None and ready.reason == RedisUnavailable.reason:
-            self._cond(st, "Ready", True, "Ready", "Redis reachable again", generation, now)
+        if reported_outage:
+            ready = find_condition(st.conditions, "Ready")
+            if ready is not None and ready.reason == RedisUnavailable.reason:
+                self._cond(st, "Ready", True, "Ready", "Redis reachable again", generation, now)
             events.append(ReplayEvent("Normal", "RedisReachable", "Redis answers again"))
         return StepResult(st, delay, events)
 
