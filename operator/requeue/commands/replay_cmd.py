@@ -65,8 +65,9 @@ from requeue.api.loading import parse
 from requeue.commands.output import EXIT_INTERRUPTED, Secrets, report_error
 from requeue.errors import AuthFailed, RedisUnavailable, RequeueError, SecretNotFound, SpecInvalid
 from requeue.gates import GateRunner
-from requeue.queues import ReplayKeys, connect
+from requeue.queues import ReplayKeys
 from requeue.redact import redact_url
+from requeue.redis_target import open_redis
 from requeue.replay import ReplayEngine, StepResult
 from requeue.secrets import StaticSecrets
 
@@ -293,12 +294,7 @@ class _Replay:
 
     async def main(self) -> int:
         url = await self.resolve_url()
-        tls = self.spec.redis.tls
-        ca = None
-        if tls is not None and tls.ca_secret_ref is not None:
-            ca = await self.static.get(tls.ca_secret_ref)
-        redis = await connect(url, db=self.spec.redis.db, tls_ca_pem=ca,
-                              tls_insecure_skip_verify=bool(tls and tls.insecure_skip_verify))
+        redis, _target = await open_redis(self.static, self.spec.redis, url=url)
         replay_id = self.replay_id
         if self.dry_run:  # a throw-away id: never touches (or finishes) the real replay's state
             replay_id = f"{self.replay_id}-dryrun-{pysecrets.token_hex(4)}"

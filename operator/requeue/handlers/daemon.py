@@ -1,4 +1,4 @@
-"""What the DLQReplay and QueuePolicy daemons share: waiting, backoff, Events, Redis, failures.
+"""What the DLQReplay and QueuePolicy daemons share: waiting, backoff, Events, failures.
 
 Both controllers run one kopf daemon per object that loops "step, write
 status, wait"; the pieces of that loop that do not depend on the resource live
@@ -13,14 +13,10 @@ from collections.abc import Awaitable, Iterable
 from typing import Any, Protocol
 
 import kopf
-from redis.asyncio import Redis
 
-from requeue.api.common import RedisConnection
 from requeue.errors import RequeueError
 from requeue.handlers.errors import to_kopf
-from requeue.queues import connect
 from requeue.redact import redact_text
-from requeue.secrets import SecretSource
 
 __all__ = [
     "RETRY_FIRST",
@@ -29,7 +25,6 @@ __all__ = [
     "backoff",
     "describe_failure",
     "name_trouble",
-    "open_redis",
     "post_events",
     "run_daemon",
     "sleep",
@@ -82,21 +77,6 @@ def post_events(body: Any, events: Iterable[EventLike]) -> None:
     """Every event of the core as a Kubernetes Event on the object (kopf posts them in the background)."""
     for event in events:
         kopf.event(body, type=event.type, reason=event.reason, message=redact_text(event.message))
-
-
-async def open_redis(secrets: SecretSource, conn: RedisConnection) -> tuple[Redis, str]:
-    """Connect to the Redis of ``conn`` with the URL (and CA) from the namespace's Secrets.
-
-    :raises SecretNotFound: the Secret or key does not exist.
-    :raises AuthFailed: Redis refused the credentials.
-    :raises RedisUnavailable: Redis cannot be reached.
-    """
-    url = await secrets.get(conn.url_secret_ref)
-    tls = conn.tls
-    ca = await secrets.get(tls.ca_secret_ref) if tls is not None and tls.ca_secret_ref is not None else None
-    redis = await connect(url, db=conn.db, tls_ca_pem=ca,
-                          tls_insecure_skip_verify=bool(tls and tls.insecure_skip_verify))
-    return redis, url
 
 
 def name_trouble(exc: BaseException, log: logging.Logger, what: str) -> tuple[str, str]:

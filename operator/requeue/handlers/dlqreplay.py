@@ -65,7 +65,6 @@ from requeue.handlers.daemon import (
     backoff,
     describe_failure,
     name_trouble,
-    open_redis,
     post_events,
     run_daemon,
     sleep,
@@ -76,6 +75,7 @@ from requeue.k8s.secrets import KubeSecrets
 from requeue.k8s.status import patch_status
 from requeue.metrics import REDIS_UP, REPLAY_JOBS, REPLAYS
 from requeue.policy.budget import ReplayBudget
+from requeue.redis_target import open_redis
 from requeue.replay import ReplayEngine, ReplayEvent, utcnow
 
 __all__ = [
@@ -214,9 +214,9 @@ async def open_engine(namespace: str, name: str, uid: str, spec: DLQReplaySpec, 
     :raises AuthFailed: Redis refused the credentials.
     :raises RedisUnavailable: Redis cannot be reached.
     """
-    redis, url = await open_redis(KubeSecrets(namespace), spec.redis)
+    redis, target = await open_redis(KubeSecrets(namespace), spec.redis)
     engine = ReplayEngine(redis, replay_id=uid, owner=f"{namespace}/{name}", budget=budget)
-    return engine, url
+    return engine, target.url
 
 
 # ---------------------------------------------------------------- metrics

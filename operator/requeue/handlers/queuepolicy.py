@@ -69,7 +69,6 @@ from requeue.handlers.daemon import (
     backoff,
     describe_failure,
     name_trouble,
-    open_redis,
     post_events,
     run_daemon,
     sleep,
@@ -91,6 +90,7 @@ from requeue.policy import (
     release,
 )
 from requeue.policy.memory import memory_key
+from requeue.redis_target import open_redis
 
 __all__ = [
     "PLURAL",
@@ -333,7 +333,8 @@ class PolicyDriver:
         if self.redis is not None and self.connected_with != wanted:
             await self.close()
         if self.redis is None:
-            self.redis, self.redis_url = await open_redis(self.secrets, spec.redis)
+            self.redis, target = await open_redis(self.secrets, spec.redis)
+            self.redis_url = target.url
             self.connected_with = wanted
         assert self.redis_url is not None
         return self.redis, self.redis_url
@@ -424,7 +425,7 @@ async def policy_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
         ref = PolicyRef(namespace, name, uid)
         try:
             spec = parse(QueuePolicySpec, dict(body.get("spec") or {}), name=f"{namespace}/{name}")
-            redis, _url = await open_redis(KubeSecrets(namespace), spec.redis)
+            redis, _target = await open_redis(KubeSecrets(namespace), spec.redis)
             try:
                 ops = BullQueueOps(redis, spec.prefix)
                 for action in resumes:

@@ -9,7 +9,7 @@ from requeue.queues.adapter import (
     ReprocessResult,
     glob_to_lua,
 )
-from requeue.queues.connection import TRANSIENT_ERRORS, connect, is_auth_error, map_redis_error
+from requeue.queues.connection import TRANSIENT_ERRORS, TlsOptions, connect, is_auth_error, map_redis_error
 from requeue.queues.keys import REPLAY_RETENTION_SECONDS, QueueKeys, ReplayKeys
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "QueueKeys",
     "ReplayKeys",
     "ReprocessResult",
+    "TlsOptions",
     "connect",
     "glob_to_lua",
     "is_auth_error",

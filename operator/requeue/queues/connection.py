@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -18,6 +19,25 @@ DEFAULT_TIMEOUT = 10.0
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, ConnectionError, TimeoutError, OSError,
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsOptions:
+    """How to verify a ``rediss://`` server: a PEM CA bundle, or not at all (testing only)."""
+
+    ca_pem: str | None = None
+    insecure_skip_verify: bool = False
+
+    def client_kwargs(self, url: str) -> dict[str, Any]:
+        """Keyword arguments for ``redis.asyncio.Redis.from_url(url, ...)``; none unless ``rediss://``."""
+        kwargs: dict[str, Any] = {}
+        if url.startswith("rediss://"):
+            if self.ca_pem:
+                kwargs["ssl_ca_data"] = self.ca_pem
+            if self.insecure_skip_verify:
+                kwargs["ssl_cert_reqs"] = ssl.CERT_NONE
+                kwargs["ssl_check_hostname"] = False
+        return kwargs
 
 
 def is_auth_error(exc: BaseException) -> bool:
@@ -64,12 +84,8 @@ async def connect(
     }
     if db is not None:
         kwargs["db"] = db
-    if url.startswith("rediss://"):
-        if tls_ca_pem:
-            kwargs["ssl_ca_data"] = tls_ca_pem
-        if tls_insecure_skip_verify:
-            kwargs["ssl_cert_reqs"] = ssl.CERT_NONE
-            kwargs["ssl_check_hostname"] = False
+    kwargs.update(TlsOptions(ca_pem=tls_ca_pem, insecure_skip_verify=tls_insecure_skip_verify)
+                  .client_kwargs(url))
     try:
         client: aioredis.Redis = aioredis.Redis.from_url(url, **kwargs)
     except ValueError as exc:

@@ -1,0 +1,57 @@
+"""One way to open a resource's Redis: ``spec.redis`` (Secret -> URL, CA PEM, insecureSkipVerify) -> client.
+
+The operator (:mod:`requeue.handlers`) resolves the Secrets from Kubernetes,
+the CLI (:mod:`requeue.commands`) from flags and the environment; both go
+through :func:`open_redis`, so TLS works the same in both. Core level: knows
+nothing of kopf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from requeue.api.common import RedisConnection
+from requeue.queues import TlsOptions, connect
+from requeue.secrets import SecretSource
+
+__all__ = ["RedisTarget", "open_redis", "resolve_redis"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisTarget:
+    """A resource's Redis with its Secrets resolved: the URL (with any password) and how to verify TLS."""
+
+    url: str
+    db: int | None = None
+    tls: TlsOptions = field(default_factory=TlsOptions)
+
+
+async def resolve_redis(secrets: SecretSource, conn: RedisConnection, *,
+                        url: str | None = None) -> RedisTarget:
+    """Read the URL (unless ``url`` is given) and the CA bundle of ``conn`` from ``secrets``.
+
+    :raises SecretNotFound: the Secret or key does not exist.
+    """
+    if url is None:
+        url = await secrets.get(conn.url_secret_ref)
+    tls = conn.tls
+    ca = await secrets.get(tls.ca_secret_ref) if tls is not None and tls.ca_secret_ref is not None else None
+    return RedisTarget(url=url, db=conn.db,
+                       tls=TlsOptions(ca_pem=ca, insecure_skip_verify=bool(tls and tls.insecure_skip_verify)))
+
+
+async def open_redis(secrets: SecretSource, conn: RedisConnection, *,
+                     url: str | None = None) -> tuple[Redis, RedisTarget]:
+    """Connect to the Redis of ``conn`` with the URL (and CA) from ``secrets``; ``url`` overrides
+    ``conn.urlSecretRef`` (the CLI's ``--redis-url``).
+
+    :raises SecretNotFound: the Secret or key does not exist.
+    :raises AuthFailed: Redis refused the credentials.
+    :raises RedisUnavailable: Redis cannot be reached.
+    """
+    target = await resolve_redis(secrets, conn, url=url)
+    redis = await connect(target.url, db=target.db, tls_ca_pem=target.tls.ca_pem,
+                          tls_insecure_skip_verify=target.tls.insecure_skip_verify)
+    return redis, target
