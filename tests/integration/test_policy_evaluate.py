@@ -397,3 +397,50 @@ async def test_metrics_carry_the_observed_counts(redis: aioredis.Redis, redis_ur
     assert sample("bullmq_queue_paused", **labels) == 1
     assert sample("queue_depth_total", queue="orders", status="failed") == 3
     assert sample("requeue_policy_evaluation_seconds_count") == before + 1
+
+
+class _Killed(BaseException):
+    """The process dies (SIGKILL) right after a Redis command: nothing after it runs."""
+
+
+class DiesAfterPause(BullQueueOps):
+    async def pause(self, queue: str) -> None:
+        await super().pause(queue)
+        raise _Killed
+
+
+async def test_a_pause_is_still_ours_when_the_process_died_before_writing_anything_else(
+    redis: aioredis.Redis,
+) -> None:
+    # Regression: pausedByPolicy lived only in .status, written after the pause; an operator
+    # killed in between came back to a paused queue it took for someone else's, and never resumed it.
+    from requeue.api.gates import GateStatus, GateType
+
+    def gates(healthy: bool) -> list[GateStatus]:
+        return [GateStatus(name="db", type=GateType.HTTP, healthy=healthy, message="checked")]
+
+    s = spec(queues=["default"], gates=[{"name": "db", "http": {"url": "http://127.0.0.1:1/"}}],
+             actions={"pauseWhileGatesFail": True})
+    green = await evaluate(POLICY, s, None, redis=redis, ops=BullQueueOps(redis), gates=gates(True))
+    with pytest.raises(_Killed):
+        await evaluate(POLICY, s, green.status, redis=redis, ops=DiesAfterPause(redis), gates=gates(False),
+                       memory=green.memory)
+    assert await BullQueue(redis, "default").is_paused()
+
+    # the restarted process: the last written status, no memory in the process
+    ops = BullQueueOps(redis)
+    again = await evaluate(POLICY, s, green.status, redis=redis, ops=ops, gates=gates(False))
+    held = {q.name: q for q in again.status.queues}["default"]
+    assert held.paused and held.paused_by_policy
+    assert [a.kind.value for a in again.decision.actions] == []  # not paused twice
+    back = await evaluate(POLICY, s, again.status, redis=redis, ops=ops, gates=gates(True),
+                          memory=again.memory)
+    assert [(a.kind.value, a.queue) for a in back.decision.actions] == [("Resume", "default")]
+    assert not await BullQueue(redis, "default").is_paused()
+    assert not {q.name: q for q in back.status.queues}["default"].paused_by_policy
+
+    # the mark is gone with the pause: a later pause by someone else is theirs, and stays
+    await BullQueue(redis, "default").pause()
+    fresh = await evaluate(POLICY, s, green.status, redis=redis, ops=ops, gates=gates(True))
+    assert fresh.decision.actions == () and await BullQueue(redis, "default").is_paused()
+    assert not {q.name: q for q in fresh.status.queues}["default"].paused_by_policy

@@ -542,7 +542,8 @@ def decide(
             breach_texts.append(f"{name}: {current[kind]}")
 
         # pause / resume
-        by_policy = before.paused_by_policy if before else False
+        # memory's mark covers a pause whose status write was lost (the process died in between)
+        by_policy = (before.paused_by_policy if before else False) or mem.paused_by_policy
         dry_paused = (before.dry_run_paused if before else False) and dry
         if by_policy and not obs.paused:
             by_policy = False  # resumed by someone else (or never took effect): not ours any more

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -216,6 +216,27 @@ def child_replay(policy: PolicyRef, spec: QueuePolicySpec, action: AutoReplay) -
     )
 
 
+async def _mark_paused(redis: Redis, policy: PolicyRef, memory: PolicyMemory, queue: str) -> None:
+    """Record in Redis that this policy is about to pause ``queue``, before pausing it.
+
+    ``pausedByPolicy`` reaches ``.status`` only after the pause; an operator killed in between
+    would come back to a paused queue it takes for someone else's and never resume it. The mark
+    in the memory hash (:func:`~requeue.policy.memory.load_memory` after a restart) closes that
+    gap; a mark whose pause never happened is dropped by the next evaluation (queue not paused).
+    """
+    mark = replace(memory.get(queue), paused_by_policy=True)
+    pipe = redis.pipeline(transaction=False)
+    queue_save_memory(pipe, policy.uid, PolicyMemory({queue: mark}))
+    await pipe.execute()
+
+
+def _with_pause_marks(memory: PolicyMemory, status: QueuePolicyStatus) -> PolicyMemory:
+    """``memory`` with each queue's pause mark set to the settled ``pausedByPolicy``."""
+    ours = {q.name for q in status.queues if q.paused_by_policy}
+    return PolicyMemory({name: replace(mem, paused_by_policy=name in ours)
+                         for name, mem in memory.queues.items()})
+
+
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, RequeueError):
         return redact_text(exc.message)
@@ -277,6 +298,9 @@ async def evaluate(
             ACTIONS.labels(action=action.kind.value.lower(), queue=action.queue).inc()
             continue
         try:
+            if isinstance(action, Pause):
+                await _mark_paused(redis, policy, decision.memory, action.queue)
+                round_trips += 1
             text, calls = await _execute(policy, spec, action, ops, replays)
             round_trips += calls
         except Exception as exc:  # every failure is reported, none stops the others
@@ -302,7 +326,7 @@ async def evaluate(
 
     settled = settle(decision, now=now, results=results, failures=failures)
 
-    new_memory = decision.memory
+    new_memory = _with_pause_marks(decision.memory, settled)
     if observation.error is None:
         try:
             pipe = redis.pipeline(transaction=False)

@@ -105,9 +105,16 @@ class QueueMemory:
     buckets: tuple[tuple[int, int, int], ...] = ()
     #: Active job id -> Unix second it was first seen without a lock.
     lockless_since: Mapping[str, int] = field(default_factory=dict)
+    #: This policy paused the queue (mirrors ``pausedByPolicy``; written to Redis *before* the
+    #: pause, so an operator killed before its status write still knows the pause is its own).
+    paused_by_policy: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"c": self.cursor, "b": [list(b) for b in self.buckets], "l": dict(self.lockless_since)}
+        data: dict[str, Any] = {"c": self.cursor, "b": [list(b) for b in self.buckets],
+                                "l": dict(self.lockless_since)}
+        if self.paused_by_policy:
+            data["p"] = 1
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> QueueMemory:
@@ -115,7 +122,8 @@ class QueueMemory:
         try:
             buckets = tuple((int(b[0]), int(b[1]), int(b[2])) for b in data.get("b", ()))
             lockless = {str(k): int(v) for k, v in dict(data.get("l", {})).items()}
-            return cls(cursor=str(data.get("c", "")), buckets=buckets, lockless_since=lockless)
+            return cls(cursor=str(data.get("c", "")), buckets=buckets, lockless_since=lockless,
+                       paused_by_policy=data.get("p") == 1)
         except (TypeError, ValueError, IndexError):
             return cls()
 
