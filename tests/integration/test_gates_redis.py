@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from gates_fixtures import ControlledHttp, make_certificates
 
 from requeue.api import GatePolicy, GateSpec
+from requeue.api.common import RedisConnection
 from requeue.gates import GateResult, GateRunner, run_check
 from requeue.gates.runner import GRACE
+from requeue.queues import TlsOptions
+from requeue.redis_target import resolve_redis
 from requeue.secrets import StaticSecrets
 from support.redis_server import RedisServer, free_port
 from support.tcp_proxy import TcpProxy
@@ -197,3 +204,74 @@ async def test_not_a_redis_url() -> None:
     assert not result.healthy
     assert "not a valid Redis URL" in result.message
     assert PASSWORD not in result.message
+
+
+@contextlib.contextmanager
+def tls_redis_server(directory: Path) -> Iterator[tuple[int, str]]:
+    """A redis-server that speaks only TLS, its certificate signed by a private CA: (port, CA PEM)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not on PATH")
+    certs = make_certificates(directory)
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(certs.cert_file), "--tls-key-file", str(certs.key_file),
+         "--tls-ca-cert-file", str(directory / "ca.crt"), "--tls-auth-clients", "no",
+         "--save", "", "--appendonly", "no", "--dir", str(directory), "--requirepass", PASSWORD],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            client = redis.Redis(host="127.0.0.1", port=port, password=PASSWORD, ssl=True,
+                                 ssl_ca_certs=str(directory / "ca.crt"), socket_timeout=0.5)
+            try:
+                if client.ping():
+                    break
+            except (redis.RedisError, OSError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"TLS redis-server on port {port} did not come up") from None
+                time.sleep(0.05)
+            finally:
+                client.close()
+        yield port, certs.ca_pem
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+async def test_resources_own_tls_redis_is_verified_with_its_ca(tmp_path: Path) -> None:
+    """A gate without urlSecretRef checks the resource's rediss:// Redis with spec.redis.tls's CA."""
+    with tls_redis_server(tmp_path) as (port, ca_pem):
+        url = f"rediss://default:{PASSWORD}@127.0.0.1:{port}/0"
+        conn = RedisConnection.model_validate(
+            {"urlSecretRef": {"name": "r", "key": "url"}, "tls": {"caSecretRef": {"name": "r", "key": "ca"}}}
+        )
+        target = await resolve_redis(StaticSecrets({("r", "url"): url, ("r", "ca"): ca_pem}), conn)
+        assert target.url == url and target.tls == TlsOptions(ca_pem=ca_pem)
+        policy = GatePolicy(success_threshold=1, failure_threshold=1)
+        now = datetime(2025, 7, 16, 12, 0, tzinfo=UTC)
+
+        runner = GateRunner([gate()], policy, StaticSecrets({}), default_redis_url=target.url,
+                            default_redis_tls=target.tls, namespace="ns", owner="tls")
+        statuses = await runner.check([], now)
+        assert runner.all_passed(statuses), statuses[0].message
+        assert statuses[0].message.startswith("PING ")
+
+        without_ca = GateRunner([gate()], policy, StaticSecrets({}), default_redis_url=url,
+                                namespace="ns", owner="tls")
+        statuses = await without_ca.check([], now)
+        assert runner.any_red(statuses)
+        assert "TLS certificate verification failed" in statuses[0].message, statuses[0].message
+        assert PASSWORD not in statuses[0].message
+
+        insecure = await run_check(gate(), StaticSecrets({}), default_redis_url=url,
+                                   default_redis_tls=TlsOptions(insecure_skip_verify=True))
+        assert insecure.healthy, insecure.message
+
+        # the CA is for the resource's own Redis only: a gate with its own urlSecretRef does not get it
+        own = await run_check(gate(urlSecretRef={"name": "r", "key": "url"}),
+                              StaticSecrets({("r", "url"): url}), default_redis_url=url,
+                              default_redis_tls=target.tls)
+        assert not own.healthy and "TLS certificate verification failed" in own.message, own.message

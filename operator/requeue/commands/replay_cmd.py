@@ -294,12 +294,12 @@ class _Replay:
 
     async def main(self) -> int:
         url = await self.resolve_url()
-        redis, _target = await open_redis(self.static, self.spec.redis, url=url)
+        redis, target = await open_redis(self.static, self.spec.redis, url=url)
         replay_id = self.replay_id
         if self.dry_run:  # a throw-away id: never touches (or finishes) the real replay's state
             replay_id = f"{self.replay_id}-dryrun-{pysecrets.token_hex(4)}"
         gates = (GateRunner(self.spec.gates, self.spec.gate_policy, self.static, default_redis_url=url,
-                            owner=self.owner) if self.spec.gates else None)
+                            default_redis_tls=target.tls, owner=self.owner) if self.spec.gates else None)
         engine = ReplayEngine(redis, replay_id=replay_id, owner=self.owner, gates=gates)
         reporter = self._reporter()
         loop = asyncio.get_running_loop()

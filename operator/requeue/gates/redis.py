@@ -18,6 +18,7 @@ from requeue.api.base import parse_duration
 from requeue.api.gates import RedisGate
 from requeue.errors import RequeueError
 from requeue.gates.result import GateResult, describe_network_error, format_bytes, format_ms
+from requeue.queues.connection import TlsOptions
 from requeue.redact import redact_url
 from requeue.secrets import SecretSource
 
@@ -27,14 +28,17 @@ __all__ = ["check_redis"]
 PINGS = 3
 
 
-async def check_redis(spec: RedisGate, secrets: SecretSource, *, default_url: str | None) -> GateResult:
+async def check_redis(spec: RedisGate, secrets: SecretSource, *, default_url: str | None,
+                      default_tls: TlsOptions | None = None) -> GateResult:
     """PING (median of three) against ``maxLatency`` and ``used_memory`` against ``maxMemoryPercent``.
 
-    The URL comes from ``urlSecretRef``, else ``default_url`` (the resource's own Redis).
+    The URL comes from ``urlSecretRef``, else ``default_url`` (the resource's own Redis,
+    verified with ``default_tls``: its ``spec.redis.tls`` CA bundle / insecureSkipVerify).
     The caller bounds the whole check with ``spec.timeout``; this function bounds each
     socket operation with it as well, so a dead server is reported as such, not hung on.
     """
     started = time.monotonic()
+    tls = TlsOptions()
     if spec.url_secret_ref is not None:
         try:
             url = (await secrets.get(spec.url_secret_ref)).strip()
@@ -42,6 +46,7 @@ async def check_redis(spec: RedisGate, secrets: SecretSource, *, default_url: st
             return GateResult.fail(exc.message, time.monotonic() - started)
     elif default_url:
         url = default_url
+        tls = default_tls or tls
     else:
         return GateResult.fail("no Redis to check: set urlSecretRef", time.monotonic() - started)
 
@@ -57,6 +62,7 @@ async def check_redis(spec: RedisGate, secrets: SecretSource, *, default_url: st
             single_connection_client=True,
             health_check_interval=0,
             client_name="requeue-gate",
+            **tls.client_kwargs(url),
         )
     except ValueError:
         return GateResult.fail(

@@ -34,6 +34,7 @@ from requeue.gates.postgres import check_postgres
 from requeue.gates.redis import check_redis
 from requeue.gates.result import GateResult, RecordingSecrets, clip, sensitive_parts
 from requeue.metrics import GATE_CHECK_SECONDS, GATE_HEALTHY
+from requeue.queues.connection import TlsOptions
 from requeue.redact import redact_text
 from requeue.secrets import SecretSource
 
@@ -49,9 +50,15 @@ _abandoned: set[asyncio.Task[GateResult]] = set()
 
 
 async def run_check(
-    gate: GateSpec, secrets: SecretSource, *, default_redis_url: str | None = None
+    gate: GateSpec,
+    secrets: SecretSource,
+    *,
+    default_redis_url: str | None = None,
+    default_redis_tls: TlsOptions | None = None,
 ) -> GateResult:
     """Check one gate: never raises (except on cancellation), never exceeds its timeout + :data:`GRACE`.
+
+    A redis gate without ``urlSecretRef`` checks ``default_redis_url`` with ``default_redis_tls``.
 
     The message is redacted: no URL password and no value read from a Secret
     during this check can appear in it.
@@ -64,7 +71,8 @@ async def run_check(
         timeout = parse_duration(redis_spec.timeout).total_seconds()
 
         def check() -> Awaitable[GateResult]:
-            return check_redis(redis_spec, recording, default_url=default_redis_url)
+            return check_redis(redis_spec, recording, default_url=default_redis_url,
+                               default_tls=default_redis_tls)
 
     elif gate.postgres is not None:
         pg_spec = gate.postgres
@@ -167,13 +175,15 @@ class GateRunner:
 
     Usage::
 
-        runner = GateRunner(spec.gates, spec.gate_policy, secrets,
-                            default_redis_url=url, namespace=ns, owner=name)
+        runner = GateRunner(spec.gates, spec.gate_policy, secrets, default_redis_url=target.url,
+                            default_redis_tls=target.tls, namespace=ns, owner=name)
         if runner.due(status.gates, now):
             status.gates = await runner.check(status.gates, now)
         if not runner.all_passed(status.gates): ...   # wait (until gatePolicy.timeout)
 
     :param default_redis_url: the resource's own Redis, for redis gates without ``urlSecretRef``.
+    :param default_redis_tls: how to verify that Redis over TLS (``spec.redis.tls``: CA bundle,
+        insecureSkipVerify); without it a ``rediss://`` server must have a publicly trusted certificate.
     :param namespace: and ``owner`` label the ``requeue_gate_healthy`` metric.
     """
 
@@ -184,6 +194,7 @@ class GateRunner:
         secrets: SecretSource,
         *,
         default_redis_url: str | None = None,
+        default_redis_tls: TlsOptions | None = None,
         namespace: str = "",
         owner: str = "",
     ) -> None:
@@ -191,6 +202,7 @@ class GateRunner:
         self.policy = policy
         self.secrets = secrets
         self.default_redis_url = default_redis_url
+        self.default_redis_tls = default_redis_tls
         self.namespace = namespace
         self.owner = owner
 
@@ -207,7 +219,8 @@ class GateRunner:
         more than its timeout + :data:`GRACE`. Sets the gate metrics.
         """
         results = await asyncio.gather(
-            *(run_check(g, self.secrets, default_redis_url=self.default_redis_url) for g in self.gates)
+            *(run_check(g, self.secrets, default_redis_url=self.default_redis_url,
+                        default_redis_tls=self.default_redis_tls) for g in self.gates)
         )
         before = {s.name: s for s in previous}
         statuses = []

@@ -75,7 +75,7 @@ from requeue.k8s.secrets import KubeSecrets
 from requeue.k8s.status import patch_status
 from requeue.metrics import REDIS_UP, REPLAY_JOBS, REPLAYS
 from requeue.policy.budget import ReplayBudget
-from requeue.redis_target import open_redis
+from requeue.redis_target import RedisTarget, open_redis
 from requeue.replay import ReplayEngine, ReplayEvent, utcnow
 
 __all__ = [
@@ -205,8 +205,8 @@ def never_touched_redis(status: DLQReplayStatus) -> bool:
 
 
 async def open_engine(namespace: str, name: str, uid: str, spec: DLQReplaySpec, *,
-                      budget: ReplayBudget | None = None) -> tuple[ReplayEngine, str]:
-    """Resolve the Redis URL from the namespace's Secret, connect, and build the engine.
+                      budget: ReplayBudget | None = None) -> tuple[ReplayEngine, RedisTarget]:
+    """Resolve the Redis URL (and TLS CA) from the namespace's Secrets, connect, and build the engine.
 
     :param budget: the per-job replay budget a QueuePolicy's child replay carries in its annotations.
 
@@ -216,7 +216,7 @@ async def open_engine(namespace: str, name: str, uid: str, spec: DLQReplaySpec, 
     """
     redis, target = await open_redis(KubeSecrets(namespace), spec.redis)
     engine = ReplayEngine(redis, replay_id=uid, owner=f"{namespace}/{name}", budget=budget)
-    return engine, target.url
+    return engine, target
 
 
 # ---------------------------------------------------------------- metrics
@@ -264,7 +264,7 @@ class ReplayDriver:
         self.stopped = stopped
         self.status = state.status or load_status(body.get("status"))
         self.engine: ReplayEngine | None = None
-        self.redis_url: str | None = None
+        self.redis_target: RedisTarget | None = None
         self.secrets: KubeSecrets | None = None
         self.spec: DLQReplaySpec | None = None  # the last valid spec (pinned fields applied)
         self.pin: dict[str, Any] | None = read_pin(body)
@@ -411,13 +411,14 @@ class ReplayDriver:
         """The engine, connected on first use; its gates follow the live spec."""
         if self.engine is None:
             budget = ReplayBudget.from_annotations(self.body.get("metadata", {}).get("annotations"))
-            self.engine, self.redis_url = await open_engine(self.namespace, self.name, self.uid, spec,
+            self.engine, self.redis_target = await open_engine(self.namespace, self.name, self.uid, spec,
                                                             budget=budget)
             self.secrets = KubeSecrets(self.namespace)
-        assert self.secrets is not None
+        assert self.secrets is not None and self.redis_target is not None
+        target = self.redis_target
         self.engine.gates = GateRunner(spec.gates, spec.gate_policy, self.secrets,
-                                       default_redis_url=self.redis_url, namespace=self.namespace,
-                                       owner=self.name) if spec.gates else None
+                                       default_redis_url=target.url, default_redis_tls=target.tls,
+                                       namespace=self.namespace, owner=self.name) if spec.gates else None
         return self.engine
 
     async def close(self) -> None:
@@ -574,7 +575,7 @@ async def replay_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
             return
         try:
             spec = cleanup_spec(body)
-            engine, _url = await open_engine(namespace, name, uid, spec)
+            engine, _target = await open_engine(namespace, name, uid, spec)
             try:
                 result = await engine.cancel(spec, current)
             finally:

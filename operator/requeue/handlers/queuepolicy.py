@@ -90,7 +90,7 @@ from requeue.policy import (
     release,
 )
 from requeue.policy.memory import memory_key
-from requeue.redis_target import open_redis
+from requeue.redis_target import RedisTarget, open_redis
 
 __all__ = [
     "PLURAL",
@@ -214,7 +214,7 @@ class PolicyDriver:
         self.secrets = KubeSecrets(namespace)
         self.replays = KubeReplayCreator(namespace, name, uid)
         self.redis: Redis | None = None
-        self.redis_url: str | None = None
+        self.redis_target: RedisTarget | None = None
         self.connected_with: dict[str, Any] | None = None
         self.failures = 0
         self.trouble: tuple[str, str] | None = None
@@ -252,7 +252,7 @@ class PolicyDriver:
                 return SPEC_RETRY
             interval = max(MIN_INTERVAL, parse_duration(spec.interval).total_seconds())
             try:
-                redis, url = await self.connection(spec)
+                redis, target = await self.connection(spec)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -261,8 +261,8 @@ class PolicyDriver:
                 return min(delay, max(interval, RETRY_FIRST))
             gates = None
             if spec.gates:
-                runner = GateRunner(spec.gates, spec.gate_policy, self.secrets, default_redis_url=url,
-                                    namespace=self.namespace, owner=self.name)
+                runner = GateRunner(spec.gates, spec.gate_policy, self.secrets, default_redis_url=target.url,
+                                    default_redis_tls=target.tls, namespace=self.namespace, owner=self.name)
                 gates = self.status.gates
                 if runner.due(gates, now):
                     gates = await runner.check(gates, now)
@@ -327,17 +327,16 @@ class PolicyDriver:
 
     # -- Redis
 
-    async def connection(self, spec: QueuePolicySpec) -> tuple[Redis, str]:
+    async def connection(self, spec: QueuePolicySpec) -> tuple[Redis, RedisTarget]:
         """The Redis client, connected on first use and again when ``spec.redis`` changes."""
         wanted = spec.redis.to_wire()
         if self.redis is not None and self.connected_with != wanted:
             await self.close()
         if self.redis is None:
-            self.redis, target = await open_redis(self.secrets, spec.redis)
-            self.redis_url = target.url
+            self.redis, self.redis_target = await open_redis(self.secrets, spec.redis)
             self.connected_with = wanted
-        assert self.redis_url is not None
-        return self.redis, self.redis_url
+        assert self.redis_target is not None
+        return self.redis, self.redis_target
 
     async def close(self) -> None:
         redis, self.redis = self.redis, None
