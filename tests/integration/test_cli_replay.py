@@ -322,7 +322,7 @@ def test_status_json_is_the_operator_status_shape() -> None:
 
     wire: dict[str, Any] = status_json(DLQReplayStatus())
     assert {"phase", "conditions", "observedGeneration", "matched", "replayed", "skipped", "corrupt",
-            "failedAgain", "completed", "progress", "gates", "queuePausedByReplay", "sampleIds",
+            "overBudget", "failedAgain", "completed", "progress", "gates", "queuePausedByReplay", "sampleIds",
             "corruptIds", "message"} == set(wire)
 
 

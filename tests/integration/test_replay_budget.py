@@ -46,12 +46,14 @@ async def test_a_job_is_replayed_at_most_max_replays_per_job_times(redis_url: st
         engine = ReplayEngine(r, replay_id=f"child-{attempt}", owner="ns/child", budget=budget)
         st, _ = await drive(engine, spec)
         assert st.phase == ReplayPhase.SUCCEEDED and st.matched == st.replayed == 6, st
+        assert st.over_budget == 0
         await fail_again(redis_url, ids)
 
     # a dry run asks, and charges nothing
     dry, _ = await drive(ReplayEngine(r, replay_id="child-dry", owner="ns/child", budget=budget),
                          make_spec(dryRun=True))
     assert dry.matched == 0 and dry.breakdown is not None and dry.breakdown.by_name == {}
+    assert dry.over_budget == 6
     assert await budget.used(r, ids) == dict.fromkeys(ids, 2)
 
     third = ReplayEngine(r, replay_id="child-3", owner="ns/child", budget=budget)
@@ -59,12 +61,14 @@ async def test_a_job_is_replayed_at_most_max_replays_per_job_times(redis_url: st
     assert st.phase == ReplayPhase.SUCCEEDED and st.matched == 0 and st.replayed == 0, st
     assert await r.zcard(QueueKeys("bull", Q).failed) == 6  # nothing moved a third time
     assert await r.hget(ReplayKeys("child-3").progress, "over_budget") == "6"
+    assert st.over_budget == 6
+    assert st.model_dump(mode="json", by_alias=True)["overBudget"] == 6  # shown in .status
     assert any("6 over their auto-replay budget" in m for m in messages), messages
     assert await budget.used(r, ids) == dict.fromkeys(ids, 2)
 
     # a replay a person created (no budget) is not limited
     st, _ = await drive(ReplayEngine(r, replay_id="manual", owner="ns/manual"), spec)
-    assert st.matched == st.replayed == 6
+    assert st.matched == st.replayed == 6 and st.over_budget == 0
 
 
 async def test_only_the_jobs_within_budget_are_snapshotted(redis_url: str, r: aioredis.Redis) -> None:
@@ -76,6 +80,7 @@ async def test_only_the_jobs_within_budget_are_snapshotted(redis_url: str, r: ai
     engine = ReplayEngine(r, replay_id="child", owner="ns/child", budget=budget)
     st, _ = await drive(engine, make_spec())
     assert st.matched == st.replayed == 5, st
+    assert st.over_budget == 3
     assert set(await r.lrange(ReplayKeys("child").snapshot, 0, -1)) == set(ids[3:])
     assert set(await r.lrange(QueueKeys("bull", Q).wait, 0, -1)) == set(ids[3:])
     assert st.breakdown is not None and sum(st.breakdown.by_name.values()) == 5

@@ -134,6 +134,11 @@ class DLQReplayStatus(StatusModel):
         default=0, description="Selected jobs no longer in the failed set when their turn came."
     )
     corrupt: int = Field(default=0, description="Jobs whose data could not be read.")
+    over_budget: int = Field(
+        default=0,
+        description="Failed jobs the selector matched but left out of the snapshot: they had reached "
+        "their auto-replay budget (the owning QueuePolicy's maxReplaysPerJob).",
+    )
     failed_again: int = Field(default=0, description="Replayed jobs that failed again.")
     completed: int = Field(default=0, description="Replayed jobs that completed during verify.")
     progress: str = Field(default="", description='Replayed and skipped of matched, e.g. "1200/5000".')

@@ -442,6 +442,7 @@ class ReplayEngine:
         st.replayed = _int(p, "replayed")
         st.skipped = _int(p, "skipped") + _int(p, "missing")
         st.corrupt = _int(p, "corrupt")
+        st.over_budget = _int(p, "over_budget")
         if "vc" in p:
             st.completed = _int(p, "vc")
             st.failed_again = _int(p, "vf")
@@ -724,6 +725,7 @@ class ReplayEngine:
             await pipe.execute()
         st.matched += len(picked)
         st.corrupt += len(corrupt)
+        st.over_budget += over
         p.update(sel_score=cursor.score, sel_id=cursor.job_id, upper=str(upper),
                  scanned=str(_int(p, "scanned") + page.scanned),
                  lifo_count=str(_int(p, "lifo_count") + len(lifo)),
