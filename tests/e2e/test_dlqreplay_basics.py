@@ -227,7 +227,8 @@ async def test_delete_mid_run_resumes_the_queue_and_releases_everything(
     await make_failed_jobs(redis_url, "held", jobs(10))
     await make_failed_jobs(redis_url, "busy", jobs(200))
     await apply(kube, secret("redis", {"url": redis_url}))
-    operator = operator_factory(operator_command())
+    metrics_port = free_port()
+    operator = operator_factory(operator_command(metrics_port=metrics_port))
     # "held" waits for a gate that never passes, with the queue paused by the replay;
     # "busy" is halfway through moving jobs.
     await apply(kube, replay("held", "held", pauseQueue=True, gatePolicy={"interval": "500ms"},
@@ -243,9 +244,16 @@ async def test_delete_mid_run_resumes_the_queue_and_releases_everything(
     uids = {name: kube.get("requeue.dev/v1alpha1/dlqreplays", name)["metadata"]["uid"]  # type: ignore[index]
             for name in ("held", "busy")}
 
+    redis_up = ['requeue_redis_up{namespace="default",owner="held"}',
+                'requeue_redis_up{namespace="default",owner="busy"}']
+    metrics = await asyncio.to_thread(scrape, metrics_port)
+    assert all(series in metrics for series in redis_up), metrics
+
     await kubectl(kube, "delete", "dlqr", "held", "busy", "--wait=false")
     for name in ("held", "busy"):
         await wait_gone_async(kube, name, operator=operator)
+    metrics = await asyncio.to_thread(scrape, metrics_port)
+    assert not any(series in metrics for series in redis_up), metrics  # no stale series of deleted replays
     assert not await redis_client.hexists("bull:held:meta", "paused")  # resumed: requeue had paused it
     assert not await redis_client.exists("requeue:lease:bull:held", "requeue:lease:bull:busy")
     for uid in uids.values():

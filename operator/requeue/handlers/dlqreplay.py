@@ -239,6 +239,14 @@ def observe_phase(namespace: str, name: str, phase: ReplayPhase | None) -> None:
             REPLAYS.labels(ns, p.value).set(count)
 
 
+def forget_replay(namespace: str, name: str) -> None:
+    """A deleted replay: drop it from ``requeue_replays`` and remove its ``requeue_redis_up`` series,
+    so dashboards and the RequeueRedisUnreachable alert do not keep a stale value."""
+    observe_phase(namespace, name, None)
+    with contextlib.suppress(KeyError):
+        REDIS_UP.remove(namespace, name)
+
+
 def count_jobs(namespace: str, name: str, queue: str, before: DLQReplayStatus,
                after: DLQReplayStatus) -> None:
     """Add what the status counters grew by to ``requeue_replay_jobs_total``."""
@@ -571,7 +579,7 @@ async def replay_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
     async with state.lock:
         current = state.status or load_status(status)
         if current.phase.finished and not current.queue_paused_by_replay:
-            observe_phase(namespace, name, None)
+            forget_replay(namespace, name)
             return
         try:
             spec = cleanup_spec(body)
@@ -584,7 +592,7 @@ async def replay_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
             raise
         except Exception as exc:
             if isinstance(exc, SpecInvalid | SecretNotFound | AuthFailed) and never_touched_redis(current):
-                observe_phase(namespace, name, None)
+                forget_replay(namespace, name)
                 return  # it never got as far as Redis: nothing to clean up
             if retry + 1 >= CLEANUP_RETRIES or isinstance(exc, SpecInvalid):
                 reason, message = describe_failure(exc)
@@ -592,11 +600,11 @@ async def replay_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
                            message=f"giving up cleaning up after {retry + 1} attempts ({reason}: {message});"
                                    " the queue lease expires by itself within a minute; resume the queue "
                                    "by hand if this replay had paused it")
-                observe_phase(namespace, name, None)
+                forget_replay(namespace, name)
                 return
             raise to_kopf(exc) from None
         post_events(body, result.events)
         state.status = result.status
         with contextlib.suppress(RequeueError):
             await patch_status(PLURAL, namespace, name, status_wire(result.status))
-        observe_phase(namespace, name, None)
+        forget_replay(namespace, name)
