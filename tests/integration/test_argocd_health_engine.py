@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -26,7 +26,6 @@ from typing import Any
 
 import jsonschema
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 from gates_fixtures import ControlledHttp
 
@@ -43,7 +42,6 @@ from requeue.api import (
 from requeue.api.base import ConditionStatus, find_condition
 from requeue.gates import GateRunner
 from requeue.policy.evaluate import BullQueueOps, PolicyRef, evaluate
-from requeue.queues import connect
 from requeue.replay import ReplayEngine
 from requeue.secrets import StaticSecrets
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
@@ -99,24 +97,6 @@ class Clock:
 
     def tick(self, seconds: float) -> None:
         self.now += timedelta(seconds=max(seconds, 0.001))
-
-
-@pytest_asyncio.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = await connect(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest_asyncio.fixture
-async def api() -> AsyncIterator[ControlledHttp]:
-    server = await ControlledHttp().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 # -- driving the engine ------------------------------------------------------------------------------

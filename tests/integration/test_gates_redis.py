@@ -211,7 +211,7 @@ def tls_redis_server(directory: Path) -> Iterator[tuple[int, str]]:
     """A redis-server that speaks only TLS, its certificate signed by a private CA: (port, CA PEM)."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server not on PATH")
+        pytest.fail("redis-server (built with TLS, as Debian's is) not on PATH: apt-get install redis-server")
     certs = make_certificates(directory)
     port = free_port()
     proc = subprocess.Popen(
