@@ -340,10 +340,10 @@ spec:
 
         client = aioredis.Redis.from_url(self.redis.url, decode_responses=True)
         try:
-            failed = await client.zcard(f"bull:{QUEUE}:failed")
-            completed = await client.zcard(f"bull:{QUEUE}:completed")
+            counts = await BullQueue(client, QUEUE).counts("failed", "completed")
         finally:
             await client.aclose()
+        failed, completed = counts["failed"], counts["completed"]
         seeded = workload.counts["whatsapp.send"]
         self.say(f"Redis: {failed} jobs still failed (the {workload.total - seeded} pdf.generate and "
                  f"email.send jobs the selector left alone), {completed} completed; the worker ran "

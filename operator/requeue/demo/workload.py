@@ -18,6 +18,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from bullmq import Job, Queue, Worker
 
+from requeue.queues import BullQueue
+
 __all__ = ["OUTAGE", "HealthEndpoint", "ServiceWorker", "Workload", "plan", "seed_failed_jobs"]
 
 #: (job name, the error the outage caused, share of the failed jobs).
@@ -87,7 +89,8 @@ async def seed_failed_jobs(redis_url: str, queue: str, workload: Workload, *,
     client = aioredis.Redis.from_url(redis_url)
     try:
         deadline = time.monotonic() + timeout
-        while await client.zcard(f"bull:{queue}:failed") < len(jobs):
+        failed_set = BullQueue(client, queue)
+        while (await failed_set.counts("failed"))["failed"] < len(jobs):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"seeding: not all {len(jobs)} jobs failed within {timeout:.0f}s")
             await asyncio.sleep(0.05)
