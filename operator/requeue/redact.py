@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_DSN_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 
 
@@ -38,3 +40,30 @@ def redact_text(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
         if secret and len(secret) >= 3:
             text = text.replace(secret, "***")
     return text
+
+
+def sensitive_parts(value: str) -> list[str]:
+    """What of a secret value must never be shown.
+
+    A URL (``redis://user:pw@host/0?token=x``) may be shown redacted, so only its
+    password and query count; a libpq ``key=value`` DSN likewise only its
+    password; anything else (a header value, a token) counts whole.
+    """
+    value = value.strip()
+    if not value:
+        return []
+    if _URL.match(value):
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            return [value]
+        found = [unquote(parts.password)] if parts.password else []
+        if parts.password and unquote(parts.password) != parts.password:
+            found.append(parts.password)
+        if parts.query:
+            found.append(parts.query)
+            found.extend(v for _, v in parse_qsl(parts.query) if v)
+        return found
+    if _DSN_PASSWORD.search(value):
+        return [m.group(1).strip("'") for m in _DSN_PASSWORD.finditer(value)]
+    return [value]

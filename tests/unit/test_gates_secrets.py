@@ -14,8 +14,9 @@ from kubernetes.client.exceptions import ApiException
 
 from requeue.api import SecretKeyRef
 from requeue.errors import SecretNotFound, TransientError
-from requeue.gates.result import RecordingSecrets, sensitive_parts
+from requeue.gates.result import RecordingSecrets
 from requeue.k8s.secrets import KubeSecrets
+from requeue.redact import sensitive_parts
 from requeue.secrets import StaticSecrets
 
 REF = SecretKeyRef(name="cgb", key="bearer")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from typing import TextIO
-from urllib.parse import unquote, urlsplit
 
 from requeue.errors import (
     AuthFailed,
@@ -18,7 +17,7 @@ from requeue.errors import (
     SecretNotFound,
     SpecInvalid,
 )
-from requeue.redact import redact_text
+from requeue.redact import redact_text, sensitive_parts
 
 __all__ = ["EXIT_INTERRUPTED", "Secrets", "error_label", "is_tty", "report_error"]
 
@@ -39,13 +38,8 @@ class Secrets:
 
     def add_url(self, url: str | None) -> None:
         """A URL's password (URLs themselves are redacted wherever they appear in text)."""
-        if not url:
-            return
-        try:
-            password = urlsplit(url).password
-        except ValueError:
-            password = None
-        self.add(unquote(password) if password else None, password)
+        if url:
+            self.add(*sensitive_parts(url))
 
     def redact(self, text: str) -> str:
         return redact_text(text, self.values)

@@ -8,18 +8,14 @@ programming errors escape, and the runner turns even those into a result.
 from __future__ import annotations
 
 import errno
-import re
 import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from requeue.api.base import SecretKeyRef
+from requeue.redact import sensitive_parts
 from requeue.secrets import SecretSource
-
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-_DSN_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 
 #: Longest message stored in ``.status.gates[].message``.
 MAX_MESSAGE = 512
@@ -58,33 +54,6 @@ class RecordingSecrets:
         value = await self.source.get(ref)
         self.values.extend(sensitive_parts(value))
         return value
-
-
-def sensitive_parts(value: str) -> list[str]:
-    """What of a secret value must never be shown.
-
-    A URL (``redis://user:pw@host/0?token=x``) may be shown redacted, so only its
-    password and query count; a libpq ``key=value`` DSN likewise only its
-    password; anything else (a header value, a token) counts whole.
-    """
-    value = value.strip()
-    if not value:
-        return []
-    if _URL.match(value):
-        try:
-            parts = urlsplit(value)
-        except ValueError:
-            return [value]
-        found = [unquote(parts.password)] if parts.password else []
-        if parts.password and unquote(parts.password) != parts.password:
-            found.append(parts.password)
-        if parts.query:
-            found.append(parts.query)
-            found.extend(v for _, v in parse_qsl(parts.query) if v)
-        return found
-    if _DSN_PASSWORD.search(value):
-        return [m.group(1).strip("'") for m in _DSN_PASSWORD.finditer(value)]
-    return [value]
 
 
 def exception_chain(exc: BaseException) -> Iterator[BaseException]:

@@ -32,10 +32,10 @@ from requeue.api.gates import GatePolicy, GateSpec, GateStatus, GateType
 from requeue.gates.http import check_http
 from requeue.gates.postgres import check_postgres
 from requeue.gates.redis import check_redis
-from requeue.gates.result import GateResult, RecordingSecrets, clip, sensitive_parts
+from requeue.gates.result import GateResult, RecordingSecrets, clip
 from requeue.metrics import GATE_CHECK_SECONDS, GATE_HEALTHY
 from requeue.queues.connection import TlsOptions
-from requeue.redact import redact_text
+from requeue.redact import redact_text, sensitive_parts
 from requeue.secrets import SecretSource
 
 __all__ = ["GRACE", "GateRunner", "fold", "run_check"]
