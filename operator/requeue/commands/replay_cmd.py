@@ -65,7 +65,6 @@ from requeue.api.loading import parse
 from requeue.commands.output import EXIT_INTERRUPTED, Secrets, report_error
 from requeue.errors import AuthFailed, RedisUnavailable, RequeueError, SecretNotFound, SpecInvalid
 from requeue.gates import GateRunner
-from requeue.queues import ReplayKeys
 from requeue.redact import redact_url
 from requeue.redis_target import open_redis
 from requeue.replay import ReplayEngine, StepResult
@@ -320,7 +319,7 @@ class _Replay:
                 loop.add_signal_handler(sig, on_signal, sig)
                 installed.append(sig)
         try:
-            await self._announce(redis, url, reporter)
+            await self._announce(engine, url, reporter)
             try:
                 code = await self._drive(engine, reporter)
             finally:
@@ -348,22 +347,21 @@ class _Replay:
             return RichReporter(console, self.hidden)
         return Reporter(sys.stderr, self.hidden)
 
-    async def _announce(self, redis: Any, url: str, reporter: Reporter) -> None:
+    async def _announce(self, engine: ReplayEngine, url: str, reporter: Reporter) -> None:
         what = "dry run of" if self.dry_run else "replay"
         reporter.note(f"{what} {self.owner} (replay id {self.replay_id}): queue {self.spec.queue} "
                       f"(prefix {self.spec.prefix}) at {redact_url(url)}")
         if not self.dry_run:
-            progress = await redis.hgetall(ReplayKeys(self.replay_id).progress)
-            if progress:
-                stage = progress.get("stage", "")
-                if stage == "done":
-                    reporter.note(f"this replay already finished ({progress.get('outcome', '')}); showing "
-                                  "its outcome. To run the manifest again, use a new metadata.name or "
-                                  "--replay-id")
-                else:
-                    reporter.note(f"resuming: {progress.get('replayed', '0')} of "
-                                  f"{progress.get('matched', '0')} selected jobs already moved (stage "
-                                  f"{stage or 'start'})")
+            progress = await engine.stored_progress()
+            if progress is None:
+                return
+            if progress.finished:
+                reporter.note(f"this replay already finished ({progress.outcome}); showing "
+                              "its outcome. To run the manifest again, use a new metadata.name or "
+                              "--replay-id")
+            else:
+                reporter.note(f"resuming: {progress.replayed} of {progress.matched} selected jobs "
+                              f"already moved (stage {progress.stage or 'start'})")
 
     async def _drive(self, engine: ReplayEngine, reporter: Reporter) -> int:
         """The loop of :meth:`ReplayEngine.run`, plus: stop cleanly between steps on a signal."""

@@ -138,6 +138,21 @@ class StepResult:
     events: list[ReplayEvent] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class StoredProgress:
+    """What Redis remembers of a replay before any step runs ("resuming", "already finished")."""
+
+    stage: str
+    outcome: str
+    replayed: int
+    matched: int
+
+    @property
+    def finished(self) -> bool:
+        """The replay reached its end (Succeeded or Failed) and will move nothing more."""
+        return self.stage == Stage.DONE
+
+
 class GateRunnerLike(Protocol):
     """What the engine needs from the gates (``requeue.gates.GateRunner`` is one)."""
 
@@ -305,6 +320,14 @@ class ReplayEngine:
                 self._cond(st, "Ready", True, "Ready", "Redis reachable again", generation, now)
             events.append(ReplayEvent("Normal", "RedisReachable", "Redis answers again"))
         return StepResult(st, delay, events)
+
+    async def stored_progress(self) -> StoredProgress | None:
+        """This replay's progress as stored in Redis, or None when it never started."""
+        p = await self._progress()
+        if not p:
+            return None
+        return StoredProgress(stage=p.get("stage", ""), outcome=p.get("outcome", ""),
+                              replayed=_int(p, "replayed"), matched=_int(p, "matched"))
 
     async def cancel(self, spec: DLQReplaySpec, status: DLQReplayStatus) -> StepResult:
         """Clean up after deletion: resume the queue if this replay paused it, release the lease,
