@@ -154,6 +154,38 @@ def test_delete_waits_for_finalizers(widgets: Kube) -> None:
     assert widgets.kubectl("delete", "wdg", "w1").returncode == 0  # no finalizers: gone at once
 
 
+def test_dependents_go_with_their_owner_and_keep_their_finalizers(widgets: Kube) -> None:
+    widgets.kubectl.apply(widget("parent"))
+    widgets.kubectl.apply(widget("other"))
+    owner, other = widgets.kubectl.json("get", "wdg", "parent"), widgets.kubectl.json("get", "wdg", "other")
+
+    def ref(obj: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": "test.requeue.dev/v1", "kind": "Widget", "name": obj["metadata"]["name"],
+                "uid": obj["metadata"]["uid"], "controller": False}
+
+    widgets.kubectl.apply(widget("child", ownerReferences=[ref(owner)]))
+    widgets.kubectl.apply(widget("held", ownerReferences=[ref(owner)],
+                                 finalizers=["test.requeue.dev/hold"]))
+    widgets.kubectl.apply(widget("shared", ownerReferences=[ref(owner), ref(other)]))
+    widgets.kubectl.apply(widget("loner"))
+
+    widgets.kubectl("delete", "wdg", "parent")
+    # the collector deletes through the API: a dependent with a finalizer is only marked
+    wait_until(lambda: widgets.get(WIDGETS, "child") is None, message="child collected")
+    def marked() -> Any:
+        return (widgets.get(WIDGETS, "held") or {}).get("metadata", {}).get("deletionTimestamp")
+
+    assert wait_until(marked, message="held marked for deletion")
+    names = {o["metadata"]["name"] for o in widgets.kubectl.json("get", "wdg")["items"]}
+    assert names == {"other", "held", "shared", "loner"}  # one owner left, or never owned
+
+    widgets.kubectl("patch", "wdg", "held", "--type=merge", "-p", '{"metadata": {"finalizers": null}}')
+    widgets.kubectl("delete", "wdg", "other")
+    wait_until(lambda: widgets.get(WIDGETS, "shared") is None, message="shared collected with its last owner")
+    assert widgets.get(WIDGETS, "held") is None
+    assert [o["metadata"]["name"] for o in widgets.kubectl.json("get", "wdg")["items"]] == ["loner"]
+
+
 def test_secrets_events_and_describe(widgets: Kube) -> None:
     password = base64.b64encode(b"s3cret").decode()
     widgets.kubectl.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",

@@ -22,6 +22,7 @@ on, in the emulator rather than in the operator (DESIGN.md, Tests):
 * ``DELETE`` of an object with finalizers sets ``deletionTimestamp`` and emits
   MODIFIED; the object goes once the finalizers are emptied (kmock's GC);
 * creating a CustomResourceDefinition through the API registers its resource;
+* dependents whose owners are all gone are deleted (:mod:`requeue.devcluster.gc`);
 * typed ``kubectl create namespace|secret|configmap`` send protobuf: decoded
   (:mod:`requeue.devcluster.protobuf`) into the JSON object kmock stores;
 * custom resources are validated against their CRD's schema and CEL rules
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import datetime
 import functools
@@ -73,6 +75,7 @@ from kmock._internal import enums as kmock_enums
 from kmock._internal import parsing as kmock_parsing
 from kmock._internal.rendering import Payload, Request
 
+from requeue.devcluster.gc import collect_garbage
 from requeue.devcluster.loop import BackgroundLoop
 from requeue.devcluster.protobuf import UnsupportedProtobuf, decode_object
 from requeue.devcluster.validation import validate as validate_against_crd
@@ -585,6 +588,13 @@ class ApiServer(kmock.KubernetesEmulator):
                  if r == resource and not obj.deleted and (namespace is None or ns == namespace)]
         return sorted(items, key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
 
+    async def live_objects(self) -> list[tuple[kmock.resource, str | None, str, dict[str, Any]]]:
+        """Every stored object that is not deleted, as (resource, namespace, name, object)
+        (deep copies). Call on the loop."""
+        async with self._lock:
+            return [(res, ns, name, copy.deepcopy(obj.raw))
+                    for (res, ns, name), obj in self.objects.items() if not obj.deleted]
+
     def get_raw(self, res: str | kmock.resource, name: str,
                 namespace: str | None = None) -> dict[str, Any] | None:
         """The stored object (a deep copy), or None if absent or deleted. Call on the loop."""
@@ -738,8 +748,9 @@ class Cluster:
     """
 
     def __init__(self, loop: BackgroundLoop, server: ApiServer, http: kmock.Server,
-                 workdir: Path) -> None:
+                 workdir: Path, gc_task: asyncio.Task[None] | None = None) -> None:
         self.loop = loop
+        self._gc_task = gc_task
         self.server = server
         self._http = http
         self.workdir = workdir
@@ -815,6 +826,10 @@ class Cluster:
 
     def close(self) -> None:
         async def stop() -> None:
+            if self._gc_task is not None:
+                self._gc_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._gc_task
             await self._http.__aexit__(None, None, None)
             await self.server.__aexit__(None, None, None)
         try:
@@ -858,8 +873,13 @@ def start_cluster(crds: Iterable[Mapping[str, Any]] | None = None, *,
     except BaseException:
         loop.close()
         raise
+
+    async def start_gc() -> asyncio.Task[None]:
+        return asyncio.create_task(collect_garbage(server, str(http.url).rstrip("/")), name="kmock-gc")
+
+    gc_task = loop.run(start_gc())
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="requeue-kube-"))
     else:
         workdir.mkdir(parents=True, exist_ok=True)
-    return Cluster(loop, server, http, workdir)
+    return Cluster(loop, server, http, workdir, gc_task)
