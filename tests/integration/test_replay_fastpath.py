@@ -25,7 +25,8 @@ from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys
 from requeue.queues import raw as raw_module
 from requeue.replay import ReplayEngine
-from requeue.replay import engine as engine_module
+from requeue.replay import moves as moves_module
+from requeue.replay import selection as selection_module
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
 from support.cli import cli, interrupt_cli, write_manifest
 from support.replay import drive, drive_losing_status, replay_spec
@@ -132,9 +133,9 @@ async def test_resume_after_crashes_between_every_selection_page_and_every_step(
 ) -> None:
     specs = mixed(120)
     ids = await make_failed_jobs(redis_url, Q, specs)
-    monkeypatch.setattr(engine_module, "SELECT_WINDOW_PAGE", 7)
-    monkeypatch.setattr(engine_module, "SELECT_STEP_MEMBERS", 14)
-    monkeypatch.setattr(engine_module, "MOVE_CHUNK", 9)
+    monkeypatch.setattr(selection_module, "SELECT_WINDOW_PAGE", 7)
+    monkeypatch.setattr(selection_module, "SELECT_STEP_MEMBERS", 14)
+    monkeypatch.setattr(moves_module, "MOVE_CHUNK", 9)
     spec = make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20})
     st = await drive_losing_status(r, spec, replay_id="cs")
     assert st.phase == ReplayPhase.SUCCEEDED
@@ -152,8 +153,8 @@ async def test_two_processes_on_one_replay_select_and_move_each_job_once(
     """A handler running twice at once (kopf did, on the emulator): every selection page and
     every chunk is atomic and reads its cursor in Redis, so they share the work."""
     ids = await make_failed_jobs(redis_url, Q, mixed(200))
-    monkeypatch.setattr(engine_module, "SELECT_WINDOW_PAGE", 11)
-    monkeypatch.setattr(engine_module, "MOVE_CHUNK", 13)
+    monkeypatch.setattr(selection_module, "SELECT_WINDOW_PAGE", 11)
+    monkeypatch.setattr(moves_module, "MOVE_CHUNK", 13)
     spec = make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30})
     one, two = await asyncio.gather(
         ReplayEngine(r, replay_id="tw", owner="ns/tw").run(spec),
@@ -173,7 +174,7 @@ async def test_connection_lost_around_a_fast_chunk_moves_nothing_twice(
     """The chunk's write reached Redis (or not), the reply never came back: the retry finds
     the cursor where Redis left it and moves nothing twice, loses nothing."""
     ids = await make_failed_jobs(redis_url, Q, [JobSpec("x", {"i": i}) for i in range(90)])
-    monkeypatch.setattr(engine_module, "MOVE_CHUNK", 10)
+    monkeypatch.setattr(moves_module, "MOVE_CHUNK", 10)
     original = raw_module.RawTransaction.guarded_exec
     calls = 0
 
@@ -208,15 +209,16 @@ async def test_guard_vetoes_a_chunk_whose_plan_went_stale(redis_url: str, r: aio
     while st.matched == 0 or (await r.hget(ReplayKeys("gv").progress, "stage")) != "replaying":
         st = (await engine.step(spec, st)).status
     q = BullQueue(r, Q)
-    plan = await engine._plan(q, 12, "pos")
+    mover = engine._mover
+    plan = await mover.plan(q, 12, "pos")
     assert [c[0] for c in plan.chunks] == ["f"] and plan.chunks[0][1] == 12
     _, count, last = plan.chunks[0]
     # paused meanwhile: the target list chosen from the plan would be wrong
-    assert await engine._fast_chunk(spec, q, plan.cursor, count, last, not plan.paused, plan.matched) is None
+    assert await mover.fast_chunk(spec, q, plan.cursor, count, last, not plan.paused, plan.matched) is None
     # a planned job retried by someone else meanwhile
     first = (await r.zrange(K.failed, 0, 0))[0]
     assert await q.replay([first]) == [1]
-    assert await engine._fast_chunk(spec, q, plan.cursor, count, last, plan.paused, plan.matched) is None
+    assert await mover.fast_chunk(spec, q, plan.cursor, count, last, plan.paused, plan.matched) is None
     assert await r.llen(K.wait) == 1 and await r.zcard(K.failed) == 11
     assert int(await r.hget(ReplayKeys("gv").progress, "fast_miss") or 0) == 2
     st = await drive(engine, spec, st)
@@ -244,7 +246,7 @@ async def test_jobs_failing_again_during_a_fast_replay_are_not_picked_again(
     redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = await make_failed_jobs(redis_url, Q, [JobSpec("x", {"i": i}) for i in range(60)])
-    monkeypatch.setattr(engine_module, "MOVE_CHUNK", 10)
+    monkeypatch.setattr(moves_module, "MOVE_CHUNK", 10)
     spec = make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20})
     engine = ReplayEngine(r, replay_id="fa", owner="ns/fa")
     st = DLQReplayStatus()

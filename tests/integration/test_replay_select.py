@@ -133,6 +133,7 @@ async def test_max_jobs_takes_the_oldest_failures(world: World, r: aioredis.Redi
     assert max(scores[i] for i in moved) <= min(scores[i] for i in left)
 
 def test_selection_pages_are_bounded() -> None:
-    from requeue.replay.engine import SELECT_PAGE_SIZE, VERIFY_CHUNK
+    from requeue.replay.selection import SELECT_PAGE_SIZE
+    from requeue.replay.verify import VERIFY_CHUNK
 
     assert SELECT_PAGE_SIZE <= 1000 and VERIFY_CHUNK <= 1000

@@ -1,0 +1,319 @@
+"""The selection stage: matching failed jobs appended to the replay's snapshot, a page at a time.
+
+The whole snapshot exists before the first move, so jobs failing again during the replay,
+whatever their new score, are never picked. Each page commits on its own: the page's ids,
+the breakdown counters and the selection cursor go in one MULTI/EXEC fenced by WATCH on
+the progress hash, so a crash between pages loses nothing and two processes stepping one
+replay share the pages instead of snapshotting them twice. A pure time window is selected
+inside Redis instead (``SELECT_WINDOW``): each page is one script, which reads the cursor
+from and commits to the progress hash itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from redis import exceptions as rx
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from requeue.api import Breakdown, DLQReplaySpec, DLQReplayStatus, ReplayPhase
+from requeue.queues import BullQueue, Cursor, FailedJob, FailedPage, ReplayKeys
+from requeue.queues.adapter import text
+from requeue.replay.select import Matcher, normalize_reason, to_ms
+from requeue.replay.state import Finish, ReplayEvent, Stage, cond, int_field, mark_replayed
+
+#: Redis time a selection page script may take (µs); it ends the page early after that.
+SELECT_BUDGET_US = 1200
+#: Failed-set members per selection page (one read-only Lua call each, ~3 µs of Redis time per
+#: member it returns: a page stays around a millisecond, so other clients never wait long).
+SELECT_PAGE_SIZE = 250
+#: Page size when names are prefiltered in Redis (non-matching members cost ~0.5 µs each).
+SELECT_PAGE_SIZE_NAMES = 1000
+#: Failed-set members scanned per selection step at most (several pages, each committed alone).
+SELECT_STEP_MEMBERS = 20_000
+#: Failed-set members per call of the in-Redis selection of a pure time window
+#: (``SELECT_WINDOW``: ~3-4 µs of Redis time each, so a call stays under ~1.5 ms).
+SELECT_WINDOW_PAGE = 500
+#: The window selection's corrupt-data check: True parses every job's data as JSON in
+#: Redis (cjson, ~2.5 µs per job), False checks it only looks like JSON (first and last
+#: character: catches truncated and non-JSON values; ~0.3 µs).
+WINDOW_EXACT_JSON = False
+#: Distinct (digit-folded) failure reasons the window selection counts; the rest are
+#: grouped as "<other>" in the breakdown.
+REASON_KEYS = 2000
+#: How many sample / corrupt ids the status lists.
+SAMPLE_IDS = 10
+CORRUPT_IDS = 20
+#: Groups shown per breakdown.
+BREAKDOWN_TOP = 20
+#: Tolerated clock skew between requeue and the workers (ms) when fixing the selection's upper bound.
+CLOCK_SKEW_MS = 1000
+
+
+class ReplayBudgetLike(Protocol):
+    """A per-job replay budget (``requeue.policy.ReplayBudget``: a QueuePolicy's auto replays).
+
+    Selection charges each page's picked ids with :meth:`take` and snapshots only those
+    allowed; a dry run asks :meth:`over_budget` and charges nothing.
+    """
+
+    async def take(self, redis: Redis, replay_uid: str, ids: Sequence[str]) -> list[str]: ...
+
+    async def over_budget(self, redis: Redis, ids: Sequence[str]) -> set[str]: ...
+
+
+def _bump(tally: dict[str, int], key: str, n: int) -> None:
+    """Add ``n`` to a breakdown group, dropping a group that falls to zero."""
+    tally[key] = tally.get(key, 0) + n
+    if not tally[key]:
+        del tally[key]
+
+
+@dataclass
+class _PageTally:
+    """What one page adds to the snapshot and its breakdown, before it is committed."""
+
+    done: bool
+    picked: list[str] = field(default_factory=list)
+    lifo: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    names: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    prioritized: int = 0
+    over: int = 0
+
+    def count(self, job: FailedJob, n: int) -> None:
+        """Count a picked job in (``n`` = 1) or back out (``n`` = -1) of the breakdown."""
+        self.prioritized += n if job.prioritized else 0
+        _bump(self.names, job.name or "", n)
+        _bump(self.reasons, normalize_reason(job.failed_reason), n)
+
+    def pick(self, job: FailedJob) -> None:
+        self.picked.append(job.id)
+        if job.lifo:
+            self.lifo.append(job.id)
+        self.count(job, 1)
+
+    def refuse(self, jobs: list[FailedJob], refused: set[str]) -> None:
+        """Jobs over the replay budget are not snapshotted: take them back out of the tallies."""
+        self.over = len(refused)
+        for job in jobs:
+            if job.id in refused:
+                self.count(job, -1)
+        self.picked = [i for i in self.picked if i not in refused]
+        self.lifo = [i for i in self.lifo if i not in refused]
+
+
+def _pick(page: FailedPage, matcher: Matcher, room: int | None) -> _PageTally:
+    """The page's matching jobs, up to ``room`` (what is left of ``maxJobs``), and its corrupt ones."""
+    t = _PageTally(done=page.done)
+    everything = matcher.only_time_window
+    for job in page.jobs:
+        if job.corrupt_reason is not None:
+            t.corrupt.append(job.id)
+            continue
+        if not everything and not matcher.matches(job):
+            continue
+        if room is not None and len(t.picked) >= room:
+            # the page overshoots maxJobs: stop right after the last picked job
+            t.done = True
+            break
+        t.pick(job)
+    if room is not None and len(t.picked) >= room:
+        t.done = True
+    return t
+
+
+def _top(d: dict[Any, Any]) -> dict[str, int]:
+    items = sorted(((text(a) or "", int(b)) for a, b in d.items()), key=lambda kv: (-kv[1], kv[0]))
+    return dict(items[:BREAKDOWN_TOP])
+
+
+class Selection:
+    """Selects the failed jobs of one replay into its snapshot.
+
+    :param budget: a per-job replay budget; jobs over it are left out of the snapshot.
+    """
+
+    def __init__(self, redis: Redis, keys: ReplayKeys, *, replay_id: str,
+                 budget: ReplayBudgetLike | None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.replay_id = replay_id
+        self.budget = budget
+
+    async def step(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
+                   events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float:
+        """Select pages into the snapshot until the selection ends or this step has scanned
+        :data:`SELECT_STEP_MEMBERS`. Each page commits on its own (snapshot ids, counters and
+        cursor in one MULTI fenced by WATCH), so a crash between pages loses nothing."""
+        done = await self._scan(spec, q, st, p, now)
+        st.progress = f"{st.replayed + st.skipped}/{st.matched}"
+        scanned_total = int_field(p, "scanned")
+        st.message = f"selecting: scanned {scanned_total}, matched {st.matched}"
+        if not done:
+            return 0.0
+        await self.summary(st, events)
+        if spec.dry_run:
+            st.replay_finished_at = now
+            raise Finish(ReplayPhase.SUCCEEDED, "DryRun",
+                         f"dry run: {st.matched} jobs would be replayed (scanned {scanned_total}, "
+                         f"{st.corrupt} corrupt); nothing moved")
+        over_budget = int_field(p, "over_budget")
+        over = f", {over_budget} over their auto-replay budget" if over_budget else ""
+        events.append(ReplayEvent("Normal", "Selected",
+                                  f"selected {st.matched} failed jobs (scanned {scanned_total}, "
+                                  f"{st.corrupt} corrupt{over})"))
+        cond(st, "Progressing", True, "Replaying", f"replaying {st.matched} jobs", gen, now)
+        if st.matched == 0:
+            await mark_replayed(self.redis, self.keys, now)
+        return 0.0
+
+    async def _scan(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, p: dict[str, str],
+                    now: datetime) -> bool:
+        """Pages until the selection ends (True) or this step scanned enough (False)."""
+        matcher = Matcher(spec.selector)
+        upper = int_field(p, "upper") or (to_ms(now) + CLOCK_SKEW_MS)
+        page_size = SELECT_PAGE_SIZE_NAMES if matcher.name_globs else SELECT_PAGE_SIZE
+        with_data = spec.selector.data_match is not None
+        # A pure time window needs nothing from the client per job: it is selected inside
+        # Redis (the breakdown and corrupt checks included). A replay budget must see ids.
+        in_redis = matcher.only_time_window and self.budget is None
+        scanned_now = 0
+        done = False
+        while not done and scanned_now < SELECT_STEP_MEMBERS:
+            if in_redis:
+                done, scanned = await self._window_page(spec, q, st, p, matcher, upper)
+            else:
+                done, scanned = await self._page(spec, q, st, p, matcher, upper, page_size, with_data)
+            scanned_now += scanned
+        return done
+
+    async def _window_page(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus,
+                           p: dict[str, str], matcher: Matcher, upper: int) -> tuple[bool, int]:
+        """One page of a pure time-window selection, selected and committed inside Redis
+        (``SELECT_WINDOW``: the script itself is the transaction). Returns (done, scanned)."""
+        k = self.keys
+        raw = await q.scripts.select_window(
+            keys=[q.keys.failed, k.progress, k.snapshot, k.names, k.reasons, k.corrupt, k.lifo, k.slow],
+            args=[q.keys.base, matcher.min_score, matcher.max_score(upper), SELECT_WINDOW_PAGE,
+                  spec.selector.max_jobs or 0, upper, CORRUPT_IDS, REASON_KEYS,
+                  "1" if WINDOW_EXACT_JSON else "0", SELECT_BUDGET_US],
+        )
+        scanned, picked, corrupt, done = (int(x) for x in raw)
+        if scanned < 0:
+            raise rx.WatchError("selection moved on meanwhile")
+        st.matched += picked
+        st.corrupt += corrupt
+        p.update(scanned=str(int_field(p, "scanned") + scanned), upper=str(upper))
+        return done == 1, scanned
+
+    async def _page(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, p: dict[str, str],
+                    matcher: Matcher, upper: int, page_size: int, with_data: bool) -> tuple[bool, int]:
+        """One page into the snapshot; ``p`` is updated to what was committed. Returns (done, scanned)."""
+        cursor = Cursor(p.get("sel_score", ""), p.get("sel_id", ""))
+        page = await q.select_page(cursor, min_score=matcher.min_score, max_score=matcher.max_score(upper),
+                                   name_globs=matcher.name_globs, count=page_size, with_data=with_data,
+                                   budget_us=SELECT_BUDGET_US)
+        room = (spec.selector.max_jobs - st.matched) if spec.selector.max_jobs else None
+        t = _pick(page, matcher, room)
+        if self.budget is not None and t.picked:
+            await self._charge_budget(spec, page, t)
+        await self._commit_page(st, p, page, t, upper)
+        st.matched += len(t.picked)
+        st.corrupt += len(t.corrupt)
+        st.over_budget += t.over
+        p.update(sel_score=page.cursor.score, sel_id=page.cursor.job_id, upper=str(upper),
+                 scanned=str(int_field(p, "scanned") + page.scanned),
+                 lifo_count=str(int_field(p, "lifo_count") + len(t.lifo)),
+                 prio_count=str(int_field(p, "prio_count") + t.prioritized),
+                 over_budget=str(int_field(p, "over_budget") + t.over))
+        return t.done, page.scanned
+
+    async def _charge_budget(self, spec: DLQReplaySpec, page: FailedPage, t: _PageTally) -> None:
+        """Charge the picked ids to the replay budget (a dry run only asks, charging nothing)."""
+        assert self.budget is not None
+        if spec.dry_run:
+            refused = await self.budget.over_budget(self.redis, t.picked)
+        else:
+            refused = set(t.picked) - set(await self.budget.take(self.redis, self.replay_id, t.picked))
+        if refused:
+            t.refuse(page.jobs, refused)
+
+    async def _commit_page(self, st: DLQReplayStatus, p: dict[str, str], page: FailedPage,
+                           t: _PageTally, upper: int) -> None:
+        """The page's ids, counters and cursor in one MULTI, WATCHing the progress hash: a page
+        someone else committed meanwhile aborts this one (the step reads again)."""
+        slow_ids = set(t.lifo) | {job.id for job in page.jobs if job.prioritized}
+        slow = [(st.matched + i, job_id) for i, job_id in enumerate(t.picked) if job_id in slow_ids]
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(k.progress)
+            if (text(await pipe.hget(k.progress, "sel_id")) or "") != (p.get("sel_id") or "") or \
+                    text(await pipe.hget(k.progress, "stage")) != Stage.SELECTING:
+                raise rx.WatchError("selection moved on meanwhile")
+            pipe.multi()  # type: ignore[no-untyped-call]
+            self._snapshot_writes(pipe, t, slow)
+            self._progress_writes(pipe, page, t, upper)
+            await pipe.execute()
+
+    def _snapshot_writes(self, pipe: Pipeline, t: _PageTally, slow: list[tuple[int, str]]) -> None:
+        k = self.keys
+        if t.picked:
+            pipe.rpush(k.snapshot, *t.picked)
+        if t.lifo:
+            pipe.sadd(k.lifo, *t.lifo)
+        if slow:
+            pipe.zadd(k.slow, {job_id: pos for pos, job_id in slow})
+        for name, n in t.names.items():
+            pipe.hincrby(k.names, name, n)
+        for reason, n in t.reasons.items():
+            pipe.hincrby(k.reasons, reason, n)
+        if t.corrupt:
+            pipe.rpush(k.corrupt, *t.corrupt)
+            pipe.ltrim(k.corrupt, 0, CORRUPT_IDS - 1)
+            pipe.hincrby(k.progress, "corrupt", len(t.corrupt))
+
+    def _progress_writes(self, pipe: Pipeline, page: FailedPage, t: _PageTally, upper: int) -> None:
+        k = self.keys
+        pipe.hincrby(k.progress, "matched", len(t.picked))
+        if t.over:
+            pipe.hincrby(k.progress, "over_budget", t.over)
+        pipe.hincrby(k.progress, "scanned", page.scanned)
+        pipe.hincrby(k.progress, "lifo_count", len(t.lifo))
+        # a replay selected before this field existed has none: the batch then never
+        # takes the moveJobsToWait fast path (it needs to know no job has a priority)
+        pipe.hincrby(k.progress, "prio_count", t.prioritized)
+        pipe.hset(k.progress, mapping={"sel_score": page.cursor.score, "sel_id": page.cursor.job_id,
+                                       "upper": str(upper)})
+        if t.done:
+            pipe.hset(k.progress, "stage", Stage.REPLAYING)
+
+    async def summary(self, st: DLQReplayStatus, events: list[ReplayEvent]) -> None:
+        """The status's breakdown, sample and corrupt ids, read back from what selection counted."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(k.names)
+            pipe.hgetall(k.reasons)
+            pipe.lrange(k.snapshot, 0, SAMPLE_IDS - 1)
+            pipe.lrange(k.corrupt, 0, CORRUPT_IDS - 1)
+            names, reasons, sample, corrupt = await pipe.execute()
+        # The window selection counts reasons with digits folded in Redis; normalising is
+        # idempotent and treats every digit alike, so normalising again here gives the
+        # same groups either way.
+        by_reason: dict[str, int] = {}
+        for raw_reason, n in reasons.items():
+            reason = text(raw_reason) or ""
+            group = "<other>" if reason == "\0other" else normalize_reason(reason)
+            by_reason[group] = by_reason.get(group, 0) + int(n)
+        st.breakdown = Breakdown(by_name=_top(names), by_reason=_top(by_reason))
+        st.sample_ids = [text(x) or "" for x in sample]
+        st.corrupt_ids = [text(x) or "" for x in corrupt]
+        if st.corrupt:
+            events.append(ReplayEvent("Warning", "CorruptJobs",
+                                      f"{st.corrupt} failed jobs are unreadable and will not be replayed "
+                                      f"(first: {', '.join(st.corrupt_ids[:5])})"))

@@ -1,0 +1,115 @@
+"""The verification stage: did the replayed jobs complete, or fail again?
+
+A replay that moved every job can still have fixed nothing. Verification watches the
+replayed ids (or their copies in ``targetQueue``) for ``verify.window`` and ends the replay
+Failed when too many fail again. It walks the replayed list a chunk per step, keeping the
+pass's partial counts in the progress hash, so a restart mid-pass resumes it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from redis.asyncio import Redis
+
+from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase, Verify, parse_duration
+from requeue.queues import BullQueue, ReplayKeys
+from requeue.queues.adapter import text
+from requeue.replay.moves import copy_id
+from requeue.replay.state import Finish, cond, int_field
+
+#: Replayed ids checked per verification step.
+VERIFY_CHUNK = 500
+#: Delay between two verification passes (also bounded by the window's end).
+VERIFY_POLL = 2.0
+
+
+class Verification:
+    """Checks the replayed jobs of one replay, a chunk per step."""
+
+    def __init__(self, redis: Redis, keys: ReplayKeys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def step(self, spec: DLQReplaySpec, watched: BullQueue, st: DLQReplayStatus, now: datetime,
+                   gen: int, p: dict[str, str]) -> float:
+        """Check the next chunk; at the end of a pass, judge the replay (or wait for the next)."""
+        if spec.verify is None:
+            raise Finish(ReplayPhase.SUCCEEDED, "Succeeded",
+                         f"moved {st.replayed} of {st.matched} selected jobs")
+        pos = int_field(p, "v_pos")
+        raw = await self.redis.lrange(self.keys.replayed, pos, pos + VERIFY_CHUNK - 1)
+        ids = [text(x) or "" for x in raw]
+        if spec.target_queue:
+            ids = [copy_id(spec, i) for i in ids]
+        completed, failed, pending = await self._states(watched, ids)
+        new_pos = pos + len(ids)
+        pass_done = new_pos >= st.replayed
+        await self._record(p, pass_done, new_pos, completed, failed, pending)
+        if not pass_done:
+            return 0.0
+        return self._judge(spec.verify, st, now, gen,
+                           int_field(p, "p_c") + completed, int_field(p, "p_f") + failed)
+
+    async def _states(self, watched: BullQueue, ids: list[str]) -> tuple[int, int, int]:
+        """How many of ``ids`` completed (or were removed), failed again, are still pending."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.exists(watched.keys.job(job_id))
+            if ids:
+                pipe.zmscore(watched.keys.completed, ids)
+                pipe.zmscore(watched.keys.failed, ids)
+            res = await pipe.execute()
+        completed = failed = pending = 0
+        if ids:
+            exists, in_completed, in_failed = res[:len(ids)], res[len(ids)], res[len(ids) + 1]
+            for e, c, f in zip(exists, in_completed, in_failed, strict=True):
+                if f is not None:
+                    failed += 1
+                elif c is not None or not e:
+                    completed += 1
+                else:
+                    pending += 1
+        return completed, failed, pending
+
+    async def _record(self, p: dict[str, str], pass_done: bool, new_pos: int, completed: int,
+                      failed: int, pending: int) -> None:
+        """Add the chunk to the pass's partial counts, or publish the pass and start the next."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if pass_done:
+                pipe.hset(k.progress, mapping={"vc": int_field(p, "p_c") + completed,
+                                               "vf": int_field(p, "p_f") + failed,
+                                               "vp": int_field(p, "p_p") + pending,
+                                               "v_pos": 0, "p_c": 0, "p_f": 0, "p_p": 0})
+            else:
+                pipe.hset(k.progress, mapping={"v_pos": new_pos})
+                pipe.hincrby(k.progress, "p_c", completed)
+                pipe.hincrby(k.progress, "p_f", failed)
+                pipe.hincrby(k.progress, "p_p", pending)
+            await pipe.execute()
+
+    @staticmethod
+    def _judge(verify: Verify, st: DLQReplayStatus, now: datetime, gen: int, c_total: int,
+               f_total: int) -> float:
+        """End the replay once the pass decides it; else the delay until the next pass."""
+        st.completed = c_total
+        st.failed_again = f_total
+        pending_total = st.replayed - c_total - f_total
+        total = st.replayed
+        rate = c_total / total if total else 1.0
+        finished_at = st.replay_finished_at or now
+        window_end = finished_at + parse_duration(verify.window)
+        summary = (f"{c_total} of {total} replayed jobs completed ({rate:.1%}), {f_total} failed again, "
+                   f"{pending_total} pending")
+        st.message = f"verifying: {summary}"
+        too_many = verify.max_failed_again is not None and f_total > verify.max_failed_again
+        hopeless = total > 0 and (total - f_total) / total < verify.min_success_rate
+        if too_many or hopeless:
+            raise Finish(ReplayPhase.FAILED, "VerificationFailed", summary)
+        if pending_total == 0 or now >= window_end:
+            if rate >= verify.min_success_rate:
+                raise Finish(ReplayPhase.SUCCEEDED, "Verified", summary)
+            raise Finish(ReplayPhase.FAILED, "VerificationFailed", summary)
+        cond(st, "Progressing", True, "Verifying", st.message, gen, now)
+        return max(0.05, min(VERIFY_POLL, (window_end - now).total_seconds()))
