@@ -1,7 +1,10 @@
 """QueuePolicy evaluation: observe queues -> decide (pure) -> act through small protocols.
 
 * :mod:`.observe` — :class:`Observation` and the carried :class:`PolicyMemory`;
-* :mod:`.decide` — :func:`decide`, the action types, :func:`settle`, :func:`release`;
+* :mod:`.decide` — :func:`decide`, :func:`settle`, :func:`release` (and the action types again);
+* :mod:`.actions` — the action types, :class:`BreachKind`, :class:`PolicyEvent`;
+* :mod:`.ledger` — what one evaluation accumulates (actions, Events, ``lastActions``, conditions);
+* :mod:`.thresholds` / :mod:`.autoreplay` — rules 1 and 4 of :func:`decide`;
 * :mod:`.collect` / :mod:`.failure_rate` — reading Redis in as few round trips as possible;
 * :mod:`.evaluate` — :func:`evaluate` and its protocols :class:`QueueOps`,
   :class:`ReplayCreator`, :class:`Notifier`;
