@@ -32,10 +32,10 @@ Restart safety, in short (keys in :class:`requeue.queues.ReplayKeys`):
 * A per-queue lease (``SET PX``, fenced by the replay id and WATCHed by every
   batch) keeps two replays off one queue.
 
-The pieces live in their own modules: :mod:`.selection`, :mod:`.moves` (the writes
-that keep exactly-once), :mod:`.rate` (the pace), :mod:`.verify`, and :mod:`.state`
-(what they share). This module is the state machine that drives them, with the lease,
-the gates and the end of a replay.
+The pieces live in their own modules: :mod:`.gating`, :mod:`.selection`, :mod:`.moves`
+(the writes that keep exactly-once), :mod:`.rate` (the pace), :mod:`.verify`, and
+:mod:`.state` (what they share). This module is the state machine that drives them, with
+the lease and the end of a replay.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Protocol
 
 from redis import exceptions as rx
 from redis.asyncio import Redis
@@ -53,11 +52,8 @@ from redis.asyncio import Redis
 from requeue.api import (
     DLQReplaySpec,
     DLQReplayStatus,
-    GatePolicy,
-    GateStatus,
     ReplayPhase,
     find_condition,
-    parse_duration,
 )
 from requeue.api.base import ConditionStatus
 from requeue.errors import AuthFailed, RedisUnavailable
@@ -66,6 +62,7 @@ from requeue.queues import BullQueue, ReplayKeys, map_redis_error
 from requeue.queues.adapter import text
 from requeue.queues.keys import REPLAY_RETENTION_SECONDS
 from requeue.replay import moves
+from requeue.replay.gating import GateRunnerLike, Gating
 from requeue.replay.moves import Mover
 from requeue.replay.rate import TokenBucket
 from requeue.replay.select import to_ms
@@ -94,20 +91,6 @@ LOCKED_DELAY = 5.0
 THROTTLE_DELAY = 1.0
 #: Delay while suspended (the controller steps again when the spec changes).
 SUSPENDED_DELAY = 60.0
-
-
-class GateRunnerLike(Protocol):
-    """What the engine needs from the gates (``requeue.gates.GateRunner`` is one)."""
-
-    policy: GatePolicy
-
-    async def check(self, previous: list[GateStatus], now: datetime) -> list[GateStatus]: ...
-
-    def all_passed(self, statuses: list[GateStatus]) -> bool: ...
-
-    def any_red(self, statuses: list[GateStatus]) -> bool: ...
-
-    def due(self, statuses: list[GateStatus], now: datetime) -> bool: ...
 
 
 class ReplayEngine:
@@ -152,6 +135,7 @@ class ReplayEngine:
         self._selection = Selection(redis, self.keys, replay_id=replay_id, budget=budget)
         self._mover = Mover(redis, self.keys, lease_value=self._lease_value, owner=owner, clock=clock)
         self._verification = Verification(redis, self.keys)
+        self._gating = Gating(redis, self.keys)
         namespace, _, name = owner.rpartition("/")
         self._metric_labels = (namespace, name or owner)
 
@@ -207,7 +191,7 @@ class ReplayEngine:
         now = self.clock()
         events: list[ReplayEvent] = []
         q = self._queue(spec, spec.queue)
-        await self._resume_if_ours(q, st, now, events, st.observed_generation)
+        await self._gating.resume_if_ours(q, st, now, events, st.observed_generation)
         await self._release_lease(q)
         await self.redis.delete(*self.keys.all())
         if not st.phase.finished:
@@ -330,7 +314,7 @@ class ReplayEngine:
                            events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float:
         """Wait for the gates; once they pass, fix the selection's upper bound and start selecting."""
         st.phase = ReplayPhase.WAITING_FOR_GATES
-        wait = await self._gates(spec, q, st, now, events, gen, p)
+        wait = await self._gating.check(self.gates, spec, q, st, now, events, gen, p)
         if wait is not None:
             return wait
         upper = to_ms(now) + CLOCK_SKEW_MS
@@ -400,97 +384,9 @@ class ReplayEngine:
         st.message = msg
         return LOCKED_DELAY
 
-    # -- gates and pausing ---------------------------------------------------
-
-    async def _gates(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
-                     events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float | None:
-        """None when every gate passes (queue resumed if we paused it), else the delay to wait."""
-        runner = self.gates
-        if runner is None or not spec.gates:
-            if find_condition(st.conditions, "GatesPassed") is None:
-                cond(st, "GatesPassed", True, "NoGates", "no gates configured", gen, now)
-            await self._resume_if_ours(q, st, now, events, gen)
-            return None
-        if runner.due(st.gates, now):
-            st.gates = await runner.check(st.gates, now)
-        if runner.all_passed(st.gates):
-            before = find_condition(st.conditions, "GatesPassed")
-            if before is None or before.status != ConditionStatus.TRUE:
-                events.append(ReplayEvent("Normal", "GatesPassed", "all gates pass"))
-            cond(st, "GatesPassed", True, "AllGatesPassed", "all gates pass", gen, now)
-            await self._resume_if_ours(q, st, now, events, gen)
-            return None
-        return await self._gates_hold(runner, spec, q, st, now, events, gen, p)
-
-    async def _gates_hold(self, runner: GateRunnerLike, spec: DLQReplaySpec, q: BullQueue,
-                          st: DLQReplayStatus, now: datetime, events: list[ReplayEvent], gen: int,
-                          p: dict[str, str]) -> float:
-        """A gate is not green: say which, pause the queue on red (``pauseQueue``), and give up
-        once the gates stayed shut for ``timeout``. Returns the delay until the next check."""
-        red = runner.any_red(st.gates)
-        names = ", ".join(f"{g.name}: {g.message}" for g in st.gates if not g.healthy) or "not checked yet"
-        msg = f"waiting for gates ({names})"
-        before = find_condition(st.conditions, "GatesPassed")
-        if red and (before is None or before.status != ConditionStatus.FALSE or before.reason != "GatesRed"):
-            events.append(ReplayEvent("Warning", "GatesRed", msg))
-        cond(st, "GatesPassed", False, "GatesRed" if red else "GatesPending", msg, gen, now)
-        st.message = msg
-        if red and spec.pause_queue:
-            await self._pause_if_needed(q, st, now, events, gen, p)
-        since = find_condition(st.conditions, "GatesPassed")
-        assert since is not None
-        timeout = parse_duration(runner.policy.timeout)
-        if now - since.last_transition_time >= timeout:
-            raise Finish(ReplayPhase.FAILED, "GatesTimedOut",
-                         f"gates did not pass within {runner.policy.timeout}: {names}")
-        return self._gates_wait(runner, st, now, since.last_transition_time + timeout)
-
-    @staticmethod
-    def _gates_wait(runner: GateRunnerLike, st: DLQReplayStatus, now: datetime, deadline: datetime) -> float:
-        """Until the runner's next check is due (``next_check_in`` when it has one), at most
-        until the deadline."""
-        interval = parse_duration(runner.policy.interval).total_seconds()
-        next_in = getattr(runner, "next_check_in", None)
-        if callable(next_in):
-            value = next_in(st.gates, now)
-            if isinstance(value, int | float):
-                interval = max(0.0, float(value))
-        remaining = (deadline - now).total_seconds()
-        return max(0.05, min(interval, remaining))
-
-    async def _pause_if_needed(self, q: BullQueue, st: DLQReplayStatus, now: datetime,
-                               events: list[ReplayEvent], gen: int, p: dict[str, str]) -> None:
-        if p.get("we_paused") == "1":
-            return
-        if await q.is_paused():
-            cond(st, "QueuePaused", True, "PausedByOthers",
-                 "queue was already paused by someone else; requeue leaves it paused", gen, now)
-            return
-        async with self.redis.pipeline(transaction=True) as pipe:
-            await q.queue_pause(pipe, True)
-            pipe.hset(self.keys.progress, "we_paused", "1")
-            await pipe.execute()
-        p["we_paused"] = "1"
-        st.queue_paused_by_replay = True
-        cond(st, "QueuePaused", True, "PausedByReplay", "paused by this replay while gates are red",
-             gen, now)
-        events.append(ReplayEvent("Normal", "QueuePaused", "paused the queue while gates are red"))
-
-    async def _resume_if_ours(self, q: BullQueue, st: DLQReplayStatus, now: datetime,
-                              events: list[ReplayEvent], gen: int) -> None:
-        if await self.redis.hget(self.keys.progress, "we_paused") not in ("1", b"1"):
-            st.queue_paused_by_replay = False
-            return
-        await q.resume()
-        await self.redis.hdel(self.keys.progress, "we_paused")
-        st.queue_paused_by_replay = False
-        cond(st, "QueuePaused", False, "ResumedByReplay", "resumed the queue this replay paused",
-             gen, now)
-        events.append(ReplayEvent("Normal", "QueueResumed", "resumed the queue this replay had paused"))
-
     async def _suspend(self, q: BullQueue, st: DLQReplayStatus, now: datetime,
                        events: list[ReplayEvent], gen: int) -> float:
-        await self._resume_if_ours(q, st, now, events, gen)
+        await self._gating.resume_if_ours(q, st, now, events, gen)
         await self._release_lease(q)
         if st.phase != ReplayPhase.SUSPENDED:
             events.append(ReplayEvent("Normal", "Suspended", "spec.suspend is true; stopped"))
@@ -508,7 +404,7 @@ class ReplayEngine:
         if remaining <= 0 and not (spec.target_queue and int_field(p, "copied_upto") > cursor):
             await mark_replayed(self.redis, self.keys, now)
             return await self._replayed(spec, st, now, events, gen)
-        held = await self._held_by_gates(spec, q, st, now, events, gen, p)
+        held = await self._gating.held_during_replay(self.gates, spec, q, st, now, events, gen, p)
         if held is not None:
             return held
         st.phase = ReplayPhase.REPLAYING
@@ -533,26 +429,6 @@ class ReplayEngine:
         if st.replayed + st.skipped >= st.matched:
             return await self._replayed(spec, st, now, events, gen)
         return self._bucket.next_delay(spec.rate)
-
-    async def _held_by_gates(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
-                             events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float | None:
-        """recheckDuringReplay: a running replay is held only once a gate is red (failureThreshold
-        failures in a row), so a single blip does not stop it; a held one goes on only when
-        every gate passes again (successThreshold), like the start. None when not held."""
-        if self.gates is None or not spec.gates or not spec.gate_policy.recheck_during_replay:
-            return None
-        gates_ok = find_condition(st.conditions, "GatesPassed")
-        held = gates_ok is not None and gates_ok.status != ConditionStatus.TRUE
-        if not held and self.gates.due(st.gates, now):
-            st.gates = await self.gates.check(st.gates, now)
-            held = self.gates.any_red(st.gates)
-        if not held:
-            return None
-        wait = await self._gates(spec, q, st, now, events, gen, p)
-        if wait is not None:
-            st.phase = ReplayPhase.WAITING_FOR_GATES
-            cond(st, "Progressing", False, "HeldByGates", st.message, gen, now)
-        return wait
 
     async def _move(self, spec: DLQReplaySpec, q: BullQueue, n: int, p: dict[str, str]) -> tuple[int, int]:
         """One batch of up to ``n`` jobs, timed and counted in the metrics.
@@ -587,7 +463,7 @@ class ReplayEngine:
     async def _finish(self, spec: DLQReplaySpec, st: DLQReplayStatus, now: datetime,
                       events: list[ReplayEvent], gen: int, fin: Finish) -> None:
         q = self._queue(spec, spec.queue)
-        await self._resume_if_ours(q, st, now, events, gen)
+        await self._gating.resume_if_ours(q, st, now, events, gen)
         if not spec.dry_run:
             await self._release_lease(q)
         async with self.redis.pipeline(transaction=True) as pipe:

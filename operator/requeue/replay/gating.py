@@ -1,0 +1,160 @@
+"""The gates: a replay waits until every gate passes, with the queue paused while one is red.
+
+A replay into a system that is still failing only fails the jobs again. The gates (HTTP,
+Prometheus, ... checks in :mod:`requeue.gates`) hold a replay before it starts and, with
+``recheckDuringReplay``, while it runs. With ``pauseQueue`` the queue is paused while a
+gate is red, and resumed only by the replay that paused it (``we_paused`` in the
+progress hash): a queue someone else paused stays paused.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+from requeue.api import (
+    DLQReplaySpec,
+    DLQReplayStatus,
+    GatePolicy,
+    GateStatus,
+    ReplayPhase,
+    find_condition,
+    parse_duration,
+)
+from requeue.api.base import ConditionStatus
+from requeue.queues import BullQueue, ReplayKeys
+from requeue.replay.state import Finish, ReplayEvent, cond
+
+
+class GateRunnerLike(Protocol):
+    """What the engine needs from the gates (``requeue.gates.GateRunner`` is one)."""
+
+    policy: GatePolicy
+
+    async def check(self, previous: list[GateStatus], now: datetime) -> list[GateStatus]: ...
+
+    def all_passed(self, statuses: list[GateStatus]) -> bool: ...
+
+    def any_red(self, statuses: list[GateStatus]) -> bool: ...
+
+    def due(self, statuses: list[GateStatus], now: datetime) -> bool: ...
+
+
+class Gating:
+    """Checks one replay's gates and pauses or resumes its queue for them."""
+
+    def __init__(self, redis: Redis, keys: ReplayKeys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def check(self, runner: GateRunnerLike | None, spec: DLQReplaySpec, q: BullQueue,
+                    st: DLQReplayStatus, now: datetime, events: list[ReplayEvent], gen: int,
+                    p: dict[str, str]) -> float | None:
+        """None when every gate passes (queue resumed if we paused it), else the delay to wait."""
+        if runner is None or not spec.gates:
+            if find_condition(st.conditions, "GatesPassed") is None:
+                cond(st, "GatesPassed", True, "NoGates", "no gates configured", gen, now)
+            await self.resume_if_ours(q, st, now, events, gen)
+            return None
+        if runner.due(st.gates, now):
+            st.gates = await runner.check(st.gates, now)
+        if runner.all_passed(st.gates):
+            before = find_condition(st.conditions, "GatesPassed")
+            if before is None or before.status != ConditionStatus.TRUE:
+                events.append(ReplayEvent("Normal", "GatesPassed", "all gates pass"))
+            cond(st, "GatesPassed", True, "AllGatesPassed", "all gates pass", gen, now)
+            await self.resume_if_ours(q, st, now, events, gen)
+            return None
+        return await self._hold(runner, spec, q, st, now, events, gen, p)
+
+    async def _hold(self, runner: GateRunnerLike, spec: DLQReplaySpec, q: BullQueue,
+                    st: DLQReplayStatus, now: datetime, events: list[ReplayEvent], gen: int,
+                    p: dict[str, str]) -> float:
+        """A gate is not green: say which, pause the queue on red (``pauseQueue``), and give up
+        once the gates stayed shut for ``timeout``. Returns the delay until the next check."""
+        red = runner.any_red(st.gates)
+        names = ", ".join(f"{g.name}: {g.message}" for g in st.gates if not g.healthy) or "not checked yet"
+        msg = f"waiting for gates ({names})"
+        before = find_condition(st.conditions, "GatesPassed")
+        if red and (before is None or before.status != ConditionStatus.FALSE or before.reason != "GatesRed"):
+            events.append(ReplayEvent("Warning", "GatesRed", msg))
+        cond(st, "GatesPassed", False, "GatesRed" if red else "GatesPending", msg, gen, now)
+        st.message = msg
+        if red and spec.pause_queue:
+            await self.pause_if_needed(q, st, now, events, gen, p)
+        since = find_condition(st.conditions, "GatesPassed")
+        assert since is not None
+        timeout = parse_duration(runner.policy.timeout)
+        if now - since.last_transition_time >= timeout:
+            raise Finish(ReplayPhase.FAILED, "GatesTimedOut",
+                         f"gates did not pass within {runner.policy.timeout}: {names}")
+        return self._wait(runner, st, now, since.last_transition_time + timeout)
+
+    @staticmethod
+    def _wait(runner: GateRunnerLike, st: DLQReplayStatus, now: datetime, deadline: datetime) -> float:
+        """Until the runner's next check is due (``next_check_in`` when it has one), at most
+        until the deadline."""
+        interval = parse_duration(runner.policy.interval).total_seconds()
+        next_in = getattr(runner, "next_check_in", None)
+        if callable(next_in):
+            value = next_in(st.gates, now)
+            if isinstance(value, int | float):
+                interval = max(0.0, float(value))
+        remaining = (deadline - now).total_seconds()
+        return max(0.05, min(interval, remaining))
+
+    async def pause_if_needed(self, q: BullQueue, st: DLQReplayStatus, now: datetime,
+                              events: list[ReplayEvent], gen: int, p: dict[str, str]) -> None:
+        """Pause the queue while a gate is red, unless it is paused already (then it is not ours
+        to resume). The pause and ``we_paused`` commit together."""
+        if p.get("we_paused") == "1":
+            return
+        if await q.is_paused():
+            cond(st, "QueuePaused", True, "PausedByOthers",
+                 "queue was already paused by someone else; requeue leaves it paused", gen, now)
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await q.queue_pause(pipe, True)
+            pipe.hset(self.keys.progress, "we_paused", "1")
+            await pipe.execute()
+        p["we_paused"] = "1"
+        st.queue_paused_by_replay = True
+        cond(st, "QueuePaused", True, "PausedByReplay", "paused by this replay while gates are red",
+             gen, now)
+        events.append(ReplayEvent("Normal", "QueuePaused", "paused the queue while gates are red"))
+
+    async def resume_if_ours(self, q: BullQueue, st: DLQReplayStatus, now: datetime,
+                             events: list[ReplayEvent], gen: int) -> None:
+        """Resume the queue only if this replay paused it."""
+        if await self.redis.hget(self.keys.progress, "we_paused") not in ("1", b"1"):
+            st.queue_paused_by_replay = False
+            return
+        await q.resume()
+        await self.redis.hdel(self.keys.progress, "we_paused")
+        st.queue_paused_by_replay = False
+        cond(st, "QueuePaused", False, "ResumedByReplay", "resumed the queue this replay paused",
+             gen, now)
+        events.append(ReplayEvent("Normal", "QueueResumed", "resumed the queue this replay had paused"))
+
+    async def held_during_replay(self, runner: GateRunnerLike | None, spec: DLQReplaySpec, q: BullQueue,
+                                 st: DLQReplayStatus, now: datetime, events: list[ReplayEvent], gen: int,
+                                 p: dict[str, str]) -> float | None:
+        """recheckDuringReplay: a running replay is held only once a gate is red (failureThreshold
+        failures in a row), so a single blip does not stop it; a held one goes on only when
+        every gate passes again (successThreshold), like the start. None when not held."""
+        if runner is None or not spec.gates or not spec.gate_policy.recheck_during_replay:
+            return None
+        gates_ok = find_condition(st.conditions, "GatesPassed")
+        held = gates_ok is not None and gates_ok.status != ConditionStatus.TRUE
+        if not held and runner.due(st.gates, now):
+            st.gates = await runner.check(st.gates, now)
+            held = runner.any_red(st.gates)
+        if not held:
+            return None
+        wait = await self.check(runner, spec, q, st, now, events, gen, p)
+        if wait is not None:
+            st.phase = ReplayPhase.WAITING_FOR_GATES
+            cond(st, "Progressing", False, "HeldByGates", st.message, gen, now)
+        return wait
