@@ -4,7 +4,7 @@
 * :mod:`.decide` — :func:`decide`, :func:`settle`, :func:`release` (and the action types again);
 * :mod:`.actions` — the action types, :class:`BreachKind`, :class:`PolicyEvent`;
 * :mod:`.ledger` — what one evaluation accumulates (actions, Events, ``lastActions``, conditions);
-* :mod:`.thresholds` / :mod:`.autoreplay` — rules 1 and 4 of :func:`decide`;
+* :mod:`.thresholds` / :mod:`.pausing` / :mod:`.autoreplay` — rules 1, 2-3 and 4 of :func:`decide`;
 * :mod:`.collect` / :mod:`.failure_rate` — reading Redis in as few round trips as possible;
 * :mod:`.evaluate` — :func:`evaluate` and its protocols :class:`QueueOps`,
   :class:`ReplayCreator`, :class:`Notifier`;

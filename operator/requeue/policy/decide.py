@@ -3,6 +3,11 @@
 Pure: no I/O, no clock, no randomness, so every rule is a table test and the
 invariants are hypothesis properties (tests/unit/test_policy_decide*.py).
 
+:func:`decide` composes the rules; each lives with its state: rule 1 in
+:mod:`.thresholds`, rules 2 and 3 in :mod:`.pausing`, rule 4 in
+:mod:`.autoreplay`. They add to one :class:`~requeue.policy.ledger.Ledger`,
+so actions, Events and ``lastActions`` come out in the order listed here.
+
 Rules, in the order they are applied:
 
 1. **Thresholds.** A queue breaches ``failed`` / ``waiting`` (wait + prioritized,
@@ -43,14 +48,12 @@ would-be transition, tracked by ``dryRunPaused``) and left out of
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Literal
 
 from requeue.api.base import ConditionStatus, find_condition, parse_duration
-from requeue.api.gates import GateStatus
 from requeue.api.policy import (
     CleanRule,
     PolicyAction,
@@ -75,8 +78,9 @@ from requeue.policy.actions import (
     Resume,
 )
 from requeue.policy.autoreplay import child_replay_name
-from requeue.policy.ledger import Ledger
+from requeue.policy.ledger import CondType, Ledger, clip
 from requeue.policy.observe import Observation, PolicyMemory, QueueMemory, QueueObservation
+from requeue.policy.pausing import Gates, Hold, gate_results, pause_or_resume, track_gates
 
 __all__ = [
     "BREACH_REASONS",
@@ -102,19 +106,6 @@ __all__ = [
 
 #: ``.status.lastActions`` keeps this many entries, newest first.
 LAST_ACTIONS_LIMIT = 20
-#: Longest condition message; longer ones end in "...".
-MESSAGE_LIMIT = 1000
-
-
-class CondType(StrEnum):
-    """The condition types of a QueuePolicy."""
-
-    #: No queue breaches a threshold.
-    HEALTHY = "Healthy"
-    #: Every gate passes.
-    GATES_PASSED = "GatesPassed"
-    #: The last evaluation could observe every queue.
-    READY = "Ready"
 
 
 @dataclass(frozen=True)
@@ -141,10 +132,6 @@ class Decision:
 # ----------------------------------------------------------------- helpers
 
 
-def _clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def format_duration(value: timedelta) -> str:
     """``timedelta(days=1, minutes=30)`` -> ``"1d30m"`` (the spec's own notation)."""
     ms = round(value.total_seconds() * 1000)
@@ -164,80 +151,6 @@ def queues_to_observe(spec: QueuePolicySpec, status: QueuePolicyStatus | None) -
     seen = set(listed)
     held = [q.name for q in (status.queues if status else []) if q.paused_by_policy and q.name not in seen]
     return listed + held
-
-
-# ----------------------------------------------------------------- gates
-
-GateState = Literal["none", "unknown", "red", "green"]
-
-#: ``GatesPassed`` status and reason for each gate state.
-_GATE_CONDITIONS: Mapping[GateState, tuple[ConditionStatus, str]] = {
-    "none": (ConditionStatus.TRUE, "NoGates"),
-    "unknown": (ConditionStatus.UNKNOWN, "GatesNotChecked"),
-    "red": (ConditionStatus.FALSE, "GateFailed"),
-    "green": (ConditionStatus.TRUE, "AllGatesPassed"),
-}
-
-
-def _gate_state(spec: QueuePolicySpec, gates: Sequence[GateStatus] | None) -> tuple[GateState, str]:
-    if not spec.gates:
-        return "none", "no gates configured"
-    if gates is None:
-        return "unknown", "gates not checked yet"
-    names = {g.name for g in spec.gates}
-    by_name = {g.name: g for g in gates if g.name in names}
-    red = [g for g in by_name.values() if not g.healthy]
-    if red:
-        return "red", _clip("; ".join(f"{g.name}: {g.message or 'unhealthy'}" for g in red))
-    missing = sorted(names - by_name.keys())
-    if missing:
-        return "unknown", f"not checked yet: {', '.join(missing)}"
-    return "green", f"{len(names)} gate(s) healthy"
-
-
-@dataclass(frozen=True)
-class _Gates:
-    """Where the gates stand after this evaluation, and the outage they bracket."""
-
-    state: GateState
-    message: str
-    outage_started: datetime | None
-    green_since: datetime | None
-
-    def finished_outage(self) -> autoreplay.Outage | None:
-        """The outage, once all gates are green again (what auto replay waits for)."""
-        if self.state != "green" or self.outage_started is None or self.green_since is None:
-            return None
-        return autoreplay.Outage(self.outage_started, self.green_since)
-
-
-def _track_gates(
-    spec: QueuePolicySpec, prev: QueuePolicyStatus, observation: Observation, ledger: Ledger
-) -> _Gates:
-    """Rule 2: ``GatesPassed``, when the outage began and since when the gates are all green."""
-    state, message = _gate_state(spec, observation.gates)
-    prev_gates = find_condition(prev.conditions, CondType.GATES_PASSED)
-    prev_red = prev_gates is not None and prev_gates.status == ConditionStatus.FALSE
-    outage_started = prev.outage_started_at
-    green_since = prev.gates_green_since
-    if state == "red":
-        if not prev_red:
-            if not autoreplay.outage_pending(spec, prev):
-                outage_started = ledger.now
-            ledger.announce("Warning", "GatesFailed", message)
-        green_since = None
-    elif state == "green":
-        if green_since is None:
-            green_since = ledger.now
-        if prev_red:
-            ledger.announce("Normal", "GatesRecovered", message)
-    status, reason = _GATE_CONDITIONS[state]
-    ledger.condition(CondType.GATES_PASSED, status, reason, message)
-    return _Gates(state, message, outage_started, green_since)
-
-
-def _gate_results(prev: QueuePolicyStatus, observation: Observation) -> list[GateStatus]:
-    return list(observation.gates) if observation.gates is not None else list(prev.gates)
 
 
 # ----------------------------------------------------------------- decide
@@ -262,7 +175,7 @@ def decide(
     prev = status or QueuePolicyStatus()
     memory = memory or PolicyMemory()
     ledger = Ledger(now=now, generation=generation, conditions=list(prev.conditions))
-    gates = _track_gates(spec, prev, observation, ledger)
+    gates = track_gates(spec, prev, observation, ledger)
     if observation.error is not None:
         return _unobservable(spec, prev, observation, observation.error, memory, gates, ledger)
     tally = _decide_queues(spec, prev, observation, memory, gates, ledger)
@@ -277,17 +190,17 @@ def decide(
 
 def _unobservable(
     spec: QueuePolicySpec, prev: QueuePolicyStatus, observation: Observation, error: str,
-    memory: PolicyMemory, gates: _Gates, ledger: Ledger,
+    memory: PolicyMemory, gates: Gates, ledger: Ledger,
 ) -> Decision:
     """Redis could not be read: keep what we knew, act on nothing, say why in ``Ready`` and ``Healthy``."""
     reason = observation.error_reason
     prev_ready = find_condition(prev.conditions, CondType.READY)
     if prev_ready is None or prev_ready.reason != reason:
         ledger.announce("Warning", reason, error)
-    ledger.condition(CondType.READY, False, reason, _clip(error))
+    ledger.condition(CondType.READY, False, reason, clip(error))
     ledger.condition(CondType.HEALTHY, ConditionStatus.UNKNOWN, reason, "queues could not be observed")
     new_status = prev.model_copy(update={
-        "conditions": ledger.conditions, "gates": _gate_results(prev, observation),
+        "conditions": ledger.conditions, "gates": gate_results(prev, observation),
         "observed_generation": ledger.generation, "last_evaluated_at": ledger.now,
         "gates_green_since": gates.green_since, "outage_started_at": gates.outage_started,
     })
@@ -302,13 +215,9 @@ class _Scope:
     """What every queue of one evaluation is judged by."""
 
     spec: QueuePolicySpec
-    gates: _Gates
+    gates: Gates
     window: timedelta
     repeat_after: timedelta
-
-    @property
-    def pause_enabled(self) -> bool:
-        return self.spec.actions.pause_while_gates_fail
 
 
 @dataclass
@@ -324,7 +233,7 @@ class _Tally:
 
 def _decide_queues(
     spec: QueuePolicySpec, prev: QueuePolicyStatus, observation: Observation, memory: PolicyMemory,
-    gates: _Gates, ledger: Ledger,
+    gates: Gates, ledger: Ledger,
 ) -> _Tally:
     """Rules 1 and 3 for every queue to observe: thresholds, then pause or resume."""
     scope = _Scope(spec, gates, parse_duration(spec.thresholds.window),
@@ -356,83 +265,14 @@ def _decide_queue(
     for kind, text in current.items():
         tally.breach_kinds.add(kind)
         tally.breach_texts.append(f"{name}: {text}")
-    hold = _pause_or_resume(scope, name, before, obs, mem, ledger)
+    hold = pause_or_resume(scope.spec, scope.gates, name, before, obs, mem, ledger)
     # an unlisted queue has no breaches and no dry-run pause; it stays only while it is still ours
     if listed or hold.by_policy:
         tally.queues.append(_queue_state(name, obs, hold, health, breaches))
 
 
-@dataclass
-class _Hold:
-    """Whether a queue is paused, by this policy, or (in a dry run) would have been."""
-
-    paused: bool
-    by_policy: bool
-    dry_paused: bool
-
-
-def _pause_or_resume(
-    scope: _Scope, name: str, before: QueueState | None, obs: QueueObservation, mem: QueueMemory,
-    ledger: Ledger,
-) -> _Hold:
-    """Rule 3: pause a listed queue while a gate is red; resume only what this policy paused."""
-    # memory's mark covers a pause whose status write was lost (the process died in between)
-    by_policy = (before.paused_by_policy if before else False) or mem.paused_by_policy
-    # resumed by someone else (or never took effect): not ours any more
-    by_policy = by_policy and obs.paused
-    dry = scope.spec.dry_run
-    hold = _Hold(obs.paused, by_policy, (before.dry_run_paused if before else False) and dry)
-    listed = name in scope.spec.queues
-    gate_state = scope.gates.state
-    if scope.pause_enabled and listed and gate_state == "red" and not obs.paused:
-        _pause(Pause(name, f"gate red: {scope.gates.message}"), hold, dry, ledger)
-    elif gate_state == "green" or not scope.pause_enabled or not listed:
-        reason = (
-            "all gates green" if gate_state == "green"
-            else "pauseWhileGatesFail is off" if not scope.pause_enabled
-            else "queue no longer in the policy"
-        )
-        _resume(Resume(name, reason), hold, dry, ledger)
-    return hold
-
-
-def _pause(action: Pause, hold: _Hold, dry: bool, ledger: Ledger) -> None:
-    """Pause for real, or in a dry run say once per would-be pause that it would."""
-    if not dry:
-        _transition(action, ledger, dry_run=False)
-        hold.by_policy = hold.paused = True
-    elif not hold.dry_paused:
-        _transition(action, ledger, dry_run=True)
-        hold.dry_paused = True
-
-
-def _resume(action: Resume, hold: _Hold, dry: bool, ledger: Ledger) -> None:
-    """Resume what this policy paused; end a dry-run pause with a would-be resume."""
-    if hold.by_policy and not dry:
-        _transition(action, ledger, dry_run=False)
-        hold.by_policy = hold.paused = False
-    if hold.dry_paused:
-        _transition(action, ledger, dry_run=True)
-        hold.dry_paused = False
-
-
-#: Event reason and verbs (would-be, done) of a pause and a resume.
-_TRANSITIONS: Mapping[ActionKind, tuple[str, str, str]] = {
-    ActionKind.PAUSE: ("QueuePaused", "pause", "paused"),
-    ActionKind.RESUME: ("QueueResumed", "resume", "resumed"),
-}
-
-
-def _transition(action: Pause | Resume, ledger: Ledger, *, dry_run: bool) -> None:
-    """Decide, record and announce a pause or resume (in a dry run: one that would happen)."""
-    event_reason, verb, done = _TRANSITIONS[action.kind]
-    ledger.act(action, action.reason, dry_run=dry_run)
-    said = f"[dry run] would {verb}" if dry_run else done
-    ledger.announce("Normal", event_reason, f"{said} {action.queue}: {action.reason}")
-
-
 def _queue_state(
-    name: str, obs: QueueObservation, hold: _Hold, health: thresholds.QueueHealth,
+    name: str, obs: QueueObservation, hold: Hold, health: thresholds.QueueHealth,
     breaches: list[QueueBreach],
 ) -> QueueState:
     rate = health.rate
@@ -473,7 +313,7 @@ def _set_health(spec: QueuePolicySpec, observation: Observation, tally: _Tally, 
     kinds = tally.breach_kinds
     if kinds:
         reason = BREACH_REASONS[next(iter(kinds))] if len(kinds) == 1 else "ThresholdsBreached"
-        ledger.condition(CondType.HEALTHY, False, reason, _clip("; ".join(tally.breach_texts)))
+        ledger.condition(CondType.HEALTHY, False, reason, clip("; ".join(tally.breach_texts)))
     else:
         ledger.condition(CondType.HEALTHY, True, "WithinThresholds",
                          f"{len(spec.queues)} queue(s) within thresholds")
@@ -481,14 +321,14 @@ def _set_health(spec: QueuePolicySpec, observation: Observation, tally: _Tally, 
 
 
 def _status(
-    prev: QueuePolicyStatus, observation: Observation, gates: _Gates, marks: autoreplay.ReplayMarks,
+    prev: QueuePolicyStatus, observation: Observation, gates: Gates, marks: autoreplay.ReplayMarks,
     tally: _Tally, ledger: Ledger,
 ) -> QueuePolicyStatus:
     return QueuePolicyStatus(
         conditions=ledger.conditions,
         observed_generation=ledger.generation,
         queues=tally.queues,
-        gates=_gate_results(prev, observation),
+        gates=gate_results(prev, observation),
         last_actions=(list(reversed(ledger.records)) + list(prev.last_actions))[:LAST_ACTIONS_LIMIT],
         last_evaluated_at=ledger.now,
         gates_green_since=gates.green_since,
@@ -572,7 +412,7 @@ def _annotate(entries: list[PolicyAction], action: Action, text: str, *, now: da
     """Put an outcome on the ``lastActions`` entry this evaluation recorded for ``action``."""
     for i, entry in enumerate(entries):
         if entry.at == now and entry.action == action.kind.value and entry.queue == action.queue:
-            entries[i] = entry.model_copy(update={"result": _clip(text, 200)})
+            entries[i] = entry.model_copy(update={"result": clip(text, 200)})
             return
 
 
@@ -580,7 +420,7 @@ def _clean_record(action: Clean, text: str, *, now: datetime, dry_run: bool) -> 
     """The ``lastActions`` entry of a Clean that removed something."""
     grace = format_duration(action.grace)
     return PolicyAction(
-        at=now, action=ActionKind.CLEAN.value, queue=action.queue, result=_clip(text, 200),
+        at=now, action=ActionKind.CLEAN.value, queue=action.queue, result=clip(text, 200),
         reason=f"{action.state} jobs older than {grace}, at most {action.limit}", dry_run=dry_run)
 
 

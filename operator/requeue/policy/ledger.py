@@ -11,13 +11,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Literal
 
 from requeue.api.base import Condition, ConditionStatus, set_condition
 from requeue.api.policy import PolicyAction
 from requeue.policy.actions import Action, PolicyEvent
 
-__all__ = ["Ledger"]
+__all__ = ["MESSAGE_LIMIT", "CondType", "Ledger", "clip"]
+
+#: Longest condition message; longer ones end in "...".
+MESSAGE_LIMIT = 1000
+
+
+class CondType(StrEnum):
+    """The condition types of a QueuePolicy."""
+
+    #: No queue breaches a threshold.
+    HEALTHY = "Healthy"
+    #: Every gate passes.
+    GATES_PASSED = "GatesPassed"
+    #: The last evaluation could observe every queue.
+    READY = "Ready"
+
+
+def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text``, cut to ``limit`` characters ending in "..." when longer."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass
