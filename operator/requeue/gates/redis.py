@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import statistics
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
@@ -16,8 +18,15 @@ from redis.retry import Retry
 
 from requeue.api.base import parse_duration
 from requeue.api.gates import RedisGate
-from requeue.errors import RequeueError
-from requeue.gates.result import GateResult, describe_network_error, format_bytes, format_ms
+from requeue.gates.result import (
+    CheckFailed,
+    GateResult,
+    describe_network_error,
+    first_line,
+    format_bytes,
+    format_ms,
+    read_secret,
+)
 from requeue.queues.connection import TlsOptions
 from requeue.redact import redact_url
 from requeue.secrets import SecretSource
@@ -38,23 +47,34 @@ async def check_redis(spec: RedisGate, secrets: SecretSource, *, default_url: st
     socket operation with it as well, so a dead server is reported as such, not hung on.
     """
     started = time.monotonic()
-    tls = TlsOptions()
-    if spec.url_secret_ref is not None:
-        try:
-            url = (await secrets.get(spec.url_secret_ref)).strip()
-        except RequeueError as exc:  # secret missing or unreadable: secret-free message
-            return GateResult.fail(exc.message, time.monotonic() - started)
-    elif default_url:
-        url = default_url
-        tls = default_tls or tls
-    else:
-        return GateResult.fail("no Redis to check: set urlSecretRef", time.monotonic() - started)
-
-    shown = redact_url(url)
-    timeout = parse_duration(spec.timeout).total_seconds()
-    max_latency = parse_duration(spec.max_latency).total_seconds()
     try:
-        client: aioredis.Redis = aioredis.Redis.from_url(
+        url, tls = await _redis_to_check(spec, secrets, default_url, default_tls)
+        timeout = parse_duration(spec.timeout).total_seconds()
+        max_latency = parse_duration(spec.max_latency).total_seconds()
+        client = _client_for(url, tls, timeout)
+        ping, memory = await _measure(client, spec, url, timeout)
+    except CheckFailed as failure:
+        return failure.result(started)
+    return _judge(spec, ping, memory, max_latency, time.monotonic() - started)
+
+
+async def _redis_to_check(spec: RedisGate, secrets: SecretSource, default_url: str | None,
+                          default_tls: TlsOptions | None) -> tuple[str, TlsOptions]:
+    """The URL and TLS options: from ``urlSecretRef``, else the resource's own Redis."""
+    if spec.url_secret_ref is not None:
+        return (await read_secret(secrets, spec.url_secret_ref)).strip(), TlsOptions()
+    if default_url:
+        return default_url, default_tls or TlsOptions()
+    raise CheckFailed("no Redis to check: set urlSecretRef")
+
+
+def _client_for(url: str, tls: TlsOptions, timeout: float) -> aioredis.Redis:
+    """A one-connection client that does not retry: a gate reports a failure, it does not mask it.
+
+    Nothing is sent yet; only the URL is parsed.
+    """
+    try:
+        return aioredis.Redis.from_url(
             url,
             socket_connect_timeout=timeout,
             socket_timeout=timeout,
@@ -65,63 +85,89 @@ async def check_redis(spec: RedisGate, secrets: SecretSource, *, default_url: st
             **tls.client_kwargs(url),
         )
     except ValueError:
-        return GateResult.fail(
-            f"{shown}: not a valid Redis URL (expected redis://, rediss:// or unix://)",
-            time.monotonic() - started,
-        )
+        raise CheckFailed(
+            f"{redact_url(url)}: not a valid Redis URL (expected redis://, rediss:// or unix://)"
+        ) from None
 
+
+async def _measure(client: aioredis.Redis, spec: RedisGate, url: str,
+                   seconds: float) -> tuple[float, dict[str, Any]]:
+    """Connect, PING :data:`PINGS` times and (with ``maxMemoryPercent``) read ``INFO memory``.
+
+    One deadline of ``seconds`` for all of it; the client is closed whatever happens.
+    Returns the median PING round trip (seconds) and the memory section (empty if not read).
+    """
     connected = False
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             await client.initialize()  # connect, AUTH, HELLO: failures here are connection failures
             connected = True
-            pings = []
-            for _ in range(PINGS):
-                t0 = time.monotonic()
-                await client.ping()
-                pings.append(time.monotonic() - t0)
-            ping = statistics.median(pings)
+            ping = await _median_ping(client)
             memory = await client.info("memory") if spec.max_memory_percent is not None else {}
-    except AuthenticationError as exc:
-        return GateResult.fail(f"{shown}: {_auth_message(exc)}", time.monotonic() - started)
-    except (RedisTimeoutError, TimeoutError):
-        hint = ""
-        if not connected and url.startswith("rediss://"):
-            hint = "; no TLS handshake: does the server speak TLS on that port?"
-        return GateResult.fail(
-            f"{shown}: no answer within {spec.timeout} (timeout){hint}", time.monotonic() - started
-        )
-    except RedisConnectionError as exc:
-        cause = describe_network_error(exc) or _first_line(exc) or "connection failed"
-        return GateResult.fail(f"{shown}: {cause}", time.monotonic() - started)
-    except ResponseError as exc:
-        return GateResult.fail(
-            f"{shown}: Redis answered an error: {_first_line(exc)}", time.monotonic() - started
-        )
     except (RedisError, OSError) as exc:
-        cause = describe_network_error(exc) or f"{type(exc).__name__}: {_first_line(exc)}"
-        return GateResult.fail(f"{shown}: {cause}", time.monotonic() - started)
+        cause = _failure_text(exc, spec, tls_handshake_pending=not connected and url.startswith("rediss://"))
+        raise CheckFailed(f"{redact_url(url)}: {cause}") from exc
     finally:
         await _close(client)
+    return ping, memory
 
-    latency = time.monotonic() - started
+
+async def _median_ping(client: aioredis.Redis) -> float:
+    """The median of :data:`PINGS` round trips, so one scheduling hiccup does not flap the gate."""
+    pings = []
+    for _ in range(PINGS):
+        t0 = time.monotonic()
+        await client.ping()
+        pings.append(time.monotonic() - t0)
+    return statistics.median(pings)
+
+
+def _failure_text(exc: RedisError | OSError, spec: RedisGate, *, tls_handshake_pending: bool) -> str:
+    """What went wrong, for the person on call.
+
+    The order matters: :class:`AuthenticationError` is a ``ConnectionError`` and
+    the builtin ``TimeoutError`` an ``OSError``.
+    """
+    if isinstance(exc, AuthenticationError):
+        return _auth_message(exc)
+    if isinstance(exc, RedisTimeoutError | TimeoutError):
+        hint = "; no TLS handshake: does the server speak TLS on that port?" if tls_handshake_pending else ""
+        return f"no answer within {spec.timeout} (timeout){hint}"
+    if isinstance(exc, RedisConnectionError):
+        return describe_network_error(exc) or first_line(exc) or "connection failed"
+    if isinstance(exc, ResponseError):
+        return f"Redis answered an error: {first_line(exc)}"
+    return describe_network_error(exc) or f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def _judge(spec: RedisGate, ping: float, memory: Mapping[str, Any], max_latency: float,
+           latency: float) -> GateResult:
+    """PING against ``maxLatency``, then memory against ``maxMemoryPercent``; the message lists both."""
     if ping > max_latency:
         return GateResult.fail(f"PING took {format_ms(ping)} (maxLatency {spec.max_latency})", latency)
     parts = [f"PING {format_ms(ping)}"]
     if spec.max_memory_percent is not None:
-        used = float(memory.get("used_memory", 0))
-        limit = float(memory.get("maxmemory", 0))
-        if limit <= 0:
-            parts.append("maxmemory not set, memory not checked")
-        else:
-            percent = 100.0 * used / limit
-            summary = f"memory {format_bytes(used)} of {format_bytes(limit)} ({percent:.1f}%)"
-            if percent > spec.max_memory_percent:
-                return GateResult.fail(
-                    f"{summary}, above maxMemoryPercent {spec.max_memory_percent:g}", latency
-                )
-            parts.append(summary)
+        healthy, summary = _memory_use(memory, spec.max_memory_percent)
+        if not healthy:
+            return GateResult.fail(summary, latency)
+        parts.append(summary)
     return GateResult.ok("; ".join(parts), latency)
+
+
+def _memory_use(memory: Mapping[str, Any], max_percent: float) -> tuple[bool, str]:
+    """Whether ``used_memory`` is within ``max_percent`` of ``maxmemory``, and the words for it.
+
+    Without ``maxmemory`` Redis grows until the host runs out: there is no limit to compare with.
+    """
+    used = float(memory.get("used_memory", 0))
+    limit = float(memory.get("maxmemory", 0))
+    if limit <= 0:
+        return True, "maxmemory not set, memory not checked"
+    percent = 100.0 * used / limit
+    summary = f"memory {format_bytes(used)} of {format_bytes(limit)} ({percent:.1f}%)"
+    if percent > max_percent:
+        return False, f"{summary}, above maxMemoryPercent {max_percent:g}"
+    return True, summary
 
 
 def _auth_message(exc: AuthenticationError) -> str:
@@ -134,11 +180,6 @@ def _auth_message(exc: AuthenticationError) -> str:
     if "no password is set" in text or "without any password configured" in text:
         return "authentication failed: the URL has a password but the server requires none"
     return "authentication failed"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 async def _close(client: aioredis.Redis) -> None:

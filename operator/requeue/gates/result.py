@@ -10,10 +10,12 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from requeue.api.base import SecretKeyRef
+from requeue.errors import RequeueError
 from requeue.redact import sensitive_parts
 from requeue.secrets import SecretSource
 
@@ -36,6 +38,36 @@ class GateResult:
     @classmethod
     def fail(cls, message: str, latency: float = 0.0) -> GateResult:
         return cls(False, message, latency)
+
+
+class CheckFailed(Exception):
+    """A step of a check found the gate red; the check returns it as a failed :class:`GateResult`.
+
+    Lets each step return its value and leave the failure path to one ``except``
+    in the check. Not a :class:`RequeueError`: it never leaves the check, since
+    "unreachable" is a result. ``at`` is when the failure was found, so time spent
+    closing a broken connection afterwards does not count in the latency.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.at = time.monotonic()
+
+    def result(self, started: float) -> GateResult:
+        """The failed result, with the latency from ``started`` (``time.monotonic()``) to the failure."""
+        return GateResult.fail(self.message, self.at - started)
+
+
+async def read_secret(secrets: SecretSource, ref: SecretKeyRef) -> str:
+    """The secret's value; a missing or unreadable secret fails the check.
+
+    The :class:`RequeueError` message names the Secret and key, never a value.
+    """
+    try:
+        return await secrets.get(ref)
+    except RequeueError as exc:
+        raise CheckFailed(exc.message) from exc
 
 
 @dataclass(slots=True)
@@ -84,6 +116,12 @@ def describe_network_error(exc: BaseException) -> str | None:
         if isinstance(err, OSError) and err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return "host unreachable"
     return None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a driver's error text (the rest is detail or a quoted statement)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def clip(text: str, limit: int = MAX_MESSAGE) -> str:
