@@ -47,7 +47,7 @@ from requeue.metrics import (
     QUEUE_PAUSED,
 )
 from requeue.policy.budget import ReplayBudget
-from requeue.policy.collect import CollectStats, collect
+from requeue.policy.collect import collect
 from requeue.policy.decide import (
     Action,
     Alert,
@@ -266,82 +266,155 @@ async def evaluate(
     """
     started = time.perf_counter()
     now = now or datetime.now(UTC)
-    round_trips = 0
     names = queues_to_observe(spec, status)
-    observation: Observation
+    observation, memory, observe_trips = await _observe(redis, policy, spec, names, memory,
+                                                        now=now, gates=gates)
+    decision = decide(spec, status, observation, memory, now=now, generation=policy.generation,
+                      policy_name=policy.name)
+    acting = _Acting(policy, spec, redis, ops, replays, events=list(decision.events))
+    await _carry_out(acting, decision)
+    if notifier is not None and (acting.notify_items or observation.error is None):
+        await _notify(acting, notifier)
+    settled = settle(decision, now=now, results=acting.results, failures=acting.failures)
+    new_memory = _with_pause_marks(decision.memory, settled)
+    save_trips = 0
+    if observation.error is None:
+        save_trips = await _save_memory(redis, policy, new_memory, memory)
+    _export_metrics(policy, settled, names, observation)
+    seconds = time.perf_counter() - started
+    POLICY_EVALUATION_SECONDS.observe(seconds)
+    return EvaluationResult(status=settled, memory=new_memory, events=acting.events, decision=decision,
+                            round_trips=observe_trips + acting.round_trips + save_trips,
+                            seconds=seconds, failures=acting.failures)
+
+
+async def _observe(
+    redis: Redis, policy: PolicyRef, spec: QueuePolicySpec, names: Sequence[str],
+    memory: PolicyMemory | None, *, now: datetime, gates: Sequence[GateStatus] | None,
+) -> tuple[Observation, PolicyMemory, int]:
+    """The observation, the memory it started from, and the Redis round trips that took.
+
+    An unreachable Redis (or a refused password) is not an exception here but an
+    observation with an ``error``: :func:`decide` turns it into ``Ready=False``
+    and keeps the rest of the status as it was.
+    """
+    round_trips = 0
     try:
         if memory is None:
             memory = await load_memory(redis, policy.uid)
             round_trips += 1
         observation, stats = await collect(redis, spec, names, memory, now=now, gates=gates)
-        round_trips += stats.round_trips
     except _OBSERVE_ERRORS as exc:
         err = exc if isinstance(exc, RequeueError) else map_redis_error(exc)
         observation = Observation(at=now, gates=tuple(gates) if gates is not None else None,
                                   error=_error_text(err), error_reason=err.reason)
-        stats = CollectStats(0, 0)
-        memory = memory or PolicyMemory()
+        return observation, memory or PolicyMemory(), round_trips
+    return observation, memory, round_trips + stats.round_trips
 
-    decision = decide(spec, status, observation, memory, now=now, generation=policy.generation,
-                      policy_name=policy.name)
-    events = list(decision.events)
-    results: dict[int, str] = {}
-    failures: dict[int, str] = {}
+
+@dataclass
+class _Acting:
+    """What carrying out one decision acts through, and what it has gathered so far.
+
+    The actions run one after another and each adds to the same Events, results
+    and failures (keyed by the action's index in ``decision.actions``, which
+    :func:`settle` reads); one object handed to each step keeps that shared,
+    ordered state explicit.
+    """
+
+    policy: PolicyRef
+    spec: QueuePolicySpec
+    redis: Redis
+    ops: QueueOps
+    replays: ReplayCreator | None
+    #: The decision's Events, then a Warning for each failed action or notification.
+    events: list[PolicyEvent]
+    #: Index into ``decision.actions`` -> text for ``lastActions[].result``.
+    results: dict[int, str] = field(default_factory=dict)
+    #: Index into ``decision.actions`` -> redacted error.
+    failures: dict[int, str] = field(default_factory=dict)
+    #: Alerts and recoveries, sent in one notification after the remediations.
+    notify_items: list[Alert | Recover] = field(default_factory=list)
+    #: Redis round trips the actions made.
+    round_trips: int = 0
+
+
+async def _carry_out(acting: _Acting, decision: Decision) -> None:
+    """Run what ``decision`` lets run (all of it, or in a dry run only alerts), in its order.
+
+    Alerts and recoveries are only collected here, so that one notification
+    carries them all rather than one webhook call each.
+    """
     executable = set(map(id, decision.to_execute))
-
-    notify_items: list[Alert | Recover] = []
     for index, action in enumerate(decision.actions):
         if id(action) not in executable:
             continue
         if isinstance(action, Alert | Recover):
-            notify_items.append(action)
+            acting.notify_items.append(action)
             ACTIONS.labels(action=action.kind.value.lower(), queue=action.queue).inc()
             continue
-        try:
-            if isinstance(action, Pause):
-                await _mark_paused(redis, policy, decision.memory, action.queue)
-                round_trips += 1
-            text, calls = await _execute(policy, spec, action, ops, replays)
-            round_trips += calls
-        except Exception as exc:  # every failure is reported, none stops the others
-            message = _error_text(exc)
-            failures[index] = message
-            logger.warning("policy %s/%s: %s %s failed: %s", policy.namespace, policy.name,
-                           action.kind.value, action.queue, message)
-            events.append(PolicyEvent("Warning", "ActionFailed",
-                                      f"{action.kind.value} {action.queue} failed: {message}"))
-            continue
-        if text is not None:
-            results[index] = text
-        metric = "auto_replay" if isinstance(action, AutoReplay) else action.kind.value.lower()
-        ACTIONS.labels(action=metric, queue=action.queue).inc()
+        await _remediate(acting, index, action, decision.memory)
 
-    if notifier is not None and (notify_items or observation.error is None):
-        try:
-            await notifier.notify(policy.name, notify_items)
-        except Exception as exc:
-            message = _error_text(exc)
-            logger.warning("policy %s/%s: notification failed: %s", policy.namespace, policy.name, message)
-            events.append(PolicyEvent("Warning", "NotifyFailed", message))
 
-    settled = settle(decision, now=now, results=results, failures=failures)
+async def _remediate(acting: _Acting, index: int, action: Action, memory: PolicyMemory) -> None:
+    """Carry out one remediation; a failure is reported and stops none of the others.
 
-    new_memory = _with_pause_marks(decision.memory, settled)
-    if observation.error is None:
-        try:
-            pipe = redis.pipeline(transaction=False)
-            queue_save_memory(pipe, policy.uid, new_memory, memory)
-            await pipe.execute()
-            round_trips += 1
-        except _REDIS_ERRORS as exc:
-            logger.warning("policy %s/%s: could not store its memory: %s", policy.namespace, policy.name,
-                           _error_text(exc))
+    A pause is marked in Redis first (:func:`_mark_paused`), so a restart between
+    the two still knows the pause is this policy's to undo.
+    """
+    policy = acting.policy
+    try:
+        if isinstance(action, Pause):
+            await _mark_paused(acting.redis, policy, memory, action.queue)
+            acting.round_trips += 1
+        text, calls = await _execute(policy, acting.spec, action, acting.ops, acting.replays)
+        acting.round_trips += calls
+    except Exception as exc:  # every failure is reported, none stops the others
+        message = _error_text(exc)
+        acting.failures[index] = message
+        logger.warning("policy %s/%s: %s %s failed: %s", policy.namespace, policy.name,
+                       action.kind.value, action.queue, message)
+        acting.events.append(PolicyEvent("Warning", "ActionFailed",
+                                         f"{action.kind.value} {action.queue} failed: {message}"))
+        return
+    if text is not None:
+        acting.results[index] = text
+    metric = "auto_replay" if isinstance(action, AutoReplay) else action.kind.value.lower()
+    ACTIONS.labels(action=metric, queue=action.queue).inc()
 
-    _export_metrics(policy, settled, names, observation)
-    seconds = time.perf_counter() - started
-    POLICY_EVALUATION_SECONDS.observe(seconds)
-    return EvaluationResult(status=settled, memory=new_memory, events=events, decision=decision,
-                            round_trips=round_trips, seconds=seconds, failures=failures)
+
+async def _notify(acting: _Acting, notifier: Notifier) -> None:
+    """Hand the alerts and recoveries to ``notifier``; a failure becomes a Warning Event.
+
+    Called with an empty list too after a clean observation: that lets a
+    rate-limited notifier send what it held back earlier.
+    """
+    policy = acting.policy
+    try:
+        await notifier.notify(policy.name, acting.notify_items)
+    except Exception as exc:
+        message = _error_text(exc)
+        logger.warning("policy %s/%s: notification failed: %s", policy.namespace, policy.name, message)
+        acting.events.append(PolicyEvent("Warning", "NotifyFailed", message))
+
+
+async def _save_memory(redis: Redis, policy: PolicyRef, memory: PolicyMemory,
+                       previous: PolicyMemory) -> int:
+    """Store ``memory`` (dropping queues only ``previous`` had); return the round trips made.
+
+    A failure is only logged: the status is settled already, and the handler
+    passes the kept ``result.memory`` to the next evaluation; Redis matters
+    only after a restart.
+    """
+    try:
+        pipe = redis.pipeline(transaction=False)
+        queue_save_memory(pipe, policy.uid, memory, previous)
+        await pipe.execute()
+    except _REDIS_ERRORS as exc:
+        logger.warning("policy %s/%s: could not store its memory: %s", policy.namespace, policy.name,
+                       _error_text(exc))
+        return 0
+    return 1
 
 
 async def _execute(
