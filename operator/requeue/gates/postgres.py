@@ -11,12 +11,12 @@ from collections.abc import Mapping
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.abc import ConnDict
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from requeue.api.base import parse_duration
 from requeue.api.gates import PostgresGate
-from requeue.errors import RequeueError
-from requeue.gates.result import GateResult, clip, format_ms
+from requeue.gates.result import CheckFailed, GateResult, clip, first_line, format_ms, read_secret
 from requeue.secrets import SecretSource
 
 __all__ = ["check_postgres"]
@@ -60,65 +60,87 @@ async def check_postgres(spec: PostgresGate, secrets: SecretSource) -> GateResul
     """
     started = time.monotonic()
     try:
-        dsn = (await secrets.get(spec.dsn_secret_ref)).strip()
-    except RequeueError as exc:  # secret missing or unreadable: secret-free message
-        return GateResult.fail(exc.message, time.monotonic() - started)
-    ref = f"{spec.dsn_secret_ref.name}/{spec.dsn_secret_ref.key}"
+        params = await _connection_params(spec, secrets)
+        target = _describe(params)
+        timeout = parse_duration(spec.timeout).total_seconds()
+        query_time = await _run_query(spec, _bounded_by(params, timeout), target, timeout)
+    except CheckFailed as failure:
+        return failure.result(started)
+    return GateResult.ok(
+        f"{target}: {clip(spec.query, 60)} ok in {format_ms(query_time)}", time.monotonic() - started
+    )
+
+
+async def _connection_params(spec: PostgresGate, secrets: SecretSource) -> ConnDict:
+    """The DSN from ``dsnSecretRef`` (a libpq string or postgresql:// URL), parsed."""
+    dsn = (await read_secret(secrets, spec.dsn_secret_ref)).strip()
     try:
-        params = conninfo_to_dict(dsn)
+        return conninfo_to_dict(dsn)
     except psycopg.Error:
         # libpq's parse error quotes the offending text, which may be the password: say nothing of it
-        return GateResult.fail(
-            f"the DSN in secret {ref} is not a valid connection string or postgresql:// URL",
-            time.monotonic() - started,
-        )
-    target = _describe(params)
-    timeout = parse_duration(spec.timeout).total_seconds()
+        ref = f"{spec.dsn_secret_ref.name}/{spec.dsn_secret_ref.key}"
+        raise CheckFailed(
+            f"the DSN in secret {ref} is not a valid connection string or postgresql:// URL"
+        ) from None
+
+
+def _bounded_by(params: ConnDict, timeout: float) -> ConnDict:
+    """``params`` with ``statement_timeout`` and ``connect_timeout`` from the gate's timeout.
+
+    The server then cancels a query we stopped waiting for, and libpq gives up
+    connecting; user-given ``options`` are kept.
+    """
+    params = dict(params)
     options = str(params.pop("options", "") or "")
     params["options"] = f"{options} -c statement_timeout={max(1, int(timeout * 1000))}".strip()
     params["connect_timeout"] = max(2, math.ceil(timeout))  # libpq's minimum is 2 s; asyncio bounds us anyway
     params.setdefault("application_name", "requeue-gate")
+    return params
 
+
+async def _run_query(spec: PostgresGate, params: ConnDict, target: str, seconds: float) -> float:
+    """Connect and run ``spec.query`` under one deadline of ``seconds``; the query's own time.
+
+    The connection is closed whatever happens; a failure names the phase it happened in.
+    """
     phase = "connect"
     conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             conn = await psycopg.AsyncConnection.connect(make_conninfo("", **params), autocommit=True)
             phase = "query"
             t0 = time.monotonic()
             cursor = await conn.execute(spec.query.encode())  # user-given SQL, run as is
             if cursor.description is not None:
                 await cursor.fetchmany(1)
-            query_time = time.monotonic() - t0
-    except TimeoutError:
-        what = "could not connect" if phase == "connect" else "query did not finish"
-        return GateResult.fail(
-            f"{target}: {what} within {spec.timeout} (timeout)", time.monotonic() - started
-        )
-    except pg_errors.QueryCanceled as exc:
-        if "statement timeout" in str(exc):
-            text = f"query cancelled: statement_timeout {spec.timeout} exceeded (timeout)"
-        else:
-            text = f"query cancelled by the server: {_first_line(exc)}"
-        return GateResult.fail(f"{target}: {text}", time.monotonic() - started)
-    except psycopg.Error as exc:
-        if phase == "connect":
-            text = _connect_failure(exc)
-        else:
-            code = f" [{exc.sqlstate}]" if exc.sqlstate else ""
-            text = f"query failed{code}: {_first_line(exc)}"
-        return GateResult.fail(f"{target}: {text}", time.monotonic() - started)
-    except OSError as exc:
-        return GateResult.fail(
-            f"{target}: {type(exc).__name__}: {exc.strerror or exc}", time.monotonic() - started
-        )
+            return time.monotonic() - t0
+    except (psycopg.Error, OSError) as exc:
+        raise CheckFailed(f"{target}: {_failure_text(exc, phase, spec.timeout)}") from exc
     finally:
         if conn is not None:
             with contextlib.suppress(psycopg.Error, OSError):
                 await conn.close()
-    return GateResult.ok(
-        f"{target}: {clip(spec.query, 60)} ok in {format_ms(query_time)}", time.monotonic() - started
-    )
+
+
+def _failure_text(exc: psycopg.Error | OSError, phase: str, timeout: str) -> str:
+    """What went wrong in ``phase`` ("connect" or "query"), for the person on call.
+
+    Checked in this order: our own deadline (``TimeoutError``, an ``OSError``),
+    the server's ``statement_timeout`` (``QueryCanceled``), then other driver errors.
+    """
+    if isinstance(exc, TimeoutError):
+        what = "could not connect" if phase == "connect" else "query did not finish"
+        return f"{what} within {timeout} (timeout)"
+    if isinstance(exc, pg_errors.QueryCanceled):
+        if "statement timeout" in str(exc):
+            return f"query cancelled: statement_timeout {timeout} exceeded (timeout)"
+        return f"query cancelled by the server: {first_line(exc)}"
+    if isinstance(exc, psycopg.Error):
+        if phase == "connect":
+            return _connect_failure(exc)
+        code = f" [{exc.sqlstate}]" if exc.sqlstate else ""
+        return f"query failed{code}: {first_line(exc)}"
+    return f"{type(exc).__name__}: {exc.strerror or exc}"
 
 
 def _describe(params: Mapping[str, object]) -> str:
@@ -136,9 +158,4 @@ def _connect_failure(exc: psycopg.Error) -> str:
         found = pattern.search(text)
         if found:
             return message.format(*found.groups())
-    return f"connection failed: {_first_line(exc)}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return f"connection failed: {first_line(exc)}"
