@@ -21,8 +21,7 @@ import httpx
 
 from requeue.api.base import parse_duration
 from requeue.api.gates import HeaderValueSource, HttpGate
-from requeue.errors import RequeueError
-from requeue.gates.result import GateResult, clip, describe_network_error
+from requeue.gates.result import CheckFailed, GateResult, clip, describe_network_error, read_secret
 from requeue.redact import redact_url
 from requeue.secrets import SecretSource
 
@@ -42,35 +41,52 @@ class JsonPathError(ValueError):
 async def check_http(spec: HttpGate, secrets: SecretSource) -> GateResult:
     """Send the request and judge the status code and, with ``jsonPath``, one JSON value."""
     started = time.monotonic()
-    shown = redact_url(spec.url)
     try:
-        headers = {
-            h.name: h.prefix + await _header_value(h.value, h.value_from, secrets) for h in spec.headers
-        }
-        pem = await secrets.get(spec.ca_secret_ref) if spec.ca_secret_ref is not None else None
-        try:
-            verify = ssl_context(pem)
-        except (ssl.SSLError, ValueError):
-            assert spec.ca_secret_ref is not None
-            ref = f"{spec.ca_secret_ref.name}/{spec.ca_secret_ref.key}"
-            return GateResult.fail(
-                f"the CA in secret {ref} is not a valid PEM certificate bundle",
-                time.monotonic() - started,
-            )
-    except RequeueError as exc:  # secret missing or unreadable: secret-free message
-        return GateResult.fail(exc.message, time.monotonic() - started)
+        headers = await _headers(spec, secrets)
+        verify = await _verify(spec, secrets)
+        response, body, truncated = await _send(spec, headers, verify)
+    except CheckFailed as failure:
+        return failure.result(started)
+    latency = time.monotonic() - started
+    status = _status_text(response.status_code)
+    if response.status_code not in spec.expect_status:
+        expected = ", ".join(str(s) for s in spec.expect_status)
+        return GateResult.fail(f"{status} (expected {expected}){_redirect_note(spec, response)}", latency)
+    if spec.json_path is None:
+        return GateResult.ok(status, latency)
+    return _judge_json(spec, spec.json_path, status, body, truncated, latency)
 
+
+async def _headers(spec: HttpGate, secrets: SecretSource) -> dict[str, str]:
+    """The request headers, values from Secrets resolved (and never shown)."""
+    return {h.name: h.prefix + await _header_value(h.value, h.value_from, secrets) for h in spec.headers}
+
+
+async def _verify(spec: HttpGate, secrets: SecretSource) -> ssl.SSLContext:
+    """How to verify the server: the CA bundle from ``caSecretRef``, else the system bundle."""
+    pem = await read_secret(secrets, spec.ca_secret_ref) if spec.ca_secret_ref is not None else None
+    try:
+        return ssl_context(pem)
+    except (ssl.SSLError, ValueError):
+        assert spec.ca_secret_ref is not None
+        ref = f"{spec.ca_secret_ref.name}/{spec.ca_secret_ref.key}"
+        raise CheckFailed(f"the CA in secret {ref} is not a valid PEM certificate bundle") from None
+
+
+async def _send(
+    spec: HttpGate, headers: dict[str, str], verify: ssl.SSLContext
+) -> tuple[httpx.Response, bytes, bool]:
+    """The response, at most :data:`MAX_BODY` bytes of its body and whether there was more.
+
+    One deadline (``spec.timeout``) for connecting, sending and reading; the
+    client is closed before this returns.
+    """
+    shown = redact_url(spec.url)
     timeout = parse_duration(spec.timeout).total_seconds()
     try:
         async with (
             asyncio.timeout(timeout),
-            httpx.AsyncClient(
-                verify=verify,
-                follow_redirects=spec.follow_redirects,
-                timeout=httpx.Timeout(timeout),
-                # identity: the size cap then bounds what we hold, not a compressed bomb
-                headers={"User-Agent": "requeue-gate", "Accept-Encoding": "identity"},
-            ) as client,
+            _client(spec, verify, timeout) as client,
             client.stream(
                 spec.method,
                 spec.url,
@@ -81,51 +97,63 @@ async def check_http(spec: HttpGate, secrets: SecretSource) -> GateResult:
             body, truncated = await _read_capped(response)
     except (httpx.TimeoutException, TimeoutError) as exc:
         what = "could not connect" if isinstance(exc, httpx.ConnectTimeout) else "no complete response"
-        return GateResult.fail(
-            f"{spec.method} {shown}: {what} within {spec.timeout} (timeout)", time.monotonic() - started
-        )
+        raise CheckFailed(f"{spec.method} {shown}: {what} within {spec.timeout} (timeout)") from exc
     except httpx.HTTPError as exc:
-        cause = (
-            describe_network_error(exc) or f"{type(exc).__name__}: {clip(str(exc), 200) or 'request failed'}"
-        )
-        if "certificate verification failed" in cause and spec.ca_secret_ref is None:
-            cause += " (set caSecretRef to the CA that issued the server certificate)"
-        return GateResult.fail(f"{spec.method} {shown}: {cause}", time.monotonic() - started)
+        raise CheckFailed(f"{spec.method} {shown}: {_http_error_cause(exc, spec)}") from exc
     except ssl.SSLError as exc:  # pragma: no cover - httpx wraps these, kept as a safety net
-        return GateResult.fail(f"{spec.method} {shown}: TLS error: {exc.reason}", time.monotonic() - started)
-    latency = time.monotonic() - started
+        raise CheckFailed(f"{spec.method} {shown}: TLS error: {exc.reason}") from exc
+    return response, body, truncated
 
-    status = _status_text(response.status_code)
-    if response.status_code not in spec.expect_status:
-        expected = ", ".join(str(s) for s in spec.expect_status)
-        extra = ""
-        if 300 <= response.status_code < 400 and not spec.follow_redirects:
-            location = response.headers.get("location")
-            extra = "; redirects are not followed"
-            if location:
-                extra += f" (Location: {redact_url(str(response.url.join(location)))})"
-        return GateResult.fail(f"{status} (expected {expected}){extra}", latency)
-    if spec.json_path is None:
-        return GateResult.ok(status, latency)
 
+def _client(spec: HttpGate, verify: ssl.SSLContext, timeout: float) -> httpx.AsyncClient:
+    """A client for one request: our verification, the gate's redirect policy and timeout."""
+    return httpx.AsyncClient(
+        verify=verify,
+        follow_redirects=spec.follow_redirects,
+        timeout=httpx.Timeout(timeout),
+        # identity: the size cap then bounds what we hold, not a compressed bomb
+        headers={"User-Agent": "requeue-gate", "Accept-Encoding": "identity"},
+    )
+
+
+def _http_error_cause(exc: httpx.HTTPError, spec: HttpGate) -> str:
+    """A failed request in words, with a hint when the certificate needs ``caSecretRef``."""
+    cause = describe_network_error(exc) or f"{type(exc).__name__}: {clip(str(exc), 200) or 'request failed'}"
+    if "certificate verification failed" in cause and spec.ca_secret_ref is None:
+        cause += " (set caSecretRef to the CA that issued the server certificate)"
+    return cause
+
+
+def _redirect_note(spec: HttpGate, response: httpx.Response) -> str:
+    """For an unexpected 3xx we did not follow: say so, and where it pointed (redacted)."""
+    if not 300 <= response.status_code < 400 or spec.follow_redirects:
+        return ""
+    location = response.headers.get("location")
+    note = "; redirects are not followed"
+    if location:
+        note += f" (Location: {redact_url(str(response.url.join(location)))})"
+    return note
+
+
+def _judge_json(
+    spec: HttpGate, path: str, status: str, body: bytes, truncated: bool, latency: float
+) -> GateResult:
+    """The value at ``path`` in the body against ``equals``; a body we cut off is not guessed at."""
     if truncated:
         return GateResult.fail(
-            f"{status} but the body is larger than {MAX_BODY // 1024} KiB; {spec.json_path} not evaluated",
-            latency,
+            f"{status} but the body is larger than {MAX_BODY // 1024} KiB; {path} not evaluated", latency
         )
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return GateResult.fail(f"{status} but the body is not JSON ({spec.json_path} not evaluated)", latency)
-    value = evaluate_json_path(document, spec.json_path)
+        return GateResult.fail(f"{status} but the body is not JSON ({path} not evaluated)", latency)
+    value = evaluate_json_path(document, path)
     wanted = _show(spec.equals)
     if value is _MISSING:
-        return GateResult.fail(f"{status} but {spec.json_path} is missing (expected {wanted})", latency)
+        return GateResult.fail(f"{status} but {path} is missing (expected {wanted})", latency)
     if not json_equals(value, spec.equals):
-        return GateResult.fail(
-            f"{status} but {spec.json_path} is {_show(value)} (expected {wanted})", latency
-        )
-    return GateResult.ok(f"{status}, {spec.json_path} is {wanted}", latency)
+        return GateResult.fail(f"{status} but {path} is {_show(value)} (expected {wanted})", latency)
+    return GateResult.ok(f"{status}, {path} is {wanted}", latency)
 
 
 @functools.lru_cache(maxsize=64)
@@ -194,7 +222,7 @@ async def _header_value(
     if value is not None:
         return value
     assert value_from is not None  # the model requires one of the two
-    return (await secrets.get(value_from.secret_key_ref)).strip("\r\n")
+    return (await read_secret(secrets, value_from.secret_key_ref)).strip("\r\n")
 
 
 async def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:
