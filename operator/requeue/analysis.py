@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from requeue.queues import DEFAULT_PAGE_SIZE, BullQueue, Cursor
+from requeue.queues import DEFAULT_PAGE_SIZE, BullQueue, Cursor, FailedJob
 from requeue.replay import normalize_reason
 
 __all__ = ["INSPECT_SCHEMA_VERSION", "MAX_GROUPS", "Breakdown", "FailedSetReport", "Group",
@@ -185,28 +185,77 @@ async def analyse_failed_set(
     scanned_at = datetime.now(UTC)
     counts = await queue.counts()
     paused = await queue.is_paused()
-    last = await queue.redis.zrange(queue.keys.failed, -1, -1, withscores=True)
-    upper = int(last[0][1]) + 1 if last else 0
+    upper = await _upper_bound(queue)
+    scan = _Scan(samples, max_groups)
+    if upper is not None:
+        await _scan_pages(queue, scan, upper=upper, page_size=page_size, on_page=on_page)
+    return scan.report(queue, top=top, scanned_at=scanned_at, counts=counts, paused=paused, started=started)
 
-    names = _Tally(samples, max_groups)
-    reasons = _Tally(samples, max_groups)
-    hours = _Tally(samples, max_groups)
-    problems: dict[str, int] = {}
-    corrupt_ids: list[str] = []
-    total = corrupt = 0
-    oldest: int | None = None
-    newest: int | None = None
+
+async def _upper_bound(queue: BullQueue) -> int | None:
+    """One past the failed set's highest score now; None when the set is empty (nothing to scan).
+
+    Fixing it before the first page is what lets the scan end on a busy queue.
+    """
+    last = await queue.redis.zrange(queue.keys.failed, -1, -1, withscores=True)
+    return int(last[0][1]) + 1 if last else None
+
+
+async def _scan_pages(
+    queue: BullQueue, scan: _Scan, *, upper: int, page_size: int,
+    on_page: Callable[[int], Awaitable[None] | None] | None,
+) -> None:
+    """Feed every page below ``upper`` to ``scan``, in score order, reporting progress after each."""
     cursor = Cursor()
-    done = not last
+    done = False
     while not done:
         page = await queue.select_page(cursor, max_score=upper, count=page_size)
-        total += page.scanned
         cursor, done = page.cursor, page.done
-        jobs = page.jobs
+        scan.take(page.scanned, page.jobs)
+        if on_page is not None:
+            pending = on_page(scan.total)
+            if pending is not None:
+                await pending
+        if page.scanned == 0:
+            break  # nothing left below the upper bound (the set shrank meanwhile)
+
+
+class _Scan:
+    """What the pages seen so far add up to: the three tallies, corrupt jobs, totals, time range.
+
+    Memory stays bounded (see the module docstring): per group a count and a few
+    ids, and at most :data:`CORRUPT_IDS` corrupt ids.
+    """
+
+    __slots__ = ("corrupt", "corrupt_ids", "hours", "names", "newest", "oldest", "problems", "reasons",
+                 "total")
+
+    def __init__(self, samples: int, max_groups: int) -> None:
+        self.names = _Tally(samples, max_groups)
+        self.reasons = _Tally(samples, max_groups)
+        self.hours = _Tally(samples, max_groups)
+        self.problems: dict[str, int] = {}
+        self.corrupt_ids: list[str] = []
+        self.total = 0
+        self.corrupt = 0
+        self.oldest: int | None = None
+        self.newest: int | None = None
+
+    def take(self, scanned: int, jobs: list[FailedJob]) -> None:
+        """Count one page of ``scanned`` members, of which ``jobs`` were read.
+
+        The hottest loop of ``requeue inspect`` (it runs once per failed job):
+        everything it touches is bound to a local first, and the corrupt count
+        is written back once per page rather than once per job.
+        """
+        self.total += scanned
         if jobs:
             first, final = jobs[0].finished_on, jobs[-1].finished_on
-            oldest = first if oldest is None else min(oldest, first)
-            newest = final if newest is None else max(newest, final)
+            self.oldest = first if self.oldest is None else min(self.oldest, first)
+            self.newest = final if self.newest is None else max(self.newest, final)
+        names, reasons, hours = self.names, self.reasons, self.hours
+        problems, corrupt_ids = self.problems, self.corrupt_ids
+        corrupt = 0
         for job in jobs:
             problem = job.corrupt_reason
             if problem is not None:
@@ -219,27 +268,27 @@ async def analyse_failed_set(
             names.add(job.name, job_id)
             reasons.add(normalize_reason(job.failed_reason), job_id)
             hours.add(job.finished_on // _HOUR_MS, job_id)
-        if on_page is not None:
-            pending = on_page(total)
-            if pending is not None:
-                await pending
-        if page.scanned == 0:
-            break  # nothing left below the upper bound (the set shrank meanwhile)
+        self.corrupt += corrupt
 
-    return FailedSetReport(
-        queue=queue.name,
-        prefix=queue.prefix,
-        scanned_at=scanned_at,
-        total=total,
-        corrupt=corrupt,
-        corrupt_ids=corrupt_ids,
-        corrupt_by_problem=problems,
-        oldest_ms=oldest,
-        newest_ms=newest,
-        by_name=names.top(top, str),
-        by_reason=reasons.top(top, str),
-        by_hour=hours.top(top, lambda h: _iso(int(h) * _HOUR_MS), chronological=True),
-        counts=counts,
-        paused=paused,
-        elapsed_s=time.perf_counter() - started,
-    )
+    def report(
+        self, queue: BullQueue, *, top: int, scanned_at: datetime, counts: dict[str, int], paused: bool,
+        started: float,
+    ) -> FailedSetReport:
+        """The report of the finished scan: the ``top`` groups of each breakdown (hours in time order)."""
+        return FailedSetReport(
+            queue=queue.name,
+            prefix=queue.prefix,
+            scanned_at=scanned_at,
+            total=self.total,
+            corrupt=self.corrupt,
+            corrupt_ids=self.corrupt_ids,
+            corrupt_by_problem=self.problems,
+            oldest_ms=self.oldest,
+            newest_ms=self.newest,
+            by_name=self.names.top(top, str),
+            by_reason=self.reasons.top(top, str),
+            by_hour=self.hours.top(top, lambda h: _iso(int(h) * _HOUR_MS), chronological=True),
+            counts=counts,
+            paused=paused,
+            elapsed_s=time.perf_counter() - started,
+        )
