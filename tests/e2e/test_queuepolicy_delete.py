@@ -20,7 +20,7 @@ from bullmq import Queue  # type: ignore[import-untyped]
 from support.bullmq_jobs import run_worker, wait_in_set
 from support.dlqreplay import operator_command, secret, wait_gone_async, wait_status_async
 from support.kube import Kube
-from support.queuepolicy import DLQR, apply, condition, kubectl, policy, wait_policy
+from support.queuepolicy import DLQR, apply, condition, kubectl, policy, wait_auto_replay, wait_policy
 
 pytestmark = pytest.mark.e2e
 
@@ -62,11 +62,7 @@ async def test_deleting_a_policy_mid_replay_stops_its_child_and_loses_nothing(
         await wait_in_set(redis_url, "bull:default:failed", ids)
         down = False
         gate.restart()
-        st = await wait_policy(kube, "visapi-queues",
-                               lambda s: any(a["action"] == "AutoReplay" and a.get("result")
-                                             for a in s.get("lastActions", [])),
-                               operator=operator, timeout=40, what="the auto replay")
-        child = next(a for a in st["lastActions"] if a["action"] == "AutoReplay")["result"]
+        child = await wait_auto_replay(kube, "visapi-queues", operator=operator)
         running = await wait_status_async(kube, child, lambda s: (s.get("replayed") or 0) >= 2,
                                           operator=operator, timeout=40, what="child mid-replay")
         replay_uid = (await asyncio.to_thread(kube.get, DLQR, child))["metadata"]["uid"]

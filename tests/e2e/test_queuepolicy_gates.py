@@ -27,6 +27,7 @@ from support.queuepolicy import (
     policy,
     policy_events,
     queue_state,
+    wait_auto_replay,
     wait_policy,
 )
 
@@ -147,11 +148,8 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
         # recovery: after stableFor, one child DLQReplay replays what failed during the outage
         down = False
         gate.restart()
-        st = await wait_policy(kube, "visapi-queues",
-                               lambda s: any(a["action"] == "AutoReplay" and a.get("result")
-                                             for a in s.get("lastActions", [])),
-                               operator=operator, timeout=40, what="the first auto replay")
-        child1 = next(a for a in st["lastActions"] if a["action"] == "AutoReplay")["result"]
+        child1 = await wait_auto_replay(kube, "visapi-queues", operator=operator,
+                                        what="the first auto replay")
         obj = await asyncio.to_thread(kube.get, DLQR, child1)
         assert obj is not None
         owner = obj["metadata"]["ownerReferences"][0]
@@ -186,11 +184,8 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
         await wait_in_set(redis_url, "bull:default:failed", first[:2] + second)
         down = False
         gate.restart()
-        st = await wait_policy(kube, "visapi-queues",
-                               lambda s: [a.get("result") for a in s.get("lastActions", [])
-                                          if a["action"] == "AutoReplay" and a.get("result")][:1] != [child1],
-                               operator=operator, timeout=40, what="the second auto replay")
-        child2 = next(a for a in st["lastActions"] if a["action"] == "AutoReplay")["result"]
+        child2 = await wait_auto_replay(kube, "visapi-queues", after=child1, operator=operator,
+                                        what="the second auto replay")
         done2 = await wait_status_async(kube, child2, lambda s: s.get("phase") in ("Succeeded", "Failed"),
                                         operator=operator, timeout=40, what="child 2 finished")
         # the poison jobs used their one auto replay: only the new jobs are replayed

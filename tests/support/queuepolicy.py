@@ -89,6 +89,20 @@ async def wait_policy(kube: Kube, name: str, predicate: Callable[[dict[str, Any]
     return result
 
 
+def auto_replays(st: dict[str, Any]) -> list[str]:
+    """Names of the child DLQReplays in ``.status.lastActions``, newest first."""
+    return [a["result"] for a in st.get("lastActions", []) if a["action"] == "AutoReplay" and a.get("result")]
+
+
+async def wait_auto_replay(kube: Kube, name: str, *, after: str | None = None,
+                           operator: OperatorProcess | None = None, timeout: float = 40.0,  # noqa: ASYNC109
+                           what: str = "the auto replay") -> str:
+    """Wait until the policy reports a child DLQReplay (one other than ``after``); its name."""
+    st = await wait_policy(kube, name, lambda s: auto_replays(s)[:1] not in ([], [after]),
+                           operator=operator, timeout=timeout, what=what)
+    return auto_replays(st)[0]
+
+
 async def evaluations(kube: Kube, name: str, count: int, *, operator: OperatorProcess | None = None,
                       timeout: float = 30.0) -> dict[str, Any]:  # noqa: ASYNC109
     """Wait until the policy has been evaluated ``count`` more times; return the latest status."""
