@@ -20,7 +20,17 @@ from bullmq import Queue  # type: ignore[import-untyped]
 from support.bullmq_jobs import run_worker, wait_in_set
 from support.dlqreplay import operator_command, secret, wait_gone_async, wait_status_async
 from support.kube import Kube
-from support.queuepolicy import DLQR, apply, condition, kubectl, policy, wait_auto_replay, wait_policy
+from support.queuepolicy import (
+    DLQR,
+    FAST_GATES,
+    apply,
+    condition,
+    kubectl,
+    policy,
+    redis_gate,
+    wait_auto_replay,
+    wait_policy,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -40,9 +50,8 @@ async def test_deleting_a_policy_mid_replay_stops_its_child_and_loses_nothing(
     operator = operator_factory(operator_command())
     await apply(kube, policy(
         "visapi-queues", ["default"], interval="1s",
-        gates=[{"name": "cache", "redis": {"urlSecretRef": {"name": "gate-redis", "key": "url"},
-                                           "timeout": "1s"}}],
-        gatePolicy={"interval": "500ms", "failureThreshold": 1, "successThreshold": 1},
+        gates=[redis_gate()],
+        gatePolicy=FAST_GATES,
         # slow on purpose: 2 jobs a second, so the delete lands mid-replay
         actions={"autoReplay": {"selector": {"jobNames": ["whatsapp.*"]}, "stableFor": "1s",
                                 "cooldown": "1s", "rate": {"jobsPerSecond": 2, "batchSize": 1}}},

@@ -20,6 +20,7 @@ from bullmq import Queue  # type: ignore[import-untyped]
 from support.dlqreplay import operator_command, secret
 from support.kube import Kube
 from support.queuepolicy import (
+    FAST_GATES,
     QPOL,
     SlackSink,
     apply,
@@ -28,12 +29,12 @@ from support.queuepolicy import (
     policy,
     policy_events,
     queue_state,
+    redis_gate,
     wait_policy,
 )
 
 pytestmark = pytest.mark.e2e
 
-FAST_GATES = {"interval": "500ms", "failureThreshold": 1, "successThreshold": 1}
 
 
 @pytest_asyncio.fixture
@@ -65,8 +66,7 @@ async def test_sigkill_mid_outage_keeps_the_queue_paused_and_resumes_it_once(
     operator = operator_factory(operator_command())
     await apply(kube, policy(
         "visapi-queues", ["default"], interval="1s",
-        gates=[{"name": "cache", "redis": {"urlSecretRef": {"name": "gate-redis", "key": "url"},
-                                           "timeout": "1s"}}],
+        gates=[redis_gate()],
         gatePolicy=FAST_GATES, actions={"pauseWhileGatesFail": True},
         thresholds={"waiting": 2},
         alerts={"slackWebhookSecretRef": {"name": "ops-slack", "key": "url"}},

@@ -20,6 +20,7 @@ from support.dlqreplay import operator_command, secret, wait_status_async
 from support.kube import Kube
 from support.queuepolicy import (
     DLQR,
+    FAST_GATES,
     apply,
     condition,
     evaluations,
@@ -27,13 +28,13 @@ from support.queuepolicy import (
     policy,
     policy_events,
     queue_state,
+    redis_gate,
     wait_auto_replay,
     wait_policy,
 )
 
 pytestmark = pytest.mark.e2e
 
-FAST_GATES = {"interval": "500ms", "failureThreshold": 1, "successThreshold": 1}
 
 
 def gates(st: dict[str, Any]) -> str:
@@ -114,8 +115,7 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
     operator = operator_factory(operator_command())
     await apply(kube, policy(
         "visapi-queues", ["default"], interval="1s",
-        gates=[{"name": "cache", "redis": {"urlSecretRef": {"name": "gate-redis", "key": "url"},
-                                           "timeout": "1s"}}],
+        gates=[redis_gate()],
         gatePolicy=FAST_GATES,
         actions={"autoReplay": {"selector": {"jobNames": ["whatsapp.*"]}, "stableFor": "1s",
                                 "cooldown": "1s", "maxReplaysPerJob": 1,

@@ -18,6 +18,7 @@ from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
 from support.dlqreplay import operator_command, secret
 from support.kube import Kube
 from support.queuepolicy import (
+    FAST_GATES,
     SlackSink,
     apply,
     condition,
@@ -27,6 +28,7 @@ from support.queuepolicy import (
     policy,
     policy_events,
     queue_state,
+    redis_gate,
     scrape,
     wait_policy,
 )
@@ -133,9 +135,8 @@ async def test_dry_run_only_reports(
     operator = operator_factory(operator_command())
     await apply(kube, policy(
         "rehearsal", ["default"], interval="1s", dryRun=True,
-        gates=[{"name": "cache", "redis": {"urlSecretRef": {"name": "gate-redis", "key": "url"},
-                                           "timeout": "1s"}}],
-        gatePolicy={"interval": "500ms", "failureThreshold": 1, "successThreshold": 1},
+        gates=[redis_gate()],
+        gatePolicy=FAST_GATES,
         actions={"pauseWhileGatesFail": True, "clean": {"failed": {"grace": "1s", "limit": 100}}},
     ))
     await wait_policy(kube, "rehearsal", lambda s: condition(s, "GatesPassed").get("status") == "True",

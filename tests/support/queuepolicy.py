@@ -50,6 +50,16 @@ def policy(name: str, queues: list[str], *, secret_name: str = "redis", namespac
                      "queues": queues, **spec}}
 
 
+#: Gate timing for tests: check every 500 ms, one failure is red, one pass is green.
+FAST_GATES = {"interval": "500ms", "failureThreshold": 1, "successThreshold": 1}
+
+
+def redis_gate(name: str = "cache", secret_name: str = "gate-redis") -> dict[str, Any]:
+    """A ``redis`` gate on the Redis whose URL is in Secret ``secret_name`` (the test's
+    killable "dependency"), with a 1 s timeout."""
+    return {"name": name, "redis": {"urlSecretRef": {"name": secret_name, "key": "url"}, "timeout": "1s"}}
+
+
 async def kubectl(kube: Kube, *args: str) -> str:
     return (await asyncio.to_thread(kube.kubectl, *args)).stdout
 
