@@ -24,7 +24,7 @@ from support.queuepolicy import (
     DLQR,
     FAST_GATES,
     apply,
-    condition,
+    gates,
     kubectl,
     policy,
     redis_gate,
@@ -35,10 +35,6 @@ from support.queuepolicy import (
 pytestmark = pytest.mark.e2e
 
 JOBS = 40
-
-
-def gates(st: dict[str, Any]) -> str:
-    return str(condition(st, "GatesPassed").get("status", ""))
 
 
 async def test_deleting_a_policy_mid_replay_stops_its_child_and_loses_nothing(

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 from bullmq import Queue  # type: ignore[import-untyped]
 
@@ -26,6 +24,7 @@ from support.queuepolicy import (
     apply,
     condition,
     evaluations,
+    gates,
     policy,
     policy_events,
     queue_state,
@@ -34,20 +33,6 @@ from support.queuepolicy import (
 )
 
 pytestmark = pytest.mark.e2e
-
-
-
-@pytest_asyncio.fixture
-async def slack() -> AsyncIterator[SlackSink]:
-    sink = await SlackSink().start()
-    try:
-        yield sink
-    finally:
-        await sink.stop()
-
-
-def gates(st: dict[str, Any]) -> str:
-    return str(condition(st, "GatesPassed").get("status", ""))
 
 
 def pause_resume(st: dict[str, Any]) -> list[tuple[str, str]]:

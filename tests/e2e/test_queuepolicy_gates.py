@@ -24,6 +24,7 @@ from support.queuepolicy import (
     apply,
     condition,
     evaluations,
+    gates,
     kubectl,
     policy,
     policy_events,
@@ -34,12 +35,6 @@ from support.queuepolicy import (
 )
 
 pytestmark = pytest.mark.e2e
-
-
-
-def gates(st: dict[str, Any]) -> str:
-    """The GatesPassed condition's status ("" when absent)."""
-    return str(condition(st, "GatesPassed").get("status", ""))
 
 
 async def test_gate_red_pauses_green_resumes_never_a_queue_paused_by_others(

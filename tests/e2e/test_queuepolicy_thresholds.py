@@ -6,11 +6,9 @@ BullMQ workers failing real jobs; Slack is a local webhook the test runs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 from bullmq import Queue  # type: ignore[import-untyped]
 
@@ -35,15 +33,6 @@ from support.queuepolicy import (
 from support.redis_server import free_port
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest_asyncio.fixture
-async def slack() -> AsyncIterator[SlackSink]:
-    sink = await SlackSink().start()
-    try:
-        yield sink
-    finally:
-        await sink.stop()
 
 
 async def test_breach_alerts_once_recovery_once_metrics_and_printer_column(

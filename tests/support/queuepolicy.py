@@ -99,6 +99,11 @@ async def wait_policy(kube: Kube, name: str, predicate: Callable[[dict[str, Any]
     return result
 
 
+def gates(st: dict[str, Any]) -> str:
+    """The policy's GatesPassed condition status: "True", "False", or "" before the first check."""
+    return str(condition(st, "GatesPassed").get("status", ""))
+
+
 def auto_replays(st: dict[str, Any]) -> list[str]:
     """Names of the child DLQReplays in ``.status.lastActions``, newest first."""
     return [a["result"] for a in st.get("lastActions", []) if a["action"] == "AutoReplay" and a.get("result")]
