@@ -77,6 +77,7 @@ from kmock._internal.rendering import Payload, Request
 
 from requeue.devcluster.gc import collect_garbage
 from requeue.devcluster.loop import BackgroundLoop
+from requeue.devcluster.paths import resource_path
 from requeue.devcluster.protobuf import UnsupportedProtobuf, decode_object
 from requeue.devcluster.validation import validate as validate_against_crd
 
@@ -811,10 +812,7 @@ class Cluster:
         resource = self.run(lambda server: server.resource_of(api_version, kind))
         if resource is None:
             raise KubectlError(f"the server serves no {kind} in {api_version}")
-        root = f"apis/{api_version}" if resource.group else f"api/{api_version}"
-        namespace = obj.get("metadata", {}).get("namespace")
-        scope = f"/namespaces/{namespace}" if namespace else ""
-        url = f"{self.url}/{root}{scope}/{resource.plural}"
+        url = f"{self.url}/{resource_path(resource, obj.get('metadata', {}).get('namespace'))}"
         request = urllib.request.Request(url, data=json.dumps(obj).encode(), method="POST",
                                          headers={"Content-Type": "application/json"})
         try:

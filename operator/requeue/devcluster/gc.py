@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import kmock
 
+from requeue.devcluster.paths import resource_path
+
 if TYPE_CHECKING:
     from requeue.devcluster.apiserver import ApiServer
 
@@ -52,9 +54,7 @@ def orphans(live: list[LiveObject]) -> Iterator[tuple[kmock.resource, str | None
 
 
 def _delete(base_url: str, res: kmock.resource, namespace: str | None, name: str) -> None:
-    root = f"apis/{res.group}/{res.version}" if res.group else f"api/{res.version}"
-    scope = f"/namespaces/{namespace}" if namespace else ""
-    request = urllib.request.Request(f"{base_url}/{root}{scope}/{res.plural}/{name}", method="DELETE")
+    request = urllib.request.Request(f"{base_url}/{resource_path(res, namespace, name)}", method="DELETE")
     try:
         with urllib.request.urlopen(request, timeout=10):
             pass
