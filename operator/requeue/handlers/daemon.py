@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import kopf
@@ -22,6 +23,7 @@ __all__ = [
     "RETRY_FIRST",
     "RETRY_MAX",
     "EventLike",
+    "Trouble",
     "backoff",
     "describe_failure",
     "name_trouble",
@@ -86,6 +88,40 @@ def name_trouble(exc: BaseException, log: logging.Logger, what: str) -> tuple[st
         return exc.reason, exc.message
     log.exception("%s: unexpected error", what)
     return "InternalError", redact_text(f"unexpected {type(exc).__name__}: {exc}")
+
+
+@dataclass
+class Trouble:
+    """The named problem a daemon is waiting out (missing Secret, Redis down, ...).
+
+    On-call reads Events: one Warning (and one log line) per distinct problem, not one per
+    retry; the retries back off while the problem lasts; the first good step says what
+    cleared. ``what`` names the object in logs, e.g. ``replay ns/name``.
+    """
+
+    what: str
+    failures: int = 0
+    current: tuple[str, str] | None = None
+
+    def retry_delay(self) -> float:
+        """Count one more failure in a row; the seconds to wait before the next try."""
+        self.failures += 1
+        return backoff(self.failures)
+
+    def report(self, body: Any, exc: BaseException, log: logging.Logger) -> tuple[str, str]:
+        """Name ``exc`` (reason, message); warn only if it is not the problem already reported."""
+        reason, message = name_trouble(exc, log, self.what)
+        if self.current != (reason, message):
+            kopf.event(body, type="Warning", reason=reason, message=message)
+            log.warning("%s: %s: %s", self.what, reason, message)
+        self.current = (reason, message)
+        return reason, message
+
+    def clear(self) -> str | None:
+        """A step went well: reset the backoff; return the reason of the problem it ends, if any."""
+        cleared = self.current[0] if self.current is not None else None
+        self.current, self.failures = None, 0
+        return cleared
 
 
 def describe_failure(exc: BaseException) -> tuple[str, str]:

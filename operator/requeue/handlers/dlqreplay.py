@@ -62,9 +62,8 @@ from requeue.errors import AuthFailed, RedisUnavailable, RequeueError, SecretNot
 from requeue.gates import GateRunner
 from requeue.handlers.daemon import (
     RETRY_MAX,
-    backoff,
+    Trouble,
     describe_failure,
-    name_trouble,
     post_events,
     run_daemon,
     sleep,
@@ -277,8 +276,7 @@ class ReplayDriver:
         self.spec: DLQReplaySpec | None = None  # the last valid spec (pinned fields applied)
         self.pin: dict[str, Any] | None = read_pin(body)
         self.pin_written = self.pin is not None
-        self.failures = 0
-        self.trouble: tuple[str, str] | None = None
+        self.trouble = Trouble(f"replay {namespace}/{name}")
         self.reported_generation: dict[str, int] = {}
         self.written: dict[str, Any] | None = None
         self.written_at = -math.inf
@@ -323,7 +321,7 @@ class ReplayDriver:
             before = self.status
             spec = await self.current_spec()
             if spec is None:  # invalid: already reported (Failed, or waiting for a fix)
-                delay = self._backoff()
+                delay = self.trouble.retry_delay()
             else:
                 try:
                     engine = await self.connect(spec)
@@ -336,9 +334,9 @@ class ReplayDriver:
                     delay = float(result.delay)
                     self.status = result.status
                     events = list(result.events)
-                    if self.trouble is not None:
-                        events.append(ReplayEvent("Normal", "Recovered", f"{self.trouble[0]} resolved"))
-                        self.trouble, self.failures = None, 0
+                    cleared = self.trouble.clear()
+                    if cleared is not None:
+                        events.append(ReplayEvent("Normal", "Recovered", f"{cleared} resolved"))
                     REDIS_UP.labels(self.namespace, self.name).set(0 if engine.redis_failures else 1)
                     post_events(self.body, events)
                     self.state.status = self.status
@@ -435,24 +433,16 @@ class ReplayDriver:
             with contextlib.suppress(Exception):
                 await engine.redis.aclose()
 
-    def _backoff(self) -> float:
-        self.failures += 1
-        return backoff(self.failures)
-
     async def on_trouble(self, exc: BaseException) -> float:
         """A named problem becomes ``Ready=False`` with its reason, one Warning Event, and a backoff."""
-        reason, message = name_trouble(exc, logger, f"replay {self.namespace}/{self.name}")
+        reason, message = self.trouble.report(self.body, exc, logger)
         if isinstance(exc, RedisUnavailable | AuthFailed):
             REDIS_UP.labels(self.namespace, self.name).set(0)
         await self.close()  # reconnect (and re-read the Secret) next time
-        delay = self._backoff()
+        delay = self.trouble.retry_delay()
         text = f"{message} (retrying in {delay:g}s)"
         self.status.message = text
         self._set("Ready", False, reason, text, utcnow())
-        if self.trouble != (reason, message):
-            kopf.event(self.body, type="Warning", reason=reason, message=message)
-            logger.warning("replay %s/%s: %s: %s", self.namespace, self.name, reason, message)
-        self.trouble = (reason, message)
         return delay
 
     # -- status

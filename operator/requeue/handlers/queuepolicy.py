@@ -66,9 +66,8 @@ from requeue.errors import AuthFailed, RedisUnavailable, RequeueError, SpecInval
 from requeue.gates import GateRunner
 from requeue.handlers.daemon import (
     RETRY_FIRST,
-    backoff,
+    Trouble,
     describe_failure,
-    name_trouble,
     post_events,
     run_daemon,
     sleep,
@@ -216,8 +215,7 @@ class PolicyDriver:
         self.redis: Redis | None = None
         self.redis_target: RedisTarget | None = None
         self.connected_with: dict[str, Any] | None = None
-        self.failures = 0
-        self.trouble: tuple[str, str] | None = None
+        self.trouble = Trouble(f"policy {namespace}/{name}")
         self.reported_invalid: int | None = None
         self.gone = False
 
@@ -281,9 +279,9 @@ class PolicyDriver:
                     self.state.memory = result.memory
             else:
                 self.state.memory = result.memory
-                if self.trouble is not None:
-                    events.append(PolicyEvent("Normal", "Resolved", f"{self.trouble[0]} resolved"))
-                self.trouble, self.failures = None, 0
+                cleared = self.trouble.clear()
+                if cleared is not None:
+                    events.append(PolicyEvent("Normal", "Resolved", f"{cleared} resolved"))
             self.status = result.status
             self.state.status = self.status
             post_events(self.body, events)
@@ -346,16 +344,11 @@ class PolicyDriver:
 
     def on_trouble(self, exc: BaseException, now: datetime) -> float:
         """A problem before evaluating: ``Ready=False`` with its reason, one Warning Event, a backoff."""
-        reason, message = name_trouble(exc, logger, f"policy {self.namespace}/{self.name}")
-        self.failures += 1
-        delay = backoff(self.failures)
+        reason, message = self.trouble.report(self.body, exc, logger)
+        delay = self.trouble.retry_delay()
         self._set("Ready", False, reason, message, now)
         self._set("Healthy", ConditionStatus.UNKNOWN, reason, "queues could not be observed", now)
         self.status.observed_generation = self.generation
-        if self.trouble != (reason, message):
-            kopf.event(self.body, type="Warning", reason=reason, message=message)
-            logger.warning("policy %s/%s: %s: %s", self.namespace, self.name, reason, message)
-        self.trouble = (reason, message)
         return delay
 
     # -- status and metrics
