@@ -185,7 +185,8 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
                                         operator=operator, timeout=40, what="child 2 finished")
         # the poison jobs used their one auto replay: only the new jobs are replayed
         assert done2["phase"] == "Succeeded" and done2["matched"] == done2["replayed"] == 2, done2
-        await worker.wait_for(12 + 2 + 2)
+        # outage 2: 2 poison retried by hand + 2 new jobs fail, then child 2 runs the 2 new ones
+        await worker.wait_for(12 + 2 + 2 + 2)
     await q.close()
     assert sorted(worker.completed) == sorted(first[2:] + second)
     failed_now = set(await redis_client.zrange("bull:default:failed", 0, -1))
