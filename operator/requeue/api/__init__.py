@@ -31,7 +31,14 @@ from requeue.api.policy import (
     QueueState,
     Thresholds,
 )
-from requeue.api.replay import Breakdown, DLQReplaySpec, DLQReplayStatus, ReplayPhase, Verify
+from requeue.api.replay import (
+    Breakdown,
+    DLQReplaySpec,
+    DLQReplayStatus,
+    ReplayMode,
+    ReplayPhase,
+    Verify,
+)
 from requeue.api.resources import API_VERSION, GROUP, VERSION, DLQReplay, QueuePolicy
 
 __all__ = [
@@ -65,6 +72,7 @@ __all__ = [
     "RedisConnection",
     "RedisGate",
     "RedisTls",
+    "ReplayMode",
     "ReplayPhase",
     "SecretKeyRef",
     "Selector",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from requeue.api.base import (
     ApiModel,
@@ -14,6 +14,7 @@ from requeue.api.base import (
     KeyPrefix,
     QueueName,
     StatusModel,
+    cel_rules,
 )
 from requeue.api.common import Rate, RedisConnection, Selector
 from requeue.api.gates import GatePolicy, GateSpec, GateStatus
@@ -34,8 +35,30 @@ class Verify(ApiModel):
     )
 
 
+class ReplayMode(StrEnum):
+    """How a replay moves jobs: job by job as ``Job.retry`` would, or in bulk as ``Queue.retryJobs``."""
+
+    #: Each job goes where BullMQ's ``Job.retry`` puts it; corrupt jobs are left alone.
+    EXACT = "Exact"
+    #: BullMQ's ``moveJobsToWait`` over the time window, like ``Queue.retryJobs``.
+    BULK = "Bulk"
+
+
+#: Why Bulk takes no per-job filter: ``moveJobsToWait`` moves the oldest failed jobs up to a
+#: time, so only a time window (and a count) can say which jobs it takes.
+_BULK_RULE = (
+    "!has(self.mode) || self.mode != 'Bulk' || (!has(self.targetQueue) && (!has(self.selector)"
+    " || ((!has(self.selector.jobNames) || size(self.selector.jobNames) == 0)"
+    " && !has(self.selector.failedReasonPattern) && !has(self.selector.dataMatch))))",
+    "mode Bulk takes only a time window (failedAfter, failedBefore, maxJobs) and no targetQueue;"
+    " use mode Exact to filter by name, reason or data",
+)
+
+
 class DLQReplaySpec(ApiModel):
     """Replay failed BullMQ jobs: which, how fast, after which checks, verified how."""
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(_BULK_RULE))
 
     redis: RedisConnection = Field(description="The Redis that holds the queue.")
     prefix: KeyPrefix = Field(default="bull", description="BullMQ key prefix.")
@@ -53,6 +76,23 @@ class DLQReplaySpec(ApiModel):
         },
     )
     rate: Rate = Field(default_factory=Rate, description="Replay speed; may change while running.")
+    mode: ReplayMode = Field(
+        default=ReplayMode.EXACT,
+        strict=False,
+        description=(
+            "How jobs move. Exact: each job goes where BullMQ's Job.retry puts it (prioritized "
+            "for a priority, next in line for lifo), corrupt jobs stay failed and are listed, "
+            "the status breaks the selection down by name and reason. Bulk: BullMQ's own "
+            "moveJobsToWait, as Queue.retryJobs does, about 3x faster on large failed sets: every "
+            "job of the time window goes to wait (priority and lifo ignored, corrupt jobs moved "
+            "too), no breakdown, and jobs that failed in the last second before the replay "
+            "started stay failed. Bulk takes only a time window, no targetQueue, and fails if "
+            "older failed jobs than failedAfter exist. Immutable."
+        ),
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "mode is immutable"}]
+        },
+    )
     reset_attempts: bool = Field(
         default=True, description="Reset attemptsMade so replayed jobs get their full retries again."
     )
@@ -81,6 +121,14 @@ class DLQReplaySpec(ApiModel):
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, description="Delete this resource that many seconds after it finished."
     )
+
+    @model_validator(mode="after")
+    def _bulk_takes_a_time_window(self) -> DLQReplaySpec:
+        s = self.selector
+        per_job = s.job_names or s.failed_reason_pattern is not None or s.data_match is not None
+        if self.mode == ReplayMode.BULK and (per_job or self.target_queue):
+            raise ValueError(_BULK_RULE[1])
+        return self
 
 
 class ReplayPhase(StrEnum):
