@@ -1,7 +1,8 @@
 """requeue's own Lua. BullMQ's state changes always go through BullMQ's scripts
 (:mod:`requeue.queues.scripts`); these only read BullMQ keys, bounded per call,
 and write nothing but requeue's own keys (one exception, documented at
-:data:`FAST_TALLY`: the attempt counters that ``reprocessJob`` would reset).
+:data:`FAST_TALLY` and :data:`BULK_TALLY`: the attempt counters that ``reprocessJob``
+would reset).
 """
 
 from __future__ import annotations
@@ -470,6 +471,75 @@ rcall("HINCRBY", KEYS[1], "replayed", n)
 rcall("HINCRBY", KEYS[1], "bulk_moved", n)
 for i = 1, n, 1000 do rcall("RPUSH", KEYS[3], unpack(ids, i, math.min(i + 999, n))) end
 return n
+"""
+
+#: Mode Bulk, before each chunk (sent right after WATCH, before its MULTI): that we hold
+#: the lease, that the cursor is still ARGV[2] (no other process stepped this replay
+#: meanwhile), that the queue's paused flag is still ARGV[3], and that the oldest failed
+#: job is not older than the window (``moveJobsToWait`` takes the oldest failed jobs
+#: first, from score 0). If not, it bumps a counter in the WATCHed progress hash, which
+#: makes our own EXEC abort, and says why. Writes requeue's progress only.
+#:
+#: KEYS[1] progress, [2] lease, [3] BullMQ meta, [4] failed zset. ARGV[1] lease value,
+#: [2] cursor, [3] paused "1"/"0", [4] the window's lower bound (ms, inclusive).
+#: Returns "" (go), "lease", "cursor", "paused" or "older <id> <score>".
+BULK_GUARD = r"""
+local rcall = redis.call
+local why = ""
+if rcall("GET", KEYS[2]) ~= ARGV[1] then
+  why = "lease"
+elseif tonumber(rcall("HGET", KEYS[1], "cursor") or "0") ~= tonumber(ARGV[2]) then
+  why = "cursor"
+elseif tostring(rcall("HEXISTS", KEYS[3], "paused")) ~= ARGV[3] then
+  why = "paused"
+else
+  local head = rcall("ZRANGE", KEYS[4], 0, 0, "WITHSCORES")
+  if #head > 0 and tonumber(head[2]) < tonumber(ARGV[4]) then
+    why = "older " .. head[1] .. " " .. head[2]
+  end
+end
+if why ~= "" then rcall("HINCRBY", KEYS[1], "fast_miss", 1) end
+return why
+"""
+
+#: Mode Bulk's bookkeeping, inside the chunk's MULTI right before BullMQ's
+#: ``moveJobsToWait`` with the same count and time: it reads the ids that script is about
+#: to move (the same range query) and records them, with cursor and counters, atomically
+#: with the move. With ARGV[3] "1" it deletes their attempt counters (what ``reprocessJob``
+#: does with its reset flags). When fewer jobs than asked are left (or the count is
+#: reached), the rest of the count left the failed set meanwhile: counted as skipped,
+#: and the stage moves on to verifying.
+#:
+#: KEYS[1] failed zset, [2] progress, [3] replayed list. ARGV[1] count, [2] the window's
+#: upper bound (ms, inclusive), [3] reset attempts "1"/"0", [4] job key prefix, [5] now (ms).
+#: Returns {moved, skipped, finished 1/0}.
+BULK_TALLY = r"""
+local rcall = redis.call
+local want = tonumber(ARGV[1])
+local ids = rcall("ZRANGEBYSCORE", KEYS[1], 0, ARGV[2], "LIMIT", 0, want)
+local n = #ids
+if ARGV[3] == "1" then
+  local prefix = ARGV[4]
+  for i = 1, n do rcall("HDEL", prefix .. ids[i], "atm", "ats") end
+end
+for i = 1, n, 1000 do rcall("RPUSH", KEYS[3], unpack(ids, i, math.min(i + 999, n))) end
+local p = rcall("HMGET", KEYS[2], "cursor", "matched")
+local cursor = (tonumber(p[1]) or 0) + n
+local matched = tonumber(p[2]) or 0
+local skipped, finished = 0, 0
+if n < want or cursor >= matched then
+  finished = 1
+  if cursor < matched then
+    skipped = matched - cursor
+    cursor = matched
+  end
+  rcall("HINCRBY", KEYS[2], "skipped", skipped)
+  rcall("HSET", KEYS[2], "stage", "verifying", "replayed_ms", ARGV[5])
+end
+rcall("HSET", KEYS[2], "cursor", cursor)
+rcall("HINCRBY", KEYS[2], "replayed", n)
+rcall("HINCRBY", KEYS[2], "bulk_moved", n)
+return {n, skipped, finished}
 """
 
 #: The per-queue lease: take it if free, renew it if ours, else name the holder.

@@ -22,6 +22,7 @@ from typing import Any
 from redis import exceptions as rx
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.commands.core import AsyncScript
 
 try:  # redis-py's hiredis parser and its "incomplete" marker; absent without hiredis
     from redis._parsers.hiredis import NOT_ENOUGH_DATA as _INCOMPLETE
@@ -45,6 +46,19 @@ def bulk(value: Arg) -> bytes:
 def pack(*args: Arg) -> bytes:
     """One command as RESP bytes."""
     return b"*%d\r\n" % len(args) + b"".join(bulk(a) for a in args)
+
+
+def script_text(script: AsyncScript) -> str | bytes:
+    """A registered script's Lua, for an ``EVAL`` that cannot fail with NOSCRIPT inside a MULTI."""
+    body = script.script
+    return body if isinstance(body, str | bytes) else bytes(body)
+
+
+def raise_errors(replies: Sequence[Any]) -> None:
+    """A pipelined reply that is an error fails the whole step (after what EXEC committed)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
 
 
 MULTI = pack("MULTI")

@@ -39,6 +39,8 @@ class Scripts:
     plan_moves: AsyncScript
     fast_guard: AsyncScript
     fast_tally: AsyncScript
+    bulk_guard: AsyncScript
+    bulk_tally: AsyncScript
     tally_batch: AsyncScript
     batch_head: AsyncScript
     acquire_lease: AsyncScript
@@ -74,6 +76,8 @@ def register(redis: Redis) -> Scripts:
         plan_moves=reg(lua.PLAN_MOVES),
         fast_guard=reg(lua.FAST_GUARD),
         fast_tally=reg(lua.FAST_TALLY),
+        bulk_guard=reg(lua.BULK_GUARD),
+        bulk_tally=reg(lua.BULK_TALLY),
         tally_batch=reg(lua.TALLY_BATCH),
         batch_head=reg(lua.BATCH_HEAD),
         acquire_lease=reg(lua.ACQUIRE_LEASE),

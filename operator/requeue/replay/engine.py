@@ -52,6 +52,7 @@ from redis.asyncio import Redis
 from requeue.api import (
     DLQReplaySpec,
     DLQReplayStatus,
+    ReplayMode,
     ReplayPhase,
     find_condition,
 )
@@ -62,11 +63,12 @@ from requeue.queues import BullQueue, ReplayKeys, map_redis_error
 from requeue.queues.adapter import text
 from requeue.queues.keys import REPLAY_RETENTION_SECONDS
 from requeue.replay import moves
+from requeue.replay.bulk import Bulk
 from requeue.replay.gating import GateRunnerLike, Gating
 from requeue.replay.moves import Mover
 from requeue.replay.rate import TokenBucket
 from requeue.replay.select import to_ms
-from requeue.replay.selection import CLOCK_SKEW_MS, ReplayBudgetLike, Selection
+from requeue.replay.selection import ReplayBudgetLike, Selection, selection_upper
 from requeue.replay.state import (
     Finish,
     ReplayEvent,
@@ -134,6 +136,7 @@ class ReplayEngine:
         self._bucket = TokenBucket(clock)
         self._selection = Selection(redis, self.keys, replay_id=replay_id, budget=budget)
         self._mover = Mover(redis, self.keys, lease_value=self._lease_value, owner=owner, clock=clock)
+        self._bulk = Bulk(redis, self.keys, lease_value=self._lease_value)
         self._verification = Verification(redis, self.keys)
         self._gating = Gating(redis, self.keys)
         namespace, _, name = owner.rpartition("/")
@@ -275,6 +278,8 @@ class ReplayEngine:
             return await self._gates_stage(spec, q, st, now, events, gen, p)
         if stage == Stage.SELECTING:
             st.phase = ReplayPhase.PENDING if spec.dry_run else ReplayPhase.REPLAYING
+            if spec.mode == ReplayMode.BULK and not spec.dry_run:
+                return await self._bulk_selected(spec, q, st, now, events, gen, p)
             return await self._selection.step(spec, q, st, now, events, gen, p)
         if stage == Stage.REPLAYING:
             return await self._replay(spec, q, st, now, events, gen, p)
@@ -317,7 +322,7 @@ class ReplayEngine:
         wait = await self._gating.check(self.gates, spec, q, st, now, events, gen, p)
         if wait is not None:
             return wait
-        upper = to_ms(now) + CLOCK_SKEW_MS
+        upper = selection_upper(spec, now)
         await self.redis.hset(self.keys.progress, mapping={
             "stage": Stage.SELECTING, "upper": str(upper), "started_ms": str(to_ms(now)),
         })
@@ -330,6 +335,18 @@ class ReplayEngine:
 
 
     # -- progress ------------------------------------------------------------
+
+    async def _bulk_selected(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
+                             events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float:
+        """Mode Bulk's selection: the window counted and its bounds fixed, no job read."""
+        await self._bulk.select(spec, q, st, p)
+        events.append(ReplayEvent("Normal", "Selected",
+                                  f"mode Bulk: {st.matched} failed jobs in the window, to move with "
+                                  "BullMQ's moveJobsToWait (priority, lifo and corrupt checks skipped)"))
+        cond(st, "Progressing", True, "Replaying", f"replaying {st.matched} jobs", gen, now)
+        if st.matched == 0:
+            await mark_replayed(self.redis, self.keys, now)
+        return 0.0
 
     async def _progress(self) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.progress)
@@ -437,6 +454,8 @@ class ReplayEngine:
         if spec.target_queue:
             target = self._queue(spec, spec.target_queue)
             moved, skipped, missing = await self._mover.copy_batch(spec, q, target, n)
+        elif spec.mode == ReplayMode.BULK:
+            moved, skipped, missing = await self._bulk.move(spec, q, n, p, self.clock())
         else:
             moved, skipped, missing = await self._mover.reprocess_batch(spec, q, n, p)
         REPLAY_BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -474,7 +493,7 @@ class ReplayEngine:
             for key in self.keys.all():
                 pipe.expire(key, REPLAY_RETENTION_SECONDS)
             await pipe.execute()
-        if st.breakdown is None and st.matched:
+        if st.breakdown is None and st.matched and spec.mode != ReplayMode.BULK:  # Bulk has none
             await self._selection.summary(st, [])
         self._end(st, now, events, gen, fin.phase, fin.reason, fin.message)
 

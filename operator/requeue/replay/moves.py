@@ -27,7 +27,7 @@ from redis.commands.core import AsyncScript
 
 from requeue.api import DLQReplaySpec
 from requeue.queues import BullQueue, ReplayKeys
-from requeue.queues.raw import RawTransaction, pack
+from requeue.queues.raw import RawTransaction, pack, raise_errors, script_text
 from requeue.replay.select import to_ms
 from requeue.replay.state import Stage, int_field
 
@@ -75,18 +75,6 @@ class _Plan:
 def copy_id(spec: DLQReplaySpec, job_id: str) -> str:
     """The deterministic id of a job's copy in ``targetQueue``."""
     return f"requeue-{spec.queue}-{job_id}"
-
-
-def _script_text(script: AsyncScript) -> str | bytes:
-    body = script.script
-    return body if isinstance(body, str | bytes) else bytes(body)
-
-
-def _raise_errors(replies: Sequence[Any]) -> None:
-    """A pipelined reply that is an error fails the whole step (after what EXEC committed)."""
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
 
 
 def _parse_plan(reply: list[Any]) -> _Plan:
@@ -190,10 +178,10 @@ class Mover:
         restart, SCRIPT FLUSH) would otherwise fail inside the MULTI after the others ran."""
         k, qk = self.keys, q.keys
         sc = q.scripts
-        guard = pack("EVAL", _script_text(sc.fast_guard), 5, k.progress, qk.lease, qk.meta, k.snapshot,
+        guard = pack("EVAL", script_text(sc.fast_guard), 5, k.progress, qk.lease, qk.meta, k.snapshot,
                      qk.failed, self.lease_value, cursor, count, last_score, "1" if paused else "0")
         body = [
-            pack("EVAL", _script_text(sc.fast_tally), 3, k.progress, k.snapshot, k.replayed,
+            pack("EVAL", script_text(sc.fast_tally), 3, k.progress, k.snapshot, k.replayed,
                  cursor, count, "1" if spec.reset_attempts else "0", qk.base),
             q.move_to_wait_command(count=count, max_timestamp=last_score, paused=paused, inline=True),
             *self._done_cmds(cursor + count, matched),
@@ -201,10 +189,10 @@ class Mover:
         async with RawTransaction(self.redis) as tx:
             first, result = await tx.guarded_exec(
                 [pack("WATCH", k.progress, qk.lease, qk.meta, qk.failed), guard], body)
-        _raise_errors(first)
+        raise_errors(first)
         if result is None:
             return None
-        _raise_errors(result)
+        raise_errors(result)
         return int(result[0])
 
     async def _reprocess_chunk(self, spec: DLQReplaySpec, q: BullQueue, limit: int) -> ChunkResult:
@@ -223,7 +211,7 @@ class Mover:
             result = await tx.exec(cmds)
         if result is None:
             return None
-        _raise_errors(result)
+        raise_errors(result)
         moved, skipped, missing = (int(x) for x in result[0])
         did = [int(c) for c in result[1:1 + len(ids)]].count(1)
         if did != moved:  # pragma: no cover - would mean BullMQ's script changed
@@ -252,7 +240,7 @@ class Mover:
             raise exists
         missing = [sc for sc, ok in zip(scripts, exists, strict=True) if not int(ok)]
         if missing:
-            await tx.call([pack("SCRIPT", "LOAD", _script_text(sc)) for sc in missing])
+            await tx.call([pack("SCRIPT", "LOAD", script_text(sc)) for sc in missing])
             raw = (await tx.call([head]))[0]
         if isinstance(raw, Exception):
             raise raw
@@ -317,7 +305,7 @@ class Mover:
                                     *self._done_cmds(end, head.matched)])
         if result is None:
             return None
-        _raise_errors(result)
+        raise_errors(result)
         moved, skipped, missing = (int(x) for x in result[0])
         if moved != moving:  # pragma: no cover - the WATCH makes the prediction exact
             logger.warning("replay %s: tally predicted %d moves, %d copied", self.owner, moved, moving)
@@ -336,7 +324,7 @@ class Mover:
             pack("LRANGE", legacy_pending, 0, -1) if head.copied_upto > head.cursor else pack("PING"),
             *(pack("HMGET", q.keys.job(i), "name", "data", "opts", "priority") for i in ids),
         ])
-        _raise_errors(replies)
+        raise_errors(replies)
         scores, target_paused = replies[1], bool(replies[2])
         copied_before = set(replies[3]) if isinstance(replies[3], list) else set()
         fields = replies[4:]

@@ -20,9 +20,10 @@ from redis import exceptions as rx
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from requeue.api import Breakdown, DLQReplaySpec, DLQReplayStatus, ReplayPhase
+from requeue.api import Breakdown, DLQReplaySpec, DLQReplayStatus, ReplayMode, ReplayPhase
 from requeue.queues import BullQueue, Cursor, FailedJob, FailedPage, ReplayKeys
 from requeue.queues.adapter import text
+from requeue.replay.bulk import oldest_first
 from requeue.replay.select import Matcher, normalize_reason, to_ms
 from requeue.replay.state import Finish, ReplayEvent, Stage, cond, int_field, mark_replayed
 
@@ -52,6 +53,18 @@ CORRUPT_IDS = 20
 BREAKDOWN_TOP = 20
 #: Tolerated clock skew between requeue and the workers (ms) when fixing the selection's upper bound.
 CLOCK_SKEW_MS = 1000
+
+
+def selection_upper(spec: DLQReplaySpec, now: datetime) -> int:
+    """The selection's upper bound (ms, exclusive), fixed when selection starts.
+
+    Exact reaches a clock-skew margin past now (a worker whose clock runs ahead still
+    counts as failed before the start); its snapshot keeps a job that fails again out.
+    Bulk has no snapshot, only the window, so it stops a margin before now: a replayed
+    job failing again, even on a worker whose clock runs behind, lands above it.
+    """
+    margin = -CLOCK_SKEW_MS if spec.mode == ReplayMode.BULK else CLOCK_SKEW_MS
+    return to_ms(now) + margin
 
 
 class ReplayBudgetLike(Protocol):
@@ -151,6 +164,8 @@ class Selection:
         """Select pages into the snapshot until the selection ends or this step has scanned
         :data:`SELECT_STEP_MEMBERS`. Each page commits on its own (snapshot ids, counters and
         cursor in one MULTI fenced by WATCH), so a crash between pages loses nothing."""
+        if spec.mode == ReplayMode.BULK:
+            await oldest_first(self.redis, q, Matcher(spec.selector).min_score)
         done = await self._scan(spec, q, st, p, now)
         st.progress = f"{st.replayed + st.skipped}/{st.matched}"
         scanned_total = int_field(p, "scanned")
@@ -160,9 +175,7 @@ class Selection:
         await self.summary(st, events)
         if spec.dry_run:
             st.replay_finished_at = now
-            raise Finish(ReplayPhase.SUCCEEDED, "DryRun",
-                         f"dry run: {st.matched} jobs would be replayed (scanned {scanned_total}, "
-                         f"{st.corrupt} corrupt); nothing moved")
+            raise Finish(ReplayPhase.SUCCEEDED, "DryRun", await self._dry_run_message(spec, q, st, p))
         over_budget = int_field(p, "over_budget")
         over = f", {over_budget} over their auto-replay budget" if over_budget else ""
         events.append(ReplayEvent("Normal", "Selected",
@@ -173,11 +186,25 @@ class Selection:
             await mark_replayed(self.redis, self.keys, now)
         return 0.0
 
+    async def _dry_run_message(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus,
+                               p: dict[str, str]) -> str:
+        """What a dry run found; in mode Bulk, also what Bulk would do unlike Exact."""
+        scanned = int_field(p, "scanned")
+        if spec.mode != ReplayMode.BULK:
+            return (f"dry run: {st.matched} jobs would be replayed (scanned {scanned}, "
+                    f"{st.corrupt} corrupt); nothing moved")
+        prio, lifo = (int(x or 0) for x in await self.redis.hmget(self.keys.progress, "prio_count",
+                                                                  "lifo_count"))
+        return (f"dry run (mode Bulk): {st.matched + st.corrupt} jobs would move to {q.name}'s wait "
+                f"with BullMQ's moveJobsToWait (scanned {scanned}); {prio} with a priority and {lifo} "
+                f"lifo would be queued as plain jobs and {st.corrupt} corrupt ones moved too "
+                "(mode Exact keeps priority and lifo and leaves corrupt jobs failed); nothing moved")
+
     async def _scan(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, p: dict[str, str],
                     now: datetime) -> bool:
         """Pages until the selection ends (True) or this step scanned enough (False)."""
         matcher = Matcher(spec.selector)
-        upper = int_field(p, "upper") or (to_ms(now) + CLOCK_SKEW_MS)
+        upper = int_field(p, "upper") or selection_upper(spec, now)
         page_size = SELECT_PAGE_SIZE_NAMES if matcher.name_globs else SELECT_PAGE_SIZE
         with_data = spec.selector.data_match is not None
         # A pure time window needs nothing from the client per job: it is selected inside

@@ -1,0 +1,308 @@
+"""Mode Bulk: a time window moved with BullMQ's own ``moveJobsToWait``, like ``Queue.retryJobs``.
+
+Against real failed BullMQ jobs: Bulk moves exactly the failed jobs of the window (none
+read, none left behind, none twice) to wait, as ``retryJobs`` would (priority and lifo
+ignored, attempts kept unless ``resetAttempts``), keeps its guarantees across crashes and
+concurrent steppers, and refuses what it cannot do (filters, older failed jobs in front
+of the window) with a message that says what to do instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from requeue.api import DLQReplayStatus, ReplayPhase
+from requeue.queues import BullQueue, QueueKeys, ReplayKeys
+from requeue.queues import raw as raw_module
+from requeue.replay import ReplayEngine
+from requeue.replay import bulk as bulk_module
+from requeue.replay import selection as selection_module
+from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
+from support.cli import cli, interrupt_cli, write_manifest
+from support.replay import drive, drive_losing_status, replay_spec
+
+Q = "default"
+K = QueueKeys("bull", Q)
+#: The clock-skew margin in these tests (ms); jobs must have failed longer ago than this.
+MARGIN_MS = 100
+
+
+def bulk_spec(**fields: Any) -> Any:
+    return replay_spec({"rate": {"jobsPerSecond": 1_000_000, "batchSize": 1000}, "mode": "Bulk"}, **fields)
+
+
+@pytest.fixture(autouse=True)
+def short_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 100 ms margin instead of 1 s keeps the tests short; one test keeps the real one."""
+    monkeypatch.setattr(selection_module, "CLOCK_SKEW_MS", MARGIN_MS)
+
+
+async def failed_jobs(redis_url: str, specs: list[JobSpec]) -> list[str]:
+    """Real failed jobs, older than the margin by the time the replay starts."""
+    ids = await make_failed_jobs(redis_url, Q, specs)
+    await asyncio.sleep(MARGIN_MS / 1000 + 0.05)
+    return ids
+
+
+def mixed(n: int) -> list[JobSpec]:
+    """Plain jobs with, interleaved, jobs with a priority, lifo jobs and jobs with attempts made."""
+    out = []
+    for i in range(n):
+        opts: dict[str, Any] = {"attempts": 2} if i % 3 == 0 else {}
+        if i % 11 == 5:
+            opts["priority"] = 1 + i % 3
+        elif i % 13 == 7:
+            opts["lifo"] = True
+        out.append(JobSpec(("whatsapp.send", "email.send")[i % 2], {"i": i}, f"timeout after {i}ms", opts))
+    return out
+
+
+def iso(ms: float) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+@pytest.mark.parametrize("reset", [True, False])
+async def test_bulk_moves_the_window_to_wait_as_retry_jobs_does(redis_url: str, r: aioredis.Redis,
+                                                                reset: bool) -> None:
+    specs = mixed(120)
+    ids = await failed_jobs(redis_url, specs)
+    order = list(await r.zrange(K.failed, 0, -1))
+    before = {i: await r.hgetall(K.job(i)) for i in ids}
+    st = await ReplayEngine(r, replay_id="b", owner="ns/b").run(bulk_spec(resetAttempts=reset))
+    assert st.phase == ReplayPhase.SUCCEEDED, st.message
+    assert (st.matched, st.replayed, st.skipped) == (120, 120, 0)
+    assert st.breakdown is None and st.sample_ids == order[:10]
+    # moveJobsToWait: oldest failure first, each LPUSHed, so wait reads newest..oldest;
+    # jobs with a priority or lifo land in wait like every other (as Queue.retryJobs does)
+    assert await r.lrange(K.wait, 0, -1) == order[::-1]
+    assert await r.zcard(K.prioritized) == 0 and await r.zcard(K.failed) == 0
+    gone = {"finishedOn", "processedOn", "failedReason"} | ({"atm", "ats"} if reset else set())
+    for job_id in ids:
+        assert await r.hgetall(K.job(job_id)) == {f: v for f, v in before[job_id].items() if f not in gone}
+    assert sorted(await r.lrange(ReplayKeys("b").replayed, 0, -1)) == sorted(ids)
+    async with run_worker(redis_url, Q) as worker:
+        await worker.wait_for(120)
+    assert sorted(worker.completed) == sorted(ids)
+
+
+async def test_window_bounds_and_max_jobs(redis_url: str, r: aioredis.Redis) -> None:
+    old = await make_failed_jobs(redis_url, Q, [JobSpec("a", {"i": i}) for i in range(30)])
+    await asyncio.sleep(0.05)
+    mid = await make_failed_jobs(redis_url, Q, [JobSpec("b", {"i": i}) for i in range(40)])
+    await asyncio.sleep(0.05)
+    new = await failed_jobs(redis_url, [JobSpec("c", {"i": i}) for i in range(20)])
+    scores = dict(await r.zrange(K.failed, 0, -1, withscores=True))
+    hi = max(scores[i] for i in mid) + 1
+    assert min(scores[i] for i in new) >= hi
+    # no lower bound: everything failed before failedBefore, oldest first, at most maxJobs
+    st = await ReplayEngine(r, replay_id="w", owner="ns/w").run(
+        bulk_spec(selector={"failedBefore": iso(hi), "maxJobs": 50}))
+    assert (st.phase, st.matched, st.replayed) == (ReplayPhase.SUCCEEDED, 50, 50)
+    in_order = [m for m, _ in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))]
+    assert sorted(await r.lrange(K.wait, 0, -1)) == sorted(in_order[:50])
+    assert set(await r.zrange(K.failed, 0, -1)) == set(in_order[50:])
+    # a lower bound at the head of what is left is fine
+    lo = min(scores[i] for i in in_order[50:])
+    st = await ReplayEngine(r, replay_id="w2", owner="ns/w2").run(
+        bulk_spec(selector={"failedAfter": iso(lo), "failedBefore": iso(hi)}))
+    assert (st.phase, st.matched, st.replayed) == (ReplayPhase.SUCCEEDED, 20, 20)
+    assert set(await r.zrange(K.failed, 0, -1)) == set(new)
+    assert set(old) | set(mid) == set(await r.lrange(K.wait, 0, -1))
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+async def test_older_failed_jobs_in_front_of_the_window_fail_it_and_move_nothing(
+    redis_url: str, r: aioredis.Redis, dry_run: bool
+) -> None:
+    await make_failed_jobs(redis_url, Q, [JobSpec("a", {"i": i}) for i in range(5)])
+    await asyncio.sleep(0.05)
+    later = await failed_jobs(redis_url, [JobSpec("b", {"i": i}) for i in range(5)])
+    lo = min(s for m, s in await r.zrange(K.failed, 0, -1, withscores=True) if m in later)
+    st = await ReplayEngine(r, replay_id="o", owner="ns/o").run(
+        bulk_spec(selector={"failedAfter": iso(lo)}, dryRun=dry_run))
+    assert st.phase == ReplayPhase.FAILED
+    assert "mode Bulk moves the oldest failed jobs first" in st.message
+    assert "drop failedAfter" in st.message and "mode Exact" in st.message
+    assert await r.zcard(K.failed) == 10 and await r.llen(K.wait) == 0
+
+
+async def test_jobs_that_failed_within_the_margin_or_fail_again_stay_failed(
+    redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window ends a margin before the start; a replayed job failing again lands above it."""
+    monkeypatch.setattr(selection_module, "CLOCK_SKEW_MS", 1000)  # the real margin
+    early = await make_failed_jobs(redis_url, Q, [JobSpec("x", {"i": i}) for i in range(40)])
+    await asyncio.sleep(1.1)
+    recent = await make_failed_jobs(redis_url, Q, [JobSpec("y", {"i": i}) for i in range(5)])
+    monkeypatch.setattr(bulk_module, "BULK_CHUNK", 10)
+    spec = bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20})
+    engine = ReplayEngine(r, replay_id="m", owner="ns/m")
+    st = DLQReplayStatus()
+    while st.replayed < 20:
+        st = (await engine.step(spec, st)).status
+    assert st.matched == 40
+    async with run_worker(redis_url, Q, fail_when=lambda job: "still broken") as worker:
+        await worker.wait_for(20)
+    refailed = set(worker.failed)
+    assert len(refailed) == 20
+    st = await drive(engine, spec, st)
+    assert (st.phase, st.matched, st.replayed, st.skipped) == (ReplayPhase.SUCCEEDED, 40, 40, 0)
+    assert set(await r.zrange(K.failed, 0, -1)) == refailed | set(recent)
+    assert set(await r.lrange(K.wait, 0, -1)) == set(early) - refailed
+
+
+async def test_resume_after_losing_the_status_between_every_step(
+    redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = await failed_jobs(redis_url, mixed(90))
+    monkeypatch.setattr(bulk_module, "BULK_CHUNK", 7)
+    st = await drive_losing_status(r, bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20}),
+                                   replay_id="cs")
+    assert (st.phase, st.matched, st.replayed, st.skipped) == (ReplayPhase.SUCCEEDED, 90, 90, 0)
+    waiting = await r.lrange(K.wait, 0, -1)
+    assert len(waiting) == len(set(waiting)) == 90 and set(waiting) == set(ids)
+
+
+async def test_two_processes_on_one_replay_move_each_job_once(
+    redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = await failed_jobs(redis_url, mixed(200))
+    monkeypatch.setattr(bulk_module, "BULK_CHUNK", 13)
+    spec = bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30})
+    one, two = await asyncio.gather(ReplayEngine(r, replay_id="tw", owner="ns/tw").run(spec),
+                                    ReplayEngine(r, replay_id="tw", owner="ns/tw").run(spec))
+    for st in (one, two):
+        assert st.phase == ReplayPhase.SUCCEEDED and (st.matched, st.replayed) == (200, 200)
+    waiting = await r.lrange(K.wait, 0, -1)
+    assert len(waiting) == len(set(waiting)) == 200 and set(waiting) == set(ids)
+    replayed = await r.lrange(ReplayKeys("tw").replayed, 0, -1)
+    assert sorted(replayed) == sorted(ids)
+
+
+@pytest.mark.parametrize("lost", ["before", "after"])
+async def test_connection_lost_around_a_chunk_moves_nothing_twice(
+    redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch, lost: str
+) -> None:
+    """The chunk's write reached Redis (or not), its reply never came back."""
+    ids = await failed_jobs(redis_url, [JobSpec("x", {"i": i}) for i in range(90)])
+    monkeypatch.setattr(bulk_module, "BULK_CHUNK", 10)
+    original = raw_module.RawTransaction.guarded_exec
+    calls = 0
+
+    async def flaky(self: Any, before: Any, commands: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls % 3 == 0:
+            if lost == "after":
+                await original(self, before, commands)
+            raise redis.exceptions.ConnectionError("connection reset by peer (test)")
+        return await original(self, before, commands)
+
+    monkeypatch.setattr(raw_module.RawTransaction, "guarded_exec", flaky)
+    engine = ReplayEngine(r, replay_id=f"ls-{lost}", owner="ns/ls", backoff=0.001, redis_failure_bound=100)
+    st = await drive(engine, bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30}))
+    assert (st.phase, st.matched, st.replayed, st.skipped) == (ReplayPhase.SUCCEEDED, 90, 90, 0)
+    waiting = await r.lrange(K.wait, 0, -1)
+    assert len(waiting) == len(set(waiting)) == 90 and set(waiting) == set(ids)
+    assert await r.llen(ReplayKeys(f"ls-{lost}").replayed) == 90
+    assert calls >= 9
+
+
+async def test_jobs_leaving_the_window_meanwhile_count_as_skipped(redis_url: str, r: aioredis.Redis) -> None:
+    ids = await failed_jobs(redis_url, [JobSpec("x", {"i": i}) for i in range(30)])
+    spec = bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 10})
+    engine = ReplayEngine(r, replay_id="sk", owner="ns/sk")
+    st = DLQReplayStatus()
+    while st.replayed < 10:
+        st = (await engine.step(spec, st)).status
+    newest = list(await r.zrange(K.failed, -3, -1))
+    assert await BullQueue(r, Q).replay(newest) == [1, 1, 1]  # someone retried three meanwhile
+    st = await drive(engine, spec, st)
+    assert (st.phase, st.matched, st.replayed, st.skipped) == (ReplayPhase.SUCCEEDED, 30, 27, 3)
+    assert st.progress == "30/30"
+    assert sorted(await r.lrange(K.wait, 0, -1)) == sorted(ids)
+
+
+async def test_paused_queue_keeps_the_replayed_jobs_until_resumed(redis_url: str, r: aioredis.Redis) -> None:
+    ids = await failed_jobs(redis_url, [JobSpec("x", {"i": i}) for i in range(25)])
+    q = BullQueue(r, Q)
+    await q.pause()
+    st = await ReplayEngine(r, replay_id="pp", owner="ns/pp").run(bulk_spec())
+    assert st.replayed == 25 and await q.is_paused()
+    async with run_worker(redis_url, Q) as worker:
+        await asyncio.sleep(0.3)
+        assert worker.processed == []
+        await q.resume()
+        await worker.wait_for(25)
+    assert sorted(worker.completed) == sorted(ids)
+
+
+async def test_verify_watches_the_jobs_bulk_moved(redis_url: str, r: aioredis.Redis) -> None:
+    ids = await failed_jobs(redis_url, [JobSpec("x", {"i": i}) for i in range(20)])
+    async with run_worker(redis_url, Q, fail_when=lambda job: "again" if job.data["i"] < 5 else None):
+        st = await ReplayEngine(r, replay_id="v", owner="ns/v").run(
+            bulk_spec(verify={"window": "3s", "minSuccessRate": 0.9}))
+    assert st.phase == ReplayPhase.FAILED
+    assert (st.replayed, st.completed, st.failed_again) == (20, 15, 5)
+    assert len(ids) == 20
+
+
+async def test_dry_run_says_what_bulk_would_do_unlike_exact(redis_url: str, r: aioredis.Redis) -> None:
+    specs = mixed(60)
+    await failed_jobs(redis_url, specs)
+    st = await ReplayEngine(r, replay_id="d", owner="ns/d").run(bulk_spec(dryRun=True))
+    assert (st.phase, st.matched, st.replayed) == (ReplayPhase.SUCCEEDED, 60, 0)
+    prio = sum(1 for s in specs if s.opts.get("priority"))
+    lifo = sum(1 for s in specs if s.opts.get("lifo"))
+    assert f"{prio} with a priority and {lifo} lifo would be queued as plain jobs" in st.message
+    assert "60 jobs would move to default's wait" in st.message
+    assert await r.zcard(K.failed) == 60 and await r.llen(K.wait) == 0
+
+
+@pytest.mark.parametrize("extra", [{"selector": {"jobNames": ["x"]}},
+                                   {"selector": {"failedReasonPattern": "429"}},
+                                   {"selector": {"dataMatch": {"a": 1}}},
+                                   {"targetQueue": "other"}])
+def test_bulk_takes_only_a_time_window(extra: dict[str, Any]) -> None:
+    with pytest.raises(pydantic.ValidationError, match="mode Bulk takes only a time window"):
+        bulk_spec(**extra)
+
+
+def test_cli_refuses_bulk_with_a_filter_with_exit_code_2(redis_url: str, tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "replay.yaml", {"mode": "Bulk", "selector": {"jobNames": ["x"]}})
+    res = cli("replay", "-f", str(manifest), "--secret", f"redis/url={redis_url}")
+    assert res.code == 2
+    assert "mode Bulk takes only a time window" in res.output
+
+
+async def test_sigkill_mid_bulk_replay_then_rerun_moves_each_job_once(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    ids = await make_failed_jobs(redis_url, Q, mixed(200))
+    await asyncio.sleep(1.1)  # the CLI keeps the real one-second margin
+    manifest = write_manifest(tmp_path / "replay.yaml",
+                              {"mode": "Bulk", "rate": {"jobsPerSecond": 40, "batchSize": 8}})
+    args = ("replay", "-f", str(manifest), "--secret", f"redis/url={redis_url}")
+    interrupt_cli(*args, log=tmp_path / "first.log", redis_url=redis_url,
+                  ready=lambda s: s.llen(K.wait) >= 30, stop=signal.SIGKILL, exit_timeout=10)
+    before = await redis_client.llen(K.wait)
+    assert 30 <= before < 200, "the kill must land mid-replay"
+    write_manifest(tmp_path / "replay.yaml",
+                   {"mode": "Bulk", "rate": {"jobsPerSecond": 1_000_000, "batchSize": 1000}})
+    res = cli(*args, "-o", "json")
+    assert res.code == 0, res.output
+    status = json.loads(res.stdout)
+    assert (status["phase"], status["matched"], status["replayed"]) == ("Succeeded", 200, 200)
+    waiting = await redis_client.lrange(K.wait, 0, -1)
+    assert len(waiting) == len(set(waiting)) == 200 and set(waiting) == set(ids)
+    assert await redis_client.zcard(K.failed) == 0
