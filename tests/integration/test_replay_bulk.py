@@ -23,13 +23,12 @@ import redis.asyncio as aioredis
 
 from requeue.api import DLQReplayStatus, ReplayPhase
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys
-from requeue.queues import raw as raw_module
 from requeue.replay import ReplayEngine
 from requeue.replay import bulk as bulk_module
 from requeue.replay import selection as selection_module
-from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
+from support.bullmq_jobs import JobSpec, make_failed_jobs, mixed_jobs, run_worker
 from support.cli import cli, interrupt_cli, write_manifest
-from support.replay import drive, drive_losing_status, replay_spec
+from support.replay import drive, drive_losing_status, lose_every_third_reply, replay_spec
 
 Q = "default"
 K = QueueKeys("bull", Q)
@@ -54,18 +53,6 @@ async def failed_jobs(redis_url: str, specs: list[JobSpec]) -> list[str]:
     return ids
 
 
-def mixed(n: int) -> list[JobSpec]:
-    """Plain jobs with, interleaved, jobs with a priority, lifo jobs and jobs with attempts made."""
-    out = []
-    for i in range(n):
-        opts: dict[str, Any] = {"attempts": 2} if i % 3 == 0 else {}
-        if i % 11 == 5:
-            opts["priority"] = 1 + i % 3
-        elif i % 13 == 7:
-            opts["lifo"] = True
-        out.append(JobSpec(("whatsapp.send", "email.send")[i % 2], {"i": i}, f"timeout after {i}ms", opts))
-    return out
-
 
 def iso(ms: float) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
@@ -74,7 +61,7 @@ def iso(ms: float) -> str:
 @pytest.mark.parametrize("reset", [True, False])
 async def test_bulk_moves_the_window_to_wait_as_retry_jobs_does(redis_url: str, r: aioredis.Redis,
                                                                 reset: bool) -> None:
-    specs = mixed(120)
+    specs = mixed_jobs(120)
     ids = await failed_jobs(redis_url, specs)
     order = list(await r.zrange(K.failed, 0, -1))
     before = {i: await r.hgetall(K.job(i)) for i in ids}
@@ -164,7 +151,7 @@ async def test_jobs_that_failed_within_the_margin_or_fail_again_stay_failed(
 async def test_resume_after_losing_the_status_between_every_step(
     redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ids = await failed_jobs(redis_url, mixed(90))
+    ids = await failed_jobs(redis_url, mixed_jobs(90))
     monkeypatch.setattr(bulk_module, "BULK_CHUNK", 7)
     st = await drive_losing_status(r, bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20}),
                                    replay_id="cs")
@@ -176,7 +163,7 @@ async def test_resume_after_losing_the_status_between_every_step(
 async def test_two_processes_on_one_replay_move_each_job_once(
     redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ids = await failed_jobs(redis_url, mixed(200))
+    ids = await failed_jobs(redis_url, mixed_jobs(200))
     monkeypatch.setattr(bulk_module, "BULK_CHUNK", 13)
     spec = bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30})
     one, two = await asyncio.gather(ReplayEngine(r, replay_id="tw", owner="ns/tw").run(spec),
@@ -189,6 +176,26 @@ async def test_two_processes_on_one_replay_move_each_job_once(
     assert sorted(replayed) == sorted(ids)
 
 
+async def test_a_stale_second_selection_changes_nothing(redis_url: str, r: aioredis.Redis) -> None:
+    """A process that read the stage before another one selected must not select again (nor
+    take a count of 0 for "nothing to replay"): it re-reads instead."""
+    await failed_jobs(redis_url, [JobSpec("x", {"i": i}) for i in range(12)])
+    spec = bulk_spec()
+    engine = ReplayEngine(r, replay_id="st", owner="ns/st")
+    st = DLQReplayStatus()
+    while (await r.hget(ReplayKeys("st").progress, "stage")) != "selecting":
+        st = (await engine.step(spec, st)).status
+    stale = dict(await r.hgetall(ReplayKeys("st").progress))
+    st = (await engine.step(spec, st)).status
+    assert (st.matched, await r.hget(ReplayKeys("st").progress, "stage")) == (12, "replaying")
+    other = ReplayEngine(r, replay_id="st", owner="ns/st")
+    with pytest.raises(redis.exceptions.WatchError):
+        await other._bulk.select(spec, BullQueue(r, Q), DLQReplayStatus(), stale)
+    assert await r.hget(ReplayKeys("st").progress, "stage") == "replaying"
+    st = await drive(engine, spec, st)
+    assert (st.matched, st.replayed) == (12, 12)
+
+
 @pytest.mark.parametrize("lost", ["before", "after"])
 async def test_connection_lost_around_a_chunk_moves_nothing_twice(
     redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch, lost: str
@@ -196,26 +203,14 @@ async def test_connection_lost_around_a_chunk_moves_nothing_twice(
     """The chunk's write reached Redis (or not), its reply never came back."""
     ids = await failed_jobs(redis_url, [JobSpec("x", {"i": i}) for i in range(90)])
     monkeypatch.setattr(bulk_module, "BULK_CHUNK", 10)
-    original = raw_module.RawTransaction.guarded_exec
-    calls = 0
-
-    async def flaky(self: Any, before: Any, commands: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls % 3 == 0:
-            if lost == "after":
-                await original(self, before, commands)
-            raise redis.exceptions.ConnectionError("connection reset by peer (test)")
-        return await original(self, before, commands)
-
-    monkeypatch.setattr(raw_module.RawTransaction, "guarded_exec", flaky)
+    calls = lose_every_third_reply(monkeypatch, write_lands=lost == "after")
     engine = ReplayEngine(r, replay_id=f"ls-{lost}", owner="ns/ls", backoff=0.001, redis_failure_bound=100)
     st = await drive(engine, bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30}))
     assert (st.phase, st.matched, st.replayed, st.skipped) == (ReplayPhase.SUCCEEDED, 90, 90, 0)
     waiting = await r.lrange(K.wait, 0, -1)
     assert len(waiting) == len(set(waiting)) == 90 and set(waiting) == set(ids)
     assert await r.llen(ReplayKeys(f"ls-{lost}").replayed) == 90
-    assert calls >= 9
+    assert calls[0] >= 9
 
 
 async def test_jobs_leaving_the_window_meanwhile_count_as_skipped(redis_url: str, r: aioredis.Redis) -> None:
@@ -258,7 +253,7 @@ async def test_verify_watches_the_jobs_bulk_moved(redis_url: str, r: aioredis.Re
 
 
 async def test_dry_run_says_what_bulk_would_do_unlike_exact(redis_url: str, r: aioredis.Redis) -> None:
-    specs = mixed(60)
+    specs = mixed_jobs(60)
     await failed_jobs(redis_url, specs)
     st = await ReplayEngine(r, replay_id="d", owner="ns/d").run(bulk_spec(dryRun=True))
     assert (st.phase, st.matched, st.replayed) == (ReplayPhase.SUCCEEDED, 60, 0)
@@ -288,7 +283,7 @@ def test_cli_refuses_bulk_with_a_filter_with_exit_code_2(redis_url: str, tmp_pat
 async def test_sigkill_mid_bulk_replay_then_rerun_moves_each_job_once(
     redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
-    ids = await make_failed_jobs(redis_url, Q, mixed(200))
+    ids = await make_failed_jobs(redis_url, Q, mixed_jobs(200))
     await asyncio.sleep(1.1)  # the CLI keeps the real one-second margin
     manifest = write_manifest(tmp_path / "replay.yaml",
                               {"mode": "Bulk", "rate": {"jobsPerSecond": 40, "batchSize": 8}})

@@ -474,8 +474,8 @@ return n
 """
 
 #: Mode Bulk, before each chunk (sent right after WATCH, before its MULTI): that we hold
-#: the lease, that the cursor is still ARGV[2] (no other process stepped this replay
-#: meanwhile), that the queue's paused flag is still ARGV[3], and that the oldest failed
+#: the lease, that the replay is replaying with its cursor still at ARGV[2] (no other
+#: process stepped it meanwhile), that the queue's paused flag is still ARGV[3], and that the oldest failed
 #: job is not older than the window (``moveJobsToWait`` takes the oldest failed jobs
 #: first, from score 0). If not, it bumps a counter in the WATCHed progress hash, which
 #: makes our own EXEC abort, and says why. Writes requeue's progress only.
@@ -485,21 +485,20 @@ return n
 #: Returns "" (go), "lease", "cursor", "paused" or "older <id> <score>".
 BULK_GUARD = r"""
 local rcall = redis.call
-local why = ""
-if rcall("GET", KEYS[2]) ~= ARGV[1] then
-  why = "lease"
-elseif tonumber(rcall("HGET", KEYS[1], "cursor") or "0") ~= tonumber(ARGV[2]) then
-  why = "cursor"
-elseif tostring(rcall("HEXISTS", KEYS[3], "paused")) ~= ARGV[3] then
-  why = "paused"
-else
+local function why()
+  if rcall("GET", KEYS[2]) ~= ARGV[1] then return "lease" end
+  local p = rcall("HMGET", KEYS[1], "stage", "cursor")
+  if p[1] ~= "replaying" or tonumber(p[2] or "0") ~= tonumber(ARGV[2]) then return "cursor" end
+  if tostring(rcall("HEXISTS", KEYS[3], "paused")) ~= ARGV[3] then return "paused" end
   local head = rcall("ZRANGE", KEYS[4], 0, 0, "WITHSCORES")
   if #head > 0 and tonumber(head[2]) < tonumber(ARGV[4]) then
-    why = "older " .. head[1] .. " " .. head[2]
+    return "older " .. head[1] .. " " .. head[2]
   end
+  return ""
 end
-if why ~= "" then rcall("HINCRBY", KEYS[1], "fast_miss", 1) end
-return why
+local veto = why()
+if veto ~= "" then rcall("HINCRBY", KEYS[1], "fast_miss", 1) end
+return veto
 """
 
 #: Mode Bulk's bookkeeping, inside the chunk's MULTI right before BullMQ's

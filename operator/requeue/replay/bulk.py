@@ -78,7 +78,7 @@ class Bulk:
         async with self.redis.pipeline(transaction=True) as tx:
             await tx.watch(self.keys.progress)
             if text(await tx.hget(self.keys.progress, "stage")) != Stage.SELECTING:
-                return  # another process selected meanwhile
+                raise rx.WatchError("another process selected meanwhile")  # the step reads again
             tx.multi()  # type: ignore[no-untyped-call]
             tx.hset(self.keys.progress, mapping={
                 "matched": matched, "scanned": int(count), "bulk_min": lower, "bulk_max": below - 1,
