@@ -73,3 +73,18 @@ def test_kubectl_explain_shows_field_docs(kube) -> None:
     assert "RE2 regular expression" in out
     out = kube.kubectl("explain", "dlqr.spec.rate.jobsPerSecond").stdout
     assert "token bucket" in out
+
+
+def test_mode_bulk_takes_only_a_time_window_and_is_explained(kube) -> None:
+    result = kube.kubectl("apply", "-f", "-", input=_manifest(mode="Bulk"), check=False)
+    assert result.returncode != 0  # the example filters by name and reason
+    assert "mode Bulk takes only a time window" in result.stderr
+    window = {"failedAfter": "2025-07-16T09:00:00Z", "failedBefore": "2025-07-16T11:00:00Z"}
+    kube.kubectl("apply", "-f", "-", input=_manifest(mode="Bulk", selector=window))
+    obj = kube.kubectl.json("get", "dlqr", "whatsapp-after-cgb-outage", "-o", "json")
+    assert obj["spec"]["mode"] == "Bulk"
+    result = kube.kubectl("patch", "dlqr", "whatsapp-after-cgb-outage", "--type", "merge",
+                          "-p", '{"spec": {"mode": "Exact"}}', check=False)
+    assert result.returncode != 0 and "mode is immutable" in result.stderr
+    out = kube.kubectl("explain", "dlqr.spec.mode").stdout
+    assert "moveJobsToWait" in out and "Queue.retryJobs" in out

@@ -18,18 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys
-from requeue.queues import raw as raw_module
 from requeue.replay import ReplayEngine
 from requeue.replay import moves as moves_module
 from requeue.replay import selection as selection_module
-from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
+from support.bullmq_jobs import JobSpec, make_failed_jobs, mixed_jobs, run_worker
 from support.cli import cli, interrupt_cli, write_manifest
-from support.replay import drive, drive_losing_status, replay_spec
+from support.replay import drive, drive_losing_status, lose_every_third_reply, replay_spec
 
 Q = "default"
 K = QueueKeys("bull", Q)
@@ -38,19 +36,6 @@ K = QueueKeys("bull", Q)
 def make_spec(**fields: Any) -> DLQReplaySpec:
     return replay_spec({"rate": {"jobsPerSecond": 1_000_000, "batchSize": 1000}}, **fields)
 
-
-def mixed(n: int) -> list[JobSpec]:
-    """Plain jobs with, interleaved, jobs with a priority, lifo jobs and jobs with attempts made."""
-    out = []
-    for i in range(n):
-        opts: dict[str, Any] = {"attempts": 2} if i % 3 == 0 else {}
-        if i % 11 == 5:
-            opts["priority"] = 1 + i % 3
-        elif i % 13 == 7:
-            opts["lifo"] = True
-        out.append(JobSpec(("whatsapp.send", "email.send")[i % 2], {"i": i}, f"timeout after {4000 + i}ms",
-                           opts))
-    return out
 
 
 def expected_state(order: list[str], jobs: dict[str, JobSpec]) -> tuple[list[str], list[str]]:
@@ -76,7 +61,7 @@ async def bulk_moved(r: aioredis.Redis, replay_id: str) -> int:
 @pytest.mark.parametrize("reset", [True, False])
 async def test_same_end_state_as_reprocess_job_one_by_one(redis_url: str, r: aioredis.Redis,
                                                           reset: bool) -> None:
-    specs = mixed(150)
+    specs = mixed_jobs(150)
     ids = await make_failed_jobs(redis_url, Q, specs)
     by_id = dict(zip(ids, specs, strict=True))
     order = list(await r.zrange(K.failed, 0, -1))
@@ -131,7 +116,7 @@ async def test_window_bounds_and_max_jobs_select_exactly(redis_url: str, r: aior
 async def test_resume_after_crashes_between_every_selection_page_and_every_step(
     redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    specs = mixed(120)
+    specs = mixed_jobs(120)
     ids = await make_failed_jobs(redis_url, Q, specs)
     monkeypatch.setattr(selection_module, "SELECT_WINDOW_PAGE", 7)
     monkeypatch.setattr(selection_module, "SELECT_STEP_MEMBERS", 14)
@@ -152,7 +137,7 @@ async def test_two_processes_on_one_replay_select_and_move_each_job_once(
 ) -> None:
     """A handler running twice at once (kopf did, on the emulator): every selection page and
     every chunk is atomic and reads its cursor in Redis, so they share the work."""
-    ids = await make_failed_jobs(redis_url, Q, mixed(200))
+    ids = await make_failed_jobs(redis_url, Q, mixed_jobs(200))
     monkeypatch.setattr(selection_module, "SELECT_WINDOW_PAGE", 11)
     monkeypatch.setattr(moves_module, "MOVE_CHUNK", 13)
     spec = make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30})
@@ -175,19 +160,7 @@ async def test_connection_lost_around_a_fast_chunk_moves_nothing_twice(
     the cursor where Redis left it and moves nothing twice, loses nothing."""
     ids = await make_failed_jobs(redis_url, Q, [JobSpec("x", {"i": i}) for i in range(90)])
     monkeypatch.setattr(moves_module, "MOVE_CHUNK", 10)
-    original = raw_module.RawTransaction.guarded_exec
-    calls = 0
-
-    async def flaky(self: Any, before: Any, commands: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls % 3 == 0:
-            if lost == "after":
-                await original(self, before, commands)
-            raise redis.exceptions.ConnectionError("connection reset by peer (test)")
-        return await original(self, before, commands)
-
-    monkeypatch.setattr(raw_module.RawTransaction, "guarded_exec", flaky)
+    calls = lose_every_third_reply(monkeypatch, write_lands=lost == "after")
     engine = ReplayEngine(r, replay_id=f"ls-{lost}", owner="ns/ls", backoff=0.001, redis_failure_bound=100)
     st = await drive(engine, make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30}))
     assert st.phase == ReplayPhase.SUCCEEDED
@@ -195,7 +168,7 @@ async def test_connection_lost_around_a_fast_chunk_moves_nothing_twice(
     waiting = await r.lrange(K.wait, 0, -1)
     assert len(waiting) == len(set(waiting)) == 90 and set(waiting) == set(ids)
     assert await r.llen(ReplayKeys(f"ls-{lost}").replayed) == 90
-    assert calls >= 9
+    assert calls[0] >= 9
 
 
 async def test_guard_vetoes_a_chunk_whose_plan_went_stale(redis_url: str, r: aioredis.Redis) -> None:
@@ -265,7 +238,7 @@ async def test_jobs_failing_again_during_a_fast_replay_are_not_picked_again(
 async def test_sigkill_mid_fast_replay_then_rerun_moves_each_job_once(
     redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
-    specs = mixed(200)
+    specs = mixed_jobs(200)
     ids = await make_failed_jobs(redis_url, Q, specs)
     manifest = write_manifest(tmp_path / "replay.yaml", {"rate": {"jobsPerSecond": 40, "batchSize": 8}})
     args = ("replay", "-f", str(manifest), "--secret", f"redis/url={redis_url}")

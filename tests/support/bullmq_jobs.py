@@ -34,7 +34,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from bullmq import Job, Queue, Worker
 
-__all__ = ["JobSpec", "WorkerRun", "make_failed_jobs", "run_worker"]
+__all__ = ["JobSpec", "WorkerRun", "make_failed_jobs", "mixed_jobs", "run_worker"]
 
 #: Jobs per ``addBulk`` call (one MULTI pipeline each).
 BULK_CHUNK = 500
@@ -52,6 +52,20 @@ class JobSpec:
     reason: str = "boom"
     #: BullMQ job options, e.g. ``{"priority": 3, "attempts": 2, "jobId": "order-7"}``.
     opts: dict[str, Any] = field(default_factory=dict)
+
+
+def mixed_jobs(n: int) -> list[JobSpec]:
+    """Plain jobs with, interleaved, jobs with a priority, lifo jobs and jobs with attempts made."""
+    out = []
+    for i in range(n):
+        opts: dict[str, Any] = {"attempts": 2} if i % 3 == 0 else {}
+        if i % 11 == 5:
+            opts["priority"] = 1 + i % 3
+        elif i % 13 == 7:
+            opts["lifo"] = True
+        out.append(JobSpec(("whatsapp.send", "email.send")[i % 2], {"i": i}, f"timeout after {4000 + i}ms",
+                           opts))
+    return out
 
 
 def _queue_opts(redis_url: str, prefix: str) -> dict[str, Any]:

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import pytest
+import redis
 from redis.asyncio import Redis
 
 from requeue.api import DLQReplaySpec, DLQReplayStatus
+from requeue.queues import raw as raw_module
 from requeue.replay import ReplayEngine
 
-__all__ = ["drive", "drive_losing_status", "replay_spec"]
+__all__ = ["drive", "drive_losing_status", "lose_every_third_reply", "replay_spec"]
 
 
 class Ticking(Protocol):
@@ -66,3 +69,22 @@ async def drive_losing_status(redis: Redis, spec: DLQReplaySpec, *, replay_id: s
             continue
         st = result.status
     return st
+
+
+def lose_every_third_reply(monkeypatch: pytest.MonkeyPatch, *, write_lands: bool) -> list[int]:
+    """Every third guarded chunk (``RawTransaction.guarded_exec``) loses its connection: before
+    its write reaches Redis, or (``write_lands``) after Redis ran it, with the reply lost.
+    Returns a one-item list counting the calls."""
+    original = raw_module.RawTransaction.guarded_exec
+    calls = [0]
+
+    async def flaky(self: Any, before: Any, commands: Any) -> Any:
+        calls[0] += 1
+        if calls[0] % 3 == 0:
+            if write_lands:
+                await original(self, before, commands)
+            raise redis.exceptions.ConnectionError("connection reset by peer (test)")
+        return await original(self, before, commands)
+
+    monkeypatch.setattr(raw_module.RawTransaction, "guarded_exec", flaky)
+    return calls

@@ -1,0 +1,81 @@
+"""Mode Bulk against Node.js BullMQ 5 and 6: what it moves, Node workers run exactly once.
+
+Bulk replays a time window with BullMQ's own ``moveJobsToWait`` (what ``Queue.retryJobs``
+runs). Here a Node app's jobs fail, the app pauses its queue (BullMQ 5: ``RENAME wait
+paused``) while live jobs keep arriving, requeue replays the window in Bulk, the app
+resumes, and a Node worker of the same major runs every replayed job exactly once, with
+its data unchanged, jobs with a priority included (Bulk queues them as plain jobs, as
+``retryJobs`` does), and the attempt counters as ``resetAttempts`` says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+
+from requeue.api import DLQReplaySpec, ReplayPhase
+from requeue.queues import connect
+from requeue.replay import ReplayEngine
+from requeue.replay import selection as selection_module
+from support.node import MAJORS, FailRule, NodeWorker, pause_queue, resume_queue, run_producer
+
+pytestmark = pytest.mark.interop
+
+#: Long enough to see that a paused queue is not consumed; not a speed assertion.
+QUIET_WINDOW = 1.5
+
+
+@pytest.mark.parametrize("major", MAJORS)
+@pytest.mark.parametrize("reset", [True, False], ids=["resetAttempts", "keepAttempts"])
+async def test_bulk_replay_into_node_paused_queue_runs_each_job_once(
+    major: int, reset: bool, redis_url: str, redis_client: aredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(selection_module, "CLOCK_SKEW_MS", 100)  # jobs below are older than that
+    qname = f"bulk-{major}-{reset}"
+    k = f"bull:{qname}"
+    jobs: list[dict[str, Any]] = [
+        {"name": "whatsapp.send", "data": {"i": i, "to": f"+4915{i:07d}"},
+         "opts": {"attempts": 2, **({"priority": 3} if i % 4 == 0 else {})}}
+        for i in range(40)
+    ]
+    ids = await run_producer(redis_url, qname, jobs, major=major)
+    by_id = dict(zip(ids, jobs, strict=True))
+    rules = [FailRule("429 Too Many Requests", name="whatsapp.send")]
+    async with NodeWorker(redis_url, qname, major=major, fail=rules) as worker:
+        await worker.wait_for_final(ids, timeout_s=60)
+    await asyncio.sleep(0.2)
+    await pause_queue(redis_url, qname, major=major)
+    live = await run_producer(redis_url, qname, [{"name": "email.send", "data": {"live": True}, "opts": {}}],
+                              major=major)
+
+    client = await connect(redis_url)
+    try:
+        spec = DLQReplaySpec.model_validate({
+            "redis": {"urlSecretRef": {"name": "redis", "key": "url"}}, "queue": qname, "mode": "Bulk",
+            "resetAttempts": reset, "rate": {"jobsPerSecond": 100_000, "batchSize": 15},
+        })
+        st = await ReplayEngine(client, replay_id=f"bulk-{major}-{reset}", owner="ns/bulk").run(spec)
+    finally:
+        await client.aclose()
+    assert st.phase == ReplayPhase.SUCCEEDED, st.message
+    assert (st.matched, st.replayed, st.skipped) == (40, 40, 0)
+    assert await redis_client.zcard(f"{k}:failed") == 0
+    assert await redis_client.zcard(f"{k}:prioritized") == 0  # Bulk: as retryJobs, all to wait
+
+    async with NodeWorker(redis_url, qname, major=major) as worker:
+        await asyncio.sleep(QUIET_WINDOW)
+        assert worker.processed == []  # paused: nothing runs, replayed or live
+        await resume_queue(redis_url, qname, major=major)
+        outcomes = await worker.wait_for_final([*ids, *live], timeout_s=60)
+        await asyncio.sleep(QUIET_WINDOW)  # room for a duplicate to show up
+    runs = Counter(p.id for p in worker.processed)
+    assert {i: runs[i] for i in ids} == dict.fromkeys(ids, 1)
+    assert all(o.outcome == "completed" for o in outcomes.values())
+    for i in ids:
+        assert outcomes[i].data == by_id[i]["data"]
+        assert outcomes[i].attempts_made_before == (0 if reset else 2)
+    assert await redis_client.llen(f"{k}:paused") == 0 and await redis_client.llen(f"{k}:wait") == 0
