@@ -83,7 +83,7 @@ class DLQReplaySpec(ApiModel):
             "How jobs move. Exact: each job goes where BullMQ's Job.retry puts it (prioritized "
             "for a priority, next in line for lifo), corrupt jobs stay failed and are listed, "
             "the status breaks the selection down by name and reason. Bulk: BullMQ's own "
-            "moveJobsToWait, as Queue.retryJobs does, about 3x faster on large failed sets: every "
+            "moveJobsToWait, as Queue.retryJobs does, about twice as fast on large failed sets: every "
             "job of the time window goes to wait (priority and lifo ignored, corrupt jobs moved "
             "too), no breakdown, and jobs that failed in the last second before the replay "
             "started stay failed. Bulk takes only a time window, no targetQueue, and fails if "
