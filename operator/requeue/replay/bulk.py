@@ -24,7 +24,7 @@ from requeue.queues import BullQueue, ReplayKeys
 from requeue.queues.adapter import text
 from requeue.queues.raw import RawTransaction, pack, raise_errors, script_text
 from requeue.replay.select import Matcher, to_ms
-from requeue.replay.state import Finish, Stage, int_field
+from requeue.replay.state import Finish, Stage, from_ms, int_field
 
 #: Jobs per ``moveJobsToWait`` call at most (a batch is split into equal chunks): ~5 µs of
 #: Redis time each with the bookkeeping (~6.5 µs resetting attempts), so a chunk stays
@@ -41,8 +41,12 @@ class OlderFailedJobs(Finish):
         super().__init__(
             ReplayPhase.FAILED, "OlderFailedJobs",
             f"mode Bulk moves the oldest failed jobs first (BullMQ's moveJobsToWait), but job {job_id} "
-            f"failed at {score} ms, before failedAfter ({lower} ms); drop failedAfter to replay those "
-            "too, or use mode Exact; nothing more was moved")
+            f"failed at {_iso(score)}, before failedAfter ({_iso(lower)}); drop failedAfter to replay "
+            "those too, or use mode Exact; nothing more was moved")
+
+
+def _iso(ms: int) -> str:
+    return from_ms(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def oldest_first(redis: Redis, q: BullQueue, lower: int) -> None:
@@ -66,7 +70,12 @@ class Bulk:
 
     async def select(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus,
                      p: dict[str, str]) -> None:
-        """Count the window (two range counts, no job read) and fix its bounds in the progress."""
+        """Count the window (a range count and a sample of ids, no job read) and fix its bounds
+        in the progress.
+
+        :raises redis.exceptions.WatchError: another process selected meanwhile (the step reads again).
+        :raises OlderFailedJobs: see there.
+        """
         matcher = Matcher(spec.selector)
         lower, below = matcher.min_score, matcher.max_score(int_field(p, "upper"))
         await oldest_first(self.redis, q, lower)
