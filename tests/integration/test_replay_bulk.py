@@ -26,9 +26,15 @@ from requeue.queues import BullQueue, QueueKeys, ReplayKeys
 from requeue.replay import ReplayEngine
 from requeue.replay import bulk as bulk_module
 from requeue.replay import selection as selection_module
-from support.bullmq_jobs import JobSpec, make_failed_jobs, mixed_jobs, run_worker
+from support.bullmq_jobs import JobSpec, make_failed_jobs, mixed_jobs, run_worker, three_generations
 from support.cli import cli, interrupt_cli, write_manifest
-from support.replay import drive, drive_losing_status, lose_every_third_reply, replay_spec
+from support.replay import (
+    drive,
+    drive_losing_status,
+    lose_every_third_reply,
+    refail_first_replayed,
+    replay_spec,
+)
 
 Q = "default"
 K = QueueKeys("bull", Q)
@@ -83,11 +89,8 @@ async def test_bulk_moves_the_window_to_wait_as_retry_jobs_does(redis_url: str, 
 
 
 async def test_window_bounds_and_max_jobs(redis_url: str, r: aioredis.Redis) -> None:
-    old = await make_failed_jobs(redis_url, Q, [JobSpec("a", {"i": i}) for i in range(30)])
-    await asyncio.sleep(0.05)
-    mid = await make_failed_jobs(redis_url, Q, [JobSpec("b", {"i": i}) for i in range(40)])
-    await asyncio.sleep(0.05)
-    new = await failed_jobs(redis_url, [JobSpec("c", {"i": i}) for i in range(20)])
+    old, mid, new = await three_generations(redis_url, Q)
+    await asyncio.sleep(MARGIN_MS / 1000 + 0.05)
     scores = dict(await r.zrange(K.failed, 0, -1, withscores=True))
     hi = max(scores[i] for i in mid) + 1
     assert min(scores[i] for i in new) >= hi
@@ -134,13 +137,8 @@ async def test_jobs_that_failed_within_the_margin_or_fail_again_stay_failed(
     monkeypatch.setattr(bulk_module, "BULK_CHUNK", 10)
     spec = bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20})
     engine = ReplayEngine(r, replay_id="m", owner="ns/m")
-    st = DLQReplayStatus()
-    while st.replayed < 20:
-        st = (await engine.step(spec, st)).status
+    st, refailed = await refail_first_replayed(engine, spec, redis_url, Q, 20)
     assert st.matched == 40
-    async with run_worker(redis_url, Q, fail_when=lambda job: "still broken") as worker:
-        await worker.wait_for(20)
-    refailed = set(worker.failed)
     assert len(refailed) == 20
     st = await drive(engine, spec, st)
     assert (st.phase, st.matched, st.replayed, st.skipped) == (ReplayPhase.SUCCEEDED, 40, 40, 0)

@@ -25,9 +25,15 @@ from requeue.queues import BullQueue, QueueKeys, ReplayKeys
 from requeue.replay import ReplayEngine
 from requeue.replay import moves as moves_module
 from requeue.replay import selection as selection_module
-from support.bullmq_jobs import JobSpec, make_failed_jobs, mixed_jobs, run_worker
+from support.bullmq_jobs import JobSpec, make_failed_jobs, mixed_jobs, run_worker, three_generations
 from support.cli import cli, interrupt_cli, write_manifest
-from support.replay import drive, drive_losing_status, lose_every_third_reply, replay_spec
+from support.replay import (
+    drive,
+    drive_losing_status,
+    lose_every_third_reply,
+    refail_first_replayed,
+    replay_spec,
+)
 
 Q = "default"
 K = QueueKeys("bull", Q)
@@ -91,11 +97,7 @@ async def test_same_end_state_as_reprocess_job_one_by_one(redis_url: str, r: aio
 
 
 async def test_window_bounds_and_max_jobs_select_exactly(redis_url: str, r: aioredis.Redis) -> None:
-    old = await make_failed_jobs(redis_url, Q, [JobSpec("a", {"i": i}) for i in range(30)])
-    await asyncio.sleep(0.05)
-    mid = await make_failed_jobs(redis_url, Q, [JobSpec("b", {"i": i}) for i in range(40)])
-    await asyncio.sleep(0.05)
-    new = await make_failed_jobs(redis_url, Q, [JobSpec("c", {"i": i}) for i in range(20)])
+    old, mid, new = await three_generations(redis_url, Q)
     scores = dict(await r.zrange(K.failed, 0, -1, withscores=True))
     lo = min(scores[i] for i in mid)
     hi = max(scores[i] for i in mid) + 1
@@ -222,12 +224,7 @@ async def test_jobs_failing_again_during_a_fast_replay_are_not_picked_again(
     monkeypatch.setattr(moves_module, "MOVE_CHUNK", 10)
     spec = make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20})
     engine = ReplayEngine(r, replay_id="fa", owner="ns/fa")
-    st = DLQReplayStatus()
-    while st.replayed < 20:
-        st = (await engine.step(spec, st)).status
-    async with run_worker(redis_url, Q, fail_when=lambda job: "still broken") as worker:
-        await worker.wait_for(20)
-    refailed = set(worker.failed)
+    st, refailed = await refail_first_replayed(engine, spec, redis_url, Q, 20)
     assert len(refailed) == 20
     st = await drive(engine, spec, st)
     assert (st.matched, st.replayed, st.skipped) == (60, 60, 0)

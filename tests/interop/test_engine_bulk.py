@@ -11,7 +11,6 @@ its data unchanged, jobs with a priority included (Bulk queues them as plain job
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -21,13 +20,16 @@ from requeue.api import DLQReplaySpec, ReplayPhase
 from requeue.queues import connect
 from requeue.replay import ReplayEngine
 from requeue.replay import selection as selection_module
-from support.node import MAJORS, FailRule, NodeWorker, pause_queue, resume_queue, run_producer
+from support.node import (
+    MAJORS,
+    FailRule,
+    NodeWorker,
+    pause_with_live_traffic,
+    resume_then_run_each_once,
+    run_producer,
+)
 
 pytestmark = pytest.mark.interop
-
-#: Long enough to see that a paused queue is not consumed; not a speed assertion.
-QUIET_WINDOW = 1.5
-
 
 @pytest.mark.parametrize("major", MAJORS)
 @pytest.mark.parametrize("reset", [True, False], ids=["resetAttempts", "keepAttempts"])
@@ -48,9 +50,7 @@ async def test_bulk_replay_into_node_paused_queue_runs_each_job_once(
     async with NodeWorker(redis_url, qname, major=major, fail=rules) as worker:
         await worker.wait_for_final(ids, timeout_s=60)
     await asyncio.sleep(0.2)
-    await pause_queue(redis_url, qname, major=major)
-    live = await run_producer(redis_url, qname, [{"name": "email.send", "data": {"live": True}, "opts": {}}],
-                              major=major)
+    live = await pause_with_live_traffic(redis_url, qname, major=major)
 
     client = await connect(redis_url)
     try:
@@ -66,14 +66,7 @@ async def test_bulk_replay_into_node_paused_queue_runs_each_job_once(
     assert await redis_client.zcard(f"{k}:failed") == 0
     assert await redis_client.zcard(f"{k}:prioritized") == 0  # Bulk: as retryJobs, all to wait
 
-    async with NodeWorker(redis_url, qname, major=major) as worker:
-        await asyncio.sleep(QUIET_WINDOW)
-        assert worker.processed == []  # paused: nothing runs, replayed or live
-        await resume_queue(redis_url, qname, major=major)
-        outcomes = await worker.wait_for_final([*ids, *live], timeout_s=60)
-        await asyncio.sleep(QUIET_WINDOW)  # room for a duplicate to show up
-    runs = Counter(p.id for p in worker.processed)
-    assert {i: runs[i] for i in ids} == dict.fromkeys(ids, 1)
+    outcomes = await resume_then_run_each_once(redis_url, qname, major=major, ids=[*ids, *live])
     assert all(o.outcome == "completed" for o in outcomes.values())
     for i in ids:
         assert outcomes[i].data == by_id[i]["data"]

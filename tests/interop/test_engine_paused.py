@@ -12,8 +12,6 @@ exactly once.
 
 from __future__ import annotations
 
-import asyncio
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -23,13 +21,17 @@ from requeue.api import DLQReplaySpec, ReplayPhase
 from requeue.api.base import find_condition
 from requeue.queues import ReplayKeys, connect
 from requeue.replay import ReplayEngine
-from support.node import MAJORS, FailRule, NodeWorker, pause_queue, resume_queue, run_producer
+from support.node import (
+    MAJORS,
+    FailRule,
+    NodeWorker,
+    pause_with_live_traffic,
+    resume_then_run_each_once,
+    run_producer,
+)
 
 pytestmark = pytest.mark.interop
 
-#: Long enough to see that a paused queue is not consumed (BullMQ polls far more often);
-#: not a speed assertion.
-QUIET_WINDOW = 1.5
 RATE_LIMITED = "429 Too Many Requests from provider"
 
 
@@ -55,9 +57,7 @@ async def test_engine_replay_into_node_paused_queue(major: int, with_priority: b
     # the app pauses its queue (BullMQ 5: RENAME wait paused), and live jobs keep arriving
     await run_producer(redis_url, qname, [{"name": "email.send", "data": {"early": True}, "opts": {}}],
                        major=major)
-    await pause_queue(redis_url, qname, major=major)
-    live = await run_producer(redis_url, qname, [{"name": "email.send", "data": {"live": True}, "opts": {}}],
-                              major=major)
+    live = await pause_with_live_traffic(redis_url, qname, major=major)
 
     client = await connect(redis_url)
     try:
@@ -88,14 +88,7 @@ async def test_engine_replay_into_node_paused_queue(major: int, with_priority: b
     prioritized = set(await redis_client.zrange(f"{k}:prioritized", 0, -1))
     assert prioritized == set(wanted) - plain
 
-    async with NodeWorker(redis_url, qname, major=major) as worker:
-        await asyncio.sleep(QUIET_WINDOW)
-        assert worker.processed == []  # paused: nothing runs, replayed or live
-        await resume_queue(redis_url, qname, major=major)
-        outcomes = await worker.wait_for_final([*wanted, *live], timeout_s=60)
-        await asyncio.sleep(QUIET_WINDOW)  # room for a duplicate to show up
-    runs = Counter(p.id for p in worker.processed)
-    assert {i: runs[i] for i in wanted} == dict.fromkeys(wanted, 1)
+    outcomes = await resume_then_run_each_once(redis_url, qname, major=major, ids=[*wanted, *live])
     assert all(o.outcome == "completed" for o in outcomes.values())
     for i in wanted:
         assert outcomes[i].data == by_id[i]["data"]

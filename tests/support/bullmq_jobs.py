@@ -34,7 +34,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from bullmq import Job, Queue, Worker
 
-__all__ = ["JobSpec", "WorkerRun", "make_failed_jobs", "mixed_jobs", "run_worker"]
+__all__ = ["JobSpec", "WorkerRun", "make_failed_jobs", "mixed_jobs", "run_worker", "three_generations"]
 
 #: Jobs per ``addBulk`` call (one MULTI pipeline each).
 BULK_CHUNK = 500
@@ -66,6 +66,17 @@ def mixed_jobs(n: int) -> list[JobSpec]:
         out.append(JobSpec(("whatsapp.send", "email.send")[i % 2], {"i": i}, f"timeout after {4000 + i}ms",
                            opts))
     return out
+
+
+async def three_generations(redis_url: str, queue: str) -> tuple[list[str], list[str], list[str]]:
+    """30 failed jobs named "a", then 40 "b", then 20 "c", each group failed after the one
+    before (apart on the failed set's score): for tests of time windows."""
+    groups = []
+    for name, n in (("a", 30), ("b", 40), ("c", 20)):
+        if groups:
+            await asyncio.sleep(0.05)
+        groups.append(await make_failed_jobs(redis_url, queue, [JobSpec(name, {"i": i}) for i in range(n)]))
+    return groups[0], groups[1], groups[2]
 
 
 def _queue_opts(redis_url: str, prefix: str) -> dict[str, Any]:

@@ -116,6 +116,7 @@ import re
 import shutil
 import signal
 import subprocess
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -580,6 +581,30 @@ class NodeWorker:
 # The operator has its own implementation in requeue.queues; this one exists
 # so that the interop tests prove the recipe against real Node workers.
 # --------------------------------------------------------------------------
+
+
+async def pause_with_live_traffic(redis_url: str, queue: str, *, major: int) -> list[str]:
+    """The app pauses its queue (BullMQ 5: ``RENAME wait paused``) and a live job arrives
+    after the pause; returns the live job's ids."""
+    await pause_queue(redis_url, queue, major=major)
+    return await run_producer(redis_url, queue, [{"name": "email.send", "data": {"live": True}, "opts": {}}],
+                              major=major)
+
+
+async def resume_then_run_each_once(redis_url: str, queue: str, *, major: int, ids: Sequence[str],
+                                    quiet_s: float = 1.5) -> dict[str, ProcessedJob]:
+    """A Node worker on a paused queue: nothing runs for ``quiet_s``; after Node resumes the
+    queue, each of ``ids`` runs exactly once (no duplicate within another ``quiet_s``).
+    Returns each id's final outcome."""
+    async with NodeWorker(redis_url, queue, major=major) as worker:
+        await asyncio.sleep(quiet_s)
+        assert worker.processed == []  # paused: nothing runs, replayed or live
+        await resume_queue(redis_url, queue, major=major)
+        outcomes = await worker.wait_for_final(list(ids), timeout_s=60)
+        await asyncio.sleep(quiet_s)  # room for a duplicate to show up
+    runs = Counter(p.id for p in worker.processed)
+    assert {i: runs[i] for i in ids} == dict.fromkeys(ids, 1)
+    return outcomes
 
 
 def reprocess_keys(queue: Any, job_id: str, *, target: str = "wait") -> list[str]:

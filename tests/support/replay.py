@@ -13,7 +13,7 @@ from requeue.api import DLQReplaySpec, DLQReplayStatus
 from requeue.queues import raw as raw_module
 from requeue.replay import ReplayEngine
 
-__all__ = ["drive", "drive_losing_status", "lose_every_third_reply", "replay_spec"]
+__all__ = ["drive", "drive_losing_status", "lose_every_third_reply", "refail_first_replayed", "replay_spec"]
 
 
 class Ticking(Protocol):
@@ -88,3 +88,17 @@ def lose_every_third_reply(monkeypatch: pytest.MonkeyPatch, *, write_lands: bool
 
     monkeypatch.setattr(raw_module.RawTransaction, "guarded_exec", flaky)
     return calls
+
+
+async def refail_first_replayed(engine: ReplayEngine, spec: DLQReplaySpec, redis_url: str, queue: str,
+                                n: int) -> tuple[DLQReplayStatus, set[str]]:
+    """Step until ``n`` jobs are replayed, then let a real worker fail each of them again
+    (while the replay is still under way). Returns the status so far and the refailed ids."""
+    from support.bullmq_jobs import run_worker
+
+    st = DLQReplayStatus()
+    while st.replayed < n:
+        st = (await engine.step(spec, st)).status
+    async with run_worker(redis_url, queue, fail_when=lambda job: "still broken") as worker:
+        await worker.wait_for(n)
+    return st, set(worker.failed)
