@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from gates_fixtures import ControlledHttp
 
 from requeue.queues import connect
+from requeue.replay import engine as engine_module
 
 
 @pytest_asyncio.fixture
@@ -29,3 +31,11 @@ async def api() -> AsyncIterator[ControlledHttp]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+def one_batch_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step moves one batch, as at a modest rate: tests that act between batches (kill Redis,
+    let jobs fail again) see the replay mid-way. At a high rate a step moves batches for up
+    to ``STEP_BUDGET_S``."""
+    monkeypatch.setattr(engine_module, "STEP_BUDGET_S", 0.0)

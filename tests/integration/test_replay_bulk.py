@@ -126,6 +126,7 @@ async def test_older_failed_jobs_in_front_of_the_window_fail_it_and_move_nothing
     assert await r.zcard(K.failed) == 10 and await r.llen(K.wait) == 0
 
 
+@pytest.mark.usefixtures("one_batch_per_step")
 async def test_jobs_that_failed_within_the_margin_or_fail_again_stay_failed(
     redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -211,6 +212,7 @@ async def test_connection_lost_around_a_chunk_moves_nothing_twice(
     assert calls[0] >= 9
 
 
+@pytest.mark.usefixtures("one_batch_per_step")
 async def test_jobs_leaving_the_window_meanwhile_count_as_skipped(redis_url: str, r: aioredis.Redis) -> None:
     ids = await failed_jobs(redis_url, [JobSpec("x", {"i": i}) for i in range(30)])
     spec = bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 10})

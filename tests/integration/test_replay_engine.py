@@ -427,6 +427,31 @@ async def test_suspend_and_cancel_clean_up(redis_url: str, r: aioredis.Redis) ->
     assert again.status.phase == ReplayPhase.CANCELLED
 
 
+async def test_a_step_moves_batches_while_the_token_bucket_has_them(
+    redis_url: str, r: aioredis.Redis
+) -> None:
+    """At a high rate one step moves batch after batch (the status, lease and spec read once);
+    where the bucket runs dry, a step moves one batch and says how long to wait."""
+    await make_failed_jobs(redis_url, Q, jobs(60))
+    fast = make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 10})
+    engine = ReplayEngine(r, replay_id="fast", owner="ns/fast")
+    st = DLQReplayStatus()
+    while st.matched == 0:
+        st = (await engine.step(fast, st)).status
+    res = await engine.step(fast, st)
+    assert (res.status.replayed, res.status.phase) == (60, ReplayPhase.SUCCEEDED)  # 6 batches, one step
+
+    await make_failed_jobs(redis_url, Q, jobs(60))
+    slow = make_spec(rate={"jobsPerSecond": 100, "batchSize": 10})
+    engine = ReplayEngine(r, replay_id="slow", owner="ns/slow")
+    st = DLQReplayStatus()
+    while st.matched == 0:
+        st = (await engine.step(slow, st)).status
+    res = await engine.step(slow, st)
+    assert res.status.replayed == 10 and res.delay > 0   # one batch, then wait for tokens
+
+
+@pytest.mark.usefixtures("one_batch_per_step")
 async def test_redis_killed_mid_run_surfaces_redis_unavailable(redis_factory: Any) -> None:
     server = redis_factory()
     await make_failed_jobs(server.url, Q, jobs(50))
@@ -451,6 +476,7 @@ async def test_redis_killed_mid_run_surfaces_redis_unavailable(redis_factory: An
         await client.aclose()
 
 
+@pytest.mark.usefixtures("one_batch_per_step")
 async def test_redis_back_after_a_reported_outage_is_ready_again_with_an_event(redis_factory: Any) -> None:
     # Regression: the step that reached Redis again set Ready=True inside _step, so the check for
     # "Ready was RedisUnreachable" never matched and the outage's Warning got no RedisReachable.

@@ -217,6 +217,7 @@ async def test_paused_queue_fast_path_targets_the_paused_list(redis_url: str, r:
     assert sorted(worker.completed) == sorted(ids)
 
 
+@pytest.mark.usefixtures("one_batch_per_step")
 async def test_jobs_failing_again_during_a_fast_replay_are_not_picked_again(
     redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -85,8 +85,12 @@ from requeue.replay.verify import Verification
 
 logger = logging.getLogger(__name__)
 
-#: Lease time to live; renewed every step.
+#: Lease time to live; renewed every step (a step lasts one batch, at most ~STEP_BUDGET_S more).
 LEASE_TTL_MS = 60_000
+#: A step moves batch after batch while the token bucket has a full batch ready, up to this
+#: long (s): at a high rate the status, the lease and the spec are read once per step,
+#: not once per batch, and Redis does not idle between batches.
+STEP_BUDGET_S = 0.05
 #: Delay while another replay holds the queue.
 LOCKED_DELAY = 5.0
 #: Delay while the queue's backlog is above ``rate.maxWaiting``.
@@ -425,7 +429,23 @@ class ReplayEngine:
         if held is not None:
             return held
         st.phase = ReplayPhase.REPLAYING
-        want = min(spec.rate.batch_size, max(remaining, 1))
+        started = time.monotonic()
+        while True:
+            wait = await self._batch(spec, q, st, now, gen, p)
+            if wait is not None:
+                return wait
+            if st.replayed + st.skipped >= st.matched:
+                return await self._replayed(spec, st, now, events, gen)
+            delay = self._bucket.next_delay(spec.rate)
+            if delay > 0 or time.monotonic() - started >= STEP_BUDGET_S:
+                return delay
+            now = self.clock()
+
+    async def _batch(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
+                     gen: int, p: dict[str, str]) -> float | None:
+        """One batch, as far as ``maxWaiting`` and the token bucket allow; the delay before the
+        next try when they allow none, else None (``p``'s cursor follows the moves)."""
+        want = min(spec.rate.batch_size, max(st.matched - int_field(p, "cursor"), 1))
         if spec.rate.max_waiting is not None:
             backlog = await q.backlog()
             if backlog >= spec.rate.max_waiting:
@@ -438,14 +458,13 @@ class ReplayEngine:
         if n == 0:
             return wait
         moved, skipped = await self._move(spec, q, n, p)
+        p["cursor"] = str(int_field(p, "cursor") + moved + skipped)
         st.replayed += moved
         st.skipped += skipped
         st.progress = f"{st.replayed + st.skipped}/{st.matched}"
         st.message = f"replaying: {st.progress}"
         cond(st, "Progressing", True, "Replaying", st.message, gen, now)
-        if st.replayed + st.skipped >= st.matched:
-            return await self._replayed(spec, st, now, events, gen)
-        return self._bucket.next_delay(spec.rate)
+        return None
 
     async def _move(self, spec: DLQReplaySpec, q: BullQueue, n: int, p: dict[str, str]) -> tuple[int, int]:
         """One batch of up to ``n`` jobs, timed and counted in the metrics.
