@@ -432,23 +432,19 @@ async def test_a_step_moves_batches_while_the_token_bucket_has_them(
 ) -> None:
     """At a high rate one step moves batch after batch (the status, lease and spec read once);
     where the bucket runs dry, a step moves one batch and says how long to wait."""
-    await make_failed_jobs(redis_url, Q, jobs(60))
-    fast = make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 10})
-    engine = ReplayEngine(r, replay_id="fast", owner="ns/fast")
-    st = DLQReplayStatus()
-    while st.matched == 0:
-        st = (await engine.step(fast, st)).status
-    res = await engine.step(fast, st)
-    assert (res.status.replayed, res.status.phase) == (60, ReplayPhase.SUCCEEDED)  # 6 batches, one step
+    async def first_replay_step(jobs_per_second: int) -> StepResult:
+        await make_failed_jobs(redis_url, Q, jobs(60))
+        spec = make_spec(rate={"jobsPerSecond": jobs_per_second, "batchSize": 10})
+        engine = ReplayEngine(r, replay_id=f"r{jobs_per_second}", owner="ns/r")
+        st = DLQReplayStatus()
+        while st.matched == 0:
+            st = (await engine.step(spec, st)).status
+        return await engine.step(spec, st)
 
-    await make_failed_jobs(redis_url, Q, jobs(60))
-    slow = make_spec(rate={"jobsPerSecond": 100, "batchSize": 10})
-    engine = ReplayEngine(r, replay_id="slow", owner="ns/slow")
-    st = DLQReplayStatus()
-    while st.matched == 0:
-        st = (await engine.step(slow, st)).status
-    res = await engine.step(slow, st)
-    assert res.status.replayed == 10 and res.delay > 0   # one batch, then wait for tokens
+    fast = await first_replay_step(1_000_000)
+    assert (fast.status.replayed, fast.status.phase) == (60, ReplayPhase.SUCCEEDED)  # 6 batches, one step
+    slow = await first_replay_step(100)
+    assert slow.status.replayed == 10 and slow.delay > 0   # one batch, then wait for tokens
 
 
 @pytest.mark.usefixtures("one_batch_per_step")
