@@ -338,8 +338,6 @@ class ReplayEngine:
         return 0.0
 
 
-    # -- progress ------------------------------------------------------------
-
     async def _bulk_selected(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
                              events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float:
         """Mode Bulk's selection: the window counted and its bounds fixed, no job read."""
@@ -351,6 +349,8 @@ class ReplayEngine:
         if st.matched == 0:
             await mark_replayed(self.redis, self.keys, now)
         return 0.0
+
+    # -- progress ------------------------------------------------------------
 
     async def _progress(self) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.progress)
