@@ -9,21 +9,9 @@ from test_policy_sim import HTTP_GATE, T0, PolicySim, gate, kinds, make_spec
 
 from requeue.api.base import find_condition
 from requeue.api.policy import QueuePolicyStatus
-from requeue.policy.decide import (
-    LAST_ACTIONS_LIMIT,
-    Alert,
-    AutoReplay,
-    BreachKind,
-    Clean,
-    Pause,
-    Recover,
-    Resume,
-    child_replay_name,
-    decide,
-    queues_to_observe,
-    release,
-    settle,
-)
+from requeue.policy.actions import Alert, AutoReplay, BreachKind, Clean, Pause, Recover, Resume
+from requeue.policy.autoreplay import child_replay_name
+from requeue.policy.decide import LAST_ACTIONS_LIMIT, decide, queues_to_observe, release, settle
 from requeue.policy.observe import Observation, PolicyMemory, QueueMemory
 
 SEC = timedelta(seconds=1)

@@ -13,7 +13,8 @@ from typing import Any
 
 from requeue.api.gates import GateStatus, GateType
 from requeue.api.policy import QueuePolicySpec, QueuePolicyStatus
-from requeue.policy.decide import Action, Decision, Pause, Resume, decide, settle
+from requeue.policy.actions import Action, Pause, Resume
+from requeue.policy.decide import Decision, decide, settle
 from requeue.policy.observe import EventTally, Observation, PolicyMemory, QueueObservation
 
 T0 = datetime(2025, 7, 16, 12, 0, tzinfo=UTC)

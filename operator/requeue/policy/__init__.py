@@ -1,7 +1,7 @@
 """QueuePolicy evaluation: observe queues -> decide (pure) -> act through small protocols.
 
 * :mod:`.observe` — :class:`Observation` and the carried :class:`PolicyMemory`;
-* :mod:`.decide` — :func:`decide`, :func:`settle`, :func:`release` (and the action types again);
+* :mod:`.decide` — :func:`decide`, :func:`settle`, :func:`release`;
 * :mod:`.actions` — the action types, :class:`BreachKind`, :class:`PolicyEvent`;
 * :mod:`.ledger` — what one evaluation accumulates (actions, Events, ``lastActions``, conditions);
 * :mod:`.thresholds` / :mod:`.pausing` / :mod:`.autoreplay` — rules 1, 2-3 and 4 of :func:`decide`;
@@ -12,25 +12,21 @@
 * :mod:`.slack` — the rate-limited Slack notifier.
 """
 
-from requeue.policy.budget import ReplayBudget
-from requeue.policy.collect import CollectStats, collect
-from requeue.policy.decide import (
+from requeue.policy.actions import (
     Action,
     ActionKind,
     Alert,
     AutoReplay,
     BreachKind,
     Clean,
-    Decision,
     Pause,
     PolicyEvent,
     Recover,
     Resume,
-    decide,
-    queues_to_observe,
-    release,
-    settle,
 )
+from requeue.policy.budget import ReplayBudget
+from requeue.policy.collect import CollectStats, collect
+from requeue.policy.decide import Decision, decide, queues_to_observe, release, settle
 from requeue.policy.evaluate import (
     BullQueueOps,
     ChildReplay,

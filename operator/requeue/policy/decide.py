@@ -68,41 +68,18 @@ from requeue.policy.actions import (
     REMEDIATION,
     Action,
     ActionKind,
-    Alert,
     AutoReplay,
     BreachKind,
     Clean,
     Pause,
     PolicyEvent,
-    Recover,
     Resume,
 )
-from requeue.policy.autoreplay import child_replay_name
 from requeue.policy.ledger import CondType, Ledger, clip
 from requeue.policy.observe import Observation, PolicyMemory, QueueMemory, QueueObservation
 from requeue.policy.pausing import Gates, Hold, gate_results, pause_or_resume, track_gates
 
-__all__ = [
-    "BREACH_REASONS",
-    "LAST_ACTIONS_LIMIT",
-    "Action",
-    "ActionKind",
-    "Alert",
-    "AutoReplay",
-    "BreachKind",
-    "Clean",
-    "CondType",
-    "Decision",
-    "Pause",
-    "PolicyEvent",
-    "Recover",
-    "Resume",
-    "child_replay_name",
-    "decide",
-    "queues_to_observe",
-    "release",
-    "settle",
-]
+__all__ = ["LAST_ACTIONS_LIMIT", "Decision", "decide", "queues_to_observe", "release", "settle"]
 
 #: ``.status.lastActions`` keeps this many entries, newest first.
 LAST_ACTIONS_LIMIT = 20

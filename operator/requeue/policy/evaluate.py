@@ -46,22 +46,10 @@ from requeue.metrics import (
     QUEUE_JOBS,
     QUEUE_PAUSED,
 )
+from requeue.policy.actions import Action, Alert, AutoReplay, Clean, Pause, PolicyEvent, Recover, Resume
 from requeue.policy.budget import ReplayBudget
 from requeue.policy.collect import collect
-from requeue.policy.decide import (
-    Action,
-    Alert,
-    AutoReplay,
-    Clean,
-    Decision,
-    Pause,
-    PolicyEvent,
-    Recover,
-    Resume,
-    decide,
-    queues_to_observe,
-    settle,
-)
+from requeue.policy.decide import Decision, decide, queues_to_observe, settle
 from requeue.policy.memory import load_memory, queue_save_memory
 from requeue.policy.observe import Observation, PolicyMemory
 from requeue.queues import BullQueue, map_redis_error

@@ -21,7 +21,7 @@ import httpx
 
 from requeue.api.base import SecretKeyRef
 from requeue.errors import TransientError
-from requeue.policy.decide import Alert, Recover
+from requeue.policy.actions import Alert, Recover
 from requeue.redact import redact_text
 from requeue.secrets import SecretSource
 
