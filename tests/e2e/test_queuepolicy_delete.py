@@ -18,18 +18,17 @@ import redis.asyncio as aioredis
 from bullmq import Queue  # type: ignore[import-untyped]
 
 from support.bullmq_jobs import run_worker, wait_in_set
-from support.dlqreplay import operator_command, secret, wait_gone_async, wait_status_async
+from support.dlqreplay import operator_command, wait_gone_async, wait_status_async
 from support.kube import Kube
 from support.queuepolicy import (
     DLQR,
-    FAST_GATES,
     apply,
+    gated_policy,
     gates,
     kubectl,
-    policy,
-    redis_gate,
     wait_auto_replay,
     wait_policy,
+    with_a_redis_gate,
 )
 
 pytestmark = pytest.mark.e2e
@@ -40,14 +39,10 @@ JOBS = 40
 async def test_deleting_a_policy_mid_replay_stops_its_child_and_loses_nothing(
     kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis, redis_factory: Any,
 ) -> None:
-    gate = redis_factory()
-    await apply(kube, secret("redis", {"url": redis_url}))
-    await apply(kube, secret("gate-redis", {"url": gate.url}))
+    gate = await with_a_redis_gate(kube, redis_url, redis_factory)
     operator = operator_factory(operator_command())
-    await apply(kube, policy(
-        "visapi-queues", ["default"], interval="1s",
-        gates=[redis_gate()],
-        gatePolicy=FAST_GATES,
+    await apply(kube, gated_policy(
+        "visapi-queues", ["default"],
         # slow on purpose: 2 jobs a second, so the delete lands mid-replay
         actions={"autoReplay": {"selector": {"jobNames": ["whatsapp.*"]}, "stableFor": "1s",
                                 "cooldown": "1s", "rate": {"jobsPerSecond": 2, "batchSize": 1}}},

@@ -18,18 +18,18 @@ from bullmq import Queue  # type: ignore[import-untyped]
 from support.dlqreplay import operator_command, secret
 from support.kube import Kube
 from support.queuepolicy import (
-    FAST_GATES,
     QPOL,
     SlackSink,
     apply,
     condition,
     evaluations,
+    gated_policy,
     gates,
     policy,
     policy_events,
     queue_state,
-    redis_gate,
     wait_policy,
+    with_a_redis_gate,
 )
 
 pytestmark = pytest.mark.e2e
@@ -44,15 +44,11 @@ async def test_sigkill_mid_outage_keeps_the_queue_paused_and_resumes_it_once(
     kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis, redis_factory: Any,
     slack: SlackSink,
 ) -> None:
-    gate = redis_factory()
-    await apply(kube, secret("redis", {"url": redis_url}))
-    await apply(kube, secret("gate-redis", {"url": gate.url}))
+    gate = await with_a_redis_gate(kube, redis_url, redis_factory)
     await apply(kube, secret("ops-slack", {"url": slack.url}))
     operator = operator_factory(operator_command())
-    await apply(kube, policy(
-        "visapi-queues", ["default"], interval="1s",
-        gates=[redis_gate()],
-        gatePolicy=FAST_GATES, actions={"pauseWhileGatesFail": True},
+    await apply(kube, gated_policy(
+        "visapi-queues", ["default"], actions={"pauseWhileGatesFail": True},
         thresholds={"waiting": 2},
         alerts={"slackWebhookSecretRef": {"name": "ops-slack", "key": "url"}},
     ))

@@ -24,14 +24,15 @@ from support.queuepolicy import (
     apply,
     condition,
     evaluations,
+    gated_policy,
     gates,
     kubectl,
     policy,
     policy_events,
     queue_state,
-    redis_gate,
     wait_auto_replay,
     wait_policy,
+    with_a_redis_gate,
 )
 
 pytestmark = pytest.mark.e2e
@@ -102,16 +103,12 @@ async def test_gate_red_pauses_green_resumes_never_a_queue_paused_by_others(
 async def test_auto_replay_once_per_outage_within_the_per_job_budget(
     kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis, redis_factory: Any,
 ) -> None:
-    gate = redis_factory()
     old = await make_failed_jobs(redis_url, "default",
                                  [JobSpec("whatsapp.send", {"old": i}) for i in range(3)])
-    await apply(kube, secret("redis", {"url": redis_url}))
-    await apply(kube, secret("gate-redis", {"url": gate.url}))
+    gate = await with_a_redis_gate(kube, redis_url, redis_factory)
     operator = operator_factory(operator_command())
-    await apply(kube, policy(
-        "visapi-queues", ["default"], interval="1s",
-        gates=[redis_gate()],
-        gatePolicy=FAST_GATES,
+    await apply(kube, gated_policy(
+        "visapi-queues", ["default"],
         actions={"autoReplay": {"selector": {"jobNames": ["whatsapp.*"]}, "stableFor": "1s",
                                 "cooldown": "1s", "maxReplaysPerJob": 1,
                                 "rate": {"jobsPerSecond": 200, "batchSize": 50}}},

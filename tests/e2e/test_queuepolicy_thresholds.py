@@ -16,19 +16,19 @@ from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
 from support.dlqreplay import operator_command, secret
 from support.kube import Kube
 from support.queuepolicy import (
-    FAST_GATES,
     SlackSink,
     apply,
     condition,
     evaluations,
+    gated_policy,
     kubectl,
     metric,
     policy,
     policy_events,
     queue_state,
-    redis_gate,
     scrape,
     wait_policy,
+    with_a_redis_gate,
 )
 from support.redis_server import free_port
 
@@ -117,15 +117,11 @@ async def test_dry_run_only_reports(
     kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis,
     redis_factory: Any,
 ) -> None:
-    gate_redis = redis_factory()
-    await apply(kube, secret("redis", {"url": redis_url}))
-    await apply(kube, secret("gate-redis", {"url": gate_redis.url}))
+    gate_redis = await with_a_redis_gate(kube, redis_url, redis_factory)
     old = await make_failed_jobs(redis_url, "default", [JobSpec("report", {"i": i}) for i in range(3)])
     operator = operator_factory(operator_command())
-    await apply(kube, policy(
-        "rehearsal", ["default"], interval="1s", dryRun=True,
-        gates=[redis_gate()],
-        gatePolicy=FAST_GATES,
+    await apply(kube, gated_policy(
+        "rehearsal", ["default"], dryRun=True,
         actions={"pauseWhileGatesFail": True, "clean": {"failed": {"grace": "1s", "limit": 100}}},
     ))
     await wait_policy(kube, "rehearsal", lambda s: condition(s, "GatesPassed").get("status") == "True",

@@ -18,7 +18,7 @@ import httpx
 from aiohttp import web
 
 from support import async_wait_until
-from support.dlqreplay import DLQR, condition, events
+from support.dlqreplay import DLQR, condition, events, secret
 from support.kube import Kube
 from support.operator_proc import OperatorProcess
 
@@ -29,6 +29,7 @@ __all__ = [
     "apply",
     "condition",
     "evaluations",
+    "gated_policy",
     "kubectl",
     "metric",
     "policy",
@@ -36,6 +37,7 @@ __all__ = [
     "scrape",
     "status",
     "wait_policy",
+    "with_a_redis_gate",
 ]
 
 QPOL = "requeue.dev/v1alpha1/queuepolicies"
@@ -58,6 +60,20 @@ def redis_gate(name: str = "cache", secret_name: str = "gate-redis") -> dict[str
     """A ``redis`` gate on the Redis whose URL is in Secret ``secret_name`` (the test's
     killable "dependency"), with a 1 s timeout."""
     return {"name": name, "redis": {"urlSecretRef": {"name": secret_name, "key": "url"}, "timeout": "1s"}}
+
+
+def gated_policy(name: str, queues: list[str], **spec: Any) -> dict[str, Any]:
+    """A QueuePolicy evaluated every second and gated by :func:`redis_gate` with :data:`FAST_GATES`."""
+    return policy(name, queues, interval="1s", gates=[redis_gate()], gatePolicy=FAST_GATES, **spec)
+
+
+async def with_a_redis_gate(kube: Kube, redis_url: str, redis_factory: Any) -> Any:
+    """The Secret of the queues' Redis (``redis``) and a killable gate Redis of its own (Secret
+    ``gate-redis``, see :func:`redis_gate`); returns the gate's server."""
+    gate = redis_factory()
+    await apply(kube, secret("redis", {"url": redis_url}))
+    await apply(kube, secret("gate-redis", {"url": gate.url}))
+    return gate
 
 
 async def kubectl(kube: Kube, *args: str) -> str:
