@@ -448,6 +448,17 @@ rcall("HINCRBY", KEYS[1], "fast_miss", 1)
 return 0
 """
 
+#: Lua shared by the tallies of the ``moveJobsToWait`` chunks (FAST_TALLY, BULK_TALLY): with
+#: ARGV[3] "1", delete the attempt counters of the ``n`` ``ids`` (key prefix ARGV[4]), as
+#: ``reprocessJob`` does with its reset flags; then append the ids to the replayed list KEYS[3].
+_RESET_AND_RECORD = r"""
+if ARGV[3] == "1" then
+  local prefix = ARGV[4]
+  for i = 1, n do rcall("HDEL", prefix .. ids[i], "atm", "ats") end
+end
+for i = 1, n, 1000 do rcall("RPUSH", KEYS[3], unpack(ids, i, math.min(i + 999, n))) end
+"""
+
 #: The bookkeeping of a fast chunk, inside its MULTI next to BullMQ's ``moveJobsToWait``
 #: (which FAST_GUARD proved moves exactly these ids): cursor, counters and the
 #: replayed-ids list advance atomically with the move. With ARGV[3] "1" it also deletes
@@ -462,14 +473,10 @@ local rcall = redis.call
 local c = tonumber(ARGV[1])
 local ids = rcall("LRANGE", KEYS[2], c, c + tonumber(ARGV[2]) - 1)
 local n = #ids
-if ARGV[3] == "1" then
-  local prefix = ARGV[4]
-  for i = 1, n do rcall("HDEL", prefix .. ids[i], "atm", "ats") end
-end
+""" + _RESET_AND_RECORD + r"""
 rcall("HSET", KEYS[1], "cursor", c + n)
 rcall("HINCRBY", KEYS[1], "replayed", n)
 rcall("HINCRBY", KEYS[1], "bulk_moved", n)
-for i = 1, n, 1000 do rcall("RPUSH", KEYS[3], unpack(ids, i, math.min(i + 999, n))) end
 return n
 """
 
@@ -517,11 +524,7 @@ local rcall = redis.call
 local want = tonumber(ARGV[1])
 local ids = rcall("ZRANGEBYSCORE", KEYS[1], 0, ARGV[2], "LIMIT", 0, want)
 local n = #ids
-if ARGV[3] == "1" then
-  local prefix = ARGV[4]
-  for i = 1, n do rcall("HDEL", prefix .. ids[i], "atm", "ats") end
-end
-for i = 1, n, 1000 do rcall("RPUSH", KEYS[3], unpack(ids, i, math.min(i + 999, n))) end
+""" + _RESET_AND_RECORD + r"""
 local p = rcall("HMGET", KEYS[2], "cursor", "matched")
 local cursor = (tonumber(p[1]) or 0) + n
 local matched = tonumber(p[2]) or 0

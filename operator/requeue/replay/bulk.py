@@ -14,6 +14,7 @@ cursor and the paused flag are as planned and no failed job is older than the wi
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 from redis import exceptions as rx
@@ -24,14 +25,12 @@ from requeue.queues import BullQueue, ReplayKeys
 from requeue.queues.adapter import text
 from requeue.queues.raw import RawTransaction, pack, raise_errors, script_text
 from requeue.replay.select import Matcher, to_ms
-from requeue.replay.state import Finish, Stage, from_ms, int_field
+from requeue.replay.state import SAMPLE_IDS, Finish, Stage, from_ms, int_field
 
 #: Jobs per ``moveJobsToWait`` call at most (a batch is split into equal chunks): ~5 µs of
 #: Redis time each with the bookkeeping (~6.5 µs resetting attempts), so a chunk stays
 #: around 2.5-3.5 ms (BullMQ's own ``retryJobs`` takes 1000 at a time: ~6-15 ms).
 BULK_CHUNK = 500
-#: How many ids of the window the status lists as a sample.
-SAMPLE_IDS = 10
 
 
 class OlderFailedJobs(Finish):
@@ -105,7 +104,7 @@ class Bulk:
             return 0, 0, 0
         if self._paused is None:
             self._paused = await q.is_paused()
-        size = -(-left // -(-left // BULK_CHUNK))  # equal chunks, none over BULK_CHUNK
+        size = math.ceil(left / math.ceil(left / BULK_CHUNK))  # equal chunks, none over BULK_CHUNK
         moved = skipped = 0
         async with RawTransaction(self.redis) as tx:
             while left > 0:

@@ -25,7 +25,7 @@ from requeue.queues import BullQueue, Cursor, FailedJob, FailedPage, ReplayKeys
 from requeue.queues.adapter import text
 from requeue.replay.bulk import oldest_first
 from requeue.replay.select import Matcher, normalize_reason, to_ms
-from requeue.replay.state import Finish, ReplayEvent, Stage, cond, int_field, mark_replayed
+from requeue.replay.state import SAMPLE_IDS, Finish, ReplayEvent, Stage, cond, int_field, mark_replayed
 
 #: Redis time a selection page script may take (µs); it ends the page early after that.
 SELECT_BUDGET_US = 1200
@@ -46,8 +46,7 @@ WINDOW_EXACT_JSON = False
 #: Distinct (digit-folded) failure reasons the window selection counts; the rest are
 #: grouped as "<other>" in the breakdown.
 REASON_KEYS = 2000
-#: How many sample / corrupt ids the status lists.
-SAMPLE_IDS = 10
+#: How many corrupt ids the status lists.
 CORRUPT_IDS = 20
 #: Groups shown per breakdown.
 BREAKDOWN_TOP = 20

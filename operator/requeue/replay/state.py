@@ -18,6 +18,9 @@ from requeue.api.base import ConditionStatus
 from requeue.queues import ReplayKeys
 from requeue.replay.select import to_ms
 
+#: How many job ids ``.status.sampleIds`` lists.
+SAMPLE_IDS = 10
+
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
