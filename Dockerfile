@@ -5,7 +5,7 @@
 #   docker build -t ghcr.io/requeue-dev/requeue:0.1.0 .
 #
 # Two stages: `build` turns the source into a wheel and installs it with its
-# dependencies into a virtualenv; `runtime` is the same slim base with only that
+# locked dependencies (requirements/runtime.txt) into a virtualenv; `runtime` is the same slim base with only that
 # virtualenv copied in (no pip cache, no source tree, no build tools).
 #
 # The base image is pinned by its full version tag. For a production build pin
@@ -19,11 +19,15 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE requirements/runtime.txt ./
 COPY operator/ operator/
+# Dependencies exactly as locked (versions and hashes), then the package itself without
+# resolving anything again: the image runs what CI tested.
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
     && python -m venv /opt/requeue \
-    && /opt/requeue/bin/pip install /wheels/requeue-*.whl \
+    && /opt/requeue/bin/pip install --require-hashes --no-deps -r runtime.txt \
+    && /opt/requeue/bin/pip install --no-deps /wheels/requeue-*.whl \
+    && /opt/requeue/bin/pip check \
     && /opt/requeue/bin/requeue --help > /dev/null
 
 FROM ${PYTHON_IMAGE} AS runtime

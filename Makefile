@@ -1,21 +1,35 @@
 # The two commands the README names:
 #   make demo   run the showcase on an embedded default (emulated API server, own redis-server)
 #   make test   lint, type-check, CRD freshness, then the whole test suite
-# Both build their own virtualenv (.venv) and Node packages, so a fresh
-# machine with Python 3.11+, Node 20 and kubectl needs nothing else.
+# Both build their own virtualenv (.venv) from the committed lock (requirements/lock.txt,
+# every package pinned with its hashes) and Node packages from package-lock.json, so a
+# fresh machine with Python 3.11+, Node 20 and kubectl installs exactly what CI tested.
+#
+#   make lock          regenerate the locks from pyproject.toml's ranges (newest that fit)
+#   make test-latest   the suite against the newest releases, ignoring the lock: a bump is
+#                      a tested step (see "Dependencies" in README.md)
 
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+LOCK   := requirements/lock.txt
+RUNTIME_LOCK := requirements/runtime.txt
 PYTEST_ARGS ?=
+# The lock tool itself is pinned, so regenerating the lock is repeatable too.
+UV_VERSION := 0.13.9
+TOOLS  := .venv-tools
+LATEST := .venv-latest
 
-.PHONY: test lint demo venv node clean
+.PHONY: test lint demo venv node clean lock test-latest
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,demo]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
 
 node: tests/interop/node_modules/.installed
@@ -34,5 +48,27 @@ test: venv node lint
 demo: venv
 	$(BIN)/requeue demo
 
+$(TOOLS)/bin/uv:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+# The whole resolved set (runtime, demo and test extras) for Python 3.11+, with hashes; then
+# the runtime alone (the Dockerfile's), constrained to the same versions.
+lock: $(TOOLS)/bin/uv
+	$(TOOLS)/bin/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 \
+	  --generate-hashes --quiet -o $(LOCK)
+	$(TOOLS)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 \
+	  --generate-hashes --quiet --constraint $(LOCK) -o $(RUNTIME_LOCK)
+
+test-latest: node
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
+	@echo "newest releases that differ from the lock (< newest, > locked):"
+	@diff <($(LATEST)/bin/pip list --format=freeze --exclude-editable | tr A-Z_ a-z- | sort) \
+	  <(grep -oE '^[A-Za-z0-9_.-]+==[^ ;]+' $(LOCK) | tr A-Z_ a-z- | sort) | grep -E '^[<>]' || true
+	$(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) tests/interop/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(TOOLS) tests/interop/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -94,12 +94,15 @@ def test_no_remote_or_archive_adds() -> None:
 def test_build_stage_makes_a_wheel_and_a_venv() -> None:
     build = stages()["build"]
     copied = [c.value[:-1] for c in only(build, "COPY")]
-    assert copied == [("pyproject.toml", "README.md"), ("operator/",)]
+    assert copied == [("pyproject.toml", "README.md", "LICENSE", "requirements/runtime.txt"), ("operator/",)]
     (run,) = only(build, "RUN")
     script = run.value[0]
     assert "pip wheel --no-deps --wheel-dir /wheels ." in script
     assert "python -m venv /opt/requeue" in script
-    assert "/opt/requeue/bin/pip install /wheels/requeue-*.whl" in script
+    assert "/opt/requeue/bin/pip install --require-hashes --no-deps -r runtime.txt" in script, (
+        "dependencies come from the lock"
+    )
+    assert "/opt/requeue/bin/pip install --no-deps /wheels/requeue-*.whl" in script
     assert "/opt/requeue/bin/requeue --help" in script, "the build fails if the command cannot start"
 
 
@@ -225,7 +228,8 @@ def test_context_holds_what_copy_needs_and_nothing_else(context: Path) -> None:
             for source in copy.value[:-1]:
                 assert (context / source).exists(), f"{source} is excluded by .dockerignore"
     top = {p.name for p in context.iterdir()}
-    assert top <= {"pyproject.toml", "README.md", "LICENSE", "operator"}
+    assert top <= {"pyproject.toml", "README.md", "LICENSE", "operator", "requirements"}
+    assert {p.name for p in (context / "requirements").iterdir()} == {"runtime.txt"}
     assert not list(context.rglob("__pycache__"))
     assert not list(context.rglob("*.egg-info"))
 

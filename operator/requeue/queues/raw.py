@@ -24,7 +24,8 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 
-try:  # redis-py's hiredis parser and its "incomplete" marker; absent without hiredis
+try:  # hiredis's own "incomplete" marker (public: hiredis.Reader.gets returns False; some
+    # versions return this sentinel); absent without hiredis, and the fast path then never runs
     from redis._parsers.hiredis import NOT_ENOUGH_DATA as _INCOMPLETE
 except ImportError:  # pragma: no cover
     _INCOMPLETE = object()
@@ -61,6 +62,17 @@ def raise_errors(replies: Sequence[Any]) -> None:
             raise reply
 
 
+def buffered_reader(conn: AbstractConnection) -> Any | None:
+    """The ``hiredis.Reader`` behind ``conn``, or None when there is none to be had.
+
+    redis-py keeps it in private attributes (``_parser._reader``), which a release may
+    rename: then this returns None and every reply goes through the public
+    ``read_response``. Only an object with hiredis's public ``gets`` is used.
+    """
+    reader = getattr(getattr(conn, "_parser", None), "_reader", None)
+    return reader if callable(getattr(reader, "gets", None)) else None
+
+
 MULTI = pack("MULTI")
 EXEC = pack("EXEC")
 
@@ -69,10 +81,14 @@ class RawTransaction:
     """``async with RawTransaction(redis) as tx:`` then ``await tx.call([...])`` (reads after WATCH)
     and ``await tx.exec([...])`` (MULTI/EXEC; None when a WATCHed key changed)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, fast_replies: bool = True) -> None:
+        """:param fast_replies: take replies hiredis already buffered straight from its reader
+            (redis-py internals, looked up defensively); False reads every reply through the
+            public ``read_response``. Both are tested; the results are the same."""
         self.redis = redis
         self.conn: AbstractConnection | None = None
         self._clean = True
+        self._fast = fast_replies
 
     async def __aenter__(self) -> RawTransaction:
         self.conn = await self.redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
@@ -98,8 +114,8 @@ class RawTransaction:
         Anything unusual (no hiredis, more bytes needed) goes through ``read_response``.
         """
         assert self.conn is not None
-        reader = getattr(getattr(self.conn, "_parser", None), "_reader", None)
-        if reader is not None and hasattr(reader, "gets"):
+        reader = buffered_reader(self.conn) if self._fast else None
+        if reader is not None:
             reply = reader.gets()
             if reply is not _INCOMPLETE and reply is not False:
                 if isinstance(reply, ConnectionError):
