@@ -8,6 +8,7 @@
 #   make lock          regenerate the locks from pyproject.toml's ranges (newest that fit)
 #   make test-latest   the suite against the newest releases, ignoring the lock: a bump is
 #                      a tested step (see "Dependencies" in README.md)
+#   make test-redis-py7  the redis-py-facing suites on the older supported major (CI runs it)
 
 SHELL  := /bin/bash
 PYTHON ?= python3
@@ -20,8 +21,15 @@ PYTEST_ARGS ?=
 UV_VERSION := 0.13.9
 TOOLS  := .venv-tools
 LATEST := .venv-latest
+# The older redis-py major requeue supports, and the suites that exercise redis-py's API.
+REDIS_PY_OLD := 7.4.1
+OLD    := .venv-redis-py7
+REDIS_PY_SUITES := tests/integration/test_gates_redis.py tests/integration/test_raw_transaction.py \
+  tests/integration/test_gates_replay.py tests/integration/test_policy_evaluate.py \
+  tests/integration/test_replay_engine.py tests/integration/test_replay_bulk.py \
+  tests/integration/test_cli_replay.py tests/integration/test_cli_inspect.py
 
-.PHONY: test lint demo venv node clean lock test-latest
+.PHONY: test lint demo venv node clean lock test-latest test-redis-py7
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(LOCK)
@@ -68,7 +76,18 @@ test-latest: node
 	@echo "newest releases that differ from the lock (< newest, > locked):"
 	@diff <($(LATEST)/bin/pip list --format=freeze --exclude-editable | tr A-Z_ a-z- | sort) \
 	  <(grep -oE '^[A-Za-z0-9_.-]+==[^ ;]+' $(LOCK) | tr A-Z_ a-z- | sort) | grep -E '^[<>]' || true
-	$(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
+	$(LATEST)/bin/python -m pytest --deselect tests/unit/test_dependencies.py::test_this_environment_is_the_lock \
+	  $(PYTEST_ARGS)
+
+# The lock with redis-py $(REDIS_PY_OLD) instead of the locked 8.x: requeue supports both majors.
+test-redis-py7:
+	rm -rf $(OLD)
+	$(PYTHON) -m venv $(OLD)
+	$(OLD)/bin/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(OLD)/bin/pip install --quiet --no-deps redis==$(REDIS_PY_OLD)
+	$(OLD)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	$(OLD)/bin/python -c 'import redis; assert redis.__version__ == "$(REDIS_PY_OLD)", redis.__version__'
+	$(OLD)/bin/python -m pytest -q -p no:cacheprovider $(REDIS_PY_SUITES)
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(TOOLS) tests/interop/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(OLD) $(TOOLS) tests/interop/node_modules .pytest_cache .mypy_cache .ruff_cache
