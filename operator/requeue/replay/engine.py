@@ -29,8 +29,9 @@ Restart safety, in short (keys in :class:`requeue.queues.ReplayKeys`):
   paused flag are still what the plan saw (see
   :meth:`requeue.replay.moves.Mover.reprocess_batch`).
 * Jobs failing again later are not replayed again: only the snapshot is replayed.
-* A per-queue lease (``SET PX``, fenced by the replay id and WATCHed by every
-  batch) keeps two replays off one queue.
+* A per-queue lease (``SET PX``, fenced by the replay id and a per-process driver
+  token, and checked by every batch) keeps two replays off one queue, and two
+  processes off one replay (:mod:`.lease`), so the rate holds.
 
 The pieces live in their own modules: :mod:`.gating`, :mod:`.selection`, :mod:`.moves`
 (the writes that keep exactly-once), :mod:`.rate` (the pace), :mod:`.verify`, and
@@ -65,6 +66,7 @@ from requeue.queues.keys import REPLAY_RETENTION_SECONDS
 from requeue.replay import moves
 from requeue.replay.bulk import Bulk
 from requeue.replay.gating import GateRunnerLike, Gating
+from requeue.replay.lease import Driver, LeaseHolder, this_process
 from requeue.replay.moves import Mover
 from requeue.replay.rate import TokenBucket
 from requeue.replay.select import to_ms
@@ -112,6 +114,8 @@ class ReplayEngine:
     :param backoff: first retry delay after a Redis error (doubles, capped at 30 s).
     :param budget: a per-job replay budget (child DLQReplays of a QueuePolicy); jobs over it
         are left out of the snapshot and counted in the progress field ``over_budget``.
+    :param driver: who this engine drives as; defaults to this process, so engines of one
+        process share the lease of a replay and other processes wait for it.
     """
 
     def __init__(
@@ -125,8 +129,10 @@ class ReplayEngine:
         redis_failure_bound: int = 5,
         backoff: float = 0.5,
         budget: ReplayBudgetLike | None = None,
+        driver: Driver | None = None,
     ) -> None:
         self.redis = redis
+        self.driver = driver or this_process()
         self.budget = budget
         self.replay_id = replay_id
         self.owner = owner
@@ -380,22 +386,31 @@ class ReplayEngine:
 
     @property
     def _lease_value(self) -> str:
-        return f"{self.replay_id} {self.owner}"
+        return self.driver.lease_value(self.replay_id, self.owner)
 
-    async def _acquire_lease(self, q: BullQueue) -> str | None:
-        """None when we hold the queue's lease now, else the holder's owner name."""
-        holder = text(await q.scripts.acquire_lease(keys=[q.keys.lease], args=[self._lease_value,
-                                                                                LEASE_TTL_MS]))
-        if not holder:
+    async def _acquire_lease(self, q: BullQueue) -> LeaseHolder | None:
+        """None when we hold the queue's lease now, else who does."""
+        value = text(await q.scripts.acquire_lease(keys=[q.keys.lease], args=[self._lease_value,
+                                                                               LEASE_TTL_MS]))
+        if not value:
             return None
-        return holder.partition(" ")[2] or holder
+        holder = LeaseHolder.parse(value)
+        if holder.replay_id != self.replay_id or not holder.died_here(self.driver):
+            return holder
+        # an earlier process of ours, killed on this host: take over now, not after the TTL
+        value = text(await q.scripts.acquire_lease(keys=[q.keys.lease], args=[self._lease_value,
+                                                                               LEASE_TTL_MS, holder.value]))
+        if not value:
+            logger.info("replay %s: took over the lease of %s, which runs no more", self.owner, holder.where)
+            return None
+        return LeaseHolder.parse(value)
 
     async def _release_lease(self, q: BullQueue) -> None:
         await q.scripts.release_lease(keys=[q.keys.lease], args=[self._lease_value])
 
     def _locked(self, st: DLQReplayStatus, now: datetime, events: list[ReplayEvent], gen: int,
-                holder: str) -> float:
-        msg = f"queue is locked by replay {holder}; waiting for it to finish"
+                holder: LeaseHolder) -> float:
+        msg = holder.describe(replay_id=self.replay_id)
         before = find_condition(st.conditions, "Ready")
         if before is None or before.reason != "QueueLocked":
             events.append(ReplayEvent("Warning", "QueueLocked", msg))
@@ -407,6 +422,12 @@ class ReplayEngine:
 
     async def _suspend(self, q: BullQueue, st: DLQReplayStatus, now: datetime,
                        events: list[ReplayEvent], gen: int) -> float:
+        holder = await self._acquire_lease(q)
+        if holder is not None and holder.replay_id == self.replay_id:
+            # another process drives this replay: the queue it paused is its to resume
+            st.phase = ReplayPhase.SUSPENDED
+            st.message = "suspended here; " + holder.describe(replay_id=self.replay_id)
+            return SUSPENDED_DELAY
         await self._gating.resume_if_ours(q, st, now, events, gen)
         await self._release_lease(q)
         if st.phase != ReplayPhase.SUSPENDED:
@@ -508,6 +529,8 @@ class ReplayEngine:
             pipe.hset(self.keys.progress, mapping={
                 "stage": Stage.DONE, "outcome": fin.phase.value, "outcome_reason": fin.reason,
                 "outcome_message": fin.message,
+                # after the last move (``now`` is the step's start): the replay's own time span
+                "finished_ms": str(to_ms(self.clock())),
             })
             for key in self.keys.all():
                 pipe.expire(key, REPLAY_RETENTION_SECONDS)
