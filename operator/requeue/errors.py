@@ -6,6 +6,8 @@
     ├── PermanentError              waiting will not help; fix the spec or the data
     │   ├── SpecInvalid             the resource or file does not validate
     │   ├── SecretNotFound          a referenced Secret or key does not exist
+    │   ├── QueueNotFound           the queue has no BullMQ key under the prefix (a typo?)
+    │   ├── RedisUrlInvalid         the Redis URL (from a Secret or a flag) cannot be parsed
     │   ├── AuthFailed              Redis/Postgres/HTTP refused the credentials
     │   ├── VerificationFailed      replayed jobs did not succeed well enough
     │   └── GatesTimedOut           gates did not pass within gatePolicy.timeout
@@ -64,6 +66,29 @@ class SecretNotFound(PermanentError):
     """A Secret or key referenced by the spec does not exist."""
 
     reason = "SecretNotFound"
+    exit_code = 2
+
+
+class RedisUrlInvalid(PermanentError):
+    """The Redis URL cannot be used (unknown scheme, a port that is not a number, ...).
+
+    Permanent: retrying the same URL cannot help; fixing the Secret (or flag) does.
+    The message carries the URL redacted, never its password.
+    """
+
+    reason = "RedisUrlInvalid"
+    exit_code = 2
+
+
+class QueueNotFound(PermanentError):
+    """The queue has no BullMQ key under the prefix: most likely a typo in the queue or prefix.
+
+    Reading such a queue looks like reading an empty one, so without this a replay
+    would "succeed with 0 of 0". The message lists the queues that do exist there
+    (see :mod:`requeue.queues.existence`).
+    """
+
+    reason = "QueueNotFound"
     exit_code = 2
 
 

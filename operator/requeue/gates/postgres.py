@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import re
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import psycopg
+import re2
 from psycopg import errors as pg_errors
 from psycopg.abc import ConnDict
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -17,35 +18,37 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from requeue.api.base import parse_duration
 from requeue.api.gates import PostgresGate
 from requeue.gates.result import CheckFailed, GateResult, clip, first_line, format_ms, read_secret
+from requeue.redact import encode_userinfo
 from requeue.secrets import SecretSource
 
 __all__ = ["check_postgres"]
 
 #: Server/libpq texts (stable across PostgreSQL versions) -> what they mean for the person on call.
-_CONNECT_FAILURES: list[tuple[re.Pattern[str], str]] = [
+#: RE2: the text is the server's, so matching must stay linear whatever it holds.
+_CONNECT_FAILURES: list[tuple[Any, str]] = [
     (
-        re.compile(r"password authentication failed for user \"([^\"]*)\""),
+        re2.compile(r"password authentication failed for user \"([^\"]*)\""),
         'authentication failed for user "{0}": wrong password',
     ),
-    (re.compile(r"role \"([^\"]*)\" does not exist"), 'authentication failed: role "{0}" does not exist'),
+    (re2.compile(r"role \"([^\"]*)\" does not exist"), 'authentication failed: role "{0}" does not exist'),
     (
-        re.compile(r"no pg_hba\.conf entry for host"),
+        re2.compile(r"no pg_hba\.conf entry for host"),
         "rejected by pg_hba.conf: no entry for this host, user and database (check sslmode)",
     ),
-    (re.compile(r"database \"([^\"]*)\" does not exist"), 'unknown database "{0}"'),
+    (re2.compile(r"database \"([^\"]*)\" does not exist"), 'unknown database "{0}"'),
     (
-        re.compile(r"failed to resolve host|could not translate host name", re.I),
+        re2.compile(r"(?i)failed to resolve host|could not translate host name"),
         "cannot resolve host name (DNS)",
     ),
-    (re.compile(r"connection refused", re.I), "connection refused"),
-    (re.compile(r"timeout expired|timed out", re.I), "connection timed out"),
-    (re.compile(r"SSL|certificate", re.I), "TLS error"),
+    (re2.compile(r"(?i)connection refused"), "connection refused"),
+    (re2.compile(r"(?i)timeout expired|timed out"), "connection timed out"),
+    (re2.compile(r"(?i)SSL|certificate"), "TLS error"),
     (
-        re.compile(r"too many connections|remaining connection slots", re.I),
+        re2.compile(r"(?i)too many connections|remaining connection slots"),
         "the server has no free connection slots",
     ),
     (
-        re.compile(r"the database system is (starting up|shutting down|in recovery mode)", re.I),
+        re2.compile(r"(?i)the database system is (starting up|shutting down|in recovery mode)"),
         "the database system is {0}",
     ),
 ]
@@ -73,7 +76,8 @@ async def check_postgres(spec: PostgresGate, secrets: SecretSource) -> GateResul
 
 async def _connection_params(spec: PostgresGate, secrets: SecretSource) -> ConnDict:
     """The DSN from ``dsnSecretRef`` (a libpq string or postgresql:// URL), parsed."""
-    dsn = (await read_secret(secrets, spec.dsn_secret_ref)).strip()
+    # a postgresql:// URL's password may hold raw / ? # @: encode it as libpq needs (split at the last @)
+    dsn = encode_userinfo((await read_secret(secrets, spec.dsn_secret_ref)).strip())
     try:
         return conninfo_to_dict(dsn)
     except psycopg.Error:

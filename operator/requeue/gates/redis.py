@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from requeue.api.base import parse_duration
 from requeue.api.gates import RedisGate
+from requeue.errors import RedisUrlInvalid
 from requeue.gates.result import (
     CheckFailed,
     GateResult,
@@ -27,7 +28,7 @@ from requeue.gates.result import (
     format_ms,
     read_secret,
 )
-from requeue.queues.connection import TlsOptions
+from requeue.queues.connection import TlsOptions, client_from_url
 from requeue.redact import redact_url
 from requeue.secrets import SecretSource
 
@@ -74,7 +75,7 @@ def _client_for(url: str, tls: TlsOptions, timeout: float) -> aioredis.Redis:
     Nothing is sent yet; only the URL is parsed.
     """
     try:
-        return aioredis.Redis.from_url(
+        return client_from_url(
             url,
             socket_connect_timeout=timeout,
             socket_timeout=timeout,
@@ -84,7 +85,7 @@ def _client_for(url: str, tls: TlsOptions, timeout: float) -> aioredis.Redis:
             client_name="requeue-gate",
             **tls.client_kwargs(url),
         )
-    except ValueError:
+    except RedisUrlInvalid:
         raise CheckFailed(
             f"{redact_url(url)}: not a valid Redis URL (expected redis://, rediss:// or unix://)"
         ) from None

@@ -58,7 +58,15 @@ from pydantic import ValidationError
 from requeue.api import DLQReplay, DLQReplaySpec, DLQReplayStatus, ReplayPhase, find_condition, set_condition
 from requeue.api.loading import parse
 from requeue.api.resources import GROUP, VERSION
-from requeue.errors import AuthFailed, RedisUnavailable, RequeueError, SecretNotFound, SpecInvalid
+from requeue.errors import (
+    AuthFailed,
+    PermanentError,
+    RedisUnavailable,
+    RedisUrlInvalid,
+    RequeueError,
+    SecretNotFound,
+    SpecInvalid,
+)
 from requeue.gates import GateRunner
 from requeue.handlers.daemon import (
     RETRY_MAX,
@@ -199,7 +207,8 @@ def never_touched_redis(status: DLQReplayStatus) -> bool:
         and status.matched == 0
         and not status.queue_paused_by_replay
         and (ready is None or ready.reason in (SecretNotFound.reason, AuthFailed.reason,
-                                               RedisUnavailable.reason, SpecInvalid.reason))
+                                               RedisUnavailable.reason, RedisUrlInvalid.reason,
+                                               SpecInvalid.reason))
     )
 
 
@@ -581,15 +590,21 @@ async def replay_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if isinstance(exc, SpecInvalid | SecretNotFound | AuthFailed) and never_touched_redis(current):
+            if isinstance(exc, PermanentError) and never_touched_redis(current):
                 forget_replay(namespace, name)
                 return  # it never got as far as Redis: nothing to clean up
-            if retry + 1 >= CLEANUP_RETRIES or isinstance(exc, SpecInvalid):
+            # Only a transient error (Redis down, the lease held) may pass by itself: a URL that
+            # cannot be parsed, refused credentials or a missing Secret would hold the object forever.
+            if isinstance(exc, PermanentError) or retry + 1 >= CLEANUP_RETRIES:
                 reason, message = describe_failure(exc)
+                why = ("retrying cannot help" if isinstance(exc, PermanentError)
+                       else f"{retry + 1} attempts failed")
                 kopf.event(body, type="Warning", reason="CleanupFailed",
-                           message=f"giving up cleaning up after {retry + 1} attempts ({reason}: {message});"
+                           message=f"giving up cleaning up, {why} ({reason}: {message});"
                                    " the queue lease expires by itself within a minute; resume the queue "
                                    "by hand if this replay had paused it")
+                logger.warning("replay %s/%s: giving up cleaning up, %s (%s: %s)", namespace, name, why,
+                               reason, message)
                 forget_replay(namespace, name)
                 return
             raise to_kopf(exc) from None

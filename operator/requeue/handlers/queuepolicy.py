@@ -62,7 +62,7 @@ from requeue.api import (
 from requeue.api.base import ConditionStatus
 from requeue.api.loading import parse
 from requeue.api.resources import GROUP, VERSION
-from requeue.errors import AuthFailed, RedisUnavailable, RequeueError, SpecInvalid
+from requeue.errors import AuthFailed, PermanentError, RedisUnavailable, RequeueError, SpecInvalid
 from requeue.gates import GateRunner
 from requeue.handlers.daemon import (
     RETRY_FIRST,
@@ -429,7 +429,9 @@ async def policy_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
             raise
         except Exception as exc:
             reason, message = describe_failure(exc)
-            if resumes and retry + 1 < CLEANUP_RETRIES and not isinstance(exc, SpecInvalid):
+            # only a transient error may pass by itself; a permanent one (a URL that cannot be
+            # parsed, refused credentials) would hold the deletion forever
+            if resumes and retry + 1 < CLEANUP_RETRIES and not isinstance(exc, PermanentError):
                 raise to_kopf(exc) from None
             if resumes:
                 queues = ", ".join(a.queue for a in resumes)

@@ -9,8 +9,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 
-from requeue.errors import AuthFailed, RedisUnavailable
-from requeue.redact import redact_text, redact_url
+from requeue.errors import AuthFailed, RedisUnavailable, RedisUrlInvalid
+from requeue.redact import encode_userinfo, redact_text, redact_url, sensitive_parts
 
 #: Seconds to wait for connecting and for each command.
 DEFAULT_TIMEOUT = 10.0
@@ -50,11 +50,32 @@ def is_auth_error(exc: BaseException) -> bool:
     )
 
 
+def client_from_url(url: str, **kwargs: Any) -> aioredis.Redis:
+    """``redis.asyncio.Redis.from_url`` for a URL as a person writes it.
+
+    A password made by ``openssl rand -base64`` holds ``/`` (and sometimes users
+    paste ``?``, ``#`` or ``@``); redis-py splits with urlsplit and would take the
+    ``/`` for the start of the path. Split at the last ``@`` the meaning is
+    unambiguous, so the userinfo is percent-encoded first (see
+    :func:`requeue.redact.encode_userinfo`) and the URL connects as meant.
+
+    :raises RedisUrlInvalid: the URL still cannot be parsed (the message is redacted).
+    """
+    try:
+        return aioredis.Redis.from_url(encode_userinfo(url), **kwargs)
+    except ValueError as exc:
+        detail = redact_text(str(exc), sensitive_parts(url))
+        raise RedisUrlInvalid(
+            f"invalid Redis URL {redact_url(url)}: {detail} (expected "
+            "redis://[user:password@]host[:port][/db], rediss://... or unix://[:password@]/path)"
+        ) from None
+
+
 def map_redis_error(exc: BaseException, *, url: str | None = None, queue: str | None = None,
                     replay: str | None = None) -> AuthFailed | RedisUnavailable:
     """Turn a redis-py error into requeue's error tree; the message is redacted."""
     where = f" at {redact_url(url)}" if url else ""
-    detail = redact_text(f"{type(exc).__name__}: {exc}", [url] if url else [])
+    detail = redact_text(f"{type(exc).__name__}: {exc}", sensitive_parts(url) if url else [])
     if is_auth_error(exc):
         return AuthFailed(f"Redis{where} refused the credentials ({detail})", queue=queue, replay=replay)
     return RedisUnavailable(f"Redis{where} unavailable ({detail})", queue=queue, replay=replay)
@@ -73,6 +94,7 @@ async def connect(
     :param db: overrides the database number in the URL.
     :param tls_ca_pem: PEM CA bundle to verify a ``rediss://`` server with.
     :raises AuthFailed: credentials refused.
+    :raises RedisUrlInvalid: the URL cannot be parsed.
     :raises RedisUnavailable: cannot connect; the message carries the redacted URL.
     """
     kwargs: dict[str, Any] = {
@@ -86,11 +108,7 @@ async def connect(
         kwargs["db"] = db
     kwargs.update(TlsOptions(ca_pem=tls_ca_pem, insecure_skip_verify=tls_insecure_skip_verify)
                   .client_kwargs(url))
-    try:
-        client: aioredis.Redis = aioredis.Redis.from_url(url, **kwargs)
-    except ValueError as exc:
-        raise RedisUnavailable(f"invalid Redis URL {redact_url(url)}: {redact_text(str(exc), [url])}",
-                               delay=60) from None
+    client = client_from_url(url, **kwargs)
     try:
         await client.ping()
     except (rx.RedisError, OSError) as exc:
