@@ -546,11 +546,13 @@ return {n, skipped, finished}
 
 #: The per-queue lease: take it if free, renew it if ours, else name the holder.
 #:
-#: KEYS[1] lease key. ARGV[1] our value ("<replay id> <owner>"), ARGV[2] ttl ms.
+#: KEYS[1] lease key. ARGV[1] our value ("<replay id> <owner> <driver token> <host>:<pid>",
+#: see requeue.replay.lease), ARGV[2] ttl ms, ARGV[3] (optional) a holder's value known to
+#: be dead, taken over if it still holds the lease.
 #: Returns "" when we hold it now, else the current holder's value.
 ACQUIRE_LEASE = r"""
 local cur = redis.call("GET", KEYS[1])
-if not cur or cur == ARGV[1] then
+if not cur or cur == ARGV[1] or (ARGV[3] ~= nil and cur == ARGV[3]) then
   redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
   return ""
 end
