@@ -9,6 +9,26 @@ from pydantic import AwareDatetime, ConfigDict, Field, field_validator, model_va
 
 from requeue.api.base import ApiModel, SecretKeyRef, cel_rules
 
+
+def compile_re2(pattern: str) -> Any:
+    """Compile a user's RE2 pattern (a ``re2._Regexp``); ValueError carries RE2's reason as text.
+
+    RE2 logs a rejected pattern from C++ straight to file descriptor 2 (absl's
+    ``WARNING: All log messages before absl::InitializeLog()`` and an ``re2.cc``
+    line) and google-re2 raises its reason as bytes. ``log_errors`` off and the
+    reason decoded, a bad pattern is one line naming the field, in the CLI, the
+    status and the Event.
+    """
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        return re2.compile(pattern, options=options)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
+        raise ValueError(f"not a valid RE2 regular expression: {text}") from None
+
+
 #: A job name or a glob over job names (``*``, ``?``, ``[abc]``), e.g. ``whatsapp.*``.
 JobNamePattern = Annotated[str, Field(min_length=1, max_length=256)]
 
@@ -78,10 +98,7 @@ class Selector(ApiModel):
     @classmethod
     def _compiles_in_re2(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re2.compile(value)
-            except re2.error as exc:
-                raise ValueError(f"not a valid RE2 regular expression: {exc}") from None
+            compile_re2(value)
         return value
 
     @model_validator(mode="after")

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import re2
-
 from requeue.api import Selector
+from requeue.api.common import compile_re2
 from requeue.queues import FailedJob
 
 #: Longest normalised reason kept (longer ones are cut, so groups stay few).
@@ -79,7 +78,7 @@ class Matcher:
 
     def __post_init__(self) -> None:
         if self.selector.failed_reason_pattern is not None:
-            self._reason = re2.compile(self.selector.failed_reason_pattern)
+            self._reason = compile_re2(self.selector.failed_reason_pattern)
 
     @property
     def name_globs(self) -> list[str]:
