@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from requeue.api.crd import write_crds
+from requeue.api.crd import write_chart_crds, write_crds
 from requeue.api.docs import render_reference
 
 
@@ -28,12 +28,12 @@ def main() -> None:
     help="Where the CRD files live.",
 )
 def crds(check: bool, directory: Path) -> None:
-    """Write crds/*.yaml (and the chart's copy, and docs/api-reference.md) from the API models."""
-    targets = [directory]
-    chart_crds = directory.parent / "charts" / "requeue" / "crds"
-    if chart_crds.parent.is_dir():
-        targets.append(chart_crds)
-    stale = [f"{d}/{name}" for d in targets for name in write_crds(d, check=check)]
+    """Write crds/*.yaml, the chart's CRD templates and docs/api-reference.md from the API models."""
+    stale = [f"{directory}/{name}" for name in write_crds(directory, check=check)]
+    chart = directory.parent / "charts" / "requeue"
+    if chart.is_dir():
+        templates = chart / "templates" / "crds"
+        stale += [f"{templates}/{name}" for name in write_chart_crds(templates, check=check)]
     reference = directory.parent / "docs" / "api-reference.md"
     text = render_reference()
     if not reference.exists() or reference.read_text() != text:

@@ -46,6 +46,7 @@ CASES: dict[str, dict[str, Any]] = {
     "prometheusRule": {"prometheusRule": {"enabled": True, "alertLabels": {"team": "payments"}}},
     "dashboard": {"dashboard": {"enabled": True, "annotations": {"grafana_folder": "Queues"}}},
     "watchNamespaces": {"watchNamespaces": ["visapi", "payments"]},
+    "crdsManagedElsewhere": {"crds": {"enabled": False}},
     "everything": {**ALL_ON, "watchNamespaces": ["visapi"], "image": {"digest": "sha256:" + "a" * 64}},
 }
 
@@ -176,18 +177,53 @@ def test_rendered_objects_validate_against_kubernetes_schemas(chart: helm_python
     assert len(names) == len(set(names)), "two objects with the same kind, namespace and name"
 
 
-def test_crds_in_chart_are_the_generated_ones(chart: helm_python.Chart) -> None:
-    generated = {p.name: p.read_text() for p in sorted((ROOT / "crds").glob("*.yaml"))}
-    shipped = {p.name: p.read_text() for p in sorted((CHART / "crds").glob("*.yaml"))}
-    assert generated, "crds/ is empty"
-    assert shipped == generated, "charts/requeue/crds differs from crds/: run `requeue crds`"
-    loaded = {Path(c["filename"]).name: c["data"] for c in chart.crds}
-    assert loaded == generated
-    for text in generated.values():
-        crd = yaml.safe_load(text)
-        assert crd["spec"]["group"] == "requeue.dev"
+def generated_crds() -> dict[str, dict[str, Any]]:
+    """CRD name -> the CRD as `requeue crds` writes it to crds/ (the canonical files)."""
+    crds = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]
+    assert crds, "crds/ is empty"
+    return {c["metadata"]["name"]: c for c in crds}
+
+
+def rendered_crds(chart: helm_python.Chart, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["metadata"]["name"]: c for c in of_kind(render(chart, values), "CustomResourceDefinition")}
+
+
+def test_the_chart_has_no_crds_directory(chart: helm_python.Chart) -> None:
+    """Helm installs crds/ once and never upgrades it; the CRDs must be templates."""
+    assert chart.crds == []
+    assert not (CHART / "crds").exists()
+
+
+def test_crds_render_as_the_generated_ones_kept_on_uninstall(chart: helm_python.Chart) -> None:
+    rendered = rendered_crds(chart, {})
+    generated = generated_crds()
+    assert rendered.keys() == generated.keys()
+    for name, crd in rendered.items():
+        metadata = crd.pop("metadata")
+        assert metadata["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert metadata["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+        assert {**crd, "metadata": {"name": metadata["name"]}} == generated[name]
         for version in KUBE_VERSIONS:
-            kubernetes_validate.validate(crd, version, strict=True)
+            kubernetes_validate.validate(generated[name], version, strict=True)
+
+
+def test_crds_keep_false_lets_uninstall_delete_them(chart: helm_python.Chart) -> None:
+    for crd in rendered_crds(chart, {"crds": {"keep": False}}).values():
+        assert "annotations" not in crd["metadata"]
+
+
+def test_crds_enabled_false_renders_none(chart: helm_python.Chart) -> None:
+    assert rendered_crds(chart, {"crds": {"enabled": False}}) == {}
+
+
+def test_chart_crd_templates_are_what_requeue_crds_writes() -> None:
+    """`requeue crds --check` fails on a stale chart copy; so does this test, with the files named."""
+    from requeue.api.crd import render_chart_templates
+
+    templates = CHART / "templates" / "crds"
+    assert {p.name: p.read_text() for p in templates.glob("*.yaml")} == render_chart_templates(), (
+        "charts/requeue/templates/crds is stale: run `requeue crds`"
+    )
 
 
 def test_values_schema_is_strict(chart: helm_python.Chart) -> None:
@@ -218,6 +254,8 @@ def test_values_schema_is_strict(chart: helm_python.Chart) -> None:
         {"prometheusRule": {"queuePausedFor": "half an hour"}},
         {"serviceMonitor": {"enabled": "yes"}},
         {"image": {"digest": "latest"}},
+        {"crds": {"enabled": "yes"}},
+        {"crds": {"keepp": True}},
     ],
     ids=repr,
 )
@@ -231,7 +269,15 @@ def test_values_schema_rejects(chart: helm_python.Chart, values: dict[str, Any])
 
 def test_default_renders_the_core_objects_only(chart: helm_python.Chart) -> None:
     kinds = sorted(o["kind"] for o in render(chart, {}))
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "CustomResourceDefinition",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+    ]
 
 
 @pytest.mark.parametrize(
