@@ -47,6 +47,7 @@ CASES: dict[str, dict[str, Any]] = {
     "dashboard": {"dashboard": {"enabled": True, "annotations": {"grafana_folder": "Queues"}}},
     "watchNamespaces": {"watchNamespaces": ["visapi", "payments"]},
     "crdsManagedElsewhere": {"crds": {"enabled": False}},
+    "secretNamespaces": {"rbac": {"secrets": "namespaces", "secretNamespaces": ["visapi", "payments"]}},
     "everything": {**ALL_ON, "watchNamespaces": ["visapi"], "image": {"digest": "sha256:" + "a" * 64}},
 }
 
@@ -256,6 +257,8 @@ def test_values_schema_is_strict(chart: helm_python.Chart) -> None:
         {"image": {"digest": "latest"}},
         {"crds": {"enabled": "yes"}},
         {"crds": {"keepp": True}},
+        {"rbac": {"secrets": "none"}},
+        {"rbac": {"secretNamespaces": ["Not_A_Namespace"]}},
     ],
     ids=repr,
 )
@@ -289,10 +292,21 @@ def test_each_toggle_adds_its_object(chart: helm_python.Chart, toggle: str, kind
     assert len(of_kind(render(chart, {toggle: {"enabled": True}}), kind)) == 1
 
 
+def notes(chart: helm_python.Chart, values: dict[str, Any]) -> str:
+    return render_files(chart, values)[f"{RELEASE}/templates/NOTES.txt"]
+
+
 def test_notes_name_the_namespaces(chart: helm_python.Chart) -> None:
-    notes = render_files(chart, {"watchNamespaces": ["visapi", "payments"]})[f"{RELEASE}/templates/NOTES.txt"]
-    assert "visapi, payments" in notes
-    assert "all namespaces" in render_files(chart, {})[f"{RELEASE}/templates/NOTES.txt"]
+    watched = notes(chart, {"watchNamespaces": ["visapi", "payments"]})
+    assert "in: visapi, payments." in watched
+    assert "Secrets only in those namespaces" in watched
+    assert "all namespaces" in notes(chart, {})
+
+
+def test_notes_say_where_secrets_are_readable(chart: helm_python.Chart) -> None:
+    assert "Secrets in every namespace" in notes(chart, {})
+    assert "Secrets only in: visapi, payments." in notes(chart, CASES["secretNamespaces"])
+    assert "Secrets" not in notes(chart, {"rbac": {"create": False}})
 
 
 # -- the Deployment --------------------------------------------------------------------------------
@@ -438,6 +452,49 @@ def test_namespaced_rbac_keeps_secrets_in_the_watched_namespaces(chart: helm_pyt
     assert permissions(cluster_role) == DISCOVERY_PERMISSIONS
     assert ("", "secrets") not in permissions(cluster_role)
     assert bound_subjects(objects, "ClusterRoleBinding", cluster_role) == SERVICE_ACCOUNT
+
+
+SECRETS = {("", "secrets"): {"get"}}
+RESOURCE_PERMISSIONS = {k: v for k, v in NAMESPACED_PERMISSIONS.items() if k not in SECRETS}
+
+
+def test_cluster_wide_rbac_can_read_secrets_only_in_listed_namespaces(chart: helm_python.Chart) -> None:
+    objects = render(chart, CASES["secretNamespaces"])
+    cluster_role = one(objects, "ClusterRole")
+    assert permissions(cluster_role) == {**RESOURCE_PERMISSIONS, **DISCOVERY_PERMISSIONS}
+    assert bound_subjects(objects, "ClusterRoleBinding", cluster_role) == SERVICE_ACCOUNT
+    roles = of_kind(objects, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["payments", "visapi"]
+    for role in roles:
+        assert role["metadata"]["name"] == f"{RELEASE}-secrets"
+        assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+        assert bound_subjects(objects, "RoleBinding", role) == SERVICE_ACCOUNT
+    assert len(of_kind(objects, "RoleBinding")) == 2
+
+
+def test_no_cluster_role_grants_secrets_when_namespaces_are_watched(chart: helm_python.Chart) -> None:
+    objects = render(chart, {"watchNamespaces": ["visapi"], "rbac": {"secrets": "namespaces"}})
+    assert all(("", "secrets") not in permissions(r) for r in of_kind(objects, "ClusterRole"))
+    assert permissions(one(objects, "Role"))[("", "secrets")] == {"get"}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"rbac": {"secrets": "namespaces"}}, r"rbac\.secretNamespaces is empty"),
+        ({"rbac": {"secretNamespaces": ["visapi"]}}, r"set rbac\.secrets=namespaces"),
+        (
+            {"watchNamespaces": ["visapi"], "rbac": {"secretNamespaces": ["visapi"]}},
+            r"exactly in the watched namespaces",
+        ),
+    ],
+    ids=["no namespaces", "list without namespaces mode", "list with watchNamespaces"],
+)
+def test_secret_scope_refuses_what_would_grant_nothing_or_be_ignored(
+    chart: helm_python.Chart, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm_python.HelmRenderError, match=message):
+        render_files(chart, values)
 
 
 def test_rbac_can_be_left_to_the_cluster_admin(chart: helm_python.Chart) -> None:

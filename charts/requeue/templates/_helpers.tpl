@@ -95,10 +95,10 @@ Verbs are exactly what the operator does, nothing more:
   delete                DLQReplay spec.ttlSecondsAfterFinished
   update .../finalizers a child DLQReplay's ownerReference has blockOwnerDeletion, which
                         clusters enforcing owner-reference permissions allow only then
-  get on Secrets        Redis URLs and gate credentials (named by secretRefs, same namespace)
   create/patch Events   every failure has a name (core and events.k8s.io)
+Secrets are in requeue.secretRules: where they are readable is a value (rbac.secrets).
 */}}
-{{- define "requeue.namespacedRules" -}}
+{{- define "requeue.resourceRules" -}}
 - apiGroups: ["requeue.dev"]
   resources: ["dlqreplays", "queuepolicies"]
   verbs: ["get", "list", "watch", "patch"]
@@ -112,14 +112,46 @@ Verbs are exactly what the operator does, nothing more:
   resources: ["queuepolicies/finalizers"]
   verbs: ["update"]
 - apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get"]
-- apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+get on Secrets: the Redis URLs and gate credentials that secretRefs name, always in the
+namespace of the DLQReplay or QueuePolicy. Never list or watch: the operator reads only
+the Secrets it is pointed at.
+*/}}
+{{- define "requeue.secretRules" -}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
+
+{{/*
+Where the operator may read Secrets: "cluster" (every namespace) or "namespaces"
+(a Role in each listed one). Fails on a combination that would grant nothing or
+silently ignore a list.
+*/}}
+{{- define "requeue.secretScope" -}}
+{{- if .Values.watchNamespaces }}
+{{- if .Values.rbac.secretNamespaces }}
+{{- fail "rbac.secretNamespaces is for a cluster-wide install; with watchNamespaces the operator reads Secrets exactly in the watched namespaces: leave it empty" }}
+{{- end }}
+{{- print "watched" }}
+{{- else if eq .Values.rbac.secrets "namespaces" }}
+{{- if not .Values.rbac.secretNamespaces }}
+{{- fail "rbac.secrets is \"namespaces\" but rbac.secretNamespaces is empty: list the namespaces whose DLQReplays and QueuePolicies reference Secrets" }}
+{{- end }}
+{{- print "namespaces" }}
+{{- else }}
+{{- if .Values.rbac.secretNamespaces }}
+{{- fail "rbac.secretNamespaces is set but rbac.secrets is \"cluster\" (Secrets readable everywhere): set rbac.secrets=namespaces to restrict them" }}
+{{- end }}
+{{- print "cluster" }}
+{{- end }}
 {{- end }}
 
 {{/*
