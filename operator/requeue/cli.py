@@ -3,12 +3,55 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
 from requeue.api.crd import write_chart_crds, write_crds
 from requeue.api.docs import render_reference
+
+FC = TypeVar("FC", bound=Callable[..., object])
+
+#: The URL schemes redis-py connects with.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+_REDIS_URL_FORMS = "redis://[user:password@]host[:port][/db], rediss://... or unix://[:password@]/path"
+
+
+def redis_url_option(*, required: bool = False, help: str) -> Callable[[FC], FC]:
+    """``--redis-url`` (or ``REQUEUE_REDIS_URL``), checked where it is typed: a URL that is not
+    ``redis://``, ``rediss://`` or ``unix://`` is a usage error (exit 2), not "Redis unreachable"
+    (exit 3). The message shows the URL redacted, or not at all when it has no scheme (then it may
+    be a password pasted into the wrong place)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        from requeue.redact import redact_url, split_url
+
+        if value is None:
+            return None
+        parts = split_url(value)
+        if parts is None:
+            raise click.BadParameter(f"not a URL (expected {_REDIS_URL_FORMS})", ctx, param)
+        if parts.scheme.lower() not in REDIS_SCHEMES:
+            raise click.BadParameter(f"{redact_url(value)}: scheme {parts.scheme!r} is not one of "
+                                     f"{', '.join(REDIS_SCHEMES)} (expected {_REDIS_URL_FORMS})", ctx, param)
+        port = parts.hostport.rpartition("]")[2].partition(":")[2]
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise click.BadParameter(f"{redact_url(value)}: the port is not a number from 1 to 65535",
+                                     ctx, param)
+        return value
+
+    return click.option("--redis-url", envvar="REQUEUE_REDIS_URL", required=required, metavar="URL",
+                        callback=check, help=help)
+
+
+def no_color_option(*, expose: bool = True) -> Callable[[FC], FC]:
+    """``--no-color``, on every command; ``NO_COLOR`` (any non-empty value) means the same
+    (:func:`requeue.commands.output.make_console` decides). Commands that print no colour
+    (``crds``, ``run``) accept it, so a wrapper script can pass it to every command."""
+    return click.option("--no-color", is_flag=True, expose_value=expose,
+                        help="No colours or other styles (also when NO_COLOR is set and not empty).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,6 +70,7 @@ def main() -> None:
     show_default=True,
     help="Where the CRD files live.",
 )
+@no_color_option(expose=False)
 def crds(check: bool, directory: Path) -> None:
     """Write crds/*.yaml, the chart's CRD templates and docs/api-reference.md from the API models."""
     stale = [f"{directory}/{name}" for name in write_crds(directory, check=check)]
@@ -62,6 +106,7 @@ def crds(check: bool, directory: Path) -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               default="info", show_default=True, envvar="REQUEUE_LOG_LEVEL")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (same as --log-level debug).")
+@no_color_option(expose=False)
 def run(standalone: bool, clusterwide: bool, namespaces: tuple[str, ...], liveness_endpoint: str | None,
         metrics_port: int, metrics_address: str, log_format: str, log_level: str, verbose: bool) -> None:
     """Run the operator (kopf) against the current kubeconfig or the in-cluster service account."""
@@ -80,7 +125,7 @@ def run(standalone: bool, clusterwide: bool, namespaces: tuple[str, ...], livene
 @main.command()
 @click.option("-f", "--filename", "file", required=True, metavar="FILE",
               help="DLQReplay manifest, as for `kubectl apply -f` ('-' reads stdin).")
-@click.option("--redis-url", envvar="REQUEUE_REDIS_URL", metavar="URL",
+@redis_url_option(
               help="Redis URL [env REQUEUE_REDIS_URL]; default: the spec's redis.urlSecretRef via --secret.")
 @click.option("--secret", "secrets", multiple=True, metavar="NAME/KEY=VALUE",
               help="Value of a Secret key the spec references (repeatable); "
@@ -93,24 +138,24 @@ def run(standalone: bool, clusterwide: bool, namespaces: tuple[str, ...], livene
               help="Names the snapshot in Redis; default metadata.uid, else derived from namespace/name, "
                    "so rerunning the same command resumes it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output; only the result.")
+@no_color_option()
 def replay(file: str, redis_url: str | None, secrets: tuple[str, ...], dry_run: bool, output: str,
-           replay_id: str | None, quiet: bool) -> None:
+           replay_id: str | None, quiet: bool, no_color: bool) -> None:
     """Replay failed BullMQ jobs once, as a DLQReplay would, without Kubernetes.
 
-    Exit codes: 0 done, 1 failed (e.g. verification), 2 invalid spec or missing
-    secret, 3 Redis unreachable or authentication failed, 130 interrupted
+    Exit codes: 0 done, 1 failed (e.g. verification), 2 invalid spec, missing
+    secret or queue not found, 3 Redis unreachable or authentication failed, 130 interrupted
     (Ctrl-C/SIGTERM stop after the current step; rerun the command to resume).
     """
     from requeue.commands.replay_cmd import ReplayOptions, run_replay
 
     sys.exit(run_replay(ReplayOptions(file=file, redis_url=redis_url, secrets=secrets, dry_run=dry_run,
                                       output="json" if output == "json" else "text",
-                                      replay_id=replay_id, quiet=quiet)))
+                                      replay_id=replay_id, quiet=quiet, no_color=no_color)))
 
 
 @main.command()
-@click.option("--redis-url", envvar="REQUEUE_REDIS_URL", required=True, metavar="URL",
-              help="Redis URL [env REQUEUE_REDIS_URL].")
+@redis_url_option(required=True, help="Redis URL [env REQUEUE_REDIS_URL].")
 @click.option("--queue", required=True, help="BullMQ queue name.")
 @click.option("--prefix", default="bull", show_default=True, help="BullMQ key prefix.")
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
@@ -119,15 +164,18 @@ def replay(file: str, redis_url: str | None, secrets: tuple[str, ...], dry_run: 
               help="Sample job ids per group.")
 @click.option("-o", "--output", type=click.Choice(["table", "text", "json"]), default=None,
               help="Default: table on a terminal, text otherwise.")
-def inspect(redis_url: str, queue: str, prefix: str, top: int, sample: int, output: str | None) -> None:
+@no_color_option()
+def inspect(redis_url: str, queue: str, prefix: str, top: int, sample: int, output: str | None,
+            no_color: bool) -> None:
     """What is in a queue's failed set: by job name, normalised failure reason and hour. Read-only.
 
-    Exit codes: 0 done, 3 Redis unreachable or authentication failed.
+    Exit codes: 0 done, 2 queue not found (no BullMQ key under the prefix), 3 Redis
+    unreachable or authentication failed.
     """
     from requeue.commands.inspect_cmd import run_inspect
 
     sys.exit(run_inspect(redis_url=redis_url, queue=queue, prefix=prefix, top=top, sample=sample,
-                         output=output or "auto"))
+                         output=output or "auto", no_color=no_color))
 
 
 @main.command()
@@ -135,7 +183,7 @@ def inspect(redis_url: str, queue: str, prefix: str, top: int, sample: int, outp
               help="Failed jobs to seed (60% whatsapp.send, 25% pdf.generate, 15% email.send).")
 @click.option("--keep", is_flag=True,
               help="Leave everything running after the replay and print how to reach it; Ctrl-C stops it.")
-@click.option("--no-color", is_flag=True, help="No colours (also when NO_COLOR is set).")
+@no_color_option()
 @click.option("--timeout", type=click.FloatRange(min=5), default=120, show_default=True,
               help="Seconds the replay may take before the demo gives up.")
 def demo(jobs: int, keep: bool, no_color: bool, timeout: float) -> None:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from requeue.analysis import INSPECT_SCHEMA_VERSION
 from requeue.cli import main
 from requeue.replay import normalize_reason
-from support.bullmq_jobs import JobSpec, make_failed_jobs
+from support.bullmq_jobs import JobSpec, add_jobs, make_failed_jobs
 from support.cli import cli
 from support.redis_server import RedisServer, free_port
 
@@ -128,6 +128,7 @@ async def test_inspect_plain_text_when_not_a_terminal(redis_url: str) -> None:
 
 def test_inspect_table_and_empty_queue_via_click(redis_url: str) -> None:
     """-o table renders rich tables even off a terminal; an empty failed set is not an error."""
+    asyncio.run(add_jobs(redis_url, "nothing-here", [JobSpec(name="waits")]))  # exists, none failed
     res = CliRunner().invoke(main, ["inspect", "--redis-url", redis_url, "--queue", "nothing-here",
                                     "-o", "table"])
     assert res.exit_code == 0, res.output
@@ -136,6 +137,25 @@ def test_inspect_table_and_empty_queue_via_click(redis_url: str) -> None:
                                     "-o", "json"])
     report = json.loads(res.output)
     assert report["total"] == 0 and report["byName"]["groups"] == [] and report["oldestFailure"] is None
+
+
+async def test_inspect_of_a_queue_with_no_keys_exits_2_naming_the_queues_there(redis_url: str) -> None:
+    """A typo is not "0 failed jobs": QueueNotFound, exit 2, one line listing the queues that exist."""
+    await make_failed_jobs(redis_url, Q, _jobs(3))
+    await add_jobs(redis_url, "emails", [JobSpec(name="email.send")])
+    res = cli("inspect", "--redis-url", redis_url, "--queue", "defualt")
+    assert res.code == 2, res.output
+    assert res.stdout == ""
+    assert res.stderr.splitlines() == [
+        f'requeue: QueueNotFound: queue "defualt" has no BullMQ keys under prefix "bull" in {redis_url}; '
+        "queues there: default, emails"], res.stderr
+
+    res = cli("inspect", "--redis-url", redis_url, "--queue", Q, "--prefix", "bul", "-o", "json")
+    assert res.code == 2, res.output
+    error = json.loads(res.stdout)["error"]
+    assert error["reason"] == "QueueNotFound"
+    assert 'under prefix "bul"' in error["message"], error
+    assert "no queue exists under that prefix" in error["message"], error
 
 
 def test_inspect_unreachable_redis_exits_3_with_redacted_url() -> None:

@@ -3,6 +3,7 @@ once, across SIGKILL and Ctrl-C; dry runs change nothing; every failure has its 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -18,7 +19,7 @@ from requeue.api import DLQReplayStatus
 from requeue.cli import main
 from requeue.queues import QueueKeys
 from support import wait_until
-from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
+from support.bullmq_jobs import JobSpec, add_jobs, make_failed_jobs, run_worker
 from support.cli import acli, cli, interrupt_cli, keyspace, popen_cli, write_manifest
 from support.redis_server import RedisServer, free_port
 
@@ -265,6 +266,7 @@ def test_invalid_spec_exits_2_naming_the_field(tmp_path: Path) -> None:
 
 
 def test_manifest_from_stdin_and_beside_other_documents(redis_url: str, tmp_path: Path) -> None:
+    asyncio.run(add_jobs(redis_url, Q, [JobSpec(name="waits")]))  # the queue exists, nothing failed
     secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: redis}\nstringData: {url: x}\n"
     text = secret + "---\n" + _manifest_text("  dryRun: true\n")
     res = CliRunner().invoke(main, ["replay", "-f", "-", "--redis-url", redis_url, "-o", "json"], input=text)
@@ -273,6 +275,7 @@ def test_manifest_from_stdin_and_beside_other_documents(redis_url: str, tmp_path
 
 
 def test_redis_url_from_secret_flag_or_env_and_missing(redis_url: str, tmp_path: Path) -> None:
+    asyncio.run(add_jobs(redis_url, Q, [JobSpec(name="waits")]))
     manifest = write_manifest(tmp_path / "r.yaml", {"dryRun": True})
     res = cli("replay", "-f", str(manifest), "--secret", f"redis/url={redis_url}")
     assert res.code == 0, res.output
@@ -314,6 +317,42 @@ def test_wrong_password_exits_3_authentication_failed(
     assert "authentication failed" in res.stderr
     assert "not-the-right-one" not in res.output and "the-right-one" not in res.output
     assert res.stdout == ""
+
+
+async def test_a_queue_with_no_bullmq_keys_exits_2_naming_the_queues_there(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A typo (``queue: defualt``) is QueueNotFound, never "Succeeded with 0 of 0"; nothing is recorded,
+    so the same manifest with the name fixed runs; an existing queue with no failures still succeeds."""
+    await make_failed_jobs(redis_url, Q, [JobSpec(name="whatsapp.send", reason=RATE_LIMITED)])
+    await add_jobs(redis_url, "emails", [JobSpec(name="email.send")])
+    manifest = write_manifest(tmp_path / "r.yaml", {"queue": "defualt", "rate": FAST})
+    before = keyspace(redis_url)
+    expected = (f'queue "defualt" has no BullMQ keys under prefix "bull" in {redis_url}; '
+                "queues there: default, emails")
+    for extra in ([], ["--dry-run"]):
+        res = await acli("replay", "-f", str(manifest), "--redis-url", redis_url, *extra)
+        assert res.code == 2, res.output
+        assert res.stdout.splitlines()[0] == f"Failed: {expected}", res.stdout
+        assert "Succeeded" not in res.output
+        assert keyspace(redis_url) == before  # no progress kept, the lease released
+
+    res = await acli("replay", "-f", str(manifest), "--redis-url", redis_url, "-o", "json")
+    assert res.code == 2, res.output
+    status = json.loads(res.stdout)
+    assert status["phase"] == "Failed" and status["message"] == expected
+    reasons = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert reasons["Ready"] == reasons["Succeeded"] == ("False", "QueueNotFound")
+
+    empty = write_manifest(tmp_path / "empty.yaml", {"queue": "emails"}, name="empty")
+    res = await acli("replay", "-f", str(empty), "--redis-url", redis_url, "-o", "json")
+    assert res.code == 0, res.output
+    assert (json.loads(res.stdout)["phase"], json.loads(res.stdout)["matched"]) == ("Succeeded", 0)
+
+    write_manifest(tmp_path / "r.yaml", {"queue": Q, "rate": FAST})  # the typo fixed, same name
+    res = await acli("replay", "-f", str(manifest), "--redis-url", redis_url)
+    assert res.code == 0, res.output
+    assert res.stdout.startswith("Succeeded: moved 1 of 1"), res.stdout
 
 
 def test_status_json_is_the_operator_status_shape() -> None:

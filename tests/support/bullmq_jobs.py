@@ -34,7 +34,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from bullmq import Job, Queue, Worker
 
-__all__ = ["JobSpec", "WorkerRun", "make_failed_jobs", "mixed_jobs", "run_worker", "three_generations"]
+__all__ = ["JobSpec", "WorkerRun", "add_jobs", "create_queues", "make_failed_jobs", "mixed_jobs",
+           "run_worker", "three_generations"]
 
 #: Jobs per ``addBulk`` call (one MULTI pipeline each).
 BULK_CHUNK = 500
@@ -111,6 +112,31 @@ async def wait_in_set(
             await asyncio.sleep(0.05)
     finally:
         await client.aclose()
+
+
+async def add_jobs(redis_url: str, queue: str, jobs: Sequence[JobSpec], *, prefix: str = "bull") -> list[str]:
+    """Add real jobs and leave them waiting; their ids in order.
+
+    With one job this makes a queue that exists (BullMQ wrote its keys) with an
+    empty failed set: what requeue must tell apart from a queue that does not exist.
+    """
+    q = Queue(queue, _queue_opts(redis_url, prefix))
+    try:
+        return await _add_all(q, jobs)
+    finally:
+        await q.close()
+
+
+async def create_queues(redis_url: str, *queues: str, prefix: str = "bull") -> None:
+    """Make each queue exist with no job in it: one job added and removed, as a queue looks whose
+    jobs were all processed and removed (BullMQ keeps its ``meta``, ``id`` and ``events``)."""
+    for name in queues:
+        q = Queue(name, _queue_opts(redis_url, prefix))
+        try:
+            job = await q.add("created", {})
+            await job.remove()
+        finally:
+            await q.close()
 
 
 async def make_failed_jobs(

@@ -24,6 +24,12 @@ and ``-o json`` for scripts. The JSON shape (``schemaVersion`` 1) is::
 
 Groups are the ``--top`` largest, most jobs first (hours: the busiest, in time
 order); ``otherGroups``/``otherJobs`` count what was left out.
+
+A queue with no BullMQ key under the prefix (a typo) is refused, exit 2, naming
+the queues that do exist there; an existing queue with an empty failed set is
+not an error. On any error, ``-o json`` prints
+``{"schemaVersion": 1, "error": {"reason": "QueueNotFound", "message": "..."}}``
+(redacted) on stdout as well as the one line on stderr.
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ from redis import exceptions as rx
 from rich.console import Console
 from rich.table import Table
 
-from requeue.analysis import Breakdown, FailedSetReport, analyse_failed_set
-from requeue.commands.output import Secrets, is_tty, report_error
+from requeue.analysis import INSPECT_SCHEMA_VERSION, Breakdown, FailedSetReport, analyse_failed_set
+from requeue.commands.output import Secrets, is_tty, make_console, report_error
 from requeue.errors import RequeueError
 from requeue.queues import BullQueue, connect, map_redis_error
 from requeue.redact import redact_url
@@ -45,22 +51,27 @@ from requeue.redact import redact_url
 __all__ = ["run_inspect"]
 
 def run_inspect(*, redis_url: str, queue: str, prefix: str = "bull", top: int = 20, sample: int = 1,
-                output: str = "auto") -> int:
-    """Scan, print, return the exit code (0, or 3 when Redis is unreachable or refuses us).
+                output: str = "auto", no_color: bool = False) -> int:
+    """Scan, print, return the exit code (0; 2 when the queue does not exist; 3 when Redis is
+    unreachable or refuses us).
 
     :param output: ``table``, ``text``, ``json``, or ``auto`` (table on a terminal, else text).
+    :param no_color: no colours (also when ``NO_COLOR`` is set; see :func:`.output.make_console`).
     """
     secrets = Secrets()
     secrets.add_url(redis_url)
     try:
         report = asyncio.run(_scan(redis_url, queue, prefix, top, sample))
     except RequeueError as exc:
+        if output == "json":
+            error = {"reason": exc.reason, "message": secrets.redact(exc.message)}
+            print(json.dumps({"schemaVersion": INSPECT_SCHEMA_VERSION, "error": error}, indent=2))
         return report_error(exc, secrets)
     report.redis = redact_url(redis_url)
     if output == "json":
         print(json.dumps(report.to_json(), indent=2))
     elif output == "table" or (output == "auto" and is_tty(sys.stdout)):
-        _print_tables(report, Console())
+        _print_tables(report, make_console(no_color=no_color))
     else:
         print(render_text(report), end="")
     return 0
@@ -69,7 +80,9 @@ def run_inspect(*, redis_url: str, queue: str, prefix: str = "bull", top: int = 
 async def _scan(url: str, queue: str, prefix: str, top: int, sample: int) -> FailedSetReport:
     redis = await connect(url)
     try:
-        return await analyse_failed_set(BullQueue(redis, queue, prefix=prefix), top=top, samples=sample)
+        bull = BullQueue(redis, queue, prefix=prefix)
+        await bull.require_exists()  # QueueNotFound (exit 2) rather than "0 failed jobs" for a typo
+        return await analyse_failed_set(bull, top=top, samples=sample)
     except (rx.RedisError, OSError) as exc:  # after connecting: named, redacted, exit 3
         raise map_redis_error(exc, url=url, queue=queue) from None
     finally:

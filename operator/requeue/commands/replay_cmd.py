@@ -31,7 +31,7 @@ event otherwise; the result on stdout: a summary, or with ``-o json`` exactly
 the object the operator writes to ``.status``.
 
 Exit codes: 0 done, 1 failed (verification, gates timed out, snapshot lost),
-2 invalid spec or missing secret, 3 Redis unreachable or credentials refused,
+2 invalid spec, missing secret or queue not found, 3 Redis unreachable or credentials refused,
 130 interrupted.
 """
 
@@ -62,8 +62,15 @@ from rich.progress import (
 
 from requeue.api import DLQReplay, DLQReplaySpec, DLQReplayStatus, ReplayPhase, find_condition
 from requeue.api.loading import parse
-from requeue.commands.output import EXIT_INTERRUPTED, Secrets, report_error
-from requeue.errors import AuthFailed, RedisUnavailable, RequeueError, SecretNotFound, SpecInvalid
+from requeue.commands.output import EXIT_INTERRUPTED, Secrets, make_console, report_error
+from requeue.errors import (
+    AuthFailed,
+    QueueNotFound,
+    RedisUnavailable,
+    RequeueError,
+    SecretNotFound,
+    SpecInvalid,
+)
 from requeue.gates import GateRunner
 from requeue.redact import redact_url
 from requeue.redis_target import open_redis
@@ -80,6 +87,7 @@ _EXIT_BY_REASON = {
     RedisUnavailable.reason: RedisUnavailable.exit_code,
     SpecInvalid.reason: SpecInvalid.exit_code,
     SecretNotFound.reason: SecretNotFound.exit_code,
+    QueueNotFound.reason: QueueNotFound.exit_code,
 }
 
 
@@ -94,6 +102,7 @@ class ReplayOptions:
     output: Literal["text", "json"] = "text"
     replay_id: str | None = None
     quiet: bool = False
+    no_color: bool = False
 
 
 # ---------------------------------------------------------------- manifest
@@ -342,7 +351,7 @@ class _Replay:
     def _reporter(self) -> Reporter:
         if self.opts.quiet:
             return Quiet(sys.stderr, self.hidden)
-        console = Console(stderr=True)
+        console = make_console(stderr=True, no_color=self.opts.no_color)
         if console.is_terminal:
             return RichReporter(console, self.hidden)
         return Reporter(sys.stderr, self.hidden)

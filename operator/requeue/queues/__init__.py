@@ -10,6 +10,7 @@ from requeue.queues.adapter import (
     glob_to_lua,
 )
 from requeue.queues.connection import TRANSIENT_ERRORS, TlsOptions, connect, is_auth_error, map_redis_error
+from requeue.queues.existence import QueueListing, list_queues, redis_location, require_queue
 from requeue.queues.keys import REPLAY_RETENTION_SECONDS, QueueKeys, ReplayKeys
 
 __all__ = [
@@ -21,11 +22,15 @@ __all__ = [
     "FailedJob",
     "FailedPage",
     "QueueKeys",
+    "QueueListing",
     "ReplayKeys",
     "ReprocessResult",
     "TlsOptions",
     "connect",
     "glob_to_lua",
     "is_auth_error",
+    "list_queues",
     "map_redis_error",
+    "redis_location",
+    "require_queue",
 ]

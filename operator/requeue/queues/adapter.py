@@ -18,6 +18,7 @@ import msgpack  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from requeue.queues.existence import require_queue
 from requeue.queues.keys import QueueKeys
 from requeue.queues.raw import bulk, pack
 from requeue.queues.scripts import Scripts, register
@@ -175,6 +176,11 @@ class BullQueue:
         """Jobs waiting to be picked up: wait + paused (legacy) + prioritized."""
         counts = await self.counts("wait", "paused", "prioritized")
         return sum(counts.values())
+
+    async def require_exists(self) -> None:
+        """Return when BullMQ has any key for this queue; else raise
+        :class:`~requeue.errors.QueueNotFound` naming the queues under the prefix."""
+        await require_queue(self.redis, self.keys)
 
     async def is_paused(self) -> bool:
         """Whether BullMQ's ``meta`` hash carries the ``paused`` flag."""

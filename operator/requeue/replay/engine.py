@@ -58,7 +58,7 @@ from requeue.api import (
     find_condition,
 )
 from requeue.api.base import ConditionStatus
-from requeue.errors import AuthFailed, RedisUnavailable
+from requeue.errors import AuthFailed, QueueNotFound, RedisUnavailable
 from requeue.metrics import REPLAY_BATCH_SECONDS, REPLAY_JOBS
 from requeue.queues import BullQueue, ReplayKeys, map_redis_error
 from requeue.queues.adapter import text
@@ -176,7 +176,7 @@ class ReplayEngine:
         except rx.WatchError:
             # someone else wrote this replay's progress (or the lease) meanwhile: re-read and retry
             delay = 0.0
-        except AuthFailed as exc:
+        except (AuthFailed, QueueNotFound) as exc:
             await self._finish_quietly(spec, st, now, events, generation, exc.reason, exc.message)
             delay = 0.0
         except (rx.RedisError, OSError) as exc:
@@ -304,8 +304,16 @@ class ReplayEngine:
 
     async def _begin(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
                      events: list[ReplayEvent], gen: int) -> float:
-        """The first step: remember whether someone else had paused the queue (we never resume
-        a queue we did not pause) and enter the first stage."""
+        """The first step: refuse a queue BullMQ has no key for (a typo would otherwise "succeed
+        with 0 of 0"; nothing is recorded, so a rerun with the name fixed starts afresh), remember
+        whether someone else had paused the queue (we never resume a queue we did not pause) and
+        enter the first stage. ``targetQueue`` may be new: it is not checked."""
+        try:
+            await q.require_exists()
+        except QueueNotFound:
+            if not spec.dry_run:
+                await self._release_lease(q)
+            raise
         paused = await q.is_paused()
         await self.redis.hset(self.keys.progress, mapping={
             "stage": Stage.SELECTING if spec.dry_run else Stage.GATES,
