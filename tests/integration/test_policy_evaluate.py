@@ -28,7 +28,7 @@ from requeue.policy.observe import PolicyMemory
 from requeue.policy.slack import SlackNotifier
 from requeue.queues import BullQueue, QueueKeys
 from requeue.secrets import StaticSecrets
-from support.bullmq_jobs import JobSpec, make_failed_jobs
+from support.bullmq_jobs import JobSpec, add_jobs, create_queues, make_failed_jobs
 from support.redis_server import RedisServer
 
 evaluate_module = importlib.import_module("requeue.policy.evaluate")
@@ -158,6 +158,7 @@ async def test_slack_failures_are_events_with_the_url_redacted_and_lines_are_kep
     s = spec(queues=["a", "b"], thresholds={"failed": 0})
     ops = BullQueueOps(redis)
     webhook.status, webhook.retry_after = 429, "60"
+    await create_queues(redis_url, "b")
     await make_failed_jobs(redis_url, "a", [JobSpec("x")])
     result = await evaluate(POLICY, s, None, redis=redis, ops=ops, notifier=notifier)
     assert [e.reason for e in result.events if e.type == "Warning"] == [
@@ -191,6 +192,7 @@ async def test_red_gate_pauses_green_resumes_only_ours(
              actions={"pauseWhileGatesFail": True})
     runner = GateRunner(s.gates, s.gate_policy, secrets, namespace="visapi", owner="visapi-queues")
     ops = BullQueueOps(redis)
+    await create_queues(redis_url, "critical", "default")
     await BullQueue(redis, "bulk").pause()  # someone else's pause
 
     gates = await runner.check([], datetime.now(UTC))
@@ -309,12 +311,13 @@ async def test_one_round_trip_observes_every_queue(redis_url: str) -> None:
     try:
         await client.ping()
         names = [f"q{i}" for i in range(50)]
+        await create_queues(redis_url, *names)
         s = spec(queues=names, thresholds={"failureRatePercent": 5, "failed": 1},
                  actions={"clean": {"completed": {"grace": "1h"}, "failed": {"grace": "1d"}}})
         CountingConnection.sends = 0
         observation, stats = await collect(client, s, names, PolicyMemory(), now=datetime.now(UTC))
         assert CountingConnection.sends == 1 == stats.round_trips
-        assert stats.commands == 50 * 11 and len(observation.queues) == 50
+        assert stats.commands == 50 * 12 and len(observation.queues) == 50
 
         CountingConnection.sends = 0
         result = await evaluate(POLICY, s, None, redis=client, ops=BullQueueOps(client))
@@ -410,7 +413,7 @@ class DiesAfterPause(BullQueueOps):
 
 
 async def test_a_pause_is_still_ours_when_the_process_died_before_writing_anything_else(
-    redis: aioredis.Redis,
+    redis: aioredis.Redis, redis_url: str,
 ) -> None:
     # Regression: pausedByPolicy lived only in .status, written after the pause; an operator
     # killed in between came back to a paused queue it took for someone else's, and never resumed it.
@@ -421,6 +424,7 @@ async def test_a_pause_is_still_ours_when_the_process_died_before_writing_anythi
 
     s = spec(queues=["default"], gates=[{"name": "db", "http": {"url": "http://127.0.0.1:1/"}}],
              actions={"pauseWhileGatesFail": True})
+    await create_queues(redis_url, "default")
     green = await evaluate(POLICY, s, None, redis=redis, ops=BullQueueOps(redis), gates=gates(True))
     with pytest.raises(_Killed):
         await evaluate(POLICY, s, green.status, redis=redis, ops=DiesAfterPause(redis), gates=gates(False),
@@ -444,3 +448,45 @@ async def test_a_pause_is_still_ours_when_the_process_died_before_writing_anythi
     fresh = await evaluate(POLICY, s, green.status, redis=redis, ops=ops, gates=gates(True))
     assert fresh.decision.actions == () and await BullQueue(redis, "default").is_paused()
     assert not {q.name: q for q in fresh.status.queues}["default"].paused_by_policy
+
+
+async def test_a_queue_with_no_bullmq_keys_is_reported_never_acted_on_and_the_others_evaluated(
+    redis: aioredis.Redis, redis_url: str,
+) -> None:
+    """A typo in spec.queues: QueueNotFound in its .status.queues[] entry (naming the queues that exist),
+    Healthy=False with that reason, one Warning Event; no pause creates its keys; "orders" is evaluated."""
+    from requeue.api.gates import GateStatus, GateType
+
+    red = [GateStatus(name="db", type=GateType.HTTP, healthy=False, message="down")]
+    s = spec(queues=["orders", "ordres"], thresholds={"failed": 1},
+             gates=[{"name": "db", "http": {"url": "http://127.0.0.1:1/"}}],
+             actions={"pauseWhileGatesFail": True})
+    await make_failed_jobs(redis_url, "orders", [JobSpec("x")] * 2)
+    await add_jobs(redis_url, "emails", [JobSpec("email.send")])
+    ops = BullQueueOps(redis)
+
+    result = await evaluate(POLICY, s, None, redis=redis, ops=ops, gates=red)
+    queues = {q.name: q for q in result.status.queues}
+    expected = (f'queue "ordres" has no BullMQ keys under prefix "bull" in {redis_url}; '
+                "queues there: emails, orders")
+    assert (queues["ordres"].reason, queues["ordres"].message) == ("QueueNotFound", expected)
+    assert not queues["ordres"].healthy and not queues["ordres"].paused_by_policy
+    assert queues["orders"].reason == "" and queues["orders"].reasons == ["failed 2 > 1"]
+    assert queues["orders"].paused_by_policy and await BullQueue(redis, "orders").is_paused()
+    assert [(a.kind.value, a.queue) for a in result.decision.actions if a.queue == "ordres"] == []
+    assert await redis.keys("bull:ordres:*") == []  # not paused into existence
+    healthy = find_condition(result.status.conditions, "Healthy")
+    assert healthy is not None and (healthy.status.value, healthy.reason) == ("False", "QueueNotFound")
+    assert expected in healthy.message and "orders: failed 2 > 1" in healthy.message
+    assert cond(result.status, "Ready") == ("True", "Evaluated")
+    assert [(e.type, e.message) for e in result.events if e.reason == "QueueNotFound"] == [
+        ("Warning", expected)]
+
+    again = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, gates=red, memory=result.memory)
+    assert not [e for e in again.events if e.reason == "QueueNotFound"]  # one Event, not one per interval
+    assert {q.name: q.reason for q in again.status.queues} == {"orders": "", "ordres": "QueueNotFound"}
+
+    await create_queues(redis_url, "ordres")  # the app starts using that name: now it is a queue
+    fixed = await evaluate(POLICY, s, again.status, redis=redis, ops=ops, gates=red, memory=again.memory)
+    assert {q.name: q.reason for q in fixed.status.queues} == {"orders": "", "ordres": ""}
+    assert cond(fixed.status, "Healthy") == ("False", "FailedAboveThreshold")

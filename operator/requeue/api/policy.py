@@ -150,6 +150,16 @@ class QueueState(StatusModel):
     breaches: list[QueueBreach] = Field(
         default_factory=list, description="Breached thresholds with their alert bookkeeping."
     )
+    reason: str = Field(
+        default="",
+        description=(
+            "Why the queue could not be evaluated: QueueNotFound when BullMQ has no key for it under "
+            "spec.prefix (a typo?). Empty when it was evaluated."
+        ),
+    )
+    message: str = Field(
+        default="", description="What is wrong with the queue; for QueueNotFound, the queues that exist."
+    )
 
 
 class PolicyAction(StatusModel):

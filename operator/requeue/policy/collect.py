@@ -2,14 +2,16 @@
 
 One pipeline carries, for every queue: the lengths of ``wait``, ``paused``
 (pre-BullMQ-5), ``active``, and the sizes of ``completed``, ``failed``,
-``delayed``, ``prioritized``; the ``paused`` flag of ``meta``; the first page
+``delayed``, ``prioritized``; the ``paused`` flag of ``meta``; whether BullMQ
+has any key for the queue at all (one ``EXISTS``); the first page
 of the events stream; and, when ``thresholds.stalledActiveSeconds`` is set,
 the first ``stalled_scan_limit`` ids of ``active``; and, per clean rule, how
 many jobs finished before the grace (so Clean runs only when there is
 something to remove). A second pipeline (only
 when some queue has active jobs and stalled jobs are checked) asks which of
 those ids still have a lock. Further round trips happen only for queues whose
-events stream needs another page.
+events stream needs another page, and, when a queue does not exist (a typo), for
+the bounded ``SCAN`` that lists the queues that do (:mod:`requeue.queues.existence`).
 
 These are plain read-only commands rather than BullMQ's ``getCounts`` script:
 observing must not change anything (``getCounts`` may pop a pre-v5 marker),
@@ -33,13 +35,14 @@ from requeue.api.gates import GateStatus
 from requeue.api.policy import CleanRule, QueuePolicySpec
 from requeue.policy.failure_rate import DEFAULT_MAX_PAGES, DEFAULT_PAGE_SIZE, EventReader
 from requeue.policy.observe import EventTally, Observation, PolicyMemory, QueueObservation
+from requeue.queues.existence import existence_keys, list_queues, queue_not_found, redis_location
 from requeue.queues.keys import QueueKeys
 
 __all__ = ["DEFAULT_STALLED_SCAN_LIMIT", "CollectStats", "collect"]
 
 #: Most active job ids checked for a lock per queue per evaluation.
 DEFAULT_STALLED_SCAN_LIMIT = 1000
-_PER_QUEUE = 8  # commands per queue before the events page
+_PER_QUEUE = 9  # commands per queue before the events page
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,12 @@ async def collect(
     before = reader.round_trips
     await reader.finish(redis)
     round_trips = 1 + lock_trips + reader.round_trips - before
+    not_found, list_trips = await _not_found(redis, plan, first)
 
-    observed = _queue_observations(plan, first, reader.tallies(), lockless)
+    observed = _queue_observations(plan, first, reader.tallies(), lockless, not_found)
     observation = Observation(at=now, queues=observed, gates=tuple(gates) if gates is not None else None)
-    return observation, CollectStats(round_trips=round_trips, commands=commands + lock_commands)
+    return observation, CollectStats(round_trips=round_trips + list_trips,
+                                      commands=commands + lock_commands + list_trips)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,7 @@ def _queue_first_round(pipe: Pipeline, plan: _Plan, reader: EventReader) -> int:
         pipe.zcard(k.delayed)
         pipe.zcard(k.prioritized)
         pipe.hexists(k.meta, "paused")
+        pipe.exists(*existence_keys(k))
     commands = len(queues) * _PER_QUEUE + reader.queue_first(pipe)
     if plan.check_stalled:
         for q in queues:
@@ -196,8 +202,21 @@ async def _lockless_active(
     return {q: frozenset(ids) for q, ids in missing.items()}, 1, len(lookups)
 
 
+async def _not_found(redis: Redis, plan: _Plan, first: _FirstRound) -> tuple[dict[str, str], int]:
+    """Queue -> QueueNotFound message for each queue BullMQ has no key for, and the ``SCAN``
+    round trips spent listing the queues that exist (one bounded listing, only when needed)."""
+    missing = [q for i, q in enumerate(plan.queues) if not int(first.counts[(i + 1) * _PER_QUEUE - 1])]
+    if not missing:
+        return {}, 0
+    prefix = plan.keys[missing[0]].prefix
+    listing = await list_queues(redis, prefix)
+    location = redis_location(redis)
+    return {q: queue_not_found(q, prefix, location, listing).message for q in missing}, listing.calls
+
+
 def _queue_observations(
     plan: _Plan, first: _FirstRound, tallies: dict[str, EventTally], lockless: dict[str, frozenset[str]],
+    not_found: dict[str, str],
 ) -> dict[str, QueueObservation]:
     """One :class:`QueueObservation` per queue from what was read.
 
@@ -206,13 +225,13 @@ def _queue_observations(
     """
     observed: dict[str, QueueObservation] = {}
     for i, q in enumerate(plan.queues):
-        wait, paused_list, active, completed, failed, delayed, prioritized, paused = first.counts[
+        wait, paused_list, active, completed, failed, delayed, prioritized, paused, _ = first.counts[
             i * _PER_QUEUE: (i + 1) * _PER_QUEUE]
         observed[q] = QueueObservation(
             name=q, waiting=int(wait) + int(paused_list), active=int(active), completed=int(completed),
             failed=int(failed), delayed=int(delayed), prioritized=int(prioritized), paused=bool(paused),
             events=tallies[q],
             lockless_active=lockless.get(q, frozenset()) if plan.check_stalled else None,
-            cleanable=first.cleanable[q],
+            cleanable=first.cleanable[q], not_found=not_found.get(q),
         )
     return observed

@@ -38,6 +38,12 @@ Rules, in the order they are applied:
 5. **clean.** Every evaluation, per queue and per configured state that has
    jobs older than the grace (or any jobs, when the collector did not count).
 
+A listed queue BullMQ has no key for (a typo: ``defualt``) is none of this:
+its ``.status.queues[]`` entry says ``reason: QueueNotFound`` with the queues
+that do exist, ``Healthy`` is False with that reason, a Warning Event says so
+once, and nothing is paused, replayed or cleaned there (a pause would create
+the key and hide the typo). The other queues are evaluated as usual.
+
 ``dryRun``: Alert and Recover still notify (reporting is what a dry run is
 for); Pause, Resume, AutoReplay and Clean are decided, recorded in
 ``lastActions`` with ``dryRun: true`` (a dry-run Pause/Resume once per
@@ -62,6 +68,7 @@ from requeue.api.policy import (
     QueuePolicyStatus,
     QueueState,
 )
+from requeue.errors import QueueNotFound
 from requeue.policy import autoreplay, thresholds
 from requeue.policy.actions import (
     BREACH_REASONS,
@@ -206,6 +213,8 @@ class _Tally:
     breach_kinds: set[BreachKind] = field(default_factory=set)
     #: ``"{queue}: {breach}"`` for the ``Healthy`` message.
     breach_texts: list[str] = field(default_factory=list)
+    #: QueueNotFound messages of listed queues that do not exist.
+    not_found: list[str] = field(default_factory=list)
 
 
 def _decide_queues(
@@ -234,6 +243,9 @@ def _decide_queue(
         if before is not None and not listed:
             tally.queues.append(before)
         return
+    if obs.not_found is not None:
+        _not_found(name, before, obs.not_found, listed, ledger, tally)
+        return
     mem = memory.get(name)
     health = thresholds.measure(scope.spec.thresholds, scope.window, mem, obs, ledger.now)
     tally.memory[name] = health.memory
@@ -246,6 +258,18 @@ def _decide_queue(
     # an unlisted queue has no breaches and no dry-run pause; it stays only while it is still ours
     if listed or hold.by_policy:
         tally.queues.append(_queue_state(name, obs, hold, health, breaches))
+
+
+def _not_found(name: str, before: QueueState | None, message: str, listed: bool, ledger: Ledger,
+               tally: _Tally) -> None:
+    """A queue without BullMQ keys: reported (an Event when it starts), never acted on."""
+    if not listed:  # an unlisted queue we held paused is gone: nothing is left to resume
+        return
+    tally.not_found.append(message)
+    tally.queues.append(QueueState(name=name, healthy=False, reason=QueueNotFound.reason,
+                                   message=clip(message)))
+    if before is None or before.reason != QueueNotFound.reason:
+        ledger.announce("Warning", QueueNotFound.reason, message)
 
 
 def _queue_state(
@@ -286,9 +310,13 @@ def _schedule_clean(spec: QueuePolicySpec, observation: Observation, ledger: Led
 
 
 def _set_health(spec: QueuePolicySpec, observation: Observation, tally: _Tally, ledger: Ledger) -> None:
-    """``Healthy`` names the breach (or ``ThresholdsBreached`` when kinds mix); ``Ready``: observed."""
+    """``Healthy`` names the breach (or ``ThresholdsBreached`` when kinds mix; ``QueueNotFound``
+    first, the mistake to fix first); ``Ready``: observed."""
     kinds = tally.breach_kinds
-    if kinds:
+    if tally.not_found:
+        ledger.condition(CondType.HEALTHY, False, QueueNotFound.reason,
+                         clip("; ".join(tally.not_found + tally.breach_texts)))
+    elif kinds:
         reason = BREACH_REASONS[next(iter(kinds))] if len(kinds) == 1 else "ThresholdsBreached"
         ledger.condition(CondType.HEALTHY, False, reason, clip("; ".join(tally.breach_texts)))
     else:

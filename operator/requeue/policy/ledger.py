@@ -27,7 +27,7 @@ MESSAGE_LIMIT = 1000
 class CondType(StrEnum):
     """The condition types of a QueuePolicy."""
 
-    #: No queue breaches a threshold.
+    #: No queue breaches a threshold, and every listed queue exists.
     HEALTHY = "Healthy"
     #: Every gate passes.
     GATES_PASSED = "GatesPassed"

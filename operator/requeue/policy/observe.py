@@ -79,6 +79,9 @@ class QueueObservation:
     #: Per state ("completed", "failed"): jobs that finished before the clean rule's grace.
     #: None when not counted (then any job in the state makes a Clean due).
     cleanable: Mapping[str, int] | None = None
+    #: The QueueNotFound message when BullMQ has no key for this queue (its counts are then
+    #: zeros that mean nothing); None when the queue exists.
+    not_found: str | None = None
 
 
 @dataclass(frozen=True)
