@@ -37,6 +37,7 @@ class ControlledHttp:
     * ``/slow?seconds=N``: 200 after N seconds
     * ``/big``: 200 with a 1 MiB JSON document, streamed
     * ``/redirect``: 302 to ``/status/200?token=...``
+    * ``/redirect-to?url=U``: 302 to ``U``
     * ``/echo``: 200, ``{"status": "ok", "auth": <Authorization header>}``
 
     Every request's method, path, headers and body are kept in :attr:`requests`.
@@ -67,6 +68,7 @@ class ControlledHttp:
         app.router.add_route("*", "/slow", self._slow)
         app.router.add_route("*", "/big", self._big)
         app.router.add_route("*", "/redirect", self._redirect)
+        app.router.add_route("*", "/redirect-to", self._redirect_to)
         app.router.add_route("*", "/echo", self._echo)
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=1.0
@@ -127,6 +129,10 @@ class ControlledHttp:
     async def _redirect(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
         raise web.HTTPFound("/status/200?token=redirect-token-123")
+
+    async def _redirect_to(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        raise web.HTTPFound(request.query["url"])
 
     async def _echo(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)

@@ -17,12 +17,21 @@ from http import HTTPStatus
 from typing import Any
 
 import certifi
+import httpcore
 import httpx
 
 from requeue.api.base import parse_duration
 from requeue.api.gates import HeaderValueSource, HttpGate
-from requeue.gates.result import CheckFailed, GateResult, clip, describe_network_error, read_secret
-from requeue.redact import redact_url
+from requeue.gates.destinations import DestinationDenied, DestinationPolicy, GuardedBackend, current_policy
+from requeue.gates.result import (
+    CheckFailed,
+    GateResult,
+    RecordingSecrets,
+    clip,
+    describe_network_error,
+    read_secret,
+)
+from requeue.redact import redact_text, redact_url, sensitive_parts
 from requeue.secrets import SecretSource
 
 __all__ = ["MAX_BODY", "JsonPathError", "check_http", "evaluate_json_path", "is_missing", "json_equals"]
@@ -38,13 +47,19 @@ class JsonPathError(ValueError):
     """The path is not of the supported form ``$.a.b[0]``."""
 
 
-async def check_http(spec: HttpGate, secrets: SecretSource) -> GateResult:
-    """Send the request and judge the status code and, with ``jsonPath``, one JSON value."""
+async def check_http(spec: HttpGate, secrets: SecretSource, *,
+                     policy: DestinationPolicy | None = None) -> GateResult:
+    """Send the request and judge the status code and, with ``jsonPath``, one JSON value.
+
+    :param policy: where the request may go (default: the operator's, see
+        :mod:`requeue.gates.destinations`); checked after DNS, before every connection.
+    """
     started = time.monotonic()
+    recording = RecordingSecrets(secrets)
     try:
-        headers = await _headers(spec, secrets)
-        verify = await _verify(spec, secrets)
-        response, body, truncated = await _send(spec, headers, verify)
+        headers = await _headers(spec, recording)
+        verify = await _verify(spec, recording)
+        response, body, truncated = await _send(spec, headers, verify, policy or current_policy())
     except CheckFailed as failure:
         return failure.result(started)
     latency = time.monotonic() - started
@@ -54,7 +69,8 @@ async def check_http(spec: HttpGate, secrets: SecretSource) -> GateResult:
         return GateResult.fail(f"{status} (expected {expected}){_redirect_note(spec, response)}", latency)
     if spec.json_path is None:
         return GateResult.ok(status, latency)
-    return _judge_json(spec, spec.json_path, status, body, truncated, latency)
+    hidden = [*recording.values, *sensitive_parts(spec.url)]
+    return _judge_json(spec, spec.json_path, status, body, truncated, latency, hidden)
 
 
 async def _headers(spec: HttpGate, secrets: SecretSource) -> dict[str, str]:
@@ -74,7 +90,7 @@ async def _verify(spec: HttpGate, secrets: SecretSource) -> ssl.SSLContext:
 
 
 async def _send(
-    spec: HttpGate, headers: dict[str, str], verify: ssl.SSLContext
+    spec: HttpGate, headers: dict[str, str], verify: ssl.SSLContext, policy: DestinationPolicy
 ) -> tuple[httpx.Response, bytes, bool]:
     """The response, at most :data:`MAX_BODY` bytes of its body and whether there was more.
 
@@ -86,7 +102,7 @@ async def _send(
     try:
         async with (
             asyncio.timeout(timeout),
-            _client(spec, verify, timeout) as client,
+            _client(spec, verify, timeout, policy) as client,
             client.stream(
                 spec.method,
                 spec.url,
@@ -95,6 +111,8 @@ async def _send(
             ) as response,
         ):
             body, truncated = await _read_capped(response)
+    except DestinationDenied as exc:
+        raise CheckFailed(f"{spec.method} {shown}: {exc.message}") from None
     except (httpx.TimeoutException, TimeoutError) as exc:
         what = "could not connect" if isinstance(exc, httpx.ConnectTimeout) else "no complete response"
         raise CheckFailed(f"{spec.method} {shown}: {what} within {spec.timeout} (timeout)") from exc
@@ -105,10 +123,23 @@ async def _send(
     return response, body, truncated
 
 
-def _client(spec: HttpGate, verify: ssl.SSLContext, timeout: float) -> httpx.AsyncClient:
-    """A client for one request: our verification, the gate's redirect policy and timeout."""
+class _GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport over a pool whose every connection goes through :class:`GuardedBackend`."""
+
+    def __init__(self, verify: ssl.SSLContext, policy: DestinationPolicy) -> None:
+        super().__init__(verify=verify, trust_env=False)
+        # httpx builds its pool without a way to pass a network backend: the same pool, guarded
+        self._pool = httpcore.AsyncConnectionPool(ssl_context=verify, network_backend=GuardedBackend(policy))
+
+
+def _client(spec: HttpGate, verify: ssl.SSLContext, timeout: float,
+            policy: DestinationPolicy) -> httpx.AsyncClient:
+    """A client for one request: our verification, the gate's redirect policy and timeout, and
+    connections only where the operator's gate policy allows (no proxy from the environment,
+    which would connect on our behalf where the policy cannot look)."""
     return httpx.AsyncClient(
-        verify=verify,
+        transport=_GuardedTransport(verify, policy),
+        trust_env=False,
         follow_redirects=spec.follow_redirects,
         timeout=httpx.Timeout(timeout),
         # identity: the size cap then bounds what we hold, not a compressed bomb
@@ -125,20 +156,21 @@ def _http_error_cause(exc: httpx.HTTPError, spec: HttpGate) -> str:
 
 
 def _redirect_note(spec: HttpGate, response: httpx.Response) -> str:
-    """For an unexpected 3xx we did not follow: say so, and where it pointed (redacted)."""
+    """For an unexpected 3xx we did not follow: say so. Not where it pointed: no response header
+    value reaches the status (a Location may carry a token)."""
     if not 300 <= response.status_code < 400 or spec.follow_redirects:
         return ""
-    location = response.headers.get("location")
-    note = "; redirects are not followed"
-    if location:
-        note += f" (Location: {redact_url(str(response.url.join(location)))})"
-    return note
+    return "; redirects are not followed (set followRedirects: true to follow them)"
 
 
 def _judge_json(
-    spec: HttpGate, path: str, status: str, body: bytes, truncated: bool, latency: float
+    spec: HttpGate, path: str, status: str, body: bytes, truncated: bool, latency: float,
+    hidden: list[str],
 ) -> GateResult:
-    """The value at ``path`` in the body against ``equals``; a body we cut off is not guessed at."""
+    """The value at ``path`` in the body against ``equals``; a body we cut off is not guessed at.
+
+    ``hidden``: the secret values this check sent, which a server may echo back in the value.
+    """
     if truncated:
         return GateResult.fail(
             f"{status} but the body is larger than {MAX_BODY // 1024} KiB; {path} not evaluated", latency
@@ -148,11 +180,11 @@ def _judge_json(
     except (ValueError, UnicodeDecodeError):
         return GateResult.fail(f"{status} but the body is not JSON ({path} not evaluated)", latency)
     value = evaluate_json_path(document, path)
-    wanted = _show(spec.equals)
+    wanted = _show(spec.equals, hidden)
     if value is _MISSING:
         return GateResult.fail(f"{status} but {path} is missing (expected {wanted})", latency)
     if not json_equals(value, spec.equals):
-        return GateResult.fail(f"{status} but {path} is {_show(value)} (expected {wanted})", latency)
+        return GateResult.fail(f"{status} but {path} is {_show(value, hidden)} (expected {wanted})", latency)
     return GateResult.ok(f"{status}, {path} is {wanted}", latency)
 
 
@@ -244,5 +276,10 @@ def _status_text(code: int) -> str:
         return f"HTTP {code}"
 
 
-def _show(value: Any) -> str:
-    return clip(json.dumps(value, ensure_ascii=False), 100)
+def _show(value: Any, hidden: list[str]) -> str:
+    """A JSON value for a message: secrets redacted first, then cut to 100 characters.
+
+    In that order: a secret cut in half first would no longer match whole (the
+    redaction also hides any piece of 8 or more characters, as a second guard).
+    """
+    return clip(redact_text(json.dumps(value, ensure_ascii=False), hidden), 100)

@@ -17,6 +17,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from requeue.api.base import parse_duration
 from requeue.api.gates import PostgresGate
+from requeue.gates.destinations import DestinationDenied, DestinationPolicy, current_policy, pin_postgres
 from requeue.gates.result import CheckFailed, GateResult, clip, first_line, format_ms, read_secret
 from requeue.redact import encode_userinfo
 from requeue.secrets import SecretSource
@@ -54,7 +55,8 @@ _CONNECT_FAILURES: list[tuple[Any, str]] = [
 ]
 
 
-async def check_postgres(spec: PostgresGate, secrets: SecretSource) -> GateResult:
+async def check_postgres(spec: PostgresGate, secrets: SecretSource, *,
+                         policy: DestinationPolicy | None = None) -> GateResult:
     """Connect with ``connect_timeout`` and run ``spec.query`` under ``statement_timeout``.
 
     Both come from ``spec.timeout``, and the whole check is bounded by it too: a
@@ -65,6 +67,7 @@ async def check_postgres(spec: PostgresGate, secrets: SecretSource) -> GateResul
     try:
         params = await _connection_params(spec, secrets)
         target = _describe(params)
+        await _allowed(params, target, policy or current_policy())
         timeout = parse_duration(spec.timeout).total_seconds()
         query_time = await _run_query(spec, _bounded_by(params, timeout), target, timeout)
     except CheckFailed as failure:
@@ -72,6 +75,17 @@ async def check_postgres(spec: PostgresGate, secrets: SecretSource) -> GateResul
     return GateResult.ok(
         f"{target}: {clip(spec.query, 60)} ok in {format_ms(query_time)}", time.monotonic() - started
     )
+
+
+async def _allowed(params: ConnDict, target: str, policy: DestinationPolicy) -> None:
+    """The operator's gate policy lets every host through (after DNS); one TCP host is then
+    connected to at its checked address."""
+    try:
+        await pin_postgres(policy, params)
+    except DestinationDenied as exc:
+        raise CheckFailed(f"{target}: {exc.message}") from None
+    except OSError:
+        pass  # not resolvable: connecting says so in its own words
 
 
 async def _connection_params(spec: PostgresGate, secrets: SecretSource) -> ConnDict:

@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from requeue.api.base import parse_duration
 from requeue.api.gates import RedisGate
 from requeue.errors import RedisUrlInvalid
+from requeue.gates.destinations import DestinationDenied, DestinationPolicy, check_url, current_policy
 from requeue.gates.result import (
     CheckFailed,
     GateResult,
@@ -39,7 +40,8 @@ PINGS = 3
 
 
 async def check_redis(spec: RedisGate, secrets: SecretSource, *, default_url: str | None,
-                      default_tls: TlsOptions | None = None) -> GateResult:
+                      default_tls: TlsOptions | None = None,
+                      policy: DestinationPolicy | None = None) -> GateResult:
     """PING (median of three) against ``maxLatency`` and ``used_memory`` against ``maxMemoryPercent``.
 
     The URL comes from ``urlSecretRef``, else ``default_url`` (the resource's own Redis,
@@ -50,6 +52,8 @@ async def check_redis(spec: RedisGate, secrets: SecretSource, *, default_url: st
     started = time.monotonic()
     try:
         url, tls = await _redis_to_check(spec, secrets, default_url, default_tls)
+        if spec.url_secret_ref is not None:  # the resource's own Redis is no gate destination
+            await _allowed(url, policy or current_policy())
         timeout = parse_duration(spec.timeout).total_seconds()
         max_latency = parse_duration(spec.max_latency).total_seconds()
         client = _client_for(url, tls, timeout)
@@ -57,6 +61,17 @@ async def check_redis(spec: RedisGate, secrets: SecretSource, *, default_url: st
     except CheckFailed as failure:
         return failure.result(started)
     return _judge(spec, ping, memory, max_latency, time.monotonic() - started)
+
+
+async def _allowed(url: str, policy: DestinationPolicy) -> None:
+    """The operator's gate policy lets ``url``'s host through (after DNS; the connection
+    resolves it again, so unlike HTTP gates a rebinding name is checked, not pinned)."""
+    try:
+        await check_url(policy, url, 6379)
+    except DestinationDenied as exc:
+        raise CheckFailed(f"{redact_url(url)}: {exc.message}") from None
+    except OSError:
+        pass  # not resolvable: connecting says so in its own words
 
 
 async def _redis_to_check(spec: RedisGate, secrets: SecretSource, default_url: str | None,
