@@ -162,6 +162,30 @@ async def test_reapply_and_edit_after_the_end_change_nothing(
     assert sorted(await redis_client.zrange("bull:default:failed", 0, -1)) == sorted(later)
 
 
+async def test_a_queue_with_no_bullmq_keys_fails_queue_not_found_once(
+    kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """``queue: defualt`` ends Failed/QueueNotFound naming the queues there; not retried, not "Succeeded"."""
+    await make_failed_jobs(redis_url, "default", jobs(3))
+    await apply(kube, secret("redis", {"url": redis_url}))
+    operator = operator_factory(operator_command())
+    await apply(kube, replay("typo", "defualt"))
+    st = await wait_status_async(kube, "typo", lambda s: s.get("phase") == "Failed", operator=operator,
+                                 what="phase Failed")
+    expected = (f'queue "defualt" has no BullMQ keys under prefix "bull" in {redis_url}; '
+                "queues there: default")
+    assert st["message"] == expected
+    for type_ in ("Ready", "Succeeded"):
+        assert (condition(st, type_)["status"], condition(st, type_)["reason"]) == ("False", "QueueNotFound")
+    row = await kubectl(kube, "get", "dlqr", "typo", "--no-headers")
+    assert row.split()[:3] == ["typo", "defualt", "Failed"], row
+    operator.wait_for_log(r"Daemon 'replay' succeeded", timeout=30)  # the daemon ended: no retry loop
+    assert (await asyncio.to_thread(event_reasons, kube, "typo")).count("QueueNotFound") == 1
+    assert await redis_client.zcard("bull:default:failed") == 3
+    assert await redis_client.keys("bull:defualt:*") == []
+    assert not await redis_client.exists("requeue:lease:bull:defualt")
+
+
 def _without_cel(node: Any) -> Any:
     if isinstance(node, dict):
         return {k: _without_cel(v) for k, v in node.items() if k != "x-kubernetes-validations"}
