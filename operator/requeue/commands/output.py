@@ -1,4 +1,5 @@
-"""Shared by the CLI commands: how errors are printed and with which exit code, and TTY detection.
+"""Shared by the CLI commands: how errors are printed and with which exit code, TTY detection,
+and the one place that decides about colour (:func:`make_console`).
 
 Everything a command prints goes through :func:`redact_text` with the secret
 values it knows (the Redis URL, ``--secret`` values), so a password can never
@@ -7,8 +8,11 @@ reach a terminal or a CI log, even inside a library's error message.
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import TextIO
+from typing import Any, TextIO
+
+from rich.console import Console
 
 from requeue.errors import (
     AuthFailed,
@@ -19,7 +23,8 @@ from requeue.errors import (
 )
 from requeue.redact import redact_text, sensitive_parts
 
-__all__ = ["EXIT_INTERRUPTED", "Secrets", "error_label", "is_tty", "report_error"]
+__all__ = ["EXIT_INTERRUPTED", "Secrets", "color_wanted", "error_label", "is_tty", "make_console",
+           "report_error"]
 
 #: Exit status after Ctrl-C / SIGTERM: 128 + the signal number, as shells do.
 EXIT_INTERRUPTED = 130
@@ -63,6 +68,24 @@ def report_error(exc: RequeueError, secrets: Secrets, stream: TextIO | None = No
     out = stream or sys.stderr
     print(f"requeue: {error_label(exc)}: {secrets.redact(exc.message)}", file=out)
     return exc.exit_code
+
+
+def color_wanted(no_color: bool = False) -> bool:
+    """Whether output may be coloured: not with ``--no-color``, not when ``NO_COLOR`` holds any
+    non-empty value (https://no-color.org; an empty ``NO_COLOR`` counts as unset)."""
+    return not no_color and not os.environ.get("NO_COLOR")
+
+
+def make_console(*, no_color: bool = False, stderr: bool = False, **kwargs: Any) -> Console:
+    """The rich Console every command prints through.
+
+    Without colour there are no styles at all (``color_system=None``): rich's own
+    ``no_color`` drops colours but still writes bold and dim as ANSI escapes. Whether
+    the stream is a terminal stays rich's to decide (``force_terminal``, ``FORCE_COLOR``).
+    """
+    if not color_wanted(no_color):
+        kwargs.update(color_system=None, no_color=True, highlight=False)
+    return Console(stderr=stderr, **kwargs)
 
 
 def is_tty(stream: TextIO) -> bool:

@@ -22,6 +22,8 @@ import sys
 
 from rich.console import Console
 
+from requeue.commands.output import make_console
+
 __all__ = ["run_demo"]
 
 #: Exit codes: the replay Succeeded; it did not (Failed, timed out, an error); extras missing; interrupted.
@@ -30,9 +32,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 def _console(color: bool) -> Console:
     if sys.stdout.isatty():
-        return Console(no_color=not color, highlight=False)
+        return make_console(no_color=not color, highlight=False)
     # Logs, pipes, CI: no redraws, no colour, lines wide enough not to wrap mid-status.
-    return Console(no_color=True, color_system=None, width=120, highlight=False)
+    return make_console(no_color=True, width=120, highlight=False)
 
 
 def run_demo(*, jobs: int = 3000, keep: bool = False, color: bool = True, timeout: float = 120.0) -> int:
