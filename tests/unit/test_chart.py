@@ -35,7 +35,25 @@ KUBE_VERSIONS = ("1.25.0", kubernetes_validate.latest_version() + ".0")
 # Kinds of prometheus-operator: no schema ships offline; checked field by field below.
 MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
+API_SERVER = {"cidrs": ["172.18.0.2/32"]}
+NETWORK_POLICY: dict[str, Any] = {
+    "enabled": True,
+    "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+    "egress": {
+        "apiServer": API_SERVER,
+        "redis": [{"cidr": "10.20.0.0/24", "ports": [6379, 26379]}],
+        "postgres": [{"cidr": "10.30.0.5/32", "ports": [5432]}],
+        "http": [{"cidr": "0.0.0.0/0", "ports": [443]}, {"cidr": "::/0", "ports": [443]}],
+    },
+    "extraEgress": [{"to": [{"podSelector": {"matchLabels": {"app": "redis"}}}], "ports": [{"port": 6379}]}],
+}
+GATES = {
+    "allowedDestinations": ["10.0.0.0/8", "status.example.com"],
+    "deniedDestinations": ["169.254.0.0/16"],
+}
 ALL_ON = {
+    "networkPolicy": NETWORK_POLICY,
+    "gates": GATES,
     "serviceMonitor": {"enabled": True},
     "prometheusRule": {"enabled": True},
     "dashboard": {"enabled": True},
@@ -48,6 +66,9 @@ CASES: dict[str, dict[str, Any]] = {
     "watchNamespaces": {"watchNamespaces": ["visapi", "payments"]},
     "crdsManagedElsewhere": {"crds": {"enabled": False}},
     "secretNamespaces": {"rbac": {"secrets": "namespaces", "secretNamespaces": ["visapi", "payments"]}},
+    "networkPolicy": {"networkPolicy": NETWORK_POLICY},
+    "networkPolicyMinimal": {"networkPolicy": {"enabled": True, "egress": {"apiServer": API_SERVER}}},
+    "gates": {"gates": GATES},
     "everything": {**ALL_ON, "watchNamespaces": ["visapi"], "image": {"digest": "sha256:" + "a" * 64}},
 }
 
@@ -259,6 +280,14 @@ def test_values_schema_is_strict(chart: helm_python.Chart) -> None:
         {"crds": {"keepp": True}},
         {"rbac": {"secrets": "none"}},
         {"rbac": {"secretNamespaces": ["Not_A_Namespace"]}},
+        {"networkPolicy": {"egress": {"redis": [{"cidr": "redis.example.com", "ports": [6379]}]}}},
+        {"networkPolicy": {"egress": {"redis": [{"cidr": "10.0.0.0/8", "ports": []}]}}},
+        {"networkPolicy": {"egress": {"postgres": [{"cidr": "10.0.0.0/8", "ports": [0]}]}}},
+        {"networkPolicy": {"egress": {"http": [{"cidr": "10.0.0.0/8"}]}}},
+        {"networkPolicy": {"egress": {"apiServer": {"cidrs": ["kubernetes.default"]}}}},
+        {"networkPolicy": {"egres": {}}},
+        {"gates": {"allowedDestinations": ["10.0.0.0/8,192.168.0.0/16"]}},
+        {"gates": {"deniedDestinations": "169.254.169.254"}},
     ],
     ids=repr,
 )
@@ -400,6 +429,96 @@ def test_metrics_service_selects_the_operator_pod(chart: helm_python.Chart) -> N
     assert port["name"] == "http-metrics"
     assert port["port"] == 9090
     assert port["targetPort"] in {p["name"] for p in container(objects)["ports"]}
+
+
+def test_gate_destinations_are_absent_by_default(chart: helm_python.Chart) -> None:
+    """Absent, not empty: an empty REQUEUE_GATE_DENY must not replace the built-in denials."""
+    names = {e["name"] for e in container(render(chart, {}))["env"]}
+    assert names.isdisjoint({"REQUEUE_GATE_ALLOW", "REQUEUE_GATE_DENY"})
+
+
+def test_gate_destinations_reach_the_operator_comma_separated(chart: helm_python.Chart) -> None:
+    env = {e["name"]: e.get("value") for e in container(render(chart, CASES["gates"]))["env"]}
+    assert env["REQUEUE_GATE_ALLOW"] == "10.0.0.0/8,status.example.com"
+    assert env["REQUEUE_GATE_DENY"] == "169.254.0.0/16"
+    only_deny = container(render(chart, {"gates": {"deniedDestinations": ["a.example", "10.1.0.0/16"]}}))
+    env = {e["name"]: e.get("value") for e in only_deny["env"]}
+    assert "REQUEUE_GATE_ALLOW" not in env
+    assert env["REQUEUE_GATE_DENY"] == "a.example,10.1.0.0/16"
+
+
+# -- NetworkPolicy ---------------------------------------------------------------------------------
+
+
+def tcp(*ports: int) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": port} for port in ports]
+
+
+DNS_EGRESS = {
+    "to": [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ],
+    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+}
+API_SERVER_EGRESS = {"to": [{"ipBlock": {"cidr": "172.18.0.2/32"}}], "ports": tcp(443, 6443)}
+
+
+def test_network_policy_is_off_by_default(chart: helm_python.Chart) -> None:
+    assert of_kind(render(chart, {}), "NetworkPolicy") == []
+
+
+def test_network_policy_selects_the_operator_pod(chart: helm_python.Chart) -> None:
+    objects = render(chart, CASES["networkPolicy"])
+    policy = one(objects, "NetworkPolicy")
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["metadata"]["namespace"] == NAMESPACE
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+
+
+def test_network_policy_minimal_allows_dns_and_the_api_server_only(chart: helm_python.Chart) -> None:
+    spec = one(render(chart, CASES["networkPolicyMinimal"]), "NetworkPolicy")["spec"]
+    assert spec["ingress"] == [{"ports": tcp(9090)}, {"ports": tcp(8080)}]
+    assert spec["egress"] == [DNS_EGRESS, API_SERVER_EGRESS]
+
+
+def test_network_policy_allows_exactly_the_listed_destinations(chart: helm_python.Chart) -> None:
+    spec = one(render(chart, CASES["networkPolicy"]), "NetworkPolicy")["spec"]
+    assert spec["ingress"] == [
+        {"ports": tcp(9090), "from": NETWORK_POLICY["metricsFrom"]},
+        {"ports": tcp(8080)},
+    ]
+    assert spec["egress"] == [
+        DNS_EGRESS,
+        API_SERVER_EGRESS,
+        {"to": [{"ipBlock": {"cidr": "10.20.0.0/24"}}], "ports": tcp(6379, 26379)},
+        {"to": [{"ipBlock": {"cidr": "10.30.0.5/32"}}], "ports": tcp(5432)},
+        {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": tcp(443)},
+        {"to": [{"ipBlock": {"cidr": "::/0"}}], "ports": tcp(443)},
+        *NETWORK_POLICY["extraEgress"],
+    ]
+
+
+def test_network_policy_follows_the_operator_ports(chart: helm_python.Chart) -> None:
+    values = {**CASES["networkPolicyMinimal"], "operator": {"metricsPort": 9100, "healthPort": 8081}}
+    objects = render(chart, values)
+    ingress = one(objects, "NetworkPolicy")["spec"]["ingress"]
+    assert ingress == [{"ports": tcp(9100)}, {"ports": tcp(8081)}]
+    assert {p["containerPort"] for p in container(objects)["ports"]} == {9100, 8081}
+
+
+def test_notes_mention_the_network_policy(chart: helm_python.Chart) -> None:
+    assert "NetworkPolicy" not in notes(chart, {})
+    assert "networkPolicy.egress" in notes(chart, CASES["networkPolicyMinimal"])
+
+
+def test_network_policy_needs_the_api_server_addresses(chart: helm_python.Chart) -> None:
+    needs = r"networkPolicy\.egress\.apiServer\.cidrs.*kubectl get"
+    with pytest.raises(helm_python.HelmRenderError, match=needs):
+        render_files(chart, {"networkPolicy": {"enabled": True}})
 
 
 # -- RBAC ------------------------------------------------------------------------------------------
