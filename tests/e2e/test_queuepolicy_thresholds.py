@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from bullmq import Queue  # type: ignore[import-untyped]
 
-from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
+from support.bullmq_jobs import JobSpec, create_queues, make_failed_jobs, run_worker
 from support.dlqreplay import operator_command, secret
 from support.kube import Kube
 from support.queuepolicy import (
@@ -42,6 +42,7 @@ async def test_breach_alerts_once_recovery_once_metrics_and_printer_column(
     await apply(kube, secret("redis", {"url": redis_url}))
     await apply(kube, secret("ops-slack", {"url": slack.url}))
     operator = operator_factory(operator_command(metrics_port=port))
+    await create_queues(redis_url, "default", "bulk")  # the app's queues exist, with nothing in them
     await apply(kube, policy("visapi-queues", ["default", "bulk"], interval="1s",
                              thresholds={"failed": 5},
                              alerts={"slackWebhookSecretRef": {"name": "ops-slack", "key": "url"}}))
