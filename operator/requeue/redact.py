@@ -49,8 +49,9 @@ MIN_SECRET = 3
 MAX_PIECEWISE = 4096
 
 _SCHEME = re2.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-#: What may follow the userinfo's ``@``: host (name, IPv4 or [IPv6]), optional port, then path/query/fragment.
-_HOST_TAIL = re2.compile(r"(?s)^(\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9._~%-]*)(:[0-9]*)?([/?#].*)?$")
+#: What may follow the userinfo's ``@`` up to the path, query or fragment: host (name, IPv4 or
+#: [IPv6]) and an optional port.
+_HOST_PORT = re2.compile(r"^(?:\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9._~%-]*)(?::[0-9]*)?$")
 _DSN_PASSWORD = re2.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 _URL_IN_TEXT = re2.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
 
@@ -98,16 +99,8 @@ def split_url(url: str) -> UrlParts | None:
     if scheme is None:
         return None
     rest = url[scheme.end():]
-    userinfo: str | None = None
-    tail = rest
-    at = rest.rfind("@")
-    if at >= 0:
-        userinfo, tail = rest[:at], rest[at + 1:]
-        candidate = at
-        while candidate >= 0 and _HOST_TAIL.match(rest[candidate + 1:]) is None:
-            candidate = rest.rfind("@", 0, candidate)
-        if candidate >= 0:
-            userinfo, tail = rest[:candidate], rest[candidate + 1:]
+    at = _userinfo_end(rest)
+    userinfo, tail = (rest[:at], rest[at + 1:]) if at >= 0 else (None, rest)
     end_host = _first_of(tail, "/?#")
     hostport, after = tail[:end_host], tail[end_host:]
     after, _, fragment = after.partition("#")
@@ -115,10 +108,27 @@ def split_url(url: str) -> UrlParts | None:
     return UrlParts(scheme.group(1), userinfo, hostport, path, query, fragment)
 
 
-def _first_of(text: str, chars: str) -> int:
-    """Index of the first of ``chars`` in ``text``, or ``len(text)``."""
-    found = [i for i in (text.find(c) for c in chars) if i >= 0]
-    return min(found) if found else len(text)
+def _userinfo_end(rest: str) -> int:
+    """Index of the ``@`` that ends the userinfo in ``rest`` (the URL after ``scheme://``), or -1.
+
+    The last ``@`` followed by a plausible ``host[:port]`` (up to the next ``/``, ``?`` or ``#``),
+    else the last ``@``. Linear: each candidate's host is looked for only up to the next ``@``.
+    """
+    last = rest.rfind("@")
+    candidate, limit = last, len(rest)
+    while candidate >= 0:
+        end = _first_of(rest, "/?#", candidate + 1, limit)
+        if (end < limit or candidate == last) and _HOST_PORT.match(rest[candidate + 1:end]):
+            return candidate
+        candidate, limit = rest.rfind("@", 0, candidate), candidate
+    return last
+
+
+def _first_of(text: str, chars: str, start: int = 0, end: int | None = None) -> int:
+    """Index of the first of ``chars`` in ``text[start:end]``, or ``end`` (default ``len(text)``)."""
+    stop = len(text) if end is None else end
+    found = [i for i in (text.find(c, start, stop) for c in chars) if i >= 0]
+    return min(found) if found else stop
 
 
 def redact_url(url: str) -> str:

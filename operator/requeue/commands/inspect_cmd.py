@@ -69,11 +69,11 @@ def run_inspect(*, redis_url: str, queue: str, prefix: str = "bull", top: int = 
         return report_error(exc, secrets)
     report.redis = redact_url(redis_url)
     if output == "json":
-        print(json.dumps(report.to_json(), indent=2))
+        print(json.dumps(secrets.redact_json(report.to_json()), indent=2))
     elif output == "table" or (output == "auto" and is_tty(sys.stdout)):
         _print_tables(report, make_console(no_color=no_color))
     else:
-        print(render_text(report), end="")
+        print(secrets.redact(render_text(report)), end="")
     return 0
 
 

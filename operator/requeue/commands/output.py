@@ -19,6 +19,7 @@ from requeue.errors import (
     RedisUnavailable,
     RequeueError,
     SecretNotFound,
+    SelectionChanged,
     SpecInvalid,
 )
 from requeue.redact import redact_text, sensitive_parts
@@ -49,6 +50,17 @@ class Secrets:
     def redact(self, text: str) -> str:
         return redact_text(text, self.values)
 
+    def redact_json(self, value: Any) -> Any:
+        """``value`` (parsed JSON) with every string redacted: ``-o json`` stays valid JSON, and
+        a secret is hidden before it is escaped, not after."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, list):
+            return [self.redact_json(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.redact_json(v) for k, v in value.items()}
+        return value
+
 
 def error_label(exc: RequeueError) -> str:
     """A few words saying what kind of failure it is, for the start of the error line."""
@@ -60,6 +72,8 @@ def error_label(exc: RequeueError) -> str:
         return "invalid spec"
     if isinstance(exc, SecretNotFound):
         return "missing secret"
+    if isinstance(exc, SelectionChanged):
+        return "selection changed"
     return exc.reason
 
 

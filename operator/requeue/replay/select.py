@@ -1,11 +1,10 @@
-"""Selection filters (a compiled :class:`~requeue.api.Selector`) and failure-reason normalisation."""
+"""Selection filters (a compiled :class:`~requeue.api.Selector`); reasons are normalised in
+:mod:`requeue.replay.reasons` (re-exported here)."""
 
 from __future__ import annotations
 
 import fnmatch
-import functools
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,38 +13,9 @@ from typing import Any
 from requeue.api import Selector
 from requeue.api.common import compile_re2
 from requeue.queues import FailedJob
+from requeue.replay.reasons import MAX_REASON_LENGTH, normalize_reason
 
-#: Longest normalised reason kept (longer ones are cut, so groups stay few).
-MAX_REASON_LENGTH = 160
-
-# Our own fixed patterns (no user input, no nested quantifiers), so Python's re is
-# safe here and much faster than re2's Python binding for many small strings.
-# Order matters: UUIDs before hex ids before plain numbers.
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_HEX = re.compile(r"\b(?:0x[0-9a-fA-F]+|[0-9a-fA-F]*[0-9][0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*|"
-                   r"[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*[0-9][0-9a-fA-F]*)\b")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_SPACES = re.compile(r"\s+")
-
-
-@functools.lru_cache(maxsize=4096)
-def normalize_reason(reason: str | None) -> str:
-    """Fold the variable parts of a failure reason so similar failures group together.
-
-    ``"timeout after 5012ms"`` and ``"timeout after 4990ms"`` both become
-    ``"timeout after <n>ms"``; UUIDs become ``<uuid>`` and hex ids (with both
-    letters and digits, 6+ characters) ``<id>``.
-    """
-    if not reason:
-        return "<none>"
-    first = reason.strip().splitlines()[0] if reason.strip() else ""
-    text = _UUID.sub("<uuid>", first)
-    text = _HEX.sub(lambda m: "<id>" if len(m.group(0)) >= 6 else m.group(0), text)
-    text = _NUMBER.sub("<n>", text)
-    text = _SPACES.sub(" ", text).strip()
-    if len(text) > MAX_REASON_LENGTH:
-        text = text[: MAX_REASON_LENGTH - 1] + "…"
-    return text or "<none>"
+__all__ = ["MAX_REASON_LENGTH", "Matcher", "is_subset", "normalize_reason", "to_ms"]
 
 
 def is_subset(expected: Any, actual: Any) -> bool:
