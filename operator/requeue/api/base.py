@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -24,8 +24,12 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 #: A duration such as ``500ms``, ``30s``, ``15m``, ``2h``, ``7d`` or ``1h30m``.
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
 
+#: Whitespace spelled out: ``\s`` means ASCII whitespace to the API server's RE2 but
+#: Unicode whitespace to pydantic's regex engine, and the two judges must agree.
+_NO_SPACE = r"\t\n\v\f\r "
+
 #: A BullMQ queue name. BullMQ refuses ``:`` in queue names (it separates key parts).
-QueueName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^:\s]+$")]
+QueueName = Annotated[str, Field(min_length=1, max_length=200, pattern=rf"^[^:{_NO_SPACE}]+$")]
 
 #: A Kubernetes object name (RFC 1123 subdomain).
 ObjectName = Annotated[
@@ -38,7 +42,43 @@ ObjectName = Annotated[
 ]
 
 #: The key prefix BullMQ was configured with (``prefix`` option, ``bull`` by default).
-KeyPrefix = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\s]+$")]
+KeyPrefix = Annotated[str, Field(min_length=1, max_length=100, pattern=rf"^[^{_NO_SPACE}]+$")]
+
+#: The largest integer the API server stores (int64); a bound for counts with no natural one.
+INT64_MAX = 2**63 - 1
+
+#: The largest number of seconds a duration-in-seconds field takes (int32, as a Job's
+#: ``ttlSecondsAfterFinished``): about 68 years, so adding it to a date cannot overflow.
+SECONDS_MAX = 2**31 - 1
+
+#: An RFC 3339 timestamp with a time zone, as CEL's ``timestamp()`` parses it.
+RFC3339_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+
+def _rfc3339_text(value: object) -> object:
+    """Let only RFC 3339 text through to pydantic's (much laxer) datetime parsing.
+
+    Pydantic alone would take ``1752656400``, ``"2025-07-16 09:00:00Z"`` or a
+    lower-case ``t``; the API server refuses them, so the CLI must too.
+    Datetimes built in Python pass as they are.
+    """
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not re.fullmatch(RFC3339_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is not an RFC 3339 timestamp with a time zone, e.g. 2025-07-16T09:00:00Z"
+        )
+    return value
+
+
+#: An instant written as RFC 3339 text with a time zone (``2025-07-16T09:00:00Z``).
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339_text),
+    Field(strict=False, json_schema_extra={"pattern": RFC3339_PATTERN}),
+]
 
 
 def cel_rules(*rules: tuple[str, str]) -> JsonDict:
@@ -73,6 +113,18 @@ class ApiModel(BaseModel):
         use_enum_values=False,
         validate_default=True,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        """A field set to ``null`` counts as not set, as the API server prunes such nulls.
+
+        (Kubernetes drops nulls of non-nullable fields before validating, so
+        ``verify: null`` applies fine with kubectl and must load here too.)
+        """
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON-ready dict Kubernetes stores (camelCase, unset optionals omitted)."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import re2
-from pydantic import AwareDatetime, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from requeue.api.base import ApiModel, SecretKeyRef, cel_rules
+from requeue.api.base import INT64_MAX, ApiModel, SecretKeyRef, Timestamp, cel_rules
 
 
 def compile_re2(pattern: str) -> Any:
@@ -78,17 +78,22 @@ class Selector(ApiModel):
         default=None,
         max_length=1024,
         description="RE2 regular expression searched in the job's failedReason, e.g. '429|rate limit'.",
+        # The API server's CEL compiles the pattern (an invalid one is an evaluation error);
+        # ``type(...) == bool`` keeps that error from being absorbed as ``||`` would absorb it.
+        json_schema_extra=cel_rules(
+            ("type(''.matches(self)) == bool", "failedReasonPattern must be a valid RE2 regular expression")
+        ),
     )
     data_match: dict[str, Any] | None = Field(
         default=None,
         description="JSON object that must be a subset of the job data; nested objects compare recursively.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
-    failed_after: AwareDatetime | None = Field(
-        default=None, strict=False, description="Only jobs that failed at or after this time (RFC 3339)."
+    failed_after: Timestamp | None = Field(
+        default=None, description="Only jobs that failed at or after this time (RFC 3339)."
     )
-    failed_before: AwareDatetime | None = Field(
-        default=None, strict=False, description="Only jobs that failed before this time (RFC 3339)."
+    failed_before: Timestamp | None = Field(
+        default=None, description="Only jobs that failed before this time (RFC 3339)."
     )
     max_jobs: int | None = Field(
         default=None, ge=1, le=10_000_000, description="Replay at most this many (oldest failures first)."
@@ -118,5 +123,6 @@ class Rate(ApiModel):
     max_waiting: int | None = Field(
         default=None,
         ge=1,
+        le=INT64_MAX,
         description="Hold the replay while the queue's waiting backlog is above this. Unset: no bound.",
     )

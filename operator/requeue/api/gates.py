@@ -106,7 +106,7 @@ class HttpGate(ApiModel):
     url: str = Field(
         min_length=1,
         max_length=2048,
-        pattern=r"^https?://[^\s]+$",
+        pattern=r"^https?://[^\t\n\v\f\r ]+$",
         description="URL to request (http or https).",
     )
     method: Literal["GET", "HEAD", "POST", "PUT", "OPTIONS"] = Field(

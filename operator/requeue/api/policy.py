@@ -7,6 +7,8 @@ from datetime import datetime
 from pydantic import Field
 
 from requeue.api.base import (
+    INT64_MAX,
+    SECONDS_MAX,
     ApiModel,
     Condition,
     Duration,
@@ -23,18 +25,26 @@ from requeue.api.replay import Verify
 class Thresholds(ApiModel):
     """When a queue counts as unhealthy; unset thresholds are not checked."""
 
-    failed: int | None = Field(default=None, ge=0, description="Alert above this many failed jobs.")
-    waiting: int | None = Field(default=None, ge=0, description="Alert above this waiting backlog.")
+    failed: int | None = Field(
+        default=None, ge=0, le=INT64_MAX, description="Alert above this many failed jobs."
+    )
+    waiting: int | None = Field(
+        default=None, ge=0, le=INT64_MAX, description="Alert above this waiting backlog."
+    )
     failure_rate_percent: float | None = Field(
         default=None, ge=0, le=100, description="Alert above this failure rate over `window`."
     )
     window: Duration = Field(default="5m", description="Window for the failure rate.")
     stalled_active_seconds: int | None = Field(
-        default=None, ge=1, description="Alert when an active job's lock expired this long ago."
+        default=None,
+        ge=1,
+        le=SECONDS_MAX,
+        description="Alert when an active job's lock expired this long ago.",
     )
     failure_rate_min_jobs: int = Field(
         default=10,
         ge=1,
+        le=INT64_MAX,
         description="Fewest finished jobs in the window before failureRatePercent is judged.",
     )
 

@@ -8,6 +8,8 @@ from enum import StrEnum
 from pydantic import ConfigDict, Field, model_validator
 
 from requeue.api.base import (
+    INT64_MAX,
+    SECONDS_MAX,
     ApiModel,
     Condition,
     Duration,
@@ -31,7 +33,10 @@ class Verify(ApiModel):
         description="Fraction (0-1) of replayed jobs that must complete within the window.",
     )
     max_failed_again: int | None = Field(
-        default=None, ge=0, description="Fail if more replayed jobs than this fail again. Unset: no bound."
+        default=None,
+        ge=0,
+        le=INT64_MAX,
+        description="Fail if more replayed jobs than this fail again. Unset: no bound.",
     )
 
 
@@ -119,7 +124,10 @@ class DLQReplaySpec(ApiModel):
         default=False, description="Only count and break down what would be replayed; move nothing."
     )
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete this resource that many seconds after it finished."
+        default=None,
+        ge=0,
+        le=SECONDS_MAX,
+        description="Delete this resource that many seconds after it finished.",
     )
 
     @model_validator(mode="after")
