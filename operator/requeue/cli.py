@@ -144,7 +144,8 @@ def replay(file: str, redis_url: str | None, secrets: tuple[str, ...], dry_run: 
     """Replay failed BullMQ jobs once, as a DLQReplay would, without Kubernetes.
 
     Exit codes: 0 done, 1 failed (e.g. verification), 2 invalid spec, missing
-    secret or queue not found, 3 Redis unreachable or authentication failed, 130 interrupted
+    secret, queue not found, selection changed since the replay started, or a usage
+    error, 3 Redis unreachable or authentication failed, 130 interrupted
     (Ctrl-C/SIGTERM stop after the current step; rerun the command to resume).
     """
     from requeue.commands.replay_cmd import ReplayOptions, run_replay

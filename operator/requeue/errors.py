@@ -7,13 +7,13 @@
     │   ├── SpecInvalid             the resource or file does not validate
     │   ├── SecretNotFound          a referenced Secret or key does not exist
     │   ├── QueueNotFound           the queue has no BullMQ key under the prefix (a typo?)
+    │   ├── SelectionChanged        a resumed replay's manifest selects other jobs than at its start
     │   ├── RedisUrlInvalid         the Redis URL (from a Secret or a flag) cannot be parsed
     │   ├── AuthFailed              Redis/Postgres/HTTP refused the credentials
     │   ├── VerificationFailed      replayed jobs did not succeed well enough
     │   └── GatesTimedOut           gates did not pass within gatePolicy.timeout
     └── TransientError              may pass on its own; retry with backoff
         ├── RedisUnavailable        cannot reach Redis, or it errored
-        │   └── RedisOutOfMemory    Redis is at maxmemory and refuses writes
         ├── QueueLocked             another replay holds the queue's lease
         └── GateFailed              a health gate is red
 
@@ -70,6 +70,14 @@ class SecretNotFound(PermanentError):
     exit_code = 2
 
 
+class SelectionChanged(PermanentError):
+    """The manifest of a replay being resumed selects other jobs (queue, prefix, selector,
+    targetQueue, mode) than the replay started with; resuming would move the old selection."""
+
+    reason = "SelectionChanged"
+    exit_code = 2
+
+
 class RedisUrlInvalid(PermanentError):
     """The Redis URL cannot be used (unknown scheme, a port that is not a number, ...).
 
@@ -119,17 +127,6 @@ class RedisUnavailable(TransientError):
 
     reason = "RedisUnreachable"
     exit_code = 3
-
-
-class RedisOutOfMemory(RedisUnavailable):
-    """Redis is at ``maxmemory`` (with ``noeviction``) and refuses writes: "OOM command not allowed".
-
-    Transient, and held like an outage (nothing is moved or counted until writes
-    pass again), but named apart: Redis answers and reads work, so the fix is
-    memory (raise ``maxmemory``, free or evict keys), not the network.
-    """
-
-    reason = "RedisOutOfMemory"
 
 
 class QueueLocked(TransientError):

@@ -75,6 +75,9 @@ async def test_replay_moves_exactly_the_matching_set_and_prints_the_status(
     assert status == DLQReplayStatus.model_validate(status).model_dump(mode="json", by_alias=True,
                                                                        exclude_none=True)
     assert status["phase"] == "Succeeded"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["reason"], ready["message"]) == ("Finished", "finished; holds no queue lease")
+    assert await redis_client.get(K.lease) is None
     assert (status["matched"], status["replayed"], status["skipped"], status["corrupt"]) == \
         (len(expected), len(expected), 0, 0)
     assert status["breakdown"] == {"byName": {"whatsapp.send": len(expected)},

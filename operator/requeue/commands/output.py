@@ -19,6 +19,7 @@ from requeue.errors import (
     RedisUnavailable,
     RequeueError,
     SecretNotFound,
+    SelectionChanged,
     SpecInvalid,
 )
 from requeue.redact import redact_text, sensitive_parts
@@ -71,6 +72,8 @@ def error_label(exc: RequeueError) -> str:
         return "invalid spec"
     if isinstance(exc, SecretNotFound):
         return "missing secret"
+    if isinstance(exc, SelectionChanged):
+        return "selection changed"
     return exc.reason
 
 

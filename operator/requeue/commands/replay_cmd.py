@@ -15,7 +15,10 @@ defaults to ``metadata.uid`` when the manifest has one, else to
 a SIGKILL or Ctrl-C continues the same snapshot: every selected job is moved
 exactly once. ``--replay-id ID`` sets it explicitly (to resume under a renamed
 manifest, or to run a manifest again as a new replay once the first finished).
-A replay that finished is not run again: rerunning prints its outcome.
+A replay that finished is not run again: rerunning prints its outcome. The
+selection (queue, prefix, selector, targetQueue, mode) is recorded with the
+replay's state when it starts; a rerun whose manifest selects differently is
+refused (exit 2, ``SelectionChanged``), as resuming would move the old selection.
 
 **Dry run** (``--dry-run`` or ``spec.dryRun``): selection only, under a
 throw-away replay id whose keys are deleted afterwards; prints the count, the
@@ -69,12 +72,14 @@ from requeue.errors import (
     RedisUnavailable,
     RequeueError,
     SecretNotFound,
+    SelectionChanged,
     SpecInvalid,
 )
 from requeue.gates import GateRunner
 from requeue.redact import redact_url
 from requeue.redis_target import open_redis
 from requeue.replay import ReplayEngine, StepResult
+from requeue.replay.state import SELECTION_FIELDS, changed_fields, recorded_selection, spec_values
 from requeue.secrets import StaticSecrets
 
 __all__ = ["ReplayOptions", "default_replay_id", "load_manifest", "run_replay", "status_json"]
@@ -361,6 +366,7 @@ class _Replay:
         reporter.note(f"{what} {self.owner} (replay id {self.replay_id}): queue {self.spec.queue} "
                       f"(prefix {self.spec.prefix}) at {redact_url(url)}")
         if not self.dry_run:
+            await self._same_selection(engine)
             progress = await engine.stored_progress()
             if progress is None:
                 return
@@ -371,6 +377,25 @@ class _Replay:
             else:
                 reporter.note(f"resuming: {progress.replayed} of {progress.matched} selected jobs "
                               f"already moved (stage {progress.stage or 'start'})")
+
+    async def _same_selection(self, engine: ReplayEngine) -> None:
+        """Refuse to resume a replay whose manifest now selects other jobs: the engine would go on
+        with the snapshot (or window) of the selection it started with, and say Succeeded."""
+        before = await recorded_selection(engine.redis, engine.keys)
+        if before is None:
+            return
+        now = spec_values(self.spec, SELECTION_FIELDS)
+        changed = changed_fields(before, now, SELECTION_FIELDS)
+        if not changed:
+            return
+        diffs = "; ".join(f"spec.{key} was {json.dumps(before.get(key), sort_keys=True)}, now "
+                          f"{json.dumps(now.get(key), sort_keys=True)}" for key in changed)
+        raise SelectionChanged(
+            f"{self.opts.file}: the selection changed since replay {self.owner} (replay id "
+            f"{self.replay_id}) started: {diffs}. Resuming would move the jobs it selected then, so "
+            f"nothing was done. Either restore the file as it was and rerun to resume, or run the new "
+            f"selection as a new replay: --replay-id NEW (or a new metadata.name)",
+            queue=self.spec.queue, replay=self.owner)
 
     async def _drive(self, engine: ReplayEngine, reporter: Reporter) -> int:
         """The loop of :meth:`ReplayEngine.run`, plus: stop cleanly between steps on a signal."""

@@ -21,12 +21,11 @@ from typing import Any
 
 import celpy
 import jsonschema
-import re2
 import yaml
 from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError
 
-__all__ = ["as_decoded", "crds_by_kind", "schema_of", "validate"]
+__all__ = ["crds_by_kind", "schema_of", "validate"]
 
 
 def crds_by_kind(directory: Path) -> dict[str, dict[str, Any]]:
@@ -51,44 +50,8 @@ def _path(parts: list[str | int]) -> str:
     return out.lstrip(".")
 
 
-def _re2_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
-    """``pattern`` as kube-apiserver (Go, RE2) reads it: ``$`` is the end of the text
-    (Python's ``re`` also matches before a final newline) and ``\\s`` is ASCII only."""
-    if validator.is_type(instance, "string") and not re2.search(pattern, instance):
-        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
-
-
-_Validator = jsonschema.validators.extend(jsonschema.Draft4Validator, {"pattern": _re2_pattern})
-
-_INT64 = range(-(2**63), 2**63)
-
-
-def as_decoded(schema: dict[str, Any], obj: Any) -> Any:
-    """``obj`` as kube-apiserver sees it after decoding the request body.
-
-    Two things happen there before any validation: an integer outside int64
-    becomes a float (so an integer field then fails its type check), and a
-    ``null`` in a field that is not ``nullable`` is pruned (so ``verify: null``
-    means the same as leaving ``verify`` out).
-    """
-    if isinstance(obj, bool):
-        return obj
-    if isinstance(obj, int):
-        return obj if obj in _INT64 else float(obj)
-    if isinstance(obj, list):
-        return [as_decoded(schema.get("items", {}), item) for item in obj]
-    if isinstance(obj, dict):
-        props = schema.get("properties", {})
-        return {
-            key: as_decoded(props.get(key, {}), value)
-            for key, value in obj.items()
-            if value is not None or key not in props or props[key].get("nullable")
-        }
-    return obj
-
-
 def _schema_errors(schema: dict[str, Any], obj: Any) -> Iterator[str]:
-    validator = _Validator(schema, format_checker=jsonschema.FormatChecker())
+    validator = jsonschema.Draft4Validator(schema, format_checker=jsonschema.FormatChecker())
     for err in validator.iter_errors(obj):
         at = list(err.absolute_path)
         if err.validator == "required":  # kube-apiserver names the missing field itself
@@ -152,8 +115,6 @@ def _cel_errors(schema: dict[str, Any], obj: Any, old: Any, at: list[str | int])
 def validate(crd: Mapping[str, Any], obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
     """Every error the API server would report, as ``field.path: message`` lines."""
     schema = schema_of(crd)
-    obj = as_decoded(schema, obj)
-    old = None if old is None else as_decoded(schema, old)
     errors = list(_schema_errors(schema, obj))
     errors += _unknown_fields(schema, obj, [])
     if not errors:  # CEL runs on schema-valid objects only, as in kube-apiserver

@@ -84,6 +84,7 @@ from requeue.metrics import REDIS_UP, REPLAY_JOBS, REPLAYS
 from requeue.policy.budget import ReplayBudget
 from requeue.redis_target import RedisTarget, open_redis
 from requeue.replay import ReplayEngine, ReplayEvent, utcnow
+from requeue.replay.state import changed_fields, spec_values
 
 __all__ = [
     "PINNED_FIELDS",
@@ -161,14 +162,13 @@ def status_wire(status: DLQReplayStatus) -> dict[str, Any]:
 
 def pinned_values(spec: DLQReplaySpec) -> dict[str, Any]:
     """The pinned fields of ``spec`` (wire form; None for unset)."""
-    wire = spec.to_wire()
-    return {key: wire.get(key) for key in PINNED_FIELDS}
+    return spec_values(spec, PINNED_FIELDS)
 
 
 def with_pinned(spec: DLQReplaySpec, pinned: Mapping[str, Any]) -> tuple[DLQReplaySpec, list[str]]:
     """``spec`` with its pinned fields put back; also the names of the fields that had changed."""
     wire = spec.to_wire()
-    changed = [key for key in PINNED_FIELDS if wire.get(key) != pinned.get(key)]
+    changed = changed_fields(pinned, wire, PINNED_FIELDS)
     if not changed:
         return spec, []
     for key in PINNED_FIELDS:

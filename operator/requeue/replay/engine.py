@@ -58,7 +58,7 @@ from requeue.api import (
     find_condition,
 )
 from requeue.api.base import ConditionStatus
-from requeue.errors import AuthFailed, QueueNotFound, RedisOutOfMemory, RedisUnavailable
+from requeue.errors import AuthFailed, QueueNotFound, RedisUnavailable
 from requeue.metrics import REPLAY_BATCH_SECONDS, REPLAY_JOBS
 from requeue.queues import BullQueue, ReplayKeys, map_redis_error
 from requeue.queues.adapter import text
@@ -72,6 +72,7 @@ from requeue.replay.rate import TokenBucket
 from requeue.replay.select import to_ms
 from requeue.replay.selection import ReplayBudgetLike, Selection, selection_upper
 from requeue.replay.state import (
+    SELECTION_FIELD,
     Finish,
     ReplayEvent,
     Stage,
@@ -81,6 +82,7 @@ from requeue.replay.state import (
     from_ms,
     int_field,
     mark_replayed,
+    selection_json,
     utcnow,
 )
 from requeue.replay.verify import Verification
@@ -99,10 +101,6 @@ LOCKED_DELAY = 5.0
 THROTTLE_DELAY = 1.0
 #: Delay while suspended (the controller steps again when the spec changes).
 SUSPENDED_DELAY = 60.0
-
-
-#: Ready reasons of a Redis outage the engine reports (and announces the end of).
-_OUTAGE_REASONS = (RedisUnavailable.reason, RedisOutOfMemory.reason)
 
 
 class ReplayEngine:
@@ -171,7 +169,7 @@ class ReplayEngine:
         # outage this engine reported: after a failed connect the caller posts its own "Recovered".
         was = find_condition(st.conditions, "Ready")
         reported_outage = (self.redis_failures > 0 and was is not None
-                           and was.reason in _OUTAGE_REASONS)
+                           and was.reason == RedisUnavailable.reason)
         try:
             delay = await self._step(spec, st, now, events, generation)
         except Finish as fin:
@@ -188,7 +186,7 @@ class ReplayEngine:
         self.redis_failures = 0
         if reported_outage:
             ready = find_condition(st.conditions, "Ready")
-            if ready is not None and ready.reason in _OUTAGE_REASONS:
+            if ready is not None and ready.reason == RedisUnavailable.reason:
                 cond(st, "Ready", True, "Ready", "Redis reachable again", generation, now)
             events.append(ReplayEvent("Normal", "RedisReachable", "Redis answers again"))
         return StepResult(st, delay, events)
@@ -217,6 +215,7 @@ class ReplayEngine:
             st.message = "cancelled; nothing more will be moved"
             cond(st, "Progressing", False, "Cancelled", st.message, st.observed_generation, now)
             cond(st, "Succeeded", False, "Cancelled", st.message, st.observed_generation, now)
+            self._ended_ready(st, st.observed_generation, now)
             events.append(ReplayEvent("Normal", "Cancelled", st.message))
         return StepResult(st, 0.0, events)
 
@@ -272,7 +271,7 @@ class ReplayEngine:
             return await self._begin(spec, q, st, now, events, gen)
         ready = find_condition(st.conditions, "Ready")
         if ready is None or ready.status != ConditionStatus.TRUE:
-            cond(st, "Ready", True, "Ready", "Redis reachable, queue lease held", gen, now)
+            self._ready(spec, st, gen, now)
         return await self._stage_step(stage, spec, q, st, now, events, gen, p)
 
     @staticmethod
@@ -323,11 +322,13 @@ class ReplayEngine:
             "stage": Stage.SELECTING if spec.dry_run else Stage.GATES,
             "paused_before": "1" if paused else "0",
             "queue": spec.queue, "owner": self.owner,
+            # what the snapshot is taken of: a CLI rerun whose manifest selects otherwise is refused
+            SELECTION_FIELD: selection_json(spec),
             # every selected job that needs reprocessJob gets its snapshot position in
             # ReplayKeys.slow (a replay selected by an older requeue has not: see Mover.plan)
             "slow_pos": "1",
         })
-        cond(st, "Ready", True, "Ready", "Redis reachable, queue lease held", gen, now)
+        self._ready(spec, st, gen, now)
         cond(st, "Succeeded", ConditionStatus.UNKNOWN, "InProgress", "", gen, now)
         if paused:
             cond(st, "QueuePaused", True, "PausedByOthers",
@@ -564,9 +565,24 @@ class ReplayEngine:
         ok = phase == ReplayPhase.SUCCEEDED
         cond(st, "Progressing", False, "Finished", message, gen, now)
         cond(st, "Succeeded", ok, reason, message, gen, now)
+        self._ended_ready(st, gen, now)
         if reason == "GatesTimedOut":
             cond(st, "GatesPassed", False, "GatesTimedOut", message, gen, now)
         events.append(ReplayEvent("Normal" if ok else "Warning", reason, message))
+
+    @staticmethod
+    def _ready(spec: DLQReplaySpec, st: DLQReplayStatus, gen: int, now: datetime) -> None:
+        """Ready=True while the replay runs; a dry run takes no lease, so it does not claim one."""
+        held = "" if spec.dry_run else ", queue lease held"
+        cond(st, "Ready", True, "Ready", f"Redis reachable{held}", gen, now)
+
+    @staticmethod
+    def _ended_ready(st: DLQReplayStatus, gen: int, now: datetime) -> None:
+        """A replay that ended holds no lease (released with the end); a Ready=True that said it
+        held one says so now. A Ready=False keeps its reason (e.g. AuthFailed)."""
+        ready = find_condition(st.conditions, "Ready")
+        if ready is not None and ready.status == ConditionStatus.TRUE:
+            cond(st, "Ready", True, "Finished", "finished; holds no queue lease", gen, now)
 
     def _redis_failed(self, spec: DLQReplaySpec, st: DLQReplayStatus, now: datetime,
                       events: list[ReplayEvent], gen: int, exc: BaseException) -> StepResult:

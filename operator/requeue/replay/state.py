@@ -7,19 +7,26 @@ own modules without importing the state machine that drives them.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from requeue.api import DLQReplayStatus, ReplayPhase, set_condition
+from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase, set_condition
 from requeue.api.base import ConditionStatus
 from requeue.queues import ReplayKeys
 from requeue.replay.select import to_ms
 
 #: How many job ids ``.status.sampleIds`` lists.
 SAMPLE_IDS = 10
+#: The spec fields (wire names) that say which jobs a replay moves and where to. A replay's
+#: snapshot is taken with them, so they must not change while it runs under the same id.
+SELECTION_FIELDS = ("queue", "prefix", "selector", "targetQueue", "mode")
+#: Field of the progress hash that holds the selection a replay started with (JSON).
+SELECTION_FIELD = "selection"
 
 
 def utcnow() -> datetime:
@@ -98,6 +105,36 @@ def cond(st: DLQReplayStatus, type: str, status: bool | ConditionStatus, reason:
     """Set one condition of the status (its transition time changes only with its status)."""
     st.conditions = set_condition(st.conditions, type=type, status=status, reason=reason,
                                   message=message, generation=gen, now=now)
+
+
+def spec_values(spec: DLQReplaySpec, fields: Iterable[str]) -> dict[str, Any]:
+    """``fields`` of ``spec`` in wire form (None for unset), as pinned and compared."""
+    wire = spec.to_wire()
+    return {key: wire.get(key) for key in fields}
+
+
+def changed_fields(pinned: Mapping[str, Any], current: Mapping[str, Any], fields: Iterable[str]) -> list[str]:
+    """The ``fields`` whose value in ``current`` is not the pinned one (both in wire form).
+
+    One comparison for the operator (its pin annotation) and the CLI (the selection in Redis).
+    """
+    return [key for key in fields if current.get(key) != pinned.get(key)]
+
+
+def selection_json(spec: DLQReplaySpec) -> str:
+    """The selection of ``spec`` as the engine records it when a replay begins (``_begin``)."""
+    return json.dumps(spec_values(spec, SELECTION_FIELDS), sort_keys=True)
+
+
+async def recorded_selection(redis: Redis, keys: ReplayKeys) -> dict[str, Any] | None:
+    """The selection the replay began with; None when it has not begun (or began with a requeue
+    that did not record it, so there is nothing to compare with)."""
+    stored = await redis.hget(keys.progress, SELECTION_FIELD)
+    try:
+        before = json.loads(stored) if stored is not None else None
+    except ValueError:
+        return None
+    return before if isinstance(before, dict) else None
 
 
 async def mark_replayed(redis: Redis, keys: ReplayKeys, now: datetime) -> None:
