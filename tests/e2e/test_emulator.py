@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import base64
 import json
+import queue
+import subprocess
 import sys
+import threading
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import kmock
 import pytest
 import yaml
 
@@ -268,6 +273,108 @@ def test_repo_examples_apply_and_print_with_the_crd_columns(kube: Kube) -> None:
         for column in columns:
             if not column.get("priority"):
                 assert column["name"].upper() in header
+
+
+class Background:
+    """A kubectl that keeps running (``get -w``, ``wait``, ``delete`` holding for a finalizer).
+
+    Its stdout is read line by line on a thread, so :meth:`line` waits a bounded time for the
+    next one; ``stop()`` terminates it (if still running) and returns (exit code, stdout, stderr).
+    """
+
+    def __init__(self, kube: Kube, *args: str) -> None:
+        self.proc = subprocess.Popen(kube.kubectl.command(*args), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+
+    def line(self, timeout: float = 30.0) -> str:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"kubectl printed no line within {timeout}s after {self._seen}") from None
+        self._seen.append(line)
+        return line
+
+    def stop(self, *, terminate: bool) -> tuple[int, str, str]:
+        if terminate:
+            self.proc.terminate()
+        self.proc.wait(timeout=60)
+        assert self.proc.stderr is not None
+        rest: list[str] = []
+        while not self._lines.empty():
+            rest.append(self._lines.get())
+        return self.proc.returncode, "".join(self._seen + rest), self.proc.stderr.read()
+
+
+@pytest.fixture
+def background(widgets: Kube) -> Iterator[Callable[..., Background]]:
+    started: list[Background] = []
+
+    def start(*args: str) -> Background:
+        started.append(Background(widgets, *args))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait()
+
+
+def watch_requests(kube: Kube, resource: str) -> int:
+    """How many watch requests the emulator has received for ``resource`` (from kmock's request log)."""
+    res = kmock.resource(resource)
+    return int(kube.run(lambda server: sum(1 for r in server if r.action == kmock.action.WATCH
+                                           and r.resource == res)))
+
+
+def assert_no_watch_errors(stderr: str) -> None:
+    for symptom in ("Failed to watch", "Unhandled Error", "no stream serializers"):
+        assert symptom not in stderr, stderr
+
+
+def test_get_watch_prints_each_change_as_a_table_row(
+    widgets: Kube, background: Callable[..., Background]
+) -> None:
+    widgets.kubectl.apply(widget("w1"))
+    watch = background("get", "wdg", "-w")
+    assert watch.line().split() == ["NAME", "PHASE", "SIZE", "READY", "AGE"]
+    assert watch.line().split()[:1] == ["w1"]  # the list, before the watch
+    widgets.kubectl.apply(widget("w2", size=2))
+    assert watch.line().split()[:2] == ["w2", "2"]  # no phase yet: an empty cell
+    widgets.kubectl("patch", "wdg", "w1", "--type=merge", "-p", '{"spec": {"size": 5}}')
+    assert watch.line().split()[:2] == ["w1", "5"]
+    widgets.kubectl("delete", "wdg", "w2")
+    assert watch.line().split()[:1] == ["w2"]  # kubectl prints the deleted object's row
+    _, _, stderr = watch.stop(terminate=True)
+    assert_no_watch_errors(stderr)
+
+
+def test_delete_and_wait_for_delete_watch_without_errors(
+    widgets: Kube, background: Callable[..., Background]
+) -> None:
+    """Both watch the held object until its finalizer goes (kubectl's watch path, not a poll)."""
+    widgets.kubectl.apply(widget("held", finalizers=["test.requeue.dev/hold"]))
+    waiter = background("wait", "--for=delete", "wdg/held", "--timeout=60s")
+    deleter = background("delete", "wdg", "held", "--timeout=60s")
+    wait_until(lambda: watch_requests(widgets, WIDGETS) >= 2, timeout=30,
+               message="kubectl delete and kubectl wait watching the widget")
+    widgets.kubectl("patch", "wdg", "held", "--type=merge", "-p", '{"metadata": {"finalizers": null}}')
+
+    code, out, err = deleter.stop(terminate=False)
+    assert code == 0 and 'widget.test.requeue.dev "held" deleted' in out, out + err
+    assert_no_watch_errors(err)
+    code, out, err = waiter.stop(terminate=False)
+    assert code == 0 and "condition met" in out, out + err
+    assert_no_watch_errors(err)
+    assert widgets.get(WIDGETS, "held") is None
 
 
 def test_jsonpath_subset() -> None:

@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from bullmq import Queue  # type: ignore[import-untyped]
 
+from support.bullmq_jobs import create_queues
 from support.dlqreplay import operator_command, secret
 from support.kube import Kube
 from support.queuepolicy import (
@@ -46,6 +47,7 @@ async def test_sigkill_mid_outage_keeps_the_queue_paused_and_resumes_it_once(
 ) -> None:
     gate = await with_a_redis_gate(kube, redis_url, redis_factory)
     await apply(kube, secret("ops-slack", {"url": slack.url}))
+    await create_queues(redis_url, "default")  # the app's queue: exists, nothing in it yet
     operator = operator_factory(operator_command())
     await apply(kube, gated_policy(
         "visapi-queues", ["default"], actions={"pauseWhileGatesFail": True},

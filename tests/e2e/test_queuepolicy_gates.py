@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from bullmq import Job, Queue  # type: ignore[import-untyped]
 
-from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker, wait_in_set
+from support.bullmq_jobs import JobSpec, create_queues, make_failed_jobs, run_worker, wait_in_set
 from support.dlqreplay import operator_command, secret, wait_status_async
 from support.kube import Kube
 from support.queuepolicy import (
@@ -43,6 +43,7 @@ async def test_gate_red_pauses_green_resumes_never_a_queue_paused_by_others(
     proxy_factory: Any,
 ) -> None:
     proxy = await proxy_factory("127.0.0.1", 5432)
+    await create_queues(redis_url, "default")  # the app's queue: exists, nothing in it
     bulk = Queue("bulk", {"connection": redis_url})
     await bulk.pause()  # someone else paused it
     await bulk.close()

@@ -17,7 +17,7 @@ from redis.retry import Retry
 
 from support import async_wait_until, wait_until
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
-from support.redis_server import RedisServer
+from support.redis_server import RedisServer, RedisServerError
 from support.tcp_proxy import ProxyMode, TcpProxy
 
 ProxyFactory = Callable[[str, int], Awaitable[TcpProxy]]
@@ -103,7 +103,7 @@ def test_killed_redis_refuses_then_restarts(redis_factory: Callable[[], RedisSer
 
 
 def test_redis_server_fails_loudly() -> None:
-    with pytest.raises(RuntimeError, match="exited with"):
+    with pytest.raises(RedisServerError, match="exited with"):
         RedisServer(binary="/bin/false").start(timeout=5)
 
 

@@ -13,8 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-# Moved into the package (``requeue demo`` runs the emulator on it too); re-exported here.
-from requeue.devcluster.loop import BackgroundLoop
+# Lives in the devcluster package (``requeue demo`` runs the emulator on it too); re-exported here.
+from devcluster.loop import BackgroundLoop
 
 __all__ = ["BackgroundLoop", "async_wait_until", "wait_until"]
 

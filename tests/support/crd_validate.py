@@ -1,6 +1,6 @@
 """Validate an object the way a Kubernetes API server validates a custom resource.
 
-The validator lives in :mod:`requeue.devcluster.validation` (the API-server
+The validator lives in :mod:`devcluster.validation` (the API-server
 emulator of ``requeue demo`` and the e2e tests uses it); this module keeps
 the tests' names, with ``load_crds()`` reading the repository's ``crds/``.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from requeue.devcluster.validation import crds_by_kind, schema_of, validate
+from devcluster.validation import crds_by_kind, schema_of, validate
 
 __all__ = ["load_crds", "schema_of", "validate"]
 

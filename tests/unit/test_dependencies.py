@@ -19,10 +19,14 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "operator" / "requeue"
+#: The API stand-in: a top-level package beside requeue, whose imports the ``demo`` extra declares.
+DEVCLUSTER = ROOT / "operator" / "devcluster"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
-#: Subpackages that run only with the ``demo`` extra installed (the API stand-in and the showcase).
-DEMO_ONLY = ("devcluster", "demo")
+#: Subpackages of requeue that run only with the ``demo`` extra installed (the showcase).
+DEMO_ONLY = ("demo",)
+#: The project's own top-level packages: never third-party imports.
+FIRST_PARTY = {"requeue", "devcluster"}
 
 
 def declared(*extras: str) -> set[str]:
@@ -46,7 +50,7 @@ def pinned(lock: str) -> dict[str, str]:
 
 
 def third_party_imports(files: list[Path]) -> dict[str, set[str]]:
-    """Top-level module name -> the files importing it, leaving out the stdlib and requeue itself."""
+    """Top-level module name -> the files importing it, leaving out the stdlib and the project's own."""
     found: dict[str, set[str]] = {}
     for path in files:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -58,9 +62,20 @@ def third_party_imports(files: list[Path]) -> dict[str, set[str]]:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top != "requeue":
+                if top not in sys.stdlib_module_names and top not in FIRST_PARTY:
                     found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
     return found
+
+
+def imported(path: Path) -> set[str]:
+    """Top-level names of every absolute import in ``path``."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
 
 
 def undeclared(files: list[Path], allowed: set[str]) -> dict[str, set[str]]:
@@ -73,14 +88,29 @@ def undeclared(files: list[Path], allowed: set[str]) -> dict[str, set[str]]:
     }
 
 
+def product_files() -> list[Path]:
+    """requeue's modules that run without the ``demo`` extra (everything but the showcase)."""
+    return [p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in DEMO_ONLY]
+
+
 def test_every_import_of_the_product_is_a_runtime_dependency() -> None:
-    files = [p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in DEMO_ONLY]
-    assert undeclared(files, declared()) == {}
+    assert undeclared(product_files(), declared()) == {}
+
+
+def test_the_product_does_not_import_the_dev_cluster() -> None:
+    """A plain ``pip install requeue`` lacks kmock: only the demo may import devcluster (lazily)."""
+    assert {str(p.relative_to(ROOT)) for p in product_files() if "devcluster" in imported(p)} == set()
 
 
 def test_every_import_of_the_demo_is_declared_by_the_demo_extra() -> None:
     files = [p for sub in DEMO_ONLY for p in (PACKAGE / sub).rglob("*.py")]
-    assert undeclared(files, declared("demo")) == {}
+    files += list(DEVCLUSTER.rglob("*.py"))
+    assert files and undeclared(files, declared("demo")) == {}
+
+
+def test_the_dev_cluster_does_not_import_requeue() -> None:
+    """devcluster is test infrastructure for any operator: requeue's CRDs are passed in, not imported."""
+    assert {str(p.relative_to(ROOT)) for p in DEVCLUSTER.rglob("*.py") if "requeue" in imported(p)} == set()
 
 
 def test_the_lock_pins_every_declared_package() -> None:

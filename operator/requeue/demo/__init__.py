@@ -1,6 +1,6 @@
 """``requeue demo``: the whole product on a laptop with nothing else, in under a minute.
 
-It starts the API-server emulator (:mod:`requeue.devcluster`, CRDs generated
+It starts the API-server emulator (the ``devcluster`` package, CRDs generated
 from the models), a real redis-server, seeds a few thousand failed BullMQ jobs
 of an outage with real BullMQ workers (whatsapp.send rate-limited, pdf.generate
 timing out, email.send refused), shows them as ``requeue inspect`` does,

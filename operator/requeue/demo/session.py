@@ -29,10 +29,20 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from devcluster import (
+    Cluster,
+    Kubectl,
+    KubectlNotFoundError,
+    RedisServer,
+    find_kubectl,
+    free_port,
+    start_cluster,
+)
 from requeue.analysis import analyse_failed_set
+from requeue.api.crd import crd_for
+from requeue.api.resources import KINDS
 from requeue.demo.view import ReplayView
 from requeue.demo.workload import OUTAGE, HealthEndpoint, ServiceWorker, Workload, plan, seed_failed_jobs
-from requeue.devcluster import Cluster, Kubectl, RedisServer, find_kubectl, free_port, start_cluster
 from requeue.queues import BullQueue
 
 __all__ = ["DemoOptions", "DemoSession"]
@@ -48,6 +58,11 @@ POLL = 0.2
 PROVIDER_RECOVERS_AFTER = 2.5
 #: Seconds the replay itself should take, whatever --jobs says (sets spec.rate.jobsPerSecond).
 REPLAY_SECONDS = 10.0
+
+
+def crds_from_models() -> list[dict[str, Any]]:
+    """requeue's CustomResourceDefinitions, generated in memory from the API models (no files)."""
+    return [crd_for(cls.INFO) for cls in KINDS]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,14 +122,14 @@ class DemoSession:
         """Everything up to the final status; returns the exit code (0 when the replay Succeeded)."""
         console = self.console
         console.rule("[bold]requeue demo[/bold]: replay a BullMQ outage's failed jobs exactly once")
-        self.cluster = start_cluster(workdir=self.workdir / "kube")
+        self.cluster = start_cluster(crds_from_models(), workdir=self.workdir / "kube")
         crds = ", ".join(o["metadata"]["name"] for o in self.cluster.list_objects(
             "apiextensions.k8s.io/v1/customresourcedefinitions"))
-        self.say(f"API server emulator on {self.cluster.url} (requeue.devcluster; CRDs {crds})")
+        self.say(f"API server emulator on {self.cluster.url} (devcluster; CRDs {crds})")
         try:
             self.kubectl = Kubectl(self.cluster.kubeconfig, self.workdir / "kube" / "kubectl-cache",
                                    binary=find_kubectl())
-        except RuntimeError:
+        except KubectlNotFoundError:
             self.say("kubectl is not on PATH: the demo talks to the API directly instead")
         self.redis = RedisServer(directory=self.workdir / "redis", own_session=True)
         await asyncio.to_thread(self.redis.start)

@@ -9,7 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 
-from requeue.errors import AuthFailed, RedisUnavailable, RedisUrlInvalid
+from requeue.errors import AuthFailed, RedisOutOfMemory, RedisUnavailable, RedisUrlInvalid
 from requeue.redact import encode_userinfo, redact_text, redact_url, sensitive_parts
 
 #: Seconds to wait for connecting and for each command.
@@ -50,6 +50,17 @@ def is_auth_error(exc: BaseException) -> bool:
     )
 
 
+def is_oom_error(exc: BaseException) -> bool:
+    """Whether Redis refused a write for ``maxmemory`` (``OOM command not allowed ...``).
+
+    The reply arrives as ``OutOfMemoryError`` for a plain command, but wrapped in a
+    ``ResponseError`` from a script or inside a MULTI, so the text decides too.
+    """
+    return isinstance(exc, rx.OutOfMemoryError) or (
+        isinstance(exc, rx.ResponseError) and "OOM command not allowed" in str(exc)
+    )
+
+
 def client_from_url(url: str, **kwargs: Any) -> aioredis.Redis:
     """``redis.asyncio.Redis.from_url`` for a URL as a person writes it.
 
@@ -78,6 +89,11 @@ def map_redis_error(exc: BaseException, *, url: str | None = None, queue: str | 
     detail = redact_text(f"{type(exc).__name__}: {exc}", sensitive_parts(url) if url else [])
     if is_auth_error(exc):
         return AuthFailed(f"Redis{where} refused the credentials ({detail})", queue=queue, replay=replay)
+    if is_oom_error(exc):
+        return RedisOutOfMemory(
+            f"Redis{where} is out of memory and refuses writes ({detail}); nothing more moves until "
+            "it has room: raise maxmemory or free memory, and the replay goes on by itself",
+            queue=queue, replay=replay)
     return RedisUnavailable(f"Redis{where} unavailable ({detail})", queue=queue, replay=replay)
 
 

@@ -24,17 +24,23 @@ import logging
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import kmock
 
-from requeue.devcluster.paths import resource_path
-
-if TYPE_CHECKING:
-    from requeue.devcluster.apiserver import ApiServer
+from devcluster.paths import resource_path
 
 #: (resource, namespace, name, stored object) of an object that is not deleted.
 LiveObject = tuple[kmock.resource, str | None, str, dict[str, Any]]
+
+
+class LiveObjects(Protocol):
+    """What the collector reads from the emulator (its deletes go over HTTP like any client's).
+
+    A protocol, not the emulator class, so that this module does not import the emulator.
+    """
+
+    async def live_objects(self) -> list[LiveObject]: ...
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +69,7 @@ def _delete(base_url: str, res: kmock.resource, namespace: str | None, name: str
             raise
 
 
-async def collect_garbage(server: ApiServer, base_url: str, interval: float = GC_INTERVAL) -> None:
+async def collect_garbage(server: LiveObjects, base_url: str, interval: float = GC_INTERVAL) -> None:
     """Run until cancelled: delete orphaned dependents over HTTP at ``base_url``."""
     while True:
         await asyncio.sleep(interval)

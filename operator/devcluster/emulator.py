@@ -6,94 +6,106 @@ are no nodes, controllers or admission webhooks, only the API objects.
 
 kmock (by kopf's author) keeps objects in memory and serves list/watch/get/
 create/patch/delete. :class:`ApiServer` fills the gaps that real clients trip
-on, in the emulator rather than in the operator (DESIGN.md, Tests):
+on, by overriding kmock's handler methods (the hooks :data:`KMOCK_HOOKS` names;
+nothing of kmock is patched):
 
 * discovery: the core group says ``v1`` (kmock: ``/v1``, kubectl then finds no
   Secret); CRDs, namespaces, secrets, events, leases are registered with verbs
   (kopf idles silently without CRDs and namespaces in discovery);
+* ``/api/v1/namespaces[/NAME]`` is the namespaces resource itself (kmock's path
+  parser reads ``namespaces`` there as a namespace scope and fails): the request
+  is readdressed before kmock parses it (:meth:`ApiServer.__call__`);
 * lists carry ``apiVersion``/``kind: <Kind>List`` and the current
-  ``resourceVersion``; label and field selectors (equality only) filter them;
+  ``resourceVersion``; label and field selectors (equality only) filter lists and watches;
+* watches stream ``application/json`` events (kubectl refuses kmock's
+  ``application/octet-stream``), as Table rows when kubectl asks ``as=Table``
+  (``kubectl get -w``), from the ``resourceVersion`` the client lists at;
 * a Secret's ``stringData`` is folded into base64 ``data``; its ``type`` defaults to Opaque;
 * every write maintains ``metadata.resourceVersion`` (one global counter),
   ``uid``, ``creationTimestamp`` and ``generation`` (bumped when anything but
   metadata/status changes), supports ``generateName``, rejects a stale
   ``resourceVersion`` with 409, and applies the status-subresource rules
   (PATCH ``/status`` changes only ``.status``; the main endpoint ignores it);
+  patches are applied as JSON patch or JSON merge patch (RFC 7386);
 * ``DELETE`` of an object with finalizers sets ``deletionTimestamp`` and emits
   MODIFIED; the object goes once the finalizers are emptied (kmock's GC);
 * creating a CustomResourceDefinition through the API registers its resource;
-* dependents whose owners are all gone are deleted (:mod:`requeue.devcluster.gc`);
 * typed ``kubectl create namespace|secret|configmap`` send protobuf: decoded
-  (:mod:`requeue.devcluster.protobuf`) into the JSON object kmock stores;
+  (:mod:`devcluster.protobuf`) into the JSON object kmock stores;
 * custom resources are validated against their CRD's schema and CEL rules
-  (:mod:`requeue.devcluster.validation`), so a bad spec is refused with 422;
-* ``kubectl get`` receives server-side Tables built from the CRD's
-  ``additionalPrinterColumns`` (simple JSONPath: ``.a.b``, ``[0]``, ``[*]``,
-  ``[?(@.type=="Ready")]``), with built-in columns for events and secrets.
+  (:mod:`devcluster.validation`), so a bad spec is refused with 422;
+* ``kubectl get`` receives server-side Tables (:mod:`devcluster.rendering`).
+
+Dependents whose owners are gone are deleted by :mod:`devcluster.gc`, which
+:func:`devcluster.cluster.start_cluster` runs beside the server.
 
 Not emulated: PUT (replace), server-side apply, dry-run, defaulting,
-namespace existence, watch bookmarks, ``resourceVersion`` on watch
-(a new watch first replays every existing object as ADDED — kopf copes).
-
-:func:`start_cluster` runs the server on a :class:`BackgroundLoop` thread, so
-the caller may run blocking ``kubectl`` while the operator subprocess keeps
-talking to it. Importing this module patches kmock's path parser process-wide
-(see :func:`_parse_path`): import it only in processes that serve the emulator.
-
-Needs the ``demo`` extra (``pip install 'requeue[demo]'``).
+namespace existence, watch bookmarks, DELETED events for objects a field
+selector stops matching, and events missed before a watch's
+``resourceVersion`` (a watch from an old version gets the current state of what
+changed since, as ADDED).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import copy
 import datetime
 import functools
-import json
 import re
 import secrets
-import shutil
 import string
-import subprocess
-import tempfile
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 import jsonpatch
 import jsonpointer
 import kmock
-import yaml
-from kmock._internal import dicts as kmock_dicts  # merge/JSON patch, as kmock applies them
-from kmock._internal import enums as kmock_enums
-from kmock._internal import parsing as kmock_parsing
-from kmock._internal.rendering import Payload, Request
 
-from requeue.devcluster.gc import collect_garbage
-from requeue.devcluster.loop import BackgroundLoop
-from requeue.devcluster.paths import resource_path
-from requeue.devcluster.protobuf import UnsupportedProtobuf, decode_object
-from requeue.devcluster.validation import validate as validate_against_crd
+from devcluster.protobuf import UnsupportedProtobuf, decode_object
+from devcluster.rendering import (
+    AGE_COLUMN,
+    BUILTIN_COLUMNS,
+    NAME_COLUMN,
+    Column,
+    columns_for_crd_version,
+    jsonpath,
+    table,
+)
+from devcluster.validation import validate as validate_against_crd
 
-__all__ = [
-    "ApiServer",
-    "Cluster",
-    "Kubectl",
-    "KubectlError",
-    "crds_from_models",
-    "find_kubectl",
-    "human_age",
-    "jsonpath",
-    "kubeconfig",
-    "load_crds",
-    "start_cluster",
-]
+__all__ = ["ALL_VERBS", "BUILTIN_RESOURCES", "KMOCK_HOOKS", "ApiServer", "merge_patch"]
+
+#: kmock's protected members :class:`ApiServer` overrides or uses (kmock documents
+#: ``KubernetesEmulator`` for subclassing: "inherit and implement for your cases"). They are not
+#: kmock's public API, hence the pin in the ``demo`` extra and the unit test
+#: (tests/unit/test_devcluster_kmock_contract.py) that fails, naming the member, if one changes.
+KMOCK_HOOKS: dict[str, tuple[str, ...]] = {
+    # member: the parameter names ApiServer relies on (after self)
+    "__call__": ("raw_request",),
+    "_handle": ("request",),
+    "_render_error": ("exc",),
+    "_serve_version": ("request",),
+    "_serve_list": ("request",),
+    "_serve_watch": ("request",),
+    "_serve_fetch": ("request",),
+    "_get_resources": (),
+}
+#: kmock attributes ApiServer reads: the store lock and the per-resource event buses.
+KMOCK_ATTRIBUTES = ("_lock", "_buses", "objects", "resources", "fallback")
+
+#: The namespace kmock is shown for requests to the namespaces resource itself (see ``__call__``):
+#: not a valid namespace name, so no real request carries it.
+_NAMESPACES_SCOPE = "_namespaces-resource_"
+
+#: Columns of a resource without printer columns of its own.
+DEFAULT_COLUMNS: list[Column] = [NAME_COLUMN, AGE_COLUMN]
+
+#: The media type of a watch stream (kubectl has no decoder for kmock's application/octet-stream).
+WATCH_HEADERS = {"Content-Type": "application/json"}
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 
@@ -110,102 +122,10 @@ BUILTIN_RESOURCES: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
     ("kopf.dev/v1/kopfpeerings", "KopfPeering", True, ()),
 )
 
-Column = tuple[dict[str, Any], Callable[[dict[str, Any]], Any]]
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# ---------------------------------------------------------------- JSONPath & Table cells
-
-
-_JSONPATH_TOKEN = re.compile(
-    r"""\.(?P<key>[^.\[]+)|\[(?P<idx>\d+)\]|\[\*\]|\[\?\(@\.(?P<fkey>[\w.-]+)\s*==\s*["'](?P<fval>[^"']*)["']\)\]"""
-)
-
-
-def jsonpath(obj: Any, path: str) -> list[Any]:
-    """Evaluate the JSONPath subset CRD printer columns use; return all matches."""
-    values, pos = [obj], 0
-    for m in _JSONPATH_TOKEN.finditer(path):
-        if m.start() != pos:
-            raise ValueError(f"unsupported JSONPath {path!r} at {pos}")
-        pos = m.end()
-        found: list[Any] = []
-        for v in values:
-            if m["key"] is not None and isinstance(v, dict) and m["key"] in v:
-                found.append(v[m["key"]])
-            elif m["idx"] is not None and isinstance(v, list) and int(m["idx"]) < len(v):
-                found.append(v[int(m["idx"])])
-            elif m["fkey"] is not None and isinstance(v, list):
-                found += [x for x in v if isinstance(x, dict) and str(x.get(m["fkey"])) == m["fval"]]
-            elif m["key"] is None and m["idx"] is None and m["fkey"] is None and isinstance(v, list):
-                found += v
-        values = found
-    if pos != len(path):
-        raise ValueError(f"unsupported JSONPath {path!r} at {pos}")
-    return values
-
-
-def human_age(timestamp: str) -> str:
-    """Like apimachinery's HumanDuration (roughly): ``42s``, ``5m``, ``3h``, ``2d``."""
-    then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    secs = max(0, int((datetime.datetime.now(datetime.UTC) - then).total_seconds()))
-    for unit, size, limit in (("s", 1, 120), ("m", 60, 3 * 3600), ("h", 3600, 48 * 3600)):
-        if secs < limit:
-            return f"{secs // size}{unit}"
-    return f"{secs // 86400}d"
-
-
-def _column(name: str, type_: str, getter: Callable[[dict[str, Any]], Any],
-            description: str = "", priority: int = 0) -> Column:
-    definition = {"name": name, "type": type_, "format": "name" if name == "Name" else "",
-                  "description": description, "priority": priority}
-    return definition, getter
-
-
-def _path_column(spec: Mapping[str, Any]) -> Column:
-    path, type_ = spec["jsonPath"], spec.get("type", "string")
-
-    def getter(obj: dict[str, Any]) -> Any:
-        found = jsonpath(obj, path)
-        if not found:
-            return None
-        if type_ == "date" and isinstance(found[0], str):
-            return human_age(found[0])
-        value = found[0]  # kube-apiserver also takes the first result only
-        if type_ == "string" and not isinstance(value, str):
-            return json.dumps(value, separators=(",", ":"))  # as its JSONPath printer does
-        return value
-
-    return _column(spec["name"], type_, getter, spec.get("description", ""),
-                   int(spec.get("priority", 0)))
-
-
-def _created(obj: dict[str, Any]) -> Any:
-    ts = obj.get("metadata", {}).get("creationTimestamp")
-    return human_age(ts) if ts else None
-
-
-NAME_COLUMN = _column("Name", "string", lambda o: o.get("metadata", {}).get("name"))
-AGE_COLUMN = _column("Age", "date", _created)
-BUILTIN_COLUMNS: dict[str, list[Column]] = {
-    "v1/events": [
-        _column("Last Seen", "string", lambda o: human_age(o["lastTimestamp"])
-                if o.get("lastTimestamp") else None),
-        _column("Type", "string", lambda o: o.get("type")),
-        _column("Reason", "string", lambda o: o.get("reason")),
-        _column("Object", "string", lambda o: "{}/{}".format(
-            str(o.get("involvedObject", {}).get("kind", "")).lower(),
-            o.get("involvedObject", {}).get("name"))),
-        _column("Message", "string", lambda o: o.get("message")),
-    ],
-    "v1/namespaces": [NAME_COLUMN, _column("Status", "string",
-                                           lambda o: o.get("status", {}).get("phase")), AGE_COLUMN],
-    "v1/secrets": [NAME_COLUMN, _column("Type", "string", lambda o: o.get("type")),
-                   _column("Data", "integer", lambda o: len(o.get("data") or {})), AGE_COLUMN],
-}
 
 
 # ---------------------------------------------------------------- selectors
@@ -241,8 +161,6 @@ def _field(obj: dict[str, Any], path: str) -> str | None:
 
 
 # ---------------------------------------------------------------- the emulator
-
-
 @attrs.define(kw_only=True)
 class ApiServer(kmock.KubernetesEmulator):
     """kmock's ``KubernetesEmulator`` with the fixes listed in the module docstring."""
@@ -259,6 +177,9 @@ class ApiServer(kmock.KubernetesEmulator):
             self.register(res, kind=kind, namespaced=namespaced, shortnames=short)
         for res, columns in BUILTIN_COLUMNS.items():
             self._columns[kmock.resource(res)] = columns
+        # kmock serves watches from a fallback of its own, without a media type: this one is
+        # ranked just above it (sub-priority 1 within the fallbacks) and says application/json.
+        (self.fallback ** 1)[kmock.action.WATCH] << kmock.headers(WATCH_HEADERS) << self._serve_watch
         self.fallback["get /openapi/v3"] << self._serve_openapi_index
         self.fallback["get", re.compile(r"/openapi/v3/apis?/.+")] << self._serve_openapi_gv
         for ns in ("default", "kube-system"):
@@ -294,10 +215,8 @@ class ApiServer(kmock.KubernetesEmulator):
                 shortnames=names.get("shortNames", ()), categories=names.get("categories", ()),
                 subresources=version.get("subresources", {}).keys(), singular=names.get("singular"),
             )
-            printer = version.get("additionalPrinterColumns")
             self._crds[res] = crd
-            self._columns[res] = ([NAME_COLUMN, *map(_path_column, printer)] if printer
-                                  else [NAME_COLUMN, AGE_COLUMN])
+            self._columns[res] = columns_for_crd_version(version)
             registered.append(res)
         return registered
 
@@ -353,14 +272,14 @@ class ApiServer(kmock.KubernetesEmulator):
             obj["type"] = "Opaque"  # the API server's default
         _fold_string_data(resource, obj)
 
-    def _current(self, request: Request) -> dict[str, Any]:
+    def _current(self, request: kmock.Request) -> dict[str, Any]:
         assert request.resource is not None and request.name is not None
         key = (request.resource, request.namespace, request.name)
         if key not in self.objects or self.objects[key].deleted:
             raise kmock.KubernetesObjectNotFoundError()
         return copy.deepcopy(self.objects[key].raw)
 
-    def _prepare_update(self, request: Request) -> dict[str, Any] | None:
+    def _prepare_update(self, request: kmock.Request) -> dict[str, Any] | None:
         """Compute the patched object; return it (to be stored) or None if nothing changes."""
         current = self._current(request)
         ctype = _header(request, "Content-Type").split(";")[0].strip()
@@ -373,7 +292,7 @@ class ApiServer(kmock.KubernetesEmulator):
         if patch is None:
             patch = {}
         try:
-            wanted = kmock_dicts.patch_dict(copy.deepcopy(current), patch)
+            wanted = _apply_patch(current, patch)
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
             # A failed "test" op (kopf's optimistic lock on resourceVersion) is a 422, as in k8s.
             raise kmock.KubernetesError(422, "Invalid", f"the JSON patch failed: {exc}") from exc
@@ -410,11 +329,35 @@ class ApiServer(kmock.KubernetesEmulator):
         new_meta["resourceVersion"] = self._next_rv()
         return wanted
 
-    async def _handle(self, request: Request) -> Any:
+    async def __call__(self, raw_request: Any) -> Any:
+        """Readdress requests to the namespaces resource before kmock parses them.
+
+        kmock's path parser reads ``/api/v1/namespaces[/NAME[/SUB]]`` as a
+        namespace scope (and fails on the bare list path). The request is served
+        as ``/api/v1/namespaces/<scope>/namespaces[/NAME[/SUB]]``, which kmock
+        parses into the right resource, name and subresource; :meth:`_handle`
+        then drops the placeholder scope. ``raw_request`` is aiohttp's request.
+        """
+        path = raw_request.rel_url.path
+        parts = path.strip("/").split("/")
+        if parts[:3] == ["api", "v1", "namespaces"] and (
+            len(parts) <= 4 or (len(parts) == 5 and parts[4] in ("status", "finalize"))
+        ):
+            readdressed = path.replace("/namespaces", f"/namespaces/{_NAMESPACES_SCOPE}/namespaces", 1)
+            raw_request = raw_request.clone(rel_url=raw_request.rel_url.with_path(readdressed)
+                                            .with_query(raw_request.rel_url.query))
+        return await super().__call__(raw_request)
+
+    async def _handle(self, request: kmock.Request) -> Any:
         """Serialise writes and bring each one to real-API-server shape before kmock applies it."""
+        if request.namespace == _NAMESPACES_SCOPE:  # see __call__: namespaces are cluster-scoped
+            # In place, not a copy: kmock's views match a request by identity in its request log.
+            path = request.url.path.replace(f"/namespaces/{_NAMESPACES_SCOPE}", "", 1)
+            object.__setattr__(request, "namespace", None)
+            object.__setattr__(request, "url", request.url.with_path(path).with_query(request.url.query))
         action = request.action
         if request.resource is None or action not in (
-            kmock_enums.action.CREATE, kmock_enums.action.UPDATE, kmock_enums.action.DELETE
+            kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE
         ):
             return await super()._handle(request)
         if _header(request, "Content-Type").startswith("application/vnd.kubernetes.protobuf"):
@@ -426,11 +369,11 @@ class ApiServer(kmock.KubernetesEmulator):
                     f"the emulator reads protobuf only for Namespace, Secret and ConfigMap ({exc}); "
                     "send JSON, e.g. kubectl apply") from exc
         async with self._write_lock:
-            if action == kmock_enums.action.CREATE and isinstance(request.data, dict):
+            if action == kmock.action.CREATE and isinstance(request.data, dict):
                 self._stamp_new(request.resource, request.data, namespace=request.namespace
                                 or request.data.get("metadata", {}).get("namespace"))
                 self._validate(request.resource, request.data, old=None)
-            elif action == kmock_enums.action.UPDATE and request.name is not None:
+            elif action == kmock.action.UPDATE and request.name is not None:
                 wanted = self._prepare_update(request)
                 if wanted is not None:
                     self._validate(request.resource, wanted, old=self._current(request))
@@ -438,10 +381,10 @@ class ApiServer(kmock.KubernetesEmulator):
                 # the stored object exactly what we computed, whatever the client's patch type.
                 ops = [] if wanted is None else [{"op": "replace", "path": "", "value": wanted}]
                 object.__setattr__(request, "data", ops)
-            elif action == kmock_enums.action.DELETE and request.name is not None:
+            elif action == kmock.action.DELETE and request.name is not None:
                 await self._prepare_delete(request)
             response = await super()._handle(request)
-            if (action == kmock_enums.action.CREATE and request.resource.plural
+            if (action == kmock.action.CREATE and request.resource.plural
                     == "customresourcedefinitions" and isinstance(request.data, dict)):
                 self.register_crd(request.data)
             return response
@@ -460,7 +403,7 @@ class ApiServer(kmock.KubernetesEmulator):
                 422, "Invalid",
                 f'{kind}.{crd["spec"]["group"]} "{name}" is invalid: {"; ".join(errors)}')
 
-    async def _prepare_delete(self, request: Request) -> None:
+    async def _prepare_delete(self, request: kmock.Request) -> None:
         current = self._current(request)
         meta = current.get("metadata", {})
         if meta.get("deletionTimestamp"):
@@ -478,7 +421,7 @@ class ApiServer(kmock.KubernetesEmulator):
 
     # -- reads
 
-    async def _serve_version(self, request: Request) -> Payload:
+    async def _serve_version(self, request: kmock.Request) -> kmock.Payload:
         payload = await super()._serve_version(request)
         if isinstance(payload, dict):
             if str(payload.get("groupVersion", "")).startswith("/"):
@@ -499,14 +442,14 @@ class ApiServer(kmock.KubernetesEmulator):
     # OpenAPI v3 document, that PATCH takes ``fieldValidation`` (it then leaves validation to
     # the server, which the emulator skips); otherwise kubectl wants protobuf OpenAPI v2.
 
-    async def _serve_openapi_index(self, request: Request) -> Payload:
+    async def _serve_openapi_index(self, request: kmock.Request) -> kmock.Payload:
         paths = {}
         for res in self._get_resources():
             gv = f"apis/{res.group}/{res.version}" if res.group else "api/v1"
             paths[gv] = {"serverRelativeURL": f"/openapi/v3/{gv}"}
         return {"paths": paths}
 
-    async def _serve_openapi_gv(self, request: Request) -> Payload:
+    async def _serve_openapi_gv(self, request: kmock.Request) -> kmock.Payload:
         gv = request.url.path.removeprefix("/openapi/v3/")
         group_version = gv.removeprefix("apis/").removeprefix("api/")
         group, _, version = group_version.rpartition("/")
@@ -529,7 +472,7 @@ class ApiServer(kmock.KubernetesEmulator):
         return {"openapi": "3.0.0", "info": {"title": "kmock", "version": "v0"}, "paths": paths,
                 "components": {"schemas": schemas}}
 
-    async def _serve_list(self, request: Request) -> Payload:
+    async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
         resource = request.resource
         if resource is None or resource not in self._get_resources():
             raise kmock.KubernetesResourceNotFoundError()
@@ -550,28 +493,58 @@ class ApiServer(kmock.KubernetesEmulator):
         return {"apiVersion": api_version, "kind": f"{kind}List",
                 "metadata": {"resourceVersion": str(self._resource_version)}, "items": items}
 
-    async def _serve_fetch(self, request: Request) -> Payload:
+    async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
         obj = await super()._serve_fetch(request)
         if _wants_table(request) and request.resource is not None and isinstance(obj, dict):
             return self._table(request.resource, [obj], request)
         return obj
 
     def _table(self, resource: kmock.resource, items: list[dict[str, Any]],
-               request: Request) -> dict[str, Any]:
-        """A meta.k8s.io/v1 Table, as kube-apiserver sends to ``kubectl get``."""
-        columns = self.columns(resource)
-        include = request.params.get("includeObject", "Metadata")
-        rows = []
-        for obj in items:
-            if include == "Object":
-                embedded = obj
-            else:
-                embedded = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                            "metadata": obj.get("metadata", {})}
-            rows.append({"cells": [getter(obj) for _, getter in columns], "object": embedded})
-        return {"kind": "Table", "apiVersion": "meta.k8s.io/v1",
-                "metadata": {"resourceVersion": str(self._resource_version)},
-                "columnDefinitions": [definition for definition, _ in columns], "rows": rows}
+               request: kmock.Request) -> dict[str, Any]:
+        """A meta.k8s.io/v1 Table of ``items``, as kube-apiserver sends to ``kubectl get``."""
+        return table(self.columns(resource), items, resource_version=str(self._resource_version),
+                     include_object=request.params.get("includeObject", "Metadata"))
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
+        """A watch stream: the current objects, then every change, filtered like a list.
+
+        Unlike kmock's own, it honours the namespace, name, label and field
+        selectors, starts after the ``resourceVersion`` the client asks for
+        (``kubectl get -w`` lists first, then watches from the list's version:
+        objects unchanged since are not sent again), and sends each event's
+        object as a one-row Table when the client accepts ``as=Table``. Events
+        are taken from kmock's bus from a mark set under the store lock, so none
+        falls between the snapshot and the stream.
+        """
+        resource = request.resource
+        if resource is None or resource not in self._get_resources():
+            raise kmock.KubernetesResourceNotFoundError()
+        since = _int_or_none(request.params.get("resourceVersion"))
+        wanted = functools.partial(_watched, request)
+        bus = self._buses[resource]
+        async with self._lock:
+            mark = await bus.mark()
+            current = [copy.deepcopy(obj.raw) for (res, _, _), obj in self.objects.items()
+                       if res == resource and not obj.deleted]
+        try:
+            yield b""  # sends the headers now: a quiet watch is still a started one (as in kmock)
+            current.sort(key=lambda o: int(o.get("metadata", {}).get("resourceVersion") or 0))
+            for obj in current:
+                version = _int_or_none(obj.get("metadata", {}).get("resourceVersion"))
+                if wanted(obj) and (not since or version is None or version > since):
+                    yield self._watch_event(resource, "ADDED", obj, request)
+            async for event in bus.stream(since=mark):
+                obj = event.get("object") or {}
+                if wanted(obj):
+                    yield self._watch_event(resource, event["type"], copy.deepcopy(obj), request)
+        finally:
+            await bus.unmark(mark)
+
+    def _watch_event(self, resource: kmock.resource, kind: str, obj: dict[str, Any],
+                     request: kmock.Request) -> dict[str, Any]:
+        if _wants_table(request):
+            return {"type": kind, "object": self._table(resource, [obj], request)}
+        return {"type": kind, "object": obj}
 
     def resource_of(self, api_version: str, kind: str) -> kmock.resource | None:
         """The served resource of that apiVersion and kind, or None. Call on the loop."""
@@ -580,7 +553,7 @@ class ApiServer(kmock.KubernetesEmulator):
 
     def columns(self, resource: kmock.resource) -> list[Column]:
         """The Table columns ``kubectl get`` receives for the resource."""
-        return self._columns.get(resource, [NAME_COLUMN, AGE_COLUMN])
+        return self._columns.get(resource, DEFAULT_COLUMNS)
 
     def list_raw(self, res: str | kmock.resource, namespace: str | None = None) -> list[dict[str, Any]]:
         """Stored objects (deep copies), sorted by namespace and name. Call on the loop."""
@@ -605,33 +578,7 @@ class ApiServer(kmock.KubernetesEmulator):
         return copy.deepcopy(self.objects[key].raw)
 
 
-_original_parse_path = kmock_parsing.parse_path
-
-
-def _parse_path(path: str) -> kmock_parsing.ParsedPath:
-    """kmock reads ``/api/v1/namespaces[/NAME]`` as a namespace prefix and crashes on it.
-
-    The namespaces resource itself is the one place where the ``namespaces``
-    segment is the plural, not the scope: patched process-wide (only processes
-    that serve the emulator import this module) because kmock parses requests
-    before any handler is involved.
-    """
-    parts = path.strip("/").split("/")
-    if parts[:3] == ["api", "v1", "namespaces"] and (
-        len(parts) <= 4 or (len(parts) == 5 and parts[4] in ("status", "finalize"))
-    ):
-        return kmock_parsing.ParsedPath(
-            group="", version="v1", plural="namespaces", namespace=None,
-            name=parts[3] if len(parts) >= 4 else None,
-            subresource=parts[4] if len(parts) == 5 else None,
-        )
-    return _original_parse_path(path)
-
-
-kmock_parsing.parse_path = _parse_path
-
-
-def _header(request: Request, name: str) -> str:
+def _header(request: kmock.Request, name: str) -> str:
     """Headers are a plain dict in kmock's Request: look them up case-insensitively."""
     for key, value in request.headers.items():
         if key.lower() == name.lower():
@@ -639,7 +586,54 @@ def _header(request: Request, name: str) -> str:
     return ""
 
 
-def _wants_table(request: Request) -> bool:
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _watched(request: kmock.Request, obj: Mapping[str, Any]) -> bool:
+    """Whether a watch (its namespace, name, label and field selectors) sees ``obj``."""
+    meta = obj.get("metadata", {})
+    if request.namespace is not None and meta.get("namespace") != request.namespace:
+        return False
+    if request.name is not None and meta.get("name") != request.name:
+        return False
+    item = dict(obj)
+    return (_selector_matches(request.params.get("labelSelector", ""), functools.partial(_label, item))
+            and _selector_matches(request.params.get("fieldSelector", ""), functools.partial(_field, item)))
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: dicts merge recursively, ``None`` deletes, anything else replaces."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _apply_patch(current: dict[str, Any], patch: Any) -> dict[str, Any]:
+    """A JSON patch (a list of operations) or a merge patch (an object) applied to ``current``."""
+    if isinstance(patch, list):
+        patched = jsonpatch.apply_patch(copy.deepcopy(current), patch, in_place=False)
+    elif isinstance(patch, Mapping):
+        patched = merge_patch(current, patch)
+    else:
+        kind = type(patch).__name__
+        raise kmock.KubernetesError(400, "BadRequest",
+                                    f"a patch is a JSON object or a list of operations, not {kind}")
+    if not isinstance(patched, dict):
+        raise kmock.KubernetesError(422, "Invalid", "the patch does not leave an object")
+    return patched
+
+
+def _wants_table(request: kmock.Request) -> bool:
     return "as=Table" in _header(request, "Accept")
 
 
@@ -665,219 +659,3 @@ def _strip_directives(value: Any) -> Any:
         return [_strip_directives(v) for v in value]
     return value
 
-
-def load_crds(directory: Path) -> list[dict[str, Any]]:
-    """Every CustomResourceDefinition document in ``directory/*.yaml`` (sorted by file name)."""
-    crds: list[dict[str, Any]] = []
-    for path in sorted(directory.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-                crds.append(doc)
-    return crds
-
-
-def crds_from_models() -> list[dict[str, Any]]:
-    """requeue's CustomResourceDefinitions, generated in memory from the API models (no files)."""
-    from requeue.api.crd import crd_for
-    from requeue.api.resources import KINDS
-
-    return [crd_for(cls.INFO) for cls in KINDS]
-
-
-# ---------------------------------------------------------------- kubectl
-
-
-def find_kubectl() -> str:
-    found = shutil.which("kubectl")
-    if not found:
-        raise RuntimeError("kubectl is not on PATH: apt-get install -y kubernetes-client")
-    return found
-
-
-class KubectlError(AssertionError):
-    """kubectl exited non-zero where the caller expected success; carries its output.
-
-    An AssertionError so that a test calling kubectl fails (not errors) on it.
-    """
-
-
-class Kubectl:
-    """Runs the real kubectl against one kubeconfig, with its own discovery cache directory.
-
-    The private cache matters: each emulator has a fresh port and may gain CRDs
-    at run time, and kubectl would otherwise trust a stale ``~/.kube/cache``.
-    """
-
-    def __init__(self, kubeconfig: Path, cache_dir: Path, binary: str | None = None) -> None:
-        self.binary = binary or find_kubectl()
-        self.kubeconfig = kubeconfig
-        self.cache_dir = cache_dir
-
-    def __call__(self, *args: str, input: str | None = None, check: bool = True,
-                 timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        cmd = [self.binary, f"--kubeconfig={self.kubeconfig}", f"--cache-dir={self.cache_dir}",
-               *args]
-        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise KubectlError(
-                f"kubectl {' '.join(args)} exited {proc.returncode}\n"
-                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-        return proc
-
-    def json(self, *args: str) -> Any:
-        """``kubectl <args> -o json``, parsed."""
-        return json.loads(self(*args, "-o", "json").stdout)
-
-    def apply(self, manifest: Mapping[str, Any] | str) -> subprocess.CompletedProcess[str]:
-        """``kubectl apply -f -`` with a dict (sent as JSON) or YAML/JSON text."""
-        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
-        return self("apply", "-f", "-", input=text)
-
-
-# ---------------------------------------------------------------- a running emulator
-
-
-class Cluster:
-    """A running :class:`ApiServer` plus what a client needs to reach it.
-
-    ``url`` and ``kubeconfig`` for clients (the operator subprocess gets
-    ``KUBECONFIG``), ``kubectl(...)`` for the user's view (needs kubectl on
-    PATH), ``get(...)``/``create(...)`` to use the API without kubectl,
-    ``server`` for kmock's own API (requests log, objects with history) —
-    touch ``server`` only via ``run()``. ``close()`` stops the server and
-    removes ``workdir`` (where the kubeconfig lives).
-    """
-
-    def __init__(self, loop: BackgroundLoop, server: ApiServer, http: kmock.Server,
-                 workdir: Path, gc_task: asyncio.Task[None] | None = None) -> None:
-        self.loop = loop
-        self._gc_task = gc_task
-        self.server = server
-        self._http = http
-        self.workdir = workdir
-        self.url = str(http.url).rstrip("/")
-        self.kubeconfig = workdir / "kubeconfig"
-        self.kubeconfig.write_text(yaml.safe_dump(kubeconfig(self.url)))
-        self._kubectl: Kubectl | None = None
-
-    @property
-    def kubectl(self) -> Kubectl:
-        """The real kubectl on this cluster (its own discovery cache); RuntimeError if not on PATH."""
-        if self._kubectl is None:
-            self._kubectl = Kubectl(self.kubeconfig, self.workdir / "kubectl-cache")
-        return self._kubectl
-
-    def run(self, fn: Callable[[ApiServer], Any]) -> Any:
-        """Call ``fn(server)`` on the server's loop (kmock state is not thread-safe)."""
-        async def call() -> Any:
-            return fn(self.server)
-        return self.loop.run(call())
-
-    def get(self, res: str, name: str, namespace: str | None = "default") -> dict[str, Any] | None:
-        """Read a stored object directly, e.g. ``kube.get("requeue.dev/v1alpha1/dlqreplays", "r1")``."""
-        return self.run(lambda server: server.get_raw(res, name, namespace))  # type: ignore[no-any-return]
-
-    def add_crd(self, crd: Mapping[str, Any]) -> list[kmock.resource]:
-        return self.loop.run(self.server.add_crd(crd))
-
-    def list_objects(self, res: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        """Stored objects of a resource (deep copies), by namespace and name; all namespaces if None."""
-        return self.run(lambda server: server.list_raw(res, namespace))  # type: ignore[no-any-return]
-
-    def table(self, res: str, namespace: str | None = None, *, sort_by: str | None = None) -> str:
-        """What ``kubectl get [--sort-by=JSONPATH]`` prints, from the same server-side Table columns."""
-        def build(server: ApiServer) -> tuple[list[str], list[list[Any]]]:
-            columns = [c for c in server.columns(kmock.resource(res)) if not c[0].get("priority")]
-            items = server.list_raw(res, namespace)
-            if sort_by is not None:
-                items.sort(key=lambda obj: str(next(iter(jsonpath(obj, sort_by)), "")))
-            return ([c["name"].upper() for c, _ in columns],
-                    [[getter(obj) for _, getter in columns] for obj in items])
-
-        headers, rows = self.run(build)
-        if not rows:
-            return f"No resources found in {namespace} namespace.\n" if namespace else "No resources found\n"
-        cells = [headers, *[["<none>" if v is None else str(v) for v in row] for row in rows]]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-        return "".join("   ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n"
-                       for row in cells)
-
-    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """POST ``obj`` over HTTP, as a client would; return the stored object, or raise KubectlError.
-
-        For callers without kubectl: the write takes kubectl's path (stamping,
-        validation, watch events), not a shortcut into the store.
-        """
-        api_version, kind = str(obj["apiVersion"]), str(obj["kind"])
-        resource = self.run(lambda server: server.resource_of(api_version, kind))
-        if resource is None:
-            raise KubectlError(f"the server serves no {kind} in {api_version}")
-        url = f"{self.url}/{resource_path(resource, obj.get('metadata', {}).get('namespace'))}"
-        request = urllib.request.Request(url, data=json.dumps(obj).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                created: dict[str, Any] = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise KubectlError(f"POST {url}: {exc.code} {exc.read().decode(errors='replace')}") from None
-        return created
-
-    def close(self) -> None:
-        async def stop() -> None:
-            if self._gc_task is not None:
-                self._gc_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._gc_task
-            await self._http.__aexit__(None, None, None)
-            await self.server.__aexit__(None, None, None)
-        try:
-            self.loop.run(stop())
-        finally:
-            self.loop.close()
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def kubeconfig(url: str) -> dict[str, Any]:
-    """A kubeconfig for the emulator at ``url``: plain HTTP, a token user, namespace ``default``."""
-    return {
-        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-        "clusters": [{"name": "kmock", "cluster": {"server": url}}],
-        "users": [{"name": "tester", "user": {"token": "test-token"}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "tester",
-                                                   "namespace": "default"}}],
-    }
-
-
-def start_cluster(crds: Iterable[Mapping[str, Any]] | None = None, *,
-                  workdir: Path | None = None) -> Cluster:
-    """Start an emulator on a free loopback port in its own thread, with ``crds`` registered.
-
-    :param crds: CustomResourceDefinitions to serve; default: requeue's, from the models.
-    :param workdir: where the kubeconfig goes (created; removed by ``close()``); default: a temp dir.
-    """
-    loop = BackgroundLoop("kmock-apiserver")
-
-    async def start() -> tuple[ApiServer, kmock.Server]:
-        server = ApiServer()
-        await server.__aenter__()
-        http = kmock.Server(server)
-        await http.__aenter__()
-        for crd in crds_from_models() if crds is None else crds:
-            await server.add_crd(crd)
-        return server, http
-
-    try:
-        server, http = loop.run(start())
-    except BaseException:
-        loop.close()
-        raise
-
-    async def start_gc() -> asyncio.Task[None]:
-        return asyncio.create_task(collect_garbage(server, str(http.url).rstrip("/")), name="kmock-gc")
-
-    gc_task = loop.run(start_gc())
-    if workdir is None:
-        workdir = Path(tempfile.mkdtemp(prefix="requeue-kube-"))
-    else:
-        workdir.mkdir(parents=True, exist_ok=True)
-    return Cluster(loop, server, http, workdir, gc_task)
