@@ -14,6 +14,7 @@
     │   └── GatesTimedOut           gates did not pass within gatePolicy.timeout
     └── TransientError              may pass on its own; retry with backoff
         ├── RedisUnavailable        cannot reach Redis, or it errored
+        │   └── RedisOutOfMemory    Redis is at maxmemory and refuses writes
         ├── QueueLocked             another replay holds the queue's lease
         └── GateFailed              a health gate is red
 
@@ -127,6 +128,17 @@ class RedisUnavailable(TransientError):
 
     reason = "RedisUnreachable"
     exit_code = 3
+
+
+class RedisOutOfMemory(RedisUnavailable):
+    """Redis is at ``maxmemory`` (with ``noeviction``) and refuses writes: "OOM command not allowed".
+
+    Transient, and held like an outage (nothing is moved or counted until writes
+    pass again), but named apart: Redis answers and reads work, so the fix is
+    memory (raise ``maxmemory``, free or evict keys), not the network.
+    """
+
+    reason = "RedisOutOfMemory"
 
 
 class QueueLocked(TransientError):

@@ -58,7 +58,7 @@ from requeue.api import (
     find_condition,
 )
 from requeue.api.base import ConditionStatus
-from requeue.errors import AuthFailed, QueueNotFound, RedisUnavailable
+from requeue.errors import AuthFailed, QueueNotFound, RedisOutOfMemory, RedisUnavailable
 from requeue.metrics import REPLAY_BATCH_SECONDS, REPLAY_JOBS
 from requeue.queues import BullQueue, ReplayKeys, map_redis_error
 from requeue.queues.adapter import text
@@ -101,6 +101,10 @@ LOCKED_DELAY = 5.0
 THROTTLE_DELAY = 1.0
 #: Delay while suspended (the controller steps again when the spec changes).
 SUSPENDED_DELAY = 60.0
+
+
+#: Ready reasons of a Redis outage the engine reports (and announces the end of).
+_OUTAGE_REASONS = (RedisUnavailable.reason, RedisOutOfMemory.reason)
 
 
 class ReplayEngine:
@@ -169,7 +173,7 @@ class ReplayEngine:
         # outage this engine reported: after a failed connect the caller posts its own "Recovered".
         was = find_condition(st.conditions, "Ready")
         reported_outage = (self.redis_failures > 0 and was is not None
-                           and was.reason == RedisUnavailable.reason)
+                           and was.reason in _OUTAGE_REASONS)
         try:
             delay = await self._step(spec, st, now, events, generation)
         except Finish as fin:
@@ -186,7 +190,7 @@ class ReplayEngine:
         self.redis_failures = 0
         if reported_outage:
             ready = find_condition(st.conditions, "Ready")
-            if ready is not None and ready.reason == RedisUnavailable.reason:
+            if ready is not None and ready.reason in _OUTAGE_REASONS:
                 cond(st, "Ready", True, "Ready", "Redis reachable again", generation, now)
             events.append(ReplayEvent("Normal", "RedisReachable", "Redis answers again"))
         return StepResult(st, delay, events)
