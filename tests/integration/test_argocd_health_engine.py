@@ -44,7 +44,7 @@ from requeue.gates import GateRunner
 from requeue.policy.evaluate import BullQueueOps, PolicyRef, evaluate
 from requeue.replay import ReplayEngine
 from requeue.secrets import StaticSecrets
-from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
+from support.bullmq_jobs import JobSpec, create_queues, make_failed_jobs, run_worker
 from support.redis_server import free_port
 
 
@@ -389,6 +389,7 @@ async def test_queuepolicy_health_from_evaluate(r: aioredis.Redis, redis_url: st
         "queues": [Q, "bulk"], "interval": "30s", "thresholds": {"failed": 5},
     })
     ops = BullQueueOps(r)
+    await create_queues(redis_url, "bulk")  # a watched queue with no keys would be QueueNotFound
     await make_failed_jobs(redis_url, Q, failing(3))
     result = await evaluate(POLICY, spec, None, redis=r, ops=ops)
     healthy = find_condition(result.status.conditions, "Healthy")

@@ -153,7 +153,7 @@ async def test_a_rerun_after_the_holder_was_killed_on_this_host_resumes_at_once(
     while st.replayed == 0:
         st = (await before.step(slow, st)).status
     rerun = ReplayEngine(r, replay_id="k", owner="ops/k")
-    res = await rerun.step(spec, st)
+    res = await rerun.step(slow, st)  # one slow batch: the replay is not over, so the lease is held
     ready = find_condition(res.status.conditions, "Ready")
     assert ready is not None and ready.reason != "QueueLocked", ready
     assert this_process().token in (await r.get(K.lease) or "")
