@@ -28,6 +28,7 @@ from support.dlqreplay import (
     wait_gone_async,
     wait_status_async,
 )
+from support.http_endpoint import endpoint
 from support.kube import Kube
 
 pytestmark = pytest.mark.e2e
@@ -36,36 +37,19 @@ pytestmark = pytest.mark.e2e
 class Health:
     """A health endpoint on 127.0.0.1 answering :attr:`code` (the test flips it)."""
 
-    def __init__(self) -> None:
-        self.code = 503
-        self.url = ""
-        self._runner: web.AppRunner | None = None
+    code = 503
+    url = ""
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok" if self.code == 200 else "down"}, status=self.code)
-
-    async def start(self) -> Health:
-        app = web.Application()
-        app.router.add_get("/health", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/health"
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 @pytest_asyncio.fixture
 async def health() -> AsyncIterator[Health]:
-    server = await Health().start()
-    try:
+    server = Health()
+    async with endpoint(server.handle) as server.url:
         yield server
-    finally:
-        await server.stop()
+
 
 
 async def kubectl(kube: Kube, *args: str) -> str:

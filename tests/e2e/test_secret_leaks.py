@@ -30,6 +30,7 @@ from support.dlqreplay import (
     wait_gone_async,
     wait_status_async,
 )
+from support.http_endpoint import endpoint
 from support.kube import Kube
 from support.leaks import leaks
 from support.redis_server import RedisServer
@@ -45,34 +46,18 @@ TOKEN = ('Tk"9\\' + "".join(f"{i:02x}Zq" for i in range(40)))[:160]
 class Echo:
     """An API that answers ``{"token": <the Authorization header it got>}``."""
 
-    def __init__(self) -> None:
-        self.url = ""
-        self._runner: web.AppRunner | None = None
+    url = ""
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    @staticmethod
+    async def handle(request: web.Request) -> web.Response:
         return web.json_response({"token": request.headers.get("Authorization", "")})
-
-    async def start(self) -> Echo:
-        app = web.Application()
-        app.router.add_get("/health", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/health"
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 @pytest_asyncio.fixture
 async def echo() -> AsyncIterator[Echo]:
-    server = await Echo().start()
-    try:
+    server = Echo()
+    async with endpoint(server.handle) as server.url:
         yield server
-    finally:
-        await server.stop()
 
 
 def url_with(server: RedisServer, password: str, *, port: str | None = None) -> str:
