@@ -266,7 +266,7 @@ def sensitive_parts(value: str) -> list[str]:
     """What of a secret value must never be shown.
 
     A URL (``redis://user:pw@host/0?token=x``) may be shown redacted, so only its
-    password (as written and percent-decoded) and its query count; a libpq
+    password (as written and percent-decoded) and its query values (not the option names) count; a libpq
     ``key=value`` DSN likewise only its password; anything else (a header value,
     a token) counts whole.
     """
@@ -278,12 +278,14 @@ def sensitive_parts(value: str) -> list[str]:
         found: list[str] = []
         if parts.password:
             found += [unquote(parts.password), parts.password]
-        if parts.query:
-            found.append(parts.query)
-            for pair in parts.query.split("&"):
-                _, _, v = pair.partition("=")
-                if v:
-                    found += [v, unquote(v.replace("+", " "))]
+        for pair in parts.query.split("&") if parts.query else []:
+            # an option's name is not secret (a message may name the one at fault); its value
+            # may be a token, and a pair without "=" may be one whole
+            _, has_value, v = pair.partition("=")
+            if not has_value:
+                found.append(pair)
+            elif v:
+                found += [v, unquote(v.replace("+", " "))]
         if parts.fragment:
             found.append(parts.fragment)
         return list(dict.fromkeys(f for f in found if f))

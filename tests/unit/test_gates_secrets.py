@@ -150,7 +150,8 @@ def test_kube_secrets_needs_a_namespace() -> None:
 def test_sensitive_parts_of_urls_dsns_and_tokens() -> None:
     assert sensitive_parts("rediss://default:p%40ss@redis:6379/0") == ["p@ss", "p%40ss"]
     assert sensitive_parts("redis://redis:6379/0") == []  # shown redacted, nothing to hide
-    assert sensitive_parts("https://api/x?key=abc123") == ["key=abc123", "abc123"]
+    assert sensitive_parts("https://api/x?key=abc123") == ["abc123"]  # the option's name is no secret
+    assert sensitive_parts("https://api/x?abc123&k=") == ["abc123"]  # a bare word may be a token
     assert sensitive_parts("host=db user=app password='s3 cret' dbname=app") == ["s3 cret"]
     assert sensitive_parts("host=db password=s3cret") == ["s3cret"]
     assert sensitive_parts(f" {VALUE}\n") == [VALUE]

@@ -100,10 +100,8 @@ def _client_for(url: str, tls: TlsOptions, timeout: float) -> aioredis.Redis:
             client_name="requeue-gate",
             **tls.client_kwargs(url),
         )
-    except RedisUrlInvalid:
-        raise CheckFailed(
-            f"{redact_url(url)}: not a valid Redis URL (expected redis://, rediss:// or unix://)"
-        ) from None
+    except RedisUrlInvalid as exc:  # names the query option at fault; redacted
+        raise CheckFailed(exc.message) from None
 
 
 async def _measure(client: aioredis.Redis, spec: RedisGate, url: str,

@@ -6,11 +6,12 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
+import re2
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 
 from requeue.errors import AuthFailed, RedisOutOfMemory, RedisUnavailable, RedisUrlInvalid
-from requeue.redact import encode_userinfo, redact_text, redact_url, sensitive_parts
+from requeue.redact import encode_userinfo, redact_text, redact_url, sensitive_parts, split_url
 
 #: Seconds to wait for connecting and for each command.
 DEFAULT_TIMEOUT = 10.0
@@ -70,16 +71,67 @@ def client_from_url(url: str, **kwargs: Any) -> aioredis.Redis:
     unambiguous, so the userinfo is percent-encoded first (see
     :func:`requeue.redact.encode_userinfo`) and the URL connects as meant.
 
-    :raises RedisUrlInvalid: the URL still cannot be parsed (the message is redacted).
+    redis-py hands query options it does not parse itself (``?ssl_cert_reqs=none``
+    on ``redis://``, a typo) to the connection class, which only refuses them with a
+    ``TypeError`` at the first command. So one connection object is built here, before
+    anything is sent: a bad option is a :class:`RedisUrlInvalid` naming it, never a
+    traceback and never "Redis unreachable".
+
+    :raises RedisUrlInvalid: the URL or one of its query options cannot be used (the
+        message shows the URL redacted and the option's name, never its value).
     """
     try:
-        return aioredis.Redis.from_url(encode_userinfo(url), **kwargs)
-    except ValueError as exc:
-        detail = redact_text(str(exc), sensitive_parts(url))
-        raise RedisUrlInvalid(
-            f"invalid Redis URL {redact_url(url)}: {detail} (expected "
-            "redis://[user:password@]host[:port][/db], rediss://... or unix://[:password@]/path)"
-        ) from None
+        client = _build(url, kwargs)
+    except (TypeError, ValueError, rx.RedisError) as exc:
+        problem = _url_problem(url, exc, kwargs)
+        raise RedisUrlInvalid(f"{redact_url(url)} is not a valid Redis URL: {problem}") from None
+    return client
+
+
+#: The URL forms requeue connects with, for messages (written so that redaction leaves them alone).
+URL_FORMS = "redis://, rediss:// or unix:// followed by [user:password@]host[:port][/db]"
+
+
+def _url_problem(url: str, exc: BaseException, kwargs: dict[str, Any]) -> str:
+    """What is wrong with ``url``: the query option at fault, found by trying each alone, by
+    name (a name that looks like one) but never with its value, as query values may be tokens."""
+    parts = split_url(url)
+    if parts is None or not parts.query or _unusable(url[:url.rfind("?" + parts.query)], kwargs) is not None:
+        return f"{redact_text(str(exc), sensitive_parts(url))} (expected {URL_FORMS})"
+    bare = url[:url.rfind("?" + parts.query)]
+    for pair in parts.query.split("&"):
+        failure = _unusable(f"{bare}?{pair}", kwargs)
+        if failure is None:
+            continue
+        name, has_value, _ = pair.partition("=")
+        if not has_value or not _OPTION_NAME.match(name):
+            return "a query option is not one redis-py takes (options are name=value); remove it"
+        if name.startswith("ssl_") and parts.scheme.lower() != "rediss":
+            return f"the option {name!r} is for TLS, and this URL is {parts.scheme}:// (TLS is rediss://)"
+        if isinstance(failure, TypeError):
+            return f"redis-py takes no option {name!r} in a Redis URL; remove it"
+        return f"the option {name!r} has a value redis-py cannot use; fix or remove it"
+    return "its query options together are not usable by redis-py"
+
+
+#: A query option's name as redis-py's keyword arguments are spelled (anything else is not shown).
+_OPTION_NAME = re2.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def _build(url: str, kwargs: dict[str, Any]) -> aioredis.Redis:
+    """A client for ``url``, and one connection object built (not connected) to prove its options."""
+    client = aioredis.Redis.from_url(encode_userinfo(url), **kwargs)
+    client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+    return client
+
+
+def _unusable(url: str, kwargs: dict[str, Any]) -> BaseException | None:
+    """The error building a client and one connection object for ``url`` raises, or None."""
+    try:
+        _build(url, kwargs)
+    except (TypeError, ValueError, rx.RedisError) as exc:
+        return exc
+    return None
 
 
 def map_redis_error(exc: BaseException, *, url: str | None = None, queue: str | None = None,
