@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from gates_fixtures import ControlledHttp
 
 from requeue.queues import connect
 from requeue.replay import engine as engine_module
+from support.gates import ControlledHttp
 
 
 @pytest_asyncio.fixture

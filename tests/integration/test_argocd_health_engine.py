@@ -27,7 +27,6 @@ from typing import Any
 import jsonschema
 import pytest
 import redis.asyncio as aioredis
-from gates_fixtures import ControlledHttp
 
 from requeue.api import (
     API_VERSION,
@@ -45,6 +44,7 @@ from requeue.policy.evaluate import BullQueueOps, PolicyRef, evaluate
 from requeue.replay import ReplayEngine
 from requeue.secrets import StaticSecrets
 from support.bullmq_jobs import JobSpec, create_queues, make_failed_jobs, run_worker
+from support.gates import ControlledHttp
 from support.redis_server import free_port
 
 

@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from gates_fixtures import ControlledHttp
 
 from requeue.api import GateSpec
 from requeue.gates import GateResult, run_check
 from requeue.gates.destinations import ALLOW_ENV, DENY_ENV, DestinationPolicy
 from requeue.gates.http import check_http
 from requeue.secrets import StaticSecrets
+from support.gates import ControlledHttp
 from support.redis_server import RedisServer
 
 #: (event, address) of every socket connect/getaddrinfo while a test records; None otherwise.

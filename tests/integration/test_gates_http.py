@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from gates_fixtures import Certificates, ControlledHttp, make_certificates
 
 from requeue.api import GateSpec
 from requeue.gates import GateResult, run_check
 from requeue.gates.http import MAX_BODY
 from requeue.gates.runner import GRACE
 from requeue.secrets import StaticSecrets
+from support.gates import Certificates, ControlledHttp, make_certificates
 
 TOKEN = "cgb-Token-51d0e7"
 SECRETS = StaticSecrets({("cgb", "bearer"): TOKEN})

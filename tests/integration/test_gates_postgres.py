@@ -7,13 +7,13 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from gates_fixtures import PasswordPostgres
 
 from requeue.api import GateSpec
 from requeue.gates import GateResult, run_check
 from requeue.gates.runner import GRACE
 from requeue.secrets import StaticSecrets
 from support import async_wait_until
+from support.gates import PasswordPostgres
 from support.redis_server import free_port
 from support.tcp_proxy import TcpProxy
 

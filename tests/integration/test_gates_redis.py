@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import redis
-from gates_fixtures import ControlledHttp, make_certificates
 
 from requeue.api import GatePolicy, GateSpec
 from requeue.api.common import RedisConnection
@@ -22,6 +21,7 @@ from requeue.gates.runner import GRACE
 from requeue.queues import TlsOptions
 from requeue.redis_target import resolve_redis
 from requeue.secrets import StaticSecrets
+from support.gates import ControlledHttp, make_certificates
 from support.redis_server import RedisServer, free_port
 from support.tcp_proxy import TcpProxy
 

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
-from gates_fixtures import ControlledHttp
 
 from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
 from requeue.api.base import find_condition
@@ -24,6 +23,7 @@ from requeue.queues import QueueKeys
 from requeue.replay import ReplayEngine
 from requeue.secrets import StaticSecrets
 from support.bullmq_jobs import JobSpec, make_failed_jobs
+from support.gates import ControlledHttp
 from support.redis_server import RedisServer
 from support.replay import replay_spec
 from support.tcp_proxy import TcpProxy

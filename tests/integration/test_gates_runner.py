@@ -7,7 +7,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-from gates_fixtures import ControlledHttp
 from prometheus_client import REGISTRY
 
 from requeue.api import GatePolicy, GateSpec, GateStatus
@@ -16,6 +15,7 @@ from requeue.gates import runner as runner_module
 from requeue.gates.runner import GRACE
 from requeue.secrets import StaticSecrets
 from support import async_wait_until
+from support.gates import ControlledHttp
 from support.tcp_proxy import TcpProxy
 
 NOW = datetime(2025, 7, 16, 12, 0, tzinfo=UTC)

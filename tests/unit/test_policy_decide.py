@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from test_policy_sim import HTTP_GATE, T0, PolicySim, gate, kinds, make_spec
 
 from requeue.api.base import find_condition
 from requeue.api.policy import QueuePolicyStatus
@@ -13,6 +12,7 @@ from requeue.policy.actions import Alert, AutoReplay, BreachKind, Clean, Pause, 
 from requeue.policy.autoreplay import child_replay_name
 from requeue.policy.decide import LAST_ACTIONS_LIMIT, decide, queues_to_observe, release, settle
 from requeue.policy.observe import Observation, PolicyMemory, QueueMemory
+from support.policy_sim import HTTP_GATE, T0, PolicySim, gate, kinds, make_spec
 
 SEC = timedelta(seconds=1)
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_policy_sim import PolicySim, gate, make_spec
 
 from requeue.policy.actions import Alert, AutoReplay, Pause, Recover, Resume
 from requeue.policy.decide import decide, queues_to_observe
+from support.policy_sim import PolicySim, gate, make_spec
 
 QUEUES = ["critical", "default", "bulk"]
 GATES = [{"name": "g0", "http": {"url": "http://127.0.0.1:1/"}},
