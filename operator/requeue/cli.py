@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,9 @@ FC = TypeVar("FC", bound=Callable[..., object])
 
 #: The URL schemes redis-py connects with.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
-_REDIS_URL_FORMS = "redis://[user:password@]host[:port][/db], rediss://... or unix://[:password@]/path"
+#: As :data:`requeue.queues.connection.URL_FORMS` (not imported: it loads redis-py), written so that
+#: redaction leaves it alone (``-o json`` redacts a usage error's message too).
+_REDIS_URL_FORMS = "redis://, rediss:// or unix:// followed by [user:password@]host[:port][/db]"
 
 
 def redis_url_option(*, required: bool = False, help: str) -> Callable[[FC], FC]:
@@ -44,6 +47,48 @@ def redis_url_option(*, required: bool = False, help: str) -> Callable[[FC], FC]
 
     return click.option("--redis-url", envvar="REQUEUE_REDIS_URL", required=required, metavar="URL",
                         callback=check, help=help)
+
+
+def connect_timeout_option() -> Callable[[FC], FC]:
+    """``--connect-timeout`` (or ``REQUEUE_CONNECT_TIMEOUT``): how long a command retries an
+    unreachable Redis at its start before exit 3 (see :class:`requeue.commands.output.ConnectRetry`)."""
+    return click.option("--connect-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
+                        envvar="REQUEUE_CONNECT_TIMEOUT", metavar="SECONDS",
+                        help="Keep retrying an unreachable Redis at the start this long (waits of 0.5 s, "
+                             "doubling; 0: one attempt) [env REQUEUE_CONNECT_TIMEOUT].")
+
+
+class JsonErrorsCommand(click.Command):
+    """A command with ``-o json`` whose usage errors (a bad flag value, a missing option) print
+    the JSON error object on stdout too, as its other failures do, so a script always gets JSON.
+    Click still prints the usage error on stderr and exits 2."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: object) -> click.Context:
+        raw = list(args)
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            if _wants_json(raw):
+                from requeue.commands.output import Secrets, error_object, print_json
+
+                secrets = Secrets()
+                for value in (*raw, os.environ.get("REQUEUE_REDIS_URL")):
+                    secrets.add_url(value if value and "://" in value else None)
+                print_json(error_object("UsageError", exc.format_message(), exc.exit_code, secrets))
+            raise
+
+
+def _wants_json(args: list[str]) -> bool:
+    """Whether the raw arguments ask for ``-o json`` (``-o json``, ``-ojson``, ``--output[=]json``)."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg in ("-o", "--output") and args[i + 1:i + 2] == ["json"]:
+            return True
+        if arg in ("-ojson", "--output=json"):
+            return True
+    return False
 
 
 def no_color_option(*, expose: bool = True) -> Callable[[FC], FC]:
@@ -122,7 +167,7 @@ def run(standalone: bool, clusterwide: bool, namespaces: tuple[str, ...], livene
                  log_level=log_level)
 
 
-@main.command()
+@main.command(cls=JsonErrorsCommand)
 @click.option("-f", "--filename", "file", required=True, metavar="FILE",
               help="DLQReplay manifest, as for `kubectl apply -f` ('-' reads stdin).")
 @redis_url_option(
@@ -138,24 +183,27 @@ def run(standalone: bool, clusterwide: bool, namespaces: tuple[str, ...], livene
               help="Names the snapshot in Redis; default metadata.uid, else derived from namespace/name, "
                    "so rerunning the same command resumes it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output; only the result.")
+@connect_timeout_option()
 @no_color_option()
 def replay(file: str, redis_url: str | None, secrets: tuple[str, ...], dry_run: bool, output: str,
-           replay_id: str | None, quiet: bool, no_color: bool) -> None:
+           replay_id: str | None, quiet: bool, connect_timeout: float, no_color: bool) -> None:
     """Replay failed BullMQ jobs once, as a DLQReplay would, without Kubernetes.
 
     Exit codes: 0 done, 1 failed (e.g. verification), 2 invalid spec, missing
     secret, queue not found, selection changed since the replay started, or a usage
-    error, 3 Redis unreachable or authentication failed, 130 interrupted
+    error (a Redis URL option redis-py cannot take too), 3 Redis unreachable (retried for
+    --connect-timeout at the start) or authentication failed, 130 interrupted
     (Ctrl-C/SIGTERM stop after the current step; rerun the command to resume).
     """
     from requeue.commands.replay_cmd import ReplayOptions, run_replay
 
     sys.exit(run_replay(ReplayOptions(file=file, redis_url=redis_url, secrets=secrets, dry_run=dry_run,
                                       output="json" if output == "json" else "text",
-                                      replay_id=replay_id, quiet=quiet, no_color=no_color)))
+                                      replay_id=replay_id, quiet=quiet, no_color=no_color,
+                                      connect_timeout=connect_timeout)))
 
 
-@main.command()
+@main.command(cls=JsonErrorsCommand)
 @redis_url_option(required=True, help="Redis URL [env REQUEUE_REDIS_URL].")
 @click.option("--queue", required=True, help="BullMQ queue name.")
 @click.option("--prefix", default="bull", show_default=True, help="BullMQ key prefix.")
@@ -165,18 +213,20 @@ def replay(file: str, redis_url: str | None, secrets: tuple[str, ...], dry_run: 
               help="Sample job ids per group.")
 @click.option("-o", "--output", type=click.Choice(["table", "text", "json"]), default=None,
               help="Default: table on a terminal, text otherwise.")
+@connect_timeout_option()
 @no_color_option()
 def inspect(redis_url: str, queue: str, prefix: str, top: int, sample: int, output: str | None,
-            no_color: bool) -> None:
+            connect_timeout: float, no_color: bool) -> None:
     """What is in a queue's failed set: by job name, normalised failure reason and hour. Read-only.
 
-    Exit codes: 0 done, 2 queue not found (no BullMQ key under the prefix), 3 Redis
-    unreachable or authentication failed.
+    Exit codes: 0 done, 2 queue not found (no BullMQ key under the prefix) or a usage
+    error, 3 Redis unreachable (retried for --connect-timeout) or authentication failed.
+    With -o json, a failure prints {"schemaVersion": 1, "error": {reason, message, exitCode}}.
     """
     from requeue.commands.inspect_cmd import run_inspect
 
     sys.exit(run_inspect(redis_url=redis_url, queue=queue, prefix=prefix, top=top, sample=sample,
-                         output=output or "auto", no_color=no_color))
+                         output=output or "auto", no_color=no_color, connect_timeout=connect_timeout))
 
 
 @main.command()

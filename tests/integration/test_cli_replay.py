@@ -319,7 +319,8 @@ def test_wrong_password_exits_3_authentication_failed(
     assert res.code == 3, res.output
     assert "authentication failed" in res.stderr
     assert "not-the-right-one" not in res.output and "the-right-one" not in res.output
-    assert res.stdout == ""
+    assert json.loads(res.stdout)["error"] == {"reason": "AuthFailed", "exitCode": 3,
+                                               "message": json.loads(res.stdout)["error"]["message"]}
 
 
 async def test_a_queue_with_no_bullmq_keys_exits_2_naming_the_queues_there(

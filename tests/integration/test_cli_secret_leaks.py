@@ -89,5 +89,5 @@ def test_a_url_that_cannot_be_parsed_is_named_not_shown(server: RedisServer, tmp
     assert_no_leak(res)
     res = cli("replay", "-f", str(manifest), "--secret", f"redis/url={url}", "--dry-run")  # by the driver
     assert res.code == 2, res.output
-    assert f"invalid Redis URL {shown}" in res.stderr
+    assert f"{shown} is not a valid Redis URL" in res.stderr
     assert_no_leak(res)

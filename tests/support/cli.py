@@ -2,7 +2,7 @@
 Redis-snapshot helpers for the CLI tests.
 
 The subprocess gets a clean environment for the variables the CLI reads
-(``REQUEUE_*``), so a developer's shell cannot change a test's outcome.
+(``REQUEUE_*``), so a developer's shell cannot change a test's outcome (see :func:`cli_env`).
 """
 
 from __future__ import annotations
@@ -46,8 +46,11 @@ def cli_command(*args: str) -> list[str]:
 
 
 def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a CLI run: none of the developer's ``REQUEUE_*``; one connection
+    attempt at the start (``REQUEUE_CONNECT_TIMEOUT=0``) unless a test asks for retries, so an
+    unreachable Redis fails at once (tests/integration/test_cli_failures.py covers the retries)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("REQUEUE_")}
-    base.update({"PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "COLUMNS": "200"})
+    base.update({"PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "COLUMNS": "200", "REQUEUE_CONNECT_TIMEOUT": "0"})
     base.update(env or {})
     return base
 

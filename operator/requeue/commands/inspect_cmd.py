@@ -28,22 +28,34 @@ order); ``otherGroups``/``otherJobs`` count what was left out.
 A queue with no BullMQ key under the prefix (a typo) is refused, exit 2, naming
 the queues that do exist there; an existing queue with an empty failed set is
 not an error. On any error, ``-o json`` prints
-``{"schemaVersion": 1, "error": {"reason": "QueueNotFound", "message": "..."}}``
-(redacted) on stdout as well as the one line on stderr.
+``{"schemaVersion": 1, "error": {"reason": "QueueNotFound", "message": "...", "exitCode": 2}}``
+(redacted; :func:`requeue.commands.output.error_object`) on stdout as well as the one line on stderr.
+
+An unreachable Redis is retried at the start for ``--connect-timeout`` seconds (one
+line on stderr per retry), then exit 3.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
+from collections.abc import Callable
 
 from redis import exceptions as rx
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from requeue.analysis import INSPECT_SCHEMA_VERSION, Breakdown, FailedSetReport, analyse_failed_set
-from requeue.commands.output import Secrets, is_tty, make_console, report_error
+from requeue.analysis import Breakdown, FailedSetReport, analyse_failed_set
+from requeue.commands.output import (
+    ConnectRetry,
+    Secrets,
+    connect_retrying,
+    is_tty,
+    make_console,
+    print_json,
+    report_error,
+)
 from requeue.errors import RequeueError
 from requeue.queues import BullQueue, connect, map_redis_error
 from requeue.redact import redact_url
@@ -51,34 +63,37 @@ from requeue.redact import redact_url
 __all__ = ["run_inspect"]
 
 def run_inspect(*, redis_url: str, queue: str, prefix: str = "bull", top: int = 20, sample: int = 1,
-                output: str = "auto", no_color: bool = False) -> int:
-    """Scan, print, return the exit code (0; 2 when the queue does not exist; 3 when Redis is
-    unreachable or refuses us).
+                output: str = "auto", no_color: bool = False, connect_timeout: float = 10.0) -> int:
+    """Scan, print, return the exit code (0; 2 when the queue does not exist or the URL is not
+    usable; 3 when Redis is unreachable for ``connect_timeout`` seconds or refuses us).
 
     :param output: ``table``, ``text``, ``json``, or ``auto`` (table on a terminal, else text).
     :param no_color: no colours (also when ``NO_COLOR`` is set; see :func:`.output.make_console`).
     """
     secrets = Secrets()
     secrets.add_url(redis_url)
+
+    def note(text: str) -> None:
+        print(f"requeue: {secrets.redact(text)}", file=sys.stderr, flush=True)
+
     try:
-        report = asyncio.run(_scan(redis_url, queue, prefix, top, sample))
+        report = asyncio.run(_scan(redis_url, queue, prefix, top, sample,
+                                   ConnectRetry(connect_timeout), note))
     except RequeueError as exc:
-        if output == "json":
-            error = {"reason": exc.reason, "message": secrets.redact(exc.message)}
-            print(json.dumps({"schemaVersion": INSPECT_SCHEMA_VERSION, "error": error}, indent=2))
-        return report_error(exc, secrets)
+        return report_error(exc, secrets, json_output=output == "json")
     report.redis = redact_url(redis_url)
     if output == "json":
-        print(json.dumps(secrets.redact_json(report.to_json()), indent=2))
+        print_json(secrets.redact_json(report.to_json()))
     elif output == "table" or (output == "auto" and is_tty(sys.stdout)):
-        _print_tables(report, make_console(no_color=no_color))
+        _print_tables(report, make_console(no_color=no_color), secrets)
     else:
         print(secrets.redact(render_text(report)), end="")
     return 0
 
 
-async def _scan(url: str, queue: str, prefix: str, top: int, sample: int) -> FailedSetReport:
-    redis = await connect(url)
+async def _scan(url: str, queue: str, prefix: str, top: int, sample: int, retry: ConnectRetry,
+                note: Callable[[str], None]) -> FailedSetReport:
+    redis = await connect_retrying(lambda: connect(url), retry, note)
     try:
         bull = BullQueue(redis, queue, prefix=prefix)
         await bull.require_exists()  # QueueNotFound (exit 2) rather than "0 failed jobs" for a typo
@@ -132,9 +147,12 @@ def render_text(r: FailedSetReport) -> str:
     return "\n".join(out) + "\n"
 
 
-def _print_tables(r: FailedSetReport, console: Console) -> None:
+def _print_tables(r: FailedSetReport, console: Console, secrets: Secrets) -> None:
+    """The rich tables; every value is redacted before rich lays it out (a job name or a failure
+    reason may quote a secret, and a table could cut it where no later redaction would find it)."""
+    hide = secrets.redact
     for line in _headline(r):
-        console.print(line, highlight=False)
+        console.print(hide(line), highlight=False, markup=False)
     for attr, title in _TITLES:
         b: Breakdown = getattr(r, attr)
         table = Table(title=f"by {title.lower()}", title_justify="left")
@@ -143,12 +161,14 @@ def _print_tables(r: FailedSetReport, console: Console) -> None:
         table.add_column("Share", justify="right")
         table.add_column("Sample ids", overflow="fold")
         for g in b.groups:
-            table.add_row(g.key, str(g.count), _pct(g.count, r.readable), ", ".join(g.sample_ids))
+            table.add_row(Text(hide(g.key)), str(g.count), _pct(g.count, r.readable),
+                          Text(hide(", ".join(g.sample_ids))))
         if b.other_jobs:
-            table.add_row(f"[dim]{b.other_groups} more groups[/dim]", str(b.other_jobs),
+            table.add_row(Text(f"{b.other_groups} more groups", style="dim"), str(b.other_jobs),
                           _pct(b.other_jobs, r.readable), "")
         console.print(table)
     if r.corrupt:
         problems = ", ".join(f"{k}: {v}" for k, v in r.corrupt_by_problem.items())
-        console.print(f"[yellow]corrupt: {r.corrupt}[/yellow] ({problems}); first ids: "
-                      f"{', '.join(r.corrupt_ids)}", highlight=False)
+        console.print(Text.assemble((f"corrupt: {r.corrupt}", "yellow"),
+                                    hide(f" ({problems}); first ids: {', '.join(r.corrupt_ids)}")),
+                      highlight=False)

@@ -8,9 +8,14 @@ reach a terminal or a CI log, even inside a library's error message.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import sys
-from typing import Any, TextIO
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TextIO, TypeVar
 
 from rich.console import Console
 
@@ -24,11 +29,16 @@ from requeue.errors import (
 )
 from requeue.redact import redact_text, sensitive_parts
 
-__all__ = ["EXIT_INTERRUPTED", "Secrets", "color_wanted", "error_label", "is_tty", "make_console",
+__all__ = ["ERROR_SCHEMA_VERSION", "EXIT_INTERRUPTED", "ConnectRetry", "Secrets", "color_wanted",
+           "connect_retrying", "error_label", "error_object", "is_tty", "make_console", "print_json",
            "report_error"]
+
+T = TypeVar("T")
 
 #: Exit status after Ctrl-C / SIGTERM: 128 + the signal number, as shells do.
 EXIT_INTERRUPTED = 130
+#: ``schemaVersion`` of the ``-o json`` error object (see :func:`error_object`).
+ERROR_SCHEMA_VERSION = 1
 
 
 class Secrets:
@@ -54,12 +64,28 @@ class Secrets:
         """``value`` (parsed JSON) with every string redacted: ``-o json`` stays valid JSON, and
         a secret is hidden before it is escaped, not after."""
         if isinstance(value, str):
-            return self.redact(value)
+            return self.redact(str(value))  # str(): a StrEnum (a reason) as its plain text
         if isinstance(value, list):
             return [self.redact_json(v) for v in value]
         if isinstance(value, dict):
             return {k: self.redact_json(v) for k, v in value.items()}
         return value
+
+
+def error_object(reason: str, message: str, exit_code: int, secrets: Secrets,
+                 **extra: Any) -> dict[str, Any]:
+    """What ``-o json`` prints on stdout when a command fails, so a script always gets JSON:
+    ``{"schemaVersion": 1, "error": {"reason", "message", "exitCode"}}`` (redacted), plus
+    ``extra`` top-level fields (``replay``: the status reached before giving up)."""
+    error = {"reason": str(reason), "message": message, "exitCode": exit_code}
+    redacted: dict[str, Any] = secrets.redact_json({"schemaVersion": ERROR_SCHEMA_VERSION, "error": error,
+                                                    **extra})
+    return redacted
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on stdout (indented, flushed: a script reads it as the command ends)."""
+    print(json.dumps(value, indent=2), flush=True)
 
 
 def error_label(exc: RequeueError) -> str:
@@ -77,11 +103,60 @@ def error_label(exc: RequeueError) -> str:
     return exc.reason
 
 
-def report_error(exc: RequeueError, secrets: Secrets, stream: TextIO | None = None) -> int:
-    """Print ``requeue: <label>: <message>`` (redacted) and return the exit code."""
-    out = stream or sys.stderr
-    print(f"requeue: {error_label(exc)}: {secrets.redact(exc.message)}", file=out)
+def report_error(exc: RequeueError, secrets: Secrets, *, json_output: bool = False,
+                 **extra: Any) -> int:
+    """Print ``requeue: <label>: <message>`` (redacted) on stderr and, with ``json_output``, the
+    :func:`error_object` on stdout; return the exit code."""
+    if json_output:
+        print_json(error_object(exc.reason, exc.message, exc.exit_code, secrets, **extra))
+    print(f"requeue: {error_label(exc)}: {secrets.redact(exc.message)}", file=sys.stderr, flush=True)
     return exc.exit_code
+
+
+@dataclass(frozen=True)
+class ConnectRetry:
+    """How long a command keeps trying to connect at its start (``--connect-timeout``): waits of
+    0.5 s, doubling, as the replay engine backs off, as many as fit in ``budget_s`` seconds (10 s:
+    0.5 + 1 + 2 + 4, five attempts, the engine's bound). 0 means one attempt."""
+
+    budget_s: float = 10.0
+    first_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+
+    def delays(self) -> list[float]:
+        """The waits between attempts: one fewer than the attempts."""
+        out: list[float] = []
+        delay = self.first_delay_s
+        while sum(out) + delay <= self.budget_s:
+            out.append(delay)
+            delay = min(self.max_delay_s, delay * 2)
+        return out
+
+
+async def connect_retrying(attempt: Callable[[], Awaitable[T]], retry: ConnectRetry,
+                           note: Callable[[str], None]) -> T:
+    """``await attempt()`` until it does not raise :class:`RedisUnavailable` (an unreachable
+    Redis may be starting, failing over, or a port-forward away), noting each retry; credentials
+    refused, a bad URL or a missing secret are not retried (waiting cannot help).
+
+    :raises RedisUnavailable: every attempt failed; the message says how many, over how long.
+    """
+    delays = retry.delays()
+    attempts = len(delays) + 1
+    started = time.monotonic()
+    for number in range(1, attempts + 1):
+        try:
+            return await attempt()
+        except RedisUnavailable as exc:
+            if number == attempts:
+                tried = (f"gave up after {attempts} attempts in {time.monotonic() - started:.1f}s"
+                         if attempts > 1 else "tried once")
+                raise RedisUnavailable(f"{exc.message}; {tried} (--connect-timeout {retry.budget_s:g})",
+                                       queue=exc.queue, replay=exc.replay) from None
+            delay = delays[number - 1]
+            note(f"Redis unreachable, retrying in {delay:g}s (attempt {number} of {attempts}): {exc.message}")
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def color_wanted(no_color: bool = False) -> bool:

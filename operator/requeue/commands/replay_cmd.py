@@ -65,7 +65,14 @@ from rich.progress import (
 
 from requeue.api import DLQReplay, DLQReplaySpec, DLQReplayStatus, ReplayPhase, find_condition
 from requeue.api.loading import parse
-from requeue.commands.output import EXIT_INTERRUPTED, Secrets, make_console, report_error
+from requeue.commands.output import (
+    EXIT_INTERRUPTED,
+    ConnectRetry,
+    Secrets,
+    connect_retrying,
+    make_console,
+    report_error,
+)
 from requeue.errors import (
     AuthFailed,
     QueueNotFound,
@@ -108,6 +115,8 @@ class ReplayOptions:
     replay_id: str | None = None
     quiet: bool = False
     no_color: bool = False
+    #: Seconds to keep retrying an unreachable Redis at the start (``--connect-timeout``).
+    connect_timeout: float = 10.0
 
 
 # ---------------------------------------------------------------- manifest
@@ -260,21 +269,27 @@ def run_replay(opts: ReplayOptions) -> int:
     """Validate, connect, drive the engine to the end (or a signal), print; return the exit code."""
     hidden = Secrets()
     hidden.add_url(opts.redis_url)
+    as_json = opts.output == "json"
     try:
         static = StaticSecrets.from_flags(opts.secrets)
     except ValueError as exc:
-        return report_error(SpecInvalid(str(exc)), hidden)
+        return report_error(SpecInvalid(str(exc)), hidden, json_output=as_json)
     for flag in opts.secrets:  # a URL is shown redacted, other secret values not at all
         value = flag.partition("=")[2]
         if "://" in value:
             hidden.add_url(value)
         else:
             hidden.add(value)
+    replay: _Replay | None = None
     try:
         manifest = load_manifest(opts.file)
-        return asyncio.run(_Replay(opts, manifest, static, hidden).main())
+        replay = _Replay(opts, manifest, static, hidden)
+        return asyncio.run(replay.main())
     except RequeueError as exc:
-        return report_error(exc, hidden)
+        # with -o json, where the replay had got to (the operator's .status) goes with the error
+        reached = replay is not None and replay.status != DLQReplayStatus()
+        extra = {"status": status_json(replay.status)} if replay is not None and reached else {}
+        return report_error(exc, hidden, json_output=as_json, **extra)
 
 
 class _Replay:
@@ -307,7 +322,8 @@ class _Replay:
 
     async def main(self) -> int:
         url = await self.resolve_url()
-        redis, target = await open_redis(self.static, self.spec.redis, url=url)
+        redis, target = await connect_retrying(lambda: open_redis(self.static, self.spec.redis, url=url),
+                                               ConnectRetry(self.opts.connect_timeout), self._warn)
         replay_id = self.replay_id
         if self.dry_run:  # a throw-away id: never touches (or finishes) the real replay's state
             replay_id = f"{self.replay_id}-dryrun-{pysecrets.token_hex(4)}"
@@ -352,6 +368,10 @@ class _Replay:
                 loop.remove_signal_handler(sig)
             await redis.aclose()
         return code
+
+    def _warn(self, text: str) -> None:
+        """A line on stderr (redacted) before the progress display exists, e.g. a retry."""
+        print(f"requeue: {self.hidden.redact(text)}", file=sys.stderr, flush=True)
 
     def _reporter(self) -> Reporter:
         if self.opts.quiet:
@@ -403,26 +423,39 @@ class _Replay:
         while True:
             result = await engine.step(spec, self.status)
             self.status = result.status
+            if engine.redis_failures >= engine.redis_failure_bound:
+                # not reporter.step(result): the engine's Warning says "retrying in", and this gives up
+                raise self._give_up(engine, reporter)
             reporter.step(result)
             st = self.status
             if st.phase.finished or st.phase == ReplayPhase.SUSPENDED:
                 reporter.close()
                 self._print_result()
                 return exit_code_for(st)
-            if engine.redis_failures >= engine.redis_failure_bound:
-                reporter.close()
-                self._print_result()
-                ready = find_condition(st.conditions, "Ready")
-                cause = (ready.message if ready else "Redis unavailable").split("; ")[0]
-                raise RedisUnavailable(
-                    f"{cause}; gave up after {engine.redis_failures} attempts in a row at {st.progress}. "
-                    f"Rerun the same command to resume (replay id {self.replay_id})",
-                    queue=spec.queue, replay=self.owner)
+            if engine.redis_failures:
+                reporter.note(f"Redis unavailable, retrying in {result.delay:g}s (attempt "
+                              f"{engine.redis_failures} of {engine.redis_failure_bound})")
             if self.stop.is_set():
                 return await self._interrupted(engine, reporter)
             if result.delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), result.delay)
+
+    def _give_up(self, engine: ReplayEngine, reporter: Reporter) -> RedisUnavailable:
+        """The error that ends the command after the engine's bound of Redis failures in a row;
+        the status printed says so too (the engine's says "retrying in", as the operator does)."""
+        st = self.status
+        ready = find_condition(st.conditions, "Ready")
+        cause = (ready.message if ready else "Redis unavailable").split("; ")[0]
+        message = (f"{cause}; gave up after {engine.redis_failures} attempts in a row at {st.progress}. "
+                   f"Rerun the same command to resume (replay id {self.replay_id})")
+        st.message = message
+        if ready is not None:
+            ready.message = message
+        reporter.close()
+        if self.opts.output != "json":  # with -o json the status goes into the error object
+            self._print_result(headline=f"Gave up in phase {st.phase.value}: Redis unavailable")
+        return RedisUnavailable(message, queue=self.spec.queue, replay=self.owner)
 
     async def _interrupted(self, engine: ReplayEngine, reporter: Reporter) -> int:
         before = self.status
