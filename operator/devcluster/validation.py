@@ -118,9 +118,25 @@ def _unknown_fields(schema: dict[str, Any], obj: Any, at: list[str | int]) -> It
 _CEL = celpy.Environment()
 
 
+def _matches(text: str, pattern: str) -> Any:
+    """CEL's ``matches()`` as kube-apiserver's cel-go runs it: a pattern RE2 refuses is an
+    evaluation error whose text is RE2's reason, a plain line. cel-python's own hands RE2's reason
+    on as bytes (shown as ``match error``) and lets RE2 log it from C++ to file descriptor 2,
+    which is the terminal of ``requeue demo`` and the e2e tests' process (the server is in it)."""
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        compiled = re2.compile(pattern, options=options)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
+        return CELEvalError(f"error parsing regexp: {text}")
+    return celpy.celtypes.BoolType(compiled.search(text) is not None)
+
+
 @functools.lru_cache(maxsize=256)
 def _program(rule: str) -> Any:
-    return _CEL.program(_CEL.compile(rule))
+    return _CEL.program(_CEL.compile(rule), functions={"matches": _matches})
 
 
 def _cel_errors(schema: dict[str, Any], obj: Any, old: Any, at: list[str | int]) -> Iterator[str]:
