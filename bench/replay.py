@@ -175,7 +175,8 @@ def _vm_hwm_kib() -> int:
 
 async def _child(mode: str, url: str, window: tuple[str, str]) -> dict[str, Any]:
     from requeue.api import DLQReplaySpec
-    from requeue.queues import BullQueue, connect
+    from requeue.queues import BullQueue, ReplayKeys, connect
+    from requeue.queues.keys import Progress
     from requeue.replay import ReplayEngine
 
     redis = await connect(url)
@@ -211,7 +212,7 @@ async def _child(mode: str, url: str, window: tuple[str, str]) -> dict[str, Any]
             raise RuntimeError(f"replay ended {status.phase.value}: {status.message}")
         jobs = status.matched if mode == "dryrun" else status.replayed
         if mode == "dryrun":
-            scanned = await redis.hget(f"requeue:replay:{engine.replay_id}:progress", "scanned")
+            scanned = await redis.hget(ReplayKeys(engine.replay_id).progress, Progress.SCANNED)
             jobs = int(scanned or 0)
         return {"elapsed": elapsed, "jobs": jobs, "matched": status.matched, "rss_kib": _vm_hwm_kib()}
     finally:

@@ -117,7 +117,8 @@ def main() -> None:
 )
 @no_color_option(expose=False)
 def crds(check: bool, directory: Path) -> None:
-    """Write crds/*.yaml, the chart's CRD templates and docs/api-reference.md from the API models."""
+    """Write crds/*.yaml, the chart's CRD templates and docs/api-reference.md from the API models,
+    and docs/architecture.md's Redis-state section from requeue.queues.keys."""
     stale = [f"{directory}/{name}" for name in write_crds(directory, check=check)]
     chart = directory.parent / "charts" / "requeue"
     if chart.is_dir():
@@ -130,6 +131,19 @@ def crds(check: bool, directory: Path) -> None:
         if not check:
             reference.parent.mkdir(parents=True, exist_ok=True)
             reference.write_text(text)
+    architecture = directory.parent / "docs" / "architecture.md"
+    if architecture.exists():  # its Redis-state section, from requeue.queues.keys
+        from requeue.queues.statedoc import MarkersMissing, with_redis_state
+
+        page = architecture.read_text()
+        try:
+            generated = with_redis_state(page)
+        except MarkersMissing as exc:
+            raise click.ClickException(f"{architecture}: {exc}") from None
+        if generated != page:
+            stale.append(str(architecture))
+            if not check:
+                architecture.write_text(generated)
     if check and stale:
         click.echo(f"stale: {', '.join(stale)}; run `requeue crds` and commit", err=True)
         sys.exit(1)

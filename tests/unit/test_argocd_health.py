@@ -29,12 +29,9 @@ from requeue.api import (
     DLQReplayStatus,
     GateStatus,
     GateType,
-    PolicyCondition,
     QueuePolicy,
     QueuePolicyStatus,
     QueueState,
-    Reason,
-    ReplayCondition,
     ReplayPhase,
     set_condition,
 )
@@ -88,9 +85,9 @@ def replay_manifest() -> dict[str, Any]:
 
 def replay_status(phase: ReplayPhase) -> DLQReplayStatus:
     """A plausible status of a replay in `phase`, built with the API models."""
-    ready = DLQReplayStatus()
-    set_condition(ready, ReplayCondition.READY, phase.finished, Reason.READY, "", 1, NOW)
-    conditions = ready.conditions
+    conditions = set_condition(
+        [], type="Ready", status=phase.finished, reason=phase.value, message="", generation=1, now=NOW
+    )
     gates = [
         GateStatus(name="worker", type=GateType.HTTP, healthy=True, message="200 OK"),
         GateStatus(
@@ -147,9 +144,9 @@ def policy_status(healthy: ConditionStatus | None) -> QueuePolicyStatus:
             else "first evaluation running"
         )
     if healthy is not None:
-        holder = QueuePolicyStatus()
-        set_condition(holder, PolicyCondition.HEALTHY, healthy, Reason.EVALUATED, message, 3, NOW)
-        conditions = holder.conditions
+        conditions = set_condition(
+            [], type="Healthy", status=healthy, reason="Evaluated", message=message, generation=3, now=NOW
+        )
     return QueuePolicyStatus(
         conditions=conditions, observed_generation=3, queues=queues, last_evaluated_at=NOW
     )

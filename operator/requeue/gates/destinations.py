@@ -28,7 +28,6 @@ from typing import Any
 
 import httpcore
 
-from requeue.api.conditions import Reason
 from requeue.redact import split_url
 
 __all__ = [
@@ -53,7 +52,7 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 class DestinationDenied(Exception):
     """The gate's destination is refused by the operator's policy; nothing was sent to it."""
 
-    reason = Reason.DESTINATION_DENIED
+    reason = "DestinationDenied"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

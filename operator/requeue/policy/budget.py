@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from requeue.policy.memory import replay_budget_key
+from requeue.queues.keys import POLICY_KEY_PREFIX, budget_taken_key
 
 __all__ = [
     "ANNOTATION_BUDGET_KEY",
@@ -105,7 +106,7 @@ class ReplayBudget:
             limit = int(annotations.get(ANNOTATION_MAX_REPLAYS, ""))
         except ValueError:
             return None
-        if limit < 1 or not key.startswith("requeue:policy:"):
+        if limit < 1 or not key.startswith(POLICY_KEY_PREFIX):
             return None
         return cls(key, limit)
 
@@ -116,7 +117,7 @@ class ReplayBudget:
         if len(ids) > MAX_IDS_PER_CALL:
             raise ValueError(f"at most {MAX_IDS_PER_CALL} ids per call, got {len(ids)}")
         script = redis.register_script(_TAKE)
-        allowed = await script(keys=[self.key, f"{self.key}:{replay_uid}"],
+        allowed = await script(keys=[self.key, budget_taken_key(self.key, replay_uid)],
                                args=[self.max_per_job, BUDGET_TTL_SECONDS, *ids])
         return [_text(i) for i in allowed]
 

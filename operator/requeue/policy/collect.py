@@ -35,6 +35,7 @@ from requeue.api.gates import GateStatus
 from requeue.api.policy import CleanRule, QueuePolicySpec
 from requeue.policy.failure_rate import DEFAULT_MAX_PAGES, DEFAULT_PAGE_SIZE, EventReader
 from requeue.policy.observe import EventTally, Observation, PolicyMemory, QueueObservation
+from requeue.queues.adapter import queue_paused_read
 from requeue.queues.existence import existence_keys, list_queues, queue_not_found, redis_location
 from requeue.queues.keys import QueueKeys
 
@@ -133,7 +134,7 @@ def _queue_first_round(pipe: Pipeline, plan: _Plan, reader: EventReader) -> int:
         pipe.zcard(k.failed)
         pipe.zcard(k.delayed)
         pipe.zcard(k.prioritized)
-        pipe.hexists(k.meta, "paused")
+        queue_paused_read(pipe, k)
         pipe.exists(*existence_keys(k))
     commands = len(queues) * _PER_QUEUE + reader.queue_first(pipe)
     if plan.check_stalled:

@@ -34,7 +34,6 @@ from redis import exceptions as rx
 from redis.asyncio import Redis
 
 from requeue.api.common import Rate, Selector
-from requeue.api.conditions import Reason
 from requeue.api.gates import GateStatus
 from requeue.api.policy import QueuePolicySpec, QueuePolicyStatus
 from requeue.api.replay import DLQReplaySpec
@@ -363,7 +362,7 @@ async def _remediate(acting: _Acting, index: int, action: Action, memory: Policy
         acting.failures[index] = message
         logger.warning("policy %s/%s: %s %s failed: %s", policy.namespace, policy.name,
                        action.kind.value, action.queue, message)
-        acting.events.append(PolicyEvent("Warning", Reason.ACTION_FAILED,
+        acting.events.append(PolicyEvent("Warning", "ActionFailed",
                                          f"{action.kind.value} {action.queue} failed: {message}"))
         return
     if text is not None:
@@ -384,7 +383,7 @@ async def _notify(acting: _Acting, notifier: Notifier) -> None:
     except Exception as exc:
         message = _error_text(exc)
         logger.warning("policy %s/%s: notification failed: %s", policy.namespace, policy.name, message)
-        acting.events.append(PolicyEvent("Warning", Reason.NOTIFY_FAILED, message))
+        acting.events.append(PolicyEvent("Warning", "NotifyFailed", message))
 
 
 async def _save_memory(redis: Redis, policy: PolicyRef, memory: PolicyMemory,

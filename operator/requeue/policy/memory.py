@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from requeue.policy.observe import PolicyMemory, QueueMemory
-from requeue.queues.keys import REQUEUE_PREFIX
+from requeue.queues.keys import PolicyKeys
 
 __all__ = ["MEMORY_TTL_SECONDS", "load_memory", "memory_key", "queue_save_memory", "replay_budget_key"]
 
@@ -27,12 +27,12 @@ MEMORY_TTL_SECONDS = 7 * 24 * 3600
 
 def memory_key(policy_uid: str) -> str:
     """``requeue:policy:{uid}:memory``."""
-    return f"{REQUEUE_PREFIX}:policy:{policy_uid}:memory"
+    return PolicyKeys(policy_uid).memory
 
 
 def replay_budget_key(policy_uid: str) -> str:
     """``requeue:policy:{uid}:replays``: job id -> times auto-replayed (see :mod:`.budget`)."""
-    return f"{REQUEUE_PREFIX}:policy:{policy_uid}:replays"
+    return PolicyKeys(policy_uid).replays
 
 
 def _text(value: object) -> str:

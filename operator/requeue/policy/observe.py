@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from requeue.api.conditions import Reason
 from requeue.api.gates import GateStatus
 
 __all__ = [
@@ -96,7 +95,7 @@ class Observation:
     #: Set when Redis could not be read; ``queues`` is then empty. Never contains secrets.
     error: str | None = None
     #: CamelCase reason for ``error``, e.g. RedisUnreachable.
-    error_reason: Reason = Reason.REDIS_UNREACHABLE
+    error_reason: str = "RedisUnreachable"
 
 
 @dataclass(frozen=True)

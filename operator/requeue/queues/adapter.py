@@ -29,6 +29,10 @@ DEFAULT_PAGE_SIZE = 250
 DEFAULT_PAGE_BUDGET_US = 1500
 #: Highest score BullMQ writes (ms since epoch fit easily below this).
 MAX_SCORE = 9_000_000_000_000_000
+#: BullMQ's flag in a queue's ``meta`` hash: present while the queue is paused.
+META_PAUSED = "paused"
+#: The job hash fields a copy into another queue needs (:meth:`BullQueue.copy_command`'s ``job``).
+COPY_FIELDS = ("name", "data", "opts", "priority")
 
 
 class ReprocessResult(IntEnum):
@@ -40,6 +44,20 @@ class ReprocessResult(IntEnum):
     MISSING = -1
     #: The job is no longer in the failed set (already replayed, or moved by someone else).
     NOT_IN_FAILED = -3
+
+
+def queue_paused_read(pipe: Pipeline, keys: QueueKeys) -> None:
+    """Queue the read of a queue's paused flag on ``pipe`` (its reply: 1 paused, 0 not), so code
+    outside ``queues/`` batches it with its own reads without knowing BullMQ's field."""
+    pipe.hexists(keys.meta, META_PAUSED)
+
+
+def copy_source(reply: Sequence[str | None]) -> dict[str, str | None] | None:
+    """The reply of :meth:`BullQueue.copy_source_command` as :meth:`BullQueue.copy_command`'s
+    ``job``; None when the job hash is gone."""
+    if all(f is None for f in reply):
+        return None
+    return dict(zip(COPY_FIELDS, reply, strict=True))
 
 
 def _script_body(script: Any) -> bytes:
@@ -184,7 +202,15 @@ class BullQueue:
 
     async def is_paused(self) -> bool:
         """Whether BullMQ's ``meta`` hash carries the ``paused`` flag."""
-        return bool(await self.redis.hexists(self.keys.meta, "paused"))
+        return bool(await self.redis.hexists(self.keys.meta, META_PAUSED))
+
+    def paused_command(self) -> bytes:
+        """The read of the paused flag, packed for a hand-built transaction (reply 1/0)."""
+        return pack("HEXISTS", self.keys.meta, META_PAUSED)
+
+    def copy_source_command(self, job_id: str) -> bytes:
+        """The read of what a copy of the job needs, packed; :func:`copy_source` reads the reply."""
+        return pack("HMGET", self.keys.job(job_id), *COPY_FIELDS)
 
     # -- pause / resume ------------------------------------------------------
 

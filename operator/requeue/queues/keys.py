@@ -8,11 +8,24 @@ and ``{id}`` (the job hash).
 
 requeue's own keys live under ``requeue:`` and carry the replay's UID, so two
 replays never share state and a replay's state survives the process that wrote it.
+
+This module is the declaration of that state: every key requeue owns is built here
+(:class:`QueueKeys`, :class:`ReplayKeys`, :class:`PolicyKeys`) and described in
+:data:`OWNED_KEYS`; every field of the replay's progress hash is a member of
+:class:`Progress` and every stage a member of :class:`Stage`, each with a one-line
+meaning. Python writes these names through the enums; requeue's Lua gets them rendered
+into its text when it is loaded (:func:`requeue.queues.lua.render`), so the two cannot
+drift apart. The *stored* names (the enum values) are what a running replay has in Redis:
+changing one strands every replay started by the previous version
+(``tests/unit/test_redis_state.py`` pins them). The Redis-state section of
+``docs/architecture.md`` is generated from here by ``requeue crds``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Self
 
 #: Root of every key requeue owns.
 REQUEUE_PREFIX = "requeue"
@@ -152,6 +165,166 @@ class ReplayKeys:
         """List: the first corrupt job ids."""
         return self._key("corrupt")
 
+    @property
+    def legacy_copied(self) -> str:
+        """List: ids a targetQueue batch of requeue <= 0.1 had copied but not yet removed
+        (its two-step copy); read and deleted by the next batch, never written any more."""
+        return self._key("progress:copied")
+
     def all(self) -> list[str]:
         return [self.snapshot, self.progress, self.replayed, self.lifo, self.slow, self.names,
                 self.reasons, self.corrupt]
+
+
+#: Field of :attr:`ReplayKeys.reasons` that counts the reasons past the cap on distinct ones.
+REASONS_OTHER = "\0other"
+#: Root of a QueuePolicy's keys (a budget key read from annotations must start with it).
+POLICY_KEY_PREFIX = f"{REQUEUE_PREFIX}:policy:"
+
+
+@dataclass(frozen=True)
+class PolicyKeys:
+    """The keys of one QueuePolicy (by UID)."""
+
+    policy_uid: str
+
+    @property
+    def memory(self) -> str:
+        """Hash: queue name -> JSON of what the policy remembers of it (``policy.memory``)."""
+        return f"{POLICY_KEY_PREFIX}{self.policy_uid}:memory"
+
+    @property
+    def replays(self) -> str:
+        """Hash: job id -> times the policy's auto replays took it (``policy.budget``)."""
+        return f"{POLICY_KEY_PREFIX}{self.policy_uid}:replays"
+
+
+def budget_taken_key(budget_key: str, replay_id: str) -> str:
+    """Set: the job ids one replay already charged to the budget hash ``budget_key``
+    (a retried selection page is not charged twice)."""
+    return f"{budget_key}:{replay_id}"
+
+
+class Declared(StrEnum):
+    """A name stored in Redis, with a one-line meaning (``Progress.CURSOR.meaning``).
+
+    A member *is* its stored string, so it goes straight into a command or a dict lookup.
+    """
+
+    meaning: str
+
+    def __new__(cls, value: str, meaning: str = "") -> Self:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.meaning = meaning
+        return member
+
+
+class Stage(Declared):
+    """The replay engine's stage, as stored in :attr:`Progress.STAGE`; the phase follows from it."""
+
+    GATES = "gates", "waiting for the gates; nothing selected yet"
+    SELECTING = "selecting", "appending matching failed jobs to the snapshot, a page at a time"
+    REPLAYING = "replaying", "the snapshot is complete; moving its jobs, a batch at a time"
+    VERIFYING = "verifying", "every snapshot id handled; watching the moved jobs"
+    DONE = "done", "finished (see outcome); nothing more will be moved"
+
+
+class Progress(Declared):
+    """Every field of a replay's progress hash (:attr:`ReplayKeys.progress`).
+
+    Counters change in the same MULTI/EXEC (or script) as the moves they count, so the
+    status rebuilt from them after a crash is exact. "ms" values are Unix milliseconds.
+    """
+
+    # the first step (ReplayEngine._begin)
+    STAGE = "stage", "the engine's stage (one of the stages below)"
+    PAUSED_BEFORE = "paused_before", '"1" when the queue was paused before the replay began (left paused)'
+    QUEUE = "queue", "the replayed queue's name (for a person reading Redis)"
+    OWNER = "owner", "namespace/name of the DLQReplay (or of the CLI's manifest)"
+    SELECTION = "selection", ("JSON of the spec's selection fields the snapshot is taken with "
+                              "(a rerun selecting otherwise is refused: SelectionChanged)")
+    SLOW_POS = "slow_pos", ('"1": the slow set holds the snapshot position of every job that needs '
+                            "reprocessJob (absent: selected by an older requeue)")
+    # gates passed: selection starts
+    UPPER = "upper", "the selection's upper bound (ms, exclusive), fixed when selection starts"
+    STARTED_MS = "started_ms", "when selection started (ms)"
+    # selection
+    SEL_SCORE = "sel_score", "selection cursor: score of the last failed-set member scanned"
+    SEL_ID = "sel_id", "selection cursor: id of the last failed-set member scanned"
+    MATCHED = "matched", "jobs in the snapshot"
+    SCANNED = "scanned", "failed-set members scanned by the selection"
+    CORRUPT = "corrupt", "unreadable failed jobs seen by the selection (never selected)"
+    OVER_BUDGET = "over_budget", "matching jobs left out, over their auto-replay budget"
+    LIFO_COUNT = "lifo_count", "selected jobs whose opts say lifo"
+    PRIO_COUNT = "prio_count", ("selected jobs with a priority (absent: selected by an older "
+                                "requeue, which then never takes the moveJobsToWait path)")
+    REASONS_FOLDED = "reasons_folded", '"1": the reasons hash was counted in Redis, digits folded to 0'
+    BULK_MIN = "bulk_min", "mode Bulk: the window's lower bound (ms, inclusive)"
+    BULK_MAX = "bulk_max", "mode Bulk: the window's upper bound (ms, inclusive)"
+    # replay
+    CURSOR = "cursor", "snapshot ids handled (moved, skipped or missing)"
+    REPLAYED = "replayed", "jobs moved back to wait (or copied to targetQueue)"
+    SKIPPED = "skipped", "snapshot ids no longer failed when their turn came"
+    MISSING = "missing", "snapshot ids whose job hash was gone when their turn came"
+    BULK_MOVED = "bulk_moved", "jobs of those moved with BullMQ's moveJobsToWait"
+    FAST_MISS = "fast_miss", "moveJobsToWait chunks vetoed by their guard (the bump aborts their EXEC)"
+    COPIED_UPTO = "copied_upto", ("requeue <= 0.1's two-step targetQueue copy: snapshot ids copied up to "
+                                  "here (read, never written any more)")
+    WE_PAUSED = "we_paused", '"1" while this replay holds the queue paused for a red gate'
+    REPLAYED_MS = "replayed_ms", "when the last snapshot id was handled (ms)"
+    # verification
+    V_POS = "v_pos", "the running verification pass's position in the replayed list"
+    PASS_COMPLETED = "p_c", "the running pass: replayed jobs completed (or removed) so far"
+    PASS_FAILED = "p_f", "the running pass: replayed jobs failed again so far"
+    PASS_PENDING = "p_p", "the running pass: replayed jobs still pending so far"
+    VERIFIED_COMPLETED = "vc", "the last whole pass: replayed jobs completed (or removed)"
+    VERIFIED_FAILED = "vf", "the last whole pass: replayed jobs failed again"
+    VERIFIED_PENDING = "vp", "the last whole pass: replayed jobs still pending"
+    # the end
+    OUTCOME = "outcome", "the final phase (Succeeded, Failed)"
+    OUTCOME_REASON = "outcome_reason", "the final phase's reason"
+    OUTCOME_MESSAGE = "outcome_message", "the final phase's message"
+    FINISHED_MS = "finished_ms", "when the replay ended (ms)"
+
+
+#: What the lease (:attr:`QueueKeys.lease`) holds: who drives a replay of the queue
+#: (``requeue.replay.lease``; ``"<replay id> <owner>"`` from requeue before the token).
+LEASE_VALUE = "<replay id> <owner> <driver token> <host>:<pid>"
+
+
+@dataclass(frozen=True)
+class OwnedKey:
+    """One kind of key requeue owns, for the docs: built by the key builders above."""
+
+    pattern: str
+    type: str
+    holds: str
+    lifetime: str
+
+
+def owned_keys() -> list[OwnedKey]:
+    """Every key requeue owns, with placeholders for the ids (docs/architecture.md's table)."""
+    q, r, p = QueueKeys("{prefix}", "{queue}"), ReplayKeys("{id}"), PolicyKeys("{uid}")
+    kept = "3 days after the replay ends"
+    return [
+        OwnedKey(q.lease, "string", f"the replay that works this queue now: `{LEASE_VALUE}`",
+                 "renewed while the replay runs; expires if its driver dies"),
+        OwnedKey(r.progress, "hash", "stage, cursors, counters, pinned window bounds (fields below)", kept),
+        OwnedKey(r.snapshot, "list", "selected job ids, in failure order", kept),
+        OwnedKey(r.replayed, "list", "ids actually moved (verification watches these)", kept),
+        OwnedKey(r.lifo, "set", "selected ids whose opts say lifo", kept),
+        OwnedKey(r.slow, "sorted set", "selected ids that need `reprocessJob` (priority, lifo), "
+                 "scored by snapshot position", kept),
+        OwnedKey(r.names, "hash", "job name -> matched jobs", kept),
+        OwnedKey(r.reasons, "hash", "normalised failure reason -> matched jobs (`\\0other`: the rest)", kept),
+        OwnedKey(r.corrupt, "list", "the first corrupt job ids", kept),
+        OwnedKey(r.legacy_copied, "list", "requeue <= 0.1's copied-not-removed ids; read and deleted only",
+                 "deleted by the next targetQueue batch"),
+        OwnedKey(p.memory, "hash", "queue name -> JSON of what a QueuePolicy remembers between evaluations",
+                 "deleted with the policy; else 7 days after the last evaluation"),
+        OwnedKey(p.replays, "hash", "job id -> times auto-replayed, for `autoReplay.maxReplaysPerJob`",
+                 "30 days after the last use"),
+        OwnedKey(budget_taken_key(p.replays, "{id}"), "set", "the job ids one auto replay charged "
+                 "to that budget", "same"),
+    ]

@@ -3,9 +3,67 @@
 and write nothing but requeue's own keys (one exception, documented at
 :data:`FAST_TALLY` and :data:`BULK_TALLY`: the attempt counters that ``reprocessJob``
 would reset).
+
+The names of requeue's own state are not typed here: a script says ``${Progress.CURSOR}``
+or ``${Stage.REPLAYING}`` and :func:`render`, run when this module loads, puts in the
+Lua string literal of that member of :mod:`requeue.queues.keys` (``"cursor"``,
+``"replaying"``). A placeholder naming nothing fails the import, and the rendered text is
+the same in every process, so each script's SHA is stable. BullMQ's own field names
+(``name``, ``data``, ``opts``, ``priority``, ``failedReason``, ``atm``, ``ats``, the
+meta hash's ``paused``) stay literal: BullMQ owns them, and only ``queues/`` reads them.
 """
 
 from __future__ import annotations
+
+import re
+from enum import EnumMeta
+
+from requeue.queues import keys as _keys
+
+#: ``${Progress.CURSOR}``, ``${Stage.DONE}``, ``${REASONS_OTHER}``: a declared name.
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+#: What a placeholder may name: the declarations of requeue's Redis state.
+_DECLARED: dict[str, object] = {"Progress": _keys.Progress, "Stage": _keys.Stage,
+                                "REASONS_OTHER": _keys.REASONS_OTHER}
+
+
+class UnknownPlaceholder(LookupError):
+    """A script names a field or stage :mod:`requeue.queues.keys` does not declare."""
+
+
+def lua_string(value: str) -> str:
+    """``value`` as a Lua string literal (bytes below 32, quotes and backslashes escaped)."""
+    out = []
+    for i, ch in enumerate(value):
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 32 or ord(ch) == 127:
+            digit_next = i + 1 < len(value) and value[i + 1].isdigit()
+            out.append(f"\\{ord(ch):03d}" if digit_next else f"\\{ord(ch)}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _resolve(name: str) -> str:
+    root, _, member = name.partition(".")
+    target = _DECLARED.get(root)
+    value = target.__members__.get(member) if isinstance(target, EnumMeta) else target
+    if isinstance(target, str) and member:
+        value = None
+    if not isinstance(value, str):
+        raise UnknownPlaceholder(f"Lua placeholder ${{{name}}} names nothing in requeue.queues.keys "
+                                 f"(known: {', '.join(sorted(_DECLARED))})")
+    return value
+
+
+def render(template: str) -> str:
+    """``template`` with every ``${...}`` replaced by the declared name's Lua string literal.
+
+    :raises UnknownPlaceholder: a placeholder names no declared field or stage.
+    """
+    return PLACEHOLDER.sub(lambda m: lua_string(_resolve(m.group(1))), template)
+
 
 #: Lua shared by the selection scripts: up to ``count`` members of the failed set ``key``
 #: after the cursor (``last_score``, ``last_id``; ``last_id`` "" = from ``min_s``), with
@@ -75,7 +133,7 @@ end
 #: priority > 0 "1"/"0", data is JSON "1"/"0" ("?" when the data was returned).
 #: Ties on the score are ordered by member like the zset itself,
 #: and a cursor member that left the set meanwhile is stepped over by (score, id).
-SELECT_PAGE = r"""
+SELECT_PAGE = render(r"""
 local rcall = redis.call
 local key, prefix = KEYS[1], ARGV[1]
 local min_s, max_s = ARGV[2], ARGV[3]
@@ -132,7 +190,7 @@ end
 out[1] = scanned
 if exhausted then out[4] = 1 end
 return cjson.encode(out)
-"""
+""")
 
 #: Read-only: the head of the next replay batch, in one round trip, right after WATCH.
 #:
@@ -143,10 +201,11 @@ return cjson.encode(out)
 #: ids, in this order, and every job hash exists).
 #: Returns JSON: [lease ok 1/0, cursor, matched, paused 1/0, head ok 1/0, head's last
 #: score, copied_upto, ids..., then one "1"/"0" lifo flag per id].
-BATCH_HEAD = r"""
+BATCH_HEAD = render(r"""
 local rcall = redis.call
 local lease_ok = rcall("GET", KEYS[2]) == ARGV[1] and 1 or 0
-local p = rcall("HMGET", KEYS[1], "cursor", "matched", "lifo_count", "copied_upto")
+local p = rcall("HMGET", KEYS[1], ${Progress.CURSOR}, ${Progress.MATCHED}, ${Progress.LIFO_COUNT},
+                ${Progress.COPIED_UPTO})
 local cursor = tonumber(p[1]) or 0
 local n = tonumber(ARGV[2])
 local ids = rcall("LRANGE", KEYS[4], cursor, cursor + n - 1)
@@ -174,7 +233,7 @@ for i = 1, #ids do
   out[#out + 1] = (lifo and rcall("SISMEMBER", KEYS[5], ids[i]) == 1) and "1" or "0"
 end
 return cjson.encode(out)
-"""
+""")
 
 #: Writes requeue's progress hash only; reads BullMQ's failed set and job hashes.
 #:
@@ -190,7 +249,7 @@ return cjson.encode(out)
 #: the hash exists and the id is in the failed set) or "exists" (removeJob of a job
 #: already copied: moved when the hash exists), ARGV[5..] ids sent.
 #: Returns {moved, skipped, missing}.
-TALLY_BATCH = r"""
+TALLY_BATCH = render(r"""
 local rcall = redis.call
 local moved, skipped, missing = 0, tonumber(ARGV[3]), 0
 local ids = {}
@@ -206,17 +265,17 @@ for i = 5, #ARGV do
     skipped = skipped + 1
   end
 end
-rcall("HSET", KEYS[1], "cursor", ARGV[2])
+rcall("HSET", KEYS[1], ${Progress.CURSOR}, ARGV[2])
 if moved > 0 then
-  rcall("HINCRBY", KEYS[1], "replayed", moved)
+  rcall("HINCRBY", KEYS[1], ${Progress.REPLAYED}, moved)
   for i = 1, #ids, 1000 do
     rcall("RPUSH", KEYS[3], unpack(ids, i, math.min(i + 999, #ids)))
   end
 end
-if skipped > 0 then rcall("HINCRBY", KEYS[1], "skipped", skipped) end
-if missing > 0 then rcall("HINCRBY", KEYS[1], "missing", missing) end
+if skipped > 0 then rcall("HINCRBY", KEYS[1], ${Progress.SKIPPED}, skipped) end
+if missing > 0 then rcall("HINCRBY", KEYS[1], ${Progress.MISSING}, missing) end
 return {moved, skipped, missing}
-"""
+""")
 
 #: Selection of a pure time window (no filter but the window and maxJobs), entirely
 #: inside Redis: one bounded page per call, committed by the call itself (a script is
@@ -242,7 +301,7 @@ return {moved, skipped, missing}
 #: [10] time budget in µs (0 = none; the page ends early, not done, once it is spent).
 #: Returns {scanned, selected, corrupt, done 1/0}; scanned is -1 when the progress is not
 #: in the selecting stage (another process moved on).
-SELECT_WINDOW = r"""
+SELECT_WINDOW = render(r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local rcall = redis.call
 local key, progress = KEYS[1], KEYS[2]
@@ -251,8 +310,9 @@ local maxv = tonumber(max_s)
 local count, max_jobs = tonumber(ARGV[4]), tonumber(ARGV[5])
 local exact = ARGV[9] == "1"
 local budget_us = tonumber(ARGV[10]) or 0
-local p = rcall("HMGET", progress, "stage", "sel_score", "sel_id", "matched")
-if p[1] ~= "selecting" then return {-1, 0, 0, 0} end
+local p = rcall("HMGET", progress, ${Progress.STAGE}, ${Progress.SEL_SCORE}, ${Progress.SEL_ID},
+                ${Progress.MATCHED})
+if p[1] ~= ${Stage.SELECTING} then return {-1, 0, 0, 0} end
 local last_score, last_id = p[2] or "", p[3] or ""
 local matched = tonumber(p[4]) or 0
 """ + _AFTER_CURSOR + _TIME_BUDGET + r"""
@@ -334,25 +394,25 @@ for n, c in pairs(names) do rcall("HINCRBY", KEYS[4], n, c) end
 local nkeys = rcall("HLEN", KEYS[5])
 local cap = tonumber(ARGV[8])
 for r, c in pairs(reasons) do
-  if nkeys >= cap and rcall("HEXISTS", KEYS[5], r) == 0 then r = "\0other" end
+  if nkeys >= cap and rcall("HEXISTS", KEYS[5], r) == 0 then r = ${REASONS_OTHER} end
   if rcall("HINCRBY", KEYS[5], r, c) == c then nkeys = nkeys + 1 end
 end
 if #corrupt > 0 then
   rcall("RPUSH", KEYS[6], unpack(corrupt, 1, math.min(#corrupt, tonumber(ARGV[7]))))
   rcall("LTRIM", KEYS[6], 0, tonumber(ARGV[7]) - 1)
-  rcall("HINCRBY", progress, "corrupt", #corrupt)
+  rcall("HINCRBY", progress, ${Progress.CORRUPT}, #corrupt)
 end
 if #lifo > 0 then rcall("SADD", KEYS[7], unpack(lifo)) end
 if #slow > 0 then rcall("ZADD", KEYS[8], unpack(slow)) end
-rcall("HINCRBY", progress, "matched", nids)
-rcall("HINCRBY", progress, "scanned", scanned)
-rcall("HINCRBY", progress, "lifo_count", nlifo)
-rcall("HINCRBY", progress, "prio_count", nprio)
-rcall("HSET", progress, "sel_score", cur_score, "sel_id", cur_id, "upper", ARGV[6],
-      "slow_pos", "1", "reasons_folded", "1")
-if done then rcall("HSET", progress, "stage", "replaying") end
+rcall("HINCRBY", progress, ${Progress.MATCHED}, nids)
+rcall("HINCRBY", progress, ${Progress.SCANNED}, scanned)
+rcall("HINCRBY", progress, ${Progress.LIFO_COUNT}, nlifo)
+rcall("HINCRBY", progress, ${Progress.PRIO_COUNT}, nprio)
+rcall("HSET", progress, ${Progress.SEL_SCORE}, cur_score, ${Progress.SEL_ID}, cur_id,
+      ${Progress.UPPER}, ARGV[6], ${Progress.SLOW_POS}, "1", ${Progress.REASONS_FOLDED}, "1")
+if done then rcall("HSET", progress, ${Progress.STAGE}, ${Stage.REPLAYING}) end
 return {scanned, nids, #corrupt, done and 1 or 0}
-"""
+""")
 
 #: Read-only: how to move the next ``n`` snapshot ids, in one round trip per step.
 #:
@@ -371,10 +431,10 @@ return {scanned, nids, #corrupt, done and 1 or 0}
 #: size, [5] "pos" (slow zset is complete), "none" (no job needs reprocessJob), "off"
 #: (no fast path). Returns JSON: [lease ok 1/0, cursor, matched, paused 1/0, copied_upto,
 #: then chunks: "f", count, score of its last member | "s", count].
-PLAN_MOVES = r"""
+PLAN_MOVES = render(r"""
 local rcall = redis.call
 local out = {rcall("GET", KEYS[2]) == ARGV[1] and 1 or 0}
-local p = rcall("HMGET", KEYS[1], "cursor", "matched", "copied_upto")
+local p = rcall("HMGET", KEYS[1], ${Progress.CURSOR}, ${Progress.MATCHED}, ${Progress.COPIED_UPTO})
 local cursor, matched = tonumber(p[1]) or 0, tonumber(p[2]) or 0
 out[2], out[3], out[4], out[5] = cursor, matched, rcall("HEXISTS", KEYS[3], "paused"), tonumber(p[3]) or 0
 local n = math.min(tonumber(ARGV[2]), matched - cursor)
@@ -412,7 +472,7 @@ while i <= m do
   i = j
 end
 return cjson.encode(out)
-"""
+""")
 
 #: Sent after WATCH (progress, lease, meta, failed) and before the MULTI of a fast chunk,
 #: in the same write: checks that ``moveJobsToWait`` with ARGV[3] jobs up to score
@@ -424,11 +484,11 @@ return cjson.encode(out)
 #: KEYS[1] progress, [2] lease, [3] BullMQ meta, [4] snapshot, [5] failed zset.
 #: ARGV[1] lease value, [2] cursor, [3] count, [4] last score, [5] paused "1"/"0".
 #: Returns 1 (go) or 0 (the EXEC that follows will be aborted).
-FAST_GUARD = r"""
+FAST_GUARD = render(r"""
 local rcall = redis.call
 local c, n = tonumber(ARGV[2]), tonumber(ARGV[3])
 local ok = rcall("GET", KEYS[2]) == ARGV[1]
-  and tonumber(rcall("HGET", KEYS[1], "cursor") or "0") == c
+  and tonumber(rcall("HGET", KEYS[1], ${Progress.CURSOR}) or "0") == c
   and tostring(rcall("HEXISTS", KEYS[3], "paused")) == ARGV[5]
 if ok then
   local ids = rcall("LRANGE", KEYS[4], c, c + n - 1)
@@ -444,9 +504,9 @@ if ok then
   end
 end
 if ok then return 1 end
-rcall("HINCRBY", KEYS[1], "fast_miss", 1)
+rcall("HINCRBY", KEYS[1], ${Progress.FAST_MISS}, 1)
 return 0
-"""
+""")
 
 #: Lua shared by the tallies of the ``moveJobsToWait`` chunks (FAST_TALLY, BULK_TALLY): with
 #: ARGV[3] "1", delete the attempt counters of the ``n`` ``ids`` (key prefix ARGV[4]), as
@@ -468,17 +528,17 @@ for i = 1, n, 1000 do rcall("RPUSH", KEYS[3], unpack(ids, i, math.min(i + 999, n
 #:
 #: KEYS[1] progress, [2] snapshot, [3] replayed list. ARGV[1] cursor, [2] count,
 #: [3] reset attempts "1"/"0", [4] job key prefix. Returns the ids' count.
-FAST_TALLY = r"""
+FAST_TALLY = render(r"""
 local rcall = redis.call
 local c = tonumber(ARGV[1])
 local ids = rcall("LRANGE", KEYS[2], c, c + tonumber(ARGV[2]) - 1)
 local n = #ids
 """ + _RESET_AND_RECORD + r"""
-rcall("HSET", KEYS[1], "cursor", c + n)
-rcall("HINCRBY", KEYS[1], "replayed", n)
-rcall("HINCRBY", KEYS[1], "bulk_moved", n)
+rcall("HSET", KEYS[1], ${Progress.CURSOR}, c + n)
+rcall("HINCRBY", KEYS[1], ${Progress.REPLAYED}, n)
+rcall("HINCRBY", KEYS[1], ${Progress.BULK_MOVED}, n)
 return n
-"""
+""")
 
 #: Mode Bulk, before each chunk (sent right after WATCH, before its MULTI): that we hold
 #: the lease, that the replay is replaying with its cursor still at ARGV[2] (no other
@@ -490,12 +550,12 @@ return n
 #: KEYS[1] progress, [2] lease, [3] BullMQ meta, [4] failed zset. ARGV[1] lease value,
 #: [2] cursor, [3] paused "1"/"0", [4] the window's lower bound (ms, inclusive).
 #: Returns "" (go), "lease", "cursor", "paused" or "older <id> <score>".
-BULK_GUARD = r"""
+BULK_GUARD = render(r"""
 local rcall = redis.call
 local function why()
   if rcall("GET", KEYS[2]) ~= ARGV[1] then return "lease" end
-  local p = rcall("HMGET", KEYS[1], "stage", "cursor")
-  if p[1] ~= "replaying" or tonumber(p[2] or "0") ~= tonumber(ARGV[2]) then return "cursor" end
+  local p = rcall("HMGET", KEYS[1], ${Progress.STAGE}, ${Progress.CURSOR})
+  if p[1] ~= ${Stage.REPLAYING} or tonumber(p[2] or "0") ~= tonumber(ARGV[2]) then return "cursor" end
   if tostring(rcall("HEXISTS", KEYS[3], "paused")) ~= ARGV[3] then return "paused" end
   local head = rcall("ZRANGE", KEYS[4], 0, 0, "WITHSCORES")
   if #head > 0 and tonumber(head[2]) < tonumber(ARGV[4]) then
@@ -504,9 +564,9 @@ local function why()
   return ""
 end
 local veto = why()
-if veto ~= "" then rcall("HINCRBY", KEYS[1], "fast_miss", 1) end
+if veto ~= "" then rcall("HINCRBY", KEYS[1], ${Progress.FAST_MISS}, 1) end
 return veto
-"""
+""")
 
 #: Mode Bulk's bookkeeping, inside the chunk's MULTI right before BullMQ's
 #: ``moveJobsToWait`` with the same count and time: it reads the ids that script is about
@@ -519,13 +579,13 @@ return veto
 #: KEYS[1] failed zset, [2] progress, [3] replayed list. ARGV[1] count, [2] the window's
 #: upper bound (ms, inclusive), [3] reset attempts "1"/"0", [4] job key prefix, [5] now (ms).
 #: Returns {moved, skipped, finished 1/0}.
-BULK_TALLY = r"""
+BULK_TALLY = render(r"""
 local rcall = redis.call
 local want = tonumber(ARGV[1])
 local ids = rcall("ZRANGEBYSCORE", KEYS[1], 0, ARGV[2], "LIMIT", 0, want)
 local n = #ids
 """ + _RESET_AND_RECORD + r"""
-local p = rcall("HMGET", KEYS[2], "cursor", "matched")
+local p = rcall("HMGET", KEYS[2], ${Progress.CURSOR}, ${Progress.MATCHED})
 local cursor = (tonumber(p[1]) or 0) + n
 local matched = tonumber(p[2]) or 0
 local skipped, finished = 0, 0
@@ -535,14 +595,14 @@ if n < want or cursor >= matched then
     skipped = matched - cursor
     cursor = matched
   end
-  rcall("HINCRBY", KEYS[2], "skipped", skipped)
-  rcall("HSET", KEYS[2], "stage", "verifying", "replayed_ms", ARGV[5])
+  rcall("HINCRBY", KEYS[2], ${Progress.SKIPPED}, skipped)
+  rcall("HSET", KEYS[2], ${Progress.STAGE}, ${Stage.VERIFYING}, ${Progress.REPLAYED_MS}, ARGV[5])
 end
-rcall("HSET", KEYS[2], "cursor", cursor)
-rcall("HINCRBY", KEYS[2], "replayed", n)
-rcall("HINCRBY", KEYS[2], "bulk_moved", n)
+rcall("HSET", KEYS[2], ${Progress.CURSOR}, cursor)
+rcall("HINCRBY", KEYS[2], ${Progress.REPLAYED}, n)
+rcall("HINCRBY", KEYS[2], ${Progress.BULK_MOVED}, n)
 return {n, skipped, finished}
-"""
+""")
 
 #: The per-queue lease: take it if free, renew it if ours, else name the holder.
 #:
@@ -550,19 +610,19 @@ return {n, skipped, finished}
 #: see requeue.replay.lease), ARGV[2] ttl ms, ARGV[3] (optional) a holder's value known to
 #: be dead, taken over if it still holds the lease.
 #: Returns "" when we hold it now, else the current holder's value.
-ACQUIRE_LEASE = r"""
+ACQUIRE_LEASE = render(r"""
 local cur = redis.call("GET", KEYS[1])
 if not cur or cur == ARGV[1] or (ARGV[3] ~= nil and cur == ARGV[3]) then
   redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
   return ""
 end
 return cur
-"""
+""")
 
 #: Delete the lease only if we hold it. KEYS[1] lease key, ARGV[1] our value. Returns 1/0.
-RELEASE_LEASE = r"""
+RELEASE_LEASE = render(r"""
 if redis.call("GET", KEYS[1]) == ARGV[1] then
   return redis.call("DEL", KEYS[1])
 end
 return 0
-"""
+""")

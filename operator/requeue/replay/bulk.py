@@ -21,9 +21,9 @@ from redis import exceptions as rx
 from redis.asyncio import Redis
 
 from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
-from requeue.api.conditions import Reason
 from requeue.queues import BullQueue, ReplayKeys
 from requeue.queues.adapter import text
+from requeue.queues.keys import Progress
 from requeue.queues.raw import RawTransaction, pack, raise_errors, script_text
 from requeue.replay.select import Matcher, to_ms
 from requeue.replay.state import SAMPLE_IDS, Finish, Stage, from_ms, int_field
@@ -39,7 +39,7 @@ class OlderFailedJobs(Finish):
 
     def __init__(self, job_id: str, score: int, lower: int) -> None:
         super().__init__(
-            ReplayPhase.FAILED, Reason.OLDER_FAILED_JOBS,
+            ReplayPhase.FAILED, "OlderFailedJobs",
             f"mode Bulk moves the oldest failed jobs first (BullMQ's moveJobsToWait), but job {job_id} "
             f"failed at {_iso(score)}, before failedAfter ({_iso(lower)}); drop failedAfter to replay "
             "those too, or use mode Exact; nothing more was moved")
@@ -77,7 +77,7 @@ class Bulk:
         :raises OlderFailedJobs: see there.
         """
         matcher = Matcher(spec.selector)
-        lower, below = matcher.min_score, matcher.max_score(int_field(p, "upper"))
+        lower, below = matcher.min_score, matcher.max_score(int_field(p, Progress.UPPER))
         await oldest_first(self.redis, q, lower)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcount(q.keys.failed, lower, f"({below}")
@@ -86,12 +86,13 @@ class Bulk:
         matched = min(int(count), spec.selector.max_jobs or int(count))
         async with self.redis.pipeline(transaction=True) as tx:
             await tx.watch(self.keys.progress)
-            if text(await tx.hget(self.keys.progress, "stage")) != Stage.SELECTING:
+            if text(await tx.hget(self.keys.progress, Progress.STAGE)) != Stage.SELECTING:
                 raise rx.WatchError("another process selected meanwhile")  # the step reads again
             tx.multi()  # type: ignore[no-untyped-call]
             tx.hset(self.keys.progress, mapping={
-                "matched": matched, "scanned": int(count), "bulk_min": lower, "bulk_max": below - 1,
-                "stage": Stage.REPLAYING if matched else Stage.VERIFYING})
+                Progress.MATCHED: matched, Progress.SCANNED: int(count), Progress.BULK_MIN: lower,
+                Progress.BULK_MAX: below - 1,
+                Progress.STAGE: Stage.REPLAYING if matched else Stage.VERIFYING})
             await tx.execute()
         st.matched = matched
         st.sample_ids = [text(x) or "" for x in sample]
@@ -99,7 +100,7 @@ class Bulk:
     async def move(self, spec: DLQReplaySpec, q: BullQueue, n: int, p: dict[str, str],
                    now: datetime) -> tuple[int, int, int]:
         """Up to ``n`` jobs, in equal chunks of at most :data:`BULK_CHUNK`; (moved, skipped, missing)."""
-        cursor, matched = int_field(p, "cursor"), int_field(p, "matched")
+        cursor, matched = int_field(p, Progress.CURSOR), int_field(p, Progress.MATCHED)
         left = min(n, matched - cursor)
         if left <= 0:
             return 0, 0, 0
@@ -113,7 +114,8 @@ class Bulk:
                 first, result = await tx.guarded_exec(*self._chunk(spec, q, p, cursor, count, now))
                 raise_errors(first)
                 if result is None:
-                    self._vetoed(text(first[1]) or "a watched key changed", int_field(p, "bulk_min"))
+                    self._vetoed(text(first[1]) or "a watched key changed",
+                                 int_field(p, Progress.BULK_MIN))
                     continue  # the paused flag changed: the same chunk again, to the right list
                 raise_errors(result)
                 did, gone, finished = (int(x) for x in result[0])
@@ -128,8 +130,8 @@ class Bulk:
         k, qk, sc = self.keys, q.keys, q.scripts
         paused = bool(self._paused)
         guard = pack("EVAL", script_text(sc.bulk_guard), 4, k.progress, qk.lease, qk.meta, qk.failed,
-                     self.lease_value, cursor, "1" if paused else "0", int_field(p, "bulk_min"))
-        top = int_field(p, "bulk_max")
+                     self.lease_value, cursor, "1" if paused else "0", int_field(p, Progress.BULK_MIN))
+        top = int_field(p, Progress.BULK_MAX)
         body = [
             pack("EVAL", script_text(sc.bulk_tally), 3, qk.failed, k.progress, k.replayed, count, top,
                  "1" if spec.reset_attempts else "0", qk.base, to_ms(now)),

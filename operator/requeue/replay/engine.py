@@ -57,14 +57,13 @@ from requeue.api import (
     ReplayPhase,
     find_condition,
 )
-from requeue.api.base import ConditionStatus, set_condition
-from requeue.api.conditions import Reason, ReplayCondition, stored_reason
-from requeue.errors import AuthFailed, QueueLocked, QueueNotFound, RedisOutOfMemory, RedisUnavailable
+from requeue.api.base import ConditionStatus
+from requeue.errors import AuthFailed, QueueNotFound, RedisOutOfMemory, RedisUnavailable
 from requeue.metrics import REPLAY_BATCH_SECONDS, REPLAY_JOBS
 from requeue.queues import BullQueue, ReplayKeys, map_redis_error
 from requeue.queues.adapter import text
-from requeue.queues.keys import REPLAY_RETENTION_SECONDS
-from requeue.replay import ending, moves
+from requeue.queues.keys import REPLAY_RETENTION_SECONDS, Progress
+from requeue.replay import moves
 from requeue.replay.bulk import Bulk
 from requeue.replay.gating import GateRunnerLike, Gating
 from requeue.replay.lease import Driver, LeaseHolder, this_process
@@ -79,6 +78,7 @@ from requeue.replay.state import (
     Stage,
     StepResult,
     StoredProgress,
+    cond,
     from_ms,
     int_field,
     mark_replayed,
@@ -171,7 +171,7 @@ class ReplayEngine:
         # Read before _step: a successful step sets Ready=True itself, which hid the recovery (the
         # Warning RedisUnreachable of a mid-run outage then never got its RedisReachable). Only an
         # outage this engine reported: after a failed connect the caller posts its own "Recovered".
-        was = find_condition(st.conditions, ReplayCondition.READY)
+        was = find_condition(st.conditions, "Ready")
         reported_outage = (self.redis_failures > 0 and was is not None
                            and was.reason in _OUTAGE_REASONS)
         try:
@@ -189,11 +189,10 @@ class ReplayEngine:
             return self._redis_failed(spec, st, now, events, generation, exc)
         self.redis_failures = 0
         if reported_outage:
-            ready = find_condition(st.conditions, ReplayCondition.READY)
+            ready = find_condition(st.conditions, "Ready")
             if ready is not None and ready.reason in _OUTAGE_REASONS:
-                set_condition(st, ReplayCondition.READY, True, Reason.READY,
-                              "Redis reachable again", generation, now)
-            events.append(ReplayEvent("Normal", Reason.REDIS_REACHABLE, "Redis answers again"))
+                cond(st, "Ready", True, "Ready", "Redis reachable again", generation, now)
+            events.append(ReplayEvent("Normal", "RedisReachable", "Redis answers again"))
         return StepResult(st, delay, events)
 
     async def stored_progress(self) -> StoredProgress | None:
@@ -201,8 +200,9 @@ class ReplayEngine:
         p = await self._progress()
         if not p:
             return None
-        return StoredProgress(stage=p.get("stage", ""), outcome=p.get("outcome", ""),
-                              replayed=int_field(p, "replayed"), matched=int_field(p, "matched"))
+        return StoredProgress(stage=p.get(Progress.STAGE, ""), outcome=p.get(Progress.OUTCOME, ""),
+                              replayed=int_field(p, Progress.REPLAYED),
+                              matched=int_field(p, Progress.MATCHED))
 
     async def cancel(self, spec: DLQReplaySpec, status: DLQReplayStatus) -> StepResult:
         """Clean up after deletion: resume the queue if this replay paused it, release the lease,
@@ -218,12 +218,10 @@ class ReplayEngine:
             st.phase = ReplayPhase.CANCELLED
             st.completed_at = now
             st.message = "cancelled; nothing more will be moved"
-            set_condition(st, ReplayCondition.PROGRESSING, False, Reason.CANCELLED,
-                          st.message, st.observed_generation, now)
-            set_condition(st, ReplayCondition.SUCCEEDED, False, Reason.CANCELLED,
-                          st.message, st.observed_generation, now)
-            ending.release_ready(st, st.observed_generation, now)
-            events.append(ReplayEvent("Normal", Reason.CANCELLED, st.message))
+            cond(st, "Progressing", False, "Cancelled", st.message, st.observed_generation, now)
+            cond(st, "Succeeded", False, "Cancelled", st.message, st.observed_generation, now)
+            self._ended_ready(st, st.observed_generation, now)
+            events.append(ReplayEvent("Normal", "Cancelled", st.message))
         return StepResult(st, 0.0, events)
 
     async def run(
@@ -246,7 +244,7 @@ class ReplayEngine:
             if st.phase.finished or st.phase == ReplayPhase.SUSPENDED:
                 return st
             if self.redis_failures >= self.redis_failure_bound:
-                ready = find_condition(st.conditions, ReplayCondition.READY)
+                ready = find_condition(st.conditions, "Ready")
                 raise RedisUnavailable(ready.message if ready else "Redis unavailable",
                                        queue=spec.queue, replay=self.owner)
             if result.delay > 0:
@@ -266,17 +264,17 @@ class ReplayEngine:
             return await self._suspend(q, st, now, events, gen)
         if st.phase == ReplayPhase.SUSPENDED:
             st.phase = ReplayPhase.PENDING
-            events.append(ReplayEvent("Normal", Reason.RESUMED, "spec.suspend is false again; continuing"))
+            events.append(ReplayEvent("Normal", "Resumed", "spec.suspend is false again; continuing"))
 
         if not spec.dry_run:
             holder = await self._acquire_lease(q)
             if holder is not None:
                 return self._locked(st, now, events, gen, holder)
 
-        stage = p.get("stage") or ""
+        stage = p.get(Progress.STAGE) or ""
         if not stage:
             return await self._begin(spec, q, st, now, events, gen)
-        ready = find_condition(st.conditions, ReplayCondition.READY)
+        ready = find_condition(st.conditions, "Ready")
         if ready is None or ready.status != ConditionStatus.TRUE:
             self._ready(spec, st, gen, now)
         return await self._stage_step(stage, spec, q, st, now, events, gen, p)
@@ -286,7 +284,7 @@ class ReplayEngine:
         """A replay the status says started, with nothing in Redis, must not start over."""
         started = st.phase in (ReplayPhase.REPLAYING, ReplayPhase.VERIFYING)
         if not p and (st.matched or st.replayed or started):
-            raise Finish(ReplayPhase.FAILED, Reason.SNAPSHOT_LOST,
+            raise Finish(ReplayPhase.FAILED, "SnapshotLost",
                          "the replay's snapshot and progress are gone from Redis (flushed, restarted "
                          "without persistence, or expired); not starting over, which could replay "
                          "jobs twice")
@@ -308,9 +306,9 @@ class ReplayEngine:
             watched = self._queue(spec, spec.target_queue or spec.queue)
             return await self._verification.step(spec, watched, st, now, gen, p)
         # Stage.DONE with a status that did not record it (crash between the two writes)
-        outcome = p.get("outcome") or ReplayPhase.SUCCEEDED.value
-        raise Finish(ReplayPhase(outcome), stored_reason(p.get("outcome_reason"), Reason.SUCCEEDED),
-                     p.get("outcome_message") or "finished")
+        outcome = p.get(Progress.OUTCOME) or ReplayPhase.SUCCEEDED.value
+        raise Finish(ReplayPhase(outcome), p.get(Progress.OUTCOME_REASON) or "Succeeded",
+                     p.get(Progress.OUTCOME_MESSAGE) or "finished")
 
     async def _begin(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
                      events: list[ReplayEvent], gen: int) -> float:
@@ -326,23 +324,22 @@ class ReplayEngine:
             raise
         paused = await q.is_paused()
         await self.redis.hset(self.keys.progress, mapping={
-            "stage": Stage.SELECTING if spec.dry_run else Stage.GATES,
-            "paused_before": "1" if paused else "0",
-            "queue": spec.queue, "owner": self.owner,
+            Progress.STAGE: Stage.SELECTING if spec.dry_run else Stage.GATES,
+            Progress.PAUSED_BEFORE: "1" if paused else "0",
+            Progress.QUEUE: spec.queue, Progress.OWNER: self.owner,
             # what the snapshot is taken of: a CLI rerun whose manifest selects otherwise is refused
             SELECTION_FIELD: selection_json(spec),
             # every selected job that needs reprocessJob gets its snapshot position in
             # ReplayKeys.slow (a replay selected by an older requeue has not: see Mover.plan)
-            "slow_pos": "1",
+            Progress.SLOW_POS: "1",
         })
         self._ready(spec, st, gen, now)
-        set_condition(st, ReplayCondition.SUCCEEDED, ConditionStatus.UNKNOWN, Reason.IN_PROGRESS,
-                      "", gen, now)
+        cond(st, "Succeeded", ConditionStatus.UNKNOWN, "InProgress", "", gen, now)
         if paused:
-            set_condition(st, ReplayCondition.QUEUE_PAUSED, True, Reason.PAUSED_BY_OTHERS,
-                          "the queue was paused before this replay; it stays paused (replayed jobs "
+            cond(st, "QueuePaused", True, "PausedByOthers",
+                 "the queue was paused before this replay; it stays paused (replayed jobs "
                  "wait until someone resumes it)", gen, now)
-            events.append(ReplayEvent("Warning", Reason.QUEUE_PAUSED_BY_OTHERS,
+            events.append(ReplayEvent("Warning", "QueuePausedByOthers",
                                       "queue is paused by someone else; replayed jobs will wait"))
         return 0.0
 
@@ -355,13 +352,13 @@ class ReplayEngine:
             return wait
         upper = selection_upper(spec, now)
         await self.redis.hset(self.keys.progress, mapping={
-            "stage": Stage.SELECTING, "upper": str(upper), "started_ms": str(to_ms(now)),
+            Progress.STAGE: Stage.SELECTING, Progress.UPPER: str(upper),
+            Progress.STARTED_MS: str(to_ms(now)),
         })
         st.started_at = now
         st.phase = ReplayPhase.REPLAYING
-        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.SELECTING,
-                      "selecting matching failed jobs", gen, now)
-        events.append(ReplayEvent("Normal", Reason.REPLAY_STARTED,
+        cond(st, "Progressing", True, "Selecting", "selecting matching failed jobs", gen, now)
+        events.append(ReplayEvent("Normal", "ReplayStarted",
                                   f"selecting failed jobs of queue {spec.queue}"))
         return 0.0
 
@@ -370,11 +367,10 @@ class ReplayEngine:
                              events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float:
         """Mode Bulk's selection: the window counted and its bounds fixed, no job read."""
         await self._bulk.select(spec, q, st, p)
-        events.append(ReplayEvent("Normal", Reason.SELECTED,
+        events.append(ReplayEvent("Normal", "Selected",
                                   f"mode Bulk: {st.matched} failed jobs in the window, to move with "
                                   "BullMQ's moveJobsToWait (priority, lifo and corrupt checks skipped)"))
-        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.REPLAYING,
-                      f"replaying {st.matched} jobs", gen, now)
+        cond(st, "Progressing", True, "Replaying", f"replaying {st.matched} jobs", gen, now)
         if st.matched == 0:
             await mark_replayed(self.redis, self.keys, now)
         return 0.0
@@ -389,20 +385,20 @@ class ReplayEngine:
         """Counters come from Redis, where they change atomically with the moves."""
         if not p:
             return
-        st.matched = int_field(p, "matched")
-        st.replayed = int_field(p, "replayed")
-        st.skipped = int_field(p, "skipped") + int_field(p, "missing")
-        st.corrupt = int_field(p, "corrupt")
-        st.over_budget = int_field(p, "over_budget")
-        if "vc" in p:
-            st.completed = int_field(p, "vc")
-            st.failed_again = int_field(p, "vf")
-        st.queue_paused_by_replay = p.get("we_paused") == "1"
-        if p.get("started_ms") and st.started_at is None:
-            st.started_at = from_ms(int_field(p, "started_ms"))
-        if p.get("replayed_ms") and st.replay_finished_at is None:
-            st.replay_finished_at = from_ms(int_field(p, "replayed_ms"))
-        if "matched" in p:  # before selection "0/0" would read as "nothing to replay"
+        st.matched = int_field(p, Progress.MATCHED)
+        st.replayed = int_field(p, Progress.REPLAYED)
+        st.skipped = int_field(p, Progress.SKIPPED) + int_field(p, Progress.MISSING)
+        st.corrupt = int_field(p, Progress.CORRUPT)
+        st.over_budget = int_field(p, Progress.OVER_BUDGET)
+        if Progress.VERIFIED_COMPLETED in p:
+            st.completed = int_field(p, Progress.VERIFIED_COMPLETED)
+            st.failed_again = int_field(p, Progress.VERIFIED_FAILED)
+        st.queue_paused_by_replay = p.get(Progress.WE_PAUSED) == "1"
+        if p.get(Progress.STARTED_MS) and st.started_at is None:
+            st.started_at = from_ms(int_field(p, Progress.STARTED_MS))
+        if p.get(Progress.REPLAYED_MS) and st.replay_finished_at is None:
+            st.replay_finished_at = from_ms(int_field(p, Progress.REPLAYED_MS))
+        if Progress.MATCHED in p:  # before selection "0/0" would read as "nothing to replay"
             st.progress = f"{st.replayed + st.skipped}/{st.matched}"
 
     # -- lease ---------------------------------------------------------------
@@ -434,10 +430,10 @@ class ReplayEngine:
     def _locked(self, st: DLQReplayStatus, now: datetime, events: list[ReplayEvent], gen: int,
                 holder: LeaseHolder) -> float:
         msg = holder.describe(replay_id=self.replay_id)
-        before = find_condition(st.conditions, ReplayCondition.READY)
-        if before is None or before.reason != QueueLocked.reason:
-            events.append(ReplayEvent("Warning", QueueLocked.reason, msg))
-        set_condition(st, ReplayCondition.READY, False, QueueLocked.reason, msg, gen, now)
+        before = find_condition(st.conditions, "Ready")
+        if before is None or before.reason != "QueueLocked":
+            events.append(ReplayEvent("Warning", "QueueLocked", msg))
+        cond(st, "Ready", False, "QueueLocked", msg, gen, now)
         if st.phase == ReplayPhase.REPLAYING:
             st.phase = ReplayPhase.WAITING_FOR_GATES
         st.message = msg
@@ -454,20 +450,19 @@ class ReplayEngine:
         await self._gating.resume_if_ours(q, st, now, events, gen)
         await self._release_lease(q)
         if st.phase != ReplayPhase.SUSPENDED:
-            events.append(ReplayEvent("Normal", Reason.SUSPENDED, "spec.suspend is true; stopped"))
+            events.append(ReplayEvent("Normal", "Suspended", "spec.suspend is true; stopped"))
         st.phase = ReplayPhase.SUSPENDED
         st.message = "suspended"
-        set_condition(st, ReplayCondition.PROGRESSING, False, Reason.SUSPENDED,
-                      "spec.suspend is true", gen, now)
+        cond(st, "Progressing", False, "Suspended", "spec.suspend is true", gen, now)
         return SUSPENDED_DELAY
 
     # -- replay --------------------------------------------------------------
 
     async def _replay(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
                       events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float:
-        cursor = int_field(p, "cursor")
+        cursor = int_field(p, Progress.CURSOR)
         remaining = st.matched - cursor
-        if remaining <= 0 and not (spec.target_queue and int_field(p, "copied_upto") > cursor):
+        if remaining <= 0 and not (spec.target_queue and int_field(p, Progress.COPIED_UPTO) > cursor):
             await mark_replayed(self.redis, self.keys, now)
             return await self._replayed(spec, st, now, events, gen)
         held = await self._gating.held_during_replay(self.gates, spec, q, st, now, events, gen, p)
@@ -490,12 +485,12 @@ class ReplayEngine:
                      gen: int, p: dict[str, str]) -> float | None:
         """One batch, as far as ``maxWaiting`` and the token bucket allow; the delay before the
         next try when they allow none, else None (``p``'s cursor follows the moves)."""
-        want = min(spec.rate.batch_size, max(st.matched - int_field(p, "cursor"), 1))
+        want = min(spec.rate.batch_size, max(st.matched - int_field(p, Progress.CURSOR), 1))
         if spec.rate.max_waiting is not None:
             backlog = await q.backlog()
             if backlog >= spec.rate.max_waiting:
                 msg = f"holding: {backlog} jobs waiting, maxWaiting is {spec.rate.max_waiting}"
-                set_condition(st, ReplayCondition.PROGRESSING, True, Reason.THROTTLED, msg, gen, now)
+                cond(st, "Progressing", True, "Throttled", msg, gen, now)
                 st.message = msg
                 return THROTTLE_DELAY
             want = min(want, spec.rate.max_waiting - backlog)
@@ -503,12 +498,12 @@ class ReplayEngine:
         if n == 0:
             return wait
         moved, skipped = await self._move(spec, q, n, p)
-        p["cursor"] = str(int_field(p, "cursor") + moved + skipped)
+        p[Progress.CURSOR] = str(int_field(p, Progress.CURSOR) + moved + skipped)
         st.replayed += moved
         st.skipped += skipped
         st.progress = f"{st.replayed + st.skipped}/{st.matched}"
         st.message = f"replaying: {st.progress}"
-        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.REPLAYING, st.message, gen, now)
+        cond(st, "Progressing", True, "Replaying", st.message, gen, now)
         return None
 
     async def _move(self, spec: DLQReplaySpec, q: BullQueue, n: int, p: dict[str, str]) -> tuple[int, int]:
@@ -533,12 +528,12 @@ class ReplayEngine:
                         events: list[ReplayEvent], gen: int) -> float:
         st.replay_finished_at = st.replay_finished_at or now
         msg = f"moved {st.replayed} of {st.matched} selected jobs ({st.skipped} no longer failed)"
-        events.append(ReplayEvent("Normal", Reason.REPLAY_FINISHED, msg))
+        events.append(ReplayEvent("Normal", "ReplayFinished", msg))
         if spec.verify is None:
-            raise Finish(ReplayPhase.SUCCEEDED, Reason.SUCCEEDED, msg)
+            raise Finish(ReplayPhase.SUCCEEDED, "Succeeded", msg)
         st.phase = ReplayPhase.VERIFYING
         st.message = f"{msg}; verifying for {spec.verify.window}"
-        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.VERIFYING, st.message, gen, now)
+        cond(st, "Progressing", True, "Verifying", st.message, gen, now)
         return 0.0
 
     # -- the end -------------------------------------------------------------
@@ -551,10 +546,10 @@ class ReplayEngine:
             await self._release_lease(q)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.progress, mapping={
-                "stage": Stage.DONE, "outcome": fin.phase.value, "outcome_reason": fin.reason,
-                "outcome_message": fin.message,
+                Progress.STAGE: Stage.DONE, Progress.OUTCOME: fin.phase.value,
+                Progress.OUTCOME_REASON: fin.reason, Progress.OUTCOME_MESSAGE: fin.message,
                 # after the last move (``now`` is the step's start): the replay's own time span
-                "finished_ms": str(to_ms(self.clock())),
+                Progress.FINISHED_MS: str(to_ms(self.clock())),
             })
             for key in self.keys.all():
                 pipe.expire(key, REPLAY_RETENTION_SECONDS)
@@ -564,24 +559,43 @@ class ReplayEngine:
         self._end(st, now, events, gen, fin.phase, fin.reason, fin.message)
 
     async def _finish_quietly(self, spec: DLQReplaySpec, st: DLQReplayStatus, now: datetime,
-                              events: list[ReplayEvent], gen: int, reason: Reason, message: str) -> None:
-        events.append(ending.fail(st, reason, message, generation=gen, now=now))
+                              events: list[ReplayEvent], gen: int, reason: str, message: str) -> None:
+        cond(st, "Ready", False, reason, message, gen, now)
+        self._end(st, now, events, gen, ReplayPhase.FAILED, reason, message)
 
     def _end(self, st: DLQReplayStatus, now: datetime, events: list[ReplayEvent], gen: int,
-             phase: ReplayPhase, reason: Reason, message: str) -> None:
-        events.append(ending.end(st, phase, reason, message, generation=gen, now=now))
+             phase: ReplayPhase, reason: str, message: str) -> None:
+        st.phase = phase
+        st.completed_at = now
+        st.message = message
+        ok = phase == ReplayPhase.SUCCEEDED
+        cond(st, "Progressing", False, "Finished", message, gen, now)
+        cond(st, "Succeeded", ok, reason, message, gen, now)
+        self._ended_ready(st, gen, now)
+        if reason == "GatesTimedOut":
+            cond(st, "GatesPassed", False, "GatesTimedOut", message, gen, now)
+        events.append(ReplayEvent("Normal" if ok else "Warning", reason, message))
 
     @staticmethod
     def _ready(spec: DLQReplaySpec, st: DLQReplayStatus, gen: int, now: datetime) -> None:
         """Ready=True while the replay runs; a dry run takes no lease, so it does not claim one."""
         held = "" if spec.dry_run else ", queue lease held"
-        set_condition(st, ReplayCondition.READY, True, Reason.READY, f"Redis reachable{held}", gen, now)
+        cond(st, "Ready", True, "Ready", f"Redis reachable{held}", gen, now)
+
+    @staticmethod
+    def _ended_ready(st: DLQReplayStatus, gen: int, now: datetime) -> None:
+        """A replay that ended holds no lease (released with the end); a Ready=True that said it
+        held one says so now. A Ready=False keeps its reason (e.g. AuthFailed)."""
+        ready = find_condition(st.conditions, "Ready")
+        if ready is not None and ready.status == ConditionStatus.TRUE:
+            cond(st, "Ready", True, "Finished", "finished; holds no queue lease", gen, now)
 
     def _redis_failed(self, spec: DLQReplaySpec, st: DLQReplayStatus, now: datetime,
                       events: list[ReplayEvent], gen: int, exc: BaseException) -> StepResult:
         err = map_redis_error(exc, queue=spec.queue, replay=self.owner)
         if isinstance(err, AuthFailed):
-            events.append(ending.fail(st, err.reason, err.message, generation=gen, now=now))
+            cond(st, "Ready", False, err.reason, err.message, gen, now)
+            self._end(st, now, events, gen, ReplayPhase.FAILED, err.reason, err.message)
             return StepResult(st, 0.0, events)
         self.redis_failures += 1
         delay = min(30.0, self.backoff * 2 ** (self.redis_failures - 1))
@@ -590,7 +604,7 @@ class ReplayEngine:
             msg = f"{err.message}; {self.redis_failures} attempts in a row, retrying in {delay:.1f}s"
             if self.redis_failures == self.redis_failure_bound:
                 events.append(ReplayEvent("Warning", err.reason, msg))
-            set_condition(st, ReplayCondition.READY, False, err.reason, msg, gen, now)
+            cond(st, "Ready", False, err.reason, msg, gen, now)
             st.message = msg
         return StepResult(st, delay, events)
 

@@ -27,6 +27,8 @@ from redis.commands.core import AsyncScript
 
 from requeue.api import DLQReplaySpec
 from requeue.queues import BullQueue, ReplayKeys
+from requeue.queues.adapter import copy_source
+from requeue.queues.keys import Progress
 from requeue.queues.raw import RawTransaction, pack, raise_errors, script_text
 from requeue.replay.select import to_ms
 from requeue.replay.state import Stage, int_field
@@ -152,9 +154,9 @@ class Mover:
     def _plan_mode(self, p: dict[str, str] | None) -> str:
         """How ``PLAN_MOVES`` may tell the jobs ``moveJobsToWait`` can move ("off": it may not)."""
         if p is not None and not self._fast_aborts:
-            if p.get("slow_pos") == "1":
+            if p.get(Progress.SLOW_POS) == "1":
                 return "pos"
-            if p.get("prio_count") == "0" and int_field(p, "lifo_count") == 0:
+            if p.get(Progress.PRIO_COUNT) == "0" and int_field(p, Progress.LIFO_COUNT) == 0:
                 return "none"  # selected by an older requeue: only when no job needs reprocessJob
         return "off"
 
@@ -259,8 +261,8 @@ class Mover:
         """The chunk that handles the last snapshot id ends the stage in its own MULTI."""
         if end < matched:
             return []
-        return [pack("HSET", self.keys.progress, "stage", Stage.VERIFYING,
-                     "replayed_ms", to_ms(self.clock()))]
+        return [pack("HSET", self.keys.progress, Progress.STAGE, Stage.VERIFYING,
+                     Progress.REPLAYED_MS, to_ms(self.clock()))]
 
     # -- targetQueue: copy, then remove the original, in one MULTI ------------
 
@@ -291,7 +293,7 @@ class Mover:
     async def _copy_chunk(self, spec: DLQReplaySpec, q: BullQueue, target: BullQueue,
                           size: int) -> ChunkResult:
         k = self.keys
-        legacy_pending = k.progress + ":copied"  # written by requeue <= 0.1's two-step copy
+        legacy_pending = k.legacy_copied  # written by requeue <= 0.1's two-step copy
         async with RawTransaction(self.redis) as tx:
             head = await self._batch_head(tx, q, size, [k.progress, q.keys.lease, target.keys.meta])
             ids = head.ids
@@ -320,9 +322,9 @@ class Mover:
         replies = await tx.call([
             pack("WATCH", *(q.keys.job(i) for i in ids)),
             pack("ZMSCORE", q.keys.failed, *ids),
-            pack("HEXISTS", target.keys.meta, "paused"),
+            target.paused_command(),
             pack("LRANGE", legacy_pending, 0, -1) if head.copied_upto > head.cursor else pack("PING"),
-            *(pack("HMGET", q.keys.job(i), "name", "data", "opts", "priority") for i in ids),
+            *(q.copy_source_command(i) for i in ids),
         ])
         raise_errors(replies)
         scores, target_paused = replies[1], bool(replies[2])
@@ -331,13 +333,13 @@ class Mover:
         now_ms = to_ms(self.clock())
         moving = 0
         cmds: list[bytes] = []
-        for job_id, score, job in zip(ids, scores, fields, strict=True):
-            if score is None or all(f is None for f in job):
+        for job_id, score, reply in zip(ids, scores, fields, strict=True):
+            job = copy_source(reply)
+            if score is None or job is None:
                 continue  # no longer failed (or gone): not ours to move any more
             moving += 1
             if job_id not in copied_before:
-                cmds.append(target.copy_command(
-                    {"name": job[0], "data": job[1], "opts": job[2], "priority": job[3]},
-                    new_id=copy_id(spec, job_id), timestamp_ms=now_ms, paused=target_paused))
+                cmds.append(target.copy_command(job, new_id=copy_id(spec, job_id), timestamp_ms=now_ms,
+                                                paused=target_paused))
             cmds.append(q.remove_command(job_id))
         return moving, cmds, bool(copied_before)

@@ -21,13 +21,12 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from requeue.api import Breakdown, DLQReplaySpec, DLQReplayStatus, ReplayMode, ReplayPhase
-from requeue.api.base import set_condition
-from requeue.api.conditions import Reason, ReplayCondition
 from requeue.queues import BullQueue, Cursor, FailedJob, FailedPage, ReplayKeys
 from requeue.queues.adapter import text
+from requeue.queues.keys import REASONS_OTHER, Progress
 from requeue.replay.bulk import oldest_first
 from requeue.replay.select import Matcher, normalize_reason, to_ms
-from requeue.replay.state import SAMPLE_IDS, Finish, ReplayEvent, Stage, int_field, mark_replayed
+from requeue.replay.state import SAMPLE_IDS, Finish, ReplayEvent, Stage, cond, int_field, mark_replayed
 
 #: Redis time a selection page script may take (µs); it ends the page early after that.
 SELECT_BUDGET_US = 1200
@@ -169,21 +168,20 @@ class Selection:
             await oldest_first(self.redis, q, Matcher(spec.selector).min_score)
         done = await self._scan(spec, q, st, p, now)
         st.progress = f"{st.replayed + st.skipped}/{st.matched}"
-        scanned_total = int_field(p, "scanned")
+        scanned_total = int_field(p, Progress.SCANNED)
         st.message = f"selecting: scanned {scanned_total}, matched {st.matched}"
         if not done:
             return 0.0
         await self.summary(st, events)
         if spec.dry_run:
             st.replay_finished_at = now
-            raise Finish(ReplayPhase.SUCCEEDED, Reason.DRY_RUN, await self._dry_run_message(spec, q, st, p))
-        over_budget = int_field(p, "over_budget")
+            raise Finish(ReplayPhase.SUCCEEDED, "DryRun", await self._dry_run_message(spec, q, st, p))
+        over_budget = int_field(p, Progress.OVER_BUDGET)
         over = f", {over_budget} over their auto-replay budget" if over_budget else ""
-        events.append(ReplayEvent("Normal", Reason.SELECTED,
+        events.append(ReplayEvent("Normal", "Selected",
                                   f"selected {st.matched} failed jobs (scanned {scanned_total}, "
                                   f"{st.corrupt} corrupt{over})"))
-        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.REPLAYING,
-                      f"replaying {st.matched} jobs", gen, now)
+        cond(st, "Progressing", True, "Replaying", f"replaying {st.matched} jobs", gen, now)
         if st.matched == 0:
             await mark_replayed(self.redis, self.keys, now)
         return 0.0
@@ -191,12 +189,12 @@ class Selection:
     async def _dry_run_message(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus,
                                p: dict[str, str]) -> str:
         """What a dry run found; in mode Bulk, also what Bulk would do unlike Exact."""
-        scanned = int_field(p, "scanned")
+        scanned = int_field(p, Progress.SCANNED)
         if spec.mode != ReplayMode.BULK:
             return (f"dry run: {st.matched} jobs would be replayed (scanned {scanned}, "
                     f"{st.corrupt} corrupt); nothing moved")
-        prio, lifo = (int(x or 0) for x in await self.redis.hmget(self.keys.progress, "prio_count",
-                                                                  "lifo_count"))
+        prio, lifo = (int(x or 0) for x in await self.redis.hmget(self.keys.progress, Progress.PRIO_COUNT,
+                                                                  Progress.LIFO_COUNT))
         return (f"dry run (mode Bulk): {st.matched + st.corrupt} jobs would move to {q.name}'s wait "
                 f"with BullMQ's moveJobsToWait (scanned {scanned}); {prio} with a priority and {lifo} "
                 f"lifo would be queued as plain jobs and {st.corrupt} corrupt ones moved too "
@@ -206,7 +204,7 @@ class Selection:
                     now: datetime) -> bool:
         """Pages until the selection ends (True) or this step scanned enough (False)."""
         matcher = Matcher(spec.selector)
-        upper = int_field(p, "upper") or selection_upper(spec, now)
+        upper = int_field(p, Progress.UPPER) or selection_upper(spec, now)
         page_size = SELECT_PAGE_SIZE_NAMES if matcher.name_globs else SELECT_PAGE_SIZE
         with_data = spec.selector.data_match is not None
         # A pure time window needs nothing from the client per job: it is selected inside
@@ -238,13 +236,14 @@ class Selection:
             raise rx.WatchError("selection moved on meanwhile")
         st.matched += picked
         st.corrupt += corrupt
-        p.update(scanned=str(int_field(p, "scanned") + scanned), upper=str(upper))
+        p.update({Progress.SCANNED: str(int_field(p, Progress.SCANNED) + scanned),
+                  Progress.UPPER: str(upper)})
         return done == 1, scanned
 
     async def _page(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, p: dict[str, str],
                     matcher: Matcher, upper: int, page_size: int, with_data: bool) -> tuple[bool, int]:
         """One page into the snapshot; ``p`` is updated to what was committed. Returns (done, scanned)."""
-        cursor = Cursor(p.get("sel_score", ""), p.get("sel_id", ""))
+        cursor = Cursor(p.get(Progress.SEL_SCORE, ""), p.get(Progress.SEL_ID, ""))
         page = await q.select_page(cursor, min_score=matcher.min_score, max_score=matcher.max_score(upper),
                                    name_globs=matcher.name_globs, count=page_size, with_data=with_data,
                                    budget_us=SELECT_BUDGET_US)
@@ -256,11 +255,12 @@ class Selection:
         st.matched += len(t.picked)
         st.corrupt += len(t.corrupt)
         st.over_budget += t.over
-        p.update(sel_score=page.cursor.score, sel_id=page.cursor.job_id, upper=str(upper),
-                 scanned=str(int_field(p, "scanned") + page.scanned),
-                 lifo_count=str(int_field(p, "lifo_count") + len(t.lifo)),
-                 prio_count=str(int_field(p, "prio_count") + t.prioritized),
-                 over_budget=str(int_field(p, "over_budget") + t.over))
+        p.update({Progress.SEL_SCORE: page.cursor.score, Progress.SEL_ID: page.cursor.job_id,
+                  Progress.UPPER: str(upper),
+                  Progress.SCANNED: str(int_field(p, Progress.SCANNED) + page.scanned),
+                  Progress.LIFO_COUNT: str(int_field(p, Progress.LIFO_COUNT) + len(t.lifo)),
+                  Progress.PRIO_COUNT: str(int_field(p, Progress.PRIO_COUNT) + t.prioritized),
+                  Progress.OVER_BUDGET: str(int_field(p, Progress.OVER_BUDGET) + t.over)})
         return t.done, page.scanned
 
     async def _charge_budget(self, spec: DLQReplaySpec, page: FailedPage, t: _PageTally) -> None:
@@ -282,8 +282,9 @@ class Selection:
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(k.progress)
-            if (text(await pipe.hget(k.progress, "sel_id")) or "") != (p.get("sel_id") or "") or \
-                    text(await pipe.hget(k.progress, "stage")) != Stage.SELECTING:
+            sel_id = text(await pipe.hget(k.progress, Progress.SEL_ID)) or ""
+            if sel_id != (p.get(Progress.SEL_ID) or "") or \
+                    text(await pipe.hget(k.progress, Progress.STAGE)) != Stage.SELECTING:
                 raise rx.WatchError("selection moved on meanwhile")
             pipe.multi()  # type: ignore[no-untyped-call]
             self._snapshot_writes(pipe, t, slow)
@@ -305,22 +306,22 @@ class Selection:
         if t.corrupt:
             pipe.rpush(k.corrupt, *t.corrupt)
             pipe.ltrim(k.corrupt, 0, CORRUPT_IDS - 1)
-            pipe.hincrby(k.progress, "corrupt", len(t.corrupt))
+            pipe.hincrby(k.progress, Progress.CORRUPT, len(t.corrupt))
 
     def _progress_writes(self, pipe: Pipeline, page: FailedPage, t: _PageTally, upper: int) -> None:
         k = self.keys
-        pipe.hincrby(k.progress, "matched", len(t.picked))
+        pipe.hincrby(k.progress, Progress.MATCHED, len(t.picked))
         if t.over:
-            pipe.hincrby(k.progress, "over_budget", t.over)
-        pipe.hincrby(k.progress, "scanned", page.scanned)
-        pipe.hincrby(k.progress, "lifo_count", len(t.lifo))
+            pipe.hincrby(k.progress, Progress.OVER_BUDGET, t.over)
+        pipe.hincrby(k.progress, Progress.SCANNED, page.scanned)
+        pipe.hincrby(k.progress, Progress.LIFO_COUNT, len(t.lifo))
         # a replay selected before this field existed has none: the batch then never
         # takes the moveJobsToWait fast path (it needs to know no job has a priority)
-        pipe.hincrby(k.progress, "prio_count", t.prioritized)
-        pipe.hset(k.progress, mapping={"sel_score": page.cursor.score, "sel_id": page.cursor.job_id,
-                                       "upper": str(upper)})
+        pipe.hincrby(k.progress, Progress.PRIO_COUNT, t.prioritized)
+        pipe.hset(k.progress, mapping={Progress.SEL_SCORE: page.cursor.score,
+                                       Progress.SEL_ID: page.cursor.job_id, Progress.UPPER: str(upper)})
         if t.done:
-            pipe.hset(k.progress, "stage", Stage.REPLAYING)
+            pipe.hset(k.progress, Progress.STAGE, Stage.REPLAYING)
 
     async def summary(self, st: DLQReplayStatus, events: list[ReplayEvent]) -> None:
         """The status's breakdown, sample and corrupt ids, read back from what selection counted."""
@@ -337,12 +338,12 @@ class Selection:
         by_reason: dict[str, int] = {}
         for raw_reason, n in reasons.items():
             reason = text(raw_reason) or ""
-            group = "<other>" if reason == "\0other" else normalize_reason(reason)
+            group = "<other>" if reason == REASONS_OTHER else normalize_reason(reason)
             by_reason[group] = by_reason.get(group, 0) + int(n)
         st.breakdown = Breakdown(by_name=_top(names), by_reason=_top(by_reason))
         st.sample_ids = [text(x) or "" for x in sample]
         st.corrupt_ids = [text(x) or "" for x in corrupt]
         if st.corrupt:
-            events.append(ReplayEvent("Warning", Reason.CORRUPT_JOBS,
+            events.append(ReplayEvent("Warning", "CorruptJobs",
                                       f"{st.corrupt} failed jobs are unreadable and will not be replayed "
                                       f"(first: {', '.join(st.corrupt_ids[:5])})"))

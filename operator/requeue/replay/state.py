@@ -15,9 +15,11 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
-from requeue.api.conditions import Reason
+from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase, set_condition
+from requeue.api.base import ConditionStatus
 from requeue.queues import ReplayKeys
+from requeue.queues.keys import Progress
+from requeue.queues.keys import Stage as Stage  # declared with the Redis state; the parts import it from here
 from requeue.replay.select import to_ms
 
 #: How many job ids ``.status.sampleIds`` lists.
@@ -26,7 +28,7 @@ SAMPLE_IDS = 10
 #: snapshot is taken with them, so they must not change while it runs under the same id.
 SELECTION_FIELDS = ("queue", "prefix", "selector", "targetQueue", "mode")
 #: Field of the progress hash that holds the selection a replay started with (JSON).
-SELECTION_FIELD = "selection"
+SELECTION_FIELD = Progress.SELECTION
 
 
 def utcnow() -> datetime:
@@ -39,7 +41,7 @@ class ReplayEvent:
     """Something worth an Event on the resource (``kubectl describe``)."""
 
     type: Literal["Normal", "Warning"]
-    reason: Reason
+    reason: str
     message: str
 
 
@@ -50,16 +52,6 @@ class StepResult:
     status: DLQReplayStatus
     delay: float
     events: list[ReplayEvent] = field(default_factory=list)
-
-
-class Stage:
-    """The engine's stage as stored in Redis (``progress.stage``); the phase follows from it."""
-
-    GATES = "gates"
-    SELECTING = "selecting"
-    REPLAYING = "replaying"
-    VERIFYING = "verifying"
-    DONE = "done"
 
 
 @dataclass(frozen=True)
@@ -80,7 +72,7 @@ class StoredProgress:
 class Finish(Exception):
     """Internal: end the replay with this outcome."""
 
-    def __init__(self, phase: ReplayPhase, reason: Reason, message: str) -> None:
+    def __init__(self, phase: ReplayPhase, reason: str, message: str) -> None:
         super().__init__(message)
         self.phase = phase
         self.reason = reason
@@ -98,6 +90,13 @@ def int_field(p: dict[str, str], key: str) -> int:
 def from_ms(ms: int) -> datetime:
     """The UTC moment of a millisecond timestamp stored in the progress hash."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def cond(st: DLQReplayStatus, type: str, status: bool | ConditionStatus, reason: str, message: str,
+         gen: int, now: datetime) -> None:
+    """Set one condition of the status (its transition time changes only with its status)."""
+    st.conditions = set_condition(st.conditions, type=type, status=status, reason=reason,
+                                  message=message, generation=gen, now=now)
 
 
 def spec_values(spec: DLQReplaySpec, fields: Iterable[str]) -> dict[str, Any]:
@@ -132,4 +131,5 @@ async def recorded_selection(redis: Redis, keys: ReplayKeys) -> dict[str, Any] |
 
 async def mark_replayed(redis: Redis, keys: ReplayKeys, now: datetime) -> None:
     """Every snapshot id is handled: verification comes next."""
-    await redis.hset(keys.progress, mapping={"stage": Stage.VERIFYING, "replayed_ms": str(to_ms(now))})
+    await redis.hset(keys.progress, mapping={Progress.STAGE: Stage.VERIFYING,
+                                             Progress.REPLAYED_MS: str(to_ms(now))})

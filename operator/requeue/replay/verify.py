@@ -13,13 +13,11 @@ from datetime import datetime
 from redis.asyncio import Redis
 
 from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase, Verify, parse_duration
-from requeue.api.base import set_condition
-from requeue.api.conditions import Reason, ReplayCondition
-from requeue.errors import VerificationFailed
 from requeue.queues import BullQueue, ReplayKeys
 from requeue.queues.adapter import text
+from requeue.queues.keys import Progress
 from requeue.replay.moves import copy_id
-from requeue.replay.state import Finish, int_field
+from requeue.replay.state import Finish, cond, int_field
 
 #: Replayed ids checked per verification step.
 VERIFY_CHUNK = 500
@@ -38,9 +36,9 @@ class Verification:
                    gen: int, p: dict[str, str]) -> float:
         """Check the next chunk; at the end of a pass, judge the replay (or wait for the next)."""
         if spec.verify is None:
-            raise Finish(ReplayPhase.SUCCEEDED, Reason.SUCCEEDED,
+            raise Finish(ReplayPhase.SUCCEEDED, "Succeeded",
                          f"moved {st.replayed} of {st.matched} selected jobs")
-        pos = int_field(p, "v_pos")
+        pos = int_field(p, Progress.V_POS)
         raw = await self.redis.lrange(self.keys.replayed, pos, pos + VERIFY_CHUNK - 1)
         ids = [text(x) or "" for x in raw]
         if spec.target_queue:
@@ -51,8 +49,8 @@ class Verification:
         await self._record(p, pass_done, new_pos, completed, failed, pending)
         if not pass_done:
             return 0.0
-        return self._judge(spec.verify, st, now, gen,
-                           int_field(p, "p_c") + completed, int_field(p, "p_f") + failed)
+        return self._judge(spec.verify, st, now, gen, int_field(p, Progress.PASS_COMPLETED) + completed,
+                           int_field(p, Progress.PASS_FAILED) + failed)
 
     async def _states(self, watched: BullQueue, ids: list[str]) -> tuple[int, int, int]:
         """How many of ``ids`` completed (or were removed), failed again, are still pending."""
@@ -81,15 +79,17 @@ class Verification:
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             if pass_done:
-                pipe.hset(k.progress, mapping={"vc": int_field(p, "p_c") + completed,
-                                               "vf": int_field(p, "p_f") + failed,
-                                               "vp": int_field(p, "p_p") + pending,
-                                               "v_pos": 0, "p_c": 0, "p_f": 0, "p_p": 0})
+                pipe.hset(k.progress, mapping={
+                    Progress.VERIFIED_COMPLETED: int_field(p, Progress.PASS_COMPLETED) + completed,
+                    Progress.VERIFIED_FAILED: int_field(p, Progress.PASS_FAILED) + failed,
+                    Progress.VERIFIED_PENDING: int_field(p, Progress.PASS_PENDING) + pending,
+                    Progress.V_POS: 0, Progress.PASS_COMPLETED: 0, Progress.PASS_FAILED: 0,
+                    Progress.PASS_PENDING: 0})
             else:
-                pipe.hset(k.progress, mapping={"v_pos": new_pos})
-                pipe.hincrby(k.progress, "p_c", completed)
-                pipe.hincrby(k.progress, "p_f", failed)
-                pipe.hincrby(k.progress, "p_p", pending)
+                pipe.hset(k.progress, mapping={Progress.V_POS: new_pos})
+                pipe.hincrby(k.progress, Progress.PASS_COMPLETED, completed)
+                pipe.hincrby(k.progress, Progress.PASS_FAILED, failed)
+                pipe.hincrby(k.progress, Progress.PASS_PENDING, pending)
             await pipe.execute()
 
     @staticmethod
@@ -109,10 +109,10 @@ class Verification:
         too_many = verify.max_failed_again is not None and f_total > verify.max_failed_again
         hopeless = total > 0 and (total - f_total) / total < verify.min_success_rate
         if too_many or hopeless:
-            raise Finish(ReplayPhase.FAILED, VerificationFailed.reason, summary)
+            raise Finish(ReplayPhase.FAILED, "VerificationFailed", summary)
         if pending_total == 0 or now >= window_end:
             if rate >= verify.min_success_rate:
-                raise Finish(ReplayPhase.SUCCEEDED, Reason.VERIFIED, summary)
-            raise Finish(ReplayPhase.FAILED, VerificationFailed.reason, summary)
-        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.VERIFYING, st.message, gen, now)
+                raise Finish(ReplayPhase.SUCCEEDED, "Verified", summary)
+            raise Finish(ReplayPhase.FAILED, "VerificationFailed", summary)
+        cond(st, "Progressing", True, "Verifying", st.message, gen, now)
         return max(0.05, min(VERIFY_POLL, (window_end - now).total_seconds()))
