@@ -13,24 +13,28 @@
     │   ├── VerificationFailed      replayed jobs did not succeed well enough
     │   └── GatesTimedOut           gates did not pass within gatePolicy.timeout
     └── TransientError              may pass on its own; retry with backoff
-        ├── RedisUnavailable        cannot reach Redis, or it errored
+        ├── RedisUnreachable        cannot reach Redis, or it errored
         │   └── RedisOutOfMemory    Redis is at maxmemory and refuses writes
-        ├── QueueLocked             another replay holds the queue's lease
-        └── GateFailed              a health gate is red
+        └── QueueLocked             another replay holds the queue's lease
 
-Each carries a ``reason`` (the CamelCase condition reason written to status)
-and a message a person on call can act on. Messages never contain secrets:
+Each carries a ``reason`` (a :class:`~requeue.api.conditions.Reason`, written to
+conditions and Events; a class and its reason have the same name) and a message
+a person on call can act on. Messages never contain secrets:
 build them with :func:`requeue.redact.redact_url`.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
+
+from requeue.api.conditions import Reason
 
 
 class RequeueError(Exception):
     """Base of all requeue errors."""
 
     #: CamelCase reason for status conditions and Events.
-    reason: str = "Error"
+    reason: ClassVar[Reason] = Reason.ERROR
     #: Exit code of the CLI when this error ends a command.
     exit_code: int = 1
 
@@ -44,13 +48,13 @@ class RequeueError(Exception):
 class PermanentError(RequeueError):
     """Retrying will not help until a person changes something."""
 
-    reason = "PermanentError"
+    reason = Reason.PERMANENT_ERROR
 
 
 class TransientError(RequeueError):
     """May pass by itself; the caller retries after ``delay`` seconds."""
 
-    reason = "TransientError"
+    reason = Reason.TRANSIENT_ERROR
 
     def __init__(self, message: str, *, delay: float = 10.0, **kwargs: str | None):
         super().__init__(message, **kwargs)
@@ -60,14 +64,14 @@ class TransientError(RequeueError):
 class SpecInvalid(PermanentError):
     """The spec does not validate; the message names the field."""
 
-    reason = "SpecInvalid"
+    reason = Reason.SPEC_INVALID
     exit_code = 2
 
 
 class SecretNotFound(PermanentError):
     """A Secret or key referenced by the spec does not exist."""
 
-    reason = "SecretNotFound"
+    reason = Reason.SECRET_NOT_FOUND
     exit_code = 2
 
 
@@ -75,7 +79,7 @@ class SelectionChanged(PermanentError):
     """The manifest of a replay being resumed selects other jobs (queue, prefix, selector,
     targetQueue, mode) than the replay started with; resuming would move the old selection."""
 
-    reason = "SelectionChanged"
+    reason = Reason.SELECTION_CHANGED
     exit_code = 2
 
 
@@ -86,7 +90,7 @@ class RedisUrlInvalid(PermanentError):
     The message carries the URL redacted, never its password.
     """
 
-    reason = "RedisUrlInvalid"
+    reason = Reason.REDIS_URL_INVALID
     exit_code = 2
 
 
@@ -98,39 +102,39 @@ class QueueNotFound(PermanentError):
     (see :mod:`requeue.queues.existence`).
     """
 
-    reason = "QueueNotFound"
+    reason = Reason.QUEUE_NOT_FOUND
     exit_code = 2
 
 
 class AuthFailed(PermanentError):
     """Credentials were refused."""
 
-    reason = "AuthFailed"
+    reason = Reason.AUTH_FAILED
     exit_code = 3
 
 
 class VerificationFailed(PermanentError):
     """The replayed jobs did not meet spec.verify."""
 
-    reason = "VerificationFailed"
+    reason = Reason.VERIFICATION_FAILED
     exit_code = 1
 
 
 class GatesTimedOut(PermanentError):
     """Gates stayed red past gatePolicy.timeout."""
 
-    reason = "GatesTimedOut"
+    reason = Reason.GATES_TIMED_OUT
     exit_code = 1
 
 
-class RedisUnavailable(TransientError):
+class RedisUnreachable(TransientError):
     """Redis is unreachable or answered with an error."""
 
-    reason = "RedisUnreachable"
+    reason = Reason.REDIS_UNREACHABLE
     exit_code = 3
 
 
-class RedisOutOfMemory(RedisUnavailable):
+class RedisOutOfMemory(RedisUnreachable):
     """Redis is at ``maxmemory`` (with ``noeviction``) and refuses writes: "OOM command not allowed".
 
     Transient, and held like an outage (nothing is moved or counted until writes
@@ -138,13 +142,13 @@ class RedisOutOfMemory(RedisUnavailable):
     memory (raise ``maxmemory``, free or evict keys), not the network.
     """
 
-    reason = "RedisOutOfMemory"
+    reason = Reason.REDIS_OUT_OF_MEMORY
 
 
 class QueueLocked(TransientError):
     """Another replay holds this queue; ``holder`` names it."""
 
-    reason = "QueueLocked"
+    reason = Reason.QUEUE_LOCKED
     exit_code = 1
 
     def __init__(self, message: str, *, holder: str, delay: float = 5.0, **kwargs: str | None):
@@ -152,18 +156,6 @@ class QueueLocked(TransientError):
         self.holder = holder
 
 
-class GateFailed(TransientError):
-    """A health gate is red."""
-
-    reason = "GateFailed"
-    exit_code = 1
-
-
-class CorruptJob(RequeueError):
-    """A job whose hash is missing or whose data is not JSON; counted, never fatal."""
-
-    reason = "CorruptJob"
-
-    def __init__(self, message: str, *, job_id: str, **kwargs: str | None):
-        super().__init__(message, **kwargs)
-        self.job_id = job_id
+#: The former name of :class:`RedisUnreachable` (deprecated): its reason was always
+#: ``RedisUnreachable``, which alerts and runbooks match on, so the class took the reason's name.
+RedisUnavailable = RedisUnreachable

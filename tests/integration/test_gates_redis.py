@@ -206,6 +206,13 @@ async def test_not_a_redis_url() -> None:
     assert PASSWORD not in result.message
 
 
+async def test_a_url_option_redis_py_cannot_take_is_named_not_a_traceback() -> None:
+    result = await check(f"redis://default:{PASSWORD}@127.0.0.1:{free_port()}/0?ssl_cert_reqs=none")
+    assert not result.healthy
+    assert "the option 'ssl_cert_reqs' is for TLS, and this URL is redis://" in result.message, result.message
+    assert PASSWORD not in result.message
+
+
 @contextlib.contextmanager
 def tls_redis_server(directory: Path) -> Iterator[tuple[int, str]]:
     """A redis-server that speaks only TLS, its certificate signed by a private CA: (port, CA PEM)."""

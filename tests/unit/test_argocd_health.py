@@ -29,9 +29,12 @@ from requeue.api import (
     DLQReplayStatus,
     GateStatus,
     GateType,
+    PolicyCondition,
     QueuePolicy,
     QueuePolicyStatus,
     QueueState,
+    Reason,
+    ReplayCondition,
     ReplayPhase,
     set_condition,
 )
@@ -85,9 +88,9 @@ def replay_manifest() -> dict[str, Any]:
 
 def replay_status(phase: ReplayPhase) -> DLQReplayStatus:
     """A plausible status of a replay in `phase`, built with the API models."""
-    conditions = set_condition(
-        [], type="Ready", status=phase.finished, reason=phase.value, message="", generation=1, now=NOW
-    )
+    ready = DLQReplayStatus()
+    set_condition(ready, ReplayCondition.READY, phase.finished, Reason.READY, "", 1, NOW)
+    conditions = ready.conditions
     gates = [
         GateStatus(name="worker", type=GateType.HTTP, healthy=True, message="200 OK"),
         GateStatus(
@@ -144,9 +147,9 @@ def policy_status(healthy: ConditionStatus | None) -> QueuePolicyStatus:
             else "first evaluation running"
         )
     if healthy is not None:
-        conditions = set_condition(
-            [], type="Healthy", status=healthy, reason="Evaluated", message=message, generation=3, now=NOW
-        )
+        holder = QueuePolicyStatus()
+        set_condition(holder, PolicyCondition.HEALTHY, healthy, Reason.EVALUATED, message, 3, NOW)
+        conditions = holder.conditions
     return QueuePolicyStatus(
         conditions=conditions, observed_generation=3, queues=queues, last_evaluated_at=NOW
     )

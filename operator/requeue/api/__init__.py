@@ -9,6 +9,7 @@ from requeue.api.base import (
     set_condition,
 )
 from requeue.api.common import Rate, RedisConnection, RedisTls, Selector
+from requeue.api.conditions import PolicyCondition, Reason, ReplayCondition
 from requeue.api.gates import (
     GatePolicy,
     GateSpec,
@@ -63,15 +64,18 @@ __all__ = [
     "HttpGate",
     "HttpHeader",
     "PolicyAction",
+    "PolicyCondition",
     "PostgresGate",
     "QueuePolicy",
     "QueuePolicySpec",
     "QueuePolicyStatus",
     "QueueState",
     "Rate",
+    "Reason",
     "RedisConnection",
     "RedisGate",
     "RedisTls",
+    "ReplayCondition",
     "ReplayMode",
     "ReplayPhase",
     "SecretKeyRef",

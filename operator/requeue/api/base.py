@@ -11,11 +11,13 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
+
+from requeue.api.conditions import ConditionType, Reason
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
@@ -180,55 +182,44 @@ class Condition(StatusModel):
     )
 
 
+class HasConditions(Protocol):
+    """A status (or a ledger of one) that holds conditions."""
+
+    conditions: list[Condition]
+
+
 def set_condition(
-    conditions: list[Condition],
-    *,
-    type: str,
+    owner: HasConditions,
+    type: ConditionType,
     status: bool | ConditionStatus,
-    reason: str,
+    reason: Reason,
     message: str,
     generation: int,
     now: datetime,
-) -> list[Condition]:
-    """Return ``conditions`` with ``type`` set, like ``meta.SetStatusCondition``.
+) -> None:
+    """Set condition ``type`` of ``owner``, like ``meta.SetStatusCondition``: the one setter.
 
     ``lastTransitionTime`` only moves when the status flips, so watchers can tell
     how long a condition has held.
     """
     if isinstance(status, bool):
         status = ConditionStatus.TRUE if status else ConditionStatus.FALSE
-    result: list[Condition] = []
-    found = False
-    for cond in conditions:
-        if cond.type != type:
-            result.append(cond)
-            continue
-        found = True
-        changed = cond.status != status
-        result.append(
-            Condition(
-                type=type,
-                status=status,
-                reason=reason,
-                message=message,
-                last_transition_time=now if changed else cond.last_transition_time,
-                observed_generation=generation,
-            )
-        )
-    if not found:
-        result.append(
-            Condition(
-                type=type,
-                status=status,
-                reason=reason,
-                message=message,
-                last_transition_time=now,
-                observed_generation=generation,
-            )
-        )
-    return result
+    before = find_condition(owner.conditions, type)
+    changed = before is None or before.status != status
+    updated = Condition(
+        type=type,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=now if changed or before is None else before.last_transition_time,
+        observed_generation=generation,
+    )
+    if before is None:
+        owner.conditions = [*owner.conditions, updated]
+    else:
+        owner.conditions = [updated if c.type == type else c for c in owner.conditions]
 
 
-def find_condition(conditions: list[Condition], type: str) -> Condition | None:
+def find_condition(conditions: list[Condition], type: ConditionType) -> Condition | None:
     """The condition of that type, if any."""
     return next((c for c in conditions if c.type == type), None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from requeue.api.conditions import REASON_DOCS, PolicyCondition, Reason, ReplayCondition
 from requeue.api.crd import crd_for
 from requeue.api.resources import KINDS, KindInfo
 
@@ -81,6 +82,17 @@ def reference_for(info: KindInfo) -> str:
     return "\n".join(out)
 
 
+def reasons_reference() -> str:
+    """Markdown for the condition types of each kind and every reason (from :mod:`requeue.api.conditions`)."""
+    out = ["## Conditions and reasons", "",
+           "Condition types: DLQReplay "
+           + ", ".join(f"`{t.value}`" for t in ReplayCondition)
+           + "; QueuePolicy " + ", ".join(f"`{t.value}`" for t in PolicyCondition) + ".", "",
+           "| reason | meaning |", "|---|---|"]
+    out += [f"| `{r.value}` | {REASON_DOCS[r]} |" for r in Reason]
+    return "\n".join(out) + "\n"
+
+
 def render_reference() -> str:
     """The whole reference page."""
     head = [
@@ -91,4 +103,5 @@ def render_reference() -> str:
         "",
         "",
     ]
-    return "\n".join(head) + "\n".join(reference_for(k.INFO) for k in KINDS)
+    return ("\n".join(head) + "\n".join(reference_for(k.INFO) for k in KINDS) + "\n"
+            + reasons_reference())

@@ -63,7 +63,14 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from requeue.api import DLQReplay, DLQReplaySpec, DLQReplayStatus, ReplayPhase, find_condition
+from requeue.api import (
+    DLQReplay,
+    DLQReplaySpec,
+    DLQReplayStatus,
+    ReplayCondition,
+    ReplayPhase,
+    find_condition,
+)
 from requeue.api.loading import parse
 from requeue.commands.output import (
     EXIT_INTERRUPTED,
@@ -94,7 +101,7 @@ __all__ = ["ReplayOptions", "default_replay_id", "load_manifest", "run_replay", 
 #: Seconds between two progress lines in plain output while the phase stays the same.
 PLAIN_PROGRESS_INTERVAL = 5.0
 #: Condition reasons that end the CLI with exit code 3 (Redis) or 2 (spec/secret), else 1.
-_EXIT_BY_REASON = {
+_EXIT_BY_REASON: dict[str, int] = {
     AuthFailed.reason: AuthFailed.exit_code,
     RedisUnavailable.reason: RedisUnavailable.exit_code,
     SpecInvalid.reason: SpecInvalid.exit_code,
@@ -166,7 +173,7 @@ def exit_code_for(status: DLQReplayStatus) -> int:
     """0 succeeded (or suspended by the spec), 3 Redis/auth, 2 spec/secret, 1 any other failure."""
     if status.phase in (ReplayPhase.SUCCEEDED, ReplayPhase.SUSPENDED):
         return 0
-    cond = find_condition(status.conditions, "Succeeded")
+    cond = find_condition(status.conditions, ReplayCondition.SUCCEEDED)
     return _EXIT_BY_REASON.get(cond.reason if cond else "", 1)
 
 
@@ -445,7 +452,7 @@ class _Replay:
         """The error that ends the command after the engine's bound of Redis failures in a row;
         the status printed says so too (the engine's says "retrying in", as the operator does)."""
         st = self.status
-        ready = find_condition(st.conditions, "Ready")
+        ready = find_condition(st.conditions, ReplayCondition.READY)
         cause = (ready.message if ready else "Redis unavailable").split("; ")[0]
         message = (f"{cause}; gave up after {engine.redis_failures} attempts in a row at {st.progress}. "
                    f"Rerun the same command to resume (replay id {self.replay_id})")

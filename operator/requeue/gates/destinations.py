@@ -28,6 +28,7 @@ from typing import Any
 
 import httpcore
 
+from requeue.api.conditions import Reason
 from requeue.redact import split_url
 
 __all__ = [
@@ -52,7 +53,7 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 class DestinationDenied(Exception):
     """The gate's destination is refused by the operator's policy; nothing was sent to it."""
 
-    reason = "DestinationDenied"
+    reason = Reason.DESTINATION_DENIED
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Awaitable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 import kopf
+from pydantic import ValidationError
 
+from requeue.api.base import StatusModel
+from requeue.api.conditions import Reason
 from requeue.errors import RequeueError
 from requeue.handlers.errors import to_kopf
 from requeue.redact import redact_text
@@ -22,11 +25,15 @@ from requeue.redact import redact_text
 __all__ = [
     "RETRY_FIRST",
     "RETRY_MAX",
+    "DaemonDriver",
     "EventLike",
+    "ObjectState",
     "Trouble",
     "backoff",
     "describe_failure",
+    "load_status",
     "name_trouble",
+    "object_state",
     "post_events",
     "run_daemon",
     "sleep",
@@ -35,6 +42,100 @@ __all__ = [
 #: First and longest delay (seconds) between retries after a named problem (missing Secret, ...).
 RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
+
+S = TypeVar("S", bound=StatusModel)
+StateT = TypeVar("StateT", bound="ObjectState[Any]")
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ObjectState(Generic[S]):
+    """What the daemon and the handlers of one object share, kept in kopf's per-object memo
+    (for both kinds). In memory only: after a restart everything is rebuilt from ``.status``
+    and Redis."""
+
+    #: Held for a whole step plus its status write; the handlers take it too.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Set by the update and deletion handlers: the daemon's wait ends early.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set by the deletion handler: the daemon takes no further step and writes nothing more.
+    cancelled: bool = False
+    #: The daemon's latest status (newer than the object's while writes lag behind).
+    status: S | None = None
+
+
+def object_state(memo: Any, kind: type[StateT]) -> StateT:
+    """The ``kind`` state of one object in kopf's per-object memo (created on first use)."""
+    key = f"requeue.{kind.__name__}"
+    state = memo.get(key)
+    if not isinstance(state, kind):
+        state = kind()
+        memo[key] = state
+    return state
+
+
+def load_status(model: type[S], raw: Mapping[str, Any] | None) -> S:
+    """The object's ``.status`` as ``model``; an unreadable one counts as empty (Redis has the truth)."""
+    try:
+        return model.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        logger.warning("ignoring an unreadable %s (%d problems); rebuilding it", model.__name__,
+                       exc.error_count())
+        return model()
+
+
+class DaemonDriver(Generic[S]):
+    """The loop both kinds' daemons share: step, write status, wait; until stopped or done.
+
+    A subclass says what a step is (:meth:`step_once`, returning the seconds to wait) and
+    when it is done (:meth:`done`); waiting, stopping and the per-object state are here.
+    """
+
+    def __init__(self, *, body: Any, namespace: str, name: str, uid: str, state: ObjectState[S],
+                 status: S, stopped: Any, what: str) -> None:
+        self.body = body
+        self.namespace = namespace
+        self.name = name
+        self.uid = uid
+        self.state = state
+        self.stopped = stopped
+        self.status: S = state.status or status
+        self.trouble = Trouble(what)
+        self.gone = False
+
+    @property
+    def generation(self) -> int:
+        return int(self.body.get("metadata", {}).get("generation") or 0)
+
+    def stopping(self) -> bool:
+        """kopf stopped the daemon, the object is being deleted, or it is gone."""
+        return bool(self.stopped) or self.state.cancelled or self.gone
+
+    def done(self) -> bool:
+        """No further step is needed (a finished replay)."""
+        return False
+
+    async def step_once(self) -> float:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release connections (the next step reconnects)."""
+
+    async def loop(self) -> None:
+        """Step until stopped or done, waiting what each step asks; always close at the end."""
+        try:
+            while not self.done() and not self.stopping():
+                delay = await self.step_once()
+                if self.gone or self.done():
+                    break
+                await self.sleep(delay)
+        finally:
+            await self.close()
+
+    async def sleep(self, delay: float) -> None:
+        """Wait ``delay`` seconds, less if the daemon is stopped or the spec changes."""
+        await sleep(0.0 if self.stopping() else delay, self.stopped, self.state.wake)
 
 
 class EventLike(Protocol):
@@ -81,13 +182,13 @@ def post_events(body: Any, events: Iterable[EventLike]) -> None:
         kopf.event(body, type=event.type, reason=event.reason, message=redact_text(event.message))
 
 
-def name_trouble(exc: BaseException, log: logging.Logger, what: str) -> tuple[str, str]:
+def name_trouble(exc: BaseException, log: logging.Logger, what: str) -> tuple[Reason, str]:
     """Reason and message for a problem inside a daemon's step; an unexpected one is logged with
     its traceback (``what`` names the object, e.g. ``replay ns/name``) and becomes ``InternalError``."""
     if isinstance(exc, RequeueError):
         return exc.reason, exc.message
     log.exception("%s: unexpected error", what)
-    return "InternalError", redact_text(f"unexpected {type(exc).__name__}: {exc}")
+    return Reason.INTERNAL_ERROR, redact_text(f"unexpected {type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -108,7 +209,7 @@ class Trouble:
         self.failures += 1
         return backoff(self.failures)
 
-    def report(self, body: Any, exc: BaseException, log: logging.Logger) -> tuple[str, str]:
+    def report(self, body: Any, exc: BaseException, log: logging.Logger) -> tuple[Reason, str]:
         """Name ``exc`` (reason, message); warn only if it is not the problem already reported."""
         reason, message = name_trouble(exc, log, self.what)
         if self.current != (reason, message):

@@ -13,27 +13,28 @@ people about it.
   only when it returns, which is why status is written through the API here.
 * **Restart safety** is the engine's: its state is ``.status`` plus Redis. The
   daemon reads ``.status`` once at start; a process killed at any line resumes.
-* **Immutable fields.** ``redis``, ``prefix``, ``queue``, ``selector``,
-  ``targetQueue`` and ``dryRun`` are pinned at the first step in the
-  annotation ``requeue.dev/pinned-spec``; the CRD's CEL rules reject edits on
-  API servers that run CEL, and on those that do not the daemon keeps using
-  the pinned values and reports the edit (condition ``SpecIgnored``, reason
+* **Immutable fields** (:mod:`requeue.replay.pinning`) are pinned at the first
+  step in the annotation ``requeue.dev/pinned-spec``; the daemon keeps using the
+  pinned values and reports an edit (condition ``SpecIgnored``, reason
   ``ImmutableFieldChanged``, and a Warning Event). The check lives in the
   daemon rather than in an update handler so it also holds after a restart.
 * **A finished replay never runs again**: its daemon only waits for
-  ``ttlSecondsAfterFinished`` (then deletes the object) and returns; a later
+  ``ttlSecondsAfterFinished`` (:func:`requeue.replay.finalize.ttl_left`; then
+  deletes the object) and returns; a later
   spec edit gets condition ``SpecIgnored`` (reason ``ReplayFinished``) and a
   Warning Event from :func:`replay_spec_changed`.
 * **Deletion** (kopf's finalizer): :func:`replay_deleted` waits for the
   daemon's current step, then ``engine.cancel`` resumes the queue if this
-  replay paused it, releases the lease and drops the snapshot.
+  replay paused it, releases the lease and drops the snapshot; when to give up
+  is :func:`requeue.replay.finalize.give_up_cleanup`.
 * **Every failure has a name.** A missing Secret or key, refused credentials,
   an unreachable Redis or API server end up in condition ``Ready=False`` with
   the error's reason (``SecretNotFound``, ``AuthFailed``, ``RedisUnreachable``),
   ``.status.message`` and one Warning Event per distinct problem, retried with
   exponential backoff (:func:`requeue.handlers.daemon.backoff`) in
   the phase the replay was in: never a crash loop. An invalid spec before
-  anything started ends in ``Failed`` (``SpecInvalid``).
+  anything started ends in ``Failed`` (``SpecInvalid``, through
+  :func:`requeue.replay.ending.fail`, the engine's own transition).
 
 Errors that escape a handler are mapped to kopf's in one function,
 :func:`requeue.handlers.errors.to_kopf`.
@@ -43,54 +44,56 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
 from requeue.api import DLQReplay, DLQReplaySpec, DLQReplayStatus, ReplayPhase, find_condition, set_condition
+from requeue.api.conditions import Reason, ReplayCondition
 from requeue.api.loading import parse
 from requeue.api.resources import GROUP, VERSION
-from requeue.errors import (
-    AuthFailed,
-    PermanentError,
-    RedisUnavailable,
-    RedisUrlInvalid,
-    RequeueError,
-    SecretNotFound,
-    SpecInvalid,
-)
+from requeue.errors import AuthFailed, RedisUnreachable, RequeueError, SpecInvalid
 from requeue.gates import GateRunner
 from requeue.handlers.daemon import (
     RETRY_MAX,
-    Trouble,
+    DaemonDriver,
+    ObjectState,
     describe_failure,
+    load_status,
+    object_state,
     post_events,
     run_daemon,
-    sleep,
 )
 from requeue.handlers.errors import to_kopf
 from requeue.k8s.objects import delete_object, patch_annotations
 from requeue.k8s.secrets import KubeSecrets
 from requeue.k8s.status import patch_status
-from requeue.metrics import REDIS_UP, REPLAY_JOBS, REPLAYS
+from requeue.metrics import REDIS_UP
 from requeue.policy.budget import ReplayBudget
 from requeue.redis_target import RedisTarget, open_redis
 from requeue.replay import ReplayEngine, ReplayEvent, utcnow
-from requeue.replay.state import changed_fields, spec_values
+from requeue.replay.ending import fail
+from requeue.replay.finalize import cleanup_needed, give_up_cleanup, ttl_left
+from requeue.replay.observed import PHASES, count_jobs, forget_replay
+from requeue.replay.pinning import (
+    PIN_ANNOTATION,
+    cleanup_spec,
+    pin_text,
+    pinned_values,
+    read_pin,
+    with_pinned,
+)
 
 __all__ = [
-    "PINNED_FIELDS",
-    "PIN_ANNOTATION",
     "PLURAL",
     "ReplayDriver",
+    "ReplayState",
     "replay_daemon",
     "replay_deleted",
     "replay_spec_changed",
@@ -99,117 +102,20 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PLURAL = DLQReplay.INFO.plural
-#: Annotation holding the spec fields a replay keeps for its whole life (JSON).
-PIN_ANNOTATION = f"{GROUP}/pinned-spec"
-#: Spec fields (wire names) that never change once a replay has taken its first step.
-PINNED_FIELDS = ("redis", "prefix", "queue", "selector", "targetQueue", "dryRun")
 #: Seconds between two status writes while nothing important changes.
 STATUS_INTERVAL = 2.0
 #: Attempts of the deletion cleanup before kopf gives up and releases the finalizer anyway.
 CLEANUP_RETRIES = 20
-#: Key of :class:`ObjectState` in kopf's per-object memo.
-_MEMO_KEY = "requeue.dlqreplay"
-#: Job counters of the status, exported as requeue_replay_jobs_total{outcome=...} from their deltas.
-#: (``replayed`` and ``skipped`` are counted by the engine as it moves jobs.)
-_COUNTED = {"corrupt": "corrupt", "failed_again": "failed_again", "completed": "completed"}
-
-
-# ---------------------------------------------------------------- per-object state
 
 
 @dataclass
-class ObjectState:
-    """What the daemon and the handlers of one object share, in kopf's per-object memo.
-
-    In memory only: after a restart everything is rebuilt from ``.status`` and Redis.
-    """
-
-    #: Held for a whole engine step plus its status write; the handlers take it too.
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    #: Set by the update handler: the daemon's wait ends early and it re-reads the spec.
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Set by the deletion handler: the daemon takes no further step.
-    cancelled: bool = False
-    #: The daemon's latest status (newer than the object's while writes are throttled).
-    status: DLQReplayStatus | None = None
-
-
-def _object_state(memo: Any) -> ObjectState:
-    state = memo.get(_MEMO_KEY)
-    if not isinstance(state, ObjectState):
-        state = ObjectState()
-        memo[_MEMO_KEY] = state
-    return state
-
-
-# ---------------------------------------------------------------- status and spec helpers
-
-
-def load_status(raw: Mapping[str, Any] | None) -> DLQReplayStatus:
-    """The object's ``.status`` as the model; an unreadable one counts as empty (Redis has the truth)."""
-    try:
-        return DLQReplayStatus.model_validate(dict(raw or {}))
-    except ValidationError as exc:
-        logger.warning("ignoring an unreadable .status (%d problems); rebuilding it from Redis",
-                       exc.error_count())
-        return DLQReplayStatus()
+class ReplayState(ObjectState[DLQReplayStatus]):
+    """The per-object state of a DLQReplay (nothing beyond the shared one)."""
 
 
 def status_wire(status: DLQReplayStatus) -> dict[str, Any]:
     """``.status`` for a merge patch: unset optionals as null, so stale values are removed."""
     return status.model_dump(mode="json", by_alias=True)
-
-
-def pinned_values(spec: DLQReplaySpec) -> dict[str, Any]:
-    """The pinned fields of ``spec`` (wire form; None for unset)."""
-    return spec_values(spec, PINNED_FIELDS)
-
-
-def with_pinned(spec: DLQReplaySpec, pinned: Mapping[str, Any]) -> tuple[DLQReplaySpec, list[str]]:
-    """``spec`` with its pinned fields put back; also the names of the fields that had changed."""
-    wire = spec.to_wire()
-    changed = changed_fields(pinned, wire, PINNED_FIELDS)
-    if not changed:
-        return spec, []
-    for key in PINNED_FIELDS:
-        if pinned.get(key) is None:
-            wire.pop(key, None)
-        else:
-            wire[key] = pinned[key]
-    return DLQReplaySpec.model_validate(wire), changed
-
-
-def read_pin(body: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The pinned fields from the object's annotation, if it carries a readable one."""
-    raw = (body.get("metadata", {}).get("annotations") or {}).get(PIN_ANNOTATION)
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def cleanup_spec(body: Mapping[str, Any]) -> DLQReplaySpec:
-    """The spec a deletion cleans up after: the live one with the pinned fields put back."""
-    spec = parse(DLQReplaySpec, dict(body.get("spec") or {}))
-    pin = read_pin(body)
-    return with_pinned(spec, pin)[0] if pin else spec
-
-
-def never_touched_redis(status: DLQReplayStatus) -> bool:
-    """Nothing of this replay can be in Redis: it never took a step there."""
-    ready = find_condition(status.conditions, "Ready")
-    return (
-        status.phase == ReplayPhase.PENDING
-        and status.started_at is None
-        and status.matched == 0
-        and not status.queue_paused_by_replay
-        and (ready is None or ready.reason in (SecretNotFound.reason, AuthFailed.reason,
-                                               RedisUnavailable.reason, RedisUrlInvalid.reason,
-                                               SpecInvalid.reason))
-    )
 
 
 async def open_engine(namespace: str, name: str, uid: str, spec: DLQReplaySpec, *,
@@ -220,90 +126,43 @@ async def open_engine(namespace: str, name: str, uid: str, spec: DLQReplaySpec, 
 
     :raises SecretNotFound: the Secret or key does not exist.
     :raises AuthFailed: Redis refused the credentials.
-    :raises RedisUnavailable: Redis cannot be reached.
+    :raises RedisUnreachable: Redis cannot be reached.
     """
     redis, target = await open_redis(KubeSecrets(namespace), spec.redis)
     engine = ReplayEngine(redis, replay_id=uid, owner=f"{namespace}/{name}", budget=budget)
     return engine, target
 
 
-# ---------------------------------------------------------------- metrics
-
-
-_phases: dict[tuple[str, str], str] = {}
-_namespaces: set[str] = set()
-
-
-def observe_phase(namespace: str, name: str, phase: ReplayPhase | None) -> None:
-    """Record (or, with None, forget) the phase of one replay and republish ``requeue_replays``."""
-    if phase is None:
-        _phases.pop((namespace, name), None)
-    else:
-        _phases[(namespace, name)] = phase.value
-    _namespaces.add(namespace)
-    for ns in _namespaces:
-        for p in ReplayPhase:
-            count = sum(1 for (n, _), v in _phases.items() if n == ns and v == p.value)
-            REPLAYS.labels(ns, p.value).set(count)
-
-
-def forget_replay(namespace: str, name: str) -> None:
-    """A deleted replay: drop it from ``requeue_replays`` and remove its ``requeue_redis_up`` series,
-    so dashboards and the RequeueRedisUnreachable alert do not keep a stale value."""
-    observe_phase(namespace, name, None)
-    with contextlib.suppress(KeyError):
-        REDIS_UP.remove(namespace, name)
-
-
-def count_jobs(namespace: str, name: str, queue: str, before: DLQReplayStatus,
-               after: DLQReplayStatus) -> None:
-    """Add what the status counters grew by to ``requeue_replay_jobs_total``."""
-    for attr, outcome in _COUNTED.items():
-        grown = getattr(after, attr) - getattr(before, attr)
-        if grown > 0:
-            REPLAY_JOBS.labels(namespace, name, queue, outcome).inc(grown)
-
-
 # ---------------------------------------------------------------- the daemon
 
 
-class ReplayDriver:
+class ReplayDriver(DaemonDriver[DLQReplayStatus]):
     """One daemon run for one DLQReplay: step the engine until the replay finishes or must stop."""
 
-    def __init__(self, *, body: Any, namespace: str, name: str, uid: str, state: ObjectState,
+    def __init__(self, *, body: Any, namespace: str, name: str, uid: str, state: ReplayState,
                  stopped: Any) -> None:
-        self.body = body
-        self.namespace = namespace
-        self.name = name
-        self.uid = uid
-        self.state = state
-        self.stopped = stopped
-        self.status = state.status or load_status(body.get("status"))
+        super().__init__(body=body, namespace=namespace, name=name, uid=uid, state=state,
+                         status=load_status(DLQReplayStatus, body.get("status")), stopped=stopped,
+                         what=f"replay {namespace}/{name}")
         self.engine: ReplayEngine | None = None
         self.redis_target: RedisTarget | None = None
         self.secrets: KubeSecrets | None = None
         self.spec: DLQReplaySpec | None = None  # the last valid spec (pinned fields applied)
         self.pin: dict[str, Any] | None = read_pin(body)
         self.pin_written = self.pin is not None
-        self.trouble = Trouble(f"replay {namespace}/{name}")
         self.reported_generation: dict[str, int] = {}
         self.written: dict[str, Any] | None = None
         self.written_at = -math.inf
         self.counted = self.status.model_copy(deep=True)
-        self.gone = False
 
     # -- the loop
 
+    def done(self) -> bool:
+        return self.status.phase.finished
+
     async def run(self) -> None:
-        observe_phase(self.namespace, self.name, self.status.phase)
-        try:
-            while not self.status.phase.finished and not self._stopping():
-                delay = await self.step_once()
-                if self.gone or self.status.phase.finished:
-                    break
-                await self.sleep(delay)
-        finally:
-            await self.close()
+        PHASES.observe(self.namespace, self.name, self.status.phase)
+        await self.loop()
         if self.gone:
             return
         if self.status.phase.finished:
@@ -315,17 +174,10 @@ class ReplayDriver:
             if not self.state.cancelled:
                 await self.write(force=True)
 
-    def _stopping(self) -> bool:
-        return bool(self.stopped) or self.state.cancelled
-
-    @property
-    def generation(self) -> int:
-        return int(self.body.get("metadata", {}).get("generation") or 0)
-
     async def step_once(self) -> float:
         """One engine step and its status write; returns the seconds to wait before the next."""
         async with self.state.lock:
-            if self._stopping():
+            if self.stopping():
                 return 0.0
             before = self.status
             spec = await self.current_spec()
@@ -345,7 +197,7 @@ class ReplayDriver:
                     events = list(result.events)
                     cleared = self.trouble.clear()
                     if cleared is not None:
-                        events.append(ReplayEvent("Normal", "Recovered", f"{cleared} resolved"))
+                        events.append(ReplayEvent("Normal", Reason.RECOVERED, f"{cleared} resolved"))
                     REDIS_UP.labels(self.namespace, self.name).set(0 if engine.redis_failures else 1)
                     post_events(self.body, events)
                     self.state.status = self.status
@@ -354,10 +206,6 @@ class ReplayDriver:
             self.state.status = self.status
             await self.write(force=before.phase != self.status.phase, delay=delay)
             return delay
-
-    async def sleep(self, delay: float) -> None:
-        """Wait ``delay`` seconds, less if the daemon is stopped or the spec changes."""
-        await sleep(0.0 if self._stopping() else delay, self.stopped, self.state.wake)
 
     # -- spec
 
@@ -370,7 +218,9 @@ class ReplayDriver:
                          name=f"{self.namespace}/{self.name}")
         except SpecInvalid as exc:
             if self.spec is None and self.status.phase == ReplayPhase.PENDING and self.pin is None:
-                self._fail(exc.reason, exc.message, now)
+                self.status.observed_generation = gen
+                event = fail(self.status, exc.reason, exc.message, generation=gen, now=now)
+                post_events(self.body, [event])
                 return None
             message = f"{exc.message}; keeping the last valid spec" if self.spec else exc.message
             self._note_ignored(gen, exc.reason, message, now)
@@ -380,7 +230,7 @@ class ReplayDriver:
         if not self.pin_written:
             with contextlib.suppress(RequeueError):
                 await patch_annotations(PLURAL, self.namespace, self.name,
-                                        {PIN_ANNOTATION: json.dumps(self.pin, sort_keys=True)})
+                                        {PIN_ANNOTATION: pin_text(self.pin)})
                 self.pin_written = True
         try:
             spec, changed = with_pinned(live, self.pin)
@@ -388,37 +238,22 @@ class ReplayDriver:
             spec, changed = live, []
         if changed:
             fields = ", ".join(f"spec.{key}" for key in changed)
-            self._note_ignored(gen, "ImmutableFieldChanged",
+            self._note_ignored(gen, Reason.IMMUTABLE_FIELD_CHANGED,
                                f"{fields} cannot change once a replay has started; still using the "
                                "values it started with (create a new DLQReplay instead)", now)
         else:
-            ignored = find_condition(self.status.conditions, "SpecIgnored")
+            ignored = find_condition(self.status.conditions, ReplayCondition.SPEC_IGNORED)
             if ignored is not None and ignored.status == "True":
-                self._set("SpecIgnored", False, "SpecAccepted", "the spec is valid and consistent", now)
+                set_condition(self.status, ReplayCondition.SPEC_IGNORED, False, Reason.SPEC_ACCEPTED,
+                              "the spec is valid and consistent", gen, now)
         self.spec = spec
         return spec
 
-    def _note_ignored(self, gen: int, reason: str, message: str, now: datetime) -> None:
-        self._set("SpecIgnored", True, reason, message, now)
+    def _note_ignored(self, gen: int, reason: Reason, message: str, now: datetime) -> None:
+        set_condition(self.status, ReplayCondition.SPEC_IGNORED, True, reason, message, gen, now)
         if self.reported_generation.get(reason) != gen:
             self.reported_generation[reason] = gen
-            kopf.event(self.body, type="Warning", reason="SpecIgnored", message=message)
-
-    def _fail(self, reason: str, message: str, now: datetime) -> None:
-        st = self.status
-        st.phase = ReplayPhase.FAILED
-        st.completed_at = now
-        st.message = message
-        st.observed_generation = self.generation
-        self._set("Ready", False, reason, message, now)
-        self._set("Progressing", False, "Finished", message, now)
-        self._set("Succeeded", False, reason, message, now)
-        kopf.event(self.body, type="Warning", reason=reason, message=message)
-
-    def _set(self, type: str, status: bool, reason: str, message: str, now: datetime) -> None:
-        self.status.conditions = set_condition(self.status.conditions, type=type, status=status,
-                                               reason=reason, message=message,
-                                               generation=self.generation, now=now)
+            post_events(self.body, [ReplayEvent("Warning", Reason.SPEC_IGNORED, message)])
 
     # -- Redis
 
@@ -445,13 +280,13 @@ class ReplayDriver:
     async def on_trouble(self, exc: BaseException) -> float:
         """A named problem becomes ``Ready=False`` with its reason, one Warning Event, and a backoff."""
         reason, message = self.trouble.report(self.body, exc, logger)
-        if isinstance(exc, RedisUnavailable | AuthFailed):
+        if isinstance(exc, RedisUnreachable | AuthFailed):
             REDIS_UP.labels(self.namespace, self.name).set(0)
         await self.close()  # reconnect (and re-read the Secret) next time
         delay = self.trouble.retry_delay()
         text = f"{message} (retrying in {delay:g}s)"
         self.status.message = text
-        self._set("Ready", False, reason, text, utcnow())
+        set_condition(self.status, ReplayCondition.READY, False, reason, text, self.generation, utcnow())
         return delay
 
     # -- status
@@ -475,7 +310,7 @@ class ReplayDriver:
             self.gone = True
             return
         self.written, self.written_at = wire, time.monotonic()
-        observe_phase(self.namespace, self.name, self.status.phase)
+        PHASES.observe(self.namespace, self.name, self.status.phase)
         queue = self.spec.queue if self.spec else str(self.body.get("spec", {}).get("queue", ""))
         count_jobs(self.namespace, self.name, queue, self.counted, self.status)
         self.counted = self.status.model_copy(deep=True)
@@ -496,12 +331,11 @@ class ReplayDriver:
         if self.spec is not None and self.spec.gates:
             GateRunner(self.spec.gates, self.spec.gate_policy, KubeSecrets(self.namespace),
                        namespace=self.namespace, owner=self.name).clear_metrics()
-        while not self._stopping():
+        while not self.stopping():
             ttl = (self.body.get("spec") or {}).get("ttlSecondsAfterFinished")
-            if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0:
+            left = ttl_left(ttl, self.status, utcnow())
+            if left is None:
                 return
-            finished = self.status.completed_at or utcnow()
-            left = (finished + timedelta(seconds=ttl) - utcnow()).total_seconds()
             if left > 0:
                 await self.sleep(left)
                 continue
@@ -531,7 +365,7 @@ async def replay_daemon(body: kopf.Body, namespace: str | None, name: str | None
     """Drive one DLQReplay until it finishes (then honour its ttl) or the daemon is stopped."""
     assert namespace and name and uid
     driver = ReplayDriver(body=body, namespace=namespace, name=name, uid=uid,
-                          state=_object_state(memo), stopped=stopped)
+                          state=object_state(memo, ReplayState), stopped=stopped)
     await run_daemon(driver.run(), logger, f"replay {namespace}/{name}")
 
 
@@ -541,28 +375,27 @@ async def replay_spec_changed(body: kopf.Body, status: kopf.Status, namespace: s
                               name: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A spec edit: wake the daemon (rate/suspend apply now); after the end, report it as ignored."""
     assert namespace and name
-    state = _object_state(memo)
+    state = object_state(memo, ReplayState)
     state.wake.set()
     async with state.lock:
-        current = state.status or load_status(status)
+        current = state.status or load_status(DLQReplayStatus, status)
         if not current.phase.finished:
             return  # the daemon applies it at its next step (and reports immutable-field edits)
         gen = int(body.get("metadata", {}).get("generation") or 0)
-        ignored = find_condition(current.conditions, "SpecIgnored")
+        ignored = find_condition(current.conditions, ReplayCondition.SPEC_IGNORED)
         if ignored is not None and ignored.observed_generation == gen and ignored.status == "True":
             return
         message = (f"spec changed (generation {gen}) after the replay ended as {current.phase.value}; "
                    "a finished DLQReplay never runs again: create a new one to replay more")
         current = current.model_copy(deep=True)
-        current.conditions = set_condition(current.conditions, type="SpecIgnored", status=True,
-                                           reason="ReplayFinished", message=message, generation=gen,
-                                           now=utcnow())
+        set_condition(current, ReplayCondition.SPEC_IGNORED, True, Reason.REPLAY_FINISHED, message, gen,
+                      utcnow())
         try:
             await patch_status(PLURAL, namespace, name, {"conditions": status_wire(current)["conditions"]})
         except RequeueError as exc:
             raise to_kopf(exc) from None
         state.status = current
-        kopf.event(body, type="Warning", reason="SpecIgnored", message=message)
+        post_events(body, [ReplayEvent("Warning", Reason.SPEC_IGNORED, message)])
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup",
@@ -572,12 +405,12 @@ async def replay_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
     """Leave the queue as the replay found it: resume it if this replay paused it, release the lease,
     drop the snapshot. Waits for the daemon's current step first."""
     assert namespace and name and uid
-    state = _object_state(memo)
+    state = object_state(memo, ReplayState)
     state.cancelled = True
     state.wake.set()
     async with state.lock:
-        current = state.status or load_status(status)
-        if current.phase.finished and not current.queue_paused_by_replay:
+        current = state.status or load_status(DLQReplayStatus, status)
+        if not cleanup_needed(current):
             forget_replay(namespace, name)
             return
         try:
@@ -590,24 +423,19 @@ async def replay_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if isinstance(exc, PermanentError) and never_touched_redis(current):
-                forget_replay(namespace, name)
-                return  # it never got as far as Redis: nothing to clean up
-            # Only a transient error (Redis down, the lease held) may pass by itself: a URL that
-            # cannot be parsed, refused credentials or a missing Secret would hold the object forever.
-            if isinstance(exc, PermanentError) or retry + 1 >= CLEANUP_RETRIES:
+            verdict = give_up_cleanup(exc, current, attempt=retry + 1, attempts=CLEANUP_RETRIES)
+            if verdict is None:
+                raise to_kopf(exc) from None
+            if verdict.why:
                 reason, message = describe_failure(exc)
-                why = ("retrying cannot help" if isinstance(exc, PermanentError)
-                       else f"{retry + 1} attempts failed")
-                kopf.event(body, type="Warning", reason="CleanupFailed",
-                           message=f"giving up cleaning up, {why} ({reason}: {message});"
-                                   " the queue lease expires by itself within a minute; resume the queue "
-                                   "by hand if this replay had paused it")
-                logger.warning("replay %s/%s: giving up cleaning up, %s (%s: %s)", namespace, name, why,
-                               reason, message)
-                forget_replay(namespace, name)
-                return
-            raise to_kopf(exc) from None
+                post_events(body, [ReplayEvent(
+                    "Warning", Reason.CLEANUP_FAILED,
+                    f"giving up cleaning up, {verdict.why} ({reason}: {message}); the queue lease expires "
+                    "by itself within a minute; resume the queue by hand if this replay had paused it")])
+                logger.warning("replay %s/%s: giving up cleaning up, %s (%s: %s)", namespace, name,
+                               verdict.why, reason, message)
+            forget_replay(namespace, name)
+            return
         post_events(body, result.events)
         state.status = result.status
         with contextlib.suppress(RequeueError):

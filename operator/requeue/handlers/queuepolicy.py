@@ -12,7 +12,8 @@ gate results and the in-process memory, then writes what it returns.
   through the status subresource (unset optionals as explicit ``null``, so a
   merge patch removes e.g. a stale ``gatesGreenSince``), post the result's
   Events, and wait on kopf's stop flag.
-* **In-process state per policy** (keyed by UID, :class:`PolicyState`): the
+* **In-process state per policy** (in kopf's per-object memo, as for
+  DLQReplays: :class:`PolicyState`): the
   evaluation memory (events cursor, failure-rate buckets; None after a restart,
   then :func:`~requeue.policy.evaluate` loads it from Redis) and one
   :class:`~requeue.policy.SlackNotifier`, whose rate limit and queued lines
@@ -30,9 +31,9 @@ gate results and the in-process memory, then writes what it returns.
   failed actions are Warning Events and ``lastActions[].result`` (evaluate
   never raises for them).
 * **Deletion** (kopf's finalizer): :func:`policy_deleted` waits for the
-  current evaluation, resumes exactly the queues this policy paused
-  (:func:`~requeue.policy.release`; queues someone else paused stay paused),
-  drops the policy's memory from Redis and its metric series.
+  current evaluation, then :mod:`requeue.policy.finalize` resumes exactly the
+  queues this policy paused (queues someone else paused stay paused) and drops
+  the policy's memory from Redis; the handler drops its metric series.
 """
 
 from __future__ import annotations
@@ -40,13 +41,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from requeue.api import (
@@ -57,20 +56,22 @@ from requeue.api import (
     SecretKeyRef,
     find_condition,
     parse_duration,
-    set_condition,
 )
 from requeue.api.base import ConditionStatus
+from requeue.api.conditions import PolicyCondition, Reason
 from requeue.api.loading import parse
 from requeue.api.resources import GROUP, VERSION
-from requeue.errors import AuthFailed, PermanentError, RedisUnavailable, RequeueError, SpecInvalid
+from requeue.errors import AuthFailed, RedisUnreachable, RequeueError, SpecInvalid
 from requeue.gates import GateRunner
 from requeue.handlers.daemon import (
     RETRY_FIRST,
-    Trouble,
+    DaemonDriver,
+    ObjectState,
     describe_failure,
+    load_status,
+    object_state,
     post_events,
     run_daemon,
-    sleep,
 )
 from requeue.handlers.errors import to_kopf
 from requeue.k8s.owned import Owner, create_owned
@@ -82,13 +83,12 @@ from requeue.policy import (
     PolicyEvent,
     PolicyMemory,
     PolicyRef,
-    Resume,
     SlackNotifier,
     evaluate,
     forget_metrics,
-    release,
 )
-from requeue.policy.memory import memory_key
+from requeue.policy import finalize as finalizing
+from requeue.policy.decide import observation_failed, spec_rejected
 from requeue.redis_target import RedisTarget, open_redis
 
 __all__ = [
@@ -111,7 +111,7 @@ SPEC_RETRY = 60.0
 #: Attempts of the deletion cleanup before kopf gives up and releases the finalizer anyway.
 CLEANUP_RETRIES = 10
 #: Ready reasons after which the daemon reconnects (re-reading the Secret: it may have been fixed).
-_RECONNECT_REASONS = (RedisUnavailable.reason, AuthFailed.reason)
+_RECONNECT_REASONS = (RedisUnreachable.reason, AuthFailed.reason)
 
 
 def utcnow() -> datetime:
@@ -122,44 +122,16 @@ def utcnow() -> datetime:
 
 
 @dataclass
-class PolicyState:
-    """What the daemon and the handlers of one policy share, in this process only (keyed by UID)."""
+class PolicyState(ObjectState[QueuePolicyStatus]):
+    """The per-object state of a QueuePolicy: the shared one, plus what evaluations carry over."""
 
-    #: Held for a whole evaluation plus its status write; the deletion handler takes it too.
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    #: Set by the update and deletion handlers: the daemon's wait ends early.
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Set by the deletion handler: the daemon evaluates and writes nothing more.
-    cancelled: bool = False
     #: The last evaluation's memory; None after a restart (evaluate then loads it from Redis).
     memory: PolicyMemory | None = None
     #: One notifier per policy: its rate limit and pending lines live here.
     notifier: SlackNotifier | None = None
     notifier_ref: SecretKeyRef | None = None
-    #: The latest status (the object's may lag behind by one write).
-    status: QueuePolicyStatus | None = None
     #: Queues whose metric series this process exported for the policy.
     exported: set[str] = field(default_factory=set)
-
-
-_states: dict[str, PolicyState] = {}
-
-
-def policy_state(uid: str) -> PolicyState:
-    """The state of the policy with this UID (created on first use)."""
-    state = _states.get(uid)
-    if state is None:
-        state = _states[uid] = PolicyState()
-    return state
-
-
-def load_status(raw: Mapping[str, Any] | None) -> QueuePolicyStatus:
-    """The object's ``.status`` as the model; an unreadable one counts as empty."""
-    try:
-        return QueuePolicyStatus.model_validate(dict(raw or {}))
-    except ValidationError as exc:
-        logger.warning("ignoring an unreadable QueuePolicy .status (%d problems)", exc.error_count())
-        return QueuePolicyStatus()
 
 
 def status_wire(status: QueuePolicyStatus) -> dict[str, Any]:
@@ -198,50 +170,29 @@ class KubeReplayCreator:
 # ---------------------------------------------------------------- the daemon
 
 
-class PolicyDriver:
+class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
     """One daemon run for one QueuePolicy: evaluate every ``spec.interval`` until stopped."""
 
     def __init__(self, *, body: Any, namespace: str, name: str, uid: str, state: PolicyState,
                  stopped: Any) -> None:
-        self.body = body
-        self.namespace = namespace
-        self.name = name
-        self.uid = uid
-        self.state = state
-        self.stopped = stopped
-        self.status = state.status or load_status(body.get("status"))
+        super().__init__(body=body, namespace=namespace, name=name, uid=uid, state=state,
+                         status=load_status(QueuePolicyStatus, body.get("status")), stopped=stopped,
+                         what=f"policy {namespace}/{name}")
+        self.policy = state
         self.secrets = KubeSecrets(namespace)
         self.replays = KubeReplayCreator(namespace, name, uid)
         self.redis: Redis | None = None
         self.redis_target: RedisTarget | None = None
         self.connected_with: dict[str, Any] | None = None
-        self.trouble = Trouble(f"policy {namespace}/{name}")
         self.reported_invalid: int | None = None
-        self.gone = False
-
-    @property
-    def generation(self) -> int:
-        return int(self.body.get("metadata", {}).get("generation") or 0)
-
-    def _stopping(self) -> bool:
-        return bool(self.stopped) or self.state.cancelled or self.gone
 
     async def run(self) -> None:
-        try:
-            while not self._stopping():
-                delay = await self.evaluate_once()
-                await self.sleep(delay)
-        finally:
-            await self.close()
+        await self.loop()
 
-    async def sleep(self, delay: float) -> None:
-        """Wait ``delay`` seconds, less if the daemon is stopped or the spec changes."""
-        await sleep(0.0 if self._stopping() else delay, self.stopped, self.state.wake)
-
-    async def evaluate_once(self) -> float:
+    async def step_once(self) -> float:
         """One evaluation and its status write; returns the seconds to wait before the next."""
         async with self.state.lock:
-            if self._stopping():
+            if self.stopping():
                 return 0.0
             now = utcnow()
             spec = self.current_spec(now)
@@ -267,21 +218,21 @@ class PolicyDriver:
             result = await evaluate(
                 PolicyRef(self.namespace, self.name, self.uid, self.generation), spec, self.status,
                 redis=redis, ops=BullQueueOps(redis, spec.prefix), replays=self.replays,
-                notifier=self.notifier(spec), gates=gates, memory=self.state.memory, now=now,
+                notifier=self.notifier(spec), gates=gates, memory=self.policy.memory, now=now,
             )
             events = list(result.events)
-            ready = find_condition(result.status.conditions, "Ready")
+            ready = find_condition(result.status.conditions, PolicyCondition.READY)
             unreachable = ready is not None and ready.status == ConditionStatus.FALSE \
                 and ready.reason in _RECONNECT_REASONS
             if unreachable:
                 await self.close()  # reconnect next time, re-reading the Secret
-                if self.state.memory is not None:
-                    self.state.memory = result.memory
+                if self.policy.memory is not None:
+                    self.policy.memory = result.memory
             else:
-                self.state.memory = result.memory
+                self.policy.memory = result.memory
                 cleared = self.trouble.clear()
                 if cleared is not None:
-                    events.append(PolicyEvent("Normal", "Resolved", f"{cleared} resolved"))
+                    events.append(PolicyEvent("Normal", Reason.RESOLVED, f"{cleared} resolved"))
             self.status = result.status
             self.state.status = self.status
             post_events(self.body, events)
@@ -298,30 +249,23 @@ class PolicyDriver:
                          name=f"{self.namespace}/{self.name}")
         except SpecInvalid as exc:
             gen = self.generation
-            self._set("Ready", False, exc.reason, exc.message, now)
-            self.status.observed_generation = gen
+            spec_rejected(self.status, exc.reason, exc.message, generation=gen, now=now)
             if self.reported_invalid != gen:
                 self.reported_invalid = gen
-                kopf.event(self.body, type="Warning", reason=exc.reason, message=exc.message)
+                post_events(self.body, [PolicyEvent("Warning", exc.reason, exc.message)])
                 logger.warning("policy %s/%s: %s", self.namespace, self.name, exc.message)
             return None
-
-    def _set(self, type: str, status: bool | ConditionStatus, reason: str, message: str,
-             now: datetime) -> None:
-        self.status.conditions = set_condition(self.status.conditions, type=type, status=status,
-                                               reason=reason, message=message,
-                                               generation=self.generation, now=now)
 
     def notifier(self, spec: QueuePolicySpec) -> SlackNotifier | None:
         """The policy's Slack notifier (kept across evaluations for its rate limit), if configured."""
         ref = spec.alerts.slack_webhook_secret_ref
         if ref is None:
-            self.state.notifier = self.state.notifier_ref = None
+            self.policy.notifier = self.policy.notifier_ref = None
             return None
-        if self.state.notifier is None or self.state.notifier_ref != ref:
-            self.state.notifier = SlackNotifier(self.secrets, ref)
-            self.state.notifier_ref = ref
-        return self.state.notifier
+        if self.policy.notifier is None or self.policy.notifier_ref != ref:
+            self.policy.notifier = SlackNotifier(self.secrets, ref)
+            self.policy.notifier_ref = ref
+        return self.policy.notifier
 
     # -- Redis
 
@@ -346,9 +290,7 @@ class PolicyDriver:
         """A problem before evaluating: ``Ready=False`` with its reason, one Warning Event, a backoff."""
         reason, message = self.trouble.report(self.body, exc, logger)
         delay = self.trouble.retry_delay()
-        self._set("Ready", False, reason, message, now)
-        self._set("Healthy", ConditionStatus.UNKNOWN, reason, "queues could not be observed", now)
-        self.status.observed_generation = self.generation
+        observation_failed(self.status, reason, message, generation=self.generation, now=now)
         return delay
 
     # -- status and metrics
@@ -365,10 +307,10 @@ class PolicyDriver:
     def forget_removed_queues(self) -> None:
         """Drop the metric series of queues no longer observed (removed from the spec)."""
         current = {q.name for q in self.status.queues}
-        removed = self.state.exported - current
+        removed = self.policy.exported - current
         if removed:
             forget_metrics(PolicyRef(self.namespace, self.name, self.uid), sorted(removed))
-        self.state.exported = current
+        self.policy.exported = current
 
 
 # ---------------------------------------------------------------- kopf handlers
@@ -381,24 +323,23 @@ class PolicyDriver:
     cancellation_backoff=5.0, cancellation_timeout=30.0,
 )
 async def policy_daemon(body: kopf.Body, namespace: str | None, name: str | None, uid: str | None,
-                        stopped: kopf.DaemonStopped, **_: Any) -> None:
+                        memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
     """Evaluate one QueuePolicy every ``spec.interval`` until the daemon is stopped."""
     assert namespace and name and uid
-    driver = PolicyDriver(body=body, namespace=namespace, name=name, uid=uid, state=policy_state(uid),
-                          stopped=stopped)
+    driver = PolicyDriver(body=body, namespace=namespace, name=name, uid=uid,
+                          state=object_state(memo, PolicyState), stopped=stopped)
     await run_daemon(driver.run(), logger, f"policy {namespace}/{name}")
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="spec-changed", retries=3, backoff=1, timeout=60)
-async def policy_spec_changed(uid: str | None, **_: Any) -> None:
+async def policy_spec_changed(memo: kopf.Memo, **_: Any) -> None:
     """A spec edit: wake the daemon, so a new interval or threshold applies now, not after the old one."""
-    if uid:
-        policy_state(uid).wake.set()
+    object_state(memo, PolicyState).wake.set()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup", retries=CLEANUP_RETRIES, backoff=5, timeout=600)
 async def policy_deleted(body: kopf.Body, status: kopf.Status, namespace: str | None, name: str | None,
-                         uid: str | None, retry: int, **_: Any) -> None:
+                         uid: str | None, memo: kopf.Memo, retry: int, **_: Any) -> None:
     """Leave the queues as the policy found them: resume those it paused; drop its memory and metrics.
 
     Waits for the daemon's current evaluation first. Without any queue to
@@ -406,38 +347,32 @@ async def policy_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
     expires by itself).
     """
     assert namespace and name and uid
-    state = policy_state(uid)
+    state = object_state(memo, PolicyState)
     state.cancelled = True
     state.wake.set()
     async with state.lock:
-        current = state.status or load_status(status)
-        now = utcnow()
-        decision = release(current, now=now)
-        resumes = [a for a in decision.actions if isinstance(a, Resume)]
-        ref = PolicyRef(namespace, name, uid)
+        current = state.status or load_status(QueuePolicyStatus, status)
+        decision = finalizing.plan(current, utcnow())
         try:
             spec = parse(QueuePolicySpec, dict(body.get("spec") or {}), name=f"{namespace}/{name}")
             redis, _target = await open_redis(KubeSecrets(namespace), spec.redis)
             try:
-                ops = BullQueueOps(redis, spec.prefix)
-                for action in resumes:
-                    await ops.resume(action.queue)
-                await redis.delete(memory_key(uid))
+                await finalizing.finalize(redis, spec, decision, uid)
             finally:
                 await redis.aclose()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             reason, message = describe_failure(exc)
-            # only a transient error may pass by itself; a permanent one (a URL that cannot be
-            # parsed, refused credentials) would hold the deletion forever
-            if resumes and retry + 1 < CLEANUP_RETRIES and not isinstance(exc, PermanentError):
+            if not finalizing.give_up(exc, decision, attempt=retry + 1, attempts=CLEANUP_RETRIES):
                 raise to_kopf(exc) from None
+            resumes = finalizing.resumes(decision)
             if resumes:
                 queues = ", ".join(a.queue for a in resumes)
-                kopf.event(body, type="Warning", reason="CleanupFailed",
-                           message=f"giving up after {retry + 1} attempts ({reason}: {message}); "
-                                   f"resume these queues by hand: {queues}")
+                post_events(body, [PolicyEvent(
+                    "Warning", Reason.CLEANUP_FAILED,
+                    f"giving up after {retry + 1} attempts ({reason}: {message}); "
+                    f"resume these queues by hand: {queues}")])
             else:
                 logger.info("policy %s/%s: memory not dropped (%s); it expires by itself",
                             namespace, name, reason)
@@ -452,5 +387,4 @@ async def policy_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
             if spec.gates:
                 GateRunner(spec.gates, spec.gate_policy, KubeSecrets(namespace), namespace=namespace,
                            owner=name).clear_metrics()
-        forget_metrics(ref, sorted(names))
-    _states.pop(uid, None)
+        forget_metrics(PolicyRef(namespace, name, uid), sorted(names))

@@ -18,9 +18,10 @@ import threading
 from collections.abc import Callable, Collection
 from typing import Any
 
+from requeue.api.conditions import Reason
 from requeue.errors import TransientError
 
-__all__ = ["ApiUnavailable", "call_api", "core_v1", "custom_objects", "load_config", "translate"]
+__all__ = ["KubernetesApiError", "call_api", "core_v1", "custom_objects", "load_config", "translate"]
 
 _lock = threading.Lock()
 _loaded = False
@@ -57,10 +58,10 @@ def core_v1() -> Any:
     return client.CoreV1Api()
 
 
-class ApiUnavailable(TransientError):
+class KubernetesApiError(TransientError):
     """The Kubernetes API server could not be reached or answered with a server error."""
 
-    reason = "KubernetesApiError"
+    reason = Reason.KUBERNETES_API_ERROR
 
 
 def translate(exc: BaseException, what: str) -> Exception:
@@ -68,8 +69,8 @@ def translate(exc: BaseException, what: str) -> Exception:
     status = getattr(exc, "status", None)
     if isinstance(status, int):
         reason = getattr(exc, "reason", None) or ""
-        return ApiUnavailable(f"{what}: Kubernetes API answered HTTP {status} {reason}".strip(), delay=5)
-    return ApiUnavailable(f"{what}: Kubernetes API unreachable ({type(exc).__name__})", delay=5)
+        return KubernetesApiError(f"{what}: Kubernetes API answered HTTP {status} {reason}".strip(), delay=5)
+    return KubernetesApiError(f"{what}: Kubernetes API unreachable ({type(exc).__name__})", delay=5)
 
 
 async def call_api(call: Callable[[], object], what: str, *, absent: Collection[int] = (404,)) -> bool:
@@ -77,7 +78,7 @@ async def call_api(call: Callable[[], object], what: str, *, absent: Collection[
     with a status in ``absent`` (e.g. 404: the object is gone).
 
     :param what: what the call does, for the error message (``"deleting dlqreplays ns/name"``).
-    :raises ApiUnavailable: any other failure, through :func:`translate`.
+    :raises KubernetesApiError: any other failure, through :func:`translate`.
     """
     try:
         await asyncio.to_thread(call)

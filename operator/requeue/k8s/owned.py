@@ -43,7 +43,7 @@ async def create_owned(
     The name is deterministic on the caller's side, so a retried or repeated
     create never makes a second object.
 
-    :raises ApiUnavailable: the API server is unreachable or refused the object.
+    :raises KubernetesApiError: the API server is unreachable or refused the object.
     """
     body = {
         "apiVersion": API_VERSION, "kind": kind,

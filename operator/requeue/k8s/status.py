@@ -23,7 +23,7 @@ async def patch_status(
 ) -> bool:
     """Merge ``status`` into the object's ``.status``; False when the object no longer exists.
 
-    :raises ApiUnavailable: the API server is unreachable or failed (retry later).
+    :raises KubernetesApiError: the API server is unreachable or failed (retry later).
     """
 
     return await call_api(

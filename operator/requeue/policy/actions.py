@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import ClassVar, Literal
 
 from requeue.api.common import Rate, Selector
+from requeue.api.conditions import Reason
 from requeue.api.replay import Verify
 
 __all__ = [
@@ -63,11 +64,11 @@ class BreachKind(StrEnum):
 
 
 #: Condition reason / Event reason of each breach kind.
-BREACH_REASONS: Mapping[BreachKind, str] = {
-    BreachKind.FAILED: "FailedAboveThreshold",
-    BreachKind.WAITING: "WaitingAboveThreshold",
-    BreachKind.FAILURE_RATE: "FailureRateAboveThreshold",
-    BreachKind.STALLED: "StalledJobs",
+BREACH_REASONS: Mapping[BreachKind, Reason] = {
+    BreachKind.FAILED: Reason.FAILED_ABOVE_THRESHOLD,
+    BreachKind.WAITING: Reason.WAITING_ABOVE_THRESHOLD,
+    BreachKind.FAILURE_RATE: Reason.FAILURE_RATE_ABOVE_THRESHOLD,
+    BreachKind.STALLED: Reason.STALLED_JOBS,
 }
 
 
@@ -151,5 +152,5 @@ class PolicyEvent:
     """A Kubernetes Event to emit on the QueuePolicy."""
 
     type: Literal["Normal", "Warning"]
-    reason: str
+    reason: Reason
     message: str

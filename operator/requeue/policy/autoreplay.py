@@ -15,6 +15,7 @@ from datetime import datetime
 
 from requeue.api.base import parse_duration
 from requeue.api.common import Selector
+from requeue.api.conditions import Reason
 from requeue.api.policy import AutoReplay as AutoReplaySpec
 from requeue.api.policy import QueuePolicySpec, QueuePolicyStatus
 from requeue.policy.actions import AutoReplay
@@ -106,7 +107,7 @@ def _replay_queue(
         recovered_at=outage.recovered, reason=reason,
     ), reason, dry_run=spec.dry_run)
     verb = "[dry run] would create" if spec.dry_run else "creating"
-    ledger.announce("Normal", "AutoReplay", f"{verb} DLQReplay {child} for {name}: {reason}")
+    ledger.announce("Normal", Reason.AUTO_REPLAY, f"{verb} DLQReplay {child} for {name}: {reason}")
     return True
 
 

@@ -59,7 +59,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from requeue.api.base import ConditionStatus, find_condition, parse_duration
+from requeue.api.base import ConditionStatus, HasConditions, find_condition, parse_duration, set_condition
+from requeue.api.conditions import PolicyCondition, Reason
 from requeue.api.policy import (
     CleanRule,
     PolicyAction,
@@ -82,11 +83,15 @@ from requeue.policy.actions import (
     PolicyEvent,
     Resume,
 )
-from requeue.policy.ledger import CondType, Ledger, clip
+from requeue.policy.ledger import Ledger, clip
 from requeue.policy.observe import Observation, PolicyMemory, QueueMemory, QueueObservation
 from requeue.policy.pausing import Gates, Hold, gate_results, pause_or_resume, track_gates
 
-__all__ = ["LAST_ACTIONS_LIMIT", "Decision", "decide", "queues_to_observe", "release", "settle"]
+__all__ = [
+    "LAST_ACTIONS_LIMIT", "Decision", "decide", "observation_failed", "queues_to_observe", "release",
+    "settle",
+    "spec_rejected", "unobserved",
+]
 
 #: ``.status.lastActions`` keeps this many entries, newest first.
 LAST_ACTIONS_LIMIT = 20
@@ -172,17 +177,41 @@ def decide(
                     spec.dry_run, prev)
 
 
+def unobserved(owner: HasConditions, reason: Reason, message: str, *, generation: int,
+               now: datetime) -> None:
+    """The queues could not be observed (Redis, a Secret, the spec): ``Ready`` is False with the
+    problem's reason, ``Healthy`` Unknown. The operator uses it too, for problems met before
+    :func:`decide` runs."""
+    set_condition(owner, PolicyCondition.READY, False, reason, message, generation, now)
+    set_condition(owner, PolicyCondition.HEALTHY, ConditionStatus.UNKNOWN, reason,
+                  "queues could not be observed", generation, now)
+
+
+def observation_failed(status: QueuePolicyStatus, reason: Reason, message: str, *, generation: int,
+                       now: datetime) -> None:
+    """A problem before any evaluation could run (Secret, Redis connection): :func:`unobserved`,
+    computed for this generation."""
+    unobserved(status, reason, message, generation=generation, now=now)
+    status.observed_generation = generation
+
+
+def spec_rejected(status: QueuePolicyStatus, reason: Reason, message: str, *, generation: int,
+                  now: datetime) -> None:
+    """The spec does not validate: ``Ready`` is False with the reason; nothing else is known anew."""
+    set_condition(status, PolicyCondition.READY, False, reason, message, generation, now)
+    status.observed_generation = generation
+
+
 def _unobservable(
     spec: QueuePolicySpec, prev: QueuePolicyStatus, observation: Observation, error: str,
     memory: PolicyMemory, gates: Gates, ledger: Ledger,
 ) -> Decision:
     """Redis could not be read: keep what we knew, act on nothing, say why in ``Ready`` and ``Healthy``."""
     reason = observation.error_reason
-    prev_ready = find_condition(prev.conditions, CondType.READY)
+    prev_ready = find_condition(prev.conditions, PolicyCondition.READY)
     if prev_ready is None or prev_ready.reason != reason:
         ledger.announce("Warning", reason, error)
-    ledger.condition(CondType.READY, False, reason, clip(error))
-    ledger.condition(CondType.HEALTHY, ConditionStatus.UNKNOWN, reason, "queues could not be observed")
+    unobserved(ledger, reason, clip(error), generation=ledger.generation, now=ledger.now)
     new_status = prev.model_copy(update={
         "conditions": ledger.conditions, "gates": gate_results(prev, observation),
         "observed_generation": ledger.generation, "last_evaluated_at": ledger.now,
@@ -314,15 +343,17 @@ def _set_health(spec: QueuePolicySpec, observation: Observation, tally: _Tally, 
     first, the mistake to fix first); ``Ready``: observed."""
     kinds = tally.breach_kinds
     if tally.not_found:
-        ledger.condition(CondType.HEALTHY, False, QueueNotFound.reason,
-                         clip("; ".join(tally.not_found + tally.breach_texts)))
+        set_condition(ledger, PolicyCondition.HEALTHY, False, QueueNotFound.reason,
+                      clip("; ".join(tally.not_found + tally.breach_texts)), ledger.generation, ledger.now)
     elif kinds:
-        reason = BREACH_REASONS[next(iter(kinds))] if len(kinds) == 1 else "ThresholdsBreached"
-        ledger.condition(CondType.HEALTHY, False, reason, clip("; ".join(tally.breach_texts)))
+        reason = BREACH_REASONS[next(iter(kinds))] if len(kinds) == 1 else Reason.THRESHOLDS_BREACHED
+        set_condition(ledger, PolicyCondition.HEALTHY, False, reason, clip("; ".join(tally.breach_texts)),
+                      ledger.generation, ledger.now)
     else:
-        ledger.condition(CondType.HEALTHY, True, "WithinThresholds",
-                         f"{len(spec.queues)} queue(s) within thresholds")
-    ledger.condition(CondType.READY, True, "Evaluated", f"observed {len(observation.queues)} queue(s)")
+        set_condition(ledger, PolicyCondition.HEALTHY, True, Reason.WITHIN_THRESHOLDS,
+                      f"{len(spec.queues)} queue(s) within thresholds", ledger.generation, ledger.now)
+    set_condition(ledger, PolicyCondition.READY, True, Reason.EVALUATED,
+                  f"observed {len(observation.queues)} queue(s)", ledger.generation, ledger.now)
 
 
 def _status(
@@ -359,7 +390,7 @@ def release(status: QueuePolicyStatus | None, *, now: datetime, reason: str = "p
     for q in prev.queues:
         if q.paused_by_policy:
             actions.append(Resume(q.name, reason))
-            events.append(PolicyEvent("Normal", "QueueResumed", f"resumed {q.name}: {reason}"))
+            events.append(PolicyEvent("Normal", Reason.QUEUE_RESUMED, f"resumed {q.name}: {reason}"))
             records.append(PolicyAction(at=now, action=ActionKind.RESUME.value, queue=q.name, reason=reason))
             q = q.model_copy(update={"paused_by_policy": False})
         queues.append(q.model_copy(update={"dry_run_paused": False}))

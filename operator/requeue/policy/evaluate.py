@@ -34,6 +34,7 @@ from redis import exceptions as rx
 from redis.asyncio import Redis
 
 from requeue.api.common import Rate, Selector
+from requeue.api.conditions import Reason
 from requeue.api.gates import GateStatus
 from requeue.api.policy import QueuePolicySpec, QueuePolicyStatus
 from requeue.api.replay import DLQReplaySpec
@@ -362,7 +363,7 @@ async def _remediate(acting: _Acting, index: int, action: Action, memory: Policy
         acting.failures[index] = message
         logger.warning("policy %s/%s: %s %s failed: %s", policy.namespace, policy.name,
                        action.kind.value, action.queue, message)
-        acting.events.append(PolicyEvent("Warning", "ActionFailed",
+        acting.events.append(PolicyEvent("Warning", Reason.ACTION_FAILED,
                                          f"{action.kind.value} {action.queue} failed: {message}"))
         return
     if text is not None:
@@ -383,7 +384,7 @@ async def _notify(acting: _Acting, notifier: Notifier) -> None:
     except Exception as exc:
         message = _error_text(exc)
         logger.warning("policy %s/%s: notification failed: %s", policy.namespace, policy.name, message)
-        acting.events.append(PolicyEvent("Warning", "NotifyFailed", message))
+        acting.events.append(PolicyEvent("Warning", Reason.NOTIFY_FAILED, message))
 
 
 async def _save_memory(redis: Redis, policy: PolicyRef, memory: PolicyMemory,

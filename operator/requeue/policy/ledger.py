@@ -1,7 +1,8 @@
 """The ledger one QueuePolicy evaluation fills: actions, Events, ``lastActions`` entries, conditions.
 
 Every concern of :func:`requeue.policy.decide.decide` (gates, thresholds,
-pause/resume, auto replay, clean) adds to the same lists, in the order the
+pause/resume, auto replay, clean) adds to the same lists (conditions through
+:func:`requeue.api.base.set_condition`, the one setter), in the order the
 rules apply. Passing this one object to each of them keeps that shared,
 ordered state explicit, and stamps every entry with the same ``now`` and
 generation.
@@ -11,28 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Literal
 
-from requeue.api.base import Condition, ConditionStatus, set_condition
+from requeue.api.base import Condition
+from requeue.api.conditions import Reason
 from requeue.api.policy import PolicyAction
 from requeue.policy.actions import Action, PolicyEvent
 
-__all__ = ["MESSAGE_LIMIT", "CondType", "Ledger", "clip"]
+__all__ = ["MESSAGE_LIMIT", "Ledger", "clip"]
 
 #: Longest condition message; longer ones end in "...".
 MESSAGE_LIMIT = 1000
-
-
-class CondType(StrEnum):
-    """The condition types of a QueuePolicy."""
-
-    #: No queue breaches a threshold, and every listed queue exists.
-    HEALTHY = "Healthy"
-    #: Every gate passes.
-    GATES_PASSED = "GatesPassed"
-    #: The last evaluation could observe every queue.
-    READY = "Ready"
 
 
 def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
@@ -59,11 +49,6 @@ class Ledger:
             self.records.append(PolicyAction(at=self.now, action=action.kind.value, queue=action.queue,
                                              reason=reason, dry_run=dry_run))
 
-    def announce(self, type: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+    def announce(self, type: Literal["Normal", "Warning"], reason: Reason, message: str) -> None:
         """Emit a Kubernetes Event on the policy."""
         self.events.append(PolicyEvent(type, reason, message))
-
-    def condition(self, type: str, status: bool | ConditionStatus, reason: str, message: str) -> None:
-        """Set a condition (its transition time moves only when the status flips)."""
-        self.conditions = set_condition(self.conditions, type=type, status=status, reason=reason,
-                                        message=message, generation=self.generation, now=self.now)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from requeue.api.conditions import Reason
 from requeue.api.gates import GateStatus
 
 __all__ = [
@@ -95,7 +96,7 @@ class Observation:
     #: Set when Redis could not be read; ``queues`` is then empty. Never contains secrets.
     error: str | None = None
     #: CamelCase reason for ``error``, e.g. RedisUnreachable.
-    error_reason: str = "RedisUnreachable"
+    error_reason: Reason = Reason.REDIS_UNREACHABLE
 
 
 @dataclass(frozen=True)

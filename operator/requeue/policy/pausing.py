@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from requeue.api.base import ConditionStatus, find_condition
+from requeue.api.base import ConditionStatus, find_condition, set_condition
+from requeue.api.conditions import PolicyCondition, Reason
 from requeue.api.gates import GateStatus
 from requeue.api.policy import QueuePolicySpec, QueuePolicyStatus, QueueState
 from requeue.policy import autoreplay
 from requeue.policy.actions import ActionKind, Pause, Resume
-from requeue.policy.ledger import CondType, Ledger, clip
+from requeue.policy.ledger import Ledger, clip
 from requeue.policy.observe import Observation, QueueMemory, QueueObservation
 
 __all__ = ["GateState", "Gates", "Hold", "gate_results", "pause_or_resume", "track_gates"]
@@ -28,11 +29,11 @@ __all__ = ["GateState", "Gates", "Hold", "gate_results", "pause_or_resume", "tra
 GateState = Literal["none", "unknown", "red", "green"]
 
 #: ``GatesPassed`` status and reason for each gate state.
-_GATE_CONDITIONS: Mapping[GateState, tuple[ConditionStatus, str]] = {
-    "none": (ConditionStatus.TRUE, "NoGates"),
-    "unknown": (ConditionStatus.UNKNOWN, "GatesNotChecked"),
-    "red": (ConditionStatus.FALSE, "GateFailed"),
-    "green": (ConditionStatus.TRUE, "AllGatesPassed"),
+_GATE_CONDITIONS: Mapping[GateState, tuple[ConditionStatus, Reason]] = {
+    "none": (ConditionStatus.TRUE, Reason.NO_GATES),
+    "unknown": (ConditionStatus.UNKNOWN, Reason.GATES_NOT_CHECKED),
+    "red": (ConditionStatus.FALSE, Reason.GATE_FAILED),
+    "green": (ConditionStatus.TRUE, Reason.ALL_GATES_PASSED),
 }
 
 
@@ -73,7 +74,7 @@ def track_gates(
 ) -> Gates:
     """Rule 2: ``GatesPassed``, when the outage began and since when the gates are all green."""
     state, message = _gate_state(spec, observation.gates)
-    prev_gates = find_condition(prev.conditions, CondType.GATES_PASSED)
+    prev_gates = find_condition(prev.conditions, PolicyCondition.GATES_PASSED)
     prev_red = prev_gates is not None and prev_gates.status == ConditionStatus.FALSE
     outage_started = prev.outage_started_at
     green_since = prev.gates_green_since
@@ -81,15 +82,16 @@ def track_gates(
         if not prev_red:
             if not autoreplay.outage_pending(spec, prev):
                 outage_started = ledger.now
-            ledger.announce("Warning", "GatesFailed", message)
+            ledger.announce("Warning", Reason.GATES_FAILED, message)
         green_since = None
     elif state == "green":
         if green_since is None:
             green_since = ledger.now
         if prev_red:
-            ledger.announce("Normal", "GatesRecovered", message)
+            ledger.announce("Normal", Reason.GATES_RECOVERED, message)
     status, reason = _GATE_CONDITIONS[state]
-    ledger.condition(CondType.GATES_PASSED, status, reason, message)
+    set_condition(ledger, PolicyCondition.GATES_PASSED, status, reason, message, ledger.generation,
+                  ledger.now)
     return Gates(state, message, outage_started, green_since)
 
 
@@ -153,9 +155,9 @@ def _resume(action: Resume, hold: Hold, dry: bool, ledger: Ledger) -> None:
 
 
 #: Event reason and verbs (would-be, done) of a pause and a resume.
-_TRANSITIONS: Mapping[ActionKind, tuple[str, str, str]] = {
-    ActionKind.PAUSE: ("QueuePaused", "pause", "paused"),
-    ActionKind.RESUME: ("QueueResumed", "resume", "resumed"),
+_TRANSITIONS: Mapping[ActionKind, tuple[Reason, str, str]] = {
+    ActionKind.PAUSE: (Reason.QUEUE_PAUSED, "pause", "paused"),
+    ActionKind.RESUME: (Reason.QUEUE_RESUMED, "resume", "resumed"),
 }
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from requeue.api.conditions import Reason
 from requeue.api.policy import QueueBreach, QueuePolicySpec, QueueState, Thresholds
 from requeue.policy.actions import BREACH_REASONS, Alert, BreachKind, Recover
 from requeue.policy.ledger import Ledger
@@ -166,4 +167,4 @@ def _recover_ended(
         text = f"{kind.value} back within threshold (breached since {had.since.isoformat()})"
         ledger.act(Recover(name, kind, text), text)
         if spec.alerts.events:
-            ledger.announce("Normal", "Recovered", f"queue {name}: {text}")
+            ledger.announce("Normal", Reason.RECOVERED, f"queue {name}: {text}")

@@ -21,6 +21,7 @@ from redis import exceptions as rx
 from redis.asyncio import Redis
 
 from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
+from requeue.api.conditions import Reason
 from requeue.queues import BullQueue, ReplayKeys
 from requeue.queues.adapter import text
 from requeue.queues.keys import Progress
@@ -39,7 +40,7 @@ class OlderFailedJobs(Finish):
 
     def __init__(self, job_id: str, score: int, lower: int) -> None:
         super().__init__(
-            ReplayPhase.FAILED, "OlderFailedJobs",
+            ReplayPhase.FAILED, Reason.OLDER_FAILED_JOBS,
             f"mode Bulk moves the oldest failed jobs first (BullMQ's moveJobsToWait), but job {job_id} "
             f"failed at {_iso(score)}, before failedAfter ({_iso(lower)}); drop failedAfter to replay "
             "those too, or use mode Exact; nothing more was moved")

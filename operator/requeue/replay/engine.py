@@ -57,13 +57,14 @@ from requeue.api import (
     ReplayPhase,
     find_condition,
 )
-from requeue.api.base import ConditionStatus
-from requeue.errors import AuthFailed, QueueNotFound, RedisOutOfMemory, RedisUnavailable
+from requeue.api.base import ConditionStatus, set_condition
+from requeue.api.conditions import Reason, ReplayCondition, stored_reason
+from requeue.errors import AuthFailed, QueueLocked, QueueNotFound, RedisOutOfMemory, RedisUnavailable
 from requeue.metrics import REPLAY_BATCH_SECONDS, REPLAY_JOBS
 from requeue.queues import BullQueue, ReplayKeys, map_redis_error
 from requeue.queues.adapter import text
 from requeue.queues.keys import REPLAY_RETENTION_SECONDS, Progress
-from requeue.replay import moves
+from requeue.replay import ending, moves
 from requeue.replay.bulk import Bulk
 from requeue.replay.gating import GateRunnerLike, Gating
 from requeue.replay.lease import Driver, LeaseHolder, this_process
@@ -78,7 +79,6 @@ from requeue.replay.state import (
     Stage,
     StepResult,
     StoredProgress,
-    cond,
     from_ms,
     int_field,
     mark_replayed,
@@ -171,7 +171,7 @@ class ReplayEngine:
         # Read before _step: a successful step sets Ready=True itself, which hid the recovery (the
         # Warning RedisUnreachable of a mid-run outage then never got its RedisReachable). Only an
         # outage this engine reported: after a failed connect the caller posts its own "Recovered".
-        was = find_condition(st.conditions, "Ready")
+        was = find_condition(st.conditions, ReplayCondition.READY)
         reported_outage = (self.redis_failures > 0 and was is not None
                            and was.reason in _OUTAGE_REASONS)
         try:
@@ -189,10 +189,11 @@ class ReplayEngine:
             return self._redis_failed(spec, st, now, events, generation, exc)
         self.redis_failures = 0
         if reported_outage:
-            ready = find_condition(st.conditions, "Ready")
+            ready = find_condition(st.conditions, ReplayCondition.READY)
             if ready is not None and ready.reason in _OUTAGE_REASONS:
-                cond(st, "Ready", True, "Ready", "Redis reachable again", generation, now)
-            events.append(ReplayEvent("Normal", "RedisReachable", "Redis answers again"))
+                set_condition(st, ReplayCondition.READY, True, Reason.READY,
+                              "Redis reachable again", generation, now)
+            events.append(ReplayEvent("Normal", Reason.REDIS_REACHABLE, "Redis answers again"))
         return StepResult(st, delay, events)
 
     async def stored_progress(self) -> StoredProgress | None:
@@ -218,10 +219,12 @@ class ReplayEngine:
             st.phase = ReplayPhase.CANCELLED
             st.completed_at = now
             st.message = "cancelled; nothing more will be moved"
-            cond(st, "Progressing", False, "Cancelled", st.message, st.observed_generation, now)
-            cond(st, "Succeeded", False, "Cancelled", st.message, st.observed_generation, now)
-            self._ended_ready(st, st.observed_generation, now)
-            events.append(ReplayEvent("Normal", "Cancelled", st.message))
+            set_condition(st, ReplayCondition.PROGRESSING, False, Reason.CANCELLED,
+                          st.message, st.observed_generation, now)
+            set_condition(st, ReplayCondition.SUCCEEDED, False, Reason.CANCELLED,
+                          st.message, st.observed_generation, now)
+            ending.release_ready(st, st.observed_generation, now)
+            events.append(ReplayEvent("Normal", Reason.CANCELLED, st.message))
         return StepResult(st, 0.0, events)
 
     async def run(
@@ -244,7 +247,7 @@ class ReplayEngine:
             if st.phase.finished or st.phase == ReplayPhase.SUSPENDED:
                 return st
             if self.redis_failures >= self.redis_failure_bound:
-                ready = find_condition(st.conditions, "Ready")
+                ready = find_condition(st.conditions, ReplayCondition.READY)
                 raise RedisUnavailable(ready.message if ready else "Redis unavailable",
                                        queue=spec.queue, replay=self.owner)
             if result.delay > 0:
@@ -264,7 +267,7 @@ class ReplayEngine:
             return await self._suspend(q, st, now, events, gen)
         if st.phase == ReplayPhase.SUSPENDED:
             st.phase = ReplayPhase.PENDING
-            events.append(ReplayEvent("Normal", "Resumed", "spec.suspend is false again; continuing"))
+            events.append(ReplayEvent("Normal", Reason.RESUMED, "spec.suspend is false again; continuing"))
 
         if not spec.dry_run:
             holder = await self._acquire_lease(q)
@@ -274,7 +277,7 @@ class ReplayEngine:
         stage = p.get(Progress.STAGE) or ""
         if not stage:
             return await self._begin(spec, q, st, now, events, gen)
-        ready = find_condition(st.conditions, "Ready")
+        ready = find_condition(st.conditions, ReplayCondition.READY)
         if ready is None or ready.status != ConditionStatus.TRUE:
             self._ready(spec, st, gen, now)
         return await self._stage_step(stage, spec, q, st, now, events, gen, p)
@@ -284,7 +287,7 @@ class ReplayEngine:
         """A replay the status says started, with nothing in Redis, must not start over."""
         started = st.phase in (ReplayPhase.REPLAYING, ReplayPhase.VERIFYING)
         if not p and (st.matched or st.replayed or started):
-            raise Finish(ReplayPhase.FAILED, "SnapshotLost",
+            raise Finish(ReplayPhase.FAILED, Reason.SNAPSHOT_LOST,
                          "the replay's snapshot and progress are gone from Redis (flushed, restarted "
                          "without persistence, or expired); not starting over, which could replay "
                          "jobs twice")
@@ -307,7 +310,7 @@ class ReplayEngine:
             return await self._verification.step(spec, watched, st, now, gen, p)
         # Stage.DONE with a status that did not record it (crash between the two writes)
         outcome = p.get(Progress.OUTCOME) or ReplayPhase.SUCCEEDED.value
-        raise Finish(ReplayPhase(outcome), p.get(Progress.OUTCOME_REASON) or "Succeeded",
+        raise Finish(ReplayPhase(outcome), stored_reason(p.get(Progress.OUTCOME_REASON), Reason.SUCCEEDED),
                      p.get(Progress.OUTCOME_MESSAGE) or "finished")
 
     async def _begin(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
@@ -334,12 +337,13 @@ class ReplayEngine:
             Progress.SLOW_POS: "1",
         })
         self._ready(spec, st, gen, now)
-        cond(st, "Succeeded", ConditionStatus.UNKNOWN, "InProgress", "", gen, now)
+        set_condition(st, ReplayCondition.SUCCEEDED, ConditionStatus.UNKNOWN, Reason.IN_PROGRESS,
+                      "", gen, now)
         if paused:
-            cond(st, "QueuePaused", True, "PausedByOthers",
-                 "the queue was paused before this replay; it stays paused (replayed jobs "
+            set_condition(st, ReplayCondition.QUEUE_PAUSED, True, Reason.PAUSED_BY_OTHERS,
+                          "the queue was paused before this replay; it stays paused (replayed jobs "
                  "wait until someone resumes it)", gen, now)
-            events.append(ReplayEvent("Warning", "QueuePausedByOthers",
+            events.append(ReplayEvent("Warning", Reason.QUEUE_PAUSED_BY_OTHERS,
                                       "queue is paused by someone else; replayed jobs will wait"))
         return 0.0
 
@@ -357,8 +361,9 @@ class ReplayEngine:
         })
         st.started_at = now
         st.phase = ReplayPhase.REPLAYING
-        cond(st, "Progressing", True, "Selecting", "selecting matching failed jobs", gen, now)
-        events.append(ReplayEvent("Normal", "ReplayStarted",
+        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.SELECTING,
+                      "selecting matching failed jobs", gen, now)
+        events.append(ReplayEvent("Normal", Reason.REPLAY_STARTED,
                                   f"selecting failed jobs of queue {spec.queue}"))
         return 0.0
 
@@ -367,10 +372,11 @@ class ReplayEngine:
                              events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float:
         """Mode Bulk's selection: the window counted and its bounds fixed, no job read."""
         await self._bulk.select(spec, q, st, p)
-        events.append(ReplayEvent("Normal", "Selected",
+        events.append(ReplayEvent("Normal", Reason.SELECTED,
                                   f"mode Bulk: {st.matched} failed jobs in the window, to move with "
                                   "BullMQ's moveJobsToWait (priority, lifo and corrupt checks skipped)"))
-        cond(st, "Progressing", True, "Replaying", f"replaying {st.matched} jobs", gen, now)
+        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.REPLAYING,
+                      f"replaying {st.matched} jobs", gen, now)
         if st.matched == 0:
             await mark_replayed(self.redis, self.keys, now)
         return 0.0
@@ -430,10 +436,10 @@ class ReplayEngine:
     def _locked(self, st: DLQReplayStatus, now: datetime, events: list[ReplayEvent], gen: int,
                 holder: LeaseHolder) -> float:
         msg = holder.describe(replay_id=self.replay_id)
-        before = find_condition(st.conditions, "Ready")
-        if before is None or before.reason != "QueueLocked":
-            events.append(ReplayEvent("Warning", "QueueLocked", msg))
-        cond(st, "Ready", False, "QueueLocked", msg, gen, now)
+        before = find_condition(st.conditions, ReplayCondition.READY)
+        if before is None or before.reason != QueueLocked.reason:
+            events.append(ReplayEvent("Warning", QueueLocked.reason, msg))
+        set_condition(st, ReplayCondition.READY, False, QueueLocked.reason, msg, gen, now)
         if st.phase == ReplayPhase.REPLAYING:
             st.phase = ReplayPhase.WAITING_FOR_GATES
         st.message = msg
@@ -450,10 +456,11 @@ class ReplayEngine:
         await self._gating.resume_if_ours(q, st, now, events, gen)
         await self._release_lease(q)
         if st.phase != ReplayPhase.SUSPENDED:
-            events.append(ReplayEvent("Normal", "Suspended", "spec.suspend is true; stopped"))
+            events.append(ReplayEvent("Normal", Reason.SUSPENDED, "spec.suspend is true; stopped"))
         st.phase = ReplayPhase.SUSPENDED
         st.message = "suspended"
-        cond(st, "Progressing", False, "Suspended", "spec.suspend is true", gen, now)
+        set_condition(st, ReplayCondition.PROGRESSING, False, Reason.SUSPENDED,
+                      "spec.suspend is true", gen, now)
         return SUSPENDED_DELAY
 
     # -- replay --------------------------------------------------------------
@@ -490,7 +497,7 @@ class ReplayEngine:
             backlog = await q.backlog()
             if backlog >= spec.rate.max_waiting:
                 msg = f"holding: {backlog} jobs waiting, maxWaiting is {spec.rate.max_waiting}"
-                cond(st, "Progressing", True, "Throttled", msg, gen, now)
+                set_condition(st, ReplayCondition.PROGRESSING, True, Reason.THROTTLED, msg, gen, now)
                 st.message = msg
                 return THROTTLE_DELAY
             want = min(want, spec.rate.max_waiting - backlog)
@@ -503,7 +510,7 @@ class ReplayEngine:
         st.skipped += skipped
         st.progress = f"{st.replayed + st.skipped}/{st.matched}"
         st.message = f"replaying: {st.progress}"
-        cond(st, "Progressing", True, "Replaying", st.message, gen, now)
+        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.REPLAYING, st.message, gen, now)
         return None
 
     async def _move(self, spec: DLQReplaySpec, q: BullQueue, n: int, p: dict[str, str]) -> tuple[int, int]:
@@ -528,12 +535,12 @@ class ReplayEngine:
                         events: list[ReplayEvent], gen: int) -> float:
         st.replay_finished_at = st.replay_finished_at or now
         msg = f"moved {st.replayed} of {st.matched} selected jobs ({st.skipped} no longer failed)"
-        events.append(ReplayEvent("Normal", "ReplayFinished", msg))
+        events.append(ReplayEvent("Normal", Reason.REPLAY_FINISHED, msg))
         if spec.verify is None:
-            raise Finish(ReplayPhase.SUCCEEDED, "Succeeded", msg)
+            raise Finish(ReplayPhase.SUCCEEDED, Reason.SUCCEEDED, msg)
         st.phase = ReplayPhase.VERIFYING
         st.message = f"{msg}; verifying for {spec.verify.window}"
-        cond(st, "Progressing", True, "Verifying", st.message, gen, now)
+        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.VERIFYING, st.message, gen, now)
         return 0.0
 
     # -- the end -------------------------------------------------------------
@@ -559,43 +566,24 @@ class ReplayEngine:
         self._end(st, now, events, gen, fin.phase, fin.reason, fin.message)
 
     async def _finish_quietly(self, spec: DLQReplaySpec, st: DLQReplayStatus, now: datetime,
-                              events: list[ReplayEvent], gen: int, reason: str, message: str) -> None:
-        cond(st, "Ready", False, reason, message, gen, now)
-        self._end(st, now, events, gen, ReplayPhase.FAILED, reason, message)
+                              events: list[ReplayEvent], gen: int, reason: Reason, message: str) -> None:
+        events.append(ending.fail(st, reason, message, generation=gen, now=now))
 
     def _end(self, st: DLQReplayStatus, now: datetime, events: list[ReplayEvent], gen: int,
-             phase: ReplayPhase, reason: str, message: str) -> None:
-        st.phase = phase
-        st.completed_at = now
-        st.message = message
-        ok = phase == ReplayPhase.SUCCEEDED
-        cond(st, "Progressing", False, "Finished", message, gen, now)
-        cond(st, "Succeeded", ok, reason, message, gen, now)
-        self._ended_ready(st, gen, now)
-        if reason == "GatesTimedOut":
-            cond(st, "GatesPassed", False, "GatesTimedOut", message, gen, now)
-        events.append(ReplayEvent("Normal" if ok else "Warning", reason, message))
+             phase: ReplayPhase, reason: Reason, message: str) -> None:
+        events.append(ending.end(st, phase, reason, message, generation=gen, now=now))
 
     @staticmethod
     def _ready(spec: DLQReplaySpec, st: DLQReplayStatus, gen: int, now: datetime) -> None:
         """Ready=True while the replay runs; a dry run takes no lease, so it does not claim one."""
         held = "" if spec.dry_run else ", queue lease held"
-        cond(st, "Ready", True, "Ready", f"Redis reachable{held}", gen, now)
-
-    @staticmethod
-    def _ended_ready(st: DLQReplayStatus, gen: int, now: datetime) -> None:
-        """A replay that ended holds no lease (released with the end); a Ready=True that said it
-        held one says so now. A Ready=False keeps its reason (e.g. AuthFailed)."""
-        ready = find_condition(st.conditions, "Ready")
-        if ready is not None and ready.status == ConditionStatus.TRUE:
-            cond(st, "Ready", True, "Finished", "finished; holds no queue lease", gen, now)
+        set_condition(st, ReplayCondition.READY, True, Reason.READY, f"Redis reachable{held}", gen, now)
 
     def _redis_failed(self, spec: DLQReplaySpec, st: DLQReplayStatus, now: datetime,
                       events: list[ReplayEvent], gen: int, exc: BaseException) -> StepResult:
         err = map_redis_error(exc, queue=spec.queue, replay=self.owner)
         if isinstance(err, AuthFailed):
-            cond(st, "Ready", False, err.reason, err.message, gen, now)
-            self._end(st, now, events, gen, ReplayPhase.FAILED, err.reason, err.message)
+            events.append(ending.fail(st, err.reason, err.message, generation=gen, now=now))
             return StepResult(st, 0.0, events)
         self.redis_failures += 1
         delay = min(30.0, self.backoff * 2 ** (self.redis_failures - 1))
@@ -604,7 +592,7 @@ class ReplayEngine:
             msg = f"{err.message}; {self.redis_failures} attempts in a row, retrying in {delay:.1f}s"
             if self.redis_failures == self.redis_failure_bound:
                 events.append(ReplayEvent("Warning", err.reason, msg))
-            cond(st, "Ready", False, err.reason, msg, gen, now)
+            set_condition(st, ReplayCondition.READY, False, err.reason, msg, gen, now)
             st.message = msg
         return StepResult(st, delay, events)
 

@@ -23,10 +23,12 @@ from requeue.api import (
     find_condition,
     parse_duration,
 )
-from requeue.api.base import ConditionStatus
+from requeue.api.base import ConditionStatus, set_condition
+from requeue.api.conditions import Reason, ReplayCondition
+from requeue.errors import GatesTimedOut
 from requeue.queues import BullQueue, ReplayKeys
 from requeue.queues.keys import Progress
-from requeue.replay.state import Finish, ReplayEvent, cond
+from requeue.replay.state import Finish, ReplayEvent
 
 
 class GateRunnerLike(Protocol):
@@ -55,17 +57,19 @@ class Gating:
                     p: dict[str, str]) -> float | None:
         """None when every gate passes (queue resumed if we paused it), else the delay to wait."""
         if runner is None or not spec.gates:
-            if find_condition(st.conditions, "GatesPassed") is None:
-                cond(st, "GatesPassed", True, "NoGates", "no gates configured", gen, now)
+            if find_condition(st.conditions, ReplayCondition.GATES_PASSED) is None:
+                set_condition(st, ReplayCondition.GATES_PASSED, True, Reason.NO_GATES,
+                              "no gates configured", gen, now)
             await self.resume_if_ours(q, st, now, events, gen)
             return None
         if runner.due(st.gates, now):
             st.gates = await runner.check(st.gates, now)
         if runner.all_passed(st.gates):
-            before = find_condition(st.conditions, "GatesPassed")
+            before = find_condition(st.conditions, ReplayCondition.GATES_PASSED)
             if before is None or before.status != ConditionStatus.TRUE:
-                events.append(ReplayEvent("Normal", "GatesPassed", "all gates pass"))
-            cond(st, "GatesPassed", True, "AllGatesPassed", "all gates pass", gen, now)
+                events.append(ReplayEvent("Normal", Reason.GATES_PASSED, "all gates pass"))
+            set_condition(st, ReplayCondition.GATES_PASSED, True, Reason.ALL_GATES_PASSED,
+                          "all gates pass", gen, now)
             await self.resume_if_ours(q, st, now, events, gen)
             return None
         return await self._hold(runner, spec, q, st, now, events, gen, p)
@@ -78,18 +82,21 @@ class Gating:
         red = runner.any_red(st.gates)
         names = ", ".join(f"{g.name}: {g.message}" for g in st.gates if not g.healthy) or "not checked yet"
         msg = f"waiting for gates ({names})"
-        before = find_condition(st.conditions, "GatesPassed")
-        if red and (before is None or before.status != ConditionStatus.FALSE or before.reason != "GatesRed"):
-            events.append(ReplayEvent("Warning", "GatesRed", msg))
-        cond(st, "GatesPassed", False, "GatesRed" if red else "GatesPending", msg, gen, now)
+        before = find_condition(st.conditions, ReplayCondition.GATES_PASSED)
+        if red and (before is None or before.status != ConditionStatus.FALSE
+                    or before.reason != Reason.GATES_RED):
+            events.append(ReplayEvent("Warning", Reason.GATES_RED, msg))
+        set_condition(st, ReplayCondition.GATES_PASSED, False,
+                      Reason.GATES_RED if red else Reason.GATES_PENDING,
+                      msg, gen, now)
         st.message = msg
         if red and spec.pause_queue:
             await self.pause_if_needed(q, st, now, events, gen, p)
-        since = find_condition(st.conditions, "GatesPassed")
+        since = find_condition(st.conditions, ReplayCondition.GATES_PASSED)
         assert since is not None
         timeout = parse_duration(runner.policy.timeout)
         if now - since.last_transition_time >= timeout:
-            raise Finish(ReplayPhase.FAILED, "GatesTimedOut",
+            raise Finish(ReplayPhase.FAILED, GatesTimedOut.reason,
                          f"gates did not pass within {runner.policy.timeout}: {names}")
         return self._wait(runner, st, now, since.last_transition_time + timeout)
 
@@ -113,8 +120,8 @@ class Gating:
         if p.get(Progress.WE_PAUSED) == "1":
             return
         if await q.is_paused():
-            cond(st, "QueuePaused", True, "PausedByOthers",
-                 "queue was already paused by someone else; requeue leaves it paused", gen, now)
+            set_condition(st, ReplayCondition.QUEUE_PAUSED, True, Reason.PAUSED_BY_OTHERS,
+                          "queue was already paused by someone else; requeue leaves it paused", gen, now)
             return
         async with self.redis.pipeline(transaction=True) as pipe:
             await q.queue_pause(pipe, True)
@@ -122,9 +129,10 @@ class Gating:
             await pipe.execute()
         p[Progress.WE_PAUSED] = "1"
         st.queue_paused_by_replay = True
-        cond(st, "QueuePaused", True, "PausedByReplay", "paused by this replay while gates are red",
+        set_condition(st, ReplayCondition.QUEUE_PAUSED, True, Reason.PAUSED_BY_REPLAY,
+                      "paused by this replay while gates are red",
              gen, now)
-        events.append(ReplayEvent("Normal", "QueuePaused", "paused the queue while gates are red"))
+        events.append(ReplayEvent("Normal", Reason.QUEUE_PAUSED, "paused the queue while gates are red"))
 
     async def resume_if_ours(self, q: BullQueue, st: DLQReplayStatus, now: datetime,
                              events: list[ReplayEvent], gen: int) -> None:
@@ -135,9 +143,10 @@ class Gating:
         await q.resume()
         await self.redis.hdel(self.keys.progress, Progress.WE_PAUSED)
         st.queue_paused_by_replay = False
-        cond(st, "QueuePaused", False, "ResumedByReplay", "resumed the queue this replay paused",
+        set_condition(st, ReplayCondition.QUEUE_PAUSED, False, Reason.RESUMED_BY_REPLAY,
+                      "resumed the queue this replay paused",
              gen, now)
-        events.append(ReplayEvent("Normal", "QueueResumed", "resumed the queue this replay had paused"))
+        events.append(ReplayEvent("Normal", Reason.QUEUE_RESUMED, "resumed the queue this replay had paused"))
 
     async def held_during_replay(self, runner: GateRunnerLike | None, spec: DLQReplaySpec, q: BullQueue,
                                  st: DLQReplayStatus, now: datetime, events: list[ReplayEvent], gen: int,
@@ -147,7 +156,7 @@ class Gating:
         every gate passes again (successThreshold), like the start. None when not held."""
         if runner is None or not spec.gates or not spec.gate_policy.recheck_during_replay:
             return None
-        gates_ok = find_condition(st.conditions, "GatesPassed")
+        gates_ok = find_condition(st.conditions, ReplayCondition.GATES_PASSED)
         held = gates_ok is not None and gates_ok.status != ConditionStatus.TRUE
         if not held and runner.due(st.gates, now):
             st.gates = await runner.check(st.gates, now)
@@ -157,5 +166,5 @@ class Gating:
         wait = await self.check(runner, spec, q, st, now, events, gen, p)
         if wait is not None:
             st.phase = ReplayPhase.WAITING_FOR_GATES
-            cond(st, "Progressing", False, "HeldByGates", st.message, gen, now)
+            set_condition(st, ReplayCondition.PROGRESSING, False, Reason.HELD_BY_GATES, st.message, gen, now)
         return wait

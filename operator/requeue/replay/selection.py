@@ -21,12 +21,14 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from requeue.api import Breakdown, DLQReplaySpec, DLQReplayStatus, ReplayMode, ReplayPhase
+from requeue.api.base import set_condition
+from requeue.api.conditions import Reason, ReplayCondition
 from requeue.queues import BullQueue, Cursor, FailedJob, FailedPage, ReplayKeys
 from requeue.queues.adapter import text
 from requeue.queues.keys import REASONS_OTHER, Progress
 from requeue.replay.bulk import oldest_first
 from requeue.replay.select import Matcher, normalize_reason, to_ms
-from requeue.replay.state import SAMPLE_IDS, Finish, ReplayEvent, Stage, cond, int_field, mark_replayed
+from requeue.replay.state import SAMPLE_IDS, Finish, ReplayEvent, Stage, int_field, mark_replayed
 
 #: Redis time a selection page script may take (µs); it ends the page early after that.
 SELECT_BUDGET_US = 1200
@@ -175,13 +177,14 @@ class Selection:
         await self.summary(st, events)
         if spec.dry_run:
             st.replay_finished_at = now
-            raise Finish(ReplayPhase.SUCCEEDED, "DryRun", await self._dry_run_message(spec, q, st, p))
+            raise Finish(ReplayPhase.SUCCEEDED, Reason.DRY_RUN, await self._dry_run_message(spec, q, st, p))
         over_budget = int_field(p, Progress.OVER_BUDGET)
         over = f", {over_budget} over their auto-replay budget" if over_budget else ""
-        events.append(ReplayEvent("Normal", "Selected",
+        events.append(ReplayEvent("Normal", Reason.SELECTED,
                                   f"selected {st.matched} failed jobs (scanned {scanned_total}, "
                                   f"{st.corrupt} corrupt{over})"))
-        cond(st, "Progressing", True, "Replaying", f"replaying {st.matched} jobs", gen, now)
+        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.REPLAYING,
+                      f"replaying {st.matched} jobs", gen, now)
         if st.matched == 0:
             await mark_replayed(self.redis, self.keys, now)
         return 0.0
@@ -344,6 +347,6 @@ class Selection:
         st.sample_ids = [text(x) or "" for x in sample]
         st.corrupt_ids = [text(x) or "" for x in corrupt]
         if st.corrupt:
-            events.append(ReplayEvent("Warning", "CorruptJobs",
+            events.append(ReplayEvent("Warning", Reason.CORRUPT_JOBS,
                                       f"{st.corrupt} failed jobs are unreadable and will not be replayed "
                                       f"(first: {', '.join(st.corrupt_ids[:5])})"))

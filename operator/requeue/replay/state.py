@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase, set_condition
-from requeue.api.base import ConditionStatus
+from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
+from requeue.api.conditions import Reason
 from requeue.queues import ReplayKeys
 from requeue.queues.keys import Progress
 from requeue.queues.keys import Stage as Stage  # declared with the Redis state; the parts import it from here
@@ -41,7 +41,7 @@ class ReplayEvent:
     """Something worth an Event on the resource (``kubectl describe``)."""
 
     type: Literal["Normal", "Warning"]
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -72,7 +72,7 @@ class StoredProgress:
 class Finish(Exception):
     """Internal: end the replay with this outcome."""
 
-    def __init__(self, phase: ReplayPhase, reason: str, message: str) -> None:
+    def __init__(self, phase: ReplayPhase, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.phase = phase
         self.reason = reason
@@ -90,13 +90,6 @@ def int_field(p: dict[str, str], key: str) -> int:
 def from_ms(ms: int) -> datetime:
     """The UTC moment of a millisecond timestamp stored in the progress hash."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def cond(st: DLQReplayStatus, type: str, status: bool | ConditionStatus, reason: str, message: str,
-         gen: int, now: datetime) -> None:
-    """Set one condition of the status (its transition time changes only with its status)."""
-    st.conditions = set_condition(st.conditions, type=type, status=status, reason=reason,
-                                  message=message, generation=gen, now=now)
 
 
 def spec_values(spec: DLQReplaySpec, fields: Iterable[str]) -> dict[str, Any]:

@@ -13,11 +13,14 @@ from datetime import datetime
 from redis.asyncio import Redis
 
 from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase, Verify, parse_duration
+from requeue.api.base import set_condition
+from requeue.api.conditions import Reason, ReplayCondition
+from requeue.errors import VerificationFailed
 from requeue.queues import BullQueue, ReplayKeys
 from requeue.queues.adapter import text
 from requeue.queues.keys import Progress
 from requeue.replay.moves import copy_id
-from requeue.replay.state import Finish, cond, int_field
+from requeue.replay.state import Finish, int_field
 
 #: Replayed ids checked per verification step.
 VERIFY_CHUNK = 500
@@ -36,7 +39,7 @@ class Verification:
                    gen: int, p: dict[str, str]) -> float:
         """Check the next chunk; at the end of a pass, judge the replay (or wait for the next)."""
         if spec.verify is None:
-            raise Finish(ReplayPhase.SUCCEEDED, "Succeeded",
+            raise Finish(ReplayPhase.SUCCEEDED, Reason.SUCCEEDED,
                          f"moved {st.replayed} of {st.matched} selected jobs")
         pos = int_field(p, Progress.V_POS)
         raw = await self.redis.lrange(self.keys.replayed, pos, pos + VERIFY_CHUNK - 1)
@@ -109,10 +112,10 @@ class Verification:
         too_many = verify.max_failed_again is not None and f_total > verify.max_failed_again
         hopeless = total > 0 and (total - f_total) / total < verify.min_success_rate
         if too_many or hopeless:
-            raise Finish(ReplayPhase.FAILED, "VerificationFailed", summary)
+            raise Finish(ReplayPhase.FAILED, VerificationFailed.reason, summary)
         if pending_total == 0 or now >= window_end:
             if rate >= verify.min_success_rate:
-                raise Finish(ReplayPhase.SUCCEEDED, "Verified", summary)
-            raise Finish(ReplayPhase.FAILED, "VerificationFailed", summary)
-        cond(st, "Progressing", True, "Verifying", st.message, gen, now)
+                raise Finish(ReplayPhase.SUCCEEDED, Reason.VERIFIED, summary)
+            raise Finish(ReplayPhase.FAILED, VerificationFailed.reason, summary)
+        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.VERIFYING, st.message, gen, now)
         return max(0.05, min(VERIFY_POLL, (window_end - now).total_seconds()))
