@@ -227,16 +227,38 @@ def replay(file: str, redis_url: str | None, secrets: tuple[str, ...], dry_run: 
               help="Sample job ids per group.")
 @click.option("-o", "--output", type=click.Choice(["table", "text", "json"]), default=None,
               help="Default: table on a terminal, text otherwise.")
+@click.option("--job", "job_id", metavar="ID",
+              help="Show this one job: name, data, opts, attempts, failure, stack traces, times, state.")
+@click.option("--name", "job_name", metavar="NAME", help="List the failed jobs with this job name.")
+@click.option("--reason", metavar="REASON",
+              help="List the failed jobs with this failure reason (as grouped above, or verbatim).")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Jobs listed at most with --name/--reason.")
 @connect_timeout_option()
 @no_color_option()
 def inspect(redis_url: str, queue: str, prefix: str, top: int, sample: int, output: str | None,
+            job_id: str | None, job_name: str | None, reason: str | None, limit: int,
             connect_timeout: float, no_color: bool) -> None:
     """What is in a queue's failed set: by job name, normalised failure reason and hour. Read-only.
 
-    Exit codes: 0 done, 2 queue not found (no BullMQ key under the prefix) or a usage
-    error, 3 Redis unreachable (retried for --connect-timeout) or authentication failed.
+    --job ID shows one job; --name and/or --reason list the failed jobs of one group.
+
+    Exit codes: 0 done, 2 queue not found (no BullMQ key under the prefix), job not
+    found, or a usage error, 3 Redis unreachable (retried for --connect-timeout) or
+    authentication failed.
     With -o json, a failure prints {"schemaVersion": 1, "error": {reason, message, exitCode}}.
     """
+    if job_id is not None and (job_name is not None or reason is not None):
+        raise click.UsageError("use either --job or --name/--reason, not both")
+    if job_id is not None or job_name is not None or reason is not None:
+        from requeue.commands.job_cmd import run_job_list, run_job_view
+
+        out = "json" if output == "json" else "text"
+        if job_id is not None:
+            sys.exit(run_job_view(redis_url=redis_url, queue=queue, prefix=prefix, job_id=job_id,
+                                  output=out, connect_timeout=connect_timeout))
+        sys.exit(run_job_list(redis_url=redis_url, queue=queue, prefix=prefix, name=job_name, reason=reason,
+                              limit=limit, output=out, connect_timeout=connect_timeout))
     from requeue.commands.inspect_cmd import run_inspect
 
     sys.exit(run_inspect(redis_url=redis_url, queue=queue, prefix=prefix, top=top, sample=sample,

@@ -7,6 +7,9 @@
     │   ├── SpecInvalid             the resource or file does not validate
     │   ├── SecretNotFound          a referenced Secret or key does not exist
     │   ├── QueueNotFound           the queue has no BullMQ key under the prefix (a typo?)
+    │   ├── JobNotFound             no job with that id in the queue (CLI ``inspect --job``)
+    │   ├── ReplayNotFound          no replay state with that id in Redis (CLI ``replays forget``)
+    │   ├── ReplayRunning           the replay has not finished: its keys stay (CLI ``replays forget``)
     │   ├── SelectionChanged        a resumed replay's manifest selects other jobs than at its start
     │   ├── RedisUrlInvalid         the Redis URL (from a Secret or a flag) cannot be parsed
     │   ├── AuthFailed              Redis/Postgres/HTTP refused the credentials
@@ -103,6 +106,27 @@ class QueueNotFound(PermanentError):
     """
 
     reason = Reason.QUEUE_NOT_FOUND
+    exit_code = 2
+
+
+class JobNotFound(PermanentError):
+    """No job with that id in the queue: no job hash and in none of BullMQ's sets."""
+
+    reason = Reason.JOB_NOT_FOUND
+    exit_code = 2
+
+
+class ReplayNotFound(PermanentError):
+    """No replay state with that id in this Redis."""
+
+    reason = Reason.REPLAY_NOT_FOUND
+    exit_code = 2
+
+
+class ReplayRunning(PermanentError):
+    """The replay has not finished; removing its keys would lose its progress."""
+
+    reason = Reason.REPLAY_RUNNING
     exit_code = 2
 
 

@@ -61,6 +61,9 @@ class Reason(StrEnum):
     SPEC_INVALID = "SpecInvalid"
     SECRET_NOT_FOUND = "SecretNotFound"
     QUEUE_NOT_FOUND = "QueueNotFound"
+    JOB_NOT_FOUND = "JobNotFound"
+    REPLAY_NOT_FOUND = "ReplayNotFound"
+    REPLAY_RUNNING = "ReplayRunning"
     SELECTION_CHANGED = "SelectionChanged"
     REDIS_URL_INVALID = "RedisUrlInvalid"
     AUTH_FAILED = "AuthFailed"
@@ -141,6 +144,12 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.SPEC_INVALID: "The spec does not validate; the message names the field (CLI exit 2).",
     Reason.SECRET_NOT_FOUND: "A referenced Secret or key does not exist in the resource's namespace "
                              "(CLI exit 2).",
+    Reason.JOB_NOT_FOUND: "CLI (`requeue inspect --job`): no job with that id in the queue, neither a "
+                          "job hash nor an entry in any of BullMQ's sets (removed, or a typo; exit 2).",
+    Reason.REPLAY_NOT_FOUND: "CLI (`requeue replays forget`): no replay state with that id in this Redis "
+                             "(`requeue replays list` shows the ones there are; exit 2).",
+    Reason.REPLAY_RUNNING: "CLI (`requeue replays forget`): the replay has not finished; its keys are its "
+                           "progress and are not removed while it runs (exit 2).",
     Reason.QUEUE_NOT_FOUND: "The queue has no BullMQ key under the prefix: a typo? The message lists "
                             "the queues that exist there (CLI exit 2).",
     Reason.SELECTION_CHANGED: "A resumed replay's manifest selects other jobs than at its start "

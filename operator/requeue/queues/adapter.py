@@ -212,6 +212,24 @@ class BullQueue:
         """The read of what a copy of the job needs, packed; :func:`copy_source` reads the reply."""
         return pack("HMGET", self.keys.job(job_id), *COPY_FIELDS)
 
+    async def job_hash(self, job_id: str) -> dict[str, str] | None:
+        """Every field of the job's hash as text (``HGETALL``); None when there is no hash."""
+        raw = await self.redis.hgetall(self.keys.job(job_id))
+        if not raw:
+            return None
+        return {text(k) or "": text(v) or "" for k, v in raw.items()}
+
+    async def job_state(self, job_id: str) -> str:
+        """Which of BullMQ's sets holds the job, by BullMQ's ``getStateV2`` (``completed``,
+        ``failed``, ``delayed``, ``prioritized``, ``active``, ``waiting``, ``waiting-children``
+        or ``unknown``: in none of them)."""
+        k = self.keys
+        state = await self.scripts.get_state(
+            keys=[k.completed, k.failed, k.delayed, k.active, k.wait, k.paused, k.key("waiting-children"),
+                  k.prioritized],
+            args=[job_id, k.job(job_id)])
+        return text(state) or "unknown"
+
     # -- pause / resume ------------------------------------------------------
 
     def _pause_keys(self, pause: bool) -> list[str]:
@@ -480,4 +498,23 @@ class BullQueue:
             args=[k.base, round(time.time() * 1000) - grace_ms, limit, state],
         )
         return len(removed or [])
+
+    async def clean_finished(self, state: str, *, cutoff_ms: int, limit: int) -> list[str]:
+        """BullMQ's ``cleanJobsInSet`` on ``completed`` or ``failed``, as ``Queue.clean`` calls it
+        with ``grace = now - cutoff_ms``: removes up to ``limit`` jobs finished at or before
+        ``cutoff_ms``, oldest first; their ids."""
+        if state not in ("completed", "failed"):
+            raise ValueError(f"clean_finished cleans completed or failed, not {state!r}")
+        k = self.keys
+        removed = await self.scripts.clean_jobs_in_set(keys=[k.key(state), k.events, k.repeat],
+                                                       args=[k.base, cutoff_ms, limit, state])
+        return [text(i) or "" for i in removed or []]
+
+    async def clean_finished_preview(self, state: str, *, cutoff_ms: int, limit: int) -> list[str]:
+        """The ids :meth:`clean_finished` would remove now (the same ``ZRANGEBYSCORE`` BullMQ's
+        script starts from), touching nothing."""
+        if state not in ("completed", "failed"):
+            raise ValueError(f"clean_finished_preview reads completed or failed, not {state!r}")
+        ids = await self.redis.zrangebyscore(self.keys.key(state), 0, cutoff_ms, start=0, num=limit)
+        return [text(i) or "" for i in ids]
 

@@ -18,7 +18,7 @@ from requeue.queues import lua
 
 #: BullMQ scripts requeue calls.
 BULLMQ_SCRIPTS = ("reprocessJob", "moveJobsToWait", "pause", "getCounts", "cleanJobsInSet", "removeJob",
-                  "addStandardJob", "addPrioritizedJob", "addDelayedJob")
+                  "addStandardJob", "addPrioritizedJob", "addDelayedJob", "getStateV2")
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class Scripts:
     batch_head: AsyncScript
     acquire_lease: AsyncScript
     release_lease: AsyncScript
+    get_state: AsyncScript
 
 
 _CACHE: dict[str, str] = {}
@@ -82,4 +83,5 @@ def register(redis: Redis) -> Scripts:
         batch_head=reg(lua.BATCH_HEAD),
         acquire_lease=reg(lua.ACQUIRE_LEASE),
         release_lease=reg(lua.RELEASE_LEASE),
+        get_state=reg(_bullmq("getStateV2")),
     )
