@@ -130,8 +130,7 @@ async def test_sigkill_at_20_random_points_of_a_20k_replay_moves_each_job_once(
         """The stored status may lag Redis (it is written every few seconds), never lead it."""
         st = await asyncio.to_thread(status, kube, "big")
         assert st.get("replayed", 0) <= seen.replayed, (st, seen.progress)
-        if "matched" in seen.progress and st.get("matched"):
-            assert st["matched"] == int(seen.progress["matched"]), (st, seen.progress)
+        assert st.get("matched", 0) <= int(seen.progress.get("matched") or 0), (st, seen.progress)
 
     log = KillLog(kill_points(SEED, KILLS, JOBS, margin=2000))
     await kill_at_points(operator, redis_client, the_uid, all_ids, log, check_status=status_never_ahead)

@@ -45,16 +45,17 @@ LEASE = "requeue:lease:bull:default"
 
 
 @contextlib.asynccontextmanager
-async def lease_holders(client: aioredis.Redis) -> AsyncIterator[set[str]]:
-    """Every value the queue's lease held while the block ran, sampled every 10 ms (a sample can
-    miss a short-lived holder, never invent one)."""
-    seen: set[str] = set()
+async def lease_holders(client: aioredis.Redis) -> AsyncIterator[list[tuple[int, int, str]]]:
+    """Every value the queue's lease held while the block ran, as ``(ms before, ms after, value)``
+    of each GET, sampled every 10 ms (a sample can miss a short-lived holder, never invent one)."""
+    seen: list[tuple[int, int, str]] = []
 
     async def sample() -> None:
         while True:
+            before = time.time_ns() // 1_000_000
             value = await client.get(LEASE)
             if value:
-                seen.add(value)
+                seen.append((before, time.time_ns() // 1_000_000, value))
             await asyncio.sleep(0.01)
 
     task = asyncio.create_task(sample())
@@ -117,11 +118,15 @@ async def test_two_operators_one_driver_per_queue_no_double_moves_and_the_rate_h
     spans = sorted((s.ms("started_ms"), s.ms("replayed_ms"), name) for name, s in seen.items())
     assert spans[0][1] <= spans[1][0], f"both replays moved jobs at once: {spans}"
 
-    # one process drove each replay: one driver token per replay id in the lease
+    # one process drove each replay: while it moved jobs, one driver token held the lease for it
+    # (after its last move the other process may take the lease for a moment to see it is done)
+    spans_by_id = {uids[name]: (s.ms("started_ms"), s.ms("replayed_ms")) for name, s in seen.items()}
     drivers: dict[str, set[str]] = {}
-    for value in holders:
+    for before, after, value in holders:
         replay_id, _owner, token, where = value.split(" ")
-        drivers.setdefault(replay_id, set()).add(f"{token} {where}")
+        start, end = spans_by_id[replay_id]
+        if start <= before and after <= end:
+            drivers.setdefault(replay_id, set()).add(f"{token} {where}")
     assert set(drivers) == set(uids.values()), holders
     assert all(len(d) == 1 for d in drivers.values()), drivers
     pids = {int(w.rpartition(":")[2]) for d in drivers.values() for w in d}
