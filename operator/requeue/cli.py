@@ -265,6 +265,79 @@ def inspect(redis_url: str, queue: str, prefix: str, top: int, sample: int, outp
                          output=output or "auto", no_color=no_color, connect_timeout=connect_timeout))
 
 
+def _queue_options(f: FC) -> FC:
+    """The options pause, resume and clean share: ``--redis-url``, ``--queue``, ``--prefix``,
+    ``--dry-run``, ``-o``, ``--connect-timeout``, ``--no-color``."""
+    for option in reversed((
+        redis_url_option(required=True, help="Redis URL [env REQUEUE_REDIS_URL]."),
+        click.option("--queue", required=True, help="BullMQ queue name."),
+        click.option("--prefix", default="bull", show_default=True, help="BullMQ key prefix."),
+        click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing."),
+        click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+                     show_default=True),
+        connect_timeout_option(),
+        no_color_option(expose=False),
+    )):
+        f = option(f)
+    return f
+
+
+_QUEUE_EXIT_CODES = """Exit codes: 0 done (or nothing to do), 2 queue not found (no BullMQ key under the
+    prefix) or a usage error, 3 Redis unreachable (retried for --connect-timeout) or authentication
+    failed. With -o json, a failure prints {"schemaVersion": 1, "error": {reason, message, exitCode}}."""
+
+
+@main.command(cls=JsonErrorsCommand)
+@_queue_options
+def pause(redis_url: str, queue: str, prefix: str, dry_run: bool, output: str,
+          connect_timeout: float) -> None:
+    """Pause a queue (BullMQ's own pause script): workers take no new jobs; active ones finish."""
+    from requeue.commands.pause_cmd import run_pause
+
+    sys.exit(run_pause(pause=True, redis_url=redis_url, queue=queue, prefix=prefix, dry_run=dry_run,
+                       output=output, connect_timeout=connect_timeout))
+
+
+@main.command(cls=JsonErrorsCommand)
+@_queue_options
+def resume(redis_url: str, queue: str, prefix: str, dry_run: bool, output: str,
+          connect_timeout: float) -> None:
+    """Resume a paused queue, saying who had paused it when requeue knows (a replay, a QueuePolicy)."""
+    from requeue.commands.pause_cmd import run_pause
+
+    sys.exit(run_pause(pause=False, redis_url=redis_url, queue=queue, prefix=prefix, dry_run=dry_run,
+                       output=output, connect_timeout=connect_timeout))
+
+
+def _grace(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    from requeue.api.base import parse_duration
+
+    try:
+        return parse_duration(value).total_seconds()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+@main.command(cls=JsonErrorsCommand)
+@_queue_options
+@click.option("--state", required=True, type=click.Choice(["completed", "failed"]), help="The set to clean.")
+@click.option("--grace", default="1h", show_default=True, callback=_grace, metavar="DURATION",
+              help="Keep jobs that finished less than this long ago (e.g. 30m, 1h, 7d).")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Remove at most this many jobs (oldest first).")
+def clean(redis_url: str, queue: str, prefix: str, dry_run: bool, output: str, connect_timeout: float,
+          state: str, grace: float, limit: int) -> None:
+    """Remove old completed or failed jobs with BullMQ's own cleanJobsInSet (as Queue.clean does)."""
+    from requeue.commands.clean_cmd import run_clean
+
+    sys.exit(run_clean(redis_url=redis_url, queue=queue, prefix=prefix, state=state, grace_s=grace,
+                       limit=limit, dry_run=dry_run, output=output, connect_timeout=connect_timeout))
+
+
+for _command in (pause, resume, clean):
+    _command.help = f"{_command.help}\n\n    {_QUEUE_EXIT_CODES}"
+
+
 @main.command()
 @click.option("--jobs", type=click.IntRange(min=10, max=200_000), default=3000, show_default=True,
               help="Failed jobs to seed (60% whatsapp.send, 25% pdf.generate, 15% email.send).")

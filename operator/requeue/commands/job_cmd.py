@@ -44,7 +44,7 @@ from requeue.errors import JobNotFound, RequeueError
 from requeue.queues import BullQueue, Cursor, connect, map_redis_error
 from requeue.replay import normalize_reason
 
-__all__ = ["DATA_LIMIT", "STACK_LIMIT", "JobView", "bounded", "run_job_list", "run_job_view"]
+__all__ = ["DATA_LIMIT", "STACK_LIMIT", "JobView", "bounded", "run_job_list", "run_job_view", "run_on_queue"]
 
 #: Bytes of a job's data printed (text and JSON output); the rest is counted, not shown.
 DATA_LIMIT = 10 * 1024
@@ -188,8 +188,11 @@ def _problems(fields: dict[str, str] | None) -> list[str]:
     return out
 
 
-def _run(redis_url: str, json_output: bool, connect_timeout: float,
-         work: Callable[[BullQueue], Any], queue: str, prefix: str) -> tuple[Any, Secrets] | int:
+def run_on_queue(redis_url: str, json_output: bool, connect_timeout: float,
+                 work: Callable[[BullQueue], Any], queue: str, prefix: str) -> tuple[Any, Secrets] | int:
+    """Connect as ``inspect`` does (``--connect-timeout`` retries), refuse a queue without BullMQ keys
+    (QueueNotFound), ``await work(queue)``; its result and the secrets to redact output with, or the
+    exit code after printing the named error (``-o json``: the error object too)."""
     secrets = Secrets()
     secrets.add_url(redis_url)
 
@@ -225,7 +228,7 @@ def run_job_view(*, redis_url: str, queue: str, prefix: str, job_id: str, output
                               "in none of BullMQ's sets (removed, or a typo?)", queue=queue)
         return JobView(queue, prefix, job_id, state, fields or {}, _problems(fields))
 
-    result = _run(redis_url, output == "json", connect_timeout, read, queue, prefix)
+    result = run_on_queue(redis_url, output == "json", connect_timeout, read, queue, prefix)
     if isinstance(result, int):
         return result
     view, secrets = result
@@ -273,7 +276,7 @@ def run_job_list(*, redis_url: str, queue: str, prefix: str, name: str | None, r
     async def read(bull: BullQueue) -> tuple[list[ListedJob], int, bool]:
         return await _matching(bull, name, reason, limit)
 
-    result = _run(redis_url, output == "json", connect_timeout, read, queue, prefix)
+    result = run_on_queue(redis_url, output == "json", connect_timeout, read, queue, prefix)
     if isinstance(result, int):
         return result
     (jobs, scanned, more), secrets = result
