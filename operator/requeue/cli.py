@@ -338,6 +338,41 @@ for _command in (pause, resume, clean):
     _command.help = f"{_command.help}\n\n    {_QUEUE_EXIT_CODES}"
 
 
+@main.group()
+def replays() -> None:
+    """The replays whose state lives in a Redis: list them, forget a finished one.
+
+    Exit codes: 0 done, 2 no such replay, the replay has not finished (ReplayRunning), or a
+    usage error, 3 Redis unreachable (retried for --connect-timeout) or authentication failed.
+    """
+
+
+@replays.command("list", cls=JsonErrorsCommand)
+@redis_url_option(required=True, help="Redis URL [env REQUEUE_REDIS_URL].")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@connect_timeout_option()
+@no_color_option(expose=False)
+def replays_list(redis_url: str, output: str, connect_timeout: float) -> None:
+    """Every replay with state in this Redis: id, queue, phase, counts, age, when its keys expire."""
+    from requeue.commands.replays_cmd import run_replays_list
+
+    sys.exit(run_replays_list(redis_url=redis_url, output=output, connect_timeout=connect_timeout))
+
+
+@replays.command("forget", cls=JsonErrorsCommand)
+@click.argument("replay_id", metavar="ID")
+@redis_url_option(required=True, help="Redis URL [env REQUEUE_REDIS_URL].")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@connect_timeout_option()
+@no_color_option(expose=False)
+def replays_forget(replay_id: str, redis_url: str, output: str, connect_timeout: float) -> None:
+    """Delete a finished replay's keys now (they expire 3 days after it ends); a running one is refused."""
+    from requeue.commands.replays_cmd import run_replays_forget
+
+    sys.exit(run_replays_forget(redis_url=redis_url, replay_id=replay_id, output=output,
+                                connect_timeout=connect_timeout))
+
+
 @main.command()
 @click.option("--jobs", type=click.IntRange(min=10, max=200_000), default=3000, show_default=True,
               help="Failed jobs to seed (60% whatsapp.send, 25% pdf.generate, 15% email.send).")

@@ -1,0 +1,189 @@
+"""``requeue replays list`` and ``requeue replays forget ID``: the replays whose state lives in a Redis.
+
+Every replay (the operator's and the CLI's ``cli-*``) keeps its progress and
+snapshot under ``requeue:replay:<id>:`` (:class:`requeue.queues.keys.ReplayKeys`)
+for 3 days after it ends. ``list`` shows them; ``forget`` deletes a finished one's
+keys at once. A replay that has not finished (its stage is not ``done``) is never
+touched: its keys are its progress, and rerunning its command resumes from them
+(``ReplayRunning``, exit 2).
+
+``list -o json`` (``schemaVersion`` 1)::
+
+    {"schemaVersion": 1, "replays": [{"id": "cli-ops-replay-1", "queue": "default",
+      "owner": "ops/replay-1", "stage": "done", "phase": "Succeeded", "finished": true,
+      "matched": 25, "replayed": 25, "skipped": 0, "missing": 0,
+      "startedAt": "...Z", "finishedAt": "...Z", "ageSeconds": 3600, "expiresInSeconds": 255600}]}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from redis import exceptions as rx
+from redis.asyncio import Redis
+
+from requeue.commands.output import ConnectRetry, Secrets, connect_retrying, print_json, report_error
+from requeue.errors import ReplayNotFound, ReplayRunning, RequeueError
+from requeue.queues import ReplayKeys, connect, map_redis_error
+from requeue.queues.keys import Progress, Stage
+
+__all__ = ["run_replays_forget", "run_replays_list"]
+
+T = TypeVar("T")
+#: Keys a listing may make Redis visit (SCAN pages of 1000).
+_SCAN_BUDGET = 200_000
+_FIELDS = (Progress.STAGE, Progress.QUEUE, Progress.OWNER, Progress.OUTCOME, Progress.MATCHED,
+           Progress.REPLAYED, Progress.SKIPPED, Progress.MISSING, Progress.STARTED_MS, Progress.FINISHED_MS)
+
+
+def _s(value: Any) -> str | None:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _iso(ms: str | None) -> str | None:
+    try:
+        return datetime.fromtimestamp(int(ms or "") / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return None
+
+
+def _run(redis_url: str, json_output: bool, connect_timeout: float,
+         work: Callable[[Redis], Awaitable[T]]) -> tuple[T, Secrets] | int:
+    secrets = Secrets()
+    secrets.add_url(redis_url)
+
+    def note(text: str) -> None:
+        print(f"requeue: {secrets.redact(text)}", file=sys.stderr, flush=True)
+
+    async def go() -> T:
+        redis = await connect_retrying(lambda: connect(redis_url), ConnectRetry(connect_timeout), note)
+        try:
+            return await work(redis)
+        except (rx.RedisError, OSError) as exc:
+            raise map_redis_error(exc, url=redis_url) from None
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(go()), secrets
+    except RequeueError as exc:
+        return report_error(exc, secrets, json_output=json_output)
+
+
+async def _describe(redis: Redis, replay_id: str, now_ms: int) -> dict[str, Any] | None:
+    keys = ReplayKeys(replay_id)
+    values = [_s(v) for v in await redis.hmget(keys.progress, list(_FIELDS))]
+    if all(v is None for v in values):
+        return None
+    p = dict(zip(_FIELDS, values, strict=True))
+    finished = p[Progress.STAGE] == Stage.DONE
+
+    def count(f: Progress) -> int:
+        try:
+            return int(p[f] or 0)
+        except ValueError:
+            return 0
+
+    started = p[Progress.STARTED_MS]
+    ttl = int(await redis.ttl(keys.progress))
+    return {
+        "id": replay_id, "queue": p[Progress.QUEUE], "owner": p[Progress.OWNER], "stage": p[Progress.STAGE],
+        "phase": (p[Progress.OUTCOME] or "Finished") if finished else "Running",
+        "finished": finished, "matched": count(Progress.MATCHED), "replayed": count(Progress.REPLAYED),
+        "skipped": count(Progress.SKIPPED), "missing": count(Progress.MISSING),
+        "startedAt": _iso(started), "finishedAt": _iso(p[Progress.FINISHED_MS]),
+        "ageSeconds": (now_ms - int(started)) // 1000 if started and started.isdigit() else None,
+        "expiresInSeconds": ttl if ttl >= 0 else None,
+    }
+
+
+async def _list(redis: Redis) -> list[dict[str, Any]]:
+    pattern = ReplayKeys("*").progress
+    head, tail = pattern.split("*")
+    ids: set[str] = set()
+    cursor, visited = 0, 0
+    while True:
+        cursor, batch = await redis.scan(cursor=cursor, match=pattern, count=1000)
+        visited += 1000
+        for raw in batch:
+            key = _s(raw) or ""
+            replay_id = key[len(head):-len(tail)]
+            if replay_id and ":" not in replay_id:
+                ids.add(replay_id)
+        if int(cursor) == 0 or visited >= _SCAN_BUDGET:
+            break
+    now_ms = round(time.time() * 1000)
+    out = [d for d in [await _describe(redis, i, now_ms) for i in sorted(ids)] if d is not None]
+    return sorted(out, key=lambda d: d["startedAt"] or "", reverse=True)
+
+
+def run_replays_list(*, redis_url: str, output: str, connect_timeout: float) -> int:
+    """Print the replays in this Redis, newest first; 0, or 3 when Redis is unreachable."""
+    result = _run(redis_url, output == "json", connect_timeout, _list)
+    if isinstance(result, int):
+        return result
+    replays, secrets = result
+    if output == "json":
+        print_json(secrets.redact_json({"schemaVersion": 1, "replays": replays}))
+        return 0
+    lines = [f"{'ID':<36}  {'QUEUE':<16}  {'PHASE':<10}  {'STAGE':<10}  {'MATCHED':>8}  {'REPLAYED':>8}  "
+             f"{'AGE':>8}  EXPIRES IN"]
+    for r in replays:
+        secs, ttl = r["ageSeconds"], r["expiresInSeconds"]
+        age = f"{secs // 3600}h{secs % 3600 // 60:02d}m" if secs is not None else "-"
+        expires = f"{ttl // 3600}h" if ttl is not None else "never (running)"
+        lines.append(f"{r['id']:<36}  {r['queue'] or '-':<16}  {r['phase']:<10}  {r['stage'] or '-':<10}  "
+                     f"{r['matched']:>8}  {r['replayed']:>8}  {age:>8}  {expires}")
+    if not replays:
+        lines = ["no replay state in this Redis"]
+    print(secrets.redact("\n".join(lines)), flush=True)
+    return 0
+
+
+def run_replays_forget(*, redis_url: str, replay_id: str, output: str, connect_timeout: float) -> int:
+    """Delete a finished replay's keys; 0, 2 when there is no such replay or it has not finished,
+    3 when Redis is unreachable."""
+
+    async def forget(redis: Redis) -> dict[str, Any]:
+        described = await _describe(redis, replay_id, round(time.time() * 1000))
+        if described is None:
+            raise ReplayNotFound(f'no replay "{replay_id}" in this Redis (no key '
+                                 f"{ReplayKeys(replay_id).progress}); `requeue replays list` shows the "
+                                 "replays there are", replay=replay_id)
+        if not described["finished"]:
+            raise ReplayRunning(
+                f'replay "{replay_id}" of queue "{described["queue"]}" has not finished (stage '
+                f'{described["stage"]}); its keys are its progress and stay. Rerun its command to finish '
+                "it (or delete the DLQReplay), then forget it", replay=replay_id)
+        keys = ReplayKeys(replay_id)
+        async with redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(keys.progress)  # a replay that starts again meanwhile aborts the delete
+            if _s(await pipe.hget(keys.progress, Progress.STAGE)) != Stage.DONE:
+                raise ReplayRunning(f'replay "{replay_id}" started again while being forgotten; its keys '
+                                    "stay", replay=replay_id)
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.delete(*keys.all(), keys.legacy_copied)
+            try:
+                deleted = int((await pipe.execute())[0])
+            except rx.WatchError:
+                raise ReplayRunning(f'replay "{replay_id}" changed while being forgotten; its keys stay',
+                                    replay=replay_id) from None
+        return {"schemaVersion": 1, "id": replay_id, "forgotten": True, "keysDeleted": deleted,
+                "replay": described}
+
+    result = _run(redis_url, output == "json", connect_timeout, forget)
+    if isinstance(result, int):
+        return result
+    report, secrets = result
+    if output == "json":
+        print_json(secrets.redact_json(report))
+    else:
+        done = report["replay"]
+        print(secrets.redact(f"forgot replay {replay_id} ({done['phase']}, queue {done['queue']}): "
+                             f"{report['keysDeleted']} keys deleted"), flush=True)
+    return 0
