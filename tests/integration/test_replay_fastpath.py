@@ -255,3 +255,19 @@ async def test_sigkill_mid_fast_replay_then_rerun_moves_each_job_once(
     moved = [*await redis_client.lrange(K.wait, 0, -1), *await redis_client.zrange(K.prioritized, 0, -1)]
     assert len(moved) == len(set(moved)) == 200 and set(moved) == set(ids)
     assert await redis_client.zcard(K.failed) == 0
+
+
+async def test_the_in_redis_json_shape_check_trims_whitespace_and_names_the_rest_corrupt(
+    redis_url: str, r: aioredis.Redis
+) -> None:
+    """SELECT_WINDOW checks a job's data only looks like JSON, trimming ASCII whitespace by
+    bytes (a trimming Lua pattern was quadratic on a long inner run of spaces)."""
+    ids = await make_failed_jobs(redis_url, Q, [JobSpec("mail.send", {"n": n}) for n in range(6)])
+    shapes = {ids[0]: '  {"n": 0}\n', ids[1]: '\t"text"  ', ids[2]: "   \r\n",
+              ids[3]: " a" + " " * 200_000 + "b ", ids[4]: '"', ids[5]: "[1, 2]"}
+    for job_id, data in shapes.items():
+        await r.hset(K.job(job_id), "data", data)
+    st = await drive(ReplayEngine(r, replay_id="shape", owner="ops/shape"), make_spec())
+    assert (st.matched, st.corrupt) == (3, 3), st
+    assert sorted(st.corrupt_ids) == sorted([ids[2], ids[3], ids[4]])
+    assert sorted(await r.lrange(K.wait, 0, -1)) == sorted([ids[0], ids[1], ids[5]])

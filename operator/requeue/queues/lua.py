@@ -318,18 +318,18 @@ local matched = tonumber(p[4]) or 0
 """ + _AFTER_CURSOR + _TIME_BUDGET + r"""
 local decode = cjson.decode
 local byte = string.byte
+local function space(b) return b == 32 or (b >= 9 and b <= 13) end
 local function json_ok(s)
   if exact then return (pcall(decode, s)) end
-  local f, l = byte(s, 1), byte(s, -1)
-  if not f then return false end
-  if f <= 32 or l <= 32 then
-    s = string.match(s, "^%s*(.-)%s*$")
-    if s == "" then return false end
-    f, l = byte(s, 1), byte(s, -1)
-  end
+  -- trim by bytes: a Lua pattern such as "^%s*(.-)%s*$" is quadratic on a long inner run of spaces
+  local i, j = 1, #s
+  while i <= j and space(byte(s, i)) do i = i + 1 end
+  while j > i and space(byte(s, j)) do j = j - 1 end
+  if i > j then return false end
+  local f, l = byte(s, i), byte(s, j)
   if f == 123 then return l == 125 end
   if f == 91 then return l == 93 end
-  if f == 34 then return l == 34 and #s > 1 end
+  if f == 34 then return l == 34 and j > i end
   if f == 116 or f == 102 then return l == 101 end
   if f == 110 then return l == 108 end
   if f == 45 or (f >= 48 and f <= 57) then return l >= 48 and l <= 57 end
