@@ -6,6 +6,7 @@ fixture skips: a missing service is a failed test with the reason spelled out.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,13 +23,20 @@ if str(TESTS_DIR) not in sys.path:  # keeps `support` importable even if tests/ 
 
 from support.kube import Kube, start_kube  # noqa: E402
 from support.operator_proc import DEFAULT_COMMAND, OperatorProcess  # noqa: E402
-from support.redis_server import RedisServer  # noqa: E402
+from support.redis_server import RedisServer, find_redis_server  # noqa: E402
 from support.tcp_proxy import TcpProxy  # noqa: E402
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 # ---------------------------------------------------------------- Redis
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Name the redis-server binary and version the session runs on (``make test-redis62`` picks 6.2)."""
+    binary = find_redis_server()
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout
+    return f"redis-server: {binary} ({version.strip()})"
 
 
 @pytest.fixture(scope="session")

