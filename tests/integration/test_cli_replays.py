@@ -54,7 +54,9 @@ async def test_forget_refuses_a_replay_that_has_not_finished(redis_url: str,
     await redis_client.rpush(keys.snapshot, "1", "2", "3")
     before = keyspace(redis_url)
 
-    listed = json.loads(cli("replays", "list", "--redis-url", redis_url, "-o", "json").stdout)["replays"]
+    res = cli("replays", "list", "--redis-url", redis_url, "-o", "json")
+    assert res.code == 0, res.output
+    listed = json.loads(res.stdout)["replays"]
     assert [(r["id"], r["phase"], r["finished"]) for r in listed] == [("cli-ops-crashed", "Running", False)]
 
     res = cli("replays", "forget", "cli-ops-crashed", "--redis-url", redis_url, "-o", "json")
