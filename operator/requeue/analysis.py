@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from requeue.clock import utcnow
 from requeue.queues import DEFAULT_PAGE_SIZE, BullQueue, Cursor, FailedJob
 from requeue.replay import normalize_reason
 
-__all__ = ["INSPECT_SCHEMA_VERSION", "MAX_GROUPS", "Breakdown", "FailedSetReport", "Group",
+__all__ = ["INSPECT_SCHEMA_VERSION", "MAX_GROUPS", "FailedSetReport", "Group", "TopGroups",
            "analyse_failed_set"]
 
 #: Version of the ``-o json`` shape; bumped only on an incompatible change.
@@ -59,7 +60,7 @@ class Group:
 
 
 @dataclass
-class Breakdown:
+class TopGroups:
     """The largest groups of one dimension, and what was left out."""
 
     groups: list[Group]
@@ -101,13 +102,13 @@ class _Tally:
         if n < self.want:
             self.samples[key].append(job_id)
 
-    def top(self, n: int, label: Callable[[Any], str], *, chronological: bool = False) -> Breakdown:
+    def top(self, n: int, label: Callable[[Any], str], *, chronological: bool = False) -> TopGroups:
         ranked = sorted(self.counts.items(), key=lambda kv: (-kv[1], label(kv[0])))
         shown = ranked[:n]
         if chronological:
             shown.sort(key=lambda kv: kv[0])
         rest = ranked[n:]
-        return Breakdown(
+        return TopGroups(
             groups=[Group(label(k), c, self.samples[k]) for k, c in shown],
             other_groups=len(rest),
             other_jobs=sum(c for _, c in rest) + self.overflow,
@@ -128,9 +129,9 @@ class FailedSetReport:
     corrupt_by_problem: dict[str, int]
     oldest_ms: int | None
     newest_ms: int | None
-    by_name: Breakdown
-    by_reason: Breakdown
-    by_hour: Breakdown
+    by_name: TopGroups
+    by_reason: TopGroups
+    by_hour: TopGroups
     counts: dict[str, int] = field(default_factory=dict)
     paused: bool = False
     elapsed_s: float = 0.0
@@ -182,7 +183,7 @@ async def analyse_failed_set(
     :param on_page: called with the running total after each page (progress display).
     """
     started = time.perf_counter()
-    scanned_at = datetime.now(UTC)
+    scanned_at = utcnow()
     counts = await queue.counts()
     paused = await queue.is_paused()
     upper = await _upper_bound(queue)

@@ -70,9 +70,9 @@ class JsonErrorsCommand(click.Command):
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as exc:
             if _wants_json(raw):
-                from requeue.commands.output import Secrets, error_object, print_json
+                from requeue.commands.output import RedactedValues, error_object, print_json
 
-                secrets = Secrets()
+                secrets = RedactedValues()
                 for value in (*raw, os.environ.get("REQUEUE_REDIS_URL")):
                     secrets.add_url(value if value and "://" in value else None)
                 print_json(error_object("UsageError", exc.format_message(), exc.exit_code, secrets))

@@ -49,7 +49,7 @@ class Thresholds(ApiModel):
     )
 
 
-class AutoReplay(ApiModel):
+class AutoReplaySpec(ApiModel):
     """Replay jobs that failed during an outage once its gates have been green for a while."""
 
     selector: Selector = Field(default_factory=Selector, description="Which failed jobs qualify.")
@@ -71,7 +71,7 @@ class CleanRule(ApiModel):
     limit: int = Field(default=1000, ge=1, le=100_000, description="Most jobs removed per evaluation.")
 
 
-class Clean(ApiModel):
+class CleanSpec(ApiModel):
     """Retention for finished jobs, applied with BullMQ's own clean script."""
 
     completed: CleanRule | None = Field(default=None, description="Retention of completed jobs.")
@@ -84,8 +84,8 @@ class Actions(ApiModel):
     pause_while_gates_fail: bool = Field(
         default=False, description="Pause every queue while a gate is red; resume when all are green."
     )
-    auto_replay: AutoReplay | None = Field(default=None, description="Replay after recovery.")
-    clean: Clean | None = Field(default=None, description="Clean old finished jobs.")
+    auto_replay: AutoReplaySpec | None = Field(default=None, description="Replay after recovery.")
+    clean: CleanSpec | None = Field(default=None, description="Clean old finished jobs.")
 
 
 class Alerts(ApiModel):

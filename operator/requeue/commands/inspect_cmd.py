@@ -46,10 +46,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from requeue.analysis import Breakdown, FailedSetReport, analyse_failed_set
+from requeue.analysis import FailedSetReport, TopGroups, analyse_failed_set
 from requeue.commands.output import (
     ConnectRetry,
-    Secrets,
+    RedactedValues,
     connect_retrying,
     is_tty,
     make_console,
@@ -70,7 +70,7 @@ def run_inspect(*, redis_url: str, queue: str, prefix: str = "bull", top: int = 
     :param output: ``table``, ``text``, ``json``, or ``auto`` (table on a terminal, else text).
     :param no_color: no colours (also when ``NO_COLOR`` is set; see :func:`.output.make_console`).
     """
-    secrets = Secrets()
+    secrets = RedactedValues()
     secrets.add_url(redis_url)
 
     def note(text: str) -> None:
@@ -128,7 +128,7 @@ def render_text(r: FailedSetReport) -> str:
     """Plain, aligned text: one block per breakdown; no colours, no box drawing."""
     out = _headline(r)
     for attr, title in _TITLES:
-        b: Breakdown = getattr(r, attr)
+        b: TopGroups = getattr(r, attr)
         out.append("")
         width = max([len(title), *(len(g.key) for g in b.groups)])
         out.append(f"{title:<{width}}  {'COUNT':>8}  {'SHARE':>6}  SAMPLE IDS")
@@ -147,14 +147,14 @@ def render_text(r: FailedSetReport) -> str:
     return "\n".join(out) + "\n"
 
 
-def _print_tables(r: FailedSetReport, console: Console, secrets: Secrets) -> None:
+def _print_tables(r: FailedSetReport, console: Console, secrets: RedactedValues) -> None:
     """The rich tables; every value is redacted before rich lays it out (a job name or a failure
     reason may quote a secret, and a table could cut it where no later redaction would find it)."""
     hide = secrets.redact
     for line in _headline(r):
         console.print(hide(line), highlight=False, markup=False)
     for attr, title in _TITLES:
-        b: Breakdown = getattr(r, attr)
+        b: TopGroups = getattr(r, attr)
         table = Table(title=f"by {title.lower()}", title_justify="left")
         table.add_column(title.split(" (")[0].title(), overflow="fold")
         table.add_column("Count", justify="right")

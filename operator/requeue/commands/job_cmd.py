@@ -35,7 +35,7 @@ from redis import exceptions as rx
 
 from requeue.commands.output import (
     ConnectRetry,
-    Secrets,
+    RedactedValues,
     connect_retrying,
     print_json,
     report_error,
@@ -189,11 +189,12 @@ def _problems(fields: dict[str, str] | None) -> list[str]:
 
 
 def run_on_queue(redis_url: str, json_output: bool, connect_timeout: float,
-                 work: Callable[[BullQueue], Any], queue: str, prefix: str) -> tuple[Any, Secrets] | int:
+                 work: Callable[[BullQueue], Any], queue: str,
+                 prefix: str) -> tuple[Any, RedactedValues] | int:
     """Connect as ``inspect`` does (``--connect-timeout`` retries), refuse a queue without BullMQ keys
     (QueueNotFound), ``await work(queue)``; its result and the secrets to redact output with, or the
     exit code after printing the named error (``-o json``: the error object too)."""
-    secrets = Secrets()
+    secrets = RedactedValues()
     secrets.add_url(redis_url)
 
     def note(text: str) -> None:

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from requeue.errors import (
     AuthFailed,
+    Forbidden,
     RedisUnavailable,
     RequeueError,
     SecretNotFound,
@@ -29,7 +30,7 @@ from requeue.errors import (
 )
 from requeue.redact import redact_text, sensitive_parts
 
-__all__ = ["ERROR_SCHEMA_VERSION", "EXIT_INTERRUPTED", "ConnectRetry", "Secrets", "color_wanted",
+__all__ = ["ERROR_SCHEMA_VERSION", "EXIT_INTERRUPTED", "ConnectRetry", "RedactedValues", "color_wanted",
            "connect_retrying", "error_label", "error_object", "is_tty", "make_console", "print_json",
            "report_error"]
 
@@ -41,8 +42,9 @@ EXIT_INTERRUPTED = 130
 ERROR_SCHEMA_VERSION = 1
 
 
-class Secrets:
-    """Values that must never be printed, collected as a command learns them."""
+class RedactedValues:
+    """Values that must never be printed, collected as a command learns them (the values
+    themselves, not where they come from: that is :mod:`requeue.secrets`)."""
 
     def __init__(self) -> None:
         self.values: list[str] = []
@@ -72,7 +74,12 @@ class Secrets:
         return value
 
 
-def error_object(reason: str, message: str, exit_code: int, secrets: Secrets,
+#: The former name, kept only for command modules being written while it changed; not in
+#: ``__all__``: new code uses :class:`RedactedValues`.
+Secrets = RedactedValues
+
+
+def error_object(reason: str, message: str, exit_code: int, secrets: RedactedValues,
                  **extra: Any) -> dict[str, Any]:
     """What ``-o json`` prints on stdout when a command fails, so a script always gets JSON:
     ``{"schemaVersion": 1, "error": {"reason", "message", "exitCode"}}`` (redacted), plus
@@ -90,6 +97,8 @@ def print_json(value: Any) -> None:
 
 def error_label(exc: RequeueError) -> str:
     """A few words saying what kind of failure it is, for the start of the error line."""
+    if isinstance(exc, Forbidden):
+        return "forbidden by the Redis ACL"
     if isinstance(exc, AuthFailed):
         return "authentication failed"
     if isinstance(exc, RedisUnavailable):
@@ -103,7 +112,7 @@ def error_label(exc: RequeueError) -> str:
     return exc.reason
 
 
-def report_error(exc: RequeueError, secrets: Secrets, *, json_output: bool = False,
+def report_error(exc: RequeueError, secrets: RedactedValues, *, json_output: bool = False,
                  **extra: Any) -> int:
     """Print ``requeue: <label>: <message>`` (redacted) on stderr and, with ``json_output``, the
     :func:`error_object` on stdout; return the exit code."""

@@ -75,13 +75,14 @@ from requeue.api.loading import parse
 from requeue.commands.output import (
     EXIT_INTERRUPTED,
     ConnectRetry,
-    Secrets,
+    RedactedValues,
     connect_retrying,
     make_console,
     report_error,
 )
 from requeue.errors import (
     AuthFailed,
+    Forbidden,
     QueueNotFound,
     RedisUnavailable,
     RequeueError,
@@ -103,6 +104,7 @@ PLAIN_PROGRESS_INTERVAL = 5.0
 #: Condition reasons that end the CLI with exit code 3 (Redis) or 2 (spec/secret), else 1.
 _EXIT_BY_REASON: dict[str, int] = {
     AuthFailed.reason: AuthFailed.exit_code,
+    Forbidden.reason: Forbidden.exit_code,
     RedisUnavailable.reason: RedisUnavailable.exit_code,
     SpecInvalid.reason: SpecInvalid.exit_code,
     SecretNotFound.reason: SecretNotFound.exit_code,
@@ -183,7 +185,7 @@ def exit_code_for(status: DLQReplayStatus) -> int:
 class Reporter:
     """Plain lines: one per phase change and per engine event, a progress line now and then."""
 
-    def __init__(self, stream: TextIO, secrets: Secrets) -> None:
+    def __init__(self, stream: TextIO, secrets: RedactedValues) -> None:
         self.stream = stream
         self.secrets = secrets
         self.phase: ReplayPhase | None = None
@@ -213,7 +215,7 @@ class Reporter:
 class RichReporter(Reporter):
     """A live progress bar on a terminal: phase, replayed/matched, rate, gates; events above it."""
 
-    def __init__(self, console: Console, secrets: Secrets) -> None:
+    def __init__(self, console: Console, secrets: RedactedValues) -> None:
         super().__init__(sys.stderr, secrets)
         self.console = console
         self.progress = Progress(
@@ -274,7 +276,7 @@ class Quiet(Reporter):
 
 def run_replay(opts: ReplayOptions) -> int:
     """Validate, connect, drive the engine to the end (or a signal), print; return the exit code."""
-    hidden = Secrets()
+    hidden = RedactedValues()
     hidden.add_url(opts.redis_url)
     as_json = opts.output == "json"
     try:
@@ -301,7 +303,7 @@ def run_replay(opts: ReplayOptions) -> int:
 
 class _Replay:
     def __init__(self, opts: ReplayOptions, manifest: DLQReplay, static: StaticSecrets,
-                 hidden: Secrets) -> None:
+                 hidden: RedactedValues) -> None:
         self.opts = opts
         self.manifest = manifest
         self.static = static

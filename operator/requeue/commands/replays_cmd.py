@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
-from requeue.commands.output import ConnectRetry, Secrets, connect_retrying, print_json, report_error
+from requeue.commands.output import ConnectRetry, RedactedValues, connect_retrying, print_json, report_error
 from requeue.errors import ReplayNotFound, ReplayRunning, RequeueError
 from requeue.queues import ReplayKeys, connect, map_redis_error
 from requeue.queues.keys import Progress, Stage
@@ -53,8 +53,8 @@ def _iso(ms: str | None) -> str | None:
 
 
 def _run(redis_url: str, json_output: bool, connect_timeout: float,
-         work: Callable[[Redis], Awaitable[T]]) -> tuple[T, Secrets] | int:
-    secrets = Secrets()
+         work: Callable[[Redis], Awaitable[T]]) -> tuple[T, RedactedValues] | int:
+    secrets = RedactedValues()
     secrets.add_url(redis_url)
 
     def note(text: str) -> None:

@@ -58,6 +58,7 @@ from requeue.api import DLQReplay, DLQReplaySpec, DLQReplayStatus, ReplayPhase, 
 from requeue.api.conditions import Reason, ReplayCondition
 from requeue.api.loading import parse
 from requeue.api.resources import GROUP, VERSION
+from requeue.clock import utcnow
 from requeue.errors import AuthFailed, RedisUnreachable, RequeueError, SpecInvalid
 from requeue.gates import GateRunner
 from requeue.handlers.daemon import (
@@ -77,7 +78,7 @@ from requeue.k8s.status import patch_status
 from requeue.metrics import REDIS_UP
 from requeue.policy.budget import ReplayBudget
 from requeue.redis_target import RedisTarget, open_redis
-from requeue.replay import ReplayEngine, ReplayEvent, utcnow
+from requeue.replay import ReplayEngine, ReplayEvent
 from requeue.replay.ending import fail
 from requeue.replay.finalize import cleanup_needed, give_up_cleanup, ttl_left
 from requeue.replay.observed import PHASES, count_jobs, forget_replay

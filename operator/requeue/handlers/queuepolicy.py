@@ -42,7 +42,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -61,6 +61,7 @@ from requeue.api.base import ConditionStatus
 from requeue.api.conditions import PolicyCondition, Reason
 from requeue.api.loading import parse
 from requeue.api.resources import GROUP, VERSION
+from requeue.clock import utcnow
 from requeue.errors import AuthFailed, RedisUnreachable, RequeueError, SpecInvalid
 from requeue.gates import GateRunner
 from requeue.handlers.daemon import (
@@ -112,10 +113,6 @@ SPEC_RETRY = 60.0
 CLEANUP_RETRIES = 10
 #: Ready reasons after which the daemon reconnects (re-reading the Secret: it may have been fixed).
 _RECONNECT_REASONS = (RedisUnreachable.reason, AuthFailed.reason)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # ---------------------------------------------------------------- per-policy state

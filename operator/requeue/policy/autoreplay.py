@@ -16,8 +16,7 @@ from datetime import datetime
 from requeue.api.base import parse_duration
 from requeue.api.common import Selector
 from requeue.api.conditions import Reason
-from requeue.api.policy import AutoReplay as AutoReplaySpec
-from requeue.api.policy import QueuePolicySpec, QueuePolicyStatus
+from requeue.api.policy import AutoReplaySpec, QueuePolicySpec, QueuePolicyStatus
 from requeue.policy.actions import AutoReplay
 from requeue.policy.ledger import Ledger
 from requeue.policy.observe import Observation

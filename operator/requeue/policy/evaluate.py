@@ -1,6 +1,7 @@
 """One QueuePolicy evaluation: observe -> decide -> act -> settle, behind small protocols.
 
-The kopf timer (``handlers/``) only wires real implementations::
+The QueuePolicy daemon (``handlers/queuepolicy.py``, one per policy) only wires real
+implementations::
 
     result = await evaluate(
         PolicyRef(namespace, name, uid, generation), spec, status,
@@ -27,7 +28,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 from redis import exceptions as rx
@@ -38,6 +39,7 @@ from requeue.api.conditions import Reason
 from requeue.api.gates import GateStatus
 from requeue.api.policy import QueuePolicySpec, QueuePolicyStatus
 from requeue.api.replay import DLQReplaySpec
+from requeue.clock import utcnow
 from requeue.errors import RequeueError
 from requeue.metrics import (
     ACTIONS,
@@ -254,7 +256,7 @@ async def evaluate(
     :param now: the evaluation time (tests pass their own); default: the current UTC time.
     """
     started = time.perf_counter()
-    now = now or datetime.now(UTC)
+    now = now or utcnow()
     names = queues_to_observe(spec, status)
     observation, memory, observe_trips = await _observe(redis, policy, spec, names, memory,
                                                         now=now, gates=gates)

@@ -6,9 +6,8 @@ from requeue.replay.engine import (
     ReplayEvent,
     StepResult,
     StoredProgress,
-    utcnow,
 )
-from requeue.replay.select import Matcher, is_subset, normalize_reason
+from requeue.replay.matcher import Matcher, is_subset, normalize_reason
 
 __all__ = [
     "GateRunnerLike",
@@ -19,5 +18,4 @@ __all__ = [
     "StoredProgress",
     "is_subset",
     "normalize_reason",
-    "utcnow",
 ]

@@ -26,7 +26,7 @@ from requeue.queues import BullQueue, ReplayKeys
 from requeue.queues.adapter import text
 from requeue.queues.keys import Progress
 from requeue.queues.raw import RawTransaction, pack, raise_errors, script_text
-from requeue.replay.select import Matcher, to_ms
+from requeue.replay.matcher import Matcher, to_ms
 from requeue.replay.state import SAMPLE_IDS, Finish, Stage, from_ms, int_field
 
 #: Jobs per ``moveJobsToWait`` call at most (a batch is split into equal chunks): ~5 µs of

@@ -59,7 +59,14 @@ from requeue.api import (
 )
 from requeue.api.base import ConditionStatus, set_condition
 from requeue.api.conditions import Reason, ReplayCondition, stored_reason
-from requeue.errors import AuthFailed, QueueLocked, QueueNotFound, RedisOutOfMemory, RedisUnavailable
+from requeue.clock import Clock, utcnow
+from requeue.errors import (
+    AuthFailed,
+    QueueLocked,
+    QueueNotFound,
+    RedisOutOfMemory,
+    RedisUnavailable,
+)
 from requeue.metrics import REPLAY_BATCH_SECONDS, REPLAY_JOBS
 from requeue.queues import BullQueue, ReplayKeys, map_redis_error
 from requeue.queues.adapter import text
@@ -68,9 +75,9 @@ from requeue.replay import ending, moves
 from requeue.replay.bulk import Bulk
 from requeue.replay.gating import GateRunnerLike, Gating
 from requeue.replay.lease import Driver, LeaseHolder, this_process
+from requeue.replay.matcher import to_ms
 from requeue.replay.moves import Mover
 from requeue.replay.rate import TokenBucket
-from requeue.replay.select import to_ms
 from requeue.replay.selection import ReplayBudgetLike, Selection, selection_upper
 from requeue.replay.state import (
     SELECTION_FIELD,
@@ -83,7 +90,6 @@ from requeue.replay.state import (
     int_field,
     mark_replayed,
     selection_json,
-    utcnow,
 )
 from requeue.replay.verify import Verification
 
@@ -131,7 +137,7 @@ class ReplayEngine:
         replay_id: str,
         owner: str,
         gates: GateRunnerLike | None = None,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Clock = utcnow,
         redis_failure_bound: int = 5,
         backoff: float = 0.5,
         budget: ReplayBudgetLike | None = None,
@@ -610,4 +616,4 @@ class ReplayEngine:
     copy_id = staticmethod(moves.copy_id)
 
 
-__all__ = ["GateRunnerLike", "ReplayEngine", "ReplayEvent", "StepResult", "StoredProgress", "utcnow"]
+__all__ = ["GateRunnerLike", "ReplayEngine", "ReplayEvent", "StepResult", "StoredProgress"]

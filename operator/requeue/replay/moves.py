@@ -30,7 +30,7 @@ from requeue.queues import BullQueue, ReplayKeys
 from requeue.queues.adapter import copy_source
 from requeue.queues.keys import Progress
 from requeue.queues.raw import RawTransaction, pack, raise_errors, script_text
-from requeue.replay.select import to_ms
+from requeue.replay.matcher import to_ms
 from requeue.replay.state import Stage, int_field
 
 # The engine's log, as before these writes had a module of their own.

@@ -27,7 +27,7 @@ from requeue.queues import BullQueue, Cursor, FailedJob, FailedPage, ReplayKeys
 from requeue.queues.adapter import text
 from requeue.queues.keys import REASONS_OTHER, Progress
 from requeue.replay.bulk import oldest_first
-from requeue.replay.select import Matcher, normalize_reason, to_ms
+from requeue.replay.matcher import Matcher, normalize_reason, to_ms
 from requeue.replay.state import SAMPLE_IDS, Finish, ReplayEvent, Stage, int_field, mark_replayed
 
 #: Redis time a selection page script may take (µs); it ends the page early after that.

@@ -20,7 +20,7 @@ from requeue.api.conditions import Reason
 from requeue.queues import ReplayKeys
 from requeue.queues.keys import Progress
 from requeue.queues.keys import Stage as Stage  # declared with the Redis state; the parts import it from here
-from requeue.replay.select import to_ms
+from requeue.replay.matcher import to_ms
 
 #: How many job ids ``.status.sampleIds`` lists.
 SAMPLE_IDS = 10
@@ -29,11 +29,6 @@ SAMPLE_IDS = 10
 SELECTION_FIELDS = ("queue", "prefix", "selector", "targetQueue", "mode")
 #: Field of the progress hash that holds the selection a replay started with (JSON).
 SELECTION_FIELD = Progress.SELECTION
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.now(UTC)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Selection filters (a compiled :class:`~requeue.api.Selector`); reasons are normalised in
+"""The matcher: selection filters (a compiled :class:`~requeue.api.Selector`); reasons are normalised in
 :mod:`requeue.replay.reasons` (re-exported here)."""
 
 from __future__ import annotations
