@@ -13,6 +13,7 @@
     │   ├── SelectionChanged        a resumed replay's manifest selects other jobs than at its start
     │   ├── RedisUrlInvalid         the Redis URL (from a Secret or a flag) cannot be parsed
     │   ├── AuthFailed              Redis/Postgres/HTTP refused the credentials
+    │   │   └── Forbidden           Redis's ACL user lacks a command or key requeue needs
     │   ├── VerificationFailed      replayed jobs did not succeed well enough
     │   └── GatesTimedOut           gates did not pass within gatePolicy.timeout
     └── TransientError              may pass on its own; retry with backoff
@@ -134,6 +135,18 @@ class AuthFailed(PermanentError):
     """Credentials were refused."""
 
     reason = Reason.AUTH_FAILED
+    exit_code = 3
+
+
+class Forbidden(AuthFailed):
+    """Redis accepted the credentials, but the ACL user may not run a command or touch a key.
+
+    A subclass of :class:`AuthFailed` because everything that ends a replay on refused
+    credentials must end it here too (retrying cannot grant a right); its own reason tells
+    the person on call to fix the ACL, not the password.
+    """
+
+    reason = Reason.FORBIDDEN
     exit_code = 3
 
 

@@ -67,6 +67,7 @@ class Reason(StrEnum):
     SELECTION_CHANGED = "SelectionChanged"
     REDIS_URL_INVALID = "RedisUrlInvalid"
     AUTH_FAILED = "AuthFailed"
+    FORBIDDEN = "Forbidden"
     REDIS_UNREACHABLE = "RedisUnreachable"
     REDIS_OUT_OF_MEMORY = "RedisOutOfMemory"
     QUEUE_LOCKED = "QueueLocked"
@@ -156,6 +157,8 @@ REASON_DOCS: dict[Reason, str] = {
                               "(CLI exit 2).",
     Reason.REDIS_URL_INVALID: "The Redis URL (Secret or flag) cannot be parsed; shown redacted (CLI exit 2).",
     Reason.AUTH_FAILED: "Redis, Postgres or an HTTP gate refused the credentials (CLI exit 3).",
+    Reason.FORBIDDEN: "Redis's ACL user lacks a command or key pattern requeue needs (NOPERM; the "
+                      "message names it; README 'Redis ACL users'; CLI exit 3).",
     Reason.REDIS_UNREACHABLE: "Redis cannot be reached or answered with an error (CLI exit 3).",
     Reason.REDIS_OUT_OF_MEMORY: "Redis is at maxmemory and refuses writes; the replay holds.",
     Reason.QUEUE_LOCKED: "Another replay (or process) holds the queue's lease; this one waits.",

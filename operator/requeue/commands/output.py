@@ -98,7 +98,7 @@ def print_json(value: Any) -> None:
 def error_label(exc: RequeueError) -> str:
     """A few words saying what kind of failure it is, for the start of the error line."""
     if isinstance(exc, Forbidden):
-        return "forbidden by the Redis ACL"
+        return "Forbidden by the Redis ACL"
     if isinstance(exc, AuthFailed):
         return "authentication failed"
     if isinstance(exc, RedisUnavailable):

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 import yaml
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -91,6 +92,7 @@ from requeue.errors import (
     SpecInvalid,
 )
 from requeue.gates import GateRunner
+from requeue.queues import map_redis_error
 from requeue.redact import redact_url
 from requeue.redis_target import open_redis
 from requeue.replay import ReplayEngine, StepResult
@@ -358,7 +360,10 @@ class _Replay:
                 loop.add_signal_handler(sig, on_signal, sig)
                 installed.append(sig)
         try:
-            await self._announce(engine, url, reporter)
+            try:  # what it reads first (its stored progress) fails as the steps do, e.g. Forbidden
+                await self._announce(engine, url, reporter)
+            except RedisError as exc:
+                raise map_redis_error(exc, url=url, queue=self.spec.queue) from None
             try:
                 code = await self._drive(engine, reporter)
             finally:

@@ -56,6 +56,7 @@ from requeue.policy.decide import Decision, decide, queues_to_observe, settle
 from requeue.policy.memory import load_memory, queue_save_memory
 from requeue.policy.observe import Observation, PolicyMemory
 from requeue.queues import BullQueue, map_redis_error
+from requeue.queues.connection import forbidden_what
 from requeue.queues.scripts import Scripts, register
 from requeue.redact import redact_text
 
@@ -229,6 +230,8 @@ def _with_pause_marks(memory: PolicyMemory, status: QueuePolicyStatus) -> Policy
 
 
 def _error_text(exc: BaseException) -> str:
+    if forbidden_what(exc) is not None:  # an ACL refusal inside an action names what to grant
+        exc = map_redis_error(exc)
     if isinstance(exc, RequeueError):
         return redact_text(exc.message)
     return redact_text(f"{type(exc).__name__}: {exc}")

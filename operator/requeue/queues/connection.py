@@ -10,7 +10,7 @@ import re2
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 
-from requeue.errors import AuthFailed, RedisOutOfMemory, RedisUnavailable, RedisUrlInvalid
+from requeue.errors import AuthFailed, Forbidden, RedisOutOfMemory, RedisUnavailable, RedisUrlInvalid
 from requeue.redact import encode_userinfo, redact_text, redact_url, sensitive_parts, split_url
 
 #: Seconds to wait for connecting and for each command.
@@ -49,6 +49,53 @@ def is_auth_error(exc: BaseException) -> bool:
     return isinstance(exc, rx.ResponseError) and any(
         m in msg for m in ("NOAUTH", "WRONGPASS", "NOPERM", "invalid password")
     )
+
+
+#: NOPERM replies (Redis 6.2 and 7) that name a command: ``... to run the 'hset' command``.
+_NOPERM_COMMAND = re2.compile(r"permissions to run the '([^']{1,64})' command")
+#: What Redis says inside a script instead (it names no command), and of keys and channels.
+_NOPERM_IN_SCRIPT = "script can't run this command"
+_NOPERM_KEY = ("permissions to access one of the keys", "can't access at least one of the keys")
+_NOPERM_CHANNEL = ("permissions to access one of the channels", "can't publish to the channel")
+#: The SHA1 of the script a reply comes from: ``script: <sha>`` (7) or ``call to f_<sha>`` (6.2).
+_SCRIPT_SHA = re2.compile(r"(?:script: |f_)([0-9a-f]{40})")
+
+
+def forbidden_what(exc: BaseException) -> str | None:
+    """What Redis's ACL refused (the command, a key, a script's command), or None if not NOPERM.
+
+    Redis names the command only outside scripts; inside one it names the script's SHA, which
+    is mapped back to requeue's or BullMQ's script and the commands it calls.
+    """
+    if not isinstance(exc, rx.ResponseError):
+        return None
+    msg = str(exc)
+    found = _NOPERM_COMMAND.search(msg)
+    if found:
+        return f"the command {found.group(1).upper()}"
+    script = _script_named(msg)
+    if _NOPERM_IN_SCRIPT in msg:
+        return f"a command inside {script or 'a Lua script'}"
+    if any(m in msg for m in _NOPERM_KEY):
+        where = f" (from {script})" if script else ""
+        return f"a key outside the user's key patterns{where}: requeue needs ~PREFIX:* and ~requeue:*"
+    if any(m in msg for m in _NOPERM_CHANNEL):
+        return "a Pub/Sub channel"
+    if isinstance(exc, rx.NoPermissionError) or "NOPERM" in msg:
+        return "a command or key"
+    return None
+
+
+def _script_named(msg: str) -> str | None:
+    """'the Lua script NAME (one of: CMD, ...)' for the SHA in ``msg``, if it is requeue's or BullMQ's."""
+    from requeue.queues.scripts import script_by_sha  # scripts imports bullmq: only when needed
+
+    sha = _SCRIPT_SHA.search(msg)
+    named = script_by_sha(sha.group(1)) if sha else None
+    if named is None:
+        return None
+    name, commands = named
+    return f"the Lua script {name} (one of: {', '.join(commands)})"
 
 
 def is_oom_error(exc: BaseException) -> bool:
@@ -139,6 +186,12 @@ def map_redis_error(exc: BaseException, *, url: str | None = None, queue: str | 
     """Turn a redis-py error into requeue's error tree; the message is redacted."""
     where = f" at {redact_url(url)}" if url else ""
     detail = redact_text(f"{type(exc).__name__}: {exc}", sensitive_parts(url) if url else [])
+    refused = forbidden_what(exc)
+    if refused is not None:
+        return Forbidden(
+            f"Redis{where} accepted the credentials, but its ACL user may not use {refused} "
+            f"({detail}); grant it (README, 'Redis ACL users', lists the exact ACL SETUSER lines)",
+            queue=queue, replay=replay)
     if is_auth_error(exc):
         return AuthFailed(f"Redis{where} refused the credentials ({detail})", queue=queue, replay=replay)
     if is_oom_error(exc):

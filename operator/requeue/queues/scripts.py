@@ -8,6 +8,8 @@ correctness of its state machine. requeue's own read-only/bookkeeping Lua is in
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 
 from bullmq.redis_connection import SCRIPT_DEFINITIONS, loadScript
@@ -85,3 +87,23 @@ def register(redis: Redis) -> Scripts:
         release_lease=reg(lua.RELEASE_LEASE),
         get_state=reg(_bullmq("getStateV2")),
     )
+
+
+#: A Redis command a Lua script calls: ``redis.call("HSET", ...)``, BullMQ's ``rcall("HSET", ...)``.
+_CALLED = re.compile(r"""(?:rcall|redis\.p?call)\(\s*["']([A-Za-z]+)["']""")
+
+
+def script_by_sha(sha: str) -> tuple[str, tuple[str, ...]] | None:
+    """The name of requeue's or BullMQ's Lua script with this SHA1, and the commands it calls.
+
+    Redis's NOPERM reply from inside a script names neither the command nor the key (it
+    names the script's SHA), so :class:`~requeue.errors.Forbidden` names the script and the
+    commands it may need instead: enough to find the missing one in the ACL.
+    """
+    texts = {name: _bullmq(name) for name in BULLMQ_SCRIPTS}
+    texts.update({name: value for name, value in vars(lua).items()
+                  if name.isupper() and isinstance(value, str) and _CALLED.search(value)})
+    for name, text in texts.items():
+        if hashlib.sha1(text.encode()).hexdigest() == sha:  # Redis names scripts by SHA1
+            return name, tuple(sorted({c.upper() for c in _CALLED.findall(text)}))
+    return None

@@ -1,0 +1,193 @@
+"""The README's least-privilege Redis ACL users, created from the README's own lines, run their
+jobs; a user missing one right fails with ``Forbidden`` naming it, never a traceback.
+
+The lines are read from README.md ("Redis ACL users"), so the documentation and this test
+cannot drift: a new command in requeue's code or Lua fails here until the README grants it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from requeue.api.base import find_condition
+from requeue.api.gates import GateStatus, GateType
+from requeue.api.policy import QueuePolicySpec
+from requeue.policy.budget import ReplayBudget
+from requeue.policy.evaluate import BullQueueOps, PolicyRef, evaluate
+from requeue.queues import BullQueue, QueueKeys
+from support.bullmq_jobs import JobSpec, make_failed_jobs
+from support.cli import CliResult, acli, write_manifest
+from support.redis_server import RedisServer
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+Q = "default"
+K = QueueKeys("bull", Q)
+POLICY = PolicyRef(namespace="visapi", name="visapi-queues", uid="acl-uid", generation=1)
+#: ``ACL SETUSER NAME ... >PASSWORD ...``: the user's name and password.
+_USER = re.compile(r"^ACL SETUSER (\S+) .*?>(\S+)")
+
+
+def readme_acl_lines() -> dict[str, str]:
+    """The ``ACL SETUSER`` lines of the README's "Redis ACL users" block, by user name."""
+    text = README.read_text()
+    section = text[text.index("### Redis ACL users"):]
+    block = section[section.index("```\n") + 4:]
+    block = block[:block.index("```")]
+    lines = {m.group(1): line for line in block.splitlines() if (m := _USER.match(line))}
+    assert set(lines) == {"requeue-inspect", "requeue-replay", "requeue-policy"}, lines
+    return lines
+
+
+class AclRedis:
+    """A redis-server of this test's own, with the README's users created on it."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+        self.admin = redis.Redis(host=server.host, port=server.port, decode_responses=True)
+        self.lines = readme_acl_lines()
+
+    def create(self, user: str, *, without: str | None = None) -> str:
+        """Run the README's line for ``user`` (less the command or ``~pattern`` ``without``); the
+        URL that logs in as it."""
+        args = shlex.split(self.lines[user])
+        if without is not None:
+            right = without if without.startswith("~") else f"+{without}"
+            assert right in args, f"the README's {user} line grants no {right}"
+            args.remove(right)
+        self.admin.execute_command(*args)
+        password = _USER.match(self.lines[user]).group(2)  # type: ignore[union-attr]
+        return f"redis://{user}:{password}@{self.server.host}:{self.server.port}/0"
+
+
+@pytest.fixture
+def acl(redis_factory: Callable[..., RedisServer]) -> Iterator[AclRedis]:
+    server = AclRedis(redis_factory())
+    try:
+        yield server
+    finally:
+        server.admin.close()
+
+
+def jobs(n: int) -> list[JobSpec]:
+    """Failed jobs, some prioritized (BullMQ moves those into another key)."""
+    return [JobSpec("whatsapp.send", {"i": i}, reason="429 Too Many Requests",
+                    opts={"priority": 2} if i % 3 == 0 else {}) for i in range(n)]
+
+
+def gates(healthy: bool) -> list[GateStatus]:
+    return [GateStatus(name="db", type=GateType.HTTP, healthy=healthy, message="checked")]
+
+
+def policy_spec() -> QueuePolicySpec:
+    return QueuePolicySpec.model_validate({
+        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}}, "queues": [Q, "other"],
+        "interval": "10s", "thresholds": {"failed": 2},
+        "gates": [{"name": "db", "http": {"url": "http://127.0.0.1:1/"}}],
+        "actions": {"pauseWhileGatesFail": True}})
+
+
+def assert_forbidden(res: CliResult, names: str) -> None:
+    """Exit 3, reason Forbidden, the message naming ``names``, and no traceback."""
+    assert res.code == 3, res.output
+    assert "Forbidden" in res.output and names in res.output, res.output
+    assert "Traceback" not in res.output and "replay-password" not in res.output
+
+
+async def test_each_readme_user_runs_its_job(acl: AclRedis, tmp_path: Path) -> None:
+    ids = await make_failed_jobs(acl.server.url, Q, jobs(9))
+    await make_failed_jobs(acl.server.url, "other", jobs(1))
+    manifest = write_manifest(tmp_path / "replay.yaml", {"rate": {"jobsPerSecond": 1000, "batchSize": 4}})
+
+    inspect_url = acl.create("requeue-inspect")
+    res = await acli("inspect", "--redis-url", inspect_url, "--queue", Q, "-o", "json")
+    assert res.code == 0, res.output
+    assert json.loads(res.stdout)["counts"]["failed"] == 9
+
+    replay_url = acl.create("requeue-replay")
+    res = await acli("replay", "-f", str(manifest), "--redis-url", replay_url, "--dry-run", "-o", "json")
+    assert res.code == 0, res.output
+    assert json.loads(res.stdout)["matched"] == 9
+    assert acl.admin.zcard(K.failed) == 9
+    res = await acli("replay", "-f", str(manifest), "--redis-url", replay_url, "-o", "json")
+    assert res.code == 0, res.output
+    assert acl.admin.zcard(K.failed) == 0
+    assert sorted([*acl.admin.lrange(K.wait, 0, -1), *acl.admin.zrange(K.prioritized, 0, -1)]) == sorted(ids)
+
+    as_replay = aioredis.Redis.from_url(replay_url, decode_responses=True)
+    try:  # the budget a policy's auto replays are charged to runs with the replay user's rights
+        budget = ReplayBudget(f"requeue:policy:{POLICY.uid}:replays", 1)
+        assert await budget.take(as_replay, "r1", ["1", "2"]) == ["1", "2"]
+        assert await budget.take(as_replay, "r2", ["1"]) == []
+    finally:
+        await as_replay.aclose()
+
+    as_policy = aioredis.Redis.from_url(acl.create("requeue-policy"), decode_responses=True)
+    try:
+        ops, spec = BullQueueOps(as_policy), policy_spec()
+        red = await evaluate(POLICY, spec, None, redis=as_policy, ops=ops, gates=gates(False))
+        assert await BullQueue(as_policy, Q).is_paused()
+        green = await evaluate(POLICY, spec, red.status, redis=as_policy, ops=ops, gates=gates(True),
+                               memory=red.memory)
+    finally:
+        await as_policy.aclose()
+    ready = find_condition(green.status.conditions, "Ready")
+    assert ready is not None and ready.status == "True", ready
+    healthy = find_condition(green.status.conditions, "Healthy")
+    assert healthy is not None and healthy.reason == "WithinThresholds", healthy
+    assert sorted((a.action, a.queue, a.result) for a in green.status.last_actions
+                  if a.action in ("Pause", "Resume")) == [
+        ("Pause", Q, "paused"), ("Pause", "other", "paused"),
+        ("Resume", Q, "resumed"), ("Resume", "other", "resumed")]
+
+
+async def test_the_read_only_user_cannot_dry_run_and_is_told_which_command(
+    acl: AclRedis, tmp_path: Path,
+) -> None:
+    await make_failed_jobs(acl.server.url, Q, jobs(3))
+    manifest = write_manifest(tmp_path / "replay.yaml", {})
+    res = await acli("replay", "-f", str(manifest), "--redis-url", acl.create("requeue-inspect"), "--dry-run")
+    assert_forbidden(res, "may not use ")
+    assert re.search(r"may not use (the command [A-Z]+|a command inside the Lua script \w+ \(one of: )",
+                     res.output), res.output
+
+
+async def test_a_replay_user_missing_a_command_is_forbidden_naming_it(acl: AclRedis, tmp_path: Path) -> None:
+    await make_failed_jobs(acl.server.url, Q, jobs(3))
+    manifest = write_manifest(tmp_path / "replay.yaml", {})
+    url = acl.create("requeue-replay", without="hgetall")  # a command requeue calls itself
+    res = await acli("replay", "-f", str(manifest), "--redis-url", url, "-o", "json")
+    assert_forbidden(res, "may not use the command HGETALL")
+
+    url = acl.create("requeue-replay", without="xadd")  # only BullMQ's scripts call it
+    res = await acli("replay", "-f", str(manifest), "--redis-url", url)
+    assert_forbidden(res, "may not use a command inside the Lua script ")
+    script = r"the Lua script (reprocessJob|moveJobsToWait) \(one of: [A-Z, ]*XADD"
+    assert re.search(script, res.output), res.output
+    assert acl.admin.zcard(K.failed) == 3
+
+    url = acl.create("requeue-replay", without="~requeue:*")  # requeue's own state
+    res = await acli("replay", "-f", str(manifest), "--redis-url", url)
+    assert_forbidden(res, "a key outside the user's key patterns")
+    assert acl.admin.zcard(K.failed) == 3
+
+
+async def test_a_policy_user_missing_a_command_is_not_ready_forbidden(acl: AclRedis) -> None:
+    await make_failed_jobs(acl.server.url, Q, jobs(3))
+    as_policy = aioredis.Redis.from_url(acl.create("requeue-policy", without="zcard"), decode_responses=True)
+    try:
+        result = await evaluate(POLICY, policy_spec(), None, redis=as_policy, ops=BullQueueOps(as_policy),
+                                gates=gates(True), now=datetime.now(UTC))
+    finally:
+        await as_policy.aclose()
+    ready = find_condition(result.status.conditions, "Ready")
+    assert ready is not None and (ready.status, ready.reason) == ("False", "Forbidden"), ready
+    assert "ZCARD" in ready.message
