@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
 from requeue.queues import connect
-from requeue.replay import engine as engine_module
 from support.gates import ControlledHttp
 
 
@@ -32,10 +30,3 @@ async def api() -> AsyncIterator[ControlledHttp]:
     finally:
         await server.stop()
 
-
-@pytest.fixture
-def one_batch_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A step moves one batch, as at a modest rate: tests that act between batches (kill Redis,
-    let jobs fail again) see the replay mid-way. At a high rate a step moves batches for up
-    to ``STEP_BUDGET_S``."""
-    monkeypatch.setattr(engine_module, "STEP_BUDGET_S", 0.0)

@@ -12,15 +12,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import pytest
-
 from requeue.api import DLQReplayStatus, ReplayPhase
 from requeue.api.base import find_condition
 from requeue.errors import RedisOutOfMemory
 from requeue.queues import QueueKeys, connect
 from requeue.replay import ReplayEngine
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
-from support.replay import replay_spec
+from support.replay import ONE_BATCH_PER_STEP, replay_spec
 
 Q = "default"
 K = QueueKeys("bull", Q)
@@ -29,7 +27,6 @@ N = 60
 FULL_STEPS = 4
 
 
-@pytest.mark.usefixtures("one_batch_per_step")
 async def test_replay_holds_on_redis_oom_with_a_named_reason_and_resumes_when_memory_frees(
     redis_factory: Any,
 ) -> None:
@@ -38,7 +35,8 @@ async def test_replay_holds_on_redis_oom_with_a_named_reason_and_resumes_when_me
     client = await connect(server.url, timeout_s=5)
     try:
         spec = replay_spec(rate={"jobsPerSecond": 100_000, "batchSize": 10})
-        engine = ReplayEngine(client, replay_id="oom", owner="ns/oom", redis_failure_bound=2, backoff=0.01)
+        engine = ReplayEngine(client, replay_id="oom", owner="ns/oom", redis_failure_bound=2, backoff=0.01,
+                              tuning=ONE_BATCH_PER_STEP)
         st = DLQReplayStatus()
         while st.replayed < 10:
             st = (await engine.step(spec, st)).status

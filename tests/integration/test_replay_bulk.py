@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,11 @@ import redis.asyncio as aioredis
 
 from requeue.api import DLQReplayStatus, ReplayPhase
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys
-from requeue.replay import ReplayEngine
-from requeue.replay import bulk as bulk_module
-from requeue.replay import selection as selection_module
+from requeue.replay import EngineTuning, ReplayEngine
 from support.bullmq_jobs import JobSpec, make_failed_jobs, mixed_jobs, run_worker, three_generations
 from support.cli import cli, interrupt_cli, write_manifest
 from support.replay import (
+    ONE_BATCH_PER_STEP,
     drive,
     drive_losing_status,
     lose_every_third_reply,
@@ -40,16 +40,18 @@ Q = "default"
 K = QueueKeys("bull", Q)
 #: The clock-skew margin in these tests (ms); jobs must have failed longer ago than this.
 MARGIN_MS = 100
+#: A 100 ms margin instead of 1 s keeps the tests short; one test keeps the real one.
+TUNING = EngineTuning(clock_skew_ms=MARGIN_MS)
 
 
 def bulk_spec(**fields: Any) -> Any:
     return replay_spec({"rate": {"jobsPerSecond": 1_000_000, "batchSize": 1000}, "mode": "Bulk"}, **fields)
 
 
-@pytest.fixture(autouse=True)
-def short_margin(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 100 ms margin instead of 1 s keeps the tests short; one test keeps the real one."""
-    monkeypatch.setattr(selection_module, "CLOCK_SKEW_MS", MARGIN_MS)
+def engine(r: aioredis.Redis, replay_id: str, *, tuning: EngineTuning = TUNING,
+           **kwargs: Any) -> ReplayEngine:
+    """An engine (owner ``ns/<replay_id>``) with this file's short margin unless told otherwise."""
+    return ReplayEngine(r, replay_id=replay_id, owner=f"ns/{replay_id}", tuning=tuning, **kwargs)
 
 
 async def failed_jobs(redis_url: str, specs: list[JobSpec]) -> list[str]:
@@ -71,7 +73,7 @@ async def test_bulk_moves_the_window_to_wait_as_retry_jobs_does(redis_url: str, 
     ids = await failed_jobs(redis_url, specs)
     order = list(await r.zrange(K.failed, 0, -1))
     before = {i: await r.hgetall(K.job(i)) for i in ids}
-    st = await ReplayEngine(r, replay_id="b", owner="ns/b").run(bulk_spec(resetAttempts=reset))
+    st = await engine(r, "b").run(bulk_spec(resetAttempts=reset))
     assert st.phase == ReplayPhase.SUCCEEDED, st.message
     assert (st.matched, st.replayed, st.skipped) == (120, 120, 0)
     assert st.breakdown is None and st.sample_ids == order[:10]
@@ -95,7 +97,7 @@ async def test_window_bounds_and_max_jobs(redis_url: str, r: aioredis.Redis) -> 
     hi = max(scores[i] for i in mid) + 1
     assert min(scores[i] for i in new) >= hi
     # no lower bound: everything failed before failedBefore, oldest first, at most maxJobs
-    st = await ReplayEngine(r, replay_id="w", owner="ns/w").run(
+    st = await engine(r, "w").run(
         bulk_spec(selector={"failedBefore": iso(hi), "maxJobs": 50}))
     assert (st.phase, st.matched, st.replayed) == (ReplayPhase.SUCCEEDED, 50, 50)
     in_order = [m for m, _ in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))]
@@ -103,7 +105,7 @@ async def test_window_bounds_and_max_jobs(redis_url: str, r: aioredis.Redis) -> 
     assert set(await r.zrange(K.failed, 0, -1)) == set(in_order[50:])
     # a lower bound at the head of what is left is fine
     lo = min(scores[i] for i in in_order[50:])
-    st = await ReplayEngine(r, replay_id="w2", owner="ns/w2").run(
+    st = await engine(r, "w2").run(
         bulk_spec(selector={"failedAfter": iso(lo), "failedBefore": iso(hi)}))
     assert (st.phase, st.matched, st.replayed) == (ReplayPhase.SUCCEEDED, 20, 20)
     assert set(await r.zrange(K.failed, 0, -1)) == set(new)
@@ -118,7 +120,7 @@ async def test_older_failed_jobs_in_front_of_the_window_fail_it_and_move_nothing
     await asyncio.sleep(0.05)
     later = await failed_jobs(redis_url, [JobSpec("b", {"i": i}) for i in range(5)])
     lo = min(s for m, s in await r.zrange(K.failed, 0, -1, withscores=True) if m in later)
-    st = await ReplayEngine(r, replay_id="o", owner="ns/o").run(
+    st = await engine(r, "o").run(
         bulk_spec(selector={"failedAfter": iso(lo)}, dryRun=dry_run))
     assert st.phase == ReplayPhase.FAILED
     assert "mode Bulk moves the oldest failed jobs first" in st.message
@@ -126,47 +128,43 @@ async def test_older_failed_jobs_in_front_of_the_window_fail_it_and_move_nothing
     assert await r.zcard(K.failed) == 10 and await r.llen(K.wait) == 0
 
 
-@pytest.mark.usefixtures("one_batch_per_step")
 async def test_jobs_that_failed_within_the_margin_or_fail_again_stay_failed(
-    redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, r: aioredis.Redis
 ) -> None:
     """The window ends a margin before the start; a replayed job failing again lands above it."""
-    monkeypatch.setattr(selection_module, "CLOCK_SKEW_MS", 1000)  # the real margin
     early = await make_failed_jobs(redis_url, Q, [JobSpec("x", {"i": i}) for i in range(40)])
     await asyncio.sleep(1.1)
     recent = await make_failed_jobs(redis_url, Q, [JobSpec("y", {"i": i}) for i in range(5)])
-    monkeypatch.setattr(bulk_module, "BULK_CHUNK", 10)
     spec = bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20})
-    engine = ReplayEngine(r, replay_id="m", owner="ns/m")
-    st, refailed = await refail_first_replayed(engine, spec, redis_url, Q, 20)
+    one = engine(r, "m", tuning=replace(ONE_BATCH_PER_STEP, bulk_chunk=10))  # the real margin
+    st, refailed = await refail_first_replayed(one, spec, redis_url, Q, 20)
     assert st.matched == 40
     assert len(refailed) == 20
-    st = await drive(engine, spec, st)
+    st = await drive(one, spec, st)
     assert (st.phase, st.matched, st.replayed, st.skipped) == (ReplayPhase.SUCCEEDED, 40, 40, 0)
     assert set(await r.zrange(K.failed, 0, -1)) == refailed | set(recent)
     assert set(await r.lrange(K.wait, 0, -1)) == set(early) - refailed
 
 
 async def test_resume_after_losing_the_status_between_every_step(
-    redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, r: aioredis.Redis
 ) -> None:
     ids = await failed_jobs(redis_url, mixed_jobs(90))
-    monkeypatch.setattr(bulk_module, "BULK_CHUNK", 7)
     st = await drive_losing_status(r, bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20}),
-                                   replay_id="cs")
+                                   replay_id="cs", tuning=replace(TUNING, bulk_chunk=7))
     assert (st.phase, st.matched, st.replayed, st.skipped) == (ReplayPhase.SUCCEEDED, 90, 90, 0)
     waiting = await r.lrange(K.wait, 0, -1)
     assert len(waiting) == len(set(waiting)) == 90 and set(waiting) == set(ids)
 
 
 async def test_two_processes_on_one_replay_move_each_job_once(
-    redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, r: aioredis.Redis
 ) -> None:
     ids = await failed_jobs(redis_url, mixed_jobs(200))
-    monkeypatch.setattr(bulk_module, "BULK_CHUNK", 13)
     spec = bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30})
-    one, two = await asyncio.gather(ReplayEngine(r, replay_id="tw", owner="ns/tw").run(spec),
-                                    ReplayEngine(r, replay_id="tw", owner="ns/tw").run(spec))
+    tuning = replace(TUNING, bulk_chunk=13)
+    one, two = await asyncio.gather(engine(r, "tw", tuning=tuning).run(spec),
+                                    engine(r, "tw", tuning=tuning).run(spec))
     for st in (one, two):
         assert st.phase == ReplayPhase.SUCCEEDED and (st.matched, st.replayed) == (200, 200)
     waiting = await r.lrange(K.wait, 0, -1)
@@ -180,18 +178,18 @@ async def test_a_stale_second_selection_changes_nothing(redis_url: str, r: aiore
     take a count of 0 for "nothing to replay"): it re-reads instead."""
     await failed_jobs(redis_url, [JobSpec("x", {"i": i}) for i in range(12)])
     spec = bulk_spec()
-    engine = ReplayEngine(r, replay_id="st", owner="ns/st")
+    first = engine(r, "st")
     st = DLQReplayStatus()
     while (await r.hget(ReplayKeys("st").progress, "stage")) != "selecting":
-        st = (await engine.step(spec, st)).status
+        st = (await first.step(spec, st)).status
     stale = dict(await r.hgetall(ReplayKeys("st").progress))
-    st = (await engine.step(spec, st)).status
+    st = (await first.step(spec, st)).status
     assert (st.matched, await r.hget(ReplayKeys("st").progress, "stage")) == (12, "replaying")
-    other = ReplayEngine(r, replay_id="st", owner="ns/st")
+    other = engine(r, "st")
     with pytest.raises(redis.exceptions.WatchError):
         await other._bulk.select(spec, BullQueue(r, Q), DLQReplayStatus(), stale)
     assert await r.hget(ReplayKeys("st").progress, "stage") == "replaying"
-    st = await drive(engine, spec, st)
+    st = await drive(first, spec, st)
     assert (st.matched, st.replayed) == (12, 12)
 
 
@@ -201,10 +199,10 @@ async def test_connection_lost_around_a_chunk_moves_nothing_twice(
 ) -> None:
     """The chunk's write reached Redis (or not), its reply never came back."""
     ids = await failed_jobs(redis_url, [JobSpec("x", {"i": i}) for i in range(90)])
-    monkeypatch.setattr(bulk_module, "BULK_CHUNK", 10)
     calls = lose_every_third_reply(monkeypatch, write_lands=lost == "after")
-    engine = ReplayEngine(r, replay_id=f"ls-{lost}", owner="ns/ls", backoff=0.001, redis_failure_bound=100)
-    st = await drive(engine, bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30}))
+    flaky = engine(r, f"ls-{lost}", tuning=replace(TUNING, bulk_chunk=10), backoff=0.001,
+                   redis_failure_bound=100)
+    st = await drive(flaky, bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30}))
     assert (st.phase, st.matched, st.replayed, st.skipped) == (ReplayPhase.SUCCEEDED, 90, 90, 0)
     waiting = await r.lrange(K.wait, 0, -1)
     assert len(waiting) == len(set(waiting)) == 90 and set(waiting) == set(ids)
@@ -212,17 +210,16 @@ async def test_connection_lost_around_a_chunk_moves_nothing_twice(
     assert calls[0] >= 9
 
 
-@pytest.mark.usefixtures("one_batch_per_step")
 async def test_jobs_leaving_the_window_meanwhile_count_as_skipped(redis_url: str, r: aioredis.Redis) -> None:
     ids = await failed_jobs(redis_url, [JobSpec("x", {"i": i}) for i in range(30)])
     spec = bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 10})
-    engine = ReplayEngine(r, replay_id="sk", owner="ns/sk")
+    sk = engine(r, "sk", tuning=replace(TUNING, step_budget_s=0.0))
     st = DLQReplayStatus()
     while st.replayed < 10:
-        st = (await engine.step(spec, st)).status
+        st = (await sk.step(spec, st)).status
     newest = list(await r.zrange(K.failed, -3, -1))
     assert await BullQueue(r, Q).replay(newest) == [1, 1, 1]  # someone retried three meanwhile
-    st = await drive(engine, spec, st)
+    st = await drive(sk, spec, st)
     assert (st.phase, st.matched, st.replayed, st.skipped) == (ReplayPhase.SUCCEEDED, 30, 27, 3)
     assert st.progress == "30/30"
     assert sorted(await r.lrange(K.wait, 0, -1)) == sorted(ids)
@@ -232,7 +229,7 @@ async def test_paused_queue_keeps_the_replayed_jobs_until_resumed(redis_url: str
     ids = await failed_jobs(redis_url, [JobSpec("x", {"i": i}) for i in range(25)])
     q = BullQueue(r, Q)
     await q.pause()
-    st = await ReplayEngine(r, replay_id="pp", owner="ns/pp").run(bulk_spec())
+    st = await engine(r, "pp").run(bulk_spec())
     assert st.replayed == 25 and await q.is_paused()
     async with run_worker(redis_url, Q) as worker:
         await asyncio.sleep(0.3)
@@ -245,7 +242,7 @@ async def test_paused_queue_keeps_the_replayed_jobs_until_resumed(redis_url: str
 async def test_verify_watches_the_jobs_bulk_moved(redis_url: str, r: aioredis.Redis) -> None:
     ids = await failed_jobs(redis_url, [JobSpec("x", {"i": i}) for i in range(20)])
     async with run_worker(redis_url, Q, fail_when=lambda job: "again" if job.data["i"] < 5 else None):
-        st = await ReplayEngine(r, replay_id="v", owner="ns/v").run(
+        st = await engine(r, "v").run(
             bulk_spec(verify={"window": "3s", "minSuccessRate": 0.9}))
     assert st.phase == ReplayPhase.FAILED
     assert (st.replayed, st.completed, st.failed_again) == (20, 15, 5)
@@ -255,7 +252,7 @@ async def test_verify_watches_the_jobs_bulk_moved(redis_url: str, r: aioredis.Re
 async def test_dry_run_says_what_bulk_would_do_unlike_exact(redis_url: str, r: aioredis.Redis) -> None:
     specs = mixed_jobs(60)
     await failed_jobs(redis_url, specs)
-    st = await ReplayEngine(r, replay_id="d", owner="ns/d").run(bulk_spec(dryRun=True))
+    st = await engine(r, "d").run(bulk_spec(dryRun=True))
     assert (st.phase, st.matched, st.replayed) == (ReplayPhase.SUCCEEDED, 60, 0)
     prio = sum(1 for s in specs if s.opts.get("priority"))
     lifo = sum(1 for s in specs if s.opts.get("lifo"))

@@ -15,7 +15,7 @@ from requeue.errors import RedisUnavailable
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys, connect
 from requeue.replay import ReplayEngine, StepResult
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
-from support.replay import drive, drive_losing_status
+from support.replay import ONE_BATCH_PER_STEP, drive, drive_losing_status
 from support.replay import replay_spec as make_spec
 
 Q = "default"
@@ -447,14 +447,14 @@ async def test_a_step_moves_batches_while_the_token_bucket_has_them(
     assert slow.status.replayed == 10 and slow.delay > 0   # one batch, then wait for tokens
 
 
-@pytest.mark.usefixtures("one_batch_per_step")
 async def test_redis_killed_mid_run_surfaces_redis_unavailable(redis_factory: Any) -> None:
     server = redis_factory()
     await make_failed_jobs(server.url, Q, jobs(50))
     client = await connect(server.url, timeout_s=1)
     try:
         spec = make_spec(rate={"jobsPerSecond": 100_000, "batchSize": 10})
-        engine = ReplayEngine(client, replay_id="k", owner="ns/k", redis_failure_bound=3, backoff=0.01)
+        engine = ReplayEngine(client, replay_id="k", owner="ns/k", redis_failure_bound=3, backoff=0.01,
+                              tuning=ONE_BATCH_PER_STEP)
         st = DLQReplayStatus()
         while st.replayed < 10:
             st = (await engine.step(spec, st)).status
@@ -472,7 +472,6 @@ async def test_redis_killed_mid_run_surfaces_redis_unavailable(redis_factory: An
         await client.aclose()
 
 
-@pytest.mark.usefixtures("one_batch_per_step")
 async def test_redis_back_after_a_reported_outage_is_ready_again_with_an_event(redis_factory: Any) -> None:
     # Regression: the step that reached Redis again set Ready=True inside _step, so the check for
     # "Ready was RedisUnreachable" never matched and the outage's Warning got no RedisReachable.
@@ -481,7 +480,8 @@ async def test_redis_back_after_a_reported_outage_is_ready_again_with_an_event(r
     client = await connect(server.url, timeout_s=1)
     try:
         spec = make_spec(rate={"jobsPerSecond": 100_000, "batchSize": 10})
-        engine = ReplayEngine(client, replay_id="back", owner="ns/back", redis_failure_bound=2, backoff=0.01)
+        engine = ReplayEngine(client, replay_id="back", owner="ns/back", redis_failure_bound=2, backoff=0.01,
+                              tuning=ONE_BATCH_PER_STEP)
         st = DLQReplayStatus()
         while st.replayed < 10:
             st = (await engine.step(spec, st)).status

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,11 @@ import redis.asyncio as aioredis
 
 from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys
-from requeue.replay import ReplayEngine
-from requeue.replay import moves as moves_module
-from requeue.replay import selection as selection_module
+from requeue.replay import EngineTuning, ReplayEngine
 from support.bullmq_jobs import JobSpec, make_failed_jobs, mixed_jobs, run_worker, three_generations
 from support.cli import cli, interrupt_cli, write_manifest
 from support.replay import (
+    ONE_BATCH_PER_STEP,
     drive,
     drive_losing_status,
     lose_every_third_reply,
@@ -116,15 +116,13 @@ async def test_window_bounds_and_max_jobs_select_exactly(redis_url: str, r: aior
 
 
 async def test_resume_after_crashes_between_every_selection_page_and_every_step(
-    redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, r: aioredis.Redis
 ) -> None:
     specs = mixed_jobs(120)
     ids = await make_failed_jobs(redis_url, Q, specs)
-    monkeypatch.setattr(selection_module, "SELECT_WINDOW_PAGE", 7)
-    monkeypatch.setattr(selection_module, "SELECT_STEP_MEMBERS", 14)
-    monkeypatch.setattr(moves_module, "MOVE_CHUNK", 9)
+    tuning = EngineTuning(select_window_page=7, select_step_members=14, move_chunk=9)
     spec = make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20})
-    st = await drive_losing_status(r, spec, replay_id="cs")
+    st = await drive_losing_status(r, spec, replay_id="cs", tuning=tuning)
     assert st.phase == ReplayPhase.SUCCEEDED
     assert (st.matched, st.replayed, st.skipped) == (120, 120, 0)
     snapshot = await r.lrange(ReplayKeys("cs").snapshot, 0, -1)
@@ -135,17 +133,16 @@ async def test_resume_after_crashes_between_every_selection_page_and_every_step(
 
 
 async def test_two_processes_on_one_replay_select_and_move_each_job_once(
-    redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, r: aioredis.Redis
 ) -> None:
     """A handler running twice at once (kopf did, on the emulator): every selection page and
     every chunk is atomic and reads its cursor in Redis, so they share the work."""
     ids = await make_failed_jobs(redis_url, Q, mixed_jobs(200))
-    monkeypatch.setattr(selection_module, "SELECT_WINDOW_PAGE", 11)
-    monkeypatch.setattr(moves_module, "MOVE_CHUNK", 13)
+    tuning = EngineTuning(select_window_page=11, move_chunk=13)
     spec = make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30})
     one, two = await asyncio.gather(
-        ReplayEngine(r, replay_id="tw", owner="ns/tw").run(spec),
-        ReplayEngine(r, replay_id="tw", owner="ns/tw").run(spec))
+        ReplayEngine(r, replay_id="tw", owner="ns/tw", tuning=tuning).run(spec),
+        ReplayEngine(r, replay_id="tw", owner="ns/tw", tuning=tuning).run(spec))
     for st in (one, two):
         assert st.phase == ReplayPhase.SUCCEEDED and (st.matched, st.replayed) == (200, 200)
     snapshot = await r.lrange(ReplayKeys("tw").snapshot, 0, -1)
@@ -161,9 +158,9 @@ async def test_connection_lost_around_a_fast_chunk_moves_nothing_twice(
     """The chunk's write reached Redis (or not), the reply never came back: the retry finds
     the cursor where Redis left it and moves nothing twice, loses nothing."""
     ids = await make_failed_jobs(redis_url, Q, [JobSpec("x", {"i": i}) for i in range(90)])
-    monkeypatch.setattr(moves_module, "MOVE_CHUNK", 10)
     calls = lose_every_third_reply(monkeypatch, write_lands=lost == "after")
-    engine = ReplayEngine(r, replay_id=f"ls-{lost}", owner="ns/ls", backoff=0.001, redis_failure_bound=100)
+    engine = ReplayEngine(r, replay_id=f"ls-{lost}", owner="ns/ls", backoff=0.001, redis_failure_bound=100,
+                          tuning=EngineTuning(move_chunk=10))
     st = await drive(engine, make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30}))
     assert st.phase == ReplayPhase.SUCCEEDED
     assert (st.matched, st.replayed, st.skipped) == (90, 90, 0)
@@ -217,14 +214,12 @@ async def test_paused_queue_fast_path_targets_the_paused_list(redis_url: str, r:
     assert sorted(worker.completed) == sorted(ids)
 
 
-@pytest.mark.usefixtures("one_batch_per_step")
 async def test_jobs_failing_again_during_a_fast_replay_are_not_picked_again(
-    redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, r: aioredis.Redis
 ) -> None:
     ids = await make_failed_jobs(redis_url, Q, [JobSpec("x", {"i": i}) for i in range(60)])
-    monkeypatch.setattr(moves_module, "MOVE_CHUNK", 10)
     spec = make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20})
-    engine = ReplayEngine(r, replay_id="fa", owner="ns/fa")
+    engine = ReplayEngine(r, replay_id="fa", owner="ns/fa", tuning=replace(ONE_BATCH_PER_STEP, move_chunk=10))
     st, refailed = await refail_first_replayed(engine, spec, redis_url, Q, 20)
     assert len(refailed) == 20
     st = await drive(engine, spec, st)

@@ -18,8 +18,7 @@ import redis.asyncio as aredis
 
 from requeue.api import DLQReplaySpec, ReplayPhase
 from requeue.queues import connect
-from requeue.replay import ReplayEngine
-from requeue.replay import selection as selection_module
+from requeue.replay import EngineTuning, ReplayEngine
 from support.node import (
     MAJORS,
     FailRule,
@@ -34,9 +33,8 @@ pytestmark = pytest.mark.interop
 @pytest.mark.parametrize("major", MAJORS)
 @pytest.mark.parametrize("reset", [True, False], ids=["resetAttempts", "keepAttempts"])
 async def test_bulk_replay_into_node_paused_queue_runs_each_job_once(
-    major: int, reset: bool, redis_url: str, redis_client: aredis.Redis, monkeypatch: pytest.MonkeyPatch
+    major: int, reset: bool, redis_url: str, redis_client: aredis.Redis
 ) -> None:
-    monkeypatch.setattr(selection_module, "CLOCK_SKEW_MS", 100)  # jobs below are older than that
     qname = f"bulk-{major}-{reset}"
     k = f"bull:{qname}"
     jobs: list[dict[str, Any]] = [
@@ -58,7 +56,9 @@ async def test_bulk_replay_into_node_paused_queue_runs_each_job_once(
             "redis": {"urlSecretRef": {"name": "redis", "key": "url"}}, "queue": qname, "mode": "Bulk",
             "resetAttempts": reset, "rate": {"jobsPerSecond": 100_000, "batchSize": 15},
         })
-        st = await ReplayEngine(client, replay_id=f"bulk-{major}-{reset}", owner="ns/bulk").run(spec)
+        margin = EngineTuning(clock_skew_ms=100)  # the jobs above are older than that
+        st = await ReplayEngine(client, replay_id=f"bulk-{major}-{reset}", owner="ns/bulk",
+                                tuning=margin).run(spec)
     finally:
         await client.aclose()
     assert st.phase == ReplayPhase.SUCCEEDED, st.message

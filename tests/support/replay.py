@@ -11,9 +11,15 @@ from redis.asyncio import Redis
 
 from requeue.api import DLQReplaySpec, DLQReplayStatus
 from requeue.queues import raw as raw_module
-from requeue.replay import ReplayEngine
+from requeue.replay import DEFAULT_TUNING, EngineTuning, ReplayEngine
 
-__all__ = ["drive", "drive_losing_status", "lose_every_third_reply", "refail_first_replayed", "replay_spec"]
+__all__ = ["ONE_BATCH_PER_STEP", "drive", "drive_losing_status", "lose_every_third_reply",
+           "refail_first_replayed", "replay_spec"]
+
+#: A step moves one batch, as at a modest rate: tests that act between batches (kill Redis,
+#: let jobs fail again) see the replay mid-way. At a high rate a step moves batches for up
+#: to :attr:`EngineTuning.step_budget_s`.
+ONE_BATCH_PER_STEP = EngineTuning(step_budget_s=0.0)
 
 
 class Ticking(Protocol):
@@ -54,18 +60,20 @@ async def drive(engine: ReplayEngine, spec: DLQReplaySpec, status: DLQReplayStat
 
 
 async def drive_losing_status(redis: Redis, spec: DLQReplaySpec, *, replay_id: str,
-                              max_steps: int = 5000) -> DLQReplayStatus:
+                              max_steps: int = 5000,
+                              tuning: EngineTuning = DEFAULT_TUNING) -> DLQReplayStatus:
     """Step as processes that crash before writing every other status: that step's result is
-    thrown away and a new engine (a new process, owner ``ns/<replay_id>``) goes on from the status
-    before it. Returns the final status, or the last kept one after ``max_steps`` steps."""
+    thrown away and a new engine (a new process, owner ``ns/<replay_id>``, with ``tuning``) goes
+    on from the status before it. Returns the final status, or the last kept one after
+    ``max_steps`` steps."""
     st = DLQReplayStatus()
-    engine = ReplayEngine(redis, replay_id=replay_id, owner=f"ns/{replay_id}")
+    engine = ReplayEngine(redis, replay_id=replay_id, owner=f"ns/{replay_id}", tuning=tuning)
     for i in range(max_steps):
         result = await engine.step(spec, st)
         if result.status.phase.finished:
             return result.status
         if i % 2 == 0:
-            engine = ReplayEngine(redis, replay_id=replay_id, owner=f"ns/{replay_id}")
+            engine = ReplayEngine(redis, replay_id=replay_id, owner=f"ns/{replay_id}", tuning=tuning)
             continue
         st = result.status
     return st

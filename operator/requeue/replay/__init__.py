@@ -8,8 +8,11 @@ from requeue.replay.engine import (
     StoredProgress,
 )
 from requeue.replay.matcher import Matcher, is_subset, normalize_reason
+from requeue.replay.tuning import DEFAULT_TUNING, EngineTuning
 
 __all__ = [
+    "DEFAULT_TUNING",
+    "EngineTuning",
     "GateRunnerLike",
     "Matcher",
     "ReplayEngine",

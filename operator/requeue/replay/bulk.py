@@ -29,11 +29,6 @@ from requeue.queues.raw import RawTransaction, pack, raise_errors, script_text
 from requeue.replay.matcher import Matcher, to_ms
 from requeue.replay.state import SAMPLE_IDS, Finish, Stage, from_ms, int_field
 
-#: Jobs per ``moveJobsToWait`` call at most (a batch is split into equal chunks): ~5 µs of
-#: Redis time each with the bookkeeping (~6.5 µs resetting attempts), so a chunk stays
-#: around 2.5-3.5 ms (BullMQ's own ``retryJobs`` takes 1000 at a time: ~6-15 ms).
-BULK_CHUNK = 500
-
 
 class OlderFailedJobs(Finish):
     """A failed job older than ``failedAfter``: ``moveJobsToWait`` would take it first."""
@@ -63,10 +58,12 @@ async def oldest_first(redis: Redis, q: BullQueue, lower: int) -> None:
 class Bulk:
     """Selects and moves one Bulk replay. Holds the queue's paused flag between chunks."""
 
-    def __init__(self, redis: Redis, keys: ReplayKeys, *, lease_value: str) -> None:
+    def __init__(self, redis: Redis, keys: ReplayKeys, *, lease_value: str, chunk: int) -> None:
         self.redis = redis
         self.keys = keys
         self.lease_value = lease_value
+        #: Jobs per ``moveJobsToWait`` call at most (:attr:`EngineTuning.bulk_chunk`).
+        self.chunk = chunk
         self._paused: bool | None = None
 
     async def select(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus,
@@ -100,14 +97,14 @@ class Bulk:
 
     async def move(self, spec: DLQReplaySpec, q: BullQueue, n: int, p: dict[str, str],
                    now: datetime) -> tuple[int, int, int]:
-        """Up to ``n`` jobs, in equal chunks of at most :data:`BULK_CHUNK`; (moved, skipped, missing)."""
+        """Up to ``n`` jobs, in equal chunks of at most :attr:`chunk`; (moved, skipped, missing)."""
         cursor, matched = int_field(p, Progress.CURSOR), int_field(p, Progress.MATCHED)
         left = min(n, matched - cursor)
         if left <= 0:
             return 0, 0, 0
         if self._paused is None:
             self._paused = await q.is_paused()
-        size = math.ceil(left / math.ceil(left / BULK_CHUNK))  # equal chunks, none over BULK_CHUNK
+        size = math.ceil(left / math.ceil(left / self.chunk))  # equal chunks, none over self.chunk
         moved = skipped = 0
         async with RawTransaction(self.redis) as tx:
             while left > 0:

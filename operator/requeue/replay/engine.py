@@ -91,16 +91,14 @@ from requeue.replay.state import (
     mark_replayed,
     selection_json,
 )
+from requeue.replay.tuning import DEFAULT_TUNING, EngineTuning
 from requeue.replay.verify import Verification
 
 logger = logging.getLogger(__name__)
 
-#: Lease time to live; renewed every step (a step lasts one batch, at most ~STEP_BUDGET_S more).
+#: Lease time to live; renewed every step (a step lasts one batch, at most
+#: ~:attr:`EngineTuning.step_budget_s` more).
 LEASE_TTL_MS = 60_000
-#: A step moves batch after batch while the token bucket has a full batch ready, up to this
-#: long (s): at a high rate the status, the lease and the spec are read once per step,
-#: not once per batch, and Redis does not idle between batches.
-STEP_BUDGET_S = 0.05
 #: Delay while another replay holds the queue.
 LOCKED_DELAY = 5.0
 #: Delay while the queue's backlog is above ``rate.maxWaiting``.
@@ -128,6 +126,7 @@ class ReplayEngine:
         are left out of the snapshot and counted in the progress field ``over_budget``.
     :param driver: who this engine drives as; defaults to this process, so engines of one
         process share the lease of a replay and other processes wait for it.
+    :param tuning: pace and chunk sizes (tests pass smaller ones); the defaults are production's.
     """
 
     def __init__(
@@ -142,6 +141,7 @@ class ReplayEngine:
         backoff: float = 0.5,
         budget: ReplayBudgetLike | None = None,
         driver: Driver | None = None,
+        tuning: EngineTuning = DEFAULT_TUNING,
     ) -> None:
         self.redis = redis
         self.driver = driver or this_process()
@@ -150,15 +150,17 @@ class ReplayEngine:
         self.owner = owner
         self.gates = gates
         self.clock = clock
+        self.tuning = tuning
         self.keys = ReplayKeys(replay_id)
         self.redis_failure_bound = redis_failure_bound
         self.backoff = backoff
         self.redis_failures = 0
         self._queues: dict[tuple[str, str], BullQueue] = {}
         self._bucket = TokenBucket(clock)
-        self._selection = Selection(redis, self.keys, replay_id=replay_id, budget=budget)
-        self._mover = Mover(redis, self.keys, lease_value=self._lease_value, owner=owner, clock=clock)
-        self._bulk = Bulk(redis, self.keys, lease_value=self._lease_value)
+        self._selection = Selection(redis, self.keys, replay_id=replay_id, budget=budget, tuning=tuning)
+        self._mover = Mover(redis, self.keys, lease_value=self._lease_value, owner=owner, clock=clock,
+                            move_chunk=tuning.move_chunk)
+        self._bulk = Bulk(redis, self.keys, lease_value=self._lease_value, chunk=tuning.bulk_chunk)
         self._verification = Verification(redis, self.keys)
         self._gating = Gating(redis, self.keys)
         namespace, _, name = owner.rpartition("/")
@@ -360,7 +362,7 @@ class ReplayEngine:
         wait = await self._gating.check(self.gates, spec, q, st, now, events, gen, p)
         if wait is not None:
             return wait
-        upper = selection_upper(spec, now)
+        upper = selection_upper(spec, now, self.tuning.clock_skew_ms)
         await self.redis.hset(self.keys.progress, mapping={
             Progress.STAGE: Stage.SELECTING, Progress.UPPER: str(upper),
             Progress.STARTED_MS: str(to_ms(now)),
@@ -490,7 +492,7 @@ class ReplayEngine:
             if st.replayed + st.skipped >= st.matched:
                 return await self._replayed(spec, st, now, events, gen)
             delay = self._bucket.next_delay(spec.rate)
-            if delay > 0 or time.monotonic() - started >= STEP_BUDGET_S:
+            if delay > 0 or time.monotonic() - started >= self.tuning.step_budget_s:
                 return delay
             now = self.clock()
 

@@ -37,10 +37,8 @@ from requeue.replay.state import Stage, int_field
 logger = logging.getLogger("requeue.replay.engine")
 
 #: Jobs per sub-transaction of a replay batch with BullMQ's ``reprocessJob`` (~20 µs of Redis
-#: time each: a MULTI stays around 2 ms) and with ``moveJobsToWait`` (~6-7 µs each with the
-#: bookkeeping and the attempts reset).
+#: time each: a MULTI stays around 2 ms); ``moveJobsToWait``'s is :attr:`EngineTuning.move_chunk`.
 REPROCESS_CHUNK = 64
-MOVE_CHUNK = 200
 #: Jobs per sub-transaction of a targetQueue batch (an add and a remove script each).
 COPY_CHUNK = 50
 
@@ -108,12 +106,13 @@ class Mover:
     """
 
     def __init__(self, redis: Redis, keys: ReplayKeys, *, lease_value: str, owner: str,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime], move_chunk: int) -> None:
         self.redis = redis
         self.keys = keys
         self.lease_value = lease_value
         self.owner = owner
         self.clock = clock
+        self.move_chunk = move_chunk
         self._fast_aborts = 0
 
     # -- in place: moveJobsToWait and reprocessJob ----------------------------
@@ -165,7 +164,7 @@ class Mover:
         k = self.keys
         raw = await q.scripts.plan_moves(
             keys=[k.progress, q.keys.lease, q.keys.meta, k.snapshot, q.keys.failed, k.slow],
-            args=[self.lease_value, n, MOVE_CHUNK, REPROCESS_CHUNK, mode])
+            args=[self.lease_value, n, self.move_chunk, REPROCESS_CHUNK, mode])
         reply = json.loads(raw)
         if not reply[0]:
             raise rx.WatchError("lease lost")

@@ -29,6 +29,7 @@ from requeue.queues.keys import REASONS_OTHER, Progress
 from requeue.replay.bulk import oldest_first
 from requeue.replay.matcher import Matcher, normalize_reason, to_ms
 from requeue.replay.state import SAMPLE_IDS, Finish, ReplayEvent, Stage, int_field, mark_replayed
+from requeue.replay.tuning import EngineTuning
 
 #: Redis time a selection page script may take (µs); it ends the page early after that.
 SELECT_BUDGET_US = 1200
@@ -37,11 +38,6 @@ SELECT_BUDGET_US = 1200
 SELECT_PAGE_SIZE = 250
 #: Page size when names are prefiltered in Redis (non-matching members cost ~0.5 µs each).
 SELECT_PAGE_SIZE_NAMES = 1000
-#: Failed-set members scanned per selection step at most (several pages, each committed alone).
-SELECT_STEP_MEMBERS = 20_000
-#: Failed-set members per call of the in-Redis selection of a pure time window
-#: (``SELECT_WINDOW``: ~3-4 µs of Redis time each, so a call stays under ~1.5 ms).
-SELECT_WINDOW_PAGE = 500
 #: The window selection's corrupt-data check: True parses every job's data as JSON in
 #: Redis (cjson, ~2.5 µs per job), False checks it only looks like JSON (first and last
 #: character: catches truncated and non-JSON values; ~0.3 µs).
@@ -53,11 +49,9 @@ REASON_KEYS = 2000
 CORRUPT_IDS = 20
 #: Groups shown per breakdown.
 BREAKDOWN_TOP = 20
-#: Tolerated clock skew between requeue and the workers (ms) when fixing the selection's upper bound.
-CLOCK_SKEW_MS = 1000
 
 
-def selection_upper(spec: DLQReplaySpec, now: datetime) -> int:
+def selection_upper(spec: DLQReplaySpec, now: datetime, clock_skew_ms: int) -> int:
     """The selection's upper bound (ms, exclusive), fixed when selection starts.
 
     Exact reaches a clock-skew margin past now (a worker whose clock runs ahead still
@@ -65,7 +59,7 @@ def selection_upper(spec: DLQReplaySpec, now: datetime) -> int:
     Bulk has no snapshot, only the window, so it stops a margin before now: a replayed
     job failing again, even on a worker whose clock runs behind, lands above it.
     """
-    margin = -CLOCK_SKEW_MS if spec.mode == ReplayMode.BULK else CLOCK_SKEW_MS
+    margin = -clock_skew_ms if spec.mode == ReplayMode.BULK else clock_skew_ms
     return to_ms(now) + margin
 
 
@@ -155,16 +149,17 @@ class Selection:
     """
 
     def __init__(self, redis: Redis, keys: ReplayKeys, *, replay_id: str,
-                 budget: ReplayBudgetLike | None) -> None:
+                 budget: ReplayBudgetLike | None, tuning: EngineTuning) -> None:
         self.redis = redis
         self.keys = keys
         self.replay_id = replay_id
         self.budget = budget
+        self.tuning = tuning
 
     async def step(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
                    events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float:
         """Select pages into the snapshot until the selection ends or this step has scanned
-        :data:`SELECT_STEP_MEMBERS`. Each page commits on its own (snapshot ids, counters and
+        :attr:`EngineTuning.select_step_members`. Each page commits on its own (snapshot ids, counters and
         cursor in one MULTI fenced by WATCH), so a crash between pages loses nothing."""
         if spec.mode == ReplayMode.BULK:
             await oldest_first(self.redis, q, Matcher(spec.selector).min_score)
@@ -207,7 +202,7 @@ class Selection:
                     now: datetime) -> bool:
         """Pages until the selection ends (True) or this step scanned enough (False)."""
         matcher = Matcher(spec.selector)
-        upper = int_field(p, Progress.UPPER) or selection_upper(spec, now)
+        upper = int_field(p, Progress.UPPER) or selection_upper(spec, now, self.tuning.clock_skew_ms)
         page_size = SELECT_PAGE_SIZE_NAMES if matcher.name_globs else SELECT_PAGE_SIZE
         with_data = spec.selector.data_match is not None
         # A pure time window needs nothing from the client per job: it is selected inside
@@ -215,7 +210,7 @@ class Selection:
         in_redis = matcher.only_time_window and self.budget is None
         scanned_now = 0
         done = False
-        while not done and scanned_now < SELECT_STEP_MEMBERS:
+        while not done and scanned_now < self.tuning.select_step_members:
             if in_redis:
                 done, scanned = await self._window_page(spec, q, st, p, matcher, upper)
             else:
@@ -230,7 +225,7 @@ class Selection:
         k = self.keys
         raw = await q.scripts.select_window(
             keys=[q.keys.failed, k.progress, k.snapshot, k.names, k.reasons, k.corrupt, k.lifo, k.slow],
-            args=[q.keys.base, matcher.min_score, matcher.max_score(upper), SELECT_WINDOW_PAGE,
+            args=[q.keys.base, matcher.min_score, matcher.max_score(upper), self.tuning.select_window_page,
                   spec.selector.max_jobs or 0, upper, CORRUPT_IDS, REASON_KEYS,
                   "1" if WINDOW_EXACT_JSON else "0", SELECT_BUDGET_US],
         )
