@@ -18,7 +18,8 @@
     │   └── GatesTimedOut           gates did not pass within gatePolicy.timeout
     └── TransientError              may pass on its own; retry with backoff
         ├── RedisUnreachable        cannot reach Redis, or it errored
-        │   └── RedisOutOfMemory    Redis is at maxmemory and refuses writes
+        │   ├── RedisOutOfMemory    Redis is at maxmemory and refuses writes
+        │   └── RedisCertificateUntrusted  the rediss:// server's certificate fails verification
         └── QueueLocked             another replay holds the queue's lease
 
 Each carries a ``reason`` (a :class:`~requeue.api.conditions.Reason`, written to
@@ -169,6 +170,17 @@ class RedisUnreachable(TransientError):
 
     reason = Reason.REDIS_UNREACHABLE
     exit_code = 3
+
+
+class RedisCertificateUntrusted(RedisUnreachable):
+    """The ``rediss://`` server's certificate does not verify: another CA signed it (a wrong or
+    missing ``spec.redis.tls.caSecretRef``), or it names another host.
+
+    Transient like an outage, so the operator keeps retrying and picks up a fixed CA
+    Secret by itself; named apart because the fix is the CA, not the network.
+    """
+
+    reason = Reason.REDIS_CERTIFICATE_UNTRUSTED
 
 
 class RedisOutOfMemory(RedisUnreachable):

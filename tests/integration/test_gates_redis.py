@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from requeue.api import GatePolicy, GateSpec
@@ -24,6 +20,7 @@ from requeue.secrets import StaticSecrets
 from support.gates import ControlledHttp, make_certificates
 from support.redis_server import RedisServer, free_port
 from support.tcp_proxy import TcpProxy
+from support.tls_redis import tls_redis_server
 
 PASSWORD = "redis-Secret-7c1e"
 RedisFactory = Callable[[], RedisServer]
@@ -213,44 +210,9 @@ async def test_a_url_option_redis_py_cannot_take_is_named_not_a_traceback() -> N
     assert PASSWORD not in result.message
 
 
-@contextlib.contextmanager
-def tls_redis_server(directory: Path) -> Iterator[tuple[int, str]]:
-    """A redis-server that speaks only TLS, its certificate signed by a private CA: (port, CA PEM)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server (built with TLS, as Debian's is) not on PATH: apt-get install redis-server")
-    certs = make_certificates(directory)
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-         "--tls-cert-file", str(certs.cert_file), "--tls-key-file", str(certs.key_file),
-         "--tls-ca-cert-file", str(directory / "ca.crt"), "--tls-auth-clients", "no",
-         "--save", "", "--appendonly", "no", "--dir", str(directory), "--requirepass", PASSWORD],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            client = redis.Redis(host="127.0.0.1", port=port, password=PASSWORD, ssl=True,
-                                 ssl_ca_certs=str(directory / "ca.crt"), socket_timeout=0.5)
-            try:
-                if client.ping():
-                    break
-            except (redis.RedisError, OSError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"TLS redis-server on port {port} did not come up") from None
-                time.sleep(0.05)
-            finally:
-                client.close()
-        yield port, certs.ca_pem
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 async def test_resources_own_tls_redis_is_verified_with_its_ca(tmp_path: Path) -> None:
     """A gate without urlSecretRef checks the resource's rediss:// Redis with spec.redis.tls's CA."""
-    with tls_redis_server(tmp_path) as (port, ca_pem):
+    with tls_redis_server(tmp_path, password=PASSWORD) as (port, ca_pem):
         url = f"rediss://default:{PASSWORD}@127.0.0.1:{port}/0"
         conn = RedisConnection.model_validate(
             {"urlSecretRef": {"name": "r", "key": "url"}, "tls": {"caSecretRef": {"name": "r", "key": "ca"}}}

@@ -70,6 +70,7 @@ class Reason(StrEnum):
     FORBIDDEN = "Forbidden"
     REDIS_UNREACHABLE = "RedisUnreachable"
     REDIS_OUT_OF_MEMORY = "RedisOutOfMemory"
+    REDIS_CERTIFICATE_UNTRUSTED = "RedisCertificateUntrusted"
     QUEUE_LOCKED = "QueueLocked"
     KUBERNETES_API_ERROR = "KubernetesApiError"
     DESTINATION_DENIED = "DestinationDenied"
@@ -161,6 +162,9 @@ REASON_DOCS: dict[Reason, str] = {
                       "message names it; README 'Redis ACL users'; CLI exit 3).",
     Reason.REDIS_UNREACHABLE: "Redis cannot be reached or answered with an error (CLI exit 3).",
     Reason.REDIS_OUT_OF_MEMORY: "Redis is at maxmemory and refuses writes; the replay holds.",
+    Reason.REDIS_CERTIFICATE_UNTRUSTED: "The rediss:// server's TLS certificate does not verify with "
+                                        "the CA given (spec.redis.tls.caSecretRef) or names another "
+                                        "host; retried (CLI exit 3).",
     Reason.QUEUE_LOCKED: "Another replay (or process) holds the queue's lease; this one waits.",
     Reason.KUBERNETES_API_ERROR: "The Kubernetes API server was unreachable or answered with an error.",
     Reason.DESTINATION_DENIED: "A gate's host is refused by the operator's gate destination policy.",

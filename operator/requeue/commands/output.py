@@ -22,6 +22,7 @@ from rich.console import Console
 from requeue.errors import (
     AuthFailed,
     Forbidden,
+    RedisCertificateUntrusted,
     RedisUnavailable,
     RequeueError,
     SecretNotFound,
@@ -146,7 +147,8 @@ async def connect_retrying(attempt: Callable[[], Awaitable[T]], retry: ConnectRe
                            note: Callable[[str], None]) -> T:
     """``await attempt()`` until it does not raise :class:`RedisUnavailable` (an unreachable
     Redis may be starting, failing over, or a port-forward away), noting each retry; credentials
-    refused, a bad URL or a missing secret are not retried (waiting cannot help).
+    refused, a bad URL, an untrusted certificate or a missing secret are not retried (waiting
+    cannot help).
 
     :raises RedisUnavailable: every attempt failed; the message says how many, over how long.
     """
@@ -156,12 +158,14 @@ async def connect_retrying(attempt: Callable[[], Awaitable[T]], retry: ConnectRe
     for number in range(1, attempts + 1):
         try:
             return await attempt()
+        except RedisCertificateUntrusted:
+            raise  # waiting cannot make the certificate verify
         except RedisUnavailable as exc:
             if number == attempts:
                 tried = (f"gave up after {attempts} attempts in {time.monotonic() - started:.1f}s"
                          if attempts > 1 else "tried once")
-                raise RedisUnavailable(f"{exc.message}; {tried} (--connect-timeout {retry.budget_s:g})",
-                                       queue=exc.queue, replay=exc.replay) from None
+                raise type(exc)(f"{exc.message}; {tried} (--connect-timeout {retry.budget_s:g})",
+                                queue=exc.queue, replay=exc.replay) from None
             delay = delays[number - 1]
             note(f"Redis unreachable, retrying in {delay:g}s (attempt {number} of {attempts}): {exc.message}")
             await asyncio.sleep(delay)

@@ -10,7 +10,14 @@ import re2
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 
-from requeue.errors import AuthFailed, Forbidden, RedisOutOfMemory, RedisUnavailable, RedisUrlInvalid
+from requeue.errors import (
+    AuthFailed,
+    Forbidden,
+    RedisCertificateUntrusted,
+    RedisOutOfMemory,
+    RedisUnavailable,
+    RedisUrlInvalid,
+)
 from requeue.redact import encode_userinfo, redact_text, redact_url, sensitive_parts, split_url
 
 #: Seconds to wait for connecting and for each command.
@@ -96,6 +103,16 @@ def _script_named(msg: str) -> str | None:
         return None
     name, commands = named
     return f"the Lua script {name} (one of: {', '.join(commands)})"
+
+
+def is_certificate_error(exc: BaseException) -> bool:
+    """Whether a ``rediss://`` connection failed because the server's certificate did not verify.
+
+    redis-py wraps the ``ssl.SSLCertVerificationError`` in a ``ConnectionError``; its text stays.
+    """
+    return isinstance(exc, ssl.SSLCertVerificationError) or (
+        isinstance(exc, rx.ConnectionError | OSError) and "certificate verify failed" in str(exc)
+    )
 
 
 def is_oom_error(exc: BaseException) -> bool:
@@ -194,6 +211,11 @@ def map_redis_error(exc: BaseException, *, url: str | None = None, queue: str | 
             queue=queue, replay=replay)
     if is_auth_error(exc):
         return AuthFailed(f"Redis{where} refused the credentials ({detail})", queue=queue, replay=replay)
+    if is_certificate_error(exc):
+        return RedisCertificateUntrusted(
+            f"Redis{where} presents a TLS certificate that does not verify ({detail}): give the CA "
+            "that signed it in spec.redis.tls.caSecretRef (a PEM bundle), or check the host name",
+            queue=queue, replay=replay)
     if is_oom_error(exc):
         return RedisOutOfMemory(
             f"Redis{where} is out of memory and refuses writes ({detail}); nothing more moves until "

@@ -1,0 +1,113 @@
+"""Replays and policies (not only gates) over ``rediss://``, verified with a CA from a Secret; a
+wrong CA is the named reason ``RedisCertificateUntrusted``, with the password never shown."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from requeue.api.common import RedisConnection
+from requeue.api.gates import GateStatus, GateType
+from requeue.api.policy import QueuePolicySpec
+from requeue.errors import RedisCertificateUntrusted
+from requeue.policy.evaluate import BullQueueOps, PolicyRef, evaluate
+from requeue.queues import BullQueue, QueueKeys
+from requeue.redis_target import open_redis
+from requeue.secrets import StaticSecrets
+from support.bullmq_jobs import JobSpec, make_failed_jobs
+from support.cli import acli, write_manifest
+from support.gates import make_certificates
+from support.tls_redis import tls_redis_server
+
+PASSWORD = "tls-Secret-93be"
+Q = "default"
+K = QueueKeys("bull", Q)
+POLICY = PolicyRef(namespace="visapi", name="tls-policy", uid="tls-uid", generation=1)
+#: spec.redis with the CA from the Secret ``redis``/``ca`` (the CLI's ``--secret redis/ca=PEM``).
+REDIS_WITH_CA = {"urlSecretRef": {"name": "redis", "key": "url"},
+                 "tls": {"caSecretRef": {"name": "redis", "key": "ca"}}}
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(rediss:// URL with the password, the CA's PEM) of a TLS-only redis-server."""
+    (tmp_path / "server").mkdir()
+    with tls_redis_server(tmp_path / "server", password=PASSWORD) as (port, ca_pem):
+        yield f"rediss://default:{PASSWORD}@127.0.0.1:{port}/0", ca_pem
+
+
+def seeding(url: str, tmp_path: Path) -> str:
+    """``url`` for the test's own BullMQ producers and workers: trusting the CA by file."""
+    return f"{url}?ssl_ca_certs={tmp_path / 'server' / 'ca.crt'}"
+
+
+def plain_client(url: str, ca_pem: str) -> redis.Redis:
+    """A test-side client (checking) that trusts the server's CA."""
+    return redis.Redis.from_url(url, ssl_ca_data=ca_pem, decode_responses=True)
+
+
+async def test_replay_and_dry_run_over_tls_with_the_ca_from_a_secret(
+    tls_redis: tuple[str, str], tmp_path: Path,
+) -> None:
+    url, ca_pem = tls_redis
+    jobs = [JobSpec("whatsapp.send", {"i": i}, reason="429") for i in range(6)]
+    ids = await make_failed_jobs(seeding(url, tmp_path), Q, jobs)
+    manifest = write_manifest(tmp_path / "replay.yaml", {"redis": REDIS_WITH_CA,
+                                                         "rate": {"jobsPerSecond": 1000, "batchSize": 4}})
+    secrets = ("--secret", f"redis/url={url}", "--secret", f"redis/ca={ca_pem}")
+    dry = await acli("replay", "-f", str(manifest), *secrets, "--dry-run", "-o", "json")
+    assert dry.code == 0, dry.output
+    assert json.loads(dry.stdout)["matched"] == 6
+    res = await acli("replay", "-f", str(manifest), *secrets, "-o", "json")
+    assert res.code == 0, res.output
+    client = plain_client(url, ca_pem)
+    try:
+        assert client.zcard(K.failed) == 0 and sorted(client.lrange(K.wait, 0, -1)) == sorted(ids)
+    finally:
+        client.close()
+    assert PASSWORD not in dry.output + res.output
+
+
+async def test_policy_evaluates_and_pauses_over_tls(tls_redis: tuple[str, str], tmp_path: Path) -> None:
+    url, ca_pem = tls_redis
+    await make_failed_jobs(seeding(url, tmp_path), Q, [JobSpec("x", reason="boom")] * 3)
+    spec = QueuePolicySpec.model_validate({
+        "redis": REDIS_WITH_CA, "queues": [Q], "interval": "10s", "thresholds": {"failed": 2},
+        "gates": [{"name": "db", "http": {"url": "http://127.0.0.1:1/"}}],
+        "actions": {"pauseWhileGatesFail": True}})
+    secrets = StaticSecrets({("redis", "url"): url, ("redis", "ca"): ca_pem})
+    client, _target = await open_redis(secrets, spec.redis)
+    try:
+        red = [GateStatus(name="db", type=GateType.HTTP, healthy=False, message="down")]
+        result = await evaluate(POLICY, spec, None, redis=client, ops=BullQueueOps(client), gates=red)
+        assert await BullQueue(client, Q).is_paused()
+    finally:
+        await client.aclose()
+    ready = next(c for c in result.status.conditions if c.type == "Ready")
+    healthy = next(c for c in result.status.conditions if c.type == "Healthy")
+    assert (ready.status, healthy.reason) == ("True", "FailedAboveThreshold"), result.status.conditions
+
+
+async def test_a_wrong_ca_is_a_named_reason_without_the_password(
+    tls_redis: tuple[str, str], tmp_path: Path,
+) -> None:
+    url, _ca_pem = tls_redis
+    await make_failed_jobs(seeding(url, tmp_path), Q, [JobSpec("x", reason="boom")])
+    wrong_ca = make_certificates(tmp_path).ca_pem  # another throw-away CA, which never signed the server
+    conn = RedisConnection.model_validate(REDIS_WITH_CA)
+    with pytest.raises(RedisCertificateUntrusted) as raised:
+        await open_redis(StaticSecrets({("redis", "url"): url, ("redis", "ca"): wrong_ca}), conn)
+    assert raised.value.reason == "RedisCertificateUntrusted"
+    assert "caSecretRef" in raised.value.message and PASSWORD not in raised.value.message
+
+    manifest = write_manifest(tmp_path / "replay.yaml", {"redis": REDIS_WITH_CA})
+    res = await acli("replay", "-f", str(manifest), "--secret", f"redis/url={url}",
+                     "--secret", f"redis/ca={wrong_ca}", "-o", "json")
+    assert res.code == 3, res.output
+    error = json.loads(res.stdout)["error"]
+    assert error["reason"] == "RedisCertificateUntrusted", error
+    assert PASSWORD not in res.output and "Traceback" not in res.output
