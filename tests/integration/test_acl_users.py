@@ -111,6 +111,9 @@ async def test_each_readme_user_runs_its_job(acl: AclRedis, tmp_path: Path) -> N
     res = await acli("inspect", "--redis-url", inspect_url, "--queue", Q, "-o", "json")
     assert res.code == 0, res.output
     assert json.loads(res.stdout)["counts"]["failed"] == 9
+    for one in (("--job", ids[1]), ("--name", "whatsapp.send")):
+        res = await acli("inspect", "--redis-url", inspect_url, "--queue", Q, *one, "-o", "json")
+        assert res.code == 0, res.output
 
     replay_url = acl.create("requeue-replay")
     res = await acli("replay", "-f", str(manifest), "--redis-url", replay_url, "--dry-run", "-o", "json")
@@ -121,6 +124,8 @@ async def test_each_readme_user_runs_its_job(acl: AclRedis, tmp_path: Path) -> N
     assert res.code == 0, res.output
     assert acl.admin.zcard(K.failed) == 0
     assert sorted([*acl.admin.lrange(K.wait, 0, -1), *acl.admin.zrange(K.prioritized, 0, -1)]) == sorted(ids)
+    res = await acli("inspect", "--redis-url", inspect_url, "--queue", Q, "--job", ids[1], "-o", "json")
+    assert res.code == 0 and json.loads(res.stdout)["state"] == "waiting", res.output
 
     as_replay = aioredis.Redis.from_url(replay_url, decode_responses=True)
     try:  # the budget a policy's auto replays are charged to runs with the replay user's rights
