@@ -45,7 +45,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 
 from redis import exceptions as rx
 from redis.asyncio import Redis
@@ -57,7 +56,7 @@ from requeue.api import (
     ReplayPhase,
     find_condition,
 )
-from requeue.api.base import ConditionStatus, set_condition
+from requeue.api.base import ConditionStatus
 from requeue.api.conditions import Reason, ReplayCondition, stored_reason
 from requeue.clock import Clock, utcnow
 from requeue.errors import (
@@ -84,6 +83,7 @@ from requeue.replay.state import (
     Finish,
     ReplayEvent,
     Stage,
+    StepContext,
     StepResult,
     StoredProgress,
     from_ms,
@@ -172,10 +172,9 @@ class ReplayEngine:
         """Do one bounded piece of work and return the new status, the next delay and events."""
         st = status.model_copy(deep=True)
         st.observed_generation = generation
-        events: list[ReplayEvent] = []
         if st.phase.finished:
-            return StepResult(st, 0.0, events)
-        now = self.clock()
+            return StepResult(st, 0.0, [])
+        ctx = StepContext(st, self.clock(), generation)
         # Read before _step: a successful step sets Ready=True itself, which hid the recovery (the
         # Warning RedisUnreachable of a mid-run outage then never got its RedisReachable). Only an
         # outage this engine reported: after a failed connect the caller posts its own "Recovered".
@@ -183,26 +182,25 @@ class ReplayEngine:
         reported_outage = (self.redis_failures > 0 and was is not None
                            and was.reason in _OUTAGE_REASONS)
         try:
-            delay = await self._step(spec, st, now, events, generation)
+            delay = await self._step(spec, ctx)
         except Finish as fin:
-            await self._finish(spec, st, now, events, generation, fin)
+            await self._finish(spec, ctx, fin)
             delay = 0.0
         except rx.WatchError:
             # someone else wrote this replay's progress (or the lease) meanwhile: re-read and retry
             delay = 0.0
         except (AuthFailed, QueueNotFound) as exc:
-            await self._finish_quietly(spec, st, now, events, generation, exc.reason, exc.message)
+            ctx.events.append(ending.fail(st, exc.reason, exc.message, generation=generation, now=ctx.now))
             delay = 0.0
         except (rx.RedisError, OSError) as exc:
-            return self._redis_failed(spec, st, now, events, generation, exc)
+            return self._redis_failed(spec, ctx, exc)
         self.redis_failures = 0
         if reported_outage:
             ready = find_condition(st.conditions, ReplayCondition.READY)
             if ready is not None and ready.reason in _OUTAGE_REASONS:
-                set_condition(st, ReplayCondition.READY, True, Reason.READY,
-                              "Redis reachable again", generation, now)
-            events.append(ReplayEvent("Normal", Reason.REDIS_REACHABLE, "Redis answers again"))
-        return StepResult(st, delay, events)
+                ctx.condition(ReplayCondition.READY, True, Reason.READY, "Redis reachable again")
+            ctx.event("Normal", Reason.REDIS_REACHABLE, "Redis answers again")
+        return StepResult(st, delay, ctx.events)
 
     async def stored_progress(self) -> StoredProgress | None:
         """This replay's progress as stored in Redis, or None when it never started."""
@@ -217,23 +215,20 @@ class ReplayEngine:
         """Clean up after deletion: resume the queue if this replay paused it, release the lease,
         delete the snapshot and progress. Idempotent; a finished phase is kept."""
         st = status.model_copy(deep=True)
-        now = self.clock()
-        events: list[ReplayEvent] = []
+        ctx = StepContext(st, self.clock(), st.observed_generation)
         q = self._queue(spec, spec.queue)
-        await self._gating.resume_if_ours(q, st, now, events, st.observed_generation)
+        await self._gating.resume_if_ours(q, ctx)
         await self._release_lease(q)
         await self.redis.delete(*self.keys.all())
         if not st.phase.finished:
             st.phase = ReplayPhase.CANCELLED
-            st.completed_at = now
+            st.completed_at = ctx.now
             st.message = "cancelled; nothing more will be moved"
-            set_condition(st, ReplayCondition.PROGRESSING, False, Reason.CANCELLED,
-                          st.message, st.observed_generation, now)
-            set_condition(st, ReplayCondition.SUCCEEDED, False, Reason.CANCELLED,
-                          st.message, st.observed_generation, now)
-            ending.release_ready(st, st.observed_generation, now)
-            events.append(ReplayEvent("Normal", Reason.CANCELLED, st.message))
-        return StepResult(st, 0.0, events)
+            ctx.condition(ReplayCondition.PROGRESSING, False, Reason.CANCELLED, st.message)
+            ctx.condition(ReplayCondition.SUCCEEDED, False, Reason.CANCELLED, st.message)
+            ending.release_ready(st, ctx.generation, ctx.now)
+            ctx.event("Normal", Reason.CANCELLED, st.message)
+        return StepResult(st, 0.0, ctx.events)
 
     async def run(
         self,
@@ -264,31 +259,31 @@ class ReplayEngine:
 
     # -- the state machine ---------------------------------------------------
 
-    async def _step(self, spec: DLQReplaySpec, st: DLQReplayStatus, now: datetime,
-                    events: list[ReplayEvent], gen: int) -> float:
+    async def _step(self, spec: DLQReplaySpec, ctx: StepContext) -> float:
+        st = ctx.status
         q = self._queue(spec, spec.queue)
         p = await self._progress()
         self._check_not_lost(st, p)
         self._apply_progress(st, p)
 
         if spec.suspend:
-            return await self._suspend(q, st, now, events, gen)
+            return await self._suspend(q, ctx)
         if st.phase == ReplayPhase.SUSPENDED:
             st.phase = ReplayPhase.PENDING
-            events.append(ReplayEvent("Normal", Reason.RESUMED, "spec.suspend is false again; continuing"))
+            ctx.event("Normal", Reason.RESUMED, "spec.suspend is false again; continuing")
 
         if not spec.dry_run:
             holder = await self._acquire_lease(q)
             if holder is not None:
-                return self._locked(st, now, events, gen, holder)
+                return self._locked(ctx, holder)
 
         stage = p.get(Progress.STAGE) or ""
         if not stage:
-            return await self._begin(spec, q, st, now, events, gen)
+            return await self._begin(spec, q, ctx)
         ready = find_condition(st.conditions, ReplayCondition.READY)
         if ready is None or ready.status != ConditionStatus.TRUE:
-            self._ready(spec, st, gen, now)
-        return await self._stage_step(stage, spec, q, st, now, events, gen, p)
+            self._ready(spec, ctx)
+        return await self._stage_step(stage, spec, q, ctx, p)
 
     @staticmethod
     def _check_not_lost(st: DLQReplayStatus, p: dict[str, str]) -> None:
@@ -300,29 +295,28 @@ class ReplayEngine:
                          "without persistence, or expired); not starting over, which could replay "
                          "jobs twice")
 
-    async def _stage_step(self, stage: str, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus,
-                          now: datetime, events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float:
+    async def _stage_step(self, stage: str, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext,
+                          p: dict[str, str]) -> float:
         """One step of the stage Redis records."""
         if stage == Stage.GATES:
-            return await self._gates_stage(spec, q, st, now, events, gen, p)
+            return await self._gates_stage(spec, q, ctx, p)
         if stage == Stage.SELECTING:
-            st.phase = ReplayPhase.PENDING if spec.dry_run else ReplayPhase.REPLAYING
+            ctx.status.phase = ReplayPhase.PENDING if spec.dry_run else ReplayPhase.REPLAYING
             if spec.mode == ReplayMode.BULK and not spec.dry_run:
-                return await self._bulk_selected(spec, q, st, now, events, gen, p)
-            return await self._selection.step(spec, q, st, now, events, gen, p)
+                return await self._bulk_selected(spec, q, ctx, p)
+            return await self._selection.step(spec, q, ctx, p)
         if stage == Stage.REPLAYING:
-            return await self._replay(spec, q, st, now, events, gen, p)
+            return await self._replay(spec, q, ctx, p)
         if stage == Stage.VERIFYING:
-            st.phase = ReplayPhase.VERIFYING
+            ctx.status.phase = ReplayPhase.VERIFYING
             watched = self._queue(spec, spec.target_queue or spec.queue)
-            return await self._verification.step(spec, watched, st, now, gen, p)
+            return await self._verification.step(spec, watched, ctx, p)
         # Stage.DONE with a status that did not record it (crash between the two writes)
         outcome = p.get(Progress.OUTCOME) or ReplayPhase.SUCCEEDED.value
         raise Finish(ReplayPhase(outcome), stored_reason(p.get(Progress.OUTCOME_REASON), Reason.SUCCEEDED),
                      p.get(Progress.OUTCOME_MESSAGE) or "finished")
 
-    async def _begin(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
-                     events: list[ReplayEvent], gen: int) -> float:
+    async def _begin(self, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext) -> float:
         """The first step: refuse a queue BullMQ has no key for (a typo would otherwise "succeed
         with 0 of 0"; nothing is recorded, so a rerun with the name fixed starts afresh), remember
         whether someone else had paused the queue (we never resume a queue we did not pause) and
@@ -344,22 +338,22 @@ class ReplayEngine:
             # ReplayKeys.slow (a replay selected by an older requeue has not: see Mover.plan)
             Progress.SLOW_POS: "1",
         })
-        self._ready(spec, st, gen, now)
-        set_condition(st, ReplayCondition.SUCCEEDED, ConditionStatus.UNKNOWN, Reason.IN_PROGRESS,
-                      "", gen, now)
+        self._ready(spec, ctx)
+        ctx.condition(ReplayCondition.SUCCEEDED, ConditionStatus.UNKNOWN, Reason.IN_PROGRESS, "")
         if paused:
-            set_condition(st, ReplayCondition.QUEUE_PAUSED, True, Reason.PAUSED_BY_OTHERS,
+            ctx.condition(ReplayCondition.QUEUE_PAUSED, True, Reason.PAUSED_BY_OTHERS,
                           "the queue was paused before this replay; it stays paused (replayed jobs "
-                 "wait until someone resumes it)", gen, now)
-            events.append(ReplayEvent("Warning", Reason.QUEUE_PAUSED_BY_OTHERS,
-                                      "queue is paused by someone else; replayed jobs will wait"))
+                          "wait until someone resumes it)")
+            ctx.event("Warning", Reason.QUEUE_PAUSED_BY_OTHERS,
+                      "queue is paused by someone else; replayed jobs will wait")
         return 0.0
 
-    async def _gates_stage(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
-                           events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float:
+    async def _gates_stage(self, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext,
+                           p: dict[str, str]) -> float:
         """Wait for the gates; once they pass, fix the selection's upper bound and start selecting."""
+        st, now = ctx.status, ctx.now
         st.phase = ReplayPhase.WAITING_FOR_GATES
-        wait = await self._gating.check(self.gates, spec, q, st, now, events, gen, p)
+        wait = await self._gating.check(self.gates, spec, q, ctx, p)
         if wait is not None:
             return wait
         upper = selection_upper(spec, now, self.tuning.clock_skew_ms)
@@ -369,24 +363,22 @@ class ReplayEngine:
         })
         st.started_at = now
         st.phase = ReplayPhase.REPLAYING
-        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.SELECTING,
-                      "selecting matching failed jobs", gen, now)
-        events.append(ReplayEvent("Normal", Reason.REPLAY_STARTED,
-                                  f"selecting failed jobs of queue {spec.queue}"))
+        ctx.condition(ReplayCondition.PROGRESSING, True, Reason.SELECTING, "selecting matching failed jobs")
+        ctx.event("Normal", Reason.REPLAY_STARTED, f"selecting failed jobs of queue {spec.queue}")
         return 0.0
 
 
-    async def _bulk_selected(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
-                             events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float:
+    async def _bulk_selected(self, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext,
+                             p: dict[str, str]) -> float:
         """Mode Bulk's selection: the window counted and its bounds fixed, no job read."""
+        st = ctx.status
         await self._bulk.select(spec, q, st, p)
-        events.append(ReplayEvent("Normal", Reason.SELECTED,
-                                  f"mode Bulk: {st.matched} failed jobs in the window, to move with "
-                                  "BullMQ's moveJobsToWait (priority, lifo and corrupt checks skipped)"))
-        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.REPLAYING,
-                      f"replaying {st.matched} jobs", gen, now)
+        ctx.event("Normal", Reason.SELECTED,
+                  f"mode Bulk: {st.matched} failed jobs in the window, to move with "
+                  "BullMQ's moveJobsToWait (priority, lifo and corrupt checks skipped)")
+        ctx.condition(ReplayCondition.PROGRESSING, True, Reason.REPLAYING, f"replaying {st.matched} jobs")
         if st.matched == 0:
-            await mark_replayed(self.redis, self.keys, now)
+            await mark_replayed(self.redis, self.keys, ctx.now)
         return 0.0
 
     # -- progress ------------------------------------------------------------
@@ -441,75 +433,75 @@ class ReplayEngine:
     async def _release_lease(self, q: BullQueue) -> None:
         await q.scripts.release_lease(keys=[q.keys.lease], args=[self._lease_value])
 
-    def _locked(self, st: DLQReplayStatus, now: datetime, events: list[ReplayEvent], gen: int,
-                holder: LeaseHolder) -> float:
+    def _locked(self, ctx: StepContext, holder: LeaseHolder) -> float:
+        st = ctx.status
         msg = holder.describe(replay_id=self.replay_id)
         before = find_condition(st.conditions, ReplayCondition.READY)
         if before is None or before.reason != QueueLocked.reason:
-            events.append(ReplayEvent("Warning", QueueLocked.reason, msg))
-        set_condition(st, ReplayCondition.READY, False, QueueLocked.reason, msg, gen, now)
+            ctx.event("Warning", QueueLocked.reason, msg)
+        ctx.condition(ReplayCondition.READY, False, QueueLocked.reason, msg)
         if st.phase == ReplayPhase.REPLAYING:
             st.phase = ReplayPhase.WAITING_FOR_GATES
         st.message = msg
         return LOCKED_DELAY
 
-    async def _suspend(self, q: BullQueue, st: DLQReplayStatus, now: datetime,
-                       events: list[ReplayEvent], gen: int) -> float:
+    async def _suspend(self, q: BullQueue, ctx: StepContext) -> float:
+        st = ctx.status
         holder = await self._acquire_lease(q)
         if holder is not None and holder.replay_id == self.replay_id:
             # another process drives this replay: the queue it paused is its to resume
             st.phase = ReplayPhase.SUSPENDED
             st.message = "suspended here; " + holder.describe(replay_id=self.replay_id)
             return SUSPENDED_DELAY
-        await self._gating.resume_if_ours(q, st, now, events, gen)
+        await self._gating.resume_if_ours(q, ctx)
         await self._release_lease(q)
         if st.phase != ReplayPhase.SUSPENDED:
-            events.append(ReplayEvent("Normal", Reason.SUSPENDED, "spec.suspend is true; stopped"))
+            ctx.event("Normal", Reason.SUSPENDED, "spec.suspend is true; stopped")
         st.phase = ReplayPhase.SUSPENDED
         st.message = "suspended"
-        set_condition(st, ReplayCondition.PROGRESSING, False, Reason.SUSPENDED,
-                      "spec.suspend is true", gen, now)
+        ctx.condition(ReplayCondition.PROGRESSING, False, Reason.SUSPENDED, "spec.suspend is true")
         return SUSPENDED_DELAY
 
     # -- replay --------------------------------------------------------------
 
-    async def _replay(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
-                      events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float:
+    async def _replay(self, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext, p: dict[str, str]) -> float:
+        st = ctx.status
         cursor = int_field(p, Progress.CURSOR)
         remaining = st.matched - cursor
         if remaining <= 0 and not (spec.target_queue and int_field(p, Progress.COPIED_UPTO) > cursor):
-            await mark_replayed(self.redis, self.keys, now)
-            return await self._replayed(spec, st, now, events, gen)
-        held = await self._gating.held_during_replay(self.gates, spec, q, st, now, events, gen, p)
+            await mark_replayed(self.redis, self.keys, ctx.now)
+            return await self._replayed(spec, ctx)
+        held = await self._gating.held_during_replay(self.gates, spec, q, ctx, p)
         if held is not None:
             return held
         st.phase = ReplayPhase.REPLAYING
         started = time.monotonic()
         while True:
-            wait = await self._batch(spec, q, st, now, gen, p)
+            wait = await self._batch(spec, q, ctx, p)
             if wait is not None:
                 return wait
             if st.replayed + st.skipped >= st.matched:
-                return await self._replayed(spec, st, now, events, gen)
+                return await self._replayed(spec, ctx)
             delay = self._bucket.next_delay(spec.rate)
             if delay > 0 or time.monotonic() - started >= self.tuning.step_budget_s:
                 return delay
-            now = self.clock()
+            ctx = ctx.at(self.clock())
 
-    async def _batch(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
-                     gen: int, p: dict[str, str]) -> float | None:
+    async def _batch(self, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext,
+                     p: dict[str, str]) -> float | None:
         """One batch, as far as ``maxWaiting`` and the token bucket allow; the delay before the
         next try when they allow none, else None (``p``'s cursor follows the moves)."""
+        st = ctx.status
         want = min(spec.rate.batch_size, max(st.matched - int_field(p, Progress.CURSOR), 1))
         if spec.rate.max_waiting is not None:
             backlog = await q.backlog()
             if backlog >= spec.rate.max_waiting:
                 msg = f"holding: {backlog} jobs waiting, maxWaiting is {spec.rate.max_waiting}"
-                set_condition(st, ReplayCondition.PROGRESSING, True, Reason.THROTTLED, msg, gen, now)
+                ctx.condition(ReplayCondition.PROGRESSING, True, Reason.THROTTLED, msg)
                 st.message = msg
                 return THROTTLE_DELAY
             want = min(want, spec.rate.max_waiting - backlog)
-        n, wait = self._bucket.take(spec.rate, want, now)
+        n, wait = self._bucket.take(spec.rate, want, ctx.now)
         if n == 0:
             return wait
         moved, skipped = await self._move(spec, q, n, p)
@@ -518,7 +510,7 @@ class ReplayEngine:
         st.skipped += skipped
         st.progress = f"{st.replayed + st.skipped}/{st.matched}"
         st.message = f"replaying: {st.progress}"
-        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.REPLAYING, st.message, gen, now)
+        ctx.condition(ReplayCondition.PROGRESSING, True, Reason.REPLAYING, st.message)
         return None
 
     async def _move(self, spec: DLQReplaySpec, q: BullQueue, n: int, p: dict[str, str]) -> tuple[int, int]:
@@ -539,31 +531,31 @@ class ReplayEngine:
                 REPLAY_JOBS.labels(ns, name, spec.queue, outcome).inc(count)
         return moved, skipped + missing
 
-    async def _replayed(self, spec: DLQReplaySpec, st: DLQReplayStatus, now: datetime,
-                        events: list[ReplayEvent], gen: int) -> float:
-        st.replay_finished_at = st.replay_finished_at or now
+    async def _replayed(self, spec: DLQReplaySpec, ctx: StepContext) -> float:
+        st = ctx.status
+        st.replay_finished_at = st.replay_finished_at or ctx.now
         msg = f"moved {st.replayed} of {st.matched} selected jobs ({st.skipped} no longer failed)"
-        events.append(ReplayEvent("Normal", Reason.REPLAY_FINISHED, msg))
+        ctx.event("Normal", Reason.REPLAY_FINISHED, msg)
         if spec.verify is None:
             raise Finish(ReplayPhase.SUCCEEDED, Reason.SUCCEEDED, msg)
         st.phase = ReplayPhase.VERIFYING
         st.message = f"{msg}; verifying for {spec.verify.window}"
-        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.VERIFYING, st.message, gen, now)
+        ctx.condition(ReplayCondition.PROGRESSING, True, Reason.VERIFYING, st.message)
         return 0.0
 
     # -- the end -------------------------------------------------------------
 
-    async def _finish(self, spec: DLQReplaySpec, st: DLQReplayStatus, now: datetime,
-                      events: list[ReplayEvent], gen: int, fin: Finish) -> None:
+    async def _finish(self, spec: DLQReplaySpec, ctx: StepContext, fin: Finish) -> None:
+        st = ctx.status
         q = self._queue(spec, spec.queue)
-        await self._gating.resume_if_ours(q, st, now, events, gen)
+        await self._gating.resume_if_ours(q, ctx)
         if not spec.dry_run:
             await self._release_lease(q)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.progress, mapping={
                 Progress.STAGE: Stage.DONE, Progress.OUTCOME: fin.phase.value,
                 Progress.OUTCOME_REASON: fin.reason, Progress.OUTCOME_MESSAGE: fin.message,
-                # after the last move (``now`` is the step's start): the replay's own time span
+                # after the last move (``ctx.now`` is the step's start): the replay's own time span
                 Progress.FINISHED_MS: str(to_ms(self.clock())),
             })
             for key in self.keys.all():
@@ -571,38 +563,32 @@ class ReplayEngine:
             await pipe.execute()
         if st.breakdown is None and st.matched and spec.mode != ReplayMode.BULK:  # Bulk has none
             await self._selection.summary(st, [])
-        self._end(st, now, events, gen, fin.phase, fin.reason, fin.message)
-
-    async def _finish_quietly(self, spec: DLQReplaySpec, st: DLQReplayStatus, now: datetime,
-                              events: list[ReplayEvent], gen: int, reason: Reason, message: str) -> None:
-        events.append(ending.fail(st, reason, message, generation=gen, now=now))
-
-    def _end(self, st: DLQReplayStatus, now: datetime, events: list[ReplayEvent], gen: int,
-             phase: ReplayPhase, reason: Reason, message: str) -> None:
-        events.append(ending.end(st, phase, reason, message, generation=gen, now=now))
+        ctx.events.append(ending.end(st, fin.phase, fin.reason, fin.message, generation=ctx.generation,
+                                     now=ctx.now))
 
     @staticmethod
-    def _ready(spec: DLQReplaySpec, st: DLQReplayStatus, gen: int, now: datetime) -> None:
+    def _ready(spec: DLQReplaySpec, ctx: StepContext) -> None:
         """Ready=True while the replay runs; a dry run takes no lease, so it does not claim one."""
         held = "" if spec.dry_run else ", queue lease held"
-        set_condition(st, ReplayCondition.READY, True, Reason.READY, f"Redis reachable{held}", gen, now)
+        ctx.condition(ReplayCondition.READY, True, Reason.READY, f"Redis reachable{held}")
 
-    def _redis_failed(self, spec: DLQReplaySpec, st: DLQReplayStatus, now: datetime,
-                      events: list[ReplayEvent], gen: int, exc: BaseException) -> StepResult:
+    def _redis_failed(self, spec: DLQReplaySpec, ctx: StepContext, exc: BaseException) -> StepResult:
+        st = ctx.status
         err = map_redis_error(exc, queue=spec.queue, replay=self.owner)
         if isinstance(err, AuthFailed):
-            events.append(ending.fail(st, err.reason, err.message, generation=gen, now=now))
-            return StepResult(st, 0.0, events)
+            ctx.events.append(ending.fail(st, err.reason, err.message, generation=ctx.generation,
+                                          now=ctx.now))
+            return StepResult(st, 0.0, ctx.events)
         self.redis_failures += 1
         delay = min(30.0, self.backoff * 2 ** (self.redis_failures - 1))
         logger.info("replay %s: Redis error %d: %s", self.owner, self.redis_failures, err.message)
         if self.redis_failures >= self.redis_failure_bound:
             msg = f"{err.message}; {self.redis_failures} attempts in a row, retrying in {delay:.1f}s"
             if self.redis_failures == self.redis_failure_bound:
-                events.append(ReplayEvent("Warning", err.reason, msg))
-            set_condition(st, ReplayCondition.READY, False, err.reason, msg, gen, now)
+                ctx.event("Warning", err.reason, msg)
+            ctx.condition(ReplayCondition.READY, False, err.reason, msg)
             st.message = msg
-        return StepResult(st, delay, events)
+        return StepResult(st, delay, ctx.events)
 
 
     # -- helpers -------------------------------------------------------------

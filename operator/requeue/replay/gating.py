@@ -23,12 +23,12 @@ from requeue.api import (
     find_condition,
     parse_duration,
 )
-from requeue.api.base import ConditionStatus, set_condition
+from requeue.api.base import ConditionStatus
 from requeue.api.conditions import Reason, ReplayCondition
 from requeue.errors import GatesTimedOut
 from requeue.queues import BullQueue, ReplayKeys
 from requeue.queues.keys import Progress
-from requeue.replay.state import Finish, ReplayEvent
+from requeue.replay.state import Finish, StepContext
 
 
 class GateRunnerLike(Protocol):
@@ -53,45 +53,42 @@ class Gating:
         self.keys = keys
 
     async def check(self, runner: GateRunnerLike | None, spec: DLQReplaySpec, q: BullQueue,
-                    st: DLQReplayStatus, now: datetime, events: list[ReplayEvent], gen: int,
-                    p: dict[str, str]) -> float | None:
+                    ctx: StepContext, p: dict[str, str]) -> float | None:
         """None when every gate passes (queue resumed if we paused it), else the delay to wait."""
+        st = ctx.status
         if runner is None or not spec.gates:
             if find_condition(st.conditions, ReplayCondition.GATES_PASSED) is None:
-                set_condition(st, ReplayCondition.GATES_PASSED, True, Reason.NO_GATES,
-                              "no gates configured", gen, now)
-            await self.resume_if_ours(q, st, now, events, gen)
+                ctx.condition(ReplayCondition.GATES_PASSED, True, Reason.NO_GATES, "no gates configured")
+            await self.resume_if_ours(q, ctx)
             return None
-        if runner.due(st.gates, now):
-            st.gates = await runner.check(st.gates, now)
+        if runner.due(st.gates, ctx.now):
+            st.gates = await runner.check(st.gates, ctx.now)
         if runner.all_passed(st.gates):
             before = find_condition(st.conditions, ReplayCondition.GATES_PASSED)
             if before is None or before.status != ConditionStatus.TRUE:
-                events.append(ReplayEvent("Normal", Reason.GATES_PASSED, "all gates pass"))
-            set_condition(st, ReplayCondition.GATES_PASSED, True, Reason.ALL_GATES_PASSED,
-                          "all gates pass", gen, now)
-            await self.resume_if_ours(q, st, now, events, gen)
+                ctx.event("Normal", Reason.GATES_PASSED, "all gates pass")
+            ctx.condition(ReplayCondition.GATES_PASSED, True, Reason.ALL_GATES_PASSED, "all gates pass")
+            await self.resume_if_ours(q, ctx)
             return None
-        return await self._hold(runner, spec, q, st, now, events, gen, p)
+        return await self._hold(runner, spec, q, ctx, p)
 
     async def _hold(self, runner: GateRunnerLike, spec: DLQReplaySpec, q: BullQueue,
-                    st: DLQReplayStatus, now: datetime, events: list[ReplayEvent], gen: int,
-                    p: dict[str, str]) -> float:
+                    ctx: StepContext, p: dict[str, str]) -> float:
         """A gate is not green: say which, pause the queue on red (``pauseQueue``), and give up
         once the gates stayed shut for ``timeout``. Returns the delay until the next check."""
+        st, now = ctx.status, ctx.now
         red = runner.any_red(st.gates)
         names = ", ".join(f"{g.name}: {g.message}" for g in st.gates if not g.healthy) or "not checked yet"
         msg = f"waiting for gates ({names})"
         before = find_condition(st.conditions, ReplayCondition.GATES_PASSED)
         if red and (before is None or before.status != ConditionStatus.FALSE
                     or before.reason != Reason.GATES_RED):
-            events.append(ReplayEvent("Warning", Reason.GATES_RED, msg))
-        set_condition(st, ReplayCondition.GATES_PASSED, False,
-                      Reason.GATES_RED if red else Reason.GATES_PENDING,
-                      msg, gen, now)
+            ctx.event("Warning", Reason.GATES_RED, msg)
+        ctx.condition(ReplayCondition.GATES_PASSED, False,
+                      Reason.GATES_RED if red else Reason.GATES_PENDING, msg)
         st.message = msg
         if red and spec.pause_queue:
-            await self.pause_if_needed(q, st, now, events, gen, p)
+            await self.pause_if_needed(q, ctx, p)
         since = find_condition(st.conditions, ReplayCondition.GATES_PASSED)
         assert since is not None
         timeout = parse_duration(runner.policy.timeout)
@@ -113,58 +110,54 @@ class Gating:
         remaining = (deadline - now).total_seconds()
         return max(0.05, min(interval, remaining))
 
-    async def pause_if_needed(self, q: BullQueue, st: DLQReplayStatus, now: datetime,
-                              events: list[ReplayEvent], gen: int, p: dict[str, str]) -> None:
+    async def pause_if_needed(self, q: BullQueue, ctx: StepContext, p: dict[str, str]) -> None:
         """Pause the queue while a gate is red, unless it is paused already (then it is not ours
         to resume). The pause and ``we_paused`` commit together."""
         if p.get(Progress.WE_PAUSED) == "1":
             return
         if await q.is_paused():
-            set_condition(st, ReplayCondition.QUEUE_PAUSED, True, Reason.PAUSED_BY_OTHERS,
-                          "queue was already paused by someone else; requeue leaves it paused", gen, now)
+            ctx.condition(ReplayCondition.QUEUE_PAUSED, True, Reason.PAUSED_BY_OTHERS,
+                          "queue was already paused by someone else; requeue leaves it paused")
             return
         async with self.redis.pipeline(transaction=True) as pipe:
             await q.queue_pause(pipe, True)
             pipe.hset(self.keys.progress, Progress.WE_PAUSED, "1")
             await pipe.execute()
         p[Progress.WE_PAUSED] = "1"
-        st.queue_paused_by_replay = True
-        set_condition(st, ReplayCondition.QUEUE_PAUSED, True, Reason.PAUSED_BY_REPLAY,
-                      "paused by this replay while gates are red",
-             gen, now)
-        events.append(ReplayEvent("Normal", Reason.QUEUE_PAUSED, "paused the queue while gates are red"))
+        ctx.status.queue_paused_by_replay = True
+        ctx.condition(ReplayCondition.QUEUE_PAUSED, True, Reason.PAUSED_BY_REPLAY,
+                      "paused by this replay while gates are red")
+        ctx.event("Normal", Reason.QUEUE_PAUSED, "paused the queue while gates are red")
 
-    async def resume_if_ours(self, q: BullQueue, st: DLQReplayStatus, now: datetime,
-                             events: list[ReplayEvent], gen: int) -> None:
+    async def resume_if_ours(self, q: BullQueue, ctx: StepContext) -> None:
         """Resume the queue only if this replay paused it."""
         if await self.redis.hget(self.keys.progress, Progress.WE_PAUSED) not in ("1", b"1"):
-            st.queue_paused_by_replay = False
+            ctx.status.queue_paused_by_replay = False
             return
         await q.resume()
         await self.redis.hdel(self.keys.progress, Progress.WE_PAUSED)
-        st.queue_paused_by_replay = False
-        set_condition(st, ReplayCondition.QUEUE_PAUSED, False, Reason.RESUMED_BY_REPLAY,
-                      "resumed the queue this replay paused",
-             gen, now)
-        events.append(ReplayEvent("Normal", Reason.QUEUE_RESUMED, "resumed the queue this replay had paused"))
+        ctx.status.queue_paused_by_replay = False
+        ctx.condition(ReplayCondition.QUEUE_PAUSED, False, Reason.RESUMED_BY_REPLAY,
+                      "resumed the queue this replay paused")
+        ctx.event("Normal", Reason.QUEUE_RESUMED, "resumed the queue this replay had paused")
 
     async def held_during_replay(self, runner: GateRunnerLike | None, spec: DLQReplaySpec, q: BullQueue,
-                                 st: DLQReplayStatus, now: datetime, events: list[ReplayEvent], gen: int,
-                                 p: dict[str, str]) -> float | None:
+                                 ctx: StepContext, p: dict[str, str]) -> float | None:
         """recheckDuringReplay: a running replay is held only once a gate is red (failureThreshold
         failures in a row), so a single blip does not stop it; a held one goes on only when
         every gate passes again (successThreshold), like the start. None when not held."""
         if runner is None or not spec.gates or not spec.gate_policy.recheck_during_replay:
             return None
+        st = ctx.status
         gates_ok = find_condition(st.conditions, ReplayCondition.GATES_PASSED)
         held = gates_ok is not None and gates_ok.status != ConditionStatus.TRUE
-        if not held and runner.due(st.gates, now):
-            st.gates = await runner.check(st.gates, now)
+        if not held and runner.due(st.gates, ctx.now):
+            st.gates = await runner.check(st.gates, ctx.now)
             held = runner.any_red(st.gates)
         if not held:
             return None
-        wait = await self.check(runner, spec, q, st, now, events, gen, p)
+        wait = await self.check(runner, spec, q, ctx, p)
         if wait is not None:
             st.phase = ReplayPhase.WAITING_FOR_GATES
-            set_condition(st, ReplayCondition.PROGRESSING, False, Reason.HELD_BY_GATES, st.message, gen, now)
+            ctx.condition(ReplayCondition.PROGRESSING, False, Reason.HELD_BY_GATES, st.message)
         return wait

@@ -21,14 +21,21 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from requeue.api import Breakdown, DLQReplaySpec, DLQReplayStatus, ReplayMode, ReplayPhase
-from requeue.api.base import set_condition
 from requeue.api.conditions import Reason, ReplayCondition
 from requeue.queues import BullQueue, Cursor, FailedJob, FailedPage, ReplayKeys
 from requeue.queues.adapter import text
 from requeue.queues.keys import REASONS_OTHER, Progress
 from requeue.replay.bulk import oldest_first
 from requeue.replay.matcher import Matcher, normalize_reason, to_ms
-from requeue.replay.state import SAMPLE_IDS, Finish, ReplayEvent, Stage, int_field, mark_replayed
+from requeue.replay.state import (
+    SAMPLE_IDS,
+    Finish,
+    ReplayEvent,
+    Stage,
+    StepContext,
+    int_field,
+    mark_replayed,
+)
 from requeue.replay.tuning import EngineTuning
 
 #: Redis time a selection page script may take (µs); it ends the page early after that.
@@ -156,11 +163,11 @@ class Selection:
         self.budget = budget
         self.tuning = tuning
 
-    async def step(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, now: datetime,
-                   events: list[ReplayEvent], gen: int, p: dict[str, str]) -> float:
+    async def step(self, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext, p: dict[str, str]) -> float:
         """Select pages into the snapshot until the selection ends or this step has scanned
         :attr:`EngineTuning.select_step_members`. Each page commits on its own (snapshot ids, counters and
         cursor in one MULTI fenced by WATCH), so a crash between pages loses nothing."""
+        st, now = ctx.status, ctx.now
         if spec.mode == ReplayMode.BULK:
             await oldest_first(self.redis, q, Matcher(spec.selector).min_score)
         done = await self._scan(spec, q, st, p, now)
@@ -169,17 +176,15 @@ class Selection:
         st.message = f"selecting: scanned {scanned_total}, matched {st.matched}"
         if not done:
             return 0.0
-        await self.summary(st, events)
+        await self.summary(st, ctx.events)
         if spec.dry_run:
             st.replay_finished_at = now
             raise Finish(ReplayPhase.SUCCEEDED, Reason.DRY_RUN, await self._dry_run_message(spec, q, st, p))
         over_budget = int_field(p, Progress.OVER_BUDGET)
         over = f", {over_budget} over their auto-replay budget" if over_budget else ""
-        events.append(ReplayEvent("Normal", Reason.SELECTED,
-                                  f"selected {st.matched} failed jobs (scanned {scanned_total}, "
-                                  f"{st.corrupt} corrupt{over})"))
-        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.REPLAYING,
-                      f"replaying {st.matched} jobs", gen, now)
+        ctx.event("Normal", Reason.SELECTED,
+                  f"selected {st.matched} failed jobs (scanned {scanned_total}, {st.corrupt} corrupt{over})")
+        ctx.condition(ReplayCondition.PROGRESSING, True, Reason.REPLAYING, f"replaying {st.matched} jobs")
         if st.matched == 0:
             await mark_replayed(self.redis, self.keys, now)
         return 0.0

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from redis.asyncio import Redis
 
 from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
-from requeue.api.conditions import Reason
+from requeue.api.base import ConditionStatus, set_condition
+from requeue.api.conditions import Reason, ReplayCondition
 from requeue.queues import ReplayKeys
 from requeue.queues.keys import Progress
 from requeue.queues.keys import Stage as Stage  # declared with the Redis state; the parts import it from here
@@ -38,6 +39,31 @@ class ReplayEvent:
     type: Literal["Normal", "Warning"]
     reason: Reason
     message: str
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every part of one engine step works on: the status it changes, the step's time,
+    the generation its conditions are stamped with, and the Events it collects (``status``
+    and ``events`` are changed in place; :meth:`at` moves the time on, sharing both)."""
+
+    status: DLQReplayStatus
+    now: datetime
+    generation: int
+    events: list[ReplayEvent] = field(default_factory=list)
+
+    def at(self, now: datetime) -> StepContext:
+        """The same step at a later time (between batches of one step)."""
+        return replace(self, now=now)
+
+    def condition(self, type: ReplayCondition, status: bool | ConditionStatus, reason: Reason,
+                  message: str) -> None:
+        """Set a condition of the status, stamped with this step's generation and time."""
+        set_condition(self.status, type, status, reason, message, self.generation, self.now)
+
+    def event(self, type: Literal["Normal", "Warning"], reason: Reason, message: str) -> None:
+        """Collect an Event for the resource."""
+        self.events.append(ReplayEvent(type, reason, message))
 
 
 @dataclass

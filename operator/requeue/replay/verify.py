@@ -8,19 +8,16 @@ pass's partial counts in the progress hash, so a restart mid-pass resumes it.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from redis.asyncio import Redis
 
-from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase, Verify, parse_duration
-from requeue.api.base import set_condition
+from requeue.api import DLQReplaySpec, ReplayPhase, Verify, parse_duration
 from requeue.api.conditions import Reason, ReplayCondition
 from requeue.errors import VerificationFailed
 from requeue.queues import BullQueue, ReplayKeys
 from requeue.queues.adapter import text
 from requeue.queues.keys import Progress
 from requeue.replay.moves import copy_id
-from requeue.replay.state import Finish, int_field
+from requeue.replay.state import Finish, StepContext, int_field
 
 #: Replayed ids checked per verification step.
 VERIFY_CHUNK = 500
@@ -35,9 +32,10 @@ class Verification:
         self.redis = redis
         self.keys = keys
 
-    async def step(self, spec: DLQReplaySpec, watched: BullQueue, st: DLQReplayStatus, now: datetime,
-                   gen: int, p: dict[str, str]) -> float:
+    async def step(self, spec: DLQReplaySpec, watched: BullQueue, ctx: StepContext,
+                   p: dict[str, str]) -> float:
         """Check the next chunk; at the end of a pass, judge the replay (or wait for the next)."""
+        st = ctx.status
         if spec.verify is None:
             raise Finish(ReplayPhase.SUCCEEDED, Reason.SUCCEEDED,
                          f"moved {st.replayed} of {st.matched} selected jobs")
@@ -52,7 +50,7 @@ class Verification:
         await self._record(p, pass_done, new_pos, completed, failed, pending)
         if not pass_done:
             return 0.0
-        return self._judge(spec.verify, st, now, gen, int_field(p, Progress.PASS_COMPLETED) + completed,
+        return self._judge(spec.verify, ctx, int_field(p, Progress.PASS_COMPLETED) + completed,
                            int_field(p, Progress.PASS_FAILED) + failed)
 
     async def _states(self, watched: BullQueue, ids: list[str]) -> tuple[int, int, int]:
@@ -96,9 +94,9 @@ class Verification:
             await pipe.execute()
 
     @staticmethod
-    def _judge(verify: Verify, st: DLQReplayStatus, now: datetime, gen: int, c_total: int,
-               f_total: int) -> float:
+    def _judge(verify: Verify, ctx: StepContext, c_total: int, f_total: int) -> float:
         """End the replay once the pass decides it; else the delay until the next pass."""
+        st, now = ctx.status, ctx.now
         st.completed = c_total
         st.failed_again = f_total
         pending_total = st.replayed - c_total - f_total
@@ -117,5 +115,5 @@ class Verification:
             if rate >= verify.min_success_rate:
                 raise Finish(ReplayPhase.SUCCEEDED, Reason.VERIFIED, summary)
             raise Finish(ReplayPhase.FAILED, VerificationFailed.reason, summary)
-        set_condition(st, ReplayCondition.PROGRESSING, True, Reason.VERIFYING, st.message, gen, now)
+        ctx.condition(ReplayCondition.PROGRESSING, True, Reason.VERIFYING, st.message)
         return max(0.05, min(VERIFY_POLL, (window_end - now).total_seconds()))
