@@ -5,6 +5,7 @@
 # every package pinned with its hashes) and Node packages from package-lock.json, so a
 # fresh machine with Python 3.11+, Node 20 and kubectl installs exactly what CI tested.
 #
+#   make hooks         run the lint checks before each commit (pre-commit)
 #   make lock          regenerate the locks from pyproject.toml's ranges (newest that fit)
 #   make test-latest   the suite against the newest releases, ignoring the lock: a bump is
 #                      a tested step (see "Dependencies" in README.md)
@@ -33,7 +34,7 @@ REDIS_PY_SUITES := tests/integration/test_gates_redis.py tests/integration/test_
   tests/integration/test_replay_engine.py tests/integration/test_replay_bulk.py \
   tests/integration/test_cli_replay.py tests/integration/test_cli_inspect.py
 
-.PHONY: test lint demo venv node clean lock test-latest test-redis-py7 test-redis62
+.PHONY: test lint demo venv node clean lock test-latest test-redis-py7 hooks test-redis62
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(LOCK)
@@ -59,6 +60,10 @@ test: venv node lint
 
 demo: venv
 	$(BIN)/requeue demo
+
+# The same checks as `make lint`, before each commit (.pre-commit-config.yaml).
+hooks: venv
+	$(BIN)/pre-commit install
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
