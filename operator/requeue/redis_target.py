@@ -38,8 +38,12 @@ async def resolve_redis(secrets: SecretSource, conn: RedisConnection, *,
         url = await secrets.get(conn.url_secret_ref)
     tls = conn.tls
     ca = await secrets.get(tls.ca_secret_ref) if tls is not None and tls.ca_secret_ref is not None else None
+    cert = key = None
+    if tls is not None and tls.cert_secret_ref is not None and tls.key_secret_ref is not None:
+        cert, key = await secrets.get(tls.cert_secret_ref), await secrets.get(tls.key_secret_ref)
     return RedisTarget(url=url, db=conn.db,
-                       tls=TlsOptions(ca_pem=ca, insecure_skip_verify=bool(tls and tls.insecure_skip_verify)))
+                       tls=TlsOptions(ca_pem=ca, insecure_skip_verify=bool(tls and tls.insecure_skip_verify),
+                                      cert_pem=cert, key_pem=key))
 
 
 async def open_redis(secrets: SecretSource, conn: RedisConnection, *,
@@ -53,5 +57,6 @@ async def open_redis(secrets: SecretSource, conn: RedisConnection, *,
     """
     target = await resolve_redis(secrets, conn, url=url)
     redis = await connect(target.url, db=target.db, tls_ca_pem=target.tls.ca_pem,
-                          tls_insecure_skip_verify=target.tls.insecure_skip_verify)
+                          tls_insecure_skip_verify=target.tls.insecure_skip_verify,
+                          tls_cert_pem=target.tls.cert_pem, tls_key_pem=target.tls.key_pem)
     return redis, target

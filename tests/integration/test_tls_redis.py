@@ -1,5 +1,6 @@
-"""Replays and policies (not only gates) over ``rediss://``, verified with a CA from a Secret; a
-wrong CA is the named reason ``RedisCertificateUntrusted``, with the password never shown."""
+"""Replays and policies (not only gates) over ``rediss://``, verified with a CA from a Secret, and
+with a client certificate from Secrets; a wrong CA is the named reason ``RedisCertificateUntrusted``,
+with the password never shown."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from requeue.secrets import StaticSecrets
 from support.bullmq_jobs import JobSpec, make_failed_jobs
 from support.cli import acli, write_manifest
 from support.gates import make_certificates
-from support.tls_redis import tls_redis_server
+from support.tls_redis import make_client_certificate, tls_redis_server
 
 PASSWORD = "tls-Secret-93be"
 Q = "default"
@@ -111,3 +112,29 @@ async def test_a_wrong_ca_is_a_named_reason_without_the_password(
     error = json.loads(res.stdout)["error"]
     assert error["reason"] == "RedisCertificateUntrusted", error
     assert PASSWORD not in res.output and "Traceback" not in res.output
+
+
+async def test_replay_with_a_client_certificate_from_secrets(tmp_path: Path) -> None:
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    with tls_redis_server(server_dir, password=PASSWORD, client_certificates=True) as (port, ca_pem):
+        cert_pem, key_pem = make_client_certificate(server_dir)
+        url = f"rediss://default:{PASSWORD}@127.0.0.1:{port}/0"
+        files = f"&ssl_certfile={server_dir / 'client.crt'}&ssl_keyfile={server_dir / 'client.key'}"
+        jobs = [JobSpec("whatsapp.send", {"i": i}, reason="429") for i in range(4)]
+        ids = await make_failed_jobs(seeding(url, tmp_path) + files, Q, jobs)
+        client_cert = {"certSecretRef": {"name": "tls", "key": "crt"},
+                       "keySecretRef": {"name": "tls", "key": "key"}}
+        with_cert = {**REDIS_WITH_CA, "tls": {**REDIS_WITH_CA["tls"], **client_cert}}
+        secrets = ("--secret", f"redis/url={url}", "--secret", f"redis/ca={ca_pem}")
+
+        bare = write_manifest(tmp_path / "bare.yaml", {"redis": REDIS_WITH_CA})
+        without = await acli("replay", "-f", str(bare), *secrets, "-o", "json")
+        assert without.code == 3, without.output  # the server refuses a client without a certificate
+
+        manifest = write_manifest(tmp_path / "replay.yaml", {"redis": with_cert})
+        res = await acli("replay", "-f", str(manifest), *secrets, "--secret", f"tls/crt={cert_pem}",
+                         "--secret", f"tls/key={key_pem}", "-o", "json")
+        assert res.code == 0, res.output
+        assert json.loads(res.stdout)["replayed"] == len(ids)
+        assert "PRIVATE KEY" not in res.output and PASSWORD not in res.output

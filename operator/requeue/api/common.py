@@ -42,6 +42,19 @@ class RedisTls(ApiModel):
     insecure_skip_verify: bool = Field(
         default=False, description="Do not verify the server certificate. For testing only."
     )
+    cert_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the client certificate (PEM), for a server that "
+        "requires one (tls-auth-clients); with keySecretRef.",
+    )
+    key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the client certificate's private key (PEM).",
+    )
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> RedisTls:
+        if (self.cert_secret_ref is None) != (self.key_secret_ref is None):
+            raise ValueError("certSecretRef and keySecretRef go together: a client certificate needs its key")
+        return self
 
 
 class RedisConnection(ApiModel):

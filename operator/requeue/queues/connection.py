@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import shutil
 import ssl
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import re2
@@ -31,10 +36,14 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 @dataclass(frozen=True, kw_only=True)
 class TlsOptions:
-    """How to verify a ``rediss://`` server: a PEM CA bundle, or not at all (testing only)."""
+    """How to verify a ``rediss://`` server (a PEM CA bundle, or not at all: testing only), and
+    the client certificate to show it when it asks for one."""
 
     ca_pem: str | None = None
     insecure_skip_verify: bool = False
+    cert_pem: str | None = None
+    #: Never in a repr (logs): it is the private key.
+    key_pem: str | None = field(default=None, repr=False)
 
     def client_kwargs(self, url: str) -> dict[str, Any]:
         """Keyword arguments for ``redis.asyncio.Redis.from_url(url, ...)``; none unless ``rediss://``."""
@@ -42,10 +51,32 @@ class TlsOptions:
         if url.startswith("rediss://"):
             if self.ca_pem:
                 kwargs["ssl_ca_data"] = self.ca_pem
+            if self.cert_pem and self.key_pem:
+                cert_file, key_file = _client_cert_files(self.cert_pem, self.key_pem)
+                kwargs["ssl_certfile"], kwargs["ssl_keyfile"] = cert_file, key_file
             if self.insecure_skip_verify:
                 kwargs["ssl_cert_reqs"] = ssl.CERT_NONE
                 kwargs["ssl_check_hostname"] = False
         return kwargs
+
+
+#: Client certificates written for redis-py (it takes files only), by content hash; removed at exit.
+_CERT_FILES: dict[str, tuple[str, str]] = {}
+
+
+def _client_cert_files(cert_pem: str, key_pem: str) -> tuple[str, str]:
+    """The certificate and key as files only this process's user can read (redis-py and ``ssl``
+    load a client certificate from paths, not data); one pair per distinct content."""
+    digest = hashlib.sha256(f"{cert_pem}\0{key_pem}".encode()).hexdigest()
+    if digest not in _CERT_FILES:
+        directory = Path(tempfile.mkdtemp(prefix="requeue-tls-"))  # mode 0700
+        atexit.register(shutil.rmtree, directory, True)
+        cert, key = directory / "client.crt", directory / "client.key"
+        for path, text in ((cert, cert_pem), (key, key_pem)):
+            path.touch(mode=0o600)
+            path.write_text(text)
+        _CERT_FILES[digest] = (str(cert), str(key))
+    return _CERT_FILES[digest]
 
 
 def is_auth_error(exc: BaseException) -> bool:
@@ -230,12 +261,15 @@ async def connect(
     db: int | None = None,
     tls_ca_pem: str | None = None,
     tls_insecure_skip_verify: bool = False,
+    tls_cert_pem: str | None = None,
+    tls_key_pem: str | None = None,
     timeout_s: float = DEFAULT_TIMEOUT,
 ) -> aioredis.Redis:
     """A ``redis.asyncio.Redis`` (decoded responses) that answered PING.
 
     :param db: overrides the database number in the URL.
     :param tls_ca_pem: PEM CA bundle to verify a ``rediss://`` server with.
+    :param tls_cert_pem: PEM client certificate (with ``tls_key_pem``), for a server that asks.
     :raises AuthFailed: credentials refused.
     :raises RedisUrlInvalid: the URL cannot be parsed.
     :raises RedisUnavailable: cannot connect; the message carries the redacted URL.
@@ -249,8 +283,8 @@ async def connect(
     }
     if db is not None:
         kwargs["db"] = db
-    kwargs.update(TlsOptions(ca_pem=tls_ca_pem, insecure_skip_verify=tls_insecure_skip_verify)
-                  .client_kwargs(url))
+    kwargs.update(TlsOptions(ca_pem=tls_ca_pem, insecure_skip_verify=tls_insecure_skip_verify,
+                             cert_pem=tls_cert_pem, key_pem=tls_key_pem).client_kwargs(url))
     client = client_from_url(url, **kwargs)
     try:
         await client.ping()
