@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from support.bullmq_jobs import JobSpec, make_failed_jobs
+from requeue.replay import DEFAULT_TUNING
+from support.bullmq_jobs import JobSpec, make_failed_jobs, next_millisecond, older_than
 from support.dlqreplay import condition, events, operator_command, replay, secret, wait_status_async
 from support.kube import Kube
 
@@ -26,7 +27,8 @@ async def test_bulk_replay_succeeds_and_says_how_it_moved(
 ) -> None:
     ids = await make_failed_jobs(redis_url, "default",
                                  [JobSpec("whatsapp.send", {"n": i}) for i in range(300)])
-    await asyncio.sleep(1.1)  # Bulk's window ends a second before the replay starts
+    # Bulk's window ends a clock-skew margin before the replay starts; the operator runs on the real clock
+    await older_than(redis_client, "default", DEFAULT_TUNING.clock_skew_ms)
     await asyncio.to_thread(kube.kubectl.apply, secret("redis", {"url": redis_url}))
     operator = operator_factory(operator_command())
     await asyncio.to_thread(kube.kubectl.apply, replay("bulk", "default", mode="Bulk",
@@ -46,7 +48,7 @@ async def test_bulk_with_older_failed_jobs_in_front_fails_and_moves_nothing(
     kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis
 ) -> None:
     await make_failed_jobs(redis_url, "default", [JobSpec("old", {"n": i}) for i in range(5)])
-    await asyncio.sleep(0.05)
+    await next_millisecond()
     after = datetime.now(UTC).isoformat()
     await make_failed_jobs(redis_url, "default", [JobSpec("new", {"n": i}) for i in range(5)])
     await asyncio.to_thread(kube.kubectl.apply, secret("redis", {"url": redis_url}))

@@ -13,7 +13,7 @@ import asyncio
 import json
 import signal
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,21 @@ import redis
 import redis.asyncio as aioredis
 
 from requeue.api import DLQReplayStatus, ReplayPhase
+from requeue.clock import Clock, utcnow
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys
-from requeue.replay import EngineTuning, ReplayEngine
-from support.bullmq_jobs import JobSpec, make_failed_jobs, mixed_jobs, run_worker, three_generations
+from requeue.replay import DEFAULT_TUNING, EngineTuning, ReplayEngine
+from requeue.replay.matcher import to_ms
+from requeue.replay.state import from_ms
+from support.bullmq_jobs import (
+    JobSpec,
+    make_failed_jobs,
+    mixed_jobs,
+    next_millisecond,
+    older_than,
+    run_worker,
+    three_generations,
+    worker_waiting,
+)
 from support.cli import cli, interrupt_cli, write_manifest
 from support.replay import (
     ONE_BATCH_PER_STEP,
@@ -38,26 +50,45 @@ from support.replay import (
 
 Q = "default"
 K = QueueKeys("bull", Q)
-#: The clock-skew margin in these tests (ms); jobs must have failed longer ago than this.
-MARGIN_MS = 100
-#: A 100 ms margin instead of 1 s keeps the tests short; one test keeps the real one.
-TUNING = EngineTuning(clock_skew_ms=MARGIN_MS)
+#: Bulk's window ends this clock-skew margin before the replay starts.
+MARGIN = timedelta(milliseconds=DEFAULT_TUNING.clock_skew_ms)
+
+
+def ahead() -> datetime:
+    """The engines' clock here: the margin ahead of real time, so jobs that failed before a
+    replay starts are in its window at once, without sleeping past the margin (one test
+    shows the margin itself, with a clock of its own)."""
+    return utcnow() + MARGIN
+
+
+class Ticking:
+    """A clock that stands still until a step loop moves it on (``tick``)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def tick(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
 
 
 def bulk_spec(**fields: Any) -> Any:
     return replay_spec({"rate": {"jobsPerSecond": 1_000_000, "batchSize": 1000}, "mode": "Bulk"}, **fields)
 
 
-def engine(r: aioredis.Redis, replay_id: str, *, tuning: EngineTuning = TUNING,
-           **kwargs: Any) -> ReplayEngine:
-    """An engine (owner ``ns/<replay_id>``) with this file's short margin unless told otherwise."""
-    return ReplayEngine(r, replay_id=replay_id, owner=f"ns/{replay_id}", tuning=tuning, **kwargs)
+def engine(r: aioredis.Redis, replay_id: str, *, tuning: EngineTuning = DEFAULT_TUNING,
+           clock: Clock = ahead, **kwargs: Any) -> ReplayEngine:
+    """An engine (owner ``ns/<replay_id>``) on this file's clock unless told otherwise."""
+    return ReplayEngine(r, replay_id=replay_id, owner=f"ns/{replay_id}", tuning=tuning, clock=clock,
+                        **kwargs)
 
 
 async def failed_jobs(redis_url: str, specs: list[JobSpec]) -> list[str]:
-    """Real failed jobs, older than the margin by the time the replay starts."""
+    """Real failed jobs, failed before the millisecond any replay started after this starts in."""
     ids = await make_failed_jobs(redis_url, Q, specs)
-    await asyncio.sleep(MARGIN_MS / 1000 + 0.05)
+    await next_millisecond()
     return ids
 
 
@@ -92,7 +123,7 @@ async def test_bulk_moves_the_window_to_wait_as_retry_jobs_does(redis_url: str, 
 
 async def test_window_bounds_and_max_jobs(redis_url: str, r: aioredis.Redis) -> None:
     old, mid, new = await three_generations(redis_url, Q)
-    await asyncio.sleep(MARGIN_MS / 1000 + 0.05)
+    await next_millisecond()
     scores = dict(await r.zrange(K.failed, 0, -1, withscores=True))
     hi = max(scores[i] for i in mid) + 1
     assert min(scores[i] for i in new) >= hi
@@ -117,7 +148,7 @@ async def test_older_failed_jobs_in_front_of_the_window_fail_it_and_move_nothing
     redis_url: str, r: aioredis.Redis, dry_run: bool
 ) -> None:
     await make_failed_jobs(redis_url, Q, [JobSpec("a", {"i": i}) for i in range(5)])
-    await asyncio.sleep(0.05)
+    await next_millisecond()
     later = await failed_jobs(redis_url, [JobSpec("b", {"i": i}) for i in range(5)])
     lo = min(s for m, s in await r.zrange(K.failed, 0, -1, withscores=True) if m in later)
     st = await engine(r, "o").run(
@@ -133,14 +164,19 @@ async def test_jobs_that_failed_within_the_margin_or_fail_again_stay_failed(
 ) -> None:
     """The window ends a margin before the start; a replayed job failing again lands above it."""
     early = await make_failed_jobs(redis_url, Q, [JobSpec("x", {"i": i}) for i in range(40)])
-    await asyncio.sleep(1.1)
+    await next_millisecond()
     recent = await make_failed_jobs(redis_url, Q, [JobSpec("y", {"i": i}) for i in range(5)])
+    # the replay starts exactly a margin after the first recent failure: that one and later
+    # ones are within the margin; the clock stands still until the step loop moves it on
+    first_recent = min(s for m, s in await r.zrange(K.failed, 0, -1, withscores=True) if m in recent)
+    clock = Ticking(from_ms(int(first_recent)) + MARGIN)
+    assert to_ms(clock()) - int(first_recent) == DEFAULT_TUNING.clock_skew_ms
     spec = bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20})
-    one = engine(r, "m", tuning=replace(ONE_BATCH_PER_STEP, bulk_chunk=10))  # the real margin
+    one = engine(r, "m", tuning=replace(ONE_BATCH_PER_STEP, bulk_chunk=10), clock=clock)
     st, refailed = await refail_first_replayed(one, spec, redis_url, Q, 20)
     assert st.matched == 40
     assert len(refailed) == 20
-    st = await drive(one, spec, st)
+    st = await drive(one, spec, st, clock=clock)
     assert (st.phase, st.matched, st.replayed, st.skipped) == (ReplayPhase.SUCCEEDED, 40, 40, 0)
     assert set(await r.zrange(K.failed, 0, -1)) == refailed | set(recent)
     assert set(await r.lrange(K.wait, 0, -1)) == set(early) - refailed
@@ -151,7 +187,7 @@ async def test_resume_after_losing_the_status_between_every_step(
 ) -> None:
     ids = await failed_jobs(redis_url, mixed_jobs(90))
     st = await drive_losing_status(r, bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20}),
-                                   replay_id="cs", tuning=replace(TUNING, bulk_chunk=7))
+                                   replay_id="cs", tuning=replace(DEFAULT_TUNING, bulk_chunk=7), clock=ahead)
     assert (st.phase, st.matched, st.replayed, st.skipped) == (ReplayPhase.SUCCEEDED, 90, 90, 0)
     waiting = await r.lrange(K.wait, 0, -1)
     assert len(waiting) == len(set(waiting)) == 90 and set(waiting) == set(ids)
@@ -162,7 +198,7 @@ async def test_two_processes_on_one_replay_move_each_job_once(
 ) -> None:
     ids = await failed_jobs(redis_url, mixed_jobs(200))
     spec = bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30})
-    tuning = replace(TUNING, bulk_chunk=13)
+    tuning = replace(DEFAULT_TUNING, bulk_chunk=13)
     one, two = await asyncio.gather(engine(r, "tw", tuning=tuning).run(spec),
                                     engine(r, "tw", tuning=tuning).run(spec))
     for st in (one, two):
@@ -200,7 +236,7 @@ async def test_connection_lost_around_a_chunk_moves_nothing_twice(
     """The chunk's write reached Redis (or not), its reply never came back."""
     ids = await failed_jobs(redis_url, [JobSpec("x", {"i": i}) for i in range(90)])
     calls = lose_every_third_reply(monkeypatch, write_lands=lost == "after")
-    flaky = engine(r, f"ls-{lost}", tuning=replace(TUNING, bulk_chunk=10), backoff=0.001,
+    flaky = engine(r, f"ls-{lost}", tuning=replace(DEFAULT_TUNING, bulk_chunk=10), backoff=0.001,
                    redis_failure_bound=100)
     st = await drive(flaky, bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30}))
     assert (st.phase, st.matched, st.replayed, st.skipped) == (ReplayPhase.SUCCEEDED, 90, 90, 0)
@@ -213,7 +249,7 @@ async def test_connection_lost_around_a_chunk_moves_nothing_twice(
 async def test_jobs_leaving_the_window_meanwhile_count_as_skipped(redis_url: str, r: aioredis.Redis) -> None:
     ids = await failed_jobs(redis_url, [JobSpec("x", {"i": i}) for i in range(30)])
     spec = bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 10})
-    sk = engine(r, "sk", tuning=replace(TUNING, step_budget_s=0.0))
+    sk = engine(r, "sk", tuning=ONE_BATCH_PER_STEP)
     st = DLQReplayStatus()
     while st.replayed < 10:
         st = (await sk.step(spec, st)).status
@@ -232,7 +268,7 @@ async def test_paused_queue_keeps_the_replayed_jobs_until_resumed(redis_url: str
     st = await engine(r, "pp").run(bulk_spec())
     assert st.replayed == 25 and await q.is_paused()
     async with run_worker(redis_url, Q) as worker:
-        await asyncio.sleep(0.3)
+        await worker_waiting(r, Q)
         assert worker.processed == []
         await q.resume()
         await worker.wait_for(25)
@@ -281,7 +317,7 @@ async def test_sigkill_mid_bulk_replay_then_rerun_moves_each_job_once(
     redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
     ids = await make_failed_jobs(redis_url, Q, mixed_jobs(200))
-    await asyncio.sleep(1.1)  # the CLI keeps the real one-second margin
+    await older_than(redis_client, Q, DEFAULT_TUNING.clock_skew_ms)  # the CLI runs on the real clock
     manifest = write_manifest(tmp_path / "replay.yaml",
                               {"mode": "Bulk", "rate": {"jobsPerSecond": 40, "batchSize": 8}})
     args = ("replay", "-f", str(manifest), "--secret", f"redis/url={redis_url}")

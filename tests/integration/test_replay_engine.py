@@ -14,7 +14,7 @@ from requeue.api.base import find_condition
 from requeue.errors import RedisUnavailable
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys, connect
 from requeue.replay import ReplayEngine, StepResult
-from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
+from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker, worker_waiting
 from support.replay import ONE_BATCH_PER_STEP, drive, drive_losing_status
 from support.replay import replay_spec as make_spec
 
@@ -118,7 +118,7 @@ async def test_paused_queue_keeps_replayed_jobs_waiting_until_resumed(redis_url:
     async with run_worker(redis_url, Q) as worker:
         # a worker connected to a paused queue takes nothing; the replayed jobs wait in the
         # legacy paused list, which every BullMQ major's resume hands back to wait
-        await asyncio.sleep(0.3)
+        await worker_waiting(r, Q)
         assert worker.processed == []
         assert sorted(await r.lrange(QueueKeys("bull", Q).paused, 0, -1)) == sorted(ids)
         assert await wait_ids(r) == []

@@ -24,7 +24,14 @@ import redis.asyncio as aioredis
 from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys
 from requeue.replay import EngineTuning, ReplayEngine
-from support.bullmq_jobs import JobSpec, make_failed_jobs, mixed_jobs, run_worker, three_generations
+from support.bullmq_jobs import (
+    JobSpec,
+    make_failed_jobs,
+    mixed_jobs,
+    run_worker,
+    three_generations,
+    worker_waiting,
+)
 from support.cli import cli, interrupt_cli, write_manifest
 from support.replay import (
     ONE_BATCH_PER_STEP,
@@ -207,7 +214,7 @@ async def test_paused_queue_fast_path_targets_the_paused_list(redis_url: str, r:
     assert sorted(await r.lrange(K.paused, 0, -1)) == sorted(ids)
     assert await r.llen(K.wait) == 0 and await q.is_paused()
     async with run_worker(redis_url, Q) as worker:
-        await asyncio.sleep(0.3)
+        await worker_waiting(r, Q)
         assert worker.processed == []
         await q.resume()
         await worker.wait_for(25)

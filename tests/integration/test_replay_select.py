@@ -7,7 +7,6 @@ snapshot a dry run wrote.
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import re
 from collections.abc import Callable
@@ -21,7 +20,7 @@ import redis.asyncio as aioredis
 from requeue.api import DLQReplaySpec, ReplayPhase
 from requeue.queues import ReplayKeys
 from requeue.replay import ReplayEngine
-from support.bullmq_jobs import JobSpec, make_failed_jobs
+from support.bullmq_jobs import JobSpec, make_failed_jobs, next_millisecond
 
 Q = "default"
 NAMES = ["whatsapp.send", "whatsapp.status", "pdf.generate", "email.send"]
@@ -57,9 +56,9 @@ async def world(redis_url: str) -> World:
 
     first = batch(0)
     ids1 = await make_failed_jobs(redis_url, Q, first)
-    await asyncio.sleep(0.05)
+    await next_millisecond()
     between = datetime.now(UTC)
-    await asyncio.sleep(0.05)
+    await next_millisecond()
     second = batch(48)
     ids2 = await make_failed_jobs(redis_url, Q, second)
     made = [Made(i, s, 1) for i, s in zip(ids1, first, strict=True)]

@@ -34,8 +34,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from bullmq import Job, Queue, Worker
 
+from support import async_wait_until
+
 __all__ = ["JobSpec", "WorkerRun", "add_jobs", "create_queues", "make_failed_jobs", "mixed_jobs",
-           "run_worker", "three_generations"]
+           "next_millisecond", "older_than", "run_worker", "three_generations", "worker_waiting"]
 
 #: Jobs per ``addBulk`` call (one MULTI pipeline each).
 BULK_CHUNK = 500
@@ -75,9 +77,43 @@ async def three_generations(redis_url: str, queue: str) -> tuple[list[str], list
     groups = []
     for name, n in (("a", 30), ("b", 40), ("c", 20)):
         if groups:
-            await asyncio.sleep(0.05)
+            await next_millisecond()
         groups.append(await make_failed_jobs(redis_url, queue, [JobSpec(name, {"i": i}) for i in range(n)]))
     return groups[0], groups[1], groups[2]
+
+
+async def next_millisecond() -> None:
+    """Wait until the clock is past every millisecond a job failed so far can carry: those jobs
+    then have lower failed-set scores than any failing from now on, and than a replay's start
+    (its bound is exclusive). BullMQ rounds the failure time, so a score may be the current
+    millisecond plus one: at most 2 ms of waiting, no fixed sleep."""
+    target_ns = (time.time_ns() // 1_000_000 + 2) * 1_000_000
+    await asyncio.sleep(max(0, target_ns - time.time_ns()) / 1e9 + 1e-4)  # + a loop tick of slack
+
+
+async def older_than(redis: aioredis.Redis, queue: str, margin_ms: int, *, prefix: str = "bull") -> None:
+    """Wait until every job in ``queue``'s failed set failed more than ``margin_ms`` ago (by
+    its score, plus BullMQ's rounding): for a process whose clock a test cannot set (the
+    operator, the CLI) and which leaves out jobs younger than a margin (mode Bulk). The wait
+    ends at the deadline the newest failure gives, not after a guessed sleep."""
+    newest = await redis.zrange(f"{prefix}:{queue}:failed", -1, -1, withscores=True)
+    if newest:
+        target_ns = (int(newest[0][1]) + margin_ms + 2) * 1_000_000
+        await asyncio.sleep(max(0, target_ns - time.time_ns()) / 1e9)
+
+
+async def worker_waiting(redis: aioredis.Redis, queue: str, *, prefix: str = "bull",
+                         timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    """Wait until a worker of ``queue`` blocks for new work (``BZPOPMIN`` on the queue's marker,
+    on its connection named ``{prefix}:{queue}``): it looked for a job and found none it may
+    take. The positive signal that a worker takes nothing, instead of a fixed sleep."""
+    name = f"{prefix}:{queue}"
+
+    async def blocked() -> bool:
+        return any(c.get("name") == name and c.get("cmd") == "bzpopmin" for c in await redis.client_list())
+
+    await async_wait_until(blocked, timeout=timeout, interval=0.02,
+                           message=f"a worker of {queue} blocked waiting for work")
 
 
 def _queue_opts(redis_url: str, prefix: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import redis
 from redis.asyncio import Redis
 
 from requeue.api import DLQReplaySpec, DLQReplayStatus
+from requeue.clock import Clock, utcnow
 from requeue.queues import raw as raw_module
 from requeue.replay import DEFAULT_TUNING, EngineTuning, ReplayEngine
 
@@ -61,19 +62,21 @@ async def drive(engine: ReplayEngine, spec: DLQReplaySpec, status: DLQReplayStat
 
 async def drive_losing_status(redis: Redis, spec: DLQReplaySpec, *, replay_id: str,
                               max_steps: int = 5000,
-                              tuning: EngineTuning = DEFAULT_TUNING) -> DLQReplayStatus:
+                              tuning: EngineTuning = DEFAULT_TUNING,
+                              clock: Clock = utcnow) -> DLQReplayStatus:
     """Step as processes that crash before writing every other status: that step's result is
-    thrown away and a new engine (a new process, owner ``ns/<replay_id>``, with ``tuning``) goes
-    on from the status before it. Returns the final status, or the last kept one after
-    ``max_steps`` steps."""
+    thrown away and a new engine (a new process, owner ``ns/<replay_id>``, with ``tuning`` and
+    ``clock``) goes on from the status before it. Returns the final status, or the last kept
+    one after ``max_steps`` steps."""
     st = DLQReplayStatus()
-    engine = ReplayEngine(redis, replay_id=replay_id, owner=f"ns/{replay_id}", tuning=tuning)
+    engine = ReplayEngine(redis, replay_id=replay_id, owner=f"ns/{replay_id}", tuning=tuning, clock=clock)
     for i in range(max_steps):
         result = await engine.step(spec, st)
         if result.status.phase.finished:
             return result.status
         if i % 2 == 0:
-            engine = ReplayEngine(redis, replay_id=replay_id, owner=f"ns/{replay_id}", tuning=tuning)
+            engine = ReplayEngine(redis, replay_id=replay_id, owner=f"ns/{replay_id}", tuning=tuning,
+                                  clock=clock)
             continue
         st = result.status
     return st
