@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from support import wait_until
 from support.bullmq_jobs import JobSpec, make_failed_jobs
 from support.dlqreplay import condition, events, operator_command, replay, secret, wait_status_async
 from support.kube import Kube
@@ -95,8 +96,9 @@ async def test_redis_killed_mid_run_resumes_after_restart_each_job_once(
                                  operator=operator, timeout=60, what="Ready=False/RedisUnreachable")
     assert st["phase"] not in ("Failed", "Succeeded"), st
     assert st["replayed"] < n, st  # really mid-run
-    # it keeps retrying with backoff, not in a crash loop: let a few retries pass
-    await asyncio.sleep(4)
+    # it keeps retrying with backoff, not in a crash loop: a few retries logged, one process
+    await asyncio.to_thread(wait_until, lambda: operator.logs().count("Redis error") >= 4, timeout=30,
+                            message=lambda: f"four Redis retries logged: {operator.logs()[-3000:]}")
     assert operator.running and operator.starts == 1
     st = await wait_status_async(kube, "slow", lambda s: s.get("phase") != "Failed", operator=operator)
     log = operator.logs()
