@@ -52,6 +52,7 @@ tests/interop/node_modules/.installed: tests/interop/package.json tests/interop/
 
 lint: venv
 	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy operator/requeue operator/devcluster
 	$(BIN)/requeue crds --check
 

@@ -34,13 +34,15 @@ from requeue.replay.reasons import normalize_reason
 
 SIZES = (1_000, 10_000, 100_000)
 SHAPES: dict[str, Callable[[int], str]] = {
-    "hex word": lambda n: ("a1" * n)[:n - 1] + "g",  # no \b at its end: the old worst case
+    "hex word": lambda n: ("a1" * n)[: n - 1] + "g",  # no \b at its end: the old worst case
     "hex words": lambda n: ("ab12 " * n)[:n],
     "digits": lambda n: "9" * n,
     "spaces": lambda n: ("x" + " " * 9) * (n // 10),
 }
-_OLD_HEX = re.compile(r"\b(?:0x[0-9a-fA-F]+|[0-9a-fA-F]*[0-9][0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*|"
-                      r"[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*[0-9][0-9a-fA-F]*)\b")
+_OLD_HEX = re.compile(
+    r"\b(?:0x[0-9a-fA-F]+|[0-9a-fA-F]*[0-9][0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*|"
+    r"[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*[0-9][0-9a-fA-F]*)\b"
+)
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -77,9 +79,19 @@ def seed(client: redis.Redis, queue: str, jobs: int, reason: str) -> None:
     now = int(time.time() * 1000)
     for i in range(1, jobs + 1):
         key = f"bull:{queue}:{i}"
-        pipe.hset(key, mapping={"name": "send", "data": json.dumps({"n": i}), "opts": "{}",
-                                "timestamp": now - 1000, "processedOn": now - 500, "finishedOn": now,
-                                "failedReason": f"{reason} #{i}", "attemptsMade": 1})
+        pipe.hset(
+            key,
+            mapping={
+                "name": "send",
+                "data": json.dumps({"n": i}),
+                "opts": "{}",
+                "timestamp": now - 1000,
+                "processedOn": now - 500,
+                "finishedOn": now,
+                "failedReason": f"{reason} #{i}",
+                "attemptsMade": 1,
+            },
+        )
         pipe.zadd(f"bull:{queue}:failed", {str(i): now})
     pipe.hset(f"bull:{queue}:meta", mapping={"opts.maxLenEvents": 10000})
     pipe.set(f"bull:{queue}:id", jobs)
@@ -93,8 +105,11 @@ def inspect_figures(jobs: int) -> None:
         return
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        server = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no",
-                                   "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             client = redis.Redis(port=port)
             for _ in range(100):
@@ -107,8 +122,20 @@ def inspect_figures(jobs: int) -> None:
             for size in SIZES:
                 queue = f"hostile{size}"
                 seed(client, queue, jobs, SHAPES["hex word"](size))
-                cmd = [sys.executable, "-m", "requeue", "inspect", "--redis-url",
-                       f"redis://127.0.0.1:{port}/0", "--queue", queue, "-o", "json", "--sample", "0"]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "requeue",
+                    "inspect",
+                    "--redis-url",
+                    f"redis://127.0.0.1:{port}/0",
+                    "--queue",
+                    queue,
+                    "-o",
+                    "json",
+                    "--sample",
+                    "0",
+                ]
                 seconds = timed(lambda c=cmd: subprocess.run(c, check=True, capture_output=True))
                 print(f"  {size // 1000}k-character reasons: {seconds:6.2f} s")
         finally:
@@ -117,8 +144,9 @@ def inspect_figures(jobs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=100, help="failed jobs per inspected queue")
     parser.add_argument("--before", action="store_true", help="also time the old pattern (1k, 2k)")
     args = parser.parse_args()

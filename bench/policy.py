@@ -82,8 +82,12 @@ async def seed(url: str, queues: list[str], jobs_per_queue: int) -> None:
 
     for name in queues:
         q = Queue(name, {"connection": url})
-        await q.addBulk([{"name": "whatsapp.send", "data": {"i": i, "fail": i % 3 == 0}, "opts": {}}
-                         for i in range(jobs_per_queue)])
+        await q.addBulk(
+            [
+                {"name": "whatsapp.send", "data": {"i": i, "fail": i % 3 == 0}, "opts": {}}
+                for i in range(jobs_per_queue)
+            ]
+        )
         await q.close()
     # finish a third of the queues' jobs through a worker (failed + completed sets, events entries)
     done = asyncio.Event()
@@ -138,19 +142,30 @@ async def run_traffic(url: str, queues: list[str], rate: float) -> None:
 
 
 def policy_spec(queues: list[str], interval: float) -> QueuePolicySpec:
-    return QueuePolicySpec.model_validate({
-        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
-        "queues": queues,
-        "interval": f"{interval:g}s",
-        "gates": [{"name": "db", "http": {"url": "http://127.0.0.1:1/health"}}],
-        "thresholds": {"failed": 100, "waiting": 1000, "failureRatePercent": 5, "window": "5m",
-                       "stalledActiveSeconds": 300},
-        "actions": {"pauseWhileGatesFail": True,
-                    "autoReplay": {"stableFor": "2m", "cooldown": "10m"},
-                    "clean": {"completed": {"grace": "1h", "limit": 1000},
-                              "failed": {"grace": "7d", "limit": 1000}}},
-        "alerts": {"events": True},
-    })
+    return QueuePolicySpec.model_validate(
+        {
+            "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+            "queues": queues,
+            "interval": f"{interval:g}s",
+            "gates": [{"name": "db", "http": {"url": "http://127.0.0.1:1/health"}}],
+            "thresholds": {
+                "failed": 100,
+                "waiting": 1000,
+                "failureRatePercent": 5,
+                "window": "5m",
+                "stalledActiveSeconds": 300,
+            },
+            "actions": {
+                "pauseWhileGatesFail": True,
+                "autoReplay": {"stableFor": "2m", "cooldown": "10m"},
+                "clean": {
+                    "completed": {"grace": "1h", "limit": 1000},
+                    "failed": {"grace": "7d", "limit": 1000},
+                },
+            },
+            "alerts": {"events": True},
+        }
+    )
 
 
 async def bench(args: argparse.Namespace, url: str) -> None:
@@ -159,8 +174,17 @@ async def bench(args: argparse.Namespace, url: str) -> None:
     await seed(url, queues, args.jobs)
     busy = queues[: args.busy]
     child = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--traffic", url, "--busy", str(args.busy), "--queues", str(args.queues),
-        "--rate", str(args.rate))
+        sys.executable,
+        __file__,
+        "--traffic",
+        url,
+        "--busy",
+        str(args.busy),
+        "--queues",
+        str(args.queues),
+        "--rate",
+        str(args.rate),
+    )
     pool = aioredis.ConnectionPool.from_url(url, connection_class=CountingConnection, decode_responses=True)
     client = aioredis.Redis(connection_pool=pool)
     try:
@@ -172,14 +196,18 @@ async def bench(args: argparse.Namespace, url: str) -> None:
         cpu: list[float] = []
         trips: list[int] = []
         wall: list[float] = []
-        print(f"traffic: {args.rate:g} jobs/s over {len(busy)} busy queues; "
-              f"{args.evaluations} evaluations every {args.interval:g}s", flush=True)
+        print(
+            f"traffic: {args.rate:g} jobs/s over {len(busy)} busy queues; "
+            f"{args.evaluations} evaluations every {args.interval:g}s",
+            flush=True,
+        )
         await asyncio.sleep(args.interval)
         for i in range(args.evaluations + 1):  # the first one loads memory and warms up: not counted
             CountingConnection.sends = 0
             c0, w0 = time.process_time(), time.perf_counter()
-            result = await evaluate(ref, spec, status, redis=client, ops=ops, gates=gates, memory=memory,
-                                    now=datetime.now(UTC))
+            result = await evaluate(
+                ref, spec, status, redis=client, ops=ops, gates=gates, memory=memory, now=datetime.now(UTC)
+            )
             c1, w1 = time.process_time(), time.perf_counter()
             status, memory = result.status, result.memory
             if i:
@@ -197,10 +225,14 @@ async def bench(args: argparse.Namespace, url: str) -> None:
         print(f"CPU ms / queue              {1000 * mean_cpu / len(queues):.3f}")
         print(f"wall s / evaluation         mean {statistics.mean(wall):.4f}  max {max(wall):.4f}")
         print(f"Redis round trips / eval    {statistics.mean(trips):.1f} (max {max(trips)})")
-        print(f"share of one core           {100 * mean_cpu / args.interval:.2f} % "
-              f"(target < 5 % at 10 s for 200 queues)")
-        print(f"RSS                         {rss_mib():.1f} MiB (peak "
-              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB)")
+        print(
+            f"share of one core           {100 * mean_cpu / args.interval:.2f} % "
+            f"(target < 5 % at 10 s for 200 queues)"
+        )
+        print(
+            f"RSS                         {rss_mib():.1f} MiB (peak "
+            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB)"
+        )
         print(f"queues with a failure rate  {len(rates)} (busy ones: {len(busy)})")
         print(f"status size (JSON)          {len(status.model_dump_json(by_alias=True)) / 1024:.1f} KiB")
     finally:
@@ -211,8 +243,9 @@ async def bench(args: argparse.Namespace, url: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--queues", type=int, default=200)
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--evaluations", type=int, default=6)
@@ -227,9 +260,23 @@ def main() -> None:
         return
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="requeue-bench-")
-    server = subprocess.Popen([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--dir", workdir],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            redis_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         url = f"redis://127.0.0.1:{port}/0"
         for _ in range(200):

@@ -93,6 +93,7 @@ class Pinger:
 
     def _redis(self) -> Any:
         import redis as redis_sync
+
         return redis_sync.Redis(host=self.host, port=self.port)
 
     def __enter__(self) -> Pinger:
@@ -104,8 +105,9 @@ class Pinger:
         ctx = mp.get_context("spawn")
         self._stop_r, self._stop_w = ctx.Pipe(duplex=False)
         self._out_r, self._out_w = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_pinger, args=(self.host, self.port, self._stop_r, self._out_w),
-                                 daemon=True)
+        self._proc = ctx.Process(
+            target=_pinger, args=(self.host, self.port, self._stop_r, self._out_w), daemon=True
+        )
         self._proc.start()
         time.sleep(0.3)  # let it connect and settle before the load starts
         return self
@@ -118,8 +120,10 @@ class Pinger:
         entries = client.slowlog_get(10_000)
         client.close()
         self.busy_ms = max((e["duration"] / 1000 for e in entries), default=0.5)
-        self.slowest = [(e["duration"] / 1000, _describe(e["command"]))
-                        for e in sorted(entries, key=lambda e: -e["duration"])[:3]]
+        self.slowest = [
+            (e["duration"] / 1000, _describe(e["command"]))
+            for e in sorted(entries, key=lambda e: -e["duration"])[:3]
+        ]
 
     @property
     def max_ms(self) -> float:
@@ -170,6 +174,7 @@ def _vm_hwm_kib() -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     import resource
+
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
@@ -229,8 +234,13 @@ def child_main(args: argparse.Namespace) -> None:
 
 def _job_data(i: int, name: str) -> dict[str, Any]:
     # ~200 bytes of JSON, like a notification or document job
-    return {"i": i, "tenant": f"tenant-{i % 37}", "to": f"+49151{i:08d}", "template": name,
-            "body": ("Hallo, Ihre Bestellung ist unterwegs. " * 4)[:140]}
+    return {
+        "i": i,
+        "tenant": f"tenant-{i % 37}",
+        "to": f"+49151{i:08d}",
+        "template": name,
+        "body": ("Hallo, Ihre Bestellung ist unterwegs. " * 4)[:140],
+    }
 
 
 async def seed(url: str, jobs: int, major: int) -> None:
@@ -243,16 +253,23 @@ async def seed(url: str, jobs: int, major: int) -> None:
     # interleave the names the way a real service produces them
     order = sorted(range(jobs), key=lambda i: (i * 7919) % jobs)
     batch = [{"name": names[j], "data": _job_data(i, names[j]), "opts": {}} for i, j in enumerate(order)]
-    await run_node_script("producer.mjs", {"redisUrl": url, "queue": QUEUE, "prefix": PREFIX,
-                                           "jobs": batch, "chunk": 1000, "printIds": False},
-                          major=major, timeout_s=600)
-    rules = [FailRule(f"{name}: 503 upstream unavailable after {1000 + k}ms", name=name)
-             for k, (name, _) in enumerate(MIX)]
+    await run_node_script(
+        "producer.mjs",
+        {"redisUrl": url, "queue": QUEUE, "prefix": PREFIX, "jobs": batch, "chunk": 1000, "printIds": False},
+        major=major,
+        timeout_s=600,
+    )
+    rules = [
+        FailRule(f"{name}: 503 upstream unavailable after {1000 + k}ms", name=name)
+        for k, (name, _) in enumerate(MIX)
+    ]
     import redis as redis_sync
+
     client = redis_sync.Redis.from_url(url)
     try:
-        async with NodeWorker(url, QUEUE, major=major, prefix=PREFIX, fail=rules, concurrency=200,
-                              timeout_ms=1_800_000) as _worker:
+        async with NodeWorker(
+            url, QUEUE, major=major, prefix=PREFIX, fail=rules, concurrency=200, timeout_ms=1_800_000
+        ) as _worker:
             deadline = time.monotonic() + 1800
             while int(client.zcard(f"{PREFIX}:{QUEUE}:failed")) < jobs:
                 if time.monotonic() > deadline:
@@ -288,6 +305,7 @@ class Dataset:
         asyncio.run(seed(self.server.url, self.jobs, self.major))
         self.window = (t0.isoformat(), (datetime.now(UTC) + timedelta(days=1)).isoformat())
         import redis as redis_sync
+
         client = redis_sync.Redis.from_url(self.server.url)
         try:
             client.save()
@@ -306,6 +324,7 @@ class Dataset:
         shutil.copy(self.snapshot, self.server._dir / "dump.rdb")
         self.server.start(timeout=120)
         import redis as redis_sync
+
         client = redis_sync.Redis.from_url(self.server.url)
         try:
             deadline = time.monotonic() + 120
@@ -353,16 +372,33 @@ class Row:
 
 def measure_child(ds: Dataset, mode: str) -> Run:
     ds.restore()
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--redis-url", ds.server.url,
-           "--after", ds.window[0], "--before", ds.window[1]]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        mode,
+        "--redis-url",
+        ds.server.url,
+        "--after",
+        ds.window[0],
+        "--before",
+        ds.window[1],
+    ]
     with Pinger(ds.server.host, ds.server.port) as ping:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} child failed: {proc.stderr[-4000:]}")
     print(f"    {mode}: slowest commands (ms): {ping.slowest}", file=sys.stderr)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return Run(out["jobs"] / out["elapsed"], out["elapsed"], out["jobs"], ping.max_ms, ping.p99_ms,
-               ping.busy_ms, out["rss_kib"] / 1024)
+    return Run(
+        out["jobs"] / out["elapsed"],
+        out["elapsed"],
+        out["jobs"],
+        ping.max_ms,
+        ping.p99_ms,
+        ping.busy_ms,
+        out["rss_kib"] / 1024,
+    )
 
 
 def measure_retry_jobs(ds: Dataset) -> Run:
@@ -372,8 +408,9 @@ def measure_retry_jobs(ds: Dataset) -> Run:
     with Pinger(ds.server.host, ds.server.port) as ping:
         res = asyncio.run(run_retry_jobs(ds.server.url, QUEUE, major=ds.major, prefix=PREFIX, count=1000))
     moved = res.before["failed"] - res.after["failed"]
-    return Run(moved / (res.elapsed_ms / 1000), res.elapsed_ms / 1000, moved, ping.max_ms, ping.p99_ms,
-               ping.busy_ms)
+    return Run(
+        moved / (res.elapsed_ms / 1000), res.elapsed_ms / 1000, moved, ping.max_ms, ping.p99_ms, ping.busy_ms
+    )
 
 
 def measure_idle(ds: Dataset) -> Run:
@@ -399,19 +436,27 @@ def fmt(v: float, spec: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=100_000, help="failed jobs to seed (default 100000)")
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement; the table shows medians")
-    parser.add_argument("--major", type=int, default=6, choices=(5, 6),
-                        help="Node BullMQ major (seed, retryJobs)")
-    parser.add_argument("--only", default="",
-                        help="comma-separated subset of: retry,selective,window,window-keep,bulk,bulk-keep,"
-                             "scan,dryrun")
+    parser.add_argument(
+        "--major", type=int, default=6, choices=(5, 6), help="Node BullMQ major (seed, retryJobs)"
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated subset of: retry,selective,window,window-keep,bulk,bulk-keep,scan,dryrun",
+    )
     parser.add_argument("--no-small", action="store_true", help="skip the 1k-job RSS baseline")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="directory keeping seeded rdb files: later runs with the same --jobs and "
-                             "--major skip seeding (the data are the same: Node BullMQ seeded them)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="directory keeping seeded rdb files: later runs with the same --jobs and "
+        "--major skip seeding (the data are the same: Node BullMQ seeded them)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--after", help=argparse.SUPPRESS)
@@ -422,6 +467,7 @@ def main() -> None:
         return
 
     from support.node import node_available
+
     node_available()
     only = set(filter(None, args.only.split(","))) or {"retry", *(mode for mode, _ in MODES)}
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"requeue-bench-{os.getpid()}"
@@ -441,7 +487,8 @@ def main() -> None:
             idle.runs.append(measure_idle(big))
             if "retry" in only:
                 rows.setdefault("retry", Row("BullMQ Queue.retryJobs (Node, count 1000)")).runs.append(
-                    measure_retry_jobs(big))
+                    measure_retry_jobs(big)
+                )
             for mode, label in MODES:
                 if mode in only:
                     run = measure_child(big, mode)
@@ -451,7 +498,8 @@ def main() -> None:
             for mode, _ in MODES:
                 if mode in only:
                     small_rss[mode] = statistics.median(
-                        measure_child(small, mode).rss_mib or 0 for _ in range(args.runs))
+                        measure_child(small, mode).rss_mib or 0 for _ in range(args.runs)
+                    )
         report(args, idle, rows, small_rss)
     finally:
         for ds in (big, small):
@@ -465,22 +513,28 @@ def report(args: argparse.Namespace, idle: Row, rows: dict[str, Row], small_rss:
 
     import redis as redis_sync
 
-    print(f"\nrequeue replay benchmark: {args.jobs} failed jobs (30% whatsapp.send, 30% pdf.generate, "
-          f"40% email.send, ~200-byte data), seeded by Node BullMQ {args.major}; redis-server "
-          f"{redis_sync.__version__ and _redis_version()}; Python {platform.python_version()}; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; "
-          f"medians of {args.runs} runs\n")
-    head = f"{'measurement':44} {'jobs':>8} {'seconds':>8} {'jobs/s':>9} {'PING max':>9} {'PING p99':>9} " \
-           f"{'Redis busy':>10} {'peak RSS':>9} {'RSS 1k':>7}"
+    print(
+        f"\nrequeue replay benchmark: {args.jobs} failed jobs (30% whatsapp.send, 30% pdf.generate, "
+        f"40% email.send, ~200-byte data), seeded by Node BullMQ {args.major}; redis-server "
+        f"{redis_sync.__version__ and _redis_version()}; Python {platform.python_version()}; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; "
+        f"medians of {args.runs} runs\n"
+    )
+    head = (
+        f"{'measurement':44} {'jobs':>8} {'seconds':>8} {'jobs/s':>9} {'PING max':>9} {'PING p99':>9} "
+        f"{'Redis busy':>10} {'peak RSS':>9} {'RSS 1k':>7}"
+    )
     print(head)
     print("-" * len(head))
     for key, row in [("idle", idle), *rows.items()]:
         rss = row.median("rss_mib")
         small = small_rss.get(key, float("nan"))
-        print(f"{row.label:44} {fmt(row.median('jobs'), '8.0f')} {fmt(row.median('elapsed_s'), '8.2f')} "
-              f"{fmt(row.median('jobs_per_s'), '9.0f')} {fmt(row.median('max_ms'), '7.2f')}ms "
-              f"{fmt(row.median('p99_ms'), '7.2f')}ms {fmt(row.median('busy_ms'), '8.2f')}ms "
-              f"{fmt(rss, '7.1f')}MB {fmt(small, '5.1f')}MB")
+        print(
+            f"{row.label:44} {fmt(row.median('jobs'), '8.0f')} {fmt(row.median('elapsed_s'), '8.2f')} "
+            f"{fmt(row.median('jobs_per_s'), '9.0f')} {fmt(row.median('max_ms'), '7.2f')}ms "
+            f"{fmt(row.median('p99_ms'), '7.2f')}ms {fmt(row.median('busy_ms'), '8.2f')}ms "
+            f"{fmt(rss, '7.1f')}MB {fmt(small, '5.1f')}MB"
+        )
 
     print("\ntargets (issue 7):")
     retry = rows.get("retry")
@@ -491,28 +545,37 @@ def report(args: argparse.Namespace, idle: Row, rows: dict[str, Row], small_rss:
 
     if "selective" in rows:
         r = rows["selective"]
-        check(r.median("jobs_per_s") >= 10_000 and r.median("max_ms") <= 5,
-              f"selective >= 10,000 matched jobs/s with worst PING <= 5 ms: "
-              f"{r.median('jobs_per_s'):.0f} jobs/s, {r.median('max_ms'):.2f} ms")
+        check(
+            r.median("jobs_per_s") >= 10_000 and r.median("max_ms") <= 5,
+            f"selective >= 10,000 matched jobs/s with worst PING <= 5 ms: "
+            f"{r.median('jobs_per_s'):.0f} jobs/s, {r.median('max_ms'):.2f} ms",
+        )
     for key in ("window", "window-keep", "bulk", "bulk-keep"):
         if key not in rows:
             continue
         r = rows[key]
         ratio = r.median("jobs_per_s") / ref if ref == ref else float("nan")
-        check(ratio >= 0.8 and r.median("max_ms") <= 5,
-              f"{key}: time-window >= 0.8x retryJobs jobs/s with worst PING <= 5 ms: {fmt(ratio, '.2f')}x "
-              f"({r.median('jobs_per_s'):.0f} vs {ref:.0f} jobs/s), {r.median('max_ms'):.2f} ms "
-              f"(retryJobs itself: {retry.median('max_ms') if retry else float('nan'):.2f} ms)")
+        check(
+            ratio >= 0.8 and r.median("max_ms") <= 5,
+            f"{key}: time-window >= 0.8x retryJobs jobs/s with worst PING <= 5 ms: {fmt(ratio, '.2f')}x "
+            f"({r.median('jobs_per_s'):.0f} vs {ref:.0f} jobs/s), {r.median('max_ms'):.2f} ms "
+            f"(retryJobs itself: {retry.median('max_ms') if retry else float('nan'):.2f} ms)",
+        )
     for key in ("scan", "dryrun"):
         if key in rows:
             r = rows[key]
-            check(r.median("jobs_per_s") >= 50_000,
-                  f"{key} >= 50,000 failed jobs/s: {r.median('jobs_per_s'):.0f} jobs/s")
+            check(
+                r.median("jobs_per_s") >= 50_000,
+                f"{key} >= 50,000 failed jobs/s: {r.median('jobs_per_s'):.0f} jobs/s",
+            )
     for key, row in rows.items():
         if small_rss.get(key):
             ratio = row.median("rss_mib") / small_rss[key]
-            check(ratio <= 1.2, f"{key}: peak RSS on {args.jobs} jobs <= 1.2x RSS on {SMALL_JOBS}: "
-                                f"{ratio:.2f}x ({row.median('rss_mib'):.1f} vs {small_rss[key]:.1f} MB)")
+            check(
+                ratio <= 1.2,
+                f"{key}: peak RSS on {args.jobs} jobs <= 1.2x RSS on {SMALL_JOBS}: "
+                f"{ratio:.2f}x ({row.median('rss_mib'):.1f} vs {small_rss[key]:.1f} MB)",
+            )
 
 
 def _redis_version() -> str:

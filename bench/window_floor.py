@@ -113,10 +113,24 @@ async def _run_step(url: str, chunk: int, checks: str, writes: str) -> tuple[flo
             if checks:  # read-only, so it may sit in the MULTI without changing what it proves
                 pipe.evalsha(check.sha, 1, k.failed, chunk, top, k.base, checks)
             if writes:
-                pipe.evalsha(tally.sha, 3, k.failed, "floor:ids", "floor:progress", chunk, top, k.base,
-                             writes)
-            pipe.evalsha(move.sha, 8, k.base, k.events, k.failed, k.wait, k.paused, k.meta, k.active,
-                         k.marker, chunk, top, "failed")
+                pipe.evalsha(
+                    tally.sha, 3, k.failed, "floor:ids", "floor:progress", chunk, top, k.base, writes
+                )
+            pipe.evalsha(
+                move.sha,
+                8,
+                k.base,
+                k.events,
+                k.failed,
+                k.wait,
+                k.paused,
+                k.meta,
+                k.active,
+                k.marker,
+                chunk,
+                top,
+                "failed",
+            )
             replies = await pipe.execute()
             if int(replies[-1]) == 0:
                 break
@@ -135,8 +149,9 @@ def measure(ds: Dataset, chunk: int, checks: str, writes: str) -> Run:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--chunks", default="200,500", help="jobs per call to compare (default 200,500)")
@@ -157,22 +172,28 @@ def main() -> None:
             for label, checks, writes in STEPS:
                 runs = [measure(ds, chunk, checks, writes) for _ in range(args.runs)]
                 rows.append((f"chunk {chunk}: {label}", runs))
-                print(f"  {rows[-1][0]}: {statistics.median(r.jobs_per_s for r in runs):.0f} jobs/s",
-                      file=sys.stderr)
+                print(
+                    f"  {rows[-1][0]}: {statistics.median(r.jobs_per_s for r in runs):.0f} jobs/s",
+                    file=sys.stderr,
+                )
     finally:
         ds.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"\ntime-window replay floor: {args.jobs} failed jobs seeded by Node BullMQ {args.major}; "
-          f"medians of {args.runs} runs; ratio = jobs/s over retryJobs's\n")
+    print(
+        f"\ntime-window replay floor: {args.jobs} failed jobs seeded by Node BullMQ {args.major}; "
+        f"medians of {args.runs} runs; ratio = jobs/s over retryJobs's\n"
+    )
     head = f"{'measurement':58} {'jobs/s':>9} {'ratio':>6} {'us/job':>7} {'PING max':>9} {'Redis busy':>10}"
     print(head)
     print("-" * len(head))
     for label, runs in rows:
         rate = statistics.median(r.jobs_per_s for r in runs)
-        print(f"{label:58} {rate:9.0f} {rate / ref:6.2f} {1e6 / rate:7.2f} "
-              f"{fmt(statistics.median(r.max_ms for r in runs), '7.2f')}ms "
-              f"{fmt(statistics.median(r.busy_ms for r in runs), '8.2f')}ms")
+        print(
+            f"{label:58} {rate:9.0f} {rate / ref:6.2f} {1e6 / rate:7.2f} "
+            f"{fmt(statistics.median(r.max_ms for r in runs), '7.2f')}ms "
+            f"{fmt(statistics.median(r.busy_ms for r in runs), '8.2f')}ms"
+        )
 
 
 if __name__ == "__main__":

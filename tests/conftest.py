@@ -103,9 +103,11 @@ def pg_dsn() -> str:
         with psycopg.connect(PG_DSN, connect_timeout=5) as conn:
             conn.execute("SELECT 1").fetchone()
     except psycopg.Error as exc:
-        pytest.fail(f"Postgres is not reachable at {PG_DSN}: {exc}. Start it (trust auth for "
-                    "postgres on 127.0.0.1, database 'test'); these tests need the real one.",
-                    pytrace=False)
+        pytest.fail(
+            f"Postgres is not reachable at {PG_DSN}: {exc}. Start it (trust auth for "
+            "postgres on 127.0.0.1, database 'test'); these tests need the real one.",
+            pytrace=False,
+        )
     return PG_DSN
 
 
@@ -158,8 +160,9 @@ def operator_factory(kube: Kube, tmp_path: Path) -> Iterator[OperatorFactory]:
     """
     procs: list[OperatorProcess] = []
 
-    def start(command: Sequence[str] = DEFAULT_COMMAND, *,
-              env: dict[str, str] | None = None, start: bool = True) -> OperatorProcess:
+    def start(
+        command: Sequence[str] = DEFAULT_COMMAND, *, env: dict[str, str] | None = None, start: bool = True
+    ) -> OperatorProcess:
         log = tmp_path / f"operator-{len(procs) + 1}.log"
         proc = OperatorProcess(kube.kubeconfig, log, command=command, env=env)
         procs.append(proc)

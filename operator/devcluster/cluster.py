@@ -45,8 +45,14 @@ class Cluster:
     removes ``workdir`` (where the kubeconfig lives).
     """
 
-    def __init__(self, loop: BackgroundLoop, server: ApiServer, http: kmock.Server,
-                 workdir: Path, gc_task: asyncio.Task[None] | None = None) -> None:
+    def __init__(
+        self,
+        loop: BackgroundLoop,
+        server: ApiServer,
+        http: kmock.Server,
+        workdir: Path,
+        gc_task: asyncio.Task[None] | None = None,
+    ) -> None:
         self.loop = loop
         self._gc_task = gc_task
         self.server = server
@@ -66,8 +72,10 @@ class Cluster:
 
     def run(self, fn: Callable[[ApiServer], Any]) -> Any:
         """Call ``fn(server)`` on the server's loop (kmock state is not thread-safe)."""
+
         async def call() -> Any:
             return fn(self.server)
+
         return self.loop.run(call())
 
     def get(self, res: str, name: str, namespace: str | None = "default") -> dict[str, Any] | None:
@@ -101,8 +109,9 @@ class Cluster:
         if resource is None:
             raise KubectlError(f"the server serves no {kind} in {api_version}")
         url = f"{self.url}/{resource_path(resource, obj.get('metadata', {}).get('namespace'))}"
-        request = urllib.request.Request(url, data=json.dumps(obj).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            url, data=json.dumps(obj).encode(), method="POST", headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 created: dict[str, Any] = json.loads(response.read())
@@ -112,6 +121,7 @@ class Cluster:
 
     def close(self) -> None:
         """Stop the collector and the server, end the loop thread, remove ``workdir``."""
+
         async def stop() -> None:
             if self._gc_task is not None:
                 self._gc_task.cancel()
@@ -119,6 +129,7 @@ class Cluster:
                     await self._gc_task
             await self._http.__aexit__(None, None, None)
             await self.server.__aexit__(None, None, None)
+
         try:
             self.loop.run(stop())
         finally:
@@ -129,11 +140,14 @@ class Cluster:
 def kubeconfig(url: str) -> dict[str, Any]:
     """A kubeconfig for the emulator at ``url``: plain HTTP, a token user, namespace ``default``."""
     return {
-        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "kmock",
         "clusters": [{"name": "kmock", "cluster": {"server": url}}],
         "users": [{"name": "tester", "user": {"token": "test-token"}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "tester",
-                                                   "namespace": "default"}}],
+        "contexts": [
+            {"name": "kmock", "context": {"cluster": "kmock", "user": "tester", "namespace": "default"}}
+        ],
     }
 
 
@@ -162,8 +176,7 @@ def start_cluster(crds: Iterable[Mapping[str, Any]] = (), *, workdir: Path | Non
         await http.__aenter__()
         for crd in crds:
             await server.add_crd(crd)
-        gc_task = asyncio.create_task(collect_garbage(server, str(http.url).rstrip("/")),
-                                      name="kmock-gc")
+        gc_task = asyncio.create_task(collect_garbage(server, str(http.url).rstrip("/")), name="kmock-gc")
         return server, http, gc_task
 
     try:

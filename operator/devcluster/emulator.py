@@ -115,13 +115,11 @@ BUILTIN_RESOURCES: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
     ("v1/secrets", "Secret", True, ()),
     ("v1/events", "Event", True, ("ev",)),
     ("v1/configmaps", "ConfigMap", True, ("cm",)),
-    ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False,
-     ("crd", "crds")),
+    ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, ("crd", "crds")),
     ("coordination.k8s.io/v1/leases", "Lease", True, ()),
     ("kopf.dev/v1/clusterkopfpeerings", "ClusterKopfPeering", False, ()),
     ("kopf.dev/v1/kopfpeerings", "KopfPeering", True, ()),
 )
-
 
 
 def _now() -> str:
@@ -179,23 +177,42 @@ class ApiServer(kmock.KubernetesEmulator):
             self._columns[kmock.resource(res)] = columns
         # kmock serves watches from a fallback of its own, without a media type: this one is
         # ranked just above it (sub-priority 1 within the fallbacks) and says application/json.
-        (self.fallback ** 1)[kmock.action.WATCH] << kmock.headers(WATCH_HEADERS) << self._serve_watch
+        (self.fallback**1)[kmock.action.WATCH] << kmock.headers(WATCH_HEADERS) << self._serve_watch
         self.fallback["get /openapi/v3"] << self._serve_openapi_index
         self.fallback["get", re.compile(r"/openapi/v3/apis?/.+")] << self._serve_openapi_gv
         for ns in ("default", "kube-system"):
-            self._store("v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                          "metadata": {"name": ns}, "status": {"phase": "Active"}})
+            self._store(
+                "v1/namespaces",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": ns},
+                    "status": {"phase": "Active"},
+                },
+            )
 
     # -- registration
 
-    def register(self, res: str | kmock.resource, *, kind: str, namespaced: bool,
-                 shortnames: Iterable[str] = (), categories: Iterable[str] = (),
-                 subresources: Iterable[str] = (), singular: str | None = None) -> kmock.resource:
+    def register(
+        self,
+        res: str | kmock.resource,
+        *,
+        kind: str,
+        namespaced: bool,
+        shortnames: Iterable[str] = (),
+        categories: Iterable[str] = (),
+        subresources: Iterable[str] = (),
+        singular: str | None = None,
+    ) -> kmock.resource:
         """Make a resource discoverable (with all verbs), as a real API server would serve it."""
         resource = kmock.resource(res)
         self.resources[resource] = kmock.ResourceInfo(
-            kind=kind, namespaced=namespaced, singular=singular or kind.lower(),
-            verbs=ALL_VERBS, shortnames=shortnames, categories=categories,
+            kind=kind,
+            namespaced=namespaced,
+            singular=singular or kind.lower(),
+            verbs=ALL_VERBS,
+            shortnames=shortnames,
+            categories=categories,
             subresources=subresources,
         )
         if "status" in subresources:
@@ -210,10 +227,13 @@ class ApiServer(kmock.KubernetesEmulator):
             if not version.get("served", True):
                 continue
             res = self.register(
-                f"{spec['group']}/{version['name']}/{names['plural']}", kind=names["kind"],
+                f"{spec['group']}/{version['name']}/{names['plural']}",
+                kind=names["kind"],
                 namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-                shortnames=names.get("shortNames", ()), categories=names.get("categories", ()),
-                subresources=version.get("subresources", {}).keys(), singular=names.get("singular"),
+                shortnames=names.get("shortNames", ()),
+                categories=names.get("categories", ()),
+                subresources=version.get("subresources", {}).keys(),
+                singular=names.get("singular"),
             )
             self._crds[res] = crd
             self._columns[res] = columns_for_crd_version(version)
@@ -248,8 +268,7 @@ class ApiServer(kmock.KubernetesEmulator):
         api_version = f"{resource.group}/{resource.version}" if resource.group else "v1"
         return api_version, kind
 
-    def _stamp_new(self, resource: kmock.resource, obj: dict[str, Any], *,
-                   namespace: str | None) -> None:
+    def _stamp_new(self, resource: kmock.resource, obj: dict[str, Any], *, namespace: str | None) -> None:
         api_version, kind = self._kind(resource)
         obj.setdefault("apiVersion", api_version)
         obj.setdefault("kind", kind)
@@ -262,8 +281,9 @@ class ApiServer(kmock.KubernetesEmulator):
         info = self._info(resource)
         if namespace and (info is None or info.namespaced is not False):
             meta["namespace"] = namespace
-        meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1,
-                    resourceVersion=self._next_rv())
+        meta.update(
+            uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1, resourceVersion=self._next_rv()
+        )
         for volatile in ("deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(volatile, None)
         if resource in self._status_subresource:
@@ -284,8 +304,9 @@ class ApiServer(kmock.KubernetesEmulator):
         current = self._current(request)
         ctype = _header(request, "Content-Type").split(";")[0].strip()
         if ctype in ("application/apply-patch+yaml", "application/apply-patch+cbor"):
-            raise kmock.KubernetesError(415, "UnsupportedMediaType",
-                                        "server-side apply is not emulated; use kubectl apply")
+            raise kmock.KubernetesError(
+                415, "UnsupportedMediaType", "server-side apply is not emulated; use kubectl apply"
+            )
         patch = request.data
         if ctype == "application/strategic-merge-patch+json":
             patch = _strip_directives(patch)
@@ -302,9 +323,12 @@ class ApiServer(kmock.KubernetesEmulator):
         plural = request.resource.plural if request.resource is not None else ""
         if stale and stale != old_meta.get("resourceVersion"):
             raise kmock.KubernetesError(
-                409, "Conflict", f'Operation cannot be fulfilled on {plural} '
+                409,
+                "Conflict",
+                f"Operation cannot be fulfilled on {plural} "
                 f'"{request.name}": the object has been modified; please apply your changes '
-                f"to the latest version and try again")
+                f"to the latest version and try again",
+            )
         if request.resource in self._status_subresource:
             if request.subresource == "status":  # only .status may change here
                 wanted = {**current, "status": wanted.get("status")}
@@ -316,8 +340,15 @@ class ApiServer(kmock.KubernetesEmulator):
                     wanted["status"] = current["status"]
         _fold_string_data(request.resource, wanted)
         new_meta = wanted.setdefault("metadata", {})
-        for fixed in ("uid", "name", "namespace", "creationTimestamp", "generation",
-                      "resourceVersion", "deletionTimestamp"):
+        for fixed in (
+            "uid",
+            "name",
+            "namespace",
+            "creationTimestamp",
+            "generation",
+            "resourceVersion",
+            "deletionTimestamp",
+        ):
             if fixed in old_meta:
                 new_meta[fixed] = old_meta[fixed]
             else:
@@ -344,8 +375,9 @@ class ApiServer(kmock.KubernetesEmulator):
             len(parts) <= 4 or (len(parts) == 5 and parts[4] in ("status", "finalize"))
         ):
             readdressed = path.replace("/namespaces", f"/namespaces/{_NAMESPACES_SCOPE}/namespaces", 1)
-            raw_request = raw_request.clone(rel_url=raw_request.rel_url.with_path(readdressed)
-                                            .with_query(raw_request.rel_url.query))
+            raw_request = raw_request.clone(
+                rel_url=raw_request.rel_url.with_path(readdressed).with_query(raw_request.rel_url.query)
+            )
         return await super().__call__(raw_request)
 
     async def _handle(self, request: kmock.Request) -> Any:
@@ -357,7 +389,9 @@ class ApiServer(kmock.KubernetesEmulator):
             object.__setattr__(request, "url", request.url.with_path(path).with_query(request.url.query))
         action = request.action
         if request.resource is None or action not in (
-            kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE
+            kmock.action.CREATE,
+            kmock.action.UPDATE,
+            kmock.action.DELETE,
         ):
             return await super()._handle(request)
         if _header(request, "Content-Type").startswith("application/vnd.kubernetes.protobuf"):
@@ -365,13 +399,18 @@ class ApiServer(kmock.KubernetesEmulator):
                 object.__setattr__(request, "data", decode_object(request.body or b""))
             except UnsupportedProtobuf as exc:
                 raise kmock.KubernetesError(
-                    415, "UnsupportedMediaType",
+                    415,
+                    "UnsupportedMediaType",
                     f"the emulator reads protobuf only for Namespace, Secret and ConfigMap ({exc}); "
-                    "send JSON, e.g. kubectl apply") from exc
+                    "send JSON, e.g. kubectl apply",
+                ) from exc
         async with self._write_lock:
             if action == kmock.action.CREATE and isinstance(request.data, dict):
-                self._stamp_new(request.resource, request.data, namespace=request.namespace
-                                or request.data.get("metadata", {}).get("namespace"))
+                self._stamp_new(
+                    request.resource,
+                    request.data,
+                    namespace=request.namespace or request.data.get("metadata", {}).get("namespace"),
+                )
                 self._validate(request.resource, request.data, old=None)
             elif action == kmock.action.UPDATE and request.name is not None:
                 wanted = self._prepare_update(request)
@@ -384,13 +423,15 @@ class ApiServer(kmock.KubernetesEmulator):
             elif action == kmock.action.DELETE and request.name is not None:
                 await self._prepare_delete(request)
             response = await super()._handle(request)
-            if (action == kmock.action.CREATE and request.resource.plural
-                    == "customresourcedefinitions" and isinstance(request.data, dict)):
+            if (
+                action == kmock.action.CREATE
+                and request.resource.plural == "customresourcedefinitions"
+                and isinstance(request.data, dict)
+            ):
                 self.register_crd(request.data)
             return response
 
-    def _validate(self, resource: kmock.resource, obj: dict[str, Any],
-                  old: dict[str, Any] | None) -> None:
+    def _validate(self, resource: kmock.resource, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
         """Refuse a custom resource its CRD's schema or CEL rules refuse, as kube-apiserver does."""
         crd = self._crds.get(resource)
         if crd is None:
@@ -400,8 +441,8 @@ class ApiServer(kmock.KubernetesEmulator):
             kind = crd["spec"]["names"]["kind"]
             name = obj.get("metadata", {}).get("name", "")
             raise kmock.KubernetesError(
-                422, "Invalid",
-                f'{kind}.{crd["spec"]["group"]} "{name}" is invalid: {"; ".join(errors)}')
+                422, "Invalid", f'{kind}.{crd["spec"]["group"]} "{name}" is invalid: {"; ".join(errors)}'
+            )
 
     async def _prepare_delete(self, request: kmock.Request) -> None:
         current = self._current(request)
@@ -461,16 +502,24 @@ class ApiServer(kmock.KubernetesEmulator):
                 continue
             _, kind = self._kind(res)
             gvk = {"group": group, "version": version, "kind": kind}
-            paths[f"/{gv}/namespaces/{{namespace}}/{res.plural}/{{name}}"] = {"patch": {
-                "x-kubernetes-group-version-kind": gvk, "parameters": patch_param,
-                "responses": {"200": {"description": "OK"}}}}
+            paths[f"/{gv}/namespaces/{{namespace}}/{res.plural}/{{name}}"] = {
+                "patch": {
+                    "x-kubernetes-group-version-kind": gvk,
+                    "parameters": patch_param,
+                    "responses": {"200": {"description": "OK"}},
+                }
+            }
             crd = self._crds.get(res)
             if crd is not None:  # what `kubectl explain` reads: the CRD schema, keyed by GVK
                 schema = copy.deepcopy(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
                 schema["x-kubernetes-group-version-kind"] = [gvk]
                 schemas[f"{'.'.join(reversed(group.split('.')))}.{version}.{kind}"] = schema
-        return {"openapi": "3.0.0", "info": {"title": "kmock", "version": "v0"}, "paths": paths,
-                "components": {"schemas": schemas}}
+        return {
+            "openapi": "3.0.0",
+            "info": {"title": "kmock", "version": "v0"},
+            "paths": paths,
+            "components": {"schemas": schemas},
+        }
 
     async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
         resource = request.resource
@@ -480,18 +529,28 @@ class ApiServer(kmock.KubernetesEmulator):
         fields = request.params.get("fieldSelector", "")
         async with self._lock:
             items = [
-                obj.raw for (res, ns, _), obj in self.objects.items()
-                if res == resource and not obj.deleted
+                obj.raw
+                for (res, ns, _), obj in self.objects.items()
+                if res == resource
+                and not obj.deleted
                 and (request.namespace is None or ns == request.namespace)
             ]
-        items = [o for o in items if _selector_matches(labels, functools.partial(_label, o))
-                 and _selector_matches(fields, functools.partial(_field, o))]
+        items = [
+            o
+            for o in items
+            if _selector_matches(labels, functools.partial(_label, o))
+            and _selector_matches(fields, functools.partial(_field, o))
+        ]
         items.sort(key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
         if _wants_table(request):
             return self._table(resource, items, request)
         api_version, kind = self._kind(resource)
-        return {"apiVersion": api_version, "kind": f"{kind}List",
-                "metadata": {"resourceVersion": str(self._resource_version)}, "items": items}
+        return {
+            "apiVersion": api_version,
+            "kind": f"{kind}List",
+            "metadata": {"resourceVersion": str(self._resource_version)},
+            "items": items,
+        }
 
     async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
         obj = await super()._serve_fetch(request)
@@ -499,11 +558,16 @@ class ApiServer(kmock.KubernetesEmulator):
             return self._table(request.resource, [obj], request)
         return obj
 
-    def _table(self, resource: kmock.resource, items: list[dict[str, Any]],
-               request: kmock.Request) -> dict[str, Any]:
+    def _table(
+        self, resource: kmock.resource, items: list[dict[str, Any]], request: kmock.Request
+    ) -> dict[str, Any]:
         """A meta.k8s.io/v1 Table of ``items``, as kube-apiserver sends to ``kubectl get``."""
-        return table(self.columns(resource), items, resource_version=str(self._resource_version),
-                     include_object=request.params.get("includeObject", "Metadata"))
+        return table(
+            self.columns(resource),
+            items,
+            resource_version=str(self._resource_version),
+            include_object=request.params.get("includeObject", "Metadata"),
+        )
 
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
         """A watch stream: the current objects, then every change, filtered like a list.
@@ -524,8 +588,11 @@ class ApiServer(kmock.KubernetesEmulator):
         bus = self._buses[resource]
         async with self._lock:
             mark = await bus.mark()
-            current = [copy.deepcopy(obj.raw) for (res, _, _), obj in self.objects.items()
-                       if res == resource and not obj.deleted]
+            current = [
+                copy.deepcopy(obj.raw)
+                for (res, _, _), obj in self.objects.items()
+                if res == resource and not obj.deleted
+            ]
         try:
             yield b""  # sends the headers now: a quiet watch is still a started one (as in kmock)
             current.sort(key=lambda o: int(o.get("metadata", {}).get("resourceVersion") or 0))
@@ -540,16 +607,16 @@ class ApiServer(kmock.KubernetesEmulator):
         finally:
             await bus.unmark(mark)
 
-    def _watch_event(self, resource: kmock.resource, kind: str, obj: dict[str, Any],
-                     request: kmock.Request) -> dict[str, Any]:
+    def _watch_event(
+        self, resource: kmock.resource, kind: str, obj: dict[str, Any], request: kmock.Request
+    ) -> dict[str, Any]:
         if _wants_table(request):
             return {"type": kind, "object": self._table(resource, [obj], request)}
         return {"type": kind, "object": obj}
 
     def resource_of(self, api_version: str, kind: str) -> kmock.resource | None:
         """The served resource of that apiVersion and kind, or None. Call on the loop."""
-        return next((res for res in self._get_resources() if self._kind(res) == (api_version, kind)),
-                    None)
+        return next((res for res in self._get_resources() if self._kind(res) == (api_version, kind)), None)
 
     def columns(self, resource: kmock.resource) -> list[Column]:
         """The Table columns ``kubectl get`` receives for the resource."""
@@ -558,19 +625,26 @@ class ApiServer(kmock.KubernetesEmulator):
     def list_raw(self, res: str | kmock.resource, namespace: str | None = None) -> list[dict[str, Any]]:
         """Stored objects (deep copies), sorted by namespace and name. Call on the loop."""
         resource = kmock.resource(res)
-        items = [copy.deepcopy(obj.raw) for (r, ns, _), obj in self.objects.items()
-                 if r == resource and not obj.deleted and (namespace is None or ns == namespace)]
+        items = [
+            copy.deepcopy(obj.raw)
+            for (r, ns, _), obj in self.objects.items()
+            if r == resource and not obj.deleted and (namespace is None or ns == namespace)
+        ]
         return sorted(items, key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
 
     async def live_objects(self) -> list[tuple[kmock.resource, str | None, str, dict[str, Any]]]:
         """Every stored object that is not deleted, as (resource, namespace, name, object)
         (deep copies). Call on the loop."""
         async with self._lock:
-            return [(res, ns, name, copy.deepcopy(obj.raw))
-                    for (res, ns, name), obj in self.objects.items() if not obj.deleted]
+            return [
+                (res, ns, name, copy.deepcopy(obj.raw))
+                for (res, ns, name), obj in self.objects.items()
+                if not obj.deleted
+            ]
 
-    def get_raw(self, res: str | kmock.resource, name: str,
-                namespace: str | None = None) -> dict[str, Any] | None:
+    def get_raw(
+        self, res: str | kmock.resource, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
         """The stored object (a deep copy), or None if absent or deleted. Call on the loop."""
         key = (kmock.resource(res), namespace, name)
         if key not in self.objects or self.objects[key].deleted:
@@ -601,8 +675,9 @@ def _watched(request: kmock.Request, obj: Mapping[str, Any]) -> bool:
     if request.name is not None and meta.get("name") != request.name:
         return False
     item = dict(obj)
-    return (_selector_matches(request.params.get("labelSelector", ""), functools.partial(_label, item))
-            and _selector_matches(request.params.get("fieldSelector", ""), functools.partial(_field, item)))
+    return _selector_matches(
+        request.params.get("labelSelector", ""), functools.partial(_label, item)
+    ) and _selector_matches(request.params.get("fieldSelector", ""), functools.partial(_field, item))
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -626,8 +701,9 @@ def _apply_patch(current: dict[str, Any], patch: Any) -> dict[str, Any]:
         patched = merge_patch(current, patch)
     else:
         kind = type(patch).__name__
-        raise kmock.KubernetesError(400, "BadRequest",
-                                    f"a patch is a JSON object or a list of operations, not {kind}")
+        raise kmock.KubernetesError(
+            400, "BadRequest", f"a patch is a JSON object or a list of operations, not {kind}"
+        )
     if not isinstance(patched, dict):
         raise kmock.KubernetesError(422, "Invalid", "the patch does not leave an object")
     return patched
@@ -658,4 +734,3 @@ def _strip_directives(value: Any) -> Any:
     if isinstance(value, list):
         return [_strip_directives(v) for v in value]
     return value
-

@@ -42,6 +42,7 @@ class LiveObjects(Protocol):
 
     async def live_objects(self) -> list[LiveObject]: ...
 
+
 logger = logging.getLogger(__name__)
 
 #: Seconds between two collections (kube-controller-manager reacts to watch events; a short
@@ -77,8 +78,10 @@ async def collect_garbage(server: LiveObjects, base_url: str, interval: float = 
         for res, namespace, name in doomed:
             try:
                 await asyncio.to_thread(_delete, base_url, res, namespace, name)
-                logger.info("garbage collector: deleted %s %s/%s (its owners are gone)",
-                            res.plural, namespace, name)
+                logger.info(
+                    "garbage collector: deleted %s %s/%s (its owners are gone)", res.plural, namespace, name
+                )
             except (OSError, urllib.error.URLError) as exc:
-                logger.warning("garbage collector: deleting %s %s/%s failed: %s",
-                               res.plural, namespace, name, exc)
+                logger.warning(
+                    "garbage collector: deleting %s %s/%s failed: %s", res.plural, namespace, name, exc
+                )

@@ -20,7 +20,8 @@ def find_kubectl() -> str:
     if not found:
         raise KubectlNotFoundError(
             "kubectl is not on PATH: install it (e.g. apt-get install -y kubernetes-client, "
-            "or https://kubernetes.io/docs/tasks/tools/)")
+            "or https://kubernetes.io/docs/tasks/tools/)"
+        )
     return found
 
 
@@ -40,15 +41,18 @@ class Kubectl:
         """The argv that runs ``kubectl <args>`` on this cluster (for a long-running Popen, e.g. -w)."""
         return [self.binary, f"--kubeconfig={self.kubeconfig}", f"--cache-dir={self.cache_dir}", *args]
 
-    def __call__(self, *args: str, input: str | None = None, check: bool = True,
-                 timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``kubectl <args>``; with ``check``, a non-zero exit raises KubectlError with its output."""
-        proc = subprocess.run(self.command(*args), input=input, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            self.command(*args), input=input, capture_output=True, text=True, timeout=timeout
+        )
         if check and proc.returncode != 0:
             raise KubectlError(
                 f"kubectl {' '.join(args)} exited {proc.returncode}\n"
-                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
         return proc
 
     def json(self, *args: str) -> Any:

@@ -35,6 +35,7 @@ class BackgroundLoop:
 
     def close(self) -> None:
         """Cancel what still runs on the loop, stop the thread and close the loop."""
+
         async def _cancel_rest() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:

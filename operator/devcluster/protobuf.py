@@ -57,7 +57,7 @@ def _fields(buf: bytes) -> Iterator[Field]:
             value, pos = struct.unpack_from("<q", buf, pos)[0], pos + 8
         elif wire == 2:
             size, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + size], pos + size
+            value, pos = buf[pos : pos + size], pos + size
         elif wire == 5:
             value, pos = struct.unpack_from("<i", buf, pos)[0], pos + 4
         else:
@@ -106,6 +106,7 @@ def _string_map(target: str) -> Callable[[dict[str, Any], int | bytes], None]:
     def read(obj: dict[str, Any], value: int | bytes) -> None:
         key, item = _entry(value)
         obj.setdefault(target, {})[key] = item.decode()
+
     return read
 
 
@@ -113,6 +114,7 @@ def _bytes_map(target: str) -> Callable[[dict[str, Any], int | bytes], None]:
     def read(obj: dict[str, Any], value: int | bytes) -> None:
         key, item = _entry(value)
         obj.setdefault(target, {})[key] = base64.b64encode(item).decode()
+
     return read
 
 
@@ -120,12 +122,14 @@ def _string(target: str) -> Callable[[dict[str, Any], int | bytes], None]:
     def read(obj: dict[str, Any], value: int | bytes) -> None:
         if _str(value):
             obj[target] = _str(value)
+
     return read
 
 
 def _bool(target: str) -> Callable[[dict[str, Any], int | bytes], None]:
     def read(obj: dict[str, Any], value: int | bytes) -> None:
         obj[target] = bool(value)
+
     return read
 
 
@@ -138,8 +142,12 @@ def _namespace_spec(obj: dict[str, Any], value: int | bytes) -> None:
 #: (apiVersion, kind) -> field number -> reader; field 1 is always metadata.
 _KINDS: dict[tuple[str, str], dict[int, Callable[[dict[str, Any], int | bytes], None]]] = {
     ("v1", "Namespace"): {2: _namespace_spec},
-    ("v1", "Secret"): {2: _bytes_map("data"), 3: _string("type"), 4: _string_map("stringData"),
-                       5: _bool("immutable")},
+    ("v1", "Secret"): {
+        2: _bytes_map("data"),
+        3: _string("type"),
+        4: _string_map("stringData"),
+        5: _bool("immutable"),
+    },
     ("v1", "ConfigMap"): {2: _string_map("data"), 3: _bytes_map("binaryData"), 4: _bool("immutable")},
 }
 
@@ -150,7 +158,7 @@ def decode_object(body: bytes) -> dict[str, Any]:
         raise UnsupportedProtobuf("no k8s protobuf magic")
     api_version = kind = ""
     raw = b""
-    for number, _, value in _fields(body[len(MAGIC):]):
+    for number, _, value in _fields(body[len(MAGIC) :]):
         if number == 1:  # TypeMeta
             for n, _, v in _fields(_bytes(value)):
                 if n == 1:

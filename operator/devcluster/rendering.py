@@ -73,10 +73,16 @@ def human_age(timestamp: str) -> str:
     return f"{secs // 86400}d"
 
 
-def _column(name: str, type_: str, getter: Callable[[dict[str, Any]], Any],
-            description: str = "", priority: int = 0) -> Column:
-    definition = {"name": name, "type": type_, "format": "name" if name == "Name" else "",
-                  "description": description, "priority": priority}
+def _column(
+    name: str, type_: str, getter: Callable[[dict[str, Any]], Any], description: str = "", priority: int = 0
+) -> Column:
+    definition = {
+        "name": name,
+        "type": type_,
+        "format": "name" if name == "Name" else "",
+        "description": description,
+        "priority": priority,
+    }
     return definition, getter
 
 
@@ -94,8 +100,7 @@ def _path_column(spec: Mapping[str, Any]) -> Column:
             return json.dumps(value, separators=(",", ":"))  # as its JSONPath printer does
         return value
 
-    return _column(spec["name"], type_, getter, spec.get("description", ""),
-                   int(spec.get("priority", 0)))
+    return _column(spec["name"], type_, getter, spec.get("description", ""), int(spec.get("priority", 0)))
 
 
 def _created(obj: dict[str, Any]) -> Any:
@@ -109,19 +114,32 @@ AGE_COLUMN = _column("Age", "date", _created)
 #: Columns of the core kinds ``kubectl get`` is used on here (resource -> columns); others: Name, Age.
 BUILTIN_COLUMNS: dict[str, list[Column]] = {
     "v1/events": [
-        _column("Last Seen", "string", lambda o: human_age(o["lastTimestamp"])
-                if o.get("lastTimestamp") else None),
+        _column(
+            "Last Seen", "string", lambda o: human_age(o["lastTimestamp"]) if o.get("lastTimestamp") else None
+        ),
         _column("Type", "string", lambda o: o.get("type")),
         _column("Reason", "string", lambda o: o.get("reason")),
-        _column("Object", "string", lambda o: "{}/{}".format(
-            str(o.get("involvedObject", {}).get("kind", "")).lower(),
-            o.get("involvedObject", {}).get("name"))),
+        _column(
+            "Object",
+            "string",
+            lambda o: "{}/{}".format(
+                str(o.get("involvedObject", {}).get("kind", "")).lower(),
+                o.get("involvedObject", {}).get("name"),
+            ),
+        ),
         _column("Message", "string", lambda o: o.get("message")),
     ],
-    "v1/namespaces": [NAME_COLUMN, _column("Status", "string",
-                                           lambda o: o.get("status", {}).get("phase")), AGE_COLUMN],
-    "v1/secrets": [NAME_COLUMN, _column("Type", "string", lambda o: o.get("type")),
-                   _column("Data", "integer", lambda o: len(o.get("data") or {})), AGE_COLUMN],
+    "v1/namespaces": [
+        NAME_COLUMN,
+        _column("Status", "string", lambda o: o.get("status", {}).get("phase")),
+        AGE_COLUMN,
+    ],
+    "v1/secrets": [
+        NAME_COLUMN,
+        _column("Type", "string", lambda o: o.get("type")),
+        _column("Data", "integer", lambda o: len(o.get("data") or {})),
+        AGE_COLUMN,
+    ],
 }
 
 
@@ -131,8 +149,13 @@ def columns_for_crd_version(version: Mapping[str, Any]) -> list[Column]:
     return [NAME_COLUMN, *map(_path_column, printer)] if printer else [NAME_COLUMN, AGE_COLUMN]
 
 
-def table(columns: list[Column], items: Iterable[dict[str, Any]], *, resource_version: str,
-          include_object: str = "Metadata") -> dict[str, Any]:
+def table(
+    columns: list[Column],
+    items: Iterable[dict[str, Any]],
+    *,
+    resource_version: str,
+    include_object: str = "Metadata",
+) -> dict[str, Any]:
     """A meta.k8s.io/v1 Table, as kube-apiserver sends to ``kubectl get``.
 
     ``include_object`` is the request's ``includeObject``: ``Object`` embeds each whole
@@ -143,12 +166,19 @@ def table(columns: list[Column], items: Iterable[dict[str, Any]], *, resource_ve
         if include_object == "Object":
             embedded = obj
         else:
-            embedded = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                        "metadata": obj.get("metadata", {})}
+            embedded = {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": obj.get("metadata", {}),
+            }
         rows.append({"cells": [getter(obj) for _, getter in columns], "object": embedded})
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1",
-            "metadata": {"resourceVersion": resource_version},
-            "columnDefinitions": [definition for definition, _ in columns], "rows": rows}
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": resource_version},
+        "columnDefinitions": [definition for definition, _ in columns],
+        "rows": rows,
+    }
 
 
 def text_table(columns: list[Column], items: list[dict[str, Any]], namespace: str | None) -> str:
@@ -157,8 +187,11 @@ def text_table(columns: list[Column], items: list[dict[str, Any]], namespace: st
     if not items:
         return f"No resources found in {namespace} namespace.\n" if namespace else "No resources found\n"
     headers = [c["name"].upper() for c, _ in shown]
-    cells = [headers, *[["<none>" if v is None else str(v) for v in (getter(obj) for _, getter in shown)]
-                        for obj in items]]
+    cells = [
+        headers,
+        *[["<none>" if v is None else str(v) for v in (getter(obj) for _, getter in shown)] for obj in items],
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "".join("   ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n"
-                   for row in cells)
+    return "".join(
+        "   ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in cells
+    )

@@ -31,8 +31,14 @@ from requeue.clock import utcnow
 from requeue.queues import DEFAULT_PAGE_SIZE, BullQueue, Cursor, FailedJob
 from requeue.replay import normalize_reason
 
-__all__ = ["INSPECT_SCHEMA_VERSION", "MAX_GROUPS", "FailedSetReport", "Group", "TopGroups",
-           "analyse_failed_set"]
+__all__ = [
+    "INSPECT_SCHEMA_VERSION",
+    "MAX_GROUPS",
+    "FailedSetReport",
+    "Group",
+    "TopGroups",
+    "analyse_failed_set",
+]
 
 #: Version of the ``-o json`` shape; bumped only on an incompatible change.
 INSPECT_SCHEMA_VERSION = 1
@@ -72,8 +78,12 @@ class TopGroups:
     capped: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"groups": [g.to_json() for g in self.groups], "otherGroups": self.other_groups,
-                "otherJobs": self.other_jobs, "capped": self.capped}
+        return {
+            "groups": [g.to_json() for g in self.groups],
+            "otherGroups": self.other_groups,
+            "otherJobs": self.other_jobs,
+            "capped": self.capped,
+        }
 
 
 class _Tally:
@@ -155,8 +165,11 @@ class FailedSetReport:
             "readable": self.readable,
             "oldestFailure": _iso(self.oldest_ms) if self.oldest_ms is not None else None,
             "newestFailure": _iso(self.newest_ms) if self.newest_ms is not None else None,
-            "corrupt": {"count": self.corrupt, "ids": list(self.corrupt_ids),
-                        "byProblem": dict(self.corrupt_by_problem)},
+            "corrupt": {
+                "count": self.corrupt,
+                "ids": list(self.corrupt_ids),
+                "byProblem": dict(self.corrupt_by_problem),
+            },
             "byName": self.by_name.to_json(),
             "byReason": self.by_reason.to_json(),
             "byHour": self.by_hour.to_json(),
@@ -203,7 +216,11 @@ async def _upper_bound(queue: BullQueue) -> int | None:
 
 
 async def _scan_pages(
-    queue: BullQueue, scan: _Scan, *, upper: int, page_size: int,
+    queue: BullQueue,
+    scan: _Scan,
+    *,
+    upper: int,
+    page_size: int,
     on_page: Callable[[int], Awaitable[None] | None] | None,
 ) -> None:
     """Feed every page below ``upper`` to ``scan``, in score order, reporting progress after each."""
@@ -228,8 +245,17 @@ class _Scan:
     ids, and at most :data:`CORRUPT_IDS` corrupt ids.
     """
 
-    __slots__ = ("corrupt", "corrupt_ids", "hours", "names", "newest", "oldest", "problems", "reasons",
-                 "total")
+    __slots__ = (
+        "corrupt",
+        "corrupt_ids",
+        "hours",
+        "names",
+        "newest",
+        "oldest",
+        "problems",
+        "reasons",
+        "total",
+    )
 
     def __init__(self, samples: int, max_groups: int) -> None:
         self.names = _Tally(samples, max_groups)
@@ -272,7 +298,13 @@ class _Scan:
         self.corrupt += corrupt
 
     def report(
-        self, queue: BullQueue, *, top: int, scanned_at: datetime, counts: dict[str, int], paused: bool,
+        self,
+        queue: BullQueue,
+        *,
+        top: int,
+        scanned_at: datetime,
+        counts: dict[str, int],
+        paused: bool,
         started: float,
     ) -> FailedSetReport:
         """The report of the finished scan: the ``top`` groups of each breakdown (hours in time order)."""

@@ -37,25 +37,37 @@ def redis_url_option(*, required: bool = False, help: str) -> Callable[[FC], FC]
         if parts is None:
             raise click.BadParameter(f"not a URL (expected {_REDIS_URL_FORMS})", ctx, param)
         if parts.scheme.lower() not in REDIS_SCHEMES:
-            raise click.BadParameter(f"{redact_url(value)}: scheme {parts.scheme!r} is not one of "
-                                     f"{', '.join(REDIS_SCHEMES)} (expected {_REDIS_URL_FORMS})", ctx, param)
+            raise click.BadParameter(
+                f"{redact_url(value)}: scheme {parts.scheme!r} is not one of "
+                f"{', '.join(REDIS_SCHEMES)} (expected {_REDIS_URL_FORMS})",
+                ctx,
+                param,
+            )
         port = parts.hostport.rpartition("]")[2].partition(":")[2]
         if port and not (port.isdigit() and 0 < int(port) < 65536):
-            raise click.BadParameter(f"{redact_url(value)}: the port is not a number from 1 to 65535",
-                                     ctx, param)
+            raise click.BadParameter(
+                f"{redact_url(value)}: the port is not a number from 1 to 65535", ctx, param
+            )
         return value
 
-    return click.option("--redis-url", envvar="REQUEUE_REDIS_URL", required=required, metavar="URL",
-                        callback=check, help=help)
+    return click.option(
+        "--redis-url", envvar="REQUEUE_REDIS_URL", required=required, metavar="URL", callback=check, help=help
+    )
 
 
 def connect_timeout_option() -> Callable[[FC], FC]:
     """``--connect-timeout`` (or ``REQUEUE_CONNECT_TIMEOUT``): how long a command retries an
     unreachable Redis at its start before exit 3 (see :class:`requeue.commands.output.ConnectRetry`)."""
-    return click.option("--connect-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
-                        envvar="REQUEUE_CONNECT_TIMEOUT", metavar="SECONDS",
-                        help="Keep retrying an unreachable Redis at the start this long (waits of 0.5 s, "
-                             "doubling; 0: one attempt) [env REQUEUE_CONNECT_TIMEOUT].")
+    return click.option(
+        "--connect-timeout",
+        type=click.FloatRange(min=0),
+        default=10.0,
+        show_default=True,
+        envvar="REQUEUE_CONNECT_TIMEOUT",
+        metavar="SECONDS",
+        help="Keep retrying an unreachable Redis at the start this long (waits of 0.5 s, "
+        "doubling; 0: one attempt) [env REQUEUE_CONNECT_TIMEOUT].",
+    )
 
 
 class JsonErrorsCommand(click.Command):
@@ -63,8 +75,9 @@ class JsonErrorsCommand(click.Command):
     the JSON error object on stdout too, as its other failures do, so a script always gets JSON.
     Click still prints the usage error on stderr and exits 2."""
 
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
-                     **extra: object) -> click.Context:
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: object
+    ) -> click.Context:
         raw = list(args)
         try:
             return super().make_context(info_name, args, parent, **extra)
@@ -84,7 +97,7 @@ def _wants_json(args: list[str]) -> bool:
     for i, arg in enumerate(args):
         if arg == "--":
             break
-        if arg in ("-o", "--output") and args[i + 1:i + 2] == ["json"]:
+        if arg in ("-o", "--output") and args[i + 1 : i + 2] == ["json"]:
             return True
         if arg in ("-ojson", "--output=json"):
             return True
@@ -95,8 +108,12 @@ def no_color_option(*, expose: bool = True) -> Callable[[FC], FC]:
     """``--no-color``, on every command; ``NO_COLOR`` (any non-empty value) means the same
     (:func:`requeue.commands.output.make_console` decides). Commands that print no colour
     (``crds``, ``run``) accept it, so a wrapper script can pass it to every command."""
-    return click.option("--no-color", is_flag=True, expose_value=expose,
-                        help="No colours or other styles (also when NO_COLOR is set and not empty).")
+    return click.option(
+        "--no-color",
+        is_flag=True,
+        expose_value=expose,
+        help="No colours or other styles (also when NO_COLOR is set and not empty).",
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -155,19 +172,48 @@ def crds(check: bool, directory: Path) -> None:
 @click.option("--standalone", is_flag=True, help="No peering with other replicas (run exactly one).")
 @click.option("-A", "--all-namespaces", "clusterwide", is_flag=True, help="Watch every namespace.")
 @click.option("-n", "--namespace", "namespaces", multiple=True, help="Watch this namespace (repeatable).")
-@click.option("--liveness", "liveness_endpoint", metavar="URL",
-              help="Serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz.")
-@click.option("--metrics-port", type=int, default=9090, show_default=True, envvar="REQUEUE_METRICS_PORT",
-              help="Port of the Prometheus /metrics endpoint; 0 disables it.")
+@click.option(
+    "--liveness",
+    "liveness_endpoint",
+    metavar="URL",
+    help="Serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz.",
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=9090,
+    show_default=True,
+    envvar="REQUEUE_METRICS_PORT",
+    help="Port of the Prometheus /metrics endpoint; 0 disables it.",
+)
 @click.option("--metrics-address", default="0.0.0.0", show_default=True, help="Address /metrics binds to.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              envvar="REQUEUE_LOG_FORMAT")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-              default="info", show_default=True, envvar="REQUEUE_LOG_LEVEL")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="REQUEUE_LOG_FORMAT",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+    envvar="REQUEUE_LOG_LEVEL",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (same as --log-level debug).")
 @no_color_option(expose=False)
-def run(standalone: bool, clusterwide: bool, namespaces: tuple[str, ...], liveness_endpoint: str | None,
-        metrics_port: int, metrics_address: str, log_format: str, log_level: str, verbose: bool) -> None:
+def run(
+    standalone: bool,
+    clusterwide: bool,
+    namespaces: tuple[str, ...],
+    liveness_endpoint: str | None,
+    metrics_port: int,
+    metrics_address: str,
+    log_format: str,
+    log_level: str,
+    verbose: bool,
+) -> None:
     """Run the operator (kopf) against the current kubeconfig or the in-cluster service account."""
     if clusterwide and namespaces:
         raise click.UsageError("use either --all-namespaces or --namespace, not both")
@@ -175,32 +221,69 @@ def run(standalone: bool, clusterwide: bool, namespaces: tuple[str, ...], livene
         raise click.UsageError("say which namespaces to watch: --all-namespaces or --namespace NS")
     from requeue.handlers.main import run_operator
 
-    run_operator(standalone=standalone, clusterwide=clusterwide, namespaces=namespaces,
-                 liveness_endpoint=liveness_endpoint, metrics_port=metrics_port,
-                 metrics_address=metrics_address, verbose=verbose, log_format=log_format,
-                 log_level=log_level)
+    run_operator(
+        standalone=standalone,
+        clusterwide=clusterwide,
+        namespaces=namespaces,
+        liveness_endpoint=liveness_endpoint,
+        metrics_port=metrics_port,
+        metrics_address=metrics_address,
+        verbose=verbose,
+        log_format=log_format,
+        log_level=log_level,
+    )
 
 
 @main.command(cls=JsonErrorsCommand)
-@click.option("-f", "--filename", "file", required=True, metavar="FILE",
-              help="DLQReplay manifest, as for `kubectl apply -f` ('-' reads stdin).")
+@click.option(
+    "-f",
+    "--filename",
+    "file",
+    required=True,
+    metavar="FILE",
+    help="DLQReplay manifest, as for `kubectl apply -f` ('-' reads stdin).",
+)
 @redis_url_option(
-              help="Redis URL [env REQUEUE_REDIS_URL]; default: the spec's redis.urlSecretRef via --secret.")
-@click.option("--secret", "secrets", multiple=True, metavar="NAME/KEY=VALUE",
-              help="Value of a Secret key the spec references (repeatable); "
-                   "or env REQUEUE_SECRET_<NAME>_<KEY>.")
-@click.option("--dry-run", is_flag=True,
-              help="Select and break down only; move nothing, leave Redis as it was.")
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="json: print exactly the object the operator writes to .status.")
-@click.option("--replay-id", metavar="ID",
-              help="Names the snapshot in Redis; default metadata.uid, else derived from namespace/name, "
-                   "so rerunning the same command resumes it.")
+    help="Redis URL [env REQUEUE_REDIS_URL]; default: the spec's redis.urlSecretRef via --secret."
+)
+@click.option(
+    "--secret",
+    "secrets",
+    multiple=True,
+    metavar="NAME/KEY=VALUE",
+    help="Value of a Secret key the spec references (repeatable); or env REQUEUE_SECRET_<NAME>_<KEY>.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Select and break down only; move nothing, leave Redis as it was."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: print exactly the object the operator writes to .status.",
+)
+@click.option(
+    "--replay-id",
+    metavar="ID",
+    help="Names the snapshot in Redis; default metadata.uid, else derived from namespace/name, "
+    "so rerunning the same command resumes it.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output; only the result.")
 @connect_timeout_option()
 @no_color_option()
-def replay(file: str, redis_url: str | None, secrets: tuple[str, ...], dry_run: bool, output: str,
-           replay_id: str | None, quiet: bool, connect_timeout: float, no_color: bool) -> None:
+def replay(
+    file: str,
+    redis_url: str | None,
+    secrets: tuple[str, ...],
+    dry_run: bool,
+    output: str,
+    replay_id: str | None,
+    quiet: bool,
+    connect_timeout: float,
+    no_color: bool,
+) -> None:
     """Replay failed BullMQ jobs once, as a DLQReplay would, without Kubernetes.
 
     Exit codes: 0 done, 1 failed (e.g. verification), 2 invalid spec, missing
@@ -211,34 +294,75 @@ def replay(file: str, redis_url: str | None, secrets: tuple[str, ...], dry_run: 
     """
     from requeue.commands.replay_cmd import ReplayOptions, run_replay
 
-    sys.exit(run_replay(ReplayOptions(file=file, redis_url=redis_url, secrets=secrets, dry_run=dry_run,
-                                      output="json" if output == "json" else "text",
-                                      replay_id=replay_id, quiet=quiet, no_color=no_color,
-                                      connect_timeout=connect_timeout)))
+    sys.exit(
+        run_replay(
+            ReplayOptions(
+                file=file,
+                redis_url=redis_url,
+                secrets=secrets,
+                dry_run=dry_run,
+                output="json" if output == "json" else "text",
+                replay_id=replay_id,
+                quiet=quiet,
+                no_color=no_color,
+                connect_timeout=connect_timeout,
+            )
+        )
+    )
 
 
 @main.command(cls=JsonErrorsCommand)
 @redis_url_option(required=True, help="Redis URL [env REQUEUE_REDIS_URL].")
 @click.option("--queue", required=True, help="BullMQ queue name.")
 @click.option("--prefix", default="bull", show_default=True, help="BullMQ key prefix.")
-@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Groups shown per breakdown.")
-@click.option("--sample", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Sample job ids per group.")
-@click.option("-o", "--output", type=click.Choice(["table", "text", "json"]), default=None,
-              help="Default: table on a terminal, text otherwise.")
-@click.option("--job", "job_id", metavar="ID",
-              help="Show this one job: name, data, opts, attempts, failure, stack traces, times, state.")
+@click.option(
+    "--top", type=click.IntRange(min=1), default=20, show_default=True, help="Groups shown per breakdown."
+)
+@click.option(
+    "--sample", type=click.IntRange(min=0), default=1, show_default=True, help="Sample job ids per group."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "text", "json"]),
+    default=None,
+    help="Default: table on a terminal, text otherwise.",
+)
+@click.option(
+    "--job",
+    "job_id",
+    metavar="ID",
+    help="Show this one job: name, data, opts, attempts, failure, stack traces, times, state.",
+)
 @click.option("--name", "job_name", metavar="NAME", help="List the failed jobs with this job name.")
-@click.option("--reason", metavar="REASON",
-              help="List the failed jobs with this failure reason (as grouped above, or verbatim).")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Jobs listed at most with --name/--reason.")
+@click.option(
+    "--reason",
+    metavar="REASON",
+    help="List the failed jobs with this failure reason (as grouped above, or verbatim).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Jobs listed at most with --name/--reason.",
+)
 @connect_timeout_option()
 @no_color_option()
-def inspect(redis_url: str, queue: str, prefix: str, top: int, sample: int, output: str | None,
-            job_id: str | None, job_name: str | None, reason: str | None, limit: int,
-            connect_timeout: float, no_color: bool) -> None:
+def inspect(
+    redis_url: str,
+    queue: str,
+    prefix: str,
+    top: int,
+    sample: int,
+    output: str | None,
+    job_id: str | None,
+    job_name: str | None,
+    reason: str | None,
+    limit: int,
+    connect_timeout: float,
+    no_color: bool,
+) -> None:
     """What is in a queue's failed set: by job name, normalised failure reason and hour. Read-only.
 
     --job ID shows one job; --name and/or --reason list the failed jobs of one group.
@@ -255,29 +379,60 @@ def inspect(redis_url: str, queue: str, prefix: str, top: int, sample: int, outp
 
         out = "json" if output == "json" else "text"
         if job_id is not None:
-            sys.exit(run_job_view(redis_url=redis_url, queue=queue, prefix=prefix, job_id=job_id,
-                                  output=out, connect_timeout=connect_timeout))
-        sys.exit(run_job_list(redis_url=redis_url, queue=queue, prefix=prefix, name=job_name, reason=reason,
-                              limit=limit, output=out, connect_timeout=connect_timeout))
+            sys.exit(
+                run_job_view(
+                    redis_url=redis_url,
+                    queue=queue,
+                    prefix=prefix,
+                    job_id=job_id,
+                    output=out,
+                    connect_timeout=connect_timeout,
+                )
+            )
+        sys.exit(
+            run_job_list(
+                redis_url=redis_url,
+                queue=queue,
+                prefix=prefix,
+                name=job_name,
+                reason=reason,
+                limit=limit,
+                output=out,
+                connect_timeout=connect_timeout,
+            )
+        )
     from requeue.commands.inspect_cmd import run_inspect
 
-    sys.exit(run_inspect(redis_url=redis_url, queue=queue, prefix=prefix, top=top, sample=sample,
-                         output=output or "auto", no_color=no_color, connect_timeout=connect_timeout))
+    sys.exit(
+        run_inspect(
+            redis_url=redis_url,
+            queue=queue,
+            prefix=prefix,
+            top=top,
+            sample=sample,
+            output=output or "auto",
+            no_color=no_color,
+            connect_timeout=connect_timeout,
+        )
+    )
 
 
 def _queue_options(f: FC) -> FC:
     """The options pause, resume and clean share: ``--redis-url``, ``--queue``, ``--prefix``,
     ``--dry-run``, ``-o``, ``--connect-timeout``, ``--no-color``."""
-    for option in reversed((
-        redis_url_option(required=True, help="Redis URL [env REQUEUE_REDIS_URL]."),
-        click.option("--queue", required=True, help="BullMQ queue name."),
-        click.option("--prefix", default="bull", show_default=True, help="BullMQ key prefix."),
-        click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing."),
-        click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
-                     show_default=True),
-        connect_timeout_option(),
-        no_color_option(expose=False),
-    )):
+    for option in reversed(
+        (
+            redis_url_option(required=True, help="Redis URL [env REQUEUE_REDIS_URL]."),
+            click.option("--queue", required=True, help="BullMQ queue name."),
+            click.option("--prefix", default="bull", show_default=True, help="BullMQ key prefix."),
+            click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing."),
+            click.option(
+                "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True
+            ),
+            connect_timeout_option(),
+            no_color_option(expose=False),
+        )
+    ):
         f = option(f)
     return f
 
@@ -289,24 +444,44 @@ _QUEUE_EXIT_CODES = """Exit codes: 0 done (or nothing to do), 2 queue not found 
 
 @main.command(cls=JsonErrorsCommand)
 @_queue_options
-def pause(redis_url: str, queue: str, prefix: str, dry_run: bool, output: str,
-          connect_timeout: float) -> None:
+def pause(
+    redis_url: str, queue: str, prefix: str, dry_run: bool, output: str, connect_timeout: float
+) -> None:
     """Pause a queue (BullMQ's own pause script): workers take no new jobs; active ones finish."""
     from requeue.commands.pause_cmd import run_pause
 
-    sys.exit(run_pause(pause=True, redis_url=redis_url, queue=queue, prefix=prefix, dry_run=dry_run,
-                       output=output, connect_timeout=connect_timeout))
+    sys.exit(
+        run_pause(
+            pause=True,
+            redis_url=redis_url,
+            queue=queue,
+            prefix=prefix,
+            dry_run=dry_run,
+            output=output,
+            connect_timeout=connect_timeout,
+        )
+    )
 
 
 @main.command(cls=JsonErrorsCommand)
 @_queue_options
-def resume(redis_url: str, queue: str, prefix: str, dry_run: bool, output: str,
-          connect_timeout: float) -> None:
+def resume(
+    redis_url: str, queue: str, prefix: str, dry_run: bool, output: str, connect_timeout: float
+) -> None:
     """Resume a paused queue, saying who had paused it when requeue knows (a replay, a QueuePolicy)."""
     from requeue.commands.pause_cmd import run_pause
 
-    sys.exit(run_pause(pause=False, redis_url=redis_url, queue=queue, prefix=prefix, dry_run=dry_run,
-                       output=output, connect_timeout=connect_timeout))
+    sys.exit(
+        run_pause(
+            pause=False,
+            redis_url=redis_url,
+            queue=queue,
+            prefix=prefix,
+            dry_run=dry_run,
+            output=output,
+            connect_timeout=connect_timeout,
+        )
+    )
 
 
 def _grace(ctx: click.Context, param: click.Parameter, value: str) -> float:
@@ -321,17 +496,48 @@ def _grace(ctx: click.Context, param: click.Parameter, value: str) -> float:
 @main.command(cls=JsonErrorsCommand)
 @_queue_options
 @click.option("--state", required=True, type=click.Choice(["completed", "failed"]), help="The set to clean.")
-@click.option("--grace", default="1h", show_default=True, callback=_grace, metavar="DURATION",
-              help="Keep jobs that finished less than this long ago (e.g. 30m, 1h, 7d).")
-@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Remove at most this many jobs (oldest first).")
-def clean(redis_url: str, queue: str, prefix: str, dry_run: bool, output: str, connect_timeout: float,
-          state: str, grace: float, limit: int) -> None:
+@click.option(
+    "--grace",
+    default="1h",
+    show_default=True,
+    callback=_grace,
+    metavar="DURATION",
+    help="Keep jobs that finished less than this long ago (e.g. 30m, 1h, 7d).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Remove at most this many jobs (oldest first).",
+)
+def clean(
+    redis_url: str,
+    queue: str,
+    prefix: str,
+    dry_run: bool,
+    output: str,
+    connect_timeout: float,
+    state: str,
+    grace: float,
+    limit: int,
+) -> None:
     """Remove old completed or failed jobs with BullMQ's own cleanJobsInSet (as Queue.clean does)."""
     from requeue.commands.clean_cmd import run_clean
 
-    sys.exit(run_clean(redis_url=redis_url, queue=queue, prefix=prefix, state=state, grace_s=grace,
-                       limit=limit, dry_run=dry_run, output=output, connect_timeout=connect_timeout))
+    sys.exit(
+        run_clean(
+            redis_url=redis_url,
+            queue=queue,
+            prefix=prefix,
+            state=state,
+            grace_s=grace,
+            limit=limit,
+            dry_run=dry_run,
+            output=output,
+            connect_timeout=connect_timeout,
+        )
+    )
 
 
 for _command in (pause, resume, clean):
@@ -369,18 +575,34 @@ def replays_forget(replay_id: str, redis_url: str, output: str, connect_timeout:
     """Delete a finished replay's keys now (they expire 3 days after it ends); a running one is refused."""
     from requeue.commands.replays_cmd import run_replays_forget
 
-    sys.exit(run_replays_forget(redis_url=redis_url, replay_id=replay_id, output=output,
-                                connect_timeout=connect_timeout))
+    sys.exit(
+        run_replays_forget(
+            redis_url=redis_url, replay_id=replay_id, output=output, connect_timeout=connect_timeout
+        )
+    )
 
 
 @main.command()
-@click.option("--jobs", type=click.IntRange(min=10, max=200_000), default=3000, show_default=True,
-              help="Failed jobs to seed (60% whatsapp.send, 25% pdf.generate, 15% email.send).")
-@click.option("--keep", is_flag=True,
-              help="Leave everything running after the replay and print how to reach it; Ctrl-C stops it.")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=10, max=200_000),
+    default=3000,
+    show_default=True,
+    help="Failed jobs to seed (60% whatsapp.send, 25% pdf.generate, 15% email.send).",
+)
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Leave everything running after the replay and print how to reach it; Ctrl-C stops it.",
+)
 @no_color_option()
-@click.option("--timeout", type=click.FloatRange(min=5), default=120, show_default=True,
-              help="Seconds the replay may take before the demo gives up.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=5),
+    default=120,
+    show_default=True,
+    help="Seconds the replay may take before the demo gives up.",
+)
 def demo(jobs: int, keep: bool, no_color: bool, timeout: float) -> None:
     """Replay an outage's failed BullMQ jobs on this machine, no cluster needed (about 20 s).
 

@@ -98,9 +98,9 @@ def split_url(url: str) -> UrlParts | None:
     scheme = _SCHEME.match(url)
     if scheme is None:
         return None
-    rest = url[scheme.end():]
+    rest = url[scheme.end() :]
     at = _userinfo_end(rest)
-    userinfo, tail = (rest[:at], rest[at + 1:]) if at >= 0 else (None, rest)
+    userinfo, tail = (rest[:at], rest[at + 1 :]) if at >= 0 else (None, rest)
     end_host = _first_of(tail, "/?#")
     hostport, after = tail[:end_host], tail[end_host:]
     after, _, fragment = after.partition("#")
@@ -118,7 +118,7 @@ def _userinfo_end(rest: str) -> int:
     candidate, limit = last, len(rest)
     while candidate >= 0:
         end = _first_of(rest, "/?#", candidate + 1, limit)
-        if (end < limit or candidate == last) and _HOST_PORT.match(rest[candidate + 1:end]):
+        if (end < limit or candidate == last) and _HOST_PORT.match(rest[candidate + 1 : end]):
             return candidate
         candidate, limit = rest.rfind("@", 0, candidate), candidate
     return last
@@ -166,7 +166,7 @@ def encode_userinfo(url: str) -> str:
     encoded = _encode_part(user) + (":" + _encode_part(password) if has_password else "")
     if encoded == parts.userinfo:
         return url
-    tail = url[len(parts.scheme) + 3 + len(parts.userinfo) + 1:]
+    tail = url[len(parts.scheme) + 3 + len(parts.userinfo) + 1 :]
     return f"{parts.scheme}://{encoded}@{tail}"
 
 
@@ -176,8 +176,8 @@ def _encode_part(text: str) -> str:
     i = 0
     while i < len(text):
         ch = text[i]
-        if ch == "%" and _is_hex(text[i + 1:i + 3]):
-            out.append(text[i:i + 3])
+        if ch == "%" and _is_hex(text[i + 1 : i + 3]):
+            out.append(text[i : i + 3])
             i += 3
             continue
         out.append(quote(ch, safe="!$&'()*+,;=-._~"))
@@ -201,7 +201,7 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     forms = _forms(secrets)
     for form in sorted(forms, key=len, reverse=True):
         text = text.replace(form, "***")
-    pieces = {f[i:i + PIECE] for f in forms if _piecewise(f) for i in range(len(f) - PIECE + 1)}
+    pieces = {f[i : i + PIECE] for f in forms if _piecewise(f) for i in range(len(f) - PIECE + 1)}
     return _hide_pieces(text, pieces) if pieces else text
 
 
@@ -220,16 +220,18 @@ def _forms(secrets: Iterable[str]) -> set[str]:
     for secret in secrets:
         if not secret or len(secret) < MIN_SECRET:
             continue
-        forms.update((
-            secret,
-            json.dumps(secret)[1:-1],
-            json.dumps(secret, ensure_ascii=False)[1:-1],
-            repr(secret)[1:-1],
-            quote(secret, safe=""),
-            quote(secret),
-            quote_plus(secret),
-            _encode_part(secret),
-        ))
+        forms.update(
+            (
+                secret,
+                json.dumps(secret)[1:-1],
+                json.dumps(secret, ensure_ascii=False)[1:-1],
+                repr(secret)[1:-1],
+                quote(secret, safe=""),
+                quote(secret),
+                quote_plus(secret),
+                _encode_part(secret),
+            )
+        )
     return {f for f in forms if len(f) >= MIN_SECRET}
 
 
@@ -241,15 +243,14 @@ def _hide_pieces(text: str, pieces: set[str]) -> str:
     covered_until = -1
     spans: list[tuple[int, int]] = []
     for i in range(len(text) - PIECE + 1):
-        if text[i:i + PIECE] in pieces:
+        if text[i : i + PIECE] in pieces:
             if spans and i <= covered_until:
                 spans[-1] = (spans[-1][0], i + PIECE)
             else:
                 spans.append((i, i + PIECE))
             covered_until = i + PIECE
     # a lower-case word in the middle of the text is language, not a leak (see the module docstring)
-    spans = [(a, b) for a, b in spans
-             if not _is_word(text[a:b]) or b == len(text) or text.startswith("…", b)]
+    spans = [(a, b) for a, b in spans if not _is_word(text[a:b]) or b == len(text) or text.startswith("…", b)]
     if not spans:
         return text
     out: list[str] = []

@@ -28,8 +28,9 @@ class RedisTarget:
     tls: TlsOptions = field(default_factory=TlsOptions)
 
 
-async def resolve_redis(secrets: SecretSource, conn: RedisConnection, *,
-                        url: str | None = None) -> RedisTarget:
+async def resolve_redis(
+    secrets: SecretSource, conn: RedisConnection, *, url: str | None = None
+) -> RedisTarget:
     """Read the URL (unless ``url`` is given) and the CA bundle of ``conn`` from ``secrets``.
 
     :raises SecretNotFound: the Secret or key does not exist.
@@ -41,13 +42,18 @@ async def resolve_redis(secrets: SecretSource, conn: RedisConnection, *,
     cert = key = None
     if tls is not None and tls.cert_secret_ref is not None and tls.key_secret_ref is not None:
         cert, key = await secrets.get(tls.cert_secret_ref), await secrets.get(tls.key_secret_ref)
-    return RedisTarget(url=url, db=conn.db,
-                       tls=TlsOptions(ca_pem=ca, insecure_skip_verify=bool(tls and tls.insecure_skip_verify),
-                                      cert_pem=cert, key_pem=key))
+    return RedisTarget(
+        url=url,
+        db=conn.db,
+        tls=TlsOptions(
+            ca_pem=ca, insecure_skip_verify=bool(tls and tls.insecure_skip_verify), cert_pem=cert, key_pem=key
+        ),
+    )
 
 
-async def open_redis(secrets: SecretSource, conn: RedisConnection, *,
-                     url: str | None = None) -> tuple[Redis, RedisTarget]:
+async def open_redis(
+    secrets: SecretSource, conn: RedisConnection, *, url: str | None = None
+) -> tuple[Redis, RedisTarget]:
     """Connect to the Redis of ``conn`` with the URL (and CA) from ``secrets``; ``url`` overrides
     ``conn.urlSecretRef`` (the CLI's ``--redis-url``).
 
@@ -56,7 +62,12 @@ async def open_redis(secrets: SecretSource, conn: RedisConnection, *,
     :raises RedisUnavailable: Redis cannot be reached.
     """
     target = await resolve_redis(secrets, conn, url=url)
-    redis = await connect(target.url, db=target.db, tls_ca_pem=target.tls.ca_pem,
-                          tls_insecure_skip_verify=target.tls.insecure_skip_verify,
-                          tls_cert_pem=target.tls.cert_pem, tls_key_pem=target.tls.key_pem)
+    redis = await connect(
+        target.url,
+        db=target.db,
+        tls_ca_pem=target.tls.ca_pem,
+        tls_insecure_skip_verify=target.tls.insecure_skip_verify,
+        tls_cert_pem=target.tls.cert_pem,
+        tls_key_pem=target.tls.key_pem,
+    )
     return redis, target

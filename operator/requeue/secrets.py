@@ -30,9 +30,7 @@ def env_name(ref: SecretKeyRef) -> str:
 class StaticSecrets:
     """Secrets given on the command line (``--secret name/key=value``) or in the environment."""
 
-    def __init__(
-        self, values: Mapping[tuple[str, str], str], *, environ: Mapping[str, str] | None = None
-    ):
+    def __init__(self, values: Mapping[tuple[str, str], str], *, environ: Mapping[str, str] | None = None):
         self._values = dict(values)
         self._environ = os.environ if environ is None else environ
 

@@ -73,27 +73,40 @@ def assert_nothing_left(mark: str, output: str) -> None:
 def test_demo_replays_the_whatsapp_jobs_and_cleans_up() -> None:
     mark = uuid.uuid4().hex
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "requeue", "demo", "--jobs", "1500"], cwd=REPO_ROOT,
-                          env=demo_env(mark), capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "-m", "requeue", "demo", "--jobs", "1500"],
+        cwd=REPO_ROOT,
+        env=demo_env(mark),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     took = time.monotonic() - started
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert "Succeeded" in output
 
-    seeded = re.search(r"seeded (\d+) failed BullMQ jobs .*?: "
-                       r"(\d+) whatsapp\.send \(429 Too Many Requests\), "
-                       r"(\d+) pdf\.generate \(timeout after 5012ms\), (\d+) email\.send", output)
+    seeded = re.search(
+        r"seeded (\d+) failed BullMQ jobs .*?: "
+        r"(\d+) whatsapp\.send \(429 Too Many Requests\), "
+        r"(\d+) pdf\.generate \(timeout after 5012ms\), (\d+) email\.send",
+        output,
+    )
     assert seeded, output
     total, whatsapp, pdf, email = map(int, seeded.groups())
     assert total == 1500 == whatsapp + pdf + email
     assert whatsapp == 900
     assert re.search(rf"{total} failed jobs in", output)  # the inspect summary
-    final = re.search(r"Succeeded: matched (\d+) of (\d+) whatsapp\.send jobs, replayed (\d+), "
-                      r"completed (\d+), failed again (\d+)", output)
+    final = re.search(
+        r"Succeeded: matched (\d+) of (\d+) whatsapp\.send jobs, replayed (\d+), "
+        r"completed (\d+), failed again (\d+)",
+        output,
+    )
     assert final, output
     assert list(map(int, final.groups())) == [whatsapp, whatsapp, whatsapp, whatsapp, 0]
-    assert re.search(rf"whatsapp-after-provider-outage\s+default\s+Succeeded\s+{whatsapp}/{whatsapp}\s",
-                     output), "kubectl get dlqr output"
+    assert re.search(
+        rf"whatsapp-after-provider-outage\s+default\s+Succeeded\s+{whatsapp}/{whatsapp}\s", output
+    ), "kubectl get dlqr output"
     assert f"Redis: {pdf + email} jobs still failed" in output
     assert f"the worker ran {whatsapp} jobs, 0 of them twice" in output  # exactly once
     for reason in ("GatesRed", "GatesPassed", "Selected", "ReplayFinished", "Verified"):
@@ -105,12 +118,19 @@ def test_demo_replays_the_whatsapp_jobs_and_cleans_up() -> None:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize(("signum", "when"), [(signal.SIGINT, "Replaying"),
-                                              (signal.SIGTERM, "WaitingForGates")])
+@pytest.mark.parametrize(
+    ("signum", "when"), [(signal.SIGINT, "Replaying"), (signal.SIGTERM, "WaitingForGates")]
+)
 def test_an_interrupted_demo_stops_everything_it_started(signum: int, when: str) -> None:
     mark = uuid.uuid4().hex
-    demo = subprocess.Popen([sys.executable, "-m", "requeue", "demo", "--jobs", "300"], cwd=REPO_ROOT,
-                            env=demo_env(mark), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "requeue", "demo", "--jobs", "300"],
+        cwd=REPO_ROOT,
+        env=demo_env(mark),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     try:
         assert demo.stdout is not None
@@ -136,8 +156,14 @@ def test_an_interrupted_demo_stops_everything_it_started(signum: int, when: str)
 def test_without_the_demo_extra_it_says_what_to_install() -> None:
     """kmock missing (as after a plain ``pip install requeue``): exit 2 and the pip command."""
     code = "import sys; sys.modules['kmock'] = None; from requeue.cli import main; main(['demo'])"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=demo_env(uuid.uuid4().hex),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=demo_env(uuid.uuid4().hex),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "pip install 'requeue[demo]'" in proc.stderr
     assert "kmock" in proc.stderr
@@ -146,9 +172,14 @@ def test_without_the_demo_extra_it_says_what_to_install() -> None:
 @pytest.mark.timeout(240)
 def test_keep_leaves_a_cluster_to_explore_until_ctrl_c() -> None:
     mark = uuid.uuid4().hex
-    demo = subprocess.Popen([sys.executable, "-m", "requeue", "demo", "--jobs", "200", "--keep"],
-                            cwd=REPO_ROOT, env=demo_env(mark), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "requeue", "demo", "--jobs", "200", "--keep"],
+        cwd=REPO_ROOT,
+        env=demo_env(mark),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     try:
         assert demo.stdout is not None
@@ -161,9 +192,21 @@ def test_keep_leaves_a_cluster_to_explore_until_ctrl_c() -> None:
         output = "".join(lines)
         kubeconfig = re.search(r"^export KUBECONFIG=(\S+)$", output, re.MULTILINE)
         assert kubeconfig, output
-        got = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig[1]}", "-n", "visapi", "get", "dlqr",
-                              "-o", "jsonpath={.items[0].status.phase}"],
-                             capture_output=True, text=True, timeout=30)
+        got = subprocess.run(
+            [
+                "kubectl",
+                f"--kubeconfig={kubeconfig[1]}",
+                "-n",
+                "visapi",
+                "get",
+                "dlqr",
+                "-o",
+                "jsonpath={.items[0].status.phase}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert got.stdout == "Succeeded", got.stderr
         demo.send_signal(signal.SIGINT)
         rest, _ = demo.communicate(timeout=60)

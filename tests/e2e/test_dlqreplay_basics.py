@@ -67,9 +67,13 @@ async def test_missing_secret_is_a_condition_then_the_replay_recovers(
     operator = operator_factory(operator_command(metrics_port=metrics_port))
 
     await apply(kube, replay("r1", "default"))
-    st = await wait_status_async(kube, "r1",
-                                 lambda s: condition(s, "Ready").get("reason") == "SecretNotFound",
-                                 operator=operator, what="Ready=False/SecretNotFound")
+    st = await wait_status_async(
+        kube,
+        "r1",
+        lambda s: condition(s, "Ready").get("reason") == "SecretNotFound",
+        operator=operator,
+        what="Ready=False/SecretNotFound",
+    )
     assert st["phase"] == "Pending"
     assert condition(st, "Ready")["status"] == "False"
     assert "default/redis" in condition(st, "Ready")["message"]
@@ -78,8 +82,13 @@ async def test_missing_secret_is_a_condition_then_the_replay_recovers(
     assert reasons.count("SecretNotFound") == 1  # one Event per distinct problem, not per retry
 
     await apply(kube, secret("redis", {"url": redis_url}))
-    st = await wait_status_async(kube, "r1", lambda s: s.get("phase") == "Succeeded", operator=operator,
-                                 what="phase Succeeded after the Secret appeared")
+    st = await wait_status_async(
+        kube,
+        "r1",
+        lambda s: s.get("phase") == "Succeeded",
+        operator=operator,
+        what="phase Succeeded after the Secret appeared",
+    )
     assert st["matched"] == st["replayed"] == 30
     assert st["progress"] == "30/30"
     assert condition(st, "Ready")["status"] == "True"
@@ -90,8 +99,9 @@ async def test_missing_secret_is_a_condition_then_the_replay_recovers(
 
     metrics = await asyncio.to_thread(scrape, metrics_port)
     assert 'requeue_replays{namespace="default",phase="Succeeded"} 1.0' in metrics
-    assert ('requeue_replay_jobs_total{namespace="default",outcome="replayed",queue="default",'
-            'replay="r1"} 30.0') in metrics
+    assert (
+        'requeue_replay_jobs_total{namespace="default",outcome="replayed",queue="default",replay="r1"} 30.0'
+    ) in metrics
     assert 'requeue_redis_up{namespace="default",owner="r1"} 1.0' in metrics
     assert status(kube, "r1")["observedGeneration"] == 1
 
@@ -104,22 +114,47 @@ async def test_two_replays_on_one_queue_take_turns(
     await apply(kube, secret("redis", {"url": redis_url}))
     operator = operator_factory(operator_command())
 
-    await apply(kube, replay("first", "default", selector={"jobNames": ["a.*"]},
-                             rate={"jobsPerSecond": 50, "batchSize": 10}))
-    await wait_status_async(kube, "first", lambda s: s.get("phase") == "Replaying", operator=operator,
-                            what="the first replay replaying")
+    await apply(
+        kube,
+        replay(
+            "first", "default", selector={"jobNames": ["a.*"]}, rate={"jobsPerSecond": 50, "batchSize": 10}
+        ),
+    )
+    await wait_status_async(
+        kube,
+        "first",
+        lambda s: s.get("phase") == "Replaying",
+        operator=operator,
+        what="the first replay replaying",
+    )
     await apply(kube, replay("second", "default", selector={"jobNames": ["b.*"]}))
-    st = await wait_status_async(kube, "second",
-                                 lambda s: condition(s, "Ready").get("reason") == "QueueLocked",
-                                 operator=operator, what="the second replay waiting for the lease")
+    st = await wait_status_async(
+        kube,
+        "second",
+        lambda s: condition(s, "Ready").get("reason") == "QueueLocked",
+        operator=operator,
+        what="the second replay waiting for the lease",
+    )
     assert "default/first" in condition(st, "Ready")["message"]
     assert st["replayed"] == 0
     assert "QueueLocked" in await asyncio.to_thread(event_reasons, kube, "second")
 
-    first = await wait_status_async(kube, "first", lambda s: s.get("phase") == "Succeeded",
-                                    operator=operator, timeout=60, what="the first replay's end")
-    second = await wait_status_async(kube, "second", lambda s: s.get("phase") == "Succeeded",
-                                     operator=operator, timeout=60, what="the second replay's end")
+    first = await wait_status_async(
+        kube,
+        "first",
+        lambda s: s.get("phase") == "Succeeded",
+        operator=operator,
+        timeout=60,
+        what="the first replay's end",
+    )
+    second = await wait_status_async(
+        kube,
+        "second",
+        lambda s: s.get("phase") == "Succeeded",
+        operator=operator,
+        timeout=60,
+        what="the second replay's end",
+    )
     assert first["replayed"] == 150 and second["replayed"] == 20
     assert datetime_of(second["startedAt"]) >= datetime_of(first["completedAt"])
     assert sorted(await redis_client.lrange("bull:default:wait", 0, -1)) == sorted(a_ids + b_ids)
@@ -134,8 +169,9 @@ async def test_reapply_and_edit_after_the_end_change_nothing(
     operator = operator_factory(operator_command())
     manifest = replay("once", "default", selector={"jobNames": ["whatsapp.*"]})
     await apply(kube, manifest)
-    done = await wait_status_async(kube, "once", lambda s: s.get("phase") == "Succeeded", operator=operator,
-                                   what="phase Succeeded")
+    done = await wait_status_async(
+        kube, "once", lambda s: s.get("phase") == "Succeeded", operator=operator, what="phase Succeeded"
+    )
     async with run_worker(redis_url, "default") as worker:  # workers take the replayed jobs ...
         await worker.wait_for(10)
     later = await make_failed_jobs(redis_url, "default", jobs(5))  # ... and later the same kind fails again
@@ -143,8 +179,13 @@ async def test_reapply_and_edit_after_the_end_change_nothing(
     assert "unchanged" in await apply(kube, manifest)  # GitOps re-sync of the same file: no-op
     edited = {**manifest, "spec": {**manifest["spec"], "rate": {"jobsPerSecond": 5}}}
     assert "configured" in await apply(kube, edited)
-    st = await wait_status_async(kube, "once", lambda s: condition(s, "SpecIgnored").get("status") == "True",
-                                 operator=operator, what="condition SpecIgnored")
+    st = await wait_status_async(
+        kube,
+        "once",
+        lambda s: condition(s, "SpecIgnored").get("status") == "True",
+        operator=operator,
+        what="condition SpecIgnored",
+    )
     assert condition(st, "SpecIgnored")["reason"] == "ReplayFinished"
     assert condition(st, "SpecIgnored")["observedGeneration"] == 2
     assert "SpecIgnored" in await asyncio.to_thread(event_reasons, kube, "once")
@@ -152,8 +193,15 @@ async def test_reapply_and_edit_after_the_end_change_nothing(
     assert st["completedAt"] == done["completedAt"]
     assert sorted(await redis_client.zrange("bull:default:failed", 0, -1)) == sorted(later)
     with pytest.raises(KubectlError, match="selector is immutable"):  # the CRD's CEL rule
-        await kubectl(kube, "patch", "dlqr", "once", "--type=merge", "-p",
-                      '{"spec": {"selector": {"jobNames": ["other"]}}}')
+        await kubectl(
+            kube,
+            "patch",
+            "dlqr",
+            "once",
+            "--type=merge",
+            "-p",
+            '{"spec": {"selector": {"jobNames": ["other"]}}}',
+        )
 
     # The operator restarting does not run it again either.
     operator.restart()
@@ -170,10 +218,10 @@ async def test_a_queue_with_no_bullmq_keys_fails_queue_not_found_once(
     await apply(kube, secret("redis", {"url": redis_url}))
     operator = operator_factory(operator_command())
     await apply(kube, replay("typo", "defualt"))
-    st = await wait_status_async(kube, "typo", lambda s: s.get("phase") == "Failed", operator=operator,
-                                 what="phase Failed")
-    expected = (f'queue "defualt" has no BullMQ keys under prefix "bull" in {redis_url}; '
-                "queues there: default")
+    st = await wait_status_async(
+        kube, "typo", lambda s: s.get("phase") == "Failed", operator=operator, what="phase Failed"
+    )
+    expected = f'queue "defualt" has no BullMQ keys under prefix "bull" in {redis_url}; queues there: default'
     assert st["message"] == expected
     for type_ in ("Ready", "Succeeded"):
         assert (condition(st, type_)["status"], condition(st, type_)["reason"]) == ("False", "QueueNotFound")
@@ -215,28 +263,46 @@ async def test_edits_while_running_suspend_rate_and_an_immutable_selector(
         operator.stop()
 
 
-async def _edits_while_running(kube: Kube, operator: OperatorProcess, redis_url: str,
-                               redis_client: aioredis.Redis) -> None:
+async def _edits_while_running(
+    kube: Kube, operator: OperatorProcess, redis_url: str, redis_client: aioredis.Redis
+) -> None:
     await make_failed_jobs(redis_url, "default", jobs(100, name="a.job"))
     b_ids = await make_failed_jobs(redis_url, "default", jobs(20, name="b.job"))
     await apply(kube, secret("redis", {"url": redis_url}))
-    await apply(kube, replay("slow", "default", selector={"jobNames": ["a.*"]},
-                             rate={"jobsPerSecond": 10, "batchSize": 5}))
-    await wait_status_async(kube, "slow", lambda s: s.get("replayed", 0) > 0, operator=operator,
-                            what="some jobs replayed")
+    await apply(
+        kube,
+        replay("slow", "default", selector={"jobNames": ["a.*"]}, rate={"jobsPerSecond": 10, "batchSize": 5}),
+    )
+    await wait_status_async(
+        kube, "slow", lambda s: s.get("replayed", 0) > 0, operator=operator, what="some jobs replayed"
+    )
 
     await kubectl(kube, "patch", "dlqr", "slow", "--type=merge", "-p", '{"spec": {"suspend": true}}')
-    st = await wait_status_async(kube, "slow", lambda s: s.get("phase") == "Suspended", operator=operator,
-                                 what="phase Suspended")
+    st = await wait_status_async(
+        kube, "slow", lambda s: s.get("phase") == "Suspended", operator=operator, what="phase Suspended"
+    )
     assert st["replayed"] < 100
     assert not await redis_client.exists("requeue:lease:bull:default")  # suspended: lease released
 
     # No CEL in the emulator: the operator itself keeps the selector it started with.
-    await kubectl(kube, "patch", "dlqr", "slow", "--type=merge", "-p",
-                  '{"spec": {"suspend": false, "selector": {"jobNames": ["b.*"]},'
-                  ' "rate": {"jobsPerSecond": 1000, "batchSize": 100}}}')
-    st = await wait_status_async(kube, "slow", lambda s: s.get("phase") == "Succeeded", operator=operator,
-                                 timeout=30, what="phase Succeeded after resuming faster")
+    await kubectl(
+        kube,
+        "patch",
+        "dlqr",
+        "slow",
+        "--type=merge",
+        "-p",
+        '{"spec": {"suspend": false, "selector": {"jobNames": ["b.*"]},'
+        ' "rate": {"jobsPerSecond": 1000, "batchSize": 100}}}',
+    )
+    st = await wait_status_async(
+        kube,
+        "slow",
+        lambda s: s.get("phase") == "Succeeded",
+        operator=operator,
+        timeout=30,
+        what="phase Succeeded after resuming faster",
+    )
     assert st["matched"] == st["replayed"] == 100
     assert condition(st, "SpecIgnored")["reason"] == "ImmutableFieldChanged"
     assert "spec.selector" in condition(st, "SpecIgnored")["message"]
@@ -255,21 +321,38 @@ async def test_delete_mid_run_resumes_the_queue_and_releases_everything(
     operator = operator_factory(operator_command(metrics_port=metrics_port))
     # "held" waits for a gate that never passes, with the queue paused by the replay;
     # "busy" is halfway through moving jobs.
-    await apply(kube, replay("held", "held", pauseQueue=True, gatePolicy={"interval": "500ms"},
-                             gates=[{"name": "down", "http": {"url": "http://127.0.0.1:9/health",
-                                                              "timeout": "1s"}}]))
+    await apply(
+        kube,
+        replay(
+            "held",
+            "held",
+            pauseQueue=True,
+            gatePolicy={"interval": "500ms"},
+            gates=[{"name": "down", "http": {"url": "http://127.0.0.1:9/health", "timeout": "1s"}}],
+        ),
+    )
     await apply(kube, replay("busy", "busy", rate={"jobsPerSecond": 20, "batchSize": 10}))
-    held = await wait_status_async(kube, "held", lambda s: s.get("queuePausedByReplay") is True,
-                                   operator=operator, what="queue paused by the replay")
-    busy = await wait_status_async(kube, "busy", lambda s: s.get("replayed", 0) > 0, operator=operator,
-                                   what="jobs moving")
+    held = await wait_status_async(
+        kube,
+        "held",
+        lambda s: s.get("queuePausedByReplay") is True,
+        operator=operator,
+        what="queue paused by the replay",
+    )
+    busy = await wait_status_async(
+        kube, "busy", lambda s: s.get("replayed", 0) > 0, operator=operator, what="jobs moving"
+    )
     assert await redis_client.hexists("bull:held:meta", "paused")
     assert await redis_client.exists("requeue:lease:bull:held", "requeue:lease:bull:busy") == 2
-    uids = {name: kube.get("requeue.dev/v1alpha1/dlqreplays", name)["metadata"]["uid"]  # type: ignore[index]
-            for name in ("held", "busy")}
+    uids = {
+        name: kube.get("requeue.dev/v1alpha1/dlqreplays", name)["metadata"]["uid"]  # type: ignore[index]
+        for name in ("held", "busy")
+    }
 
-    redis_up = ['requeue_redis_up{namespace="default",owner="held"}',
-                'requeue_redis_up{namespace="default",owner="busy"}']
+    redis_up = [
+        'requeue_redis_up{namespace="default",owner="held"}',
+        'requeue_redis_up{namespace="default",owner="busy"}',
+    ]
     metrics = await asyncio.to_thread(scrape, metrics_port)
     assert all(series in metrics for series in redis_up), metrics
 
@@ -299,19 +382,33 @@ async def test_unreachable_redis_waits_until_the_secret_is_fixed_and_unstarted_r
     await apply(kube, replay("nowhere", "default"))
     await apply(kube, replay("never-started", "default", secret_name="no-such-secret"))
 
-    st = await wait_status_async(kube, "nowhere",
-                                 lambda s: condition(s, "Ready").get("reason") == "RedisUnreachable",
-                                 operator=operator, what="Ready=False/RedisUnreachable")
+    st = await wait_status_async(
+        kube,
+        "nowhere",
+        lambda s: condition(s, "Ready").get("reason") == "RedisUnreachable",
+        operator=operator,
+        what="Ready=False/RedisUnreachable",
+    )
     assert "hunter2" not in str(st) and "***" in condition(st, "Ready")["message"]  # redacted
-    await wait_status_async(kube, "never-started",
-                            lambda s: condition(s, "Ready").get("reason") == "SecretNotFound",
-                            operator=operator, what="Ready=False/SecretNotFound")
+    await wait_status_async(
+        kube,
+        "never-started",
+        lambda s: condition(s, "Ready").get("reason") == "SecretNotFound",
+        operator=operator,
+        what="Ready=False/SecretNotFound",
+    )
     await kubectl(kube, "delete", "dlqr", "never-started", "--wait=false")
     await wait_gone_async(kube, "never-started", operator=operator)  # nothing in Redis to clean up
 
     await apply(kube, secret("redis", {"url": redis_url}))  # the on-call person fixes the Secret
-    st = await wait_status_async(kube, "nowhere", lambda s: s.get("phase") == "Succeeded", operator=operator,
-                                 timeout=60, what="phase Succeeded once Redis is reachable")
+    st = await wait_status_async(
+        kube,
+        "nowhere",
+        lambda s: s.get("phase") == "Succeeded",
+        operator=operator,
+        timeout=60,
+        what="phase Succeeded once Redis is reachable",
+    )
     assert st["replayed"] == 5
     assert sorted(await redis_client.lrange("bull:default:wait", 0, -1)) == sorted(ids)
     reasons = await asyncio.to_thread(event_reasons, kube, "nowhere")

@@ -34,7 +34,9 @@ async def apply(kube: Kube, manifest: dict[str, Any]) -> None:
 
 
 async def test_wrong_password_is_auth_failed_until_the_secret_is_fixed(
-    kube: Kube, operator_factory: Any, redis_factory: Any,
+    kube: Kube,
+    operator_factory: Any,
+    redis_factory: Any,
 ) -> None:
     server = redis_factory(password=PASSWORD)
     ids = await make_failed_jobs(server.url, "default", jobs(12))
@@ -43,8 +45,13 @@ async def test_wrong_password_is_auth_failed_until_the_secret_is_fixed(
     operator = operator_factory(operator_command())
     await apply(kube, replay("auth", "default", rate={"jobsPerSecond": 1000, "batchSize": 5}))
 
-    st = await wait_status_async(kube, "auth", lambda s: condition(s, "Ready").get("reason") == "AuthFailed",
-                                 operator=operator, what="Ready=False/AuthFailed")
+    st = await wait_status_async(
+        kube,
+        "auth",
+        lambda s: condition(s, "Ready").get("reason") == "AuthFailed",
+        operator=operator,
+        what="Ready=False/AuthFailed",
+    )
     assert condition(st, "Ready")["status"] == "False"
     assert st.get("phase") != "Failed", st  # a person can fix the Secret: keep retrying with backoff
     assert st.get("replayed", 0) == 0
@@ -58,8 +65,14 @@ async def test_wrong_password_is_auth_failed_until_the_secret_is_fixed(
         assert auth_events[0]["type"] == "Warning"
 
         await apply(kube, secret("redis", {"url": server.url}))  # the on-call person fixes the Secret
-        st = await wait_status_async(kube, "auth", lambda s: s.get("phase") == "Succeeded", operator=operator,
-                                     timeout=90, what="phase Succeeded after the Secret was fixed")
+        st = await wait_status_async(
+            kube,
+            "auth",
+            lambda s: s.get("phase") == "Succeeded",
+            operator=operator,
+            timeout=90,
+            what="phase Succeeded after the Secret was fixed",
+        )
         assert st["matched"] == st["replayed"] == 12
         assert condition(st, "Ready")["status"] == "True"
         assert await client.zcard("bull:default:failed") == 0
@@ -77,7 +90,9 @@ async def test_wrong_password_is_auth_failed_until_the_secret_is_fixed(
 
 
 async def test_redis_killed_mid_run_resumes_after_restart_each_job_once(
-    kube: Kube, operator_factory: Any, redis_factory: Any,
+    kube: Kube,
+    operator_factory: Any,
+    redis_factory: Any,
 ) -> None:
     # AOF with fsync always: what Redis acknowledged survives the SIGKILL (as on a persistent volume)
     server = redis_factory(args=["--appendonly", "yes", "--appendfsync", "always"])
@@ -87,18 +102,31 @@ async def test_redis_killed_mid_run_resumes_after_restart_each_job_once(
     operator = operator_factory(operator_command())
     await apply(kube, replay("slow", "default", rate={"jobsPerSecond": 8, "batchSize": 2}))
 
-    await wait_status_async(kube, "slow",
-                            lambda s: s.get("phase") == "Replaying" and s.get("replayed", 0) >= 4,
-                            operator=operator, what="the replay is under way")
+    await wait_status_async(
+        kube,
+        "slow",
+        lambda s: s.get("phase") == "Replaying" and s.get("replayed", 0) >= 4,
+        operator=operator,
+        what="the replay is under way",
+    )
     server.kill()
-    st = await wait_status_async(kube, "slow",
-                                 lambda s: condition(s, "Ready").get("reason") == "RedisUnreachable",
-                                 operator=operator, timeout=60, what="Ready=False/RedisUnreachable")
+    st = await wait_status_async(
+        kube,
+        "slow",
+        lambda s: condition(s, "Ready").get("reason") == "RedisUnreachable",
+        operator=operator,
+        timeout=60,
+        what="Ready=False/RedisUnreachable",
+    )
     assert st["phase"] not in ("Failed", "Succeeded"), st
     assert st["replayed"] < n, st  # really mid-run
     # it keeps retrying with backoff, not in a crash loop: a few retries logged, one process
-    await asyncio.to_thread(wait_until, lambda: operator.logs().count("Redis error") >= 4, timeout=30,
-                            message=lambda: f"four Redis retries logged: {operator.logs()[-3000:]}")
+    await asyncio.to_thread(
+        wait_until,
+        lambda: operator.logs().count("Redis error") >= 4,
+        timeout=30,
+        message=lambda: f"four Redis retries logged: {operator.logs()[-3000:]}",
+    )
     assert operator.running and operator.starts == 1
     st = await wait_status_async(kube, "slow", lambda s: s.get("phase") != "Failed", operator=operator)
     log = operator.logs()
@@ -108,8 +136,14 @@ async def test_redis_killed_mid_run_resumes_after_restart_each_job_once(
     assert all(e != "Failed" for e in reasons), reasons
 
     server.start()  # same port, same directory: the AOF brings the data (and the snapshot) back
-    st = await wait_status_async(kube, "slow", lambda s: s.get("phase") in ("Succeeded", "Failed"),
-                                 operator=operator, timeout=120, what="the end of the replay")
+    st = await wait_status_async(
+        kube,
+        "slow",
+        lambda s: s.get("phase") in ("Succeeded", "Failed"),
+        operator=operator,
+        timeout=120,
+        what="the end of the replay",
+    )
     assert st["phase"] == "Succeeded", st
     assert st["matched"] == st["replayed"] == n
     assert condition(st, "Ready")["status"] == "True"

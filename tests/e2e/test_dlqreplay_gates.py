@@ -51,7 +51,6 @@ async def health() -> AsyncIterator[Health]:
         yield server
 
 
-
 async def kubectl(kube: Kube, *args: str) -> str:
     return (await asyncio.to_thread(kube.kubectl, *args)).stdout
 
@@ -63,27 +62,41 @@ async def apply(kube: Kube, manifest: dict[str, Any]) -> None:
 async def test_gate_red_holds_and_pauses_green_replays_and_workers_verify(
     kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis, health: Health
 ) -> None:
-    wanted = await make_failed_jobs(redis_url, "default", [
-        JobSpec("whatsapp.send", {"to": f"+49{i}"}, reason="429 Too Many Requests") for i in range(60)])
-    others = await make_failed_jobs(redis_url, "default", [
-        JobSpec("pdf.generate", {"doc": i}, reason="disk full") for i in range(10)])
+    wanted = await make_failed_jobs(
+        redis_url,
+        "default",
+        [JobSpec("whatsapp.send", {"to": f"+49{i}"}, reason="429 Too Many Requests") for i in range(60)],
+    )
+    others = await make_failed_jobs(
+        redis_url, "default", [JobSpec("pdf.generate", {"doc": i}, reason="disk full") for i in range(10)]
+    )
     await apply(kube, secret("redis", {"url": redis_url}))
     operator = operator_factory(operator_command())
 
-    await apply(kube, replay(
-        "whatsapp-after-cgb-outage", "default",
-        selector={"jobNames": ["whatsapp.*"], "failedReasonPattern": "429|rate limit"},
-        rate={"jobsPerSecond": 20, "batchSize": 10},
-        pauseQueue=True,
-        gates=[{"name": "cgb-api", "http": {"url": health.url, "timeout": "2s"}}],
-        gatePolicy={"interval": "500ms"},
-        verify={"window": "2m", "minSuccessRate": 0.95},
-    ))
+    await apply(
+        kube,
+        replay(
+            "whatsapp-after-cgb-outage",
+            "default",
+            selector={"jobNames": ["whatsapp.*"], "failedReasonPattern": "429|rate limit"},
+            rate={"jobsPerSecond": 20, "batchSize": 10},
+            pauseQueue=True,
+            gates=[{"name": "cgb-api", "http": {"url": health.url, "timeout": "2s"}}],
+            gatePolicy={"interval": "500ms"},
+            verify={"window": "2m", "minSuccessRate": 0.95},
+        ),
+    )
     name = "whatsapp-after-cgb-outage"
     st = await wait_status_async(
-        kube, name, lambda s: s.get("phase") == "WaitingForGates"
-        and condition(s, "QueuePaused").get("reason") == "PausedByReplay",
-        operator=operator, what="WaitingForGates with the queue paused by the replay")
+        kube,
+        name,
+        lambda s: (
+            s.get("phase") == "WaitingForGates"
+            and condition(s, "QueuePaused").get("reason") == "PausedByReplay"
+        ),
+        operator=operator,
+        what="WaitingForGates with the queue paused by the replay",
+    )
     assert condition(st, "GatesPassed")["status"] == "False"
     assert st["gates"][0]["name"] == "cgb-api" and st["gates"][0]["healthy"] is False
     assert st["queuePausedByReplay"] is True
@@ -93,6 +106,7 @@ async def test_gate_red_holds_and_pauses_green_replays_and_workers_verify(
 
     async with run_worker(redis_url, "default") as worker:
         health.code = 200
+
         # `kubectl get dlqr` while it replays: the CRD's printer columns, server-side.
         async def replaying_row() -> list[str] | None:
             lines = (await kubectl(kube, "get", "dlqr")).splitlines()
@@ -111,8 +125,14 @@ async def test_gate_red_holds_and_pauses_green_replays_and_workers_verify(
         assert row is not None, "the replay never left WaitingForGates"
         assert row[1] == "default" and re.fullmatch(r"\d+/60", row[3]), row
 
-        st = await wait_status_async(kube, name, lambda s: s.get("phase") in ("Succeeded", "Failed"),
-                                     operator=operator, timeout=90, what="the end of the replay")
+        st = await wait_status_async(
+            kube,
+            name,
+            lambda s: s.get("phase") in ("Succeeded", "Failed"),
+            operator=operator,
+            timeout=90,
+            what="the end of the replay",
+        )
         assert st["phase"] == "Succeeded", st
         assert sorted(worker.completed) == sorted(wanted)
 
@@ -127,8 +147,14 @@ async def test_gate_red_holds_and_pauses_green_replays_and_workers_verify(
     assert sorted(await redis_client.zrange("bull:default:failed", 0, -1)) == sorted(others)
 
     reasons = await asyncio.to_thread(event_reasons, kube, name)
-    for reason in ("QueuePaused", "GatesPassed", "QueueResumed", "ReplayStarted", "ReplayFinished",
-                   "Verified"):
+    for reason in (
+        "QueuePaused",
+        "GatesPassed",
+        "QueueResumed",
+        "ReplayStarted",
+        "ReplayFinished",
+        "Verified",
+    ):
         assert reason in reasons, reasons
     assert reasons.index("GatesPassed") < reasons.index("ReplayStarted") < reasons.index("Verified")
     described = await kubectl(kube, "describe", "dlqr", name)
@@ -143,9 +169,14 @@ async def test_workers_failing_again_end_in_verification_failed(
     operator = operator_factory(operator_command())
     async with run_worker(redis_url, "orders", fail_when=lambda job: "upstream still down"):
         await apply(kube, replay("orders-retry", "orders", verify={"window": "2m", "minSuccessRate": 0.9}))
-        st = await wait_status_async(kube, "orders-retry",
-                                     lambda s: s.get("phase") in ("Succeeded", "Failed"),
-                                     operator=operator, timeout=60, what="the end of the replay")
+        st = await wait_status_async(
+            kube,
+            "orders-retry",
+            lambda s: s.get("phase") in ("Succeeded", "Failed"),
+            operator=operator,
+            timeout=60,
+            what="the end of the replay",
+        )
     assert st["phase"] == "Failed"
     assert condition(st, "Succeeded")["reason"] == "VerificationFailed"
     assert st["replayed"] == 20 and st["failedAgain"] >= 3  # 3 of 20 failing already breaks 90%
@@ -165,8 +196,9 @@ async def test_queue_paused_by_someone_else_stays_paused(
     await apply(kube, secret("redis", {"url": redis_url}))
     operator = operator_factory(operator_command())
     await apply(kube, replay("mail-retry", "mail", pauseQueue=True, ttlSecondsAfterFinished=1))
-    st = await wait_status_async(kube, "mail-retry", lambda s: s.get("phase") == "Succeeded",
-                                 operator=operator, what="phase Succeeded")
+    st = await wait_status_async(
+        kube, "mail-retry", lambda s: s.get("phase") == "Succeeded", operator=operator, what="phase Succeeded"
+    )
     assert st["replayed"] == 15
     assert condition(st, "QueuePaused")["reason"] == "PausedByOthers"
     assert st["queuePausedByReplay"] is False
@@ -174,7 +206,8 @@ async def test_queue_paused_by_someone_else_stays_paused(
     # replayed, waiting for whoever paused the queue to resume it (BullMQ 5+ keeps them in `wait`
     # with the meta flag; older producers' pause moved them to the legacy `paused` list)
     waiting = await redis_client.lrange("bull:mail:wait", 0, -1) + await redis_client.lrange(
-        "bull:mail:paused", 0, -1)
+        "bull:mail:paused", 0, -1
+    )
     assert sorted(waiting) == sorted(ids)
     # ttlSecondsAfterFinished: the finished replay deletes itself
     await wait_gone_async(kube, "mail-retry", operator=operator)

@@ -24,14 +24,26 @@ JOBS = 5000
 async def test_sigkill_three_times_during_a_5k_replay_moves_each_job_once(
     kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis
 ) -> None:
-    ids = await make_failed_jobs(redis_url, "default", [
-        JobSpec("whatsapp.send", {"to": f"+49{i}", "text": "x" * 100}, reason="429 Too Many Requests")
-        for i in range(JOBS)], timeout=120)
+    ids = await make_failed_jobs(
+        redis_url,
+        "default",
+        [
+            JobSpec("whatsapp.send", {"to": f"+49{i}", "text": "x" * 100}, reason="429 Too Many Requests")
+            for i in range(JOBS)
+        ],
+        timeout=120,
+    )
     await asyncio.to_thread(kube.kubectl.apply, secret("redis", {"url": redis_url}))
     operator = operator_factory(operator_command())
-    await asyncio.to_thread(kube.kubectl.apply, replay(
-        "big", "default", selector={"jobNames": ["whatsapp.*"]},
-        rate={"jobsPerSecond": 300, "batchSize": 100}))
+    await asyncio.to_thread(
+        kube.kubectl.apply,
+        replay(
+            "big",
+            "default",
+            selector={"jobNames": ["whatsapp.*"]},
+            rate={"jobsPerSecond": 300, "batchSize": 100},
+        ),
+    )
 
     kills = [
         ("the replay has started", lambda s: s.get("phase") == "Replaying"),
@@ -46,8 +58,14 @@ async def test_sigkill_three_times_during_a_5k_replay_moves_each_job_once(
         operator.kill()  # SIGKILL: no cleanup, no final status write
         operator.start()
 
-    st = await wait_status_async(kube, "big", lambda s: s.get("phase") in ("Succeeded", "Failed"),
-                                 operator=operator, timeout=90, what="the end of the replay")
+    st = await wait_status_async(
+        kube,
+        "big",
+        lambda s: s.get("phase") in ("Succeeded", "Failed"),
+        operator=operator,
+        timeout=90,
+        what="the end of the replay",
+    )
     assert st["phase"] == "Succeeded", st
     assert st["matched"] == st["replayed"] == JOBS
     assert st["skipped"] == 0 and st["progress"] == f"{JOBS}/{JOBS}"

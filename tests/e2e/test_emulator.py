@@ -29,8 +29,7 @@ pytestmark = pytest.mark.e2e
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PROBE_OPERATOR = Path(__file__).resolve().parents[1] / "support" / "probe_operator.py"
-KOPF_PROBE = (sys.executable, "-m", "kopf", "run", "--standalone", "-A", "--verbose",
-              str(PROBE_OPERATOR))
+KOPF_PROBE = (sys.executable, "-m", "kopf", "run", "--standalone", "-A", "--verbose", str(PROBE_OPERATOR))
 
 WIDGET_CRD: dict[str, Any] = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -39,29 +38,48 @@ WIDGET_CRD: dict[str, Any] = {
     "spec": {
         "group": "test.requeue.dev",
         "scope": "Namespaced",
-        "names": {"kind": "Widget", "plural": "widgets", "singular": "widget",
-                  "shortNames": ["wdg"], "categories": ["requeue"]},
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "subresources": {"status": {}},
-            "schema": {"openAPIV3Schema": {"type": "object",
-                                           "x-kubernetes-preserve-unknown-fields": True}},
-            "additionalPrinterColumns": [
-                {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
-                {"name": "Ready", "type": "string",
-                 "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
-                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-            ],
-        }],
+        "names": {
+            "kind": "Widget",
+            "plural": "widgets",
+            "singular": "widget",
+            "shortNames": ["wdg"],
+            "categories": ["requeue"],
+        },
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                },
+                "additionalPrinterColumns": [
+                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                    {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
+                    {
+                        "name": "Ready",
+                        "type": "string",
+                        "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+                    },
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+            }
+        ],
     },
 }
 WIDGETS = "test.requeue.dev/v1/widgets"
 
 
 def widget(name: str, size: int = 1, **metadata: Any) -> str:
-    return json.dumps({"apiVersion": "test.requeue.dev/v1", "kind": "Widget",
-                       "metadata": {"name": name, **metadata}, "spec": {"size": size}})
+    return json.dumps(
+        {
+            "apiVersion": "test.requeue.dev/v1",
+            "kind": "Widget",
+            "metadata": {"name": name, **metadata},
+            "spec": {"size": size},
+        }
+    )
 
 
 @pytest.fixture
@@ -72,8 +90,14 @@ def widgets(kube: Kube) -> Kube:
 
 def test_discovery_lists_builtins_our_crds_and_the_test_crd(widgets: Kube) -> None:
     out = widgets.kubectl("api-resources", "-o", "name").stdout.split()
-    for name in ("namespaces", "secrets", "events", "leases.coordination.k8s.io",
-                 "customresourcedefinitions.apiextensions.k8s.io", "widgets.test.requeue.dev"):
+    for name in (
+        "namespaces",
+        "secrets",
+        "events",
+        "leases.coordination.k8s.io",
+        "customresourcedefinitions.apiextensions.k8s.io",
+        "widgets.test.requeue.dev",
+    ):
         assert name in out
     for crd in load_crds():  # crds/*.yaml, generated from the API models
         assert f"{crd['spec']['names']['plural']}.{crd['spec']['group']}" in out
@@ -86,16 +110,20 @@ def test_discovery_lists_builtins_our_crds_and_the_test_crd(widgets: Kube) -> No
 
 def test_apply_then_reapply_round_trips(widgets: Kube, tmp_path: Path) -> None:
     manifest = tmp_path / "w1.yaml"
-    manifest.write_text("apiVersion: test.requeue.dev/v1\nkind: Widget\n"
-                        "metadata: {name: w1, labels: {team: a}}\nspec: {size: 3, colour: red}\n")
+    manifest.write_text(
+        "apiVersion: test.requeue.dev/v1\nkind: Widget\n"
+        "metadata: {name: w1, labels: {team: a}}\nspec: {size: 3, colour: red}\n"
+    )
     assert "created" in widgets.kubectl("apply", "-f", str(manifest)).stdout
     first = widgets.kubectl.json("get", "wdg", "w1")
     assert first["spec"] == {"size": 3, "colour": "red"}
     assert first["metadata"]["namespace"] == "default"
     assert first["metadata"]["generation"] == 1 and first["metadata"]["uid"]
 
-    manifest.write_text("apiVersion: test.requeue.dev/v1\nkind: Widget\n"
-                        "metadata: {name: w1, labels: {team: a}}\nspec: {size: 4}\n")
+    manifest.write_text(
+        "apiVersion: test.requeue.dev/v1\nkind: Widget\n"
+        "metadata: {name: w1, labels: {team: a}}\nspec: {size: 4}\n"
+    )
     assert "configured" in widgets.kubectl("apply", "-f", str(manifest)).stdout
     second = widgets.kubectl.json("get", "widgets", "w1")
     assert second["spec"] == {"size": 4}  # kubectl's merge patch removed the dropped key
@@ -113,8 +141,15 @@ def test_apply_then_reapply_round_trips(widgets: Kube, tmp_path: Path) -> None:
 
 def test_get_prints_the_crd_printer_columns(widgets: Kube) -> None:
     widgets.kubectl.apply(widget("w1", size=7))
-    widgets.kubectl("patch", "wdg", "w1", "--subresource=status", "--type=merge", "-p", json.dumps(
-        {"status": {"phase": "Replaying", "conditions": [{"type": "Ready", "status": "False"}]}}))
+    widgets.kubectl(
+        "patch",
+        "wdg",
+        "w1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"phase": "Replaying", "conditions": [{"type": "Ready", "status": "False"}]}}),
+    )
     lines = widgets.kubectl("get", "wdg").stdout.splitlines()
     assert lines[0].split() == ["NAME", "PHASE", "SIZE", "READY", "AGE"]
     assert lines[1].split()[:4] == ["w1", "Replaying", "7", "False"]
@@ -123,15 +158,23 @@ def test_get_prints_the_crd_printer_columns(widgets: Kube) -> None:
 
 def test_status_subresource_rules(widgets: Kube) -> None:
     widgets.kubectl.apply(widget("w1", size=1))
-    widgets.kubectl("patch", "wdg", "w1", "--subresource=status", "--type=merge",
-                    "-p", '{"status": {"phase": "Done"}, "spec": {"size": 99}}')
+    widgets.kubectl(
+        "patch",
+        "wdg",
+        "w1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        '{"status": {"phase": "Done"}, "spec": {"size": 99}}',
+    )
     obj = widgets.get(WIDGETS, "w1")
     assert obj is not None
     assert obj["status"] == {"phase": "Done"} and obj["spec"]["size"] == 1
     assert obj["metadata"]["generation"] == 1  # status changes never bump generation
 
-    widgets.kubectl("patch", "wdg", "w1", "--type=merge",
-                    "-p", '{"status": {"phase": "Hacked"}, "spec": {"size": 2}}')
+    widgets.kubectl(
+        "patch", "wdg", "w1", "--type=merge", "-p", '{"status": {"phase": "Hacked"}, "spec": {"size": 2}}'
+    )
     obj = widgets.get(WIDGETS, "w1")
     assert obj is not None
     assert obj["status"] == {"phase": "Done"} and obj["spec"]["size"] == 2
@@ -141,8 +184,14 @@ def test_status_subresource_rules(widgets: Kube) -> None:
 def test_stale_resource_version_is_a_conflict(widgets: Kube) -> None:
     widgets.kubectl.apply(widget("w1"))
     with pytest.raises(KubectlError, match="the object has been modified"):
-        widgets.kubectl("patch", "wdg", "w1", "--type=merge",
-                        "-p", '{"metadata": {"resourceVersion": "1"}, "spec": {"size": 5}}')
+        widgets.kubectl(
+            "patch",
+            "wdg",
+            "w1",
+            "--type=merge",
+            "-p",
+            '{"metadata": {"resourceVersion": "1"}, "spec": {"size": 5}}',
+        )
 
 
 def test_delete_waits_for_finalizers(widgets: Kube) -> None:
@@ -165,18 +214,23 @@ def test_dependents_go_with_their_owner_and_keep_their_finalizers(widgets: Kube)
     owner, other = widgets.kubectl.json("get", "wdg", "parent"), widgets.kubectl.json("get", "wdg", "other")
 
     def ref(obj: dict[str, Any]) -> dict[str, Any]:
-        return {"apiVersion": "test.requeue.dev/v1", "kind": "Widget", "name": obj["metadata"]["name"],
-                "uid": obj["metadata"]["uid"], "controller": False}
+        return {
+            "apiVersion": "test.requeue.dev/v1",
+            "kind": "Widget",
+            "name": obj["metadata"]["name"],
+            "uid": obj["metadata"]["uid"],
+            "controller": False,
+        }
 
     widgets.kubectl.apply(widget("child", ownerReferences=[ref(owner)]))
-    widgets.kubectl.apply(widget("held", ownerReferences=[ref(owner)],
-                                 finalizers=["test.requeue.dev/hold"]))
+    widgets.kubectl.apply(widget("held", ownerReferences=[ref(owner)], finalizers=["test.requeue.dev/hold"]))
     widgets.kubectl.apply(widget("shared", ownerReferences=[ref(owner), ref(other)]))
     widgets.kubectl.apply(widget("loner"))
 
     widgets.kubectl("delete", "wdg", "parent")
     # the collector deletes through the API: a dependent with a finalizer is only marked
     wait_until(lambda: widgets.get(WIDGETS, "child") is None, message="child collected")
+
     def marked() -> Any:
         return (widgets.get(WIDGETS, "held") or {}).get("metadata", {}).get("deletionTimestamp")
 
@@ -193,28 +247,53 @@ def test_dependents_go_with_their_owner_and_keep_their_finalizers(widgets: Kube)
 
 def test_secrets_events_and_describe(widgets: Kube) -> None:
     password = base64.b64encode(b"s3cret").decode()
-    widgets.kubectl.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                           "metadata": {"name": "redis"}, "data": {"password": password}})
+    widgets.kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": "redis"},
+            "data": {"password": password},
+        }
+    )
     secret = widgets.kubectl.json("get", "secret", "redis")
     assert base64.b64decode(secret["data"]["password"]) == b"s3cret"
     assert widgets.kubectl("get", "secrets").stdout.split()[4:7] == ["redis", "Opaque", "1"]
 
     widgets.kubectl.apply(widget("w1"))
     uid = widgets.kubectl.json("get", "wdg", "w1")["metadata"]["uid"]
-    widgets.kubectl("create", "-f", "-", input=json.dumps({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": "w1-"}, "type": "Warning", "reason": "GateFailed",
-        "message": "postgres unreachable", "lastTimestamp": "2026-01-01T00:00:00Z",
-        "involvedObject": {"apiVersion": "test.requeue.dev/v1", "kind": "Widget",
-                           "name": "w1", "namespace": "default", "uid": uid},
-    }))
-    events = widgets.kubectl.json("get", "events", "--field-selector",
-                                  "involvedObject.name=w1,type=Warning")["items"]
+    widgets.kubectl(
+        "create",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"generateName": "w1-"},
+                "type": "Warning",
+                "reason": "GateFailed",
+                "message": "postgres unreachable",
+                "lastTimestamp": "2026-01-01T00:00:00Z",
+                "involvedObject": {
+                    "apiVersion": "test.requeue.dev/v1",
+                    "kind": "Widget",
+                    "name": "w1",
+                    "namespace": "default",
+                    "uid": uid,
+                },
+            }
+        ),
+    )
+    events = widgets.kubectl.json("get", "events", "--field-selector", "involvedObject.name=w1,type=Warning")[
+        "items"
+    ]
     assert [e["reason"] for e in events] == ["GateFailed"]
     assert events[0]["metadata"]["name"].startswith("w1-")
     assert "GateFailed" in widgets.kubectl("get", "events").stdout
-    assert widgets.kubectl.json("get", "events", "--field-selector",
-                                "involvedObject.name=other")["items"] == []
+    assert (
+        widgets.kubectl.json("get", "events", "--field-selector", "involvedObject.name=other")["items"] == []
+    )
     described = widgets.kubectl("describe", "wdg", "w1").stdout
     assert "Name:" in described and "w1" in described and "GateFailed" in described
 
@@ -229,10 +308,22 @@ def test_lists_carry_kind_and_resource_version(widgets: Kube) -> None:
 
 
 def test_secret_string_data_becomes_data(widgets: Kube) -> None:
-    widgets.kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
-                           "stringData": {"dsn": "postgresql://u:p@h/db"}})
-    widgets.kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
-                           "stringData": {"dsn": "postgresql://u:p@h/db2"}})
+    widgets.kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "db"},
+            "stringData": {"dsn": "postgresql://u:p@h/db"},
+        }
+    )
+    widgets.kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "db"},
+            "stringData": {"dsn": "postgresql://u:p@h/db2"},
+        }
+    )
     secret = widgets.kubectl.json("get", "secret", "db")
     assert "stringData" not in secret
     assert base64.b64decode(secret["data"]["dsn"]) == b"postgresql://u:p@h/db2"
@@ -242,8 +333,16 @@ def test_typed_kubectl_create_sends_protobuf_and_works(widgets: Kube) -> None:
     """``kubectl create namespace|secret|configmap`` encode protobuf; the emulator decodes it."""
     widgets.kubectl("create", "namespace", "visapi")
     assert "visapi" in widgets.kubectl("get", "namespaces", "-o", "name").stdout
-    widgets.kubectl("-n", "visapi", "create", "secret", "generic", "redis",
-                    "--from-literal=url=redis://127.0.0.1:6379/0", "--from-literal=empty=")
+    widgets.kubectl(
+        "-n",
+        "visapi",
+        "create",
+        "secret",
+        "generic",
+        "redis",
+        "--from-literal=url=redis://127.0.0.1:6379/0",
+        "--from-literal=empty=",
+    )
     secret = widgets.kubectl.json("-n", "visapi", "get", "secret", "redis")
     assert secret["type"] == "Opaque"
     assert base64.b64decode(secret["data"]["url"]).decode() == "redis://127.0.0.1:6379/0"
@@ -260,8 +359,12 @@ def test_typed_kubectl_create_sends_protobuf_and_works(widgets: Kube) -> None:
 
 def test_repo_examples_apply_and_print_with_the_crd_columns(kube: Kube) -> None:
     examples = sorted(EXAMPLES.glob("*.yaml"))
-    kinds = {doc["kind"] for path in examples for doc in yaml.safe_load_all(path.read_text())
-             if isinstance(doc, dict) and "kind" in doc}
+    kinds = {
+        doc["kind"]
+        for path in examples
+        for doc in yaml.safe_load_all(path.read_text())
+        if isinstance(doc, dict) and "kind" in doc
+    }
     for path in examples:
         kube.kubectl("apply", "-f", str(path))
     for crd in load_crds():
@@ -283,8 +386,9 @@ class Background:
     """
 
     def __init__(self, kube: Kube, *args: str) -> None:
-        self.proc = subprocess.Popen(kube.kubectl.command(*args), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            kube.kubectl.command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         self._lines: queue.Queue[str] = queue.Queue()
         self._seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -331,8 +435,11 @@ def background(widgets: Kube) -> Iterator[Callable[..., Background]]:
 def watch_requests(kube: Kube, resource: str) -> int:
     """How many watch requests the emulator has received for ``resource`` (from kmock's request log)."""
     res = kmock.resource(resource)
-    return int(kube.run(lambda server: sum(1 for r in server if r.action == kmock.action.WATCH
-                                           and r.resource == res)))
+    return int(
+        kube.run(
+            lambda server: sum(1 for r in server if r.action == kmock.action.WATCH and r.resource == res)
+        )
+    )
 
 
 def assert_no_watch_errors(stderr: str) -> None:
@@ -364,8 +471,11 @@ def test_delete_and_wait_for_delete_watch_without_errors(
     widgets.kubectl.apply(widget("held", finalizers=["test.requeue.dev/hold"]))
     waiter = background("wait", "--for=delete", "wdg/held", "--timeout=60s")
     deleter = background("delete", "wdg", "held", "--timeout=60s")
-    wait_until(lambda: watch_requests(widgets, WIDGETS) >= 2, timeout=30,
-               message="kubectl delete and kubectl wait watching the widget")
+    wait_until(
+        lambda: watch_requests(widgets, WIDGETS) >= 2,
+        timeout=30,
+        message="kubectl delete and kubectl wait watching the widget",
+    )
     widgets.kubectl("patch", "wdg", "held", "--type=merge", "-p", '{"metadata": {"finalizers": null}}')
 
     code, out, err = deleter.stop(terminate=False)
@@ -385,9 +495,7 @@ def test_jsonpath_subset() -> None:
     assert jsonpath(obj, ".status.missing") == []
 
 
-def test_kopf_operator_sets_status_and_releases_finalizers(
-    widgets: Kube, operator_factory: Any
-) -> None:
+def test_kopf_operator_sets_status_and_releases_finalizers(widgets: Kube, operator_factory: Any) -> None:
     operator: OperatorProcess = operator_factory(KOPF_PROBE)
     operator.wait_for_log(r"Starting the watch-stream for widgets")
 
@@ -397,19 +505,28 @@ def test_kopf_operator_sets_status_and_releases_finalizers(
         obj = widgets.kubectl.json("get", "wdg", name)
         return obj.get("status", {}).get("phase")  # type: ignore[no-any-return]
 
-    wait_until(lambda: phase("w1") == "Ready", timeout=30,
-               message=lambda: f"status.phase=Ready; operator log:\n{operator.logs()[-3000:]}")
+    wait_until(
+        lambda: phase("w1") == "Ready",
+        timeout=30,
+        message=lambda: f"status.phase=Ready; operator log:\n{operator.logs()[-3000:]}",
+    )
     assert "Ready" in widgets.kubectl("get", "wdg", "w1").stdout
     obj = widgets.kubectl.json("get", "wdg", "w1")
     assert obj["metadata"]["finalizers"] == ["probe.test.requeue.dev/finalizer"]
-    wait_until(lambda: "Probed" in widgets.kubectl("get", "events").stdout, timeout=15,
-               message="the operator's event")
+    wait_until(
+        lambda: "Probed" in widgets.kubectl("get", "events").stdout,
+        timeout=15,
+        message="the operator's event",
+    )
 
     operator.restart()  # SIGKILL and start again: the next object is still handled
     operator.wait_for_log(r"Starting the watch-stream for widgets")
     widgets.kubectl.apply(widget("w2", size=5))
-    wait_until(lambda: phase("w2") == "Ready", timeout=30,
-               message=lambda: f"w2 Ready after restart; log:\n{operator.logs()[-3000:]}")
+    wait_until(
+        lambda: phase("w2") == "Ready",
+        timeout=30,
+        message=lambda: f"w2 Ready after restart; log:\n{operator.logs()[-3000:]}",
+    )
 
     widgets.kubectl("delete", "wdg", "w1", "--timeout=30s")  # waits until kopf drops the finalizer
     assert widgets.get(WIDGETS, "w1") is None

@@ -45,12 +45,19 @@ BEFORE = 500
 
 
 async def test_api_server_down_30s_mid_replay_the_replay_goes_on_and_status_catches_up(
-    kube: Kube, operator_factory: Any, proxy_factory: Any, redis_url: str, redis_client: aioredis.Redis,
+    kube: Kube,
+    operator_factory: Any,
+    proxy_factory: Any,
+    redis_url: str,
+    redis_client: aioredis.Redis,
     tmp_path: Path,
 ) -> None:
-    ids = await make_failed_jobs(redis_url, "default", [
-        JobSpec("whatsapp.send", {"to": f"+49{i}"}, reason="429 Too Many Requests") for i in range(JOBS)],
-        timeout=120)
+    ids = await make_failed_jobs(
+        redis_url,
+        "default",
+        [JobSpec("whatsapp.send", {"to": f"+49{i}"}, reason="429 Too Many Requests") for i in range(JOBS)],
+        timeout=120,
+    )
     api = urlsplit(kube.url)
     proxy = await proxy_factory(api.hostname, api.port)
     proxied = tmp_path / "kubeconfig-via-proxy"
@@ -59,8 +66,14 @@ async def test_api_server_down_30s_mid_replay_the_replay_goes_on_and_status_catc
     operator = operator_factory(operator_command(), env={"KUBECONFIG": str(proxied)})
     await apply(kube, replay("long", "default", rate=RATE))
     uid = await asyncio.to_thread(replay_uid, kube, "long")
-    await wait_status_async(kube, "long", lambda s: s.get("replayed", 0) >= BEFORE, operator=operator,
-                            timeout=60, what=f"{BEFORE} jobs replayed (written through the proxy)")
+    await wait_status_async(
+        kube,
+        "long",
+        lambda s: s.get("replayed", 0) >= BEFORE,
+        operator=operator,
+        timeout=60,
+        what=f"{BEFORE} jobs replayed (written through the proxy)",
+    )
 
     # the outage: no connection reaches the API server
     await proxy.refuse()
@@ -86,17 +99,30 @@ async def test_api_server_down_30s_mid_replay_the_replay_goes_on_and_status_catc
     await proxy.passthrough()
     back = await in_redis(redis_client, uid)
     caught_up = await wait_status_async(
-        kube, "long", lambda s: s.get("replayed", 0) >= back.replayed, operator=operator, timeout=30,
-        what=f"the status to catch up with Redis ({back.replayed} replayed)")
+        kube,
+        "long",
+        lambda s: s.get("replayed", 0) >= back.replayed,
+        operator=operator,
+        timeout=30,
+        what=f"the status to catch up with Redis ({back.replayed} replayed)",
+    )
     assert caught_up["phase"] in ("Replaying", "Succeeded"), caught_up
 
-    st = await wait_status_async(kube, "long", lambda s: s.get("phase") in ("Succeeded", "Failed"),
-                                 operator=operator, timeout=90, what="the end of the replay")
+    st = await wait_status_async(
+        kube,
+        "long",
+        lambda s: s.get("phase") in ("Succeeded", "Failed"),
+        operator=operator,
+        timeout=90,
+        what="the end of the replay",
+    )
     seen = await in_redis(redis_client, uid)
     check_exactly_once(seen, ids, selected=ids, what="at the end")
     assert st["phase"] == "Succeeded", st
     assert st["matched"] == st["replayed"] == seen.replayed == JOBS, st
     assert operator.running and operator.starts == 1
-    print(f"\noutage {OUTAGE_S:.0f}s: Redis replayed {at_start.replayed} -> {during.replayed} "
-          f"({moved} moved, {moved / OUTAGE_S:.0f}/s) while the stored status stayed at {written_before}; "
-          f"samples {samples}")
+    print(
+        f"\noutage {OUTAGE_S:.0f}s: Redis replayed {at_start.replayed} -> {during.replayed} "
+        f"({moved} moved, {moved / OUTAGE_S:.0f}/s) while the stored status stayed at {written_before}; "
+        f"samples {samples}"
+    )

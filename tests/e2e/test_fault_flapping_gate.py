@@ -65,7 +65,10 @@ def at_most_once_per_interval(seen: list[tuple[int, str]], interval_ms: int) -> 
 
 
 async def test_a_gate_flipping_every_second_pauses_and_resumes_at_most_once_per_interval(
-    kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis,
+    kube: Kube,
+    operator_factory: Any,
+    redis_url: str,
+    redis_client: aioredis.Redis,
 ) -> None:
     began = time.monotonic()
     await create_queues(redis_url, "follows", "hysteresis")
@@ -74,19 +77,34 @@ async def test_a_gate_flipping_every_second_pauses_and_resumes_at_most_once_per_
         gate = [{"name": "provider", "http": {"url": url, "timeout": "1s"}}]
         operator = operator_factory(operator_command())
         for name, threshold in (("follows", 1), ("hysteresis", 2)):
-            await apply(kube, policy(
-                name, [name], interval=f"{INTERVAL_S}s", gates=gate,
-                gatePolicy={"interval": "500ms",
-                            "failureThreshold": threshold, "successThreshold": threshold},
-                actions={"pauseWhileGatesFail": True}))
+            await apply(
+                kube,
+                policy(
+                    name,
+                    [name],
+                    interval=f"{INTERVAL_S}s",
+                    gates=gate,
+                    gatePolicy={
+                        "interval": "500ms",
+                        "failureThreshold": threshold,
+                        "successThreshold": threshold,
+                    },
+                    actions={"pauseWhileGatesFail": True},
+                ),
+            )
 
         async def enough() -> list[tuple[int, str]] | None:
             seen = await transitions(redis_client, "follows")
             return seen if len(seen) >= TRANSITIONS else None
 
-        await async_wait_until(enough, timeout=20 * INTERVAL_S, interval=0.2,
-                               message=lambda: f"{TRANSITIONS} pauses/resumes of queue follows; "
-                                               f"operator log:\n{operator.logs()[-5000:]}")
+        await async_wait_until(
+            enough,
+            timeout=20 * INTERVAL_S,
+            interval=0.2,
+            message=lambda: (
+                f"{TRANSITIONS} pauses/resumes of queue follows; operator log:\n{operator.logs()[-5000:]}"
+            ),
+        )
         st = await evaluations(kube, "hysteresis", 1, operator=operator, timeout=4 * INTERVAL_S)
 
     interval_ms = INTERVAL_S * 1000
@@ -101,5 +119,7 @@ async def test_a_gate_flipping_every_second_pauses_and_resumes_at_most_once_per_
     assert st.get("lastEvaluatedAt"), st
     assert operator.running
     gaps = [b[0] - a[0] for a, b in pairwise(follows)]
-    print(f"\nfollows: {len(follows)} transitions, gaps {gaps} ms; hysteresis: {len(hysteresis)} "
-          f"transitions {[k for _, k in hysteresis]}; took {time.monotonic() - began:.1f}s")
+    print(
+        f"\nfollows: {len(follows)} transitions, gaps {gaps} ms; hysteresis: {len(hysteresis)} "
+        f"transitions {[k for _, k in hysteresis]}; took {time.monotonic() - began:.1f}s"
+    )

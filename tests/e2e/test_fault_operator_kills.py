@@ -73,8 +73,13 @@ class KillLog:
 
 
 async def kill_at_points(
-    operator: OperatorProcess, client: aioredis.Redis, uid: Callable[[], Awaitable[str | None]],
-    all_ids: set[str], log: KillLog, *, check_status: Callable[[ReplayInRedis], Awaitable[None]],
+    operator: OperatorProcess,
+    client: aioredis.Redis,
+    uid: Callable[[], Awaitable[str | None]],
+    all_ids: set[str],
+    log: KillLog,
+    *,
+    check_status: Callable[[ReplayInRedis], Awaitable[None]],
 ) -> None:
     """For each point: wait until the progress passes it, SIGKILL, check the ids, restart.
 
@@ -93,9 +98,12 @@ async def kill_at_points(
             current = await in_redis(client, replay_id)
             return progress_of(current) >= target or current.done
 
-        await async_wait_until(passed, timeout=60, interval=0.01,
-                               message=lambda point=point: f"progress {point}; {log}\n"
-                                                           f"{operator.logs()[-3000:]}")
+        await async_wait_until(
+            passed,
+            timeout=60,
+            interval=0.01,
+            message=lambda point=point: f"progress {point}; {log}\n{operator.logs()[-3000:]}",
+        )
         operator.kill()
         replay_id = await uid()
         assert replay_id is not None and current is not None
@@ -108,14 +116,21 @@ async def kill_at_points(
 
 
 async def test_sigkill_at_20_random_points_of_a_20k_replay_moves_each_job_once(
-    kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis,
+    kube: Kube,
+    operator_factory: Any,
+    redis_url: str,
+    redis_client: aioredis.Redis,
 ) -> None:
     began = time.monotonic()
-    selected = await make_failed_jobs(redis_url, "default", [
-        JobSpec("whatsapp.send", {"to": f"+49{i}"}, reason="429 Too Many Requests") for i in range(JOBS)],
-        timeout=240)
-    others = await make_failed_jobs(redis_url, "default", [
-        JobSpec("pdf.generate", {"doc": i}, reason="disk full") for i in range(OTHERS)])
+    selected = await make_failed_jobs(
+        redis_url,
+        "default",
+        [JobSpec("whatsapp.send", {"to": f"+49{i}"}, reason="429 Too Many Requests") for i in range(JOBS)],
+        timeout=240,
+    )
+    others = await make_failed_jobs(
+        redis_url, "default", [JobSpec("pdf.generate", {"doc": i}, reason="disk full") for i in range(OTHERS)]
+    )
     all_ids = set(selected) | set(others)
     made = time.monotonic()
     await apply(kube, secret("redis", {"url": redis_url}))
@@ -135,8 +150,14 @@ async def test_sigkill_at_20_random_points_of_a_20k_replay_moves_each_job_once(
     log = KillLog(kill_points(SEED, KILLS, JOBS, margin=2000))
     await kill_at_points(operator, redis_client, the_uid, all_ids, log, check_status=status_never_ahead)
 
-    st = await wait_status_async(kube, "big", lambda s: s.get("phase") in ("Succeeded", "Failed"),
-                                 operator=operator, timeout=120, what=f"the end of the replay; {log}")
+    st = await wait_status_async(
+        kube,
+        "big",
+        lambda s: s.get("phase") in ("Succeeded", "Failed"),
+        operator=operator,
+        timeout=120,
+        what=f"the end of the replay; {log}",
+    )
     seen = await in_redis(redis_client, uid)
     check_exactly_once(seen, all_ids, selected=selected, what=str(log))
     assert seen.done and len(seen.moved) == JOBS
@@ -147,8 +168,10 @@ async def test_sigkill_at_20_random_points_of_a_20k_replay_moves_each_job_once(
     assert operator.starts == KILLS + 1
     stages = {stage for _, stage, _ in log.at}
     assert "replaying" in stages, log  # the kills did land among the moves
-    print(f"\n{log}\nmade {JOBS + OTHERS} failed jobs in {made - began:.1f}s; "
-          f"replay with {KILLS} kills in {time.monotonic() - made:.1f}s")
+    print(
+        f"\n{log}\nmade {JOBS + OTHERS} failed jobs in {made - began:.1f}s; "
+        f"replay with {KILLS} kills in {time.monotonic() - made:.1f}s"
+    )
 
 
 AUTO_JOBS = 5000
@@ -156,28 +179,53 @@ AUTO_KILLS = KILLS
 
 
 async def test_sigkill_at_random_points_of_a_policy_auto_replay_moves_each_job_once(
-    kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis, redis_factory: Any,
+    kube: Kube,
+    operator_factory: Any,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    redis_factory: Any,
 ) -> None:
     """The same for the child DLQReplay a QueuePolicy creates after an outage: kills hit the
     policy's daemon too, and still exactly one child replays exactly the outage's failures."""
     began = time.monotonic()
-    before = await make_failed_jobs(redis_url, "default", [
-        JobSpec("whatsapp.send", {"old": i}, reason="429 Too Many Requests") for i in range(50)])
+    before = await make_failed_jobs(
+        redis_url,
+        "default",
+        [JobSpec("whatsapp.send", {"old": i}, reason="429 Too Many Requests") for i in range(50)],
+    )
     gate = await with_a_redis_gate(kube, redis_url, redis_factory)
     operator = operator_factory(operator_command())
-    await apply(kube, gated_policy(
-        "visapi-queues", ["default"],
-        actions={"autoReplay": {"selector": {"jobNames": ["whatsapp.*"]}, "stableFor": "1s",
-                                "cooldown": "1s", "rate": RATE}},
-    ))
-    await wait_policy(kube, "visapi-queues", lambda s: gates(s) == "True", operator=operator,
-                      what="gates green")
+    await apply(
+        kube,
+        gated_policy(
+            "visapi-queues",
+            ["default"],
+            actions={
+                "autoReplay": {
+                    "selector": {"jobNames": ["whatsapp.*"]},
+                    "stableFor": "1s",
+                    "cooldown": "1s",
+                    "rate": RATE,
+                }
+            },
+        ),
+    )
+    await wait_policy(
+        kube, "visapi-queues", lambda s: gates(s) == "True", operator=operator, what="gates green"
+    )
     gate.kill()
-    await wait_policy(kube, "visapi-queues", lambda s: gates(s) == "False", operator=operator,
-                      what="the outage")
-    during = await make_failed_jobs(redis_url, "default", [
-        JobSpec("whatsapp.send", {"to": f"+49{i}"}, reason="ECONNREFUSED cache:6379")
-        for i in range(AUTO_JOBS)], timeout=120)
+    await wait_policy(
+        kube, "visapi-queues", lambda s: gates(s) == "False", operator=operator, what="the outage"
+    )
+    during = await make_failed_jobs(
+        redis_url,
+        "default",
+        [
+            JobSpec("whatsapp.send", {"to": f"+49{i}"}, reason="ECONNREFUSED cache:6379")
+            for i in range(AUTO_JOBS)
+        ],
+        timeout=120,
+    )
     all_ids = set(before) | set(during)
     made = time.monotonic()
     gate.restart()
@@ -202,8 +250,14 @@ async def test_sigkill_at_random_points_of_a_policy_auto_replay_moves_each_job_o
 
     name = await wait_auto_replay(kube, "visapi-queues", operator=operator)
     assert name == child
-    st = await wait_status_async(kube, name, lambda s: s.get("phase") in ("Succeeded", "Failed"),
-                                 operator=operator, timeout=90, what=f"the end of the child; {log}")
+    st = await wait_status_async(
+        kube,
+        name,
+        lambda s: s.get("phase") in ("Succeeded", "Failed"),
+        operator=operator,
+        timeout=90,
+        what=f"the end of the child; {log}",
+    )
     uid = await asyncio.to_thread(replay_uid, kube, name)
     seen = await in_redis(redis_client, uid)
     check_exactly_once(seen, all_ids, selected=during, what=str(log))
@@ -212,8 +266,14 @@ async def test_sigkill_at_random_points_of_a_policy_auto_replay_moves_each_job_o
     assert seen.failed == set(before)  # what failed before the outage is not the outage's
     children = await asyncio.to_thread(kube.list_objects, DLQR, "default")
     assert [c["metadata"]["name"] for c in children] == [name]  # one child, whatever the kills
-    await wait_policy(kube, "visapi-queues", lambda s: any(
-        a["action"] == "AutoReplay" for a in s.get("lastActions", [])), operator=operator)
+    await wait_policy(
+        kube,
+        "visapi-queues",
+        lambda s: any(a["action"] == "AutoReplay" for a in s.get("lastActions", [])),
+        operator=operator,
+    )
     assert operator.starts == AUTO_KILLS + 1
-    print(f"\n{log}\nmade {AUTO_JOBS + 50} failed jobs in {made - began:.1f}s; "
-          f"auto replay with {AUTO_KILLS} kills in {time.monotonic() - made:.1f}s")
+    print(
+        f"\n{log}\nmade {AUTO_JOBS + 50} failed jobs in {made - began:.1f}s; "
+        f"auto replay with {AUTO_KILLS} kills in {time.monotonic() - made:.1f}s"
+    )

@@ -71,20 +71,31 @@ def moved_at_most_the_rate(seen: ReplayInRedis, name: str) -> None:
     span_s = (seen.ms("replayed_ms") - seen.ms("started_ms")) / 1000
     bound = RATE["jobsPerSecond"] * span_s + RATE["batchSize"]
     assert seen.replayed <= bound, (
-        f"{name} moved {seen.replayed} jobs in {span_s:.2f}s: more than {RATE} allows ({bound:.0f})")
+        f"{name} moved {seen.replayed} jobs in {span_s:.2f}s: more than {RATE} allows ({bound:.0f})"
+    )
 
 
 async def test_two_operators_one_driver_per_queue_no_double_moves_and_the_rate_holds(
-    kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis,
+    kube: Kube,
+    operator_factory: Any,
+    redis_url: str,
+    redis_client: aioredis.Redis,
 ) -> None:
     began = time.monotonic()
     n = range(PER_REPLAY)
-    whatsapp = await make_failed_jobs(redis_url, "default", [
-        JobSpec("whatsapp.send", {"to": f"+49{i}"}, reason="429 Too Many Requests") for i in n])
-    email = await make_failed_jobs(redis_url, "default", [
-        JobSpec("email.send", {"to": f"u{i}@example.org"}, reason="421 try later") for i in n])
-    others = await make_failed_jobs(redis_url, "default", [
-        JobSpec("pdf.generate", {"doc": i}, reason="disk full") for i in range(OTHERS)])
+    whatsapp = await make_failed_jobs(
+        redis_url,
+        "default",
+        [JobSpec("whatsapp.send", {"to": f"+49{i}"}, reason="429 Too Many Requests") for i in n],
+    )
+    email = await make_failed_jobs(
+        redis_url,
+        "default",
+        [JobSpec("email.send", {"to": f"u{i}@example.org"}, reason="421 try later") for i in n],
+    )
+    others = await make_failed_jobs(
+        redis_url, "default", [JobSpec("pdf.generate", {"doc": i}, reason="disk full") for i in range(OTHERS)]
+    )
     await apply(kube, secret("redis", {"url": redis_url}))
     first = operator_factory(operator_command())
     second = operator_factory(operator_command())
@@ -95,8 +106,13 @@ async def test_two_operators_one_driver_per_queue_no_double_moves_and_the_rate_h
         finals = {}
         for name in ("whatsapp", "email"):
             finals[name] = await wait_status_async(
-                kube, name, lambda s: s.get("phase") in ("Succeeded", "Failed"), operator=first,
-                timeout=90, what=f"replay {name} finished")
+                kube,
+                name,
+                lambda s: s.get("phase") in ("Succeeded", "Failed"),
+                operator=first,
+                timeout=90,
+                what=f"replay {name} finished",
+            )
 
     uids = {name: await asyncio.to_thread(replay_uid, kube, name) for name in finals}
     seen = {name: await in_redis(redis_client, uid) for name, uid in uids.items()}
@@ -133,11 +149,17 @@ async def test_two_operators_one_driver_per_queue_no_double_moves_and_the_rate_h
     assert pids <= {first.pid, second.pid}, (pids, first.pid, second.pid)
 
     # and the other process was there, fenced: it said who drives the replay it waited for
-    messages = [e.get("message", "") for name in finals
-                for e in await asyncio.to_thread(events, kube, name) if e.get("reason") == "QueueLocked"]
+    messages = [
+        e.get("message", "")
+        for name in finals
+        for e in await asyncio.to_thread(events, kube, name)
+        if e.get("reason") == "QueueLocked"
+    ]
     fenced = {int(m[1]) for text in messages if (m := re.search(r"driven by pid (\d+)", text))}
     assert fenced and fenced <= {first.pid, second.pid}, messages
     assert first.running and second.running
     rates = [round(s.replayed * 1000 / (s.ms("replayed_ms") - s.ms("started_ms"))) for s in seen.values()]
-    print(f"\nspans (started_ms, replayed_ms): {spans}; drivers: {drivers}; rates: {rates} jobs/s; "
-          f"took {time.monotonic() - began:.1f}s")
+    print(
+        f"\nspans (started_ms, replayed_ms): {spans}; drivers: {drivers}; rates: {rates} jobs/s; "
+        f"took {time.monotonic() - began:.1f}s"
+    )

@@ -35,7 +35,8 @@ def test_an_invalid_failed_reason_pattern_is_refused_with_one_clean_line(
     assert "spec.selector.failedReasonPattern" in result.stderr, result.stderr
     assert result.stderr.rstrip("\n").endswith(
         "spec.selector.failedReasonPattern: Invalid value: rule evaluation error: error parsing regexp: "
-        "missing ): (unclosed"), result.stderr
+        "missing ): (unclosed"
+    ), result.stderr
     assert not [n for n in NOISE if n in result.stderr], result.stderr
     assert kube.get("requeue.dev/v1alpha1/dlqreplays", "bad-pattern") is None
     captured = capfd.readouterr()  # the in-process API server's stderr: RE2 logs there when it fails
@@ -49,12 +50,18 @@ async def test_a_url_option_redis_py_cannot_take_is_a_clean_status_message(
     await asyncio.to_thread(kube.kubectl.apply, secret("redis", {"url": url}))
     operator = operator_factory(operator_command())
     await asyncio.to_thread(kube.kubectl.apply, replay("tls-option", "default"))
-    st = await wait_status_async(kube, "tls-option",
-                                 lambda s: condition(s, "Ready").get("reason") == "RedisUrlInvalid",
-                                 operator=operator, timeout=60, what="Ready=False/RedisUrlInvalid")
+    st = await wait_status_async(
+        kube,
+        "tls-option",
+        lambda s: condition(s, "Ready").get("reason") == "RedisUrlInvalid",
+        operator=operator,
+        timeout=60,
+        what="Ready=False/RedisUrlInvalid",
+    )
     message = condition(st, "Ready")["message"]
-    assert "is not a valid Redis URL: the option 'ssl_cert_reqs' is for TLS, and this URL is redis://" \
-        in message, message
+    assert (
+        "is not a valid Redis URL: the option 'ssl_cert_reqs' is for TLS, and this URL is redis://" in message
+    ), message
     assert "\n" not in message and "Pw-never-shown-42" not in message, message
     log = operator.logs()
     assert not [n for n in NOISE if n in log], log[-4000:]

@@ -32,10 +32,14 @@ async def age(redis: aioredis.Redis, state: str, ids: list[str], hours: float) -
 
 
 async def test_clean_removes_only_jobs_older_than_grace_in_bounded_batches(
-    kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis,
+    kube: Kube,
+    operator_factory: Any,
+    redis_url: str,
+    redis_client: aioredis.Redis,
 ) -> None:
-    failed = await make_failed_jobs(redis_url, "default",
-                                    [JobSpec("pdf.generate", {"i": i}) for i in range(5)])
+    failed = await make_failed_jobs(
+        redis_url, "default", [JobSpec("pdf.generate", {"i": i}) for i in range(5)]
+    )
     q = Queue("default", {"connection": redis_url})
     async with run_worker(redis_url, "default") as worker:
         jobs = await q.addBulk([{"name": "email.send", "data": {"i": i}} for i in range(10)])
@@ -47,12 +51,28 @@ async def test_clean_removes_only_jobs_older_than_grace_in_bounded_batches(
 
     await apply(kube, secret("redis", {"url": redis_url}))
     operator = operator_factory(operator_command())
-    await apply(kube, policy("retention", ["default"], interval="1s", actions={"clean": {
-        "completed": {"grace": "1h", "limit": 3}, "failed": {"grace": "1h", "limit": 100}}}))
+    await apply(
+        kube,
+        policy(
+            "retention",
+            ["default"],
+            interval="1s",
+            actions={
+                "clean": {"completed": {"grace": "1h", "limit": 3}, "failed": {"grace": "1h", "limit": 100}}
+            },
+        ),
+    )
 
-    st = await wait_policy(kube, "retention", lambda s: queue_state(s, "default").get("completed") == 3
-                           and queue_state(s, "default").get("failed") == 3, operator=operator,
-                           timeout=30, what="old finished jobs cleaned")
+    st = await wait_policy(
+        kube,
+        "retention",
+        lambda s: (
+            queue_state(s, "default").get("completed") == 3 and queue_state(s, "default").get("failed") == 3
+        ),
+        operator=operator,
+        timeout=30,
+        what="old finished jobs cleaned",
+    )
     assert condition(st, "Ready")["status"] == "True"
     assert set(await redis_client.zrange("bull:default:completed", 0, -1)) == set(completed[7:])
     assert set(await redis_client.zrange("bull:default:failed", 0, -1)) == set(failed[2:])
@@ -62,8 +82,12 @@ async def test_clean_removes_only_jobs_older_than_grace_in_bounded_batches(
         assert await redis_client.exists(f"bull:default:{job_id}")
     # at most `limit` completed jobs per evaluation: 7 old ones took three evaluations (3 + 3 + 1)
     removed = [a["result"] for a in reversed(st["lastActions"]) if a["action"] == "Clean"]
-    completed_runs = [a["result"] for a in reversed(st["lastActions"])
-                      if a["action"] == "Clean" and a["reason"].startswith("completed")]
+    completed_runs = [
+        a["result"]
+        for a in reversed(st["lastActions"])
+        if a["action"] == "Clean" and a["reason"].startswith("completed")
+    ]
     assert completed_runs == ["removed 3", "removed 3", "removed 1"], removed
-    assert [a["result"] for a in st["lastActions"]
-            if a["action"] == "Clean" and a["reason"].startswith("failed")] == ["removed 2"], removed
+    assert [
+        a["result"] for a in st["lastActions"] if a["action"] == "Clean" and a["reason"].startswith("failed")
+    ] == ["removed 2"], removed

@@ -37,34 +37,57 @@ JOBS = 40
 
 
 async def test_deleting_a_policy_mid_replay_stops_its_child_and_loses_nothing(
-    kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis, redis_factory: Any,
+    kube: Kube,
+    operator_factory: Any,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    redis_factory: Any,
 ) -> None:
     gate = await with_a_redis_gate(kube, redis_url, redis_factory)
     operator = operator_factory(operator_command())
-    await apply(kube, gated_policy(
-        "visapi-queues", ["default"],
-        # slow on purpose: 2 jobs a second, so the delete lands mid-replay
-        actions={"autoReplay": {"selector": {"jobNames": ["whatsapp.*"]}, "stableFor": "1s",
-                                "cooldown": "1s", "rate": {"jobsPerSecond": 2, "batchSize": 1}}},
-    ))
-    await wait_policy(kube, "visapi-queues", lambda s: gates(s) == "True", operator=operator,
-                      what="gates green")
+    await apply(
+        kube,
+        gated_policy(
+            "visapi-queues",
+            ["default"],
+            # slow on purpose: 2 jobs a second, so the delete lands mid-replay
+            actions={
+                "autoReplay": {
+                    "selector": {"jobNames": ["whatsapp.*"]},
+                    "stableFor": "1s",
+                    "cooldown": "1s",
+                    "rate": {"jobsPerSecond": 2, "batchSize": 1},
+                }
+            },
+        ),
+    )
+    await wait_policy(
+        kube, "visapi-queues", lambda s: gates(s) == "True", operator=operator, what="gates green"
+    )
 
     down = True
     q = Queue("default", {"connection": redis_url})
-    async with run_worker(redis_url, "default",
-                          fail_when=lambda job: "ECONNREFUSED cache:6379" if down else None) as worker:
+    async with run_worker(
+        redis_url, "default", fail_when=lambda job: "ECONNREFUSED cache:6379" if down else None
+    ) as worker:
         gate.kill()
-        await wait_policy(kube, "visapi-queues", lambda s: gates(s) == "False", operator=operator,
-                          what="the outage")
+        await wait_policy(
+            kube, "visapi-queues", lambda s: gates(s) == "False", operator=operator, what="the outage"
+        )
         jobs = await q.addBulk([{"name": "whatsapp.send", "data": {"i": i}} for i in range(JOBS)])
         ids = [str(j.id) for j in jobs]
         await wait_in_set(redis_url, "bull:default:failed", ids)
         down = False
         gate.restart()
         child = await wait_auto_replay(kube, "visapi-queues", operator=operator)
-        running = await wait_status_async(kube, child, lambda s: (s.get("replayed") or 0) >= 2,
-                                          operator=operator, timeout=40, what="child mid-replay")
+        running = await wait_status_async(
+            kube,
+            child,
+            lambda s: (s.get("replayed") or 0) >= 2,
+            operator=operator,
+            timeout=40,
+            what="child mid-replay",
+        )
         replay_uid = (await asyncio.to_thread(kube.get, DLQR, child))["metadata"]["uid"]
         assert running["phase"] == "Replaying" and running["matched"] == JOBS, running
 

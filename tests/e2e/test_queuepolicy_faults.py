@@ -37,42 +37,71 @@ pytestmark = pytest.mark.e2e
 
 
 def pause_resume(st: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(a["action"], a["queue"]) for a in st.get("lastActions", [])
-            if a["action"] in ("Pause", "Resume")]
+    return [
+        (a["action"], a["queue"]) for a in st.get("lastActions", []) if a["action"] in ("Pause", "Resume")
+    ]
 
 
 async def test_sigkill_mid_outage_keeps_the_queue_paused_and_resumes_it_once(
-    kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis, redis_factory: Any,
+    kube: Kube,
+    operator_factory: Any,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    redis_factory: Any,
     slack: SlackSink,
 ) -> None:
     gate = await with_a_redis_gate(kube, redis_url, redis_factory)
     await apply(kube, secret("ops-slack", {"url": slack.url}))
     await create_queues(redis_url, "default")  # the app's queue: exists, nothing in it yet
     operator = operator_factory(operator_command())
-    await apply(kube, gated_policy(
-        "visapi-queues", ["default"], actions={"pauseWhileGatesFail": True},
-        thresholds={"waiting": 2},
-        alerts={"slackWebhookSecretRef": {"name": "ops-slack", "key": "url"}},
-    ))
-    await wait_policy(kube, "visapi-queues", lambda s: gates(s) == "True"
-                      and condition(s, "Ready").get("status") == "True",
-                      operator=operator, what="gates green")
+    await apply(
+        kube,
+        gated_policy(
+            "visapi-queues",
+            ["default"],
+            actions={"pauseWhileGatesFail": True},
+            thresholds={"waiting": 2},
+            alerts={"slackWebhookSecretRef": {"name": "ops-slack", "key": "url"}},
+        ),
+    )
+    await wait_policy(
+        kube,
+        "visapi-queues",
+        lambda s: gates(s) == "True" and condition(s, "Ready").get("status") == "True",
+        operator=operator,
+        what="gates green",
+    )
     uid = (await asyncio.to_thread(kube.get, QPOL, "visapi-queues"))["metadata"]["uid"]
 
     # the outage: the gate goes red, the policy pauses `default`; live jobs pile up (a breach)
     gate.kill()
-    st = await wait_policy(kube, "visapi-queues", lambda s: queue_state(s, "default").get("pausedByPolicy"),
-                           operator=operator, what="default paused by the policy")
+    st = await wait_policy(
+        kube,
+        "visapi-queues",
+        lambda s: queue_state(s, "default").get("pausedByPolicy"),
+        operator=operator,
+        what="default paused by the policy",
+    )
     assert await redis_client.hget("bull:default:meta", "paused") == "1"
     q = Queue("default", {"connection": redis_url})
     try:
         await q.addBulk([{"name": "whatsapp.send", "data": {"i": i}} for i in range(5)])
     finally:
         await q.close()
-    await wait_policy(kube, "visapi-queues", lambda s: condition(s, "Healthy").get("status") == "False",
-                      operator=operator, what="the waiting backlog breach")
-    await wait_policy(kube, "visapi-queues", lambda s: len(slack.messages) >= 1, operator=operator,
-                      what="the Slack alert for the breach")
+    await wait_policy(
+        kube,
+        "visapi-queues",
+        lambda s: condition(s, "Healthy").get("status") == "False",
+        operator=operator,
+        what="the waiting backlog breach",
+    )
+    await wait_policy(
+        kube,
+        "visapi-queues",
+        lambda s: len(slack.messages) >= 1,
+        operator=operator,
+        what="the Slack alert for the breach",
+    )
     assert await redis_client.exists(f"requeue:policy:{uid}:memory")
 
     # an OOM kill mid-outage; the new process starts from .status and the memory in Redis
@@ -89,9 +118,14 @@ async def test_sigkill_mid_outage_keeps_the_queue_paused_and_resumes_it_once(
 
     # the gate is green again: the restarted operator resumes what the first one paused, once
     gate.restart()
-    st = await wait_policy(kube, "visapi-queues", lambda s: gates(s) == "True"
-                           and not queue_state(s, "default").get("paused"), operator=operator,
-                           timeout=40, what="default resumed by the restarted operator")
+    st = await wait_policy(
+        kube,
+        "visapi-queues",
+        lambda s: gates(s) == "True" and not queue_state(s, "default").get("paused"),
+        operator=operator,
+        timeout=40,
+        what="default resumed by the restarted operator",
+    )
     assert not await redis_client.hexists("bull:default:meta", "paused")
     assert queue_state(st, "default")["pausedByPolicy"] is False
     st = await evaluations(kube, "visapi-queues", 2, operator=operator)
@@ -105,26 +139,39 @@ async def test_sigkill_mid_outage_keeps_the_queue_paused_and_resumes_it_once(
 
 
 async def test_missing_redis_secret_is_secret_not_found_until_it_is_created(
-    kube: Kube, operator_factory: Any, redis_url: str,
+    kube: Kube,
+    operator_factory: Any,
+    redis_url: str,
 ) -> None:
     operator = operator_factory(operator_command())
     await apply(kube, policy("lonely", ["default"], interval="1s", secret_name="queues-redis"))
-    st = await wait_policy(kube, "lonely", lambda s: condition(s, "Ready").get("reason") == "SecretNotFound",
-                           operator=operator, what="Ready=False/SecretNotFound")
+    st = await wait_policy(
+        kube,
+        "lonely",
+        lambda s: condition(s, "Ready").get("reason") == "SecretNotFound",
+        operator=operator,
+        what="Ready=False/SecretNotFound",
+    )
     ready = condition(st, "Ready")
     assert ready["status"] == "False" and "queues-redis" in ready["message"], ready
     # retried with backoff, reported once
     await asyncio.sleep(3)
-    st = await wait_policy(kube, "lonely", lambda s: condition(s, "Ready").get("reason") == "SecretNotFound",
-                           operator=operator)
+    st = await wait_policy(
+        kube, "lonely", lambda s: condition(s, "Ready").get("reason") == "SecretNotFound", operator=operator
+    )
     warnings = [e for e in await policy_events(kube, "lonely") if e["reason"] == "SecretNotFound"]
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning", warnings
     assert operator.running
 
     await apply(kube, secret("queues-redis", {"url": redis_url}))
-    st = await wait_policy(kube, "lonely", lambda s: condition(s, "Ready").get("status") == "True"
-                           and s.get("lastEvaluatedAt"), operator=operator, timeout=90,
-                           what="Ready=True once the Secret exists")
+    st = await wait_policy(
+        kube,
+        "lonely",
+        lambda s: condition(s, "Ready").get("status") == "True" and s.get("lastEvaluatedAt"),
+        operator=operator,
+        timeout=90,
+        what="Ready=True once the Secret exists",
+    )
     assert queue_state(st, "default").get("paused") is False, json.dumps(st)
     st = await evaluations(kube, "lonely", 1, operator=operator)  # keeps evaluating
     assert condition(st, "Ready")["status"] == "True"

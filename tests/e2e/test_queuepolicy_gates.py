@@ -39,7 +39,11 @@ pytestmark = pytest.mark.e2e
 
 
 async def test_gate_red_pauses_green_resumes_never_a_queue_paused_by_others(
-    kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis, pg_dsn: str,
+    kube: Kube,
+    operator_factory: Any,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    pg_dsn: str,
     proxy_factory: Any,
 ) -> None:
     proxy = await proxy_factory("127.0.0.1", 5432)
@@ -50,22 +54,41 @@ async def test_gate_red_pauses_green_resumes_never_a_queue_paused_by_others(
     await apply(kube, secret("redis", {"url": redis_url}))
     await apply(kube, secret("db", {"dsn": f"postgresql://postgres@127.0.0.1:{proxy.port}/test"}))
     operator = operator_factory(operator_command())
-    await apply(kube, policy(
-        "visapi-queues", ["default", "bulk"], interval="1s",
-        gates=[{"name": "database", "postgres": {"dsnSecretRef": {"name": "db", "key": "dsn"},
-                                                 "timeout": "1s"}}],
-        gatePolicy=FAST_GATES, actions={"pauseWhileGatesFail": True},
-    ))
-    st = await wait_policy(kube, "visapi-queues", lambda s: gates(s) == "True"
-                           and condition(s, "Ready").get("status") == "True", operator=operator,
-                           what="gates green")
+    await apply(
+        kube,
+        policy(
+            "visapi-queues",
+            ["default", "bulk"],
+            interval="1s",
+            gates=[
+                {
+                    "name": "database",
+                    "postgres": {"dsnSecretRef": {"name": "db", "key": "dsn"}, "timeout": "1s"},
+                }
+            ],
+            gatePolicy=FAST_GATES,
+            actions={"pauseWhileGatesFail": True},
+        ),
+    )
+    st = await wait_policy(
+        kube,
+        "visapi-queues",
+        lambda s: gates(s) == "True" and condition(s, "Ready").get("status") == "True",
+        operator=operator,
+        what="gates green",
+    )
     assert st.get("gatesGreenSince")
     assert queue_state(st, "bulk")["paused"] is True and queue_state(st, "bulk")["pausedByPolicy"] is False
 
     # the database goes away: requeue pauses `default` (and leaves `bulk` as it is)
     await proxy.drop()
-    st = await wait_policy(kube, "visapi-queues", lambda s: queue_state(s, "default").get("pausedByPolicy"),
-                           operator=operator, what="default paused by the policy")
+    st = await wait_policy(
+        kube,
+        "visapi-queues",
+        lambda s: queue_state(s, "default").get("pausedByPolicy"),
+        operator=operator,
+        what="default paused by the policy",
+    )
     assert await redis_client.hexists("bull:default:meta", "paused")
     assert condition(st, "GatesPassed")["status"] == "False"
     assert "gatesGreenSince" not in st, st  # removed by the merge patch's explicit null
@@ -78,9 +101,13 @@ async def test_gate_red_pauses_green_resumes_never_a_queue_paused_by_others(
 
     # back: `default` resumes, `bulk` stays paused by whoever paused it
     await proxy.passthrough()
-    st = await wait_policy(kube, "visapi-queues", lambda s: gates(s) == "True"
-                           and not queue_state(s, "default").get("paused"), operator=operator,
-                           what="default resumed")
+    st = await wait_policy(
+        kube,
+        "visapi-queues",
+        lambda s: gates(s) == "True" and not queue_state(s, "default").get("paused"),
+        operator=operator,
+        what="default resumed",
+    )
     assert not await redis_client.hexists("bull:default:meta", "paused")
     st = await evaluations(kube, "visapi-queues", 2, operator=operator)
     assert await redis_client.hget("bull:bulk:meta", "paused") == "1"
@@ -89,10 +116,16 @@ async def test_gate_red_pauses_green_resumes_never_a_queue_paused_by_others(
 
     # deleting the policy mid-outage resumes what it paused (finalizer), nothing else
     uid = (await asyncio.to_thread(kube.get, "requeue.dev/v1alpha1/queuepolicies", "visapi-queues"))[
-        "metadata"]["uid"]
+        "metadata"
+    ]["uid"]
     await proxy.drop()
-    await wait_policy(kube, "visapi-queues", lambda s: queue_state(s, "default").get("pausedByPolicy"),
-                      operator=operator, what="paused again")
+    await wait_policy(
+        kube,
+        "visapi-queues",
+        lambda s: queue_state(s, "default").get("pausedByPolicy"),
+        operator=operator,
+        what="paused again",
+    )
     assert await redis_client.exists(f"requeue:policy:{uid}:memory")
     await kubectl(kube, "delete", "qpol", "visapi-queues", "--timeout=60s")
     assert await asyncio.to_thread(kube.get, "requeue.dev/v1alpha1/queuepolicies", "visapi-queues") is None
@@ -102,22 +135,39 @@ async def test_gate_red_pauses_green_resumes_never_a_queue_paused_by_others(
 
 
 async def test_auto_replay_once_per_outage_within_the_per_job_budget(
-    kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis, redis_factory: Any,
+    kube: Kube,
+    operator_factory: Any,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    redis_factory: Any,
 ) -> None:
-    old = await make_failed_jobs(redis_url, "default",
-                                 [JobSpec("whatsapp.send", {"old": i}) for i in range(3)])
+    old = await make_failed_jobs(
+        redis_url, "default", [JobSpec("whatsapp.send", {"old": i}) for i in range(3)]
+    )
     gate = await with_a_redis_gate(kube, redis_url, redis_factory)
     operator = operator_factory(operator_command())
-    await apply(kube, gated_policy(
-        "visapi-queues", ["default"],
-        actions={"autoReplay": {"selector": {"jobNames": ["whatsapp.*"]}, "stableFor": "1s",
-                                "cooldown": "1s", "maxReplaysPerJob": 1,
-                                "rate": {"jobsPerSecond": 200, "batchSize": 50}}},
-    ))
-    await wait_policy(kube, "visapi-queues", lambda s: gates(s) == "True",
-                      operator=operator, what="gates green")
+    await apply(
+        kube,
+        gated_policy(
+            "visapi-queues",
+            ["default"],
+            actions={
+                "autoReplay": {
+                    "selector": {"jobNames": ["whatsapp.*"]},
+                    "stableFor": "1s",
+                    "cooldown": "1s",
+                    "maxReplaysPerJob": 1,
+                    "rate": {"jobsPerSecond": 200, "batchSize": 50},
+                }
+            },
+        ),
+    )
+    await wait_policy(
+        kube, "visapi-queues", lambda s: gates(s) == "True", operator=operator, what="gates green"
+    )
     uid = (await asyncio.to_thread(kube.get, "requeue.dev/v1alpha1/queuepolicies", "visapi-queues"))[
-        "metadata"]["uid"]
+        "metadata"
+    ]["uid"]
 
     down = True
     poison: set[str] = set()
@@ -131,8 +181,9 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
     async with run_worker(redis_url, "default", fail_when=verdict) as worker:
         # outage 1: the gate goes red, then jobs fail
         gate.kill()
-        await wait_policy(kube, "visapi-queues", lambda s: gates(s) == "False",
-                          operator=operator, what="outage 1")
+        await wait_policy(
+            kube, "visapi-queues", lambda s: gates(s) == "False", operator=operator, what="outage 1"
+        )
         jobs = await q.addBulk([{"name": "whatsapp.send", "data": {"i": i}} for i in range(6)])
         first = [str(j.id) for j in jobs]
         poison.update(first[:2])
@@ -141,8 +192,9 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
         # recovery: after stableFor, one child DLQReplay replays what failed during the outage
         down = False
         gate.restart()
-        child1 = await wait_auto_replay(kube, "visapi-queues", operator=operator,
-                                        what="the first auto replay")
+        child1 = await wait_auto_replay(
+            kube, "visapi-queues", operator=operator, what="the first auto replay"
+        )
         obj = await asyncio.to_thread(kube.get, DLQR, child1)
         assert obj is not None
         owner = obj["metadata"]["ownerReferences"][0]
@@ -153,8 +205,14 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
         assert obj["spec"]["redis"] == {"urlSecretRef": {"name": "redis", "key": "url"}}
         listed = await kubectl(kube, "get", "dlqr", "-l", "requeue.dev/policy=visapi-queues")
         assert child1 in listed
-        done1 = await wait_status_async(kube, child1, lambda s: s.get("phase") in ("Succeeded", "Failed"),
-                                        operator=operator, timeout=40, what="child 1 finished")
+        done1 = await wait_status_async(
+            kube,
+            child1,
+            lambda s: s.get("phase") in ("Succeeded", "Failed"),
+            operator=operator,
+            timeout=40,
+            what="child 1 finished",
+        )
         assert done1["phase"] == "Succeeded" and done1["matched"] == done1["replayed"] == 6, done1
         await worker.wait_for(6 + 6)
         assert sorted(worker.completed) == sorted(first[2:])
@@ -167,8 +225,9 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
         # outage 2: the two poison jobs fail again (retried by hand), plus two new jobs
         down = True
         gate.kill()
-        await wait_policy(kube, "visapi-queues", lambda s: gates(s) == "False",
-                          operator=operator, what="outage 2")
+        await wait_policy(
+            kube, "visapi-queues", lambda s: gates(s) == "False", operator=operator, what="outage 2"
+        )
         for job_id in first[:2]:
             job = await Job.fromId(q, job_id)
             await job.retry("failed")
@@ -177,10 +236,17 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
         await wait_in_set(redis_url, "bull:default:failed", first[:2] + second)
         down = False
         gate.restart()
-        child2 = await wait_auto_replay(kube, "visapi-queues", after=child1, operator=operator,
-                                        what="the second auto replay")
-        done2 = await wait_status_async(kube, child2, lambda s: s.get("phase") in ("Succeeded", "Failed"),
-                                        operator=operator, timeout=40, what="child 2 finished")
+        child2 = await wait_auto_replay(
+            kube, "visapi-queues", after=child1, operator=operator, what="the second auto replay"
+        )
+        done2 = await wait_status_async(
+            kube,
+            child2,
+            lambda s: s.get("phase") in ("Succeeded", "Failed"),
+            operator=operator,
+            timeout=40,
+            what="child 2 finished",
+        )
         # the poison jobs used their one auto replay: only the new jobs are replayed
         assert done2["phase"] == "Succeeded" and done2["matched"] == done2["replayed"] == 2, done2
         # outage 2: 2 poison retried by hand + 2 new jobs fail, then child 2 runs the 2 new ones
@@ -192,6 +258,9 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
     assert [worker.processed_ids.count(i) for i in first[:2]] == [3, 3]  # fail, child 1, by hand
     budget = await redis_client.hgetall(f"requeue:policy:{uid}:replays")
     assert budget == {**dict.fromkeys(first, "1"), **dict.fromkeys(second, "1")}, budget
-    messages = [e.get("message", "") for e in await asyncio.to_thread(
-        lambda: kube.kubectl.json("get", "events")["items"]) if e["involvedObject"]["name"] == child2]
+    messages = [
+        e.get("message", "")
+        for e in await asyncio.to_thread(lambda: kube.kubectl.json("get", "events")["items"])
+        if e["involvedObject"]["name"] == child2
+    ]
     assert any("2 over their auto-replay budget" in m for m in messages), messages

@@ -43,19 +43,39 @@ async def test_breach_alerts_once_recovery_once_metrics_and_printer_column(
     await apply(kube, secret("ops-slack", {"url": slack.url}))
     operator = operator_factory(operator_command(metrics_port=port))
     await create_queues(redis_url, "default", "bulk")  # the app's queues exist, with nothing in them
-    await apply(kube, policy("visapi-queues", ["default", "bulk"], interval="1s",
-                             thresholds={"failed": 5},
-                             alerts={"slackWebhookSecretRef": {"name": "ops-slack", "key": "url"}}))
-    st = await wait_policy(kube, "visapi-queues", lambda s: condition(s, "Healthy").get("status") == "True",
-                           operator=operator, what="Healthy=True on empty queues")
+    await apply(
+        kube,
+        policy(
+            "visapi-queues",
+            ["default", "bulk"],
+            interval="1s",
+            thresholds={"failed": 5},
+            alerts={"slackWebhookSecretRef": {"name": "ops-slack", "key": "url"}},
+        ),
+    )
+    st = await wait_policy(
+        kube,
+        "visapi-queues",
+        lambda s: condition(s, "Healthy").get("status") == "True",
+        operator=operator,
+        what="Healthy=True on empty queues",
+    )
     assert condition(st, "Ready")["status"] == "True"
     assert slack.messages == []
 
     # failing workers push `default` over the threshold
-    failed_ids = await make_failed_jobs(redis_url, "default", [
-        JobSpec("whatsapp.send", {"to": i}, reason="ECONNREFUSED 10.0.0.7:5432") for i in range(8)])
-    st = await wait_policy(kube, "visapi-queues", lambda s: condition(s, "Healthy").get("status") == "False",
-                           operator=operator, what="Healthy=False after 8 failures")
+    failed_ids = await make_failed_jobs(
+        redis_url,
+        "default",
+        [JobSpec("whatsapp.send", {"to": i}, reason="ECONNREFUSED 10.0.0.7:5432") for i in range(8)],
+    )
+    st = await wait_policy(
+        kube,
+        "visapi-queues",
+        lambda s: condition(s, "Healthy").get("status") == "False",
+        operator=operator,
+        what="Healthy=False after 8 failures",
+    )
     healthy = condition(st, "Healthy")
     assert healthy["reason"] == "FailedAboveThreshold" and "failed 8 > 5" in healthy["message"], healthy
     assert queue_state(st, "default")["failed"] == 8 and queue_state(st, "default")["healthy"] is False
@@ -70,8 +90,17 @@ async def test_breach_alerts_once_recovery_once_metrics_and_printer_column(
     text = await scrape(port)
     assert metric(text, "bullmq_queue_jobs", **labels, state="failed") == 8.0
     assert metric(text, "bullmq_queue_jobs", **labels, state="waiting") == 0.0
-    assert metric(text, "bullmq_queue_jobs", namespace="default", policy="visapi-queues", queue="bulk",
-                  state="failed") == 0.0
+    assert (
+        metric(
+            text,
+            "bullmq_queue_jobs",
+            namespace="default",
+            policy="visapi-queues",
+            queue="bulk",
+            state="failed",
+        )
+        == 0.0
+    )
     assert metric(text, "queue_depth_total", queue="default", status="failed") == 8.0
     assert (metric(text, "requeue_policy_evaluation_seconds_count") or 0) >= 2
 
@@ -80,8 +109,9 @@ async def test_breach_alerts_once_recovery_once_metrics_and_printer_column(
     assert len(slack.messages) == 1, slack.messages
     assert "default" in slack.messages[0] and "failed 8 > 5" in slack.messages[0]
     assert "visapi-queues" in slack.messages[0]
-    breach_events = [e for e in await policy_events(kube, "visapi-queues")
-                     if e["reason"] == "FailedAboveThreshold"]
+    breach_events = [
+        e for e in await policy_events(kube, "visapi-queues") if e["reason"] == "FailedAboveThreshold"
+    ]
     assert len(breach_events) == 1 and breach_events[0]["type"] == "Warning", breach_events
 
     # recovery: someone retries the failed jobs and healthy workers complete them
@@ -93,12 +123,23 @@ async def test_breach_alerts_once_recovery_once_metrics_and_printer_column(
             await q.close()
         await worker.wait_for(8)
         assert sorted(worker.completed) == sorted(failed_ids)
-    st = await wait_policy(kube, "visapi-queues", lambda s: condition(s, "Healthy").get("status") == "True",
-                           operator=operator, what="Healthy=True after recovery")
+    st = await wait_policy(
+        kube,
+        "visapi-queues",
+        lambda s: condition(s, "Healthy").get("status") == "True",
+        operator=operator,
+        what="Healthy=True after recovery",
+    )
     assert queue_state(st, "default")["failed"] == 0
     # the recovery message waits for the notifier's rate limit (one message per 10 s), then goes out once
-    await wait_policy(kube, "visapi-queues", lambda s: len(slack.messages) >= 2, operator=operator,
-                      timeout=40, what="the Slack recovery message")
+    await wait_policy(
+        kube,
+        "visapi-queues",
+        lambda s: len(slack.messages) >= 2,
+        operator=operator,
+        timeout=40,
+        what="the Slack recovery message",
+    )
     await evaluations(kube, "visapi-queues", 3, operator=operator)
     assert len(slack.messages) == 2, slack.messages
     assert ":large_green_circle:" in slack.messages[1] and "default" in slack.messages[1]
@@ -109,27 +150,48 @@ async def test_breach_alerts_once_recovery_once_metrics_and_printer_column(
     assert metric(text, "bullmq_queue_jobs", **labels, state="completed") == 8.0
     assert metric(text, "queue_depth_total", queue="default", status="completed") == 8.0
     # the webhook URL is a secret: never in status, Events or the log
-    everything = str(await wait_policy(kube, "visapi-queues", bool)) + str(
-        await policy_events(kube, "visapi-queues")) + operator.logs()
+    everything = (
+        str(await wait_policy(kube, "visapi-queues", bool))
+        + str(await policy_events(kube, "visapi-queues"))
+        + operator.logs()
+    )
     assert "secret-token" not in everything
 
 
 async def test_dry_run_only_reports(
-    kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis,
+    kube: Kube,
+    operator_factory: Any,
+    redis_url: str,
+    redis_client: aioredis.Redis,
     redis_factory: Any,
 ) -> None:
     gate_redis = await with_a_redis_gate(kube, redis_url, redis_factory)
     old = await make_failed_jobs(redis_url, "default", [JobSpec("report", {"i": i}) for i in range(3)])
     operator = operator_factory(operator_command())
-    await apply(kube, gated_policy(
-        "rehearsal", ["default"], dryRun=True,
-        actions={"pauseWhileGatesFail": True, "clean": {"failed": {"grace": "1s", "limit": 100}}},
-    ))
-    await wait_policy(kube, "rehearsal", lambda s: condition(s, "GatesPassed").get("status") == "True",
-                      operator=operator, what="gates green")
+    await apply(
+        kube,
+        gated_policy(
+            "rehearsal",
+            ["default"],
+            dryRun=True,
+            actions={"pauseWhileGatesFail": True, "clean": {"failed": {"grace": "1s", "limit": 100}}},
+        ),
+    )
+    await wait_policy(
+        kube,
+        "rehearsal",
+        lambda s: condition(s, "GatesPassed").get("status") == "True",
+        operator=operator,
+        what="gates green",
+    )
     gate_redis.kill()
-    st = await wait_policy(kube, "rehearsal", lambda s: queue_state(s, "default").get("dryRunPaused"),
-                           operator=operator, what="a dry-run pause")
+    st = await wait_policy(
+        kube,
+        "rehearsal",
+        lambda s: queue_state(s, "default").get("dryRunPaused"),
+        operator=operator,
+        what="a dry-run pause",
+    )
     assert next(a for a in st["lastActions"] if a["action"] == "Pause")["dryRun"] is True
     await evaluations(kube, "rehearsal", 2, operator=operator)
     # decided, reported, not done: the queue runs on, the failed jobs stay
@@ -139,7 +201,12 @@ async def test_dry_run_only_reports(
     reasons = [e["reason"] for e in await policy_events(kube, "rehearsal")]
     assert "GatesFailed" in reasons, reasons
     gate_redis.restart()
-    st = await wait_policy(kube, "rehearsal", lambda s: not queue_state(s, "default").get("dryRunPaused"),
-                           operator=operator, what="a dry-run resume")
+    st = await wait_policy(
+        kube,
+        "rehearsal",
+        lambda s: not queue_state(s, "default").get("dryRunPaused"),
+        operator=operator,
+        what="a dry-run resume",
+    )
     assert next(a for a in st["lastActions"] if a["action"] == "Resume")["dryRun"] is True
     assert not await redis_client.hexists("bull:default:meta", "paused")

@@ -30,9 +30,7 @@ def test_apply_of_the_example_is_accepted_and_round_trips(kube) -> None:
 
 
 def test_apply_with_a_bad_rate_is_refused_naming_the_field(kube) -> None:
-    result = kube.kubectl(
-        "apply", "-f", "-", input=_manifest(rate={"jobsPerSecond": 0}), check=False
-    )
+    result = kube.kubectl("apply", "-f", "-", input=_manifest(rate={"jobsPerSecond": 0}), check=False)
     assert result.returncode != 0
     assert "spec.rate.jobsPerSecond" in result.stderr
     assert kube.get("requeue.dev/v1alpha1/dlqreplays", "whatsapp-after-cgb-outage") is None
@@ -43,7 +41,9 @@ def test_unknown_field_and_cel_rule_are_refused(kube) -> None:
     assert result.returncode != 0
     assert "spec.rat" in result.stderr
     result = kube.kubectl(
-        "apply", "-f", "-",
+        "apply",
+        "-f",
+        "-",
         input=_manifest(gates=[{"name": "db", "redis": {}, "http": {"url": "http://x"}}]),
         check=False,
     )
@@ -53,18 +53,32 @@ def test_unknown_field_and_cel_rule_are_refused(kube) -> None:
 def test_selector_cannot_change_after_creation(kube) -> None:
     kube.kubectl("apply", "-f", "-", input=_manifest())
     result = kube.kubectl(
-        "patch", "dlqr", "whatsapp-after-cgb-outage", "--type", "merge",
-        "-p", '{"spec": {"selector": {"jobNames": ["*"]}}}', check=False,
+        "patch",
+        "dlqr",
+        "whatsapp-after-cgb-outage",
+        "--type",
+        "merge",
+        "-p",
+        '{"spec": {"selector": {"jobNames": ["*"]}}}',
+        check=False,
     )
     assert result.returncode != 0
     assert "selector is immutable" in result.stderr
     result = kube.kubectl(
-        "patch", "dlqr", "whatsapp-after-cgb-outage", "--type", "merge",
-        "-p", '{"spec": {"rate": {"jobsPerSecond": 10}}}',
+        "patch",
+        "dlqr",
+        "whatsapp-after-cgb-outage",
+        "--type",
+        "merge",
+        "-p",
+        '{"spec": {"rate": {"jobsPerSecond": 10}}}',
     )
-    assert kube.kubectl.json("get", "dlqr", "whatsapp-after-cgb-outage", "-o", "json")["spec"][
-        "rate"
-    ]["jobsPerSecond"] == 10
+    assert (
+        kube.kubectl.json("get", "dlqr", "whatsapp-after-cgb-outage", "-o", "json")["spec"]["rate"][
+            "jobsPerSecond"
+        ]
+        == 10
+    )
 
 
 def test_kubectl_explain_shows_field_docs(kube) -> None:
@@ -83,8 +97,16 @@ def test_mode_bulk_takes_only_a_time_window_and_is_explained(kube) -> None:
     kube.kubectl("apply", "-f", "-", input=_manifest(mode="Bulk", selector=window))
     obj = kube.kubectl.json("get", "dlqr", "whatsapp-after-cgb-outage", "-o", "json")
     assert obj["spec"]["mode"] == "Bulk"
-    result = kube.kubectl("patch", "dlqr", "whatsapp-after-cgb-outage", "--type", "merge",
-                          "-p", '{"spec": {"mode": "Exact"}}', check=False)
+    result = kube.kubectl(
+        "patch",
+        "dlqr",
+        "whatsapp-after-cgb-outage",
+        "--type",
+        "merge",
+        "-p",
+        '{"spec": {"mode": "Exact"}}',
+        check=False,
+    )
     assert result.returncode != 0 and "mode is immutable" in result.stderr
     out = kube.kubectl("explain", "dlqr.spec.mode").stdout
     assert "moveJobsToWait" in out and "Queue.retryJobs" in out

@@ -75,8 +75,11 @@ async def test_no_secret_reaches_status_events_or_logs(
     kube: Kube, operator_factory: Any, redis_factory: Callable[..., RedisServer], echo: Echo
 ) -> None:
     server = redis_factory(password=PASSWORD)
-    await make_failed_jobs(encode_userinfo(url_with(server, PASSWORD)), "default",
-                           [JobSpec("send", {"n": i}, reason="429 Too Many Requests") for i in range(5)])
+    await make_failed_jobs(
+        encode_userinfo(url_with(server, PASSWORD)),
+        "default",
+        [JobSpec("send", {"n": i}, reason="429 Too Many Requests") for i in range(5)],
+    )
     for manifest in (
         secret("redis", {"url": url_with(server, PASSWORD), "bad": url_with(server, PASSWORD, port="63x79")}),
         secret("gate-redis", {"url": url_with(server, WRONG)}),
@@ -85,23 +88,48 @@ async def test_no_secret_reaches_status_events_or_logs(
         await asyncio.to_thread(kube.kubectl.apply, manifest)
     operator = operator_factory(operator_command())
 
-    await asyncio.to_thread(kube.kubectl.apply, replay(
-        "leaky", "default",
-        gates=[
-            {"name": "own-redis", "redis": {"timeout": "2s"}},
-            {"name": "other-redis", "redis": {"urlSecretRef": {"name": "gate-redis", "key": "url"},
-                                              "timeout": "2s"}},
-            {"name": "cgb", "http": {"url": echo.url, "timeout": "2s", "jsonPath": "$.token", "equals": "ok",
-                                     "headers": [{"name": "Authorization", "prefix": "Bearer ",
-                                                  "valueFrom": {"secretKeyRef": {"name": "cgb",
-                                                                                 "key": "token"}}}]}},
-        ],
-        gatePolicy={"interval": "500ms"},
-    ))
+    await asyncio.to_thread(
+        kube.kubectl.apply,
+        replay(
+            "leaky",
+            "default",
+            gates=[
+                {"name": "own-redis", "redis": {"timeout": "2s"}},
+                {
+                    "name": "other-redis",
+                    "redis": {"urlSecretRef": {"name": "gate-redis", "key": "url"}, "timeout": "2s"},
+                },
+                {
+                    "name": "cgb",
+                    "http": {
+                        "url": echo.url,
+                        "timeout": "2s",
+                        "jsonPath": "$.token",
+                        "equals": "ok",
+                        "headers": [
+                            {
+                                "name": "Authorization",
+                                "prefix": "Bearer ",
+                                "valueFrom": {"secretKeyRef": {"name": "cgb", "key": "token"}},
+                            }
+                        ],
+                    },
+                },
+            ],
+            gatePolicy={"interval": "500ms"},
+        ),
+    )
     st = await wait_status_async(
-        kube, "leaky", lambda s: {g["name"]: g for g in s.get("gates", [])}.get("cgb", {}).get(
-            "consecutiveFailures", 0) >= 1 and len(s.get("gates", [])) == 3,
-        operator=operator, timeout=60, what="all three gates checked")
+        kube,
+        "leaky",
+        lambda s: (
+            {g["name"]: g for g in s.get("gates", [])}.get("cgb", {}).get("consecutiveFailures", 0) >= 1
+            and len(s.get("gates", [])) == 3
+        ),
+        operator=operator,
+        timeout=60,
+        what="all three gates checked",
+    )
     gates = {g["name"]: g for g in st["gates"]}
     assert gates["own-redis"]["consecutiveFailures"] == 0, gates  # the raw password connects
     assert "WRONGPASS" in gates["other-redis"]["message"], gates
@@ -109,9 +137,14 @@ async def test_no_secret_reaches_status_events_or_logs(
     assert st["phase"] == "WaitingForGates" and st["matched"] == 0
 
     await asyncio.to_thread(kube.kubectl.apply, replay("broken", "default", secret_key="bad"))
-    broken = await wait_status_async(kube, "broken",
-                                     lambda s: condition(s, "Ready").get("reason") == "RedisUrlInvalid",
-                                     operator=operator, timeout=60, what="Ready=False/RedisUrlInvalid")
+    broken = await wait_status_async(
+        kube,
+        "broken",
+        lambda s: condition(s, "Ready").get("reason") == "RedisUrlInvalid",
+        operator=operator,
+        timeout=60,
+        what="Ready=False/RedisUrlInvalid",
+    )
     assert f"{server.host}:63x79" in condition(broken, "Ready")["message"]
 
     for name in ("leaky", "broken"):
@@ -121,5 +154,9 @@ async def test_no_secret_reaches_status_events_or_logs(
     await wait_gone_async(kube, "broken", operator=operator, timeout=30)
     await asyncio.to_thread(kube.kubectl, "delete", "dlqr", "leaky", "--wait=false")
     await wait_gone_async(kube, "leaky", operator=operator, timeout=30)
-    assert leaks(operator.logs() + json.dumps(kube.kubectl.json("get", "events")["items"]),
-                 PASSWORD, WRONG, TOKEN) == []
+    assert (
+        leaks(
+            operator.logs() + json.dumps(kube.kubectl.json("get", "events")["items"]), PASSWORD, WRONG, TOKEN
+        )
+        == []
+    )

@@ -29,4 +29,3 @@ async def api() -> AsyncIterator[ControlledHttp]:
         yield server
     finally:
         await server.stop()
-

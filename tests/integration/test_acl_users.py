@@ -39,9 +39,9 @@ _USER = re.compile(r"^ACL SETUSER (\S+) .*?>(\S+)")
 def readme_acl_lines() -> dict[str, str]:
     """The ``ACL SETUSER`` lines of the README's "Redis ACL users" block, by user name."""
     text = README.read_text()
-    section = text[text.index("### Redis ACL users"):]
-    block = section[section.index("```\n") + 4:]
-    block = block[:block.index("```")]
+    section = text[text.index("### Redis ACL users") :]
+    block = section[section.index("```\n") + 4 :]
+    block = block[: block.index("```")]
     lines = {m.group(1): line for line in block.splitlines() if (m := _USER.match(line))}
     assert set(lines) == {"requeue-inspect", "requeue-replay", "requeue-policy"}, lines
     return lines
@@ -79,8 +79,15 @@ def acl(redis_factory: Callable[..., RedisServer]) -> Iterator[AclRedis]:
 
 def jobs(n: int) -> list[JobSpec]:
     """Failed jobs, some prioritized (BullMQ moves those into another key)."""
-    return [JobSpec("whatsapp.send", {"i": i}, reason="429 Too Many Requests",
-                    opts={"priority": 2} if i % 3 == 0 else {}) for i in range(n)]
+    return [
+        JobSpec(
+            "whatsapp.send",
+            {"i": i},
+            reason="429 Too Many Requests",
+            opts={"priority": 2} if i % 3 == 0 else {},
+        )
+        for i in range(n)
+    ]
 
 
 def gates(healthy: bool) -> list[GateStatus]:
@@ -88,11 +95,16 @@ def gates(healthy: bool) -> list[GateStatus]:
 
 
 def policy_spec() -> QueuePolicySpec:
-    return QueuePolicySpec.model_validate({
-        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}}, "queues": [Q, "other"],
-        "interval": "10s", "thresholds": {"failed": 2},
-        "gates": [{"name": "db", "http": {"url": "http://127.0.0.1:1/"}}],
-        "actions": {"pauseWhileGatesFail": True}})
+    return QueuePolicySpec.model_validate(
+        {
+            "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+            "queues": [Q, "other"],
+            "interval": "10s",
+            "thresholds": {"failed": 2},
+            "gates": [{"name": "db", "http": {"url": "http://127.0.0.1:1/"}}],
+            "actions": {"pauseWhileGatesFail": True},
+        }
+    )
 
 
 def assert_forbidden(res: CliResult, names: str) -> None:
@@ -140,29 +152,36 @@ async def test_each_readme_user_runs_its_job(acl: AclRedis, tmp_path: Path) -> N
         ops, spec = BullQueueOps(as_policy), policy_spec()
         red = await evaluate(POLICY, spec, None, redis=as_policy, ops=ops, gates=gates(False))
         assert await BullQueue(as_policy, Q).is_paused()
-        green = await evaluate(POLICY, spec, red.status, redis=as_policy, ops=ops, gates=gates(True),
-                               memory=red.memory)
+        green = await evaluate(
+            POLICY, spec, red.status, redis=as_policy, ops=ops, gates=gates(True), memory=red.memory
+        )
     finally:
         await as_policy.aclose()
     ready = find_condition(green.status.conditions, "Ready")
     assert ready is not None and ready.status == "True", ready
     healthy = find_condition(green.status.conditions, "Healthy")
     assert healthy is not None and healthy.reason == "WithinThresholds", healthy
-    assert sorted((a.action, a.queue, a.result) for a in green.status.last_actions
-                  if a.action in ("Pause", "Resume")) == [
-        ("Pause", Q, "paused"), ("Pause", "other", "paused"),
-        ("Resume", Q, "resumed"), ("Resume", "other", "resumed")]
+    assert sorted(
+        (a.action, a.queue, a.result) for a in green.status.last_actions if a.action in ("Pause", "Resume")
+    ) == [
+        ("Pause", Q, "paused"),
+        ("Pause", "other", "paused"),
+        ("Resume", Q, "resumed"),
+        ("Resume", "other", "resumed"),
+    ]
 
 
 async def test_the_read_only_user_cannot_dry_run_and_is_told_which_command(
-    acl: AclRedis, tmp_path: Path,
+    acl: AclRedis,
+    tmp_path: Path,
 ) -> None:
     await make_failed_jobs(acl.server.url, Q, jobs(3))
     manifest = write_manifest(tmp_path / "replay.yaml", {})
     res = await acli("replay", "-f", str(manifest), "--redis-url", acl.create("requeue-inspect"), "--dry-run")
     assert_forbidden(res, "may not use ")
-    assert re.search(r"may not use (the command [A-Z]+|a command inside the Lua script \w+ \(one of: )",
-                     res.output), res.output
+    assert re.search(
+        r"may not use (the command [A-Z]+|a command inside the Lua script \w+ \(one of: )", res.output
+    ), res.output
 
 
 async def test_a_replay_user_missing_a_command_is_forbidden_naming_it(acl: AclRedis, tmp_path: Path) -> None:
@@ -189,8 +208,15 @@ async def test_a_policy_user_missing_a_command_is_not_ready_forbidden(acl: AclRe
     await make_failed_jobs(acl.server.url, Q, jobs(3))
     as_policy = aioredis.Redis.from_url(acl.create("requeue-policy", without="zcard"), decode_responses=True)
     try:
-        result = await evaluate(POLICY, policy_spec(), None, redis=as_policy, ops=BullQueueOps(as_policy),
-                                gates=gates(True), now=datetime.now(UTC))
+        result = await evaluate(
+            POLICY,
+            policy_spec(),
+            None,
+            redis=as_policy,
+            ops=BullQueueOps(as_policy),
+            gates=gates(True),
+            now=datetime.now(UTC),
+        )
     finally:
         await as_policy.aclose()
     ready = find_condition(result.status.conditions, "Ready")

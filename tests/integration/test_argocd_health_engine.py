@@ -110,27 +110,40 @@ class Replay:
             "redis": {"urlSecretRef": {"name": "visapi-redis", "key": "url"}},
             "queue": Q,
             "rate": {"jobsPerSecond": 100_000, "batchSize": 50},
-            "gates": [{
-                "name": "worker",
-                "http": {
-                    "url": api.url(f"/health?token={URL_TOKEN}"),
-                    "headers": [{"name": "Authorization", "prefix": "Bearer ",
-                                 "valueFrom": {"secretKeyRef": {"name": "worker-api", "key": "token"}}}],
-                    "timeout": "2s",
-                },
-            }],
+            "gates": [
+                {
+                    "name": "worker",
+                    "http": {
+                        "url": api.url(f"/health?token={URL_TOKEN}"),
+                        "headers": [
+                            {
+                                "name": "Authorization",
+                                "prefix": "Bearer ",
+                                "valueFrom": {"secretKeyRef": {"name": "worker-api", "key": "token"}},
+                            }
+                        ],
+                        "timeout": "2s",
+                    },
+                }
+            ],
             "gatePolicy": {"interval": "1s", "timeout": "10m"},
         }
         body.update(fields)
         self.spec = DLQReplaySpec.model_validate(body)
         self.clock = Clock()
-        secrets = StaticSecrets({("worker-api", "token"): HEADER_TOKEN,
-                                 ("cache", "url"): cache_url()})
-        runner = GateRunner(self.spec.gates, self.spec.gate_policy, secrets, default_redis_url=redis_url,
-                            namespace=NAMESPACE, owner=f"{self.spec.queue}-after-sync")
+        secrets = StaticSecrets({("worker-api", "token"): HEADER_TOKEN, ("cache", "url"): cache_url()})
+        runner = GateRunner(
+            self.spec.gates,
+            self.spec.gate_policy,
+            secrets,
+            default_redis_url=redis_url,
+            namespace=NAMESPACE,
+            owner=f"{self.spec.queue}-after-sync",
+        )
         self.name = f"{self.spec.queue}-after-sync-x7k2p"
-        self.engine = ReplayEngine(r, replay_id=f"uid-{self.name}", owner=f"{NAMESPACE}/{self.name}",
-                                   gates=runner, clock=self.clock)
+        self.engine = ReplayEngine(
+            r, replay_id=f"uid-{self.name}", owner=f"{NAMESPACE}/{self.name}", gates=runner, clock=self.clock
+        )
         self.status = DLQReplayStatus()
 
     async def step(self, *, until: Callable[[DLQReplayStatus], bool] | None = None, limit: int = 200) -> None:
@@ -172,8 +185,10 @@ def replay_object(name: str, spec: DLQReplaySpec, status: DLQReplayStatus) -> di
 
 
 def failing(n: int) -> list[JobSpec]:
-    return [JobSpec("invoice.render", {"i": i}, "TypeError: Cannot read properties of undefined")
-            for i in range(n)]
+    return [
+        JobSpec("invoice.render", {"i": i}, "TypeError: Cannot read properties of undefined")
+        for i in range(n)
+    ]
 
 
 def at(phase: ReplayPhase) -> Callable[[DLQReplayStatus], bool]:
@@ -268,12 +283,15 @@ async def failed(r: aioredis.Redis, redis_url: str, api: ControlledHttp) -> list
     api.health_status = 503
     gates = [
         {"name": "worker", "http": {"url": api.url(f"/health?token={URL_TOKEN}")}},
-        {"name": "legacy-api",
-         "http": {"url": f"http://ops:{URL_PASSWORD}@127.0.0.1:{free_port()}/healthz?token={URL_TOKEN}"}},
+        {
+            "name": "legacy-api",
+            "http": {"url": f"http://ops:{URL_PASSWORD}@127.0.0.1:{free_port()}/healthz?token={URL_TOKEN}"},
+        },
         {"name": "cache", "redis": {"urlSecretRef": {"name": "cache", "key": "url"}}},
     ]
-    gated = Replay(r, redis_url, api, queue="gated", gates=gates,
-                   gatePolicy={"interval": "1s", "timeout": "3s"})
+    gated = Replay(
+        r, redis_url, api, queue="gated", gates=gates, gatePolicy={"interval": "1s", "timeout": "3s"}
+    )
     await gated.step(until=lambda st: st.phase.finished)
     timed_out = find_condition(gated.status.conditions, "Succeeded")
     assert timed_out is not None and timed_out.reason == "GatesTimedOut"
@@ -373,8 +391,12 @@ def policy_object(spec: QueuePolicySpec, status: QueuePolicyStatus) -> dict[str,
     obj = {
         "apiVersion": API_VERSION,
         "kind": "QueuePolicy",
-        "metadata": {"name": POLICY.name, "namespace": POLICY.namespace, "uid": POLICY.uid,
-                     "generation": POLICY.generation},
+        "metadata": {
+            "name": POLICY.name,
+            "namespace": POLICY.namespace,
+            "uid": POLICY.uid,
+            "generation": POLICY.generation,
+        },
         "spec": spec.to_wire(),
         "status": status.model_dump(mode="json", by_alias=True, exclude_none=True),
     }
@@ -384,10 +406,14 @@ def policy_object(spec: QueuePolicySpec, status: QueuePolicyStatus) -> dict[str,
 
 
 async def test_queuepolicy_health_from_evaluate(r: aioredis.Redis, redis_url: str) -> None:
-    spec = QueuePolicySpec.model_validate({
-        "redis": {"urlSecretRef": {"name": "visapi-redis", "key": "url"}},
-        "queues": [Q, "bulk"], "interval": "30s", "thresholds": {"failed": 5},
-    })
+    spec = QueuePolicySpec.model_validate(
+        {
+            "redis": {"urlSecretRef": {"name": "visapi-redis", "key": "url"}},
+            "queues": [Q, "bulk"],
+            "interval": "30s",
+            "thresholds": {"failed": 5},
+        }
+    )
     ops = BullQueueOps(r)
     await create_queues(redis_url, "bulk")  # a watched queue with no keys would be QueueNotFound
     await make_failed_jobs(redis_url, Q, failing(3))
@@ -406,8 +432,9 @@ async def test_queuepolicy_health_from_evaluate(r: aioredis.Redis, redis_url: st
     # Redis lost (behind a password): Healthy=Unknown, so Progressing until it answers again
     lost = aioredis.Redis.from_url(cache_url(), decode_responses=True)
     try:
-        result = await evaluate(POLICY, spec, result.status, redis=lost, ops=BullQueueOps(lost),
-                                memory=result.memory)
+        result = await evaluate(
+            POLICY, spec, result.status, redis=lost, ops=BullQueueOps(lost), memory=result.memory
+        )
     finally:
         await lost.aclose()
     unknown = find_condition(result.status.conditions, "Healthy")

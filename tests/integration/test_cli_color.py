@@ -29,8 +29,9 @@ def test_every_command_takes_no_color(tmp_path: Path) -> None:
 
 
 async def test_inspect_tables_have_colour_on_a_terminal_unless_told_not_to(redis_url: str) -> None:
-    await make_failed_jobs(redis_url, "default", [JobSpec(name="email.send", data={"i": i}, reason="boom")
-                                                  for i in range(3)])
+    await make_failed_jobs(
+        redis_url, "default", [JobSpec(name="email.send", data={"i": i}, reason="boom") for i in range(3)]
+    )
     args = ("inspect", "--queue", "default", "--redis-url", redis_url, "-o", "table")
     coloured = cli(*args, env=TERMINAL)
     assert coloured.code == 0 and SGR.search(coloured.stdout), coloured.output
@@ -43,8 +44,9 @@ async def test_inspect_tables_have_colour_on_a_terminal_unless_told_not_to(redis
 async def test_replay_progress_on_a_terminal_has_no_colour_when_told_not_to(
     redis_url: str, tmp_path: Path
 ) -> None:
-    await make_failed_jobs(redis_url, "default", [JobSpec(name="email.send", data={"i": i}, reason="boom")
-                                                  for i in range(3)])
+    await make_failed_jobs(
+        redis_url, "default", [JobSpec(name="email.send", data={"i": i}, reason="boom") for i in range(3)]
+    )
     for n, (extra, env) in enumerate(NO_COLOUR):
         manifest = write_manifest(tmp_path / f"r{n}.yaml", {"dryRun": True}, name=f"r{n}")
         res = cli("replay", "-f", str(manifest), "--redis-url", redis_url, *extra, env=env)

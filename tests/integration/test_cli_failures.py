@@ -30,7 +30,7 @@ def _commands(tmp_path: Path) -> dict[str, tuple[str, ...]]:
 def _clean(res: CliResult, password: str = PASSWORD) -> None:
     """No traceback, no 8 characters of the password in a row."""
     assert "Traceback" not in res.output, res.output
-    assert not any(password[i:i + 8] in res.output for i in range(len(password) - 7)), res.output
+    assert not any(password[i : i + 8] in res.output for i in range(len(password) - 7)), res.output
 
 
 def _error(res: CliResult) -> dict[str, Any]:
@@ -45,19 +45,24 @@ def _error(res: CliResult) -> dict[str, Any]:
 # ---------------------------------------------------------------- URL options
 
 
-@pytest.mark.parametrize(("query", "problem"), [
-    ("ssl_cert_reqs=none", "the option 'ssl_cert_reqs' is for TLS, and this URL is redis://"),
-    ("socket_timeout=soon", "the option 'socket_timeout' has a value redis-py cannot use"),
-    ("db=0&no_such_option=1", "redis-py takes no option 'no_such_option'"),
-])
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [
+        ("ssl_cert_reqs=none", "the option 'ssl_cert_reqs' is for TLS, and this URL is redis://"),
+        ("socket_timeout=soon", "the option 'socket_timeout' has a value redis-py cannot use"),
+        ("db=0&no_such_option=1", "redis-py takes no option 'no_such_option'"),
+    ],
+)
 def test_a_url_option_redis_py_cannot_take_is_a_usage_error_naming_it(
     tmp_path: Path, query: str, problem: str
 ) -> None:
     url = f"redis://ops:{PASSWORD}@127.0.0.1:{free_port()}/0?{query}"
     for name, args in _commands(tmp_path).items():
-        for how in ({"args": ("--redis-url", url), "env": {}},
-                    {"args": ("--secret", f"redis/url={url}"), "env": {}},
-                    {"args": (), "env": {"REQUEUE_REDIS_URL": url}}):
+        for how in (
+            {"args": ("--redis-url", url), "env": {}},
+            {"args": ("--secret", f"redis/url={url}"), "env": {}},
+            {"args": (), "env": {"REQUEUE_REDIS_URL": url}},
+        ):
             if name == "inspect" and how["args"][:1] == ("--secret",):
                 continue  # inspect takes the URL only from --redis-url / REQUEUE_REDIS_URL
             res = cli(*args, *how["args"], env=how["env"])
@@ -99,7 +104,9 @@ def test_an_unreachable_redis_is_retried_for_the_connect_timeout_then_exit_3(tmp
             "requeue: Redis unreachable, retrying in 0.5s (attempt 1 of 3)",
             "requeue: Redis unreachable, retrying in 1s (attempt 2 of 3)",
         ], res.stderr
-        assert len(lines) == 3 and lines[2].startswith("requeue: Redis unreachable: Redis at redis://ops:***@")
+        assert len(lines) == 3 and lines[2].startswith(
+            "requeue: Redis unreachable: Redis at redis://ops:***@"
+        )
         assert "; gave up after 3 attempts in " in lines[2] and lines[2].endswith("(--connect-timeout 1.5)")
         _clean(res)
         once = cli(*args, "--redis-url", url, "--connect-timeout", "0", "-o", "json")
@@ -113,17 +120,22 @@ async def test_a_redis_that_comes_up_during_the_retries_is_used(tmp_path: Path) 
     port = free_port()
     server = RedisServer(port=port, directory=tmp_path / "redis", args=("--appendonly", "yes")).start()
     try:
-        await make_failed_jobs(server.url, Q, [JobSpec(name="email.send", data={"i": i}, reason="429")
-                                               for i in range(3)])
+        await make_failed_jobs(
+            server.url, Q, [JobSpec(name="email.send", data={"i": i}, reason="429") for i in range(3)]
+        )
         redis.Redis.from_url(server.url).shutdown()  # fsyncs the append-only file, which the next start loads
     finally:
         server.kill()  # reaps it; the directory stays
     log = tmp_path / "inspect.log"
-    proc = popen_cli("inspect", "--queue", Q, "--redis-url", server.url, "--connect-timeout", "60",
-                     "-o", "json", log=log)
+    proc = popen_cli(
+        "inspect", "--queue", Q, "--redis-url", server.url, "--connect-timeout", "60", "-o", "json", log=log
+    )
     try:
-        wait_until(lambda: "retrying in 0.5s (attempt 1 of" in log.read_text(), timeout=30,
-                   message=lambda: f"the first retry; log: {log.read_text()}")
+        wait_until(
+            lambda: "retrying in 0.5s (attempt 1 of" in log.read_text(),
+            timeout=30,
+            message=lambda: f"the first retry; log: {log.read_text()}",
+        )
         server.start()
         assert proc.wait(timeout=60) == 0, log.read_text()
     finally:
@@ -131,7 +143,7 @@ async def test_a_redis_that_comes_up_during_the_retries_is_used(tmp_path: Path) 
             proc.kill()
         server.stop()
     text = log.read_text()
-    report = json.loads(text[text.index("{"):])
+    report = json.loads(text[text.index("{") :])
     assert report["total"] == 3 and report["byName"]["groups"][0]["key"] == "email.send", text
 
 
@@ -141,21 +153,35 @@ async def test_redis_lost_mid_replay_gives_up_without_announcing_a_retry(tmp_pat
     server = RedisServer(directory=tmp_path / "redis").start()
     try:
         url = server.url
-        await make_failed_jobs(url, Q, [JobSpec(name="whatsapp.send", data={"i": i}, reason="429")
-                                        for i in range(100)])
+        await make_failed_jobs(
+            url, Q, [JobSpec(name="whatsapp.send", data={"i": i}, reason="429") for i in range(100)]
+        )
         manifest = write_manifest(tmp_path / "r.yaml", {"rate": {"jobsPerSecond": 20, "batchSize": 2}})
         log = tmp_path / "run.log"
-        code = interrupt_cli("replay", "-f", str(manifest), "--redis-url", url, "-o", "json", log=log,
-                             redis_url=url, ready=lambda s: s.llen(f"bull:{Q}:wait") >= 4,
-                             stop=server.kill, exit_timeout=90)
+        code = interrupt_cli(
+            "replay",
+            "-f",
+            str(manifest),
+            "--redis-url",
+            url,
+            "-o",
+            "json",
+            log=log,
+            redis_url=url,
+            ready=lambda s: s.llen(f"bull:{Q}:wait") >= 4,
+            stop=server.kill,
+            exit_timeout=90,
+        )
     finally:
         server.stop()
     text = log.read_text()
     assert code == 3, text
     retries = [line for line in text.splitlines() if "retrying" in line]
-    assert retries == [f"Redis unavailable, retrying in {d}s (attempt {n} of 5)"
-                       for n, d in ((1, "0.5"), (2, "1"), (3, "2"), (4, "4"))], text
-    body = json.loads(text[text.index("{"):text.rindex("}") + 1])
+    assert retries == [
+        f"Redis unavailable, retrying in {d}s (attempt {n} of 5)"
+        for n, d in ((1, "0.5"), (2, "1"), (3, "2"), (4, "4"))
+    ], text
+    body = json.loads(text[text.index("{") : text.rindex("}") + 1])
     assert body["error"]["reason"] == "RedisUnreachable" and body["error"]["exitCode"] == 3, body
     assert "gave up after 5 attempts in a row" in body["error"]["message"], body
     assert body["status"]["phase"] == "Replaying" and "retrying" not in json.dumps(body["status"]), body
@@ -195,8 +221,9 @@ async def test_inspect_tables_are_redacted(redis_factory: Callable[..., RedisSer
     password = "Tbl-Secret-PwLetters-X"  # no digits: the reason normaliser leaves it as it is
     server = redis_factory(password=password)
     reason = f"login to {server.url} failed; password {password[3:14]} rejected"
-    await make_failed_jobs(server.url, Q, [JobSpec(name="email.send", data={"i": i}, reason=reason)
-                                           for i in range(3)])
+    await make_failed_jobs(
+        server.url, Q, [JobSpec(name="email.send", data={"i": i}, reason=reason) for i in range(3)]
+    )
     res = cli("inspect", "--queue", Q, "--redis-url", server.url, "-o", "table", env={"COLUMNS": "400"})
     assert res.code == 0, res.output
     assert "email.send" in res.stdout and "login to redis://***@" in res.stdout, res.stdout

@@ -62,8 +62,22 @@ async def test_inspect_groups_real_failures_by_name_reason_and_hour_json(
     report = json.loads(res.stdout)
 
     assert set(report) == {
-        "schemaVersion", "queue", "prefix", "redis", "scannedAt", "elapsedSeconds", "paused", "counts",
-        "total", "readable", "oldestFailure", "newestFailure", "corrupt", "byName", "byReason", "byHour",
+        "schemaVersion",
+        "queue",
+        "prefix",
+        "redis",
+        "scannedAt",
+        "elapsedSeconds",
+        "paused",
+        "counts",
+        "total",
+        "readable",
+        "oldestFailure",
+        "newestFailure",
+        "corrupt",
+        "byName",
+        "byReason",
+        "byHour",
     }
     assert report["schemaVersion"] == INSPECT_SCHEMA_VERSION
     assert (report["queue"], report["prefix"], report["paused"]) == (Q, "bull", False)
@@ -129,12 +143,14 @@ async def test_inspect_plain_text_when_not_a_terminal(redis_url: str) -> None:
 def test_inspect_table_and_empty_queue_via_click(redis_url: str) -> None:
     """-o table renders rich tables even off a terminal; an empty failed set is not an error."""
     asyncio.run(add_jobs(redis_url, "nothing-here", [JobSpec(name="waits")]))  # exists, none failed
-    res = CliRunner().invoke(main, ["inspect", "--redis-url", redis_url, "--queue", "nothing-here",
-                                    "-o", "table"])
+    res = CliRunner().invoke(
+        main, ["inspect", "--redis-url", redis_url, "--queue", "nothing-here", "-o", "table"]
+    )
     assert res.exit_code == 0, res.output
     assert "0 failed jobs" in res.output and "by job name" in res.output
-    res = CliRunner().invoke(main, ["inspect", "--redis-url", redis_url, "--queue", "nothing-here",
-                                    "-o", "json"])
+    res = CliRunner().invoke(
+        main, ["inspect", "--redis-url", redis_url, "--queue", "nothing-here", "-o", "json"]
+    )
     report = json.loads(res.output)
     assert report["total"] == 0 and report["byName"]["groups"] == [] and report["oldestFailure"] is None
 
@@ -148,7 +164,8 @@ async def test_inspect_of_a_queue_with_no_keys_exits_2_naming_the_queues_there(r
     assert res.stdout == ""
     assert res.stderr.splitlines() == [
         f'requeue: QueueNotFound: queue "defualt" has no BullMQ keys under prefix "bull" in {redis_url}; '
-        "queues there: default, emails"], res.stderr
+        "queues there: default, emails"
+    ], res.stderr
 
     res = cli("inspect", "--redis-url", redis_url, "--queue", Q, "--prefix", "bul", "-o", "json")
     assert res.code == 2, res.output

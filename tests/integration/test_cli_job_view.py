@@ -14,9 +14,18 @@ Q = "default"
 
 
 async def test_job_view_shows_a_failed_job_as_bull_board_does(redis_url: str) -> None:
-    [job_id] = await make_failed_jobs(redis_url, Q, [JobSpec(
-        name="email.send", data={"to": "a@example.com", "n": 7}, reason="SMTP 451 try later",
-        opts={"attempts": 2})])
+    [job_id] = await make_failed_jobs(
+        redis_url,
+        Q,
+        [
+            JobSpec(
+                name="email.send",
+                data={"to": "a@example.com", "n": 7},
+                reason="SMTP 451 try later",
+                opts={"attempts": 2},
+            )
+        ],
+    )
 
     res = cli("inspect", "--redis-url", redis_url, "--queue", Q, "--job", job_id, "-o", "json")
     assert res.code == 0, res.output
@@ -41,8 +50,9 @@ async def test_job_view_states_and_bounds(redis_url: str, redis_client: aioredis
     assert res.code == 0, res.output
     assert "): waiting" in res.stdout
     assert "bytes more)" in res.stdout and len(res.stdout) < 20_000
-    data = json.loads(cli("inspect", "--redis-url", redis_url, "--queue", Q, "--job", waiting,
-                          "-o", "json").stdout)
+    data = json.loads(
+        cli("inspect", "--redis-url", redis_url, "--queue", Q, "--job", waiting, "-o", "json").stdout
+    )
     assert data["dataTruncated"] is True and data["dataBytes"] > 50_000 and len(data["data"]) <= 10 * 1024
 
     # a corrupt hash: data not JSON, shown raw and named
@@ -72,20 +82,47 @@ async def test_job_view_refuses_unknown_job_and_queue(redis_url: str) -> None:
 
 
 async def test_list_failed_jobs_of_a_group(redis_url: str) -> None:
-    jobs = [JobSpec(name=("a", "b")[i % 2], data={"i": i}, reason=f"timeout after {100 + i}ms")
-            for i in range(30)]
+    jobs = [
+        JobSpec(name=("a", "b")[i % 2], data={"i": i}, reason=f"timeout after {100 + i}ms") for i in range(30)
+    ]
     jobs += [JobSpec(name="a", reason="ECONNREFUSED") for _ in range(5)]
     ids = await make_failed_jobs(redis_url, Q, jobs)
     want = {i for i, j in zip(ids, jobs, strict=True) if j.name == "a" and j.reason.startswith("timeout")}
 
-    res = cli("inspect", "--redis-url", redis_url, "--queue", Q, "--name", "a",
-              "--reason", "timeout after <n>ms", "--limit", "100", "-o", "json")
+    res = cli(
+        "inspect",
+        "--redis-url",
+        redis_url,
+        "--queue",
+        Q,
+        "--name",
+        "a",
+        "--reason",
+        "timeout after <n>ms",
+        "--limit",
+        "100",
+        "-o",
+        "json",
+    )
     assert res.code == 0, res.output
     out = json.loads(res.stdout)
     assert {j["id"] for j in out["jobs"]} == want and out["more"] is False and out["scanned"] == 35
 
-    limited = json.loads(cli("inspect", "--redis-url", redis_url, "--queue", Q, "--reason", "ECONNREFUSED",
-                             "--limit", "3", "-o", "json").stdout)
+    limited = json.loads(
+        cli(
+            "inspect",
+            "--redis-url",
+            redis_url,
+            "--queue",
+            Q,
+            "--reason",
+            "ECONNREFUSED",
+            "--limit",
+            "3",
+            "-o",
+            "json",
+        ).stdout
+    )
     assert len(limited["jobs"]) == 3 and limited["more"] is True
 
     text = cli("inspect", "--redis-url", redis_url, "--queue", Q, "--name", "b")

@@ -20,8 +20,9 @@ async def _worker_blocked(r: aioredis.Redis) -> bool:
     return any(c.get("cmd") == "bzpopmin" for c in await r.client_list())
 
 
-async def test_paused_queue_is_not_processed_until_resumed(redis_url: str,
-                                                           redis_client: aioredis.Redis) -> None:
+async def test_paused_queue_is_not_processed_until_resumed(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
     await add_jobs(redis_url, Q, [JobSpec(name="warmup")])
     res = await acli("pause", "--redis-url", redis_url, "--queue", Q)
     assert res.code == 0, res.output
@@ -33,8 +34,11 @@ async def test_paused_queue_is_not_processed_until_resumed(redis_url: str,
     ids = await add_jobs(redis_url, Q, [JobSpec(name="work", data={"i": i}) for i in range(10)])
     async with run_worker(redis_url, Q) as run:
         # the worker looked, found the queue paused and waits: nothing was processed
-        await async_wait_until(lambda: _worker_blocked(redis_client), timeout=30,
-                               message="the worker to wait on the paused queue")
+        await async_wait_until(
+            lambda: _worker_blocked(redis_client),
+            timeout=30,
+            message="the worker to wait on the paused queue",
+        )
         assert run.processed == []
 
         res = await acli("resume", "--redis-url", redis_url, "--queue", Q, "-o", "json")
@@ -56,10 +60,18 @@ async def test_resume_names_who_paused(redis_url: str, redis_client: aioredis.Re
     assert await redis_client.hexists(f"bull:{Q}:meta", "paused")  # dry run: still paused
 
     # a replay holding it for a red gate, and a QueuePolicy that paused it (as they record it)
-    await redis_client.hset(ReplayKeys("cli-ops-r1").progress, mapping={
-        Progress.QUEUE: Q, Progress.WE_PAUSED: "1", Progress.OWNER: "ops/r1", Progress.STAGE: "gates"})
-    await redis_client.hset(ReplayKeys("other").progress,
-                            mapping={Progress.QUEUE: "emails", Progress.WE_PAUSED: "1"})
+    await redis_client.hset(
+        ReplayKeys("cli-ops-r1").progress,
+        mapping={
+            Progress.QUEUE: Q,
+            Progress.WE_PAUSED: "1",
+            Progress.OWNER: "ops/r1",
+            Progress.STAGE: "gates",
+        },
+    )
+    await redis_client.hset(
+        ReplayKeys("other").progress, mapping={Progress.QUEUE: "emails", Progress.WE_PAUSED: "1"}
+    )
     await redis_client.hset(PolicyKeys("uid-1").memory, Q, json.dumps({"c": "", "b": [], "l": {}, "p": 1}))
     res = await acli("resume", "--redis-url", redis_url, "--queue", Q, "-o", "json")
     out = json.loads(res.stdout)
@@ -79,23 +91,38 @@ def test_pause_refuses_unknown_queue(redis_url: str) -> None:
 async def _twin(r: aioredis.Redis, src: str, dst: str) -> None:
     """Make queue ``dst`` an exact copy of ``src`` (every key copied), so both clean alike."""
     async for key in r.scan_iter(match=f"bull:{src}:*"):
-        await r.copy(key, f"bull:{dst}:" + key[len(f"bull:{src}:"):])
+        await r.copy(key, f"bull:{dst}:" + key[len(f"bull:{src}:") :])
 
 
 def _strip(space: dict[str, object], queue: str) -> dict[str, object]:
     """A queue's keys without the queue name, and without the events stream (its ids are times)."""
     head = f"bull:{queue}:"
-    return {k[len(head):]: v for k, v in space.items() if k.startswith(head) and not k.endswith(":events")}
+    return {k[len(head) :]: v for k, v in space.items() if k.startswith(head) and not k.endswith(":events")}
 
 
-async def test_clean_removes_exactly_what_bullmq_clean_removes(redis_url: str,
-                                                               redis_client: aioredis.Redis) -> None:
+async def test_clean_removes_exactly_what_bullmq_clean_removes(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
     await make_failed_jobs(redis_url, "a", [JobSpec(name=f"j{i % 3}", data={"i": i}) for i in range(40)])
     await _twin(redis_client, "a", "b")
     before = keyspace(redis_url)
 
-    dry = cli("clean", "--redis-url", redis_url, "--queue", "a", "--state", "failed", "--grace", "1ms",
-              "--limit", "15", "--dry-run", "-o", "json")
+    dry = cli(
+        "clean",
+        "--redis-url",
+        redis_url,
+        "--queue",
+        "a",
+        "--state",
+        "failed",
+        "--grace",
+        "1ms",
+        "--limit",
+        "15",
+        "--dry-run",
+        "-o",
+        "json",
+    )
     assert dry.code == 0, dry.output
     would = json.loads(dry.stdout)
     assert would["removed"] == 15 and would["dryRun"] is True
@@ -104,8 +131,21 @@ async def test_clean_removes_exactly_what_bullmq_clean_removes(redis_url: str,
     kept = cli("clean", "--redis-url", redis_url, "--queue", "a", "--state", "failed", "--grace", "1h")
     assert kept.code == 0 and "removed 0 failed jobs" in kept.stdout  # all failed just now
 
-    res = cli("clean", "--redis-url", redis_url, "--queue", "a", "--state", "failed", "--grace", "1ms",
-              "--limit", "15", "-o", "json")
+    res = cli(
+        "clean",
+        "--redis-url",
+        redis_url,
+        "--queue",
+        "a",
+        "--state",
+        "failed",
+        "--grace",
+        "1ms",
+        "--limit",
+        "15",
+        "-o",
+        "json",
+    )
     assert res.code == 0, res.output
     done = json.loads(res.stdout)
     assert done["removed"] == 15 and done["ids"] == would["ids"]
@@ -129,6 +169,7 @@ async def test_clean_completed(redis_url: str) -> None:
     assert res.code == 0 and "removed 5 completed jobs" in res.stdout
     bad = cli("clean", "--redis-url", redis_url, "--queue", Q, "--state", "active")
     assert bad.code == 2
-    bad = cli("clean", "--redis-url", redis_url, "--queue", Q, "--state", "failed", "--grace", "soon",
-              "-o", "json")
+    bad = cli(
+        "clean", "--redis-url", redis_url, "--queue", Q, "--state", "failed", "--grace", "soon", "-o", "json"
+    )
     assert bad.code == 2 and json.loads(bad.stdout)["error"]["reason"] == "UsageError"

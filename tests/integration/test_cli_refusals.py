@@ -22,9 +22,11 @@ def test_an_invalid_regex_is_one_clean_line_naming_the_field(tmp_path: Path) -> 
     manifest = write_manifest(tmp_path / "r.yaml", {"selector": {"failedReasonPattern": "(unclosed"}})
     res = cli("replay", "-f", str(manifest), "--redis-url", "redis://127.0.0.1:1/0")
     assert res.code == 2, res.output
-    assert res.stderr == (f"requeue: invalid spec: {manifest}: invalid DLQReplay: "
-                          "spec.selector.failedReasonPattern: not a valid RE2 regular expression: "
-                          "missing ): (unclosed\n")
+    assert res.stderr == (
+        f"requeue: invalid spec: {manifest}: invalid DLQReplay: "
+        "spec.selector.failedReasonPattern: not a valid RE2 regular expression: "
+        "missing ): (unclosed\n"
+    )
     assert res.stdout == ""
 
 
@@ -49,8 +51,10 @@ def test_a_redis_url_that_is_not_one_is_a_usage_error_naming_the_flag(tmp_path: 
     }
     for name, args in commands.items():
         for url, problem in cases.items():
-            for how in ({"args": ("--redis-url", url), "env": {}},
-                        {"args": (), "env": {"REQUEUE_REDIS_URL": url}}):
+            for how in (
+                {"args": ("--redis-url", url), "env": {}},
+                {"args": (), "env": {"REQUEUE_REDIS_URL": url}},
+            ):
                 res = cli(*args, *how["args"], env=how["env"])
                 assert res.code == 2, (name, url, res.output)
                 assert "Invalid value for '--redis-url'" in res.stderr, res.stderr
@@ -79,8 +83,14 @@ async def test_a_rerun_whose_selection_changed_is_refused_naming_the_fields_and_
     path = tmp_path / "replay.yaml"
     write_manifest(path, {"selector": {"jobNames": ["whatsapp.send"]}, "rate": slow})
     args = ("replay", "-f", str(path), "--redis-url", redis_url)
-    code = interrupt_cli(*args, log=tmp_path / "first.log", redis_url=redis_url,
-                         ready=lambda s: s.llen(K.wait) >= 8, stop=signal.SIGINT, exit_timeout=30)
+    code = interrupt_cli(
+        *args,
+        log=tmp_path / "first.log",
+        redis_url=redis_url,
+        ready=lambda s: s.llen(K.wait) >= 8,
+        stop=signal.SIGINT,
+        exit_timeout=30,
+    )
     assert code == 130, (tmp_path / "first.log").read_text()
     moved = set(await redis_client.lrange(K.wait, 0, -1))
     assert moved < by_name["whatsapp.send"], "interrupted mid-replay"
@@ -91,8 +101,9 @@ async def test_a_rerun_whose_selection_changed_is_refused_naming_the_fields_and_
     assert res.code == 2, res.output
     assert res.stdout == ""
     error = res.stderr.splitlines()[-1]
-    assert error.startswith(f"requeue: selection changed: {path}: the selection changed since replay "
-                            "ops/replay-1"), res.stderr
+    assert error.startswith(
+        f"requeue: selection changed: {path}: the selection changed since replay ops/replay-1"
+    ), res.stderr
     assert 'spec.selector was {"jobNames": ["whatsapp.send"]}, now {"jobNames": ["email.send"]}' in error
     assert "restore the file" in error and "--replay-id NEW" in error, error
     assert "spec.rate" not in error  # rate may change; only the selection is pinned

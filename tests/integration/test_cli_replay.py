@@ -28,8 +28,11 @@ K = QueueKeys("bull", Q)
 RATE_LIMITED = "429 Too Many Requests"
 FAST = {"jobsPerSecond": 100_000, "batchSize": 50}
 #: name + reason + dataMatch: only whatsapp.send, 429, tenant acme
-SELECTOR = {"jobNames": ["whatsapp.*"], "failedReasonPattern": "429|[Rr]ate limit",
-            "dataMatch": {"tenant": "acme"}}
+SELECTOR = {
+    "jobNames": ["whatsapp.*"],
+    "failedReasonPattern": "429|[Rr]ate limit",
+    "dataMatch": {"tenant": "acme"},
+}
 
 
 def mixed_jobs(n: int) -> list[JobSpec]:
@@ -38,14 +41,25 @@ def mixed_jobs(n: int) -> list[JobSpec]:
         name = ("whatsapp.send", "email.send")[i % 2]
         reason = RATE_LIMITED if i % 3 else f"timeout after {5000 + i}ms"
         tenant = "acme" if i % 5 else "globex"
-        out.append(JobSpec(name=name, data={"i": i, "tenant": tenant, "to": f"+49{i:09d}"}, reason=reason,
-                           opts={"priority": 3} if i % 7 == 0 else {}))
+        out.append(
+            JobSpec(
+                name=name,
+                data={"i": i, "tenant": tenant, "to": f"+49{i:09d}"},
+                reason=reason,
+                opts={"priority": 3} if i % 7 == 0 else {},
+            )
+        )
     return out
 
 
 def matching(ids: list[str], jobs: list[JobSpec]) -> list[str]:
-    return [i for i, j in zip(ids, jobs, strict=True) if j.name.startswith("whatsapp.")
-            and ("429" in j.reason or "ate limit" in j.reason) and j.data["tenant"] == "acme"]
+    return [
+        i
+        for i, j in zip(ids, jobs, strict=True)
+        if j.name.startswith("whatsapp.")
+        and ("429" in j.reason or "ate limit" in j.reason)
+        and j.data["tenant"] == "acme"
+    ]
 
 
 async def failed_order(r: aioredis.Redis, ids: list[str]) -> list[str]:
@@ -72,16 +86,23 @@ async def test_replay_moves_exactly_the_matching_set_and_prints_the_status(
     res = cli("replay", "-f", str(manifest), "--redis-url", redis_url, "-o", "json")
     assert res.code == 0, res.output
     status = json.loads(res.stdout)  # stdout is exactly the status object, nothing else
-    assert status == DLQReplayStatus.model_validate(status).model_dump(mode="json", by_alias=True,
-                                                                       exclude_none=True)
+    assert status == DLQReplayStatus.model_validate(status).model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
     assert status["phase"] == "Succeeded"
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert (ready["reason"], ready["message"]) == ("Finished", "finished; holds no queue lease")
     assert await redis_client.get(K.lease) is None
-    assert (status["matched"], status["replayed"], status["skipped"], status["corrupt"]) == \
-        (len(expected), len(expected), 0, 0)
-    assert status["breakdown"] == {"byName": {"whatsapp.send": len(expected)},
-                                   "byReason": {"<n> Too Many Requests": len(expected)}}
+    assert (status["matched"], status["replayed"], status["skipped"], status["corrupt"]) == (
+        len(expected),
+        len(expected),
+        0,
+        0,
+    )
+    assert status["breakdown"] == {
+        "byName": {"whatsapp.send": len(expected)},
+        "byReason": {"<n> Too Many Requests": len(expected)},
+    }
     assert status["sampleIds"] == in_failed_order[:10]
 
     moved = await replayed_ids(redis_client)
@@ -154,20 +175,29 @@ async def test_sigkill_mid_replay_then_rerun_replays_each_job_exactly_once(
     ids = await make_failed_jobs(redis_url, Q, jobs)
     expected = matching(ids, jobs)
     # slow enough that the kill lands mid-run: 20 jobs/s in batches of 4
-    manifest = write_manifest(tmp_path / "replay.yaml",
-                              {"selector": SELECTOR, "rate": {"jobsPerSecond": 20, "batchSize": 4}})
+    manifest = write_manifest(
+        tmp_path / "replay.yaml", {"selector": SELECTOR, "rate": {"jobsPerSecond": 20, "batchSize": 4}}
+    )
     args = ("replay", "-f", str(manifest), "--secret", f"redis/url={redis_url}")
-    interrupt_cli(*args, log=tmp_path / "first.log", redis_url=redis_url,
-                  ready=lambda s: s.llen(K.wait) + s.zcard(K.prioritized) >= 12,
-                  stop=signal.SIGKILL, exit_timeout=10)
+    interrupt_cli(
+        *args,
+        log=tmp_path / "first.log",
+        redis_url=redis_url,
+        ready=lambda s: s.llen(K.wait) + s.zcard(K.prioritized) >= 12,
+        stop=signal.SIGKILL,
+        exit_timeout=10,
+    )
     moved_before = await replayed_ids(redis_client)
     assert 12 <= len(moved_before) < len(expected), "the kill must land mid-replay"
 
     res = cli(*args, "-o", "json")
     assert res.code == 0, res.output
     status = json.loads(res.stdout)
-    assert (status["phase"], status["matched"], status["replayed"]) == ("Succeeded", len(expected),
-                                                                       len(expected))
+    assert (status["phase"], status["matched"], status["replayed"]) == (
+        "Succeeded",
+        len(expected),
+        len(expected),
+    )
     moved = await replayed_ids(redis_client)
     assert len(moved) == len(set(moved)) == len(expected)  # no duplicates
     assert set(moved) == set(expected)
@@ -182,14 +212,30 @@ async def test_ctrl_c_stops_cleanly_resumes_the_queue_it_paused_and_says_how_to_
     ids = await make_failed_jobs(redis_url, Q, jobs)
     expected = matching(ids, jobs)
     dead = f"http://127.0.0.1:{free_port()}/health"  # nothing listens: the gate stays red
-    gated = write_manifest(tmp_path / "replay.yaml", {
-        "selector": SELECTOR, "rate": FAST, "pauseQueue": True,
-        "gates": [{"name": "provider", "http": {"url": dead, "timeout": "1s"}}],
-        "gatePolicy": {"interval": "1s"},
-    })
-    code = interrupt_cli("replay", "-f", str(gated), "--redis-url", redis_url, log=tmp_path / "run.log",
-                         redis_url=redis_url, ready=lambda s: s.hexists(K.meta, "paused"), ready_timeout=30,
-                         waiting_for="the replay pausing the queue", stop=signal.SIGINT, exit_timeout=30)
+    gated = write_manifest(
+        tmp_path / "replay.yaml",
+        {
+            "selector": SELECTOR,
+            "rate": FAST,
+            "pauseQueue": True,
+            "gates": [{"name": "provider", "http": {"url": dead, "timeout": "1s"}}],
+            "gatePolicy": {"interval": "1s"},
+        },
+    )
+    code = interrupt_cli(
+        "replay",
+        "-f",
+        str(gated),
+        "--redis-url",
+        redis_url,
+        log=tmp_path / "run.log",
+        redis_url=redis_url,
+        ready=lambda s: s.hexists(K.meta, "paused"),
+        ready_timeout=30,
+        waiting_for="the replay pausing the queue",
+        stop=signal.SIGINT,
+        exit_timeout=30,
+    )
     log = (tmp_path / "run.log").read_text()
     assert code == 130, log
     assert not await redis_client.hexists(K.meta, "paused"), "the queue this replay paused is resumed"
@@ -200,10 +246,20 @@ async def test_ctrl_c_stops_cleanly_resumes_the_queue_it_paused_and_says_how_to_
     assert replay_id, log
 
     # resume under another name with the printed --replay-id; gates dropped (the provider is back)
-    renamed = write_manifest(tmp_path / "renamed.yaml", {"selector": SELECTOR, "rate": FAST},
-                             name="other-name")
-    res = cli("replay", "-f", str(renamed), "--redis-url", redis_url, "--replay-id", replay_id.group(1),
-              "-o", "json")
+    renamed = write_manifest(
+        tmp_path / "renamed.yaml", {"selector": SELECTOR, "rate": FAST}, name="other-name"
+    )
+    res = cli(
+        "replay",
+        "-f",
+        str(renamed),
+        "--redis-url",
+        redis_url,
+        "--replay-id",
+        replay_id.group(1),
+        "-o",
+        "json",
+    )
     assert res.code == 0, res.output
     assert "resuming" in res.stderr
     assert sorted(await replayed_ids(redis_client)) == sorted(expected)
@@ -215,12 +271,18 @@ async def test_sigterm_mid_replay_stops_after_a_batch_and_rerun_completes(
     jobs = mixed_jobs(180)
     ids = await make_failed_jobs(redis_url, Q, jobs)
     expected = matching(ids, jobs)
-    manifest = write_manifest(tmp_path / "replay.yaml",
-                              {"selector": SELECTOR, "rate": {"jobsPerSecond": 10, "batchSize": 2}})
+    manifest = write_manifest(
+        tmp_path / "replay.yaml", {"selector": SELECTOR, "rate": {"jobsPerSecond": 10, "batchSize": 2}}
+    )
     args = ("replay", "-f", str(manifest), "--redis-url", redis_url)
-    code = interrupt_cli(*args, log=tmp_path / "run.log", redis_url=redis_url,
-                         ready=lambda s: s.llen(K.wait) + s.zcard(K.prioritized) >= 4,
-                         stop=signal.SIGTERM, exit_timeout=30)
+    code = interrupt_cli(
+        *args,
+        log=tmp_path / "run.log",
+        redis_url=redis_url,
+        ready=lambda s: s.llen(K.wait) + s.zcard(K.prioritized) >= 4,
+        stop=signal.SIGTERM,
+        exit_timeout=30,
+    )
     log = (tmp_path / "run.log").read_text()
     assert code == 130, log
     assert "Interrupted (SIGTERM) in phase Replaying" in log
@@ -240,8 +302,10 @@ async def test_sigterm_mid_replay_stops_after_a_batch_and_rerun_completes(
 
 
 def _manifest_text(spec: str, metadata: str = "  name: r1\n") -> str:
-    return (f"apiVersion: requeue.dev/v1alpha1\nkind: DLQReplay\nmetadata:\n{metadata}spec:\n"
-            f"  redis: {{urlSecretRef: {{name: redis, key: url}}}}\n  queue: default\n{spec}")
+    return (
+        f"apiVersion: requeue.dev/v1alpha1\nkind: DLQReplay\nmetadata:\n{metadata}spec:\n"
+        f"  redis: {{urlSecretRef: {{name: redis, key: url}}}}\n  queue: default\n{spec}"
+    )
 
 
 def test_invalid_spec_exits_2_naming_the_field(tmp_path: Path) -> None:
@@ -319,8 +383,11 @@ def test_wrong_password_exits_3_authentication_failed(
     assert res.code == 3, res.output
     assert "authentication failed" in res.stderr
     assert "not-the-right-one" not in res.output and "the-right-one" not in res.output
-    assert json.loads(res.stdout)["error"] == {"reason": "AuthFailed", "exitCode": 3,
-                                               "message": json.loads(res.stdout)["error"]["message"]}
+    assert json.loads(res.stdout)["error"] == {
+        "reason": "AuthFailed",
+        "exitCode": 3,
+        "message": json.loads(res.stdout)["error"]["message"],
+    }
 
 
 async def test_a_queue_with_no_bullmq_keys_exits_2_naming_the_queues_there(
@@ -332,8 +399,10 @@ async def test_a_queue_with_no_bullmq_keys_exits_2_naming_the_queues_there(
     await add_jobs(redis_url, "emails", [JobSpec(name="email.send")])
     manifest = write_manifest(tmp_path / "r.yaml", {"queue": "defualt", "rate": FAST})
     before = keyspace(redis_url)
-    expected = (f'queue "defualt" has no BullMQ keys under prefix "bull" in {redis_url}; '
-                "queues there: default, emails")
+    expected = (
+        f'queue "defualt" has no BullMQ keys under prefix "bull" in {redis_url}; '
+        "queues there: default, emails"
+    )
     for extra in ([], ["--dry-run"]):
         res = await acli("replay", "-f", str(manifest), "--redis-url", redis_url, *extra)
         assert res.code == 2, res.output
@@ -364,9 +433,24 @@ def test_status_json_is_the_operator_status_shape() -> None:
     from requeue.commands.replay_cmd import status_json
 
     wire: dict[str, Any] = status_json(DLQReplayStatus())
-    assert {"phase", "conditions", "observedGeneration", "matched", "replayed", "skipped", "corrupt",
-            "overBudget", "failedAgain", "completed", "progress", "gates", "queuePausedByReplay", "sampleIds",
-            "corruptIds", "message"} == set(wire)
+    assert {
+        "phase",
+        "conditions",
+        "observedGeneration",
+        "matched",
+        "replayed",
+        "skipped",
+        "corrupt",
+        "overBudget",
+        "failedAgain",
+        "completed",
+        "progress",
+        "gates",
+        "queuePausedByReplay",
+        "sampleIds",
+        "corruptIds",
+        "message",
+    } == set(wire)
 
 
 async def test_redis_lost_mid_replay_exits_3_without_printing_the_password(
@@ -377,13 +461,23 @@ async def test_redis_lost_mid_replay_exits_3_without_printing_the_password(
     admin.config_set("requirepass", "k1ll-me-pw")
     admin.close()
     url = f"redis://default:k1ll-me-pw@{server.host}:{server.port}/0"
-    await make_failed_jobs(url, Q, [JobSpec(name="whatsapp.send", data={"i": i}, reason=RATE_LIMITED)
-                                    for i in range(100)])
+    await make_failed_jobs(
+        url, Q, [JobSpec(name="whatsapp.send", data={"i": i}, reason=RATE_LIMITED) for i in range(100)]
+    )
     manifest = write_manifest(tmp_path / "r.yaml", {"rate": {"jobsPerSecond": 20, "batchSize": 2}})
     # exit_timeout: the engine's bounded retries with backoff, then a named failure
-    code = interrupt_cli("replay", "-f", str(manifest), "--redis-url", url, log=tmp_path / "run.log",
-                         redis_url=url, ready=lambda s: s.llen(K.wait) >= 4, stop=server.kill,
-                         exit_timeout=90)
+    code = interrupt_cli(
+        "replay",
+        "-f",
+        str(manifest),
+        "--redis-url",
+        url,
+        log=tmp_path / "run.log",
+        redis_url=url,
+        ready=lambda s: s.llen(K.wait) >= 4,
+        stop=server.kill,
+        exit_timeout=90,
+    )
     log = (tmp_path / "run.log").read_text()
     assert code == 3, log
     assert "requeue: Redis unreachable" in log and "Rerun the same command to resume" in log
@@ -404,8 +498,9 @@ async def test_verify_outcome_decides_the_exit_code(redis_url: str, tmp_path: Pa
     assert len(worker.completed) == 12
 
     await make_failed_jobs(redis_url, Q, jobs)
-    unverified = write_manifest(tmp_path / "ko.yaml", {"rate": FAST, "verify": {"window": "1s"}},
-                                name="nobody-works")
+    unverified = write_manifest(
+        tmp_path / "ko.yaml", {"rate": FAST, "verify": {"window": "1s"}}, name="nobody-works"
+    )
     res = await acli("replay", "-f", str(unverified), "--redis-url", redis_url)
     assert res.code == 1, res.output
     assert res.stdout.startswith("Failed: 0 of 12 replayed jobs completed"), res.stdout
@@ -415,17 +510,31 @@ async def test_second_replay_on_a_queue_waits_naming_the_holder(redis_url: str, 
     jobs = [JobSpec(name="whatsapp.send", data={"i": i}, reason=RATE_LIMITED) for i in range(200)]
     await make_failed_jobs(redis_url, Q, jobs)
     slow = {"jobsPerSecond": 10, "batchSize": 2}
-    first = popen_cli("replay", "-f", str(write_manifest(tmp_path / "a.yaml", {"rate": slow}, name="first")),
-                      "--redis-url", redis_url, log=tmp_path / "a.log")
+    first = popen_cli(
+        "replay",
+        "-f",
+        str(write_manifest(tmp_path / "a.yaml", {"rate": slow}, name="first")),
+        "--redis-url",
+        redis_url,
+        log=tmp_path / "a.log",
+    )
     second = None
     sync = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         wait_until(lambda: sync.llen(K.wait) >= 2, timeout=60)
-        second = popen_cli("replay", "-f", str(write_manifest(tmp_path / "b.yaml", {"rate": slow},
-                                                              name="second")),
-                           "--redis-url", redis_url, log=tmp_path / "b.log")
-        wait_until(lambda: "locked by replay ops/first" in (tmp_path / "b.log").read_text(), timeout=30,
-                   message=lambda: (tmp_path / "b.log").read_text())
+        second = popen_cli(
+            "replay",
+            "-f",
+            str(write_manifest(tmp_path / "b.yaml", {"rate": slow}, name="second")),
+            "--redis-url",
+            redis_url,
+            log=tmp_path / "b.log",
+        )
+        wait_until(
+            lambda: "locked by replay ops/first" in (tmp_path / "b.log").read_text(),
+            timeout=30,
+            message=lambda: (tmp_path / "b.log").read_text(),
+        )
         for proc in (second, first):
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=30) == 130

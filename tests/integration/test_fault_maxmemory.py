@@ -35,8 +35,14 @@ async def test_replay_holds_on_redis_oom_with_a_named_reason_and_resumes_when_me
     client = await connect(server.url, timeout_s=5)
     try:
         spec = replay_spec(rate={"jobsPerSecond": 100_000, "batchSize": 10})
-        engine = ReplayEngine(client, replay_id="oom", owner="ns/oom", redis_failure_bound=2, backoff=0.01,
-                              tuning=ONE_BATCH_PER_STEP)
+        engine = ReplayEngine(
+            client,
+            replay_id="oom",
+            owner="ns/oom",
+            redis_failure_bound=2,
+            backoff=0.01,
+            tuning=ONE_BATCH_PER_STEP,
+        )
         st = DLQReplayStatus()
         while st.replayed < 10:
             st = (await engine.step(spec, st)).status

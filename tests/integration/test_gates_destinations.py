@@ -48,11 +48,15 @@ async def http_gate(url: str, **http: Any) -> GateResult:
 
 
 async def test_the_default_list_refuses_cloud_metadata_before_any_packet(
-    sockets: list[tuple[str, str]]
+    sockets: list[tuple[str, str]],
 ) -> None:
-    for url in ("http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token",
-                "http://[fd00:ec2::254]/latest/meta-data/", "http://100.100.100.200/latest/meta-data/",
-                "http://metadata.google.internal/computeMetadata/v1/", "http://[fe80::1]/"):
+    for url in (
+        "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://100.100.100.200/latest/meta-data/",
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://[fe80::1]/",
+    ):
         result = await http_gate(url, headers=[{"name": "Metadata-Flavor", "value": "Google"}])
         assert not result.healthy
         assert "DestinationDenied" in result.message and "default deny list" in result.message, result.message
@@ -61,9 +65,11 @@ async def test_the_default_list_refuses_cloud_metadata_before_any_packet(
 
 async def test_a_metadata_answer_never_reaches_the_status(sockets: list[tuple[str, str]]) -> None:
     result = await http_gate("http://169.254.169.254/token", jsonPath="$.access_token", equals="x")
-    assert result.message == ("GET http://169.254.169.254/token: DestinationDenied: 169.254.169.254 is "
-                              "denied by the operator's gate policy (the default deny list: link-local "
-                              "and cloud metadata)")
+    assert result.message == (
+        "GET http://169.254.169.254/token: DestinationDenied: 169.254.169.254 is "
+        "denied by the operator's gate policy (the default deny list: link-local "
+        "and cloud metadata)"
+    )
     assert sockets == []
 
 
@@ -98,25 +104,31 @@ async def test_an_allow_list_admits_only_its_destinations(
 async def test_a_redirect_to_a_denied_host_is_not_followed(api: ControlledHttp) -> None:
     policy = DestinationPolicy.build(deny=["localhost"])
     hop = api.url(f"/redirect-to?url=http://localhost:{api.port}/status/200")
-    result = await check_http(GateSpec.model_validate(
-        {"name": "probe", "http": {"url": hop, "followRedirects": True}}).http, StaticSecrets({}),  # type: ignore[arg-type]
-        policy=policy)
+    result = await check_http(
+        GateSpec.model_validate({"name": "probe", "http": {"url": hop, "followRedirects": True}}).http,
+        StaticSecrets({}),  # type: ignore[arg-type]
+        policy=policy,
+    )
     assert not result.healthy
     assert "DestinationDenied: localhost is denied by the operator's gate policy" in result.message
     assert [r["path"] for r in api.requests] == ["/redirect-to"]  # the second hop never arrived
-    allowed = await check_http(GateSpec.model_validate(
-        {"name": "probe", "http": {"url": hop, "followRedirects": True}}).http, StaticSecrets({}),  # type: ignore[arg-type]
-        policy=DestinationPolicy.build())
+    allowed = await check_http(
+        GateSpec.model_validate({"name": "probe", "http": {"url": hop, "followRedirects": True}}).http,
+        StaticSecrets({}),  # type: ignore[arg-type]
+        policy=DestinationPolicy.build(),
+    )
     assert allowed.healthy, allowed.message
 
 
 async def test_redis_and_postgres_gates_are_checked_too(
     redis_server: RedisServer, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    redis_gate = GateSpec.model_validate({"name": "cache",
-                                          "redis": {"urlSecretRef": {"name": "r", "key": "url"}}})
-    pg_gate = GateSpec.model_validate({"name": "db",
-                                       "postgres": {"dsnSecretRef": {"name": "db", "key": "dsn"}}})
+    redis_gate = GateSpec.model_validate(
+        {"name": "cache", "redis": {"urlSecretRef": {"name": "r", "key": "url"}}}
+    )
+    pg_gate = GateSpec.model_validate(
+        {"name": "db", "postgres": {"dsnSecretRef": {"name": "db", "key": "dsn"}}}
+    )
     secrets = StaticSecrets({("r", "url"): redis_server.url, ("db", "dsn"): pg_dsn})
     assert (await run_check(redis_gate, secrets)).healthy
     assert (await run_check(pg_gate, secrets)).healthy

@@ -222,25 +222,40 @@ async def test_resources_own_tls_redis_is_verified_with_its_ca(tmp_path: Path) -
         policy = GatePolicy(success_threshold=1, failure_threshold=1)
         now = datetime(2025, 7, 16, 12, 0, tzinfo=UTC)
 
-        runner = GateRunner([gate()], policy, StaticSecrets({}), default_redis_url=target.url,
-                            default_redis_tls=target.tls, namespace="ns", owner="tls")
+        runner = GateRunner(
+            [gate()],
+            policy,
+            StaticSecrets({}),
+            default_redis_url=target.url,
+            default_redis_tls=target.tls,
+            namespace="ns",
+            owner="tls",
+        )
         statuses = await runner.check([], now)
         assert runner.all_passed(statuses), statuses[0].message
         assert statuses[0].message.startswith("PING ")
 
-        without_ca = GateRunner([gate()], policy, StaticSecrets({}), default_redis_url=url,
-                                namespace="ns", owner="tls")
+        without_ca = GateRunner(
+            [gate()], policy, StaticSecrets({}), default_redis_url=url, namespace="ns", owner="tls"
+        )
         statuses = await without_ca.check([], now)
         assert runner.any_red(statuses)
         assert "TLS certificate verification failed" in statuses[0].message, statuses[0].message
         assert PASSWORD not in statuses[0].message
 
-        insecure = await run_check(gate(), StaticSecrets({}), default_redis_url=url,
-                                   default_redis_tls=TlsOptions(insecure_skip_verify=True))
+        insecure = await run_check(
+            gate(),
+            StaticSecrets({}),
+            default_redis_url=url,
+            default_redis_tls=TlsOptions(insecure_skip_verify=True),
+        )
         assert insecure.healthy, insecure.message
 
         # the CA is for the resource's own Redis only: a gate with its own urlSecretRef does not get it
-        own = await run_check(gate(urlSecretRef={"name": "r", "key": "url"}),
-                              StaticSecrets({("r", "url"): url}), default_redis_url=url,
-                              default_redis_tls=target.tls)
+        own = await run_check(
+            gate(urlSecretRef={"name": "r", "key": "url"}),
+            StaticSecrets({("r", "url"): url}),
+            default_redis_url=url,
+            default_redis_tls=target.tls,
+        )
         assert not own.healthy and "TLS certificate verification failed" in own.message, own.message

@@ -33,8 +33,12 @@ async def test_failed_jobs_are_real_bullmq_jobs(redis_url: str, redis_client: ai
     specs = [
         JobSpec("whatsapp.send", {"to": "+100"}, reason="429 Too Many Requests"),
         JobSpec("email.send", {"to": "a@b"}, reason="ECONNRESET", opts={"priority": 3}),
-        JobSpec("whatsapp.send", {"to": "+200"}, reason="429 Too Many Requests",
-                opts={"attempts": 2, "jobId": "custom-7"}),
+        JobSpec(
+            "whatsapp.send",
+            {"to": "+200"},
+            reason="429 Too Many Requests",
+            opts={"attempts": 2, "jobId": "custom-7"},
+        ),
     ]
     ids = await make_failed_jobs(redis_url, "default", specs)
 
@@ -148,8 +152,9 @@ async def test_proxy_delay_is_measurable(redis_server: RedisServer, proxy_factor
 
 async def test_proxy_drop_and_refuse(redis_server: RedisServer, proxy_factory: ProxyFactory) -> None:
     proxy = await proxy_factory("127.0.0.1", redis_server.port)
-    client = aioredis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=2,
-                            retry=AsyncRetry(NoBackoff(), 0))
+    client = aioredis.Redis(
+        host="127.0.0.1", port=proxy.port, socket_timeout=2, retry=AsyncRetry(NoBackoff(), 0)
+    )
     try:
         assert await client.ping()
         await proxy.drop()
@@ -195,4 +200,3 @@ def test_wait_until_returns_the_value_or_fails_with_the_message() -> None:
     assert wait_until(lambda: 42, timeout=1) == 42
     with pytest.raises(AssertionError, match="the impossible"):
         wait_until(lambda: None, timeout=0.1, message="the impossible")
-

@@ -37,8 +37,11 @@ TOKEN = "T000/B000/s3cr3tw3bh00kt0k3n"
 
 
 def spec(**overrides: Any) -> QueuePolicySpec:
-    body: dict[str, Any] = {"redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
-                            "queues": ["orders"], "interval": "10s"}
+    body: dict[str, Any] = {
+        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+        "queues": ["orders"],
+        "interval": "10s",
+    }
     body.update(overrides)
     return QueuePolicySpec.model_validate(body)
 
@@ -56,8 +59,9 @@ class Webhook:
     async def _handle(self, request: web.Request) -> web.Response:
         self.posts.append(await request.json())
         headers = {"Retry-After": self.retry_after} if self.retry_after else {}
-        return web.Response(status=self.status, text="ok" if self.status < 300 else "rate_limited",
-                            headers=headers)
+        return web.Response(
+            status=self.status, text="ok" if self.status < 300 else "rate_limited", headers=headers
+        )
 
     async def start(self) -> Webhook:
         app = web.Application()
@@ -115,13 +119,15 @@ def cond(status: QueuePolicyStatus, type_: str) -> tuple[str, str]:
 
 
 async def test_breach_alerts_once_on_slack_and_recovers_once(
-    redis: aioredis.Redis, redis_url: str, webhook: Webhook, caplog: pytest.LogCaptureFixture,
+    redis: aioredis.Redis,
+    redis_url: str,
+    webhook: Webhook,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     secrets = StaticSecrets({("ops-slack", "url"): webhook.url})
     notifier = SlackNotifier(secrets, SecretKeyRef(name="ops-slack", key="url"), min_interval=0)
-    s = spec(thresholds={"failed": 5},
-             alerts={"slackWebhookSecretRef": {"name": "ops-slack", "key": "url"}})
+    s = spec(thresholds={"failed": 5}, alerts={"slackWebhookSecretRef": {"name": "ops-slack", "key": "url"}})
     ops = BullQueueOps(redis)
     await make_failed_jobs(redis_url, "orders", [JobSpec("whatsapp.send", reason="429")] * 6)
 
@@ -133,13 +139,15 @@ async def test_breach_alerts_once_on_slack_and_recovers_once(
     assert "visapi-queues" in webhook.posts[0]["text"]
 
     for _ in range(3):
-        result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, notifier=notifier,
-                                memory=result.memory)
+        result = await evaluate(
+            POLICY, s, result.status, redis=redis, ops=ops, notifier=notifier, memory=result.memory
+        )
     assert len(webhook.posts) == 1
 
     await BullQueue(redis, "orders").clean("failed", grace_ms=0, limit=100)
-    result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, notifier=notifier,
-                            memory=result.memory)
+    result = await evaluate(
+        POLICY, s, result.status, redis=redis, ops=ops, notifier=notifier, memory=result.memory
+    )
     assert cond(result.status, "Healthy") == ("True", "WithinThresholds")
     assert len(webhook.posts) == 2 and ":large_green_circle:" in webhook.posts[1]["text"]
     ours = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("aiohttp"))
@@ -148,13 +156,19 @@ async def test_breach_alerts_once_on_slack_and_recovers_once(
 
 
 async def test_slack_failures_are_events_with_the_url_redacted_and_lines_are_kept(
-    redis: aioredis.Redis, redis_url: str, webhook: Webhook, caplog: pytest.LogCaptureFixture,
+    redis: aioredis.Redis,
+    redis_url: str,
+    webhook: Webhook,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     clock = [100.0]
-    notifier = SlackNotifier(StaticSecrets({("ops-slack", "url"): webhook.url}),
-                             SecretKeyRef(name="ops-slack", key="url"), min_interval=30,
-                             clock=lambda: clock[0])
+    notifier = SlackNotifier(
+        StaticSecrets({("ops-slack", "url"): webhook.url}),
+        SecretKeyRef(name="ops-slack", key="url"),
+        min_interval=30,
+        clock=lambda: clock[0],
+    )
     s = spec(queues=["a", "b"], thresholds={"failed": 0})
     ops = BullQueueOps(redis)
     webhook.status, webhook.retry_after = 429, "60"
@@ -162,18 +176,22 @@ async def test_slack_failures_are_events_with_the_url_redacted_and_lines_are_kep
     await make_failed_jobs(redis_url, "a", [JobSpec("x")])
     result = await evaluate(POLICY, s, None, redis=redis, ops=ops, notifier=notifier)
     assert [e.reason for e in result.events if e.type == "Warning"] == [
-        "FailedAboveThreshold", "NotifyFailed"]
+        "FailedAboveThreshold",
+        "NotifyFailed",
+    ]
     assert len(webhook.posts) == 1
 
     webhook.status, webhook.retry_after = 200, None
     await make_failed_jobs(redis_url, "b", [JobSpec("x")])
     clock[0] += 30  # inside Retry-After: held back, nothing lost
-    result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, notifier=notifier,
-                            memory=result.memory)
+    result = await evaluate(
+        POLICY, s, result.status, redis=redis, ops=ops, notifier=notifier, memory=result.memory
+    )
     assert len(webhook.posts) == 1 and notifier.pending == 2
     clock[0] += 31
-    result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, notifier=notifier,
-                            memory=result.memory)
+    result = await evaluate(
+        POLICY, s, result.status, redis=redis, ops=ops, notifier=notifier, memory=result.memory
+    )
     assert len(webhook.posts) == 2
     text = webhook.posts[1]["text"]
     assert "*a*: failed 1 > 0" in text and "*b*: failed 1 > 0" in text
@@ -182,14 +200,26 @@ async def test_slack_failures_are_events_with_the_url_redacted_and_lines_are_kep
 
 
 async def test_red_gate_pauses_green_resumes_only_ours(
-    redis: aioredis.Redis, redis_url: str, redis_factory: Any,
+    redis: aioredis.Redis,
+    redis_url: str,
+    redis_factory: Any,
 ) -> None:
     dependency: RedisServer = redis_factory()
     secrets = StaticSecrets({("cache", "url"): dependency.url})
-    s = spec(queues=["critical", "default", "bulk"],
-             gates=[{"name": "cache", "redis": {"urlSecretRef": {"name": "cache", "key": "url"},
-                                                 "maxLatency": "2s", "timeout": "2s"}}],
-             actions={"pauseWhileGatesFail": True})
+    s = spec(
+        queues=["critical", "default", "bulk"],
+        gates=[
+            {
+                "name": "cache",
+                "redis": {
+                    "urlSecretRef": {"name": "cache", "key": "url"},
+                    "maxLatency": "2s",
+                    "timeout": "2s",
+                },
+            }
+        ],
+        actions={"pauseWhileGatesFail": True},
+    )
     runner = GateRunner(s.gates, s.gate_policy, secrets, namespace="visapi", owner="visapi-queues")
     ops = BullQueueOps(redis)
     await create_queues(redis_url, "critical", "default")
@@ -201,32 +231,44 @@ async def test_red_gate_pauses_green_resumes_only_ours(
 
     dependency.kill()
     gates = await runner.check(gates, datetime.now(UTC))
-    result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, gates=gates,
-                            memory=result.memory)
+    result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, gates=gates, memory=result.memory)
     assert cond(result.status, "GatesPassed") == ("False", "GateFailed")
     paused = {q: await BullQueue(redis, q).is_paused() for q in ("critical", "default", "bulk")}
     assert paused == {"critical": True, "default": True, "bulk": True}
     assert {q.name: q.paused_by_policy for q in result.status.queues} == {
-        "critical": True, "default": True, "bulk": False}
+        "critical": True,
+        "default": True,
+        "bulk": False,
+    }
     assert [(a.action, a.queue, a.result) for a in result.status.last_actions] == [
-        ("Pause", "default", "paused"), ("Pause", "critical", "paused")]
+        ("Pause", "default", "paused"),
+        ("Pause", "critical", "paused"),
+    ]
 
     dependency.restart()
     gates = await runner.check(gates, datetime.now(UTC))
-    result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, gates=gates,
-                            memory=result.memory)
+    result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, gates=gates, memory=result.memory)
     paused = {q: await BullQueue(redis, q).is_paused() for q in ("critical", "default", "bulk")}
     assert paused == {"critical": False, "default": False, "bulk": True}
     assert sample("requeue_actions_total", action="resume", queue="default") >= 1
 
 
 async def test_auto_replay_once_per_outage_with_a_per_job_budget(
-    redis: aioredis.Redis, redis_url: str,
+    redis: aioredis.Redis,
+    redis_url: str,
 ) -> None:
-    s = spec(gates=[{"name": "db", "http": {"url": "http://127.0.0.1:1/"}}],
-             actions={"autoReplay": {"selector": {"jobNames": ["whatsapp.send"]}, "stableFor": "2m",
-                                     "cooldown": "10m", "maxReplaysPerJob": 2,
-                                     "rate": {"jobsPerSecond": 50}}})
+    s = spec(
+        gates=[{"name": "db", "http": {"url": "http://127.0.0.1:1/"}}],
+        actions={
+            "autoReplay": {
+                "selector": {"jobNames": ["whatsapp.send"]},
+                "stableFor": "2m",
+                "cooldown": "10m",
+                "maxReplaysPerJob": 2,
+                "rate": {"jobsPerSecond": 50},
+            }
+        },
+    )
     from requeue.api.gates import GateStatus, GateType
 
     def gates(healthy: bool) -> list[GateStatus]:
@@ -235,15 +277,34 @@ async def test_auto_replay_once_per_outage_with_a_per_job_budget(
     recorder = Recorder()
     ops = BullQueueOps(redis)
     start = datetime.now(UTC) - timedelta(seconds=1)
-    result = await evaluate(POLICY, s, None, redis=redis, ops=ops, replays=recorder, gates=gates(False),
-                            now=start)
+    result = await evaluate(
+        POLICY, s, None, redis=redis, ops=ops, replays=recorder, gates=gates(False), now=start
+    )
     ids = await make_failed_jobs(redis_url, "orders", [JobSpec("whatsapp.send", {"to": i}) for i in range(5)])
     recovered = datetime.now(UTC) + timedelta(seconds=1)
-    result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, replays=recorder,
-                            gates=gates(True), memory=result.memory, now=recovered)
+    result = await evaluate(
+        POLICY,
+        s,
+        result.status,
+        redis=redis,
+        ops=ops,
+        replays=recorder,
+        gates=gates(True),
+        memory=result.memory,
+        now=recovered,
+    )
     assert recorder.children == []
-    result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, replays=recorder,
-                            gates=gates(True), memory=result.memory, now=recovered + timedelta(minutes=2))
+    result = await evaluate(
+        POLICY,
+        s,
+        result.status,
+        redis=redis,
+        ops=ops,
+        replays=recorder,
+        gates=gates(True),
+        memory=result.memory,
+        now=recovered + timedelta(minutes=2),
+    )
     assert len(recorder.children) == 1
     child = recorder.children[0]
     assert child.spec.queue == "orders" and child.spec.selector.job_names == ["whatsapp.send"]
@@ -252,9 +313,17 @@ async def test_auto_replay_once_per_outage_with_a_per_job_budget(
     assert child.labels == {"requeue.dev/policy": "visapi-queues", "requeue.dev/auto-replay": "true"}
     assert result.status.last_actions[0].result == child.name
     for minutes in (3, 30, 300):
-        result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, replays=recorder,
-                                gates=gates(True), memory=result.memory,
-                                now=recovered + timedelta(minutes=minutes))
+        result = await evaluate(
+            POLICY,
+            s,
+            result.status,
+            redis=redis,
+            ops=ops,
+            replays=recorder,
+            gates=gates(True),
+            memory=result.memory,
+            now=recovered + timedelta(minutes=minutes),
+        )
     assert len(recorder.children) == 1  # once per outage
 
     # the budget the replay engine applies while snapshotting
@@ -270,7 +339,9 @@ async def test_auto_replay_once_per_outage_with_a_per_job_budget(
 
 
 async def test_clean_removes_only_jobs_older_than_grace_in_bounded_batches(
-    redis: aioredis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+    redis: aioredis.Redis,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     old = await make_failed_jobs(redis_url, "orders", [JobSpec("old", {"i": i}) for i in range(10)])
     await asyncio.sleep(4.5)  # let them age past the grace (no assertion on time)
@@ -291,8 +362,9 @@ async def test_clean_removes_only_jobs_older_than_grace_in_bounded_batches(
     assert remaining == set(new) and not remaining & set(old)
     assert [(a.action, a.result) for a in result.status.last_actions] == [("Clean", "removed 10")]
     calls.clear()
-    result = await evaluate(POLICY, s, result.status, redis=redis, ops=CountingOps(redis),
-                            memory=result.memory)
+    result = await evaluate(
+        POLICY, s, result.status, redis=redis, ops=CountingOps(redis), memory=result.memory
+    )
     assert calls == []  # nothing older than grace: no Clean at all
 
 
@@ -305,15 +377,19 @@ class CountingConnection(Connection):
 
 
 async def test_one_round_trip_observes_every_queue(redis_url: str) -> None:
-    pool = aioredis.ConnectionPool.from_url(redis_url, connection_class=CountingConnection,
-                                            decode_responses=True)
+    pool = aioredis.ConnectionPool.from_url(
+        redis_url, connection_class=CountingConnection, decode_responses=True
+    )
     client = aioredis.Redis(connection_pool=pool)
     try:
         await client.ping()
         names = [f"q{i}" for i in range(50)]
         await create_queues(redis_url, *names)
-        s = spec(queues=names, thresholds={"failureRatePercent": 5, "failed": 1},
-                 actions={"clean": {"completed": {"grace": "1h"}, "failed": {"grace": "1d"}}})
+        s = spec(
+            queues=names,
+            thresholds={"failureRatePercent": 5, "failed": 1},
+            actions={"clean": {"completed": {"grace": "1h"}, "failed": {"grace": "1d"}}},
+        )
         CountingConnection.sends = 0
         observation, stats = await collect(client, s, names, PolicyMemory(), now=datetime.now(UTC))
         assert CountingConnection.sends == 1 == stats.round_trips
@@ -324,8 +400,9 @@ async def test_one_round_trip_observes_every_queue(redis_url: str) -> None:
         # load memory + observe + store memory; nothing to act on
         assert CountingConnection.sends == 3 == result.round_trips
         CountingConnection.sends = 0
-        result = await evaluate(POLICY, s, result.status, redis=client, ops=BullQueueOps(client),
-                                memory=result.memory)
+        result = await evaluate(
+            POLICY, s, result.status, redis=client, ops=BullQueueOps(client), memory=result.memory
+        )
         assert CountingConnection.sends == 2 == result.round_trips
         assert set((await load_memory(client, POLICY.uid)).queues) == set(names)
     finally:
@@ -354,11 +431,25 @@ async def test_stalled_active_job_without_a_lock(redis: aioredis.Redis, redis_ur
         result = await evaluate(POLICY, s, None, redis=redis, ops=BullQueueOps(redis), now=t0)
         assert result.status.queues[0].stalled == 0 and result.status.queues[0].active == 1
         await redis.delete(keys.job(str(job.id)) + ":lock")  # what PX expiry does to a dead worker's lock
-        result = await evaluate(POLICY, s, result.status, redis=redis, ops=BullQueueOps(redis),
-                                memory=result.memory, now=t0 + timedelta(seconds=10))
+        result = await evaluate(
+            POLICY,
+            s,
+            result.status,
+            redis=redis,
+            ops=BullQueueOps(redis),
+            memory=result.memory,
+            now=t0 + timedelta(seconds=10),
+        )
         assert result.status.queues[0].stalled == 0
-        result = await evaluate(POLICY, s, result.status, redis=redis, ops=BullQueueOps(redis),
-                                memory=result.memory, now=t0 + timedelta(seconds=75))
+        result = await evaluate(
+            POLICY,
+            s,
+            result.status,
+            redis=redis,
+            ops=BullQueueOps(redis),
+            memory=result.memory,
+            now=t0 + timedelta(seconds=75),
+        )
         assert result.status.queues[0].stalled == 1
         assert cond(result.status, "Healthy") == ("False", "StalledJobs")
     finally:
@@ -369,14 +460,16 @@ async def test_stalled_active_job_without_a_lock(redis: aioredis.Redis, redis_ur
 
 async def test_unreachable_redis_is_a_condition_not_an_exception(redis_factory: Any) -> None:
     server: RedisServer = redis_factory()
-    client = aioredis.Redis.from_url(server.url, decode_responses=True, socket_timeout=2,
-                                     socket_connect_timeout=2)
+    client = aioredis.Redis.from_url(
+        server.url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
+    )
     try:
         s = spec(queues=["orders"], thresholds={"failed": 1})
         result = await evaluate(POLICY, s, None, redis=client, ops=BullQueueOps(client))
         server.kill()
-        result = await evaluate(POLICY, s, result.status, redis=client, ops=BullQueueOps(client),
-                                memory=result.memory)
+        result = await evaluate(
+            POLICY, s, result.status, redis=client, ops=BullQueueOps(client), memory=result.memory
+        )
         assert cond(result.status, "Ready") == ("False", "RedisUnreachable")
         assert [e.reason for e in result.events] == ["RedisUnreachable"]
         assert result.decision.actions == ()
@@ -413,7 +506,8 @@ class DiesAfterPause(BullQueueOps):
 
 
 async def test_a_pause_is_still_ours_when_the_process_died_before_writing_anything_else(
-    redis: aioredis.Redis, redis_url: str,
+    redis: aioredis.Redis,
+    redis_url: str,
 ) -> None:
     # Regression: pausedByPolicy lived only in .status, written after the pause; an operator
     # killed in between came back to a paused queue it took for someone else's, and never resumed it.
@@ -422,13 +516,23 @@ async def test_a_pause_is_still_ours_when_the_process_died_before_writing_anythi
     def gates(healthy: bool) -> list[GateStatus]:
         return [GateStatus(name="db", type=GateType.HTTP, healthy=healthy, message="checked")]
 
-    s = spec(queues=["default"], gates=[{"name": "db", "http": {"url": "http://127.0.0.1:1/"}}],
-             actions={"pauseWhileGatesFail": True})
+    s = spec(
+        queues=["default"],
+        gates=[{"name": "db", "http": {"url": "http://127.0.0.1:1/"}}],
+        actions={"pauseWhileGatesFail": True},
+    )
     await create_queues(redis_url, "default")
     green = await evaluate(POLICY, s, None, redis=redis, ops=BullQueueOps(redis), gates=gates(True))
     with pytest.raises(_Killed):
-        await evaluate(POLICY, s, green.status, redis=redis, ops=DiesAfterPause(redis), gates=gates(False),
-                       memory=green.memory)
+        await evaluate(
+            POLICY,
+            s,
+            green.status,
+            redis=redis,
+            ops=DiesAfterPause(redis),
+            gates=gates(False),
+            memory=green.memory,
+        )
     assert await BullQueue(redis, "default").is_paused()
 
     # the restarted process: the last written status, no memory in the process
@@ -437,8 +541,9 @@ async def test_a_pause_is_still_ours_when_the_process_died_before_writing_anythi
     held = {q.name: q for q in again.status.queues}["default"]
     assert held.paused and held.paused_by_policy
     assert [a.kind.value for a in again.decision.actions] == []  # not paused twice
-    back = await evaluate(POLICY, s, again.status, redis=redis, ops=ops, gates=gates(True),
-                          memory=again.memory)
+    back = await evaluate(
+        POLICY, s, again.status, redis=redis, ops=ops, gates=gates(True), memory=again.memory
+    )
     assert [(a.kind.value, a.queue) for a in back.decision.actions] == [("Resume", "default")]
     assert not await BullQueue(redis, "default").is_paused()
     assert not {q.name: q for q in back.status.queues}["default"].paused_by_policy
@@ -451,24 +556,29 @@ async def test_a_pause_is_still_ours_when_the_process_died_before_writing_anythi
 
 
 async def test_a_queue_with_no_bullmq_keys_is_reported_never_acted_on_and_the_others_evaluated(
-    redis: aioredis.Redis, redis_url: str,
+    redis: aioredis.Redis,
+    redis_url: str,
 ) -> None:
     """A typo in spec.queues: QueueNotFound in its .status.queues[] entry (naming the queues that exist),
     Healthy=False with that reason, one Warning Event; no pause creates its keys; "orders" is evaluated."""
     from requeue.api.gates import GateStatus, GateType
 
     red = [GateStatus(name="db", type=GateType.HTTP, healthy=False, message="down")]
-    s = spec(queues=["orders", "ordres"], thresholds={"failed": 1},
-             gates=[{"name": "db", "http": {"url": "http://127.0.0.1:1/"}}],
-             actions={"pauseWhileGatesFail": True})
+    s = spec(
+        queues=["orders", "ordres"],
+        thresholds={"failed": 1},
+        gates=[{"name": "db", "http": {"url": "http://127.0.0.1:1/"}}],
+        actions={"pauseWhileGatesFail": True},
+    )
     await make_failed_jobs(redis_url, "orders", [JobSpec("x")] * 2)
     await add_jobs(redis_url, "emails", [JobSpec("email.send")])
     ops = BullQueueOps(redis)
 
     result = await evaluate(POLICY, s, None, redis=redis, ops=ops, gates=red)
     queues = {q.name: q for q in result.status.queues}
-    expected = (f'queue "ordres" has no BullMQ keys under prefix "bull" in {redis_url}; '
-                "queues there: emails, orders")
+    expected = (
+        f'queue "ordres" has no BullMQ keys under prefix "bull" in {redis_url}; queues there: emails, orders'
+    )
     assert (queues["ordres"].reason, queues["ordres"].message) == ("QueueNotFound", expected)
     assert not queues["ordres"].healthy and not queues["ordres"].paused_by_policy
     assert queues["orders"].reason == "" and queues["orders"].reasons == ["failed 2 > 1"]
@@ -480,7 +590,8 @@ async def test_a_queue_with_no_bullmq_keys_is_reported_never_acted_on_and_the_ot
     assert expected in healthy.message and "orders: failed 2 > 1" in healthy.message
     assert cond(result.status, "Ready") == ("True", "Evaluated")
     assert [(e.type, e.message) for e in result.events if e.reason == "QueueNotFound"] == [
-        ("Warning", expected)]
+        ("Warning", expected)
+    ]
 
     again = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, gates=red, memory=result.memory)
     assert not [e for e in again.events if e.reason == "QueueNotFound"]  # one Event, not one per interval

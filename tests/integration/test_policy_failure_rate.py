@@ -17,8 +17,9 @@ WINDOW_MS = 5 * 60 * 1000
 async def add_jobs(redis_url: str, queue: str, fails: list[bool], prefix: str = "bull") -> None:
     q = Queue(queue, {"connection": redis_url, "prefix": prefix})
     try:
-        await q.addBulk([{"name": "whatsapp.send", "data": {"i": i, "fail": f}, "opts": {}}
-                         for i, f in enumerate(fails)])
+        await q.addBulk(
+            [{"name": "whatsapp.send", "data": {"i": i, "fail": f}, "opts": {}} for i, f in enumerate(fails)]
+        )
     finally:
         await q.close()
 
@@ -41,8 +42,9 @@ async def test_counts_completed_and_failed_and_continues_from_the_cursor(redis_u
     client = aioredis.Redis.from_url(redis_url)  # bytes replies: the reader copes with both
     try:
         await finish_jobs(redis_url, "orders", [i % 4 == 0 for i in range(40)])  # 10 fail, 30 complete
-        tallies = await read_events(client, "bull", ["orders", "idle"], {}, now_ms=now_ms(),
-                                    window_ms=WINDOW_MS)
+        tallies = await read_events(
+            client, "bull", ["orders", "idle"], {}, now_ms=now_ms(), window_ms=WINDOW_MS
+        )
         orders = tallies["orders"]
         assert (orders.completed, orders.failed) == (30, 10)
         assert orders.cursor and not orders.behind
@@ -50,14 +52,16 @@ async def test_counts_completed_and_failed_and_continues_from_the_cursor(redis_u
         # everything in the tally is stamped within the test's own time span
         assert all(s <= now_ms() // 1000 for s in orders.per_second)
 
-        again = await read_events(client, "bull", ["orders"], {"orders": orders.cursor},
-                                  now_ms=now_ms(), window_ms=WINDOW_MS)
+        again = await read_events(
+            client, "bull", ["orders"], {"orders": orders.cursor}, now_ms=now_ms(), window_ms=WINDOW_MS
+        )
         assert (again["orders"].completed, again["orders"].failed) == (0, 0)
         assert again["orders"].cursor == orders.cursor
 
         await finish_jobs(redis_url, "orders", [True, True, False])
-        more = await read_events(client, "bull", ["orders"], {"orders": orders.cursor},
-                                 now_ms=now_ms(), window_ms=WINDOW_MS)
+        more = await read_events(
+            client, "bull", ["orders"], {"orders": orders.cursor}, now_ms=now_ms(), window_ms=WINDOW_MS
+        )
         assert (more["orders"].completed, more["orders"].failed) == (1, 2)
     finally:
         await client.aclose()
@@ -74,8 +78,9 @@ async def test_retried_attempts_count_once_as_a_final_failure(redis_url: str) ->
         async with run_worker(redis_url, "retry", fail_when=fail_flag) as run:
             while len(run.processed) < 3 or not await client.zcard("bull:retry:failed"):
                 await run.wait_for(len(run.failed) + 1)
-        tally = (await read_events(client, "bull", ["retry"], {}, now_ms=now_ms(),
-                                   window_ms=WINDOW_MS))["retry"]
+        tally = (await read_events(client, "bull", ["retry"], {}, now_ms=now_ms(), window_ms=WINDOW_MS))[
+            "retry"
+        ]
         assert (tally.completed, tally.failed) == (0, 1)
     finally:
         await client.aclose()
@@ -85,8 +90,9 @@ async def test_page_budget_bounds_a_read_and_the_next_read_catches_up(redis_url:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         await finish_jobs(redis_url, "busy", [False] * 25, prefix="myapp")
-        reader = EventReader("myapp", ["busy"], {}, now_ms=now_ms(), window_ms=WINDOW_MS,
-                             page_size=4, max_pages=3)
+        reader = EventReader(
+            "myapp", ["busy"], {}, now_ms=now_ms(), window_ms=WINDOW_MS, page_size=4, max_pages=3
+        )
         pipe = client.pipeline(transaction=False)
         reader.queue_first(pipe)
         reader.take_first(await pipe.execute())
@@ -97,8 +103,18 @@ async def test_page_budget_bounds_a_read_and_the_next_read_catches_up(redis_url:
         seen = first.completed
         cursor = first.cursor
         for _ in range(100):
-            tally = (await read_events(client, "myapp", ["busy"], {"busy": cursor}, now_ms=now_ms(),
-                                       window_ms=WINDOW_MS, page_size=4, max_pages=3))["busy"]
+            tally = (
+                await read_events(
+                    client,
+                    "myapp",
+                    ["busy"],
+                    {"busy": cursor},
+                    now_ms=now_ms(),
+                    window_ms=WINDOW_MS,
+                    page_size=4,
+                    max_pages=3,
+                )
+            )["busy"]
             seen += tally.completed
             cursor = tally.cursor
             if not tally.behind:

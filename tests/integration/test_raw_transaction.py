@@ -23,9 +23,14 @@ async def run_both_kinds(r: aioredis.Redis, fast: bool) -> dict[str, Any]:
     async with RawTransaction(r, fast_replies=fast) as tx:
         assert tx.conn is not None
         seen["reader"] = buffered_reader(tx.conn) is not None
-        seen["reads"] = await tx.call([pack("RPUSH", "raw:list", *map(str, range(300))),
-                                       pack("LRANGE", "raw:list", 0, 2), pack("GET", "raw:nothing"),
-                                       pack("HGET", "raw:list", "x")])
+        seen["reads"] = await tx.call(
+            [
+                pack("RPUSH", "raw:list", *map(str, range(300))),
+                pack("LRANGE", "raw:list", 0, 2),
+                pack("GET", "raw:nothing"),
+                pack("HGET", "raw:list", "x"),
+            ]
+        )
         seen["exec"] = await tx.exec([pack("LPOP", "raw:list"), pack("LLEN", "raw:list")])
     async with RawTransaction(r, fast_replies=fast) as tx:
         with pytest.raises(rx.ResponseError):
@@ -35,8 +40,9 @@ async def run_both_kinds(r: aioredis.Redis, fast: bool) -> dict[str, Any]:
         await r.set("raw:watched", "changed by someone else")
         seen["aborted"] = await tx.exec([pack("LPOP", "raw:list")])
     async with RawTransaction(r, fast_replies=fast) as tx:
-        first, result = await tx.guarded_exec([pack("WATCH", "raw:watched"), pack("GET", "raw:watched")],
-                                              [pack("LLEN", "raw:list")])
+        first, result = await tx.guarded_exec(
+            [pack("WATCH", "raw:watched"), pack("GET", "raw:watched")], [pack("LLEN", "raw:list")]
+        )
         seen["guarded"] = (first, result)
     seen["left"] = await r.llen("raw:list")
     return seen

@@ -36,8 +36,9 @@ async def fail_again(redis_url: str, ids: list[str]) -> None:
 
 
 async def test_a_job_is_replayed_at_most_max_replays_per_job_times(redis_url: str, r: aioredis.Redis) -> None:
-    ids = await make_failed_jobs(redis_url, Q, [JobSpec("whatsapp.send", {"i": i}, reason="429")
-                                                for i in range(6)])
+    ids = await make_failed_jobs(
+        redis_url, Q, [JobSpec("whatsapp.send", {"i": i}, reason="429") for i in range(6)]
+    )
     budget = ReplayBudget.from_annotations(ReplayBudget.for_policy("pol-uid", 2).annotations())
     assert budget is not None
     spec = make_spec()
@@ -50,8 +51,9 @@ async def test_a_job_is_replayed_at_most_max_replays_per_job_times(redis_url: st
         await fail_again(redis_url, ids)
 
     # a dry run asks, and charges nothing
-    dry, _ = await drive(ReplayEngine(r, replay_id="child-dry", owner="ns/child", budget=budget),
-                         make_spec(dryRun=True))
+    dry, _ = await drive(
+        ReplayEngine(r, replay_id="child-dry", owner="ns/child", budget=budget), make_spec(dryRun=True)
+    )
     assert dry.matched == 0 and dry.breakdown is not None and dry.breakdown.by_name == {}
     assert dry.over_budget == 6
     assert await budget.used(r, ids) == dict.fromkeys(ids, 2)
@@ -72,8 +74,9 @@ async def test_a_job_is_replayed_at_most_max_replays_per_job_times(redis_url: st
 
 
 async def test_only_the_jobs_within_budget_are_snapshotted(redis_url: str, r: aioredis.Redis) -> None:
-    ids = await make_failed_jobs(redis_url, Q, [JobSpec("a" if i % 2 else "b", {"i": i}, reason="boom")
-                                                for i in range(8)])
+    ids = await make_failed_jobs(
+        redis_url, Q, [JobSpec("a" if i % 2 else "b", {"i": i}, reason="boom") for i in range(8)]
+    )
     budget = ReplayBudget.for_policy("pol-2", 1)
     assert await budget.take(r, "earlier-replay", ids[:3]) == ids[:3]  # these used their one replay
 

@@ -78,11 +78,16 @@ def bulk_spec(**fields: Any) -> Any:
     return replay_spec({"rate": {"jobsPerSecond": 1_000_000, "batchSize": 1000}, "mode": "Bulk"}, **fields)
 
 
-def engine(r: aioredis.Redis, replay_id: str, *, tuning: EngineTuning = DEFAULT_TUNING,
-           clock: Clock = ahead, **kwargs: Any) -> ReplayEngine:
+def engine(
+    r: aioredis.Redis,
+    replay_id: str,
+    *,
+    tuning: EngineTuning = DEFAULT_TUNING,
+    clock: Clock = ahead,
+    **kwargs: Any,
+) -> ReplayEngine:
     """An engine (owner ``ns/<replay_id>``) on this file's clock unless told otherwise."""
-    return ReplayEngine(r, replay_id=replay_id, owner=f"ns/{replay_id}", tuning=tuning, clock=clock,
-                        **kwargs)
+    return ReplayEngine(r, replay_id=replay_id, owner=f"ns/{replay_id}", tuning=tuning, clock=clock, **kwargs)
 
 
 async def failed_jobs(redis_url: str, specs: list[JobSpec]) -> list[str]:
@@ -92,14 +97,14 @@ async def failed_jobs(redis_url: str, specs: list[JobSpec]) -> list[str]:
     return ids
 
 
-
 def iso(ms: float) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
 @pytest.mark.parametrize("reset", [True, False])
-async def test_bulk_moves_the_window_to_wait_as_retry_jobs_does(redis_url: str, r: aioredis.Redis,
-                                                                reset: bool) -> None:
+async def test_bulk_moves_the_window_to_wait_as_retry_jobs_does(
+    redis_url: str, r: aioredis.Redis, reset: bool
+) -> None:
     specs = mixed_jobs(120)
     ids = await failed_jobs(redis_url, specs)
     order = list(await r.zrange(K.failed, 0, -1))
@@ -128,16 +133,14 @@ async def test_window_bounds_and_max_jobs(redis_url: str, r: aioredis.Redis) -> 
     hi = max(scores[i] for i in mid) + 1
     assert min(scores[i] for i in new) >= hi
     # no lower bound: everything failed before failedBefore, oldest first, at most maxJobs
-    st = await engine(r, "w").run(
-        bulk_spec(selector={"failedBefore": iso(hi), "maxJobs": 50}))
+    st = await engine(r, "w").run(bulk_spec(selector={"failedBefore": iso(hi), "maxJobs": 50}))
     assert (st.phase, st.matched, st.replayed) == (ReplayPhase.SUCCEEDED, 50, 50)
     in_order = [m for m, _ in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))]
     assert sorted(await r.lrange(K.wait, 0, -1)) == sorted(in_order[:50])
     assert set(await r.zrange(K.failed, 0, -1)) == set(in_order[50:])
     # a lower bound at the head of what is left is fine
     lo = min(scores[i] for i in in_order[50:])
-    st = await engine(r, "w2").run(
-        bulk_spec(selector={"failedAfter": iso(lo), "failedBefore": iso(hi)}))
+    st = await engine(r, "w2").run(bulk_spec(selector={"failedAfter": iso(lo), "failedBefore": iso(hi)}))
     assert (st.phase, st.matched, st.replayed) == (ReplayPhase.SUCCEEDED, 20, 20)
     assert set(await r.zrange(K.failed, 0, -1)) == set(new)
     assert set(old) | set(mid) == set(await r.lrange(K.wait, 0, -1))
@@ -151,8 +154,7 @@ async def test_older_failed_jobs_in_front_of_the_window_fail_it_and_move_nothing
     await next_millisecond()
     later = await failed_jobs(redis_url, [JobSpec("b", {"i": i}) for i in range(5)])
     lo = min(s for m, s in await r.zrange(K.failed, 0, -1, withscores=True) if m in later)
-    st = await engine(r, "o").run(
-        bulk_spec(selector={"failedAfter": iso(lo)}, dryRun=dry_run))
+    st = await engine(r, "o").run(bulk_spec(selector={"failedAfter": iso(lo)}, dryRun=dry_run))
     assert st.phase == ReplayPhase.FAILED
     assert "mode Bulk moves the oldest failed jobs first" in st.message
     assert "drop failedAfter" in st.message and "mode Exact" in st.message
@@ -182,25 +184,27 @@ async def test_jobs_that_failed_within_the_margin_or_fail_again_stay_failed(
     assert set(await r.lrange(K.wait, 0, -1)) == set(early) - refailed
 
 
-async def test_resume_after_losing_the_status_between_every_step(
-    redis_url: str, r: aioredis.Redis
-) -> None:
+async def test_resume_after_losing_the_status_between_every_step(redis_url: str, r: aioredis.Redis) -> None:
     ids = await failed_jobs(redis_url, mixed_jobs(90))
-    st = await drive_losing_status(r, bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20}),
-                                   replay_id="cs", tuning=replace(DEFAULT_TUNING, bulk_chunk=7), clock=ahead)
+    st = await drive_losing_status(
+        r,
+        bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20}),
+        replay_id="cs",
+        tuning=replace(DEFAULT_TUNING, bulk_chunk=7),
+        clock=ahead,
+    )
     assert (st.phase, st.matched, st.replayed, st.skipped) == (ReplayPhase.SUCCEEDED, 90, 90, 0)
     waiting = await r.lrange(K.wait, 0, -1)
     assert len(waiting) == len(set(waiting)) == 90 and set(waiting) == set(ids)
 
 
-async def test_two_processes_on_one_replay_move_each_job_once(
-    redis_url: str, r: aioredis.Redis
-) -> None:
+async def test_two_processes_on_one_replay_move_each_job_once(redis_url: str, r: aioredis.Redis) -> None:
     ids = await failed_jobs(redis_url, mixed_jobs(200))
     spec = bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30})
     tuning = replace(DEFAULT_TUNING, bulk_chunk=13)
-    one, two = await asyncio.gather(engine(r, "tw", tuning=tuning).run(spec),
-                                    engine(r, "tw", tuning=tuning).run(spec))
+    one, two = await asyncio.gather(
+        engine(r, "tw", tuning=tuning).run(spec), engine(r, "tw", tuning=tuning).run(spec)
+    )
     for st in (one, two):
         assert st.phase == ReplayPhase.SUCCEEDED and (st.matched, st.replayed) == (200, 200)
     waiting = await r.lrange(K.wait, 0, -1)
@@ -236,8 +240,9 @@ async def test_connection_lost_around_a_chunk_moves_nothing_twice(
     """The chunk's write reached Redis (or not), its reply never came back."""
     ids = await failed_jobs(redis_url, [JobSpec("x", {"i": i}) for i in range(90)])
     calls = lose_every_third_reply(monkeypatch, write_lands=lost == "after")
-    flaky = engine(r, f"ls-{lost}", tuning=replace(DEFAULT_TUNING, bulk_chunk=10), backoff=0.001,
-                   redis_failure_bound=100)
+    flaky = engine(
+        r, f"ls-{lost}", tuning=replace(DEFAULT_TUNING, bulk_chunk=10), backoff=0.001, redis_failure_bound=100
+    )
     st = await drive(flaky, bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30}))
     assert (st.phase, st.matched, st.replayed, st.skipped) == (ReplayPhase.SUCCEEDED, 90, 90, 0)
     waiting = await r.lrange(K.wait, 0, -1)
@@ -278,8 +283,7 @@ async def test_paused_queue_keeps_the_replayed_jobs_until_resumed(redis_url: str
 async def test_verify_watches_the_jobs_bulk_moved(redis_url: str, r: aioredis.Redis) -> None:
     ids = await failed_jobs(redis_url, [JobSpec("x", {"i": i}) for i in range(20)])
     async with run_worker(redis_url, Q, fail_when=lambda job: "again" if job.data["i"] < 5 else None):
-        st = await engine(r, "v").run(
-            bulk_spec(verify={"window": "3s", "minSuccessRate": 0.9}))
+        st = await engine(r, "v").run(bulk_spec(verify={"window": "3s", "minSuccessRate": 0.9}))
     assert st.phase == ReplayPhase.FAILED
     assert (st.replayed, st.completed, st.failed_again) == (20, 15, 5)
     assert len(ids) == 20
@@ -297,10 +301,15 @@ async def test_dry_run_says_what_bulk_would_do_unlike_exact(redis_url: str, r: a
     assert await r.zcard(K.failed) == 60 and await r.llen(K.wait) == 0
 
 
-@pytest.mark.parametrize("extra", [{"selector": {"jobNames": ["x"]}},
-                                   {"selector": {"failedReasonPattern": "429"}},
-                                   {"selector": {"dataMatch": {"a": 1}}},
-                                   {"targetQueue": "other"}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"selector": {"jobNames": ["x"]}},
+        {"selector": {"failedReasonPattern": "429"}},
+        {"selector": {"dataMatch": {"a": 1}}},
+        {"targetQueue": "other"},
+    ],
+)
 def test_bulk_takes_only_a_time_window(extra: dict[str, Any]) -> None:
     with pytest.raises(pydantic.ValidationError, match="mode Bulk takes only a time window"):
         bulk_spec(**extra)
@@ -318,15 +327,23 @@ async def test_sigkill_mid_bulk_replay_then_rerun_moves_each_job_once(
 ) -> None:
     ids = await make_failed_jobs(redis_url, Q, mixed_jobs(200))
     await older_than(redis_client, Q, DEFAULT_TUNING.clock_skew_ms)  # the CLI runs on the real clock
-    manifest = write_manifest(tmp_path / "replay.yaml",
-                              {"mode": "Bulk", "rate": {"jobsPerSecond": 40, "batchSize": 8}})
+    manifest = write_manifest(
+        tmp_path / "replay.yaml", {"mode": "Bulk", "rate": {"jobsPerSecond": 40, "batchSize": 8}}
+    )
     args = ("replay", "-f", str(manifest), "--secret", f"redis/url={redis_url}")
-    interrupt_cli(*args, log=tmp_path / "first.log", redis_url=redis_url,
-                  ready=lambda s: s.llen(K.wait) >= 30, stop=signal.SIGKILL, exit_timeout=10)
+    interrupt_cli(
+        *args,
+        log=tmp_path / "first.log",
+        redis_url=redis_url,
+        ready=lambda s: s.llen(K.wait) >= 30,
+        stop=signal.SIGKILL,
+        exit_timeout=10,
+    )
     before = await redis_client.llen(K.wait)
     assert 30 <= before < 200, "the kill must land mid-replay"
-    write_manifest(tmp_path / "replay.yaml",
-                   {"mode": "Bulk", "rate": {"jobsPerSecond": 1_000_000, "batchSize": 1000}})
+    write_manifest(
+        tmp_path / "replay.yaml", {"mode": "Bulk", "rate": {"jobsPerSecond": 1_000_000, "batchSize": 1000}}
+    )
     res = cli(*args, "-o", "json")
     assert res.code == 0, res.output
     status = json.loads(res.stdout)

@@ -56,9 +56,9 @@ async def test_replays_matching_jobs_once_and_leaves_others(redis_url: str, r: a
 
 
 async def test_dry_run_changes_nothing(redis_url: str, r: aioredis.Redis) -> None:
-    ids = await make_failed_jobs(redis_url, Q, [
-        JobSpec("email.send", {"i": i}, f"timeout after {5000 + i * 7}ms") for i in range(25)
-    ])
+    ids = await make_failed_jobs(
+        redis_url, Q, [JobSpec("email.send", {"i": i}, f"timeout after {5000 + i * 7}ms") for i in range(25)]
+    )
     before_failed = await r.zrange(QueueKeys("bull", Q).failed, 0, -1, withscores=True)
     before_hash = await r.hgetall(QueueKeys("bull", Q).job(ids[0]))
     st = await ReplayEngine(r, replay_id="dry", owner="ns/dry").run(make_spec(dryRun=True))
@@ -94,7 +94,7 @@ async def test_reset_attempts(redis_url: str, r: aioredis.Redis, reset: bool) ->
 async def test_corrupt_jobs_are_counted_not_fatal(redis_url: str, r: aioredis.Redis) -> None:
     ids = await make_failed_jobs(redis_url, Q, jobs(10))
     k = QueueKeys("bull", Q)
-    await r.delete(k.job(ids[1]))                 # hash missing
+    await r.delete(k.job(ids[1]))  # hash missing
     await r.hset(k.job(ids[2]), "data", "{not json")
     await r.hdel(k.job(ids[3]), "name")
     st = await ReplayEngine(r, replay_id="c", owner="ns/c").run(make_spec())
@@ -105,8 +105,9 @@ async def test_corrupt_jobs_are_counted_not_fatal(redis_url: str, r: aioredis.Re
     assert sorted(await wait_ids(r)) == sorted(ids[:1] + ids[4:])
 
 
-async def test_paused_queue_keeps_replayed_jobs_waiting_until_resumed(redis_url: str,
-                                                                      r: aioredis.Redis) -> None:
+async def test_paused_queue_keeps_replayed_jobs_waiting_until_resumed(
+    redis_url: str, r: aioredis.Redis
+) -> None:
     ids = await make_failed_jobs(redis_url, Q, jobs(8))
     q = BullQueue(r, Q)
     await q.pause()
@@ -182,7 +183,7 @@ async def test_jobs_failing_again_are_not_replayed_again(redis_url: str, r: aior
     refailed = set(worker.failed)
     st = await drive(engine, spec, st)
     assert st.replayed == 30
-    assert refailed <= await failed_ids(r)            # not picked up a second time
+    assert refailed <= await failed_ids(r)  # not picked up a second time
     assert set(await wait_ids(r)) == set(ids) - refailed
 
 
@@ -200,7 +201,7 @@ async def test_second_replay_on_the_queue_waits_with_holder_named(redis_url: str
     assert res.delay > 0
     st1 = await drive(first, spec, st1)
     assert st1.replayed == 20
-    st2 = await drive(second, spec, res.status)   # runs once the lease is free
+    st2 = await drive(second, spec, res.status)  # runs once the lease is free
     assert st2.phase == ReplayPhase.SUCCEEDED and st2.matched == 0
 
 
@@ -259,12 +260,17 @@ class FlipGate:
         self.checks += 1
         prev = previous[0] if previous else None
         ok = self.healthy
-        return [GateStatus(
-            name="db", type=GateType.POSTGRES, healthy=ok, message="ok" if ok else "connection refused",
-            last_checked_at=now,
-            consecutive_successes=(prev.consecutive_successes + 1 if prev and ok else int(ok)),
-            consecutive_failures=(prev.consecutive_failures + 1 if prev and not ok else int(not ok)),
-        )]
+        return [
+            GateStatus(
+                name="db",
+                type=GateType.POSTGRES,
+                healthy=ok,
+                message="ok" if ok else "connection refused",
+                last_checked_at=now,
+                consecutive_successes=(prev.consecutive_successes + 1 if prev and ok else int(ok)),
+                consecutive_failures=(prev.consecutive_failures + 1 if prev and not ok else int(not ok)),
+            )
+        ]
 
     def all_passed(self, statuses: list[GateStatus]) -> bool:
         return bool(statuses) and statuses[0].consecutive_successes >= self.policy.success_threshold
@@ -291,8 +297,9 @@ class Clock:
 GATES = [{"name": "db", "postgres": {"dsnSecretRef": {"name": "pg", "key": "dsn"}}}]
 
 
-async def steps(engine: ReplayEngine, spec: DLQReplaySpec, st: DLQReplayStatus, n: int,
-                clock: Clock) -> tuple[DLQReplayStatus, list[str]]:
+async def steps(
+    engine: ReplayEngine, spec: DLQReplaySpec, st: DLQReplayStatus, n: int, clock: Clock
+) -> tuple[DLQReplayStatus, list[str]]:
     events: list[str] = []
     for _ in range(n):
         res = await engine.step(spec, st)
@@ -302,8 +309,9 @@ async def steps(engine: ReplayEngine, spec: DLQReplaySpec, st: DLQReplayStatus, 
     return st, events
 
 
-async def test_red_gate_holds_and_pauses_then_green_resumes_and_replays(redis_url: str,
-                                                                         r: aioredis.Redis) -> None:
+async def test_red_gate_holds_and_pauses_then_green_resumes_and_replays(
+    redis_url: str, r: aioredis.Redis
+) -> None:
     ids = await make_failed_jobs(redis_url, Q, jobs(12))
     gate, clock = FlipGate(healthy=False), Clock()
     spec = make_spec(gates=GATES, pauseQueue=True)
@@ -417,13 +425,13 @@ async def test_suspend_and_cancel_clean_up(redis_url: str, r: aioredis.Redis) ->
     assert res.status.phase == ReplayPhase.SUSPENDED
     assert not await BullQueue(r, Q).is_paused()
     assert not await r.exists(QueueKeys("bull", Q).lease)
-    st, _ = await steps(engine, spec, res.status, 3, clock)   # unsuspended: red again, paused again
+    st, _ = await steps(engine, spec, res.status, 3, clock)  # unsuspended: red again, paused again
     assert await BullQueue(r, Q).is_paused()
     done = await engine.cancel(spec, st)
     assert done.status.phase == ReplayPhase.CANCELLED
     assert not await BullQueue(r, Q).is_paused()
     assert not await r.exists(QueueKeys("bull", Q).lease, *ReplayKeys("s").all())
-    again = await engine.cancel(spec, done.status)            # idempotent
+    again = await engine.cancel(spec, done.status)  # idempotent
     assert again.status.phase == ReplayPhase.CANCELLED
 
 
@@ -432,6 +440,7 @@ async def test_a_step_moves_batches_while_the_token_bucket_has_them(
 ) -> None:
     """At a high rate one step moves batch after batch (the status, lease and spec read once);
     where the bucket runs dry, a step moves one batch and says how long to wait."""
+
     async def first_replay_step(jobs_per_second: int) -> StepResult:
         await make_failed_jobs(redis_url, Q, jobs(60))
         spec = make_spec(rate={"jobsPerSecond": jobs_per_second, "batchSize": 10})
@@ -444,7 +453,7 @@ async def test_a_step_moves_batches_while_the_token_bucket_has_them(
     fast = await first_replay_step(1_000_000)
     assert (fast.status.replayed, fast.status.phase) == (60, ReplayPhase.SUCCEEDED)  # 6 batches, one step
     slow = await first_replay_step(100)
-    assert slow.status.replayed == 10 and slow.delay > 0   # one batch, then wait for tokens
+    assert slow.status.replayed == 10 and slow.delay > 0  # one batch, then wait for tokens
 
 
 async def test_redis_killed_mid_run_surfaces_redis_unavailable(redis_factory: Any) -> None:
@@ -453,8 +462,14 @@ async def test_redis_killed_mid_run_surfaces_redis_unavailable(redis_factory: An
     client = await connect(server.url, timeout_s=1)
     try:
         spec = make_spec(rate={"jobsPerSecond": 100_000, "batchSize": 10})
-        engine = ReplayEngine(client, replay_id="k", owner="ns/k", redis_failure_bound=3, backoff=0.01,
-                              tuning=ONE_BATCH_PER_STEP)
+        engine = ReplayEngine(
+            client,
+            replay_id="k",
+            owner="ns/k",
+            redis_failure_bound=3,
+            backoff=0.01,
+            tuning=ONE_BATCH_PER_STEP,
+        )
         st = DLQReplayStatus()
         while st.replayed < 10:
             st = (await engine.step(spec, st)).status
@@ -480,8 +495,14 @@ async def test_redis_back_after_a_reported_outage_is_ready_again_with_an_event(r
     client = await connect(server.url, timeout_s=1)
     try:
         spec = make_spec(rate={"jobsPerSecond": 100_000, "batchSize": 10})
-        engine = ReplayEngine(client, replay_id="back", owner="ns/back", redis_failure_bound=2, backoff=0.01,
-                              tuning=ONE_BATCH_PER_STEP)
+        engine = ReplayEngine(
+            client,
+            replay_id="back",
+            owner="ns/back",
+            redis_failure_bound=2,
+            backoff=0.01,
+            tuning=ONE_BATCH_PER_STEP,
+        )
         st = DLQReplayStatus()
         while st.replayed < 10:
             st = (await engine.step(spec, st)).status

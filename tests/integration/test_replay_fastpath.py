@@ -50,7 +50,6 @@ def make_spec(**fields: Any) -> DLQReplaySpec:
     return replay_spec({"rate": {"jobsPerSecond": 1_000_000, "batchSize": 1000}}, **fields)
 
 
-
 def expected_state(order: list[str], jobs: dict[str, JobSpec]) -> tuple[list[str], list[str]]:
     """What ``reprocessJob`` for each id in failure order leaves: the wait list (LPUSH, lifo
     RPUSH) and the prioritized ids in zset order (priority, then insertion)."""
@@ -72,8 +71,9 @@ async def bulk_moved(r: aioredis.Redis, replay_id: str) -> int:
 
 
 @pytest.mark.parametrize("reset", [True, False])
-async def test_same_end_state_as_reprocess_job_one_by_one(redis_url: str, r: aioredis.Redis,
-                                                          reset: bool) -> None:
+async def test_same_end_state_as_reprocess_job_one_by_one(
+    redis_url: str, r: aioredis.Redis, reset: bool
+) -> None:
     specs = mixed_jobs(150)
     ids = await make_failed_jobs(redis_url, Q, specs)
     by_id = dict(zip(ids, specs, strict=True))
@@ -83,7 +83,7 @@ async def test_same_end_state_as_reprocess_job_one_by_one(redis_url: str, r: aio
     assert st.phase == ReplayPhase.SUCCEEDED
     assert (st.matched, st.replayed, st.skipped, st.corrupt) == (150, 150, 0, 0)
     slow = sum(1 for s in specs if s.opts.get("priority") or s.opts.get("lifo"))
-    assert await bulk_moved(r, "eq") == 150 - slow   # everything else went the bulk way
+    assert await bulk_moved(r, "eq") == 150 - slow  # everything else went the bulk way
     wait, prioritized = expected_state(order, by_id)
     assert await r.lrange(K.wait, 0, -1) == wait
     assert await r.zrange(K.prioritized, 0, -1) == prioritized
@@ -109,10 +109,11 @@ async def test_window_bounds_and_max_jobs_select_exactly(redis_url: str, r: aior
     lo = min(scores[i] for i in mid)
     hi = max(scores[i] for i in mid) + 1
     assert max(scores[i] for i in old) < lo and min(scores[i] for i in new) >= hi
-    window = {"failedAfter": datetime.fromtimestamp(lo / 1000, UTC).isoformat(),
-              "failedBefore": datetime.fromtimestamp(hi / 1000, UTC).isoformat()}
-    st = await ReplayEngine(r, replay_id="w", owner="ns/w").run(
-        make_spec(selector={**window, "maxJobs": 25}))
+    window = {
+        "failedAfter": datetime.fromtimestamp(lo / 1000, UTC).isoformat(),
+        "failedBefore": datetime.fromtimestamp(hi / 1000, UTC).isoformat(),
+    }
+    st = await ReplayEngine(r, replay_id="w", owner="ns/w").run(make_spec(selector={**window, "maxJobs": 25}))
     assert (st.matched, st.replayed) == (25, 25)
     in_window = [m for m, s in sorted(scores.items(), key=lambda kv: (kv[1], kv[0])) if lo <= s < hi]
     assert sorted(await r.lrange(K.wait, 0, -1)) == sorted(in_window[:25])
@@ -149,7 +150,8 @@ async def test_two_processes_on_one_replay_select_and_move_each_job_once(
     spec = make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30})
     one, two = await asyncio.gather(
         ReplayEngine(r, replay_id="tw", owner="ns/tw", tuning=tuning).run(spec),
-        ReplayEngine(r, replay_id="tw", owner="ns/tw", tuning=tuning).run(spec))
+        ReplayEngine(r, replay_id="tw", owner="ns/tw", tuning=tuning).run(spec),
+    )
     for st in (one, two):
         assert st.phase == ReplayPhase.SUCCEEDED and (st.matched, st.replayed) == (200, 200)
     snapshot = await r.lrange(ReplayKeys("tw").snapshot, 0, -1)
@@ -166,8 +168,14 @@ async def test_connection_lost_around_a_fast_chunk_moves_nothing_twice(
     the cursor where Redis left it and moves nothing twice, loses nothing."""
     ids = await make_failed_jobs(redis_url, Q, [JobSpec("x", {"i": i}) for i in range(90)])
     calls = lose_every_third_reply(monkeypatch, write_lands=lost == "after")
-    engine = ReplayEngine(r, replay_id=f"ls-{lost}", owner="ns/ls", backoff=0.001, redis_failure_bound=100,
-                          tuning=EngineTuning(move_chunk=10))
+    engine = ReplayEngine(
+        r,
+        replay_id=f"ls-{lost}",
+        owner="ns/ls",
+        backoff=0.001,
+        redis_failure_bound=100,
+        tuning=EngineTuning(move_chunk=10),
+    )
     st = await drive(engine, make_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 30}))
     assert st.phase == ReplayPhase.SUCCEEDED
     assert (st.matched, st.replayed, st.skipped) == (90, 90, 0)
@@ -231,7 +239,7 @@ async def test_jobs_failing_again_during_a_fast_replay_are_not_picked_again(
     assert len(refailed) == 20
     st = await drive(engine, spec, st)
     assert (st.matched, st.replayed, st.skipped) == (60, 60, 0)
-    assert set(await r.zrange(K.failed, 0, -1)) == refailed   # failed again, left alone
+    assert set(await r.zrange(K.failed, 0, -1)) == refailed  # failed again, left alone
     assert set(await r.lrange(K.wait, 0, -1)) == set(ids) - refailed
 
 
@@ -242,14 +250,20 @@ async def test_sigkill_mid_fast_replay_then_rerun_moves_each_job_once(
     ids = await make_failed_jobs(redis_url, Q, specs)
     manifest = write_manifest(tmp_path / "replay.yaml", {"rate": {"jobsPerSecond": 40, "batchSize": 8}})
     args = ("replay", "-f", str(manifest), "--secret", f"redis/url={redis_url}")
-    interrupt_cli(*args, log=tmp_path / "first.log", redis_url=redis_url,
-                  ready=lambda s: s.llen(K.wait) + s.zcard(K.prioritized) >= 30,
-                  stop=signal.SIGKILL, exit_timeout=10)
+    interrupt_cli(
+        *args,
+        log=tmp_path / "first.log",
+        redis_url=redis_url,
+        ready=lambda s: s.llen(K.wait) + s.zcard(K.prioritized) >= 30,
+        stop=signal.SIGKILL,
+        exit_timeout=10,
+    )
     before = await redis_client.llen(K.wait) + await redis_client.zcard(K.prioritized)
     assert 30 <= before < 200, "the kill must land mid-replay"
     # the rerun (same namespace/name: the same replay) at full speed
-    manifest = write_manifest(tmp_path / "replay.yaml",
-                              {"rate": {"jobsPerSecond": 1_000_000, "batchSize": 1000}})
+    manifest = write_manifest(
+        tmp_path / "replay.yaml", {"rate": {"jobsPerSecond": 1_000_000, "batchSize": 1000}}
+    )
     res = cli(*args, "-o", "json")
     assert res.code == 0, res.output
     status = json.loads(res.stdout)
@@ -265,8 +279,14 @@ async def test_the_in_redis_json_shape_check_trims_whitespace_and_names_the_rest
     """SELECT_WINDOW checks a job's data only looks like JSON, trimming ASCII whitespace by
     bytes (a trimming Lua pattern was quadratic on a long inner run of spaces)."""
     ids = await make_failed_jobs(redis_url, Q, [JobSpec("mail.send", {"n": n}) for n in range(6)])
-    shapes = {ids[0]: '  {"n": 0}\n', ids[1]: '\t"text"  ', ids[2]: "   \r\n",
-              ids[3]: " a" + " " * 200_000 + "b ", ids[4]: '"', ids[5]: "[1, 2]"}
+    shapes = {
+        ids[0]: '  {"n": 0}\n',
+        ids[1]: '\t"text"  ',
+        ids[2]: "   \r\n",
+        ids[3]: " a" + " " * 200_000 + "b ",
+        ids[4]: '"',
+        ids[5]: "[1, 2]",
+    }
     for job_id, data in shapes.items():
         await r.hset(K.job(job_id), "data", data)
     st = await drive(ReplayEngine(r, replay_id="shape", owner="ops/shape"), make_spec())

@@ -94,22 +94,29 @@ async def test_a_restarted_engine_in_the_same_process_takes_its_lease_back_at_on
 
 async def _run_cli(*args: str) -> tuple[int, CliResult]:
     proc = await asyncio.create_subprocess_exec(
-        *cli_command(*args), env=cli_env(), cwd=REPO, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        *cli_command(*args),
+        env=cli_env(),
+        cwd=REPO,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None
     return proc.pid, CliResult(proc.returncode, out.decode(), err.decode())
 
 
-async def test_two_cli_runs_of_one_manifest_keep_the_rate(redis_url: str, r: aioredis.Redis,
-                                                  tmp_path: Path) -> None:
+async def test_two_cli_runs_of_one_manifest_keep_the_rate(
+    redis_url: str, r: aioredis.Redis, tmp_path: Path
+) -> None:
     """Two ``requeue replay -f same.yaml`` at once: one drives, the other names it and waits; every
     job moves once and the replay's own recorded time span fits the rate (plus the one batch the
     token bucket starts with), which two drivers at once would have doubled."""
     n, rate, batch = 300, 100, 10
     ids = await make_failed_jobs(redis_url, Q, jobs(n))
-    manifest = write_manifest(tmp_path / "same.yaml", {"rate": {"jobsPerSecond": rate, "batchSize": batch}},
-                              name="same")
+    manifest = write_manifest(
+        tmp_path / "same.yaml", {"rate": {"jobsPerSecond": rate, "batchSize": batch}}, name="same"
+    )
     args = ("replay", "-f", str(manifest), "--redis-url", redis_url, "-o", "json")
     (pid_a, a), (pid_b, b) = await asyncio.gather(_run_cli(*args), _run_cli(*args))
     assert a.code == 0 and b.code == 0, a.output + b.output

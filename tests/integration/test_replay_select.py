@@ -46,12 +46,17 @@ async def world(redis_url: str) -> World:
     def batch(offset: int) -> list[JobSpec]:
         out = []
         for i in range(offset, offset + 48):
-            out.append(JobSpec(
-                NAMES[i % 4],
-                {"tenant": "acme" if i % 3 == 0 else "globex", "order": {"region": "eu" if i % 2 else "us"},
-                 "i": i},
-                REASONS[(i // 4) % 4].format(n=4900 + i),
-            ))
+            out.append(
+                JobSpec(
+                    NAMES[i % 4],
+                    {
+                        "tenant": "acme" if i % 3 == 0 else "globex",
+                        "order": {"region": "eu" if i % 2 else "us"},
+                        "i": i,
+                    },
+                    REASONS[(i // 4) % 4].format(n=4900 + i),
+                )
+            )
         return out
 
     first = batch(0)
@@ -78,20 +83,40 @@ CASES: list[tuple[str, dict[str, Any], Pred]] = [
     ("all", {}, lambda m: True),
     ("exact name", {"jobNames": ["pdf.generate"]}, lambda m: m.spec.name == "pdf.generate"),
     ("glob", {"jobNames": ["whatsapp.*"]}, lambda m: m.spec.name.startswith("whatsapp.")),
-    ("two names", {"jobNames": ["email.send", "pdf.*"]},
-     lambda m: m.spec.name in ("email.send", "pdf.generate")),
+    (
+        "two names",
+        {"jobNames": ["email.send", "pdf.*"]},
+        lambda m: m.spec.name in ("email.send", "pdf.generate"),
+    ),
     ("class glob", {"jobNames": ["*.s[et]*"]}, lambda m: fnmatch.fnmatchcase(m.spec.name, "*.s[et]*")),
-    ("reason", {"failedReasonPattern": "429|rate limit"},
-     lambda m: bool(re.search("429|rate limit", m.spec.reason))),
+    (
+        "reason",
+        {"failedReasonPattern": "429|rate limit"},
+        lambda m: bool(re.search("429|rate limit", m.spec.reason)),
+    ),
     ("data", {"dataMatch": {"tenant": "acme"}}, lambda m: m.spec.data["tenant"] == "acme"),
-    ("nested data", {"dataMatch": {"order": {"region": "eu"}}},
-     lambda m: m.spec.data["order"]["region"] == "eu"),
+    (
+        "nested data",
+        {"dataMatch": {"order": {"region": "eu"}}},
+        lambda m: m.spec.data["order"]["region"] == "eu",
+    ),
     ("after", {"failedAfter": "BETWEEN"}, lambda m: m.batch == 2),
     ("before", {"failedBefore": "BETWEEN"}, lambda m: m.batch == 1),
-    ("combined", {"jobNames": ["whatsapp.*"], "failedReasonPattern": "^timeout",
-                  "dataMatch": {"tenant": "globex"}, "failedAfter": "BETWEEN"},
-     lambda m: m.spec.name.startswith("whatsapp.") and m.spec.reason.startswith("timeout")
-     and m.spec.data["tenant"] == "globex" and m.batch == 2),
+    (
+        "combined",
+        {
+            "jobNames": ["whatsapp.*"],
+            "failedReasonPattern": "^timeout",
+            "dataMatch": {"tenant": "globex"},
+            "failedAfter": "BETWEEN",
+        },
+        lambda m: (
+            m.spec.name.startswith("whatsapp.")
+            and m.spec.reason.startswith("timeout")
+            and m.spec.data["tenant"] == "globex"
+            and m.batch == 2
+        ),
+    ),
 ]
 
 
@@ -100,10 +125,14 @@ async def test_filter_selects_exactly_the_expected_ids(
     world: World, r: aioredis.Redis, label: str, selector: dict[str, Any], pred: Pred
 ) -> None:
     selector = {k: (world.between.isoformat() if v == "BETWEEN" else v) for k, v in selector.items()}
-    spec = DLQReplaySpec.model_validate({
-        "redis": {"urlSecretRef": {"name": "r", "key": "url"}}, "queue": Q, "selector": selector,
-        "dryRun": True,
-    })
+    spec = DLQReplaySpec.model_validate(
+        {
+            "redis": {"urlSecretRef": {"name": "r", "key": "url"}},
+            "queue": Q,
+            "selector": selector,
+            "dryRun": True,
+        }
+    )
     uid = f"sel-{label.replace(' ', '-')}"
     st = await ReplayEngine(r, replay_id=uid, owner="ns/sel").run(spec)
     expected = {m.id for m in world.jobs if pred(m)}
@@ -117,11 +146,14 @@ async def test_filter_selects_exactly_the_expected_ids(
 
 
 async def test_max_jobs_takes_the_oldest_failures(world: World, r: aioredis.Redis) -> None:
-    spec = DLQReplaySpec.model_validate({
-        "redis": {"urlSecretRef": {"name": "r", "key": "url"}}, "queue": Q,
-        "selector": {"jobNames": ["email.send"], "maxJobs": 5},
-        "rate": {"jobsPerSecond": 100000},
-    })
+    spec = DLQReplaySpec.model_validate(
+        {
+            "redis": {"urlSecretRef": {"name": "r", "key": "url"}},
+            "queue": Q,
+            "selector": {"jobNames": ["email.send"], "maxJobs": 5},
+            "rate": {"jobsPerSecond": 100000},
+        }
+    )
     scores = {m.id: float(await r.zscore("bull:default:failed", m.id) or 0) for m in world.jobs}
     st = await ReplayEngine(r, replay_id="max", owner="ns/max").run(spec)
     assert (st.matched, st.replayed) == (5, 5)
@@ -130,6 +162,7 @@ async def test_max_jobs_takes_the_oldest_failures(world: World, r: aioredis.Redi
     assert len(moved) == 5 and len(left) == 19
     # the failed set is ordered by failure time: the moved ones failed no later than any other email.send
     assert max(scores[i] for i in moved) <= min(scores[i] for i in left)
+
 
 def test_selection_pages_are_bounded() -> None:
     from requeue.replay.selection import SELECT_PAGE_SIZE

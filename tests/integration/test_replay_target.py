@@ -37,8 +37,9 @@ def jobs(n: int, **opts: Any) -> list[JobSpec]:
     return [JobSpec("whatsapp.send", {"i": i}, "429 rate limited", dict(opts)) for i in range(n)]
 
 
-async def drive(engine: ReplayEngine, spec: DLQReplaySpec,
-                st: DLQReplayStatus | None = None) -> DLQReplayStatus:
+async def drive(
+    engine: ReplayEngine, spec: DLQReplaySpec, st: DLQReplayStatus | None = None
+) -> DLQReplayStatus:
     return await replay.drive(engine, spec, st, max_steps=2000)
 
 
@@ -61,8 +62,9 @@ def copy_ids(ids: list[str]) -> list[str]:
     return sorted(f"requeue-{Q}-{i}" for i in ids)
 
 
-async def test_crash_after_the_batch_was_sent_copies_once(redis_url: str, r: aioredis.Redis,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_crash_after_the_batch_was_sent_copies_once(
+    redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The process dies right after sending a batch's EXEC, before reading the answer or writing
     status. Copy and removal are one transaction, so Redis holds either both or neither; a new
     engine rebuilt from Redis and an old status finishes with one copy per job."""
@@ -100,7 +102,8 @@ async def test_crash_after_the_batch_was_sent_copies_once(redis_url: str, r: aio
 
 
 async def test_replay_left_between_copy_and_removal_by_the_old_two_step_code(
-        redis_url: str, r: aioredis.Redis) -> None:
+    redis_url: str, r: aioredis.Redis
+) -> None:
     """requeue 0.1 copied a batch in one transaction and removed the originals in a second; a
     crash between them left copies, the copied ids in ``<progress>:copied`` and ``copied_upto``
     ahead of the cursor. Rebuilt from Redis at that point, the engine removes those originals
@@ -113,8 +116,9 @@ async def test_replay_left_between_copy_and_removal_by_the_old_two_step_code(
     source, target = BullQueue(r, Q), BullQueue(r, T)
     async with r.pipeline(transaction=True) as pipe:  # what the old first transaction did
         pipe.rpush(ReplayKeys("legacy").progress + ":copied", *first)
-        for job_id, job in zip(first, await source.fetch(first, ("name", "data", "opts", "priority")),
-                               strict=True):
+        for job_id, job in zip(
+            first, await source.fetch(first, ("name", "data", "opts", "priority")), strict=True
+        ):
             assert job is not None
             await target.queue_copy(pipe, job, new_id=f"requeue-{Q}-{job_id}", timestamp_ms=1)
         pipe.hset(ReplayKeys("legacy").progress, "copied_upto", "5")
@@ -132,7 +136,8 @@ async def test_replay_left_between_copy_and_removal_by_the_old_two_step_code(
 
 
 async def test_source_job_made_active_meanwhile_is_neither_copied_nor_counted(
-        redis_url: str, r: aioredis.Redis) -> None:
+    redis_url: str, r: aioredis.Redis
+) -> None:
     """Someone retries a selected job and a worker is running it when the batch comes: it is
     skipped (not moved, not removed, no copy), and runs exactly once, in the source queue."""
     ids = await make_failed_jobs(redis_url, Q, jobs(8))
@@ -172,7 +177,8 @@ async def test_source_job_made_active_meanwhile_is_neither_copied_nor_counted(
 
 
 async def test_source_job_retried_between_read_and_commit_aborts_the_batch(
-        redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    redis_url: str, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The batch WATCHes the source job hashes it read: a retry landing between the read and
     EXEC aborts the transaction (nothing copied, nothing removed), and the next attempt sees the
     job is no longer failed and skips it. Workers then run every job exactly once."""

@@ -30,15 +30,18 @@ def ms(moment: datetime) -> str:
 def previous_selection(spec: DLQReplaySpec) -> str:
     """The ``selection`` field as the previous version's ``_begin`` wrote it."""
     wire = spec.to_wire()
-    return json.dumps({k: wire.get(k) for k in ("queue", "prefix", "selector", "targetQueue", "mode")},
-                      sort_keys=True)
+    return json.dumps(
+        {k: wire.get(k) for k in ("queue", "prefix", "selector", "targetQueue", "mode")}, sort_keys=True
+    )
 
 
 async def test_a_replay_stopped_mid_batch_by_the_previous_version_resumes(
-        redis_url: str, r: aioredis.Redis) -> None:
+    redis_url: str, r: aioredis.Redis
+) -> None:
     plain = await make_failed_jobs(redis_url, Q, [JobSpec("mail.send", {"i": i}, "429") for i in range(25)])
-    prio = await make_failed_jobs(redis_url, Q, [JobSpec("mail.send", {"p": i}, "429", {"priority": 2})
-                                                 for i in range(5)])
+    prio = await make_failed_jobs(
+        redis_url, Q, [JobSpec("mail.send", {"p": i}, "429", {"priority": 2}) for i in range(5)]
+    )
     qk, k = QueueKeys("bull", Q), ReplayKeys("upgraded")
     snapshot = [str(x) for x in await r.zrange(qk.failed, 0, -1)]
     assert sorted(snapshot) == sorted(plain + prio)
@@ -55,15 +58,28 @@ async def test_a_replay_stopped_mid_batch_by_the_previous_version_resumes(
         pipe.zadd(k.slow, {job_id: pos for pos, job_id in enumerate(snapshot) if job_id in prio})
         pipe.hset(k.names, "mail.send", len(snapshot))
         pipe.hset(k.reasons, "000", len(snapshot))
-        pipe.hset(k.progress, mapping={
-            "stage": "replaying", "paused_before": "0", "queue": Q, "owner": "ns/upgraded",
-            "selection": previous_selection(spec), "slow_pos": "1",
-            "upper": ms(now + timedelta(seconds=1)), "started_ms": ms(now - timedelta(seconds=5)),
-            "sel_score": str(await r.zscore(qk.failed, last)), "sel_id": last,
-            "matched": str(len(snapshot)), "scanned": str(len(snapshot)), "corrupt": "0",
-            "lifo_count": "0", "prio_count": str(len(prio)),
-            "cursor": "10", "replayed": "10",
-        })
+        pipe.hset(
+            k.progress,
+            mapping={
+                "stage": "replaying",
+                "paused_before": "0",
+                "queue": Q,
+                "owner": "ns/upgraded",
+                "selection": previous_selection(spec),
+                "slow_pos": "1",
+                "upper": ms(now + timedelta(seconds=1)),
+                "started_ms": ms(now - timedelta(seconds=5)),
+                "sel_score": str(await r.zscore(qk.failed, last)),
+                "sel_id": last,
+                "matched": str(len(snapshot)),
+                "scanned": str(len(snapshot)),
+                "corrupt": "0",
+                "lifo_count": "0",
+                "prio_count": str(len(prio)),
+                "cursor": "10",
+                "replayed": "10",
+            },
+        )
         await pipe.execute()
 
     st = await drive(ReplayEngine(r, replay_id="upgraded", owner="ns/upgraded"), spec)
@@ -82,7 +98,8 @@ async def test_a_replay_stopped_mid_batch_by_the_previous_version_resumes(
 
 
 async def test_a_verification_pass_stopped_half_way_by_the_previous_version_resumes(
-        redis_url: str, r: aioredis.Redis) -> None:
+    redis_url: str, r: aioredis.Redis
+) -> None:
     ids = [str(i) for i in range(1, 21)]  # replayed, then completed and removed (removeOnComplete)
     k = ReplayKeys("verifying")
     spec = make_spec(verify={"window": "10m", "minSuccessRate": 0.9})
@@ -90,15 +107,32 @@ async def test_a_verification_pass_stopped_half_way_by_the_previous_version_resu
     async with r.pipeline(transaction=True) as pipe:
         pipe.rpush(k.snapshot, *ids)
         pipe.rpush(k.replayed, *ids)
-        pipe.hset(k.progress, mapping={
-            "stage": "verifying", "paused_before": "0", "queue": Q, "owner": "ns/verifying",
-            "selection": previous_selection(spec), "slow_pos": "1", "upper": ms(now),
-            "started_ms": ms(now - timedelta(seconds=9)), "replayed_ms": ms(now - timedelta(seconds=4)),
-            "matched": "20", "scanned": "20", "corrupt": "0", "lifo_count": "0", "prio_count": "0",
-            "cursor": "20", "replayed": "20",
-            # half a pass done: 10 checked, all completed
-            "v_pos": "10", "p_c": "10", "p_f": "0", "p_p": "0",
-        })
+        pipe.hset(
+            k.progress,
+            mapping={
+                "stage": "verifying",
+                "paused_before": "0",
+                "queue": Q,
+                "owner": "ns/verifying",
+                "selection": previous_selection(spec),
+                "slow_pos": "1",
+                "upper": ms(now),
+                "started_ms": ms(now - timedelta(seconds=9)),
+                "replayed_ms": ms(now - timedelta(seconds=4)),
+                "matched": "20",
+                "scanned": "20",
+                "corrupt": "0",
+                "lifo_count": "0",
+                "prio_count": "0",
+                "cursor": "20",
+                "replayed": "20",
+                # half a pass done: 10 checked, all completed
+                "v_pos": "10",
+                "p_c": "10",
+                "p_f": "0",
+                "p_p": "0",
+            },
+        )
         await pipe.execute()
 
     st = await drive(ReplayEngine(r, replay_id="verifying", owner="ns/verifying"), spec)

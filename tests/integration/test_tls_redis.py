@@ -29,8 +29,10 @@ Q = "default"
 K = QueueKeys("bull", Q)
 POLICY = PolicyRef(namespace="visapi", name="tls-policy", uid="tls-uid", generation=1)
 #: spec.redis with the CA from the Secret ``redis``/``ca`` (the CLI's ``--secret redis/ca=PEM``).
-REDIS_WITH_CA = {"urlSecretRef": {"name": "redis", "key": "url"},
-                 "tls": {"caSecretRef": {"name": "redis", "key": "ca"}}}
+REDIS_WITH_CA = {
+    "urlSecretRef": {"name": "redis", "key": "url"},
+    "tls": {"caSecretRef": {"name": "redis", "key": "ca"}},
+}
 
 
 @pytest.fixture
@@ -52,13 +54,15 @@ def plain_client(url: str, ca_pem: str) -> redis.Redis:
 
 
 async def test_replay_and_dry_run_over_tls_with_the_ca_from_a_secret(
-    tls_redis: tuple[str, str], tmp_path: Path,
+    tls_redis: tuple[str, str],
+    tmp_path: Path,
 ) -> None:
     url, ca_pem = tls_redis
     jobs = [JobSpec("whatsapp.send", {"i": i}, reason="429") for i in range(6)]
     ids = await make_failed_jobs(seeding(url, tmp_path), Q, jobs)
-    manifest = write_manifest(tmp_path / "replay.yaml", {"redis": REDIS_WITH_CA,
-                                                         "rate": {"jobsPerSecond": 1000, "batchSize": 4}})
+    manifest = write_manifest(
+        tmp_path / "replay.yaml", {"redis": REDIS_WITH_CA, "rate": {"jobsPerSecond": 1000, "batchSize": 4}}
+    )
     secrets = ("--secret", f"redis/url={url}", "--secret", f"redis/ca={ca_pem}")
     dry = await acli("replay", "-f", str(manifest), *secrets, "--dry-run", "-o", "json")
     assert dry.code == 0, dry.output
@@ -76,10 +80,16 @@ async def test_replay_and_dry_run_over_tls_with_the_ca_from_a_secret(
 async def test_policy_evaluates_and_pauses_over_tls(tls_redis: tuple[str, str], tmp_path: Path) -> None:
     url, ca_pem = tls_redis
     await make_failed_jobs(seeding(url, tmp_path), Q, [JobSpec("x", reason="boom")] * 3)
-    spec = QueuePolicySpec.model_validate({
-        "redis": REDIS_WITH_CA, "queues": [Q], "interval": "10s", "thresholds": {"failed": 2},
-        "gates": [{"name": "db", "http": {"url": "http://127.0.0.1:1/"}}],
-        "actions": {"pauseWhileGatesFail": True}})
+    spec = QueuePolicySpec.model_validate(
+        {
+            "redis": REDIS_WITH_CA,
+            "queues": [Q],
+            "interval": "10s",
+            "thresholds": {"failed": 2},
+            "gates": [{"name": "db", "http": {"url": "http://127.0.0.1:1/"}}],
+            "actions": {"pauseWhileGatesFail": True},
+        }
+    )
     secrets = StaticSecrets({("redis", "url"): url, ("redis", "ca"): ca_pem})
     client, _target = await open_redis(secrets, spec.redis)
     try:
@@ -94,7 +104,8 @@ async def test_policy_evaluates_and_pauses_over_tls(tls_redis: tuple[str, str], 
 
 
 async def test_a_wrong_ca_is_a_named_reason_without_the_password(
-    tls_redis: tuple[str, str], tmp_path: Path,
+    tls_redis: tuple[str, str],
+    tmp_path: Path,
 ) -> None:
     url, _ca_pem = tls_redis
     await make_failed_jobs(seeding(url, tmp_path), Q, [JobSpec("x", reason="boom")])
@@ -106,8 +117,17 @@ async def test_a_wrong_ca_is_a_named_reason_without_the_password(
     assert "caSecretRef" in raised.value.message and PASSWORD not in raised.value.message
 
     manifest = write_manifest(tmp_path / "replay.yaml", {"redis": REDIS_WITH_CA})
-    res = await acli("replay", "-f", str(manifest), "--secret", f"redis/url={url}",
-                     "--secret", f"redis/ca={wrong_ca}", "-o", "json")
+    res = await acli(
+        "replay",
+        "-f",
+        str(manifest),
+        "--secret",
+        f"redis/url={url}",
+        "--secret",
+        f"redis/ca={wrong_ca}",
+        "-o",
+        "json",
+    )
     assert res.code == 3, res.output
     error = json.loads(res.stdout)["error"]
     assert error["reason"] == "RedisCertificateUntrusted", error
@@ -123,8 +143,10 @@ async def test_replay_with_a_client_certificate_from_secrets(tmp_path: Path) -> 
         files = f"&ssl_certfile={server_dir / 'client.crt'}&ssl_keyfile={server_dir / 'client.key'}"
         jobs = [JobSpec("whatsapp.send", {"i": i}, reason="429") for i in range(4)]
         ids = await make_failed_jobs(seeding(url, tmp_path) + files, Q, jobs)
-        client_cert = {"certSecretRef": {"name": "tls", "key": "crt"},
-                       "keySecretRef": {"name": "tls", "key": "key"}}
+        client_cert = {
+            "certSecretRef": {"name": "tls", "key": "crt"},
+            "keySecretRef": {"name": "tls", "key": "key"},
+        }
         with_cert = {**REDIS_WITH_CA, "tls": {**REDIS_WITH_CA["tls"], **client_cert}}
         secrets = ("--secret", f"redis/url={url}", "--secret", f"redis/ca={ca_pem}")
 
@@ -133,8 +155,18 @@ async def test_replay_with_a_client_certificate_from_secrets(tmp_path: Path) -> 
         assert without.code == 3, without.output  # the server refuses a client without a certificate
 
         manifest = write_manifest(tmp_path / "replay.yaml", {"redis": with_cert})
-        res = await acli("replay", "-f", str(manifest), *secrets, "--secret", f"tls/crt={cert_pem}",
-                         "--secret", f"tls/key={key_pem}", "-o", "json")
+        res = await acli(
+            "replay",
+            "-f",
+            str(manifest),
+            *secrets,
+            "--secret",
+            f"tls/crt={cert_pem}",
+            "--secret",
+            f"tls/key={key_pem}",
+            "-o",
+            "json",
+        )
         assert res.code == 0, res.output
         assert json.loads(res.stdout)["replayed"] == len(ids)
         assert "PRIVATE KEY" not in res.output and PASSWORD not in res.output

@@ -30,6 +30,7 @@ from support.node import (
 
 pytestmark = pytest.mark.interop
 
+
 @pytest.mark.parametrize("major", MAJORS)
 @pytest.mark.parametrize("reset", [True, False], ids=["resetAttempts", "keepAttempts"])
 async def test_bulk_replay_into_node_paused_queue_runs_each_job_once(
@@ -38,8 +39,11 @@ async def test_bulk_replay_into_node_paused_queue_runs_each_job_once(
     qname = f"bulk-{major}-{reset}"
     k = f"bull:{qname}"
     jobs: list[dict[str, Any]] = [
-        {"name": "whatsapp.send", "data": {"i": i, "to": f"+4915{i:07d}"},
-         "opts": {"attempts": 2, **({"priority": 3} if i % 4 == 0 else {})}}
+        {
+            "name": "whatsapp.send",
+            "data": {"i": i, "to": f"+4915{i:07d}"},
+            "opts": {"attempts": 2, **({"priority": 3} if i % 4 == 0 else {})},
+        }
         for i in range(40)
     ]
     ids = await run_producer(redis_url, qname, jobs, major=major)
@@ -52,13 +56,19 @@ async def test_bulk_replay_into_node_paused_queue_runs_each_job_once(
 
     client = await connect(redis_url)
     try:
-        spec = DLQReplaySpec.model_validate({
-            "redis": {"urlSecretRef": {"name": "redis", "key": "url"}}, "queue": qname, "mode": "Bulk",
-            "resetAttempts": reset, "rate": {"jobsPerSecond": 100_000, "batchSize": 15},
-        })
+        spec = DLQReplaySpec.model_validate(
+            {
+                "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+                "queue": qname,
+                "mode": "Bulk",
+                "resetAttempts": reset,
+                "rate": {"jobsPerSecond": 100_000, "batchSize": 15},
+            }
+        )
         margin = EngineTuning(clock_skew_ms=100)  # the jobs above are older than that
-        st = await ReplayEngine(client, replay_id=f"bulk-{major}-{reset}", owner="ns/bulk",
-                                tuning=margin).run(spec)
+        st = await ReplayEngine(
+            client, replay_id=f"bulk-{major}-{reset}", owner="ns/bulk", tuning=margin
+        ).run(spec)
     finally:
         await client.aclose()
     assert st.phase == ReplayPhase.SUCCEEDED, st.message

@@ -37,13 +37,17 @@ RATE_LIMITED = "429 Too Many Requests from provider"
 
 @pytest.mark.parametrize("major", MAJORS)
 @pytest.mark.parametrize("with_priority", [False, True], ids=["moveJobsToWait", "reprocessJob"])
-async def test_engine_replay_into_node_paused_queue(major: int, with_priority: bool, redis_url: str,
-                                                    redis_client: aredis.Redis) -> None:
+async def test_engine_replay_into_node_paused_queue(
+    major: int, with_priority: bool, redis_url: str, redis_client: aredis.Redis
+) -> None:
     qname = f"paused-{major}-{'prio' if with_priority else 'plain'}"
     k = f"bull:{qname}"
     jobs: list[dict[str, Any]] = [
-        {"name": "whatsapp.send", "data": {"i": i, "to": f"+4915{i:07d}"},
-         "opts": {"priority": 3} if with_priority and i % 4 == 0 else {}}
+        {
+            "name": "whatsapp.send",
+            "data": {"i": i, "to": f"+4915{i:07d}"},
+            "opts": {"priority": 3} if with_priority and i % 4 == 0 else {},
+        }
         for i in range(45)
     ]
     jobs += [{"name": "email.send", "data": {"i": i}, "opts": {}} for i in range(5)]
@@ -55,18 +59,21 @@ async def test_engine_replay_into_node_paused_queue(major: int, with_priority: b
     wanted = [i for i in ids if by_id[i]["name"] == "whatsapp.send"]
 
     # the app pauses its queue (BullMQ 5: RENAME wait paused), and live jobs keep arriving
-    await run_producer(redis_url, qname, [{"name": "email.send", "data": {"early": True}, "opts": {}}],
-                       major=major)
+    await run_producer(
+        redis_url, qname, [{"name": "email.send", "data": {"early": True}, "opts": {}}], major=major
+    )
     live = await pause_with_live_traffic(redis_url, qname, major=major)
 
     client = await connect(redis_url)
     try:
-        spec = DLQReplaySpec.model_validate({
-            "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
-            "queue": qname,
-            "selector": {"jobNames": ["whatsapp.*"]},
-            "rate": {"jobsPerSecond": 100_000, "batchSize": 20},
-        })
+        spec = DLQReplaySpec.model_validate(
+            {
+                "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+                "queue": qname,
+                "selector": {"jobNames": ["whatsapp.*"]},
+                "rate": {"jobsPerSecond": 100_000, "batchSize": 20},
+            }
+        )
         engine = ReplayEngine(client, replay_id=f"paused-{major}-{with_priority}", owner="ns/paused")
         st = await engine.run(spec)
         bulk = await client.hget(ReplayKeys(engine.replay_id).progress, "bulk_moved")

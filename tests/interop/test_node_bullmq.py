@@ -136,9 +136,7 @@ async def test_replay_subset_processed_exactly_once_by_node(
         assert removed.isdisjoint(after)
         assert after == {f: v for f, v in before[i].items() if f not in removed}
     events = await redis_client.xrange(f"{k}:events") or []
-    waiting = [
-        e for _, e in events if e and e.get("event") == "waiting" and e.get("prev") == "failed"
-    ]
+    waiting = [e for _, e in events if e and e.get("event") == "waiting" and e.get("prev") == "failed"]
     assert sorted(e["jobId"] for e in waiting) == sorted(subset)
 
     # --- The provider is healthy again: a Node worker of the same major
@@ -172,8 +170,11 @@ async def test_replay_into_node_paused_queue_waits_for_resume(
     qname, prefix = f"default-{major}", "ifx"
     k = f"{prefix}:{qname}"
     jobs = [
-        {"name": "whatsapp.send", "data": {"i": i, "tenant": "globex"},
-         "opts": {"priority": 3} if i % 2 else {}}
+        {
+            "name": "whatsapp.send",
+            "data": {"i": i, "tenant": "globex"},
+            "opts": {"priority": 3} if i % 2 else {},
+        }
         for i in range(6)
     ]
     ids, finals = await fail_with_node(redis_url, qname, jobs, major=major, prefix=prefix)
@@ -182,8 +183,11 @@ async def test_replay_into_node_paused_queue_waits_for_resume(
 
     await pause_queue(redis_url, qname, major=major, prefix=prefix)
     live = await run_producer(
-        redis_url, qname, [{"name": "email.send", "data": {"live": True}, "opts": {}}],
-        major=major, prefix=prefix,
+        redis_url,
+        qname,
+        [{"name": "email.send", "data": {"live": True}, "opts": {}}],
+        major=major,
+        prefix=prefix,
     )
     queue = py_queue_factory(qname, prefix)
     assert await reprocess_failed(queue, ids, paused_aware=True) == [1] * len(ids)
@@ -224,9 +228,7 @@ async def test_naive_replay_into_paused_queue(
     ]
     ids, _ = await fail_with_node(redis_url, qname, jobs, major=major)
     await pause_queue(redis_url, qname, major=major)
-    live = await run_producer(
-        redis_url, qname, [{"name": "email.send", "data": {}, "opts": {}}], major=major
-    )
+    live = await run_producer(redis_url, qname, [{"name": "email.send", "data": {}, "opts": {}}], major=major)
     queue = py_queue_factory(qname)
     assert await reprocess_failed(queue, ids) == [1] * len(ids)
     await resume_queue(redis_url, qname, major=major)

@@ -43,11 +43,13 @@ def jobs() -> list[dict[str, Any]]:
         data = {"i": i, "tenant": "acme", "to": f"+4915{i:07d}", "meta": {"tags": ["otp", i], "x": None}}
         out.append({"name": "whatsapp.send", "data": data, "opts": opts})
     for i in range(3):  # same name and tenant, other reason
-        out.append({"name": "whatsapp.send", "data": {"i": 10 + i, "tenant": "acme", "kind": "invalid"},
-                    "opts": {}})
+        out.append(
+            {"name": "whatsapp.send", "data": {"i": 10 + i, "tenant": "acme", "kind": "invalid"}, "opts": {}}
+        )
     for i in range(3):  # same name and reason, other tenant
-        out.append({"name": "whatsapp.send", "data": {"i": 20 + i, "tenant": "globex"},
-                    "opts": {"priority": 4}})
+        out.append(
+            {"name": "whatsapp.send", "data": {"i": 20 + i, "tenant": "globex"}, "opts": {"priority": 4}}
+        )
     for i in range(2):  # same reason and tenant, other name
         out.append({"name": "email.send", "data": {"i": 30 + i, "tenant": "acme"}, "opts": {}})
     for i in range(2):  # completes
@@ -68,18 +70,28 @@ async def test_cli_replays_a_filtered_subset_that_node_workers_then_complete(
         finals = await worker.wait_for_final(ids)
     failed = {i for i, f in finals.items() if f.outcome == "failed"}
     assert len(failed) == 14
-    subset = {i for i in failed if by_id[i]["name"] == "whatsapp.send"
-              and by_id[i]["data"]["tenant"] == "acme" and "kind" not in by_id[i]["data"]}
+    subset = {
+        i
+        for i in failed
+        if by_id[i]["name"] == "whatsapp.send"
+        and by_id[i]["data"]["tenant"] == "acme"
+        and "kind" not in by_id[i]["data"]
+    }
     assert len(subset) == 6
     for i in subset:
         attempts = by_id[i]["opts"].get("attempts", 1)
         assert await redis_client.hget(f"{k}:{i}", "atm") == str(attempts)
     before = {i: await redis_client.hgetall(f"{k}:{i}") for i in subset}
 
-    manifest = write_manifest(tmp_path / "replay.yaml", {
-        "queue": qname, "selector": SELECTOR, "resetAttempts": True,
-        "rate": {"jobsPerSecond": 1000, "batchSize": 4},
-    })
+    manifest = write_manifest(
+        tmp_path / "replay.yaml",
+        {
+            "queue": qname,
+            "selector": SELECTOR,
+            "resetAttempts": True,
+            "rate": {"jobsPerSecond": 1000, "batchSize": 4},
+        },
+    )
     res = await acli("replay", "-f", str(manifest), "--secret", f"redis/url={redis_url}", "-o", "json")
     assert res.code == 0, res.output
     status = json.loads(res.stdout)

@@ -22,7 +22,10 @@ T = TypeVar("T")
 
 
 def wait_until(
-    predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05,
+    predicate: Callable[[], T],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.05,
     message: str | Callable[[], str] = "condition",
 ) -> T:
     """Poll ``predicate`` until it returns something truthy; return it, or fail after ``timeout``.
@@ -43,7 +46,10 @@ def wait_until(
 
 
 async def async_wait_until(
-    predicate: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.05,  # noqa: ASYNC109
+    predicate: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.05,
     message: str | Callable[[], str] = "condition",
 ) -> T:
     """The asyncio twin of :func:`wait_until` for async predicates.

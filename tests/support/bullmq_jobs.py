@@ -36,8 +36,19 @@ from bullmq import Job, Queue, Worker
 
 from support import async_wait_until
 
-__all__ = ["JobSpec", "WorkerRun", "add_jobs", "create_queues", "make_failed_jobs", "mixed_jobs",
-           "next_millisecond", "older_than", "run_worker", "three_generations", "worker_waiting"]
+__all__ = [
+    "JobSpec",
+    "WorkerRun",
+    "add_jobs",
+    "create_queues",
+    "make_failed_jobs",
+    "mixed_jobs",
+    "next_millisecond",
+    "older_than",
+    "run_worker",
+    "three_generations",
+    "worker_waiting",
+]
 
 #: Jobs per ``addBulk`` call (one MULTI pipeline each).
 BULK_CHUNK = 500
@@ -66,8 +77,9 @@ def mixed_jobs(n: int) -> list[JobSpec]:
             opts["priority"] = 1 + i % 3
         elif i % 13 == 7:
             opts["lifo"] = True
-        out.append(JobSpec(("whatsapp.send", "email.send")[i % 2], {"i": i}, f"timeout after {4000 + i}ms",
-                           opts))
+        out.append(
+            JobSpec(("whatsapp.send", "email.send")[i % 2], {"i": i}, f"timeout after {4000 + i}ms", opts)
+        )
     return out
 
 
@@ -102,8 +114,9 @@ async def older_than(redis: aioredis.Redis, queue: str, margin_ms: int, *, prefi
         await asyncio.sleep(max(0, target_ns - time.time_ns()) / 1e9)
 
 
-async def worker_waiting(redis: aioredis.Redis, queue: str, *, prefix: str = "bull",
-                         timeout: float = 10.0) -> None:  # noqa: ASYNC109
+async def worker_waiting(
+    redis: aioredis.Redis, queue: str, *, prefix: str = "bull", timeout: float = 10.0
+) -> None:
     """Wait until a worker of ``queue`` blocks for new work (``BZPOPMIN`` on the queue's marker,
     on its connection named ``{prefix}:{queue}``): it looked for a job and found none it may
     take. The positive signal that a worker takes nothing, instead of a fixed sleep."""
@@ -112,8 +125,9 @@ async def worker_waiting(redis: aioredis.Redis, queue: str, *, prefix: str = "bu
     async def blocked() -> bool:
         return any(c.get("name") == name and c.get("cmd") == "bzpopmin" for c in await redis.client_list())
 
-    await async_wait_until(blocked, timeout=timeout, interval=0.02,
-                           message=f"a worker of {queue} blocked waiting for work")
+    await async_wait_until(
+        blocked, timeout=timeout, interval=0.02, message=f"a worker of {queue} blocked waiting for work"
+    )
 
 
 def _queue_opts(redis_url: str, prefix: str) -> dict[str, Any]:
@@ -123,16 +137,18 @@ def _queue_opts(redis_url: str, prefix: str) -> dict[str, Any]:
 async def _add_all(queue: Queue, jobs: Sequence[JobSpec]) -> list[str]:
     ids: list[str] = []
     for start in range(0, len(jobs), BULK_CHUNK):
-        chunk = jobs[start:start + BULK_CHUNK]
-        added = await queue.addBulk(
-            [{"name": j.name, "data": j.data, "opts": dict(j.opts)} for j in chunk]
-        )
+        chunk = jobs[start : start + BULK_CHUNK]
+        added = await queue.addBulk([{"name": j.name, "data": j.data, "opts": dict(j.opts)} for j in chunk])
         ids.extend(str(job.id) for job in added)
     return ids
 
 
 async def wait_in_set(
-    redis_url: str, key: str, ids: Sequence[str], *, timeout: float = 60.0  # noqa: ASYNC109
+    redis_url: str,
+    key: str,
+    ids: Sequence[str],
+    *,
+    timeout: float = 60.0,
 ) -> None:
     """Block until every id is a member of the sorted set ``key`` (bounded by ``timeout``)."""
     client = aioredis.Redis.from_url(redis_url)
@@ -176,8 +192,12 @@ async def create_queues(redis_url: str, *queues: str, prefix: str = "bull") -> N
 
 
 async def make_failed_jobs(
-    redis_url: str, queue: str, jobs: Sequence[JobSpec], *, prefix: str = "bull",
-    timeout: float = 60.0,  # noqa: ASYNC109
+    redis_url: str,
+    queue: str,
+    jobs: Sequence[JobSpec],
+    *,
+    prefix: str = "bull",
+    timeout: float = 60.0,
 ) -> list[str]:
     """Create real jobs, fail each with its ``reason`` through a real Worker; return ids in order.
 
@@ -195,8 +215,9 @@ async def make_failed_jobs(
     async def fail(job: Job, token: str) -> None:
         raise Exception(reasons.get(str(job.id), "unexpected job"))
 
-    worker = Worker(queue, fail, {**_queue_opts(redis_url, prefix),
-                                  "concurrency": WORKER_CONCURRENCY, "drainDelay": 1})
+    worker = Worker(
+        queue, fail, {**_queue_opts(redis_url, prefix), "concurrency": WORKER_CONCURRENCY, "drainDelay": 1}
+    )
     try:
         await wait_in_set(redis_url, f"{prefix}:{queue}:failed", ids, timeout=timeout)
     finally:
@@ -219,23 +240,25 @@ class WorkerRun:
     def processed_ids(self) -> list[str]:
         return [job_id for job_id, _ in self.processed]
 
-    async def wait_for(self, count: int, *, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    async def wait_for(self, count: int, *, timeout: float = 30.0) -> None:
         """Wait until ``count`` jobs have finished (completed or failed)."""
         deadline = time.monotonic() + timeout
         while len(self.completed) + len(self.failed) < count:
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"worker finished {len(self.completed) + len(self.failed)} of {count} "
-                    f"jobs in {timeout}s"
+                    f"worker finished {len(self.completed) + len(self.failed)} of {count} jobs in {timeout}s"
                 )
             await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager
 async def run_worker(
-    redis_url: str, queue: str, *,
+    redis_url: str,
+    queue: str,
+    *,
     fail_when: Callable[[Job], bool | str | None] | None = None,
-    prefix: str = "bull", concurrency: int = WORKER_CONCURRENCY,
+    prefix: str = "bull",
+    concurrency: int = WORKER_CONCURRENCY,
 ) -> AsyncIterator[WorkerRun]:
     """Run a real Worker on ``queue`` for the duration of the block, recording what it ran.
 
@@ -253,8 +276,9 @@ async def run_worker(
             raise Exception(verdict if isinstance(verdict, str) else "failed by fail_when")
         return "ok"
 
-    worker = Worker(queue, process, {**_queue_opts(redis_url, prefix),
-                                     "concurrency": concurrency, "drainDelay": 1})
+    worker = Worker(
+        queue, process, {**_queue_opts(redis_url, prefix), "concurrency": concurrency, "drainDelay": 1}
+    )
     # The events fire after BullMQ moved the job to completed/failed in Redis,
     # so a test that saw them may assert on Redis right away.
     worker.on("completed", lambda job, result: run.completed.append(str(job.id)))

@@ -23,7 +23,14 @@ import yaml
 from support import wait_until
 
 __all__ = [
-    "CliResult", "acli", "cli", "cli_command", "cli_env", "interrupt_cli", "keyspace", "popen_cli",
+    "CliResult",
+    "acli",
+    "cli",
+    "cli_command",
+    "cli_env",
+    "interrupt_cli",
+    "keyspace",
+    "popen_cli",
     "write_manifest",
 ]
 
@@ -57,16 +64,29 @@ def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0) -> CliResult:
     """Run the CLI to completion (blocking)."""
-    proc = subprocess.run(cli_command(*args), capture_output=True, text=True, env=cli_env(env),
-                          timeout=timeout, cwd=REPO, stdin=subprocess.DEVNULL, check=False)
+    proc = subprocess.run(
+        cli_command(*args),
+        capture_output=True,
+        text=True,
+        env=cli_env(env),
+        timeout=timeout,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
-async def acli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0) -> CliResult:  # noqa: ASYNC109
+async def acli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0) -> CliResult:
     """Run the CLI to completion without blocking the test's event loop (Node workers keep reading)."""
     proc = await asyncio.create_subprocess_exec(
-        *cli_command(*args), env=cli_env(env), cwd=REPO, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        *cli_command(*args),
+        env=cli_env(env),
+        cwd=REPO,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
@@ -81,15 +101,26 @@ def popen_cli(*args: str, env: Mapping[str, str] | None = None, log: Path) -> su
     """Start the CLI in the background, stdout and stderr into ``log`` (for kill/interrupt tests)."""
     handle = log.open("wb")
     try:
-        return subprocess.Popen(cli_command(*args), stdout=handle, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=cli_env(env), cwd=REPO)
+        return subprocess.Popen(
+            cli_command(*args),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=cli_env(env),
+            cwd=REPO,
+        )
     finally:
         handle.close()
 
 
 def interrupt_cli(
-    *args: str, log: Path, redis_url: str, ready: Callable[[redis.Redis], object],
-    stop: signal.Signals | Callable[[], object], exit_timeout: float, ready_timeout: float = 60.0,
+    *args: str,
+    log: Path,
+    redis_url: str,
+    ready: Callable[[redis.Redis], object],
+    stop: signal.Signals | Callable[[], object],
+    exit_timeout: float,
+    ready_timeout: float = 60.0,
     waiting_for: str = "first replays",
 ) -> int:
     """Start the CLI in the background, wait until ``ready`` holds on the Redis at ``redis_url``,
@@ -100,8 +131,11 @@ def interrupt_cli(
     proc = popen_cli(*args, log=log)
     sync = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        wait_until(lambda: ready(sync), timeout=ready_timeout,
-                   message=lambda: f"{waiting_for}; log: {log.read_text()}")
+        wait_until(
+            lambda: ready(sync),
+            timeout=ready_timeout,
+            message=lambda: f"{waiting_for}; log: {log.read_text()}",
+        )
         if isinstance(stop, signal.Signals):
             proc.send_signal(stop)
         else:
@@ -113,16 +147,26 @@ def interrupt_cli(
             proc.kill()
 
 
-def write_manifest(path: Path, spec: Mapping[str, Any], *, name: str = "replay-1",
-                   namespace: str | None = "ops", **metadata: Any) -> Path:
+def write_manifest(
+    path: Path,
+    spec: Mapping[str, Any],
+    *,
+    name: str = "replay-1",
+    namespace: str | None = "ops",
+    **metadata: Any,
+) -> Path:
     """A DLQReplay manifest file as a user writes it (Redis URL from Secret ``redis``/``url``)."""
     meta: dict[str, Any] = {"name": name, **metadata}
     if namespace is not None:
         meta["namespace"] = namespace
     body: dict[str, Any] = {"redis": {"urlSecretRef": {"name": "redis", "key": "url"}}, "queue": "default"}
     body.update(spec)
-    path.write_text(yaml.safe_dump({"apiVersion": "requeue.dev/v1alpha1", "kind": "DLQReplay",
-                                    "metadata": meta, "spec": body}, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {"apiVersion": "requeue.dev/v1alpha1", "kind": "DLQReplay", "metadata": meta, "spec": body},
+            sort_keys=False,
+        )
+    )
     return path
 
 

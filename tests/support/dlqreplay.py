@@ -46,24 +46,47 @@ DLQR = "requeue.dev/v1alpha1/dlqreplays"
 def operator_command(*extra: str, metrics_port: int | None = None) -> tuple[str, ...]:
     """``python -m requeue run --standalone -A`` on a free metrics port (tests may run side by side)."""
     port = metrics_port if metrics_port is not None else free_port()
-    return (sys.executable, "-m", "requeue", "run", "--standalone", "-A", "--verbose",
-            "--metrics-port", str(port), *extra)
+    return (
+        sys.executable,
+        "-m",
+        "requeue",
+        "run",
+        "--standalone",
+        "-A",
+        "--verbose",
+        "--metrics-port",
+        str(port),
+        *extra,
+    )
 
 
 def secret(name: str, values: dict[str, str], namespace: str = "default") -> dict[str, Any]:
     """A Secret manifest with base64 ``data``."""
-    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": name, "namespace": namespace},
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
+    }
 
 
-def replay(name: str, queue: str, *, secret_name: str = "redis", secret_key: str = "url",
-           namespace: str = "default", **spec: Any) -> dict[str, Any]:
+def replay(
+    name: str,
+    queue: str,
+    *,
+    secret_name: str = "redis",
+    secret_key: str = "url",
+    namespace: str = "default",
+    **spec: Any,
+) -> dict[str, Any]:
     """A DLQReplay manifest; ``spec`` entries are camelCase wire fields."""
-    return {"apiVersion": "requeue.dev/v1alpha1", "kind": "DLQReplay",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"redis": {"urlSecretRef": {"name": secret_name, "key": secret_key}},
-                     "queue": queue, **spec}}
+    return {
+        "apiVersion": "requeue.dev/v1alpha1",
+        "kind": "DLQReplay",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"redis": {"urlSecretRef": {"name": secret_name, "key": secret_key}}, "queue": queue, **spec},
+    }
 
 
 def status(kube: Kube, name: str, namespace: str = "default") -> dict[str, Any]:
@@ -87,8 +110,16 @@ def event_reasons(kube: Kube, name: str) -> list[str]:
     return [e.get("reason", "") for e in events(kube, name)]
 
 
-def wait_status(kube: Kube, name: str, predicate: Any, *, operator: OperatorProcess | None = None,
-                timeout: float = 30.0, what: str = "status", namespace: str = "default") -> dict[str, Any]:
+def wait_status(
+    kube: Kube,
+    name: str,
+    predicate: Any,
+    *,
+    operator: OperatorProcess | None = None,
+    timeout: float = 30.0,
+    what: str = "status",
+    namespace: str = "default",
+) -> dict[str, Any]:
     """Wait until ``predicate(status)`` holds; fail with the status and the operator's log tail."""
 
     def check() -> dict[str, Any] | None:
@@ -97,16 +128,25 @@ def wait_status(kube: Kube, name: str, predicate: Any, *, operator: OperatorProc
 
     def explain() -> str:
         tail = operator.logs()[-5000:] if operator is not None else ""
-        return (f"{what} of dlqr/{name}; last status:\n"
-                f"{json.dumps(status(kube, name, namespace), indent=1)[:4000]}\noperator log:\n{tail}")
+        return (
+            f"{what} of dlqr/{name}; last status:\n"
+            f"{json.dumps(status(kube, name, namespace), indent=1)[:4000]}\noperator log:\n{tail}"
+        )
 
     result: dict[str, Any] = wait_until(check, timeout=timeout, interval=0.1, message=explain)
     return result
 
 
-async def wait_status_async(kube: Kube, name: str, predicate: Any, *,
-                            operator: OperatorProcess | None = None, timeout: float = 30.0,  # noqa: ASYNC109
-                            what: str = "status", namespace: str = "default") -> dict[str, Any]:
+async def wait_status_async(
+    kube: Kube,
+    name: str,
+    predicate: Any,
+    *,
+    operator: OperatorProcess | None = None,
+    timeout: float = 30.0,
+    what: str = "status",
+    namespace: str = "default",
+) -> dict[str, Any]:
     """:func:`wait_status` for async tests: the test's loop keeps running (e.g. BullMQ workers on it)."""
 
     async def check() -> dict[str, Any] | None:
@@ -115,23 +155,36 @@ async def wait_status_async(kube: Kube, name: str, predicate: Any, *,
 
     def explain() -> str:
         tail = operator.logs()[-5000:] if operator is not None else ""
-        return (f"{what} of dlqr/{name}; last status:\n"
-                f"{json.dumps(status(kube, name, namespace), indent=1)[:4000]}\noperator log:\n{tail}")
+        return (
+            f"{what} of dlqr/{name}; last status:\n"
+            f"{json.dumps(status(kube, name, namespace), indent=1)[:4000]}\noperator log:\n{tail}"
+        )
 
     result: dict[str, Any] = await async_wait_until(check, timeout=timeout, interval=0.1, message=explain)
     return result
 
 
-async def wait_gone_async(kube: Kube, name: str, *, operator: OperatorProcess | None = None,
-                          timeout: float = 30.0, namespace: str = "default") -> None:  # noqa: ASYNC109
+async def wait_gone_async(
+    kube: Kube,
+    name: str,
+    *,
+    operator: OperatorProcess | None = None,
+    timeout: float = 30.0,
+    namespace: str = "default",
+) -> None:
     """Wait until the object no longer exists (finalizers released)."""
 
     async def gone() -> bool:
         return await asyncio.to_thread(kube.get, DLQR, name, namespace) is None
 
-    await async_wait_until(gone, timeout=timeout, interval=0.1,
-                           message=lambda: f"dlqr/{name} to be gone; operator log:\n"
-                                           f"{operator.logs()[-5000:] if operator else ''}")
+    await async_wait_until(
+        gone,
+        timeout=timeout,
+        interval=0.1,
+        message=lambda: (
+            f"dlqr/{name} to be gone; operator log:\n{operator.logs()[-5000:] if operator else ''}"
+        ),
+    )
 
 
 # ---------------------------------------------------------------- exactly once, as Redis holds it
@@ -177,8 +230,9 @@ class ReplayInRedis:
         return int(value)
 
 
-async def in_redis(client: aioredis.Redis, uid: str, *, queue: str = "default",
-                   prefix: str = "bull") -> ReplayInRedis:
+async def in_redis(
+    client: aioredis.Redis, uid: str, *, queue: str = "default", prefix: str = "bull"
+) -> ReplayInRedis:
     """Read :class:`ReplayInRedis` (``client`` must decode responses)."""
     base = f"requeue:replay:{uid}:"
     async with client.pipeline(transaction=True) as pipe:
@@ -195,8 +249,9 @@ def _twice(ids: list[str]) -> list[str]:
     return sorted(i for i, n in Counter(ids).items() if n > 1)[:10]
 
 
-def check_exactly_once(seen: ReplayInRedis, all_ids: Collection[str], *,
-                       selected: Collection[str] | None = None, what: str = "") -> None:
+def check_exactly_once(
+    seen: ReplayInRedis, all_ids: Collection[str], *, selected: Collection[str] | None = None, what: str = ""
+) -> None:
     """Assert exactly-once on the ids, at any instant of a replay (no worker on the queue):
 
     no id moved or waiting twice; the counter equals the moved list; every moved id was
@@ -209,19 +264,23 @@ def check_exactly_once(seen: ReplayInRedis, all_ids: Collection[str], *,
     assert not _twice(seen.moved), f"ids moved twice{where}: {_twice(seen.moved)}"
     assert not _twice(seen.waiting), f"ids waiting twice{where}: {_twice(seen.waiting)}"
     assert not _twice(seen.snapshot), f"ids selected twice{where}: {_twice(seen.snapshot)}"
-    assert seen.replayed == len(seen.moved), \
+    assert seen.replayed == len(seen.moved), (
         f"replayed counter {seen.replayed} != {len(seen.moved)} moved ids{where}"
+    )
     stray = moved - set(seen.snapshot)
     assert not stray, f"moved but never selected{where}: {sorted(stray)[:10]}"
     assert set(seen.waiting) == moved, (
         f"wait != moved{where}: {len(set(seen.waiting) - moved)} waiting not moved, "
-        f"{len(moved - set(seen.waiting))} moved not waiting")
+        f"{len(moved - set(seen.waiting))} moved not waiting"
+    )
     rest = set(all_ids) - moved
     assert seen.failed == rest, (
         f"failed set != the ids not moved{where}: {len(seen.failed - rest)} extra, "
-        f"{len(rest - seen.failed)} lost")
+        f"{len(rest - seen.failed)} lost"
+    )
     if selected is not None and seen.done:
         assert set(seen.snapshot) == set(selected), (
             f"snapshot != selected{where}: {len(set(seen.snapshot) - set(selected))} extra, "
-            f"{len(set(selected) - set(seen.snapshot))} missing")
+            f"{len(set(selected) - set(seen.snapshot))} missing"
+        )
         assert moved == set(selected), f"{len(set(selected) - moved)} selected ids never moved{where}"

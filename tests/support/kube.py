@@ -28,8 +28,19 @@ from devcluster import (
 from devcluster import Cluster as Kube
 from devcluster import load_crds as _load_crds
 
-__all__ = ["ApiServer", "Kube", "Kubectl", "KubectlError", "KubectlNotFoundError", "find_kubectl",
-           "human_age", "jsonpath", "kubeconfig", "load_crds", "start_kube"]
+__all__ = [
+    "ApiServer",
+    "Kube",
+    "Kubectl",
+    "KubectlError",
+    "KubectlNotFoundError",
+    "find_kubectl",
+    "human_age",
+    "jsonpath",
+    "kubeconfig",
+    "load_crds",
+    "start_kube",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRDS_DIR = REPO_ROOT / "crds"

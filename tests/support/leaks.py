@@ -22,7 +22,7 @@ def leaks(text: str, *secrets: str) -> list[str]:
     for secret in secrets:
         for form in _forms(secret):
             for i in range(len(form) - PIECE + 1):
-                piece = form[i:i + PIECE]
+                piece = form[i : i + PIECE]
                 if piece in text:
                     found.append(piece)
     return sorted(set(found))

@@ -34,8 +34,12 @@ class NotLinear(AssertionError):
 @cache
 def _category(name: str) -> frozenset[str]:
     source = {
-        "CATEGORY_DIGIT": r"\d", "CATEGORY_NOT_DIGIT": r"\D", "CATEGORY_SPACE": r"\s",
-        "CATEGORY_NOT_SPACE": r"\S", "CATEGORY_WORD": r"\w", "CATEGORY_NOT_WORD": r"\W",
+        "CATEGORY_DIGIT": r"\d",
+        "CATEGORY_NOT_DIGIT": r"\D",
+        "CATEGORY_SPACE": r"\s",
+        "CATEGORY_NOT_SPACE": r"\S",
+        "CATEGORY_WORD": r"\w",
+        "CATEGORY_NOT_WORD": r"\W",
     }[name]
     return frozenset(re.findall(source, _BMP))
 
@@ -102,7 +106,7 @@ def _first(seq: list[tuple[Any, Any]]) -> tuple[frozenset[str], bool]:
 
 def _check(seq: list[tuple[Any, Any]], follow: frozenset[str], tail_nullable: bool, where: str) -> None:
     for i, (op, av) in enumerate(seq):
-        rest_first, rest_null = _first(seq[i + 1:])
+        rest_first, rest_null = _first(seq[i + 1 :])
         after = rest_first | (follow if rest_null else frozenset())
         after_null = rest_null and tail_nullable
         if op in (C.MAX_REPEAT, C.MIN_REPEAT):
@@ -110,8 +114,10 @@ def _check(seq: list[tuple[Any, Any]], follow: frozenset[str], tail_nullable: bo
             body_first, _ = _first(body)
             if low != high and body_first & after:
                 sample = "".join(sorted(body_first & after))[:10]
-                raise NotLinear(f"{where}: a repeat may give back characters that what follows "
-                                f"also starts with ({sample!r})")
+                raise NotLinear(
+                    f"{where}: a repeat may give back characters that what follows "
+                    f"also starts with ({sample!r})"
+                )
             if high == C.MAXREPEAT:
                 if len(body) != 1 or _charset(*body[0]) is None:
                     raise NotLinear(f"{where}: an unbounded repeat of more than one character class")

@@ -163,9 +163,7 @@ def node_available() -> str:
             raise NodeInteropUnavailable(f"{manifest} is missing; {FIX}")
         installed = json.loads(manifest.read_text())["version"]
         if installed != _pinned_version(spec):
-            raise NodeInteropUnavailable(
-                f"{name} {installed} installed but package.json pins {spec}; {FIX}"
-            )
+            raise NodeInteropUnavailable(f"{name} {installed} installed but package.json pins {spec}; {FIX}")
     return node
 
 
@@ -206,9 +204,7 @@ async def run_node_script(
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        stdout, stderr = await asyncio.wait_for(
-            proc.communicate(json.dumps(dict(args)).encode()), timeout_s
-        )
+        stdout, stderr = await asyncio.wait_for(proc.communicate(json.dumps(dict(args)).encode()), timeout_s)
     except TimeoutError as exc:
         proc.kill()
         await proc.wait()
@@ -511,9 +507,7 @@ class NodeWorker:
     async def _wait(self, predicate: Any, timeout_s: float, what: str) -> None:
         async with self._changed:
             try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: predicate() or self._eof), timeout_s
-                )
+                await asyncio.wait_for(self._changed.wait_for(lambda: predicate() or self._eof), timeout_s)
             except TimeoutError:
                 raise NodeScriptError(
                     f"timed out after {timeout_s}s waiting for {what}; processed so far: "
@@ -534,9 +528,7 @@ class NodeWorker:
         """The last final attempt of each job id, in report order."""
         return {p.id: p for p in self.processed if p.final}
 
-    async def wait_for_final(
-        self, ids: Iterable[str], *, timeout_s: float = 30.0
-    ) -> dict[str, ProcessedJob]:
+    async def wait_for_final(self, ids: Iterable[str], *, timeout_s: float = 30.0) -> dict[str, ProcessedJob]:
         """Wait until each of ``ids`` has a final outcome; return those outcomes."""
         wanted = set(ids)
         await self._wait(
@@ -587,12 +579,14 @@ async def pause_with_live_traffic(redis_url: str, queue: str, *, major: int) -> 
     """The app pauses its queue (BullMQ 5: ``RENAME wait paused``) and a live job arrives
     after the pause; returns the live job's ids."""
     await pause_queue(redis_url, queue, major=major)
-    return await run_producer(redis_url, queue, [{"name": "email.send", "data": {"live": True}, "opts": {}}],
-                              major=major)
+    return await run_producer(
+        redis_url, queue, [{"name": "email.send", "data": {"live": True}, "opts": {}}], major=major
+    )
 
 
-async def resume_then_run_each_once(redis_url: str, queue: str, *, major: int, ids: Sequence[str],
-                                    quiet_s: float = 1.5) -> dict[str, ProcessedJob]:
+async def resume_then_run_each_once(
+    redis_url: str, queue: str, *, major: int, ids: Sequence[str], quiet_s: float = 1.5
+) -> dict[str, ProcessedJob]:
     """A Node worker on a paused queue: nothing runs for ``quiet_s``; after Node resumes the
     queue, each of ``ids`` runs exactly once (no duplicate within another ``quiet_s``).
     Returns each id's final outcome."""

@@ -32,8 +32,12 @@ class OperatorProcess:
     """
 
     def __init__(
-        self, kubeconfig: Path | str, log_path: Path, *,
-        command: Sequence[str] = DEFAULT_COMMAND, env: Mapping[str, str] | None = None,
+        self,
+        kubeconfig: Path | str,
+        log_path: Path,
+        *,
+        command: Sequence[str] = DEFAULT_COMMAND,
+        env: Mapping[str, str] | None = None,
         cwd: Path = REPO_ROOT,
     ) -> None:
         self.command = list(command)
@@ -71,8 +75,13 @@ class OperatorProcess:
             log.write(f"=== start {self.starts}: {' '.join(self.command)} ===\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
-                self.command, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                self.command,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         return self
 
@@ -106,11 +115,12 @@ class OperatorProcess:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         if current_run_only:
             marker = f"=== start {self.starts}:"
-            text = text[text.rfind(marker):] if marker in text else text
+            text = text[text.rfind(marker) :] if marker in text else text
         return text
 
-    def wait_for_log(self, pattern: str, *, timeout: float = 30.0,
-                     current_run_only: bool = True) -> re.Match[str]:
+    def wait_for_log(
+        self, pattern: str, *, timeout: float = 30.0, current_run_only: bool = True
+    ) -> re.Match[str]:
         """Wait until the log matches ``pattern`` (a regex); fail with the log tail if not."""
         regex = re.compile(pattern)
 
@@ -118,14 +128,15 @@ class OperatorProcess:
             if not self.running and self.returncode is not None:
                 raise AssertionError(
                     f"operator exited with {self.returncode} while waiting for {pattern!r}:\n"
-                    f"{self.logs()[-4000:]}")
+                    f"{self.logs()[-4000:]}"
+                )
             return regex.search(self.logs(current_run_only=current_run_only))
 
-        match = wait_until(found, timeout=timeout,
-                           message=lambda: f"log line {pattern!r}; log tail:\n{self.logs()[-4000:]}")
+        match = wait_until(
+            found, timeout=timeout, message=lambda: f"log line {pattern!r}; log tail:\n{self.logs()[-4000:]}"
+        )
         assert match is not None
         return match
 
     def __repr__(self) -> str:
         return f"OperatorProcess(pid={self.pid}, running={self.running}, log={self.log_path})"
-

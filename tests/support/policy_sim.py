@@ -31,8 +31,12 @@ def make_spec(**overrides: Any) -> QueuePolicySpec:
 
 
 def gate(name: str, healthy: bool, message: str = "") -> GateStatus:
-    return GateStatus(name=name, type=GateType.HTTP, healthy=healthy,
-                      message=message or ("ok" if healthy else "connection refused"))
+    return GateStatus(
+        name=name,
+        type=GateType.HTTP,
+        healthy=healthy,
+        message=message or ("ok" if healthy else "connection refused"),
+    )
 
 
 HTTP_GATE = {"name": "db", "http": {"url": "http://127.0.0.1:1/health"}}
@@ -79,20 +83,32 @@ class PolicySim:
             w = self.queues[name]
             self.cursor += 1
             seen[name] = QueueObservation(
-                name=name, waiting=w.waiting, active=w.active, completed=w.completed, failed=w.failed,
-                delayed=w.delayed, prioritized=w.prioritized, paused=w.paused,
+                name=name,
+                waiting=w.waiting,
+                active=w.active,
+                completed=w.completed,
+                failed=w.failed,
+                delayed=w.delayed,
+                prioritized=w.prioritized,
+                paused=w.paused,
                 events=EventTally(cursor=f"{self.cursor}-0", per_second=dict(w.events)),
                 lockless_active=w.lockless,
             )
             w.events = {}
         return Observation(at=self.now, queues=seen, gates=self.gates)
 
-    def step(self, advance: timedelta = timedelta(seconds=30), *, execute: bool = True,
-             observation: Observation | None = None) -> Decision:
+    def step(
+        self,
+        advance: timedelta = timedelta(seconds=30),
+        *,
+        execute: bool = True,
+        observation: Observation | None = None,
+    ) -> Decision:
         self.now += advance
         obs = observation or self.observe()
-        decision = decide(self.spec, self.status, obs, self.memory, now=self.now, generation=1,
-                          policy_name="visapi")
+        decision = decide(
+            self.spec, self.status, obs, self.memory, now=self.now, generation=1, policy_name="visapi"
+        )
         self.status, self.memory = decision.status, decision.memory
         self.history.append((self.now, decision))
         self.finish(decision, execute=execute)

@@ -43,13 +43,16 @@ __all__ = [
 QPOL = "requeue.dev/v1alpha1/queuepolicies"
 
 
-def policy(name: str, queues: list[str], *, secret_name: str = "redis", namespace: str = "default",
-           **spec: Any) -> dict[str, Any]:
+def policy(
+    name: str, queues: list[str], *, secret_name: str = "redis", namespace: str = "default", **spec: Any
+) -> dict[str, Any]:
     """A QueuePolicy manifest; ``spec`` entries are camelCase wire fields."""
-    return {"apiVersion": "requeue.dev/v1alpha1", "kind": "QueuePolicy",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"redis": {"urlSecretRef": {"name": secret_name, "key": "url"}},
-                     "queues": queues, **spec}}
+    return {
+        "apiVersion": "requeue.dev/v1alpha1",
+        "kind": "QueuePolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"redis": {"urlSecretRef": {"name": secret_name, "key": "url"}}, "queues": queues, **spec},
+    }
 
 
 #: Gate timing for tests: check every 500 ms, one failure is red, one pass is green.
@@ -95,9 +98,15 @@ async def policy_events(kube: Kube, name: str) -> list[dict[str, Any]]:
     return [e for e in items if e.get("involvedObject", {}).get("kind") == "QueuePolicy"]
 
 
-async def wait_policy(kube: Kube, name: str, predicate: Callable[[dict[str, Any]], Any], *,
-                      operator: OperatorProcess | None = None, timeout: float = 30.0,  # noqa: ASYNC109
-                      what: str = "status") -> dict[str, Any]:
+async def wait_policy(
+    kube: Kube,
+    name: str,
+    predicate: Callable[[dict[str, Any]], Any],
+    *,
+    operator: OperatorProcess | None = None,
+    timeout: float = 30.0,
+    what: str = "status",
+) -> dict[str, Any]:
     """Wait until ``predicate(status)`` holds; fail with the status and the operator's log tail."""
     last: dict[str, Any] = {}
 
@@ -125,17 +134,30 @@ def auto_replays(st: dict[str, Any]) -> list[str]:
     return [a["result"] for a in st.get("lastActions", []) if a["action"] == "AutoReplay" and a.get("result")]
 
 
-async def wait_auto_replay(kube: Kube, name: str, *, after: str | None = None,
-                           operator: OperatorProcess | None = None, timeout: float = 40.0,  # noqa: ASYNC109
-                           what: str = "the auto replay") -> str:
+async def wait_auto_replay(
+    kube: Kube,
+    name: str,
+    *,
+    after: str | None = None,
+    operator: OperatorProcess | None = None,
+    timeout: float = 40.0,
+    what: str = "the auto replay",
+) -> str:
     """Wait until the policy reports a child DLQReplay (one other than ``after``); its name."""
-    st = await wait_policy(kube, name, lambda s: auto_replays(s)[:1] not in ([], [after]),
-                           operator=operator, timeout=timeout, what=what)
+    st = await wait_policy(
+        kube,
+        name,
+        lambda s: auto_replays(s)[:1] not in ([], [after]),
+        operator=operator,
+        timeout=timeout,
+        what=what,
+    )
     return auto_replays(st)[0]
 
 
-async def evaluations(kube: Kube, name: str, count: int, *, operator: OperatorProcess | None = None,
-                      timeout: float = 30.0) -> dict[str, Any]:  # noqa: ASYNC109
+async def evaluations(
+    kube: Kube, name: str, count: int, *, operator: OperatorProcess | None = None, timeout: float = 30.0
+) -> dict[str, Any]:
     """Wait until the policy has been evaluated ``count`` more times; return the latest status."""
     seen: set[str] = set()
 
@@ -145,8 +167,9 @@ async def evaluations(kube: Kube, name: str, count: int, *, operator: OperatorPr
             seen.add(at)
         return len(seen) > count
 
-    return await wait_policy(kube, name, newer, operator=operator, timeout=timeout,
-                             what=f"{count} more evaluations")
+    return await wait_policy(
+        kube, name, newer, operator=operator, timeout=timeout, what=f"{count} more evaluations"
+    )
 
 
 def queue_state(st: dict[str, Any], queue: str) -> dict[str, Any]:

@@ -6,5 +6,11 @@ It lives in the devcluster package because ``requeue demo`` starts one too.
 from devcluster.errors import RedisServerError, RedisServerNotFoundError
 from devcluster.redis_server import REDIS_SERVER_ENV, RedisServer, find_redis_server, free_port
 
-__all__ = ["REDIS_SERVER_ENV", "RedisServer", "RedisServerError", "RedisServerNotFoundError",
-           "find_redis_server", "free_port"]
+__all__ = [
+    "REDIS_SERVER_ENV",
+    "RedisServer",
+    "RedisServerError",
+    "RedisServerNotFoundError",
+    "find_redis_server",
+    "free_port",
+]

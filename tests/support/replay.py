@@ -14,8 +14,14 @@ from requeue.clock import Clock, utcnow
 from requeue.queues import raw as raw_module
 from requeue.replay import DEFAULT_TUNING, EngineTuning, ReplayEngine
 
-__all__ = ["ONE_BATCH_PER_STEP", "drive", "drive_losing_status", "lose_every_third_reply",
-           "refail_first_replayed", "replay_spec"]
+__all__ = [
+    "ONE_BATCH_PER_STEP",
+    "drive",
+    "drive_losing_status",
+    "lose_every_third_reply",
+    "refail_first_replayed",
+    "replay_spec",
+]
 
 #: A step moves one batch, as at a modest rate: tests that act between batches (kill Redis,
 #: let jobs fail again) see the replay mid-way. At a high rate a step moves batches for up
@@ -45,8 +51,14 @@ def replay_spec(base: Mapping[str, Any] | None = None, /, **fields: Any) -> DLQR
     return DLQReplaySpec.model_validate(body)
 
 
-async def drive(engine: ReplayEngine, spec: DLQReplaySpec, status: DLQReplayStatus | None = None,
-                *, max_steps: int = 5000, clock: Ticking | None = None) -> DLQReplayStatus:
+async def drive(
+    engine: ReplayEngine,
+    spec: DLQReplaySpec,
+    status: DLQReplayStatus | None = None,
+    *,
+    max_steps: int = 5000,
+    clock: Ticking | None = None,
+) -> DLQReplayStatus:
     """Step until the replay finishes, without sleeping; a test ``clock`` is moved on by each step's
     delay. Fails after ``max_steps`` steps."""
     st = status or DLQReplayStatus()
@@ -60,10 +72,15 @@ async def drive(engine: ReplayEngine, spec: DLQReplaySpec, status: DLQReplayStat
     raise AssertionError(f"not finished after {max_steps} steps: {st.phase} {st.message}")
 
 
-async def drive_losing_status(redis: Redis, spec: DLQReplaySpec, *, replay_id: str,
-                              max_steps: int = 5000,
-                              tuning: EngineTuning = DEFAULT_TUNING,
-                              clock: Clock = utcnow) -> DLQReplayStatus:
+async def drive_losing_status(
+    redis: Redis,
+    spec: DLQReplaySpec,
+    *,
+    replay_id: str,
+    max_steps: int = 5000,
+    tuning: EngineTuning = DEFAULT_TUNING,
+    clock: Clock = utcnow,
+) -> DLQReplayStatus:
     """Step as processes that crash before writing every other status: that step's result is
     thrown away and a new engine (a new process, owner ``ns/<replay_id>``, with ``tuning`` and
     ``clock``) goes on from the status before it. Returns the final status, or the last kept
@@ -75,8 +92,9 @@ async def drive_losing_status(redis: Redis, spec: DLQReplaySpec, *, replay_id: s
         if result.status.phase.finished:
             return result.status
         if i % 2 == 0:
-            engine = ReplayEngine(redis, replay_id=replay_id, owner=f"ns/{replay_id}", tuning=tuning,
-                                  clock=clock)
+            engine = ReplayEngine(
+                redis, replay_id=replay_id, owner=f"ns/{replay_id}", tuning=tuning, clock=clock
+            )
             continue
         st = result.status
     return st
@@ -101,8 +119,9 @@ def lose_every_third_reply(monkeypatch: pytest.MonkeyPatch, *, write_lands: bool
     return calls
 
 
-async def refail_first_replayed(engine: ReplayEngine, spec: DLQReplaySpec, redis_url: str, queue: str,
-                                n: int) -> tuple[DLQReplayStatus, set[str]]:
+async def refail_first_replayed(
+    engine: ReplayEngine, spec: DLQReplaySpec, redis_url: str, queue: str, n: int
+) -> tuple[DLQReplayStatus, set[str]]:
     """Step until ``n`` jobs are replayed, then let a real worker fail each of them again
     (while the replay is still under way). Returns the status so far and the refailed ids."""
     from support.bullmq_jobs import run_worker

@@ -109,13 +109,9 @@ class TcpProxy:
         self._writers.add(writer)
         upstream_writer: asyncio.StreamWriter | None = None
         try:
-            up_reader, upstream_writer = await asyncio.open_connection(
-                self.target_host, self.target_port
-            )
+            up_reader, upstream_writer = await asyncio.open_connection(self.target_host, self.target_port)
             self._writers.add(upstream_writer)
-            await asyncio.gather(
-                self._pump(reader, upstream_writer), self._pump(up_reader, writer)
-            )
+            await asyncio.gather(self._pump(reader, upstream_writer), self._pump(up_reader, writer))
         except (OSError, asyncio.CancelledError):
             pass
         finally:
@@ -144,11 +140,15 @@ class TcpProxy:
         return await self.start()
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
 
     def __repr__(self) -> str:
-        return (f"TcpProxy(127.0.0.1:{self.port} -> {self.target_host}:{self.target_port}, "
-                f"mode={self.mode.value}, delay_ms={self.delay_ms})")
+        return (
+            f"TcpProxy(127.0.0.1:{self.port} -> {self.target_host}:{self.target_port}, "
+            f"mode={self.mode.value}, delay_ms={self.delay_ms})"
+        )

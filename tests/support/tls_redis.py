@@ -23,8 +23,9 @@ __all__ = ["make_client_certificate", "tls_redis_server"]
 
 
 @contextlib.contextmanager
-def tls_redis_server(directory: Path, *, password: str,
-                     client_certificates: bool = False) -> Iterator[tuple[int, str]]:
+def tls_redis_server(
+    directory: Path, *, password: str, client_certificates: bool = False
+) -> Iterator[tuple[int, str]]:
     """Start it in ``directory`` (which also holds the CA); yield (port, CA PEM); kill it after.
 
     :param client_certificates: the server demands a client certificate its CA signed
@@ -36,19 +37,46 @@ def tls_redis_server(directory: Path, *, password: str,
     certs = make_certificates(directory)
     port = free_port()
     proc = subprocess.Popen(
-        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-         "--tls-cert-file", str(certs.cert_file), "--tls-key-file", str(certs.key_file),
-         "--tls-ca-cert-file", str(directory / "ca.crt"),
-         "--tls-auth-clients", "yes" if client_certificates else "no",
-         "--save", "", "--appendonly", "no", "--dir", str(directory), "--requirepass", password],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(certs.cert_file),
+            "--tls-key-file",
+            str(certs.key_file),
+            "--tls-ca-cert-file",
+            str(directory / "ca.crt"),
+            "--tls-auth-clients",
+            "yes" if client_certificates else "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            "--requirepass",
+            password,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 10
         while True:
-            client = redis.Redis(host="127.0.0.1", port=port, password=password, ssl=True,
-                                 ssl_ca_certs=str(directory / "ca.crt"), socket_timeout=0.5,
-                                 **_client_files(directory) if client_certificates else {})
+            client = redis.Redis(
+                host="127.0.0.1",
+                port=port,
+                password=password,
+                ssl=True,
+                ssl_ca_certs=str(directory / "ca.crt"),
+                socket_timeout=0.5,
+                **_client_files(directory) if client_certificates else {},
+            )
             try:
                 if client.ping():
                     break
@@ -82,9 +110,34 @@ def make_client_certificate(directory: Path) -> tuple[str, str]:
     def run(*args: str) -> None:
         subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True, timeout=60)
 
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=requeue", "-keyout", "client.key",
-        "-out", "client.csr")
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=requeue",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+    )
     (directory / "client.ext").write_text("basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
-    run("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", "2", "-out", "client.crt", "-extfile", "client.ext")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        "client.crt",
+        "-extfile",
+        "client.ext",
+    )
     return (directory / "client.crt").read_text(), (directory / "client.key").read_text()

@@ -33,7 +33,8 @@ def test_kmock_still_has_each_overridden_method(name: str) -> None:
     assert callable(method), f"kmock.KubernetesEmulator.{name} is gone: ApiServer overrides it"
     params = list(inspect.signature(method).parameters)[1:]  # after self
     assert tuple(params) == KMOCK_HOOKS[name], (
-        f"kmock.KubernetesEmulator.{name}{tuple(params)} changed; ApiServer expects {KMOCK_HOOKS[name]}")
+        f"kmock.KubernetesEmulator.{name}{tuple(params)} changed; ApiServer expects {KMOCK_HOOKS[name]}"
+    )
 
 
 async def test_kmock_still_has_the_attributes_the_emulator_reads() -> None:

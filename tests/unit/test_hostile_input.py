@@ -34,8 +34,10 @@ from support.linear_regex import NotLinear, assert_linear
 
 # The normaliser as it was (cubic on long hex-ish words): the reference for ordinary reasons.
 _OLD_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_OLD_HEX = re.compile(r"\b(?:0x[0-9a-fA-F]+|[0-9a-fA-F]*[0-9][0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*|"
-                      r"[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*[0-9][0-9a-fA-F]*)\b")
+_OLD_HEX = re.compile(
+    r"\b(?:0x[0-9a-fA-F]+|[0-9a-fA-F]*[0-9][0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*|"
+    r"[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*[0-9][0-9a-fA-F]*)\b"
+)
 _OLD_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _OLD_SPACES = re.compile(r"\s+")
 
@@ -58,8 +60,32 @@ HEXISH = "0123456789abcdefABCDEFx"
 PIECES = st.one_of(
     st.text(HEXISH, min_size=1, max_size=14),
     st.uuids().map(str),
-    st.sampled_from([" ", "  ", "\t", "-", ":", ".", "/", "_", "é", "٣", "\u00a0", "\n", "ms", "0x",
-                     "timeout", "ECONNREFUSED", "job", "failed", "1.5", "(", ")", "'"]),
+    st.sampled_from(
+        [
+            " ",
+            "  ",
+            "\t",
+            "-",
+            ":",
+            ".",
+            "/",
+            "_",
+            "é",
+            "٣",
+            "\u00a0",
+            "\n",
+            "ms",
+            "0x",
+            "timeout",
+            "ECONNREFUSED",
+            "job",
+            "failed",
+            "1.5",
+            "(",
+            ")",
+            "'",
+        ]
+    ),
     st.text(string.printable, max_size=6),
 )
 ORDINARY = st.lists(PIECES, max_size=16).map("".join)
@@ -89,8 +115,11 @@ def test_hostile_reasons_are_cut_before_any_work(reason: str) -> None:
     folded = normalize_reason(reason)
     assert len(folded) <= MAX_REASON_LENGTH
     # only the first MAX_REASON_INPUT characters are looked at, whatever follows
-    assert folded == normalize_reason(reason[:MAX_REASON_INPUT]) == normalize_reason(
-        reason[:MAX_REASON_INPUT] + "x" * 100_000)
+    assert (
+        folded
+        == normalize_reason(reason[:MAX_REASON_INPUT])
+        == normalize_reason(reason[:MAX_REASON_INPUT] + "x" * 100_000)
+    )
     assert normalize_reason.__wrapped__(reason) == folded  # stable, cache or not
 
 
@@ -114,13 +143,19 @@ def test_every_pattern_on_secrets_and_server_text_is_re2() -> None:
 
 
 #: Passwords as people make them: base64 (/ + =) and pasted ones with every character urlsplit misreads.
-PASSWORDS = st.text(string.ascii_letters + string.digits + "/+=?#@:%\"\\!$&'()*,;~-._", min_size=8,
-                    max_size=60).filter(lambda p: sum(c.isalnum() for c in p) >= 4)
+PASSWORDS = st.text(
+    string.ascii_letters + string.digits + "/+=?#@:%\"\\!$&'()*,;~-._", min_size=8, max_size=60
+).filter(lambda p: sum(c.isalnum() for c in p) >= 4)
 HOSTS = st.sampled_from(["127.0.0.1", "redis", "redis.ns.svc.cluster.local", "[::1]", ""])
 
 
-@given(PASSWORDS, HOSTS, st.sampled_from(["", ":6379", ":7402"]), st.sampled_from(["", "/0", "/12"]),
-       st.sampled_from(["default", "app", ""]))
+@given(
+    PASSWORDS,
+    HOSTS,
+    st.sampled_from(["", ":6379", ":7402"]),
+    st.sampled_from(["", "/0", "/12"]),
+    st.sampled_from(["default", "app", ""]),
+)
 def test_a_url_is_split_at_the_last_at(password: str, host: str, port: str, path: str, user: str) -> None:
     url = f"rediss://{user}:{password}@{host}{port}{path}"
     parts = split_url(url)
@@ -145,16 +180,27 @@ def test_redis_py_gets_the_password_the_user_wrote(password: str) -> None:
 def test_no_form_or_piece_of_a_secret_survives(password: str, cut: int, data: st.DataObject) -> None:
     """Echoed raw, JSON-escaped or percent-encoded, cut anywhere: nothing of 8+ characters shows."""
     url = f"redis://default:{password}@redis:6379/0"
-    form = data.draw(st.sampled_from([password, json.dumps(password)[1:-1], quote(password, safe=""),
-                                      url, json.dumps({"token": password})]))
+    form = data.draw(
+        st.sampled_from(
+            [
+                password,
+                json.dumps(password)[1:-1],
+                quote(password, safe=""),
+                url,
+                json.dumps({"token": password}),
+            ]
+        )
+    )
     text = (f"server said: {form} and more" * 2)[:cut] + "…"
     redacted = redact_text(text, sensitive_parts(url))
     assert leaks(redacted, password) == [], (text, redacted)
 
 
 @settings(max_examples=20)
-@given(st.sampled_from(["@", "a@", "/@", ":", "%", "redis://", "a" * 7 + "/", "@:/?#"]),
-       st.integers(10_000, 100_000))
+@given(
+    st.sampled_from(["@", "a@", "/@", ":", "%", "redis://", "a" * 7 + "/", "@:/?#"]),
+    st.integers(10_000, 100_000),
+)
 def test_hostile_urls_and_texts_are_handled(unit: str, times: int) -> None:
     text = "redis://" + unit * (times // len(unit))
     secret = "S3cr/t#Pw@long"
@@ -165,5 +211,6 @@ def test_hostile_urls_and_texts_are_handled(unit: str, times: int) -> None:
 def test_lower_case_words_in_a_message_stay_readable() -> None:
     """A secret's plain word does not blank the same word in the middle of a message."""
     assert redact_text("wrong user name or password (WRONGPASS)", ["not-the-password-42"]) == (
-        "wrong user name or password (WRONGPASS)")
+        "wrong user name or password (WRONGPASS)"
+    )
     assert redact_text("token was not-the-passw…", ["not-the-password-42"]) == "token was ***…"

@@ -28,8 +28,11 @@ CALL = re.compile(r"string\.(?:find|match|gmatch|gsub)\([^()\n]*(?:\([^()\n]*\)[
 
 
 def scripts() -> dict[str, str]:
-    return {name: value for name, value in vars(lua).items()
-            if isinstance(value, str) and ("redis.call" in value or "rcall(" in value)}
+    return {
+        name: value
+        for name, value in vars(lua).items()
+        if isinstance(value, str) and ("redis.call" in value or "rcall(" in value)
+    }
 
 
 def test_every_pattern_applied_in_redis_is_reviewed() -> None:

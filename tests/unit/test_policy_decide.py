@@ -180,8 +180,7 @@ def test_stalled_counts_jobs_without_a_lock_for_the_threshold() -> None:
     sim.q().lockless = frozenset({"1"})  # job 2 got picked up again
     d = sim.step(timedelta(seconds=100))
     assert sim.status.queues[0].stalled == 1
-    assert d.actions == (Alert("default", BreachKind.STALLED,
-                               "1 active job(s) without a lock for >= 300s"),)
+    assert d.actions == (Alert("default", BreachKind.STALLED, "1 active job(s) without a lock for >= 300s"),)
     assert cond(sim, "Healthy") == ("False", "StalledJobs")
     sim.q().lockless = frozenset()
     assert kinds(sim.step()) == ["Recover"]
@@ -191,8 +190,11 @@ def test_stalled_counts_jobs_without_a_lock_for_the_threshold() -> None:
 
 
 def pause_spec(queues: list[str] | None = None, **extra: object) -> PolicySim:
-    body: dict[str, object] = {"queues": queues or ["critical", "default", "bulk"], "gates": [HTTP_GATE],
-                               "actions": {"pauseWhileGatesFail": True}}
+    body: dict[str, object] = {
+        "queues": queues or ["critical", "default", "bulk"],
+        "gates": [HTTP_GATE],
+        "actions": {"pauseWhileGatesFail": True},
+    }
     body.update(extra)
     return PolicySim(make_spec(**body))
 
@@ -211,13 +213,18 @@ def test_red_gate_pauses_unpaused_queues_and_green_resumes_only_ours() -> None:
     assert cond(sim, "GatesPassed") == ("False", "GateFailed")
     assert sim.status is not None
     assert {q.name: q.paused_by_policy for q in sim.status.queues} == {
-        "critical": True, "default": True, "bulk": False}
+        "critical": True,
+        "default": True,
+        "bulk": False,
+    }
     assert ("Warning", "GatesFailed") in [(e.type, e.reason) for e in d.events]
     assert sim.step().actions == ()  # still red: nothing more to do
     sim.gates = (gate("db", True),)
     d = sim.step()
     assert [a for a in d.actions if isinstance(a, Resume)] == [
-        Resume("critical", "all gates green"), Resume("default", "all gates green")]
+        Resume("critical", "all gates green"),
+        Resume("default", "all gates green"),
+    ]
     assert sim.q("bulk").paused and sim.q("bulk").paused_by == "other"
     assert cond(sim, "GatesPassed") == ("True", "AllGatesPassed")
     assert not any(q.paused_by_policy for q in sim.status.queues)
@@ -275,8 +282,9 @@ def test_switching_pause_off_resumes_what_we_paused() -> None:
     sim = pause_spec(["default"])
     sim.gates = (gate("db", False),)
     sim.step()
-    sim.spec = sim.spec.model_copy(update={"actions": sim.spec.actions.model_copy(
-        update={"pause_while_gates_fail": False})})
+    sim.spec = sim.spec.model_copy(
+        update={"actions": sim.spec.actions.model_copy(update={"pause_while_gates_fail": False})}
+    )
     d = sim.step()
     assert d.actions == (Resume("default", "pauseWhileGatesFail is off"),)
 
@@ -345,11 +353,19 @@ def test_dry_run_keeps_a_real_pause_of_an_earlier_run() -> None:
 
 
 def replay_sim(**auto: object) -> PolicySim:
-    settings: dict[str, object] = {"stableFor": "2m", "cooldown": "10m",
-                                   "selector": {"jobNames": ["whatsapp.send"]}}
+    settings: dict[str, object] = {
+        "stableFor": "2m",
+        "cooldown": "10m",
+        "selector": {"jobNames": ["whatsapp.send"]},
+    }
     settings.update(auto)
-    sim = PolicySim(make_spec(queues=["default", "bulk"], gates=[HTTP_GATE],
-                              actions={"pauseWhileGatesFail": True, "autoReplay": settings}))
+    sim = PolicySim(
+        make_spec(
+            queues=["default", "bulk"],
+            gates=[HTTP_GATE],
+            actions={"pauseWhileGatesFail": True, "autoReplay": settings},
+        )
+    )
     sim.gates = (gate("db", True),)
     sim.step()
     return sim
@@ -457,13 +473,19 @@ def test_child_replay_names_are_valid_deterministic_and_distinct() -> None:
 
 
 def test_clean_every_interval_for_states_with_jobs() -> None:
-    sim = PolicySim(make_spec(queues=["a", "b"], actions={"clean": {
-        "completed": {"grace": "1h", "limit": 500}, "failed": {"grace": "7d"}}}))
+    sim = PolicySim(
+        make_spec(
+            queues=["a", "b"],
+            actions={"clean": {"completed": {"grace": "1h", "limit": 500}, "failed": {"grace": "7d"}}},
+        )
+    )
     sim.q("a").completed, sim.q("a").failed, sim.q("b").failed = 10, 3, 0
     for _ in range(2):
         d = sim.step()
-        assert d.actions == (Clean("a", "completed", timedelta(hours=1), 500),
-                             Clean("a", "failed", timedelta(days=7), 1000))
+        assert d.actions == (
+            Clean("a", "completed", timedelta(hours=1), 500),
+            Clean("a", "failed", timedelta(days=7), 1000),
+        )
     assert sim.status is not None and sim.status.last_actions == []  # routine: not recorded
 
 

@@ -18,29 +18,40 @@ from requeue.policy.decide import decide, queues_to_observe
 from support.policy_sim import PolicySim, gate, make_spec
 
 QUEUES = ["critical", "default", "bulk"]
-GATES = [{"name": "g0", "http": {"url": "http://127.0.0.1:1/"}},
-         {"name": "g1", "http": {"url": "http://127.0.0.1:2/"}}]
+GATES = [
+    {"name": "g0", "http": {"url": "http://127.0.0.1:1/"}},
+    {"name": "g1", "http": {"url": "http://127.0.0.1:2/"}},
+]
 
-step_st = st.fixed_dictionaries({
-    "advance": st.integers(min_value=1, max_value=900),
-    "gates": st.one_of(st.none(), st.tuples(st.booleans(), st.booleans())),
-    "human": st.lists(st.tuples(st.sampled_from(QUEUES), st.sampled_from(["pause", "resume"])),
-                      max_size=2, unique_by=lambda t: t[0]),
-    "failed": st.lists(st.integers(min_value=0, max_value=200), min_size=3, max_size=3),
-    "spec_change": st.sampled_from([None, None, None, None, "dry_on", "dry_off", "drop_bulk", "all"]),
-    "execute": st.sampled_from([True, True, True, False]),
-})
+step_st = st.fixed_dictionaries(
+    {
+        "advance": st.integers(min_value=1, max_value=900),
+        "gates": st.one_of(st.none(), st.tuples(st.booleans(), st.booleans())),
+        "human": st.lists(
+            st.tuples(st.sampled_from(QUEUES), st.sampled_from(["pause", "resume"])),
+            max_size=2,
+            unique_by=lambda t: t[0],
+        ),
+        "failed": st.lists(st.integers(min_value=0, max_value=200), min_size=3, max_size=3),
+        "spec_change": st.sampled_from([None, None, None, None, "dry_on", "dry_off", "drop_bulk", "all"]),
+        "execute": st.sampled_from([True, True, True, False]),
+    }
+)
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def build(dry_run: bool, cooldown_min: int, stable_min: int) -> PolicySim:
     spec = make_spec(
-        queues=QUEUES, gates=GATES, dryRun=dry_run,
+        queues=QUEUES,
+        gates=GATES,
+        dryRun=dry_run,
         thresholds={"failed": 100},
         alerts={"repeatAfter": "1000d"},
-        actions={"pauseWhileGatesFail": True,
-                 "autoReplay": {"stableFor": f"{stable_min}m", "cooldown": f"{cooldown_min}m"}},
+        actions={
+            "pauseWhileGatesFail": True,
+            "autoReplay": {"stableFor": f"{stable_min}m", "cooldown": f"{cooldown_min}m"},
+        },
     )
     return PolicySim(spec)
 
@@ -113,10 +124,13 @@ def test_at_most_one_alert_per_breach_episode_and_one_recover_when_it_ends(
 
 
 @SETTINGS
-@given(steps=st.lists(step_st, min_size=1, max_size=60), cooldown=st.integers(1, 120),
-       stable=st.integers(0, 30))
+@given(
+    steps=st.lists(step_st, min_size=1, max_size=60), cooldown=st.integers(1, 120), stable=st.integers(0, 30)
+)
 def test_auto_replay_at_most_once_per_outage_and_never_within_cooldown(
-    steps: list[dict[str, Any]], cooldown: int, stable: int,
+    steps: list[dict[str, Any]],
+    cooldown: int,
+    stable: int,
 ) -> None:
     sim = build(False, cooldown_min=cooldown, stable_min=stable)
     run(sim, steps)

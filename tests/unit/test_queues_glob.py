@@ -11,10 +11,40 @@ from hypothesis import strategies as st
 
 from requeue.queues import glob_to_lua
 
-NAMES = ["whatsapp.send", "whatsapp.status", "whatsappXsend", "pdf.generate", "email.send", "a%b", "a.b",
-         "x(1)", "job-1", "job-2", "Job-3", "", "send", "sms+send", "q?", "[x]"]
-GLOBS = ["whatsapp.*", "*.send", "whatsapp.s?nd", "*", "job-[12]", "job-[!1]", "a%b", "a.b", "x(1)",
-         "sms+send", "pdf.generate", "[Jj]ob-*", "*send", "wh?tsapp*"]
+NAMES = [
+    "whatsapp.send",
+    "whatsapp.status",
+    "whatsappXsend",
+    "pdf.generate",
+    "email.send",
+    "a%b",
+    "a.b",
+    "x(1)",
+    "job-1",
+    "job-2",
+    "Job-3",
+    "",
+    "send",
+    "sms+send",
+    "q?",
+    "[x]",
+]
+GLOBS = [
+    "whatsapp.*",
+    "*.send",
+    "whatsapp.s?nd",
+    "*",
+    "job-[12]",
+    "job-[!1]",
+    "a%b",
+    "a.b",
+    "x(1)",
+    "sms+send",
+    "pdf.generate",
+    "[Jj]ob-*",
+    "*send",
+    "wh?tsapp*",
+]
 
 
 @pytest.fixture(scope="module")

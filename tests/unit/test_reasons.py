@@ -52,8 +52,11 @@ def test_the_parser_catches_a_made_up_reason() -> None:
 
 
 def test_each_error_class_is_named_after_its_reason() -> None:
-    classes = [c for c in vars(errors).values()
-               if isinstance(c, type) and issubclass(c, errors.RequeueError) and c not in _BASES]
+    classes = [
+        c
+        for c in vars(errors).values()
+        if isinstance(c, type) and issubclass(c, errors.RequeueError) and c not in _BASES
+    ]
     classes += [KubernetesApiError, DestinationDenied]
     assert errors.RedisUnreachable in classes
     for cls in classes:

@@ -15,17 +15,62 @@ from requeue.queues.keys import Progress, Stage, owned_keys
 
 LUA_SOURCE = Path(lua.__file__)
 #: The scripts requeue registers from :mod:`requeue.queues.lua`.
-SCRIPTS = ("SELECT_PAGE", "SELECT_WINDOW", "PLAN_MOVES", "FAST_GUARD", "FAST_TALLY", "BULK_GUARD",
-           "BULK_TALLY", "TALLY_BATCH", "BATCH_HEAD", "ACQUIRE_LEASE", "RELEASE_LEASE")
+SCRIPTS = (
+    "SELECT_PAGE",
+    "SELECT_WINDOW",
+    "PLAN_MOVES",
+    "FAST_GUARD",
+    "FAST_TALLY",
+    "BULK_GUARD",
+    "BULK_TALLY",
+    "TALLY_BATCH",
+    "BATCH_HEAD",
+    "ACQUIRE_LEASE",
+    "RELEASE_LEASE",
+)
 
 #: The stored names a replay started by the previous requeue has in Redis. Changing one strands
 #: those replays: migrate their progress hashes instead (tests/integration/test_replay_upgrade.py).
 STORED_FIELDS = {
-    "stage", "paused_before", "queue", "owner", "selection", "slow_pos", "upper", "started_ms",
-    "sel_score", "sel_id", "matched", "scanned", "corrupt", "over_budget", "lifo_count", "prio_count",
-    "reasons_folded", "bulk_min", "bulk_max", "cursor", "replayed", "skipped", "missing", "bulk_moved",
-    "fast_miss", "copied_upto", "we_paused", "replayed_ms", "v_pos", "p_c", "p_f", "p_p", "vc", "vf", "vp",
-    "outcome", "outcome_reason", "outcome_message", "finished_ms",
+    "stage",
+    "paused_before",
+    "queue",
+    "owner",
+    "selection",
+    "slow_pos",
+    "upper",
+    "started_ms",
+    "sel_score",
+    "sel_id",
+    "matched",
+    "scanned",
+    "corrupt",
+    "over_budget",
+    "lifo_count",
+    "prio_count",
+    "reasons_folded",
+    "bulk_min",
+    "bulk_max",
+    "cursor",
+    "replayed",
+    "skipped",
+    "missing",
+    "bulk_moved",
+    "fast_miss",
+    "copied_upto",
+    "we_paused",
+    "replayed_ms",
+    "v_pos",
+    "p_c",
+    "p_f",
+    "p_p",
+    "vc",
+    "vf",
+    "vp",
+    "outcome",
+    "outcome_reason",
+    "outcome_message",
+    "finished_ms",
 }
 STORED_STAGES = {"gates", "selecting", "replaying", "verifying", "done"}
 #: Literals in requeue's Lua that equal a declared name but are not one: BULK_GUARD's veto reason.
@@ -59,7 +104,7 @@ def test_every_placeholder_is_filled() -> None:
 
 
 def test_a_placeholder_naming_nothing_fails_loudly() -> None:
-    assert lua.render('x(${Progress.V_POS}, ${Stage.DONE})') == 'x("v_pos", "done")'
+    assert lua.render("x(${Progress.V_POS}, ${Stage.DONE})") == 'x("v_pos", "done")'
     for bad in ("${Progress.NOPE}", "${Stage.meaning}", "${Nothing.X}", "${REASONS_OTHER.X}"):
         with pytest.raises(lua.UnknownPlaceholder, match="names nothing"):
             lua.render(bad)
@@ -74,9 +119,13 @@ def test_lua_string_escapes() -> None:
 def _lua_templates() -> list[str]:
     """Every string constant of lua.py that is Lua code (the templates, before rendering)."""
     tree = ast.parse(LUA_SOURCE.read_text())
-    return [node.value for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str)
-            and ("rcall" in node.value or "redis.call" in node.value)]
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and ("rcall" in node.value or "redis.call" in node.value)
+    ]
 
 
 def test_no_declared_name_is_typed_into_the_lua() -> None:
@@ -96,7 +145,6 @@ def test_the_scripts_text_and_sha_are_stable() -> None:
     before = {name: getattr(lua, name) for name in SCRIPTS}
     importlib.reload(lua)
     assert {name: getattr(lua, name) for name in SCRIPTS} == before
-
 
 
 # -- docs/architecture.md's Redis-state section --------------------------------

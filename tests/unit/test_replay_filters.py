@@ -9,12 +9,18 @@ from requeue.queues import FailedJob
 from requeue.replay import Matcher, is_subset, normalize_reason
 
 
-@pytest.mark.parametrize(("a", "b"), [
-    ("timeout after 5012ms", "timeout after 4990ms"),
-    ("job 3f2a9c1e-1234-4abc-8def-0123456789ab failed", "job 00000000-1111-4222-8333-444444444444 failed"),
-    ("order deadbeef12 not found", "order 0a1b2c3d4e not found"),
-    ("Request failed with status code 429", "Request failed with status code 503"),
-])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("timeout after 5012ms", "timeout after 4990ms"),
+        (
+            "job 3f2a9c1e-1234-4abc-8def-0123456789ab failed",
+            "job 00000000-1111-4222-8333-444444444444 failed",
+        ),
+        ("order deadbeef12 not found", "order 0a1b2c3d4e not found"),
+        ("Request failed with status code 429", "Request failed with status code 503"),
+    ],
+)
 def test_similar_reasons_group_together(a: str, b: str) -> None:
     assert normalize_reason(a) == normalize_reason(b)
 
@@ -34,7 +40,7 @@ def test_subset() -> None:
     assert not is_subset({"tags": [1]}, data)
     assert not is_subset({"order": {"region": "us"}}, data)
     assert not is_subset({"missing": None}, data)
-    assert not is_subset({"flag": 1}, data)          # true is not 1 in JSON
+    assert not is_subset({"flag": 1}, data)  # true is not 1 in JSON
     assert not is_subset({"order": {"n": 1}}, {"order": "n"})
 
 

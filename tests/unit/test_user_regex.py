@@ -11,20 +11,28 @@ from requeue.errors import SpecInvalid
 from requeue.queues import FailedJob
 from requeue.replay import Matcher
 
-BAD = {"(unclosed": "missing ): (unclosed", "a**": "bad repetition operator: **",
-       "x{2,1}": "invalid repetition size: {2,1}"}
+BAD = {
+    "(unclosed": "missing ): (unclosed",
+    "a**": "bad repetition operator: **",
+    "x{2,1}": "invalid repetition size: {2,1}",
+}
 
 
 @pytest.mark.parametrize(("pattern", "reason"), BAD.items())
 def test_the_model_names_the_field_and_re2s_reason_as_text(
     pattern: str, reason: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    spec = {"redis": {"urlSecretRef": {"name": "redis", "key": "url"}}, "queue": "default",
-            "selector": {"failedReasonPattern": pattern}}
+    spec = {
+        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+        "queue": "default",
+        "selector": {"failedReasonPattern": pattern},
+    }
     with pytest.raises(SpecInvalid) as caught:
         parse(DLQReplaySpec, spec, name="ops/r1")
-    assert caught.value.message == ("ops/r1: invalid DLQReplaySpec: selector.failedReasonPattern: "
-                                    f"not a valid RE2 regular expression: {reason}")
+    assert caught.value.message == (
+        "ops/r1: invalid DLQReplaySpec: selector.failedReasonPattern: "
+        f"not a valid RE2 regular expression: {reason}"
+    )
     out, err = capfd.readouterr()  # fd-level: what RE2's C++ would have logged
     assert (out, err) == ("", "")
 

@@ -43,11 +43,13 @@ class RedisTls(ApiModel):
         default=False, description="Do not verify the server certificate. For testing only."
     )
     cert_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Secret key holding the client certificate (PEM), for a server that "
+        default=None,
+        description="Secret key holding the client certificate (PEM), for a server that "
         "requires one (tls-auth-clients); with keySecretRef.",
     )
     key_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Secret key holding the client certificate's private key (PEM).",
+        default=None,
+        description="Secret key holding the client certificate's private key (PEM).",
     )
 
     @model_validator(mode="after")

@@ -145,26 +145,26 @@ class Reason(StrEnum):
 REASON_DOCS: dict[Reason, str] = {
     Reason.SPEC_INVALID: "The spec does not validate; the message names the field (CLI exit 2).",
     Reason.SECRET_NOT_FOUND: "A referenced Secret or key does not exist in the resource's namespace "
-                             "(CLI exit 2).",
+    "(CLI exit 2).",
     Reason.JOB_NOT_FOUND: "CLI (`requeue inspect --job`): no job with that id in the queue, neither a "
-                          "job hash nor an entry in any of BullMQ's sets (removed, or a typo; exit 2).",
+    "job hash nor an entry in any of BullMQ's sets (removed, or a typo; exit 2).",
     Reason.REPLAY_NOT_FOUND: "CLI (`requeue replays forget`): no replay state with that id in this Redis "
-                             "(`requeue replays list` shows the ones there are; exit 2).",
+    "(`requeue replays list` shows the ones there are; exit 2).",
     Reason.REPLAY_RUNNING: "CLI (`requeue replays forget`): the replay has not finished; its keys are its "
-                           "progress and are not removed while it runs (exit 2).",
+    "progress and are not removed while it runs (exit 2).",
     Reason.QUEUE_NOT_FOUND: "The queue has no BullMQ key under the prefix: a typo? The message lists "
-                            "the queues that exist there (CLI exit 2).",
+    "the queues that exist there (CLI exit 2).",
     Reason.SELECTION_CHANGED: "A resumed replay's manifest selects other jobs than at its start "
-                              "(CLI exit 2).",
+    "(CLI exit 2).",
     Reason.REDIS_URL_INVALID: "The Redis URL (Secret or flag) cannot be parsed; shown redacted (CLI exit 2).",
     Reason.AUTH_FAILED: "Redis, Postgres or an HTTP gate refused the credentials (CLI exit 3).",
     Reason.FORBIDDEN: "Redis's ACL user lacks a command or key pattern requeue needs (NOPERM; the "
-                      "message names it; README 'Redis ACL users'; CLI exit 3).",
+    "message names it; README 'Redis ACL users'; CLI exit 3).",
     Reason.REDIS_UNREACHABLE: "Redis cannot be reached or answered with an error (CLI exit 3).",
     Reason.REDIS_OUT_OF_MEMORY: "Redis is at maxmemory and refuses writes; the replay holds.",
     Reason.REDIS_CERTIFICATE_UNTRUSTED: "The rediss:// server's TLS certificate does not verify with "
-                                        "the CA given (spec.redis.tls.caSecretRef) or names another "
-                                        "host; retried (CLI exit 3).",
+    "the CA given (spec.redis.tls.caSecretRef) or names another "
+    "host; retried (CLI exit 3).",
     Reason.QUEUE_LOCKED: "Another replay (or process) holds the queue's lease; this one waits.",
     Reason.KUBERNETES_API_ERROR: "The Kubernetes API server was unreachable or answered with an error.",
     Reason.DESTINATION_DENIED: "A gate's host is refused by the operator's gate destination policy.",
@@ -175,7 +175,7 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.ERROR: "A requeue failure without a more specific name.",
     Reason.INTERNAL_ERROR: "An unexpected error (a bug): logged with its traceback; retried with backoff.",
     Reason.CLEANUP_FAILED: "Event: a deletion gave up cleaning up (Redis unreachable for good, bad URL, "
-                           "missing Secret); resume the queue by hand if it was paused.",
+    "missing Secret); resume the queue by hand if it was paused.",
     Reason.SUCCEEDED: "The replay finished and moved every selected job.",
     Reason.VERIFIED: "The replay finished and verify.minSuccessRate of the replayed jobs completed.",
     Reason.DRY_RUN: "A dry run finished: it counted the matching jobs and moved none.",
@@ -209,7 +209,7 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.SPEC_IGNORED: "Event: a spec edit is not applied (see the SpecIgnored condition).",
     Reason.SPEC_ACCEPTED: "SpecIgnored is False: the spec is valid and consistent.",
     Reason.IMMUTABLE_FIELD_CHANGED: "An immutable field changed after the replay started; the started "
-                                    "values stay in use.",
+    "values stay in use.",
     Reason.REPLAY_FINISHED: "Event or SpecIgnored: the replay finished (a finished one never runs again).",
     Reason.REPLAY_STARTED: "Event: the replay started.",
     Reason.SELECTED: "Event: the matching jobs were selected.",

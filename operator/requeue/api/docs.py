@@ -84,11 +84,18 @@ def reference_for(info: KindInfo) -> str:
 
 def reasons_reference() -> str:
     """Markdown for the condition types of each kind and every reason (from :mod:`requeue.api.conditions`)."""
-    out = ["## Conditions and reasons", "",
-           "Condition types: DLQReplay "
-           + ", ".join(f"`{t.value}`" for t in ReplayCondition)
-           + "; QueuePolicy " + ", ".join(f"`{t.value}`" for t in PolicyCondition) + ".", "",
-           "| reason | meaning |", "|---|---|"]
+    out = [
+        "## Conditions and reasons",
+        "",
+        "Condition types: DLQReplay "
+        + ", ".join(f"`{t.value}`" for t in ReplayCondition)
+        + "; QueuePolicy "
+        + ", ".join(f"`{t.value}`" for t in PolicyCondition)
+        + ".",
+        "",
+        "| reason | meaning |",
+        "|---|---|",
+    ]
     out += [f"| `{r.value}` | {REASON_DOCS[r]} |" for r in Reason]
     return "\n".join(out) + "\n"
 
@@ -103,5 +110,4 @@ def render_reference() -> str:
         "",
         "",
     ]
-    return ("\n".join(head) + "\n".join(reference_for(k.INFO) for k in KINDS) + "\n"
-            + reasons_reference())
+    return "\n".join(head) + "\n".join(reference_for(k.INFO) for k in KINDS) + "\n" + reasons_reference()

@@ -31,8 +31,18 @@ CLEAN_STATES = ("completed", "failed")
 _IDS_SHOWN = 100
 
 
-def run_clean(*, redis_url: str, queue: str, prefix: str, state: str, grace_s: float, limit: int,
-              dry_run: bool, output: str, connect_timeout: float) -> int:
+def run_clean(
+    *,
+    redis_url: str,
+    queue: str,
+    prefix: str,
+    state: str,
+    grace_s: float,
+    limit: int,
+    dry_run: bool,
+    output: str,
+    connect_timeout: float,
+) -> int:
     """Clean (or with ``dry_run`` list) old jobs of ``state``; 0 done, 2 queue not found,
     3 Redis unreachable."""
     cutoff_ms = round(time.time() * 1000) - round(grace_s * 1000)
@@ -48,14 +58,25 @@ def run_clean(*, redis_url: str, queue: str, prefix: str, state: str, grace_s: f
     ids, secrets = result
     cutoff = datetime.fromtimestamp(cutoff_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     report: dict[str, Any] = {
-        "schemaVersion": 1, "queue": queue, "prefix": prefix, "state": state, "graceSeconds": grace_s,
-        "limit": limit, "cutoff": cutoff, "dryRun": dry_run, "removed": len(ids), "ids": ids[:_IDS_SHOWN]}
+        "schemaVersion": 1,
+        "queue": queue,
+        "prefix": prefix,
+        "state": state,
+        "graceSeconds": grace_s,
+        "limit": limit,
+        "cutoff": cutoff,
+        "dryRun": dry_run,
+        "removed": len(ids),
+        "ids": ids[:_IDS_SHOWN],
+    }
     if output == "json":
         print_json(secrets.redact_json(report))
         return 0
     verb = "would remove" if dry_run else "removed"
-    line = (f"queue {queue} (prefix {prefix}): {verb} {len(ids)} {state} jobs finished before {cutoff}"
-            f" (limit {limit})")
+    line = (
+        f"queue {queue} (prefix {prefix}): {verb} {len(ids)} {state} jobs finished before {cutoff}"
+        f" (limit {limit})"
+    )
     if ids:
         shown = ", ".join(ids[:_IDS_SHOWN]) + (", ..." if len(ids) > _IDS_SHOWN else "")
         line += f"\nids: {shown}"

@@ -62,8 +62,18 @@ from requeue.redact import redact_url
 
 __all__ = ["run_inspect"]
 
-def run_inspect(*, redis_url: str, queue: str, prefix: str = "bull", top: int = 20, sample: int = 1,
-                output: str = "auto", no_color: bool = False, connect_timeout: float = 10.0) -> int:
+
+def run_inspect(
+    *,
+    redis_url: str,
+    queue: str,
+    prefix: str = "bull",
+    top: int = 20,
+    sample: int = 1,
+    output: str = "auto",
+    no_color: bool = False,
+    connect_timeout: float = 10.0,
+) -> int:
     """Scan, print, return the exit code (0; 2 when the queue does not exist or the URL is not
     usable; 3 when Redis is unreachable for ``connect_timeout`` seconds or refuses us).
 
@@ -77,8 +87,9 @@ def run_inspect(*, redis_url: str, queue: str, prefix: str = "bull", top: int = 
         print(f"requeue: {secrets.redact(text)}", file=sys.stderr, flush=True)
 
     try:
-        report = asyncio.run(_scan(redis_url, queue, prefix, top, sample,
-                                   ConnectRetry(connect_timeout), note))
+        report = asyncio.run(
+            _scan(redis_url, queue, prefix, top, sample, ConnectRetry(connect_timeout), note)
+        )
     except RequeueError as exc:
         return report_error(exc, secrets, json_output=output == "json")
     report.redis = redact_url(redis_url)
@@ -91,8 +102,9 @@ def run_inspect(*, redis_url: str, queue: str, prefix: str = "bull", top: int = 
     return 0
 
 
-async def _scan(url: str, queue: str, prefix: str, top: int, sample: int, retry: ConnectRetry,
-                note: Callable[[str], None]) -> FailedSetReport:
+async def _scan(
+    url: str, queue: str, prefix: str, top: int, sample: int, retry: ConnectRetry, note: Callable[[str], None]
+) -> FailedSetReport:
     redis = await connect_retrying(lambda: connect(url), retry, note)
     try:
         bull = BullQueue(redis, queue, prefix=prefix)
@@ -133,13 +145,16 @@ def render_text(r: FailedSetReport) -> str:
         width = max([len(title), *(len(g.key) for g in b.groups)])
         out.append(f"{title:<{width}}  {'COUNT':>8}  {'SHARE':>6}  SAMPLE IDS")
         for g in b.groups:
-            out.append(f"{g.key:<{width}}  {g.count:>8}  {_pct(g.count, r.readable):>6}  "
-                       f"{', '.join(g.sample_ids)}")
+            out.append(
+                f"{g.key:<{width}}  {g.count:>8}  {_pct(g.count, r.readable):>6}  {', '.join(g.sample_ids)}"
+            )
         if not b.groups:
             out.append("(none)")
         if b.other_jobs:
-            out.append(f"... {b.other_jobs} more jobs in {b.other_groups} more groups"
-                       + (" (too many distinct keys; counted, not grouped)" if b.capped else ""))
+            out.append(
+                f"... {b.other_jobs} more jobs in {b.other_groups} more groups"
+                + (" (too many distinct keys; counted, not grouped)" if b.capped else "")
+            )
     if r.corrupt:
         problems = ", ".join(f"{k}: {v}" for k, v in r.corrupt_by_problem.items())
         out.append("")
@@ -161,14 +176,26 @@ def _print_tables(r: FailedSetReport, console: Console, secrets: RedactedValues)
         table.add_column("Share", justify="right")
         table.add_column("Sample ids", overflow="fold")
         for g in b.groups:
-            table.add_row(Text(hide(g.key)), str(g.count), _pct(g.count, r.readable),
-                          Text(hide(", ".join(g.sample_ids))))
+            table.add_row(
+                Text(hide(g.key)),
+                str(g.count),
+                _pct(g.count, r.readable),
+                Text(hide(", ".join(g.sample_ids))),
+            )
         if b.other_jobs:
-            table.add_row(Text(f"{b.other_groups} more groups", style="dim"), str(b.other_jobs),
-                          _pct(b.other_jobs, r.readable), "")
+            table.add_row(
+                Text(f"{b.other_groups} more groups", style="dim"),
+                str(b.other_jobs),
+                _pct(b.other_jobs, r.readable),
+                "",
+            )
         console.print(table)
     if r.corrupt:
         problems = ", ".join(f"{k}: {v}" for k, v in r.corrupt_by_problem.items())
-        console.print(Text.assemble((f"corrupt: {r.corrupt}", "yellow"),
-                                    hide(f" ({problems}); first ids: {', '.join(r.corrupt_ids)}")),
-                      highlight=False)
+        console.print(
+            Text.assemble(
+                (f"corrupt: {r.corrupt}", "yellow"),
+                hide(f" ({problems}); first ids: {', '.join(r.corrupt_ids)}"),
+            ),
+            highlight=False,
+        )

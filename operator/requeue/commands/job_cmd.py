@@ -53,8 +53,21 @@ STACK_LIMIT = 4 * 1024
 #: Stack traces printed (the newest; BullMQ keeps one per attempt).
 STACK_ENTRIES = 3
 #: Hash fields shown under their own heading (the rest go to "other fields").
-_KNOWN = ("name", "data", "opts", "atm", "ats", "failedReason", "stacktrace", "timestamp", "processedOn",
-          "finishedOn", "delay", "priority", "returnvalue")
+_KNOWN = (
+    "name",
+    "data",
+    "opts",
+    "atm",
+    "ats",
+    "failedReason",
+    "stacktrace",
+    "timestamp",
+    "processedOn",
+    "finishedOn",
+    "delay",
+    "priority",
+    "returnvalue",
+)
 _TIMES = (("created", "timestamp"), ("processed", "processedOn"), ("finished", "finishedOn"))
 
 
@@ -137,13 +150,22 @@ class JobView:
         shown, rest, parsed = self.data_text
         opts = self.opts
         return {
-            "schemaVersion": 1, "queue": self.queue, "prefix": self.prefix, "id": self.id,
-            "state": self.state, "problems": self.problems, "name": self.fields.get("name"),
+            "schemaVersion": 1,
+            "queue": self.queue,
+            "prefix": self.prefix,
+            "id": self.id,
+            "state": self.state,
+            "problems": self.problems,
+            "name": self.fields.get("name"),
             "data": parsed if parsed is not None and not rest else shown,
-            "dataBytes": len((self.fields.get("data") or "").encode()), "dataTruncated": bool(rest),
-            "opts": opts, "attempts": opts.get("attempts") if isinstance(opts, dict) else None,
-            "attemptsMade": _int(self.fields.get("atm")), "attemptsStarted": _int(self.fields.get("ats")),
-            "failedReason": self.fields.get("failedReason"), "stacktrace": self.stacktraces,
+            "dataBytes": len((self.fields.get("data") or "").encode()),
+            "dataTruncated": bool(rest),
+            "opts": opts,
+            "attempts": opts.get("attempts") if isinstance(opts, dict) else None,
+            "attemptsMade": _int(self.fields.get("atm")),
+            "attemptsStarted": _int(self.fields.get("ats")),
+            "failedReason": self.fields.get("failedReason"),
+            "stacktrace": self.stacktraces,
             "timestamps": {k: _iso(self.fields.get(f)) for k, f in _TIMES},
             "fields": {k: bounded(v, STACK_LIMIT)[0] for k, v in self.fields.items() if k not in _KNOWN},
         }
@@ -156,8 +178,10 @@ class JobView:
         lines.append(f"name: {j['name'] if j['name'] is not None else '(none)'}")
         for label, _ in _TIMES:
             lines.append(f"{label}: {j['timestamps'][label] or '-'}")
-        lines.append(f"attempts: made {j['attemptsMade']}, started {j['attemptsStarted']}, "
-                     f"allowed {j['attempts'] if j['attempts'] is not None else '-'}")
+        lines.append(
+            f"attempts: made {j['attemptsMade']}, started {j['attemptsStarted']}, "
+            f"allowed {j['attempts'] if j['attempts'] is not None else '-'}"
+        )
         lines.append(f"failed reason: {j['failedReason'] or '-'}")
         lines.append(f"opts: {json.dumps(j['opts']) if not isinstance(j['opts'], str) else j['opts']}")
         lines.append("data:")
@@ -188,9 +212,14 @@ def _problems(fields: dict[str, str] | None) -> list[str]:
     return out
 
 
-def run_on_queue(redis_url: str, json_output: bool, connect_timeout: float,
-                 work: Callable[[BullQueue], Any], queue: str,
-                 prefix: str) -> tuple[Any, RedactedValues] | int:
+def run_on_queue(
+    redis_url: str,
+    json_output: bool,
+    connect_timeout: float,
+    work: Callable[[BullQueue], Any],
+    queue: str,
+    prefix: str,
+) -> tuple[Any, RedactedValues] | int:
     """Connect as ``inspect`` does (``--connect-timeout`` retries), refuse a queue without BullMQ keys
     (QueueNotFound), ``await work(queue)``; its result and the secrets to redact output with, or the
     exit code after printing the named error (``-o json``: the error object too)."""
@@ -217,16 +246,26 @@ def run_on_queue(redis_url: str, json_output: bool, connect_timeout: float,
         return report_error(exc, secrets, json_output=json_output)
 
 
-def run_job_view(*, redis_url: str, queue: str, prefix: str, job_id: str, output: str = "text",
-                 connect_timeout: float = 10.0) -> int:
+def run_job_view(
+    *,
+    redis_url: str,
+    queue: str,
+    prefix: str,
+    job_id: str,
+    output: str = "text",
+    connect_timeout: float = 10.0,
+) -> int:
     """Print one job; 0, or 2 when the queue or the job does not exist, 3 when Redis is unreachable."""
 
     async def read(bull: BullQueue) -> JobView:
         fields = await bull.job_hash(job_id)
         state = await bull.job_state(job_id)
         if fields is None and state == "unknown":
-            raise JobNotFound(f'queue "{queue}" (prefix "{prefix}") has no job "{job_id}": no job hash and '
-                              "in none of BullMQ's sets (removed, or a typo?)", queue=queue)
+            raise JobNotFound(
+                f'queue "{queue}" (prefix "{prefix}") has no job "{job_id}": no job hash and '
+                "in none of BullMQ's sets (removed, or a typo?)",
+                queue=queue,
+            )
         return JobView(queue, prefix, job_id, state, fields or {}, _problems(fields))
 
     result = run_on_queue(redis_url, output == "json", connect_timeout, read, queue, prefix)
@@ -248,8 +287,9 @@ class ListedJob:
     failed_reason: str | None
 
 
-async def _matching(bull: BullQueue, name: str | None, reason: str | None,
-                    limit: int) -> tuple[list[ListedJob], int, bool]:
+async def _matching(
+    bull: BullQueue, name: str | None, reason: str | None, limit: int
+) -> tuple[list[ListedJob], int, bool]:
     """Failed jobs (oldest first) whose name is ``name`` and whose reason, normalised as
     ``requeue inspect`` groups it (or verbatim), is ``reason``; (jobs, scanned, more)."""
     out: list[ListedJob] = []
@@ -270,8 +310,17 @@ async def _matching(bull: BullQueue, name: str | None, reason: str | None,
         cursor = page.cursor
 
 
-def run_job_list(*, redis_url: str, queue: str, prefix: str, name: str | None, reason: str | None,
-                 limit: int, output: str = "text", connect_timeout: float = 10.0) -> int:
+def run_job_list(
+    *,
+    redis_url: str,
+    queue: str,
+    prefix: str,
+    name: str | None,
+    reason: str | None,
+    limit: int,
+    output: str = "text",
+    connect_timeout: float = 10.0,
+) -> int:
     """List the failed jobs of one group (``--name``, ``--reason``: a key ``requeue inspect`` shows)."""
 
     async def read(bull: BullQueue) -> tuple[list[ListedJob], int, bool]:
@@ -282,18 +331,38 @@ def run_job_list(*, redis_url: str, queue: str, prefix: str, name: str | None, r
         return result
     (jobs, scanned, more), secrets = result
     if output == "json":
-        print_json(secrets.redact_json({
-            "schemaVersion": 1, "queue": queue, "prefix": prefix,
-            "filter": {"name": name, "reason": reason}, "scanned": scanned, "more": more,
-            "jobs": [{"id": j.id, "name": j.name, "failedAt": _iso(str(j.failed_at_ms)),
-                      "failedReason": j.failed_reason} for j in jobs]}))
+        print_json(
+            secrets.redact_json(
+                {
+                    "schemaVersion": 1,
+                    "queue": queue,
+                    "prefix": prefix,
+                    "filter": {"name": name, "reason": reason},
+                    "scanned": scanned,
+                    "more": more,
+                    "jobs": [
+                        {
+                            "id": j.id,
+                            "name": j.name,
+                            "failedAt": _iso(str(j.failed_at_ms)),
+                            "failedReason": j.failed_reason,
+                        }
+                        for j in jobs
+                    ],
+                }
+            )
+        )
         return 0
     lines = [f"{'ID':<24}  {'FAILED AT (UTC)':<27}  {'NAME':<24}  REASON"]
     for j in jobs:
-        lines.append(f"{j.id:<24}  {_iso(str(j.failed_at_ms)) or '-':<27}  {j.name or '(none)':<24}  "
-                     f"{bounded(j.failed_reason or '-', 200)[0]}")
+        lines.append(
+            f"{j.id:<24}  {_iso(str(j.failed_at_ms)) or '-':<27}  {j.name or '(none)':<24}  "
+            f"{bounded(j.failed_reason or '-', 200)[0]}"
+        )
     tail = ", more match (raise --limit)" if more else ""
-    lines.append(f"{len(jobs)} failed jobs shown (oldest first){tail}; "
-                 f"{scanned} scanned; `requeue inspect --job ID` shows one")
+    lines.append(
+        f"{len(jobs)} failed jobs shown (oldest first){tail}; "
+        f"{scanned} scanned; `requeue inspect --job ID` shows one"
+    )
     print(secrets.redact("\n".join(lines) + "\n"), end="", flush=True)
     return 0

@@ -31,9 +31,20 @@ from requeue.errors import (
 )
 from requeue.redact import redact_text, sensitive_parts
 
-__all__ = ["ERROR_SCHEMA_VERSION", "EXIT_INTERRUPTED", "ConnectRetry", "RedactedValues", "color_wanted",
-           "connect_retrying", "error_label", "error_object", "is_tty", "make_console", "print_json",
-           "report_error"]
+__all__ = [
+    "ERROR_SCHEMA_VERSION",
+    "EXIT_INTERRUPTED",
+    "ConnectRetry",
+    "RedactedValues",
+    "color_wanted",
+    "connect_retrying",
+    "error_label",
+    "error_object",
+    "is_tty",
+    "make_console",
+    "print_json",
+    "report_error",
+]
 
 T = TypeVar("T")
 
@@ -80,14 +91,16 @@ class RedactedValues:
 Secrets = RedactedValues
 
 
-def error_object(reason: str, message: str, exit_code: int, secrets: RedactedValues,
-                 **extra: Any) -> dict[str, Any]:
+def error_object(
+    reason: str, message: str, exit_code: int, secrets: RedactedValues, **extra: Any
+) -> dict[str, Any]:
     """What ``-o json`` prints on stdout when a command fails, so a script always gets JSON:
     ``{"schemaVersion": 1, "error": {"reason", "message", "exitCode"}}`` (redacted), plus
     ``extra`` top-level fields (``replay``: the status reached before giving up)."""
     error = {"reason": str(reason), "message": message, "exitCode": exit_code}
-    redacted: dict[str, Any] = secrets.redact_json({"schemaVersion": ERROR_SCHEMA_VERSION, "error": error,
-                                                    **extra})
+    redacted: dict[str, Any] = secrets.redact_json(
+        {"schemaVersion": ERROR_SCHEMA_VERSION, "error": error, **extra}
+    )
     return redacted
 
 
@@ -113,8 +126,9 @@ def error_label(exc: RequeueError) -> str:
     return exc.reason
 
 
-def report_error(exc: RequeueError, secrets: RedactedValues, *, json_output: bool = False,
-                 **extra: Any) -> int:
+def report_error(
+    exc: RequeueError, secrets: RedactedValues, *, json_output: bool = False, **extra: Any
+) -> int:
     """Print ``requeue: <label>: <message>`` (redacted) on stderr and, with ``json_output``, the
     :func:`error_object` on stdout; return the exit code."""
     if json_output:
@@ -143,8 +157,9 @@ class ConnectRetry:
         return out
 
 
-async def connect_retrying(attempt: Callable[[], Awaitable[T]], retry: ConnectRetry,
-                           note: Callable[[str], None]) -> T:
+async def connect_retrying(
+    attempt: Callable[[], Awaitable[T]], retry: ConnectRetry, note: Callable[[str], None]
+) -> T:
     """``await attempt()`` until it does not raise :class:`RedisUnavailable` (an unreachable
     Redis may be starting, failing over, or a port-forward away), noting each retry; credentials
     refused, a bad URL, an untrusted certificate or a missing secret are not retried (waiting
@@ -162,10 +177,16 @@ async def connect_retrying(attempt: Callable[[], Awaitable[T]], retry: ConnectRe
             raise  # waiting cannot make the certificate verify
         except RedisUnavailable as exc:
             if number == attempts:
-                tried = (f"gave up after {attempts} attempts in {time.monotonic() - started:.1f}s"
-                         if attempts > 1 else "tried once")
-                raise type(exc)(f"{exc.message}; {tried} (--connect-timeout {retry.budget_s:g})",
-                                queue=exc.queue, replay=exc.replay) from None
+                tried = (
+                    f"gave up after {attempts} attempts in {time.monotonic() - started:.1f}s"
+                    if attempts > 1
+                    else "tried once"
+                )
+                raise type(exc)(
+                    f"{exc.message}; {tried} (--connect-timeout {retry.budget_s:g})",
+                    queue=exc.queue,
+                    replay=exc.replay,
+                ) from None
             delay = delays[number - 1]
             note(f"Redis unreachable, retrying in {delay:g}s (attempt {number} of {attempts}): {exc.message}")
             await asyncio.sleep(delay)

@@ -51,10 +51,11 @@ async def pause_holders(bull: BullQueue) -> list[str]:
     progress_pattern = ReplayKeys("*").progress
     head, tail = progress_pattern.split("*")
     for key in sorted(await _scan(bull, progress_pattern)):
-        queue, we_paused, owner = (_s(v) for v in await bull.redis.hmget(
-            key, [Progress.QUEUE, Progress.WE_PAUSED, Progress.OWNER]))
+        queue, we_paused, owner = (
+            _s(v) for v in await bull.redis.hmget(key, [Progress.QUEUE, Progress.WE_PAUSED, Progress.OWNER])
+        )
         if queue == bull.name and we_paused == "1":
-            holders.append(f"replay {key[len(head):-len(tail)]}" + (f" ({owner})" if owner else ""))
+            holders.append(f"replay {key[len(head) : -len(tail)]}" + (f" ({owner})" if owner else ""))
     memory_pattern = PolicyKeys("*").memory
     head, tail = memory_pattern.split("*")
     for key in sorted(await _scan(bull, memory_pattern)):
@@ -64,12 +65,20 @@ async def pause_holders(bull: BullQueue) -> list[str]:
         except (ValueError, AttributeError):
             held = False
         if held:
-            holders.append(f"QueuePolicy {key[len(head):-len(tail)]}")
+            holders.append(f"QueuePolicy {key[len(head) : -len(tail)]}")
     return holders
 
 
-def run_pause(*, pause: bool, redis_url: str, queue: str, prefix: str, dry_run: bool, output: str,
-              connect_timeout: float) -> int:
+def run_pause(
+    *,
+    pause: bool,
+    redis_url: str,
+    queue: str,
+    prefix: str,
+    dry_run: bool,
+    output: str,
+    connect_timeout: float,
+) -> int:
     """Pause (``pause=True``) or resume the queue; 0 done (or nothing to do), 2 queue not found,
     3 Redis unreachable."""
 
@@ -84,8 +93,15 @@ def run_pause(*, pause: bool, redis_url: str, queue: str, prefix: str, dry_run: 
             action = "resumed" if was else "notPaused"
             if was and not dry_run:
                 await bull.resume()
-        return {"schemaVersion": 1, "queue": queue, "prefix": prefix, "dryRun": dry_run, "action": action,
-                "wasPaused": was, "pausedBy": holders}
+        return {
+            "schemaVersion": 1,
+            "queue": queue,
+            "prefix": prefix,
+            "dryRun": dry_run,
+            "action": action,
+            "wasPaused": was,
+            "pausedBy": holders,
+        }
 
     result = run_on_queue(redis_url, output == "json", connect_timeout, act, queue, prefix)
     if isinstance(result, int):
@@ -102,8 +118,11 @@ def render_text(r: dict[str, Any]) -> str:
     """One or two lines saying what was done and who had paused the queue."""
     q = f"queue {r['queue']} (prefix {r['prefix']})"
     would = "would be " if r["dryRun"] else ""
-    by = ("paused by " + ", ".join(r["pausedBy"]) if r["pausedBy"]
-          else "paused by an app or a person (requeue did not pause it)")
+    by = (
+        "paused by " + ", ".join(r["pausedBy"])
+        if r["pausedBy"]
+        else "paused by an app or a person (requeue did not pause it)"
+    )
     if r["action"] == "paused":
         return f"{q} {would or 'is now '}paused" + ("" if would else "; workers finish their active jobs")
     if r["action"] == "alreadyPaused":

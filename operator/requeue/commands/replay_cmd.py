@@ -258,8 +258,14 @@ class RichReporter(Reporter):
             red = ", ".join(g.name for g in st.gates if not g.healthy)
             gates = f"gates {ok}/{len(st.gates)} ok" + (f" (waiting: {red})" if red else "")
         done = st.replayed + st.skipped
-        self.progress.update(self.task, completed=done, total=st.matched or None, phase=st.phase.value,
-                             rate=self._rate(st.replayed), gates=gates)
+        self.progress.update(
+            self.task,
+            completed=done,
+            total=st.matched or None,
+            phase=st.phase.value,
+            rate=self._rate(st.replayed),
+            gates=gates,
+        )
 
     def close(self) -> None:
         self.progress.stop()
@@ -304,8 +310,9 @@ def run_replay(opts: ReplayOptions) -> int:
 
 
 class _Replay:
-    def __init__(self, opts: ReplayOptions, manifest: DLQReplay, static: StaticSecrets,
-                 hidden: RedactedValues) -> None:
+    def __init__(
+        self, opts: ReplayOptions, manifest: DLQReplay, static: StaticSecrets, hidden: RedactedValues
+    ) -> None:
         self.opts = opts
         self.manifest = manifest
         self.static = static
@@ -326,20 +333,35 @@ class _Replay:
         try:
             url = await self.static.get(self.spec.redis.url_secret_ref)
         except SecretNotFound as exc:
-            raise SecretNotFound(f"no Redis URL: pass --redis-url URL, set REQUEUE_REDIS_URL, or give the "
-                                 f"spec's redis.urlSecretRef: {exc.message}") from None
+            raise SecretNotFound(
+                f"no Redis URL: pass --redis-url URL, set REQUEUE_REDIS_URL, or give the "
+                f"spec's redis.urlSecretRef: {exc.message}"
+            ) from None
         self.hidden.add_url(url)
         return url
 
     async def main(self) -> int:
         url = await self.resolve_url()
-        redis, target = await connect_retrying(lambda: open_redis(self.static, self.spec.redis, url=url),
-                                               ConnectRetry(self.opts.connect_timeout), self._warn)
+        redis, target = await connect_retrying(
+            lambda: open_redis(self.static, self.spec.redis, url=url),
+            ConnectRetry(self.opts.connect_timeout),
+            self._warn,
+        )
         replay_id = self.replay_id
         if self.dry_run:  # a throw-away id: never touches (or finishes) the real replay's state
             replay_id = f"{self.replay_id}-dryrun-{pysecrets.token_hex(4)}"
-        gates = (GateRunner(self.spec.gates, self.spec.gate_policy, self.static, default_redis_url=url,
-                            default_redis_tls=target.tls, owner=self.owner) if self.spec.gates else None)
+        gates = (
+            GateRunner(
+                self.spec.gates,
+                self.spec.gate_policy,
+                self.static,
+                default_redis_url=url,
+                default_redis_tls=target.tls,
+                owner=self.owner,
+            )
+            if self.spec.gates
+            else None
+        )
         engine = ReplayEngine(redis, replay_id=replay_id, owner=self.owner, gates=gates)
         reporter = self._reporter()
         loop = asyncio.get_running_loop()
@@ -373,8 +395,11 @@ class _Replay:
         except asyncio.CancelledError:
             reporter.close()
             self._print_result()
-            print(f"requeue: aborted at {self.status.progress or '0/0'}; rerun the same command to resume "
-                  f"(replay id {self.replay_id})", file=sys.stderr)
+            print(
+                f"requeue: aborted at {self.status.progress or '0/0'}; rerun the same command to resume "
+                f"(replay id {self.replay_id})",
+                file=sys.stderr,
+            )
             return EXIT_INTERRUPTED
         finally:
             reporter.close()
@@ -397,20 +422,26 @@ class _Replay:
 
     async def _announce(self, engine: ReplayEngine, url: str, reporter: Reporter) -> None:
         what = "dry run of" if self.dry_run else "replay"
-        reporter.note(f"{what} {self.owner} (replay id {self.replay_id}): queue {self.spec.queue} "
-                      f"(prefix {self.spec.prefix}) at {redact_url(url)}")
+        reporter.note(
+            f"{what} {self.owner} (replay id {self.replay_id}): queue {self.spec.queue} "
+            f"(prefix {self.spec.prefix}) at {redact_url(url)}"
+        )
         if not self.dry_run:
             await self._same_selection(engine)
             progress = await engine.stored_progress()
             if progress is None:
                 return
             if progress.finished:
-                reporter.note(f"this replay already finished ({progress.outcome}); showing "
-                              "its outcome. To run the manifest again, use a new metadata.name or "
-                              "--replay-id")
+                reporter.note(
+                    f"this replay already finished ({progress.outcome}); showing "
+                    "its outcome. To run the manifest again, use a new metadata.name or "
+                    "--replay-id"
+                )
             else:
-                reporter.note(f"resuming: {progress.replayed} of {progress.matched} selected jobs "
-                              f"already moved (stage {progress.stage or 'start'})")
+                reporter.note(
+                    f"resuming: {progress.replayed} of {progress.matched} selected jobs "
+                    f"already moved (stage {progress.stage or 'start'})"
+                )
 
     async def _same_selection(self, engine: ReplayEngine) -> None:
         """Refuse to resume a replay whose manifest now selects other jobs: the engine would go on
@@ -422,14 +453,19 @@ class _Replay:
         changed = changed_fields(before, now, SELECTION_FIELDS)
         if not changed:
             return
-        diffs = "; ".join(f"spec.{key} was {json.dumps(before.get(key), sort_keys=True)}, now "
-                          f"{json.dumps(now.get(key), sort_keys=True)}" for key in changed)
+        diffs = "; ".join(
+            f"spec.{key} was {json.dumps(before.get(key), sort_keys=True)}, now "
+            f"{json.dumps(now.get(key), sort_keys=True)}"
+            for key in changed
+        )
         raise SelectionChanged(
             f"{self.opts.file}: the selection changed since replay {self.owner} (replay id "
             f"{self.replay_id}) started: {diffs}. Resuming would move the jobs it selected then, so "
             f"nothing was done. Either restore the file as it was and rerun to resume, or run the new "
             f"selection as a new replay: --replay-id NEW (or a new metadata.name)",
-            queue=self.spec.queue, replay=self.owner)
+            queue=self.spec.queue,
+            replay=self.owner,
+        )
 
     async def _drive(self, engine: ReplayEngine, reporter: Reporter) -> int:
         """The loop of :meth:`ReplayEngine.run`, plus: stop cleanly between steps on a signal."""
@@ -447,8 +483,10 @@ class _Replay:
                 self._print_result()
                 return exit_code_for(st)
             if engine.redis_failures:
-                reporter.note(f"Redis unavailable, retrying in {result.delay:g}s (attempt "
-                              f"{engine.redis_failures} of {engine.redis_failure_bound})")
+                reporter.note(
+                    f"Redis unavailable, retrying in {result.delay:g}s (attempt "
+                    f"{engine.redis_failures} of {engine.redis_failure_bound})"
+                )
             if self.stop.is_set():
                 return await self._interrupted(engine, reporter)
             if result.delay > 0:
@@ -461,8 +499,10 @@ class _Replay:
         st = self.status
         ready = find_condition(st.conditions, ReplayCondition.READY)
         cause = (ready.message if ready else "Redis unavailable").split("; ")[0]
-        message = (f"{cause}; gave up after {engine.redis_failures} attempts in a row at {st.progress}. "
-                   f"Rerun the same command to resume (replay id {self.replay_id})")
+        message = (
+            f"{cause}; gave up after {engine.redis_failures} attempts in a row at {st.progress}. "
+            f"Rerun the same command to resume (replay id {self.replay_id})"
+        )
         st.message = message
         if ready is not None:
             ready.message = message
@@ -484,10 +524,13 @@ class _Replay:
             print(f"requeue: {self.signal_name}: dry run stopped; nothing was moved", file=sys.stderr)
             return EXIT_INTERRUPTED
         resumed = " (the queue this replay had paused was resumed)" if before.queue_paused_by_replay else ""
-        print(f"requeue: {self.signal_name}: stopped in phase {before.phase.value} at {st.progress or '0/0'} "
-              f"(replayed {st.replayed}, skipped {st.skipped}, matched {st.matched}){resumed}.\n"
-              f"requeue: to resume, rerun the same command (replay id {self.replay_id}; or add "
-              f"--replay-id {self.replay_id})", file=sys.stderr)
+        print(
+            f"requeue: {self.signal_name}: stopped in phase {before.phase.value} at {st.progress or '0/0'} "
+            f"(replayed {st.replayed}, skipped {st.skipped}, matched {st.matched}){resumed}.\n"
+            f"requeue: to resume, rerun the same command (replay id {self.replay_id}; or add "
+            f"--replay-id {self.replay_id})",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
 
     # -- the result
@@ -501,8 +544,9 @@ class _Replay:
         print(self.hidden.redact(text), end="", flush=True)
 
 
-def render_summary(st: DLQReplayStatus, *, dry_run: bool = False, quiet: bool = False,
-                   headline: str | None = None) -> str:
+def render_summary(
+    st: DLQReplayStatus, *, dry_run: bool = False, quiet: bool = False, headline: str | None = None
+) -> str:
     """The human result: outcome line, counters, breakdown, first ids."""
     head = headline or (f"{st.phase.value}: {st.message}" if st.message else st.phase.value)
     if quiet:
@@ -511,9 +555,15 @@ def render_summary(st: DLQReplayStatus, *, dry_run: bool = False, quiet: bool = 
     if dry_run:
         lines.append(f"would replay {st.matched} jobs ({st.corrupt} corrupt, not replayable)")
     else:
-        lines.append(f"matched {st.matched}, replayed {st.replayed}, skipped {st.skipped}, corrupt "
-                     f"{st.corrupt}" + (f", completed {st.completed}, failed again {st.failed_again}"
-                                        if st.completed or st.failed_again else ""))
+        lines.append(
+            f"matched {st.matched}, replayed {st.replayed}, skipped {st.skipped}, corrupt "
+            f"{st.corrupt}"
+            + (
+                f", completed {st.completed}, failed again {st.failed_again}"
+                if st.completed or st.failed_again
+                else ""
+            )
+        )
     if st.breakdown is not None:
         for title, groups in (("by name", st.breakdown.by_name), ("by reason", st.breakdown.by_reason)):
             if groups:

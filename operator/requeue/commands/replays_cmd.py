@@ -37,8 +37,18 @@ __all__ = ["run_replays_forget", "run_replays_list"]
 T = TypeVar("T")
 #: Keys a listing may make Redis visit (SCAN pages of 1000).
 _SCAN_BUDGET = 200_000
-_FIELDS = (Progress.STAGE, Progress.QUEUE, Progress.OWNER, Progress.OUTCOME, Progress.MATCHED,
-           Progress.REPLAYED, Progress.SKIPPED, Progress.MISSING, Progress.STARTED_MS, Progress.FINISHED_MS)
+_FIELDS = (
+    Progress.STAGE,
+    Progress.QUEUE,
+    Progress.OWNER,
+    Progress.OUTCOME,
+    Progress.MATCHED,
+    Progress.REPLAYED,
+    Progress.SKIPPED,
+    Progress.MISSING,
+    Progress.STARTED_MS,
+    Progress.FINISHED_MS,
+)
 
 
 def _s(value: Any) -> str | None:
@@ -52,8 +62,9 @@ def _iso(ms: str | None) -> str | None:
         return None
 
 
-def _run(redis_url: str, json_output: bool, connect_timeout: float,
-         work: Callable[[Redis], Awaitable[T]]) -> tuple[T, RedactedValues] | int:
+def _run(
+    redis_url: str, json_output: bool, connect_timeout: float, work: Callable[[Redis], Awaitable[T]]
+) -> tuple[T, RedactedValues] | int:
     secrets = RedactedValues()
     secrets.add_url(redis_url)
 
@@ -92,11 +103,18 @@ async def _describe(redis: Redis, replay_id: str, now_ms: int) -> dict[str, Any]
     started = p[Progress.STARTED_MS]
     ttl = int(await redis.ttl(keys.progress))
     return {
-        "id": replay_id, "queue": p[Progress.QUEUE], "owner": p[Progress.OWNER], "stage": p[Progress.STAGE],
+        "id": replay_id,
+        "queue": p[Progress.QUEUE],
+        "owner": p[Progress.OWNER],
+        "stage": p[Progress.STAGE],
         "phase": (p[Progress.OUTCOME] or "Finished") if finished else "Running",
-        "finished": finished, "matched": count(Progress.MATCHED), "replayed": count(Progress.REPLAYED),
-        "skipped": count(Progress.SKIPPED), "missing": count(Progress.MISSING),
-        "startedAt": _iso(started), "finishedAt": _iso(p[Progress.FINISHED_MS]),
+        "finished": finished,
+        "matched": count(Progress.MATCHED),
+        "replayed": count(Progress.REPLAYED),
+        "skipped": count(Progress.SKIPPED),
+        "missing": count(Progress.MISSING),
+        "startedAt": _iso(started),
+        "finishedAt": _iso(p[Progress.FINISHED_MS]),
         "ageSeconds": (now_ms - int(started)) // 1000 if started and started.isdigit() else None,
         "expiresInSeconds": ttl if ttl >= 0 else None,
     }
@@ -112,7 +130,7 @@ async def _list(redis: Redis) -> list[dict[str, Any]]:
         visited += 1000
         for raw in batch:
             key = _s(raw) or ""
-            replay_id = key[len(head):-len(tail)]
+            replay_id = key[len(head) : -len(tail)]
             if replay_id and ":" not in replay_id:
                 ids.add(replay_id)
         if int(cursor) == 0 or visited >= _SCAN_BUDGET:
@@ -131,14 +149,18 @@ def run_replays_list(*, redis_url: str, output: str, connect_timeout: float) -> 
     if output == "json":
         print_json(secrets.redact_json({"schemaVersion": 1, "replays": replays}))
         return 0
-    lines = [f"{'ID':<36}  {'QUEUE':<16}  {'PHASE':<10}  {'STAGE':<10}  {'MATCHED':>8}  {'REPLAYED':>8}  "
-             f"{'AGE':>8}  EXPIRES IN"]
+    lines = [
+        f"{'ID':<36}  {'QUEUE':<16}  {'PHASE':<10}  {'STAGE':<10}  {'MATCHED':>8}  {'REPLAYED':>8}  "
+        f"{'AGE':>8}  EXPIRES IN"
+    ]
     for r in replays:
         secs, ttl = r["ageSeconds"], r["expiresInSeconds"]
         age = f"{secs // 3600}h{secs % 3600 // 60:02d}m" if secs is not None else "-"
         expires = f"{ttl // 3600}h" if ttl is not None else "never (running)"
-        lines.append(f"{r['id']:<36}  {r['queue'] or '-':<16}  {r['phase']:<10}  {r['stage'] or '-':<10}  "
-                     f"{r['matched']:>8}  {r['replayed']:>8}  {age:>8}  {expires}")
+        lines.append(
+            f"{r['id']:<36}  {r['queue'] or '-':<16}  {r['phase']:<10}  {r['stage'] or '-':<10}  "
+            f"{r['matched']:>8}  {r['replayed']:>8}  {age:>8}  {expires}"
+        )
     if not replays:
         lines = ["no replay state in this Redis"]
     print(secrets.redact("\n".join(lines)), flush=True)
@@ -152,29 +174,42 @@ def run_replays_forget(*, redis_url: str, replay_id: str, output: str, connect_t
     async def forget(redis: Redis) -> dict[str, Any]:
         described = await _describe(redis, replay_id, round(time.time() * 1000))
         if described is None:
-            raise ReplayNotFound(f'no replay "{replay_id}" in this Redis (no key '
-                                 f"{ReplayKeys(replay_id).progress}); `requeue replays list` shows the "
-                                 "replays there are", replay=replay_id)
+            raise ReplayNotFound(
+                f'no replay "{replay_id}" in this Redis (no key '
+                f"{ReplayKeys(replay_id).progress}); `requeue replays list` shows the "
+                "replays there are",
+                replay=replay_id,
+            )
         if not described["finished"]:
             raise ReplayRunning(
                 f'replay "{replay_id}" of queue "{described["queue"]}" has not finished (stage '
-                f'{described["stage"]}); its keys are its progress and stay. Rerun its command to finish '
-                "it (or delete the DLQReplay), then forget it", replay=replay_id)
+                f"{described['stage']}); its keys are its progress and stay. Rerun its command to finish "
+                "it (or delete the DLQReplay), then forget it",
+                replay=replay_id,
+            )
         keys = ReplayKeys(replay_id)
         async with redis.pipeline(transaction=True) as pipe:
             await pipe.watch(keys.progress)  # a replay that starts again meanwhile aborts the delete
             if _s(await pipe.hget(keys.progress, Progress.STAGE)) != Stage.DONE:
-                raise ReplayRunning(f'replay "{replay_id}" started again while being forgotten; its keys '
-                                    "stay", replay=replay_id)
+                raise ReplayRunning(
+                    f'replay "{replay_id}" started again while being forgotten; its keys stay',
+                    replay=replay_id,
+                )
             pipe.multi()  # type: ignore[no-untyped-call]
             pipe.delete(*keys.all(), keys.legacy_copied)
             try:
                 deleted = int((await pipe.execute())[0])
             except rx.WatchError:
-                raise ReplayRunning(f'replay "{replay_id}" changed while being forgotten; its keys stay',
-                                    replay=replay_id) from None
-        return {"schemaVersion": 1, "id": replay_id, "forgotten": True, "keysDeleted": deleted,
-                "replay": described}
+                raise ReplayRunning(
+                    f'replay "{replay_id}" changed while being forgotten; its keys stay', replay=replay_id
+                ) from None
+        return {
+            "schemaVersion": 1,
+            "id": replay_id,
+            "forgotten": True,
+            "keysDeleted": deleted,
+            "replay": described,
+        }
 
     result = _run(redis_url, output == "json", connect_timeout, forget)
     if isinstance(result, int):
@@ -184,6 +219,11 @@ def run_replays_forget(*, redis_url: str, replay_id: str, output: str, connect_t
         print_json(secrets.redact_json(report))
     else:
         done = report["replay"]
-        print(secrets.redact(f"forgot replay {replay_id} ({done['phase']}, queue {done['queue']}): "
-                             f"{report['keysDeleted']} keys deleted"), flush=True)
+        print(
+            secrets.redact(
+                f"forgot replay {replay_id} ({done['phase']}, queue {done['queue']}): "
+                f"{report['keysDeleted']} keys deleted"
+            ),
+            flush=True,
+        )
     return 0

@@ -43,8 +43,11 @@ def run_demo(*, jobs: int = 3000, keep: bool = False, color: bool = True, timeou
         from requeue.demo.session import DemoOptions, DemoSession
     except ImportError as exc:
         missing = exc.name or str(exc)
-        print(f"requeue demo needs the 'demo' extra ({missing} is not installed):\n"
-              "    pip install 'requeue[demo]'", file=sys.stderr)
+        print(
+            f"requeue demo needs the 'demo' extra ({missing} is not installed):\n"
+            "    pip install 'requeue[demo]'",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     console = _console(color)
     session = DemoSession(DemoOptions(jobs=jobs, keep=keep, timeout=timeout), console)
@@ -69,4 +72,3 @@ def run_demo(*, jobs: int = 3000, keep: bool = False, color: bool = True, timeou
         return EXIT_FAILED
     finally:
         session.cleanup()
-

@@ -111,8 +111,9 @@ class DemoSession:
 
     def shell(self, command: str, output: str = "") -> None:
         """Show a command the user could have typed, and its output."""
-        self.console.print(f"[dim]{self.stamp()}[/dim] [bold]$ {command}[/bold]", highlight=False,
-                           soft_wrap=True)
+        self.console.print(
+            f"[dim]{self.stamp()}[/dim] [bold]$ {command}[/bold]", highlight=False, soft_wrap=True
+        )
         for line in output.rstrip("\n").splitlines():
             self.console.print(f"        {line}", highlight=False, markup=False, soft_wrap=True)
 
@@ -123,12 +124,15 @@ class DemoSession:
         console = self.console
         console.rule("[bold]requeue demo[/bold]: replay a BullMQ outage's failed jobs exactly once")
         self.cluster = start_cluster(crds_from_models(), workdir=self.workdir / "kube")
-        crds = ", ".join(o["metadata"]["name"] for o in self.cluster.list_objects(
-            "apiextensions.k8s.io/v1/customresourcedefinitions"))
+        crds = ", ".join(
+            o["metadata"]["name"]
+            for o in self.cluster.list_objects("apiextensions.k8s.io/v1/customresourcedefinitions")
+        )
         self.say(f"API server emulator on {self.cluster.url} (devcluster; CRDs {crds})")
         try:
-            self.kubectl = Kubectl(self.cluster.kubeconfig, self.workdir / "kube" / "kubectl-cache",
-                                   binary=find_kubectl())
+            self.kubectl = Kubectl(
+                self.cluster.kubeconfig, self.workdir / "kube" / "kubectl-cache", binary=find_kubectl()
+            )
         except KubectlNotFoundError:
             self.say("kubectl is not on PATH: the demo talks to the API directly instead")
         self.redis = RedisServer(directory=self.workdir / "redis", own_session=True)
@@ -139,9 +143,11 @@ class DemoSession:
         outage_start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=1)
         took = await seed_failed_jobs(self.redis.url, QUEUE, workload)
         reasons = {name: reason for name, reason, _ in OUTAGE}
-        self.say(f"seeded {workload.total} failed BullMQ jobs in queue {QUEUE!r} with real workers "
-                 f"in {took:.1f}s: " + ", ".join(f"{n} {name} ({reasons[name]})"
-                                                  for name, n in workload.counts.items()))
+        self.say(
+            f"seeded {workload.total} failed BullMQ jobs in queue {QUEUE!r} with real workers "
+            f"in {took:.1f}s: "
+            + ", ".join(f"{n} {name} ({reasons[name]})" for name, n in workload.counts.items())
+        )
         await self.inspect()
 
         health = await HealthEndpoint().start()
@@ -169,8 +175,9 @@ class DemoSession:
             report = await analyse_failed_set(BullQueue(client, QUEUE), top=5, samples=0)
         finally:
             await client.aclose()
-        self.say(f"the failed set, grouped as `requeue inspect --redis-url {self.redis.url} --queue {QUEUE}` "
-                 "does:")
+        self.say(
+            f"the failed set, grouped as `requeue inspect --redis-url {self.redis.url} --queue {QUEUE}` does:"
+        )
         table = Table(box=None, pad_edge=False, padding=(0, 2))
         table.add_column("JOB NAME")
         table.add_column("COUNT", justify="right")
@@ -180,8 +187,9 @@ class DemoSession:
         for i in range(max(len(names), len(reasons))):
             n = names[i] if i < len(names) else None
             r = reasons[i] if i < len(reasons) else None
-            table.add_row(n.key if n else "", str(n.count) if n else "", r.key if r else "",
-                          str(r.count) if r else "")
+            table.add_row(
+                n.key if n else "", str(n.count) if n else "", r.key if r else "", str(r.count) if r else ""
+            )
         self.console.print(f"        {report.total} failed jobs in {report.elapsed_s:.2f}s", highlight=False)
         with self.console.capture() as capture:
             self.console.print(table)
@@ -192,15 +200,37 @@ class DemoSession:
         """``requeue run --standalone -A`` against the emulator, in a session of its own."""
         assert self.cluster is not None
         self.metrics_port = free_port()
-        command = [sys.executable, "-m", "requeue", "run", "--standalone", "-A",
-                   "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1"]
-        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "PYTHONUNBUFFERED": "1",
-               "KUBERNETES_SERVICE_HOST": ""}  # never an in-cluster config or the user's own cluster
+        command = [
+            sys.executable,
+            "-m",
+            "requeue",
+            "run",
+            "--standalone",
+            "-A",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--metrics-address",
+            "127.0.0.1",
+        ]
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "PYTHONUNBUFFERED": "1",
+            "KUBERNETES_SERVICE_HOST": "",
+        }  # never an in-cluster config or the user's own cluster
         with self.operator_log.open("ab") as log:
-            self.operator = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
-        self.say(f"operator pid {self.operator.pid}: requeue run --standalone -A "
-                 f"(KUBECONFIG={self.cluster.kubeconfig}; log {self.operator_log})")
+            self.operator = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.say(
+            f"operator pid {self.operator.pid}: requeue run --standalone -A "
+            f"(KUBECONFIG={self.cluster.kubeconfig}; log {self.operator_log})"
+        )
 
     def manifest(self, workload: Workload, health_url: str, outage_start: datetime.datetime) -> str:
         """examples/replay.yaml, pointed at the demo's Redis and provider, fast enough for a demo."""
@@ -249,25 +279,42 @@ spec:
         self.console.print(f"        [dim]{path}:[/dim]", highlight=False)
         for line in manifest.splitlines():
             self.console.print(f"        {line}", highlight=False, markup=False, soft_wrap=True)
-        secret_cmd = (f"kubectl -n {NAMESPACE} create secret generic {SECRET} "
-                      f"--from-literal=url={self.redis.url}")
+        secret_cmd = (
+            f"kubectl -n {NAMESPACE} create secret generic {SECRET} --from-literal=url={self.redis.url}"
+        )
         if self.kubectl is not None:
             k = self.kubectl
-            for args in (("create", "namespace", NAMESPACE),
-                         ("-n", NAMESPACE, "create", "secret", "generic", SECRET,
-                          f"--from-literal=url={self.redis.url}"),
-                         ("apply", "-f", str(path))):
+            for args in (
+                ("create", "namespace", NAMESPACE),
+                (
+                    "-n",
+                    NAMESPACE,
+                    "create",
+                    "secret",
+                    "generic",
+                    SECRET,
+                    f"--from-literal=url={self.redis.url}",
+                ),
+                ("apply", "-f", str(path)),
+            ):
                 proc = await asyncio.to_thread(k, *args)
                 self.shell("kubectl " + " ".join(args), proc.stdout)
             return
         cluster = self.cluster
-        await asyncio.to_thread(cluster.create, {"apiVersion": "v1", "kind": "Namespace",
-                                                 "metadata": {"name": NAMESPACE}})
+        await asyncio.to_thread(
+            cluster.create, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+        )
         self.shell(f"kubectl create namespace {NAMESPACE}", f"namespace/{NAMESPACE} created (via the API)")
-        await asyncio.to_thread(cluster.create, {
-            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": SECRET, "namespace": NAMESPACE},
-            "stringData": {"url": self.redis.url}})
+        await asyncio.to_thread(
+            cluster.create,
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": {"name": SECRET, "namespace": NAMESPACE},
+                "stringData": {"url": self.redis.url},
+            },
+        )
         self.shell(secret_cmd, f"secret/{SECRET} created (via the API)")
         await asyncio.to_thread(cluster.create, yaml.safe_load(manifest))
         self.shell(f"kubectl apply -f {path}", f"dlqreplay.requeue.dev/{REPLAY} created (via the API)")
@@ -295,18 +342,22 @@ spec:
                     # watch; in production it runs all along and verification is just as happy.
                     worker.start()
                     working = True
-                    self.say(f"worker: a BullMQ worker (concurrency {worker.concurrency}) starts "
-                             f"processing queue {QUEUE!r}")
+                    self.say(
+                        f"worker: a BullMQ worker (concurrency {worker.concurrency}) starts "
+                        f"processing queue {QUEUE!r}"
+                    )
                 view.update(status)
                 if status.get("phase") in ("Succeeded", "Failed", "Cancelled"):
                     return status
                 if self.operator is not None and self.operator.poll() is not None:
-                    raise RuntimeError(f"the operator exited with {self.operator.returncode}:\n"
-                                       f"{self.operator_tail()}")
+                    raise RuntimeError(
+                        f"the operator exited with {self.operator.returncode}:\n{self.operator_tail()}"
+                    )
                 if time.monotonic() > deadline:
                     raise TimeoutError(
                         f"the replay did not finish within {self.options.timeout:.0f}s "
-                        f"(phase {status.get('phase')}); operator log:\n{self.operator_tail()}")
+                        f"(phase {status.get('phase')}); operator log:\n{self.operator_tail()}"
+                    )
                 await asyncio.sleep(POLL)
         finally:
             view.close(status)
@@ -334,20 +385,29 @@ spec:
             timing.append(f"replay {(moved - started).total_seconds():.1f}s")
         if moved and finished:
             timing.append(f"verify {(finished - moved).total_seconds():.1f}s")
-        fields = [("phase", status.get("phase")), ("matched", status.get("matched")),
-                  ("replayed", status.get("replayed")), ("skipped", status.get("skipped")),
-                  ("completed", status.get("completed")), ("failedAgain", status.get("failedAgain")),
-                  ("timing", ", ".join(timing)), ("message", status.get("message"))]
-        conditions = ", ".join(f"{c.get('type')}={c.get('status')} ({c.get('reason')})"
-                               for c in status.get("conditions") or [])
+        fields = [
+            ("phase", status.get("phase")),
+            ("matched", status.get("matched")),
+            ("replayed", status.get("replayed")),
+            ("skipped", status.get("skipped")),
+            ("completed", status.get("completed")),
+            ("failedAgain", status.get("failedAgain")),
+            ("timing", ", ".join(timing)),
+            ("message", status.get("message")),
+        ]
+        conditions = ", ".join(
+            f"{c.get('type')}={c.get('status')} ({c.get('reason')})" for c in status.get("conditions") or []
+        )
         fields.append(("conditions", conditions))
         self.say(f"dlqr/{REPLAY} .status (abridged; timing from its timestamps):")
         for key, value in fields:
-            self.console.print(f"        {key + ':':<12} {value}", highlight=False, markup=False,
-                               soft_wrap=True)
+            self.console.print(
+                f"        {key + ':':<12} {value}", highlight=False, markup=False, soft_wrap=True
+            )
         if self.kubectl is not None:
-            proc = await asyncio.to_thread(self.kubectl, "-n", NAMESPACE, "get", "events",
-                                          "--sort-by=.lastTimestamp")
+            proc = await asyncio.to_thread(
+                self.kubectl, "-n", NAMESPACE, "get", "events", "--sort-by=.lastTimestamp"
+            )
             events = proc.stdout
         else:
             events = await asyncio.to_thread(cluster.table, "v1/events", NAMESPACE, sort_by=".lastTimestamp")
@@ -360,14 +420,18 @@ spec:
             await client.aclose()
         failed, completed = counts["failed"], counts["completed"]
         seeded = workload.counts["whatsapp.send"]
-        self.say(f"Redis: {failed} jobs still failed (the {workload.total - seeded} pdf.generate and "
-                 f"email.send jobs the selector left alone), {completed} completed; the worker ran "
-                 f"{len(worker.processed)} jobs, {worker.duplicates} of them twice")
+        self.say(
+            f"Redis: {failed} jobs still failed (the {workload.total - seeded} pdf.generate and "
+            f"email.send jobs the selector left alone), {completed} completed; the worker ran "
+            f"{len(worker.processed)} jobs, {worker.duplicates} of them twice"
+        )
         verdict = "green" if status.get("phase") == "Succeeded" else "red"
         self.console.print(
             f"[bold {verdict}]{status.get('phase')}[/]: matched {status.get('matched')} of {seeded} "
             f"whatsapp.send jobs, replayed {status.get('replayed')}, completed {status.get('completed')}, "
-            f"failed again {status.get('failedAgain')}; total {self.stamp().strip()}", highlight=False)
+            f"failed again {status.get('failedAgain')}; total {self.stamp().strip()}",
+            highlight=False,
+        )
 
     async def keep_running(self) -> None:
         """--keep: print how to reach everything, then wait for Ctrl-C."""
@@ -382,7 +446,10 @@ spec:
             f"requeue inspect --redis-url {self.redis.url} --queue {QUEUE}\n"
             f"curl -s http://127.0.0.1:{self.metrics_port}/metrics | grep ^requeue_\n"
             f"operator log: {self.operator_log}",
-            highlight=False, markup=False, soft_wrap=True)
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
         await asyncio.Event().wait()
 
     # -- cleanup

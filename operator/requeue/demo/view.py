@@ -13,9 +13,16 @@ from rich.text import Text
 
 __all__ = ["ReplayView"]
 
-_PHASE_STYLE = {"Pending": "dim", "WaitingForGates": "yellow", "Replaying": "cyan", "Verifying": "blue",
-                "Succeeded": "bold green", "Failed": "bold red", "Suspended": "magenta",
-                "Cancelled": "magenta"}
+_PHASE_STYLE = {
+    "Pending": "dim",
+    "WaitingForGates": "yellow",
+    "Replaying": "cyan",
+    "Verifying": "blue",
+    "Succeeded": "bold green",
+    "Failed": "bold red",
+    "Suspended": "magenta",
+    "Cancelled": "magenta",
+}
 #: Seconds between two progress lines when the output is not a terminal.
 LINE_EVERY = 2.0
 
@@ -78,8 +85,9 @@ class ReplayView:
         if status.get("matched"):
             parts.append(f"replayed {status.get('replayed', 0)}/{status['matched']}")
         if phase in ("Verifying", "Succeeded", "Failed") and status.get("replayed"):
-            parts.append(f"completed {status.get('completed', 0)}, "
-                         f"failed again {status.get('failedAgain', 0)}")
+            parts.append(
+                f"completed {status.get('completed', 0)}, failed again {status.get('failedAgain', 0)}"
+            )
         gates = ", ".join(f"{name} {state}" for name, state, _, _ in _gates(status))
         if gates:
             parts.append(f"gates: {gates}")
@@ -91,23 +99,34 @@ class ReplayView:
         phase = status.get("phase", "Pending")
         matched, replayed = int(status.get("matched", 0)), int(status.get("replayed", 0))
         skipped = int(status.get("skipped", 0))
-        head = Text.assemble((f"dlqr/{self.name} ", "bold"), (phase, _PHASE_STYLE.get(phase, "")),
-                             (f"   {self._stamp().strip()}", "dim"))
+        head = Text.assemble(
+            (f"dlqr/{self.name} ", "bold"),
+            (phase, _PHASE_STYLE.get(phase, "")),
+            (f"   {self._stamp().strip()}", "dim"),
+        )
         rows: list[RenderableType] = [head]
         bar = Table.grid(padding=(0, 1))
-        bar.add_row("replayed", ProgressBar(total=max(matched, 1), completed=replayed + skipped, width=40),
-                    f"{replayed}/{matched}" if matched else "selecting…")
+        bar.add_row(
+            "replayed",
+            ProgressBar(total=max(matched, 1), completed=replayed + skipped, width=40),
+            f"{replayed}/{matched}" if matched else "selecting…",
+        )
         if phase in ("Verifying", "Succeeded", "Failed") and replayed:
             done = int(status.get("completed", 0)) + int(status.get("failedAgain", 0))
-            bar.add_row("verified", ProgressBar(total=replayed, completed=done, width=40),
-                        f"{status.get('completed', 0)} completed, "
-                        f"{status.get('failedAgain', 0)} failed again")
+            bar.add_row(
+                "verified",
+                ProgressBar(total=replayed, completed=done, width=40),
+                f"{status.get('completed', 0)} completed, {status.get('failedAgain', 0)} failed again",
+            )
         rows.append(bar)
         gates = Table("gate", "state", "latency", "last result", box=None, pad_edge=False)
         for name, state, message, latency in _gates(status):
-            gates.add_row(name, Text(state, _GATE_STYLE[state]),
-                          f"{latency:.0f}ms" if isinstance(latency, (int, float)) else "",
-                          Text(message, overflow="ellipsis", no_wrap=True))
+            gates.add_row(
+                name,
+                Text(state, _GATE_STYLE[state]),
+                f"{latency:.0f}ms" if isinstance(latency, (int, float)) else "",
+                Text(message, overflow="ellipsis", no_wrap=True),
+            )
         if status.get("gates"):
             rows.append(gates)
         if status.get("message"):

@@ -58,8 +58,7 @@ def _payload(name: str, i: int) -> dict[str, Any]:
     return {"to": f"applicant{i}@example.com", "subject": "Your visa application"}
 
 
-async def seed_failed_jobs(redis_url: str, queue: str, workload: Workload, *,
-                           timeout: float = 60.0) -> float:  # noqa: ASYNC109
+async def seed_failed_jobs(redis_url: str, queue: str, workload: Workload, *, timeout: float = 60.0) -> float:  # noqa: ASYNC109
     """Add the jobs (interleaved, as an outage fails them) and fail each with its outage error.
 
     Returns the seconds it took. Uses its own worker, closed before returning.
@@ -78,7 +77,7 @@ async def seed_failed_jobs(redis_url: str, queue: str, workload: Workload, *,
     q = Queue(queue, {"connection": redis_url})
     try:
         for start in range(0, len(jobs), BULK):
-            await q.addBulk(jobs[start:start + BULK])
+            await q.addBulk(jobs[start : start + BULK])
     finally:
         await q.close()
 
@@ -118,8 +117,11 @@ class ServiceWorker:
             await asyncio.sleep(0.002)  # the provider call
             return "sent"
 
-        self._worker = Worker(self.queue, process, {"connection": self.redis_url,
-                                                    "concurrency": self.concurrency, "drainDelay": 1})
+        self._worker = Worker(
+            self.queue,
+            process,
+            {"connection": self.redis_url, "concurrency": self.concurrency, "drainDelay": 1},
+        )
         self._worker.on("completed", self._on_completed)
 
     def _on_completed(self, job: Job, result: Any) -> None:
@@ -169,19 +171,30 @@ class HealthEndpoint:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
+                length = next(
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
                 if length:
                     await reader.readexactly(length)
                 self.requests += 1
                 if self.healthy:
                     status, body = "200 OK", {"status": "ok"}
                 else:
-                    status, body = "503 Service Unavailable", {"status": "degraded",
-                                                              "reason": "rate limited by Meta"}
+                    status, body = (
+                        "503 Service Unavailable",
+                        {"status": "degraded", "reason": "rate limited by Meta"},
+                    )
                 data = json.dumps(body).encode()
-                writer.write(f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-                             f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+                writer.write(
+                    f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(data)}\r\n\r\n".encode()
+                    + data
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
             pass

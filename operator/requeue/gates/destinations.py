@@ -32,8 +32,17 @@ from requeue.api.conditions import Reason
 from requeue.redact import split_url
 
 __all__ = [
-    "ALLOW_ENV", "DEFAULT_DENY", "DENY_ENV", "DestinationDenied", "DestinationPolicy", "GuardedBackend",
-    "check_url", "current_policy", "host_port", "pin_postgres", "set_policy",
+    "ALLOW_ENV",
+    "DEFAULT_DENY",
+    "DENY_ENV",
+    "DestinationDenied",
+    "DestinationPolicy",
+    "GuardedBackend",
+    "check_url",
+    "current_policy",
+    "host_port",
+    "pin_postgres",
+    "set_policy",
 ]
 
 ALLOW_ENV = "REQUEUE_GATE_ALLOW"
@@ -42,8 +51,15 @@ DENY_ENV = "REQUEUE_GATE_DENY"
 #: Always refused: link-local ranges (where cloud metadata lives) and the metadata
 #: services' addresses and names on AWS, GCP, Azure, Alibaba and OpenStack.
 DEFAULT_DENY: tuple[str, ...] = (
-    "169.254.0.0/16", "fe80::/10", "169.254.169.254/32", "fd00:ec2::254/128", "100.100.100.200/32",
-    "metadata.google.internal", "metadata", "instance-data", "instance-data.ec2.internal",
+    "169.254.0.0/16",
+    "fe80::/10",
+    "169.254.169.254/32",
+    "fd00:ec2::254/128",
+    "100.100.100.200/32",
+    "metadata.google.internal",
+    "metadata",
+    "instance-data",
+    "instance-data.ec2.internal",
 )
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -106,9 +122,13 @@ class DestinationPolicy:
 
     @classmethod
     def build(cls, *, allow: Sequence[str] = (), deny: Sequence[str] = ()) -> DestinationPolicy:
-        return cls(deny=(_Rules.parse(DEFAULT_DENY, "the default deny list: link-local and cloud metadata"),
-                         _Rules.parse(deny, DENY_ENV)),
-                   allow=_Rules.parse(allow, ALLOW_ENV))
+        return cls(
+            deny=(
+                _Rules.parse(DEFAULT_DENY, "the default deny list: link-local and cloud metadata"),
+                _Rules.parse(deny, DENY_ENV),
+            ),
+            allow=_Rules.parse(allow, ALLOW_ENV),
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DestinationPolicy:
@@ -121,8 +141,12 @@ class DestinationPolicy:
         for rules in self.deny:
             if rules.name_matches(host) or (literal is not None and rules.address_matches(literal)):
                 raise DestinationDenied(_denied(host, rules.source))
-        if literal is not None and not self.allow.empty and not self.allow.address_matches(literal) \
-                and not self.allow.name_matches(host):
+        if (
+            literal is not None
+            and not self.allow.empty
+            and not self.allow.address_matches(literal)
+            and not self.allow.name_matches(host)
+        ):
             raise DestinationDenied(_not_allowed(host))
 
     def check_addresses(self, host: str, addresses: Sequence[Address]) -> None:
@@ -148,8 +172,9 @@ class DestinationPolicy:
             addresses: list[Address] = [literal]
         else:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0])
-                                           for info in infos))
+            addresses = list(
+                dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos)
+            )
         self.check_addresses(host, addresses)
         return addresses
 
@@ -194,9 +219,14 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         self.policy = policy
         self._inner = httpcore.AnyIOBackend()
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109
-                          local_address: str | None = None,
-                          socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         try:
             addresses = await self.policy.resolve(host, port)
         except OSError as exc:  # not resolvable: what httpx reports for any failed connect
@@ -204,16 +234,24 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         last: Exception | None = None
         for address in addresses:
             try:
-                return await self._inner.connect_tcp(str(address), port, timeout=timeout,
-                                                     local_address=local_address,
-                                                     socket_options=socket_options)
+                return await self._inner.connect_tcp(
+                    str(address),
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc
         assert last is not None
         raise last
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,  # noqa: ASYNC109
-                                  socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         raise DestinationDenied(f"DestinationDenied: unix socket {path} is not a gate destination")
 
     async def sleep(self, seconds: float) -> None:

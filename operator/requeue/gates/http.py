@@ -47,8 +47,9 @@ class JsonPathError(ValueError):
     """The path is not of the supported form ``$.a.b[0]``."""
 
 
-async def check_http(spec: HttpGate, secrets: SecretSource, *,
-                     policy: DestinationPolicy | None = None) -> GateResult:
+async def check_http(
+    spec: HttpGate, secrets: SecretSource, *, policy: DestinationPolicy | None = None
+) -> GateResult:
     """Send the request and judge the status code and, with ``jsonPath``, one JSON value.
 
     :param policy: where the request may go (default: the operator's, see
@@ -132,8 +133,9 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
         self._pool = httpcore.AsyncConnectionPool(ssl_context=verify, network_backend=GuardedBackend(policy))
 
 
-def _client(spec: HttpGate, verify: ssl.SSLContext, timeout: float,
-            policy: DestinationPolicy) -> httpx.AsyncClient:
+def _client(
+    spec: HttpGate, verify: ssl.SSLContext, timeout: float, policy: DestinationPolicy
+) -> httpx.AsyncClient:
     """A client for one request: our verification, the gate's redirect policy and timeout, and
     connections only where the operator's gate policy allows (no proxy from the environment,
     which would connect on our behalf where the policy cannot look)."""
@@ -164,7 +166,12 @@ def _redirect_note(spec: HttpGate, response: httpx.Response) -> str:
 
 
 def _judge_json(
-    spec: HttpGate, path: str, status: str, body: bytes, truncated: bool, latency: float,
+    spec: HttpGate,
+    path: str,
+    status: str,
+    body: bytes,
+    truncated: bool,
+    latency: float,
     hidden: list[str],
 ) -> GateResult:
     """The value at ``path`` in the body against ``equals``; a body we cut off is not guessed at.

@@ -55,8 +55,9 @@ _CONNECT_FAILURES: list[tuple[Any, str]] = [
 ]
 
 
-async def check_postgres(spec: PostgresGate, secrets: SecretSource, *,
-                         policy: DestinationPolicy | None = None) -> GateResult:
+async def check_postgres(
+    spec: PostgresGate, secrets: SecretSource, *, policy: DestinationPolicy | None = None
+) -> GateResult:
     """Connect with ``connect_timeout`` and run ``spec.query`` under ``statement_timeout``.
 
     Both come from ``spec.timeout``, and the whole check is bounded by it too: a

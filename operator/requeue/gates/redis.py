@@ -39,9 +39,14 @@ __all__ = ["check_redis"]
 PINGS = 3
 
 
-async def check_redis(spec: RedisGate, secrets: SecretSource, *, default_url: str | None,
-                      default_tls: TlsOptions | None = None,
-                      policy: DestinationPolicy | None = None) -> GateResult:
+async def check_redis(
+    spec: RedisGate,
+    secrets: SecretSource,
+    *,
+    default_url: str | None,
+    default_tls: TlsOptions | None = None,
+    policy: DestinationPolicy | None = None,
+) -> GateResult:
     """PING (median of three) against ``maxLatency`` and ``used_memory`` against ``maxMemoryPercent``.
 
     The URL comes from ``urlSecretRef``, else ``default_url`` (the resource's own Redis,
@@ -74,8 +79,9 @@ async def _allowed(url: str, policy: DestinationPolicy) -> None:
         pass  # not resolvable: connecting says so in its own words
 
 
-async def _redis_to_check(spec: RedisGate, secrets: SecretSource, default_url: str | None,
-                          default_tls: TlsOptions | None) -> tuple[str, TlsOptions]:
+async def _redis_to_check(
+    spec: RedisGate, secrets: SecretSource, default_url: str | None, default_tls: TlsOptions | None
+) -> tuple[str, TlsOptions]:
     """The URL and TLS options: from ``urlSecretRef``, else the resource's own Redis."""
     if spec.url_secret_ref is not None:
         return (await read_secret(secrets, spec.url_secret_ref)).strip(), TlsOptions()
@@ -104,8 +110,9 @@ def _client_for(url: str, tls: TlsOptions, timeout: float) -> aioredis.Redis:
         raise CheckFailed(exc.message) from None
 
 
-async def _measure(client: aioredis.Redis, spec: RedisGate, url: str,
-                   seconds: float) -> tuple[float, dict[str, Any]]:
+async def _measure(
+    client: aioredis.Redis, spec: RedisGate, url: str, seconds: float
+) -> tuple[float, dict[str, Any]]:
     """Connect, PING :data:`PINGS` times and (with ``maxMemoryPercent``) read ``INFO memory``.
 
     One deadline of ``seconds`` for all of it; the client is closed whatever happens.
@@ -154,8 +161,9 @@ def _failure_text(exc: RedisError | OSError, spec: RedisGate, *, tls_handshake_p
     return describe_network_error(exc) or f"{type(exc).__name__}: {first_line(exc)}"
 
 
-def _judge(spec: RedisGate, ping: float, memory: Mapping[str, Any], max_latency: float,
-           latency: float) -> GateResult:
+def _judge(
+    spec: RedisGate, ping: float, memory: Mapping[str, Any], max_latency: float, latency: float
+) -> GateResult:
     """PING against ``maxLatency``, then memory against ``maxMemoryPercent``; the message lists both."""
     if ping > max_latency:
         return GateResult.fail(f"PING took {format_ms(ping)} (maxLatency {spec.max_latency})", latency)

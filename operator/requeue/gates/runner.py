@@ -71,8 +71,9 @@ async def run_check(
         timeout = parse_duration(redis_spec.timeout).total_seconds()
 
         def check() -> Awaitable[GateResult]:
-            return check_redis(redis_spec, recording, default_url=default_redis_url,
-                               default_tls=default_redis_tls)
+            return check_redis(
+                redis_spec, recording, default_url=default_redis_url, default_tls=default_redis_tls
+            )
 
     elif gate.postgres is not None:
         pg_spec = gate.postgres
@@ -219,8 +220,15 @@ class GateRunner:
         more than its timeout + :data:`GRACE`. Sets the gate metrics.
         """
         results = await asyncio.gather(
-            *(run_check(g, self.secrets, default_redis_url=self.default_redis_url,
-                        default_redis_tls=self.default_redis_tls) for g in self.gates)
+            *(
+                run_check(
+                    g,
+                    self.secrets,
+                    default_redis_url=self.default_redis_url,
+                    default_redis_tls=self.default_redis_tls,
+                )
+                for g in self.gates
+            )
         )
         before = {s.name: s for s in previous}
         statuses = []

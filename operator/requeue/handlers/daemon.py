@@ -80,8 +80,9 @@ def load_status(model: type[S], raw: Mapping[str, Any] | None) -> S:
     try:
         return model.model_validate(dict(raw or {}))
     except ValidationError as exc:
-        logger.warning("ignoring an unreadable %s (%d problems); rebuilding it", model.__name__,
-                       exc.error_count())
+        logger.warning(
+            "ignoring an unreadable %s (%d problems); rebuilding it", model.__name__, exc.error_count()
+        )
         return model()
 
 
@@ -92,8 +93,18 @@ class DaemonDriver(Generic[S]):
     when it is done (:meth:`done`); waiting, stopping and the per-object state are here.
     """
 
-    def __init__(self, *, body: Any, namespace: str, name: str, uid: str, state: ObjectState[S],
-                 status: S, stopped: Any, what: str) -> None:
+    def __init__(
+        self,
+        *,
+        body: Any,
+        namespace: str,
+        name: str,
+        uid: str,
+        state: ObjectState[S],
+        status: S,
+        stopped: Any,
+        what: str,
+    ) -> None:
         self.body = body
         self.namespace = namespace
         self.name = name

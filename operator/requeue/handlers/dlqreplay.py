@@ -119,8 +119,9 @@ def status_wire(status: DLQReplayStatus) -> dict[str, Any]:
     return status.model_dump(mode="json", by_alias=True)
 
 
-async def open_engine(namespace: str, name: str, uid: str, spec: DLQReplaySpec, *,
-                      budget: ReplayBudget | None = None) -> tuple[ReplayEngine, RedisTarget]:
+async def open_engine(
+    namespace: str, name: str, uid: str, spec: DLQReplaySpec, *, budget: ReplayBudget | None = None
+) -> tuple[ReplayEngine, RedisTarget]:
     """Resolve the Redis URL (and TLS CA) from the namespace's Secrets, connect, and build the engine.
 
     :param budget: the per-job replay budget a QueuePolicy's child replay carries in its annotations.
@@ -140,11 +141,19 @@ async def open_engine(namespace: str, name: str, uid: str, spec: DLQReplaySpec, 
 class ReplayDriver(DaemonDriver[DLQReplayStatus]):
     """One daemon run for one DLQReplay: step the engine until the replay finishes or must stop."""
 
-    def __init__(self, *, body: Any, namespace: str, name: str, uid: str, state: ReplayState,
-                 stopped: Any) -> None:
-        super().__init__(body=body, namespace=namespace, name=name, uid=uid, state=state,
-                         status=load_status(DLQReplayStatus, body.get("status")), stopped=stopped,
-                         what=f"replay {namespace}/{name}")
+    def __init__(
+        self, *, body: Any, namespace: str, name: str, uid: str, state: ReplayState, stopped: Any
+    ) -> None:
+        super().__init__(
+            body=body,
+            namespace=namespace,
+            name=name,
+            uid=uid,
+            state=state,
+            status=load_status(DLQReplayStatus, body.get("status")),
+            stopped=stopped,
+            what=f"replay {namespace}/{name}",
+        )
         self.engine: ReplayEngine | None = None
         self.redis_target: RedisTarget | None = None
         self.secrets: KubeSecrets | None = None
@@ -215,8 +224,9 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
         now = utcnow()
         gen = self.generation
         try:
-            live = parse(DLQReplaySpec, dict(self.body.get("spec") or {}),
-                         name=f"{self.namespace}/{self.name}")
+            live = parse(
+                DLQReplaySpec, dict(self.body.get("spec") or {}), name=f"{self.namespace}/{self.name}"
+            )
         except SpecInvalid as exc:
             if self.spec is None and self.status.phase == ReplayPhase.PENDING and self.pin is None:
                 self.status.observed_generation = gen
@@ -230,8 +240,9 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
             self.pin = pinned_values(live)
         if not self.pin_written:
             with contextlib.suppress(RequeueError):
-                await patch_annotations(PLURAL, self.namespace, self.name,
-                                        {PIN_ANNOTATION: pin_text(self.pin)})
+                await patch_annotations(
+                    PLURAL, self.namespace, self.name, {PIN_ANNOTATION: pin_text(self.pin)}
+                )
                 self.pin_written = True
         try:
             spec, changed = with_pinned(live, self.pin)
@@ -239,14 +250,25 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
             spec, changed = live, []
         if changed:
             fields = ", ".join(f"spec.{key}" for key in changed)
-            self._note_ignored(gen, Reason.IMMUTABLE_FIELD_CHANGED,
-                               f"{fields} cannot change once a replay has started; still using the "
-                               "values it started with (create a new DLQReplay instead)", now)
+            self._note_ignored(
+                gen,
+                Reason.IMMUTABLE_FIELD_CHANGED,
+                f"{fields} cannot change once a replay has started; still using the "
+                "values it started with (create a new DLQReplay instead)",
+                now,
+            )
         else:
             ignored = find_condition(self.status.conditions, ReplayCondition.SPEC_IGNORED)
             if ignored is not None and ignored.status == "True":
-                set_condition(self.status, ReplayCondition.SPEC_IGNORED, False, Reason.SPEC_ACCEPTED,
-                              "the spec is valid and consistent", gen, now)
+                set_condition(
+                    self.status,
+                    ReplayCondition.SPEC_IGNORED,
+                    False,
+                    Reason.SPEC_ACCEPTED,
+                    "the spec is valid and consistent",
+                    gen,
+                    now,
+                )
         self.spec = spec
         return spec
 
@@ -262,14 +284,25 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
         """The engine, connected on first use; its gates follow the live spec."""
         if self.engine is None:
             budget = ReplayBudget.from_annotations(self.body.get("metadata", {}).get("annotations"))
-            self.engine, self.redis_target = await open_engine(self.namespace, self.name, self.uid, spec,
-                                                            budget=budget)
+            self.engine, self.redis_target = await open_engine(
+                self.namespace, self.name, self.uid, spec, budget=budget
+            )
             self.secrets = KubeSecrets(self.namespace)
         assert self.secrets is not None and self.redis_target is not None
         target = self.redis_target
-        self.engine.gates = GateRunner(spec.gates, spec.gate_policy, self.secrets,
-                                       default_redis_url=target.url, default_redis_tls=target.tls,
-                                       namespace=self.namespace, owner=self.name) if spec.gates else None
+        self.engine.gates = (
+            GateRunner(
+                spec.gates,
+                spec.gate_policy,
+                self.secrets,
+                default_redis_url=target.url,
+                default_redis_tls=target.tls,
+                namespace=self.namespace,
+                owner=self.name,
+            )
+            if spec.gates
+            else None
+        )
         return self.engine
 
     async def close(self) -> None:
@@ -299,8 +332,9 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
         if wire == self.written:
             return
         elapsed = time.monotonic() - self.written_at
-        if not (force or self.status.phase.finished or elapsed >= STATUS_INTERVAL
-                or delay >= STATUS_INTERVAL):
+        if not (
+            force or self.status.phase.finished or elapsed >= STATUS_INTERVAL or delay >= STATUS_INTERVAL
+        ):
             return
         try:
             ok = await patch_status(PLURAL, self.namespace, self.name, wire)
@@ -322,7 +356,7 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
             await self.write(force=True)
             if self.gone or self.written == status_wire(self.status):
                 return
-            await self.sleep(min(RETRY_MAX, 2.0 ** attempt))
+            await self.sleep(min(RETRY_MAX, 2.0**attempt))
 
     # -- the end
 
@@ -330,8 +364,13 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
         """After the end: write the final status, clear gate metrics, honour ttlSecondsAfterFinished."""
         await self.flush()
         if self.spec is not None and self.spec.gates:
-            GateRunner(self.spec.gates, self.spec.gate_policy, KubeSecrets(self.namespace),
-                       namespace=self.namespace, owner=self.name).clear_metrics()
+            GateRunner(
+                self.spec.gates,
+                self.spec.gate_policy,
+                KubeSecrets(self.namespace),
+                namespace=self.namespace,
+                owner=self.name,
+            ).clear_metrics()
         while not self.stopping():
             ttl = (self.body.get("spec") or {}).get("ttlSecondsAfterFinished")
             left = ttl_left(ttl, self.status, utcnow())
@@ -343,8 +382,9 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
             try:
                 await delete_object(PLURAL, self.namespace, self.name, uid=self.uid)
             except RequeueError as exc:
-                logger.warning("replay %s/%s: ttl deletion failed: %s", self.namespace, self.name,
-                               exc.message)
+                logger.warning(
+                    "replay %s/%s: ttl deletion failed: %s", self.namespace, self.name, exc.message
+                )
                 await self.sleep(5.0)
                 continue
             logger.info("replay %s/%s: deleted %ss after it finished", self.namespace, self.name, ttl)
@@ -355,25 +395,44 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
 
 
 @kopf.daemon(
-    GROUP, VERSION, PLURAL, id="replay",
+    GROUP,
+    VERSION,
+    PLURAL,
+    id="replay",
     # Our loop turns every failure into status and backoff; these bound what escapes it (bugs).
-    errors=kopf.ErrorsMode.TEMPORARY, backoff=30, retries=20,
+    errors=kopf.ErrorsMode.TEMPORARY,
+    backoff=30,
+    retries=20,
     # No `timeout`: a replay may legitimately run for hours; kopf's timeout counts from the first try.
-    cancellation_backoff=5.0, cancellation_timeout=25.0,
+    cancellation_backoff=5.0,
+    cancellation_timeout=25.0,
 )
-async def replay_daemon(body: kopf.Body, namespace: str | None, name: str | None, uid: str | None,
-                        memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+async def replay_daemon(
+    body: kopf.Body,
+    namespace: str | None,
+    name: str | None,
+    uid: str | None,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    **_: Any,
+) -> None:
     """Drive one DLQReplay until it finishes (then honour its ttl) or the daemon is stopped."""
     assert namespace and name and uid
-    driver = ReplayDriver(body=body, namespace=namespace, name=name, uid=uid,
-                          state=object_state(memo, ReplayState), stopped=stopped)
+    driver = ReplayDriver(
+        body=body,
+        namespace=namespace,
+        name=name,
+        uid=uid,
+        state=object_state(memo, ReplayState),
+        stopped=stopped,
+    )
     await run_daemon(driver.run(), logger, f"replay {namespace}/{name}")
 
 
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="spec-changed",
-                retries=10, backoff=5, timeout=300)
-async def replay_spec_changed(body: kopf.Body, status: kopf.Status, namespace: str | None,
-                              name: str | None, memo: kopf.Memo, **_: Any) -> None:
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="spec-changed", retries=10, backoff=5, timeout=300)
+async def replay_spec_changed(
+    body: kopf.Body, status: kopf.Status, namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any
+) -> None:
     """A spec edit: wake the daemon (rate/suspend apply now); after the end, report it as ignored."""
     assert namespace and name
     state = object_state(memo, ReplayState)
@@ -386,11 +445,14 @@ async def replay_spec_changed(body: kopf.Body, status: kopf.Status, namespace: s
         ignored = find_condition(current.conditions, ReplayCondition.SPEC_IGNORED)
         if ignored is not None and ignored.observed_generation == gen and ignored.status == "True":
             return
-        message = (f"spec changed (generation {gen}) after the replay ended as {current.phase.value}; "
-                   "a finished DLQReplay never runs again: create a new one to replay more")
+        message = (
+            f"spec changed (generation {gen}) after the replay ended as {current.phase.value}; "
+            "a finished DLQReplay never runs again: create a new one to replay more"
+        )
         current = current.model_copy(deep=True)
-        set_condition(current, ReplayCondition.SPEC_IGNORED, True, Reason.REPLAY_FINISHED, message, gen,
-                      utcnow())
+        set_condition(
+            current, ReplayCondition.SPEC_IGNORED, True, Reason.REPLAY_FINISHED, message, gen, utcnow()
+        )
         try:
             await patch_status(PLURAL, namespace, name, {"conditions": status_wire(current)["conditions"]})
         except RequeueError as exc:
@@ -399,10 +461,17 @@ async def replay_spec_changed(body: kopf.Body, status: kopf.Status, namespace: s
         post_events(body, [ReplayEvent("Warning", Reason.SPEC_IGNORED, message)])
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup",
-                retries=CLEANUP_RETRIES, backoff=5, timeout=900)
-async def replay_deleted(body: kopf.Body, status: kopf.Status, namespace: str | None, name: str | None,
-                         uid: str | None, memo: kopf.Memo, retry: int, **_: Any) -> None:
+@kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup", retries=CLEANUP_RETRIES, backoff=5, timeout=900)
+async def replay_deleted(
+    body: kopf.Body,
+    status: kopf.Status,
+    namespace: str | None,
+    name: str | None,
+    uid: str | None,
+    memo: kopf.Memo,
+    retry: int,
+    **_: Any,
+) -> None:
     """Leave the queue as the replay found it: resume it if this replay paused it, release the lease,
     drop the snapshot. Waits for the daemon's current step first."""
     assert namespace and name and uid
@@ -429,12 +498,26 @@ async def replay_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
                 raise to_kopf(exc) from None
             if verdict.why:
                 reason, message = describe_failure(exc)
-                post_events(body, [ReplayEvent(
-                    "Warning", Reason.CLEANUP_FAILED,
-                    f"giving up cleaning up, {verdict.why} ({reason}: {message}); the queue lease expires "
-                    "by itself within a minute; resume the queue by hand if this replay had paused it")])
-                logger.warning("replay %s/%s: giving up cleaning up, %s (%s: %s)", namespace, name,
-                               verdict.why, reason, message)
+                post_events(
+                    body,
+                    [
+                        ReplayEvent(
+                            "Warning",
+                            Reason.CLEANUP_FAILED,
+                            f"giving up cleaning up, {verdict.why} ({reason}: {message}); "
+                            "the queue lease expires by itself within a minute; "
+                            "resume the queue by hand if this replay had paused it",
+                        )
+                    ],
+                )
+                logger.warning(
+                    "replay %s/%s: giving up cleaning up, %s (%s: %s)",
+                    namespace,
+                    name,
+                    verdict.why,
+                    reason,
+                    message,
+                )
             forget_replay(namespace, name)
             return
         post_events(body, result.events)

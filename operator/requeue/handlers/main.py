@@ -78,7 +78,9 @@ def run_operator(
     fmt = kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL
     level = "debug" if verbose else log_level.lower()
     kopf.configure(
-        debug=level == "debug", verbose=level == "debug", quiet=level in ("warning", "error"),
+        debug=level == "debug",
+        verbose=level == "debug",
+        quiet=level in ("warning", "error"),
         log_format=fmt,
     )
     import requeue.handlers  # noqa: F401  (registers every handler)

@@ -155,12 +155,19 @@ class KubeReplayCreator:
 
     async def create(self, child: ChildReplay) -> str:
         created = await create_owned(
-            DLQReplay.INFO.plural, DLQReplay.INFO.kind, self.namespace, child.name, self.owner,
-            spec=child.spec.to_wire(), labels=child.labels, annotations=child.annotations,
+            DLQReplay.INFO.plural,
+            DLQReplay.INFO.kind,
+            self.namespace,
+            child.name,
+            self.owner,
+            spec=child.spec.to_wire(),
+            labels=child.labels,
+            annotations=child.annotations,
         )
         if not created:
-            logger.info("policy %s/%s: DLQReplay %s already exists", self.namespace, self.owner.name,
-                        child.name)
+            logger.info(
+                "policy %s/%s: DLQReplay %s already exists", self.namespace, self.owner.name, child.name
+            )
         return child.name
 
 
@@ -170,11 +177,19 @@ class KubeReplayCreator:
 class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
     """One daemon run for one QueuePolicy: evaluate every ``spec.interval`` until stopped."""
 
-    def __init__(self, *, body: Any, namespace: str, name: str, uid: str, state: PolicyState,
-                 stopped: Any) -> None:
-        super().__init__(body=body, namespace=namespace, name=name, uid=uid, state=state,
-                         status=load_status(QueuePolicyStatus, body.get("status")), stopped=stopped,
-                         what=f"policy {namespace}/{name}")
+    def __init__(
+        self, *, body: Any, namespace: str, name: str, uid: str, state: PolicyState, stopped: Any
+    ) -> None:
+        super().__init__(
+            body=body,
+            namespace=namespace,
+            name=name,
+            uid=uid,
+            state=state,
+            status=load_status(QueuePolicyStatus, body.get("status")),
+            stopped=stopped,
+            what=f"policy {namespace}/{name}",
+        )
         self.policy = state
         self.secrets = KubeSecrets(namespace)
         self.replays = KubeReplayCreator(namespace, name, uid)
@@ -207,20 +222,37 @@ class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
                 return min(delay, max(interval, RETRY_FIRST))
             gates = None
             if spec.gates:
-                runner = GateRunner(spec.gates, spec.gate_policy, self.secrets, default_redis_url=target.url,
-                                    default_redis_tls=target.tls, namespace=self.namespace, owner=self.name)
+                runner = GateRunner(
+                    spec.gates,
+                    spec.gate_policy,
+                    self.secrets,
+                    default_redis_url=target.url,
+                    default_redis_tls=target.tls,
+                    namespace=self.namespace,
+                    owner=self.name,
+                )
                 gates = self.status.gates
                 if runner.due(gates, now):
                     gates = await runner.check(gates, now)
             result = await evaluate(
-                PolicyRef(self.namespace, self.name, self.uid, self.generation), spec, self.status,
-                redis=redis, ops=BullQueueOps(redis, spec.prefix), replays=self.replays,
-                notifier=self.notifier(spec), gates=gates, memory=self.policy.memory, now=now,
+                PolicyRef(self.namespace, self.name, self.uid, self.generation),
+                spec,
+                self.status,
+                redis=redis,
+                ops=BullQueueOps(redis, spec.prefix),
+                replays=self.replays,
+                notifier=self.notifier(spec),
+                gates=gates,
+                memory=self.policy.memory,
+                now=now,
             )
             events = list(result.events)
             ready = find_condition(result.status.conditions, PolicyCondition.READY)
-            unreachable = ready is not None and ready.status == ConditionStatus.FALSE \
+            unreachable = (
+                ready is not None
+                and ready.status == ConditionStatus.FALSE
                 and ready.reason in _RECONNECT_REASONS
+            )
             if unreachable:
                 await self.close()  # reconnect next time, re-reading the Secret
                 if self.policy.memory is not None:
@@ -242,8 +274,9 @@ class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
     def current_spec(self, now: datetime) -> QueuePolicySpec | None:
         """The live spec; an invalid one is reported (Ready=False, one Event per generation)."""
         try:
-            return parse(QueuePolicySpec, dict(self.body.get("spec") or {}),
-                         name=f"{self.namespace}/{self.name}")
+            return parse(
+                QueuePolicySpec, dict(self.body.get("spec") or {}), name=f"{self.namespace}/{self.name}"
+            )
         except SpecInvalid as exc:
             gen = self.generation
             spec_rejected(self.status, exc.reason, exc.message, generation=gen, now=now)
@@ -314,17 +347,36 @@ class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
 
 
 @kopf.daemon(
-    GROUP, VERSION, PLURAL, id="evaluate",
+    GROUP,
+    VERSION,
+    PLURAL,
+    id="evaluate",
     # Our loop turns every failure into status and backoff; these bound what escapes it (bugs).
-    errors=kopf.ErrorsMode.TEMPORARY, backoff=30, retries=20,
-    cancellation_backoff=5.0, cancellation_timeout=30.0,
+    errors=kopf.ErrorsMode.TEMPORARY,
+    backoff=30,
+    retries=20,
+    cancellation_backoff=5.0,
+    cancellation_timeout=30.0,
 )
-async def policy_daemon(body: kopf.Body, namespace: str | None, name: str | None, uid: str | None,
-                        memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+async def policy_daemon(
+    body: kopf.Body,
+    namespace: str | None,
+    name: str | None,
+    uid: str | None,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    **_: Any,
+) -> None:
     """Evaluate one QueuePolicy every ``spec.interval`` until the daemon is stopped."""
     assert namespace and name and uid
-    driver = PolicyDriver(body=body, namespace=namespace, name=name, uid=uid,
-                          state=object_state(memo, PolicyState), stopped=stopped)
+    driver = PolicyDriver(
+        body=body,
+        namespace=namespace,
+        name=name,
+        uid=uid,
+        state=object_state(memo, PolicyState),
+        stopped=stopped,
+    )
     await run_daemon(driver.run(), logger, f"policy {namespace}/{name}")
 
 
@@ -335,8 +387,16 @@ async def policy_spec_changed(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup", retries=CLEANUP_RETRIES, backoff=5, timeout=600)
-async def policy_deleted(body: kopf.Body, status: kopf.Status, namespace: str | None, name: str | None,
-                         uid: str | None, memo: kopf.Memo, retry: int, **_: Any) -> None:
+async def policy_deleted(
+    body: kopf.Body,
+    status: kopf.Status,
+    namespace: str | None,
+    name: str | None,
+    uid: str | None,
+    memo: kopf.Memo,
+    retry: int,
+    **_: Any,
+) -> None:
     """Leave the queues as the policy found them: resume those it paused; drop its memory and metrics.
 
     Waits for the daemon's current evaluation first. Without any queue to
@@ -366,13 +426,21 @@ async def policy_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
             resumes = finalizing.resumes(decision)
             if resumes:
                 queues = ", ".join(a.queue for a in resumes)
-                post_events(body, [PolicyEvent(
-                    "Warning", Reason.CLEANUP_FAILED,
-                    f"giving up after {retry + 1} attempts ({reason}: {message}); "
-                    f"resume these queues by hand: {queues}")])
+                post_events(
+                    body,
+                    [
+                        PolicyEvent(
+                            "Warning",
+                            Reason.CLEANUP_FAILED,
+                            f"giving up after {retry + 1} attempts ({reason}: {message}); "
+                            f"resume these queues by hand: {queues}",
+                        )
+                    ],
+                )
             else:
-                logger.info("policy %s/%s: memory not dropped (%s); it expires by itself",
-                            namespace, name, reason)
+                logger.info(
+                    "policy %s/%s: memory not dropped (%s); it expires by itself", namespace, name, reason
+                )
         else:
             post_events(body, list(decision.events))
             with contextlib.suppress(RequeueError):
@@ -382,6 +450,7 @@ async def policy_deleted(body: kopf.Body, status: kopf.Status, namespace: str | 
             spec = parse(QueuePolicySpec, dict(body.get("spec") or {}))
             names |= set(spec.queues)
             if spec.gates:
-                GateRunner(spec.gates, spec.gate_policy, KubeSecrets(namespace), namespace=namespace,
-                           owner=name).clear_metrics()
+                GateRunner(
+                    spec.gates, spec.gate_policy, KubeSecrets(namespace), namespace=namespace, owner=name
+                ).clear_metrics()
         forget_metrics(PolicyRef(namespace, name, uid), sorted(names))

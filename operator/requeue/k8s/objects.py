@@ -12,8 +12,12 @@ __all__ = ["delete_object", "patch_annotations"]
 
 
 async def patch_annotations(
-    plural: str, namespace: str, name: str, annotations: Mapping[str, str | None],
-    *, request_timeout: float = 10.0,
+    plural: str,
+    namespace: str,
+    name: str,
+    annotations: Mapping[str, str | None],
+    *,
+    request_timeout: float = 10.0,
 ) -> bool:
     """Set (or, with None, remove) annotations; False when the object no longer exists.
 
@@ -22,8 +26,14 @@ async def patch_annotations(
 
     return await call_api(
         lambda: custom_objects().patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, plural, name, {"metadata": {"annotations": dict(annotations)}},
-            _content_type=MERGE_PATCH, _request_timeout=request_timeout,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            {"metadata": {"annotations": dict(annotations)}},
+            _content_type=MERGE_PATCH,
+            _request_timeout=request_timeout,
         ),
         f"annotating {plural} {namespace}/{name}",
     )
@@ -46,7 +56,14 @@ async def delete_object(
 
     return await call_api(
         lambda: custom_objects().delete_namespaced_custom_object(
-            GROUP, VERSION, namespace, plural, name, body=body, _request_timeout=request_timeout,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            body=body,
+            _request_timeout=request_timeout,
         ),
-        f"deleting {plural} {namespace}/{name}", absent=(404, 409),
+        f"deleting {plural} {namespace}/{name}",
+        absent=(404, 409),
     )

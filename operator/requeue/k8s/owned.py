@@ -29,14 +29,27 @@ class Owner:
 
     def reference(self) -> dict[str, Any]:
         """The ``metadata.ownerReferences`` entry."""
-        return {"apiVersion": self.api_version, "kind": self.kind, "name": self.name, "uid": self.uid,
-                "controller": True, "blockOwnerDeletion": True}
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
 
 
 async def create_owned(
-    plural: str, kind: str, namespace: str, name: str, owner: Owner, *,
-    spec: Mapping[str, Any], labels: Mapping[str, str] | None = None,
-    annotations: Mapping[str, str] | None = None, request_timeout: float = 10.0,
+    plural: str,
+    kind: str,
+    namespace: str,
+    name: str,
+    owner: Owner,
+    *,
+    spec: Mapping[str, Any],
+    labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+    request_timeout: float = 10.0,
 ) -> bool:
     """Create ``name`` in ``namespace`` owned by ``owner``; False when it already existed (409).
 
@@ -46,15 +59,27 @@ async def create_owned(
     :raises KubernetesApiError: the API server is unreachable or refused the object.
     """
     body = {
-        "apiVersion": API_VERSION, "kind": kind,
-        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {}),
-                     "annotations": dict(annotations or {}), "ownerReferences": [owner.reference()]},
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": dict(labels or {}),
+            "annotations": dict(annotations or {}),
+            "ownerReferences": [owner.reference()],
+        },
         "spec": dict(spec),
     }
 
     return await call_api(
         lambda: custom_objects().create_namespaced_custom_object(
-            GROUP, VERSION, namespace, plural, body, _request_timeout=request_timeout,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            body,
+            _request_timeout=request_timeout,
         ),
-        f"creating {plural} {namespace}/{name}", absent=(409,),
+        f"creating {plural} {namespace}/{name}",
+        absent=(409,),
     )

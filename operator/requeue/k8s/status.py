@@ -28,8 +28,14 @@ async def patch_status(
 
     return await call_api(
         lambda: custom_objects().patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, plural, name, {"status": dict(status)},
-            _content_type=MERGE_PATCH, _request_timeout=request_timeout,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            {"status": dict(status)},
+            _content_type=MERGE_PATCH,
+            _request_timeout=request_timeout,
         ),
         f"writing status of {plural} {namespace}/{name}",
     )

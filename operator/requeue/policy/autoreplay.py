@@ -71,8 +71,13 @@ def _due(auto: AutoReplaySpec, prev: QueuePolicyStatus, outage: Outage, now: dat
 
 
 def plan(
-    spec: QueuePolicySpec, prev: QueuePolicyStatus, observation: Observation, outage: Outage | None,
-    *, policy_name: str, ledger: Ledger,
+    spec: QueuePolicySpec,
+    prev: QueuePolicyStatus,
+    observation: Observation,
+    outage: Outage | None,
+    *,
+    policy_name: str,
+    ledger: Ledger,
 ) -> ReplayMarks:
     """One :class:`AutoReplay` per listed queue with failed jobs, once the outage is due for it."""
     marks = ReplayMarks(prev.last_auto_replay_at, prev.last_replayed_outage)
@@ -87,8 +92,13 @@ def plan(
 
 
 def _replay_queue(
-    spec: QueuePolicySpec, auto: AutoReplaySpec, name: str, observation: Observation, outage: Outage,
-    policy_name: str, ledger: Ledger,
+    spec: QueuePolicySpec,
+    auto: AutoReplaySpec,
+    name: str,
+    observation: Observation,
+    outage: Outage,
+    policy_name: str,
+    ledger: Ledger,
 ) -> bool:
     """Decide the child replay of one queue; False when it has nothing that failed in the outage."""
     obs = observation.queues.get(name)
@@ -98,13 +108,25 @@ def _replay_queue(
     if selector is None:
         return False
     child = child_replay_name(policy_name, name, outage.started)
-    reason = (f"outage {outage.started.isoformat()} - {outage.recovered.isoformat()} over, "
-              f"gates green for {auto.stable_for}")
-    ledger.act(AutoReplay(
-        queue=name, name=child, selector=selector, rate=auto.rate, verify=auto.verify,
-        max_replays_per_job=auto.max_replays_per_job, outage_started_at=outage.started,
-        recovered_at=outage.recovered, reason=reason,
-    ), reason, dry_run=spec.dry_run)
+    reason = (
+        f"outage {outage.started.isoformat()} - {outage.recovered.isoformat()} over, "
+        f"gates green for {auto.stable_for}"
+    )
+    ledger.act(
+        AutoReplay(
+            queue=name,
+            name=child,
+            selector=selector,
+            rate=auto.rate,
+            verify=auto.verify,
+            max_replays_per_job=auto.max_replays_per_job,
+            outage_started_at=outage.started,
+            recovered_at=outage.recovered,
+            reason=reason,
+        ),
+        reason,
+        dry_run=spec.dry_run,
+    )
     verb = "[dry run] would create" if spec.dry_run else "creating"
     ledger.announce("Normal", Reason.AUTO_REPLAY, f"{verb} DLQReplay {child} for {name}: {reason}")
     return True

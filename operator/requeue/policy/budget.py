@@ -117,8 +117,10 @@ class ReplayBudget:
         if len(ids) > MAX_IDS_PER_CALL:
             raise ValueError(f"at most {MAX_IDS_PER_CALL} ids per call, got {len(ids)}")
         script = redis.register_script(_TAKE)
-        allowed = await script(keys=[self.key, budget_taken_key(self.key, replay_uid)],
-                               args=[self.max_per_job, BUDGET_TTL_SECONDS, *ids])
+        allowed = await script(
+            keys=[self.key, budget_taken_key(self.key, replay_uid)],
+            args=[self.max_per_job, BUDGET_TTL_SECONDS, *ids],
+        )
         return [_text(i) for i in allowed]
 
     async def used(self, redis: Redis, ids: Sequence[str]) -> dict[str, int]:

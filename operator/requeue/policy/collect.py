@@ -69,11 +69,23 @@ async def collect(
     """Observe ``queues`` (see the module docstring); Redis errors propagate to the caller."""
     now_ms = int(now.timestamp() * 1000)
     window_ms = int(parse_duration(spec.thresholds.window).total_seconds() * 1000)
-    plan = _Plan(queues=queues, keys={q: QueueKeys(spec.prefix, q) for q in queues}, now_ms=now_ms,
-                 check_stalled=spec.thresholds.stalled_active_seconds is not None,
-                 stalled_scan_limit=stalled_scan_limit, clean_rules=_clean_rules(spec))
-    reader = EventReader(spec.prefix, queues, {q: memory.get(q).cursor for q in queues},
-                         now_ms=now_ms, window_ms=window_ms, page_size=page_size, max_pages=max_pages)
+    plan = _Plan(
+        queues=queues,
+        keys={q: QueueKeys(spec.prefix, q) for q in queues},
+        now_ms=now_ms,
+        check_stalled=spec.thresholds.stalled_active_seconds is not None,
+        stalled_scan_limit=stalled_scan_limit,
+        clean_rules=_clean_rules(spec),
+    )
+    reader = EventReader(
+        spec.prefix,
+        queues,
+        {q: memory.get(q).cursor for q in queues},
+        now_ms=now_ms,
+        window_ms=window_ms,
+        page_size=page_size,
+        max_pages=max_pages,
+    )
 
     pipe = redis.pipeline(transaction=False)
     commands = _queue_first_round(pipe, plan, reader)
@@ -86,8 +98,9 @@ async def collect(
 
     observed = _queue_observations(plan, first, reader.tallies(), lockless, not_found)
     observation = Observation(at=now, queues=observed, gates=tuple(gates) if gates is not None else None)
-    return observation, CollectStats(round_trips=round_trips + list_trips,
-                                      commands=commands + lock_commands + list_trips)
+    return observation, CollectStats(
+        round_trips=round_trips + list_trips, commands=commands + lock_commands + list_trips
+    )
 
 
 @dataclass(frozen=True)
@@ -112,9 +125,14 @@ class _Plan:
 def _clean_rules(spec: QueuePolicySpec) -> list[tuple[str, CleanRule]]:
     """The configured clean rules, as ``(state, rule)`` in a fixed order."""
     clean = spec.actions.clean
-    return [(state, rule) for state, rule in
-            (("completed", clean.completed if clean else None),
-             ("failed", clean.failed if clean else None)) if rule is not None]
+    return [
+        (state, rule)
+        for state, rule in (
+            ("completed", clean.completed if clean else None),
+            ("failed", clean.failed if clean else None),
+        )
+        if rule is not None
+    ]
 
 
 def _queue_first_round(pipe: Pipeline, plan: _Plan, reader: EventReader) -> int:
@@ -165,8 +183,8 @@ def _split_first_round(replies: list[Any], plan: _Plan, reader: EventReader) -> 
     queues, rules = plan.queues, plan.clean_rules
     n = len(queues)
     counts = replies[: n * _PER_QUEUE]
-    reader.take_first(replies[n * _PER_QUEUE: n * _PER_QUEUE + n])
-    rest = replies[n * _PER_QUEUE + n:]
+    reader.take_first(replies[n * _PER_QUEUE : n * _PER_QUEUE + n])
+    rest = replies[n * _PER_QUEUE + n :]
     active_ids: dict[str, list[str]] = {}
     if plan.check_stalled:
         for q, ids in zip(queues, rest[:n], strict=True):
@@ -174,7 +192,7 @@ def _split_first_round(replies: list[Any], plan: _Plan, reader: EventReader) -> 
         rest = rest[n:]
     cleanable: dict[str, dict[str, int]] = {}
     for i, q in enumerate(queues):
-        per = rest[i * len(rules):(i + 1) * len(rules)]
+        per = rest[i * len(rules) : (i + 1) * len(rules)]
         cleanable[q] = {state: int(c) for (state, _), c in zip(rules, per, strict=True)}
     return _FirstRound(counts=counts, active_ids=active_ids, cleanable=cleanable)
 
@@ -216,7 +234,10 @@ async def _not_found(redis: Redis, plan: _Plan, first: _FirstRound) -> tuple[dic
 
 
 def _queue_observations(
-    plan: _Plan, first: _FirstRound, tallies: dict[str, EventTally], lockless: dict[str, frozenset[str]],
+    plan: _Plan,
+    first: _FirstRound,
+    tallies: dict[str, EventTally],
+    lockless: dict[str, frozenset[str]],
     not_found: dict[str, str],
 ) -> dict[str, QueueObservation]:
     """One :class:`QueueObservation` per queue from what was read.
@@ -227,12 +248,20 @@ def _queue_observations(
     observed: dict[str, QueueObservation] = {}
     for i, q in enumerate(plan.queues):
         wait, paused_list, active, completed, failed, delayed, prioritized, paused, _ = first.counts[
-            i * _PER_QUEUE: (i + 1) * _PER_QUEUE]
+            i * _PER_QUEUE : (i + 1) * _PER_QUEUE
+        ]
         observed[q] = QueueObservation(
-            name=q, waiting=int(wait) + int(paused_list), active=int(active), completed=int(completed),
-            failed=int(failed), delayed=int(delayed), prioritized=int(prioritized), paused=bool(paused),
+            name=q,
+            waiting=int(wait) + int(paused_list),
+            active=int(active),
+            completed=int(completed),
+            failed=int(failed),
+            delayed=int(delayed),
+            prioritized=int(prioritized),
+            paused=bool(paused),
             events=tallies[q],
             lockless_active=lockless.get(q, frozenset()) if plan.check_stalled else None,
-            cleanable=first.cleanable[q], not_found=not_found.get(q),
+            cleanable=first.cleanable[q],
+            not_found=not_found.get(q),
         )
     return observed

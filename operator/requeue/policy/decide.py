@@ -88,9 +88,15 @@ from requeue.policy.observe import Observation, PolicyMemory, QueueMemory, Queue
 from requeue.policy.pausing import Gates, Hold, gate_results, pause_or_resume, track_gates
 
 __all__ = [
-    "LAST_ACTIONS_LIMIT", "Decision", "decide", "observation_failed", "queues_to_observe", "release",
+    "LAST_ACTIONS_LIMIT",
+    "Decision",
+    "decide",
+    "observation_failed",
+    "queues_to_observe",
+    "release",
     "settle",
-    "spec_rejected", "unobserved",
+    "spec_rejected",
+    "unobserved",
 ]
 
 #: ``.status.lastActions`` keeps this many entries, newest first.
@@ -168,43 +174,63 @@ def decide(
     if observation.error is not None:
         return _unobservable(spec, prev, observation, observation.error, memory, gates, ledger)
     tally = _decide_queues(spec, prev, observation, memory, gates, ledger)
-    marks = autoreplay.plan(spec, prev, observation, gates.finished_outage(), policy_name=policy_name,
-                            ledger=ledger)
+    marks = autoreplay.plan(
+        spec, prev, observation, gates.finished_outage(), policy_name=policy_name, ledger=ledger
+    )
     _schedule_clean(spec, observation, ledger)
     _set_health(spec, observation, tally, ledger)
     new_status = _status(prev, observation, gates, marks, tally, ledger)
-    return Decision(new_status, PolicyMemory(tally.memory), tuple(ledger.actions), tuple(ledger.events),
-                    spec.dry_run, prev)
+    return Decision(
+        new_status,
+        PolicyMemory(tally.memory),
+        tuple(ledger.actions),
+        tuple(ledger.events),
+        spec.dry_run,
+        prev,
+    )
 
 
-def unobserved(owner: HasConditions, reason: Reason, message: str, *, generation: int,
-               now: datetime) -> None:
+def unobserved(owner: HasConditions, reason: Reason, message: str, *, generation: int, now: datetime) -> None:
     """The queues could not be observed (Redis, a Secret, the spec): ``Ready`` is False with the
     problem's reason, ``Healthy`` Unknown. The operator uses it too, for problems met before
     :func:`decide` runs."""
     set_condition(owner, PolicyCondition.READY, False, reason, message, generation, now)
-    set_condition(owner, PolicyCondition.HEALTHY, ConditionStatus.UNKNOWN, reason,
-                  "queues could not be observed", generation, now)
+    set_condition(
+        owner,
+        PolicyCondition.HEALTHY,
+        ConditionStatus.UNKNOWN,
+        reason,
+        "queues could not be observed",
+        generation,
+        now,
+    )
 
 
-def observation_failed(status: QueuePolicyStatus, reason: Reason, message: str, *, generation: int,
-                       now: datetime) -> None:
+def observation_failed(
+    status: QueuePolicyStatus, reason: Reason, message: str, *, generation: int, now: datetime
+) -> None:
     """A problem before any evaluation could run (Secret, Redis connection): :func:`unobserved`,
     computed for this generation."""
     unobserved(status, reason, message, generation=generation, now=now)
     status.observed_generation = generation
 
 
-def spec_rejected(status: QueuePolicyStatus, reason: Reason, message: str, *, generation: int,
-                  now: datetime) -> None:
+def spec_rejected(
+    status: QueuePolicyStatus, reason: Reason, message: str, *, generation: int, now: datetime
+) -> None:
     """The spec does not validate: ``Ready`` is False with the reason; nothing else is known anew."""
     set_condition(status, PolicyCondition.READY, False, reason, message, generation, now)
     status.observed_generation = generation
 
 
 def _unobservable(
-    spec: QueuePolicySpec, prev: QueuePolicyStatus, observation: Observation, error: str,
-    memory: PolicyMemory, gates: Gates, ledger: Ledger,
+    spec: QueuePolicySpec,
+    prev: QueuePolicyStatus,
+    observation: Observation,
+    error: str,
+    memory: PolicyMemory,
+    gates: Gates,
+    ledger: Ledger,
 ) -> Decision:
     """Redis could not be read: keep what we knew, act on nothing, say why in ``Ready`` and ``Healthy``."""
     reason = observation.error_reason
@@ -212,11 +238,16 @@ def _unobservable(
     if prev_ready is None or prev_ready.reason != reason:
         ledger.announce("Warning", reason, error)
     unobserved(ledger, reason, clip(error), generation=ledger.generation, now=ledger.now)
-    new_status = prev.model_copy(update={
-        "conditions": ledger.conditions, "gates": gate_results(prev, observation),
-        "observed_generation": ledger.generation, "last_evaluated_at": ledger.now,
-        "gates_green_since": gates.green_since, "outage_started_at": gates.outage_started,
-    })
+    new_status = prev.model_copy(
+        update={
+            "conditions": ledger.conditions,
+            "gates": gate_results(prev, observation),
+            "observed_generation": ledger.generation,
+            "last_evaluated_at": ledger.now,
+            "gates_green_since": gates.green_since,
+            "outage_started_at": gates.outage_started,
+        }
+    )
     return Decision(new_status, memory, (), tuple(ledger.events), spec.dry_run, prev)
 
 
@@ -247,12 +278,17 @@ class _Tally:
 
 
 def _decide_queues(
-    spec: QueuePolicySpec, prev: QueuePolicyStatus, observation: Observation, memory: PolicyMemory,
-    gates: Gates, ledger: Ledger,
+    spec: QueuePolicySpec,
+    prev: QueuePolicyStatus,
+    observation: Observation,
+    memory: PolicyMemory,
+    gates: Gates,
+    ledger: Ledger,
 ) -> _Tally:
     """Rules 1 and 3 for every queue to observe: thresholds, then pause or resume."""
-    scope = _Scope(spec, gates, parse_duration(spec.thresholds.window),
-                   parse_duration(spec.alerts.repeat_after))
+    scope = _Scope(
+        spec, gates, parse_duration(spec.thresholds.window), parse_duration(spec.alerts.repeat_after)
+    )
     tally = _Tally()
     observed = queues_to_observe(spec, prev)
     thresholds.close_dropped(prev.queues, observed, ledger)
@@ -263,8 +299,13 @@ def _decide_queues(
 
 
 def _decide_queue(
-    scope: _Scope, name: str, before: QueueState | None, obs: QueueObservation | None,
-    memory: PolicyMemory, ledger: Ledger, tally: _Tally,
+    scope: _Scope,
+    name: str,
+    before: QueueState | None,
+    obs: QueueObservation | None,
+    memory: PolicyMemory,
+    ledger: Ledger,
+    tally: _Tally,
 ) -> None:
     listed = name in scope.spec.queues
     if obs is None:
@@ -289,29 +330,44 @@ def _decide_queue(
         tally.queues.append(_queue_state(name, obs, hold, health, breaches))
 
 
-def _not_found(name: str, before: QueueState | None, message: str, listed: bool, ledger: Ledger,
-               tally: _Tally) -> None:
+def _not_found(
+    name: str, before: QueueState | None, message: str, listed: bool, ledger: Ledger, tally: _Tally
+) -> None:
     """A queue without BullMQ keys: reported (an Event when it starts), never acted on."""
     if not listed:  # an unlisted queue we held paused is gone: nothing is left to resume
         return
     tally.not_found.append(message)
-    tally.queues.append(QueueState(name=name, healthy=False, reason=QueueNotFound.reason,
-                                   message=clip(message)))
+    tally.queues.append(
+        QueueState(name=name, healthy=False, reason=QueueNotFound.reason, message=clip(message))
+    )
     if before is None or before.reason != QueueNotFound.reason:
         ledger.announce("Warning", QueueNotFound.reason, message)
 
 
 def _queue_state(
-    name: str, obs: QueueObservation, hold: Hold, health: thresholds.QueueHealth,
+    name: str,
+    obs: QueueObservation,
+    hold: Hold,
+    health: thresholds.QueueHealth,
     breaches: list[QueueBreach],
 ) -> QueueState:
     rate = health.rate
     return QueueState(
-        name=name, waiting=obs.waiting, active=obs.active, completed=obs.completed, failed=obs.failed,
-        delayed=obs.delayed, prioritized=obs.prioritized, paused=hold.paused, paused_by_policy=hold.by_policy,
+        name=name,
+        waiting=obs.waiting,
+        active=obs.active,
+        completed=obs.completed,
+        failed=obs.failed,
+        delayed=obs.delayed,
+        prioritized=obs.prioritized,
+        paused=hold.paused,
+        paused_by_policy=hold.by_policy,
         dry_run_paused=hold.dry_paused,
-        failure_rate_percent=None if rate is None else round(rate, 2), stalled=health.stalled,
-        healthy=not breaches, reasons=[b.message for b in breaches], breaches=breaches,
+        failure_rate_percent=None if rate is None else round(rate, 2),
+        stalled=health.stalled,
+        healthy=not breaches,
+        reasons=[b.message for b in breaches],
+        breaches=breaches,
     )
 
 
@@ -343,22 +399,54 @@ def _set_health(spec: QueuePolicySpec, observation: Observation, tally: _Tally, 
     first, the mistake to fix first); ``Ready``: observed."""
     kinds = tally.breach_kinds
     if tally.not_found:
-        set_condition(ledger, PolicyCondition.HEALTHY, False, QueueNotFound.reason,
-                      clip("; ".join(tally.not_found + tally.breach_texts)), ledger.generation, ledger.now)
+        set_condition(
+            ledger,
+            PolicyCondition.HEALTHY,
+            False,
+            QueueNotFound.reason,
+            clip("; ".join(tally.not_found + tally.breach_texts)),
+            ledger.generation,
+            ledger.now,
+        )
     elif kinds:
         reason = BREACH_REASONS[next(iter(kinds))] if len(kinds) == 1 else Reason.THRESHOLDS_BREACHED
-        set_condition(ledger, PolicyCondition.HEALTHY, False, reason, clip("; ".join(tally.breach_texts)),
-                      ledger.generation, ledger.now)
+        set_condition(
+            ledger,
+            PolicyCondition.HEALTHY,
+            False,
+            reason,
+            clip("; ".join(tally.breach_texts)),
+            ledger.generation,
+            ledger.now,
+        )
     else:
-        set_condition(ledger, PolicyCondition.HEALTHY, True, Reason.WITHIN_THRESHOLDS,
-                      f"{len(spec.queues)} queue(s) within thresholds", ledger.generation, ledger.now)
-    set_condition(ledger, PolicyCondition.READY, True, Reason.EVALUATED,
-                  f"observed {len(observation.queues)} queue(s)", ledger.generation, ledger.now)
+        set_condition(
+            ledger,
+            PolicyCondition.HEALTHY,
+            True,
+            Reason.WITHIN_THRESHOLDS,
+            f"{len(spec.queues)} queue(s) within thresholds",
+            ledger.generation,
+            ledger.now,
+        )
+    set_condition(
+        ledger,
+        PolicyCondition.READY,
+        True,
+        Reason.EVALUATED,
+        f"observed {len(observation.queues)} queue(s)",
+        ledger.generation,
+        ledger.now,
+    )
 
 
 def _status(
-    prev: QueuePolicyStatus, observation: Observation, gates: Gates, marks: autoreplay.ReplayMarks,
-    tally: _Tally, ledger: Ledger,
+    prev: QueuePolicyStatus,
+    observation: Observation,
+    gates: Gates,
+    marks: autoreplay.ReplayMarks,
+    tally: _Tally,
+    ledger: Ledger,
 ) -> QueuePolicyStatus:
     return QueuePolicyStatus(
         conditions=ledger.conditions,
@@ -394,9 +482,12 @@ def release(status: QueuePolicyStatus | None, *, now: datetime, reason: str = "p
             records.append(PolicyAction(at=now, action=ActionKind.RESUME.value, queue=q.name, reason=reason))
             q = q.model_copy(update={"paused_by_policy": False})
         queues.append(q.model_copy(update={"dry_run_paused": False}))
-    new_status = prev.model_copy(update={
-        "queues": queues, "last_actions": (records[::-1] + list(prev.last_actions))[:LAST_ACTIONS_LIMIT],
-    })
+    new_status = prev.model_copy(
+        update={
+            "queues": queues,
+            "last_actions": (records[::-1] + list(prev.last_actions))[:LAST_ACTIONS_LIMIT],
+        }
+    )
     return Decision(new_status, PolicyMemory(), tuple(actions), tuple(events), False, prev)
 
 
@@ -456,8 +547,13 @@ def _clean_record(action: Clean, text: str, *, now: datetime, dry_run: bool) -> 
     """The ``lastActions`` entry of a Clean that removed something."""
     grace = format_duration(action.grace)
     return PolicyAction(
-        at=now, action=ActionKind.CLEAN.value, queue=action.queue, result=clip(text, 200),
-        reason=f"{action.state} jobs older than {grace}, at most {action.limit}", dry_run=dry_run)
+        at=now,
+        action=ActionKind.CLEAN.value,
+        queue=action.queue,
+        result=clip(text, 200),
+        reason=f"{action.state} jobs older than {grace}, at most {action.limit}",
+        dry_run=dry_run,
+    )
 
 
 def _undo(queues: dict[str, QueueState], action: Action) -> bool:

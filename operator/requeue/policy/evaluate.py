@@ -195,16 +195,25 @@ def child_replay(policy: PolicyRef, spec: QueuePolicySpec, action: AutoReplay) -
     """
     budget = ReplayBudget.for_policy(policy.uid, action.max_replays_per_job)
     replay_spec = DLQReplaySpec(
-        redis=spec.redis, prefix=spec.prefix, queue=action.queue,
+        redis=spec.redis,
+        prefix=spec.prefix,
+        queue=action.queue,
         selector=Selector.model_validate(action.selector.model_dump()),
         rate=Rate.model_validate(action.rate.model_dump()),
-        gates=list(spec.gates), gate_policy=spec.gate_policy, verify=action.verify,
+        gates=list(spec.gates),
+        gate_policy=spec.gate_policy,
+        verify=action.verify,
     )
     return ChildReplay(
-        name=action.name, queue=action.queue, spec=replay_spec,
+        name=action.name,
+        queue=action.queue,
+        spec=replay_spec,
         labels={LABEL_POLICY: policy.name, LABEL_AUTO_REPLAY: "true"},
-        annotations={**budget.annotations(), ANNOTATION_QUEUE: action.queue,
-                     ANNOTATION_OUTAGE: action.outage_started_at.isoformat()},
+        annotations={
+            **budget.annotations(),
+            ANNOTATION_QUEUE: action.queue,
+            ANNOTATION_OUTAGE: action.outage_started_at.isoformat(),
+        },
     )
 
 
@@ -225,8 +234,9 @@ async def _mark_paused(redis: Redis, policy: PolicyRef, memory: PolicyMemory, qu
 def _with_pause_marks(memory: PolicyMemory, status: QueuePolicyStatus) -> PolicyMemory:
     """``memory`` with each queue's pause mark set to the settled ``pausedByPolicy``."""
     ours = {q.name for q in status.queues if q.paused_by_policy}
-    return PolicyMemory({name: replace(mem, paused_by_policy=name in ours)
-                         for name, mem in memory.queues.items()})
+    return PolicyMemory(
+        {name: replace(mem, paused_by_policy=name in ours) for name, mem in memory.queues.items()}
+    )
 
 
 def _error_text(exc: BaseException) -> str:
@@ -261,10 +271,12 @@ async def evaluate(
     started = time.perf_counter()
     now = now or utcnow()
     names = queues_to_observe(spec, status)
-    observation, memory, observe_trips = await _observe(redis, policy, spec, names, memory,
-                                                        now=now, gates=gates)
-    decision = decide(spec, status, observation, memory, now=now, generation=policy.generation,
-                      policy_name=policy.name)
+    observation, memory, observe_trips = await _observe(
+        redis, policy, spec, names, memory, now=now, gates=gates
+    )
+    decision = decide(
+        spec, status, observation, memory, now=now, generation=policy.generation, policy_name=policy.name
+    )
     acting = _Acting(policy, spec, redis, ops, replays, events=list(decision.events))
     await _carry_out(acting, decision)
     if notifier is not None and (acting.notify_items or observation.error is None):
@@ -277,14 +289,26 @@ async def evaluate(
     _export_metrics(policy, settled, names, observation)
     seconds = time.perf_counter() - started
     POLICY_EVALUATION_SECONDS.observe(seconds)
-    return EvaluationResult(status=settled, memory=new_memory, events=acting.events, decision=decision,
-                            round_trips=observe_trips + acting.round_trips + save_trips,
-                            seconds=seconds, failures=acting.failures)
+    return EvaluationResult(
+        status=settled,
+        memory=new_memory,
+        events=acting.events,
+        decision=decision,
+        round_trips=observe_trips + acting.round_trips + save_trips,
+        seconds=seconds,
+        failures=acting.failures,
+    )
 
 
 async def _observe(
-    redis: Redis, policy: PolicyRef, spec: QueuePolicySpec, names: Sequence[str],
-    memory: PolicyMemory | None, *, now: datetime, gates: Sequence[GateStatus] | None,
+    redis: Redis,
+    policy: PolicyRef,
+    spec: QueuePolicySpec,
+    names: Sequence[str],
+    memory: PolicyMemory | None,
+    *,
+    now: datetime,
+    gates: Sequence[GateStatus] | None,
 ) -> tuple[Observation, PolicyMemory, int]:
     """The observation, the memory it started from, and the Redis round trips that took.
 
@@ -300,8 +324,12 @@ async def _observe(
         observation, stats = await collect(redis, spec, names, memory, now=now, gates=gates)
     except _OBSERVE_ERRORS as exc:
         err = exc if isinstance(exc, RequeueError) else map_redis_error(exc)
-        observation = Observation(at=now, gates=tuple(gates) if gates is not None else None,
-                                  error=_error_text(err), error_reason=err.reason)
+        observation = Observation(
+            at=now,
+            gates=tuple(gates) if gates is not None else None,
+            error=_error_text(err),
+            error_reason=err.reason,
+        )
         return observation, memory or PolicyMemory(), round_trips
     return observation, memory, round_trips + stats.round_trips
 
@@ -366,10 +394,19 @@ async def _remediate(acting: _Acting, index: int, action: Action, memory: Policy
     except Exception as exc:  # every failure is reported, none stops the others
         message = _error_text(exc)
         acting.failures[index] = message
-        logger.warning("policy %s/%s: %s %s failed: %s", policy.namespace, policy.name,
-                       action.kind.value, action.queue, message)
-        acting.events.append(PolicyEvent("Warning", Reason.ACTION_FAILED,
-                                         f"{action.kind.value} {action.queue} failed: {message}"))
+        logger.warning(
+            "policy %s/%s: %s %s failed: %s",
+            policy.namespace,
+            policy.name,
+            action.kind.value,
+            action.queue,
+            message,
+        )
+        acting.events.append(
+            PolicyEvent(
+                "Warning", Reason.ACTION_FAILED, f"{action.kind.value} {action.queue} failed: {message}"
+            )
+        )
         return
     if text is not None:
         acting.results[index] = text
@@ -392,8 +429,7 @@ async def _notify(acting: _Acting, notifier: Notifier) -> None:
         acting.events.append(PolicyEvent("Warning", Reason.NOTIFY_FAILED, message))
 
 
-async def _save_memory(redis: Redis, policy: PolicyRef, memory: PolicyMemory,
-                       previous: PolicyMemory) -> int:
+async def _save_memory(redis: Redis, policy: PolicyRef, memory: PolicyMemory, previous: PolicyMemory) -> int:
     """Store ``memory`` (dropping queues only ``previous`` had); return the round trips made.
 
     A failure is only logged: the status is settled already, and the handler
@@ -405,14 +441,18 @@ async def _save_memory(redis: Redis, policy: PolicyRef, memory: PolicyMemory,
         queue_save_memory(pipe, policy.uid, memory, previous)
         await pipe.execute()
     except _REDIS_ERRORS as exc:
-        logger.warning("policy %s/%s: could not store its memory: %s", policy.namespace, policy.name,
-                       _error_text(exc))
+        logger.warning(
+            "policy %s/%s: could not store its memory: %s", policy.namespace, policy.name, _error_text(exc)
+        )
         return 0
     return 1
 
 
 async def _execute(
-    policy: PolicyRef, spec: QueuePolicySpec, action: Action, ops: QueueOps,
+    policy: PolicyRef,
+    spec: QueuePolicySpec,
+    action: Action,
+    ops: QueueOps,
     replays: ReplayCreator | None,
 ) -> tuple[str | None, int]:
     """Carry out one remediation.
@@ -444,16 +484,23 @@ async def _execute(
     return None, 0
 
 
-def _export_metrics(policy: PolicyRef, status: QueuePolicyStatus, names: Sequence[str],
-                    observation: Observation) -> None:
+def _export_metrics(
+    policy: PolicyRef, status: QueuePolicyStatus, names: Sequence[str], observation: Observation
+) -> None:
     if observation.error is not None:
         return
     for q in status.queues:
         if q.name not in observation.queues:
             continue
         labels = {"namespace": policy.namespace, "policy": policy.name, "queue": q.name}
-        for state, value in (("waiting", q.waiting), ("active", q.active), ("completed", q.completed),
-                             ("failed", q.failed), ("delayed", q.delayed), ("prioritized", q.prioritized)):
+        for state, value in (
+            ("waiting", q.waiting),
+            ("active", q.active),
+            ("completed", q.completed),
+            ("failed", q.failed),
+            ("delayed", q.delayed),
+            ("prioritized", q.prioritized),
+        ):
             QUEUE_JOBS.labels(**labels, state=state).set(value)
             QUEUE_DEPTH_LEGACY.labels(queue=q.name, status=state).set(value)
         QUEUE_PAUSED.labels(**labels).set(1 if q.paused else 0)

@@ -85,8 +85,10 @@ class EventReader:
         self.round_trips = 0
         self._keys = {q: QueueKeys(prefix, q).events for q in queues}
         self._progress = {
-            q: _Progress(cursor=cursors.get(q, ""),
-                         start=start_id(cursors.get(q, ""), now_ms=now_ms, window_ms=window_ms))
+            q: _Progress(
+                cursor=cursors.get(q, ""),
+                start=start_id(cursors.get(q, ""), now_ms=now_ms, window_ms=window_ms),
+            )
             for q in queues
         }
 
@@ -143,8 +145,9 @@ class EventReader:
 
     def tallies(self) -> dict[str, EventTally]:
         return {
-            q: EventTally(cursor=p.cursor, per_second={s: (c, f) for s, (c, f) in p.counts.items()},
-                          behind=p.full)
+            q: EventTally(
+                cursor=p.cursor, per_second={s: (c, f) for s, (c, f) in p.counts.items()}, behind=p.full
+            )
             for q, p in self._progress.items()
         }
 
@@ -161,8 +164,9 @@ async def read_events(
     max_pages: int = DEFAULT_MAX_PAGES,
 ) -> dict[str, EventTally]:
     """Read every queue's new ``completed``/``failed`` entries (standalone use of :class:`EventReader`)."""
-    reader = EventReader(prefix, queues, cursors, now_ms=now_ms, window_ms=window_ms,
-                         page_size=page_size, max_pages=max_pages)
+    reader = EventReader(
+        prefix, queues, cursors, now_ms=now_ms, window_ms=window_ms, page_size=page_size, max_pages=max_pages
+    )
     pipe = redis.pipeline(transaction=False)
     reader.queue_first(pipe)
     reader.take_first(await pipe.execute())

@@ -46,8 +46,11 @@ class Ledger:
         """Decide ``action``; with a ``reason``, also record it for ``lastActions``."""
         self.actions.append(action)
         if reason is not None:
-            self.records.append(PolicyAction(at=self.now, action=action.kind.value, queue=action.queue,
-                                             reason=reason, dry_run=dry_run))
+            self.records.append(
+                PolicyAction(
+                    at=self.now, action=action.kind.value, queue=action.queue, reason=reason, dry_run=dry_run
+                )
+            )
 
     def announce(self, type: Literal["Normal", "Warning"], reason: Reason, message: str) -> None:
         """Emit a Kubernetes Event on the policy."""

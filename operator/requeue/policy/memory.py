@@ -53,8 +53,9 @@ async def load_memory(redis: Redis, policy_uid: str) -> PolicyMemory:
     return PolicyMemory(queues)
 
 
-def queue_save_memory(pipe: Pipeline, policy_uid: str, memory: PolicyMemory,
-                      previous: PolicyMemory | None = None) -> int:
+def queue_save_memory(
+    pipe: Pipeline, policy_uid: str, memory: PolicyMemory, previous: PolicyMemory | None = None
+) -> int:
     """Queue the commands that store ``memory`` on ``pipe``; returns how many were queued.
 
     Fields of queues that left the policy are deleted; the TTL is refreshed.
@@ -62,8 +63,9 @@ def queue_save_memory(pipe: Pipeline, policy_uid: str, memory: PolicyMemory,
     key = memory_key(policy_uid)
     commands = 0
     if memory.queues:
-        pipe.hset(key, mapping={q: json.dumps(m.to_json(), separators=(",", ":"))
-                                for q, m in memory.queues.items()})
+        pipe.hset(
+            key, mapping={q: json.dumps(m.to_json(), separators=(",", ":")) for q, m in memory.queues.items()}
+        )
         commands += 1
     gone = [q for q in (previous.queues if previous else {}) if q not in memory.queues]
     if gone:

@@ -114,8 +114,11 @@ class QueueMemory:
     paused_by_policy: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"c": self.cursor, "b": [list(b) for b in self.buckets],
-                                "l": dict(self.lockless_since)}
+        data: dict[str, Any] = {
+            "c": self.cursor,
+            "b": [list(b) for b in self.buckets],
+            "l": dict(self.lockless_since),
+        }
         if self.paused_by_policy:
             data["p"] = 1
         return data
@@ -126,8 +129,12 @@ class QueueMemory:
         try:
             buckets = tuple((int(b[0]), int(b[1]), int(b[2])) for b in data.get("b", ()))
             lockless = {str(k): int(v) for k, v in dict(data.get("l", {})).items()}
-            return cls(cursor=str(data.get("c", "")), buckets=buckets, lockless_since=lockless,
-                       paused_by_policy=data.get("p") == 1)
+            return cls(
+                cursor=str(data.get("c", "")),
+                buckets=buckets,
+                lockless_since=lockless,
+                paused_by_policy=data.get("p") == 1,
+            )
         except (TypeError, ValueError, IndexError):
             return cls()
 

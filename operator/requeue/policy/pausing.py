@@ -90,8 +90,9 @@ def track_gates(
         if prev_red:
             ledger.announce("Normal", Reason.GATES_RECOVERED, message)
     status, reason = _GATE_CONDITIONS[state]
-    set_condition(ledger, PolicyCondition.GATES_PASSED, status, reason, message, ledger.generation,
-                  ledger.now)
+    set_condition(
+        ledger, PolicyCondition.GATES_PASSED, status, reason, message, ledger.generation, ledger.now
+    )
     return Gates(state, message, outage_started, green_since)
 
 
@@ -109,8 +110,13 @@ class Hold:
 
 
 def pause_or_resume(
-    spec: QueuePolicySpec, gates: Gates, name: str, before: QueueState | None, obs: QueueObservation,
-    mem: QueueMemory, ledger: Ledger,
+    spec: QueuePolicySpec,
+    gates: Gates,
+    name: str,
+    before: QueueState | None,
+    obs: QueueObservation,
+    mem: QueueMemory,
+    ledger: Ledger,
 ) -> Hold:
     """Rule 3: pause a listed queue while a gate is red; resume only what this policy paused."""
     # memory's mark covers a pause whose status write was lost (the process died in between)
@@ -126,8 +132,10 @@ def pause_or_resume(
         _pause(Pause(name, f"gate red: {gates.message}"), hold, dry, ledger)
     elif gate_state == "green" or not pause_enabled or not listed:
         reason = (
-            "all gates green" if gate_state == "green"
-            else "pauseWhileGatesFail is off" if not pause_enabled
+            "all gates green"
+            if gate_state == "green"
+            else "pauseWhileGatesFail is off"
+            if not pause_enabled
             else "queue no longer in the policy"
         )
         _resume(Resume(name, reason), hold, dry, ledger)

@@ -108,7 +108,7 @@ class SlackNotifier:
             self._pending.append(format_line(item))
         if len(self._pending) > self.max_pending:
             self._dropped += len(self._pending) - self.max_pending
-            self._pending = self._pending[-self.max_pending:]
+            self._pending = self._pending[-self.max_pending :]
         return await self.flush(policy)
 
     async def flush(self, policy: str) -> bool:
@@ -135,8 +135,9 @@ class SlackNotifier:
         if response.status_code == 429:
             retry_after = _seconds(response.headers.get("retry-after"))
             self._next_allowed = now + max(self.min_interval, retry_after)
-            raise TransientError(f"Slack webhook rate-limited us; retrying after {retry_after:g}s",
-                                 delay=retry_after)
+            raise TransientError(
+                f"Slack webhook rate-limited us; retrying after {retry_after:g}s", delay=retry_after
+            )
         if response.status_code >= 300:
             raise TransientError(
                 f"Slack webhook (secret {self._ref.name}/{self._ref.key}) answered "

@@ -45,9 +45,7 @@ def _merge_window(memory: QueueMemory, obs: QueueObservation, window: timedelta,
         slot[1] += f
     horizon = _seconds(now) - window_s
     kept = tuple(sorted((s, c, f) for s, (c, f) in merged.items() if s + width > horizon))
-    return _Window(
-        completed=sum(c for _, c, _ in kept), failed=sum(f for _, _, f in kept), buckets=kept
-    )
+    return _Window(completed=sum(c for _, c, _ in kept), failed=sum(f for _, _, f in kept), buckets=kept)
 
 
 @dataclass(frozen=True)
@@ -120,20 +118,31 @@ def close_dropped(previous: Sequence[QueueState], observed: Sequence[str], ledge
 
 
 def alert(
-    spec: QueuePolicySpec, name: str, current: Mapping[BreachKind, str], before: QueueState | None,
-    repeat_after: timedelta, ledger: Ledger,
+    spec: QueuePolicySpec,
+    name: str,
+    current: Mapping[BreachKind, str],
+    before: QueueState | None,
+    repeat_after: timedelta,
+    ledger: Ledger,
 ) -> list[QueueBreach]:
     """Alert breaches that began or are due again, recover those that ended; return the open ones."""
     old = {b.kind: b for b in (before.breaches if before else [])}
-    breaches = [_alert_one(spec, name, kind, text, old.get(kind), repeat_after, ledger)
-                for kind, text in current.items()]
+    breaches = [
+        _alert_one(spec, name, kind, text, old.get(kind), repeat_after, ledger)
+        for kind, text in current.items()
+    ]
     _recover_ended(spec, name, current, old, ledger)
     return breaches
 
 
 def _alert_one(
-    spec: QueuePolicySpec, name: str, kind: BreachKind, text: str, had: QueueBreach | None,
-    repeat_after: timedelta, ledger: Ledger,
+    spec: QueuePolicySpec,
+    name: str,
+    kind: BreachKind,
+    text: str,
+    had: QueueBreach | None,
+    repeat_after: timedelta,
+    ledger: Ledger,
 ) -> QueueBreach:
     """Alert a new breach once, a lasting one again every ``repeat_after``; the episode as it stands."""
     now = ledger.now
@@ -146,14 +155,18 @@ def _alert_one(
     if last is None or now - last >= repeat_after:
         ledger.act(Alert(name, kind, text, repeat=True), f"still: {text}")
         if spec.alerts.events:
-            ledger.announce("Warning", BREACH_REASONS[kind],
-                            f"queue {name}: still {text} since {had.since.isoformat()}")
+            ledger.announce(
+                "Warning", BREACH_REASONS[kind], f"queue {name}: still {text} since {had.since.isoformat()}"
+            )
         last = now
     return had.model_copy(update={"message": text, "last_alert_at": last})
 
 
 def _recover_ended(
-    spec: QueuePolicySpec, name: str, current: Mapping[BreachKind, str], old: Mapping[str, QueueBreach],
+    spec: QueuePolicySpec,
+    name: str,
+    current: Mapping[BreachKind, str],
+    old: Mapping[str, QueueBreach],
     ledger: Ledger,
 ) -> None:
     """One Recover for every known breach kind of the previous status that is no longer current."""

@@ -155,7 +155,7 @@ def glob_to_lua(glob: str) -> str | None:
             end = glob.find("]", i + 2)
             if end < 0:
                 return None
-            body = glob[i + 1:end]
+            body = glob[i + 1 : end]
             neg = body.startswith("!")
             if neg:
                 body = body[1:]
@@ -180,8 +180,9 @@ class BullQueue:
     :param redis: a ``redis.asyncio.Redis`` (see :func:`requeue.queues.connect`).
     """
 
-    def __init__(self, redis: Redis, queue: str, *, prefix: str = "bull",
-                 scripts: Scripts | None = None) -> None:
+    def __init__(
+        self, redis: Redis, queue: str, *, prefix: str = "bull", scripts: Scripts | None = None
+    ) -> None:
         self.redis = redis
         self.name = queue
         self.prefix = prefix
@@ -232,22 +233,39 @@ class BullQueue:
         or ``unknown``: in none of them)."""
         k = self.keys
         state = await self.scripts.get_state(
-            keys=[k.completed, k.failed, k.delayed, k.active, k.wait, k.paused, k.key("waiting-children"),
-                  k.prioritized],
-            args=[job_id, k.job(job_id)])
+            keys=[
+                k.completed,
+                k.failed,
+                k.delayed,
+                k.active,
+                k.wait,
+                k.paused,
+                k.key("waiting-children"),
+                k.prioritized,
+            ],
+            args=[job_id, k.job(job_id)],
+        )
         return text(state) or "unknown"
 
     # -- pause / resume ------------------------------------------------------
 
     def _pause_keys(self, pause: bool) -> list[str]:
         src, dst = (self.keys.wait, self.keys.paused) if pause else (self.keys.paused, self.keys.wait)
-        return [src, dst, self.keys.meta, self.keys.prioritized, self.keys.events, self.keys.delayed,
-                self.keys.marker]
+        return [
+            src,
+            dst,
+            self.keys.meta,
+            self.keys.prioritized,
+            self.keys.events,
+            self.keys.delayed,
+            self.keys.marker,
+        ]
 
     async def queue_pause(self, pipe: Pipeline, pause: bool) -> None:
         """Queue BullMQ's ``pause`` script (pause or resume) on a pipeline."""
-        await self.scripts.pause(keys=self._pause_keys(pause), args=["paused" if pause else "resumed"],
-                           client=pipe)
+        await self.scripts.pause(
+            keys=self._pause_keys(pause), args=["paused" if pause else "resumed"], client=pipe
+        )
 
     async def pause(self) -> None:
         """Pause the queue globally (BullMQ's ``pause`` script)."""
@@ -290,8 +308,17 @@ class BullQueue:
                 patterns = [p for p in converted if p is not None]
         raw = await self.scripts.select_page(
             keys=[self.keys.failed],
-            args=[self.keys.base, min_score, max_score, cursor.score, cursor.job_id, count,
-                  "1" if with_data else "0", budget_us, *patterns],
+            args=[
+                self.keys.base,
+                min_score,
+                max_score,
+                cursor.score,
+                cursor.job_id,
+                count,
+                "1" if with_data else "0",
+                budget_us,
+                *patterns,
+            ],
         )
         reply = json.loads(raw)
         scanned = int(reply[0])
@@ -315,9 +342,20 @@ class BullQueue:
             )
         return FailedPage(jobs=jobs, scanned=scanned, cursor=new_cursor, done=done)
 
-    async def fetch(self, ids: Sequence[str], fields: Sequence[str] = (
-        "name", "data", "failedReason", "finishedOn", "opts", "atm", "ats", "priority",
-    )) -> list[dict[str, str | None] | None]:
+    async def fetch(
+        self,
+        ids: Sequence[str],
+        fields: Sequence[str] = (
+            "name",
+            "data",
+            "failedReason",
+            "finishedOn",
+            "opts",
+            "atm",
+            "ats",
+            "priority",
+        ),
+    ) -> list[dict[str, str | None] | None]:
         """The fields of each job (pipelined HMGET; one round trip); None where the hash is missing."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
@@ -344,20 +382,31 @@ class BullQueue:
 
     # -- replay --------------------------------------------------------------
 
-    async def queue_reprocess(self, pipe: Pipeline, job_id: str, *, lifo: bool = False,
-                        reset_attempts: bool = True) -> None:
+    async def queue_reprocess(
+        self, pipe: Pipeline, job_id: str, *, lifo: bool = False, reset_attempts: bool = True
+    ) -> None:
         """Queue BullMQ's ``reprocessJob`` (failed -> wait/prioritized) for one job on a pipeline."""
         k = self.keys
         reset = "1" if reset_attempts else "0"
         await self.scripts.reprocess_job(
-            keys=[k.job(job_id), k.events, k.failed, k.wait, k.meta, k.active, k.marker, k.prioritized,
-                  k.priority_counter],
+            keys=[
+                k.job(job_id),
+                k.events,
+                k.failed,
+                k.wait,
+                k.meta,
+                k.active,
+                k.marker,
+                k.prioritized,
+                k.priority_counter,
+            ],
             args=[job_id, "RPUSH" if lifo else "LPUSH", "failedReason", "failed", reset, reset],
             client=pipe,
         )
 
-    async def replay(self, ids: Sequence[str], *, lifo: Iterable[str] = (),
-                     reset_attempts: bool = True) -> list[ReprocessResult]:
+    async def replay(
+        self, ids: Sequence[str], *, lifo: Iterable[str] = (), reset_attempts: bool = True
+    ) -> list[ReprocessResult]:
         """Move failed jobs back to wait in one pipeline; a result code per id.
 
         Harmless to repeat: a job no longer in the failed set answers ``NOT_IN_FAILED``.
@@ -365,8 +414,9 @@ class BullQueue:
         lifo_ids = set(lifo)
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                await self.queue_reprocess(pipe, job_id, lifo=job_id in lifo_ids,
-                                           reset_attempts=reset_attempts)
+                await self.queue_reprocess(
+                    pipe, job_id, lifo=job_id in lifo_ids, reset_attempts=reset_attempts
+                )
             raw = await pipe.execute()
         return [ReprocessResult(int(r)) for r in raw]
 
@@ -378,24 +428,44 @@ class BullQueue:
         would overwrite ``wait``; BullMQ 6 and Python migrate the ``paused`` list on resume)."""
         return self.keys.paused if paused else self.keys.wait
 
-    def reprocess_commands(self, ids: Sequence[str], *, paused: bool, lifo: Iterable[str] = (),
-                           reset_attempts: bool = True) -> list[bytes]:
+    def reprocess_commands(
+        self, ids: Sequence[str], *, paused: bool, lifo: Iterable[str] = (), reset_attempts: bool = True
+    ) -> list[bytes]:
         """``EVALSHA reprocessJob`` for each id, packed (same keys and args as :meth:`queue_reprocess`)."""
         k = self.keys
         sha = self.scripts.reprocess_job.sha
         head = b"*18\r\n" + bulk("EVALSHA") + bulk(sha) + bulk("9")
-        middle = b"".join(bulk(x) for x in (k.events, k.failed, self.target_list(paused), k.meta,
-                                              k.active, k.marker, k.prioritized, k.priority_counter))
+        middle = b"".join(
+            bulk(x)
+            for x in (
+                k.events,
+                k.failed,
+                self.target_list(paused),
+                k.meta,
+                k.active,
+                k.marker,
+                k.prioritized,
+                k.priority_counter,
+            )
+        )
         reset = "1" if reset_attempts else "0"
         tail = bulk("failedReason") + bulk("failed") + bulk(reset) + bulk(reset)
         lpush, rpush = bulk("LPUSH"), bulk("RPUSH")
         lifo_ids = set(lifo)
         base = k.base
-        return [head + bulk(base + job_id) + middle + bulk(job_id) + (rpush if job_id in lifo_ids else lpush)
-                + tail for job_id in ids]
+        return [
+            head
+            + bulk(base + job_id)
+            + middle
+            + bulk(job_id)
+            + (rpush if job_id in lifo_ids else lpush)
+            + tail
+            for job_id in ids
+        ]
 
-    def move_to_wait_command(self, *, count: int, max_timestamp: int | str, paused: bool,
-                             inline: bool = False) -> bytes:
+    def move_to_wait_command(
+        self, *, count: int, max_timestamp: int | str, paused: bool, inline: bool = False
+    ) -> bytes:
         """``EVALSHA moveJobsToWait`` for the failed set, packed; paused-aware like
         :meth:`reprocess_commands`. Moves the first ``count`` members with a score <=
         ``max_timestamp``; keeps attempts and ignores priority and lifo (see
@@ -407,8 +477,21 @@ class BullQueue:
         k = self.keys
         script = self.scripts.move_jobs_to_wait
         head = ("EVAL", _script_body(script)) if inline else ("EVALSHA", script.sha)
-        return pack(*head, 8, k.base, k.events, k.failed, self.target_list(paused), k.paused, k.meta,
-                    k.active, k.marker, count, max_timestamp, "failed")
+        return pack(
+            *head,
+            8,
+            k.base,
+            k.events,
+            k.failed,
+            self.target_list(paused),
+            k.paused,
+            k.meta,
+            k.active,
+            k.marker,
+            count,
+            max_timestamp,
+            "failed",
+        )
 
     def reset_attempts_commands(self, ids: Sequence[str]) -> list[bytes]:
         """``HDEL atm ats`` per job: what ``reprocessJob`` does with its reset flags, for jobs that
@@ -431,13 +514,23 @@ class BullQueue:
         )
         return int(reply) == 1
 
-    def _copy_args(self, job: dict[str, str | None], *, new_id: str,
-                   timestamp_ms: int) -> tuple[int, list[Any]]:
+    def _copy_args(
+        self, job: dict[str, str | None], *, new_id: str, timestamp_ms: int
+    ) -> tuple[int, list[Any]]:
         """The priority of a copy of ``job`` and the arguments of BullMQ's add-job scripts for it:
         opts without delay, repeat, dedup or parent, and ``new_id`` as the job id."""
         opts: dict[str, Any] = json.loads(job.get("opts") or "{}")
-        for drop in ("delay", "jobId", "repeat", "rjk", "de", "deduplication", "debounce", "parent",
-                     "prevMillis"):
+        for drop in (
+            "delay",
+            "jobId",
+            "repeat",
+            "rjk",
+            "de",
+            "deduplication",
+            "debounce",
+            "parent",
+            "prevMillis",
+        ):
             opts.pop(drop, None)
         opts["jobId"] = new_id
         priority = int(job.get("priority") or opts.get("priority") or 0)
@@ -447,8 +540,15 @@ class BullQueue:
         )
         return priority, [packed_args, job.get("data") or "{}", msgpack.packb(opts), timestamp_ms]
 
-    async def queue_copy(self, pipe: Pipeline, job: dict[str, str | None], *, new_id: str,
-                   timestamp_ms: int, reset_attempts: bool = True) -> None:
+    async def queue_copy(
+        self,
+        pipe: Pipeline,
+        job: dict[str, str | None],
+        *,
+        new_id: str,
+        timestamp_ms: int,
+        reset_attempts: bool = True,
+    ) -> None:
         """Queue BullMQ's add-job script creating a copy of ``job`` (an HMGET dict) in this queue.
 
         The copy keeps name, data, opts and priority; ``new_id`` makes it idempotent:
@@ -460,17 +560,40 @@ class BullQueue:
         k = self.keys
         if priority:
             await self.scripts.add_prioritized_job(
-                keys=[k.marker, k.meta, k.key("id"), k.prioritized, k.delayed, k.completed, k.active,
-                      k.events, k.priority_counter],
-                args=args, client=pipe)
+                keys=[
+                    k.marker,
+                    k.meta,
+                    k.key("id"),
+                    k.prioritized,
+                    k.delayed,
+                    k.completed,
+                    k.active,
+                    k.events,
+                    k.priority_counter,
+                ],
+                args=args,
+                client=pipe,
+            )
         else:
             await self.scripts.add_standard_job(
-                keys=[k.wait, k.paused, k.meta, k.key("id"), k.completed, k.delayed, k.active,
-                      k.events, k.marker],
-                args=args, client=pipe)
+                keys=[
+                    k.wait,
+                    k.paused,
+                    k.meta,
+                    k.key("id"),
+                    k.completed,
+                    k.delayed,
+                    k.active,
+                    k.events,
+                    k.marker,
+                ],
+                args=args,
+                client=pipe,
+            )
 
-    def copy_command(self, job: dict[str, str | None], *, new_id: str, timestamp_ms: int,
-                     paused: bool = False) -> bytes:
+    def copy_command(
+        self, job: dict[str, str | None], *, new_id: str, timestamp_ms: int, paused: bool = False
+    ) -> bytes:
         """BullMQ's add-job script creating a copy of ``job`` here, packed (see :meth:`queue_copy`).
 
         ``paused``: this queue is paused, so a job without priority goes to the legacy
@@ -479,21 +602,55 @@ class BullQueue:
         priority, args = self._copy_args(job, new_id=new_id, timestamp_ms=timestamp_ms)
         k = self.keys
         if priority:
-            return pack("EVALSHA", self.scripts.add_prioritized_job.sha, 9, k.marker, k.meta, k.key("id"),
-                        k.prioritized, k.delayed, k.completed, k.active, k.events, k.priority_counter,
-                        *args)
-        return pack("EVALSHA", self.scripts.add_standard_job.sha, 9, self.target_list(paused), k.paused,
-                    k.meta, k.key("id"), k.completed, k.delayed, k.active, k.events, k.marker, *args)
+            return pack(
+                "EVALSHA",
+                self.scripts.add_prioritized_job.sha,
+                9,
+                k.marker,
+                k.meta,
+                k.key("id"),
+                k.prioritized,
+                k.delayed,
+                k.completed,
+                k.active,
+                k.events,
+                k.priority_counter,
+                *args,
+            )
+        return pack(
+            "EVALSHA",
+            self.scripts.add_standard_job.sha,
+            9,
+            self.target_list(paused),
+            k.paused,
+            k.meta,
+            k.key("id"),
+            k.completed,
+            k.delayed,
+            k.active,
+            k.events,
+            k.marker,
+            *args,
+        )
 
     def remove_command(self, job_id: str) -> bytes:
         """BullMQ's ``removeJob`` (children kept), packed."""
-        return pack("EVALSHA", self.scripts.remove_job.sha, 2, self.keys.job(job_id), self.keys.repeat,
-                    job_id, "0", self.keys.base)
+        return pack(
+            "EVALSHA",
+            self.scripts.remove_job.sha,
+            2,
+            self.keys.job(job_id),
+            self.keys.repeat,
+            job_id,
+            "0",
+            self.keys.base,
+        )
 
     async def queue_remove(self, pipe: Pipeline, job_id: str) -> None:
         """Queue BullMQ's ``removeJob`` (children kept) on a pipeline."""
-        await self.scripts.remove_job(keys=[self.keys.job(job_id), self.keys.repeat],
-                                args=[job_id, "0", self.keys.base], client=pipe)
+        await self.scripts.remove_job(
+            keys=[self.keys.job(job_id), self.keys.repeat], args=[job_id, "0", self.keys.base], client=pipe
+        )
 
     # -- clean ---------------------------------------------------------------
 
@@ -513,8 +670,9 @@ class BullQueue:
         if state not in ("completed", "failed"):
             raise ValueError(f"clean_finished cleans completed or failed, not {state!r}")
         k = self.keys
-        removed = await self.scripts.clean_jobs_in_set(keys=[k.key(state), k.events, k.repeat],
-                                                       args=[k.base, cutoff_ms, limit, state])
+        removed = await self.scripts.clean_jobs_in_set(
+            keys=[k.key(state), k.events, k.repeat], args=[k.base, cutoff_ms, limit, state]
+        )
         return [text(i) or "" for i in removed or []]
 
     async def clean_finished_preview(self, state: str, *, cutoff_ms: int, limit: int) -> list[str]:
@@ -524,4 +682,3 @@ class BullQueue:
             raise ValueError(f"clean_finished_preview reads completed or failed, not {state!r}")
         ids = await self.redis.zrangebyscore(self.keys.key(state), 0, cutoff_ms, start=0, num=limit)
         return [text(i) or "" for i in ids]
-

@@ -30,7 +30,12 @@ DEFAULT_TIMEOUT = 10.0
 
 #: Redis errors that mean "try again later".
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, ConnectionError, TimeoutError, OSError,
+    rx.ConnectionError,
+    rx.TimeoutError,
+    rx.BusyLoadingError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
 )
 
 
@@ -191,9 +196,9 @@ def _url_problem(url: str, exc: BaseException, kwargs: dict[str, Any]) -> str:
     """What is wrong with ``url``: the query option at fault, found by trying each alone, by
     name (a name that looks like one) but never with its value, as query values may be tokens."""
     parts = split_url(url)
-    if parts is None or not parts.query or _unusable(url[:url.rfind("?" + parts.query)], kwargs) is not None:
+    if parts is None or not parts.query or _unusable(url[: url.rfind("?" + parts.query)], kwargs) is not None:
         return f"{redact_text(str(exc), sensitive_parts(url))} (expected {URL_FORMS})"
-    bare = url[:url.rfind("?" + parts.query)]
+    bare = url[: url.rfind("?" + parts.query)]
     for pair in parts.query.split("&"):
         failure = _unusable(f"{bare}?{pair}", kwargs)
         if failure is None:
@@ -229,8 +234,9 @@ def _unusable(url: str, kwargs: dict[str, Any]) -> BaseException | None:
     return None
 
 
-def map_redis_error(exc: BaseException, *, url: str | None = None, queue: str | None = None,
-                    replay: str | None = None) -> AuthFailed | RedisUnavailable:
+def map_redis_error(
+    exc: BaseException, *, url: str | None = None, queue: str | None = None, replay: str | None = None
+) -> AuthFailed | RedisUnavailable:
     """Turn a redis-py error into requeue's error tree; the message is redacted."""
     where = f" at {redact_url(url)}" if url else ""
     detail = redact_text(f"{type(exc).__name__}: {exc}", sensitive_parts(url) if url else [])
@@ -239,19 +245,25 @@ def map_redis_error(exc: BaseException, *, url: str | None = None, queue: str | 
         return Forbidden(
             f"Redis{where} accepted the credentials, but its ACL user may not use {refused} "
             f"({detail}); grant it (README, 'Redis ACL users', lists the exact ACL SETUSER lines)",
-            queue=queue, replay=replay)
+            queue=queue,
+            replay=replay,
+        )
     if is_auth_error(exc):
         return AuthFailed(f"Redis{where} refused the credentials ({detail})", queue=queue, replay=replay)
     if is_certificate_error(exc):
         return RedisCertificateUntrusted(
             f"Redis{where} presents a TLS certificate that does not verify ({detail}): give the CA "
             "that signed it in spec.redis.tls.caSecretRef (a PEM bundle), or check the host name",
-            queue=queue, replay=replay)
+            queue=queue,
+            replay=replay,
+        )
     if is_oom_error(exc):
         return RedisOutOfMemory(
             f"Redis{where} is out of memory and refuses writes ({detail}); nothing more moves until "
             "it has room: raise maxmemory or free memory, and the replay goes on by itself",
-            queue=queue, replay=replay)
+            queue=queue,
+            replay=replay,
+        )
     return RedisUnavailable(f"Redis{where} unavailable ({detail})", queue=queue, replay=replay)
 
 
@@ -283,8 +295,14 @@ async def connect(
     }
     if db is not None:
         kwargs["db"] = db
-    kwargs.update(TlsOptions(ca_pem=tls_ca_pem, insecure_skip_verify=tls_insecure_skip_verify,
-                             cert_pem=tls_cert_pem, key_pem=tls_key_pem).client_kwargs(url))
+    kwargs.update(
+        TlsOptions(
+            ca_pem=tls_ca_pem,
+            insecure_skip_verify=tls_insecure_skip_verify,
+            cert_pem=tls_cert_pem,
+            key_pem=tls_key_pem,
+        ).client_kwargs(url)
+    )
     client = client_from_url(url, **kwargs)
     try:
         await client.ping()

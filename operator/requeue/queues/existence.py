@@ -43,8 +43,19 @@ __all__ = [
 ]
 
 #: The keys BullMQ writes for a queue (see the module docstring); any one present means it exists.
-_EXISTENCE_SUFFIXES = ("meta", "id", "events", "wait", "paused", "active", "prioritized", "delayed",
-                       "failed", "completed", "marker")
+_EXISTENCE_SUFFIXES = (
+    "meta",
+    "id",
+    "events",
+    "wait",
+    "paused",
+    "active",
+    "prioritized",
+    "delayed",
+    "failed",
+    "completed",
+    "marker",
+)
 #: The key every queue that was ever used has: what a listing scans for.
 _LISTING_SUFFIX = "meta"
 #: Keys one listing may make Redis visit (``SCAN`` pages of :data:`SCAN_PAGE` until this many).
@@ -82,13 +93,17 @@ class QueueListing:
     def describe(self) -> str:
         """``queues there: default, emails`` (``and more`` when cut), for a message."""
         if not self.names:
-            return ("no queue found under that prefix in the first keys scanned" if self.more
-                    else "no queue exists under that prefix there (is the prefix right?)")
+            return (
+                "no queue found under that prefix in the first keys scanned"
+                if self.more
+                else "no queue exists under that prefix there (is the prefix right?)"
+            )
         return "queues there: " + ", ".join(self.names) + (", and more" if self.more else "")
 
 
-async def list_queues(redis: Redis, prefix: str, *, limit: int = LISTED_QUEUES_LIMIT,
-                      key_budget: int = SCAN_KEY_BUDGET) -> QueueListing:
+async def list_queues(
+    redis: Redis, prefix: str, *, limit: int = LISTED_QUEUES_LIMIT, key_budget: int = SCAN_KEY_BUDGET
+) -> QueueListing:
     """The queues under ``prefix`` that have a ``meta`` hash, from a ``SCAN`` bounded by ``key_budget``.
 
     BullMQ refuses queue names with ``:``, so a matched key whose middle holds one
@@ -105,7 +120,7 @@ async def list_queues(redis: Redis, prefix: str, *, limit: int = LISTED_QUEUES_L
         calls += 1
         for raw in batch:
             key = _text(raw)
-            name = key[len(head):-len(tail)]
+            name = key[len(head) : -len(tail)]
             if key.startswith(head) and key.endswith(tail) and name and ":" not in name:
                 found.add(name)
         if int(cursor) == 0:
@@ -127,15 +142,17 @@ def redis_location(redis: Redis) -> str:
     if issubclass(pool.connection_class, UnixDomainSocketConnection):
         return redact_url(f"unix://{auth}{kw.get('path', '')}?db={kw.get('db', 0)}")
     scheme = "rediss" if issubclass(pool.connection_class, SSLConnection) else "redis"
-    return redact_url(f"{scheme}://{auth}{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/"
-                      f"{kw.get('db', 0)}")
+    return redact_url(
+        f"{scheme}://{auth}{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+    )
 
 
 def queue_not_found(queue: str, prefix: str, location: str, listing: QueueListing) -> QueueNotFound:
     """The named error, its message saying where requeue looked and what is there instead."""
     return QueueNotFound(
-        f'queue "{queue}" has no BullMQ keys under prefix "{prefix}" in {location}; '
-        f"{listing.describe()}", queue=queue)
+        f'queue "{queue}" has no BullMQ keys under prefix "{prefix}" in {location}; {listing.describe()}',
+        queue=queue,
+    )
 
 
 async def require_queue(redis: Redis, keys: QueueKeys) -> None:

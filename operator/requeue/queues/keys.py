@@ -172,8 +172,16 @@ class ReplayKeys:
         return self._key("progress:copied")
 
     def all(self) -> list[str]:
-        return [self.snapshot, self.progress, self.replayed, self.lifo, self.slow, self.names,
-                self.reasons, self.corrupt]
+        return [
+            self.snapshot,
+            self.progress,
+            self.replayed,
+            self.lifo,
+            self.slow,
+            self.names,
+            self.reasons,
+            self.corrupt,
+        ]
 
 
 #: Field of :attr:`ReplayKeys.reasons` that counts the reasons past the cap on distinct ones.
@@ -242,10 +250,20 @@ class Progress(Declared):
     PAUSED_BEFORE = "paused_before", '"1" when the queue was paused before the replay began (left paused)'
     QUEUE = "queue", "the replayed queue's name (for a person reading Redis)"
     OWNER = "owner", "namespace/name of the DLQReplay (or of the CLI's manifest)"
-    SELECTION = "selection", ("JSON of the spec's selection fields the snapshot is taken with "
-                              "(a rerun selecting otherwise is refused: SelectionChanged)")
-    SLOW_POS = "slow_pos", ('"1": the slow set holds the snapshot position of every job that needs '
-                            "reprocessJob (absent: selected by an older requeue)")
+    SELECTION = (
+        "selection",
+        (
+            "JSON of the spec's selection fields the snapshot is taken with "
+            "(a rerun selecting otherwise is refused: SelectionChanged)"
+        ),
+    )
+    SLOW_POS = (
+        "slow_pos",
+        (
+            '"1": the slow set holds the snapshot position of every job that needs '
+            "reprocessJob (absent: selected by an older requeue)"
+        ),
+    )
     # gates passed: selection starts
     UPPER = "upper", "the selection's upper bound (ms, exclusive), fixed when selection starts"
     STARTED_MS = "started_ms", "when selection started (ms)"
@@ -257,8 +275,13 @@ class Progress(Declared):
     CORRUPT = "corrupt", "unreadable failed jobs seen by the selection (never selected)"
     OVER_BUDGET = "over_budget", "matching jobs left out, over their auto-replay budget"
     LIFO_COUNT = "lifo_count", "selected jobs whose opts say lifo"
-    PRIO_COUNT = "prio_count", ("selected jobs with a priority (absent: selected by an older "
-                                "requeue, which then never takes the moveJobsToWait path)")
+    PRIO_COUNT = (
+        "prio_count",
+        (
+            "selected jobs with a priority (absent: selected by an older "
+            "requeue, which then never takes the moveJobsToWait path)"
+        ),
+    )
     REASONS_FOLDED = "reasons_folded", '"1": the reasons hash was counted in Redis, digits folded to 0'
     BULK_MIN = "bulk_min", "mode Bulk: the window's lower bound (ms, inclusive)"
     BULK_MAX = "bulk_max", "mode Bulk: the window's upper bound (ms, inclusive)"
@@ -269,8 +292,13 @@ class Progress(Declared):
     MISSING = "missing", "snapshot ids whose job hash was gone when their turn came"
     BULK_MOVED = "bulk_moved", "jobs of those moved with BullMQ's moveJobsToWait"
     FAST_MISS = "fast_miss", "moveJobsToWait chunks vetoed by their guard (the bump aborts their EXEC)"
-    COPIED_UPTO = "copied_upto", ("requeue <= 0.1's two-step targetQueue copy: snapshot ids copied up to "
-                                  "here (read, never written any more)")
+    COPIED_UPTO = (
+        "copied_upto",
+        (
+            "requeue <= 0.1's two-step targetQueue copy: snapshot ids copied up to "
+            "here (read, never written any more)"
+        ),
+    )
     WE_PAUSED = "we_paused", '"1" while this replay holds the queue paused for a red gate'
     REPLAYED_MS = "replayed_ms", "when the last snapshot id was handled (ms)"
     # verification
@@ -308,23 +336,47 @@ def owned_keys() -> list[OwnedKey]:
     q, r, p = QueueKeys("{prefix}", "{queue}"), ReplayKeys("{id}"), PolicyKeys("{uid}")
     kept = "3 days after the replay ends"
     return [
-        OwnedKey(q.lease, "string", f"the replay that works this queue now: `{LEASE_VALUE}`",
-                 "renewed while the replay runs; expires if its driver dies"),
+        OwnedKey(
+            q.lease,
+            "string",
+            f"the replay that works this queue now: `{LEASE_VALUE}`",
+            "renewed while the replay runs; expires if its driver dies",
+        ),
         OwnedKey(r.progress, "hash", "stage, cursors, counters, pinned window bounds (fields below)", kept),
         OwnedKey(r.snapshot, "list", "selected job ids, in failure order", kept),
         OwnedKey(r.replayed, "list", "ids actually moved (verification watches these)", kept),
         OwnedKey(r.lifo, "set", "selected ids whose opts say lifo", kept),
-        OwnedKey(r.slow, "sorted set", "selected ids that need `reprocessJob` (priority, lifo), "
-                 "scored by snapshot position", kept),
+        OwnedKey(
+            r.slow,
+            "sorted set",
+            "selected ids that need `reprocessJob` (priority, lifo), scored by snapshot position",
+            kept,
+        ),
         OwnedKey(r.names, "hash", "job name -> matched jobs", kept),
         OwnedKey(r.reasons, "hash", "normalised failure reason -> matched jobs (`\\0other`: the rest)", kept),
         OwnedKey(r.corrupt, "list", "the first corrupt job ids", kept),
-        OwnedKey(r.legacy_copied, "list", "requeue <= 0.1's copied-not-removed ids; read and deleted only",
-                 "deleted by the next targetQueue batch"),
-        OwnedKey(p.memory, "hash", "queue name -> JSON of what a QueuePolicy remembers between evaluations",
-                 "deleted with the policy; else 7 days after the last evaluation"),
-        OwnedKey(p.replays, "hash", "job id -> times auto-replayed, for `autoReplay.maxReplaysPerJob`",
-                 "30 days after the last use"),
-        OwnedKey(budget_taken_key(p.replays, "{id}"), "set", "the job ids one auto replay charged "
-                 "to that budget", "same"),
+        OwnedKey(
+            r.legacy_copied,
+            "list",
+            "requeue <= 0.1's copied-not-removed ids; read and deleted only",
+            "deleted by the next targetQueue batch",
+        ),
+        OwnedKey(
+            p.memory,
+            "hash",
+            "queue name -> JSON of what a QueuePolicy remembers between evaluations",
+            "deleted with the policy; else 7 days after the last evaluation",
+        ),
+        OwnedKey(
+            p.replays,
+            "hash",
+            "job id -> times auto-replayed, for `autoReplay.maxReplaysPerJob`",
+            "30 days after the last use",
+        ),
+        OwnedKey(
+            budget_taken_key(p.replays, "{id}"),
+            "set",
+            "the job ids one auto replay charged to that budget",
+            "same",
+        ),
     ]

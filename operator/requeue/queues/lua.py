@@ -23,8 +23,11 @@ from requeue.queues import keys as _keys
 #: ``${Progress.CURSOR}``, ``${Stage.DONE}``, ``${REASONS_OTHER}``: a declared name.
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 #: What a placeholder may name: the declarations of requeue's Redis state.
-_DECLARED: dict[str, object] = {"Progress": _keys.Progress, "Stage": _keys.Stage,
-                                "REASONS_OTHER": _keys.REASONS_OTHER}
+_DECLARED: dict[str, object] = {
+    "Progress": _keys.Progress,
+    "Stage": _keys.Stage,
+    "REASONS_OTHER": _keys.REASONS_OTHER,
+}
 
 
 class UnknownPlaceholder(LookupError):
@@ -52,8 +55,10 @@ def _resolve(name: str) -> str:
     if isinstance(target, str) and member:
         value = None
     if not isinstance(value, str):
-        raise UnknownPlaceholder(f"Lua placeholder ${{{name}}} names nothing in requeue.queues.keys "
-                                 f"(known: {', '.join(sorted(_DECLARED))})")
+        raise UnknownPlaceholder(
+            f"Lua placeholder ${{{name}}} names nothing in requeue.queues.keys "
+            f"(known: {', '.join(sorted(_DECLARED))})"
+        )
     return value
 
 
@@ -133,7 +138,8 @@ end
 #: priority > 0 "1"/"0", data is JSON "1"/"0" ("?" when the data was returned).
 #: Ties on the score are ordered by member like the zset itself,
 #: and a cursor member that left the set meanwhile is stepped over by (score, id).
-SELECT_PAGE = render(r"""
+SELECT_PAGE = render(
+    r"""
 local rcall = redis.call
 local key, prefix = KEYS[1], ARGV[1]
 local min_s, max_s = ARGV[2], ARGV[3]
@@ -142,7 +148,10 @@ local last_score, last_id = ARGV[4], ARGV[5]
 local count = tonumber(ARGV[6])
 local want_data = ARGV[7] == "1"
 local budget_us = tonumber(ARGV[8]) or 0
-""" + _AFTER_CURSOR + _TIME_BUDGET + r"""
+"""
+    + _AFTER_CURSOR
+    + _TIME_BUDGET
+    + r"""
 local npat = #ARGV - 8
 local out = {0, last_score, last_id, 0}
 local scanned = 0
@@ -190,7 +199,8 @@ end
 out[1] = scanned
 if exhausted then out[4] = 1 end
 return cjson.encode(out)
-""")
+"""
+)
 
 #: Read-only: the head of the next replay batch, in one round trip, right after WATCH.
 #:
@@ -301,7 +311,8 @@ return {moved, skipped, missing}
 #: [10] time budget in µs (0 = none; the page ends early, not done, once it is spent).
 #: Returns {scanned, selected, corrupt, done 1/0}; scanned is -1 when the progress is not
 #: in the selecting stage (another process moved on).
-SELECT_WINDOW = render(r"""
+SELECT_WINDOW = render(
+    r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local rcall = redis.call
 local key, progress = KEYS[1], KEYS[2]
@@ -315,7 +326,10 @@ local p = rcall("HMGET", progress, ${Progress.STAGE}, ${Progress.SEL_SCORE}, ${P
 if p[1] ~= ${Stage.SELECTING} then return {-1, 0, 0, 0} end
 local last_score, last_id = p[2] or "", p[3] or ""
 local matched = tonumber(p[4]) or 0
-""" + _AFTER_CURSOR + _TIME_BUDGET + r"""
+"""
+    + _AFTER_CURSOR
+    + _TIME_BUDGET
+    + r"""
 local decode = cjson.decode
 local byte = string.byte
 local function space(b) return b == 32 or (b >= 9 and b <= 13) end
@@ -412,7 +426,8 @@ rcall("HSET", progress, ${Progress.SEL_SCORE}, cur_score, ${Progress.SEL_ID}, cu
       ${Progress.UPPER}, ARGV[6], ${Progress.SLOW_POS}, "1", ${Progress.REASONS_FOLDED}, "1")
 if done then rcall("HSET", progress, ${Progress.STAGE}, ${Stage.REPLAYING}) end
 return {scanned, nids, #corrupt, done and 1 or 0}
-""")
+"""
+)
 
 #: Read-only: how to move the next ``n`` snapshot ids, in one round trip per step.
 #:
@@ -528,17 +543,21 @@ for i = 1, n, 1000 do rcall("RPUSH", KEYS[3], unpack(ids, i, math.min(i + 999, n
 #:
 #: KEYS[1] progress, [2] snapshot, [3] replayed list. ARGV[1] cursor, [2] count,
 #: [3] reset attempts "1"/"0", [4] job key prefix. Returns the ids' count.
-FAST_TALLY = render(r"""
+FAST_TALLY = render(
+    r"""
 local rcall = redis.call
 local c = tonumber(ARGV[1])
 local ids = rcall("LRANGE", KEYS[2], c, c + tonumber(ARGV[2]) - 1)
 local n = #ids
-""" + _RESET_AND_RECORD + r"""
+"""
+    + _RESET_AND_RECORD
+    + r"""
 rcall("HSET", KEYS[1], ${Progress.CURSOR}, c + n)
 rcall("HINCRBY", KEYS[1], ${Progress.REPLAYED}, n)
 rcall("HINCRBY", KEYS[1], ${Progress.BULK_MOVED}, n)
 return n
-""")
+"""
+)
 
 #: Mode Bulk, before each chunk (sent right after WATCH, before its MULTI): that we hold
 #: the lease, that the replay is replaying with its cursor still at ARGV[2] (no other
@@ -579,12 +598,15 @@ return veto
 #: KEYS[1] failed zset, [2] progress, [3] replayed list. ARGV[1] count, [2] the window's
 #: upper bound (ms, inclusive), [3] reset attempts "1"/"0", [4] job key prefix, [5] now (ms).
 #: Returns {moved, skipped, finished 1/0}.
-BULK_TALLY = render(r"""
+BULK_TALLY = render(
+    r"""
 local rcall = redis.call
 local want = tonumber(ARGV[1])
 local ids = rcall("ZRANGEBYSCORE", KEYS[1], 0, ARGV[2], "LIMIT", 0, want)
 local n = #ids
-""" + _RESET_AND_RECORD + r"""
+"""
+    + _RESET_AND_RECORD
+    + r"""
 local p = rcall("HMGET", KEYS[2], ${Progress.CURSOR}, ${Progress.MATCHED})
 local cursor = (tonumber(p[1]) or 0) + n
 local matched = tonumber(p[2]) or 0
@@ -602,7 +624,8 @@ rcall("HSET", KEYS[2], ${Progress.CURSOR}, cursor)
 rcall("HINCRBY", KEYS[2], ${Progress.REPLAYED}, n)
 rcall("HINCRBY", KEYS[2], ${Progress.BULK_MOVED}, n)
 return {n, skipped, finished}
-""")
+"""
+)
 
 #: The per-queue lease: take it if free, renew it if ours, else name the holder.
 #:

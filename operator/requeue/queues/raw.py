@@ -83,8 +83,8 @@ class RawTransaction:
 
     def __init__(self, redis: Redis, *, fast_replies: bool = True) -> None:
         """:param fast_replies: take replies hiredis already buffered straight from its reader
-            (redis-py internals, looked up defensively); False reads every reply through the
-            public ``read_response``. Both are tested; the results are the same."""
+        (redis-py internals, looked up defensively); False reads every reply through the
+        public ``read_response``. Both are tested; the results are the same."""
         self.redis = redis
         self.conn: AbstractConnection | None = None
         self._clean = True
@@ -94,8 +94,9 @@ class RawTransaction:
         self.conn = await self.redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         conn, self.conn = self.conn, None
         if conn is None:
             return
@@ -158,8 +159,9 @@ class RawTransaction:
             return None
         return list(result)
 
-    async def guarded_exec(self, before: Sequence[bytes], commands: Iterable[bytes]
-                           ) -> tuple[list[Any], list[Any] | None]:
+    async def guarded_exec(
+        self, before: Sequence[bytes], commands: Iterable[bytes]
+    ) -> tuple[list[Any], list[Any] | None]:
         """``before`` (e.g. ``WATCH`` and a check that may touch a WATCHed key to veto), then
         ``MULTI``, the commands, ``EXEC``, all in ONE write: one round trip, and Redis runs
         it back to back. Returns the replies to ``before`` and the EXEC reply (None: aborted).

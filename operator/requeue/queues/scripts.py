@@ -19,8 +19,18 @@ from redis.commands.core import AsyncScript
 from requeue.queues import lua
 
 #: BullMQ scripts requeue calls.
-BULLMQ_SCRIPTS = ("reprocessJob", "moveJobsToWait", "pause", "getCounts", "cleanJobsInSet", "removeJob",
-                  "addStandardJob", "addPrioritizedJob", "addDelayedJob", "getStateV2")
+BULLMQ_SCRIPTS = (
+    "reprocessJob",
+    "moveJobsToWait",
+    "pause",
+    "getCounts",
+    "cleanJobsInSet",
+    "removeJob",
+    "addStandardJob",
+    "addPrioritizedJob",
+    "addDelayedJob",
+    "getStateV2",
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,7 @@ def _bullmq(name: str) -> str:
 
 def register(redis: Redis) -> Scripts:
     """Register every script on ``redis`` (no round trip; loaded on first use)."""
+
     def reg(text: str) -> AsyncScript:
         return redis.register_script(text)
 
@@ -101,8 +112,13 @@ def script_by_sha(sha: str) -> tuple[str, tuple[str, ...]] | None:
     commands it may need instead: enough to find the missing one in the ACL.
     """
     texts = {name: _bullmq(name) for name in BULLMQ_SCRIPTS}
-    texts.update({name: value for name, value in vars(lua).items()
-                  if name.isupper() and isinstance(value, str) and _CALLED.search(value)})
+    texts.update(
+        {
+            name: value
+            for name, value in vars(lua).items()
+            if name.isupper() and isinstance(value, str) and _CALLED.search(value)
+        }
+    )
     for name, text in texts.items():
         if hashlib.sha1(text.encode()).hexdigest() == sha:  # Redis names scripts by SHA1
             return name, tuple(sorted({c.upper() for c in _CALLED.findall(text)}))

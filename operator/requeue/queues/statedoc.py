@@ -60,4 +60,4 @@ def with_redis_state(page: str) -> str:
     start, end = page.find(BEGIN), page.find(END)
     if start < 0 or end < start:
         raise MarkersMissing(f"no {BEGIN} ... {END} section to generate the Redis state into")
-    return page[:start + len(BEGIN)] + "\n" + render_redis_state() + page[end:]
+    return page[: start + len(BEGIN)] + "\n" + render_redis_state() + page[end:]

@@ -35,10 +35,12 @@ class OlderFailedJobs(Finish):
 
     def __init__(self, job_id: str, score: int, lower: int) -> None:
         super().__init__(
-            ReplayPhase.FAILED, Reason.OLDER_FAILED_JOBS,
+            ReplayPhase.FAILED,
+            Reason.OLDER_FAILED_JOBS,
             f"mode Bulk moves the oldest failed jobs first (BullMQ's moveJobsToWait), but job {job_id} "
             f"failed at {_iso(score)}, before failedAfter ({_iso(lower)}); drop failedAfter to replay "
-            "those too, or use mode Exact; nothing more was moved")
+            "those too, or use mode Exact; nothing more was moved",
+        )
 
 
 def _iso(ms: int) -> str:
@@ -66,8 +68,7 @@ class Bulk:
         self.chunk = chunk
         self._paused: bool | None = None
 
-    async def select(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus,
-                     p: dict[str, str]) -> None:
+    async def select(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, p: dict[str, str]) -> None:
         """Count the window (a range count and a sample of ids, no job read) and fix its bounds
         in the progress.
 
@@ -87,16 +88,23 @@ class Bulk:
             if text(await tx.hget(self.keys.progress, Progress.STAGE)) != Stage.SELECTING:
                 raise rx.WatchError("another process selected meanwhile")  # the step reads again
             tx.multi()  # type: ignore[no-untyped-call]
-            tx.hset(self.keys.progress, mapping={
-                Progress.MATCHED: matched, Progress.SCANNED: int(count), Progress.BULK_MIN: lower,
-                Progress.BULK_MAX: below - 1,
-                Progress.STAGE: Stage.REPLAYING if matched else Stage.VERIFYING})
+            tx.hset(
+                self.keys.progress,
+                mapping={
+                    Progress.MATCHED: matched,
+                    Progress.SCANNED: int(count),
+                    Progress.BULK_MIN: lower,
+                    Progress.BULK_MAX: below - 1,
+                    Progress.STAGE: Stage.REPLAYING if matched else Stage.VERIFYING,
+                },
+            )
             await tx.execute()
         st.matched = matched
         st.sample_ids = [text(x) or "" for x in sample]
 
-    async def move(self, spec: DLQReplaySpec, q: BullQueue, n: int, p: dict[str, str],
-                   now: datetime) -> tuple[int, int, int]:
+    async def move(
+        self, spec: DLQReplaySpec, q: BullQueue, n: int, p: dict[str, str], now: datetime
+    ) -> tuple[int, int, int]:
         """Up to ``n`` jobs, in equal chunks of at most :attr:`chunk`; (moved, skipped, missing)."""
         cursor, matched = int_field(p, Progress.CURSOR), int_field(p, Progress.MATCHED)
         left = min(n, matched - cursor)
@@ -112,8 +120,7 @@ class Bulk:
                 first, result = await tx.guarded_exec(*self._chunk(spec, q, p, cursor, count, now))
                 raise_errors(first)
                 if result is None:
-                    self._vetoed(text(first[1]) or "a watched key changed",
-                                 int_field(p, Progress.BULK_MIN))
+                    self._vetoed(text(first[1]) or "a watched key changed", int_field(p, Progress.BULK_MIN))
                     continue  # the paused flag changed: the same chunk again, to the right list
                 raise_errors(result)
                 did, gone, finished = (int(x) for x in result[0])
@@ -122,17 +129,40 @@ class Bulk:
                     break
         return moved, skipped, 0
 
-    def _chunk(self, spec: DLQReplaySpec, q: BullQueue, p: dict[str, str], cursor: int, count: int,
-               now: datetime) -> tuple[list[bytes], list[bytes]]:
+    def _chunk(
+        self, spec: DLQReplaySpec, q: BullQueue, p: dict[str, str], cursor: int, count: int, now: datetime
+    ) -> tuple[list[bytes], list[bytes]]:
         """One chunk: (WATCH and the guard, the MULTI's body: our tally, then ``moveJobsToWait``)."""
         k, qk, sc = self.keys, q.keys, q.scripts
         paused = bool(self._paused)
-        guard = pack("EVAL", script_text(sc.bulk_guard), 4, k.progress, qk.lease, qk.meta, qk.failed,
-                     self.lease_value, cursor, "1" if paused else "0", int_field(p, Progress.BULK_MIN))
+        guard = pack(
+            "EVAL",
+            script_text(sc.bulk_guard),
+            4,
+            k.progress,
+            qk.lease,
+            qk.meta,
+            qk.failed,
+            self.lease_value,
+            cursor,
+            "1" if paused else "0",
+            int_field(p, Progress.BULK_MIN),
+        )
         top = int_field(p, Progress.BULK_MAX)
         body = [
-            pack("EVAL", script_text(sc.bulk_tally), 3, qk.failed, k.progress, k.replayed, count, top,
-                 "1" if spec.reset_attempts else "0", qk.base, to_ms(now)),
+            pack(
+                "EVAL",
+                script_text(sc.bulk_tally),
+                3,
+                qk.failed,
+                k.progress,
+                k.replayed,
+                count,
+                top,
+                "1" if spec.reset_attempts else "0",
+                qk.base,
+                to_ms(now),
+            ),
             q.move_to_wait_command(count=count, max_timestamp=top, paused=paused, inline=True),
         ]
         return [pack("WATCH", k.progress, qk.lease, qk.meta, qk.failed), guard], body

@@ -18,8 +18,9 @@ from requeue.replay.state import ReplayEvent
 __all__ = ["end", "fail", "release_ready"]
 
 
-def end(st: DLQReplayStatus, phase: ReplayPhase, reason: Reason, message: str, *, generation: int,
-        now: datetime) -> ReplayEvent:
+def end(
+    st: DLQReplayStatus, phase: ReplayPhase, reason: Reason, message: str, *, generation: int, now: datetime
+) -> ReplayEvent:
     """Put ``st`` in its final ``phase`` (Succeeded or Failed); the Event that announces it."""
     st.phase = phase
     st.completed_at = now
@@ -33,8 +34,7 @@ def end(st: DLQReplayStatus, phase: ReplayPhase, reason: Reason, message: str, *
     return ReplayEvent("Normal" if ok else "Warning", reason, message)
 
 
-def fail(st: DLQReplayStatus, reason: Reason, message: str, *, generation: int,
-         now: datetime) -> ReplayEvent:
+def fail(st: DLQReplayStatus, reason: Reason, message: str, *, generation: int, now: datetime) -> ReplayEvent:
     """End ``st`` as Failed for a problem that also makes it not Ready (bad spec, refused credentials)."""
     set_condition(st, ReplayCondition.READY, False, reason, message, generation, now)
     return end(st, ReplayPhase.FAILED, reason, message, generation=generation, now=now)
@@ -45,5 +45,12 @@ def release_ready(st: DLQReplayStatus, generation: int, now: datetime) -> None:
     held one says so now. A Ready=False keeps its reason (e.g. AuthFailed)."""
     ready = find_condition(st.conditions, ReplayCondition.READY)
     if ready is not None and ready.status == ConditionStatus.TRUE:
-        set_condition(st, ReplayCondition.READY, True, Reason.FINISHED,
-                      "finished; holds no queue lease", generation, now)
+        set_condition(
+            st,
+            ReplayCondition.READY,
+            True,
+            Reason.FINISHED,
+            "finished; holds no queue lease",
+            generation,
+            now,
+        )

@@ -158,8 +158,14 @@ class ReplayEngine:
         self._queues: dict[tuple[str, str], BullQueue] = {}
         self._bucket = TokenBucket(clock)
         self._selection = Selection(redis, self.keys, replay_id=replay_id, budget=budget, tuning=tuning)
-        self._mover = Mover(redis, self.keys, lease_value=self._lease_value, owner=owner, clock=clock,
-                            move_chunk=tuning.move_chunk)
+        self._mover = Mover(
+            redis,
+            self.keys,
+            lease_value=self._lease_value,
+            owner=owner,
+            clock=clock,
+            move_chunk=tuning.move_chunk,
+        )
         self._bulk = Bulk(redis, self.keys, lease_value=self._lease_value, chunk=tuning.bulk_chunk)
         self._verification = Verification(redis, self.keys)
         self._gating = Gating(redis, self.keys)
@@ -179,8 +185,7 @@ class ReplayEngine:
         # Warning RedisUnreachable of a mid-run outage then never got its RedisReachable). Only an
         # outage this engine reported: after a failed connect the caller posts its own "Recovered".
         was = find_condition(st.conditions, ReplayCondition.READY)
-        reported_outage = (self.redis_failures > 0 and was is not None
-                           and was.reason in _OUTAGE_REASONS)
+        reported_outage = self.redis_failures > 0 and was is not None and was.reason in _OUTAGE_REASONS
         try:
             delay = await self._step(spec, ctx)
         except Finish as fin:
@@ -207,9 +212,12 @@ class ReplayEngine:
         p = await self._progress()
         if not p:
             return None
-        return StoredProgress(stage=p.get(Progress.STAGE, ""), outcome=p.get(Progress.OUTCOME, ""),
-                              replayed=int_field(p, Progress.REPLAYED),
-                              matched=int_field(p, Progress.MATCHED))
+        return StoredProgress(
+            stage=p.get(Progress.STAGE, ""),
+            outcome=p.get(Progress.OUTCOME, ""),
+            replayed=int_field(p, Progress.REPLAYED),
+            matched=int_field(p, Progress.MATCHED),
+        )
 
     async def cancel(self, spec: DLQReplaySpec, status: DLQReplayStatus) -> StepResult:
         """Clean up after deletion: resume the queue if this replay paused it, release the lease,
@@ -251,11 +259,11 @@ class ReplayEngine:
                 return st
             if self.redis_failures >= self.redis_failure_bound:
                 ready = find_condition(st.conditions, ReplayCondition.READY)
-                raise RedisUnavailable(ready.message if ready else "Redis unavailable",
-                                       queue=spec.queue, replay=self.owner)
+                raise RedisUnavailable(
+                    ready.message if ready else "Redis unavailable", queue=spec.queue, replay=self.owner
+                )
             if result.delay > 0:
                 await asyncio.sleep(result.delay)
-
 
     # -- the state machine ---------------------------------------------------
 
@@ -290,13 +298,17 @@ class ReplayEngine:
         """A replay the status says started, with nothing in Redis, must not start over."""
         started = st.phase in (ReplayPhase.REPLAYING, ReplayPhase.VERIFYING)
         if not p and (st.matched or st.replayed or started):
-            raise Finish(ReplayPhase.FAILED, Reason.SNAPSHOT_LOST,
-                         "the replay's snapshot and progress are gone from Redis (flushed, restarted "
-                         "without persistence, or expired); not starting over, which could replay "
-                         "jobs twice")
+            raise Finish(
+                ReplayPhase.FAILED,
+                Reason.SNAPSHOT_LOST,
+                "the replay's snapshot and progress are gone from Redis (flushed, restarted "
+                "without persistence, or expired); not starting over, which could replay "
+                "jobs twice",
+            )
 
-    async def _stage_step(self, stage: str, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext,
-                          p: dict[str, str]) -> float:
+    async def _stage_step(
+        self, stage: str, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext, p: dict[str, str]
+    ) -> float:
         """One step of the stage Redis records."""
         if stage == Stage.GATES:
             return await self._gates_stage(spec, q, ctx, p)
@@ -313,8 +325,11 @@ class ReplayEngine:
             return await self._verification.step(spec, watched, ctx, p)
         # Stage.DONE with a status that did not record it (crash between the two writes)
         outcome = p.get(Progress.OUTCOME) or ReplayPhase.SUCCEEDED.value
-        raise Finish(ReplayPhase(outcome), stored_reason(p.get(Progress.OUTCOME_REASON), Reason.SUCCEEDED),
-                     p.get(Progress.OUTCOME_MESSAGE) or "finished")
+        raise Finish(
+            ReplayPhase(outcome),
+            stored_reason(p.get(Progress.OUTCOME_REASON), Reason.SUCCEEDED),
+            p.get(Progress.OUTCOME_MESSAGE) or "finished",
+        )
 
     async def _begin(self, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext) -> float:
         """The first step: refuse a queue BullMQ has no key for (a typo would otherwise "succeed
@@ -328,28 +343,40 @@ class ReplayEngine:
                 await self._release_lease(q)
             raise
         paused = await q.is_paused()
-        await self.redis.hset(self.keys.progress, mapping={
-            Progress.STAGE: Stage.SELECTING if spec.dry_run else Stage.GATES,
-            Progress.PAUSED_BEFORE: "1" if paused else "0",
-            Progress.QUEUE: spec.queue, Progress.OWNER: self.owner,
-            # what the snapshot is taken of: a CLI rerun whose manifest selects otherwise is refused
-            SELECTION_FIELD: selection_json(spec),
-            # every selected job that needs reprocessJob gets its snapshot position in
-            # ReplayKeys.slow (a replay selected by an older requeue has not: see Mover.plan)
-            Progress.SLOW_POS: "1",
-        })
+        await self.redis.hset(
+            self.keys.progress,
+            mapping={
+                Progress.STAGE: Stage.SELECTING if spec.dry_run else Stage.GATES,
+                Progress.PAUSED_BEFORE: "1" if paused else "0",
+                Progress.QUEUE: spec.queue,
+                Progress.OWNER: self.owner,
+                # what the snapshot is taken of: a CLI rerun whose manifest selects otherwise is refused
+                SELECTION_FIELD: selection_json(spec),
+                # every selected job that needs reprocessJob gets its snapshot position in
+                # ReplayKeys.slow (a replay selected by an older requeue has not: see Mover.plan)
+                Progress.SLOW_POS: "1",
+            },
+        )
         self._ready(spec, ctx)
         ctx.condition(ReplayCondition.SUCCEEDED, ConditionStatus.UNKNOWN, Reason.IN_PROGRESS, "")
         if paused:
-            ctx.condition(ReplayCondition.QUEUE_PAUSED, True, Reason.PAUSED_BY_OTHERS,
-                          "the queue was paused before this replay; it stays paused (replayed jobs "
-                          "wait until someone resumes it)")
-            ctx.event("Warning", Reason.QUEUE_PAUSED_BY_OTHERS,
-                      "queue is paused by someone else; replayed jobs will wait")
+            ctx.condition(
+                ReplayCondition.QUEUE_PAUSED,
+                True,
+                Reason.PAUSED_BY_OTHERS,
+                "the queue was paused before this replay; it stays paused (replayed jobs "
+                "wait until someone resumes it)",
+            )
+            ctx.event(
+                "Warning",
+                Reason.QUEUE_PAUSED_BY_OTHERS,
+                "queue is paused by someone else; replayed jobs will wait",
+            )
         return 0.0
 
-    async def _gates_stage(self, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext,
-                           p: dict[str, str]) -> float:
+    async def _gates_stage(
+        self, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext, p: dict[str, str]
+    ) -> float:
         """Wait for the gates; once they pass, fix the selection's upper bound and start selecting."""
         st, now = ctx.status, ctx.now
         st.phase = ReplayPhase.WAITING_FOR_GATES
@@ -357,25 +384,32 @@ class ReplayEngine:
         if wait is not None:
             return wait
         upper = selection_upper(spec, now, self.tuning.clock_skew_ms)
-        await self.redis.hset(self.keys.progress, mapping={
-            Progress.STAGE: Stage.SELECTING, Progress.UPPER: str(upper),
-            Progress.STARTED_MS: str(to_ms(now)),
-        })
+        await self.redis.hset(
+            self.keys.progress,
+            mapping={
+                Progress.STAGE: Stage.SELECTING,
+                Progress.UPPER: str(upper),
+                Progress.STARTED_MS: str(to_ms(now)),
+            },
+        )
         st.started_at = now
         st.phase = ReplayPhase.REPLAYING
         ctx.condition(ReplayCondition.PROGRESSING, True, Reason.SELECTING, "selecting matching failed jobs")
         ctx.event("Normal", Reason.REPLAY_STARTED, f"selecting failed jobs of queue {spec.queue}")
         return 0.0
 
-
-    async def _bulk_selected(self, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext,
-                             p: dict[str, str]) -> float:
+    async def _bulk_selected(
+        self, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext, p: dict[str, str]
+    ) -> float:
         """Mode Bulk's selection: the window counted and its bounds fixed, no job read."""
         st = ctx.status
         await self._bulk.select(spec, q, st, p)
-        ctx.event("Normal", Reason.SELECTED,
-                  f"mode Bulk: {st.matched} failed jobs in the window, to move with "
-                  "BullMQ's moveJobsToWait (priority, lifo and corrupt checks skipped)")
+        ctx.event(
+            "Normal",
+            Reason.SELECTED,
+            f"mode Bulk: {st.matched} failed jobs in the window, to move with "
+            "BullMQ's moveJobsToWait (priority, lifo and corrupt checks skipped)",
+        )
         ctx.condition(ReplayCondition.PROGRESSING, True, Reason.REPLAYING, f"replaying {st.matched} jobs")
         if st.matched == 0:
             await mark_replayed(self.redis, self.keys, ctx.now)
@@ -415,16 +449,20 @@ class ReplayEngine:
 
     async def _acquire_lease(self, q: BullQueue) -> LeaseHolder | None:
         """None when we hold the queue's lease now, else who does."""
-        value = text(await q.scripts.acquire_lease(keys=[q.keys.lease], args=[self._lease_value,
-                                                                               LEASE_TTL_MS]))
+        value = text(
+            await q.scripts.acquire_lease(keys=[q.keys.lease], args=[self._lease_value, LEASE_TTL_MS])
+        )
         if not value:
             return None
         holder = LeaseHolder.parse(value)
         if holder.replay_id != self.replay_id or not holder.died_here(self.driver):
             return holder
         # an earlier process of ours, killed on this host: take over now, not after the TTL
-        value = text(await q.scripts.acquire_lease(keys=[q.keys.lease], args=[self._lease_value,
-                                                                               LEASE_TTL_MS, holder.value]))
+        value = text(
+            await q.scripts.acquire_lease(
+                keys=[q.keys.lease], args=[self._lease_value, LEASE_TTL_MS, holder.value]
+            )
+        )
         if not value:
             logger.info("replay %s: took over the lease of %s, which runs no more", self.owner, holder.where)
             return None
@@ -487,8 +525,9 @@ class ReplayEngine:
                 return delay
             ctx = ctx.at(self.clock())
 
-    async def _batch(self, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext,
-                     p: dict[str, str]) -> float | None:
+    async def _batch(
+        self, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext, p: dict[str, str]
+    ) -> float | None:
         """One batch, as far as ``maxWaiting`` and the token bucket allow; the delay before the
         next try when they allow none, else None (``p``'s cursor follows the moves)."""
         st = ctx.status
@@ -552,19 +591,25 @@ class ReplayEngine:
         if not spec.dry_run:
             await self._release_lease(q)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.progress, mapping={
-                Progress.STAGE: Stage.DONE, Progress.OUTCOME: fin.phase.value,
-                Progress.OUTCOME_REASON: fin.reason, Progress.OUTCOME_MESSAGE: fin.message,
-                # after the last move (``ctx.now`` is the step's start): the replay's own time span
-                Progress.FINISHED_MS: str(to_ms(self.clock())),
-            })
+            pipe.hset(
+                self.keys.progress,
+                mapping={
+                    Progress.STAGE: Stage.DONE,
+                    Progress.OUTCOME: fin.phase.value,
+                    Progress.OUTCOME_REASON: fin.reason,
+                    Progress.OUTCOME_MESSAGE: fin.message,
+                    # after the last move (``ctx.now`` is the step's start): the replay's own time span
+                    Progress.FINISHED_MS: str(to_ms(self.clock())),
+                },
+            )
             for key in self.keys.all():
                 pipe.expire(key, REPLAY_RETENTION_SECONDS)
             await pipe.execute()
         if st.breakdown is None and st.matched and spec.mode != ReplayMode.BULK:  # Bulk has none
             await self._selection.summary(st, [])
-        ctx.events.append(ending.end(st, fin.phase, fin.reason, fin.message, generation=ctx.generation,
-                                     now=ctx.now))
+        ctx.events.append(
+            ending.end(st, fin.phase, fin.reason, fin.message, generation=ctx.generation, now=ctx.now)
+        )
 
     @staticmethod
     def _ready(spec: DLQReplaySpec, ctx: StepContext) -> None:
@@ -576,8 +621,9 @@ class ReplayEngine:
         st = ctx.status
         err = map_redis_error(exc, queue=spec.queue, replay=self.owner)
         if isinstance(err, AuthFailed):
-            ctx.events.append(ending.fail(st, err.reason, err.message, generation=ctx.generation,
-                                          now=ctx.now))
+            ctx.events.append(
+                ending.fail(st, err.reason, err.message, generation=ctx.generation, now=ctx.now)
+            )
             return StepResult(st, 0.0, ctx.events)
         self.redis_failures += 1
         delay = min(30.0, self.backoff * 2 ** (self.redis_failures - 1))
@@ -589,7 +635,6 @@ class ReplayEngine:
             ctx.condition(ReplayCondition.READY, False, err.reason, msg)
             st.message = msg
         return StepResult(st, delay, ctx.events)
-
 
     # -- helpers -------------------------------------------------------------
 

@@ -23,8 +23,13 @@ from requeue.errors import (
 __all__ = ["GiveUp", "cleanup_needed", "give_up_cleanup", "never_touched_redis", "ttl_left"]
 
 #: Ready reasons of a replay stopped before it could touch Redis.
-_BEFORE_REDIS = (SecretNotFound.reason, AuthFailed.reason, RedisUnreachable.reason,
-                 RedisUrlInvalid.reason, SpecInvalid.reason)
+_BEFORE_REDIS = (
+    SecretNotFound.reason,
+    AuthFailed.reason,
+    RedisUnreachable.reason,
+    RedisUrlInvalid.reason,
+    SpecInvalid.reason,
+)
 
 
 def never_touched_redis(status: DLQReplayStatus) -> bool:
@@ -51,8 +56,9 @@ class GiveUp:
     why: str
 
 
-def give_up_cleanup(exc: BaseException, status: DLQReplayStatus, *, attempt: int,
-                    attempts: int) -> GiveUp | None:
+def give_up_cleanup(
+    exc: BaseException, status: DLQReplayStatus, *, attempt: int, attempts: int
+) -> GiveUp | None:
     """Whether a failed cleanup (``attempt`` counts from 1) stops retrying, and why; None to retry.
 
     Only a transient error (Redis down, the lease held) may pass by itself: a URL that cannot be

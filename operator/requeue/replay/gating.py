@@ -52,8 +52,14 @@ class Gating:
         self.redis = redis
         self.keys = keys
 
-    async def check(self, runner: GateRunnerLike | None, spec: DLQReplaySpec, q: BullQueue,
-                    ctx: StepContext, p: dict[str, str]) -> float | None:
+    async def check(
+        self,
+        runner: GateRunnerLike | None,
+        spec: DLQReplaySpec,
+        q: BullQueue,
+        ctx: StepContext,
+        p: dict[str, str],
+    ) -> float | None:
         """None when every gate passes (queue resumed if we paused it), else the delay to wait."""
         st = ctx.status
         if runner is None or not spec.gates:
@@ -72,8 +78,9 @@ class Gating:
             return None
         return await self._hold(runner, spec, q, ctx, p)
 
-    async def _hold(self, runner: GateRunnerLike, spec: DLQReplaySpec, q: BullQueue,
-                    ctx: StepContext, p: dict[str, str]) -> float:
+    async def _hold(
+        self, runner: GateRunnerLike, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext, p: dict[str, str]
+    ) -> float:
         """A gate is not green: say which, pause the queue on red (``pauseQueue``), and give up
         once the gates stayed shut for ``timeout``. Returns the delay until the next check."""
         st, now = ctx.status, ctx.now
@@ -81,11 +88,13 @@ class Gating:
         names = ", ".join(f"{g.name}: {g.message}" for g in st.gates if not g.healthy) or "not checked yet"
         msg = f"waiting for gates ({names})"
         before = find_condition(st.conditions, ReplayCondition.GATES_PASSED)
-        if red and (before is None or before.status != ConditionStatus.FALSE
-                    or before.reason != Reason.GATES_RED):
+        if red and (
+            before is None or before.status != ConditionStatus.FALSE or before.reason != Reason.GATES_RED
+        ):
             ctx.event("Warning", Reason.GATES_RED, msg)
-        ctx.condition(ReplayCondition.GATES_PASSED, False,
-                      Reason.GATES_RED if red else Reason.GATES_PENDING, msg)
+        ctx.condition(
+            ReplayCondition.GATES_PASSED, False, Reason.GATES_RED if red else Reason.GATES_PENDING, msg
+        )
         st.message = msg
         if red and spec.pause_queue:
             await self.pause_if_needed(q, ctx, p)
@@ -93,8 +102,11 @@ class Gating:
         assert since is not None
         timeout = parse_duration(runner.policy.timeout)
         if now - since.last_transition_time >= timeout:
-            raise Finish(ReplayPhase.FAILED, GatesTimedOut.reason,
-                         f"gates did not pass within {runner.policy.timeout}: {names}")
+            raise Finish(
+                ReplayPhase.FAILED,
+                GatesTimedOut.reason,
+                f"gates did not pass within {runner.policy.timeout}: {names}",
+            )
         return self._wait(runner, st, now, since.last_transition_time + timeout)
 
     @staticmethod
@@ -116,8 +128,12 @@ class Gating:
         if p.get(Progress.WE_PAUSED) == "1":
             return
         if await q.is_paused():
-            ctx.condition(ReplayCondition.QUEUE_PAUSED, True, Reason.PAUSED_BY_OTHERS,
-                          "queue was already paused by someone else; requeue leaves it paused")
+            ctx.condition(
+                ReplayCondition.QUEUE_PAUSED,
+                True,
+                Reason.PAUSED_BY_OTHERS,
+                "queue was already paused by someone else; requeue leaves it paused",
+            )
             return
         async with self.redis.pipeline(transaction=True) as pipe:
             await q.queue_pause(pipe, True)
@@ -125,8 +141,12 @@ class Gating:
             await pipe.execute()
         p[Progress.WE_PAUSED] = "1"
         ctx.status.queue_paused_by_replay = True
-        ctx.condition(ReplayCondition.QUEUE_PAUSED, True, Reason.PAUSED_BY_REPLAY,
-                      "paused by this replay while gates are red")
+        ctx.condition(
+            ReplayCondition.QUEUE_PAUSED,
+            True,
+            Reason.PAUSED_BY_REPLAY,
+            "paused by this replay while gates are red",
+        )
         ctx.event("Normal", Reason.QUEUE_PAUSED, "paused the queue while gates are red")
 
     async def resume_if_ours(self, q: BullQueue, ctx: StepContext) -> None:
@@ -137,12 +157,22 @@ class Gating:
         await q.resume()
         await self.redis.hdel(self.keys.progress, Progress.WE_PAUSED)
         ctx.status.queue_paused_by_replay = False
-        ctx.condition(ReplayCondition.QUEUE_PAUSED, False, Reason.RESUMED_BY_REPLAY,
-                      "resumed the queue this replay paused")
+        ctx.condition(
+            ReplayCondition.QUEUE_PAUSED,
+            False,
+            Reason.RESUMED_BY_REPLAY,
+            "resumed the queue this replay paused",
+        )
         ctx.event("Normal", Reason.QUEUE_RESUMED, "resumed the queue this replay had paused")
 
-    async def held_during_replay(self, runner: GateRunnerLike | None, spec: DLQReplaySpec, q: BullQueue,
-                                 ctx: StepContext, p: dict[str, str]) -> float | None:
+    async def held_during_replay(
+        self,
+        runner: GateRunnerLike | None,
+        spec: DLQReplaySpec,
+        q: BullQueue,
+        ctx: StepContext,
+        p: dict[str, str],
+    ) -> float | None:
         """recheckDuringReplay: a running replay is held only once a gate is red (failureThreshold
         failures in a row), so a single blip does not stop it; a held one goes on only when
         every gate passes again (successThreshold), like the start. None when not held."""

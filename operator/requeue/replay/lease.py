@@ -89,7 +89,11 @@ class LeaseHolder:
         host, _, pid = self.where.rpartition(":")
         process = f"pid {pid} on {host}" if host and pid else "another process"
         if self.replay_id == replay_id:
-            return (f"this replay (replay id {replay_id}) is being driven by {process}; waiting "
-                    "until it stops or its lease expires")
-        return (f"queue is locked by replay {self.owner} (replay id {self.replay_id}, {process}); "
-                "waiting for it to finish")
+            return (
+                f"this replay (replay id {replay_id}) is being driven by {process}; waiting "
+                "until it stops or its lease expires"
+            )
+        return (
+            f"queue is locked by replay {self.owner} (replay id {self.replay_id}, {process}); "
+            "waiting for it to finish"
+        )

@@ -91,11 +91,18 @@ def _parse_plan(reply: list[Any]) -> _Plan:
 
 
 def _parse_head(reply: list[Any]) -> _Head:
-    ids = [str(x) for x in reply[7:7 + (len(reply) - 7) // 2]]
-    flags = reply[7 + len(ids):]
-    return _Head(cursor=int(reply[1]), matched=int(reply[2]), paused=bool(reply[3]),
-                 head_ok=bool(reply[4]), last_score=str(reply[5]), copied_upto=int(reply[6]),
-                 ids=ids, lifo={i for i, f in zip(ids, flags, strict=True) if f == "1"})
+    ids = [str(x) for x in reply[7 : 7 + (len(reply) - 7) // 2]]
+    flags = reply[7 + len(ids) :]
+    return _Head(
+        cursor=int(reply[1]),
+        matched=int(reply[2]),
+        paused=bool(reply[3]),
+        head_ok=bool(reply[4]),
+        last_score=str(reply[5]),
+        copied_upto=int(reply[6]),
+        ids=ids,
+        lifo={i for i, f in zip(ids, flags, strict=True) if f == "1"},
+    )
 
 
 class Mover:
@@ -105,8 +112,16 @@ class Mover:
     :param owner: ``namespace/name``, for the log.
     """
 
-    def __init__(self, redis: Redis, keys: ReplayKeys, *, lease_value: str, owner: str,
-                 clock: Callable[[], datetime], move_chunk: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: ReplayKeys,
+        *,
+        lease_value: str,
+        owner: str,
+        clock: Callable[[], datetime],
+        move_chunk: int,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.lease_value = lease_value
@@ -117,8 +132,9 @@ class Mover:
 
     # -- in place: moveJobsToWait and reprocessJob ----------------------------
 
-    async def reprocess_batch(self, spec: DLQReplaySpec, q: BullQueue, n: int,
-                              p: dict[str, str] | None = None) -> tuple[int, int, int]:
+    async def reprocess_batch(
+        self, spec: DLQReplaySpec, q: BullQueue, n: int, p: dict[str, str] | None = None
+    ) -> tuple[int, int, int]:
         """Up to ``n`` jobs in place, in sub-transactions that each stay a few ms of Redis time.
 
         One read (``PLAN_MOVES``) splits the next ids into chunks. A "fast" chunk is BullMQ's
@@ -164,14 +180,23 @@ class Mover:
         k = self.keys
         raw = await q.scripts.plan_moves(
             keys=[k.progress, q.keys.lease, q.keys.meta, k.snapshot, q.keys.failed, k.slow],
-            args=[self.lease_value, n, self.move_chunk, REPROCESS_CHUNK, mode])
+            args=[self.lease_value, n, self.move_chunk, REPROCESS_CHUNK, mode],
+        )
         reply = json.loads(raw)
         if not reply[0]:
             raise rx.WatchError("lease lost")
         return _parse_plan(reply)
 
-    async def fast_chunk(self, spec: DLQReplaySpec, q: BullQueue, cursor: int, count: int,
-                         last_score: str, paused: bool, matched: int) -> int | None:
+    async def fast_chunk(
+        self,
+        spec: DLQReplaySpec,
+        q: BullQueue,
+        cursor: int,
+        count: int,
+        last_score: str,
+        paused: bool,
+        matched: int,
+    ) -> int | None:
         """``count`` snapshot ids from ``cursor`` with ``moveJobsToWait``, guarded (see
         :meth:`reprocess_batch`); the number moved, or None when the guard vetoed it.
 
@@ -179,17 +204,41 @@ class Mover:
         restart, SCRIPT FLUSH) would otherwise fail inside the MULTI after the others ran."""
         k, qk = self.keys, q.keys
         sc = q.scripts
-        guard = pack("EVAL", script_text(sc.fast_guard), 5, k.progress, qk.lease, qk.meta, k.snapshot,
-                     qk.failed, self.lease_value, cursor, count, last_score, "1" if paused else "0")
+        guard = pack(
+            "EVAL",
+            script_text(sc.fast_guard),
+            5,
+            k.progress,
+            qk.lease,
+            qk.meta,
+            k.snapshot,
+            qk.failed,
+            self.lease_value,
+            cursor,
+            count,
+            last_score,
+            "1" if paused else "0",
+        )
         body = [
-            pack("EVAL", script_text(sc.fast_tally), 3, k.progress, k.snapshot, k.replayed,
-                 cursor, count, "1" if spec.reset_attempts else "0", qk.base),
+            pack(
+                "EVAL",
+                script_text(sc.fast_tally),
+                3,
+                k.progress,
+                k.snapshot,
+                k.replayed,
+                cursor,
+                count,
+                "1" if spec.reset_attempts else "0",
+                qk.base,
+            ),
             q.move_to_wait_command(count=count, max_timestamp=last_score, paused=paused, inline=True),
             *self._done_cmds(cursor + count, matched),
         ]
         async with RawTransaction(self.redis) as tx:
             first, result = await tx.guarded_exec(
-                [pack("WATCH", k.progress, qk.lease, qk.meta, qk.failed), guard], body)
+                [pack("WATCH", k.progress, qk.lease, qk.meta, qk.failed), guard], body
+            )
         raise_errors(first)
         if result is None:
             return None
@@ -206,15 +255,16 @@ class Mover:
             ids = head.ids
             end = head.cursor + len(ids)
             cmds = [self._tally_cmd(q, end, ids)]
-            cmds += q.reprocess_commands(ids, paused=head.paused, lifo=head.lifo,
-                                         reset_attempts=spec.reset_attempts)
+            cmds += q.reprocess_commands(
+                ids, paused=head.paused, lifo=head.lifo, reset_attempts=spec.reset_attempts
+            )
             cmds += self._done_cmds(end, head.matched)
             result = await tx.exec(cmds)
         if result is None:
             return None
         raise_errors(result)
         moved, skipped, missing = (int(x) for x in result[0])
-        did = [int(c) for c in result[1:1 + len(ids)]].count(1)
+        did = [int(c) for c in result[1 : 1 + len(ids)]].count(1)
         if did != moved:  # pragma: no cover - would mean BullMQ's script changed
             logger.warning("replay %s: tally predicted %d moves, BullMQ did %d", self.owner, moved, did)
         return len(ids), (moved, skipped, missing), end >= head.matched
@@ -223,17 +273,37 @@ class Mover:
 
     def _batch_scripts(self, q: BullQueue) -> tuple[AsyncScript, ...]:
         sc = q.scripts
-        return (sc.batch_head, sc.tally_batch, sc.reprocess_job, sc.remove_job, sc.add_standard_job,
-                sc.add_prioritized_job)
+        return (
+            sc.batch_head,
+            sc.tally_batch,
+            sc.reprocess_job,
+            sc.remove_job,
+            sc.add_standard_job,
+            sc.add_prioritized_job,
+        )
 
-    async def _batch_head(self, tx: RawTransaction, q: BullQueue, size: int,
-                          watch: Sequence[str] = ()) -> _Head:
+    async def _batch_head(
+        self, tx: RawTransaction, q: BullQueue, size: int, watch: Sequence[str] = ()
+    ) -> _Head:
         """WATCH ``watch``, make sure the batch's scripts are loaded, read the head: one round
         trip (two when a script had to be loaded)."""
         k = self.keys
         scripts = self._batch_scripts(q)
-        head = pack("EVALSHA", q.scripts.batch_head.sha, 6, k.progress, q.keys.lease, q.keys.meta,
-                    k.snapshot, k.lifo, q.keys.failed, self.lease_value, size, q.keys.base, "0")
+        head = pack(
+            "EVALSHA",
+            q.scripts.batch_head.sha,
+            6,
+            k.progress,
+            q.keys.lease,
+            q.keys.meta,
+            k.snapshot,
+            k.lifo,
+            q.keys.failed,
+            self.lease_value,
+            size,
+            q.keys.base,
+            "0",
+        )
         pre = [pack("WATCH", *watch)] if watch else []
         replies = await tx.call([*pre, pack("SCRIPT", "EXISTS", *(sc.sha for sc in scripts)), head])
         exists, raw = replies[-2], replies[-1]
@@ -253,20 +323,40 @@ class Mover:
     def _tally_cmd(self, q: BullQueue, end: int, ids: list[str]) -> bytes:
         """The bookkeeping script that predicts each id's fate and advances cursor and counters."""
         k = self.keys
-        return pack("EVALSHA", q.scripts.tally_batch.sha, 3, k.progress, q.keys.failed, k.replayed,
-                    q.keys.base, end, 0, "failed", *ids)
+        return pack(
+            "EVALSHA",
+            q.scripts.tally_batch.sha,
+            3,
+            k.progress,
+            q.keys.failed,
+            k.replayed,
+            q.keys.base,
+            end,
+            0,
+            "failed",
+            *ids,
+        )
 
     def _done_cmds(self, end: int, matched: int) -> list[bytes]:
         """The chunk that handles the last snapshot id ends the stage in its own MULTI."""
         if end < matched:
             return []
-        return [pack("HSET", self.keys.progress, Progress.STAGE, Stage.VERIFYING,
-                     Progress.REPLAYED_MS, to_ms(self.clock()))]
+        return [
+            pack(
+                "HSET",
+                self.keys.progress,
+                Progress.STAGE,
+                Stage.VERIFYING,
+                Progress.REPLAYED_MS,
+                to_ms(self.clock()),
+            )
+        ]
 
     # -- targetQueue: copy, then remove the original, in one MULTI ------------
 
-    async def copy_batch(self, spec: DLQReplaySpec, q: BullQueue, target: BullQueue,
-                         n: int) -> tuple[int, int, int]:
+    async def copy_batch(
+        self, spec: DLQReplaySpec, q: BullQueue, target: BullQueue, n: int
+    ) -> tuple[int, int, int]:
         """targetQueue: copy up to ``n`` jobs into the target queue and remove the originals.
 
         Copy and removal of a job happen in ONE MULTI/EXEC, which WATCHes the source job
@@ -289,8 +379,9 @@ class Mover:
                 break
         return moved, skipped, missing
 
-    async def _copy_chunk(self, spec: DLQReplaySpec, q: BullQueue, target: BullQueue,
-                          size: int) -> ChunkResult:
+    async def _copy_chunk(
+        self, spec: DLQReplaySpec, q: BullQueue, target: BullQueue, size: int
+    ) -> ChunkResult:
         k = self.keys
         legacy_pending = k.legacy_copied  # written by requeue <= 0.1's two-step copy
         async with RawTransaction(self.redis) as tx:
@@ -299,11 +390,11 @@ class Mover:
             if not ids:
                 return 0, (0, 0, 0), True
             end = head.cursor + len(ids)
-            moving, cmds, copied_before = await self._copy_commands(tx, spec, q, target, head,
-                                                                    legacy_pending)
+            moving, cmds, copied_before = await self._copy_commands(tx, spec, q, target, head, legacy_pending)
             tail = [pack("DEL", legacy_pending)] if copied_before else []
-            result = await tx.exec([self._tally_cmd(q, end, ids), *cmds, *tail,
-                                    *self._done_cmds(end, head.matched)])
+            result = await tx.exec(
+                [self._tally_cmd(q, end, ids), *cmds, *tail, *self._done_cmds(end, head.matched)]
+            )
         if result is None:
             return None
         raise_errors(result)
@@ -312,19 +403,27 @@ class Mover:
             logger.warning("replay %s: tally predicted %d moves, %d copied", self.owner, moved, moving)
         return len(ids), (moved, skipped, missing), end >= head.matched
 
-    async def _copy_commands(self, tx: RawTransaction, spec: DLQReplaySpec, q: BullQueue,
-                             target: BullQueue, head: _Head,
-                             legacy_pending: str) -> tuple[int, list[bytes], bool]:
+    async def _copy_commands(
+        self,
+        tx: RawTransaction,
+        spec: DLQReplaySpec,
+        q: BullQueue,
+        target: BullQueue,
+        head: _Head,
+        legacy_pending: str,
+    ) -> tuple[int, list[bytes], bool]:
         """WATCH the head's source jobs and read them; the copy and remove commands of those
         still failed. Returns (jobs to move, commands, whether an old two-step copy left some)."""
         ids = head.ids
-        replies = await tx.call([
-            pack("WATCH", *(q.keys.job(i) for i in ids)),
-            pack("ZMSCORE", q.keys.failed, *ids),
-            target.paused_command(),
-            pack("LRANGE", legacy_pending, 0, -1) if head.copied_upto > head.cursor else pack("PING"),
-            *(q.copy_source_command(i) for i in ids),
-        ])
+        replies = await tx.call(
+            [
+                pack("WATCH", *(q.keys.job(i) for i in ids)),
+                pack("ZMSCORE", q.keys.failed, *ids),
+                target.paused_command(),
+                pack("LRANGE", legacy_pending, 0, -1) if head.copied_upto > head.cursor else pack("PING"),
+                *(q.copy_source_command(i) for i in ids),
+            ]
+        )
         raise_errors(replies)
         scores, target_paused = replies[1], bool(replies[2])
         copied_before = set(replies[3]) if isinstance(replies[3], list) else set()
@@ -338,7 +437,10 @@ class Mover:
                 continue  # no longer failed (or gone): not ours to move any more
             moving += 1
             if job_id not in copied_before:
-                cmds.append(target.copy_command(job, new_id=copy_id(spec, job_id), timestamp_ms=now_ms,
-                                                paused=target_paused))
+                cmds.append(
+                    target.copy_command(
+                        job, new_id=copy_id(spec, job_id), timestamp_ms=now_ms, paused=target_paused
+                    )
+                )
             cmds.append(q.remove_command(job_id))
         return moving, cmds, bool(copied_before)

@@ -55,8 +55,9 @@ def forget_replay(namespace: str, name: str) -> None:
         REDIS_UP.remove(namespace, name)
 
 
-def count_jobs(namespace: str, name: str, queue: str, before: DLQReplayStatus,
-               after: DLQReplayStatus) -> None:
+def count_jobs(
+    namespace: str, name: str, queue: str, before: DLQReplayStatus, after: DLQReplayStatus
+) -> None:
     """Add what the status counters grew by to ``requeue_replay_jobs_total``."""
     for attr, outcome in _COUNTED.items():
         grown = getattr(after, attr) - getattr(before, attr)

@@ -18,8 +18,15 @@ from requeue.api.loading import parse
 from requeue.api.resources import GROUP
 from requeue.replay.state import changed_fields, spec_values
 
-__all__ = ["PINNED_FIELDS", "PIN_ANNOTATION", "cleanup_spec", "pin_text", "pinned_values", "read_pin",
-           "with_pinned"]
+__all__ = [
+    "PINNED_FIELDS",
+    "PIN_ANNOTATION",
+    "cleanup_spec",
+    "pin_text",
+    "pinned_values",
+    "read_pin",
+    "with_pinned",
+]
 
 #: Annotation holding the spec fields a replay keeps for its whole life (JSON).
 PIN_ANNOTATION = f"{GROUP}/pinned-spec"

@@ -55,8 +55,11 @@ def _is_hex_id(word: str) -> bool:
     """``0x`` + hex digits, or hex digits only with both a digit and a letter (``deadbeef`` is a word)."""
     if word.startswith("0x") and len(word) > 2 and all(c in _HEX_DIGITS for c in word[2:]):
         return True
-    return (all(c in _HEX_DIGITS for c in word) and any(c in _DIGITS for c in word)
-            and any(c in _HEX_LETTERS for c in word))
+    return (
+        all(c in _HEX_DIGITS for c in word)
+        and any(c in _DIGITS for c in word)
+        and any(c in _HEX_LETTERS for c in word)
+    )
 
 
 def _fold_word(match: re.Match[str]) -> str:

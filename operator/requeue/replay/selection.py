@@ -155,8 +155,15 @@ class Selection:
     :param budget: a per-job replay budget; jobs over it are left out of the snapshot.
     """
 
-    def __init__(self, redis: Redis, keys: ReplayKeys, *, replay_id: str,
-                 budget: ReplayBudgetLike | None, tuning: EngineTuning) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: ReplayKeys,
+        *,
+        replay_id: str,
+        budget: ReplayBudgetLike | None,
+        tuning: EngineTuning,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.replay_id = replay_id
@@ -182,29 +189,40 @@ class Selection:
             raise Finish(ReplayPhase.SUCCEEDED, Reason.DRY_RUN, await self._dry_run_message(spec, q, st, p))
         over_budget = int_field(p, Progress.OVER_BUDGET)
         over = f", {over_budget} over their auto-replay budget" if over_budget else ""
-        ctx.event("Normal", Reason.SELECTED,
-                  f"selected {st.matched} failed jobs (scanned {scanned_total}, {st.corrupt} corrupt{over})")
+        ctx.event(
+            "Normal",
+            Reason.SELECTED,
+            f"selected {st.matched} failed jobs (scanned {scanned_total}, {st.corrupt} corrupt{over})",
+        )
         ctx.condition(ReplayCondition.PROGRESSING, True, Reason.REPLAYING, f"replaying {st.matched} jobs")
         if st.matched == 0:
             await mark_replayed(self.redis, self.keys, now)
         return 0.0
 
-    async def _dry_run_message(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus,
-                               p: dict[str, str]) -> str:
+    async def _dry_run_message(
+        self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, p: dict[str, str]
+    ) -> str:
         """What a dry run found; in mode Bulk, also what Bulk would do unlike Exact."""
         scanned = int_field(p, Progress.SCANNED)
         if spec.mode != ReplayMode.BULK:
-            return (f"dry run: {st.matched} jobs would be replayed (scanned {scanned}, "
-                    f"{st.corrupt} corrupt); nothing moved")
-        prio, lifo = (int(x or 0) for x in await self.redis.hmget(self.keys.progress, Progress.PRIO_COUNT,
-                                                                  Progress.LIFO_COUNT))
-        return (f"dry run (mode Bulk): {st.matched + st.corrupt} jobs would move to {q.name}'s wait "
-                f"with BullMQ's moveJobsToWait (scanned {scanned}); {prio} with a priority and {lifo} "
-                f"lifo would be queued as plain jobs and {st.corrupt} corrupt ones moved too "
-                "(mode Exact keeps priority and lifo and leaves corrupt jobs failed); nothing moved")
+            return (
+                f"dry run: {st.matched} jobs would be replayed (scanned {scanned}, "
+                f"{st.corrupt} corrupt); nothing moved"
+            )
+        prio, lifo = (
+            int(x or 0)
+            for x in await self.redis.hmget(self.keys.progress, Progress.PRIO_COUNT, Progress.LIFO_COUNT)
+        )
+        return (
+            f"dry run (mode Bulk): {st.matched + st.corrupt} jobs would move to {q.name}'s wait "
+            f"with BullMQ's moveJobsToWait (scanned {scanned}); {prio} with a priority and {lifo} "
+            f"lifo would be queued as plain jobs and {st.corrupt} corrupt ones moved too "
+            "(mode Exact keeps priority and lifo and leaves corrupt jobs failed); nothing moved"
+        )
 
-    async def _scan(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, p: dict[str, str],
-                    now: datetime) -> bool:
+    async def _scan(
+        self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, p: dict[str, str], now: datetime
+    ) -> bool:
         """Pages until the selection ends (True) or this step scanned enough (False)."""
         matcher = Matcher(spec.selector)
         upper = int_field(p, Progress.UPPER) or selection_upper(spec, now, self.tuning.clock_skew_ms)
@@ -223,33 +241,65 @@ class Selection:
             scanned_now += scanned
         return done
 
-    async def _window_page(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus,
-                           p: dict[str, str], matcher: Matcher, upper: int) -> tuple[bool, int]:
+    async def _window_page(
+        self,
+        spec: DLQReplaySpec,
+        q: BullQueue,
+        st: DLQReplayStatus,
+        p: dict[str, str],
+        matcher: Matcher,
+        upper: int,
+    ) -> tuple[bool, int]:
         """One page of a pure time-window selection, selected and committed inside Redis
         (``SELECT_WINDOW``: the script itself is the transaction). Returns (done, scanned)."""
         k = self.keys
         raw = await q.scripts.select_window(
             keys=[q.keys.failed, k.progress, k.snapshot, k.names, k.reasons, k.corrupt, k.lifo, k.slow],
-            args=[q.keys.base, matcher.min_score, matcher.max_score(upper), self.tuning.select_window_page,
-                  spec.selector.max_jobs or 0, upper, CORRUPT_IDS, REASON_KEYS,
-                  "1" if WINDOW_EXACT_JSON else "0", SELECT_BUDGET_US],
+            args=[
+                q.keys.base,
+                matcher.min_score,
+                matcher.max_score(upper),
+                self.tuning.select_window_page,
+                spec.selector.max_jobs or 0,
+                upper,
+                CORRUPT_IDS,
+                REASON_KEYS,
+                "1" if WINDOW_EXACT_JSON else "0",
+                SELECT_BUDGET_US,
+            ],
         )
         scanned, picked, corrupt, done = (int(x) for x in raw)
         if scanned < 0:
             raise rx.WatchError("selection moved on meanwhile")
         st.matched += picked
         st.corrupt += corrupt
-        p.update({Progress.SCANNED: str(int_field(p, Progress.SCANNED) + scanned),
-                  Progress.UPPER: str(upper)})
+        p.update(
+            {Progress.SCANNED: str(int_field(p, Progress.SCANNED) + scanned), Progress.UPPER: str(upper)}
+        )
         return done == 1, scanned
 
-    async def _page(self, spec: DLQReplaySpec, q: BullQueue, st: DLQReplayStatus, p: dict[str, str],
-                    matcher: Matcher, upper: int, page_size: int, with_data: bool) -> tuple[bool, int]:
+    async def _page(
+        self,
+        spec: DLQReplaySpec,
+        q: BullQueue,
+        st: DLQReplayStatus,
+        p: dict[str, str],
+        matcher: Matcher,
+        upper: int,
+        page_size: int,
+        with_data: bool,
+    ) -> tuple[bool, int]:
         """One page into the snapshot; ``p`` is updated to what was committed. Returns (done, scanned)."""
         cursor = Cursor(p.get(Progress.SEL_SCORE, ""), p.get(Progress.SEL_ID, ""))
-        page = await q.select_page(cursor, min_score=matcher.min_score, max_score=matcher.max_score(upper),
-                                   name_globs=matcher.name_globs, count=page_size, with_data=with_data,
-                                   budget_us=SELECT_BUDGET_US)
+        page = await q.select_page(
+            cursor,
+            min_score=matcher.min_score,
+            max_score=matcher.max_score(upper),
+            name_globs=matcher.name_globs,
+            count=page_size,
+            with_data=with_data,
+            budget_us=SELECT_BUDGET_US,
+        )
         room = (spec.selector.max_jobs - st.matched) if spec.selector.max_jobs else None
         t = _pick(page, matcher, room)
         if self.budget is not None and t.picked:
@@ -258,12 +308,17 @@ class Selection:
         st.matched += len(t.picked)
         st.corrupt += len(t.corrupt)
         st.over_budget += t.over
-        p.update({Progress.SEL_SCORE: page.cursor.score, Progress.SEL_ID: page.cursor.job_id,
-                  Progress.UPPER: str(upper),
-                  Progress.SCANNED: str(int_field(p, Progress.SCANNED) + page.scanned),
-                  Progress.LIFO_COUNT: str(int_field(p, Progress.LIFO_COUNT) + len(t.lifo)),
-                  Progress.PRIO_COUNT: str(int_field(p, Progress.PRIO_COUNT) + t.prioritized),
-                  Progress.OVER_BUDGET: str(int_field(p, Progress.OVER_BUDGET) + t.over)})
+        p.update(
+            {
+                Progress.SEL_SCORE: page.cursor.score,
+                Progress.SEL_ID: page.cursor.job_id,
+                Progress.UPPER: str(upper),
+                Progress.SCANNED: str(int_field(p, Progress.SCANNED) + page.scanned),
+                Progress.LIFO_COUNT: str(int_field(p, Progress.LIFO_COUNT) + len(t.lifo)),
+                Progress.PRIO_COUNT: str(int_field(p, Progress.PRIO_COUNT) + t.prioritized),
+                Progress.OVER_BUDGET: str(int_field(p, Progress.OVER_BUDGET) + t.over),
+            }
+        )
         return t.done, page.scanned
 
     async def _charge_budget(self, spec: DLQReplaySpec, page: FailedPage, t: _PageTally) -> None:
@@ -276,8 +331,9 @@ class Selection:
         if refused:
             t.refuse(page.jobs, refused)
 
-    async def _commit_page(self, st: DLQReplayStatus, p: dict[str, str], page: FailedPage,
-                           t: _PageTally, upper: int) -> None:
+    async def _commit_page(
+        self, st: DLQReplayStatus, p: dict[str, str], page: FailedPage, t: _PageTally, upper: int
+    ) -> None:
         """The page's ids, counters and cursor in one MULTI, WATCHing the progress hash: a page
         someone else committed meanwhile aborts this one (the step reads again)."""
         slow_ids = set(t.lifo) | {job.id for job in page.jobs if job.prioritized}
@@ -286,8 +342,10 @@ class Selection:
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(k.progress)
             sel_id = text(await pipe.hget(k.progress, Progress.SEL_ID)) or ""
-            if sel_id != (p.get(Progress.SEL_ID) or "") or \
-                    text(await pipe.hget(k.progress, Progress.STAGE)) != Stage.SELECTING:
+            if (
+                sel_id != (p.get(Progress.SEL_ID) or "")
+                or text(await pipe.hget(k.progress, Progress.STAGE)) != Stage.SELECTING
+            ):
                 raise rx.WatchError("selection moved on meanwhile")
             pipe.multi()  # type: ignore[no-untyped-call]
             self._snapshot_writes(pipe, t, slow)
@@ -321,8 +379,14 @@ class Selection:
         # a replay selected before this field existed has none: the batch then never
         # takes the moveJobsToWait fast path (it needs to know no job has a priority)
         pipe.hincrby(k.progress, Progress.PRIO_COUNT, t.prioritized)
-        pipe.hset(k.progress, mapping={Progress.SEL_SCORE: page.cursor.score,
-                                       Progress.SEL_ID: page.cursor.job_id, Progress.UPPER: str(upper)})
+        pipe.hset(
+            k.progress,
+            mapping={
+                Progress.SEL_SCORE: page.cursor.score,
+                Progress.SEL_ID: page.cursor.job_id,
+                Progress.UPPER: str(upper),
+            },
+        )
         if t.done:
             pipe.hset(k.progress, Progress.STAGE, Stage.REPLAYING)
 
@@ -347,6 +411,11 @@ class Selection:
         st.sample_ids = [text(x) or "" for x in sample]
         st.corrupt_ids = [text(x) or "" for x in corrupt]
         if st.corrupt:
-            events.append(ReplayEvent("Warning", Reason.CORRUPT_JOBS,
-                                      f"{st.corrupt} failed jobs are unreadable and will not be replayed "
-                                      f"(first: {', '.join(st.corrupt_ids[:5])})"))
+            events.append(
+                ReplayEvent(
+                    "Warning",
+                    Reason.CORRUPT_JOBS,
+                    f"{st.corrupt} failed jobs are unreadable and will not be replayed "
+                    f"(first: {', '.join(st.corrupt_ids[:5])})",
+                )
+            )

@@ -56,8 +56,9 @@ class StepContext:
         """The same step at a later time (between batches of one step)."""
         return replace(self, now=now)
 
-    def condition(self, type: ReplayCondition, status: bool | ConditionStatus, reason: Reason,
-                  message: str) -> None:
+    def condition(
+        self, type: ReplayCondition, status: bool | ConditionStatus, reason: Reason, message: str
+    ) -> None:
         """Set a condition of the status, stamped with this step's generation and time."""
         set_condition(self.status, type, status, reason, message, self.generation, self.now)
 
@@ -145,5 +146,6 @@ async def recorded_selection(redis: Redis, keys: ReplayKeys) -> dict[str, Any] |
 
 async def mark_replayed(redis: Redis, keys: ReplayKeys, now: datetime) -> None:
     """Every snapshot id is handled: verification comes next."""
-    await redis.hset(keys.progress, mapping={Progress.STAGE: Stage.VERIFYING,
-                                             Progress.REPLAYED_MS: str(to_ms(now))})
+    await redis.hset(
+        keys.progress, mapping={Progress.STAGE: Stage.VERIFYING, Progress.REPLAYED_MS: str(to_ms(now))}
+    )

@@ -32,13 +32,15 @@ class Verification:
         self.redis = redis
         self.keys = keys
 
-    async def step(self, spec: DLQReplaySpec, watched: BullQueue, ctx: StepContext,
-                   p: dict[str, str]) -> float:
+    async def step(
+        self, spec: DLQReplaySpec, watched: BullQueue, ctx: StepContext, p: dict[str, str]
+    ) -> float:
         """Check the next chunk; at the end of a pass, judge the replay (or wait for the next)."""
         st = ctx.status
         if spec.verify is None:
-            raise Finish(ReplayPhase.SUCCEEDED, Reason.SUCCEEDED,
-                         f"moved {st.replayed} of {st.matched} selected jobs")
+            raise Finish(
+                ReplayPhase.SUCCEEDED, Reason.SUCCEEDED, f"moved {st.replayed} of {st.matched} selected jobs"
+            )
         pos = int_field(p, Progress.V_POS)
         raw = await self.redis.lrange(self.keys.replayed, pos, pos + VERIFY_CHUNK - 1)
         ids = [text(x) or "" for x in raw]
@@ -50,8 +52,12 @@ class Verification:
         await self._record(p, pass_done, new_pos, completed, failed, pending)
         if not pass_done:
             return 0.0
-        return self._judge(spec.verify, ctx, int_field(p, Progress.PASS_COMPLETED) + completed,
-                           int_field(p, Progress.PASS_FAILED) + failed)
+        return self._judge(
+            spec.verify,
+            ctx,
+            int_field(p, Progress.PASS_COMPLETED) + completed,
+            int_field(p, Progress.PASS_FAILED) + failed,
+        )
 
     async def _states(self, watched: BullQueue, ids: list[str]) -> tuple[int, int, int]:
         """How many of ``ids`` completed (or were removed), failed again, are still pending."""
@@ -64,7 +70,7 @@ class Verification:
             res = await pipe.execute()
         completed = failed = pending = 0
         if ids:
-            exists, in_completed, in_failed = res[:len(ids)], res[len(ids)], res[len(ids) + 1]
+            exists, in_completed, in_failed = res[: len(ids)], res[len(ids)], res[len(ids) + 1]
             for e, c, f in zip(exists, in_completed, in_failed, strict=True):
                 if f is not None:
                     failed += 1
@@ -74,18 +80,25 @@ class Verification:
                     pending += 1
         return completed, failed, pending
 
-    async def _record(self, p: dict[str, str], pass_done: bool, new_pos: int, completed: int,
-                      failed: int, pending: int) -> None:
+    async def _record(
+        self, p: dict[str, str], pass_done: bool, new_pos: int, completed: int, failed: int, pending: int
+    ) -> None:
         """Add the chunk to the pass's partial counts, or publish the pass and start the next."""
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             if pass_done:
-                pipe.hset(k.progress, mapping={
-                    Progress.VERIFIED_COMPLETED: int_field(p, Progress.PASS_COMPLETED) + completed,
-                    Progress.VERIFIED_FAILED: int_field(p, Progress.PASS_FAILED) + failed,
-                    Progress.VERIFIED_PENDING: int_field(p, Progress.PASS_PENDING) + pending,
-                    Progress.V_POS: 0, Progress.PASS_COMPLETED: 0, Progress.PASS_FAILED: 0,
-                    Progress.PASS_PENDING: 0})
+                pipe.hset(
+                    k.progress,
+                    mapping={
+                        Progress.VERIFIED_COMPLETED: int_field(p, Progress.PASS_COMPLETED) + completed,
+                        Progress.VERIFIED_FAILED: int_field(p, Progress.PASS_FAILED) + failed,
+                        Progress.VERIFIED_PENDING: int_field(p, Progress.PASS_PENDING) + pending,
+                        Progress.V_POS: 0,
+                        Progress.PASS_COMPLETED: 0,
+                        Progress.PASS_FAILED: 0,
+                        Progress.PASS_PENDING: 0,
+                    },
+                )
             else:
                 pipe.hset(k.progress, mapping={Progress.V_POS: new_pos})
                 pipe.hincrby(k.progress, Progress.PASS_COMPLETED, completed)
@@ -104,8 +117,10 @@ class Verification:
         rate = c_total / total if total else 1.0
         finished_at = st.replay_finished_at or now
         window_end = finished_at + parse_duration(verify.window)
-        summary = (f"{c_total} of {total} replayed jobs completed ({rate:.1%}), {f_total} failed again, "
-                   f"{pending_total} pending")
+        summary = (
+            f"{c_total} of {total} replayed jobs completed ({rate:.1%}), {f_total} failed again, "
+            f"{pending_total} pending"
+        )
         st.message = f"verifying: {summary}"
         too_many = verify.max_failed_again is not None and f_total > verify.max_failed_again
         hopeless = total > 0 and (total - f_total) / total < verify.min_success_rate
