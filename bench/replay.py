@@ -297,7 +297,7 @@ class Dataset:
         self.snapshot = self.workdir / f"snapshot-{self.jobs}.rdb"
         cached = cache / f"replay-{self.jobs}-bullmq{self.major}.rdb" if cache else None
         if cached is not None and cached.exists():
-            self.window = tuple(json.loads(cached.with_suffix(".json").read_text()))  # type: ignore[assignment]
+            self.window = tuple(json.loads(cached.with_suffix(".json").read_text()))
             shutil.copy(cached, self.snapshot)
             self.restore()
             return self

@@ -36,9 +36,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.replay
 
-from replay import PREFIX, QUEUE, Dataset, Pinger, Run, fmt, measure_retry_jobs
+from bench.replay import PREFIX, QUEUE, Dataset, Pinger, Run, fmt, measure_retry_jobs
 
 #: Read-only: the head of the failed set (what moveJobsToWait will take) and the fields a
 #: check needs, per job. ARGV[1] count, [2] max score, [3] job key prefix, [4] which

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from aiohttp import web
-from bullmq import Queue  # type: ignore[import-untyped]
+from bullmq import Queue
 
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
 from support.dlqreplay import (

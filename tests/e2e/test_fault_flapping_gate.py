@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from itertools import pairwise
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -43,8 +43,9 @@ async def flapping(request: web.Request) -> web.Response:
 
 async def transitions(client: aioredis.Redis, queue: str) -> list[tuple[int, str]]:
     """``(ms, "paused" | "resumed")`` from BullMQ's events stream of ``queue``, oldest first."""
-    entries = await client.xrange(f"bull:{queue}:events")
-    out = []
+    # the fixture's client decodes replies; redis-py cannot type that (it says bytes | str)
+    entries = cast(list[tuple[str, dict[str, str]]], await client.xrange(f"bull:{queue}:events"))
+    out: list[tuple[int, str]] = []
     for entry_id, fields in entries:
         if fields.get("event") in ("paused", "resumed"):
             out.append((int(entry_id.split("-")[0]), fields["event"]))

@@ -98,12 +98,10 @@ async def kill_at_points(
             current = await in_redis(client, replay_id)
             return progress_of(current) >= target or current.done
 
-        await async_wait_until(
-            passed,
-            timeout=60,
-            interval=0.01,
-            message=lambda point=point: f"progress {point}; {log}\n{operator.logs()[-3000:]}",
-        )
+        def explain(point: int = point) -> str:
+            return f"progress {point}; {log}\n{operator.logs()[-3000:]}"
+
+        await async_wait_until(passed, timeout=60, interval=0.01, message=explain)
         operator.kill()
         replay_id = await uid()
         assert replay_id is not None and current is not None

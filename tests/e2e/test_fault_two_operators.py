@@ -17,7 +17,7 @@ import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -53,7 +53,8 @@ async def lease_holders(client: aioredis.Redis) -> AsyncIterator[list[tuple[int,
     async def sample() -> None:
         while True:
             before = time.time_ns() // 1_000_000
-            value = await client.get(LEASE)
+            # the fixture's client decodes replies; redis-py cannot type that (it says bytes | str)
+            value = cast(str | None, await client.get(LEASE))
             if value:
                 seen.append((before, time.time_ns() // 1_000_000, value))
             await asyncio.sleep(0.01)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from bullmq import Queue  # type: ignore[import-untyped]
+from bullmq import Queue
 
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
 from support.dlqreplay import operator_command, secret

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from bullmq import Queue  # type: ignore[import-untyped]
+from bullmq import Queue
 
 from support.bullmq_jobs import run_worker, wait_in_set
 from support.dlqreplay import operator_command, wait_gone_async, wait_status_async
@@ -26,6 +26,7 @@ from support.queuepolicy import (
     gated_policy,
     gates,
     kubectl,
+    object_uid,
     wait_auto_replay,
     wait_policy,
     with_a_redis_gate,
@@ -88,7 +89,7 @@ async def test_deleting_a_policy_mid_replay_stops_its_child_and_loses_nothing(
             timeout=40,
             what="child mid-replay",
         )
-        replay_uid = (await asyncio.to_thread(kube.get, DLQR, child))["metadata"]["uid"]
+        replay_uid = await object_uid(kube, DLQR, child)
         assert running["phase"] == "Replaying" and running["matched"] == JOBS, running
 
         # kubectl delete waits for the policy's finalizer; the collector then takes the child

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from bullmq import Queue  # type: ignore[import-untyped]
+from bullmq import Queue
 
 from support.bullmq_jobs import create_queues
 from support.dlqreplay import operator_command, secret
@@ -26,6 +26,7 @@ from support.queuepolicy import (
     evaluations,
     gated_policy,
     gates,
+    object_uid,
     policy,
     policy_events,
     queue_state,
@@ -71,7 +72,7 @@ async def test_sigkill_mid_outage_keeps_the_queue_paused_and_resumes_it_once(
         operator=operator,
         what="gates green",
     )
-    uid = (await asyncio.to_thread(kube.get, QPOL, "visapi-queues"))["metadata"]["uid"]
+    uid = await object_uid(kube, QPOL, "visapi-queues")
 
     # the outage: the gate goes red, the policy pauses `default`; live jobs pile up (a breach)
     gate.kill()

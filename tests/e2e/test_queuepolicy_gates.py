@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from bullmq import Job, Queue  # type: ignore[import-untyped]
+from bullmq import Job, Queue
 
 from support.bullmq_jobs import JobSpec, create_queues, make_failed_jobs, run_worker, wait_in_set
 from support.dlqreplay import operator_command, secret, wait_status_async
@@ -21,12 +21,14 @@ from support.kube import Kube
 from support.queuepolicy import (
     DLQR,
     FAST_GATES,
+    QPOL,
     apply,
     condition,
     evaluations,
     gated_policy,
     gates,
     kubectl,
+    object_uid,
     policy,
     policy_events,
     queue_state,
@@ -115,9 +117,7 @@ async def test_gate_red_pauses_green_resumes_never_a_queue_paused_by_others(
     assert [a["queue"] for a in st["lastActions"] if a["action"] in ("Pause", "Resume")] == ["default"] * 2
 
     # deleting the policy mid-outage resumes what it paused (finalizer), nothing else
-    uid = (await asyncio.to_thread(kube.get, "requeue.dev/v1alpha1/queuepolicies", "visapi-queues"))[
-        "metadata"
-    ]["uid"]
+    uid = await object_uid(kube, QPOL, "visapi-queues")
     await proxy.drop()
     await wait_policy(
         kube,
@@ -165,9 +165,7 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
     await wait_policy(
         kube, "visapi-queues", lambda s: gates(s) == "True", operator=operator, what="gates green"
     )
-    uid = (await asyncio.to_thread(kube.get, "requeue.dev/v1alpha1/queuepolicies", "visapi-queues"))[
-        "metadata"
-    ]["uid"]
+    uid = await object_uid(kube, QPOL, "visapi-queues")
 
     down = True
     poison: set[str] = set()

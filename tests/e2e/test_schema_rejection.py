@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from support.kube import Kube
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -21,7 +23,7 @@ def _manifest(**spec_changes: object) -> str:
     return yaml.safe_dump(doc)
 
 
-def test_apply_of_the_example_is_accepted_and_round_trips(kube) -> None:
+def test_apply_of_the_example_is_accepted_and_round_trips(kube: Kube) -> None:
     kube.kubectl("apply", "-f", "-", input=_manifest())
     obj = kube.kubectl.json("get", "dlqr", "whatsapp-after-cgb-outage", "-o", "json")
     expected = yaml.safe_load(_manifest())
@@ -29,14 +31,14 @@ def test_apply_of_the_example_is_accepted_and_round_trips(kube) -> None:
     assert obj["kind"] == "DLQReplay"
 
 
-def test_apply_with_a_bad_rate_is_refused_naming_the_field(kube) -> None:
+def test_apply_with_a_bad_rate_is_refused_naming_the_field(kube: Kube) -> None:
     result = kube.kubectl("apply", "-f", "-", input=_manifest(rate={"jobsPerSecond": 0}), check=False)
     assert result.returncode != 0
     assert "spec.rate.jobsPerSecond" in result.stderr
     assert kube.get("requeue.dev/v1alpha1/dlqreplays", "whatsapp-after-cgb-outage") is None
 
 
-def test_unknown_field_and_cel_rule_are_refused(kube) -> None:
+def test_unknown_field_and_cel_rule_are_refused(kube: Kube) -> None:
     result = kube.kubectl("apply", "-f", "-", input=_manifest(rat={"jobsPerSecond": 5}), check=False)
     assert result.returncode != 0
     assert "spec.rat" in result.stderr
@@ -50,7 +52,7 @@ def test_unknown_field_and_cel_rule_are_refused(kube) -> None:
     assert "set exactly one of redis, postgres or http" in result.stderr
 
 
-def test_selector_cannot_change_after_creation(kube) -> None:
+def test_selector_cannot_change_after_creation(kube: Kube) -> None:
     kube.kubectl("apply", "-f", "-", input=_manifest())
     result = kube.kubectl(
         "patch",
@@ -81,7 +83,7 @@ def test_selector_cannot_change_after_creation(kube) -> None:
     )
 
 
-def test_kubectl_explain_shows_field_docs(kube) -> None:
+def test_kubectl_explain_shows_field_docs(kube: Kube) -> None:
     out = kube.kubectl("explain", "dlqreplay.spec.selector").stdout
     assert "failedReasonPattern" in out
     assert "RE2 regular expression" in out
@@ -89,7 +91,7 @@ def test_kubectl_explain_shows_field_docs(kube) -> None:
     assert "token bucket" in out
 
 
-def test_mode_bulk_takes_only_a_time_window_and_is_explained(kube) -> None:
+def test_mode_bulk_takes_only_a_time_window_and_is_explained(kube: Kube) -> None:
     result = kube.kubectl("apply", "-f", "-", input=_manifest(mode="Bulk"), check=False)
     assert result.returncode != 0  # the example filters by name and reason
     assert "mode Bulk takes only a time window" in result.stderr

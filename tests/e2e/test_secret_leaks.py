@@ -33,6 +33,7 @@ from support.dlqreplay import (
 from support.http_endpoint import endpoint
 from support.kube import Kube
 from support.leaks import leaks
+from support.operator_proc import OperatorProcess
 from support.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +65,7 @@ def url_with(server: RedisServer, password: str, *, port: str | None = None) -> 
     return f"redis://default:{password}@{server.host}:{port or server.port}/0"
 
 
-def everything_shown(kube: Kube, operator: Any, name: str) -> str:
+def everything_shown(kube: Kube, operator: OperatorProcess, name: str) -> str:
     """``.status``, every Event (``kubectl get events -o json``) and the operator's whole log."""
     shown = json.dumps(status(kube, name))
     shown += json.dumps(kube.kubectl.json("get", "events")["items"])

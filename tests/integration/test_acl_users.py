@@ -19,6 +19,7 @@ import redis
 import redis.asyncio as aioredis
 
 from requeue.api.base import find_condition
+from requeue.api.conditions import PolicyCondition
 from requeue.api.gates import GateStatus, GateType
 from requeue.api.policy import QueuePolicySpec
 from requeue.policy.budget import ReplayBudget
@@ -63,7 +64,7 @@ class AclRedis:
             right = without if without.startswith("~") else f"+{without}"
             assert right in args, f"the README's {user} line grants no {right}"
             args.remove(right)
-        self.admin.execute_command(*args)
+        self.admin.execute_command(*args)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         password = _USER.match(self.lines[user]).group(2)  # type: ignore[union-attr]
         return f"redis://{user}:{password}@{self.server.host}:{self.server.port}/0"
 
@@ -157,9 +158,9 @@ async def test_each_readme_user_runs_its_job(acl: AclRedis, tmp_path: Path) -> N
         )
     finally:
         await as_policy.aclose()
-    ready = find_condition(green.status.conditions, "Ready")
+    ready = find_condition(green.status.conditions, PolicyCondition.READY)
     assert ready is not None and ready.status == "True", ready
-    healthy = find_condition(green.status.conditions, "Healthy")
+    healthy = find_condition(green.status.conditions, PolicyCondition.HEALTHY)
     assert healthy is not None and healthy.reason == "WithinThresholds", healthy
     assert sorted(
         (a.action, a.queue, a.result) for a in green.status.last_actions if a.action in ("Pause", "Resume")
@@ -219,6 +220,6 @@ async def test_a_policy_user_missing_a_command_is_not_ready_forbidden(acl: AclRe
         )
     finally:
         await as_policy.aclose()
-    ready = find_condition(result.status.conditions, "Ready")
+    ready = find_condition(result.status.conditions, PolicyCondition.READY)
     assert ready is not None and (ready.status, ready.reason) == ("False", "Forbidden"), ready
     assert "ZCARD" in ready.message

@@ -33,9 +33,11 @@ from requeue.api import (
     DLQReplay,
     DLQReplaySpec,
     DLQReplayStatus,
+    PolicyCondition,
     QueuePolicy,
     QueuePolicySpec,
     QueuePolicyStatus,
+    ReplayCondition,
     ReplayPhase,
 )
 from requeue.api.base import ConditionStatus, find_condition
@@ -274,7 +276,7 @@ async def failed(r: aioredis.Redis, redis_url: str, api: ControlledHttp) -> list
     async with run_worker(redis_url, Q, fail_when=lambda job: "still broken") as worker:
         await worker.wait_for(10)
     await replay.step(until=lambda st: st.phase.finished)
-    verification = find_condition(replay.status.conditions, "Succeeded")
+    verification = find_condition(replay.status.conditions, ReplayCondition.SUCCEEDED)
     assert verification is not None and verification.reason == "VerificationFailed"
     objects = [replay.obj()]
 
@@ -293,7 +295,7 @@ async def failed(r: aioredis.Redis, redis_url: str, api: ControlledHttp) -> list
         r, redis_url, api, queue="gated", gates=gates, gatePolicy={"interval": "1s", "timeout": "3s"}
     )
     await gated.step(until=lambda st: st.phase.finished)
-    timed_out = find_condition(gated.status.conditions, "Succeeded")
+    timed_out = find_condition(gated.status.conditions, ReplayCondition.SUCCEEDED)
     assert timed_out is not None and timed_out.reason == "GatesTimedOut"
     assert gated.status.replayed == 0
     objects.append(gated.obj())
@@ -418,13 +420,13 @@ async def test_queuepolicy_health_from_evaluate(r: aioredis.Redis, redis_url: st
     await create_queues(redis_url, "bulk")  # a watched queue with no keys would be QueueNotFound
     await make_failed_jobs(redis_url, Q, failing(3))
     result = await evaluate(POLICY, spec, None, redis=r, ops=ops)
-    healthy = find_condition(result.status.conditions, "Healthy")
+    healthy = find_condition(result.status.conditions, PolicyCondition.HEALTHY)
     assert healthy is not None and healthy.status == ConditionStatus.TRUE
     cases = [(policy_object(spec, result.status), "Healthy", healthy.message)]
 
     await make_failed_jobs(redis_url, Q, failing(4))  # 7 failed > 5
     result = await evaluate(POLICY, spec, result.status, redis=r, ops=ops, memory=result.memory)
-    breach = find_condition(result.status.conditions, "Healthy")
+    breach = find_condition(result.status.conditions, PolicyCondition.HEALTHY)
     assert breach is not None and breach.status == ConditionStatus.FALSE
     assert "7" in breach.message
     cases.append((policy_object(spec, result.status), "Degraded", breach.message))
@@ -437,7 +439,7 @@ async def test_queuepolicy_health_from_evaluate(r: aioredis.Redis, redis_url: st
         )
     finally:
         await lost.aclose()
-    unknown = find_condition(result.status.conditions, "Healthy")
+    unknown = find_condition(result.status.conditions, PolicyCondition.HEALTHY)
     assert unknown is not None and unknown.status == ConditionStatus.UNKNOWN
     cases.append((policy_object(spec, result.status), "Progressing", unknown.message))
 

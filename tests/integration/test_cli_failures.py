@@ -58,20 +58,21 @@ def test_a_url_option_redis_py_cannot_take_is_a_usage_error_naming_it(
 ) -> None:
     url = f"redis://ops:{PASSWORD}@127.0.0.1:{free_port()}/0?{query}"
     for name, args in _commands(tmp_path).items():
-        for how in (
-            {"args": ("--redis-url", url), "env": {}},
-            {"args": ("--secret", f"redis/url={url}"), "env": {}},
-            {"args": (), "env": {"REQUEUE_REDIS_URL": url}},
-        ):
-            if name == "inspect" and how["args"][:1] == ("--secret",):
+        ways: list[tuple[tuple[str, ...], dict[str, str]]] = [
+            (("--redis-url", url), {}),
+            (("--secret", f"redis/url={url}"), {}),
+            ((), {"REQUEUE_REDIS_URL": url}),
+        ]
+        for how, env in ways:
+            if name == "inspect" and how[:1] == ("--secret",):
                 continue  # inspect takes the URL only from --redis-url / REQUEUE_REDIS_URL
-            res = cli(*args, *how["args"], env=how["env"])
+            res = cli(*args, *how, env=env)
             assert res.code == 2, (name, res.output)
             assert res.stderr.startswith("requeue: RedisUrlInvalid: redis://ops:***@127.0.0.1:"), res.stderr
             assert problem in res.stderr and res.stderr.count("\n") == 1, res.stderr
             assert "Redis unreachable" not in res.output
             _clean(res)
-            as_json = cli(*args, *how["args"], "-o", "json", env=how["env"])
+            as_json = cli(*args, *how, "-o", "json", env=env)
             assert _error(as_json)["error"]["reason"] == "RedisUrlInvalid", as_json.output
             assert problem in _error(as_json)["error"]["message"]
             _clean(as_json)

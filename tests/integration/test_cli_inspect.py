@@ -8,6 +8,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import cast
 
 import redis
 import redis.asyncio as aioredis
@@ -103,7 +104,9 @@ async def test_inspect_groups_real_failures_by_name_reason_and_hour_json(
     assert all(s in timeouts for s in reasons["timeout after <n>ms"]["sampleIds"])
     assert sum(g["count"] for g in reasons.values()) == len(readable)
 
-    scores = dict(await redis_client.zrange(f"bull:{Q}:failed", 0, -1, withscores=True))
+    scores = dict(
+        cast(list[tuple[str, float]], await redis_client.zrange(f"bull:{Q}:failed", 0, -1, withscores=True))
+    )
     hours = Counter(_hour(scores[i]) for i in readable)
     assert {g["key"]: g["count"] for g in report["byHour"]["groups"]} == dict(hours)
     keys = [g["key"] for g in report["byHour"]["groups"]]

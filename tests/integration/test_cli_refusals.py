@@ -51,11 +51,12 @@ def test_a_redis_url_that_is_not_one_is_a_usage_error_naming_the_flag(tmp_path: 
     }
     for name, args in commands.items():
         for url, problem in cases.items():
-            for how in (
-                {"args": ("--redis-url", url), "env": {}},
-                {"args": (), "env": {"REQUEUE_REDIS_URL": url}},
-            ):
-                res = cli(*args, *how["args"], env=how["env"])
+            ways: list[tuple[tuple[str, ...], dict[str, str]]] = [
+                (("--redis-url", url), {}),
+                ((), {"REQUEUE_REDIS_URL": url}),
+            ]
+            for how, env in ways:
+                res = cli(*args, *how, env=env)
                 assert res.code == 2, (name, url, res.output)
                 assert "Invalid value for '--redis-url'" in res.stderr, res.stderr
                 assert problem in res.stderr, (name, url, res.stderr)

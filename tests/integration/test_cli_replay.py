@@ -540,8 +540,8 @@ async def test_second_replay_on_a_queue_waits_naming_the_holder(redis_url: str, 
             assert proc.wait(timeout=30) == 130
     finally:
         sync.close()
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
+        for started in (first, second):
+            if started is not None and started.poll() is None:
+                started.kill()
     log = (tmp_path / "b.log").read_text()
     assert "Interrupted (SIGINT) in phase Pending" in log and f"at {redis_url}" in log, log

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from requeue.api import DLQReplayStatus, ReplayPhase
+from requeue.api import DLQReplayStatus, ReplayCondition, ReplayPhase
 from requeue.api.base import find_condition
 from requeue.errors import RedisOutOfMemory
 from requeue.queues import QueueKeys, connect
@@ -62,7 +62,7 @@ async def test_replay_holds_on_redis_oom_with_a_named_reason_and_resumes_when_me
             st = result.status
         assert st.phase == ReplayPhase.REPLAYING  # held, not failed, not finished
         assert st.replayed == replayed_before  # nothing counted that did not move
-        ready = find_condition(st.conditions, "Ready")
+        ready = find_condition(st.conditions, ReplayCondition.READY)
         assert ready is not None and ready.status == "False", ready
         assert ready.reason == RedisOutOfMemory.reason == "RedisOutOfMemory", ready
         assert "out of memory" in ready.message and "maxmemory" in ready.message, ready.message
@@ -84,7 +84,7 @@ async def test_replay_holds_on_redis_oom_with_a_named_reason_and_resumes_when_me
         assert st.phase == ReplayPhase.SUCCEEDED, st.message
         assert (st.matched, st.replayed, st.skipped) == (N, N, 0)
         assert reachable_events == ["RedisReachable"]
-        ready = find_condition(st.conditions, "Ready")
+        ready = find_condition(st.conditions, ReplayCondition.READY)
         assert ready is not None and ready.status == "True", ready
         moved = await client.lrange(K.wait, 0, -1)
         assert len(moved) == len(set(moved)) == N and set(moved) == set(ids)  # each exactly once

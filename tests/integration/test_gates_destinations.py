@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from requeue.api import GateSpec
+from requeue.api import GateSpec, HttpGate
 from requeue.gates import GateResult, run_check
 from requeue.gates.destinations import ALLOW_ENV, DENY_ENV, DestinationPolicy
 from requeue.gates.http import check_http
@@ -105,16 +105,16 @@ async def test_a_redirect_to_a_denied_host_is_not_followed(api: ControlledHttp) 
     policy = DestinationPolicy.build(deny=["localhost"])
     hop = api.url(f"/redirect-to?url=http://localhost:{api.port}/status/200")
     result = await check_http(
-        GateSpec.model_validate({"name": "probe", "http": {"url": hop, "followRedirects": True}}).http,
-        StaticSecrets({}),  # type: ignore[arg-type]
+        HttpGate.model_validate({"url": hop, "followRedirects": True}),
+        StaticSecrets({}),
         policy=policy,
     )
     assert not result.healthy
     assert "DestinationDenied: localhost is denied by the operator's gate policy" in result.message
     assert [r["path"] for r in api.requests] == ["/redirect-to"]  # the second hop never arrived
     allowed = await check_http(
-        GateSpec.model_validate({"name": "probe", "http": {"url": hop, "followRedirects": True}}).http,
-        StaticSecrets({}),  # type: ignore[arg-type]
+        HttpGate.model_validate({"url": hop, "followRedirects": True}),
+        StaticSecrets({}),
         policy=DestinationPolicy.build(),
     )
     assert allowed.healthy, allowed.message

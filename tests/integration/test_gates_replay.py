@@ -15,7 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
+from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayCondition, ReplayPhase
 from requeue.api.base import find_condition
 from requeue.gates import GateRunner
 from requeue.gates.runner import GRACE
@@ -103,7 +103,7 @@ async def test_red_http_gate_moves_nothing_and_green_starts(
     assert (gate.name, gate.healthy) == ("cgb-api", False)
     assert gate.message == "HTTP 503 Service Unavailable (expected 200)"
     assert gate.consecutive_failures >= 3  # checked again every interval
-    passed = find_condition(st.conditions, "GatesPassed")
+    passed = find_condition(st.conditions, ReplayCondition.GATES_PASSED)
     assert passed is not None and passed.reason == "GatesRed"
     assert "HTTP 503" in passed.message
 
@@ -145,7 +145,7 @@ async def test_gate_turning_red_mid_replay_holds_within_one_interval(
         st = await steps(engine, spec, st, clock, n=10)  # ~10 intervals red: nothing moves
         assert st.phase == ReplayPhase.WAITING_FOR_GATES
         assert st.replayed == held and await wait_len(r) == held
-        progressing = find_condition(st.conditions, "Progressing")
+        progressing = find_condition(st.conditions, ReplayCondition.PROGRESSING)
         assert progressing is not None and progressing.reason == "HeldByGates"
 
         await proxy.passthrough()  # back: the replay resumes and finishes, every job once
@@ -214,7 +214,7 @@ async def test_gates_time_out_with_the_gate_message(
     engine = engine_for(r, spec, clock, StaticSecrets({}), redis_url, "timeout")
     st = await steps(engine, spec, DLQReplayStatus(), clock, limit=50)
     assert st.phase == ReplayPhase.FAILED
-    cond = find_condition(st.conditions, "Succeeded")
+    cond = find_condition(st.conditions, ReplayCondition.SUCCEEDED)
     assert cond is not None and cond.reason == "GatesTimedOut"
     assert "HTTP 429 Too Many Requests (expected 200)" in cond.message
     assert st.replayed == 0 and await wait_len(r) == 0

@@ -13,11 +13,12 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from aiohttp import web
-from bullmq import Queue, Worker  # type: ignore[import-untyped]
+from bullmq import Queue, Worker
 from prometheus_client import REGISTRY
 from redis.asyncio.connection import Connection
 
 from requeue.api.base import SecretKeyRef, find_condition
+from requeue.api.conditions import PolicyCondition
 from requeue.api.policy import QueuePolicySpec, QueuePolicyStatus
 from requeue.gates.runner import GateRunner
 from requeue.policy.budget import ReplayBudget
@@ -112,7 +113,7 @@ class Recorder:
         return child.name
 
 
-def cond(status: QueuePolicyStatus, type_: str) -> tuple[str, str]:
+def cond(status: QueuePolicyStatus, type_: PolicyCondition) -> tuple[str, str]:
     c = find_condition(status.conditions, type_)
     assert c is not None
     return c.status.value, c.reason
@@ -132,8 +133,8 @@ async def test_breach_alerts_once_on_slack_and_recovers_once(
     await make_failed_jobs(redis_url, "orders", [JobSpec("whatsapp.send", reason="429")] * 6)
 
     result = await evaluate(POLICY, s, None, redis=redis, ops=ops, notifier=notifier)
-    assert cond(result.status, "Healthy") == ("False", "FailedAboveThreshold")
-    assert cond(result.status, "Ready") == ("True", "Evaluated")
+    assert cond(result.status, PolicyCondition.HEALTHY) == ("False", "FailedAboveThreshold")
+    assert cond(result.status, PolicyCondition.READY) == ("True", "Evaluated")
     assert [(e.type, e.reason) for e in result.events] == [("Warning", "FailedAboveThreshold")]
     assert len(webhook.posts) == 1 and "failed 6 > 5" in webhook.posts[0]["text"]
     assert "visapi-queues" in webhook.posts[0]["text"]
@@ -148,7 +149,7 @@ async def test_breach_alerts_once_on_slack_and_recovers_once(
     result = await evaluate(
         POLICY, s, result.status, redis=redis, ops=ops, notifier=notifier, memory=result.memory
     )
-    assert cond(result.status, "Healthy") == ("True", "WithinThresholds")
+    assert cond(result.status, PolicyCondition.HEALTHY) == ("True", "WithinThresholds")
     assert len(webhook.posts) == 2 and ":large_green_circle:" in webhook.posts[1]["text"]
     ours = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("aiohttp"))
     everything = ours + repr(result.status) + repr(result.events)
@@ -227,12 +228,13 @@ async def test_red_gate_pauses_green_resumes_only_ours(
 
     gates = await runner.check([], datetime.now(UTC))
     result = await evaluate(POLICY, s, None, redis=redis, ops=ops, gates=gates)
-    assert result.decision.actions == () and cond(result.status, "GatesPassed") == ("True", "AllGatesPassed")
+    assert result.decision.actions == ()
+    assert cond(result.status, PolicyCondition.GATES_PASSED) == ("True", "AllGatesPassed")
 
     dependency.kill()
     gates = await runner.check(gates, datetime.now(UTC))
     result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, gates=gates, memory=result.memory)
-    assert cond(result.status, "GatesPassed") == ("False", "GateFailed")
+    assert cond(result.status, PolicyCondition.GATES_PASSED) == ("False", "GateFailed")
     paused = {q: await BullQueue(redis, q).is_paused() for q in ("critical", "default", "bulk")}
     assert paused == {"critical": True, "default": True, "bulk": True}
     assert {q.name: q.paused_by_policy for q in result.status.queues} == {
@@ -451,7 +453,7 @@ async def test_stalled_active_job_without_a_lock(redis: aioredis.Redis, redis_ur
             now=t0 + timedelta(seconds=75),
         )
         assert result.status.queues[0].stalled == 1
-        assert cond(result.status, "Healthy") == ("False", "StalledJobs")
+        assert cond(result.status, PolicyCondition.HEALTHY) == ("False", "StalledJobs")
     finally:
         release.set()
         await worker.close()
@@ -470,7 +472,7 @@ async def test_unreachable_redis_is_a_condition_not_an_exception(redis_factory: 
         result = await evaluate(
             POLICY, s, result.status, redis=client, ops=BullQueueOps(client), memory=result.memory
         )
-        assert cond(result.status, "Ready") == ("False", "RedisUnreachable")
+        assert cond(result.status, PolicyCondition.READY) == ("False", "RedisUnreachable")
         assert [e.reason for e in result.events] == ["RedisUnreachable"]
         assert result.decision.actions == ()
     finally:
@@ -585,10 +587,10 @@ async def test_a_queue_with_no_bullmq_keys_is_reported_never_acted_on_and_the_ot
     assert queues["orders"].paused_by_policy and await BullQueue(redis, "orders").is_paused()
     assert [(a.kind.value, a.queue) for a in result.decision.actions if a.queue == "ordres"] == []
     assert await redis.keys("bull:ordres:*") == []  # not paused into existence
-    healthy = find_condition(result.status.conditions, "Healthy")
+    healthy = find_condition(result.status.conditions, PolicyCondition.HEALTHY)
     assert healthy is not None and (healthy.status.value, healthy.reason) == ("False", "QueueNotFound")
     assert expected in healthy.message and "orders: failed 2 > 1" in healthy.message
-    assert cond(result.status, "Ready") == ("True", "Evaluated")
+    assert cond(result.status, PolicyCondition.READY) == ("True", "Evaluated")
     assert [(e.type, e.message) for e in result.events if e.reason == "QueueNotFound"] == [
         ("Warning", expected)
     ]
@@ -600,4 +602,4 @@ async def test_a_queue_with_no_bullmq_keys_is_reported_never_acted_on_and_the_ot
     await create_queues(redis_url, "ordres")  # the app starts using that name: now it is a queue
     fixed = await evaluate(POLICY, s, again.status, redis=redis, ops=ops, gates=red, memory=again.memory)
     assert {q.name: q.reason for q in fixed.status.queues} == {"orders": "", "ordres": ""}
-    assert cond(fixed.status, "Healthy") == ("False", "FailedAboveThreshold")
+    assert cond(fixed.status, PolicyCondition.HEALTHY) == ("False", "FailedAboveThreshold")

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from bullmq import Queue  # type: ignore[import-untyped]
+from bullmq import Queue
 
 from requeue.policy.failure_rate import EventReader, read_events
 from support.bullmq_jobs import run_worker

@@ -15,7 +15,7 @@ import signal
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pydantic
 import pytest
@@ -52,6 +52,11 @@ Q = "default"
 K = QueueKeys("bull", Q)
 #: Bulk's window ends this clock-skew margin before the replay starts.
 MARGIN = timedelta(milliseconds=DEFAULT_TUNING.clock_skew_ms)
+
+
+async def failed_scores(r: aioredis.Redis) -> list[tuple[str, float]]:
+    """(id, score) of every failed job, lowest score first (``r`` decodes responses)."""
+    return cast(list[tuple[str, float]], await r.zrange(K.failed, 0, -1, withscores=True))
 
 
 def ahead() -> datetime:
@@ -129,7 +134,7 @@ async def test_bulk_moves_the_window_to_wait_as_retry_jobs_does(
 async def test_window_bounds_and_max_jobs(redis_url: str, r: aioredis.Redis) -> None:
     old, mid, new = await three_generations(redis_url, Q)
     await next_millisecond()
-    scores = dict(await r.zrange(K.failed, 0, -1, withscores=True))
+    scores = dict(await failed_scores(r))
     hi = max(scores[i] for i in mid) + 1
     assert min(scores[i] for i in new) >= hi
     # no lower bound: everything failed before failedBefore, oldest first, at most maxJobs
@@ -153,7 +158,7 @@ async def test_older_failed_jobs_in_front_of_the_window_fail_it_and_move_nothing
     await make_failed_jobs(redis_url, Q, [JobSpec("a", {"i": i}) for i in range(5)])
     await next_millisecond()
     later = await failed_jobs(redis_url, [JobSpec("b", {"i": i}) for i in range(5)])
-    lo = min(s for m, s in await r.zrange(K.failed, 0, -1, withscores=True) if m in later)
+    lo = min(s for m, s in await failed_scores(r) if m in later)
     st = await engine(r, "o").run(bulk_spec(selector={"failedAfter": iso(lo)}, dryRun=dry_run))
     assert st.phase == ReplayPhase.FAILED
     assert "mode Bulk moves the oldest failed jobs first" in st.message
@@ -170,7 +175,7 @@ async def test_jobs_that_failed_within_the_margin_or_fail_again_stay_failed(
     recent = await make_failed_jobs(redis_url, Q, [JobSpec("y", {"i": i}) for i in range(5)])
     # the replay starts exactly a margin after the first recent failure: that one and later
     # ones are within the margin; the clock stands still until the step loop moves it on
-    first_recent = min(s for m, s in await r.zrange(K.failed, 0, -1, withscores=True) if m in recent)
+    first_recent = min(s for m, s in await failed_scores(r) if m in recent)
     clock = Ticking(from_ms(int(first_recent)) + MARGIN)
     assert to_ms(clock()) - int(first_recent) == DEFAULT_TUNING.clock_skew_ms
     spec = bulk_spec(rate={"jobsPerSecond": 1_000_000, "batchSize": 20})
@@ -222,7 +227,7 @@ async def test_a_stale_second_selection_changes_nothing(redis_url: str, r: aiore
     st = DLQReplayStatus()
     while (await r.hget(ReplayKeys("st").progress, "stage")) != "selecting":
         st = (await first.step(spec, st)).status
-    stale = dict(await r.hgetall(ReplayKeys("st").progress))
+    stale = dict(cast(dict[str, str], await r.hgetall(ReplayKeys("st").progress)))
     st = (await first.step(spec, st)).status
     assert (st.matched, await r.hget(ReplayKeys("st").progress, "stage")) == (12, "replaying")
     other = engine(r, "st")
@@ -258,7 +263,7 @@ async def test_jobs_leaving_the_window_meanwhile_count_as_skipped(redis_url: str
     st = DLQReplayStatus()
     while st.replayed < 10:
         st = (await sk.step(spec, st)).status
-    newest = list(await r.zrange(K.failed, -3, -1))
+    newest = cast(list[str], await r.zrange(K.failed, -3, -1))
     assert await BullQueue(r, Q).replay(newest) == [1, 1, 1]  # someone retried three meanwhile
     st = await drive(sk, spec, st)
     assert (st.phase, st.matched, st.replayed, st.skipped) == (ReplayPhase.SUCCEEDED, 30, 27, 3)

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 
-from requeue.api import DLQReplaySpec, DLQReplayStatus, GatePolicy, GateStatus, GateType, ReplayPhase
+from requeue.api import (
+    DLQReplaySpec,
+    DLQReplayStatus,
+    GatePolicy,
+    GateStatus,
+    GateType,
+    Reason,
+    ReplayCondition,
+    ReplayPhase,
+)
 from requeue.api.base import find_condition
 from requeue.errors import RedisUnavailable
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys, connect
@@ -22,11 +31,11 @@ Q = "default"
 
 
 async def wait_ids(r: aioredis.Redis, queue: str = Q) -> list[str]:
-    return list(await r.lrange(QueueKeys("bull", queue).wait, 0, -1))
+    return cast(list[str], await r.lrange(QueueKeys("bull", queue).wait, 0, -1))
 
 
 async def failed_ids(r: aioredis.Redis, queue: str = Q) -> set[str]:
-    return set(await r.zrange(QueueKeys("bull", queue).failed, 0, -1))
+    return set(cast(list[str], await r.zrange(QueueKeys("bull", queue).failed, 0, -1)))
 
 
 def jobs(n: int, name: str = "whatsapp.send", reason: str = "429 rate limited", **opts: Any) -> list[JobSpec]:
@@ -48,7 +57,7 @@ async def test_replays_matching_jobs_once_and_leaves_others(redis_url: str, r: a
     assert await failed_ids(r) == set(other)
     assert st.breakdown is not None and st.breakdown.by_name == {"whatsapp.send": 40}
     assert st.breakdown.by_reason == {"<n> rate limited": 40}
-    cond = find_condition(st.conditions, "Succeeded")
+    cond = find_condition(st.conditions, ReplayCondition.SUCCEEDED)
     assert cond is not None and cond.status == "True"
     # the lease is released and the replay's keys expire
     assert not await r.exists(QueueKeys("bull", Q).lease)
@@ -59,7 +68,9 @@ async def test_dry_run_changes_nothing(redis_url: str, r: aioredis.Redis) -> Non
     ids = await make_failed_jobs(
         redis_url, Q, [JobSpec("email.send", {"i": i}, f"timeout after {5000 + i * 7}ms") for i in range(25)]
     )
-    before_failed = await r.zrange(QueueKeys("bull", Q).failed, 0, -1, withscores=True)
+    before_failed = cast(
+        list[tuple[str, float]], await r.zrange(QueueKeys("bull", Q).failed, 0, -1, withscores=True)
+    )
     before_hash = await r.hgetall(QueueKeys("bull", Q).job(ids[0]))
     st = await ReplayEngine(r, replay_id="dry", owner="ns/dry").run(make_spec(dryRun=True))
     assert st.phase == ReplayPhase.SUCCEEDED
@@ -113,7 +124,7 @@ async def test_paused_queue_keeps_replayed_jobs_waiting_until_resumed(
     await q.pause()
     st = await ReplayEngine(r, replay_id="pz", owner="ns/pz").run(make_spec())
     assert st.replayed == 8
-    paused = find_condition(st.conditions, "QueuePaused")
+    paused = find_condition(st.conditions, ReplayCondition.QUEUE_PAUSED)
     assert paused is not None and paused.reason == "PausedByOthers"
     assert await q.is_paused()  # someone else's pause is left alone
     async with run_worker(redis_url, Q) as worker:
@@ -194,7 +205,7 @@ async def test_second_replay_on_the_queue_waits_with_holder_named(redis_url: str
     second = ReplayEngine(r, replay_id="two", owner="team/second")
     st1 = (await first.step(spec, DLQReplayStatus())).status
     res = await second.step(spec, DLQReplayStatus())
-    ready = find_condition(res.status.conditions, "Ready")
+    ready = find_condition(res.status.conditions, ReplayCondition.READY)
     assert ready is not None and ready.reason == "QueueLocked" and "team/first" in ready.message
     assert res.status.phase in (ReplayPhase.PENDING, ReplayPhase.WAITING_FOR_GATES)
     assert [e.reason for e in res.events] == ["QueueLocked"]
@@ -230,7 +241,7 @@ async def test_verify_succeeds_when_workers_complete(redis_url: str, r: aioredis
         st = await ReplayEngine(r, replay_id="v", owner="ns/v").run(spec)
     assert st.phase == ReplayPhase.SUCCEEDED
     assert (st.completed, st.failed_again) == (20, 0)
-    cond = find_condition(st.conditions, "Succeeded")
+    cond = find_condition(st.conditions, ReplayCondition.SUCCEEDED)
     assert cond is not None and cond.reason == "Verified"
 
 
@@ -240,7 +251,7 @@ async def test_verify_fails_when_jobs_fail_again(redis_url: str, r: aioredis.Red
     async with run_worker(redis_url, Q, fail_when=lambda job: job.data["i"] % 2 == 0):
         st = await ReplayEngine(r, replay_id="vf", owner="ns/vf").run(spec)
     assert st.phase == ReplayPhase.FAILED
-    cond = find_condition(st.conditions, "Succeeded")
+    cond = find_condition(st.conditions, ReplayCondition.SUCCEEDED)
     assert cond is not None and cond.status == "False" and cond.reason == "VerificationFailed"
     assert st.failed_again >= 2
 
@@ -336,7 +347,7 @@ async def test_gates_time_out(redis_url: str, r: aioredis.Redis) -> None:
     engine = ReplayEngine(r, replay_id="gt", owner="ns/gt", gates=gate, clock=clock)
     st, events = await steps(engine, spec, DLQReplayStatus(), 12, clock)
     assert st.phase == ReplayPhase.FAILED
-    cond = find_condition(st.conditions, "Succeeded")
+    cond = find_condition(st.conditions, ReplayCondition.SUCCEEDED)
     assert cond is not None and cond.reason == "GatesTimedOut"
     assert "QueueResumed" in events and not await BullQueue(r, Q).is_paused()
     assert st.replayed == 0 and len(await failed_ids(r)) == 3
@@ -366,7 +377,9 @@ async def test_failure_threshold_rides_out_a_blip_during_replay(redis_url: str, 
     """failureThreshold 3: one or two failed checks while replaying do not hold the replay
     (the start still needed every gate to pass); the third in a row does."""
     await make_failed_jobs(redis_url, Q, jobs(100))
-    gate = FlipGate(True, GatePolicy(interval="1s", timeout="1m", failureThreshold=3))
+    gate = FlipGate(
+        True, GatePolicy.model_validate({"interval": "1s", "timeout": "1m", "failureThreshold": 3})
+    )
     clock = Clock()  # only moves when the test says: one batch of 10 per step
     spec = make_spec(gates=GATES, rate={"jobsPerSecond": 100_000, "batchSize": 10})
     engine = ReplayEngine(r, replay_id="blip", owner="ns/blip", gates=gate, clock=clock)
@@ -404,7 +417,9 @@ async def test_failure_threshold_rides_out_a_blip_during_replay(redis_url: str, 
 async def test_failing_gate_below_threshold_still_blocks_the_start(redis_url: str, r: aioredis.Redis) -> None:
     """Starting needs every gate passed (successThreshold); failureThreshold only governs holding."""
     await make_failed_jobs(redis_url, Q, jobs(5))
-    gate = FlipGate(False, GatePolicy(interval="1s", timeout="1m", failureThreshold=3))
+    gate = FlipGate(
+        False, GatePolicy.model_validate({"interval": "1s", "timeout": "1m", "failureThreshold": 3})
+    )
     clock = Clock()
     engine = ReplayEngine(r, replay_id="start", owner="ns/start", gates=gate, clock=clock)
     st, _ = await steps(engine, make_spec(gates=GATES), DLQReplayStatus(), 4, clock)
@@ -476,7 +491,7 @@ async def test_redis_killed_mid_run_surfaces_redis_unavailable(redis_factory: An
         server.kill()
         results = [await engine.step(spec, st) for _ in range(3)]
         last = results[-1]
-        ready = find_condition(last.status.conditions, "Ready")
+        ready = find_condition(last.status.conditions, ReplayCondition.READY)
         assert ready is not None and ready.reason == "RedisUnreachable"
         assert "127.0.0.1" in ready.message
         assert [e.reason for e in last.events] == ["RedisUnreachable"]
@@ -509,12 +524,13 @@ async def test_redis_back_after_a_reported_outage_is_ready_again_with_an_event(r
         server.kill()
         for _ in range(2):
             st = (await engine.step(spec, st)).status
-        assert find_condition(st.conditions, "Ready").reason == "RedisUnreachable"  # type: ignore[union-attr]
+        lost = find_condition(st.conditions, ReplayCondition.READY)
+        assert lost is not None and lost.reason == "RedisUnreachable", lost
         server.start()
         back = await engine.step(spec, st)
-        ready = find_condition(back.status.conditions, "Ready")
+        ready = find_condition(back.status.conditions, ReplayCondition.READY)
         assert ready is not None and ready.status == "True", ready
-        assert [e.reason for e in back.events].count("RedisReachable") == 1
+        assert [e.reason for e in back.events].count(Reason.REDIS_REACHABLE) == 1
         assert engine.redis_failures == 0
         st = back.status
         while not st.phase.finished:

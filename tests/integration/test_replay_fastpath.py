@@ -16,7 +16,7 @@ import signal
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -77,7 +77,7 @@ async def test_same_end_state_as_reprocess_job_one_by_one(
     specs = mixed_jobs(150)
     ids = await make_failed_jobs(redis_url, Q, specs)
     by_id = dict(zip(ids, specs, strict=True))
-    order = list(await r.zrange(K.failed, 0, -1))
+    order = cast(list[str], await r.zrange(K.failed, 0, -1))
     before = {i: await r.hgetall(K.job(i)) for i in ids}
     st = await ReplayEngine(r, replay_id="eq", owner="ns/eq").run(make_spec(resetAttempts=reset))
     assert st.phase == ReplayPhase.SUCCEEDED
@@ -105,7 +105,7 @@ async def test_same_end_state_as_reprocess_job_one_by_one(
 
 async def test_window_bounds_and_max_jobs_select_exactly(redis_url: str, r: aioredis.Redis) -> None:
     old, mid, new = await three_generations(redis_url, Q)
-    scores = dict(await r.zrange(K.failed, 0, -1, withscores=True))
+    scores = dict(cast(list[tuple[str, float]], await r.zrange(K.failed, 0, -1, withscores=True)))
     lo = min(scores[i] for i in mid)
     hi = max(scores[i] for i in mid) + 1
     assert max(scores[i] for i in old) < lo and min(scores[i] for i in new) >= hi
@@ -203,7 +203,7 @@ async def test_guard_vetoes_a_chunk_whose_plan_went_stale(redis_url: str, r: aio
     # paused meanwhile: the target list chosen from the plan would be wrong
     assert await mover.fast_chunk(spec, q, plan.cursor, count, last, not plan.paused, plan.matched) is None
     # a planned job retried by someone else meanwhile
-    first = (await r.zrange(K.failed, 0, 0))[0]
+    first = cast(list[str], await r.zrange(K.failed, 0, 0))[0]
     assert await q.replay([first]) == [1]
     assert await mover.fast_chunk(spec, q, plan.cursor, count, last, plan.paused, plan.matched) is None
     assert await r.llen(K.wait) == 1 and await r.zcard(K.failed) == 11

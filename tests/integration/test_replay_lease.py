@@ -10,7 +10,7 @@ from pathlib import Path
 import redis
 import redis.asyncio as aioredis
 
-from requeue.api import DLQReplayStatus, ReplayPhase, find_condition
+from requeue.api import DLQReplayStatus, ReplayCondition, ReplayPhase, find_condition
 from requeue.queues import QueueKeys, ReplayKeys
 from requeue.replay import ReplayEngine
 from requeue.replay.lease import Driver, this_process
@@ -48,7 +48,7 @@ async def test_a_second_process_on_the_same_replay_waits_naming_the_holder(
     assert moved == 10
 
     res = await second.step(spec, DLQReplayStatus())
-    ready = find_condition(res.status.conditions, "Ready")
+    ready = find_condition(res.status.conditions, ReplayCondition.READY)
     assert ready is not None and ready.reason == "QueueLocked"
     assert "replay id same" in ready.message and "pid 4242 on elsewhere-4242" in ready.message
     assert [e.reason for e in res.events] == ["QueueLocked"]
@@ -85,7 +85,7 @@ async def test_a_restarted_engine_in_the_same_process_takes_its_lease_back_at_on
     assert this_process().token in (await r.get(K.lease) or "")
     after = ReplayEngine(r, replay_id="rs", owner="ops/rs")  # the daemon's new engine
     res = await after.step(spec, st)
-    ready = find_condition(res.status.conditions, "Ready")
+    ready = find_condition(res.status.conditions, ReplayCondition.READY)
     assert ready is not None and ready.reason != "QueueLocked"
     st = await drive(after, spec, res.status)
     assert (st.matched, st.replayed) == (20, 20)
@@ -161,7 +161,7 @@ async def test_a_rerun_after_the_holder_was_killed_on_this_host_resumes_at_once(
         st = (await before.step(slow, st)).status
     rerun = ReplayEngine(r, replay_id="k", owner="ops/k")
     res = await rerun.step(slow, st)  # one slow batch: the replay is not over, so the lease is held
-    ready = find_condition(res.status.conditions, "Ready")
+    ready = find_condition(res.status.conditions, ReplayCondition.READY)
     assert ready is not None and ready.reason != "QueueLocked", ready
     assert this_process().token in (await r.get(K.lease) or "")
     st = await drive(rerun, spec, res.status)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -157,7 +157,7 @@ async def test_max_jobs_takes_the_oldest_failures(world: World, r: aioredis.Redi
     scores = {m.id: float(await r.zscore("bull:default:failed", m.id) or 0) for m in world.jobs}
     st = await ReplayEngine(r, replay_id="max", owner="ns/max").run(spec)
     assert (st.matched, st.replayed) == (5, 5)
-    moved = set(await r.lrange("bull:default:wait", 0, -1))
+    moved = set(cast(list[str], await r.lrange("bull:default:wait", 0, -1)))
     left = [m.id for m in world.jobs if m.spec.name == "email.send" and m.id not in moved]
     assert len(moved) == 5 and len(left) == 19
     # the failed set is ordered by failure time: the moved ones failed no later than any other email.send

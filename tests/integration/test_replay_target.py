@@ -8,7 +8,7 @@ and originals removed by BullMQ's own scripts, a real Worker holding a job activ
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -112,7 +112,7 @@ async def test_replay_left_between_copy_and_removal_by_the_old_two_step_code(
     spec = make_spec(rate={"jobsPerSecond": 100_000, "batchSize": 5})
     engine = ReplayEngine(r, replay_id="legacy", owner="ns/legacy")
     st = await until_replaying(engine, spec)
-    first = await r.lrange(ReplayKeys("legacy").snapshot, 0, 4)
+    first = cast(list[str], await r.lrange(ReplayKeys("legacy").snapshot, 0, 4))
     source, target = BullQueue(r, Q), BullQueue(r, T)
     async with r.pipeline(transaction=True) as pipe:  # what the old first transaction did
         pipe.rpush(ReplayKeys("legacy").progress + ":copied", *first)

@@ -28,10 +28,12 @@ PASSWORD = "tls-Secret-93be"
 Q = "default"
 K = QueueKeys("bull", Q)
 POLICY = PolicyRef(namespace="visapi", name="tls-policy", uid="tls-uid", generation=1)
-#: spec.redis with the CA from the Secret ``redis``/``ca`` (the CLI's ``--secret redis/ca=PEM``).
+#: spec.redis.tls with the CA from the Secret ``redis``/``ca`` (the CLI's ``--secret redis/ca=PEM``).
+TLS_WITH_CA = {"caSecretRef": {"name": "redis", "key": "ca"}}
+#: spec.redis with that CA.
 REDIS_WITH_CA = {
     "urlSecretRef": {"name": "redis", "key": "url"},
-    "tls": {"caSecretRef": {"name": "redis", "key": "ca"}},
+    "tls": TLS_WITH_CA,
 }
 
 
@@ -147,7 +149,7 @@ async def test_replay_with_a_client_certificate_from_secrets(tmp_path: Path) -> 
             "certSecretRef": {"name": "tls", "key": "crt"},
             "keySecretRef": {"name": "tls", "key": "key"},
         }
-        with_cert = {**REDIS_WITH_CA, "tls": {**REDIS_WITH_CA["tls"], **client_cert}}
+        with_cert = {**REDIS_WITH_CA, "tls": {**TLS_WITH_CA, **client_cert}}
         secrets = ("--secret", f"redis/url={url}", "--secret", f"redis/ca={ca_pem}")
 
         bare = write_manifest(tmp_path / "bare.yaml", {"redis": REDIS_WITH_CA})

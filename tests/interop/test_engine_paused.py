@@ -19,6 +19,7 @@ import redis.asyncio as aredis
 
 from requeue.api import DLQReplaySpec, ReplayPhase
 from requeue.api.base import find_condition
+from requeue.api.conditions import ReplayCondition
 from requeue.queues import ReplayKeys, connect
 from requeue.replay import ReplayEngine
 from support.node import (
@@ -81,7 +82,7 @@ async def test_engine_replay_into_node_paused_queue(
         await client.aclose()
     assert st.phase == ReplayPhase.SUCCEEDED
     assert (st.matched, st.replayed, st.skipped) == (45, 45, 0)
-    cond = find_condition(st.conditions, "QueuePaused")
+    cond = find_condition(st.conditions, ReplayCondition.QUEUE_PAUSED)
     assert cond is not None and cond.reason == "PausedByOthers"
     plain = {i for i in wanted if not by_id[i]["opts"]}
     # which batch path ran: moveJobsToWait for runs of jobs without a priority at the head of

@@ -22,13 +22,15 @@ T = TypeVar("T")
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     *,
     timeout: float = 10.0,
     interval: float = 0.05,
     message: str | Callable[[], str] = "condition",
 ) -> T:
     """Poll ``predicate`` until it returns something truthy; return it, or fail after ``timeout``.
+
+    ``predicate`` may return None for "not yet": the result is then typed without it.
 
     Bounded waits instead of sleeps: tests stay fast on a quick machine and still
     pass on a slow one. The failure names what was awaited (``message`` may be a
@@ -46,7 +48,7 @@ def wait_until(
 
 
 async def async_wait_until(
-    predicate: Callable[[], Awaitable[T]],
+    predicate: Callable[[], Awaitable[T | None]],
     *,
     timeout: float = 10.0,
     interval: float = 0.05,

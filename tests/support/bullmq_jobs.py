@@ -86,7 +86,7 @@ def mixed_jobs(n: int) -> list[JobSpec]:
 async def three_generations(redis_url: str, queue: str) -> tuple[list[str], list[str], list[str]]:
     """30 failed jobs named "a", then 40 "b", then 20 "c", each group failed after the one
     before (apart on the failed set's score): for tests of time windows."""
-    groups = []
+    groups: list[list[str]] = []
     for name, n in (("a", 30), ("b", 40), ("c", 20)):
         if groups:
             await next_millisecond()

@@ -32,6 +32,7 @@ __all__ = [
     "gated_policy",
     "kubectl",
     "metric",
+    "object_uid",
     "policy",
     "policy_events",
     "scrape",
@@ -90,6 +91,13 @@ async def apply(kube: Kube, manifest: dict[str, Any]) -> None:
 async def status(kube: Kube, name: str, namespace: str = "default") -> dict[str, Any]:
     obj = await asyncio.to_thread(kube.get, QPOL, name, namespace)
     return dict((obj or {}).get("status") or {})
+
+
+async def object_uid(kube: Kube, res: str, name: str, namespace: str = "default") -> str:
+    """The UID of a stored object (e.g. ``QPOL``), which must exist: owner references carry it."""
+    obj = await asyncio.to_thread(kube.get, res, name, namespace)
+    assert obj is not None, f"{res}/{name} does not exist"
+    return str(obj["metadata"]["uid"])
 
 
 async def policy_events(kube: Kube, name: str) -> list[dict[str, Any]]:

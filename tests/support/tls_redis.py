@@ -67,6 +67,7 @@ def tls_redis_server(
     )
     try:
         deadline = time.monotonic() + 10
+        certfile, keyfile = _client_files(directory) if client_certificates else (None, None)
         while True:
             client = redis.Redis(
                 host="127.0.0.1",
@@ -74,8 +75,9 @@ def tls_redis_server(
                 password=password,
                 ssl=True,
                 ssl_ca_certs=str(directory / "ca.crt"),
+                ssl_certfile=certfile,
+                ssl_keyfile=keyfile,
                 socket_timeout=0.5,
-                **_client_files(directory) if client_certificates else {},
             )
             try:
                 if client.ping():
@@ -92,10 +94,11 @@ def tls_redis_server(
         proc.wait(timeout=10)
 
 
-def _client_files(directory: Path) -> dict[str, str]:
+def _client_files(directory: Path) -> tuple[str, str]:
+    """(certificate file, key file) of the client certificate in ``directory``, made if missing."""
     if not (directory / "client.crt").exists():
         make_client_certificate(directory)
-    return {"ssl_certfile": str(directory / "client.crt"), "ssl_keyfile": str(directory / "client.key")}
+    return str(directory / "client.crt"), str(directory / "client.key")
 
 
 def make_client_certificate(directory: Path) -> tuple[str, str]:

@@ -34,7 +34,7 @@ def declared(*extras: str) -> set[str]:
     reqs = list(PYPROJECT["project"]["dependencies"])
     for extra in extras:
         reqs += PYPROJECT["project"]["optional-dependencies"][extra]
-    names = {canonicalize_name(Requirement(r).name) for r in reqs}
+    names: set[str] = {canonicalize_name(Requirement(r).name) for r in reqs}
     return names - {"requeue"}
 
 
@@ -127,7 +127,7 @@ def test_this_environment_is_the_lock() -> None:
     """`make test` installs from the lock; a drift here means the venv is stale (`make clean`)."""
     from importlib.metadata import distributions
 
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in distributions()}
+    installed: dict[str, str] = {canonicalize_name(d.metadata["Name"]): d.version for d in distributions()}
     drift = {
         name: (version, installed.get(name))
         for name, version in pinned("lock.txt").items()

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from requeue.api.base import find_condition
+from requeue.api.conditions import PolicyCondition
 from requeue.api.policy import QueuePolicyStatus
 from requeue.policy.actions import Alert, AutoReplay, BreachKind, Clean, Pause, Recover, Resume
 from requeue.policy.autoreplay import child_replay_name
@@ -19,7 +20,7 @@ SEC = timedelta(seconds=1)
 
 def cond(sim: PolicySim, type_: str) -> tuple[str, str]:
     assert sim.status is not None
-    c = find_condition(sim.status.conditions, type_)
+    c = find_condition(sim.status.conditions, PolicyCondition(type_))
     assert c is not None
     return c.status.value, c.reason
 
@@ -61,12 +62,12 @@ def test_breach_since_is_kept_and_transition_time_moves_only_on_flip() -> None:
     sim.step()
     assert sim.status is not None
     since = sim.status.queues[0].breaches[0].since
-    flipped = find_condition(sim.status.conditions, "Healthy")
+    flipped = find_condition(sim.status.conditions, PolicyCondition.HEALTHY)
     sim.q().failed = 9
     sim.step()
     assert sim.status.queues[0].breaches[0].since == since
     assert sim.status.queues[0].reasons == ["failed 9 > 1"]
-    again = find_condition(sim.status.conditions, "Healthy")
+    again = find_condition(sim.status.conditions, PolicyCondition.HEALTHY)
     assert flipped is not None and again is not None
     assert again.last_transition_time == flipped.last_transition_time
 
@@ -82,7 +83,7 @@ def test_waiting_counts_the_prioritized_backlog_and_mixed_kinds_say_thresholds_b
     assert d.actions == (Alert("b", BreachKind.FAILED, "failed 11 > 10"),)
     assert cond(sim, "Healthy") == ("False", "ThresholdsBreached")
     assert sim.status is not None
-    healthy = find_condition(sim.status.conditions, "Healthy")
+    healthy = find_condition(sim.status.conditions, PolicyCondition.HEALTHY)
     assert healthy is not None and "a: waiting 1100 > 1000" in healthy.message
     assert "b: failed 11 > 10" in healthy.message
 

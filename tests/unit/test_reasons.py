@@ -52,7 +52,7 @@ def test_the_parser_catches_a_made_up_reason() -> None:
 
 
 def test_each_error_class_is_named_after_its_reason() -> None:
-    classes = [
+    classes: list[type[errors.RequeueError] | type[DestinationDenied]] = [
         c
         for c in vars(errors).values()
         if isinstance(c, type) and issubclass(c, errors.RequeueError) and c not in _BASES

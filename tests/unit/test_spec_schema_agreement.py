@@ -159,7 +159,7 @@ def _instant(stamp: str) -> datetime:
 
 
 #: Mostly an ordered window (or one end of it); sometimes reversed or equal instants.
-_window = st.one_of(
+_window: st.SearchStrategy[dict[str, str]] = st.one_of(
     st.just({}),
     _timestamps.map(lambda t: {"failedAfter": t}),
     _timestamps.map(lambda t: {"failedBefore": t}),
@@ -170,13 +170,15 @@ _window = st.one_of(
         lambda ts: dict(zip(("failedAfter", "failedBefore"), ts, strict=True))
     ),
 )
-_bad_window = st.one_of(
+_bad_window: st.SearchStrategy[dict[str, str]] = st.one_of(
     st.sampled_from(_bad_timestamps).map(
         lambda t: {"failedAfter": t, "failedBefore": "2030-01-01T00:00:00Z"}
     ),
     st.sampled_from(_bad_timestamps).map(lambda t: {"failedBefore": t}),
 )
-_window_or_bad = _rare.flatmap(lambda rare: _bad_window if rare else _window)
+_window_or_bad: st.SearchStrategy[dict[str, str]] = _rare.flatmap(
+    lambda rare: _bad_window if rare else _window
+)
 
 
 def selector(*, per_job: bool = True) -> st.SearchStrategy[Any]:
