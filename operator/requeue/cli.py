@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -444,44 +444,20 @@ _QUEUE_EXIT_CODES = """Exit codes: 0 done (or nothing to do), 2 queue not found 
 
 @main.command(cls=JsonErrorsCommand)
 @_queue_options
-def pause(
-    redis_url: str, queue: str, prefix: str, dry_run: bool, output: str, connect_timeout: float
-) -> None:
+def pause(**options: Any) -> None:
     """Pause a queue (BullMQ's own pause script): workers take no new jobs; active ones finish."""
     from requeue.commands.pause_cmd import run_pause
 
-    sys.exit(
-        run_pause(
-            pause=True,
-            redis_url=redis_url,
-            queue=queue,
-            prefix=prefix,
-            dry_run=dry_run,
-            output=output,
-            connect_timeout=connect_timeout,
-        )
-    )
+    sys.exit(run_pause(pause=True, **options))
 
 
 @main.command(cls=JsonErrorsCommand)
 @_queue_options
-def resume(
-    redis_url: str, queue: str, prefix: str, dry_run: bool, output: str, connect_timeout: float
-) -> None:
+def resume(**options: Any) -> None:
     """Resume a paused queue, saying who had paused it when requeue knows (a replay, a QueuePolicy)."""
     from requeue.commands.pause_cmd import run_pause
 
-    sys.exit(
-        run_pause(
-            pause=False,
-            redis_url=redis_url,
-            queue=queue,
-            prefix=prefix,
-            dry_run=dry_run,
-            output=output,
-            connect_timeout=connect_timeout,
-        )
-    )
+    sys.exit(run_pause(pause=False, **options))
 
 
 def _grace(ctx: click.Context, param: click.Parameter, value: str) -> float:
