@@ -557,39 +557,25 @@ class BullQueue:
         not carried over (BullMQ has no way to add a job with attempts made).
         """
         priority, args = self._copy_args(job, new_id=new_id, timestamp_ms=timestamp_ms)
+        script = self.scripts.add_prioritized_job if priority else self.scripts.add_standard_job
+        await script(keys=self._add_job_keys(bool(priority), wait=self.keys.wait), args=args, client=pipe)
+
+    def _add_job_keys(self, priority: bool, *, wait: str) -> list[str]:
+        """KEYS of BullMQ's ``addPrioritizedJob`` / ``addStandardJob`` (as BullMQ 5/6 pass them)."""
         k = self.keys
         if priority:
-            await self.scripts.add_prioritized_job(
-                keys=[
-                    k.marker,
-                    k.meta,
-                    k.key("id"),
-                    k.prioritized,
-                    k.delayed,
-                    k.completed,
-                    k.active,
-                    k.events,
-                    k.priority_counter,
-                ],
-                args=args,
-                client=pipe,
-            )
-        else:
-            await self.scripts.add_standard_job(
-                keys=[
-                    k.wait,
-                    k.paused,
-                    k.meta,
-                    k.key("id"),
-                    k.completed,
-                    k.delayed,
-                    k.active,
-                    k.events,
-                    k.marker,
-                ],
-                args=args,
-                client=pipe,
-            )
+            return [
+                k.marker,
+                k.meta,
+                k.key("id"),
+                k.prioritized,
+                k.delayed,
+                k.completed,
+                k.active,
+                k.events,
+                k.priority_counter,
+            ]
+        return [wait, k.paused, k.meta, k.key("id"), k.completed, k.delayed, k.active, k.events, k.marker]
 
     def copy_command(
         self, job: dict[str, str | None], *, new_id: str, timestamp_ms: int, paused: bool = False
@@ -600,38 +586,9 @@ class BullQueue:
         ``paused`` list, where every BullMQ major finds it on resume (see :meth:`target_list`).
         """
         priority, args = self._copy_args(job, new_id=new_id, timestamp_ms=timestamp_ms)
-        k = self.keys
-        if priority:
-            return pack(
-                "EVALSHA",
-                self.scripts.add_prioritized_job.sha,
-                9,
-                k.marker,
-                k.meta,
-                k.key("id"),
-                k.prioritized,
-                k.delayed,
-                k.completed,
-                k.active,
-                k.events,
-                k.priority_counter,
-                *args,
-            )
-        return pack(
-            "EVALSHA",
-            self.scripts.add_standard_job.sha,
-            9,
-            self.target_list(paused),
-            k.paused,
-            k.meta,
-            k.key("id"),
-            k.completed,
-            k.delayed,
-            k.active,
-            k.events,
-            k.marker,
-            *args,
-        )
+        script = self.scripts.add_prioritized_job if priority else self.scripts.add_standard_job
+        keys = self._add_job_keys(bool(priority), wait=self.target_list(paused))
+        return pack("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def remove_command(self, job_id: str) -> bytes:
         """BullMQ's ``removeJob`` (children kept), packed."""
