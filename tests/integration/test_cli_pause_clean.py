@@ -30,6 +30,13 @@ async def test_paused_queue_is_not_processed_until_resumed(
     assert await redis_client.hexists(f"bull:{Q}:meta", "paused")
     again = await acli("pause", "--redis-url", redis_url, "--queue", Q, "-o", "json")
     assert json.loads(again.stdout)["action"] == "alreadyPaused"
+    again = await acli("pause", "--redis-url", redis_url, "--queue", Q)
+    assert again.code == 0, again.output
+    # `requeue pause` leaves no trace: never claim requeue did not pause it
+    assert "was already paused (not by a requeue replay or QueuePolicy: by an app, a person or " in (
+        again.stdout
+    )
+    assert "`requeue pause`); nothing done" in again.stdout and "did not" not in again.stdout
 
     ids = await add_jobs(redis_url, Q, [JobSpec(name="work", data={"i": i}) for i in range(10)])
     async with run_worker(redis_url, Q) as run:
@@ -56,7 +63,7 @@ async def test_resume_names_who_paused(redis_url: str, redis_client: aioredis.Re
     assert (await acli("pause", "--redis-url", redis_url, "--queue", Q)).code == 0
     res = await acli("resume", "--redis-url", redis_url, "--queue", Q, "--dry-run")
     assert res.code == 0 and "would be resumed" in res.stdout
-    assert "paused by an app or a person" in res.stdout
+    assert "it had been paused not by a requeue replay or QueuePolicy: by an app, a person or " in res.stdout
     assert await redis_client.hexists(f"bull:{Q}:meta", "paused")  # dry run: still paused
 
     # a replay holding it for a red gate, and a QueuePolicy that paused it (as they record it)

@@ -118,10 +118,12 @@ def render_text(r: dict[str, Any]) -> str:
     """One or two lines saying what was done and who had paused the queue."""
     q = f"queue {r['queue']} (prefix {r['prefix']})"
     would = "would be " if r["dryRun"] else ""
+    # Only replays and policies leave a trace of their pause; `requeue pause` leaves none, so an
+    # untraced pause may still be requeue's own CLI: never claim it was not.
     by = (
-        "paused by " + ", ".join(r["pausedBy"])
+        "by " + ", ".join(r["pausedBy"])
         if r["pausedBy"]
-        else "paused by an app or a person (requeue did not pause it)"
+        else "not by a requeue replay or QueuePolicy: by an app, a person or `requeue pause`"
     )
     if r["action"] == "paused":
         return f"{q} {would or 'is now '}paused" + ("" if would else "; workers finish their active jobs")
@@ -129,7 +131,7 @@ def render_text(r: dict[str, Any]) -> str:
         return f"{q} was already paused ({by}); nothing done"
     if r["action"] == "notPaused":
         return f"{q} is not paused; nothing done"
-    line = f"{q} {would or ''}resumed; it had been {by}"
+    line = f"{q} {would or ''}resumed; it had been paused {by}"
     if r["pausedBy"]:
         line += "\nnote: they may pause it again (a replay whose gate is still red, a policy still in breach)"
     return line
