@@ -3,16 +3,19 @@
 Every replay (the operator's and the CLI's ``cli-*``) keeps its progress and
 snapshot under ``requeue:replay:<id>:`` (:class:`requeue.queues.keys.ReplayKeys`)
 for 3 days after it ends. ``list`` shows them; ``forget`` deletes a finished one's
-keys at once. A replay that has not finished (its stage is not ``done``) is never
-touched: its keys are its progress, and rerunning its command resumes from them
-(``ReplayRunning``, exit 2).
+keys at once. A replay runs only while its queue's lease (:attr:`QueueKeys.lease`)
+names it: such a one is never touched, its keys are its progress (``ReplayRunning``,
+exit 2). One that has not finished and that no lease names was abandoned (its CLI
+was stopped, e.g. while waiting for gates): its keys have no TTL, so ``list`` shows
+it ``Abandoned`` and ``forget`` may delete them (rerunning its command would resume).
 
 ``list -o json`` (``schemaVersion`` 1)::
 
     {"schemaVersion": 1, "replays": [{"id": "cli-ops-replay-1", "queue": "default",
       "owner": "ops/replay-1", "stage": "done", "phase": "Succeeded", "finished": true,
       "matched": 25, "replayed": 25, "skipped": 0, "missing": 0,
-      "startedAt": "...Z", "finishedAt": "...Z", "ageSeconds": 3600, "expiresInSeconds": 255600}]}
+      "running": false, "startedAt": "...Z", "finishedAt": "...Z", "ageSeconds": 3600,
+      "expiresInSeconds": 255600}]}
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from redis.asyncio import Redis
 from requeue.commands.output import ConnectRetry, RedactedValues, connect_retrying, print_json, report_error
 from requeue.errors import ReplayNotFound, ReplayRunning, RequeueError
 from requeue.queues import ReplayKeys, connect, map_redis_error
-from requeue.queues.keys import Progress, Stage
+from requeue.queues.keys import Progress, QueueKeys, Stage
+from requeue.replay.lease import LeaseHolder
 
 __all__ = ["run_replays_forget", "run_replays_list"]
 
@@ -86,7 +90,32 @@ def _run(
         return report_error(exc, secrets, json_output=json_output)
 
 
-async def _describe(redis: Redis, replay_id: str, now_ms: int) -> dict[str, Any] | None:
+async def _scan(redis: Redis, pattern: str) -> list[str]:
+    """The keys matching ``pattern``, from a ``SCAN`` bounded by :data:`_SCAN_BUDGET`."""
+    found: list[str] = []
+    cursor, visited = 0, 0
+    while True:
+        cursor, batch = await redis.scan(cursor=cursor, match=pattern, count=1000)
+        visited += 1000
+        found.extend(_s(raw) or "" for raw in batch)
+        if int(cursor) == 0 or visited >= _SCAN_BUDGET:
+            return found
+
+
+async def _driven(redis: Redis) -> set[str]:
+    """The ids of the replays some queue's lease names: only those are running (a lease
+    expires when its driver dies, so a stopped CLI's replay is named by none)."""
+    ids: set[str] = set()
+    for key in await _scan(redis, QueueKeys("*", "*").lease):
+        value = _s(await redis.get(key))
+        if value:
+            ids.add(LeaseHolder.parse(value).replay_id)
+    return ids
+
+
+async def _describe(
+    redis: Redis, replay_id: str, now_ms: int, driven: set[str]
+) -> dict[str, Any] | None:
     keys = ReplayKeys(replay_id)
     values = [_s(v) for v in await redis.hmget(keys.progress, list(_FIELDS))]
     if all(v is None for v in values):
@@ -102,20 +131,28 @@ async def _describe(redis: Redis, replay_id: str, now_ms: int) -> dict[str, Any]
 
     started = p[Progress.STARTED_MS]
     ttl = int(await redis.ttl(keys.progress))
+    running = not finished and replay_id in driven
+    if started and started.isdigit():
+        age: int | None = (now_ms - int(started)) // 1000
+    else:  # stopped before selection (e.g. waiting for gates): the hash's last write
+        idle = await redis.object("idletime", keys.progress)
+        age = int(idle) if idle is not None else None
+    phase = (p[Progress.OUTCOME] or "Finished") if finished else ("Running" if running else "Abandoned")
     return {
         "id": replay_id,
         "queue": p[Progress.QUEUE],
         "owner": p[Progress.OWNER],
         "stage": p[Progress.STAGE],
-        "phase": (p[Progress.OUTCOME] or "Finished") if finished else "Running",
+        "phase": phase,
         "finished": finished,
+        "running": running,
         "matched": count(Progress.MATCHED),
         "replayed": count(Progress.REPLAYED),
         "skipped": count(Progress.SKIPPED),
         "missing": count(Progress.MISSING),
         "startedAt": _iso(started),
         "finishedAt": _iso(p[Progress.FINISHED_MS]),
-        "ageSeconds": (now_ms - int(started)) // 1000 if started and started.isdigit() else None,
+        "ageSeconds": age,
         "expiresInSeconds": ttl if ttl >= 0 else None,
     }
 
@@ -124,19 +161,12 @@ async def _list(redis: Redis) -> list[dict[str, Any]]:
     pattern = ReplayKeys("*").progress
     head, tail = pattern.split("*")
     ids: set[str] = set()
-    cursor, visited = 0, 0
-    while True:
-        cursor, batch = await redis.scan(cursor=cursor, match=pattern, count=1000)
-        visited += 1000
-        for raw in batch:
-            key = _s(raw) or ""
-            replay_id = key[len(head) : -len(tail)]
-            if replay_id and ":" not in replay_id:
-                ids.add(replay_id)
-        if int(cursor) == 0 or visited >= _SCAN_BUDGET:
-            break
-    now_ms = round(time.time() * 1000)
-    out = [d for d in [await _describe(redis, i, now_ms) for i in sorted(ids)] if d is not None]
+    for key in await _scan(redis, pattern):
+        replay_id = key[len(head) : -len(tail)]
+        if replay_id and ":" not in replay_id:
+            ids.add(replay_id)
+    now_ms, driven = round(time.time() * 1000), await _driven(redis)
+    out = [d for d in [await _describe(redis, i, now_ms, driven) for i in sorted(ids)] if d is not None]
     return sorted(out, key=lambda d: d["startedAt"] or "", reverse=True)
 
 
@@ -156,7 +186,11 @@ def run_replays_list(*, redis_url: str, output: str, connect_timeout: float) -> 
     for r in replays:
         secs, ttl = r["ageSeconds"], r["expiresInSeconds"]
         age = f"{secs // 3600}h{secs % 3600 // 60:02d}m" if secs is not None else "-"
-        expires = f"{ttl // 3600}h" if ttl is not None else "never (running)"
+        expires = (
+            f"{ttl // 3600}h"
+            if ttl is not None
+            else ("never (running)" if r["running"] else "never (abandoned: forget it)")
+        )
         lines.append(
             f"{r['id']:<36}  {r['queue'] or '-':<16}  {r['phase']:<10}  {r['stage'] or '-':<10}  "
             f"{r['matched']:>8}  {r['replayed']:>8}  {age:>8}  {expires}"
@@ -168,11 +202,11 @@ def run_replays_list(*, redis_url: str, output: str, connect_timeout: float) -> 
 
 
 def run_replays_forget(*, redis_url: str, replay_id: str, output: str, connect_timeout: float) -> int:
-    """Delete a finished replay's keys; 0, 2 when there is no such replay or it has not finished,
-    3 when Redis is unreachable."""
+    """Delete a finished or abandoned replay's keys; 0, 2 when there is no such replay or a lease
+    names it (it runs), 3 when Redis is unreachable."""
 
     async def forget(redis: Redis) -> dict[str, Any]:
-        described = await _describe(redis, replay_id, round(time.time() * 1000))
+        described = await _describe(redis, replay_id, round(time.time() * 1000), await _driven(redis))
         if described is None:
             raise ReplayNotFound(
                 f'no replay "{replay_id}" in this Redis (no key '
@@ -180,17 +214,18 @@ def run_replays_forget(*, redis_url: str, replay_id: str, output: str, connect_t
                 "replays there are",
                 replay=replay_id,
             )
-        if not described["finished"]:
+        if described["running"]:
             raise ReplayRunning(
-                f'replay "{replay_id}" of queue "{described["queue"]}" has not finished (stage '
-                f"{described['stage']}); its keys are its progress and stay. Rerun its command to finish "
-                "it (or delete the DLQReplay), then forget it",
+                f'replay "{replay_id}" of queue "{described["queue"]}" is running (stage '
+                f"{described['stage']}; its queue's lease names it); its keys are its progress and "
+                "stay. Let it finish (or stop its command, or delete the DLQReplay), then forget it",
                 replay=replay_id,
             )
         keys = ReplayKeys(replay_id)
         async with redis.pipeline(transaction=True) as pipe:
             await pipe.watch(keys.progress)  # a replay that starts again meanwhile aborts the delete
-            if _s(await pipe.hget(keys.progress, Progress.STAGE)) != Stage.DONE:
+            done = _s(await pipe.hget(keys.progress, Progress.STAGE)) == Stage.DONE
+            if not done and replay_id in await _driven(pipe):
                 raise ReplayRunning(
                     f'replay "{replay_id}" started again while being forgotten; its keys stay',
                     replay=replay_id,
@@ -219,9 +254,10 @@ def run_replays_forget(*, redis_url: str, replay_id: str, output: str, connect_t
         print_json(secrets.redact_json(report))
     else:
         done = report["replay"]
+        why = "" if done["finished"] else "; was not finished; nothing drives it (no lease)"
         print(
             secrets.redact(
-                f"forgot replay {replay_id} ({done['phase']}, queue {done['queue']}): "
+                f"forgot replay {replay_id} ({done['phase']}, queue {done['queue']}{why}): "
                 f"{report['keysDeleted']} keys deleted"
             ),
             flush=True,
