@@ -24,7 +24,7 @@ from requeue.api.gates import GateStatus, GateType
 from requeue.api.policy import QueuePolicySpec
 from requeue.policy.budget import ReplayBudget
 from requeue.policy.evaluate import BullQueueOps, PolicyRef, evaluate
-from requeue.queues import BullQueue, QueueKeys
+from requeue.queues import BullQueue, QueueKeys, ReplayKeys
 from support.bullmq_jobs import JobSpec, make_failed_jobs
 from support.cli import CliResult, acli, write_manifest
 from support.redis_server import RedisServer
@@ -223,3 +223,52 @@ async def test_a_policy_user_missing_a_command_is_not_ready_forbidden(acl: AclRe
     ready = find_condition(result.status.conditions, PolicyCondition.READY)
     assert ready is not None and (ready.status, ready.reason) == ("False", "Forbidden"), ready
     assert "ZCARD" in ready.message
+
+
+def assert_queue_not_found(res: CliResult, listing: str) -> None:
+    """Exit 2, reason QueueNotFound (the typo is what to fix), ``listing`` in the message."""
+    assert res.code == 2, res.output
+    assert "QueueNotFound" in res.output and "Forbidden" not in res.output, res.output
+    assert listing in res.output and "Traceback" not in res.output, res.output
+
+
+async def test_a_mistyped_queue_is_not_found_for_the_readme_users(acl: AclRedis, tmp_path: Path) -> None:
+    await make_failed_jobs(acl.server.url, Q, jobs(2))
+    inspect_url = acl.create("requeue-inspect")
+    res = await acli("inspect", "--redis-url", inspect_url, "--queue", "defualt", "-o", "json")
+    assert_queue_not_found(res, "queues there: default")
+
+    typo = write_manifest(tmp_path / "typo.yaml", {"queue": "defualt"})
+    replay_url = acl.create("requeue-replay")
+    res = await acli("replay", "-f", str(typo), "--redis-url", replay_url, "-o", "json")
+    assert_queue_not_found(res, "queues there: default")
+    assert acl.admin.zcard(K.failed) == 2
+
+    # a user granted less than the README: still QueueNotFound, only the listing is missing
+    url = acl.create("requeue-inspect", without="scan")
+    res = await acli("inspect", "--redis-url", url, "--queue", "defualt", "-o", "json")
+    assert_queue_not_found(res, "cannot list the queues there: this user may not SCAN")
+
+
+async def test_replays_list_and_forget_with_the_readme_users(acl: AclRedis, tmp_path: Path) -> None:
+    await make_failed_jobs(acl.server.url, Q, jobs(3))
+    manifest = write_manifest(tmp_path / "replay.yaml", {"rate": {"jobsPerSecond": 1000, "batchSize": 4}})
+    replay_url = acl.create("requeue-replay")
+    res = await acli("replay", "-f", str(manifest), "--redis-url", replay_url, "-o", "json")
+    assert res.code == 0, res.output
+    # another replay of another queue running now: list reads the lease naming it
+    acl.admin.hset(ReplayKeys("cli-ops-other").progress, mapping={"stage": "replaying", "queue": "other"})
+    acl.admin.set(QueueKeys("bull", "other").lease, "cli-ops-other ops/other token elsewhere:1", px=60_000)
+
+    res = await acli("replays", "list", "--redis-url", acl.create("requeue-inspect"), "-o", "json")
+    assert res.code == 0, res.output
+    listed = {r["id"]: r for r in json.loads(res.stdout)["replays"]}
+    assert listed["cli-ops-other"]["phase"] == "Running"
+    [done] = [r for r in listed.values() if r["id"] != "cli-ops-other"]
+    assert done["phase"] == "Succeeded" and done["expiresInSeconds"] > 0, done
+
+    res = await acli("replays", "forget", done["id"], "--redis-url", replay_url, "-o", "json")
+    assert res.code == 0, res.output
+    assert acl.admin.exists(*ReplayKeys(done["id"]).all()) == 0
+    res = await acli("replays", "forget", "cli-ops-other", "--redis-url", replay_url, "-o", "json")
+    assert res.code == 2 and json.loads(res.stdout)["error"]["reason"] == "ReplayRunning", res.output

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from redis import exceptions as rx
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
@@ -89,9 +90,13 @@ class QueueListing:
     more: bool
     #: ``SCAN`` calls (round trips) the listing made.
     calls: int = 0
+    #: The user's ACL refused ``SCAN``: nothing could be listed (the queue is still not found).
+    refused: bool = False
 
     def describe(self) -> str:
         """``queues there: default, emails`` (``and more`` when cut), for a message."""
+        if self.refused:
+            return "cannot list the queues there: this user may not SCAN (check the queue name and prefix)"
         if not self.names:
             return (
                 "no queue found under that prefix in the first keys scanned"
@@ -107,7 +112,9 @@ async def list_queues(
     """The queues under ``prefix`` that have a ``meta`` hash, from a ``SCAN`` bounded by ``key_budget``.
 
     BullMQ refuses queue names with ``:``, so a matched key whose middle holds one
-    (e.g. a job hash of a job whose id ends in ``:meta``) is not a queue.
+    (e.g. a job hash of a job whose id ends in ``:meta``) is not a queue. A user whose ACL
+    refuses ``SCAN`` gets an empty listing marked ``refused``, not ``Forbidden``: the typo is
+    what the person must fix.
     """
     head = f"{prefix}:"
     tail = f":{_LISTING_SUFFIX}"
@@ -116,7 +123,10 @@ async def list_queues(
     cursor = 0
     calls = 0
     while True:
-        cursor, batch = await redis.scan(cursor=cursor, match=match, count=SCAN_PAGE)
+        try:
+            cursor, batch = await redis.scan(cursor=cursor, match=match, count=SCAN_PAGE)
+        except rx.NoPermissionError:  # a least-privilege user: the queue is still not found
+            return QueueListing((), more=False, calls=calls + 1, refused=True)
         calls += 1
         for raw in batch:
             key = _text(raw)
