@@ -96,6 +96,7 @@ class Reason(StrEnum):
     THROTTLED = "Throttled"
     VERIFYING = "Verifying"
     SUSPENDED = "Suspended"
+    INTERRUPTED = "Interrupted"
     HELD_BY_GATES = "HeldByGates"
     FINISHED = "Finished"
     # -- gates (GatesPassed, Events)
@@ -189,6 +190,8 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.THROTTLED: "Progressing: waiting for the rate limit.",
     Reason.VERIFYING: "Progressing: waiting for the replayed jobs to complete.",
     Reason.SUSPENDED: "spec.suspend is true: the replay waits.",
+    Reason.INTERRUPTED: "CLI (`requeue replay`): stopped by Ctrl-C / SIGINT or SIGTERM; the queue it "
+    "paused was resumed and its lease released. Rerunning the same command resumes it (exit 130).",
     Reason.HELD_BY_GATES: "Progressing is False: the gates are red.",
     Reason.FINISHED: "The replay ended (Progressing False; Ready True, it holds no lease).",
     Reason.NO_GATES: "GatesPassed is True: no gates are configured.",

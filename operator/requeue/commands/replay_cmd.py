@@ -49,10 +49,12 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
 import yaml
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 from rich.console import Console
 from rich.progress import (
@@ -72,6 +74,8 @@ from requeue.api import (
     ReplayPhase,
     find_condition,
 )
+from requeue.api.base import SecretKeyRef
+from requeue.api.conditions import Reason
 from requeue.api.loading import parse
 from requeue.commands.output import (
     EXIT_INTERRUPTED,
@@ -92,12 +96,13 @@ from requeue.errors import (
     SpecInvalid,
 )
 from requeue.gates import GateRunner
-from requeue.queues import map_redis_error
+from requeue.queues import BullQueue, map_redis_error
+from requeue.queues.adapter import MAX_SCORE
 from requeue.redact import redact_url
 from requeue.redis_target import open_redis
 from requeue.replay import ReplayEngine, StepResult
 from requeue.replay.state import SELECTION_FIELDS, changed_fields, recorded_selection, spec_values
-from requeue.secrets import StaticSecrets
+from requeue.secrets import StaticSecrets, env_name
 
 __all__ = ["ReplayOptions", "default_replay_id", "load_manifest", "run_replay", "status_json"]
 
@@ -128,6 +133,10 @@ class ReplayOptions:
     no_color: bool = False
     #: Seconds to keep retrying an unreachable Redis at the start (``--connect-timeout``).
     connect_timeout: float = 10.0
+
+
+#: How the interruption message names the signal that stopped the replay.
+_SIGNAL_WORDS = {"SIGINT": "Ctrl-C / SIGINT", "SIGTERM": "SIGTERM"}
 
 
 # ---------------------------------------------------------------- manifest
@@ -171,6 +180,60 @@ def default_replay_id(manifest: DLQReplay) -> str:
 def status_json(status: DLQReplayStatus) -> dict[str, Any]:
     """Exactly the object the operator writes to ``.status``."""
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def secret_refs(model: BaseModel, path: str = "spec") -> list[tuple[str, SecretKeyRef]]:
+    """Every Secret reference in ``model`` with its field path (``spec.gates[0].postgres.dsnSecretRef``).
+
+    Walks the models rather than listing the ``*SecretRef`` fields, so a Secret field added to the
+    API is checked too (one source of truth: the models)."""
+    found: list[tuple[str, SecretKeyRef]] = []
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, SecretKeyRef):
+            found.append((where, value))
+        elif isinstance(value, BaseModel):
+            for name, field in type(value).model_fields.items():
+                walk(getattr(value, name), f"{where}.{field.alias or name}")
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+
+    walk(model, path)
+    return found
+
+
+async def require_secrets(spec: DLQReplaySpec, static: StaticSecrets, *, redis_url_given: bool) -> None:
+    """SecretNotFound naming every Secret the spec refers to that was not given.
+
+    The CLI's secrets are fixed when it starts (flags and environment), so a missing one never
+    appears: without this check a gate would stay red until gatePolicy.timeout. (The operator
+    waits instead, as a Kubernetes Secret may be created later.)"""
+    missing: list[str] = []
+    for where, ref in secret_refs(spec):
+        if redis_url_given and where == "spec.redis.urlSecretRef":
+            continue
+        try:
+            await static.get(ref)
+        except SecretNotFound:
+            missing.append(
+                f"{ref.name}/{ref.key} ({where}): pass --secret {ref.name}/{ref.key}=VALUE "
+                f"or set {env_name(ref)}"
+            )
+    if missing:
+        hint = (
+            ""
+            if redis_url_given
+            else " (instead of spec.redis.urlSecretRef: --redis-url URL or REQUEUE_REDIS_URL)"
+        )
+        raise SecretNotFound(
+            f"{len(missing)} secret(s) the manifest refers to not given{hint}: " + "; ".join(missing)
+        )
+
+
+def _rfc3339(when: datetime) -> str:
+    """``2025-07-16T10:00:00Z`` as the manifest spells it (UTC)."""
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def exit_code_for(status: DLQReplayStatus) -> int:
@@ -326,6 +389,8 @@ class _Replay:
         self.stop = asyncio.Event()
         self.signal_name = ""
         self.status = DLQReplayStatus()
+        #: Why nothing was selected, when the selector's time window left every failed job out.
+        self.window_note = ""
 
     async def resolve_url(self) -> str:
         if self.opts.redis_url:
@@ -341,6 +406,7 @@ class _Replay:
         return url
 
     async def main(self) -> int:
+        await require_secrets(self.spec, self.static, redis_url_given=bool(self.opts.redis_url))
         url = await self.resolve_url()
         redis, target = await connect_retrying(
             lambda: open_redis(self.static, self.spec.redis, url=url),
@@ -480,6 +546,8 @@ class _Replay:
             st = self.status
             if st.phase.finished or st.phase == ReplayPhase.SUSPENDED:
                 reporter.close()
+                if st.phase == ReplayPhase.SUCCEEDED and st.matched == 0:
+                    self.window_note = await self._window_note(engine)
                 self._print_result()
                 return exit_code_for(st)
             if engine.redis_failures:
@@ -516,7 +584,7 @@ class _Replay:
         if not self.dry_run:
             # the engine's own suspend: resumes the queue if this replay paused it, releases the lease
             result = await engine.step(self.spec.model_copy(update={"suspend": True}), before)
-            self.status = result.status  # its events say "spec.suspend"; not what happened here
+            self.status = self._as_interrupted(result.status)  # the engine's words say "spec.suspend"
         reporter.close()
         self._print_result(headline=f"Interrupted ({self.signal_name}) in phase {before.phase.value}")
         st = self.status
@@ -533,14 +601,54 @@ class _Replay:
         )
         return EXIT_INTERRUPTED
 
+    async def _window_note(self, engine: ReplayEngine) -> str:
+        """When nothing was selected and the selector has a time window: how many failed jobs the
+        queue holds and how many fall in the window, so a stale window (e.g. an example's dates)
+        shows as the reason instead of a silent 0. Best effort: a Redis error leaves it out."""
+        sel = self.spec.selector
+        if sel.failed_after is None and sel.failed_before is None:
+            return ""
+        queue = BullQueue(engine.redis, self.spec.queue, prefix=self.spec.prefix)
+        low = int(sel.failed_after.timestamp() * 1000) if sel.failed_after else 0
+        high = int(sel.failed_before.timestamp() * 1000) if sel.failed_before else MAX_SCORE
+        try:
+            total = int(await engine.redis.zcard(queue.keys.failed))
+            inside = await queue.failed_count(low, high) if total else 0
+        except RedisError:
+            return ""
+        start = _rfc3339(sel.failed_after) if sel.failed_after else "any time"
+        end = _rfc3339(sel.failed_before) if sel.failed_before else "now"
+        note = (
+            f"{inside} of {total} failed jobs fall in the window {start}..{end} "
+            f"(spec.selector.failedAfter/failedBefore)"
+        )
+        if total and not inside:
+            note += "; edit the window to the time the jobs failed"
+        return note
+
+    def _as_interrupted(self, st: DLQReplayStatus) -> DLQReplayStatus:
+        """The engine's suspended status in the CLI's words: spec.suspend was never set, a signal
+        stopped it (reason ``Interrupted``); the phase stays Suspended, which is what it is."""
+        how = _SIGNAL_WORDS.get(self.signal_name, self.signal_name)
+        message = f"interrupted ({how}); rerun the same command to resume"
+        st.message = message
+        for cond in st.conditions:
+            if cond.reason == Reason.SUSPENDED:
+                cond.reason, cond.message = Reason.INTERRUPTED, message
+        return st
+
     # -- the result
 
     def _print_result(self, headline: str | None = None) -> None:
         st = self.status
         if self.opts.output == "json":
             print(json.dumps(self.hidden.redact_json(status_json(st)), indent=2), flush=True)
+            if self.window_note:  # stdout is exactly the status object
+                print(f"requeue: {self.window_note}", file=sys.stderr, flush=True)
             return
         text = render_summary(st, dry_run=self.dry_run, quiet=self.opts.quiet, headline=headline)
+        if self.window_note and not self.opts.quiet:
+            text += self.window_note + "\n"
         print(self.hidden.redact(text), end="", flush=True)
 
 
@@ -552,7 +660,9 @@ def render_summary(
     if quiet:
         return head + "\n"
     lines = [head]
-    if dry_run:
+    if dry_run and st.phase == ReplayPhase.FAILED:  # it decided nothing: no count to show
+        lines.append("dry run failed: nothing was decided")
+    elif dry_run:
         lines.append(f"would replay {st.matched} jobs ({st.corrupt} corrupt, not replayable)")
     else:
         lines.append(
