@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import click
 from click.testing import CliRunner
 
 from requeue.cli import main
@@ -19,11 +20,24 @@ TERMINAL = {"FORCE_COLOR": "1", "TERM": "xterm-256color", "NO_COLOR": ""}
 NO_COLOUR = ((("--no-color",), TERMINAL), ((), {**TERMINAL, "NO_COLOR": "1"}))
 
 
+def leaf_commands(group: click.Group, path: list[str]) -> list[list[str]]:
+    """Every command that runs (``replays list``, not the ``replays`` group), as its argv path."""
+    found: list[list[str]] = []
+    with click.Context(group) as ctx:
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            if isinstance(command, click.Group):
+                found += leaf_commands(command, [*path, name])
+            elif command is not None:
+                found.append([*path, name])
+    return found
+
+
 def test_every_command_takes_no_color(tmp_path: Path) -> None:
     runner = CliRunner()
-    for name in main.list_commands(None):  # type: ignore[arg-type]
-        res = runner.invoke(main, [name, "--help"])
-        assert res.exit_code == 0 and "--no-color" in res.output, (name, res.output)
+    for path in leaf_commands(main, []):
+        res = runner.invoke(main, [*path, "--help"])
+        assert res.exit_code == 0 and "--no-color" in res.output, (path, res.output)
     res = runner.invoke(main, ["crds", "--no-color", "--check", "--dir", str(tmp_path / "crds")])
     assert res.exit_code == 1 and "stale:" in res.output, res.output  # parsed; nothing written
 

@@ -76,15 +76,20 @@ async def test_a_failed_dry_run_shows_no_would_replay_count(
 ) -> None:
     await make_failed_jobs(redis_url, Q, failed_jobs(5))
     # an inspect-only user: may read everything, may not write a hash
-    await redis_client.execute_command(
-        "ACL", "SETUSER", "inspector", "on", ">insp3ct", "~*", "&*", "+@all", "-hset"
+    await redis_client.acl_setuser(
+        "inspector",
+        enabled=True,
+        passwords=["+insp3ct"],
+        keys=["~*"],
+        channels=["*"],
+        commands=["+@all", "-hset"],
     )
     user_url = redis_url.replace("redis://", "redis://inspector:insp3ct@", 1)
     manifest = write_manifest(tmp_path / "r.yaml", {})
     try:  # the session's redis-server outlives this test: FLUSHALL does not remove users
         res = cli("replay", "-f", str(manifest), "--redis-url", user_url, "--dry-run")
     finally:
-        await redis_client.execute_command("ACL", "DELUSER", "inspector")
+        await redis_client.acl_deluser("inspector")
     assert res.code != 0, res.output
     assert "HSET" in res.output.upper(), res.output
     assert "would replay" not in res.output, res.output
