@@ -10,14 +10,14 @@ no lease or snapshot is left behind in Redis.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from bullmq import Queue
 
-from support.bullmq_jobs import run_worker, wait_in_set
+from requeue.queues.keys import QueueKeys
+from support.bullmq_jobs import run_worker, wait_in_set, worker_waiting
 from support.dlqreplay import operator_command, wait_gone_async, wait_status_async
 from support.kube import Kube
 from support.queuepolicy import (
@@ -96,9 +96,11 @@ async def test_deleting_a_policy_mid_replay_stops_its_child_and_loses_nothing(
         await kubectl(kube, "delete", "queuepolicy", "visapi-queues", "--timeout=60s")
         await wait_gone_async(kube, child, operator=operator, timeout=30)
 
-        # nothing moves any more: the failed set holds steady once the child is gone
+        # nothing moves any more: every move is fenced by the queue's lease, and the child's
+        # finalizer released it (nothing else holds it), so the failed set holds steady
+        assert await redis_client.get(QueueKeys("bull", "default").lease) is None
         left = await redis_client.zcard("bull:default:failed")
-        await asyncio.sleep(2)
+        await worker_waiting(redis_client, "default")  # the worker ran what had been moved
         assert await redis_client.zcard("bull:default:failed") == left
         assert 0 < left < JOBS, left
         await worker.wait_for(JOBS + (JOBS - left))

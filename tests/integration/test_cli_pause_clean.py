@@ -8,16 +8,10 @@ import redis.asyncio as aioredis
 from bullmq import Queue
 
 from requeue.queues.keys import PolicyKeys, Progress, ReplayKeys
-from support import async_wait_until
-from support.bullmq_jobs import JobSpec, add_jobs, make_failed_jobs, run_worker
+from support.bullmq_jobs import JobSpec, add_jobs, make_failed_jobs, run_worker, worker_waiting
 from support.cli import acli, cli, keyspace
 
 Q = "default"
-
-
-async def _worker_blocked(r: aioredis.Redis) -> bool:
-    """A BullMQ worker with nothing it may take waits in BZPOPMIN on the queue's marker."""
-    return any(c.get("cmd") == "bzpopmin" for c in await r.client_list())
 
 
 async def test_paused_queue_is_not_processed_until_resumed(
@@ -41,11 +35,7 @@ async def test_paused_queue_is_not_processed_until_resumed(
     ids = await add_jobs(redis_url, Q, [JobSpec(name="work", data={"i": i}) for i in range(10)])
     async with run_worker(redis_url, Q) as run:
         # the worker looked, found the queue paused and waits: nothing was processed
-        await async_wait_until(
-            lambda: _worker_blocked(redis_client),
-            timeout=30,
-            message="the worker to wait on the paused queue",
-        )
+        await worker_waiting(redis_client, Q, timeout=30)
         assert run.processed == []
 
         res = await acli("resume", "--redis-url", redis_url, "--queue", Q, "-o", "json")

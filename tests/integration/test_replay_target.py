@@ -18,7 +18,7 @@ from requeue.api import DLQReplaySpec, DLQReplayStatus, ReplayPhase
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys, connect
 from requeue.queues.raw import RawTransaction
 from requeue.replay import ReplayEngine
-from support import replay
+from support import async_wait_until, replay
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
 from support.replay import replay_spec
 
@@ -58,6 +58,10 @@ async def copies(r: aioredis.Redis) -> list[str]:
     return [*await r.lrange(k.wait, 0, -1), *await r.zrange(k.prioritized, 0, -1)]
 
 
+async def _has_copies(r: aioredis.Redis, n: int) -> bool:
+    return len(await copies(r)) >= n
+
+
 def copy_ids(ids: list[str]) -> list[str]:
     return sorted(f"requeue-{Q}-{i}" for i in ids)
 
@@ -87,7 +91,7 @@ async def test_crash_after_the_batch_was_sent_copies_once(
     with pytest.raises(ProcessKilled):
         await ReplayEngine(r, replay_id="crash", owner="ns/crash").step(spec, st)
     # Redis ran the whole batch: 10 copies made, 10 originals gone, counters advanced with them
-    await asyncio.sleep(0.1)
+    await async_wait_until(lambda: _has_copies(r, 10), message="Redis to finish the EXEC it was sent")
     assert len(await copies(r)) == 10
     assert await r.zcard(QueueKeys("bull", Q).failed) == 20
     assert await r.hget(ReplayKeys("crash").progress, "replayed") == "10"

@@ -8,7 +8,6 @@ worker of the same major then processes exactly that subset. The recipe and the
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 import redis.asyncio as aredis
 from bullmq import Queue
 
+from support.bullmq_jobs import worker_waiting
 from support.node import (
     MAJORS,
     FailRule,
@@ -35,9 +35,6 @@ FAIL_RULES = [
     FailRule(RATE_LIMITED, name="whatsapp.send"),
     FailRule(DB_DOWN, data={"tenant": "acme"}),
 ]
-# Negative checks ("nothing is processed while paused") need a window; this is
-# several times BullMQ's own polling granularity and is not a speed assertion.
-QUIET_WINDOW = 1.5
 
 
 def mixed_jobs() -> list[dict[str, Any]]:
@@ -202,7 +199,7 @@ async def test_replay_into_node_paused_queue_waits_for_resume(
     assert await redis_client.zscore(f"{k}:marker", "0") is None
 
     async with NodeWorker(redis_url, qname, major=major, prefix=prefix) as worker:
-        await asyncio.sleep(QUIET_WINDOW)
+        await worker_waiting(redis_client, qname, prefix=prefix)  # it looked, and found nothing to take
         assert worker.processed == []
         await resume_queue(redis_url, qname, major=major, prefix=prefix)
         outcomes = await worker.wait_for_final([*ids, *live])
@@ -242,7 +239,7 @@ async def test_naive_replay_into_paused_queue(
     lost = set(ids[1:])
     async with NodeWorker(redis_url, qname, major=major) as worker:
         await worker.wait_for_final([ids[0], *live])
-        await asyncio.sleep(QUIET_WINDOW)
+        await worker_waiting(redis_client, qname)  # the orphans are in no list it reads
     assert {p.id for p in worker.processed} == {ids[0], *live}
     for i in lost:
         assert await redis_client.exists(f"{k}:{i}")  # the hash survives ...

@@ -25,6 +25,7 @@ Key layout observed with bullmq 3.4.4 (Python) on redis 7 — see the harness te
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -120,10 +121,15 @@ async def worker_waiting(
     """Wait until a worker of ``queue`` blocks for new work (``BZPOPMIN`` on the queue's marker,
     on its connection named ``{prefix}:{queue}``): it looked for a job and found none it may
     take. The positive signal that a worker takes nothing, instead of a fixed sleep."""
-    name = f"{prefix}:{queue}"
+    # Python bullmq names its connections "{prefix}:{queue}"; Node BullMQ 5 and 6
+    # "{prefix}:{base64 of queue}", with ":w:{worker name}" after it for named workers.
+    names = (f"{prefix}:{queue}", f"{prefix}:{base64.b64encode(queue.encode()).decode()}")
+
+    def ours(name: str) -> bool:
+        return any(name == n or name.startswith(f"{n}:") for n in names)
 
     async def blocked() -> bool:
-        return any(c.get("name") == name and c.get("cmd") == "bzpopmin" for c in await redis.client_list())
+        return any(ours(c.get("name", "")) and c.get("cmd") == "bzpopmin" for c in await redis.client_list())
 
     await async_wait_until(
         blocked, timeout=timeout, interval=0.02, message=f"a worker of {queue} blocked waiting for work"

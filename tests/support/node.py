@@ -123,6 +123,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import redis.asyncio as aioredis
+
+from support.bullmq_jobs import worker_waiting
+
 INTEROP_DIR = Path(__file__).resolve().parents[1] / "interop"
 MAJORS: tuple[int, ...] = (5, 6)
 FIX = "run `npm ci --prefix tests/interop` (Node.js >= 20 and npm on PATH)"
@@ -585,17 +589,22 @@ async def pause_with_live_traffic(redis_url: str, queue: str, *, major: int) -> 
 
 
 async def resume_then_run_each_once(
-    redis_url: str, queue: str, *, major: int, ids: Sequence[str], quiet_s: float = 1.5
+    redis_url: str, queue: str, *, major: int, ids: Sequence[str]
 ) -> dict[str, ProcessedJob]:
-    """A Node worker on a paused queue: nothing runs for ``quiet_s``; after Node resumes the
-    queue, each of ``ids`` runs exactly once (no duplicate within another ``quiet_s``).
-    Returns each id's final outcome."""
-    async with NodeWorker(redis_url, queue, major=major) as worker:
-        await asyncio.sleep(quiet_s)
-        assert worker.processed == []  # paused: nothing runs, replayed or live
-        await resume_queue(redis_url, queue, major=major)
-        outcomes = await worker.wait_for_final(list(ids), timeout_s=60)
-        await asyncio.sleep(quiet_s)  # room for a duplicate to show up
+    """A Node worker on a paused queue runs nothing; after Node resumes the queue, each of
+    ``ids`` runs exactly once. Both checks wait for the worker to block for new work (it
+    looked and found nothing it may take), not for a guessed quiet time. Returns each id's
+    final outcome."""
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        async with NodeWorker(redis_url, queue, major=major) as worker:
+            await worker_waiting(redis, queue)
+            assert worker.processed == []  # paused: nothing runs, replayed or live
+            await resume_queue(redis_url, queue, major=major)
+            outcomes = await worker.wait_for_final(list(ids), timeout_s=60)
+            await worker_waiting(redis, queue)  # nothing left it could run a second time
+    finally:
+        await redis.aclose()
     runs = Counter(p.id for p in worker.processed)
     assert {i: runs[i] for i in ids} == dict.fromkeys(ids, 1)
     return outcomes

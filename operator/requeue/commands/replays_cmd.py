@@ -113,9 +113,7 @@ async def _driven(redis: Redis) -> set[str]:
     return ids
 
 
-async def _describe(
-    redis: Redis, replay_id: str, now_ms: int, driven: set[str]
-) -> dict[str, Any] | None:
+async def _describe(redis: Redis, replay_id: str, now_ms: int, driven: set[str]) -> dict[str, Any] | None:
     keys = ReplayKeys(replay_id)
     values = [_s(v) for v in await redis.hmget(keys.progress, list(_FIELDS))]
     if all(v is None for v in values):
