@@ -86,11 +86,6 @@ class RedactedValues:
         return value
 
 
-#: The former name, kept only for command modules being written while it changed; not in
-#: ``__all__``: new code uses :class:`RedactedValues`.
-Secrets = RedactedValues
-
-
 def error_object(
     reason: str, message: str, exit_code: int, secrets: RedactedValues, **extra: Any
 ) -> dict[str, Any]:
