@@ -7,7 +7,6 @@ and sends no alert twice; a missing Secret is a named condition and one Event.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -155,8 +154,8 @@ async def test_missing_redis_secret_is_secret_not_found_until_it_is_created(
     )
     ready = condition(st, "Ready")
     assert ready["status"] == "False" and "queues-redis" in ready["message"], ready
-    # retried with backoff, reported once
-    await asyncio.sleep(3)
+    # retried with backoff (the third try is logged), reported once
+    operator.wait_for_log(r"lonely: still SecretNotFound \(try 3\)", timeout=30)
     st = await wait_policy(
         kube, "lonely", lambda s: condition(s, "Ready").get("reason") == "SecretNotFound", operator=operator
     )

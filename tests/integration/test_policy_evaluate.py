@@ -340,13 +340,29 @@ async def test_auto_replay_once_per_outage_with_a_per_job_budget(
     assert ReplayBudget.from_annotations({"requeue.dev/replay-budget-key": "x"}) is None
 
 
+async def age_failed_jobs(redis: aioredis.Redis, keys: QueueKeys, ids: list[str], *, seconds: int) -> None:
+    """Make failed jobs look as if they failed ``seconds`` earlier: their score in the failed set
+    and the times in their hashes, the two things BullMQ's ``cleanJobsInSet`` reads."""
+    async with redis.pipeline(transaction=True) as pipe:
+        for job_id in ids:
+            fields = await redis.hmget(keys.job(job_id), ["timestamp", "processedOn", "finishedOn"])
+            earlier = {
+                name: int(value) - seconds * 1000
+                for name, value in zip(("timestamp", "processedOn", "finishedOn"), fields, strict=True)
+                if value is not None
+            }
+            pipe.hset(keys.job(job_id), mapping=earlier)
+            pipe.zadd(keys.failed, {job_id: earlier["finishedOn"]}, xx=True)
+        await pipe.execute()
+
+
 async def test_clean_removes_only_jobs_older_than_grace_in_bounded_batches(
     redis: aioredis.Redis,
     redis_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     old = await make_failed_jobs(redis_url, "orders", [JobSpec("old", {"i": i}) for i in range(10)])
-    await asyncio.sleep(4.5)  # let them age past the grace (no assertion on time)
+    await age_failed_jobs(redis, QueueKeys("bull", "orders"), old, seconds=60)
     new = await make_failed_jobs(redis_url, "orders", [JobSpec("new", {"i": i}) for i in range(3)])
 
     calls: list[int] = []

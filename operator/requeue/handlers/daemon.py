@@ -226,6 +226,8 @@ class Trouble:
         if self.current != (reason, message):
             kopf.event(body, type="Warning", reason=reason, message=message)
             log.warning("%s: %s: %s", self.what, reason, message)
+        else:  # the same problem again: only a debug line, so a retry can be seen without noise
+            log.debug("%s: still %s (try %d)", self.what, reason, self.failures + 1)
         self.current = (reason, message)
         return reason, message
 
