@@ -1,12 +1,35 @@
 """Every Prometheus metric requeue exports, defined once.
 
 Served on ``/metrics`` by ``requeue run``. Names follow Prometheus conventions:
-``_total`` only on counters, base units (seconds, ratios) in the name.
+``_total`` only on counters, base units (seconds, ratios) in the name. The one
+exception is ``queue_depth_total``, the runbook's name for a gauge, kept so that
+dashboards built on the runbook keep working; :data:`QUEUE_JOBS` is the same
+number under a correct name.
+
+Label sets are bounded and never collide:
+
+* every queue-level series carries ``namespace`` and ``policy`` (two policies in
+  two namespaces that both watch a queue named ``default`` are two series);
+* a replay a QueuePolicy created (an auto replay, named after its outage) is
+  counted under its policy (``policy=NAME, replay=""``), so outages do not add
+  series; a replay made by hand is ``policy="", replay=NAME``;
+* the series of a deleted DLQReplay or QueuePolicy are removed, and a policy that
+  cannot read its Redis removes its queue gauges rather than keep old values
+  (see :mod:`requeue.policy.series` and :mod:`requeue.replay.observed`).
+
+``*_created`` series are not exported: Prometheus does not use them, and every
+labelled counter and histogram would double its series.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # (prometheus_client leaves it unannotated)
+
+#: ``kind`` label values of :data:`REDIS_UP`: which resource the ``owner`` label names.
+KIND_REPLAY = "DLQReplay"
+KIND_POLICY = "QueuePolicy"
 
 # -- gates ---------------------------------------------------------------------
 
@@ -31,8 +54,10 @@ REPLAYS = Gauge(
 )
 REPLAY_JOBS = Counter(
     "requeue_replay_jobs_total",
-    "Jobs handled by replays, by outcome: replayed, skipped, corrupt, failed_again, completed.",
-    ["namespace", "replay", "queue", "outcome"],
+    "Jobs handled by replays, by outcome: replayed, skipped, corrupt, failed_again, completed. "
+    'Auto replays count under their QueuePolicy (replay=""), '
+    'replays made by hand under their name (policy="").',
+    ["namespace", "policy", "replay", "queue", "outcome"],
 )
 REPLAY_BATCH_SECONDS = Histogram(
     "requeue_replay_batch_duration_seconds",
@@ -59,13 +84,14 @@ QUEUE_PAUSED = Gauge(
 )
 QUEUE_DEPTH_LEGACY = Gauge(
     "queue_depth_total",
-    "Runbook-compatible job count per queue and status, for existing dashboards.",
-    ["queue", "status"],
+    "A gauge despite its _total suffix: the runbook's name, kept for existing dashboards. "
+    "Same values as bullmq_queue_jobs (status = state); use that in new queries.",
+    ["namespace", "policy", "queue", "status"],
 )
 ACTIONS = Counter(
     "requeue_actions_total",
     "Actions taken by policies (alert, recover, pause, resume, auto_replay, clean).",
-    ["action", "queue"],
+    ["namespace", "policy", "action", "queue"],
 )
 POLICY_EVALUATION_SECONDS = Histogram(
     "requeue_policy_evaluation_seconds",
@@ -74,6 +100,10 @@ POLICY_EVALUATION_SECONDS = Histogram(
 )
 REDIS_UP = Gauge(
     "requeue_redis_up",
-    "1 when requeue could reach the Redis of a resource at its last attempt.",
-    ["namespace", "owner"],
+    "1 when requeue could reach the Redis of a resource (a running DLQReplay or a QueuePolicy) "
+    "at its last attempt, 0 when it could not.",
+    ["namespace", "kind", "owner"],
 )
+
+#: The gauges a QueuePolicy sets per queue; removed when it cannot observe them.
+QUEUE_GAUGES = (QUEUE_JOBS, QUEUE_FAILURE_RATIO, QUEUE_PAUSED, QUEUE_DEPTH_LEGACY)

@@ -252,7 +252,16 @@ async def test_red_gate_pauses_green_resumes_only_ours(
     result = await evaluate(POLICY, s, result.status, redis=redis, ops=ops, gates=gates, memory=result.memory)
     paused = {q: await BullQueue(redis, q).is_paused() for q in ("critical", "default", "bulk")}
     assert paused == {"critical": False, "default": False, "bulk": True}
-    assert sample("requeue_actions_total", action="resume", queue="default") >= 1
+    assert (
+        sample(
+            "requeue_actions_total",
+            namespace=POLICY.namespace,
+            policy=POLICY.name,
+            action="resume",
+            queue="default",
+        )
+        >= 1
+    )
 
 
 async def test_auto_replay_once_per_outage_with_a_per_job_budget(
@@ -483,7 +492,11 @@ async def test_unreachable_redis_is_a_condition_not_an_exception(redis_factory: 
     )
     try:
         s = spec(queues=["orders"], thresholds={"failed": 1})
+        await make_failed_jobs(server.url, "orders", [JobSpec("x")] * 2)
         result = await evaluate(POLICY, s, None, redis=client, ops=BullQueueOps(client))
+        redis_up = {"namespace": POLICY.namespace, "kind": "QueuePolicy", "owner": POLICY.name}
+        assert sample("requeue_redis_up", **redis_up) == 1
+        assert sample("bullmq_queue_jobs", **POLICY_LABELS, queue="orders", state="failed") == 2
         server.kill()
         result = await evaluate(
             POLICY, s, result.status, redis=client, ops=BullQueueOps(client), memory=result.memory
@@ -491,6 +504,9 @@ async def test_unreachable_redis_is_a_condition_not_an_exception(redis_factory: 
         assert cond(result.status, PolicyCondition.READY) == ("False", "RedisUnreachable")
         assert [e.reason for e in result.events] == ["RedisUnreachable"]
         assert result.decision.actions == ()
+        # RequeueRedisUnreachable can fire for the policy; its queue gauges are gone, not frozen
+        assert sample("requeue_redis_up", **redis_up) == 0
+        assert policy_series() == []
     finally:
         await client.aclose()
 
@@ -498,6 +514,20 @@ async def test_unreachable_redis_is_a_condition_not_an_exception(redis_factory: 
 def sample(name: str, **labels: str) -> float:
     value = REGISTRY.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+POLICY_LABELS = {"namespace": POLICY.namespace, "policy": POLICY.name}
+
+
+def policy_series() -> list[str]:
+    """Every queue gauge sample labelled with :data:`POLICY`."""
+    return [
+        f"{s.name}{s.labels}"
+        for family in REGISTRY.collect()
+        if family.type == "gauge"
+        for s in family.samples
+        if POLICY_LABELS.items() <= s.labels.items()
+    ]
 
 
 async def test_metrics_carry_the_observed_counts(redis: aioredis.Redis, redis_url: str) -> None:
@@ -509,7 +539,7 @@ async def test_metrics_carry_the_observed_counts(redis: aioredis.Redis, redis_ur
     assert sample("bullmq_queue_jobs", **labels, state="failed") == 3
     assert sample("bullmq_queue_jobs", **labels, state="waiting") == 0
     assert sample("bullmq_queue_paused", **labels) == 1
-    assert sample("queue_depth_total", queue="orders", status="failed") == 3
+    assert sample("queue_depth_total", **labels, status="failed") == 3
     assert sample("requeue_policy_evaluation_seconds_count") == before + 1
 
 

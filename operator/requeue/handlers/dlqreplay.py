@@ -75,13 +75,20 @@ from requeue.handlers.errors import to_kopf
 from requeue.k8s.objects import delete_object, patch_annotations
 from requeue.k8s.secrets import KubeSecrets
 from requeue.k8s.status import patch_status
-from requeue.metrics import REDIS_UP
 from requeue.policy.budget import ReplayBudget
+from requeue.policy.evaluate import LABEL_AUTO_REPLAY, LABEL_POLICY
 from requeue.redis_target import RedisTarget, open_redis
 from requeue.replay import ReplayEngine, ReplayEvent
 from requeue.replay.ending import fail
 from requeue.replay.finalize import cleanup_needed, give_up_cleanup, ttl_left
-from requeue.replay.observed import PHASES, count_jobs, forget_replay
+from requeue.replay.observed import (
+    PHASES,
+    ReplaySeries,
+    count_jobs,
+    forget_replay,
+    redis_up,
+    replay_finished,
+)
 from requeue.replay.pinning import (
     PIN_ANNOTATION,
     cleanup_spec,
@@ -119,19 +126,34 @@ def status_wire(status: DLQReplayStatus) -> dict[str, Any]:
     return status.model_dump(mode="json", by_alias=True)
 
 
+def replay_series(namespace: str, name: str, body: Any) -> ReplaySeries:
+    """The labels of a replay's job counters: a QueuePolicy's auto replay counts under its
+    policy (one series per outage would grow without bound), any other under its own name."""
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    policy = labels.get(LABEL_POLICY, "") if labels.get(LABEL_AUTO_REPLAY) == "true" else ""
+    return ReplaySeries.of(namespace, name, policy)
+
+
 async def open_engine(
-    namespace: str, name: str, uid: str, spec: DLQReplaySpec, *, budget: ReplayBudget | None = None
+    namespace: str,
+    name: str,
+    uid: str,
+    spec: DLQReplaySpec,
+    *,
+    budget: ReplayBudget | None = None,
+    series: ReplaySeries | None = None,
 ) -> tuple[ReplayEngine, RedisTarget]:
     """Resolve the Redis URL (and TLS CA) from the namespace's Secrets, connect, and build the engine.
 
     :param budget: the per-job replay budget a QueuePolicy's child replay carries in its annotations.
+    :param series: the labels its job counters take (:func:`replay_series`).
 
     :raises SecretNotFound: the Secret or key does not exist.
     :raises AuthFailed: Redis refused the credentials.
     :raises RedisUnreachable: Redis cannot be reached.
     """
     redis, target = await open_redis(KubeSecrets(namespace), spec.redis)
-    engine = ReplayEngine(redis, replay_id=uid, owner=f"{namespace}/{name}", budget=budget)
+    engine = ReplayEngine(redis, replay_id=uid, owner=f"{namespace}/{name}", budget=budget, series=series)
     return engine, target
 
 
@@ -164,6 +186,7 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
         self.written: dict[str, Any] | None = None
         self.written_at = -math.inf
         self.counted = self.status.model_copy(deep=True)
+        self.series = replay_series(namespace, name, body)
 
     # -- the loop
 
@@ -208,7 +231,7 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
                     cleared = self.trouble.clear()
                     if cleared is not None:
                         events.append(ReplayEvent("Normal", Reason.RECOVERED, f"{cleared} resolved"))
-                    REDIS_UP.labels(self.namespace, self.name).set(0 if engine.redis_failures else 1)
+                    redis_up(self.namespace, self.name, not engine.redis_failures)
                     post_events(self.body, events)
                     self.state.status = self.status
                     await self.write(force=bool(events) or before.phase != self.status.phase, delay=delay)
@@ -285,7 +308,7 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
         if self.engine is None:
             budget = ReplayBudget.from_annotations(self.body.get("metadata", {}).get("annotations"))
             self.engine, self.redis_target = await open_engine(
-                self.namespace, self.name, self.uid, spec, budget=budget
+                self.namespace, self.name, self.uid, spec, budget=budget, series=self.series
             )
             self.secrets = KubeSecrets(self.namespace)
         assert self.secrets is not None and self.redis_target is not None
@@ -315,7 +338,7 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
         """A named problem becomes ``Ready=False`` with its reason, one Warning Event, and a backoff."""
         reason, message = self.trouble.report(self.body, exc, logger)
         if isinstance(exc, RedisUnreachable | AuthFailed):
-            REDIS_UP.labels(self.namespace, self.name).set(0)
+            redis_up(self.namespace, self.name, False)
         await self.close()  # reconnect (and re-read the Secret) next time
         delay = self.trouble.retry_delay()
         text = f"{message} (retrying in {delay:g}s)"
@@ -347,7 +370,7 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
         self.written, self.written_at = wire, time.monotonic()
         PHASES.observe(self.namespace, self.name, self.status.phase)
         queue = self.spec.queue if self.spec else str(self.body.get("spec", {}).get("queue", ""))
-        count_jobs(self.namespace, self.name, queue, self.counted, self.status)
+        count_jobs(queue, self.series, self.counted, self.status)
         self.counted = self.status.model_copy(deep=True)
 
     async def flush(self) -> None:
@@ -361,8 +384,10 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
     # -- the end
 
     async def expire(self) -> None:
-        """After the end: write the final status, clear gate metrics, honour ttlSecondsAfterFinished."""
+        """After the end: write the final status, clear gate and Redis metrics, honour
+        ttlSecondsAfterFinished."""
         await self.flush()
+        replay_finished(self.namespace, self.name)
         if self.spec is not None and self.spec.gates:
             GateRunner(
                 self.spec.gates,
@@ -485,7 +510,9 @@ async def replay_deleted(
             return
         try:
             spec = cleanup_spec(body)
-            engine, _target = await open_engine(namespace, name, uid, spec)
+            engine, _target = await open_engine(
+                namespace, name, uid, spec, series=replay_series(namespace, name, body)
+            )
             try:
                 result = await engine.cancel(spec, current)
             finally:

@@ -90,6 +90,7 @@ from requeue.policy import (
 )
 from requeue.policy import finalize as finalizing
 from requeue.policy.decide import observation_failed, spec_rejected
+from requeue.policy.series import export_unobserved, forget_policy
 from requeue.redis_target import RedisTarget, open_redis
 
 __all__ = [
@@ -280,6 +281,7 @@ class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
         except SpecInvalid as exc:
             gen = self.generation
             spec_rejected(self.status, exc.reason, exc.message, generation=gen, now=now)
+            export_unobserved(self.namespace, self.name, exc.reason)
             if self.reported_invalid != gen:
                 self.reported_invalid = gen
                 post_events(self.body, [PolicyEvent("Warning", exc.reason, exc.message)])
@@ -319,6 +321,7 @@ class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
     def on_trouble(self, exc: BaseException, now: datetime) -> float:
         """A problem before evaluating: ``Ready=False`` with its reason, one Warning Event, a backoff."""
         reason, message = self.trouble.report(self.body, exc, logger)
+        export_unobserved(self.namespace, self.name, reason)
         delay = self.trouble.retry_delay()
         observation_failed(self.status, reason, message, generation=self.generation, now=now)
         return delay
@@ -445,12 +448,10 @@ async def policy_deleted(
             post_events(body, list(decision.events))
             with contextlib.suppress(RequeueError):
                 await patch_status(PLURAL, namespace, name, status_wire(decision.status))
-        names = {q.name for q in current.queues} | state.exported
         with contextlib.suppress(SpecInvalid):
             spec = parse(QueuePolicySpec, dict(body.get("spec") or {}))
-            names |= set(spec.queues)
             if spec.gates:
                 GateRunner(
                     spec.gates, spec.gate_policy, KubeSecrets(namespace), namespace=namespace, owner=name
                 ).clear_metrics()
-        forget_metrics(PolicyRef(namespace, name, uid), sorted(names))
+        forget_policy(namespace, name)

@@ -23,7 +23,6 @@ become Warning Events and ``lastActions[].result`` (see
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -41,20 +40,14 @@ from requeue.api.policy import QueuePolicySpec, QueuePolicyStatus
 from requeue.api.replay import DLQReplaySpec
 from requeue.clock import utcnow
 from requeue.errors import RequeueError
-from requeue.metrics import (
-    ACTIONS,
-    POLICY_EVALUATION_SECONDS,
-    QUEUE_DEPTH_LEGACY,
-    QUEUE_FAILURE_RATIO,
-    QUEUE_JOBS,
-    QUEUE_PAUSED,
-)
+from requeue.metrics import ACTIONS, POLICY_EVALUATION_SECONDS
 from requeue.policy.actions import Action, Alert, AutoReplay, Clean, Pause, PolicyEvent, Recover, Resume
 from requeue.policy.budget import ReplayBudget
 from requeue.policy.collect import collect
 from requeue.policy.decide import Decision, decide, queues_to_observe, settle
 from requeue.policy.memory import load_memory, queue_save_memory
 from requeue.policy.observe import Observation, PolicyMemory
+from requeue.policy.series import export_observed, export_unobserved, forget_queues
 from requeue.queues import BullQueue, map_redis_error
 from requeue.queues.connection import forbidden_what
 from requeue.queues.scripts import Scripts, register
@@ -286,7 +279,10 @@ async def evaluate(
     save_trips = 0
     if observation.error is None:
         save_trips = await _save_memory(redis, policy, new_memory, memory)
-    _export_metrics(policy, settled, names, observation)
+    if observation.error is None:
+        export_observed(policy.namespace, policy.name, settled, list(observation.queues))
+    else:
+        export_unobserved(policy.namespace, policy.name, observation.error_reason)
     seconds = time.perf_counter() - started
     POLICY_EVALUATION_SECONDS.observe(seconds)
     return EvaluationResult(
@@ -373,7 +369,7 @@ async def _carry_out(acting: _Acting, decision: Decision) -> None:
             continue
         if isinstance(action, Alert | Recover):
             acting.notify_items.append(action)
-            ACTIONS.labels(action=action.kind.value.lower(), queue=action.queue).inc()
+            _count_action(acting.policy, action.kind.value.lower(), action.queue)
             continue
         await _remediate(acting, index, action, decision.memory)
 
@@ -411,7 +407,7 @@ async def _remediate(acting: _Acting, index: int, action: Action, memory: Policy
     if text is not None:
         acting.results[index] = text
     metric = "auto_replay" if isinstance(action, AutoReplay) else action.kind.value.lower()
-    ACTIONS.labels(action=metric, queue=action.queue).inc()
+    _count_action(policy, metric, action.queue)
 
 
 async def _notify(acting: _Acting, notifier: Notifier) -> None:
@@ -484,38 +480,11 @@ async def _execute(
     return None, 0
 
 
-def _export_metrics(
-    policy: PolicyRef, status: QueuePolicyStatus, names: Sequence[str], observation: Observation
-) -> None:
-    if observation.error is not None:
-        return
-    for q in status.queues:
-        if q.name not in observation.queues:
-            continue
-        labels = {"namespace": policy.namespace, "policy": policy.name, "queue": q.name}
-        for state, value in (
-            ("waiting", q.waiting),
-            ("active", q.active),
-            ("completed", q.completed),
-            ("failed", q.failed),
-            ("delayed", q.delayed),
-            ("prioritized", q.prioritized),
-        ):
-            QUEUE_JOBS.labels(**labels, state=state).set(value)
-            QUEUE_DEPTH_LEGACY.labels(queue=q.name, status=state).set(value)
-        QUEUE_PAUSED.labels(**labels).set(1 if q.paused else 0)
-        if q.failure_rate_percent is not None:
-            QUEUE_FAILURE_RATIO.labels(**labels).set(q.failure_rate_percent / 100)
+def _count_action(policy: PolicyRef, action: str, queue: str) -> None:
+    ACTIONS.labels(namespace=policy.namespace, policy=policy.name, action=action, queue=queue).inc()
 
 
 def forget_metrics(policy: PolicyRef, queues: Sequence[str]) -> None:
-    """Drop a deleted policy's (or removed queue's) series so dashboards do not show stale values."""
-    for queue in queues:
-        labels = (policy.namespace, policy.name, queue)
-        for state in ("waiting", "active", "completed", "failed", "delayed", "prioritized"):
-            for metric, key in ((QUEUE_JOBS, (*labels, state)), (QUEUE_DEPTH_LEGACY, (queue, state))):
-                with contextlib.suppress(KeyError):
-                    metric.remove(*key)
-        for gauge in (QUEUE_PAUSED, QUEUE_FAILURE_RATIO):
-            with contextlib.suppress(KeyError):
-                gauge.remove(*labels)
+    """Drop the series of queues the policy no longer watches (a deleted policy: see
+    :func:`requeue.policy.series.forget_policy`)."""
+    forget_queues(policy.namespace, policy.name, queues)

@@ -66,7 +66,7 @@ from requeue.errors import (
     RedisOutOfMemory,
     RedisUnavailable,
 )
-from requeue.metrics import REPLAY_BATCH_SECONDS, REPLAY_JOBS
+from requeue.metrics import REPLAY_BATCH_SECONDS
 from requeue.queues import BullQueue, ReplayKeys, map_redis_error
 from requeue.queues.adapter import text
 from requeue.queues.keys import REPLAY_RETENTION_SECONDS, Progress
@@ -76,6 +76,7 @@ from requeue.replay.gating import GateRunnerLike, Gating
 from requeue.replay.lease import Driver, LeaseHolder, this_process
 from requeue.replay.matcher import to_ms
 from requeue.replay.moves import Mover
+from requeue.replay.observed import ReplaySeries
 from requeue.replay.rate import TokenBucket
 from requeue.replay.selection import ReplayBudgetLike, Selection, selection_upper
 from requeue.replay.state import (
@@ -127,6 +128,7 @@ class ReplayEngine:
     :param driver: who this engine drives as; defaults to this process, so engines of one
         process share the lease of a replay and other processes wait for it.
     :param tuning: pace and chunk sizes (tests pass smaller ones); the defaults are production's.
+    :param series: the labels the jobs it moves are counted under (an auto replay's: its policy's).
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class ReplayEngine:
         budget: ReplayBudgetLike | None = None,
         driver: Driver | None = None,
         tuning: EngineTuning = DEFAULT_TUNING,
+        series: ReplaySeries | None = None,
     ) -> None:
         self.redis = redis
         self.driver = driver or this_process()
@@ -170,7 +173,8 @@ class ReplayEngine:
         self._verification = Verification(redis, self.keys)
         self._gating = Gating(redis, self.keys)
         namespace, _, name = owner.rpartition("/")
-        self._metric_labels = (namespace, name or owner)
+        #: The labels of ``requeue_replay_jobs_total`` (default: a replay made by hand, named by ``owner``).
+        self.series = series or ReplaySeries.of(namespace, name or owner)
 
     # -- public API ----------------------------------------------------------
 
@@ -564,10 +568,9 @@ class ReplayEngine:
         else:
             moved, skipped, missing = await self._mover.reprocess_batch(spec, q, n, p)
         REPLAY_BATCH_SECONDS.observe(time.perf_counter() - started)
-        ns, name = self._metric_labels
         for outcome, count in (("replayed", moved), ("skipped", skipped + missing)):
             if count:
-                REPLAY_JOBS.labels(ns, name, spec.queue, outcome).inc(count)
+                self.series.count(spec.queue, outcome, count)
         return moved, skipped + missing
 
     async def _replayed(self, spec: DLQReplaySpec, ctx: StepContext) -> float:

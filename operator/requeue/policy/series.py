@@ -1,0 +1,91 @@
+"""What a QueuePolicy tells Prometheus: its queues' gauges, its actions, its Redis.
+
+Three rules keep the series honest:
+
+* a successful observation sets every queue gauge and ``requeue_redis_up`` to 1;
+* an observation that failed removes the policy's queue gauges (a scrape then
+  shows nothing, not the last value read minutes ago) and sets
+  ``requeue_redis_up`` to 0 when Redis itself was the problem (unreachable,
+  refused credentials or commands), or removes it when the problem was another
+  (an invalid spec, a missing Secret: whether Redis is up is then unknown);
+* a deleted policy removes every series it labels, counters included, and the
+  auto-replay counts it kept under its name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from requeue.api.conditions import Reason
+from requeue.api.policy import QueuePolicyStatus
+from requeue.errors import (
+    AuthFailed,
+    Forbidden,
+    RedisCertificateUntrusted,
+    RedisOutOfMemory,
+    RedisUnreachable,
+)
+from requeue.metrics import (
+    ACTIONS,
+    KIND_POLICY,
+    QUEUE_DEPTH_LEGACY,
+    QUEUE_FAILURE_RATIO,
+    QUEUE_GAUGES,
+    QUEUE_JOBS,
+    QUEUE_PAUSED,
+    REDIS_UP,
+    REPLAY_JOBS,
+)
+
+__all__ = ["REDIS_DOWN_REASONS", "export_observed", "export_unobserved", "forget_policy", "forget_queues"]
+
+#: Reasons that say requeue could not use the policy's Redis: ``requeue_redis_up`` 0.
+REDIS_DOWN_REASONS = frozenset(
+    cls.reason
+    for cls in (RedisUnreachable, RedisCertificateUntrusted, RedisOutOfMemory, AuthFailed, Forbidden)
+)
+
+_STATES = ("waiting", "active", "completed", "failed", "delayed", "prioritized")
+
+
+def export_observed(namespace: str, policy: str, status: QueuePolicyStatus, observed: Sequence[str]) -> None:
+    """Set the gauges of the queues just ``observed`` from ``status``, and Redis up."""
+    REDIS_UP.labels(namespace, KIND_POLICY, policy).set(1)
+    for q in status.queues:
+        if q.name not in observed:
+            continue
+        labels = {"namespace": namespace, "policy": policy, "queue": q.name}
+        for state in _STATES:
+            value = getattr(q, state)
+            QUEUE_JOBS.labels(**labels, state=state).set(value)
+            QUEUE_DEPTH_LEGACY.labels(**labels, status=state).set(value)
+        QUEUE_PAUSED.labels(**labels).set(1 if q.paused else 0)
+        if q.failure_rate_percent is not None:
+            QUEUE_FAILURE_RATIO.labels(**labels).set(q.failure_rate_percent / 100)
+        else:
+            QUEUE_FAILURE_RATIO.remove_by_labels(labels)
+
+
+def export_unobserved(namespace: str, policy: str, reason: Reason | str | None) -> None:
+    """The policy could not observe its queues (``reason`` says why): its gauges go stale."""
+    for gauge in QUEUE_GAUGES:
+        gauge.remove_by_labels({"namespace": namespace, "policy": policy})
+    if reason in REDIS_DOWN_REASONS:
+        REDIS_UP.labels(namespace, KIND_POLICY, policy).set(0)
+    else:
+        REDIS_UP.remove_by_labels({"namespace": namespace, "kind": KIND_POLICY, "owner": policy})
+
+
+def forget_queues(namespace: str, policy: str, queues: Sequence[str]) -> None:
+    """Drop the gauges of queues the policy no longer watches (removed from its spec)."""
+    for queue in queues:
+        for gauge in QUEUE_GAUGES:
+            gauge.remove_by_labels({"namespace": namespace, "policy": policy, "queue": queue})
+
+
+def forget_policy(namespace: str, policy: str) -> None:
+    """A deleted policy: remove every series labelled with it, so nothing outlives it."""
+    labels = {"namespace": namespace, "policy": policy}
+    for metric in (*QUEUE_GAUGES, ACTIONS, REPLAY_JOBS):
+        metric.remove_by_labels(labels)
+    REDIS_UP.remove_by_labels({"namespace": namespace, "kind": KIND_POLICY, "owner": policy})

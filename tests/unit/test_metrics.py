@@ -1,0 +1,59 @@
+"""The conventions ``requeue.metrics`` promises, checked on the metrics it defines.
+
+The series a running operator exports (names, labels, removal of deleted
+objects' series) are checked on its real ``/metrics`` in tests/e2e/test_metrics.py.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+from requeue import metrics
+
+DEFINED = {obj._name: obj for obj in vars(metrics).values() if isinstance(obj, MetricWrapperBase)}
+#: The runbook's name for a gauge, kept for dashboards built on the runbook.
+LEGACY = "queue_depth_total"
+
+
+def test_only_counters_end_in_total_but_the_documented_runbook_gauge() -> None:
+    for name, metric in DEFINED.items():
+        if name == LEGACY:
+            assert isinstance(metric, Gauge)
+            assert "gauge despite its _total suffix" in metric._documentation
+            assert "bullmq_queue_jobs" in metric._documentation  # where to go instead
+            continue
+        assert isinstance(metric, Counter | Gauge | Histogram)
+        assert not name.endswith("_total"), f"{name}: only a counter's series end in _total"
+
+
+def test_the_runbook_gauge_has_a_correctly_named_twin_with_the_same_labels() -> None:
+    legacy, twin = DEFINED[LEGACY], DEFINED["bullmq_queue_jobs"]
+    assert isinstance(twin, Gauge)
+    assert set(legacy._labelnames) - {"status"} == set(twin._labelnames) - {"state"}
+
+
+def test_every_queue_level_series_names_its_namespace_and_policy() -> None:
+    """Two namespaces that each watch a queue named ``default`` must not share a series."""
+    queue_level = {name: m for name, m in DEFINED.items() if "queue" in m._labelnames}
+    # (prometheus_client keeps a counter's name without its _total)
+    assert set(queue_level) >= {LEGACY, "bullmq_queue_jobs", "requeue_actions", "requeue_replay_jobs"}
+    for name, metric in queue_level.items():
+        assert {"namespace", "policy"} <= set(metric._labelnames), name
+
+
+def test_redis_up_tells_a_replay_from_a_policy_of_the_same_name() -> None:
+    assert DEFINED["requeue_redis_up"]._labelnames == ("namespace", "kind", "owner")
+    assert {metrics.KIND_REPLAY, metrics.KIND_POLICY} == {"DLQReplay", "QueuePolicy"}
+
+
+def test_no_created_series() -> None:
+    """``*_created`` doubles every labelled counter and histogram and Prometheus ignores it."""
+    registry = CollectorRegistry()
+    counter = Counter("requeue_probe", "a probe", ["x"], registry=registry)
+    histogram = Histogram("requeue_probe_seconds", "a probe", registry=registry)
+    counter.labels("a").inc()
+    histogram.observe(0.1)
+    text = generate_latest(registry).decode()
+    assert "requeue_probe_total" in text and "requeue_probe_seconds_count" in text
+    assert "_created" not in text
