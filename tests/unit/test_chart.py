@@ -163,9 +163,14 @@ def selectors(expr: str) -> list[promql_parser.VectorSelector]:
     return found
 
 
+#: Series Prometheus itself makes for every target, with the labels a ServiceMonitor gives them.
+PROMETHEUS_SERIES = {"up": {"job", "namespace", "instance", "service", "pod", "container", "endpoint"}}
+
+
 def check_query(expr: str) -> set[str]:
-    """Assert every selector names a requeue series and only matches labels it has; return the names."""
-    known = sample_names()
+    """Assert every selector names a requeue series (or Prometheus' own ``up``) and only matches
+    labels it has; return the names."""
+    known = sample_names() | PROMETHEUS_SERIES
     used: set[str] = set()
     for selector in selectors(expr):
         assert selector.name in known, f"{selector.name} is not defined in requeue.metrics ({expr})"
@@ -274,6 +279,7 @@ def test_values_schema_is_strict(chart: helm_python.Chart) -> None:
         {"operator": {"logFormat": "xml"}},
         {"prometheusRule": {"failureRatioThreshold": 5}},
         {"prometheusRule": {"queuePausedFor": "half an hour"}},
+        {"prometheusRule": {"operatorUpSelector": '{job="requeue"}'}},
         {"serviceMonitor": {"enabled": "yes"}},
         {"image": {"digest": "latest"}},
         {"crds": {"enabled": "yes"}},
@@ -647,6 +653,11 @@ RUNBOOK_ALERTS = {
     "BullMQQueuePausedTooLong": ("bullmq_queue_paused == 1", "30m", "warning"),
     "RequeueReplayFailed": ('requeue_replays{phase="Failed"} > 0', None, "warning"),
     "RequeueRedisUnreachable": ("requeue_redis_up == 0", "2m", "critical"),
+    "RequeueOperatorDown": (
+        f'absent(up{{job="{RELEASE}-metrics", namespace="{NAMESPACE}"}} == 1)',
+        "5m",
+        "critical",
+    ),
 }
 
 
@@ -666,7 +677,7 @@ def alerts(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_prometheus_rule_has_the_runbook_alerts(chart: helm_python.Chart) -> None:
     found = alerts(render(chart, CASES["prometheusRule"]))
     assert set(found) == set(RUNBOOK_ALERTS)
-    known = sample_names()
+    known = sample_names() | PROMETHEUS_SERIES
     for name, (expr, duration, severity) in RUNBOOK_ALERTS.items():
         alert = found[name]
         assert alert["expr"] == expr
@@ -681,6 +692,33 @@ def test_prometheus_rule_has_the_runbook_alerts(chart: helm_python.Chart) -> Non
             for label in re.findall(r"\$labels\.(\w+)", text):
                 assert label in known[metric], f"{name} refers to missing label {label}"
     assert found["RequeueReplayFailed"]["expr"].endswith(f'{{phase="{ReplayPhase.FAILED.value}"}} > 0')
+    # absent() of an expression has no labels: the operator-down alert templates none
+    assert "$labels" not in json.dumps(found["RequeueOperatorDown"]["annotations"])
+
+
+def operator_up_selector(alert: dict[str, Any]) -> dict[str, str]:
+    """The equality matchers of the ``up`` selector inside RequeueOperatorDown."""
+    (selector,) = selectors(alert["expr"])
+    assert selector.name == "up"
+    return {m.name: m.value for m in selector.matchers.matchers}
+
+
+def test_operator_down_watches_the_target_the_service_monitor_scrapes(chart: helm_python.Chart) -> None:
+    objects = render(chart, {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}})
+    monitor = one(objects, "ServiceMonitor")
+    service = one(objects, "Service")
+    # prometheus-operator names a ServiceMonitor's job after the Service (no jobLabel set),
+    # and its targets' namespace label after the Service's namespace.
+    assert "jobLabel" not in monitor["spec"]
+    matchers = operator_up_selector(alerts(objects)["RequeueOperatorDown"])
+    assert matchers == {"job": service["metadata"]["name"], "namespace": service["metadata"]["namespace"]}
+
+
+def test_operator_down_selector_can_be_set(chart: helm_python.Chart) -> None:
+    values = {"prometheusRule": {"enabled": True, "operatorUpSelector": 'job="requeue", cluster="eu-1"'}}
+    alert = alerts(render(chart, values))["RequeueOperatorDown"]
+    assert operator_up_selector(alert) == {"job": "requeue", "cluster": "eu-1"}
+    assert 'up{job="requeue", cluster="eu-1"}' in alert["annotations"]["description"]
 
 
 def test_alert_thresholds_come_from_values(chart: helm_python.Chart) -> None:
@@ -691,6 +729,7 @@ def test_alert_thresholds_come_from_values(chart: helm_python.Chart) -> None:
             "failureRatioThreshold": 0.2,
             "failureRatioFor": "15m",
             "queuePausedFor": "2h",
+            "operatorDownFor": "10m",
             "runbookBaseUrl": "https://wiki.example.com/queues#",
         }
     }
@@ -700,6 +739,7 @@ def test_alert_thresholds_come_from_values(chart: helm_python.Chart) -> None:
     assert found["BullMQQueueFailureRatioHigh"]["for"] == "15m"
     assert "20%" in found["BullMQQueueFailureRatioHigh"]["annotations"]["description"]
     assert found["BullMQQueuePausedTooLong"]["for"] == "2h"
+    assert found["RequeueOperatorDown"]["for"] == "10m"
     assert found["RequeueRedisUnreachable"]["annotations"]["runbook_url"] == (
         "https://wiki.example.com/queues#requeueredisunreachable"
     )
