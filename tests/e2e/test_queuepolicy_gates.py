@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from bullmq import Job, Queue
 
+from support import async_wait_until
 from support.bullmq_jobs import JobSpec, create_queues, make_failed_jobs, run_worker, wait_in_set
 from support.dlqreplay import operator_command, secret, wait_status_async
 from support.kube import Kube
@@ -28,14 +29,17 @@ from support.queuepolicy import (
     gated_policy,
     gates,
     kubectl,
+    metric,
     object_uid,
     policy,
     policy_events,
     queue_state,
+    scrape,
     wait_auto_replay,
     wait_policy,
     with_a_redis_gate,
 )
+from support.redis_server import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -145,7 +149,8 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
         redis_url, "default", [JobSpec("whatsapp.send", {"old": i}) for i in range(3)]
     )
     gate = await with_a_redis_gate(kube, redis_url, redis_factory)
-    operator = operator_factory(operator_command())
+    port = free_port()
+    operator = operator_factory(operator_command(metrics_port=port))
     await apply(
         kube,
         gated_policy(
@@ -250,6 +255,27 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
         # outage 2: 2 poison retried by hand + 2 new jobs fail, then child 2 runs the 2 new ones
         await worker.wait_for(12 + 2 + 2 + 2)
     await q.close()
+    # /metrics: the children count under their policy, so outages add no series; finished
+    # children drop their requeue_redis_up
+    text = await scrape(port)
+    assert (
+        metric(
+            text,
+            "requeue_replay_jobs_total",
+            namespace="default",
+            policy="visapi-queues",
+            replay="",
+            queue="default",
+            outcome="replayed",
+        )
+        == 6 + 2
+    )
+
+    async def children_unlabelled() -> bool:
+        text = await scrape(port)
+        return not any(f'"{child}"' in text for child in (child1, child2))
+
+    await async_wait_until(children_unlabelled, message="no series names a child replay")
     assert sorted(worker.completed) == sorted(first[2:] + second)
     failed_now = set(await redis_client.zrange("bull:default:failed", 0, -1))
     assert failed_now == set(old) | set(first[:2])
