@@ -696,6 +696,17 @@ def test_prometheus_rule_has_the_runbook_alerts(chart: helm_python.Chart) -> Non
     assert "$labels" not in json.dumps(found["RequeueOperatorDown"]["annotations"])
 
 
+def test_every_alert_links_to_a_troubleshooting_section_of_the_readme(chart: helm_python.Chart) -> None:
+    readme = (ROOT / "README.md").read_text()
+    troubleshooting = readme[readme.index("\n## Troubleshooting\n") :]
+    troubleshooting = troubleshooting[: troubleshooting.index("\n## ", 1)]
+    # GitHub's anchor of a heading made of one word: the word in lower case
+    anchors = {h.lower() for h in re.findall(r"^### (\w+)$", troubleshooting, re.MULTILINE)}
+    for name, alert in alerts(render(chart, CASES["prometheusRule"])).items():
+        anchor = alert["annotations"]["runbook_url"].rpartition("#")[2]
+        assert anchor in anchors, f"{name}: README.md has no troubleshooting section #{anchor}"
+
+
 def operator_up_selector(alert: dict[str, Any]) -> dict[str, str]:
     """The equality matchers of the ``up`` selector inside RequeueOperatorDown."""
     (selector,) = selectors(alert["expr"])
