@@ -124,6 +124,9 @@ end
 """
 
 #: Read-only: one page of the failed set after a (score, id) cursor, name-prefiltered.
+#: One ``HMGET`` per scanned job (name, failure reason, data, opts, priority): on Upstash
+#: and the like every command is billed, and a name filter matching a third of the jobs
+#: paid a second read for each match before.
 #:
 #: KEYS[1] failed zset. ARGV[1] job key prefix, ARGV[2] min score (inclusive),
 #: ARGV[3] max score (exclusive), ARGV[4] cursor score ("" = start), ARGV[5] cursor id,
@@ -168,8 +171,10 @@ for i = 1, #items, 2 do
   end
   scanned = scanned + 1
   out[2], out[3] = score, id
-  local jkey = prefix .. id
-  local name = rcall("HGET", jkey, "name")
+  -- one read per scanned job: the fields a candidate needs come with its name (a second
+  -- read for the ones that match cost more commands than the few bytes it saved)
+  local f = rcall("HMGET", prefix .. id, "name", "failedReason", "data", "opts", "priority")
+  local name = f[1]
   if not name or name == "" then
     out[#out + 1] = id; out[#out + 1] = score; out[#out + 1] = false
     out[#out + 1] = false; out[#out + 1] = false; out[#out + 1] = "000"
@@ -182,17 +187,16 @@ for i = 1, #items, 2 do
       end
     end
     if match then
-      local f = rcall("HMGET", jkey, "failedReason", "data", "opts", "priority")
       local lifo, prio, valid = "0", "0", "?"
-      if f[3] and string.find(f[3], '"lifo":true', 1, true) then lifo = "1" end
-      if f[4] and (tonumber(f[4]) or 0) > 0 then prio = "1" end
-      local data = f[2]
+      if f[4] and string.find(f[4], '"lifo":true', 1, true) then lifo = "1" end
+      if f[5] and (tonumber(f[5]) or 0) > 0 then prio = "1" end
+      local data = f[3]
       if not want_data then
         valid = (data and pcall(decode, data)) and "1" or "0"
         data = false
       end
       out[#out + 1] = id; out[#out + 1] = score; out[#out + 1] = name
-      out[#out + 1] = f[1]; out[#out + 1] = data; out[#out + 1] = lifo .. prio .. valid
+      out[#out + 1] = f[2]; out[#out + 1] = data; out[#out + 1] = lifo .. prio .. valid
     end
   end
 end
@@ -262,15 +266,47 @@ return cjson.encode(out)
 TALLY_BATCH = render(r"""
 local rcall = redis.call
 local moved, skipped, missing = 0, tonumber(ARGV[3]), 0
+local prefix = ARGV[1]
+-- Per chunk of ids, two commands instead of two per id (on Upstash each is billed): which
+-- ids are still failed (one ZMSCORE), and whether all of their hashes exist (one multi-key
+-- EXISTS; its count equals theirs unless one is missing, and only then is each id asked).
+local live = {}
+if ARGV[4] == "failed" then
+  for i = 5, #ARGV, 1000 do
+    local last = math.min(i + 999, #ARGV)
+    local scores = rcall("ZMSCORE", KEYS[2], unpack(ARGV, i, last))
+    for j = i, last do live[j] = scores[j - i + 1] ~= false end
+  end
+else
+  for j = 5, #ARGV do live[j] = true end
+end
+local cand, keys = {}, {}
+for j = 5, #ARGV do
+  if live[j] then
+    cand[#cand + 1] = j
+    keys[#keys + 1] = prefix .. ARGV[j]
+  end
+end
+local present = 0
+for i = 1, #keys, 1000 do
+  present = present + rcall("EXISTS", unpack(keys, i, math.min(i + 999, #keys)))
+end
+local exists = {}
+if present == #keys then
+  for _, j in ipairs(cand) do exists[j] = true end
+else
+  for c, j in ipairs(cand) do exists[j] = rcall("EXISTS", keys[c]) == 1 end
+end
 local ids = {}
-local need_failed = ARGV[4] == "failed"
-for i = 5, #ARGV do
-  local id = ARGV[i]
-  if rcall("EXISTS", ARGV[1] .. id) == 0 then
+for j = 5, #ARGV do
+  -- reprocessJob answers -1 for a missing hash before it looks at the failed set
+  local has = exists[j]
+  if has == nil then has = rcall("EXISTS", prefix .. ARGV[j]) == 1 end
+  if not has then
     missing = missing + 1
-  elseif not need_failed or rcall("ZSCORE", KEYS[2], id) then
+  elseif live[j] then
     moved = moved + 1
-    ids[#ids + 1] = id
+    ids[#ids + 1] = ARGV[j]
   else
     skipped = skipped + 1
   end
