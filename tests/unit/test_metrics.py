@@ -6,10 +6,14 @@ objects' series) are checked on its real ``/metrics`` in tests/e2e/test_metrics.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from requeue import metrics
+from requeue.api.conditions import Reason
+from requeue.api.policy import QueuePolicyStatus
+from requeue.policy.series import export_observed, export_unobserved, forget_policy
+from requeue.replay.observed import ReplaySeries, forget_replay
 
 DEFINED = {obj._name: obj for obj in vars(metrics).values() if isinstance(obj, MetricWrapperBase)}
 #: The runbook's name for a gauge, kept for dashboards built on the runbook.
@@ -57,3 +61,45 @@ def test_no_created_series() -> None:
     text = generate_latest(registry).decode()
     assert "requeue_probe_total" in text and "requeue_probe_seconds_count" in text
     assert "_created" not in text
+
+
+def series_of(**labels: str) -> list[str]:
+    """Every sample in the process registry that carries all of ``labels``."""
+    return [
+        f"{s.name}{s.labels}"
+        for family in REGISTRY.collect()
+        for s in family.samples
+        if labels.items() <= s.labels.items()
+    ]
+
+
+def test_a_policy_that_cannot_observe_leaves_no_gauges_and_says_why_for_redis() -> None:
+    status = QueuePolicyStatus.model_validate({"queues": [{"name": "default", "failed": 4}]})
+    up = {"namespace": "unit-a", "kind": "QueuePolicy", "owner": "orders"}
+    export_observed("unit-a", "orders", status, ["default"])
+    assert REGISTRY.get_sample_value("requeue_redis_up", up) == 1
+    assert len(series_of(namespace="unit-a", policy="orders")) == 6 + 6 + 1  # two state gauges, paused
+
+    export_unobserved("unit-a", "orders", Reason.REDIS_UNREACHABLE)
+    assert series_of(namespace="unit-a", policy="orders") == []
+    assert REGISTRY.get_sample_value("requeue_redis_up", up) == 0
+
+    export_observed("unit-a", "orders", status, ["default"])
+    export_unobserved("unit-a", "orders", Reason.SECRET_NOT_FOUND)  # Redis' state unknown: no series
+    assert series_of(namespace="unit-a", kind="QueuePolicy") == []
+
+
+def test_a_deleted_policy_takes_its_counters_and_its_auto_replays_but_nothing_else() -> None:
+    metrics.ACTIONS.labels("unit-b", "orders", "alert", "default").inc()
+    ReplaySeries.of("unit-b", "orders-default-0123456789", policy="orders").count("default", "replayed", 3)
+    ReplaySeries.of("unit-b", "by-hand").count("default", "replayed", 2)
+    ReplaySeries.of("unit-c", "x", policy="orders").count("default", "replayed", 1)
+    assert series_of(replay="orders-default-0123456789") == []  # counted under the policy instead
+
+    forget_policy("unit-b", "orders")
+    assert series_of(namespace="unit-b", policy="orders") == []
+    assert series_of(namespace="unit-b", replay="by-hand") != []
+    assert series_of(namespace="unit-c", policy="orders") != []
+
+    forget_replay("unit-b", "by-hand")
+    assert series_of(namespace="unit-b", replay="by-hand") == []
