@@ -12,6 +12,7 @@
     │   ├── ReplayRunning           the replay has not finished: its keys stay (CLI ``replays forget``)
     │   ├── SelectionChanged        a resumed replay's manifest selects other jobs than at its start
     │   ├── RedisUrlInvalid         the Redis URL (from a Secret or a flag) cannot be parsed
+    │   ├── HashTagRequired         on a Redis Cluster, the queue's keys would not share one hash slot
     │   ├── AuthFailed              Redis/Postgres/HTTP refused the credentials
     │   │   └── Forbidden           Redis's ACL user lacks a command or key requeue needs
     │   ├── VerificationFailed      replayed jobs did not succeed well enough
@@ -96,6 +97,19 @@ class RedisUrlInvalid(PermanentError):
     """
 
     reason = Reason.REDIS_URL_INVALID
+    exit_code = 2
+
+
+class HashTagRequired(PermanentError):
+    """On a Redis Cluster, the queue's keys would not all live in one hash slot.
+
+    BullMQ's scripts touch many keys of a queue at once, and so do requeue's transactions;
+    a cluster runs those only when every key hashes to one slot, which a hash tag in the
+    prefix (``{bull}``) makes so. Without one, BullMQ itself cannot run on the cluster, and a
+    replay would fail half-way with CROSSSLOT: refused before anything is sent.
+    """
+
+    reason = Reason.HASH_TAG_REQUIRED
     exit_code = 2
 
 

@@ -50,8 +50,11 @@ MAX_PIECEWISE = 4096
 
 _SCHEME = re2.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 #: What may follow the userinfo's ``@`` up to the path, query or fragment: host (name, IPv4 or
-#: [IPv6]) and an optional port.
-_HOST_PORT = re2.compile(r"^(?:\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9._~%-]*)(?::[0-9]*)?$")
+#: [IPv6]) and an optional port, or a comma-separated list of them (the seed nodes of a
+#: ``redis+cluster://`` URL; without the list, ``p@q/r`` in a password before ``h1:1,h2:2`` ended
+#: the userinfo at its own ``@`` and showed ``r``).
+_ONE_HOST = r"(?:\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9._~%-]*)(?::[0-9]*)?"
+_HOST_PORT = re2.compile(rf"^{_ONE_HOST}(?:,{_ONE_HOST})*$")
 _DSN_PASSWORD = re2.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 _URL_IN_TEXT = re2.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
 

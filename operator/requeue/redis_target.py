@@ -8,15 +8,17 @@ nothing of kopf.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
 from requeue.api.common import RedisConnection
-from requeue.queues import TlsOptions, connect
+from requeue.api.replay import DLQReplaySpec
+from requeue.queues import QueueKeys, TlsOptions, connect
 from requeue.secrets import SecretSource
 
-__all__ = ["RedisTarget", "open_redis", "resolve_redis"]
+__all__ = ["RedisTarget", "open_redis", "replay_queues", "resolve_redis"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,15 +53,28 @@ async def resolve_redis(
     )
 
 
+def replay_queues(spec: DLQReplaySpec) -> tuple[QueueKeys, ...]:
+    """The queues a replay writes to (its queue, and its targetQueue): on a Redis Cluster they
+    must share one slot, and the client goes to the primary serving it."""
+    target = () if spec.target_queue is None else (QueueKeys(spec.prefix, spec.target_queue),)
+    return (QueueKeys(spec.prefix, spec.queue), *target)
+
+
 async def open_redis(
-    secrets: SecretSource, conn: RedisConnection, *, url: str | None = None
+    secrets: SecretSource,
+    conn: RedisConnection,
+    *,
+    url: str | None = None,
+    queues: Sequence[QueueKeys] = (),
 ) -> tuple[Redis, RedisTarget]:
     """Connect to the Redis of ``conn`` with the URL (and CA) from ``secrets``; ``url`` overrides
-    ``conn.urlSecretRef`` (the CLI's ``--redis-url``).
+    ``conn.urlSecretRef`` (the CLI's ``--redis-url``). ``queues``: the ones the client is for,
+    which a Redis Cluster URL needs (:func:`replay_queues`).
 
     :raises SecretNotFound: the Secret or key does not exist.
     :raises AuthFailed: Redis refused the credentials.
     :raises RedisUnavailable: Redis cannot be reached.
+    :raises HashTagRequired: a Redis Cluster, and the queues do not share a hash-tagged slot.
     """
     target = await resolve_redis(secrets, conn, url=url)
     redis = await connect(
@@ -69,5 +84,6 @@ async def open_redis(
         tls_insecure_skip_verify=target.tls.insecure_skip_verify,
         tls_cert_pem=target.tls.cert_pem,
         tls_key_pem=target.tls.key_pem,
+        queues=queues,
     )
     return redis, target

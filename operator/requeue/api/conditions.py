@@ -66,6 +66,7 @@ class Reason(StrEnum):
     REPLAY_RUNNING = "ReplayRunning"
     SELECTION_CHANGED = "SelectionChanged"
     REDIS_URL_INVALID = "RedisUrlInvalid"
+    HASH_TAG_REQUIRED = "HashTagRequired"
     AUTH_FAILED = "AuthFailed"
     FORBIDDEN = "Forbidden"
     REDIS_UNREACHABLE = "RedisUnreachable"
@@ -158,6 +159,9 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.SELECTION_CHANGED: "A resumed replay's manifest selects other jobs than at its start "
     "(CLI exit 2).",
     Reason.REDIS_URL_INVALID: "The Redis URL (Secret or flag) cannot be parsed; shown redacted (CLI exit 2).",
+    Reason.HASH_TAG_REQUIRED: "On a Redis Cluster (`redis+cluster://`), the queue's prefix (or name) "
+    "has no hash tag such as `{bull}`, or targetQueue hashes to another slot: BullMQ's and requeue's keys "
+    "of a queue must share one slot (CLI exit 2).",
     Reason.AUTH_FAILED: "Redis, Postgres or an HTTP gate refused the credentials (CLI exit 3).",
     Reason.FORBIDDEN: "Redis's ACL user lacks a command or key pattern requeue needs (NOPERM; the "
     "message names it; README 'Redis ACL users'; CLI exit 3).",

@@ -99,7 +99,7 @@ from requeue.gates import GateRunner
 from requeue.queues import BullQueue, map_redis_error
 from requeue.queues.adapter import MAX_SCORE
 from requeue.redact import redact_url
-from requeue.redis_target import open_redis
+from requeue.redis_target import open_redis, replay_queues
 from requeue.replay import ReplayEngine, StepResult
 from requeue.replay.state import SELECTION_FIELDS, changed_fields, recorded_selection, spec_values
 from requeue.secrets import StaticSecrets, env_name
@@ -409,7 +409,7 @@ class _Replay:
         await require_secrets(self.spec, self.static, redis_url_given=bool(self.opts.redis_url))
         url = await self.resolve_url()
         redis, target = await connect_retrying(
-            lambda: open_redis(self.static, self.spec.redis, url=url),
+            lambda: open_redis(self.static, self.spec.redis, url=url, queues=replay_queues(self.spec)),
             ConnectRetry(self.opts.connect_timeout),
             self._warn,
         )

@@ -77,7 +77,7 @@ from requeue.k8s.secrets import KubeSecrets
 from requeue.k8s.status import patch_status
 from requeue.policy.budget import ReplayBudget
 from requeue.policy.evaluate import LABEL_AUTO_REPLAY, LABEL_POLICY
-from requeue.redis_target import RedisTarget, open_redis
+from requeue.redis_target import RedisTarget, open_redis, replay_queues
 from requeue.replay import ReplayEngine, ReplayEvent
 from requeue.replay.ending import fail
 from requeue.replay.finalize import cleanup_needed, give_up_cleanup, ttl_left
@@ -152,7 +152,7 @@ async def open_engine(
     :raises AuthFailed: Redis refused the credentials.
     :raises RedisUnreachable: Redis cannot be reached.
     """
-    redis, target = await open_redis(KubeSecrets(namespace), spec.redis)
+    redis, target = await open_redis(KubeSecrets(namespace), spec.redis, queues=replay_queues(spec))
     engine = ReplayEngine(redis, replay_id=uid, owner=f"{namespace}/{name}", budget=budget, series=series)
     return engine, target
 

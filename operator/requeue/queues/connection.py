@@ -7,6 +7,7 @@ import hashlib
 import shutil
 import ssl
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from requeue.errors import (
     RedisUnavailable,
     RedisUrlInvalid,
 )
+from requeue.queues.keys import QueueKeys
 from requeue.redact import encode_userinfo, redact_text, redact_url, sensitive_parts, split_url
 
 #: Seconds to wait for connecting and for each command.
@@ -53,7 +55,7 @@ class TlsOptions:
     def client_kwargs(self, url: str) -> dict[str, Any]:
         """Keyword arguments for ``redis.asyncio.Redis.from_url(url, ...)``; none unless ``rediss://``."""
         kwargs: dict[str, Any] = {}
-        if url.startswith("rediss://"):
+        if url.startswith(("rediss://", "rediss+")):  # rediss+cluster://: TLS to every node
             if self.ca_pem:
                 kwargs["ssl_ca_data"] = self.ca_pem
             if self.cert_pem and self.key_pem:
@@ -276,8 +278,12 @@ async def connect(
     tls_cert_pem: str | None = None,
     tls_key_pem: str | None = None,
     timeout_s: float = DEFAULT_TIMEOUT,
+    queues: Sequence[QueueKeys] = (),
 ) -> aioredis.Redis:
     """A ``redis.asyncio.Redis`` (decoded responses) that answered PING.
+
+    A ``redis+cluster://`` URL gives a client to the primary that serves the slot of
+    ``queues`` (see :mod:`requeue.queues.cluster`); they must share one hash tag.
 
     :param db: overrides the database number in the URL.
     :param tls_ca_pem: PEM CA bundle to verify a ``rediss://`` server with.
@@ -285,6 +291,7 @@ async def connect(
     :raises AuthFailed: credentials refused.
     :raises RedisUrlInvalid: the URL cannot be parsed.
     :raises RedisUnavailable: cannot connect; the message carries the redacted URL.
+    :raises HashTagRequired: a cluster URL, and the queues' keys would not share one slot.
     """
     kwargs: dict[str, Any] = {
         "decode_responses": True,
@@ -303,7 +310,12 @@ async def connect(
             key_pem=tls_key_pem,
         ).client_kwargs(url)
     )
-    client = client_from_url(url, **kwargs)
+    if url.partition("://")[0].lower().endswith("+cluster"):
+        from requeue.queues.cluster import connect_slot_owner  # it builds on this module
+
+        client: aioredis.Redis = await connect_slot_owner(url, queues, kwargs)
+    else:
+        client = client_from_url(url, **kwargs)
     try:
         await client.ping()
     except (rx.RedisError, OSError) as exc:

@@ -117,12 +117,21 @@ class QueueKeys:
 
 @dataclass(frozen=True)
 class ReplayKeys:
-    """The keys one replay owns; all expire :data:`REPLAY_RETENTION_SECONDS` after it ends."""
+    """The keys one replay owns; all expire :data:`REPLAY_RETENTION_SECONDS` after it ends.
+
+    On a Redis Cluster they carry the queue's hash tag (``slot_tag``, from
+    :func:`requeue.queues.cluster.slot_tag`): ``requeue:replay:{bull}:<id>:progress`` lives in
+    the slot of ``{bull}:<queue>:failed``, so the scripts and transactions that touch both
+    never cross slots. Off a cluster the tag is empty and the names are what they always were
+    (a replay started before the tag existed resumes).
+    """
 
     replay_id: str
+    slot_tag: str = ""
 
     def _key(self, suffix: str) -> str:
-        return f"{REQUEUE_PREFIX}:replay:{self.replay_id}:{suffix}"
+        tag = f"{{{self.slot_tag}}}:" if self.slot_tag else ""
+        return f"{REQUEUE_PREFIX}:replay:{tag}{self.replay_id}:{suffix}"
 
     @property
     def snapshot(self) -> str:

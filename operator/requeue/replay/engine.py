@@ -69,6 +69,7 @@ from requeue.errors import (
 from requeue.metrics import REPLAY_BATCH_SECONDS
 from requeue.queues import BullQueue, ReplayKeys, map_redis_error
 from requeue.queues.adapter import text
+from requeue.queues.cluster import slot_tag
 from requeue.queues.keys import REPLAY_RETENTION_SECONDS, Progress
 from requeue.replay import ending, moves
 from requeue.replay.bulk import Bulk
@@ -154,7 +155,7 @@ class ReplayEngine:
         self.gates = gates
         self.clock = clock
         self.tuning = tuning
-        self.keys = ReplayKeys(replay_id)
+        self.keys = ReplayKeys(replay_id, slot_tag(redis))  # on a cluster: in the queue's slot
         self.redis_failure_bound = redis_failure_bound
         self.backoff = backoff
         self.redis_failures = 0

@@ -1,0 +1,199 @@
+"""A throw-away Redis Cluster: 3 primaries, 3 replicas, on loopback, with a password.
+
+Six :class:`~support.redis_server.RedisServer` processes with ``--cluster-enabled yes``
+(each in its own temporary directory, so ``nodes.conf`` stays apart), joined by
+``redis-cli --cluster create ... --cluster-replicas 1``. A short ``cluster-node-timeout``
+lets a replica take over within about a second of its primary being killed, so a failover
+test waits for the promotion (polling, with a deadline) instead of for a fixed time.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import quote
+
+import redis
+from redis.crc import key_slot
+
+from support.redis_server import RedisServer
+
+#: A password with every character a URL parser trips over (``,`` included: it separates seeds).
+CLUSTER_PASSWORD = "p@ss/w:rd?#,x%zz'\"\\ ok"
+#: Milliseconds a node may be unreachable before the cluster fails it over.
+NODE_TIMEOUT_MS = 1000
+
+
+def _cluster_port() -> int:
+    """A free port P with P + 10000 free too (Redis's cluster bus; so P <= 55535)."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free pair of ports (P, P + 10000) for a cluster node")
+
+
+class RedisCluster:
+    """Six nodes; :attr:`url` is the ``redis+cluster://`` URL requeue takes (password raw)."""
+
+    def __init__(self, *, password: str = CLUSTER_PASSWORD, nodes: int = 6) -> None:
+        self.password = password
+        auth = ["--masterauth", password, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        self.nodes = [
+            RedisServer(
+                port=_cluster_port(),
+                password=password,
+                args=[
+                    *auth,
+                    "--cluster-node-timeout",
+                    str(NODE_TIMEOUT_MS),
+                    # the killed primary's replica must be allowed to take over at once
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ],
+            )
+            for _ in range(nodes)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Two seeds and the raw password: requeue must cope with any character in it."""
+        seeds = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:2])
+        return f"redis+cluster://:{self.password}@{seeds}"
+
+    @property
+    def node_js_url(self) -> str:
+        """The same URL with the password percent-encoded (for ioredis in the Node helpers)."""
+        seeds = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:2])
+        return f"redis+cluster://:{quote(self.password, safe='')}@{seeds}"
+
+    def start(self, timeout: float = 30.0) -> RedisCluster:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not on PATH (apt-get install redis-tools)")
+        subprocess.run(
+            [
+                cli,
+                "-a",
+                self.password,
+                "--no-auth-warning",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+        self.wait_until(self._all_ok, timeout, "every node to report cluster_state:ok with 3 replicas")
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def client(self, node: RedisServer) -> redis.Redis:
+        return redis.Redis(
+            host=node.host, port=node.port, password=self.password, socket_timeout=2, decode_responses=True
+        )
+
+    def _ask(self, node: RedisServer, *args: str) -> object:
+        with self.client(node) as c:
+            return c.execute_command(*args)
+
+    def _all_ok(self) -> bool:
+        try:
+            for node in self.nodes:
+                if not node.running:
+                    continue
+                info = self._ask(node, "CLUSTER", "INFO")
+                text = info if isinstance(info, str) else str(info)
+                if "cluster_state:ok" not in text:
+                    return False
+            replicas = [n for n in self.nodes if n.running and self._role(n) == "slave"]
+            return len(replicas) == sum(1 for n in self.nodes if n.running) // 2
+        except redis.RedisError:
+            return False
+
+    def _role(self, node: RedisServer) -> str:
+        with self.client(node) as c:
+            return str(c.info("replication")["role"])
+
+    def owner_of(self, key: str) -> RedisServer:
+        """The running primary that serves ``key``'s slot, as the running nodes see it."""
+        slot = key_slot(key.encode())
+        for node in self.nodes:
+            if not node.running:
+                continue
+            try:
+                slots = self._ask(node, "CLUSTER", "SLOTS")
+            except redis.RedisError:
+                continue
+            for entry in slots if isinstance(slots, list) else []:
+                if int(entry[0]) <= slot <= int(entry[1]):
+                    port = int(entry[2][1])
+                    found = next((n for n in self.nodes if n.port == port), None)
+                    if found is not None and found.running:
+                        return found
+        raise LookupError(f"no running primary serves slot {slot}")
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        """The replica that follows ``primary``."""
+        for node in self.nodes:
+            if node is primary or not node.running:
+                continue
+            with self.client(node) as c:
+                info = c.info("replication")
+            if info.get("role") == "slave" and int(info.get("master_port", -1)) == primary.port:
+                return node
+        raise LookupError(f"no replica follows 127.0.0.1:{primary.port}")
+
+    def promoted(self, replica: RedisServer) -> bool:
+        """Whether ``replica`` is a primary now and the cluster is whole again."""
+        try:
+            return self._role(replica) == "master" and "cluster_state:ok" in str(
+                self._ask(replica, "CLUSTER", "INFO")
+            )
+        except redis.RedisError:
+            return False
+
+    @staticmethod
+    def wait_until(check: object, timeout: float, what: str) -> None:
+        assert callable(check)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+    def flush(self) -> None:
+        """Empty every primary (tests share one cluster per session)."""
+        for node in self.nodes:
+            if node.running and self._role(node) == "master":
+                with self.client(node) as c:
+                    c.flushall()
+
+
+@contextmanager
+def running_cluster() -> Iterator[RedisCluster]:
+    cluster = RedisCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
