@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from requeue.queues import lua
+from requeue.queues import by_id, lua
 
 REVIEWED = {
     # a glob from spec.selector.jobNames, via queues.glob_to_lua: at most one ".*" (O(n*m))
@@ -30,7 +30,8 @@ CALL = re.compile(r"string\.(?:find|match|gmatch|gsub)\([^()\n]*(?:\([^()\n]*\)[
 def scripts() -> dict[str, str]:
     return {
         name: value
-        for name, value in vars(lua).items()
+        for module in (lua, by_id)
+        for name, value in vars(module).items()
         if isinstance(value, str) and ("redis.call" in value or "rcall(" in value)
     }
 

@@ -46,6 +46,7 @@ STORED_FIELDS = {
     "scanned",
     "corrupt",
     "over_budget",
+    "not_failed",  # added with selector.jobIds: absent in older replays, read as 0
     "lifo_count",
     "prio_count",
     "reasons_folded",

@@ -38,6 +38,7 @@ from requeue.api.replay import (
     DLQReplayStatus,
     ReplayMode,
     ReplayPhase,
+    ReplaySelector,
     Verify,
 )
 from requeue.api.resources import API_VERSION, GROUP, VERSION, DLQReplay, QueuePolicy
@@ -78,6 +79,7 @@ __all__ = [
     "ReplayCondition",
     "ReplayMode",
     "ReplayPhase",
+    "ReplaySelector",
     "SecretKeyRef",
     "Selector",
     "Thresholds",

@@ -71,18 +71,18 @@ class RedisConnection(ApiModel):
     tls: RedisTls | None = Field(default=None, description="TLS settings.")
 
 
+#: The time window's CEL rule (rule, message), also carried by the DLQReplay's own selector.
+WINDOW_RULE = (
+    "!has(self.failedAfter) || !has(self.failedBefore)"
+    " || timestamp(self.failedAfter) < timestamp(self.failedBefore)",
+    "failedAfter must be earlier than failedBefore",
+)
+
+
 class Selector(ApiModel):
     """Which failed jobs to pick. All set filters must match (AND); an empty selector picks all."""
 
-    model_config = ConfigDict(
-        json_schema_extra=cel_rules(
-            (
-                "!has(self.failedAfter) || !has(self.failedBefore)"
-                " || timestamp(self.failedAfter) < timestamp(self.failedBefore)",
-                "failedAfter must be earlier than failedBefore",
-            )
-        )
-    )
+    model_config = ConfigDict(json_schema_extra=cel_rules(WINDOW_RULE))
 
     job_names: list[JobNamePattern] = Field(
         default_factory=list,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from requeue.api.base import (
     INT64_MAX,
@@ -18,8 +19,67 @@ from requeue.api.base import (
     StatusModel,
     cel_rules,
 )
-from requeue.api.common import Rate, RedisConnection, Selector
+from requeue.api.common import WINDOW_RULE, Rate, RedisConnection, Selector
 from requeue.api.gates import GatePolicy, GateSpec, GateStatus
+
+#: Most ids ``selector.jobIds`` may list: a hand-picked set, read in one bounded pass per page.
+MAX_JOB_IDS = 1000
+#: A BullMQ job id as ``selector.jobIds`` takes it (BullMQ's ids are any string; ``"17"``, ``"order:42"``).
+JobId = Annotated[str, Field(min_length=1, max_length=256)]
+
+#: Why jobIds takes no other filter: ids name the jobs; a filter beside them would leave some
+#: named jobs out without saying so, which is what naming them was meant to avoid.
+_JOB_IDS_RULE = (
+    "!has(self.jobIds) || ((!has(self.jobNames) || size(self.jobNames) == 0)"
+    " && !has(self.failedReasonPattern) && !has(self.dataMatch) && !has(self.failedAfter)"
+    " && !has(self.failedBefore) && !has(self.maxJobs))",
+    "jobIds names the jobs to replay and takes no other filter (jobNames, failedReasonPattern, "
+    "dataMatch, failedAfter, failedBefore, maxJobs)",
+)
+
+
+class ReplaySelector(Selector):
+    """Which failed jobs a DLQReplay picks: by filters (all must match), or exactly the ids in jobIds."""
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(WINDOW_RULE, _JOB_IDS_RULE))
+
+    job_ids: list[JobId] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_JOB_IDS,
+        description=(
+            "Replay exactly these job ids (at most 1000, no duplicates), in this order, each once. "
+            "Ids not in the failed set when the replay selects are left alone and listed in "
+            "status.notFailedIds. Takes no other filter and not mode Bulk. Unset: select by the filters."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    @field_validator("job_ids")
+    @classmethod
+    def _no_duplicates(cls, value: list[str] | None) -> list[str] | None:
+        if value is None or len(set(value)) == len(value):
+            return value
+        seen: set[str] = set()
+        twice: list[str] = []
+        for job_id in value:
+            if job_id in seen and job_id not in twice:
+                twice.append(job_id)
+            seen.add(job_id)
+        raise ValueError(f"jobIds lists {', '.join(repr(i) for i in twice[:5])} more than once")
+
+    @model_validator(mode="after")
+    def _ids_or_filters(self) -> ReplaySelector:
+        if self.job_ids is not None and (
+            self.job_names
+            or self.failed_reason_pattern is not None
+            or self.data_match is not None
+            or self.failed_after is not None
+            or self.failed_before is not None
+            or self.max_jobs is not None
+        ):
+            raise ValueError(_JOB_IDS_RULE[1])
+        return self
 
 
 class Verify(ApiModel):
@@ -54,9 +114,10 @@ class ReplayMode(StrEnum):
 _BULK_RULE = (
     "!has(self.mode) || self.mode != 'Bulk' || (!has(self.targetQueue) && (!has(self.selector)"
     " || ((!has(self.selector.jobNames) || size(self.selector.jobNames) == 0)"
-    " && !has(self.selector.failedReasonPattern) && !has(self.selector.dataMatch))))",
+    " && !has(self.selector.failedReasonPattern) && !has(self.selector.dataMatch)"
+    " && !has(self.selector.jobIds))))",
     "mode Bulk takes only a time window (failedAfter, failedBefore, maxJobs) and no targetQueue;"
-    " use mode Exact to filter by name, reason or data",
+    " use mode Exact to filter by name, reason, data or job ids",
 )
 
 
@@ -73,8 +134,8 @@ class DLQReplaySpec(ApiModel):
             "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "queue is immutable"}]
         },
     )
-    selector: Selector = Field(
-        default_factory=Selector,
+    selector: ReplaySelector = Field(
+        default_factory=ReplaySelector,
         description="Which failed jobs to replay; immutable once created.",
         json_schema_extra={
             "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "selector is immutable"}]
@@ -133,7 +194,12 @@ class DLQReplaySpec(ApiModel):
     @model_validator(mode="after")
     def _bulk_takes_a_time_window(self) -> DLQReplaySpec:
         s = self.selector
-        per_job = s.job_names or s.failed_reason_pattern is not None or s.data_match is not None
+        per_job = (
+            s.job_names
+            or s.failed_reason_pattern is not None
+            or s.data_match is not None
+            or s.job_ids is not None
+        )
         if self.mode == ReplayMode.BULK and (per_job or self.target_queue):
             raise ValueError(_BULK_RULE[1])
         return self
@@ -190,6 +256,14 @@ class DLQReplayStatus(StatusModel):
         default=0, description="Selected jobs no longer in the failed set when their turn came."
     )
     corrupt: int = Field(default=0, description="Jobs whose data could not be read.")
+    not_failed: int = Field(
+        default=0,
+        description="Ids of selector.jobIds that were not in the failed set when the replay selected "
+        "(replayed already, completed, waiting, removed, or a typo); left alone.",
+    )
+    not_failed_ids: list[str] = Field(
+        default_factory=list, description="The first 100 of those ids, in the order jobIds lists them."
+    )
     over_budget: int = Field(
         default=0,
         description="Failed jobs the selector matched but left out of the snapshot: they had reached "

@@ -33,11 +33,11 @@ from typing import Protocol
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
-from requeue.api.common import Rate, Selector
+from requeue.api.common import Rate
 from requeue.api.conditions import Reason
 from requeue.api.gates import GateStatus
 from requeue.api.policy import QueuePolicySpec, QueuePolicyStatus
-from requeue.api.replay import DLQReplaySpec
+from requeue.api.replay import DLQReplaySpec, ReplaySelector
 from requeue.clock import utcnow
 from requeue.errors import RequeueError
 from requeue.metrics import ACTIONS, POLICY_EVALUATION_SECONDS
@@ -191,7 +191,7 @@ def child_replay(policy: PolicyRef, spec: QueuePolicySpec, action: AutoReplay) -
         redis=spec.redis,
         prefix=spec.prefix,
         queue=action.queue,
-        selector=Selector.model_validate(action.selector.model_dump()),
+        selector=ReplaySelector.model_validate(action.selector.model_dump()),
         rate=Rate.model_validate(action.rate.model_dump()),
         gates=list(spec.gates),
         gate_policy=spec.gate_policy,

@@ -125,6 +125,8 @@ class FailedPage:
     scanned: int
     cursor: Cursor
     done: bool
+    #: Ids asked for by name (``selector.jobIds``) that are not in the failed set.
+    not_failed: tuple[str, ...] = ()
 
 
 _LUA_MAGIC = set("^$()%.[]*+-?")

@@ -175,6 +175,11 @@ class ReplayKeys:
         return self._key("corrupt")
 
     @property
+    def not_failed(self) -> str:
+        """List: the first ids of ``selector.jobIds`` that were not in the failed set at selection."""
+        return self._key("not_failed")
+
+    @property
     def legacy_copied(self) -> str:
         """List: ids a targetQueue batch of requeue <= 0.1 had copied but not yet removed
         (its two-step copy); read and deleted by the next batch, never written any more."""
@@ -190,6 +195,7 @@ class ReplayKeys:
             self.names,
             self.reasons,
             self.corrupt,
+            self.not_failed,
         ]
 
 
@@ -278,11 +284,12 @@ class Progress(Declared):
     STARTED_MS = "started_ms", "when selection started (ms)"
     # selection
     SEL_SCORE = "sel_score", "selection cursor: score of the last failed-set member scanned"
-    SEL_ID = "sel_id", "selection cursor: id of the last failed-set member scanned"
+    SEL_ID = "sel_id", "selection cursor: id of the last failed-set member scanned (jobIds: ids read so far)"
     MATCHED = "matched", "jobs in the snapshot"
     SCANNED = "scanned", "failed-set members scanned by the selection"
     CORRUPT = "corrupt", "unreadable failed jobs seen by the selection (never selected)"
     OVER_BUDGET = "over_budget", "matching jobs left out, over their auto-replay budget"
+    NOT_FAILED = "not_failed", "ids of `selector.jobIds` not in the failed set when selected (left alone)"
     LIFO_COUNT = "lifo_count", "selected jobs whose opts say lifo"
     PRIO_COUNT = (
         "prio_count",
@@ -364,6 +371,7 @@ def owned_keys() -> list[OwnedKey]:
         OwnedKey(r.names, "hash", "job name -> matched jobs", kept),
         OwnedKey(r.reasons, "hash", "normalised failure reason -> matched jobs (`\\0other`: the rest)", kept),
         OwnedKey(r.corrupt, "list", "the first corrupt job ids", kept),
+        OwnedKey(r.not_failed, "list", "the first ids of `selector.jobIds` not in the failed set", kept),
         OwnedKey(
             r.legacy_copied,
             "list",

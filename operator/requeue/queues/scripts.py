@@ -111,11 +111,14 @@ def script_by_sha(sha: str) -> tuple[str, tuple[str, ...]] | None:
     names the script's SHA), so :class:`~requeue.errors.Forbidden` names the script and the
     commands it may need instead: enough to find the missing one in the ACL.
     """
+    from requeue.queues import by_id  # it imports this module (through the adapter)
+
     texts = {name: _bullmq(name) for name in BULLMQ_SCRIPTS}
     texts.update(
         {
             name: value
-            for name, value in vars(lua).items()
+            for module in (lua, by_id)
+            for name, value in vars(module).items()
             if name.isupper() and isinstance(value, str) and _CALLED.search(value)
         }
     )

@@ -435,6 +435,7 @@ class ReplayEngine:
         st.skipped = int_field(p, Progress.SKIPPED) + int_field(p, Progress.MISSING)
         st.corrupt = int_field(p, Progress.CORRUPT)
         st.over_budget = int_field(p, Progress.OVER_BUDGET)
+        st.not_failed = int_field(p, Progress.NOT_FAILED)
         if Progress.VERIFIED_COMPLETED in p:
             st.completed = int_field(p, Progress.VERIFIED_COMPLETED)
             st.failed_again = int_field(p, Progress.VERIFIED_FAILED)

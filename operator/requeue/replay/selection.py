@@ -25,6 +25,7 @@ from requeue.api.conditions import Reason, ReplayCondition
 from requeue.queues import BullQueue, Cursor, FailedJob, FailedPage, ReplayKeys
 from requeue.queues.adapter import text
 from requeue.queues.keys import REASONS_OTHER, Progress
+from requeue.replay import by_id
 from requeue.replay.bulk import oldest_first
 from requeue.replay.matcher import Matcher, normalize_reason, to_ms
 from requeue.replay.state import (
@@ -184,9 +185,11 @@ class Selection:
         if not done:
             return 0.0
         await self.summary(st, ctx.events)
+        by_id.report(ctx)
         if spec.dry_run:
             st.replay_finished_at = now
-            raise Finish(ReplayPhase.SUCCEEDED, Reason.DRY_RUN, await self._dry_run_message(spec, q, st, p))
+            message = await self._dry_run_message(spec, q, st, p) + by_id.not_failed_note(st)
+            raise Finish(ReplayPhase.SUCCEEDED, Reason.DRY_RUN, message)
         over_budget = int_field(p, Progress.OVER_BUDGET)
         over = f", {over_budget} over their auto-replay budget" if over_budget else ""
         ctx.event(
@@ -230,7 +233,7 @@ class Selection:
         with_data = spec.selector.data_match is not None
         # A pure time window needs nothing from the client per job: it is selected inside
         # Redis (the breakdown and corrupt checks included). A replay budget must see ids.
-        in_redis = matcher.only_time_window and self.budget is None
+        in_redis = matcher.only_time_window and self.budget is None and spec.selector.job_ids is None
         scanned_now = 0
         done = False
         while not done and scanned_now < self.tuning.select_step_members:
@@ -291,15 +294,18 @@ class Selection:
     ) -> tuple[bool, int]:
         """One page into the snapshot; ``p`` is updated to what was committed. Returns (done, scanned)."""
         cursor = Cursor(p.get(Progress.SEL_SCORE, ""), p.get(Progress.SEL_ID, ""))
-        page = await q.select_page(
-            cursor,
-            min_score=matcher.min_score,
-            max_score=matcher.max_score(upper),
-            name_globs=matcher.name_globs,
-            count=page_size,
-            with_data=with_data,
-            budget_us=SELECT_BUDGET_US,
-        )
+        if spec.selector.job_ids is not None:
+            page = await by_id.id_page(q, spec.selector.job_ids, cursor)
+        else:
+            page = await q.select_page(
+                cursor,
+                min_score=matcher.min_score,
+                max_score=matcher.max_score(upper),
+                name_globs=matcher.name_globs,
+                count=page_size,
+                with_data=with_data,
+                budget_us=SELECT_BUDGET_US,
+            )
         room = (spec.selector.max_jobs - st.matched) if spec.selector.max_jobs else None
         t = _pick(page, matcher, room)
         if self.budget is not None and t.picked:
@@ -308,6 +314,7 @@ class Selection:
         st.matched += len(t.picked)
         st.corrupt += len(t.corrupt)
         st.over_budget += t.over
+        st.not_failed += len(page.not_failed)
         p.update(
             {
                 Progress.SEL_SCORE: page.cursor.score,
@@ -317,6 +324,7 @@ class Selection:
                 Progress.LIFO_COUNT: str(int_field(p, Progress.LIFO_COUNT) + len(t.lifo)),
                 Progress.PRIO_COUNT: str(int_field(p, Progress.PRIO_COUNT) + t.prioritized),
                 Progress.OVER_BUDGET: str(int_field(p, Progress.OVER_BUDGET) + t.over),
+                Progress.NOT_FAILED: str(int_field(p, Progress.NOT_FAILED) + len(page.not_failed)),
             }
         )
         return t.done, page.scanned
@@ -350,6 +358,7 @@ class Selection:
             pipe.multi()  # type: ignore[no-untyped-call]
             self._snapshot_writes(pipe, t, slow)
             self._progress_writes(pipe, page, t, upper)
+            by_id.not_failed_writes(pipe, k, page)
             await pipe.execute()
 
     def _snapshot_writes(self, pipe: Pipeline, t: _PageTally, slow: list[tuple[int, str]]) -> None:
@@ -410,6 +419,7 @@ class Selection:
         st.breakdown = Breakdown(by_name=_top(names), by_reason=_top(by_reason))
         st.sample_ids = [text(x) or "" for x in sample]
         st.corrupt_ids = [text(x) or "" for x in corrupt]
+        await by_id.read_not_failed(self.redis, k, st)
         if st.corrupt:
             events.append(
                 ReplayEvent(
