@@ -15,11 +15,23 @@ from requeue.api.docs import render_reference
 
 FC = TypeVar("FC", bound=Callable[..., object])
 
-#: The URL schemes redis-py connects with.
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: The URL schemes requeue connects with (``+sentinel``: ask these Sentinels for the primary;
+#: ``+cluster``: seed nodes of a Redis Cluster, see requeue.queues.cluster).
+REDIS_SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
 #: As :data:`requeue.queues.connection.URL_FORMS` (not imported: it loads redis-py), written so that
 #: redaction leaves it alone (``-o json`` redacts a usage error's message too).
-_REDIS_URL_FORMS = "redis://, rediss:// or unix:// followed by [user:password@]host[:port][/db]"
+_REDIS_URL_FORMS = (
+    "redis://, rediss:// or unix:// followed by [user:password@]host[:port][/db], or "
+    "redis+sentinel:// followed by [user:password@]host[:port][,host[:port]...]/<master-name>[/<db>]"
+)
 
 
 def redis_url_option(*, required: bool = False, help: str) -> Callable[[FC], FC]:
@@ -43,11 +55,12 @@ def redis_url_option(*, required: bool = False, help: str) -> Callable[[FC], FC]
                 ctx,
                 param,
             )
-        port = parts.hostport.rpartition("]")[2].partition(":")[2]
-        if port and not (port.isdigit() and 0 < int(port) < 65536):
-            raise click.BadParameter(
-                f"{redact_url(value)}: the port is not a number from 1 to 65535", ctx, param
-            )
+        for host in parts.hostport.split(","):  # Sentinels (and cluster seeds) are a list
+            port = host.rpartition("]")[2].partition(":")[2]
+            if port and not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+                raise click.BadParameter(
+                    f"{redact_url(value)}: the port is not a number from 1 to 65535", ctx, param
+                )
         return value
 
     return click.option(

@@ -20,7 +20,8 @@
     └── TransientError              may pass on its own; retry with backoff
         ├── RedisUnreachable        cannot reach Redis, or it errored
         │   ├── RedisOutOfMemory    Redis is at maxmemory and refuses writes
-        │   └── RedisCertificateUntrusted  the rediss:// server's certificate fails verification
+        │   ├── RedisCertificateUntrusted  the rediss:// server's certificate fails verification
+        │   └── SentinelMasterUnknown  the Sentinels monitor no master of the URL's name
         └── QueueLocked             another replay holds the queue's lease
 
 Each carries a ``reason`` (a :class:`~requeue.api.conditions.Reason`, written to
@@ -206,6 +207,17 @@ class RedisOutOfMemory(RedisUnreachable):
     """
 
     reason = Reason.REDIS_OUT_OF_MEMORY
+
+
+class SentinelMasterUnknown(RedisUnreachable):
+    """The Sentinels of a ``redis+sentinel://`` URL answer, but none monitors a master of the
+    name in the URL's path (a typo, or another release's Sentinels).
+
+    Transient like an outage, so the operator picks up a fixed Secret by itself; named
+    apart because the fix is the name, not the network.
+    """
+
+    reason = Reason.SENTINEL_MASTER_UNKNOWN
 
 
 class QueueLocked(TransientError):

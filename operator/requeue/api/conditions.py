@@ -72,6 +72,7 @@ class Reason(StrEnum):
     REDIS_UNREACHABLE = "RedisUnreachable"
     REDIS_OUT_OF_MEMORY = "RedisOutOfMemory"
     REDIS_CERTIFICATE_UNTRUSTED = "RedisCertificateUntrusted"
+    SENTINEL_MASTER_UNKNOWN = "SentinelMasterUnknown"
     QUEUE_LOCKED = "QueueLocked"
     KUBERNETES_API_ERROR = "KubernetesApiError"
     DESTINATION_DENIED = "DestinationDenied"
@@ -171,6 +172,8 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.REDIS_CERTIFICATE_UNTRUSTED: "The rediss:// server's TLS certificate does not verify with "
     "the CA given (spec.redis.tls.caSecretRef) or names another "
     "host; retried (CLI exit 3).",
+    Reason.SENTINEL_MASTER_UNKNOWN: "The Sentinels of a redis+sentinel:// URL answer but monitor no master "
+    "of the name in its path (the message lists the names they do); retried (CLI exit 3).",
     Reason.QUEUE_LOCKED: "Another replay (or process) holds the queue's lease; this one waits.",
     Reason.KUBERNETES_API_ERROR: "The Kubernetes API server was unreachable or answered with an error.",
     Reason.DESTINATION_DENIED: "A gate's host is refused by the operator's gate destination policy.",

@@ -25,6 +25,7 @@ from requeue.errors import (
     RedisUrlInvalid,
 )
 from requeue.queues.keys import QueueKeys
+from requeue.queues.sentinel import is_sentinel_url, named_sentinel_error, sentinel_client
 from requeue.redact import encode_userinfo, redact_text, redact_url, sensitive_parts, split_url
 
 #: Seconds to wait for connecting and for each command.
@@ -179,9 +180,14 @@ def client_from_url(url: str, **kwargs: Any) -> aioredis.Redis:
     anything is sent: a bad option is a :class:`RedisUrlInvalid` naming it, never a
     traceback and never "Redis unreachable".
 
+    A ``redis+sentinel://`` URL gives a client on the primary its Sentinels name (see
+    :mod:`requeue.queues.sentinel`).
+
     :raises RedisUrlInvalid: the URL or one of its query options cannot be used (the
         message shows the URL redacted and the option's name, never its value).
     """
+    if is_sentinel_url(url):
+        return sentinel_client(url, **kwargs)
     try:
         client = _build(url, kwargs)
     except (TypeError, ValueError, rx.RedisError) as exc:
@@ -191,7 +197,10 @@ def client_from_url(url: str, **kwargs: Any) -> aioredis.Redis:
 
 
 #: The URL forms requeue connects with, for messages (written so that redaction leaves them alone).
-URL_FORMS = "redis://, rediss:// or unix:// followed by [user:password@]host[:port][/db]"
+URL_FORMS = (
+    "redis://, rediss:// or unix:// followed by [user:password@]host[:port][/db], or "
+    "redis+sentinel:// followed by [user:password@]host[:port][,host[:port]...]/<master-name>[/<db>]"
+)
 
 
 def _url_problem(url: str, exc: BaseException, kwargs: dict[str, Any]) -> str:
@@ -242,6 +251,9 @@ def map_redis_error(
     """Turn a redis-py error into requeue's error tree; the message is redacted."""
     where = f" at {redact_url(url)}" if url else ""
     detail = redact_text(f"{type(exc).__name__}: {exc}", sensitive_parts(url) if url else [])
+    named = named_sentinel_error(exc, where=where, detail=detail, queue=queue, replay=replay)
+    if named is not None:
+        return named
     refused = forbidden_what(exc)
     if refused is not None:
         return Forbidden(
