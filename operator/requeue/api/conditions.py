@@ -128,8 +128,8 @@ class Reason(StrEnum):
     SELECTED = "Selected"
     RESUMED = "Resumed"
     CORRUPT_JOBS = "CorruptJobs"
-    REDIS_REACHABLE = "RedisReachable"
     JOBS_NOT_FAILED = "JobsNotFailed"
+    REDIS_REACHABLE = "RedisReachable"
     RECOVERED = "Recovered"
     # -- a QueuePolicy (Ready, Healthy, .status.queues[].reason, Events)
     EVALUATED = "Evaluated"
@@ -226,12 +226,12 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.SELECTED: "Event: the matching jobs were selected.",
     Reason.RESUMED: "Event: the replay resumed from Redis after a restart.",
     Reason.CORRUPT_JOBS: "Jobs with a missing hash or non-JSON data: counted, skipped, never fatal.",
-    Reason.REDIS_REACHABLE: "Event: Redis answers again after an outage.",
-    Reason.RECOVERED: "Event: the problem last reported is resolved.",
-    Reason.EVALUATED: "A QueuePolicy's Ready is True: the last evaluation observed every queue.",
     Reason.JOBS_NOT_FAILED: "Event: ids of selector.jobIds (`requeue replay --job`) that were not in the "
     "failed set when the replay selected; counted in .status.notFailed, named in .status.notFailedIds, "
     "left alone.",
+    Reason.REDIS_REACHABLE: "Event: Redis answers again after an outage.",
+    Reason.RECOVERED: "Event: the problem last reported is resolved.",
+    Reason.EVALUATED: "A QueuePolicy's Ready is True: the last evaluation observed every queue.",
     Reason.WITHIN_THRESHOLDS: "Healthy is True: no queue breaches a threshold.",
     Reason.THRESHOLDS_BREACHED: "Healthy is False: queues breach more than one kind of threshold.",
     Reason.FAILED_ABOVE_THRESHOLD: "Healthy is False: a queue holds more failed jobs than allowed.",
