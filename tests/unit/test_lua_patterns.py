@@ -18,7 +18,6 @@ REVIEWED = {
     # a glob from spec.selector.jobNames, via queues.glob_to_lua: at most one ".*" (O(n*m))
     "string.find(name, ARGV[p])",
     # a plain find (4th argument true): no pattern at all
-    "string.find(f[3], '\"lifo\":true', 1, true)",
     "string.find(f[4], '\"lifo\":true', 1, true)",
     # one character class, no repetition: one pass
     'string.gsub(k, "%d", "0")',
