@@ -100,7 +100,7 @@ class RedisCluster:
             capture_output=True,
             timeout=timeout,
         )
-        self.wait_until(self._all_ok, timeout, "every node to report cluster_state:ok with 3 replicas")
+        self.wait_until(self.healthy, timeout, "every node to report cluster_state:ok with 3 replicas")
         return self
 
     def stop(self) -> None:
@@ -116,7 +116,8 @@ class RedisCluster:
         with self.client(node) as c:
             return c.execute_command(*args)
 
-    def _all_ok(self) -> bool:
+    def healthy(self) -> bool:
+        """Every running node says cluster_state:ok, and half of them are replicas."""
         try:
             for node in self.nodes:
                 if not node.running:
@@ -126,13 +127,19 @@ class RedisCluster:
                 if "cluster_state:ok" not in text:
                     return False
             replicas = [n for n in self.nodes if n.running and self._role(n) == "slave"]
-            return len(replicas) == sum(1 for n in self.nodes if n.running) // 2
+            if len(replicas) != sum(1 for n in self.nodes if n.running) // 2:
+                return False
+            # a replica promoted before its first sync finished would come up empty
+            return all(self._replication(n).get("master_link_status") == "up" for n in replicas)
         except redis.RedisError:
             return False
 
     def _role(self, node: RedisServer) -> str:
+        return str(self._replication(node)["role"])
+
+    def _replication(self, node: RedisServer) -> dict[str, object]:
         with self.client(node) as c:
-            return str(c.info("replication")["role"])
+            return dict(c.info("replication"))
 
     def owner_of(self, key: str) -> RedisServer:
         """The running primary that serves ``key``'s slot, as the running nodes see it."""

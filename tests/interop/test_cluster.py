@@ -1,0 +1,246 @@
+"""requeue on a real Redis Cluster (3 primaries, 3 replicas) with Node BullMQ on an ioredis Cluster.
+
+The producers and workers are what an application on a cluster runs: Node BullMQ with a
+``{bull}`` prefix over ``new IORedis.Cluster(...)``. requeue gets a ``redis+cluster://`` URL
+naming two seed nodes (password with every awkward character, raw) and talks only to the
+primary that owns the queue's slot. Proven here with exact id sets: inspect, replay Exact
+and Bulk, the refusal of a prefix without a hash tag, and a failover in the middle of a
+replay (the slot's primary SIGKILLed, its replica promoted): every selected job moved once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+
+from support.cli import acli, write_manifest
+from support.dlqreplay import check_exactly_once, in_redis
+from support.node import FailRule, NodeWorker, run_producer
+from support.redis_cluster import RedisCluster
+from support.redis_server import RedisServer
+
+pytestmark = pytest.mark.interop
+
+PREFIX = "{bull}"
+MAJOR = 6
+RATE_LIMITED = "429 Too Many Requests from provider"
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[RedisCluster]:
+    """One cluster for the session (about 2 s to start); tests use queues of their own. The failover
+    test leaves the slot's new primary without a replica; nothing else needs one."""
+    c = RedisCluster().start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+async def owner_client(cluster: RedisCluster) -> AsyncIterator[aredis.Redis]:
+    """A plain client to the primary serving ``{bull}``'s slot (where every key of the test lives)."""
+    node = cluster.owner_of(PREFIX)
+    client = _client(cluster, node)
+    yield client
+    await client.aclose()
+
+
+def _client(cluster: RedisCluster, node: RedisServer) -> aredis.Redis:
+    return aredis.Redis(host=node.host, port=node.port, password=cluster.password, decode_responses=True)
+
+
+async def _seed_failed(
+    cluster: RedisCluster, queue: str, jobs: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Node producer + a Node worker failing everything: the failed set, id -> job spec."""
+    ids = await run_producer(cluster.node_js_url, queue, jobs, major=MAJOR, prefix=PREFIX)
+    async with NodeWorker(
+        cluster.node_js_url,
+        queue,
+        major=MAJOR,
+        prefix=PREFIX,
+        fail=[FailRule(RATE_LIMITED, data={"tenant": "acme"})],
+    ) as worker:
+        finals = await worker.wait_for_final(ids)
+    assert {f.outcome for f in finals.values()} == {"failed"}
+    return dict(zip(ids, jobs, strict=True))
+
+
+def _jobs(n: int) -> list[dict[str, Any]]:
+    return [
+        {"name": "whatsapp.send" if i % 3 else "email.send", "data": {"i": i, "tenant": "acme"}, "opts": {}}
+        for i in range(n)
+    ]
+
+
+def _tagged(replay_id: str) -> str:
+    """The replay's id as its keys carry it on a cluster (``requeue:replay:{bull}:<id>:...``)."""
+    return f"{PREFIX}:{replay_id}"
+
+
+async def test_inspect_and_an_exact_replay_over_the_cluster(
+    cluster: RedisCluster, owner_client: aredis.Redis, tmp_path: Path
+) -> None:
+    queue = "notify-exact"
+    by_id = await _seed_failed(cluster, queue, _jobs(12))
+    k = f"{PREFIX}:{queue}"
+
+    res = await acli(
+        "inspect", "--redis-url", cluster.url, "--queue", queue, "--prefix", PREFIX, "-o", "json"
+    )
+    assert res.code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["counts"]["failed"] == 12
+    assert cluster.password not in res.output
+
+    subset = {i for i, j in by_id.items() if j["name"] == "whatsapp.send"}
+    manifest = write_manifest(
+        tmp_path / "replay.yaml",
+        {
+            "queue": queue,
+            "prefix": PREFIX,
+            "selector": {"jobNames": ["whatsapp.send"]},
+            "rate": {"jobsPerSecond": 1000, "batchSize": 3},
+        },
+    )
+    res = await acli(
+        "replay", "-f", str(manifest), "--redis-url", cluster.url, "--replay-id", "exact-1", "-o", "json"
+    )
+    assert res.code == 0, res.output
+    status = json.loads(res.stdout)
+    assert (status["phase"], status["matched"], status["replayed"]) == ("Succeeded", len(subset), len(subset))
+    assert cluster.password not in res.output
+
+    assert set(await owner_client.lrange(f"{k}:wait", 0, -1)) == subset
+    assert set(await owner_client.zrange(f"{k}:failed", 0, -1)) == set(by_id) - subset
+    seen = await in_redis(owner_client, _tagged("exact-1"), queue=queue, prefix=PREFIX)
+    check_exactly_once(seen, by_id, selected=subset, what="exact replay on a cluster")
+    # requeue's own keys of the replay live in the queue's slot, on the same node
+    assert await owner_client.exists(f"requeue:replay:{PREFIX}:exact-1:progress") == 1
+
+    # Node BullMQ on the cluster completes exactly the replayed jobs
+    async with NodeWorker(cluster.node_js_url, queue, major=MAJOR, prefix=PREFIX) as worker:
+        outcomes = await worker.wait_for_final(subset)
+    assert {i for i, o in outcomes.items() if o.outcome == "completed"} == subset
+    assert sorted(p.id for p in worker.processed) == sorted(subset)
+
+
+async def test_a_bulk_replay_over_the_cluster(
+    cluster: RedisCluster, owner_client: aredis.Redis, tmp_path: Path
+) -> None:
+    queue = "notify-bulk"
+    by_id = await _seed_failed(cluster, queue, _jobs(30))
+    k = f"{PREFIX}:{queue}"
+    manifest = write_manifest(
+        tmp_path / "replay.yaml",
+        {"queue": queue, "prefix": PREFIX, "mode": "Bulk", "rate": {"jobsPerSecond": 1000, "batchSize": 7}},
+    )
+    res = await acli(
+        "replay", "-f", str(manifest), "--redis-url", cluster.url, "--replay-id", "bulk-1", "-o", "json"
+    )
+    assert res.code == 0, res.output
+    status = json.loads(res.stdout)
+    assert (status["phase"], status["replayed"]) == ("Succeeded", 30)
+    waiting = await owner_client.lrange(f"{k}:wait", 0, -1)
+    assert sorted(waiting) == sorted(by_id)  # each once: BullMQ's moveJobsToWait, in the queue's slot
+    assert await owner_client.zcard(f"{k}:failed") == 0
+    progress = await owner_client.hgetall(f"requeue:replay:{PREFIX}:bulk-1:progress")
+    assert (progress["stage"], progress["replayed"]) == ("done", "30")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"queue": "plain", "prefix": "bull"},
+        {"queue": "plain", "prefix": "bull}"},
+        {"queue": "{a}", "prefix": "bull", "targetQueue": "{b}"},  # tags in names: two slots
+    ],
+    ids=["no-tag", "broken-tag", "target-in-another-slot"],
+)
+async def test_a_queue_without_a_shared_hash_tag_is_refused_by_name(
+    cluster: RedisCluster, tmp_path: Path, spec: dict[str, str]
+) -> None:
+    manifest = write_manifest(tmp_path / "replay.yaml", spec)
+    res = await acli("replay", "-f", str(manifest), "--redis-url", cluster.url, "-o", "json")
+    assert res.code == 2, res.output
+    error = json.loads(res.stdout)["error"]
+    assert error["reason"] == "HashTagRequired", error
+    assert "{bull}" in error["message"]
+    assert cluster.password not in res.output
+    if "targetQueue" not in spec:
+        res = await acli(
+            "inspect", "--redis-url", cluster.url, "--queue", spec["queue"], "--prefix", spec["prefix"]
+        )
+        assert res.code == 2 and "HashTagRequired" in res.output and "hash tag" in res.output
+        assert cluster.password not in res.output
+
+
+async def test_a_failover_mid_replay_moves_each_job_once(cluster: RedisCluster, tmp_path: Path) -> None:
+    """SIGKILL the primary of the slot while the replay moves; its replica takes over; the
+    replay resumes from what the promoted replica holds, and every selected job moved once."""
+    queue = "notify-failover"
+    by_id = await _seed_failed(cluster, queue, _jobs(120))
+    primary = cluster.owner_of(PREFIX)
+    replica = cluster.replica_of(primary)
+    manifest = write_manifest(
+        tmp_path / "replay.yaml",
+        {"queue": queue, "prefix": PREFIX, "rate": {"jobsPerSecond": 40, "batchSize": 4}},
+    )
+    run = asyncio.create_task(
+        acli(
+            "replay",
+            "-f",
+            str(manifest),
+            "--redis-url",
+            cluster.url,
+            "--replay-id",
+            "failover-1",
+            "-o",
+            "json",
+            timeout=120,
+        )
+    )
+    watcher = _client(cluster, primary)
+    progress = f"requeue:replay:{PREFIX}:failover-1:progress"
+    await _until(lambda: _replayed(watcher, progress), lambda n: n >= 12, 60, "the replay moving jobs")
+    # what the primary acknowledged so far has reached its replica (replication is asynchronous:
+    # a batch acknowledged after this and lost with the primary is one the replay does again)
+    assert await watcher.wait(1, 10_000) == 1
+    await watcher.aclose()
+    primary.kill()
+    await asyncio.to_thread(
+        cluster.wait_until, lambda: cluster.promoted(replica), 30, "the replica's promotion"
+    )
+
+    res = await run
+    assert res.code == 0, res.output
+    status = json.loads(res.stdout)
+    assert (status["phase"], status["matched"], status["replayed"]) == ("Succeeded", 120, 120)
+    assert cluster.password not in res.output
+    survivor = _client(cluster, replica)
+    try:
+        seen = await in_redis(survivor, _tagged("failover-1"), queue=queue, prefix=PREFIX)
+    finally:
+        await survivor.aclose()
+    check_exactly_once(seen, by_id, selected=set(by_id), what="replay across a failover")
+
+
+async def _replayed(client: aredis.Redis, progress: str) -> int:
+    return int(await client.hget(progress, "replayed") or 0)
+
+
+async def _until(read: Any, check: Any, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if check(await read()):
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
