@@ -335,8 +335,9 @@ async def connect_slot_owner(url: str, queues: Sequence[QueueKeys], kwargs: dict
 
     if not queues:
         raise RedisUrlInvalid(
-            f"{redact_url(url)} is a Redis Cluster URL, and this command does not work on a cluster yet "
-            "(inspect and replay do): give it the URL of the primary that serves the queue's slot"
+            f"{redact_url(url)} is a Redis Cluster URL, which only DLQReplays, `requeue replay` and "
+            "`requeue inspect` take so far (QueuePolicies and the other commands do not yet): give "
+            "this one the redis:// URL of the primary that serves the queue's slot"
         )
     if kwargs.get("db") not in (None, 0):
         raise RedisUrlInvalid(f"{redact_url(url)}: a Redis Cluster has only database 0")
