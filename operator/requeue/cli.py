@@ -252,10 +252,19 @@ def run(
     "-f",
     "--filename",
     "file",
-    required=True,
     metavar="FILE",
-    help="DLQReplay manifest, as for `kubectl apply -f` ('-' reads stdin).",
+    help="DLQReplay manifest, as for `kubectl apply -f` ('-' reads stdin). Or --job without one.",
 )
+@click.option(
+    "--job",
+    "job_ids",
+    multiple=True,
+    metavar="ID",
+    help="Replay exactly this failed job, without a manifest (repeatable, at most 1000); needs "
+    "--queue and --redis-url. Ids not in the failed set are left alone and listed.",
+)
+@click.option("--queue", help="With --job: the BullMQ queue name.")
+@click.option("--prefix", default="bull", show_default=True, help="With --job: the BullMQ key prefix.")
 @redis_url_option(
     help="Redis URL [env REQUEUE_REDIS_URL]; default: the spec's redis.urlSecretRef via --secret."
 )
@@ -287,7 +296,10 @@ def run(
 @connect_timeout_option()
 @no_color_option()
 def replay(
-    file: str,
+    file: str | None,
+    job_ids: tuple[str, ...],
+    queue: str | None,
+    prefix: str,
     redis_url: str | None,
     secrets: tuple[str, ...],
     dry_run: bool,
@@ -297,7 +309,8 @@ def replay(
     connect_timeout: float,
     no_color: bool,
 ) -> None:
-    """Replay failed BullMQ jobs once, as a DLQReplay would, without Kubernetes.
+    """Replay failed BullMQ jobs once, as a DLQReplay would, without Kubernetes: the manifest's
+    selection (-f FILE), or exactly the named jobs (--job ID ... --queue Q --redis-url URL).
 
     Exit codes: 0 done, 1 failed (e.g. verification), 2 invalid spec, missing
     secret, queue not found, selection changed since the replay started, or a usage
@@ -307,10 +320,21 @@ def replay(
     """
     from requeue.commands.replay_cmd import ReplayOptions, run_replay
 
+    if file is not None and job_ids:
+        raise click.UsageError("use either -f FILE or --job ID, not both")
+    if file is None and not job_ids:
+        raise click.UsageError("say what to replay: -f FILE (a DLQReplay manifest) or --job ID (repeatable)")
+    if job_ids and (queue is None or redis_url is None):
+        raise click.UsageError("--job needs --queue and --redis-url (or REQUEUE_REDIS_URL)")
+    if file is not None and queue is not None:
+        raise click.UsageError("--queue goes with --job; with -f FILE the manifest names the queue")
     sys.exit(
         run_replay(
             ReplayOptions(
-                file=file,
+                file=file or "",
+                job_ids=job_ids,
+                queue=queue,
+                prefix=prefix,
                 redis_url=redis_url,
                 secrets=secrets,
                 dry_run=dry_run,

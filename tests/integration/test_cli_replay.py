@@ -441,6 +441,7 @@ def test_status_json_is_the_operator_status_shape() -> None:
         "replayed",
         "skipped",
         "corrupt",
+        "notFailed",
         "overBudget",
         "failedAgain",
         "completed",
@@ -449,6 +450,7 @@ def test_status_json_is_the_operator_status_shape() -> None:
         "queuePausedByReplay",
         "sampleIds",
         "corruptIds",
+        "notFailedIds",
         "message",
     } == set(wire)
 

@@ -12,7 +12,8 @@ raw with the problem named, never a crash. ``-o json`` of a job (``schemaVersion
      "name": "email.send",
      "data": {"to": "..."},                # parsed JSON, or the raw text when not JSON
      "dataBytes": 123, "dataTruncated": false,
-     "opts": {"attempts": 3}, "attemptsMade": 3, "attemptsStarted": 3, "attempts": 3,
+     "opts": {"attempts": 3}, "attemptsMade": 3, "attemptsStarted": 3,
+     "attempts": 3,                        # tries BullMQ allows: opts.attempts, at least 1
      "failedReason": "...", "stacktrace": ["...", "..."],   # each bounded; newest last
      "timestamps": {"created": "...Z", "processed": "...Z", "finished": "...Z"},
      "fields": {...}}                      # every other field of the hash, raw
@@ -91,6 +92,14 @@ def _iso(ms: str | None) -> str | None:
         return None
 
 
+def allowed_attempts(opts: Any) -> int:
+    """How many tries BullMQ gives a job: ``opts.attempts``, where 0, 1 or none all mean one try
+    (BullMQ writes ``"attempts":0`` when the producer set none; it retries only while
+    ``attemptsMade < attempts``)."""
+    attempts = opts.get("attempts") if isinstance(opts, dict) else None
+    return attempts if isinstance(attempts, int) and not isinstance(attempts, bool) and attempts > 1 else 1
+
+
 def _int(value: str | None) -> int | None:
     try:
         return int(value) if value not in (None, "") else None
@@ -161,9 +170,10 @@ class JobView:
             "dataBytes": len((self.fields.get("data") or "").encode()),
             "dataTruncated": bool(rest),
             "opts": opts,
-            "attempts": opts.get("attempts") if isinstance(opts, dict) else None,
-            "attemptsMade": _int(self.fields.get("atm")),
-            "attemptsStarted": _int(self.fields.get("ats")),
+            "attempts": allowed_attempts(opts),
+            # BullMQ writes atm/ats on the first try; a job never tried has made none
+            "attemptsMade": _int(self.fields.get("atm")) or 0,
+            "attemptsStarted": _int(self.fields.get("ats")) or 0,
             "failedReason": self.fields.get("failedReason"),
             "stacktrace": self.stacktraces,
             "timestamps": {k: _iso(self.fields.get(f)) for k, f in _TIMES},
@@ -178,9 +188,10 @@ class JobView:
         lines.append(f"name: {j['name'] if j['name'] is not None else '(none)'}")
         for label, _ in _TIMES:
             lines.append(f"{label}: {j['timestamps'][label] or '-'}")
+        retries = j["attempts"] - 1
         lines.append(
-            f"attempts: made {j['attemptsMade']}, started {j['attemptsStarted']}, "
-            f"allowed {j['attempts'] if j['attempts'] is not None else '-'}"
+            f"attempts: made {j['attemptsMade']}, started {j['attemptsStarted']}, allowed {j['attempts']} "
+            + (f"({retries} {'retry' if retries == 1 else 'retries'})" if retries else "(no retries)")
         )
         lines.append(f"failed reason: {j['failedReason'] or '-'}")
         lines.append(f"opts: {json.dumps(j['opts']) if not isinstance(j['opts'], str) else j['opts']}")

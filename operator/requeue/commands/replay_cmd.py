@@ -20,6 +20,13 @@ selection (queue, prefix, selector, targetQueue, mode) is recorded with the
 replay's state when it starts; a rerun whose manifest selects differently is
 refused (exit 2, ``SelectionChanged``), as resuming would move the old selection.
 
+**Named jobs** (``--job ID``, repeatable, with ``--queue`` and ``--redis-url``): no manifest;
+the replay is the one a DLQReplay with ``selector.jobIds`` would run (the default rate and
+checks, no gates). Its replay id is derived from the prefix, queue and ids, so rerunning the
+same command resumes it, or prints its outcome once it finished: each job moves once. Ids
+not in the failed set (completed, waiting, removed, a typo) are left alone, counted and
+listed in the result (``notFailedIds`` with ``-o json``); the exit code stays 0.
+
 **Dry run** (``--dry-run`` or ``spec.dryRun``): selection only, under a
 throw-away replay id whose keys are deleted afterwards; prints the count, the
 breakdown and the first ids; moves nothing and leaves Redis as it was.
@@ -48,6 +55,7 @@ import secrets as pysecrets
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +75,7 @@ from rich.progress import (
 )
 
 from requeue.api import (
+    API_VERSION,
     DLQReplay,
     DLQReplaySpec,
     DLQReplayStatus,
@@ -104,7 +113,14 @@ from requeue.replay import ReplayEngine, StepResult
 from requeue.replay.state import SELECTION_FIELDS, changed_fields, recorded_selection, spec_values
 from requeue.secrets import StaticSecrets, env_name
 
-__all__ = ["ReplayOptions", "default_replay_id", "load_manifest", "run_replay", "status_json"]
+__all__ = [
+    "ReplayOptions",
+    "default_replay_id",
+    "jobs_manifest",
+    "load_manifest",
+    "run_replay",
+    "status_json",
+]
 
 #: Seconds between two progress lines in plain output while the phase stays the same.
 PLAIN_PROGRESS_INTERVAL = 5.0
@@ -124,6 +140,10 @@ class ReplayOptions:
     """The command line of ``requeue replay``."""
 
     file: str
+    #: ``--job``: replay exactly these ids of ``queue`` (no manifest; ``file`` is unused).
+    job_ids: tuple[str, ...] = ()
+    queue: str | None = None
+    prefix: str = "bull"
     redis_url: str | None = None
     secrets: tuple[str, ...] = ()
     dry_run: bool = False
@@ -161,6 +181,26 @@ def load_manifest(file: str) -> DLQReplay:
     if not manifest.metadata.get("name") and not manifest.metadata.get("uid"):
         raise SpecInvalid(f"{file}: metadata.name: required (it names the replay, so a rerun resumes it)")
     return manifest
+
+
+def jobs_manifest(job_ids: Sequence[str], queue: str, prefix: str) -> DLQReplay:
+    """The DLQReplay ``requeue replay --job`` runs: ``selector.jobIds`` (each id once, in the order
+    first given), named after a hash of prefix, queue and ids, so the same command resumes it."""
+    ids = list(dict.fromkeys(job_ids))
+    digest = hashlib.sha256(json.dumps([prefix, queue, ids]).encode()).hexdigest()[:12]
+    body = {
+        "apiVersion": API_VERSION,
+        "kind": "DLQReplay",
+        "metadata": {"name": f"jobs-{digest}", "namespace": "default"},
+        "spec": {
+            # never read: --job requires --redis-url (the spec needs some reference)
+            "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+            "queue": queue,
+            "prefix": prefix,
+            "selector": {"jobIds": ids},
+        },
+    }
+    return parse(DLQReplay, body, name="--job")
 
 
 def owner_of(manifest: DLQReplay) -> str:
@@ -362,7 +402,11 @@ def run_replay(opts: ReplayOptions) -> int:
             hidden.add(value)
     replay: _Replay | None = None
     try:
-        manifest = load_manifest(opts.file)
+        if opts.job_ids:
+            assert opts.queue is not None  # the command line requires it with --job
+            manifest = jobs_manifest(opts.job_ids, opts.queue, opts.prefix)
+        else:
+            manifest = load_manifest(opts.file)
         replay = _Replay(opts, manifest, static, hidden)
         return asyncio.run(replay.main())
     except RequeueError as exc:
@@ -525,7 +569,7 @@ class _Replay:
             for key in changed
         )
         raise SelectionChanged(
-            f"{self.opts.file}: the selection changed since replay {self.owner} (replay id "
+            f"{self.opts.file or '--job'}: the selection changed since replay {self.owner} (replay id "
             f"{self.replay_id}) started: {diffs}. Resuming would move the jobs it selected then, so "
             f"nothing was done. Either restore the file as it was and rerun to resume, or run the new "
             f"selection as a new replay: --replay-id NEW (or a new metadata.name)",
@@ -684,4 +728,9 @@ def render_summary(
         lines.append(f"first ids: {', '.join(st.sample_ids)}")
     if st.corrupt_ids:
         lines.append(f"corrupt ids: {', '.join(st.corrupt_ids)}")
+    if st.not_failed:
+        more = f" (first {len(st.not_failed_ids)})" if st.not_failed > len(st.not_failed_ids) else ""
+        lines.append(
+            f"not in the failed set, left alone: {st.not_failed}{more}: {', '.join(st.not_failed_ids)}"
+        )
     return "\n".join(lines) + "\n"
