@@ -9,7 +9,7 @@
 --   Succeeded                                    Healthy
 --   Failed                                       Degraded     message says why
 --   Suspended (or spec.suspend while unfinished) Suspended    a person paused it on purpose
---   Cancelled                                    Degraded     deleted before it finished: not every
+--   Cancelled                                    Degraded     cancelled or deleted before it finished: not every
 --                                                             selected job was replayed, so a PostSync
 --                                                             hook must fail, not pass
 --   any other (a newer operator)                 Progressing  never fail a sync on a phase this

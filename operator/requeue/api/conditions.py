@@ -190,7 +190,8 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.DRY_RUN: "A dry run finished: it counted the matching jobs and moved none.",
     Reason.SNAPSHOT_LOST: "The replay's snapshot vanished from Redis (e.g. a restart without persistence).",
     Reason.OLDER_FAILED_JOBS: "Mode Bulk, and jobs older than failedAfter are still in the failed set.",
-    Reason.CANCELLED: "The replay was deleted (or interrupted) before it finished.",
+    Reason.CANCELLED: "The replay was cancelled (spec.cancel: true) or deleted before it finished: "
+    "nothing more moves, .status keeps the counts of what did, the queue is left as found.",
     Reason.IN_PROGRESS: "Succeeded is Unknown: the replay has not finished yet.",
     Reason.READY: "Ready is True: the replay can work.",
     Reason.SELECTING: "Progressing: selecting the matching failed jobs.",

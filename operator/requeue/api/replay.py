@@ -181,6 +181,15 @@ class DLQReplaySpec(ApiModel):
         description="Move matched jobs into this queue (same Redis and prefix) instead of retrying in place.",
     )
     suspend: bool = Field(default=False, description="Stop at the next batch (and resume the queue).")
+    cancel: bool = Field(
+        default=False,
+        description=(
+            "Stop for good at the next batch: the queue is resumed if this replay paused it (a queue "
+            "paused by someone else stays paused), the lease released, and the replay ends in phase "
+            "Cancelled (reason Cancelled) with its counts; jobs not yet moved stay failed. Unlike "
+            "deleting the resource, the record stays."
+        ),
+    )
     dry_run: bool = Field(
         default=False, description="Only count and break down what would be replayed; move nothing."
     )
@@ -222,7 +231,7 @@ class ReplayPhase(StrEnum):
     FAILED = "Failed"
     #: spec.suspend is true.
     SUSPENDED = "Suspended"
-    #: Deleted before it finished.
+    #: spec.cancel was set (or the resource deleted) before it finished.
     CANCELLED = "Cancelled"
 
     @property

@@ -277,8 +277,9 @@ def _rfc3339(when: datetime) -> str:
 
 
 def exit_code_for(status: DLQReplayStatus) -> int:
-    """0 succeeded (or suspended by the spec), 3 Redis/auth, 2 spec/secret, 1 any other failure."""
-    if status.phase in (ReplayPhase.SUCCEEDED, ReplayPhase.SUSPENDED):
+    """0 succeeded (or suspended or cancelled by the spec), 3 Redis/auth, 2 spec/secret, 1 any other
+    failure."""
+    if status.phase in (ReplayPhase.SUCCEEDED, ReplayPhase.SUSPENDED, ReplayPhase.CANCELLED):
         return 0
     cond = find_condition(status.conditions, ReplayCondition.SUCCEEDED)
     return _EXIT_BY_REASON.get(cond.reason if cond else "", 1)

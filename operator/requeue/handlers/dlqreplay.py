@@ -5,7 +5,7 @@ module feeds it the spec and the last status, writes what it returns and tells
 people about it.
 
 * **A daemon per object** drives the engine's state machine: parse the live
-  spec (so ``rate`` and ``suspend`` edits apply at the next step), ``step``,
+  spec (so ``rate``, ``suspend`` and ``cancel`` edits apply at the next step), ``step``,
   write ``.status`` through the status subresource (at most every
   :data:`STATUS_INTERVAL` seconds, at once on a phase change, an Event or the
   end), post the step's Events, then wait the step's delay on kopf's stop flag

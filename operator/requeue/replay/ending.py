@@ -21,17 +21,20 @@ __all__ = ["end", "fail", "release_ready"]
 def end(
     st: DLQReplayStatus, phase: ReplayPhase, reason: Reason, message: str, *, generation: int, now: datetime
 ) -> ReplayEvent:
-    """Put ``st`` in its final ``phase`` (Succeeded or Failed); the Event that announces it."""
+    """Put ``st`` in its final ``phase`` (Succeeded, Failed or Cancelled); the Event that announces it
+    (a Warning for Failed; a cancel was asked for, so it is Normal)."""
     st.phase = phase
     st.completed_at = now
     st.message = message
     ok = phase == ReplayPhase.SUCCEEDED
-    set_condition(st, ReplayCondition.PROGRESSING, False, Reason.FINISHED, message, generation, now)
+    cancelled = phase == ReplayPhase.CANCELLED
+    progressing = Reason.CANCELLED if cancelled else Reason.FINISHED
+    set_condition(st, ReplayCondition.PROGRESSING, False, progressing, message, generation, now)
     set_condition(st, ReplayCondition.SUCCEEDED, ok, reason, message, generation, now)
     release_ready(st, generation, now)
     if reason == GatesTimedOut.reason:
         set_condition(st, ReplayCondition.GATES_PASSED, False, GatesTimedOut.reason, message, generation, now)
-    return ReplayEvent("Normal" if ok else "Warning", reason, message)
+    return ReplayEvent("Normal" if ok or cancelled else "Warning", reason, message)
 
 
 def fail(st: DLQReplayStatus, reason: Reason, message: str, *, generation: int, now: datetime) -> ReplayEvent:

@@ -279,6 +279,8 @@ class ReplayEngine:
         self._check_not_lost(st, p)
         self._apply_progress(st, p)
 
+        if spec.cancel:
+            return await self._cancel_requested(spec, q, ctx, p)
         if spec.suspend:
             return await self._suspend(q, ctx)
         if st.phase == ReplayPhase.SUSPENDED:
@@ -506,6 +508,23 @@ class ReplayEngine:
         ctx.condition(ReplayCondition.PROGRESSING, False, Reason.SUSPENDED, "spec.suspend is true")
         return SUSPENDED_DELAY
 
+    async def _cancel_requested(
+        self, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext, p: dict[str, str]
+    ) -> float:
+        """``spec.cancel``: end as Cancelled at this step boundary (a step moves whole batches), through
+        the one ending every replay takes (:meth:`_finish`: the queue resumed if this replay paused it,
+        the lease released, the outcome stored). Another process driving this replay reads the same
+        spec and stops at its own next step: wait for it rather than end the replay under its feet."""
+        st = ctx.status
+        if not spec.dry_run:
+            holder = await self._acquire_lease(q)
+            if holder is not None and holder.replay_id == self.replay_id:
+                st.message = "cancelling; " + holder.describe(replay_id=self.replay_id)
+                return LOCKED_DELAY
+        raise Finish(
+            ReplayPhase.CANCELLED, Reason.CANCELLED, cancelled_message(st, p.get(Progress.STAGE) or "")
+        )
+
     # -- replay --------------------------------------------------------------
 
     async def _replay(self, spec: DLQReplaySpec, q: BullQueue, ctx: StepContext, p: dict[str, str]) -> float:
@@ -600,6 +619,9 @@ class ReplayEngine:
                 self.keys.progress,
                 mapping={
                     Progress.STAGE: Stage.DONE,
+                    # set by the first step already, unless a cancel came before it
+                    Progress.QUEUE: spec.queue,
+                    Progress.OWNER: self.owner,
                     Progress.OUTCOME: fin.phase.value,
                     Progress.OUTCOME_REASON: fin.reason,
                     Progress.OUTCOME_MESSAGE: fin.message,
@@ -652,6 +674,24 @@ class ReplayEngine:
 
     #: The deterministic id of a job's copy in ``targetQueue``.
     copy_id = staticmethod(moves.copy_id)
+
+
+def cancelled_message(st: DLQReplayStatus, stage: str) -> str:
+    """What a cancelled replay had done, in the words of the stage it stopped in."""
+    done = st.replayed + st.skipped
+    if stage in ("", Stage.GATES):
+        return "cancelled (spec.cancel) before selecting; nothing moved"
+    if stage == Stage.SELECTING:
+        return f"cancelled (spec.cancel) while selecting ({st.matched} selected so far); nothing moved"
+    if stage == Stage.VERIFYING:
+        return (
+            f"cancelled (spec.cancel) while verifying: moved {st.replayed} of {st.matched} selected jobs "
+            f"({st.skipped} no longer failed); verification stopped"
+        )
+    return (
+        f"cancelled (spec.cancel) at {done}/{st.matched}: moved {st.replayed}, {st.skipped} no longer "
+        f"failed; the other {max(st.matched - done, 0)} selected jobs stay failed"
+    )
 
 
 __all__ = ["GateRunnerLike", "ReplayEngine", "ReplayEvent", "StepResult", "StoredProgress"]
