@@ -20,8 +20,9 @@ from requeue.queues.lua import render
 
 __all__ = ["ID_PAGE_SIZE", "READ_FAILED_BY_ID", "failed_by_id"]
 
-#: Ids per script call: each costs a ZSCORE, two hash reads and a JSON check (~3-5 µs with
-#: small data), so a page stays well under a millisecond of Redis time.
+#: Ids per script call: each costs a ZSCORE, a hash read and a JSON check of its data in Redis.
+#: Measured on redis 6.2 with 0.5 KB of data per job: ~13 µs per id, ~1.3 ms per page of 100
+#: (1000 ids: 11 calls, 14 ms of Redis time), in line with the selection's pages.
 ID_PAGE_SIZE = 100
 
 #: Read-only: which of the given ids are in the failed set, and what selection needs of each.
