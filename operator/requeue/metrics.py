@@ -88,6 +88,12 @@ QUEUE_DEPTH_LEGACY = Gauge(
     "Same values as bullmq_queue_jobs (status = state); use that in new queries.",
     ["namespace", "policy", "queue", "status"],
 )
+QUEUE_IDLE_SECONDS = Gauge(
+    "bullmq_queue_idle_seconds",
+    "Seconds jobs have waited in the queue with none completing or failing (0 while nothing waits): "
+    "processing stopped when it passes the policy's thresholds.stalledFor.",
+    ["namespace", "policy", "queue"],
+)
 ACTIONS = Counter(
     "requeue_actions_total",
     "Actions taken by policies (alert, recover, pause, resume, auto_replay, clean).",
@@ -106,4 +112,4 @@ REDIS_UP = Gauge(
 )
 
 #: The gauges a QueuePolicy sets per queue; removed when it cannot observe them.
-QUEUE_GAUGES = (QUEUE_JOBS, QUEUE_FAILURE_RATIO, QUEUE_PAUSED, QUEUE_DEPTH_LEGACY)
+QUEUE_GAUGES = (QUEUE_JOBS, QUEUE_FAILURE_RATIO, QUEUE_PAUSED, QUEUE_DEPTH_LEGACY, QUEUE_IDLE_SECONDS)

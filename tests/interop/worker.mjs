@@ -2,6 +2,7 @@
 // Args: {redisUrl, prefix, queue,
 //        fail?: [{name?: string, data?: {field: value, ...}, message: string}],
 //        concurrency?: 1, processMs?: 0,
+//        lockDurationMs?: BullMQ's lockDuration (30000): how soon a killed worker's locks expire,
 //        maxJobs?: N       stop after N processed attempts,
 //        idleMs?: X        stop after X ms without a processed attempt,
 //        timeoutMs?: 120000  hard stop}
@@ -53,6 +54,7 @@ run(async () => {
   const worker = new Worker(args.queue, processor, {
     ...queueOpts(args),
     concurrency: args.concurrency ?? 1,
+    ...(args.lockDurationMs ? { lockDuration: args.lockDurationMs } : {}),
     autorun: false,
   });
 

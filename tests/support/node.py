@@ -404,6 +404,7 @@ class NodeWorker:
         idle_ms: int | None = None,
         timeout_ms: int = 120_000,
         ready_timeout: float = 30.0,
+        lock_duration_ms: int | None = None,
     ) -> None:
         _check_major(major)
         self.major = major
@@ -419,6 +420,8 @@ class NodeWorker:
             self.args["maxJobs"] = max_jobs
         if idle_ms is not None:
             self.args["idleMs"] = idle_ms
+        if lock_duration_ms is not None:
+            self.args["lockDurationMs"] = lock_duration_ms
         self.ready_timeout = ready_timeout
         self.processed: list[ProcessedJob] = []
         self.summary: JsonObj | None = None
@@ -549,6 +552,18 @@ class NodeWorker:
         except TimeoutError:
             raise NodeScriptError(f"worker did not exit within {timeout_s}s") from None
         return await self.stop()
+
+    async def kill(self) -> None:
+        """SIGKILL the worker: it dies holding its active jobs, their locks left to expire
+        (what an OOM-killed or evicted pod does). Its connections close with the process."""
+        proc = self._proc
+        if proc is None:
+            raise NodeScriptError("worker was never started")
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        await proc.wait()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def stop(self, *, timeout_s: float = 30.0, raise_on_error: bool = True) -> JsonObj:
         """SIGTERM the worker (graceful close), wait, and return the summary line."""

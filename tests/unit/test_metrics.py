@@ -78,7 +78,8 @@ def test_a_policy_that_cannot_observe_leaves_no_gauges_and_says_why_for_redis() 
     up = {"namespace": "unit-a", "kind": "QueuePolicy", "owner": "orders"}
     export_observed("unit-a", "orders", status, ["default"])
     assert REGISTRY.get_sample_value("requeue_redis_up", up) == 1
-    assert len(series_of(namespace="unit-a", policy="orders")) == 6 + 6 + 1  # two state gauges, paused
+    # two state gauges, paused, idle seconds
+    assert len(series_of(namespace="unit-a", policy="orders")) == 6 + 6 + 1 + 1
 
     export_unobserved("unit-a", "orders", Reason.REDIS_UNREACHABLE)
     assert series_of(namespace="unit-a", policy="orders") == []

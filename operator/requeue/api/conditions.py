@@ -139,6 +139,12 @@ class Reason(StrEnum):
     WAITING_ABOVE_THRESHOLD = "WaitingAboveThreshold"
     FAILURE_RATE_ABOVE_THRESHOLD = "FailureRateAboveThreshold"
     STALLED_JOBS = "StalledJobs"
+    PROCESSING_STOPPED = "ProcessingStopped"
+    FAILED_GROWING = "FailedGrowing"
+    # -- why processing stopped (.status.queues[].processingStopped.reason; PausedByOthers too)
+    WORKERS_DOWN = "WorkersDown"
+    WORKERS_STUCK = "WorkersStuck"
+    WORKERS_IDLE = "WorkersIdle"
     AUTO_REPLAY = "AutoReplay"
     ACTION_FAILED = "ActionFailed"
     NOTIFY_FAILED = "NotifyFailed"
@@ -212,7 +218,8 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.GATE_FAILED: "A QueuePolicy's gate fails; .status.gates[].message says why.",
     Reason.GATES_FAILED: "Event: a QueuePolicy's gates turned red.",
     Reason.GATES_RECOVERED: "Event: a QueuePolicy's gates pass again.",
-    Reason.PAUSED_BY_OTHERS: "The queue was paused before requeue; requeue leaves it paused.",
+    Reason.PAUSED_BY_OTHERS: "The queue was paused by someone else: a replay leaves it paused; for a "
+    "QueuePolicy's processingStopped it is why no job finishes.",
     Reason.PAUSED_BY_REPLAY: "The replay paused the queue while its gates are red.",
     Reason.RESUMED_BY_REPLAY: "The replay resumed the queue it had paused.",
     Reason.QUEUE_PAUSED_BY_OTHERS: "Event: the queue was paused by someone else; replayed jobs wait in it.",
@@ -238,7 +245,17 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.FAILED_ABOVE_THRESHOLD: "Healthy is False: a queue holds more failed jobs than allowed.",
     Reason.WAITING_ABOVE_THRESHOLD: "Healthy is False: a queue holds more waiting jobs than allowed.",
     Reason.FAILURE_RATE_ABOVE_THRESHOLD: "Healthy is False: a queue's failure rate is above its threshold.",
-    Reason.STALLED_JOBS: "Healthy is False: a queue has stalled jobs.",
+    Reason.STALLED_JOBS: "Healthy is False: a queue has active jobs whose lock expired, or that are "
+    "active longer than stalledActiveSeconds; .status.queues[].stuckActive lists them.",
+    Reason.PROCESSING_STOPPED: "Healthy is False: jobs wait and none completed or failed for "
+    "thresholds.stalledFor; .status.queues[].processingStopped.reason says why.",
+    Reason.FAILED_GROWING: "Healthy is False: a queue's failed count is above thresholds.failedGrowing.above "
+    "and rose over the window.",
+    Reason.WORKERS_DOWN: "processingStopped: no worker is connected to the queue (or, where CLIENT LIST "
+    "is refused, no job is active).",
+    Reason.WORKERS_STUCK: "processingStopped: workers hold active jobs that do not finish.",
+    Reason.WORKERS_IDLE: "processingStopped: workers are connected and nothing is active (a rate limit, "
+    "a global concurrency of 0, workers on another prefix?).",
     Reason.AUTO_REPLAY: "Event: the policy created (or would create) a DLQReplay.",
     Reason.ACTION_FAILED: "Event: an action of the policy failed; lastActions[].result says why.",
     Reason.NOTIFY_FAILED: "Event: the Slack notification failed.",

@@ -22,6 +22,18 @@ from requeue.api.gates import GatePolicy, GateSpec, GateStatus
 from requeue.api.replay import Verify
 
 
+class FailedGrowing(ApiModel):
+    """Alert while the failed count is above a level and rising (the runbook's "failed > 50 and growing")."""
+
+    above: int = Field(ge=0, le=INT64_MAX, description="Only judged while more than this many jobs failed.")
+    min_increase: int = Field(
+        default=1,
+        ge=1,
+        le=INT64_MAX,
+        description="Rising means at least this many more failed jobs than at the start of `window`.",
+    )
+
+
 class Thresholds(ApiModel):
     """When a queue counts as unhealthy; unset thresholds are not checked."""
 
@@ -39,7 +51,20 @@ class Thresholds(ApiModel):
         default=None,
         ge=1,
         le=SECONDS_MAX,
-        description="Alert when an active job's lock expired this long ago.",
+        description=(
+            "Alert when an active job's lock expired this long ago, or when it has been active this long "
+            "(the stuck jobs are listed in .status.queues[].stuckActive)."
+        ),
+    )
+    stalled_for: Duration | None = Field(
+        default=None,
+        description=(
+            "Alert when jobs have been waiting and none completed or failed for this long, e.g. 15m "
+            "(processing stopped; the cause is in .status.queues[].processingStopped). Unset: not checked."
+        ),
+    )
+    failed_growing: FailedGrowing | None = Field(
+        default=None, description="Alert while the failed count is above a level and rising over `window`."
     )
     failure_rate_min_jobs: int = Field(
         default=10,
@@ -130,10 +155,40 @@ class QueuePolicySpec(ApiModel):
 class QueueBreach(StatusModel):
     """One threshold a queue is breaching, and when requeue last alerted about it."""
 
-    kind: str = Field(description="failed, waiting, failureRate or stalled.")
+    kind: str = Field(
+        description="failed, waiting, failureRate, stalled, processingStopped or failedGrowing."
+    )
     message: str = Field(default="", description='What was measured, e.g. "failed 150 > 100".')
     since: datetime = Field(description="When the breach began.")
     last_alert_at: datetime | None = Field(default=None, description="When it was last alerted.")
+
+
+class ProcessingStopped(StatusModel):
+    """A queue with jobs waiting where no job completed or failed for ``thresholds.stalledFor``."""
+
+    reason: str = Field(
+        description=(
+            "What the data shows: PausedByOthers (the queue is paused, not by this policy), WorkersDown "
+            "(no worker connected, or none listed and no job active), WorkersStuck (workers hold active "
+            "jobs that do not finish), WorkersIdle (workers connected, none takes a job)."
+        )
+    )
+    since: datetime = Field(description="The last time a job completed or failed (or jobs began to wait).")
+    message: str = Field(default="", description="The evidence, e.g. the waiting, active and worker counts.")
+
+
+class StuckJob(StatusModel):
+    """An active job whose lock expired, or that has been active longer than ``stalledActiveSeconds``."""
+
+    id: str = Field(description="Job id.")
+    name: str = Field(default="", description="Job name (cut to 200 characters).")
+    started_at: datetime | None = Field(
+        default=None, description="When a worker took it (processedOn); unset when the job hash has none."
+    )
+    age_seconds: int = Field(default=0, description="Seconds since it was taken.")
+    lock_expired: bool = Field(
+        default=False, description="Its lock is gone: the worker holding it died or lost Redis."
+    )
 
 
 class QueueState(StatusModel):
@@ -154,7 +209,40 @@ class QueueState(StatusModel):
     failure_rate_percent: float | None = Field(
         default=None, description="Failed / (completed + failed) over the window, in percent."
     )
-    stalled: int = Field(default=0, description="Active jobs whose lock expired.")
+    stalled: int = Field(
+        default=0,
+        description=(
+            "Stuck active jobs: lock expired stalledActiveSeconds ago, or active that long "
+            "(among the oldest active jobs read)."
+        ),
+    )
+    stuck_active: list[StuckJob] = Field(
+        default_factory=list,
+        max_length=20,
+        description="The stuck active jobs, longest active first (at most 20).",
+    )
+    workers: int | None = Field(
+        default=None,
+        description=(
+            "Worker connections of the queue, as BullMQ's getWorkersCount counts them (CLIENT LIST); "
+            "unset when not read (only while processing looks stopped) or CLIENT LIST is refused."
+        ),
+    )
+    idle_since: datetime | None = Field(
+        default=None,
+        description=(
+            "Since when jobs have waited and none completed or failed (the last finish seen, or when the "
+            "backlog appeared); unset while nothing waits."
+        ),
+    )
+    processing_stopped: ProcessingStopped | None = Field(
+        default=None, description="Set while processing has stopped for thresholds.stalledFor."
+    )
+    failed_change: int | None = Field(
+        default=None,
+        description="Change of the failed count over the window (thresholds.failedGrowing); unset before "
+        "a second observation.",
+    )
     healthy: bool = Field(default=True, description="No threshold breached.")
     reasons: list[str] = Field(default_factory=list, description="Breached thresholds.")
     breaches: list[QueueBreach] = Field(

@@ -59,8 +59,12 @@ class BreachKind(StrEnum):
     WAITING = "waiting"
     #: Failure rate over the window above ``thresholds.failureRatePercent``.
     FAILURE_RATE = "failureRate"
-    #: Active jobs without a lock for ``thresholds.stalledActiveSeconds``.
+    #: Active jobs without a lock, or active, for ``thresholds.stalledActiveSeconds``.
     STALLED = "stalled"
+    #: Jobs waiting and none completed or failed for ``thresholds.stalledFor``.
+    PROCESSING_STOPPED = "processingStopped"
+    #: Failed count above ``thresholds.failedGrowing.above`` and rising over the window.
+    FAILED_GROWING = "failedGrowing"
 
 
 #: Condition reason / Event reason of each breach kind.
@@ -69,6 +73,8 @@ BREACH_REASONS: Mapping[BreachKind, Reason] = {
     BreachKind.WAITING: Reason.WAITING_ABOVE_THRESHOLD,
     BreachKind.FAILURE_RATE: Reason.FAILURE_RATE_ABOVE_THRESHOLD,
     BreachKind.STALLED: Reason.STALLED_JOBS,
+    BreachKind.PROCESSING_STOPPED: Reason.PROCESSING_STOPPED,
+    BreachKind.FAILED_GROWING: Reason.FAILED_GROWING,
 }
 
 

@@ -5,13 +5,20 @@ One pipeline carries, for every queue: the lengths of ``wait``, ``paused``
 ``delayed``, ``prioritized``; the ``paused`` flag of ``meta``; whether BullMQ
 has any key for the queue at all (one ``EXISTS``); the first page
 of the events stream; and, when ``thresholds.stalledActiveSeconds`` is set,
-the first ``stalled_scan_limit`` ids of ``active``; and, per clean rule, how
+the ids of the ``stalled_scan_limit`` oldest active jobs (the tail of
+``active``: BullMQ pushes a job it starts at the head); and, per clean rule, how
 many jobs finished before the grace (so Clean runs only when there is
-something to remove). A second pipeline (only
-when some queue has active jobs and stalled jobs are checked) asks which of
-those ids still have a lock. Further round trips happen only for queues whose
-events stream needs another page, and, when a queue does not exist (a typo), for
-the bounded ``SCAN`` that lists the queues that do (:mod:`requeue.queues.existence`).
+something to remove). A second pipeline asks, for those active ids, whether
+their lock still exists and their job's name and ``processedOn``, and, when
+``thresholds.stalledFor`` is set and some queue has a backlog but saw no job
+finish since the last read, ``CLIENT LIST`` (one per evaluation, whatever the
+number of queues) to count each queue's worker connections
+(:mod:`requeue.queues.workers`); it is made only when one of these is needed.
+A refused ``CLIENT LIST`` (an ACL without it, a managed Redis that renamed it)
+leaves the worker counts unknown instead of failing the observation. Further
+round trips happen only for queues whose events stream needs another page, and,
+when a queue does not exist (a typo), for the bounded ``SCAN`` that lists the
+queues that do (:mod:`requeue.queues.existence`).
 
 These are plain read-only commands rather than BullMQ's ``getCounts`` script:
 observing must not change anything (``getCounts`` may pop a pre-v5 marker),
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from redis import exceptions as rx
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
@@ -34,14 +42,15 @@ from requeue.api.base import parse_duration
 from requeue.api.gates import GateStatus
 from requeue.api.policy import CleanRule, QueuePolicySpec
 from requeue.policy.failure_rate import DEFAULT_MAX_PAGES, DEFAULT_PAGE_SIZE, EventReader
-from requeue.policy.observe import EventTally, Observation, PolicyMemory, QueueObservation
+from requeue.policy.observe import ActiveJob, EventTally, Observation, PolicyMemory, QueueObservation
 from requeue.queues.adapter import queue_paused_read
 from requeue.queues.existence import existence_keys, list_queues, queue_not_found, redis_location
 from requeue.queues.keys import QueueKeys
+from requeue.queues.workers import count_workers
 
 __all__ = ["DEFAULT_STALLED_SCAN_LIMIT", "CollectStats", "collect"]
 
-#: Most active job ids checked for a lock per queue per evaluation.
+#: Most active jobs (the oldest) checked per queue per evaluation: lock, name and start time.
 DEFAULT_STALLED_SCAN_LIMIT = 1000
 _PER_QUEUE = 9  # commands per queue before the events page
 
@@ -90,16 +99,17 @@ async def collect(
     pipe = redis.pipeline(transaction=False)
     commands = _queue_first_round(pipe, plan, reader)
     first = _split_first_round(await pipe.execute(), plan, reader)
-    lockless, lock_trips, lock_commands = await _lockless_active(redis, plan, first.active_ids)
     before = reader.round_trips
     await reader.finish(redis)
-    round_trips = 1 + lock_trips + reader.round_trips - before
+    tallies = reader.tallies()
+    second = await _second_round(redis, plan, first, _quiet_backlogs(spec, plan, first, tallies))
+    round_trips = 1 + second.round_trips + reader.round_trips - before
     not_found, list_trips = await _not_found(redis, plan, first)
 
-    observed = _queue_observations(plan, first, reader.tallies(), lockless, not_found)
+    observed = _queue_observations(plan, first, tallies, second, not_found)
     observation = Observation(at=now, queues=observed, gates=tuple(gates) if gates is not None else None)
     return observation, CollectStats(
-        round_trips=round_trips + list_trips, commands=commands + lock_commands + list_trips
+        round_trips=round_trips + list_trips, commands=commands + second.commands + list_trips
     )
 
 
@@ -157,7 +167,7 @@ def _queue_first_round(pipe: Pipeline, plan: _Plan, reader: EventReader) -> int:
     commands = len(queues) * _PER_QUEUE + reader.queue_first(pipe)
     if plan.check_stalled:
         for q in queues:
-            pipe.lrange(plan.keys[q].active, 0, plan.stalled_scan_limit - 1)
+            pipe.lrange(plan.keys[q].active, -plan.stalled_scan_limit, -1)
         commands += len(queues)
     for q in queues:
         for state, rule in plan.clean_rules:
@@ -197,28 +207,76 @@ def _split_first_round(replies: list[Any], plan: _Plan, reader: EventReader) -> 
     return _FirstRound(counts=counts, active_ids=active_ids, cleanable=cleanable)
 
 
-async def _lockless_active(
-    redis: Redis, plan: _Plan, active_ids: dict[str, list[str]]
-) -> tuple[dict[str, frozenset[str]], int, int]:
-    """Which of the active ids have no lock: queue -> ids, plus the round trips and commands spent.
+def _quiet_backlogs(
+    spec: QueuePolicySpec, plan: _Plan, first: _FirstRound, tallies: dict[str, EventTally]
+) -> list[str]:
+    """Queues whose processing may have stopped: ``stalledFor`` is set, jobs wait, and no job
+    finished since the last read. Only for these are the worker connections worth listing."""
+    if spec.thresholds.stalled_for is None:
+        return []
+    quiet = []
+    for i, q in enumerate(plan.queues):
+        counts = first.counts[i * _PER_QUEUE : (i + 1) * _PER_QUEUE]
+        backlog = int(counts[0]) + int(counts[1]) + int(counts[6])
+        if backlog and not tallies[q].completed and not tallies[q].failed:
+            quiet.append(q)
+    return quiet
 
-    A second round trip, made only when stalled jobs are checked and some queue
-    has active jobs: the ids had to be read first.
-    """
-    if not plan.check_stalled:
-        return {}, 0, 0
-    lookups = [(q, jid) for q in plan.queues for jid in active_ids[q]]
-    if not lookups:
-        return {}, 0, 0
+
+@dataclass(frozen=True)
+class _SecondRound:
+    """The second round trip's findings: the oldest active jobs in detail, the worker counts."""
+
+    #: Queue -> its oldest active jobs with lock, name and start time (stalled jobs checked).
+    active_jobs: dict[str, tuple[ActiveJob, ...]]
+    #: Queue -> worker connections; empty when CLIENT LIST was not read or was refused.
+    workers: dict[str, int]
+    round_trips: int = 0
+    commands: int = 0
+
+
+async def _second_round(redis: Redis, plan: _Plan, first: _FirstRound, quiet: list[str]) -> _SecondRound:
+    """Locks, names and start times of the active ids read, and CLIENT LIST when ``quiet`` has a
+    queue: one round trip, made only when either is needed (the ids had to be read first)."""
+    lookups = [(q, jid) for q in plan.queues for jid in first.active_ids.get(q, ())]
+    if not lookups and not quiet:
+        return _SecondRound({q: () for q in first.active_ids}, {})
     pipe = redis.pipeline(transaction=False)
     for q, jid in lookups:
         pipe.exists(plan.keys[q].lock(jid))
-    exists = await pipe.execute()
-    missing: dict[str, set[str]] = {}
-    for (q, jid), present in zip(lookups, exists, strict=True):
-        if not present:
-            missing.setdefault(q, set()).add(jid)
-    return {q: frozenset(ids) for q, ids in missing.items()}, 1, len(lookups)
+        pipe.hmget(plan.keys[q].job(jid), "name", "processedOn")
+    if quiet:
+        pipe.client_list()
+    replies = await pipe.execute(raise_on_error=False)
+    for reply in replies[: 2 * len(lookups)]:
+        if isinstance(reply, Exception):
+            raise reply
+    jobs: dict[str, list[ActiveJob]] = {q: [] for q in first.active_ids}
+    for n, (q, jid) in enumerate(lookups):
+        locked, (name, processed_on) = replies[2 * n], replies[2 * n + 1]
+        jobs[q].append(
+            ActiveJob(id=jid, name=_text(name), started_ms=_int_or_none(processed_on), locked=bool(locked))
+        )
+    workers: dict[str, int] = {}
+    if quiet and not isinstance(replies[-1], rx.RedisError):  # refused: the counts stay unknown
+        names = (_text(c.get("name")) for c in replies[-1])
+        workers = count_workers(names, plan.keys[quiet[0]].prefix, quiet)
+    return _SecondRound(
+        {q: tuple(js) for q, js in jobs.items()}, workers, 1, 2 * len(lookups) + (1 if quiet else 0)
+    )
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(float(_text(value))) if value is not None else None
+    except (ValueError, OverflowError):
+        return None
 
 
 async def _not_found(redis: Redis, plan: _Plan, first: _FirstRound) -> tuple[dict[str, str], int]:
@@ -237,13 +295,14 @@ def _queue_observations(
     plan: _Plan,
     first: _FirstRound,
     tallies: dict[str, EventTally],
-    lockless: dict[str, frozenset[str]],
+    second: _SecondRound,
     not_found: dict[str, str],
 ) -> dict[str, QueueObservation]:
     """One :class:`QueueObservation` per queue from what was read.
 
     ``waiting`` adds the pre-BullMQ-5 ``paused`` list, as ``getCounts`` does;
-    ``lockless_active`` is None when stalled jobs are not checked (unknown, not none).
+    ``lockless_active`` and ``active_jobs`` are None when stalled jobs are not checked
+    (unknown, not none); ``workers`` is None unless CLIENT LIST was read and answered.
     """
     observed: dict[str, QueueObservation] = {}
     for i, q in enumerate(plan.queues):
@@ -260,8 +319,14 @@ def _queue_observations(
             prioritized=int(prioritized),
             paused=bool(paused),
             events=tallies[q],
-            lockless_active=lockless.get(q, frozenset()) if plan.check_stalled else None,
+            lockless_active=_lockless(second.active_jobs.get(q, ())) if plan.check_stalled else None,
+            active_jobs=second.active_jobs.get(q, ()) if plan.check_stalled else None,
+            workers=second.workers.get(q),
             cleanable=first.cleanable[q],
             not_found=not_found.get(q),
         )
     return observed
+
+
+def _lockless(jobs: tuple[ActiveJob, ...]) -> frozenset[str]:
+    return frozenset(j.id for j in jobs if not j.locked)

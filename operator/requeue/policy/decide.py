@@ -14,8 +14,12 @@ Rules, in the order they are applied:
    the backlog) when above the threshold, ``failureRate`` when the failure rate
    over ``window`` is above the percentage and at least ``failureRateMinJobs``
    jobs finished in the window, ``stalled`` when an active job has been
-   without a lock for ``stalledActiveSeconds``. A breach is alerted once when
-   it begins (:class:`Alert`), again every ``alerts.repeatAfter`` while it
+   without a lock, or active, for ``stalledActiveSeconds`` (the oldest listed in
+   ``stuckActive``), ``processingStopped`` when jobs have waited and none
+   completed or failed for ``stalledFor`` (the cause in ``processingStopped.reason``;
+   not for a queue this policy holds paused), ``failedGrowing`` when the failed
+   count is above ``failedGrowing.above`` and rose by ``minIncrease`` over ``window``.
+   A breach is alerted once when it begins (:class:`Alert`), again every ``alerts.repeatAfter`` while it
    lasts (``repeat=True``), and once when it clears (:class:`Recover`). The
    ``Healthy`` condition is False while any queue breaches; its reason names
    the breach (``FailedAboveThreshold``...; ``ThresholdsBreached`` when kinds mix).
@@ -56,7 +60,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from requeue.api.base import ConditionStatus, HasConditions, find_condition, parse_duration, set_condition
@@ -365,6 +369,11 @@ def _queue_state(
         dry_run_paused=hold.dry_paused,
         failure_rate_percent=None if rate is None else round(rate, 2),
         stalled=health.stalled,
+        stuck_active=list(health.stuck),
+        workers=obs.workers,
+        idle_since=None if health.idle_since is None else datetime.fromtimestamp(health.idle_since, UTC),
+        processing_stopped=health.stopped,
+        failed_change=health.failed_change,
         healthy=not breaches,
         reasons=[b.message for b in breaches],
         breaches=breaches,

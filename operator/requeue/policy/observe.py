@@ -9,8 +9,9 @@ Two kinds of state survive an evaluation:
   person wants to read — counts, who paused a queue, breaches and when they
   were alerted, gate history, last actions.
 * :class:`PolicyMemory`: bookkeeping nobody needs to read — per queue the
-  events-stream cursor, the failure-rate window (counts per time bucket) and
-  when an active job was first seen without a lock. Stored as JSON in Redis
+  events-stream cursor, the failure-rate window (counts per time bucket),
+  when an active job was first seen without a lock, since when jobs have waited
+  with none finishing, and samples of the failed count over the window. Stored as JSON in Redis
   beside the queues (:mod:`requeue.policy.memory`), so it survives restarts
   without bloating the status object every interval.
 """
@@ -27,6 +28,7 @@ from requeue.api.gates import GateStatus
 
 __all__ = [
     "BUCKETS_PER_WINDOW",
+    "ActiveJob",
     "EventTally",
     "Observation",
     "PolicyMemory",
@@ -63,6 +65,19 @@ class EventTally:
 
 
 @dataclass(frozen=True)
+class ActiveJob:
+    """One of the oldest active jobs of a queue, as read for the stuck-job check."""
+
+    id: str
+    #: Job name ("" when the hash is gone).
+    name: str = ""
+    #: ``processedOn``: when a worker took it (Unix ms); None when the hash has none.
+    started_ms: int | None = None
+    #: Its lock key exists.
+    locked: bool = True
+
+
+@dataclass(frozen=True)
 class QueueObservation:
     """One queue as it was seen in one evaluation."""
 
@@ -77,6 +92,12 @@ class QueueObservation:
     events: EventTally = field(default_factory=EventTally)
     #: Ids of active jobs whose lock key is gone; None when stalled jobs were not checked.
     lockless_active: frozenset[str] | None = None
+    #: The oldest active jobs (a page from the active list's tail), with their names, start
+    #: times and locks; None when stalled jobs were not checked.
+    active_jobs: tuple[ActiveJob, ...] | None = None
+    #: Worker connections of the queue (CLIENT LIST, named as BullMQ names them); None when
+    #: not read (only read while processing looks stopped) or CLIENT LIST was refused.
+    workers: int | None = None
     #: Per state ("completed", "failed"): jobs that finished before the clean rule's grace.
     #: None when not counted (then any job in the state makes a Clean due).
     cleanable: Mapping[str, int] | None = None
@@ -112,6 +133,12 @@ class QueueMemory:
     #: This policy paused the queue (mirrors ``pausedByPolicy``; written to Redis *before* the
     #: pause, so an operator killed before its status write still knows the pause is its own).
     paused_by_policy: bool = False
+    #: Unix second since which jobs have waited and none completed or failed (the last finish,
+    #: or when the backlog appeared); None while the queue has no backlog.
+    idle_since: int | None = None
+    #: ``(Unix second, failed count)`` samples, oldest first: at most one per window bucket, plus
+    #: the newest one from before the window (the baseline ``failedGrowing`` compares with).
+    failed_samples: tuple[tuple[int, int], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -121,6 +148,10 @@ class QueueMemory:
         }
         if self.paused_by_policy:
             data["p"] = 1
+        if self.idle_since is not None:
+            data["s"] = self.idle_since
+        if self.failed_samples:
+            data["f"] = [list(f) for f in self.failed_samples]
         return data
 
     @classmethod
@@ -129,11 +160,15 @@ class QueueMemory:
         try:
             buckets = tuple((int(b[0]), int(b[1]), int(b[2])) for b in data.get("b", ()))
             lockless = {str(k): int(v) for k, v in dict(data.get("l", {})).items()}
+            idle = data.get("s")
+            samples = tuple((int(f[0]), int(f[1])) for f in data.get("f", ()))
             return cls(
                 cursor=str(data.get("c", "")),
                 buckets=buckets,
                 lockless_since=lockless,
                 paused_by_policy=data.get("p") == 1,
+                idle_since=None if idle is None else int(idle),
+                failed_samples=samples[-(BUCKETS_PER_WINDOW + 2) :],
             )
         except (TypeError, ValueError, IndexError):
             return cls()

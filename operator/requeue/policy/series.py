@@ -31,6 +31,7 @@ from requeue.metrics import (
     QUEUE_DEPTH_LEGACY,
     QUEUE_FAILURE_RATIO,
     QUEUE_GAUGES,
+    QUEUE_IDLE_SECONDS,
     QUEUE_JOBS,
     QUEUE_PAUSED,
     REDIS_UP,
@@ -60,6 +61,10 @@ def export_observed(namespace: str, policy: str, status: QueuePolicyStatus, obse
             QUEUE_JOBS.labels(**labels, state=state).set(value)
             QUEUE_DEPTH_LEGACY.labels(**labels, status=state).set(value)
         QUEUE_PAUSED.labels(**labels).set(1 if q.paused else 0)
+        idle = 0.0
+        if q.idle_since is not None and status.last_evaluated_at is not None:
+            idle = max(0.0, (status.last_evaluated_at - q.idle_since).total_seconds())
+        QUEUE_IDLE_SECONDS.labels(**labels).set(idle)
         if q.failure_rate_percent is not None:
             QUEUE_FAILURE_RATIO.labels(**labels).set(q.failure_rate_percent / 100)
         else:

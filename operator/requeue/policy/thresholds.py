@@ -11,15 +11,28 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+from requeue.api.base import parse_duration
 from requeue.api.conditions import Reason
-from requeue.api.policy import QueueBreach, QueuePolicySpec, QueueState, Thresholds
+from requeue.api.policy import (
+    ProcessingStopped,
+    QueueBreach,
+    QueuePolicySpec,
+    QueueState,
+    StuckJob,
+    Thresholds,
+)
 from requeue.policy.actions import BREACH_REASONS, Alert, BreachKind, Recover
-from requeue.policy.ledger import Ledger
-from requeue.policy.observe import BUCKETS_PER_WINDOW, QueueMemory, QueueObservation
+from requeue.policy.ledger import Ledger, clip
+from requeue.policy.observe import BUCKETS_PER_WINDOW, ActiveJob, QueueMemory, QueueObservation
 
-__all__ = ["QueueHealth", "alert", "close_dropped", "find_breaches", "measure"]
+__all__ = ["STUCK_LIST_LIMIT", "QueueHealth", "alert", "close_dropped", "find_breaches", "measure"]
+
+#: ``.status.queues[].stuckActive`` lists at most this many jobs (the ones active longest).
+STUCK_LIST_LIMIT = 20
+#: Longest job name shown in ``stuckActive``.
+_NAME_LIMIT = 200
 
 
 def _seconds(value: datetime) -> int:
@@ -56,27 +69,178 @@ class QueueHealth:
     rate: float | None
     #: Jobs that finished (completed or failed) within the window.
     finished: int
-    #: Active jobs without a lock for at least ``stalledActiveSeconds``.
+    #: Stuck active jobs: without a lock, or active, for at least ``stalledActiveSeconds``.
     stalled: int
     memory: QueueMemory
+    #: The stuck jobs read in detail, active longest first (at most :data:`STUCK_LIST_LIMIT`).
+    stuck: tuple[StuckJob, ...] = ()
+    #: Set while processing has stopped for ``stalledFor`` (and the queue is not ours to hold paused).
+    stopped: ProcessingStopped | None = None
+    #: Seconds jobs have waited with none finishing (0 while the queue progresses or is empty).
+    stopped_seconds: int = 0
+    #: Since when jobs have waited with none finishing (Unix second); None while nothing waits.
+    idle_since: int | None = None
+    #: Change of the failed count over the window; None without ``failedGrowing`` or an earlier sample.
+    failed_change: int | None = None
+    #: Seconds the change is measured over (from the baseline sample to now).
+    failed_change_seconds: int = 0
 
 
 def measure(
     th: Thresholds, window: timedelta, mem: QueueMemory, obs: QueueObservation, now: datetime
 ) -> QueueHealth:
-    """The failure rate over ``window`` and the stalled jobs, from this observation and the memory."""
+    """The failure rate over ``window``, stuck jobs, stopped processing and the failed trend,
+    from this observation and the memory."""
     win = _merge_window(mem, obs, window, now)
     finished = win.completed + win.failed
     rate = 100.0 * win.failed / finished if finished else None
+    now_s = _seconds(now)
     lockless: dict[str, int] = {}
-    stalled = 0
     if obs.lockless_active is not None:
-        now_s = _seconds(now)
         lockless = {jid: mem.lockless_since.get(jid, now_s) for jid in obs.lockless_active}
-        limit = th.stalled_active_seconds or 0
-        stalled = sum(1 for t in lockless.values() if now_s - t >= limit)
-    memory = QueueMemory(cursor=obs.events.cursor or mem.cursor, buckets=win.buckets, lockless_since=lockless)
-    return QueueHealth(rate, finished, stalled, memory)
+    stuck_ids, stuck = _stuck(th, obs, lockless, now_s)
+    idle_since = _idle_since(mem, obs, now_s)
+    samples, change, span = _failed_trend(th, window, mem, obs, now_s)
+    memory = QueueMemory(
+        cursor=obs.events.cursor or mem.cursor,
+        buckets=win.buckets,
+        lockless_since=lockless,
+        idle_since=idle_since,
+        failed_samples=samples,
+    )
+    stopped_seconds = 0 if idle_since is None else max(0, now_s - idle_since)
+    return QueueHealth(
+        rate,
+        finished,
+        len(stuck_ids),
+        memory,
+        stuck=stuck,
+        stopped=_stopped(th, mem, obs, idle_since, stopped_seconds),
+        stopped_seconds=stopped_seconds,
+        idle_since=idle_since,
+        failed_change=change,
+        failed_change_seconds=span,
+    )
+
+
+def _stuck(
+    th: Thresholds, obs: QueueObservation, lockless: Mapping[str, int], now_s: int
+) -> tuple[set[str], tuple[StuckJob, ...]]:
+    """The ids of stuck active jobs and, for those read in detail, the status entries.
+
+    Stuck: the lock has been gone for ``stalledActiveSeconds`` (the worker died: BullMQ's
+    stalled check in a live worker would have moved it back by then), or a worker took it
+    ``stalledActiveSeconds`` ago and still holds it.
+    """
+    if th.stalled_active_seconds is None and obs.lockless_active is None:
+        return set(), ()
+    limit = th.stalled_active_seconds or 0
+    ids = {jid for jid, t in lockless.items() if now_s - t >= limit}
+    detailed: list[tuple[ActiveJob, int | None]] = []
+    for job in obs.active_jobs or ():
+        age = None if job.started_ms is None else max(0, now_s - job.started_ms // 1000)
+        if job.id in ids or (age is not None and age >= limit):
+            ids.add(job.id)
+            detailed.append((job, age))
+    detailed.sort(key=lambda ja: (ja[0].started_ms is None, ja[0].started_ms or 0, ja[0].id))
+    stuck = tuple(
+        StuckJob(
+            id=clip(job.id, _NAME_LIMIT),
+            name=clip(job.name, _NAME_LIMIT),
+            started_at=None if job.started_ms is None else datetime.fromtimestamp(job.started_ms / 1000, UTC),
+            age_seconds=age or 0,
+            lock_expired=not job.locked,
+        )
+        for job, age in detailed[:STUCK_LIST_LIMIT]
+    )
+    return ids, stuck
+
+
+def _idle_since(mem: QueueMemory, obs: QueueObservation, now_s: int) -> int | None:
+    """Since when jobs have waited with none finishing: the last finish this read saw, else the
+    remembered time, else now (the backlog just appeared, or a first read saw no finish)."""
+    if obs.waiting + obs.prioritized == 0:
+        return None
+    finished = [second for second, (c, f) in obs.events.per_second.items() if c or f]
+    if finished:
+        return min(max(finished), now_s)
+    return mem.idle_since if mem.idle_since is not None else now_s
+
+
+def _stopped(
+    th: Thresholds, mem: QueueMemory, obs: QueueObservation, idle_since: int | None, seconds: int
+) -> ProcessingStopped | None:
+    """Processing stopped for ``stalledFor``, with the cause the data shows; None otherwise.
+
+    A queue this policy holds paused is not flagged: the red gate that paused it is the news.
+    """
+    if th.stalled_for is None or idle_since is None:
+        return None
+    if seconds < parse_duration(th.stalled_for).total_seconds():
+        return None
+    if obs.paused and mem.paused_by_policy:
+        return None
+    reason, why = _stop_cause(obs)
+    backlog = obs.waiting + obs.prioritized
+    return ProcessingStopped(
+        reason=reason.value,
+        since=datetime.fromtimestamp(idle_since, UTC),
+        message=clip(f"{backlog} waiting, no job finished for {_span(seconds)}: {why}"),
+    )
+
+
+def _stop_cause(obs: QueueObservation) -> tuple[Reason, str]:
+    """Which of paused, workers down, workers stuck or workers idle the observation shows."""
+    if obs.paused:
+        return Reason.PAUSED_BY_OTHERS, "the queue is paused (not by this policy)"
+    if obs.workers is None:  # CLIENT LIST refused or unavailable: judge by the active jobs
+        if obs.active == 0:
+            return Reason.WORKERS_DOWN, "no job is active (worker connections could not be listed)"
+        return Reason.WORKERS_STUCK, f"{obs.active} active job(s) do not finish (workers not listed)"
+    if obs.workers == 0:
+        return Reason.WORKERS_DOWN, f"no worker is connected ({obs.active} active)"
+    if obs.active > 0:
+        return (
+            Reason.WORKERS_STUCK,
+            f"{obs.workers} worker connection(s), {obs.active} active job(s) that do not finish",
+        )
+    return Reason.WORKERS_IDLE, f"{obs.workers} worker connection(s) and no active job"
+
+
+def _failed_trend(
+    th: Thresholds, window: timedelta, mem: QueueMemory, obs: QueueObservation, now_s: int
+) -> tuple[tuple[tuple[int, int], ...], int | None, int]:
+    """The failed-count samples to keep, the change since the window's baseline, and its span.
+
+    One sample per window bucket (the first of each); the baseline is the newest sample from
+    before the window, or the oldest one while the policy has watched for less than a window.
+    Bounded: at most ``BUCKETS_PER_WINDOW + 2`` samples.
+    """
+    if th.failed_growing is None:
+        return (), None, 0
+    window_s = max(1, math.ceil(window.total_seconds()))
+    width = max(1, math.ceil(window_s / BUCKETS_PER_WINDOW))
+    samples = [s for s in mem.failed_samples if s[0] <= now_s]
+    if not samples or now_s - samples[-1][0] >= width:
+        samples.append((now_s, obs.failed))
+    horizon = now_s - window_s
+    before = [s for s in samples if s[0] <= horizon]
+    kept = tuple(([before[-1]] if before else []) + [s for s in samples if s[0] > horizon])
+    kept = kept[-(BUCKETS_PER_WINDOW + 2) :]
+    base_s, base_failed = kept[0]
+    if base_s >= now_s:
+        return kept, None, 0
+    return kept, obs.failed - base_failed, now_s - base_s
+
+
+def _span(seconds: int) -> str:
+    """``930`` -> ``"15m30s"``."""
+    parts = []
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
 
 
 def find_breaches(spec: QueuePolicySpec, obs: QueueObservation, health: QueueHealth) -> dict[BreachKind, str]:
@@ -99,10 +263,33 @@ def find_breaches(spec: QueuePolicySpec, obs: QueueObservation, health: QueueHea
             f"failure rate {rate:.1f}% > {th.failure_rate_percent:g}% over {th.window} ({finished} jobs)"
         )
     if th.stalled_active_seconds is not None and health.stalled > 0:
-        found[BreachKind.STALLED] = (
-            f"{health.stalled} active job(s) without a lock for >= {th.stalled_active_seconds}s"
+        found[BreachKind.STALLED] = _stuck_text(health, th.stalled_active_seconds)
+    if health.stopped is not None:
+        found[BreachKind.PROCESSING_STOPPED] = (
+            f"processing stopped ({health.stopped.reason}): {health.stopped.message}"
+        )
+    grow = th.failed_growing
+    change = health.failed_change
+    if grow is not None and change is not None and obs.failed > grow.above and change >= grow.min_increase:
+        span = _span(health.failed_change_seconds)
+        found[BreachKind.FAILED_GROWING] = (
+            f"failed {obs.failed} > {grow.above} and growing: +{change} in {span}"
         )
     return found
+
+
+def _stuck_text(health: QueueHealth, limit: int) -> str:
+    """E.g. ``1 active job(s) without a lock for >= 60s: 17 pdf.generate 75s (lock expired)``."""
+    shown = ", ".join(
+        f"{j.id} {j.name} {j.age_seconds}s{' (lock expired)' if j.lock_expired else ''}"
+        for j in health.stuck[:3]
+    )
+    more = f" and {health.stalled - 3} more" if health.stalled > 3 else ""
+    if all(j.lock_expired for j in health.stuck):
+        text = f"{health.stalled} active job(s) without a lock for >= {limit}s"
+    else:
+        text = f"{health.stalled} active job(s) stuck (lock expired, or active) for >= {limit}s"
+    return clip(f"{text}: {shown}{more}" if shown else text, 500)
 
 
 def close_dropped(previous: Sequence[QueueState], observed: Sequence[str], ledger: Ledger) -> None:
@@ -177,7 +364,10 @@ def _recover_ended(
             continue
         if kind in current:
             continue
-        text = f"{kind.value} back within threshold (breached since {had.since.isoformat()})"
+        if kind is BreachKind.PROCESSING_STOPPED:
+            text = f"processing resumed (reported stopped since {had.since.isoformat()})"
+        else:
+            text = f"{kind.value} back within threshold (breached since {had.since.isoformat()})"
         ledger.act(Recover(name, kind, text), text)
         if spec.alerts.events:
             ledger.announce("Normal", Reason.RECOVERED, f"queue {name}: {text}")
