@@ -24,6 +24,8 @@ from requeue.api import DLQReplayStatus, GateSpec, ReplayPhase
 from requeue.clock import utcnow
 from requeue.errors import AuthFailed, RedisUnreachable, RedisUrlInvalid, SentinelMasterUnknown
 from requeue.gates import run_check
+from requeue.gates.destinations import DestinationPolicy
+from requeue.gates.redis import check_redis
 from requeue.queues import QueueKeys, connect
 from requeue.replay import DEFAULT_TUNING, ReplayEngine, StepResult
 from requeue.secrets import StaticSecrets
@@ -132,6 +134,24 @@ async def test_the_redis_gate_checks_the_primary_the_sentinels_name(sentinel_url
     spec = GateSpec.model_validate({"name": "redis", "redis": {"urlSecretRef": {"name": "r", "key": "url"}}})
     result = await run_check(spec, StaticSecrets({("r", "url"): sentinel_url}))
     assert result.healthy, result.message
+    no_leak(result.message)
+
+
+async def test_every_sentinel_of_a_gate_url_is_checked_against_the_destination_policy(
+    sentinels: SentinelSet, sentinel_url: str
+) -> None:
+    """A gate's own URL may name Sentinels anywhere: each one is checked, not only the first (the
+    second here is ``localhost``, denied by name, while the first is allowed)."""
+    hosts = [s.address for s in sentinels.sentinels]
+    url = sentinel_url.replace(hosts[1], f"localhost:{sentinels.sentinels[1].port}")
+    spec = GateSpec.model_validate({"name": "redis", "redis": {"urlSecretRef": {"name": "r", "key": "url"}}})
+    result = await check_redis(
+        spec.redis,  # type: ignore[arg-type]
+        StaticSecrets({("r", "url"): url}),
+        default_url=None,
+        policy=DestinationPolicy.build(deny=["localhost"]),
+    )
+    assert not result.healthy and "DestinationDenied: localhost is denied" in result.message, result.message
     no_leak(result.message)
 
 

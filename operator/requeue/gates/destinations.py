@@ -265,16 +265,40 @@ def host_port(hostport: str, default_port: int) -> tuple[str, int]:
         port = rest[1:] if rest.startswith(":") else ""
     else:
         host, _, port = hostport.rpartition(":") if hostport.count(":") == 1 else (hostport, "", "")
-    return host, int(port) if port.isdigit() else default_port
+    return host, int(port) if port.isascii() and port.isdigit() and len(port) <= 5 else default_port
+
+
+#: Hosts of one URL checked at most (a list of Sentinels or cluster seeds); the rest are refused.
+MAX_URL_HOSTS = 64
 
 
 async def check_url(policy: DestinationPolicy, url: str, default_port: int) -> list[Address]:
-    """Check the host of a ``scheme://`` URL (a Redis gate's); a unix socket has no host to check."""
+    """Check every host of a ``scheme://`` URL (a Redis gate's); a unix socket has no host to check.
+
+    ``redis+sentinel://`` and ``redis+cluster://`` name a comma-separated list (Sentinels on
+    26379 unless a port is given): each is checked, as the client may connect to any of them.
+    A host that does not resolve does not stop the others from being checked; its
+    ``OSError`` is raised after them.
+    """
     parts = split_url(url)
     if parts is None or parts.scheme.startswith("unix") or not parts.hostport:
         return []
-    host, port = host_port(parts.hostport, default_port)
-    return await policy.resolve(host, port)
+    if parts.scheme.lower().endswith("+sentinel"):
+        default_port = 26379
+    hosts = parts.hostport.split(",", MAX_URL_HOSTS)
+    if len(hosts) > MAX_URL_HOSTS:
+        raise DestinationDenied(f"DestinationDenied: more than {MAX_URL_HOSTS} hosts in one URL")
+    found: list[Address] = []
+    unresolved: OSError | None = None
+    for hostport in hosts:
+        host, port = host_port(hostport, default_port)
+        try:
+            found += await policy.resolve(host, port)
+        except OSError as exc:
+            unresolved = unresolved or exc
+    if unresolved is not None:
+        raise unresolved
+    return found
 
 
 async def pin_postgres(policy: DestinationPolicy, params: MutableMapping[str, Any]) -> None:

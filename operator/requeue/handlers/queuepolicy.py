@@ -62,7 +62,7 @@ from requeue.api.conditions import PolicyCondition, Reason
 from requeue.api.loading import parse
 from requeue.api.resources import GROUP, VERSION
 from requeue.clock import utcnow
-from requeue.errors import AuthFailed, RedisUnreachable, RequeueError, SpecInvalid
+from requeue.errors import AuthFailed, RedisUnreachable, RequeueError, SentinelMasterUnknown, SpecInvalid
 from requeue.gates import GateRunner
 from requeue.handlers.daemon import (
     RETRY_FIRST,
@@ -113,7 +113,7 @@ SPEC_RETRY = 60.0
 #: Attempts of the deletion cleanup before kopf gives up and releases the finalizer anyway.
 CLEANUP_RETRIES = 10
 #: Ready reasons after which the daemon reconnects (re-reading the Secret: it may have been fixed).
-_RECONNECT_REASONS = (RedisUnreachable.reason, AuthFailed.reason)
+_RECONNECT_REASONS = (RedisUnreachable.reason, AuthFailed.reason, SentinelMasterUnknown.reason)
 
 
 # ---------------------------------------------------------------- per-policy state

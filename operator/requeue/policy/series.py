@@ -24,6 +24,7 @@ from requeue.errors import (
     RedisCertificateUntrusted,
     RedisOutOfMemory,
     RedisUnreachable,
+    SentinelMasterUnknown,
 )
 from requeue.metrics import (
     ACTIONS,
@@ -43,7 +44,14 @@ __all__ = ["REDIS_DOWN_REASONS", "export_observed", "export_unobserved", "forget
 #: Reasons that say requeue could not use the policy's Redis: ``requeue_redis_up`` 0.
 REDIS_DOWN_REASONS = frozenset(
     cls.reason
-    for cls in (RedisUnreachable, RedisCertificateUntrusted, RedisOutOfMemory, AuthFailed, Forbidden)
+    for cls in (
+        RedisUnreachable,
+        RedisCertificateUntrusted,
+        RedisOutOfMemory,
+        SentinelMasterUnknown,
+        AuthFailed,
+        Forbidden,
+    )
 )
 
 _STATES = ("waiting", "active", "completed", "failed", "delayed", "prioritized")

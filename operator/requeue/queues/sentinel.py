@@ -113,7 +113,7 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
         master name, a database that is not a number. The message shows the URL redacted.
     """
     parts = split_url(url)
-    shown = redact_url(url)
+    shown = shown_url(url)
     if parts is None or parts.scheme.lower() not in SENTINEL_SCHEMES:
         raise RedisUrlInvalid(f"{shown} is not a Redis Sentinel URL ({SENTINEL_URL_FORM})")
     items = parts.hostport.split(",", MAX_SENTINELS)
@@ -157,6 +157,16 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
         sentinel_username=own.get("sentinel_username") or None,
         sentinel_password=own.get("sentinel_password") or None,
     )
+
+
+#: Characters of a redacted URL shown in a message at most (a hostile one may be megabytes long).
+MAX_SHOWN = 300
+
+
+def shown_url(url: str) -> str:
+    """``url`` redacted, then cut to :data:`MAX_SHOWN` characters (redacted before cutting)."""
+    shown = redact_url(url)
+    return shown if len(shown) <= MAX_SHOWN else shown[: MAX_SHOWN - 1] + "…"
 
 
 def _host_port(item: str) -> tuple[str, int | None]:
@@ -324,7 +334,7 @@ def sentinel_client(url: str, **kwargs: Any) -> aioredis.Redis:
         client_from_url(parsed.node_url, **kwargs)
     except RedisUrlInvalid as exc:
         problem = exc.message.partition(" is not a valid Redis URL: ")[2] or "its options are not usable"
-        raise RedisUrlInvalid(f"{redact_url(url)} is not a valid Redis URL: {problem}") from None
+        raise RedisUrlInvalid(f"{shown_url(url)} is not a valid Redis URL: {problem}") from None
     node = dict(parse_url(encode_userinfo(parsed.node_url)))
     for key in ("host", "port", "path"):
         node.pop(key, None)
