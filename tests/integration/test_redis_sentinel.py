@@ -155,6 +155,38 @@ async def test_every_sentinel_of_a_gate_url_is_checked_against_the_destination_p
     no_leak(result.message)
 
 
+async def test_the_primary_a_gates_sentinels_name_must_pass_the_destination_policy_too(
+    sentinels: SentinelSet, sentinel_url: str
+) -> None:
+    """The Sentinels, not the gate's author, choose the primary's address: it is checked before
+    anything is sent to it (here only the name ``localhost`` is allowed; the Sentinels are reached
+    by that name and answer with the primary's address 127.0.0.1)."""
+    url = sentinel_url
+    for sentinel in sentinels.sentinels:
+        url = url.replace(sentinel.address, f"localhost:{sentinel.port}")
+    spec = GateSpec.model_validate({"name": "redis", "redis": {"urlSecretRef": {"name": "r", "key": "url"}}})
+    secrets = StaticSecrets({("r", "url"): url})
+    allowed = await check_redis(
+        spec.redis,  # type: ignore[arg-type]
+        secrets,
+        default_url=None,
+        policy=DestinationPolicy.build(allow=["localhost", "127.0.0.1/32"]),
+    )
+    assert allowed.healthy, allowed.message
+    refused = await check_redis(
+        spec.redis,  # type: ignore[arg-type]
+        secrets,
+        default_url=None,
+        policy=DestinationPolicy.build(allow=["localhost"]),
+    )
+    assert not refused.healthy
+    assert f"the Sentinels name the primary 127.0.0.1:{sentinels.primary.port}" in refused.message, (
+        refused.message
+    )
+    assert "DestinationDenied" in refused.message, refused.message
+    no_leak(refused.message)
+
+
 # ---------------------------------------------------------------- named failures
 
 

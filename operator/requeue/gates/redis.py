@@ -30,6 +30,7 @@ from requeue.gates.result import (
     read_secret,
 )
 from requeue.queues.connection import TlsOptions, client_from_url
+from requeue.queues.sentinel import AddressCheck, is_sentinel_url
 from requeue.redact import redact_url
 from requeue.secrets import SecretSource
 
@@ -61,7 +62,9 @@ async def check_redis(
             await _allowed(url, policy or current_policy())
         timeout = parse_duration(spec.timeout).total_seconds()
         max_latency = parse_duration(spec.max_latency).total_seconds()
-        client = _client_for(url, tls, timeout)
+        # a gate's own Sentinels choose the primary's address: it must pass the policy too
+        check = (policy or current_policy()).resolve if spec.url_secret_ref is not None else None
+        client = _client_for(url, tls, timeout, check)
         ping, memory = await _measure(client, spec, url, timeout)
     except CheckFailed as failure:
         return failure.result(started)
@@ -90,14 +93,16 @@ async def _redis_to_check(
     raise CheckFailed("no Redis to check: set urlSecretRef")
 
 
-def _client_for(url: str, tls: TlsOptions, timeout: float) -> aioredis.Redis:
+def _client_for(url: str, tls: TlsOptions, timeout: float, check: AddressCheck | None) -> aioredis.Redis:
     """A one-connection client that does not retry: a gate reports a failure, it does not mask it.
 
-    Nothing is sent yet; only the URL is parsed.
+    Nothing is sent yet; only the URL is parsed. ``check`` vets the primary's address that the
+    Sentinels of a ``redis+sentinel://`` URL name.
     """
     try:
         return client_from_url(
             url,
+            **({"check_address": check} if check is not None and is_sentinel_url(url) else {}),
             socket_connect_timeout=timeout,
             socket_timeout=timeout,
             retry=Retry(NoBackoff(), 0),

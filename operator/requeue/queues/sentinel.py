@@ -39,6 +39,7 @@ Sentinel answering is an outage of the Sentinels themselves (:class:`NoSentinelE
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -54,6 +55,8 @@ from requeue.redact import encode_userinfo, redact_url, split_url
 __all__ = [
     "DEFAULT_SENTINEL_PORT",
     "SENTINEL_SCHEMES",
+    "AddressCheck",
+    "MasterAddressRefused",
     "NoSentinelError",
     "SentinelMasterUnknownError",
     "SentinelUrl",
@@ -233,9 +236,10 @@ def named_sentinel_error(
 class _Sentinels(Sentinel):
     """redis-py's Sentinel manager, with failures told apart (see the module docstring)."""
 
-    def __init__(self, url: SentinelUrl, **kwargs: Any) -> None:
+    def __init__(self, url: SentinelUrl, *, check_address: AddressCheck | None = None, **kwargs: Any) -> None:
         super().__init__(url.sentinels, **kwargs)
         self.url = url
+        self.check_address = check_address
 
     async def discover_master(self, service_name: str) -> tuple[str, int]:
         """The primary's address as the first Sentinel that knows it healthy says.
@@ -263,7 +267,9 @@ class _Sentinels(Sentinel):
                 continue
             if self.check_master_state(state, service_name):
                 self.sentinels[0], self.sentinels[i] = sentinel, self.sentinels[0]
-                return str(state["ip"]), int(state["port"])
+                found = str(state["ip"]), int(state["port"])
+                await self._check(*found)
+                return found
             seen_down = f"{address} sees it at {_address(str(state['ip']), int(state['port']))} down"
         name = repr(service_name[:100])
         if seen_down is not None:
@@ -283,6 +289,22 @@ class _Sentinels(Sentinel):
                 "?sentinel_password=... (percent-encoded)"
             )
         raise NoSentinelError(f"no Sentinel answered at {self.url.addresses} ({tried})")
+
+    async def _check(self, host: str, port: int) -> None:
+        """The caller's check of the address the Sentinels named (a gate's destination policy)."""
+        if self.check_address is None:
+            return
+        try:
+            await self.check_address(host, port)
+        except Exception as exc:  # the policy's refusal, or a name that does not resolve
+            text = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            raise MasterAddressRefused(
+                f"the Sentinels name the primary {_address(host, port)}: {text}"
+            ) from None
+
+
+class MasterAddressRefused(rx.ConnectionError):
+    """The primary's address the Sentinels answered with fails the caller's check (nothing sent to it)."""
 
 
 def _client_address(client: aioredis.Redis) -> str:
@@ -314,16 +336,22 @@ async def _handshake_or_without_password(conn: AbstractConnection) -> None:
         await conn.on_connect()
 
 
+#: Checks an address before requeue connects to it (raises to refuse it).
+AddressCheck = Callable[[str, int], Awaitable[object]]
+
 #: Client-level options (``redis.asyncio.Redis(...)``) that a connection pool does not take.
 _CLIENT_OPTIONS = ("single_connection_client",)
 #: Options of the data nodes' connections that the Sentinel connections take as well.
 _SHARED_OPTIONS = ("socket_timeout", "socket_connect_timeout", "socket_keepalive", "encoding_errors")
 
 
-def sentinel_client(url: str, **kwargs: Any) -> aioredis.Redis:
+def sentinel_client(url: str, *, check_address: AddressCheck | None = None, **kwargs: Any) -> aioredis.Redis:
     """A ``redis.asyncio.Redis`` on the primary that the Sentinels of ``url`` name, re-asked on every
     new connection. Nothing is sent yet.
 
+    :param check_address: awaited with the primary's address the Sentinels name, before it is
+        connected to; raising refuses it (:class:`MasterAddressRefused`, a connection error).
+        A Redis gate's destination policy: the Sentinels choose that address, not the gate.
     :param kwargs: as for ``redis.asyncio.Redis.from_url`` (``db`` overrides the URL's).
     :raises RedisUrlInvalid: the URL or one of its options cannot be used.
     """
@@ -352,7 +380,7 @@ def sentinel_client(url: str, **kwargs: Any) -> aioredis.Redis:
             password=node["password"],
             redis_connect_func=_handshake_or_without_password,
         )
-    manager = _Sentinels(parsed, sentinel_kwargs=sentinel_kwargs)
+    manager = _Sentinels(parsed, check_address=check_address, sentinel_kwargs=sentinel_kwargs)
     pool = _PrimaryPool(parsed.master, manager, ssl=tls, is_master=True, **node)  # type: ignore[no-untyped-call]
     pool.make_connection()  # type: ignore[no-untyped-call]  # proves the options (TypeError)
     if client_options.get("single_connection_client"):
