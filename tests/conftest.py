@@ -22,6 +22,7 @@ if str(TESTS_DIR) not in sys.path:  # keeps `support` importable even if tests/ 
     sys.path.insert(0, str(TESTS_DIR))
 
 from support.kube import Kube, start_kube  # noqa: E402
+from support.leaks import SESSION_PASSWORD, assert_no_session_leak  # noqa: E402
 from support.operator_proc import DEFAULT_COMMAND, OperatorProcess  # noqa: E402
 from support.redis_server import RedisServer, find_redis_server  # noqa: E402
 from support.tcp_proxy import TcpProxy  # noqa: E402
@@ -41,8 +42,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    """This session's own redis-server (never the shared one on 6379)."""
-    server = RedisServer().start()
+    """This session's own redis-server (never the shared one on 6379), behind a password made of
+    hostile characters (:data:`support.leaks.SESSION_PASSWORD`) that fixtures look for in output."""
+    server = RedisServer(password=SESSION_PASSWORD).start()
     try:
         yield server
     finally:
@@ -144,8 +146,15 @@ def kube() -> Iterator[Kube]:
     k = start_kube()
     try:
         yield k
+        assert_no_session_leak(shown_by_the_api(k), "Events or the status of a requeue object")
     finally:
         k.close()
+
+
+def shown_by_the_api(kube: Kube) -> str:
+    """Every Event and every DLQReplay and QueuePolicy (status included) as JSON: what
+    ``kubectl describe`` and ``kubectl get -o yaml`` show on-call; Secrets are not in it."""
+    return kube.kubectl("get", "events,dlqreplays,queuepolicies", "-A", "-o", "json", timeout=30).stdout
 
 
 OperatorFactory = Callable[..., OperatorProcess]
@@ -174,3 +183,5 @@ def operator_factory(kube: Kube, tmp_path: Path) -> Iterator[OperatorFactory]:
         for proc in procs:
             proc.stop(timeout=10)
             print(f"--- {proc.log_path} ---\n{proc.logs()[-8000:]}")
+    for proc in procs:  # after every process stopped, so a leak never leaves one running
+        assert_no_session_leak(proc.logs(), f"the operator's log {proc.log_path}")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from requeue.redact import redact_url
 from support import async_wait_until
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
 from support.dlqreplay import (
@@ -228,7 +229,8 @@ async def test_a_queue_with_no_bullmq_keys_fails_queue_not_found_once(
     st = await wait_status_async(
         kube, "typo", lambda s: s.get("phase") == "Failed", operator=operator, what="phase Failed"
     )
-    expected = f'queue "defualt" has no BullMQ keys under prefix "bull" in {redis_url}; queues there: default'
+    shown = redact_url(redis_url)  # the password never shows
+    expected = f'queue "defualt" has no BullMQ keys under prefix "bull" in {shown}; queues there: default'
     assert st["message"] == expected
     for type_ in ("Ready", "Succeeded"):
         assert (condition(st, type_)["status"], condition(st, type_)["reason"]) == ("False", "QueueNotFound")

@@ -12,13 +12,12 @@ from typing import cast
 
 import redis
 import redis.asyncio as aioredis
-from click.testing import CliRunner
 
 from requeue.analysis import INSPECT_SCHEMA_VERSION
-from requeue.cli import main
+from requeue.redact import redact_url
 from requeue.replay import normalize_reason
 from support.bullmq_jobs import JobSpec, add_jobs, make_failed_jobs
-from support.cli import cli
+from support.cli import cli, invoke
 from support.redis_server import RedisServer, free_port
 
 Q = "default"
@@ -146,15 +145,11 @@ async def test_inspect_plain_text_when_not_a_terminal(redis_url: str) -> None:
 def test_inspect_table_and_empty_queue_via_click(redis_url: str) -> None:
     """-o table renders rich tables even off a terminal; an empty failed set is not an error."""
     asyncio.run(add_jobs(redis_url, "nothing-here", [JobSpec(name="waits")]))  # exists, none failed
-    res = CliRunner().invoke(
-        main, ["inspect", "--redis-url", redis_url, "--queue", "nothing-here", "-o", "table"]
-    )
-    assert res.exit_code == 0, res.output
+    res = invoke("inspect", "--redis-url", redis_url, "--queue", "nothing-here", "-o", "table")
+    assert res.code == 0, res.output
     assert "0 failed jobs" in res.output and "by job name" in res.output
-    res = CliRunner().invoke(
-        main, ["inspect", "--redis-url", redis_url, "--queue", "nothing-here", "-o", "json"]
-    )
-    report = json.loads(res.output)
+    res = invoke("inspect", "--redis-url", redis_url, "--queue", "nothing-here", "-o", "json")
+    report = json.loads(res.stdout)
     assert report["total"] == 0 and report["byName"]["groups"] == [] and report["oldestFailure"] is None
 
 
@@ -162,11 +157,12 @@ async def test_inspect_of_a_queue_with_no_keys_exits_2_naming_the_queues_there(r
     """A typo is not "0 failed jobs": QueueNotFound, exit 2, one line listing the queues that exist."""
     await make_failed_jobs(redis_url, Q, _jobs(3))
     await add_jobs(redis_url, "emails", [JobSpec(name="email.send")])
+    shown = redact_url(redis_url)  # the password never shows
     res = cli("inspect", "--redis-url", redis_url, "--queue", "defualt")
     assert res.code == 2, res.output
     assert res.stdout == ""
     assert res.stderr.splitlines() == [
-        f'requeue: QueueNotFound: queue "defualt" has no BullMQ keys under prefix "bull" in {redis_url}; '
+        f'requeue: QueueNotFound: queue "defualt" has no BullMQ keys under prefix "bull" in {shown}; '
         "queues there: default, emails"
     ], res.stderr
 

@@ -18,9 +18,10 @@ from click.testing import CliRunner
 from requeue.api import DLQReplayStatus
 from requeue.cli import main
 from requeue.queues import QueueKeys
+from requeue.redact import redact_url
 from support import wait_until
 from support.bullmq_jobs import JobSpec, add_jobs, make_failed_jobs, run_worker
-from support.cli import acli, cli, interrupt_cli, keyspace, popen_cli, write_manifest
+from support.cli import acli, cli, interrupt_cli, invoke, keyspace, popen_cli, write_manifest
 from support.redis_server import RedisServer, free_port
 
 Q = "default"
@@ -336,8 +337,8 @@ def test_manifest_from_stdin_and_beside_other_documents(redis_url: str, tmp_path
     asyncio.run(add_jobs(redis_url, Q, [JobSpec(name="waits")]))  # the queue exists, nothing failed
     secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: redis}\nstringData: {url: x}\n"
     text = secret + "---\n" + _manifest_text("  dryRun: true\n")
-    res = CliRunner().invoke(main, ["replay", "-f", "-", "--redis-url", redis_url, "-o", "json"], input=text)
-    assert res.exit_code == 0, res.output
+    res = invoke("replay", "-f", "-", "--redis-url", redis_url, "-o", "json", input=text)
+    assert res.code == 0, res.output
     assert json.loads(res.stdout)["phase"] == "Succeeded"
 
 
@@ -399,9 +400,9 @@ async def test_a_queue_with_no_bullmq_keys_exits_2_naming_the_queues_there(
     await add_jobs(redis_url, "emails", [JobSpec(name="email.send")])
     manifest = write_manifest(tmp_path / "r.yaml", {"queue": "defualt", "rate": FAST})
     before = keyspace(redis_url)
+    shown = redact_url(redis_url)  # the password never shows
     expected = (
-        f'queue "defualt" has no BullMQ keys under prefix "bull" in {redis_url}; '
-        "queues there: default, emails"
+        f'queue "defualt" has no BullMQ keys under prefix "bull" in {shown}; queues there: default, emails'
     )
     for extra in ([], ["--dry-run"]):
         res = await acli("replay", "-f", str(manifest), "--redis-url", redis_url, *extra)
@@ -546,4 +547,4 @@ async def test_second_replay_on_a_queue_waits_naming_the_holder(redis_url: str, 
             if started is not None and started.poll() is None:
                 started.kill()
     log = (tmp_path / "b.log").read_text()
-    assert "Interrupted (SIGINT) in phase Pending" in log and f"at {redis_url}" in log, log
+    assert "Interrupted (SIGINT) in phase Pending" in log and f"at {redact_url(redis_url)}" in log, log

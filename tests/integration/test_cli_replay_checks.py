@@ -84,7 +84,7 @@ async def test_a_failed_dry_run_shows_no_would_replay_count(
         channels=["*"],
         commands=["+@all", "-hset"],
     )
-    user_url = redis_url.replace("redis://", "redis://inspector:insp3ct@", 1)
+    user_url = "redis://inspector:insp3ct@" + redis_url.rsplit("@", 1)[-1].removeprefix("redis://")
     manifest = write_manifest(tmp_path / "r.yaml", {})
     try:  # the session's redis-server outlives this test: FLUSHALL does not remove users
         res = cli("replay", "-f", str(manifest), "--redis-url", user_url, "--dry-run")

@@ -136,7 +136,7 @@ def test_redis_server_env_naming_no_binary_is_a_named_error(monkeypatch: pytest.
 
 async def test_proxy_delay_is_measurable(redis_server: RedisServer, proxy_factory: ProxyFactory) -> None:
     proxy = await proxy_factory("127.0.0.1", redis_server.port)
-    client = aioredis.Redis(host="127.0.0.1", port=proxy.port)
+    client = aioredis.Redis(host="127.0.0.1", port=proxy.port, password=redis_server.password)
     try:
         assert await client.ping()
         await proxy.delay(200)
@@ -153,7 +153,11 @@ async def test_proxy_delay_is_measurable(redis_server: RedisServer, proxy_factor
 async def test_proxy_drop_and_refuse(redis_server: RedisServer, proxy_factory: ProxyFactory) -> None:
     proxy = await proxy_factory("127.0.0.1", redis_server.port)
     client = aioredis.Redis(
-        host="127.0.0.1", port=proxy.port, socket_timeout=2, retry=AsyncRetry(NoBackoff(), 0)
+        host="127.0.0.1",
+        port=proxy.port,
+        password=redis_server.password,
+        socket_timeout=2,
+        retry=AsyncRetry(NoBackoff(), 0),
     )
     try:
         assert await client.ping()

@@ -28,6 +28,7 @@ from requeue.policy.memory import load_memory
 from requeue.policy.observe import PolicyMemory
 from requeue.policy.slack import SlackNotifier
 from requeue.queues import BullQueue, QueueKeys
+from requeue.redact import redact_url
 from requeue.secrets import StaticSecrets
 from support.bullmq_jobs import JobSpec, add_jobs, create_queues, make_failed_jobs
 from support.redis_server import RedisServer
@@ -360,7 +361,8 @@ async def age_failed_jobs(redis: aioredis.Redis, keys: QueueKeys, ids: list[str]
                 for name, value in zip(("timestamp", "processedOn", "finishedOn"), fields, strict=True)
                 if value is not None
             }
-            pipe.hset(keys.job(job_id), mapping=earlier)
+            for name, value in earlier.items():
+                pipe.hset(keys.job(job_id), name, value)
             pipe.zadd(keys.failed, {job_id: earlier["finishedOn"]}, xx=True)
         await pipe.execute()
 
@@ -624,8 +626,9 @@ async def test_a_queue_with_no_bullmq_keys_is_reported_never_acted_on_and_the_ot
 
     result = await evaluate(POLICY, s, None, redis=redis, ops=ops, gates=red)
     queues = {q.name: q for q in result.status.queues}
+    shown = redact_url(redis_url)  # the password never shows
     expected = (
-        f'queue "ordres" has no BullMQ keys under prefix "bull" in {redis_url}; queues there: emails, orders'
+        f'queue "ordres" has no BullMQ keys under prefix "bull" in {shown}; queues there: emails, orders'
     )
     assert (queues["ordres"].reason, queues["ordres"].message) == ("QueueNotFound", expected)
     assert not queues["ordres"].healthy and not queues["ordres"].paused_by_policy

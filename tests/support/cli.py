@@ -21,6 +21,7 @@ import redis
 import yaml
 
 from support import wait_until
+from support.leaks import assert_no_session_leak
 
 __all__ = [
     "CliResult",
@@ -29,6 +30,7 @@ __all__ = [
     "cli_command",
     "cli_env",
     "interrupt_cli",
+    "invoke",
     "keyspace",
     "popen_cli",
     "write_manifest",
@@ -74,7 +76,7 @@ def cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0)
         stdin=subprocess.DEVNULL,
         check=False,
     )
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    return shown(CliResult(proc.returncode, proc.stdout, proc.stderr))
 
 
 async def acli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0) -> CliResult:
@@ -94,7 +96,24 @@ async def acli(*args: str, env: Mapping[str, str] | None = None, timeout: float 
         await proc.wait()
         raise
     assert proc.returncode is not None
-    return CliResult(proc.returncode, out.decode(), err.decode())
+    return shown(CliResult(proc.returncode, out.decode(), err.decode()))
+
+
+def invoke(*args: str, input: str | None = None) -> CliResult:
+    """Run the CLI in this process with click's runner (for stdin input or speed), 200 columns wide
+    and without colour as :func:`cli` runs it; checked for the session password as well."""
+    from click.testing import CliRunner
+
+    from requeue.cli import main
+
+    res = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"}).invoke(main, list(args), input=input)
+    return shown(CliResult(res.exit_code, res.stdout, res.stderr))
+
+
+def shown(result: CliResult) -> CliResult:
+    """``result``, once checked for the session Redis password: every CLI test is a leak test."""
+    assert_no_session_leak(result.output, "the CLI's output")
+    return result
 
 
 def popen_cli(*args: str, env: Mapping[str, str] | None = None, log: Path) -> subprocess.Popen[bytes]:
