@@ -24,6 +24,7 @@ if str(TESTS_DIR) not in sys.path:  # keeps `support` importable even if tests/ 
 from support.kube import Kube, start_kube  # noqa: E402
 from support.leaks import SESSION_PASSWORD, assert_no_session_leak  # noqa: E402
 from support.operator_proc import DEFAULT_COMMAND, OperatorProcess  # noqa: E402
+from support.queuepolicy import SlackSink  # noqa: E402
 from support.redis_server import RedisServer, find_redis_server  # noqa: E402
 from support.tcp_proxy import TcpProxy  # noqa: E402
 
@@ -185,3 +186,13 @@ def operator_factory(kube: Kube, tmp_path: Path) -> Iterator[OperatorFactory]:
             print(f"--- {proc.log_path} ---\n{proc.logs()[-8000:]}")
     for proc in procs:  # after every process stopped, so a leak never leaves one running
         assert_no_session_leak(proc.logs(), f"the operator's log {proc.log_path}")
+
+
+@pytest_asyncio.fixture
+async def slack() -> AsyncIterator[SlackSink]:
+    """A local Slack webhook that records every message posted to it (the operator's or a policy's)."""
+    sink = await SlackSink().start()
+    try:
+        yield sink
+    finally:
+        await sink.stop()

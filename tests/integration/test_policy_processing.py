@@ -8,13 +8,10 @@ waiting for it. Nothing here sleeps for a fixed time; each wait polls for its co
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest_asyncio
 import redis.asyncio as aioredis
-from aiohttp import web
 from prometheus_client import REGISTRY
 
 from requeue.api.base import SecretKeyRef, find_condition
@@ -28,6 +25,7 @@ from requeue.queues.workers import count_workers, worker_bases
 from requeue.secrets import StaticSecrets
 from support import async_wait_until
 from support.node import FailRule, NodeWorker, pause_queue, run_producer
+from support.queuepolicy import SlackSink
 
 POLICY = PolicyRef(namespace="visapi", name="processing", uid="5e1f-processing-uid", generation=1)
 MAJOR = 6
@@ -45,60 +43,14 @@ def spec(**thresholds: Any) -> QueuePolicySpec:
     )
 
 
-class Webhook:
-    """A Slack-like webhook on a loopback port that records each message's text."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        self.texts.append((await request.json())["text"])
-        return web.Response(text="ok")
-
-    async def start(self) -> Webhook:
-        app = web.Application()
-        app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/hook"
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
-@pytest_asyncio.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest_asyncio.fixture
-async def webhook() -> AsyncIterator[Webhook]:
-    hook = await Webhook().start()
-    try:
-        yield hook
-    finally:
-        await hook.stop()
-
-
 class Evaluator:
     """Evaluates one policy again and again, carrying status and memory like the daemon does."""
 
-    def __init__(self, redis: aioredis.Redis, policy: QueuePolicySpec, webhook: Webhook) -> None:
+    def __init__(self, redis: aioredis.Redis, policy: QueuePolicySpec, slack: SlackSink) -> None:
         self.redis = redis
         self.spec = policy
         self.notifier = SlackNotifier(
-            StaticSecrets({("ops-slack", "url"): webhook.url}),
+            StaticSecrets({("ops-slack", "url"): slack.url}),
             SecretKeyRef(name="ops-slack", key="url"),
             min_interval=0,
         )
@@ -155,23 +107,23 @@ def idle_gauge(queue: str) -> float | None:
 
 
 async def test_workers_down_is_flagged_once_and_cleared_once_when_they_are_back(
-    redis: aioredis.Redis, redis_url: str, webhook: Webhook
+    redis_client: aioredis.Redis, redis_url: str, slack: SlackSink
 ) -> None:
     async with NodeWorker(redis_url, "orders", major=MAJOR) as worker:
         done = await run_producer(redis_url, "orders", [{"name": "order.sync", "data": {}}] * 3, major=MAJOR)
         await worker.wait_for_final(done)
-    await no_worker_connected(redis, "orders")
+    await no_worker_connected(redis_client, "orders")
     waiting = await run_producer(
         redis_url, "orders", [{"name": "order.sync", "data": {"i": i}} for i in range(5)], major=MAJOR
     )
-    evaluate_at = Evaluator(redis, spec(stalledFor="1m"), webhook)
+    evaluate_at = Evaluator(redis_client, spec(stalledFor="1m"), slack)
     t0 = datetime.now(UTC)
 
     q = await evaluate_at(t0)
     assert q.waiting == 5 and q.processing_stopped is None
     assert q.workers is None  # this read saw the 3 completions: no reason to list connections
     assert q.idle_since is not None and t0 - timedelta(seconds=60) < q.idle_since <= t0  # the last completion
-    assert evaluate_at.healthy() == ("True", "WithinThresholds") and webhook.texts == []
+    assert evaluate_at.healthy() == ("True", "WithinThresholds") and slack.messages == []
 
     q = await evaluate_at(t0 + timedelta(seconds=61))
     assert q.processing_stopped is not None, q
@@ -184,12 +136,12 @@ async def test_workers_down_is_flagged_once_and_cleared_once_when_they_are_back(
     assert evaluate_at.healthy() == ("False", "ProcessingStopped")
     assert [b.kind for b in q.breaches] == ["processingStopped"]
     assert evaluate_at.reasons() == ["ProcessingStopped"]
-    assert len(webhook.texts) == 1 and "processing stopped (WorkersDown)" in webhook.texts[0]
+    assert len(slack.messages) == 1 and "processing stopped (WorkersDown)" in slack.messages[0]
     assert (idle_gauge("orders") or 0) >= 61
 
     await evaluate_at(t0 + timedelta(seconds=62))
     await evaluate_at(t0 + timedelta(seconds=63))
-    assert evaluate_at.reasons() == ["ProcessingStopped"] and len(webhook.texts) == 1
+    assert evaluate_at.reasons() == ["ProcessingStopped"] and len(slack.messages) == 1
 
     async with NodeWorker(redis_url, "orders", major=MAJOR) as worker:
         await worker.wait_for_final(waiting)
@@ -198,17 +150,17 @@ async def test_workers_down_is_flagged_once_and_cleared_once_when_they_are_back(
     assert evaluate_at.healthy() == ("True", "WithinThresholds")
     assert evaluate_at.reasons() == ["ProcessingStopped", "Recovered"]
     assert "processing resumed" in evaluate_at.events[-1][2]
-    assert len(webhook.texts) == 2 and ":large_green_circle:" in webhook.texts[1]
+    assert len(slack.messages) == 2 and ":large_green_circle:" in slack.messages[1]
     assert idle_gauge("orders") == 0
 
 
 async def test_a_queue_paused_by_someone_says_so(
-    redis: aioredis.Redis, redis_url: str, webhook: Webhook
+    redis_client: aioredis.Redis, redis_url: str, slack: SlackSink
 ) -> None:
     async with NodeWorker(redis_url, "orders", major=MAJOR):
         await pause_queue(redis_url, "orders", major=MAJOR)  # the application's own pause
         await run_producer(redis_url, "orders", [{"name": "order.sync", "data": {}}] * 4, major=MAJOR)
-        evaluate_at = Evaluator(redis, spec(stalledFor="10m"), webhook)
+        evaluate_at = Evaluator(redis_client, spec(stalledFor="10m"), slack)
         t0 = datetime.now(UTC)
         await evaluate_at(t0)
         q = await evaluate_at(t0 + timedelta(minutes=10))
@@ -218,7 +170,7 @@ async def test_a_queue_paused_by_someone_says_so(
 
 
 async def test_workers_holding_jobs_that_never_finish_are_stuck(
-    redis: aioredis.Redis, redis_url: str, webhook: Webhook
+    redis_client: aioredis.Redis, redis_url: str, slack: SlackSink
 ) -> None:
     keys = QueueKeys("bull", "orders")
     worker = NodeWorker(redis_url, "orders", major=MAJOR, concurrency=2, process_ms=600_000)
@@ -227,10 +179,10 @@ async def test_workers_holding_jobs_that_never_finish_are_stuck(
         await run_producer(redis_url, "orders", [{"name": "pdf.render", "data": {}}] * 5, major=MAJOR)
 
         async def both_active() -> bool:
-            return int(await redis.llen(keys.active)) == 2
+            return int(await redis_client.llen(keys.active)) == 2
 
         await async_wait_until(both_active, timeout=20, interval=0.02, message="2 active jobs")
-        evaluate_at = Evaluator(redis, spec(stalledFor="15m"), webhook)
+        evaluate_at = Evaluator(redis_client, spec(stalledFor="15m"), slack)
         t0 = datetime.now(UTC)
         await evaluate_at(t0)
         q = await evaluate_at(t0 + timedelta(minutes=15))
@@ -257,14 +209,14 @@ def test_worker_connections_are_counted_as_bullmq_names_them() -> None:
 
 
 async def test_failures_growing_is_judged_from_remembered_samples(
-    redis: aioredis.Redis, redis_url: str, webhook: Webhook
+    redis_client: aioredis.Redis, redis_url: str, slack: SlackSink
 ) -> None:
     rule = [FailRule("ECONNREFUSED 10.0.0.7:5432", name="whatsapp.send")]
     job = {"name": "whatsapp.send", "data": {}}
     async with NodeWorker(redis_url, "orders", major=MAJOR, fail=rule) as worker:
         first = await run_producer(redis_url, "orders", [job] * 8, major=MAJOR)
         await worker.wait_for_final(first)
-        evaluate_at = Evaluator(redis, spec(failedGrowing={"above": 5}, window="5m"), webhook)
+        evaluate_at = Evaluator(redis_client, spec(failedGrowing={"above": 5}, window="5m"), slack)
         t0 = datetime.now(UTC)
         q = await evaluate_at(t0)
         assert q.failed == 8 and q.failed_change is None and q.healthy  # one sample: no trend yet
@@ -275,10 +227,10 @@ async def test_failures_growing_is_judged_from_remembered_samples(
     assert q.failed == 12 and q.failed_change == 4
     assert evaluate_at.healthy() == ("False", "FailedGrowing")
     assert evaluate_at.reasons() == ["FailedGrowing"]
-    assert "failed 12 > 5 and growing: +4 in 1m" in webhook.texts[0]
+    assert "failed 12 > 5 and growing: +4 in 1m" in slack.messages[0]
 
     # the samples live in the policy's memory in Redis: a restarted operator goes on from them
-    stored = (await load_memory(redis, POLICY.uid)).get("orders").failed_samples
+    stored = (await load_memory(redis_client, POLICY.uid)).get("orders").failed_samples
     assert [count for _, count in stored] == [8, 12]
     evaluate_at.restarted = True
     q = await evaluate_at(t0 + timedelta(minutes=2))
@@ -287,11 +239,11 @@ async def test_failures_growing_is_judged_from_remembered_samples(
     q = await evaluate_at(t0 + timedelta(minutes=6, seconds=1))  # flat for a whole window
     assert q.failed == 12 and q.failed_change == 0 and q.healthy
     assert evaluate_at.reasons() == ["FailedGrowing", "Recovered"]
-    assert len(webhook.texts) == 2
+    assert len(slack.messages) == 2
 
 
 async def test_a_killed_worker_leaves_stuck_jobs_named_with_their_ages(
-    redis: aioredis.Redis, redis_url: str, webhook: Webhook
+    redis_client: aioredis.Redis, redis_url: str, slack: SlackSink
 ) -> None:
     keys = QueueKeys("bull", "orders")
     worker = NodeWorker(
@@ -302,11 +254,11 @@ async def test_a_killed_worker_leaves_stuck_jobs_named_with_their_ages(
         await run_producer(redis_url, "orders", [{"name": "pdf.render", "data": {}}] * 3, major=MAJOR)
 
         async def active_ids() -> list[str] | None:
-            ids = [str(i) for i in await redis.lrange(keys.active, 0, -1)]
+            ids = [str(i) for i in await redis_client.lrange(keys.active, 0, -1)]
             return ids if len(ids) == 2 else None
 
         active = await async_wait_until(active_ids, timeout=20, interval=0.02, message="2 active jobs")
-        evaluate_at = Evaluator(redis, spec(stalledActiveSeconds=60, stalledFor="1m"), webhook)
+        evaluate_at = Evaluator(redis_client, spec(stalledActiveSeconds=60, stalledFor="1m"), slack)
         t0 = datetime.now(UTC)
         q = await evaluate_at(t0)
         assert q.stalled == 0 and q.stuck_active == []
@@ -324,15 +276,15 @@ async def test_a_killed_worker_leaves_stuck_jobs_named_with_their_ages(
         await worker.kill()  # dies holding both jobs
 
     async def locks_expired() -> bool:
-        return not await redis.exists(*(keys.lock(jid) for jid in active))
+        return not await redis_client.exists(*(keys.lock(jid) for jid in active))
 
     await async_wait_until(
         locks_expired, timeout=10, interval=0.05, message="the dead worker's locks expired"
     )
-    await no_worker_connected(redis, "orders")
+    await no_worker_connected(redis_client, "orders")
     q = await evaluate_at(t0 + timedelta(seconds=62))
     assert q.stalled == 2 and all(j.lock_expired for j in q.stuck_active)
     assert q.processing_stopped is not None and q.processing_stopped.reason == "WorkersDown"
     assert q.workers == 0 and q.active == 2
     assert evaluate_at.reasons() == ["StalledJobs", "ProcessingStopped"]  # one Event per episode
-    assert len(webhook.texts) == 1
+    assert len(slack.messages) == 1
