@@ -15,6 +15,7 @@ from bullmq import Queue
 from support.bullmq_jobs import JobSpec, create_queues, make_failed_jobs, run_worker
 from support.dlqreplay import operator_command, secret
 from support.kube import Kube
+from support.leaks import SLACK_TOKEN
 from support.queuepolicy import (
     SlackSink,
     apply,
@@ -155,7 +156,7 @@ async def test_breach_alerts_once_recovery_once_metrics_and_printer_column(
         + str(await policy_events(kube, "visapi-queues"))
         + operator.logs()
     )
-    assert "secret-token" not in everything
+    assert SLACK_TOKEN not in everything
 
 
 async def test_dry_run_only_reports(

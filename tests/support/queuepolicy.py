@@ -20,6 +20,7 @@ from aiohttp import web
 from support import async_wait_until
 from support.dlqreplay import DLQR, condition, events, secret
 from support.kube import Kube
+from support.leaks import SLACK_TOKEN
 from support.operator_proc import OperatorProcess
 
 __all__ = [
@@ -199,13 +200,13 @@ class SlackSink:
 
     async def start(self) -> SlackSink:
         app = web.Application()
-        app.router.add_post("/services/T000/B000/secret-token", self._handle)
+        app.router.add_post(f"/services/T000/B000/{SLACK_TOKEN}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}/services/T000/B000/secret-token"
+        self.url = f"http://127.0.0.1:{port}/services/T000/B000/{SLACK_TOKEN}"
         return self
 
     async def stop(self) -> None:
