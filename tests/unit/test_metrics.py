@@ -1,7 +1,7 @@
 """The conventions ``requeue.metrics`` promises, checked on the metrics it defines.
 
 The series a running operator exports (names, labels, removal of deleted
-objects' series) are checked on its real ``/metrics`` in tests/e2e/test_metrics.py.
+objects' series) are checked on its real ``/metrics`` in tests/e2e/test_metrics_scrape.py.
 """
 
 from __future__ import annotations
