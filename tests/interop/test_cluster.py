@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 
+from requeue.replay.tuning import DEFAULT_TUNING
+from support.bullmq_jobs import older_than
 from support.cli import acli, write_manifest
 from support.dlqreplay import check_exactly_once, in_redis
 from support.node import FailRule, NodeWorker, run_producer
@@ -138,6 +140,8 @@ async def test_a_bulk_replay_over_the_cluster(
     queue = "notify-bulk"
     by_id = await _seed_failed(cluster, queue, _jobs(30))
     k = f"{PREFIX}:{queue}"
+    # Bulk's window ends a clock-skew margin before the replay starts; the CLI runs on the real clock
+    await older_than(owner_client, queue, DEFAULT_TUNING.clock_skew_ms, prefix=PREFIX)
     manifest = write_manifest(
         tmp_path / "replay.yaml",
         {"queue": queue, "prefix": PREFIX, "mode": "Bulk", "rate": {"jobsPerSecond": 1000, "batchSize": 7}},
