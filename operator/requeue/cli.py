@@ -557,6 +557,104 @@ for _command in (pause, resume, clean):
     _command.help = f"{_command.help}\n\n    {_QUEUE_EXIT_CODES}"
 
 
+@main.command("export")
+@redis_url_option(
+    help="Redis URL [env REQUEUE_REDIS_URL]; with -f, default: the manifest's redis.urlSecretRef."
+)
+@click.option("--queue", help="BullMQ queue name (with -f: the manifest's).")
+@click.option(
+    "--prefix", default="bull", show_default=True, help="BullMQ key prefix (with -f: the manifest's)."
+)
+@click.option(
+    "--state",
+    required=True,
+    type=click.Choice(
+        [
+            "failed",
+            "completed",
+            "wait",
+            "waiting",
+            "delayed",
+            "prioritized",
+            "paused",
+            "active",
+            "waiting-children",
+        ]
+    ),
+    help="The jobs to export.",
+)
+@click.option("--name", "job_name", metavar="NAME", help="Only jobs with this job name.")
+@click.option(
+    "--reason",
+    metavar="REASON",
+    help="Only jobs with this failure reason (as inspect groups it, or verbatim).",
+)
+@click.option(
+    "-f",
+    "--filename",
+    "file",
+    metavar="FILE",
+    help="A DLQReplay manifest: export the jobs its selector chooses, from its queue and Redis.",
+)
+@click.option(
+    "--secret",
+    "secrets",
+    multiple=True,
+    metavar="NAME/KEY=VALUE",
+    help="With -f: value of a Secret key the manifest references; or env REQUEUE_SECRET_<NAME>_<KEY>.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Write at most this many jobs.")
+@connect_timeout_option()
+@no_color_option(expose=False)
+def export(
+    redis_url: str | None,
+    queue: str | None,
+    prefix: str,
+    state: str,
+    job_name: str | None,
+    reason: str | None,
+    file: str | None,
+    secrets: tuple[str, ...],
+    limit: int | None,
+    connect_timeout: float,
+) -> None:
+    """Write every job of one state as JSON lines on stdout (all hash fields, data, stack traces;
+    corrupt jobs raw with "corrupt"), e.g. before a clean: `requeue export --queue Q --state failed
+    > failed.jsonl`. Read-only; bounded memory; a summary on stderr.
+
+    Exit codes: 0 done, 2 queue not found, invalid manifest, missing secret or a usage error,
+    3 Redis unreachable (retried for --connect-timeout) or authentication failed, 130 interrupted
+    (the lines written are whole). A failure also prints {"schemaVersion": 1, "error": {...}} as
+    the last line on stdout.
+    """
+    from requeue.commands.export_cmd import ExportOptions, run_export
+
+    if file is not None and (queue is not None or job_name is not None or reason is not None):
+        raise click.UsageError(
+            "with -f FILE the manifest names the queue and the selector; drop --queue/--name/--reason"
+        )
+    if file is None and (queue is None or redis_url is None):
+        raise click.UsageError(
+            "say what to export: --queue Q and --redis-url (or REQUEUE_REDIS_URL), or -f FILE"
+        )
+    sys.exit(
+        run_export(
+            ExportOptions(
+                redis_url=redis_url,
+                queue=queue,
+                prefix=prefix,
+                state="wait" if state == "waiting" else state,
+                name=job_name,
+                reason=reason,
+                file=file,
+                secrets=secrets,
+                limit=limit,
+                connect_timeout=connect_timeout,
+            )
+        )
+    )
+
+
 @main.group()
 def replays() -> None:
     """The replays whose state lives in a Redis: list them, forget a finished one.
