@@ -524,6 +524,26 @@ def _grace(ctx: click.Context, param: click.Parameter, value: str) -> float:
     show_default=True,
     help="Remove at most this many jobs (oldest first).",
 )
+@click.option(
+    "--archive-dsn",
+    envvar="REQUEUE_ARCHIVE_DSN",
+    metavar="DSN",
+    help="Write each job to this Postgres (libpq string or postgresql:// URL) before removing it; "
+    "a job not written is not removed [env REQUEUE_ARCHIVE_DSN].",
+)
+@click.option(
+    "--archive-table",
+    default="requeue_archived_jobs",
+    show_default=True,
+    help="With --archive-dsn: the table.",
+)
+@click.option(
+    "--archive-batch",
+    type=click.IntRange(min=1, max=1000),
+    default=200,
+    show_default=True,
+    help="With --archive-dsn: jobs archived, then removed, per round.",
+)
 def clean(
     redis_url: str,
     queue: str,
@@ -534,9 +554,32 @@ def clean(
     state: str,
     grace: float,
     limit: int,
+    archive_dsn: str | None,
+    archive_table: str,
+    archive_batch: int,
 ) -> None:
-    """Remove old completed or failed jobs with BullMQ's own cleanJobsInSet (as Queue.clean does)."""
+    """Remove old completed or failed jobs with BullMQ's own cleanJobsInSet (as Queue.clean does);
+    with --archive-dsn, each job is written to Postgres first and removed with BullMQ's removeJob."""
     from requeue.commands.clean_cmd import run_clean
+
+    if archive_dsn and not dry_run:
+        from requeue.commands.archive_cmd import run_clean_archived
+
+        sys.exit(
+            run_clean_archived(
+                redis_url=redis_url,
+                queue=queue,
+                prefix=prefix,
+                state=state,
+                grace_s=grace,
+                limit=limit,
+                output=output,
+                connect_timeout=connect_timeout,
+                dsn=archive_dsn,
+                table=archive_table,
+                batch=archive_batch,
+            )
+        )
 
     sys.exit(
         run_clean(

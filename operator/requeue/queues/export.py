@@ -98,9 +98,12 @@ async def id_pages(
                 return
             start += page
     last: tuple[float, str] | None = None
+    kept: list[tuple[str, float | None]]
     while True:
         if last is None:
-            items = await redis.zrangebyscore(key, "-inf", "+inf", start=0, num=page, withscores=True)
+            items: list[Any] = await redis.zrangebyscore(
+                key, "-inf", "+inf", start=0, num=page, withscores=True
+            )
             kept = [(_s(m), float(s)) for m, s in items]
             full = len(items) == page
         else:
@@ -110,13 +113,14 @@ async def id_pages(
                     key, last[0], "+inf", start=offset, num=page, withscores=True
                 )
                 full = len(items) == page
-                kept = [(_s(m), float(s)) for m, s in items if (float(s), _s(m)) > last]
+                after = last
+                kept = [(_s(p[0]), float(p[1])) for p in items if (float(p[1]), _s(p[0])) > after]
                 if kept or not full:
                     break
                 offset += page
         if kept:
             yield kept
-            last = (kept[-1][1], kept[-1][0])
+            last = (float(kept[-1][1] or 0), kept[-1][0])
         if not full:
             return
 
@@ -183,7 +187,7 @@ async def _other_type(redis: Redis, keys: QueueKeys, job_id: str) -> RawJob:
     kind = _s(await redis.type(keys.job(job_id)))
     raw = None
     if kind == "string":
-        raw = await redis.execute_command("GET", keys.job(job_id), **{NEVER_DECODE: True})
+        raw = await redis.execute_command("GET", keys.job(job_id), **{NEVER_DECODE: True})  # type: ignore[no-untyped-call]
     return RawJob(job_id, None, kind, raw)
 
 
