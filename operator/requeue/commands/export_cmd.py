@@ -196,7 +196,7 @@ async def _export(
                 if opts.limit is not None and summary.written >= opts.limit:
                     summary.limited = True
                     break
-                line = json.dumps(record, ensure_ascii=False).encode() + b"\n"
+                line = _one_line(json.dumps(record, ensure_ascii=False)).encode() + b"\n"
                 lines.append(line)
                 summary.written += 1
                 summary.bytes += len(line)
@@ -205,6 +205,15 @@ async def _export(
             stream.flush()
             if summary.limited:
                 return
+
+
+#: Characters that some line readers (Python's ``str.splitlines``, JavaScript before ES2019) take
+#: for line ends; JSON allows them raw in strings, so they are escaped to keep one job per line.
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def _one_line(text: str) -> str:
+    return text.translate(_LINE_BREAKS)
 
 
 def _summary(
