@@ -54,7 +54,7 @@ def rows(pg_dsn: str, table: str) -> list[tuple[Any, ...]]:
 def hashes(url: str, ids: list[str]) -> dict[str, dict[str, str]]:
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        return {i: client.hgetall(K.job(i)) for i in ids}
+        return {i: {str(k): str(v) for k, v in client.hgetall(K.job(i)).items()} for i in ids}
     finally:
         client.close()
 

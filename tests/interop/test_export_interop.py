@@ -25,11 +25,15 @@ def _lines(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines()]
 
 
+def _b(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
 async def _hgetall_raw(url: str, key: str) -> dict[bytes, bytes]:
     raw = aioredis.Redis.from_url(url)  # undecoded: the bytes as stored
     try:
-        got: dict[bytes, bytes] = await raw.hgetall(key)
-        return got
+        got = await raw.hgetall(key)
+        return {_b(k): _b(v) for k, v in got.items()}
     finally:
         await raw.aclose()
 
