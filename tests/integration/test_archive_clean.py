@@ -22,14 +22,14 @@ import redis.asyncio as aioredis
 
 from requeue.api.archive import ArchiveSpec
 from requeue.api.policy import QueuePolicySpec
-from requeue.policy.archive import ArchiveDestination, archive_row
+from requeue.policy.archive import ArchiveDestination, archive_row, archived_clean
 from requeue.policy.evaluate import BullQueueOps, PolicyRef, evaluate
-from requeue.queues import QueueKeys
+from requeue.queues import BullQueue, QueueKeys, ReprocessResult
 from requeue.queues.export import read_jobs
 from requeue.secrets import StaticSecrets
 from support import wait_until
 from support.bullmq_jobs import JobSpec, make_failed_jobs
-from support.cli import acli, keyspace, popen_cli
+from support.cli import acli, keyspace, popen_cli, write_manifest
 
 Q = "orders"
 K = QueueKeys("bull", Q)
@@ -206,3 +206,70 @@ async def test_policy_clean_with_archive(redis_url: str, r: aioredis.Redis, pg_d
     [failure] = [e for e in result.events if e.reason == "ActionFailed"]
     assert failure.type == "Warning" and failure.message.startswith(f"Clean {Q} failed: archive to postgres")
     assert "connection refused; nothing was removed" in failure.message
+
+
+class ReplayingMeanwhile(ArchiveDestination):
+    """The real archive table, while a BullMQ ``reprocessJob`` (a person retrying a job in Bull
+    Board, a replay) moves one of the round's jobs back to wait between the write and the removal."""
+
+    def __init__(self, *args: Any, queue: BullQueue, job_id: str) -> None:
+        super().__init__(*args)
+        self.queue, self.job_id, self.moved = queue, job_id, False
+
+    async def write(self, chunks: list[list[tuple[Any, ...]]]) -> int:
+        written = await super().write(chunks)
+        if not self.moved:
+            assert await self.queue.replay([self.job_id]) == [ReprocessResult.REPLAYED]
+            self.moved = True
+        return written
+
+
+async def test_a_job_that_changes_between_archive_and_removal_is_not_removed(
+    redis_url: str, r: aioredis.Redis, pg_dsn: str, table: str
+) -> None:
+    ids = await make_failed_jobs(redis_url, Q, [JobSpec("pdf.generate", {"i": i}) for i in range(12)])
+    spec = ArchiveSpec.model_validate(
+        {"dsnSecretRef": {"name": "pg", "key": "dsn"}, "table": table, "batchSize": 5}
+    )
+    secrets = StaticSecrets({("pg", "dsn"): pg_dsn})
+    bull = BullQueue(r, Q)
+    retried = ids[2]
+    done = await archived_clean(
+        bull,
+        "failed",
+        cutoff_ms=10**13,
+        limit=100,
+        archive=spec,
+        secrets=secrets,
+        destination=ReplayingMeanwhile(spec, secrets, queue=bull, job_id=retried),
+    )
+    # the first round's EXEC was aborted (the retried job's hash changed): none of its five removed
+    # then; the retried job left the failed set, so later rounds never take it
+    assert done.aborted == 1 and done.removed == 11
+    assert await r.lrange(K.wait, 0, -1) == [retried]  # waiting, not removed
+    assert await r.exists(K.job(retried))
+    assert await r.zcard(K.failed) == 0
+    removed = [i for i in ids if i != retried]
+    got = {row[0] for row in rows(pg_dsn, table)}
+    assert set(removed) <= got  # every removed job archived; the retried one too (a copy, harmless)
+
+
+async def test_export_with_a_manifest_selector(redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
+    sends = await make_failed_jobs(
+        redis_url, Q, [JobSpec("whatsapp.send", {"to": i}, reason="429") for i in range(4)]
+    )
+    await make_failed_jobs(
+        redis_url, Q, [JobSpec("email.send", {"to": i}, reason="smtp down") for i in range(3)]
+    )
+    manifest = write_manifest(
+        tmp_path / "replay.yaml",
+        {"queue": Q, "selector": {"jobNames": ["whatsapp.*"], "dataMatch": {"to": 2}}},
+    )
+    res = await acli("export", "-f", str(manifest), "--state", "failed", "--secret", f"redis/url={redis_url}")
+    assert res.code == 0, res.output
+    [line] = [json.loads(x) for x in res.stdout.splitlines()]
+    assert line["id"] == sends[2] and line["data"] == {"to": 2} and line["fields"]["failedReason"] == "429"
+    assert "exported 1 failed jobs" in res.stderr and "7 scanned" in res.stderr
+
+    res = await acli("export", "-f", str(manifest), "--state", "failed")  # the Secret not given
+    assert res.code == 2 and json.loads(res.stdout)["error"]["reason"] == "SecretNotFound"

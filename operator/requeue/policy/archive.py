@@ -290,16 +290,18 @@ async def archived_clean(
     limit: int,
     archive: ArchiveSpec,
     secrets: SecretSource,
+    destination: ArchiveDestination | None = None,
 ) -> ArchivedClean:
     """Archive, then remove, up to ``limit`` jobs of ``state`` finished at or before ``cutoff_ms``
     (oldest first), ``archive.batchSize`` per round (see the module docstring).
 
+    :param destination: where the rows go (default: ``ArchiveDestination(archive, secrets)``).
     :raises ArchiveFailed: Postgres refused or could not be reached; the jobs of that round stay.
     """
     if state not in ARCHIVE_STATES:
         raise ValueError(f"a clean with archive cleans completed or failed, not {state!r}")
     result = ArchivedClean()
-    destination = ArchiveDestination(archive, secrets)
+    destination = destination or ArchiveDestination(archive, secrets)
     await destination.open()
     try:
         aborted_in_a_row = 0
