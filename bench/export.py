@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -46,7 +47,7 @@ def seed(client: redis.Redis, queue: str, count: int, data_bytes: int, start: in
     filler = "x" * max(0, data_bytes - 60)
     pipe = client.pipeline(transaction=False)
     for i in range(start, start + count):
-        job = {
+        job: dict[Any, Any] = {
             "name": "whatsapp.send",
             "data": json.dumps({"i": i, "to": f"+49{i:09d}", "text": filler}, separators=(",", ":")),
             "opts": '{"attempts":3,"backoff":{"type":"exponential","delay":1000}}',
