@@ -130,8 +130,7 @@ class ReplayKeys:
     slot_tag: str = ""
 
     def _key(self, suffix: str) -> str:
-        tag = f"{{{self.slot_tag}}}:" if self.slot_tag else ""
-        return f"{REQUEUE_PREFIX}:replay:{tag}{self.replay_id}:{suffix}"
+        return f"{REQUEUE_PREFIX}:replay:{tagged(self.slot_tag)}{self.replay_id}:{suffix}"
 
     @property
     def snapshot(self) -> str:
@@ -205,21 +204,44 @@ REASONS_OTHER = "\0other"
 POLICY_KEY_PREFIX = f"{REQUEUE_PREFIX}:policy:"
 
 
+def tagged(slot_tag: str) -> str:
+    """``{tag}:`` to put before an id in one of requeue's keys on a Redis Cluster; "" off one."""
+    return f"{{{slot_tag}}}:" if slot_tag else ""
+
+
+def untag(text: str) -> tuple[str, str]:
+    """``{tag}:rest`` -> (tag, rest); text without a leading tag -> ("", text). Reads the id back
+    out of a key :func:`tagged` built (``requeue:replay:{bull}:<id>:progress`` on a cluster)."""
+    if text.startswith("{"):
+        end = text.find("}:")
+        if end > 1:
+            return text[1:end], text[end + 2 :]
+    return "", text
+
+
 @dataclass(frozen=True)
 class PolicyKeys:
-    """The keys of one QueuePolicy (by UID)."""
+    """The keys of one QueuePolicy (by UID).
+
+    On a Redis Cluster they carry the hash tag of the policy's queues, as :class:`ReplayKeys`
+    do (``requeue:policy:{bull}:<uid>:memory``): the memory, the auto-replay budget and the
+    budget's per-replay sets live in the slot of ``{bull}:<queue>:...``, on the node that the
+    policy's client talks to, and the budget script (both keys) never crosses slots. Off a
+    cluster the tag is empty and the names are what they always were.
+    """
 
     policy_uid: str
+    slot_tag: str = ""
 
     @property
     def memory(self) -> str:
         """Hash: queue name -> JSON of what the policy remembers of it (``policy.memory``)."""
-        return f"{POLICY_KEY_PREFIX}{self.policy_uid}:memory"
+        return f"{POLICY_KEY_PREFIX}{tagged(self.slot_tag)}{self.policy_uid}:memory"
 
     @property
     def replays(self) -> str:
         """Hash: job id -> times the policy's auto replays took it (``policy.budget``)."""
-        return f"{POLICY_KEY_PREFIX}{self.policy_uid}:replays"
+        return f"{POLICY_KEY_PREFIX}{tagged(self.slot_tag)}{self.policy_uid}:replays"
 
 
 def budget_taken_key(budget_key: str, replay_id: str) -> str:
