@@ -224,12 +224,17 @@ def run_replays_forget(*, redis_url: str, replay_id: str, output: str, connect_t
 
     async def forget(nodes: list[Redis]) -> dict[str, Any]:
         redis, keys = nodes[0], ReplayKeys(replay_id)
+        found = False
         for node in nodes:  # on a cluster: the primary of the replay's queue, with its slot's tag
             here = [k for k in await _found(node) if k.replay_id == replay_id]
             if here:
-                redis, keys = node, here[0]
+                redis, keys, found = node, here[0], True
                 break
-        described = await _describe(redis, keys, round(time.time() * 1000), await _driven(redis))
+        described = (
+            await _describe(redis, keys, round(time.time() * 1000), await _driven(redis))
+            if found or len(nodes) == 1  # one Redis: ask for the key, however many keys SCAN visits
+            else None
+        )
         if described is None:
             raise ReplayNotFound(
                 f'no replay "{replay_id}" in this Redis (no key '
