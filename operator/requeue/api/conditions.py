@@ -168,8 +168,8 @@ REASON_DOCS: dict[Reason, str] = {
     "(CLI exit 2).",
     Reason.REDIS_URL_INVALID: "The Redis URL (Secret or flag) cannot be parsed; shown redacted (CLI exit 2).",
     Reason.HASH_TAG_REQUIRED: "On a Redis Cluster (`redis+cluster://`), the queue's prefix (or name) "
-    "has no hash tag such as `{bull}`, or targetQueue hashes to another slot: BullMQ's and requeue's keys "
-    "of a queue must share one slot (CLI exit 2).",
+    "has no hash tag such as `{bull}`, or targetQueue (or another queue of the same QueuePolicy) hashes to "
+    "another slot: BullMQ's and requeue's keys of a queue must share one slot (CLI exit 2).",
     Reason.AUTH_FAILED: "Redis, Postgres or an HTTP gate refused the credentials (CLI exit 3).",
     Reason.FORBIDDEN: "Redis's ACL user lacks a command or key pattern requeue needs (NOPERM; the "
     "message names it; README 'Redis ACL users'; CLI exit 3).",

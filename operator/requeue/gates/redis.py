@@ -261,6 +261,8 @@ async def _cluster_state(
         try:
             info = await client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
             slots = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+        except AuthenticationError:
+            raise  # the same credentials go to every node: no other seed would take them
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             last = exc
             continue

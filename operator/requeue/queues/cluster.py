@@ -109,8 +109,9 @@ def queue_slot(queues: Sequence[QueueKeys]) -> tuple[str, int]:
         elif own_slot != slot:
             raise HashTagRequired(
                 f"queue {name!r} hashes to slot {own_slot} and {queues[0].base[:-1]!r} to slot {slot}: "
-                f"on a Redis Cluster, a replay's queue and its targetQueue must share a hash tag "
-                f"(put the tag in the prefix, e.g. '{{bull}}', not in the queue name)",
+                f"on a Redis Cluster, a replay's queue and its targetQueue, and the queues of one "
+                f"QueuePolicy, must share a hash tag (put the tag in the prefix, e.g. '{{bull}}', not "
+                f"in the queue name)",
                 queue=q.queue,
             )
     if tag is None:
@@ -401,6 +402,8 @@ async def cluster_primaries(url: str, kwargs: dict[str, Any]) -> tuple[NodeOpene
         client = opener(host, port)
         try:
             reply = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+        except rx.AuthenticationError:
+            raise  # the same credentials go to every node: AuthFailed, not "unreachable"
         except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
             problems.append(f"{host}:{port}: {type(exc).__name__}")
             continue
