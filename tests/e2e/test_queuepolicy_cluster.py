@@ -11,6 +11,7 @@ owns lives in the queue's slot, on the primary that serves it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,7 @@ import redis.asyncio as aredis
 from redis.crc import key_slot
 
 from support import async_wait_until
+from support.cli import acli
 from support.dlqreplay import check_exactly_once, in_redis, operator_command, secret, wait_status_async
 from support.kube import Kube
 from support.node import FailRule, NodeWorker, run_producer
@@ -143,6 +145,21 @@ async def test_a_policy_on_a_cluster_pauses_on_red_and_auto_replays_once_green(
             what="the queue paused by the policy",
         )
         assert await owner.hget(f"{k}:meta", "paused") == "1"
+        # `requeue resume --dry-run` names the holder from the policy's memory in the queue's slot
+        res = await acli(
+            "resume",
+            "--redis-url",
+            cluster.url,
+            "--queue",
+            QUEUE,
+            "--prefix",
+            PREFIX,
+            "--dry-run",
+            "-o",
+            "json",
+        )
+        assert res.code == 0, res.output
+        assert json.loads(res.stdout)["pausedBy"] == [f"QueuePolicy {uid}"], res.output
         outage_started = _ms(st["outageStartedAt"])
         finals = await failing.wait_for_final(ids, timeout_s=60)
     assert {f.outcome for f in finals.values()} == {"failed"}
