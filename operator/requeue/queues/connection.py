@@ -282,6 +282,7 @@ def map_redis_error(
 
 
 def _client_kwargs(url: str, db: int | None, tls: TlsOptions, timeout_s: float) -> dict[str, Any]:
+    """What redis-py gets for every client of :func:`connect` (and each primary of a cluster)."""
     kwargs: dict[str, Any] = {
         "decode_responses": True,
         "encoding_errors": "replace",
