@@ -347,6 +347,14 @@ class Progress(Declared):
     VERIFIED_COMPLETED = "vc", "the last whole pass: replayed jobs completed (or removed)"
     VERIFIED_FAILED = "vf", "the last whole pass: replayed jobs failed again"
     VERIFIED_PENDING = "vp", "the last whole pass: replayed jobs still pending"
+    # the smoke test (replay/smoke.py), after verification passed
+    SMOKE = "smoke", 'the smoke test\'s state: "sending", "waiting" (for the triggered job) or "passed"'
+    SMOKE_ATTEMPTS = "smoke_attempts", "smoke test requests started (counted before each is sent)"
+    SMOKE_SENT_MS = "smoke_sent_ms", "when the request that passed was sent (ms); the job must be newer"
+    SMOKE_VERIFIED = "smoke_verified", "verification's summary, for the final message"
+    SMOKE_ANSWER = "smoke_answer", "the last answer to the smoke request (redacted)"
+    SMOKE_COMPLETED_FROM = "smoke_c", "waitForJob: completed-set score to look on from (ms)"
+    SMOKE_FAILED_FROM = "smoke_f", "waitForJob: failed-set score to look on from (ms)"
     # the end
     OUTCOME = "outcome", "the final phase (Succeeded, Failed)"
     OUTCOME_REASON = "outcome_reason", "the final phase's reason"
