@@ -8,6 +8,7 @@ a job the way the API would and a Node BullMQ worker completes (or fails) it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from pathlib import Path
@@ -16,13 +17,18 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from requeue.api import DLQReplayStatus, ReplayPhase
+from requeue.api.smoke import SmokeTestResult
 from requeue.queues import QueueKeys
 from requeue.queues.keys import Progress, ReplayKeys
+from requeue.replay import ReplayEngine
+from requeue.secrets import StaticSecrets
 from support.bullmq_jobs import JobSpec, add_jobs, make_failed_jobs, run_worker
 from support.cli import acli, write_manifest
 from support.http_endpoint import endpoint
 from support.leaks import leaks
 from support.node import FailRule, NodeWorker
+from support.replay import replay_spec
 
 Q = "default"
 K = QueueKeys("bull", Q)
@@ -206,3 +212,35 @@ async def test_wait_for_job_fails_when_the_triggered_job_fails(redis_url: str, t
     assert "added after the request, failed: provider 401: invalid api key" in st["message"]
     assert st["smokeTest"]["result"] == "Failed" and st["smokeTest"]["jobId"]
     assert len(receiver.got) == 1  # a request that passed is not retried for a failed job
+
+
+async def test_a_resumed_replay_does_not_send_a_passed_smoke_test_again(
+    redis_url: str, r: aioredis.Redis
+) -> None:
+    """A new engine (a restarted operator) with the status lost goes on from Redis: waiting for the
+    job, not sending the request that already passed."""
+    await make_failed_jobs(redis_url, Q, [JobSpec(name="send", data={"i": i}) for i in range(3)])
+    receiver = Receiver((200, "{}"))
+    secrets = StaticSecrets({("api", "token"): TOKEN, ("api", "body"): "{}"})
+    async with endpoint(receiver.handle, path="/hooks/test", method="POST") as url, run_worker(redis_url, Q):
+        wait = {"queue": "orders", "name": "order.created", "timeout": "30s"}
+        spec = replay_spec(smoke_spec(url, waitForJob=wait))
+        first = ReplayEngine(r, replay_id="resume-smoke", owner="ops/resume-smoke")
+        first.smoke.secrets = secrets
+        st = DLQReplayStatus()
+        while st.smoke_test is None or st.smoke_test.result != SmokeTestResult.WAITING_FOR_JOB:
+            result = await first.step(spec, st)
+            st = result.status
+            assert not st.phase.finished, st.message
+            await asyncio.sleep(result.delay)
+        assert len(receiver.got) == 1
+
+        second = ReplayEngine(r, replay_id="resume-smoke", owner="ops/resume-smoke")
+        second.smoke.secrets = secrets
+        await add_jobs(redis_url, "orders", [JobSpec(name="order.created", data={})])
+        async with NodeWorker(redis_url, "orders", major=6):
+            final = await second.run(spec, DLQReplayStatus())
+
+    assert final.phase == ReplayPhase.SUCCEEDED, final.message
+    assert final.smoke_test is not None and final.smoke_test.job_id is not None
+    assert len(receiver.got) == 1
