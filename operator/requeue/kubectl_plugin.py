@@ -238,4 +238,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     from requeue.cli import main as requeue
 
+    if not args or args[0] in ("-h", "--help"):
+        print(_PLUGIN_HELP)
     requeue.main(args=args, prog_name=PROG)
+
+
+_PLUGIN_HELP = """kubectl requeue: the requeue CLI in the current kubeconfig context
+(-n, --context, --kubeconfig).
+
+Plugin additions:
+  inspect --from dlqreplay/NAME|queuepolicy/NAME   Redis URL, queue and prefix from the object
+  replay -f FILE                                   the manifest's Secrets read from the cluster
+  cancel NAME                                      set spec.cancel on a DLQReplay (kept as Cancelled)
+"""
