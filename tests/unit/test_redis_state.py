@@ -71,6 +71,7 @@ STORED_FIELDS = {
     # added with verify.smokeTest: absent in older replays, which never had one
     "smoke",
     "smoke_attempts",
+    "smoke_next_ms",
     "smoke_sent_ms",
     "smoke_verified",
     "smoke_answer",

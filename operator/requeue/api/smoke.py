@@ -16,10 +16,19 @@ from pydantic import ConfigDict, Field, model_validator
 from requeue.api.base import ApiModel, Duration, QueueName, StatusModel, cel_rules
 from requeue.api.gates import HeaderValueSource, HttpGate
 
-__all__ = ["MAX_SMOKE_RETRIES", "SmokeTest", "SmokeTestResult", "SmokeTestStatus", "WaitForJob"]
+__all__ = [
+    "MAX_SMOKE_RETRIES",
+    "MAX_SMOKE_TIMEOUT",
+    "SmokeTest",
+    "SmokeTestResult",
+    "SmokeTestStatus",
+    "WaitForJob",
+]
 
 #: Most retries a smoke test may ask for: a smoke test that needs more is not passing.
 MAX_SMOKE_RETRIES = 10
+#: Longest a smoke request may take (seconds); a longer ``timeout`` is cut to this.
+MAX_SMOKE_TIMEOUT = 30.0
 
 
 class WaitForJob(ApiModel):
@@ -51,6 +60,11 @@ class SmokeTest(HttpGate):
         )
     )
 
+    timeout: Duration = Field(
+        default="10s",
+        description="Bound on the whole request; at most 30s is used (the replay's queue lease is "
+        "renewed between steps, not during one).",
+    )
     body_from: HeaderValueSource | None = Field(
         default=None, description="Take the request body from a Secret instead of `body` (never shown)."
     )

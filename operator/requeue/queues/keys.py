@@ -350,6 +350,7 @@ class Progress(Declared):
     # the smoke test (replay/smoke.py), after verification passed
     SMOKE = "smoke", 'the smoke test\'s state: "sending", "waiting" (for the triggered job) or "passed"'
     SMOKE_ATTEMPTS = "smoke_attempts", "smoke test requests started (counted before each is sent)"
+    SMOKE_NEXT_MS = "smoke_next_ms", "not before this time the next smoke test request (ms; retryDelay)"
     SMOKE_SENT_MS = "smoke_sent_ms", "when the request that passed was sent (ms); the job must be newer"
     SMOKE_VERIFIED = "smoke_verified", "verification's summary, for the final message"
     SMOKE_ANSWER = "smoke_answer", "the last answer to the smoke request (redacted)"

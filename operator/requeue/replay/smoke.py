@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 
 from requeue.api import DLQReplaySpec, ReplayPhase, parse_duration
 from requeue.api.conditions import Reason, ReplayCondition
-from requeue.api.smoke import SmokeTest, SmokeTestResult, SmokeTestStatus
+from requeue.api.smoke import MAX_SMOKE_TIMEOUT, SmokeTest, SmokeTestResult, SmokeTestStatus
 from requeue.errors import SecretNotFound, SmokeTestFailed
 from requeue.gates.destinations import DestinationDenied, DestinationPolicy, current_policy, host_port
 from requeue.gates.http import HttpAnswer, exchange, judge
@@ -52,6 +52,8 @@ JOB_PAGE = 500
 JOB_POLL = 1.0
 #: Seconds a request may overrun its timeout (reading a Secret, closing the connection).
 GRACE = 1.0
+#: Longest wait between two steps while retryDelay runs (the lease is renewed by each step).
+RETRY_POLL = 10.0
 
 _SENDING, _WAITING, _PASSED = "sending", "waiting", "passed"
 
@@ -112,6 +114,9 @@ class SmokeTesting:
         done = int_field(p, Progress.SMOKE_ATTEMPTS)
         if done >= allowed:  # the last attempt was cut off by a restart: it counted
             raise self._failed(ctx, done, p.get(Progress.SMOKE_ANSWER) or "no answer recorded")
+        wait = (int_field(p, Progress.SMOKE_NEXT_MS) - to_ms(ctx.now)) / 1000
+        if wait > 0:  # retryDelay, kept across restarts; stepped in short waits so the lease is renewed
+            return min(wait, RETRY_POLL)
         attempt = await self.redis.hincrby(self.keys.progress, Progress.SMOKE_ATTEMPTS, 1)
         p[Progress.SMOKE_ATTEMPTS] = str(attempt)
         sent_ms = to_ms(ctx.now)
@@ -146,16 +151,21 @@ class SmokeTesting:
             )
             ctx.condition(ReplayCondition.PROGRESSING, True, Reason.SMOKE_TESTING, ctx.status.message)
             return 0.0
-        await self.redis.hset(self.keys.progress, Progress.SMOKE_ANSWER, answer)
         if attempt >= allowed:
+            await self.redis.hset(self.keys.progress, Progress.SMOKE_ANSWER, answer)
             raise self._failed(ctx, attempt, answer)
         delay = parse_duration(smoke.retry_delay).total_seconds()
+        next_ms = to_ms(ctx.now) + int(delay * 1000)
+        await self.redis.hset(
+            self.keys.progress, mapping={Progress.SMOKE_ANSWER: answer, Progress.SMOKE_NEXT_MS: next_ms}
+        )
+        p[Progress.SMOKE_NEXT_MS] = str(next_ms)
         self._status(ctx, SmokeTestResult.SENDING, attempt, answer)
         ctx.status.message = (
             f"smoke test attempt {attempt} of {allowed} failed: {answer}; again in {smoke.retry_delay}"
         )
         ctx.condition(ReplayCondition.PROGRESSING, True, Reason.SMOKE_TESTING, ctx.status.message)
-        return delay
+        return min(delay, RETRY_POLL)
 
     async def _send(self, smoke: SmokeTest) -> tuple[bool, str]:
         """Whether the answer passed, and the answer in words (secrets redacted, body excerpt bounded).
@@ -171,12 +181,14 @@ class SmokeTesting:
         recording = RecordingSecrets(self.secrets)
         shown = f"{smoke.method} {redact_url(smoke.url)}"
         started = time.monotonic()
-        timeout = parse_duration(smoke.timeout).total_seconds() + GRACE
+        spec = smoke
+        if parse_duration(smoke.timeout).total_seconds() > MAX_SMOKE_TIMEOUT:
+            spec = smoke.model_copy(update={"timeout": f"{MAX_SMOKE_TIMEOUT:g}s"})
+        timeout = parse_duration(spec.timeout).total_seconds() + GRACE
         try:
-            spec = smoke
             if smoke.body_from is not None:
                 body = await read_secret(recording, smoke.body_from.secret_key_ref)
-                spec = smoke.model_copy(update={"body": body})
+                spec = spec.model_copy(update={"body": body})
             async with asyncio.timeout(timeout):
                 answer = await exchange(spec, recording, policy, started=started)
         except CheckFailed as failure:
