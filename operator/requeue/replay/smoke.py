@@ -101,9 +101,9 @@ class SmokeTesting:
     async def step(self, spec: DLQReplaySpec, smoke: SmokeTest, ctx: StepContext, p: dict[str, str]) -> float:
         """One attempt, one look for the job, or the end."""
         state = p.get(Progress.SMOKE)
-        if state == _PASSED:
-            raise self._passed(p, ctx)
-        if state == _WAITING and smoke.wait_for_job is not None:
+        if state == _PASSED or (state == _WAITING and smoke.wait_for_job is None):
+            raise self._passed(p, ctx)  # the request passed: never sent again (waitForJob dropped since)
+        if state == _WAITING:
             return await self._look_for_job(spec, smoke, ctx, p)
         return await self._attempt(smoke, ctx, p)
 
@@ -194,7 +194,7 @@ class SmokeTesting:
         except CheckFailed as failure:
             return False, self._redacted(failure.message, recording, smoke)
         except TimeoutError:
-            return False, f"{shown}: no complete answer within {smoke.timeout} (timeout)"
+            return False, f"{shown}: no complete answer within {spec.timeout} (timeout)"
         result = judge(spec, answer, self._hidden(recording, smoke))
         hidden = self._hidden(recording, smoke)
         said = f"{shown}: {result.message}"
