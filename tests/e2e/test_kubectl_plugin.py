@@ -24,6 +24,7 @@ from support.bullmq_jobs import JobSpec, make_failed_jobs
 from support.dlqreplay import replay, secret
 from support.kube import Kube
 from support.leaks import SESSION_PASSWORD, leaks
+from support.queuepolicy import policy
 
 pytestmark = pytest.mark.e2e
 
@@ -94,6 +95,29 @@ async def test_inspect_from_a_dlqreplay_reads_its_secret(kube: Kube, redis_url: 
     assert "dlqreplays.requeue.dev default/nope not found" in missing.stderr
     wrong_ns = kubectl_requeue(kube, tmp_path, "inspect", "--from", "dlqreplay/emails-fix", "-n", "other")
     assert wrong_ns.returncode == 2 and "other/emails-fix not found" in wrong_ns.stderr
+
+
+async def test_inspect_from_a_queuepolicy_needs_a_queue_when_it_has_several(
+    kube: Kube, redis_url: str, tmp_path: Path
+) -> None:
+    await make_failed_jobs(
+        redis_url, "pdf", [JobSpec(name="pdf.render", data={}, reason="OOM") for _ in range(2)]
+    )
+    await make_failed_jobs(
+        redis_url, "mail", [JobSpec(name="mail.send", data={}, reason="421") for _ in range(3)]
+    )
+    kube.kubectl.apply(secret("redis", {"url": redis_url}, namespace="default"))
+    kube.kubectl.apply(policy("watch", ["pdf", "mail"]))
+
+    ambiguous = kubectl_requeue(kube, tmp_path, "inspect", "--from", "queuepolicy/watch")
+    assert ambiguous.returncode == 2, ambiguous.stderr
+    assert "queuepolicies default/watch watches 2 queues: say which with --queue" in ambiguous.stderr
+
+    res = kubectl_requeue(
+        kube, tmp_path, "inspect", "--from", "queuepolicy/watch", "--queue", "mail", "-o", "json"
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["total"] == 3
 
 
 async def test_replay_takes_the_manifests_secrets_from_the_cluster(
