@@ -20,6 +20,7 @@ kubectl passes no global flags to a plugin, so ``-n/--namespace``, ``--context``
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 import tempfile
@@ -107,6 +108,12 @@ def _option(args: list[str], *names: str) -> str | None:
                 del args[i : i + 2]
                 return value
     return None
+
+
+def _wants_json(args: Sequence[str]) -> bool:
+    return any(a in ("-ojson", "--output=json", "-o=json") for a in args) or any(
+        a in ("-o", "--output") and b == "json" for a, b in itertools.pairwise(args)
+    )
 
 
 def _has(args: Sequence[str], *names: str) -> bool:
@@ -232,8 +239,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{PROG}: {exc.message}", file=sys.stderr)
         sys.exit(2)
     except RequeueError as exc:
+        from requeue.commands.output import RedactedValues, error_object, print_json
         from requeue.redact import redact_text
 
+        if _wants_json(args):  # as the CLI's own errors: the error object on stdout
+            print_json(error_object(exc.reason, exc.message, exc.exit_code, RedactedValues()))
         print(f"{PROG}: {exc.reason}: {redact_text(exc.message)}", file=sys.stderr)
         sys.exit(exc.exit_code)
     from requeue.cli import main as requeue

@@ -93,6 +93,8 @@ async def test_inspect_from_a_dlqreplay_reads_its_secret(kube: Kube, redis_url: 
     missing = kubectl_requeue(kube, tmp_path, "inspect", "--from", "dlqreplay/nope")
     assert missing.returncode == 2 and "ReplayNotFound" in missing.stderr
     assert "dlqreplays.requeue.dev default/nope not found" in missing.stderr
+    as_json = kubectl_requeue(kube, tmp_path, "inspect", "--from", "dlqreplay/nope", "-o", "json")
+    assert json.loads(as_json.stdout)["error"]["reason"] == "ReplayNotFound"
     wrong_ns = kubectl_requeue(kube, tmp_path, "inspect", "--from", "dlqreplay/emails-fix", "-n", "other")
     assert wrong_ns.returncode == 2 and "other/emails-fix not found" in wrong_ns.stderr
 
