@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
@@ -244,3 +245,38 @@ async def test_a_resumed_replay_does_not_send_a_passed_smoke_test_again(
     assert final.phase == ReplayPhase.SUCCEEDED, final.message
     assert final.smoke_test is not None and final.smoke_test.job_id is not None
     assert len(receiver.got) == 1
+
+
+async def test_an_attempt_cut_off_by_a_crash_still_counts(redis_url: str, r: aioredis.Redis) -> None:
+    """The driver dies while the request is in flight (its task cancelled mid-request): the next
+    driver does not get a fresh set of attempts, so a request that kills its sender cannot loop."""
+    await make_failed_jobs(redis_url, Q, [JobSpec(name="send", data={})])
+    arrived = asyncio.Event()
+    never = asyncio.Event()
+    got: list[str] = []
+
+    async def hang(request: web.Request) -> web.Response:
+        got.append(request.method)
+        arrived.set()
+        await never.wait()
+        return web.json_response({})
+
+    secrets = StaticSecrets({("api", "token"): TOKEN, ("api", "body"): "{}"})
+    async with endpoint(hang, path="/hooks/test", method="POST") as url, run_worker(redis_url, Q):
+        spec = replay_spec(smoke_spec(url, retries=0, timeout="20s"))
+        first = ReplayEngine(r, replay_id="crash-smoke", owner="ops/crash-smoke")
+        first.smoke.secrets = secrets
+        driving = asyncio.create_task(first.run(spec))
+        await asyncio.wait_for(arrived.wait(), 30)
+        driving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await driving
+
+        second = ReplayEngine(r, replay_id="crash-smoke", owner="ops/crash-smoke")
+        second.smoke.secrets = secrets
+        final = await second.run(spec, DLQReplayStatus())
+        never.set()
+
+    assert final.phase == ReplayPhase.FAILED
+    assert final.message == "smoke test failed after 1 attempt: no answer recorded"
+    assert got == ["POST"]
