@@ -144,6 +144,7 @@ class Reason(StrEnum):
     STALLED_JOBS = "StalledJobs"
     PROCESSING_STOPPED = "ProcessingStopped"
     FAILED_GROWING = "FailedGrowing"
+    LATENCY_ABOVE_THRESHOLD = "LatencyAboveThreshold"
     # -- why processing stopped (.status.queues[].processingStopped.reason; PausedByOthers too)
     WORKERS_DOWN = "WorkersDown"
     WORKERS_STUCK = "WorkersStuck"
@@ -260,6 +261,8 @@ REASON_DOCS: dict[Reason, str] = {
     "thresholds.stalledFor; .status.queues[].processingStopped.reason says why.",
     Reason.FAILED_GROWING: "Healthy is False: a queue's failed count is above thresholds.failedGrowing.above "
     "and rose over the window.",
+    Reason.LATENCY_ABOVE_THRESHOLD: "Healthy is False: the 95th percentile of a queue's job latency "
+    "(added to finished) over the window is above thresholds.latencyP95.",
     Reason.WORKERS_DOWN: "processingStopped: no worker is connected to the queue (or, where CLIENT LIST "
     "is refused, no job is active).",
     Reason.WORKERS_STUCK: "processingStopped: workers hold active jobs that do not finish.",

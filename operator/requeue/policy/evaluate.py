@@ -45,6 +45,7 @@ from requeue.policy.actions import Action, Alert, AutoReplay, Clean, Pause, Poli
 from requeue.policy.budget import ReplayBudget
 from requeue.policy.collect import collect
 from requeue.policy.decide import Decision, decide, queues_to_observe, settle
+from requeue.policy.job_series import export_finished
 from requeue.policy.memory import load_memory, queue_save_memory
 from requeue.policy.observe import Observation, PolicyMemory
 from requeue.policy.series import export_observed, export_unobserved, forget_queues
@@ -285,6 +286,7 @@ async def evaluate(
         save_trips = await _save_memory(redis, policy, new_memory, memory)
     if observation.error is None:
         export_observed(policy.namespace, policy.name, settled, list(observation.queues))
+        export_finished(policy.namespace, policy.name, observation.queues, spec.metrics.max_job_names)
     else:
         export_unobserved(policy.namespace, policy.name, observation.error_reason)
     seconds = time.perf_counter() - started
