@@ -203,3 +203,24 @@ async def test_jobs_removed_on_complete_are_counted_as_unknown_and_not_timed(
     assert sample("bullmq_jobs_finished_total", queue="documents", job="unknown", outcome="completed") == 5
     assert sample("bullmq_job_latency_seconds_count", queue="documents", job="unknown") is None
     forget_policy(POLICY.namespace, POLICY.name)
+
+
+async def test_only_the_newest_jobs_up_to_max_job_lookups_are_read(
+    redis_client: aioredis.Redis, redis_url: str
+) -> None:
+    forget_policy(POLICY.namespace, POLICY.name)
+    jobs = [{"name": "email.send", "data": {"i": i}} for i in range(5)]
+    async with NodeWorker(redis_url, "documents", major=MAJOR) as worker:
+        ids = await run_producer(redis_url, "documents", jobs, major=MAJOR)
+        await worker.wait_for_final(ids)
+    policy = QueuePolicySpec.model_validate(
+        {**spec(20).model_dump(by_alias=True, exclude_none=True), "metrics": {"maxJobLookups": 2}}
+    )
+
+    result = await run(redis_client, policy, None, datetime.now(UTC))
+
+    assert only_queue(result).latency_jobs == 2
+    assert sample("bullmq_jobs_finished_total", queue="documents", job="email.send", outcome="completed") == 2
+    assert sample("bullmq_jobs_finished_total", queue="documents", job="unknown", outcome="completed") == 3
+    assert sample("bullmq_job_latency_seconds_count", queue="documents", job="email.send") == 2
+    forget_policy(POLICY.namespace, POLICY.name)

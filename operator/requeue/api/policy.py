@@ -144,6 +144,16 @@ class PolicyMetrics(ApiModel):
             "queue: the first names seen; later ones are counted under `other` (bounded series)."
         ),
     )
+    max_job_lookups: int = Field(
+        default=1000,
+        ge=0,
+        le=10_000,
+        description=(
+            "Finished jobs whose hash is read per queue and evaluation (one HMGET each, the newest) for job "
+            "latency and names. Jobs beyond it are counted as job `unknown` and not timed; 0 reads none "
+            "(no latency, outcomes only)."
+        ),
+    )
 
 
 class QueuePolicySpec(ApiModel):

@@ -14,7 +14,7 @@ their lock still exists and their job's name and ``processedOn``, and, when
 finish since the last read, ``CLIENT LIST`` (one per evaluation, whatever the
 number of queues) to count each queue's worker connections
 (:mod:`requeue.queues.workers`), and, for the jobs the events stream says
-finished since the last read (at most ``job_lookups`` per queue, the newest),
+finished since the last read (at most ``spec.metrics.maxJobLookups`` per queue, the newest),
 one ``HMGET`` of their name, ``timestamp``, ``processedOn`` and ``finishedOn``
 (job latency, :mod:`requeue.policy.latency`); it is made only when one of
 these is needed.
@@ -53,13 +53,10 @@ from requeue.queues.existence import existence_keys, list_queues, queue_not_foun
 from requeue.queues.keys import QueueKeys
 from requeue.queues.workers import count_workers
 
-__all__ = ["DEFAULT_JOB_LOOKUPS", "DEFAULT_STALLED_SCAN_LIMIT", "CollectStats", "collect"]
+__all__ = ["DEFAULT_STALLED_SCAN_LIMIT", "CollectStats", "collect"]
 
 #: Most active jobs (the oldest) checked per queue per evaluation: lock, name and start time.
 DEFAULT_STALLED_SCAN_LIMIT = 1000
-#: Most finished jobs whose hash is read (name and times) per queue per evaluation: the newest.
-#: The others are still counted, as job ``unknown``, and not timed.
-DEFAULT_JOB_LOOKUPS = 1000
 _PER_QUEUE = 9  # commands per queue before the events page
 
 
@@ -82,7 +79,7 @@ async def collect(
     page_size: int = DEFAULT_PAGE_SIZE,
     max_pages: int = DEFAULT_MAX_PAGES,
     stalled_scan_limit: int = DEFAULT_STALLED_SCAN_LIMIT,
-    job_lookups: int = DEFAULT_JOB_LOOKUPS,
+    job_lookups: int | None = None,
 ) -> tuple[Observation, CollectStats]:
     """Observe ``queues`` (see the module docstring); Redis errors propagate to the caller."""
     now_ms = int(now.timestamp() * 1000)
@@ -94,7 +91,7 @@ async def collect(
         check_stalled=spec.thresholds.stalled_active_seconds is not None,
         stalled_scan_limit=stalled_scan_limit,
         clean_rules=_clean_rules(spec),
-        job_lookups=job_lookups,
+        job_lookups=spec.metrics.max_job_lookups if job_lookups is None else job_lookups,
     )
     reader = EventReader(
         spec.prefix,
@@ -140,8 +137,9 @@ class _Plan:
     stalled_scan_limit: int
     #: ``(state, rule)`` of each configured clean rule, completed before failed.
     clean_rules: list[tuple[str, CleanRule]]
-    #: Most finished jobs whose hash is read per queue (the newest).
-    job_lookups: int = DEFAULT_JOB_LOOKUPS
+    #: Most finished jobs whose hash is read per queue (the newest): ``spec.metrics.maxJobLookups``
+    #: unless the caller says otherwise.
+    job_lookups: int
 
 
 def _clean_rules(spec: QueuePolicySpec) -> list[tuple[str, CleanRule]]:
