@@ -224,3 +224,30 @@ async def test_only_the_newest_jobs_up_to_max_job_lookups_are_read(
     assert sample("bullmq_jobs_finished_total", queue="documents", job="unknown", outcome="completed") == 3
     assert sample("bullmq_job_latency_seconds_count", queue="documents", job="email.send") == 2
     forget_policy(POLICY.namespace, POLICY.name)
+
+
+async def test_garbled_job_hashes_are_counted_and_not_timed(redis_client: aioredis.Redis) -> None:
+    """Hashes requeue does not control: a 5000-character name, times that are not numbers or run
+    backwards. The evaluation neither fails nor observes a made-up latency."""
+    forget_policy(POLICY.namespace, POLICY.name)
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    await redis_client.hset("bull:documents:1", mapping={"name": "n" * 5000, "timestamp": "soon"})
+    await redis_client.hset(
+        "bull:documents:2", mapping={"name": "pdf", "timestamp": now_ms + 60_000, "finishedOn": "inf"}
+    )
+    await redis_client.lpush("bull:documents:wait", "3")  # the queue exists
+    for jid in ("1", "2"):
+        await redis_client.xadd("bull:documents:events", {"event": "completed", "jobId": jid})
+    await redis_client.xadd("bull:documents:events", {"event": "failed", "noJobId": "x"})
+
+    result = await run(redis_client, spec(20, latencyP95="1s"), None, datetime.now(UTC))
+
+    state = only_queue(result)
+    assert (state.latency_p95_seconds, state.latency_jobs, state.healthy) == (None, 0, True)
+    long_name = {"queue": "documents", "job": "n" * 200}
+    assert sample("bullmq_jobs_finished_total", **long_name, outcome="completed") == 1
+    assert sample("bullmq_jobs_finished_total", queue="documents", job="pdf", outcome="completed") == 1
+    assert sample("bullmq_job_latency_seconds_count", **long_name) is None
+    assert sample("bullmq_job_latency_seconds_count", queue="documents", job="pdf") is None
+    assert state.failure_rate_percent == 33.33  # the entry without a job id still counts as a failure
+    forget_policy(POLICY.namespace, POLICY.name)
