@@ -236,7 +236,7 @@ async def test_garbled_job_hashes_are_counted_and_not_timed(redis_client: aiored
         "bull:documents:2", mapping={"name": "pdf", "timestamp": now_ms + 60_000, "finishedOn": "inf"}
     )
     await redis_client.lpush("bull:documents:wait", "3")  # the queue exists
-    for jid in ("1", "2"):
+    for jid in ("1", "2", "wait"):  # "wait": the queue's own list, not a hash
         await redis_client.xadd("bull:documents:events", {"event": "completed", "jobId": jid})
     await redis_client.xadd("bull:documents:events", {"event": "failed", "noJobId": "x"})
 
@@ -249,5 +249,6 @@ async def test_garbled_job_hashes_are_counted_and_not_timed(redis_client: aiored
     assert sample("bullmq_jobs_finished_total", queue="documents", job="pdf", outcome="completed") == 1
     assert sample("bullmq_job_latency_seconds_count", **long_name) is None
     assert sample("bullmq_job_latency_seconds_count", queue="documents", job="pdf") is None
-    assert state.failure_rate_percent == 33.33  # the entry without a job id still counts as a failure
+    assert sample("bullmq_jobs_finished_total", queue="documents", job="unknown", outcome="completed") == 1
+    assert state.failure_rate_percent == 25.0  # the entry without a job id still counts as a failure
     forget_policy(POLICY.namespace, POLICY.name)

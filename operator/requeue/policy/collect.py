@@ -269,7 +269,7 @@ async def _second_round(
     if quiet:
         pipe.client_list()
     replies = await pipe.execute(raise_on_error=False)
-    for reply in replies[: 2 * len(lookups) + len(timings)]:
+    for reply in replies[: 2 * len(lookups)]:
         if isinstance(reply, Exception):
             raise reply
     jobs: dict[str, list[ActiveJob]] = {q: [] for q in first.active_ids}
@@ -295,9 +295,17 @@ def _with_times(
     replies: list[Any],
 ) -> dict[str, tuple[FinishedJob, ...]]:
     """Each queue's finished jobs, the newest (the ``timings``, in queue order) with their hash's
-    name and times; a hash that is gone leaves the name None (the job is counted, not timed)."""
+    name and times; a hash that is gone leaves the name None (the job is counted, not timed), as
+    does a key that is no hash (a job id such as ``wait`` names one of the queue's own keys:
+    WRONGTYPE for that job only, not for the observation)."""
     read: dict[str, list[FinishedJob]] = {q: [] for q in plan.queues}
-    for (q, job), (name, added, processed, finished_on) in zip(timings, replies, strict=True):
+    for (q, job), reply in zip(timings, replies, strict=True):
+        if isinstance(reply, rx.ResponseError):
+            read[q].append(job)
+            continue
+        if isinstance(reply, Exception):
+            raise reply
+        name, added, processed, finished_on = reply
         if name is None and added is None:
             read[q].append(job)
             continue
