@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
@@ -106,14 +107,15 @@ def only_queue(result: EvaluationResult) -> QueueState:
     return state
 
 
+@pytest.mark.parametrize("major", [5, 6])
 async def test_latency_p95_histograms_and_outcomes_match_the_job_hashes(
-    redis_client: aioredis.Redis, redis_url: str
+    redis_client: aioredis.Redis, redis_url: str, major: int
 ) -> None:
     forget_policy(POLICY.namespace, POLICY.name)  # series of an earlier test of the session
     jobs = [{"name": NAMES[i % len(NAMES)], "data": {"i": i}} for i in range(16)]
     fail = [FailRule("printer on fire", name="report.build")]
-    async with NodeWorker(redis_url, "documents", major=MAJOR, process_ms=250, fail=fail) as worker:
-        ids = await run_producer(redis_url, "documents", jobs, major=MAJOR)
+    async with NodeWorker(redis_url, "documents", major=major, process_ms=250, fail=fail) as worker:
+        ids = await run_producer(redis_url, "documents", jobs, major=major)
         await worker.wait_for_final(ids)
     hashes = await read_hashes(redis_client, "documents", ids)
     latencies = [h.latency for h in hashes]
