@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 
+from redis import exceptions as rx
+from redis.asyncio import Redis
 from rich.console import Console
 
 from requeue.errors import (
@@ -29,6 +31,7 @@ from requeue.errors import (
     SelectionChanged,
     SpecInvalid,
 )
+from requeue.queues import connect, map_redis_error
 from requeue.redact import redact_text, sensitive_parts
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "make_console",
     "print_json",
     "report_error",
+    "run_on_redis",
 ]
 
 T = TypeVar("T")
@@ -186,6 +190,45 @@ async def connect_retrying(
             note(f"Redis unreachable, retrying in {delay:g}s (attempt {number} of {attempts}): {exc.message}")
             await asyncio.sleep(delay)
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def run_on_redis(
+    redis_url: str,
+    json_output: bool,
+    connect_timeout: float,
+    work: Callable[[list[Redis]], Awaitable[T]],
+    *,
+    opener: Callable[[], Awaitable[list[Redis]]] | None = None,
+    queue: str | None = None,
+) -> tuple[T, RedactedValues] | int:
+    """Connect as ``inspect`` does (``--connect-timeout`` retries, each noted on stderr), ``await
+    work(clients)``, close; its result and the secrets to redact output with, or the exit code after
+    printing the named error (``-o json``: the error object too). ``opener`` gives the clients (one
+    per primary of a cluster, or the one serving a queue's slot); by default one client of the URL.
+    ``queue`` is named in a Redis error."""
+    secrets = RedactedValues()
+    secrets.add_url(redis_url)
+
+    def note(text: str) -> None:
+        print(f"requeue: {secrets.redact(text)}", file=sys.stderr, flush=True)
+
+    async def one() -> list[Redis]:
+        return [await connect(redis_url)]
+
+    async def go() -> T:
+        clients = await connect_retrying(opener or one, ConnectRetry(connect_timeout), note)
+        try:
+            return await work(clients)
+        except (rx.RedisError, OSError) as exc:
+            raise map_redis_error(exc, url=redis_url, queue=queue) from None
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    try:
+        return asyncio.run(go()), secrets
+    except RequeueError as exc:
+        return report_error(exc, secrets, json_output=json_output)
 
 
 def color_wanted(no_color: bool = False) -> bool:

@@ -22,26 +22,22 @@ it ``Abandoned`` and ``forget`` may delete them (rerunning its command would res
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
-from requeue.commands.output import ConnectRetry, RedactedValues, connect_retrying, print_json, report_error
-from requeue.errors import ReplayNotFound, ReplayRunning, RequeueError
-from requeue.queues import ReplayKeys, map_redis_error
+from requeue.commands.output import print_json, run_on_redis
+from requeue.errors import ReplayNotFound, ReplayRunning
+from requeue.queues import ReplayKeys
 from requeue.queues.connection import connect_each_primary
 from requeue.queues.keys import Progress, QueueKeys, Stage, untag
 from requeue.replay.lease import LeaseHolder
 
 __all__ = ["run_replays_forget", "run_replays_list"]
 
-T = TypeVar("T")
 #: Keys a listing may make Redis visit (SCAN pages of 1000).
 _SCAN_BUDGET = 200_000
 _FIELDS = (
@@ -67,35 +63,6 @@ def _iso(ms: str | None) -> str | None:
         return datetime.fromtimestamp(int(ms or "") / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     except ValueError:
         return None
-
-
-def _run(
-    redis_url: str, json_output: bool, connect_timeout: float, work: Callable[[list[Redis]], Awaitable[T]]
-) -> tuple[T, RedactedValues] | int:
-    """``await work(nodes)`` with a client per primary (one off a cluster); its result and the
-    secrets to redact output with, or the exit code after printing the named error."""
-    secrets = RedactedValues()
-    secrets.add_url(redis_url)
-
-    def note(text: str) -> None:
-        print(f"requeue: {secrets.redact(text)}", file=sys.stderr, flush=True)
-
-    async def go() -> T:
-        nodes = await connect_retrying(
-            lambda: connect_each_primary(redis_url), ConnectRetry(connect_timeout), note
-        )
-        try:
-            return await work(nodes)
-        except (rx.RedisError, OSError) as exc:
-            raise map_redis_error(exc, url=redis_url) from None
-        finally:
-            for node in nodes:
-                await node.aclose()
-
-    try:
-        return asyncio.run(go()), secrets
-    except RequeueError as exc:
-        return report_error(exc, secrets, json_output=json_output)
 
 
 async def _scan(redis: Redis, pattern: str) -> list[str]:
@@ -189,7 +156,9 @@ async def _list(nodes: list[Redis]) -> list[dict[str, Any]]:
 
 def run_replays_list(*, redis_url: str, output: str, connect_timeout: float) -> int:
     """Print the replays in this Redis, newest first; 0, or 3 when Redis is unreachable."""
-    result = _run(redis_url, output == "json", connect_timeout, _list)
+    result = run_on_redis(
+        redis_url, output == "json", connect_timeout, _list, opener=lambda: connect_each_primary(redis_url)
+    )
     if isinstance(result, int):
         return result
     replays, secrets = result
@@ -273,7 +242,9 @@ def run_replays_forget(*, redis_url: str, replay_id: str, output: str, connect_t
             "replay": described,
         }
 
-    result = _run(redis_url, output == "json", connect_timeout, forget)
+    result = run_on_redis(
+        redis_url, output == "json", connect_timeout, forget, opener=lambda: connect_each_primary(redis_url)
+    )
     if isinstance(result, int):
         return result
     report, secrets = result
