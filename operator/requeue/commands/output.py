@@ -108,21 +108,21 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2), flush=True)
 
 
+#: The start of the error line for each kind of failure; the first class that matches wins
+#: (Forbidden is an AuthFailed, so it comes first). Any other error is labelled with its reason.
+ERROR_LABELS: tuple[tuple[type[RequeueError], str], ...] = (
+    (Forbidden, "Forbidden by the Redis ACL"),
+    (AuthFailed, "authentication failed"),
+    (RedisUnavailable, "Redis unreachable"),
+    (SpecInvalid, "invalid spec"),
+    (SecretNotFound, "missing secret"),
+    (SelectionChanged, "selection changed"),
+)
+
+
 def error_label(exc: RequeueError) -> str:
     """A few words saying what kind of failure it is, for the start of the error line."""
-    if isinstance(exc, Forbidden):
-        return "Forbidden by the Redis ACL"
-    if isinstance(exc, AuthFailed):
-        return "authentication failed"
-    if isinstance(exc, RedisUnavailable):
-        return "Redis unreachable"
-    if isinstance(exc, SpecInvalid):
-        return "invalid spec"
-    if isinstance(exc, SecretNotFound):
-        return "missing secret"
-    if isinstance(exc, SelectionChanged):
-        return "selection changed"
-    return exc.reason
+    return next((label for kind, label in ERROR_LABELS if isinstance(exc, kind)), exc.reason)
 
 
 def report_error(
