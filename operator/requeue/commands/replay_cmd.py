@@ -104,7 +104,7 @@ from requeue.errors import (
     SelectionChanged,
     SpecInvalid,
 )
-from requeue.gates import GateRunner
+from requeue.gates import runner_for
 from requeue.queues import BullQueue, map_redis_error
 from requeue.queues.adapter import MAX_SCORE
 from requeue.redact import redact_url
@@ -461,18 +461,7 @@ class _Replay:
         replay_id = self.replay_id
         if self.dry_run:  # a throw-away id: never touches (or finishes) the real replay's state
             replay_id = f"{self.replay_id}-dryrun-{pysecrets.token_hex(4)}"
-        gates = (
-            GateRunner(
-                self.spec.gates,
-                self.spec.gate_policy,
-                self.static,
-                default_redis_url=url,
-                default_redis_tls=target.tls,
-                owner=self.owner,
-            )
-            if self.spec.gates
-            else None
-        )
+        gates = runner_for(self.spec, self.static, target=target, owner=self.owner)  # target.url is url
         engine = ReplayEngine(redis, replay_id=replay_id, owner=self.owner, gates=gates)
         engine.smoke.secrets = self.static
         reporter = self._reporter()

@@ -18,15 +18,11 @@ from pydantic import ValidationError
 
 from requeue.api.base import StatusModel
 from requeue.api.conditions import Reason
-from requeue.api.gates import GatePolicy, GateSpec
 from requeue.api.resources import GROUP, VERSION
 from requeue.errors import RequeueError
-from requeue.gates import GateRunner
 from requeue.handlers.errors import to_kopf
 from requeue.k8s.status import patch_status
 from requeue.redact import redact_text
-from requeue.redis_target import RedisTarget
-from requeue.secrets import SecretSource
 
 __all__ = [
     "RETRY_FIRST",
@@ -37,7 +33,6 @@ __all__ = [
     "Trouble",
     "backoff",
     "describe_failure",
-    "gate_runner",
     "load_status",
     "name_trouble",
     "object_state",
@@ -198,34 +193,6 @@ class EventLike(Protocol):
 
     @property
     def message(self) -> str: ...
-
-
-class GatedSpec(Protocol):
-    """A spec with health gates: a DLQReplay's or a QueuePolicy's."""
-
-    @property
-    def gates(self) -> list[GateSpec]: ...
-
-    @property
-    def gate_policy(self) -> GatePolicy: ...
-
-
-def gate_runner(
-    spec: GatedSpec, secrets: SecretSource, namespace: str, name: str, target: RedisTarget | None = None
-) -> GateRunner | None:
-    """The object's gates (None if its spec has none), reading ``secrets``; a Redis gate without its
-    own URL checks ``target``, the object's Redis (none is needed to only clear the gate metrics)."""
-    if not spec.gates:
-        return None
-    return GateRunner(
-        spec.gates,
-        spec.gate_policy,
-        secrets,
-        default_redis_url=target.url if target is not None else None,
-        default_redis_tls=target.tls if target is not None else None,
-        namespace=namespace,
-        owner=name,
-    )
 
 
 def backoff(failures: int) -> float:

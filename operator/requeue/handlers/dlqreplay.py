@@ -60,12 +60,12 @@ from requeue.api.loading import parse
 from requeue.api.resources import GROUP, VERSION
 from requeue.clock import utcnow
 from requeue.errors import AuthFailed, RedisUnreachable, RequeueError, SpecInvalid
+from requeue.gates import runner_for
 from requeue.handlers.daemon import (
     RETRY_MAX,
     DaemonDriver,
     ObjectState,
     describe_failure,
-    gate_runner,
     object_state,
     post_events,
     register_daemon,
@@ -309,7 +309,9 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
             self.secrets = KubeSecrets(self.namespace)
             self.engine.smoke.secrets = self.secrets
         assert self.secrets is not None and self.redis_target is not None
-        self.engine.gates = gate_runner(spec, self.secrets, self.namespace, self.name, self.redis_target)
+        self.engine.gates = runner_for(
+            spec, self.secrets, target=self.redis_target, namespace=self.namespace, owner=self.name
+        )
         return self.engine
 
     async def close(self) -> None:
@@ -367,7 +369,8 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
         await self.flush()
         replay_finished(self.namespace, self.name)
         if self.spec is not None:
-            gates = gate_runner(self.spec, KubeSecrets(self.namespace), self.namespace, self.name)
+            secrets = KubeSecrets(self.namespace)
+            gates = runner_for(self.spec, secrets, namespace=self.namespace, owner=self.name)
             if gates is not None:
                 gates.clear_metrics()
         while not self.stopping():

@@ -63,12 +63,12 @@ from requeue.api.loading import parse
 from requeue.api.resources import GROUP, VERSION
 from requeue.clock import utcnow
 from requeue.errors import AuthFailed, RedisUnreachable, RequeueError, SentinelMasterUnknown, SpecInvalid
+from requeue.gates import runner_for
 from requeue.handlers.daemon import (
     RETRY_FIRST,
     DaemonDriver,
     ObjectState,
     describe_failure,
-    gate_runner,
     object_state,
     post_events,
     register_daemon,
@@ -215,7 +215,7 @@ class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
                 await self.write()
                 return min(delay, max(interval, RETRY_FIRST))
             gates = None
-            runner = gate_runner(spec, self.secrets, self.namespace, self.name, target)
+            runner = runner_for(spec, self.secrets, target=target, namespace=self.namespace, owner=self.name)
             if runner is not None:
                 gates = self.status.gates
                 if runner.due(gates, now):
@@ -401,7 +401,7 @@ async def policy_deleted(
                 await patch_status(PLURAL, namespace, name, status_wire(decision.status))
         with contextlib.suppress(SpecInvalid):
             spec = parse(QueuePolicySpec, dict(body.get("spec") or {}))
-            runner = gate_runner(spec, KubeSecrets(namespace), namespace, name)
+            runner = runner_for(spec, KubeSecrets(namespace), namespace=namespace, owner=name)
             if runner is not None:
                 runner.clear_metrics()
         forget_policy(namespace, name)
