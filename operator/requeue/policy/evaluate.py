@@ -260,11 +260,13 @@ async def evaluate(
     gates: Sequence[GateStatus] | None = None,
     memory: PolicyMemory | None = None,
     now: datetime | None = None,
+    clean_batch: int = CLEAN_BATCH,
 ) -> EvaluationResult:
     """Observe every queue, decide, carry out what was decided, and return the settled status.
 
     :param memory: the previous result's memory; None loads it from Redis (one round trip).
     :param now: the evaluation time (tests pass their own); default: the current UTC time.
+    :param clean_batch: jobs removed per ``cleanJobsInSet`` call (tests pass a small one).
     """
     started = time.perf_counter()
     now = now or utcnow()
@@ -275,7 +277,7 @@ async def evaluate(
     decision = decide(
         spec, status, observation, memory, now=now, generation=policy.generation, policy_name=policy.name
     )
-    acting = _Acting(policy, spec, redis, ops, replays, events=list(decision.events))
+    acting = _Acting(policy, spec, redis, ops, replays, events=list(decision.events), clean_batch=clean_batch)
     await _carry_out(acting, decision)
     if notifier is not None and (acting.notify_items or observation.error is None):
         await _notify(acting, notifier)
@@ -361,6 +363,8 @@ class _Acting:
     notify_items: list[Alert | Recover] = field(default_factory=list)
     #: Redis round trips the actions made.
     round_trips: int = 0
+    #: Jobs removed per ``cleanJobsInSet`` call.
+    clean_batch: int = CLEAN_BATCH
 
 
 async def _carry_out(acting: _Acting, decision: Decision) -> None:
@@ -392,7 +396,13 @@ async def _remediate(acting: _Acting, index: int, action: Action, memory: Policy
             await _mark_paused(acting.redis, policy, memory, action.queue)
             acting.round_trips += 1
         text, calls = await _execute(
-            policy, acting.spec, action, acting.ops, acting.replays, tag=slot_tag(acting.redis)
+            policy,
+            acting.spec,
+            action,
+            acting.ops,
+            acting.replays,
+            tag=slot_tag(acting.redis),
+            clean_batch=acting.clean_batch,
         )
         acting.round_trips += calls
     except Exception as exc:  # every failure is reported, none stops the others
@@ -460,6 +470,7 @@ async def _execute(
     replays: ReplayCreator | None,
     *,
     tag: str = "",
+    clean_batch: int = CLEAN_BATCH,
 ) -> tuple[str | None, int]:
     """Carry out one remediation (``tag``: the queues' hash tag on a Redis Cluster).
 
@@ -480,7 +491,7 @@ async def _execute(
         grace_ms = int(action.grace.total_seconds() * 1000)
         removed = calls = 0
         while removed < action.limit:
-            batch = min(CLEAN_BATCH, action.limit - removed)
+            batch = min(clean_batch, action.limit - removed)
             n = await ops.clean(action.queue, action.state, grace_ms=grace_ms, limit=batch)
             calls += 1
             removed += n
