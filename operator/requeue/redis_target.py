@@ -81,7 +81,7 @@ async def open_redis(
 
     :raises SecretNotFound: the Secret or key does not exist.
     :raises AuthFailed: Redis refused the credentials.
-    :raises RedisUnavailable: Redis cannot be reached.
+    :raises RedisUnreachable: Redis cannot be reached.
     :raises HashTagRequired: a Redis Cluster, and the queues do not share a hash-tagged slot.
     """
     target = await resolve_redis(secrets, conn, url=url)

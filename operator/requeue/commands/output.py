@@ -25,7 +25,7 @@ from requeue.errors import (
     AuthFailed,
     Forbidden,
     RedisCertificateUntrusted,
-    RedisUnavailable,
+    RedisUnreachable,
     RequeueError,
     SecretNotFound,
     SelectionChanged,
@@ -113,7 +113,7 @@ def print_json(value: Any) -> None:
 ERROR_LABELS: tuple[tuple[type[RequeueError], str], ...] = (
     (Forbidden, "Forbidden by the Redis ACL"),
     (AuthFailed, "authentication failed"),
-    (RedisUnavailable, "Redis unreachable"),
+    (RedisUnreachable, "Redis unreachable"),
     (SpecInvalid, "invalid spec"),
     (SecretNotFound, "missing secret"),
     (SelectionChanged, "selection changed"),
@@ -159,12 +159,12 @@ class ConnectRetry:
 async def connect_retrying(
     attempt: Callable[[], Awaitable[T]], retry: ConnectRetry, note: Callable[[str], None]
 ) -> T:
-    """``await attempt()`` until it does not raise :class:`RedisUnavailable` (an unreachable
+    """``await attempt()`` until it does not raise :class:`RedisUnreachable` (an unreachable
     Redis may be starting, failing over, or a port-forward away), noting each retry; credentials
     refused, a bad URL, an untrusted certificate or a missing secret are not retried (waiting
     cannot help).
 
-    :raises RedisUnavailable: every attempt failed; the message says how many, over how long.
+    :raises RedisUnreachable: every attempt failed; the message says how many, over how long.
     """
     delays = retry.delays()
     attempts = len(delays) + 1
@@ -174,7 +174,7 @@ async def connect_retrying(
             return await attempt()
         except RedisCertificateUntrusted:
             raise  # waiting cannot make the certificate verify
-        except RedisUnavailable as exc:
+        except RedisUnreachable as exc:
             if number == attempts:
                 tried = (
                     f"gave up after {attempts} attempts in {time.monotonic() - started:.1f}s"

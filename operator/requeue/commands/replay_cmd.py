@@ -98,7 +98,7 @@ from requeue.errors import (
     AuthFailed,
     Forbidden,
     QueueNotFound,
-    RedisUnavailable,
+    RedisUnreachable,
     RequeueError,
     SecretNotFound,
     SelectionChanged,
@@ -128,7 +128,7 @@ PLAIN_PROGRESS_INTERVAL = 5.0
 _EXIT_BY_REASON: dict[str, int] = {
     AuthFailed.reason: AuthFailed.exit_code,
     Forbidden.reason: Forbidden.exit_code,
-    RedisUnavailable.reason: RedisUnavailable.exit_code,
+    RedisUnreachable.reason: RedisUnreachable.exit_code,
     SpecInvalid.reason: SpecInvalid.exit_code,
     SecretNotFound.reason: SecretNotFound.exit_code,
     QueueNotFound.reason: QueueNotFound.exit_code,
@@ -596,7 +596,7 @@ class _Replay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), result.delay)
 
-    def _give_up(self, engine: ReplayEngine, reporter: Reporter) -> RedisUnavailable:
+    def _give_up(self, engine: ReplayEngine, reporter: Reporter) -> RedisUnreachable:
         """The error that ends the command after the engine's bound of Redis failures in a row;
         the status printed says so too (the engine's says "retrying in", as the operator does)."""
         st = self.status
@@ -612,7 +612,7 @@ class _Replay:
         reporter.close()
         if self.opts.output != "json":  # with -o json the status goes into the error object
             self._print_result(headline=f"Gave up in phase {st.phase.value}: Redis unavailable")
-        return RedisUnavailable(message, queue=self.spec.queue, replay=self.owner)
+        return RedisUnreachable(message, queue=self.spec.queue, replay=self.owner)
 
     async def _interrupted(self, engine: ReplayEngine, reporter: Reporter) -> int:
         before = self.status

@@ -64,7 +64,7 @@ from requeue.errors import (
     QueueLocked,
     QueueNotFound,
     RedisOutOfMemory,
-    RedisUnavailable,
+    RedisUnreachable,
 )
 from requeue.metrics import REPLAY_BATCH_SECONDS
 from requeue.queues import BullQueue, ReplayKeys, map_redis_error
@@ -111,7 +111,7 @@ SUSPENDED_DELAY = 60.0
 
 
 #: Ready reasons of a Redis outage the engine reports (and announces the end of).
-_OUTAGE_REASONS = (RedisUnavailable.reason, RedisOutOfMemory.reason)
+_OUTAGE_REASONS = (RedisUnreachable.reason, RedisOutOfMemory.reason)
 
 
 class ReplayEngine:
@@ -123,7 +123,7 @@ class ReplayEngine:
     :param gates: the resource's gates, or None for none.
     :param clock: the current time (tests inject theirs).
     :param redis_failure_bound: consecutive Redis errors before they are surfaced
-        (condition + Warning event; :meth:`run` raises :class:`RedisUnavailable`).
+        (condition + Warning event; :meth:`run` raises :class:`RedisUnreachable`).
     :param backoff: first retry delay after a Redis error (doubles, capped at 30 s).
     :param budget: a per-job replay budget (child DLQReplays of a QueuePolicy); jobs over it
         are left out of the snapshot and counted in the progress field ``over_budget``.
@@ -255,7 +255,7 @@ class ReplayEngine:
     ) -> DLQReplayStatus:
         """Step until the replay finishes (or is suspended); the CLI's loop.
 
-        :raises RedisUnavailable: after ``redis_failure_bound`` consecutive Redis errors.
+        :raises RedisUnreachable: after ``redis_failure_bound`` consecutive Redis errors.
         """
         st = status or DLQReplayStatus()
         while True:
@@ -267,7 +267,7 @@ class ReplayEngine:
                 return st
             if self.redis_failures >= self.redis_failure_bound:
                 ready = find_condition(st.conditions, ReplayCondition.READY)
-                raise RedisUnavailable(
+                raise RedisUnreachable(
                     ready.message if ready else "Redis unavailable", queue=spec.queue, replay=self.owner
                 )
             if result.delay > 0:
