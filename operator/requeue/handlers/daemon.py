@@ -310,8 +310,8 @@ def register_daemon(
     ) -> None:
         assert namespace and name and uid
         state = object_state(memo, driver.state_class)
-        run = driver(body=body, namespace=namespace, name=name, uid=uid, state=state, stopped=stopped)
-        await run_daemon(run.run(), driver.log, run.trouble.what)
+        one = driver(body=body, namespace=namespace, name=name, uid=uid, state=state, stopped=stopped)
+        await run_daemon(one.run(), driver.log, one.trouble.what)
 
     daemon.__name__ = daemon.__qualname__ = f"{driver.noun}_daemon"
     daemon.__doc__ = f"Run a {driver.__name__} for one object until it is done or the daemon is stopped."
