@@ -26,7 +26,7 @@ _NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
 _SEGMENT = re.compile(rf"\.({_NAME})|\[(0|[1-9][0-9]{{0,5}})\]")
 #: The whole grammar as one regular expression (the CRD's ``pattern``; no backtracking blow-up:
 #: each alternative starts with a distinct character).
-PATH_PATTERN = rf"^\$(\.{_NAME}|\[(0|[1-9][0-9]{{0,5}})\])+$"
+PATH_PATTERN = rf"^\$(\.{_NAME}|\[(0|[1-9][0-9]{{0,5}})\]){{1,{MAX_SEGMENTS}}}$"
 
 
 class PathProblem(StrEnum):
