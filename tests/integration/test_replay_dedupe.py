@@ -9,7 +9,7 @@ import json
 import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pydantic
 import pytest
@@ -41,6 +41,11 @@ def order_jobs(n: int, keys: int, *, every_nth_without: int = 0) -> list[JobSpec
     return out
 
 
+async def failed_ids(r: aioredis.Redis) -> list[str]:
+    """The failed set's members in its own order (failure time, then id)."""
+    return [str(i) for i in await r.zrange(K.failed, 0, -1)]
+
+
 async def expected_choice(
     r: aioredis.Redis, key_of: Callable[[dict[str, Any]], Any], matches: Callable[[str, dict[str, Any]], bool]
 ) -> tuple[list[str], list[str]]:
@@ -48,8 +53,8 @@ async def expected_choice(
     newest: dict[str, str] = {}
     order: list[str] = []
     no_key: set[str] = set()
-    for job_id in await r.zrange(K.failed, 0, -1):
-        name = await r.hget(K.job(job_id), "name") or ""
+    for job_id in await failed_ids(r):
+        name = str(await r.hget(K.job(job_id), "name") or "")
         data = json.loads(await r.hget(K.job(job_id), "data") or "null")
         if not matches(name, data):
             continue
@@ -154,7 +159,7 @@ async def test_values_compare_as_json_missing_and_null_values_are_not_deduplicat
     ]
     ids = await make_failed_jobs(redis_url, Q, [JobSpec(name="ship", data=d) for d in datas])
     await r.hset(K.job(ids[7]), "data", '{"order": {"items": [{"sku": 42')  # truncated
-    order = await r.zrange(K.failed, 0, -1)  # failure order: of two copies, the later is newer
+    order = await failed_ids(r)  # failure order: of two copies, the later is newer
     older = [min(pair, key=order.index) for pair in ((ids[0], ids[1]), (ids[2], ids[3]))]
     engine = ReplayEngine(r, replay_id="dd-3", owner="ns/dd-3")
     spec = replay_spec(selector={"dedupeBy": "$.order.items[0].sku"})
@@ -236,14 +241,14 @@ async def _kill_when(
 
         async def progress() -> dict[str, str] | None:
             found = await client.keys("requeue:replay:*:progress")
-            p = await client.hgetall(found[0]) if found else {}
+            p = cast(dict[str, str], await client.hgetall(found[0]) if found else {})
             return p if p and ready(p) else None
 
         await async_wait_until(progress, timeout=60, interval=0.01, message=lambda: log.read_text())
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         found = await client.keys("requeue:replay:*:progress")
-        return await client.hgetall(found[0])
+        return cast(dict[str, str], await client.hgetall(found[0]))
     finally:
         if proc.poll() is None:
             proc.kill()

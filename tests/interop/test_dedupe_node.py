@@ -51,7 +51,7 @@ async def newest_per_order(r: aredis.Redis, qname: str, tenant: str = "acme") ->
     kept: dict[str, str] = {}
     no_key: list[str] = []
     every: list[str] = []
-    for job_id in await r.zrange(f"bull:{qname}:failed", 0, -1):
+    for job_id in [str(i) for i in await r.zrange(f"bull:{qname}:failed", 0, -1)]:
         data = json.loads(await r.hget(f"bull:{qname}:{job_id}", "data") or "{}")
         if data.get("tenant") != tenant:
             continue

@@ -39,6 +39,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from redis import exceptions as rx
 from redis.asyncio import Redis
@@ -81,6 +82,11 @@ def dedupe_key(path: JsonPath, job: FailedJob) -> str | None:
         data = json.loads(job.data or "")
     except ValueError:
         return None
+    return key_of(path, data)
+
+
+def key_of(path: JsonPath, data: Any) -> str | None:
+    """The key of parsed ``data`` at ``path`` (see :func:`dedupe_key`)."""
     found, value = path.find(data)
     if not found or value is None:
         return None
@@ -91,12 +97,20 @@ def dedupe_key(path: JsonPath, job: FailedJob) -> str | None:
 
 
 def _candidates(page: FailedPage, matcher: Matcher, path: JsonPath) -> list[tuple[FailedJob, str | None]]:
-    """The page's readable matching jobs with their keys, in failure order."""
+    """The page's readable matching jobs with their keys, in failure order. The data is parsed
+    once per job here (a job whose data does not parse is corrupt and left to the selection,
+    which never selects it)."""
     out: list[tuple[FailedJob, str | None]] = []
     for job in page.jobs:
-        if job.corrupt_reason is not None or not matcher.matches(job):
+        if job.name is None or job.data is None:
             continue
-        out.append((job, dedupe_key(path, job)))
+        try:
+            data = json.loads(job.data)
+        except ValueError:
+            continue
+        if not matcher.matches(job, data):
+            continue
+        out.append((job, key_of(path, data)))
     return out
 
 
