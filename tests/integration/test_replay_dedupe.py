@@ -141,7 +141,7 @@ async def test_max_jobs_counts_kept_jobs_and_the_other_filters_apply_first(
     assert (st.matched, st.replayed) == (3, 3)
     assert sorted(await moved_ids(r)) == sorted(kept[:3])
     assert st.duplicates == counted and st.breakdown is not None
-    assert sum(st.breakdown.duplicates_by_key.values()) == st.duplicates
+    assert sum((st.breakdown.duplicates_by_key or {}).values()) == st.duplicates
 
 
 async def test_values_compare_as_json_missing_and_null_values_are_not_deduplicated_corrupt_data_stays(

@@ -259,10 +259,10 @@ class Breakdown(StatusModel):
     by_reason: dict[str, int] = Field(
         default_factory=dict, description="Matched jobs per normalised failure reason."
     )
-    duplicates_by_key: dict[str, int] = Field(
-        default_factory=dict,
-        description="selector.dedupeBy: failed jobs left failed per value (a bounded sample: the values "
-        "with the most duplicates among the first 1000 values seen).",
+    duplicates_by_key: dict[str, int] | None = Field(
+        default=None,
+        description="selector.dedupeBy: failed jobs left failed per value (a bounded sample: the 20 values "
+        "with the most duplicates among the first 1000 values that had any). Unset when none was left.",
     )
 
 

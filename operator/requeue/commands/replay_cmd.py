@@ -728,7 +728,7 @@ def render_summary(
         for title, groups in (
             ("by name", st.breakdown.by_name),
             ("by reason", st.breakdown.by_reason),
-            ("duplicates by dedupeBy value", st.breakdown.duplicates_by_key),
+            ("duplicates by dedupeBy value", st.breakdown.duplicates_by_key or {}),
         ):
             if groups:
                 lines.append(f"{title}:")

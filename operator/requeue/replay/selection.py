@@ -502,7 +502,7 @@ class Selection:
             group = "<other>" if reason == REASONS_OTHER else normalize_reason(reason)
             by_reason[group] = by_reason.get(group, 0) + int(n)
         st.breakdown = Breakdown(
-            by_name=_top(names), by_reason=_top(by_reason), duplicates_by_key=_top(duplicates)
+            by_name=_top(names), by_reason=_top(by_reason), duplicates_by_key=_top(duplicates) or None
         )
         st.sample_ids = [text(x) or "" for x in sample]
         st.corrupt_ids = [text(x) or "" for x in corrupt]
