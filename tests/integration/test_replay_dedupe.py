@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from requeue.api import DLQReplayStatus, ReplayPhase
 from requeue.queues import QueueKeys, ReplayKeys
+from requeue.queues.keys import DUPLICATE_KEYS
 from requeue.replay import EngineTuning, ReplayEngine
 from support import async_wait_until
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
@@ -173,6 +174,27 @@ async def test_values_compare_as_json_missing_and_null_values_are_not_deduplicat
     assert sorted(await moved_ids(r)) == sorted(set(ids) - {*older, ids[7]})
     assert st.breakdown is not None
     assert st.breakdown.duplicates_by_key == {"42": 1, '{"a":2,"b":1}': 1}
+
+
+async def test_the_per_value_counts_are_a_bounded_sample_and_the_total_is_exact(
+    redis_url: str, r: aioredis.Redis
+) -> None:
+    values = DUPLICATE_KEYS + 5
+    # o-0 .. o-4 three copies each, every other value two: more values with duplicates than are counted
+    jobs = order_jobs(2 * values, values) + order_jobs(5, values)
+    await make_failed_jobs(redis_url, Q, jobs, timeout=180)
+    engine = ReplayEngine(r, replay_id="dd-5", owner="ns/dd-5")
+
+    st = await drive(engine, replay_spec(selector={"dedupeBy": "$.orderId"}, dryRun=True))
+
+    assert st.phase == ReplayPhase.SUCCEEDED, st.message
+    assert (st.matched, st.duplicates) == (values, values + 5)
+    assert await r.hlen(ReplayKeys("dd-5").duplicates) == DUPLICATE_KEYS
+    assert st.breakdown is not None and st.breakdown.duplicates_by_key is not None
+    shown = st.breakdown.duplicates_by_key
+    assert len(shown) == 20  # the most duplicated values first
+    assert {f"o-{i}": 2 for i in range(5)}.items() <= shown.items()
+    assert await r.zcard(K.failed) == len(jobs)  # a dry run moves nothing
 
 
 async def test_a_job_failing_after_the_first_pass_never_makes_two_per_value(
