@@ -185,18 +185,6 @@ class ReplayKeys:
         (its two-step copy); read and deleted by the next batch, never written any more."""
         return self._key("progress:copied")
 
-    @property
-    def dedupe(self) -> str:
-        """Hash: ``selector.dedupeBy`` value -> id of the newest matching failed job with it (the one
-        kept), written by the selection's first pass; its second pass snapshots only those ids."""
-        return self._key("dedupe")
-
-    @property
-    def duplicates(self) -> str:
-        """Hash: ``selector.dedupeBy`` value -> failed jobs left failed as its duplicates (the first
-        :data:`DUPLICATE_KEYS` values seen; all are counted in ``Progress.DUPLICATES``)."""
-        return self._key("duplicates")
-
     def all(self) -> list[str]:
         return [
             self.snapshot,
@@ -211,6 +199,18 @@ class ReplayKeys:
             self.dedupe,
             self.duplicates,
         ]
+
+    @property
+    def dedupe(self) -> str:
+        """Hash: ``selector.dedupeBy`` value -> id of the newest matching failed job with it (the one
+        kept), written by the selection's first pass; its second pass snapshots only those ids."""
+        return self._key("dedupe")
+
+    @property
+    def duplicates(self) -> str:
+        """Hash: ``selector.dedupeBy`` value -> failed jobs left failed as its duplicates (the first
+        :data:`DUPLICATE_KEYS` values seen; all are counted in ``Progress.DUPLICATES``)."""
+        return self._key("duplicates")
 
 
 #: How many distinct ``dedupeBy`` values :attr:`ReplayKeys.duplicates` counts duplicates for.
