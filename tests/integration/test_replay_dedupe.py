@@ -14,6 +14,7 @@ from typing import Any, cast
 import pydantic
 import pytest
 import redis.asyncio as aioredis
+from bullmq import Job, Queue
 
 from requeue.api import DLQReplayStatus, ReplayPhase
 from requeue.queues import QueueKeys, ReplayKeys
@@ -197,7 +198,7 @@ async def test_the_per_value_counts_are_a_bounded_sample_and_the_total_is_exact(
     assert await r.zcard(K.failed) == len(jobs)  # a dry run moves nothing
 
 
-async def test_a_job_failing_after_the_first_pass_never_makes_two_per_value(
+async def test_after_the_first_pass_late_failures_never_make_two_per_value_and_the_choice_holds(
     redis_url: str, r: aioredis.Redis
 ) -> None:
     await make_failed_jobs(redis_url, Q, order_jobs(20, 5))
@@ -216,6 +217,13 @@ async def test_a_job_failing_after_the_first_pass_never_makes_two_per_value(
         JobSpec(name="order.charge", data={"orderId": "o-1"}, reason="502 Bad Gateway"),
     ]
     late_ids = await make_failed_jobs(redis_url, Q, late)
+    # and someone retries o-2's newest copy by hand before the second pass reaches it
+    chosen_o2 = str(await r.hget(keys.dedupe, "o-2"))
+    queue = Queue(Q, {"connection": redis_url})
+    try:
+        await (await Job.fromId(queue, chosen_o2)).retry("failed")
+    finally:
+        await queue.close()
 
     st = await drive(engine, spec, st)
 
@@ -224,7 +232,11 @@ async def test_a_job_failing_after_the_first_pass_never_makes_two_per_value(
     late_moved = [i for i in moved if i in late_ids[:2]]
     assert len(late_moved) == 1  # one per value, the first late one seen
     assert late_ids[2] not in moved  # o-1 already had its newest recorded
-    assert (st.matched, st.duplicates) == (6, 20 - 5 + 2)
+    # o-2: its chosen copy left the failed set (retried by hand, in wait once); the older ones stay
+    assert moved.count(chosen_o2) == 1 and st.replayed == st.matched
+    o2_failed = [i for i in await failed_ids(r) if '"o-2"' in str(await r.hget(K.job(i), "data"))]
+    assert len(o2_failed) == 3
+    assert (st.matched, st.duplicates) == (5, 20 - 5 + 2)
 
 
 @pytest.mark.parametrize(

@@ -29,9 +29,9 @@ Rules:
   ``42`` are one value; objects compare with sorted keys;
 * ties on the failure time: the later in the failed set's own order (by id, as a string) wins;
 * the choice is fixed once the first pass has read a value's newest job: if that job leaves
-  the failed set before the second pass (retried or removed by someone else), the older
-  copies still stay failed as its duplicates, and at the move it is counted as skipped like
-  any snapshot id no longer failed;
+  the failed set before the second pass reaches it (retried or removed by someone else), no
+  copy of that value is snapshotted and the older ones stay failed as its duplicates; if it
+  leaves later, it is counted as skipped at its turn, like any snapshot id no longer failed;
 * a job that failed after the first pass read its moment (within the clock-skew margin of
   the selection's upper bound) and whose value the hash does not hold is kept if it is the
   first such job of its value, and recorded in the same commit: never two per value.
