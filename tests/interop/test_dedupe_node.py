@@ -96,7 +96,8 @@ async def test_dedupe_by_replays_the_newest_copy_of_each_order_and_node_sends_ea
     text_res = await acli("replay", "-f", str(dry), *secret)
     assert text_res.code == 0, text_res.output
     assert (
-        f"duplicates left failed (an older copy of a newer failed job): {len(duplicates)}" in text_res.stdout
+        f"duplicates that would stay failed (an older copy of a newer failed job): {len(duplicates)}"
+        in text_res.stdout
     )
     assert "duplicates by dedupeBy value:" in text_res.stdout
     assert "o-4" in text_res.stdout

@@ -720,8 +720,9 @@ def render_summary(
             )
         )
     if st.duplicates or st.no_dedupe_key:
+        left = "that would stay failed" if dry_run else "left failed"
         lines.append(
-            f"duplicates left failed (an older copy of a newer failed job): {st.duplicates}"
+            f"duplicates {left} (an older copy of a newer failed job): {st.duplicates}"
             + (f"; without a dedupeBy value (each replayed): {st.no_dedupe_key}" if st.no_dedupe_key else "")
         )
     if st.breakdown is not None:
