@@ -21,6 +21,7 @@ from requeue.api.base import (
 )
 from requeue.api.common import WINDOW_RULE, Rate, RedisConnection, Selector
 from requeue.api.gates import GatePolicy, GateSpec, GateStatus
+from requeue.api.smoke import SmokeTest, SmokeTestStatus
 
 #: Most ids ``selector.jobIds`` may list: a hand-picked set, read in one bounded pass per page.
 MAX_JOB_IDS = 1000
@@ -98,6 +99,11 @@ class Verify(ApiModel):
         ge=0,
         le=INT64_MAX,
         description="Fail if more replayed jobs than this fail again. Unset: no bound.",
+    )
+    smoke_test: SmokeTest | None = Field(
+        default=None,
+        description="After verification passed, send this HTTP request (and optionally wait for the job "
+        "it triggers); the replay succeeds only if it passes, else Failed with reason SmokeTestFailed.",
     )
 
 
@@ -320,4 +326,7 @@ class DLQReplayStatus(StatusModel):
     breakdown: Breakdown | None = Field(default=None, description="Matched jobs by name and reason.")
     sample_ids: list[str] = Field(default_factory=list, description="First matched job ids.")
     corrupt_ids: list[str] = Field(default_factory=list, description="First corrupt job ids.")
+    smoke_test: SmokeTestStatus | None = Field(
+        default=None, description="The post-replay smoke test (spec.verify.smokeTest), once it started."
+    )
     message: str = Field(default="", description="Last thing worth telling a person.")

@@ -42,7 +42,7 @@ from requeue.commands.output import (
     report_error,
 )
 from requeue.errors import JobNotFound, RequeueError
-from requeue.queues import BullQueue, Cursor, connect, map_redis_error
+from requeue.queues import BullQueue, Cursor, QueueKeys, connect, map_redis_error
 from requeue.replay import normalize_reason
 
 __all__ = ["DATA_LIMIT", "STACK_LIMIT", "JobView", "bounded", "run_job_list", "run_job_view", "run_on_queue"]
@@ -241,7 +241,9 @@ def run_on_queue(
         print(f"requeue: {secrets.redact(text)}", file=sys.stderr, flush=True)
 
     async def go() -> Any:
-        redis = await connect_retrying(lambda: connect(redis_url), ConnectRetry(connect_timeout), note)
+        redis = await connect_retrying(  # a Redis Cluster URL: the primary serving the queue's slot
+            lambda: connect(redis_url, queues=[QueueKeys(prefix, queue)]), ConnectRetry(connect_timeout), note
+        )
         try:
             bull = BullQueue(redis, queue, prefix=prefix)
             await bull.require_exists()

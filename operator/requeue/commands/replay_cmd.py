@@ -474,6 +474,7 @@ class _Replay:
             else None
         )
         engine = ReplayEngine(redis, replay_id=replay_id, owner=self.owner, gates=gates)
+        engine.smoke.secrets = self.static
         reporter = self._reporter()
         loop = asyncio.get_running_loop()
         main_task = asyncio.current_task()

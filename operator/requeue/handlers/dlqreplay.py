@@ -311,6 +311,7 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
                 self.namespace, self.name, self.uid, spec, budget=budget, series=self.series
             )
             self.secrets = KubeSecrets(self.namespace)
+            self.engine.smoke.secrets = self.secrets
         assert self.secrets is not None and self.redis_target is not None
         target = self.redis_target
         self.engine.gates = (

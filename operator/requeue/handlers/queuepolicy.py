@@ -91,7 +91,7 @@ from requeue.policy import (
 from requeue.policy import finalize as finalizing
 from requeue.policy.decide import observation_failed, spec_rejected
 from requeue.policy.series import export_unobserved, forget_policy
-from requeue.redis_target import RedisTarget, open_redis
+from requeue.redis_target import RedisTarget, open_redis, policy_queues
 
 __all__ = [
     "PLURAL",
@@ -303,11 +303,14 @@ class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
 
     async def connection(self, spec: QueuePolicySpec) -> tuple[Redis, RedisTarget]:
         """The Redis client, connected on first use and again when ``spec.redis`` changes."""
-        wanted = spec.redis.to_wire()
+        # on a Redis Cluster the queues choose the node: another prefix or queue list may mean another
+        wanted = {**spec.redis.to_wire(), "queues": [q.base for q in policy_queues(spec)]}
         if self.redis is not None and self.connected_with != wanted:
             await self.close()
         if self.redis is None:
-            self.redis, self.redis_target = await open_redis(self.secrets, spec.redis)
+            self.redis, self.redis_target = await open_redis(
+                self.secrets, spec.redis, queues=policy_queues(spec)
+            )
             self.connected_with = wanted
         assert self.redis_target is not None
         return self.redis, self.redis_target
@@ -415,7 +418,7 @@ async def policy_deleted(
         decision = finalizing.plan(current, utcnow())
         try:
             spec = parse(QueuePolicySpec, dict(body.get("spec") or {}), name=f"{namespace}/{name}")
-            redis, _target = await open_redis(KubeSecrets(namespace), spec.redis)
+            redis, _target = await open_redis(KubeSecrets(namespace), spec.redis, queues=policy_queues(spec))
             try:
                 await finalizing.finalize(redis, spec, decision, uid)
             finally:

@@ -45,10 +45,12 @@ from requeue.policy.actions import Action, Alert, AutoReplay, Clean, Pause, Poli
 from requeue.policy.budget import ReplayBudget
 from requeue.policy.collect import collect
 from requeue.policy.decide import Decision, decide, queues_to_observe, settle
+from requeue.policy.job_series import export_finished
 from requeue.policy.memory import load_memory, queue_save_memory
 from requeue.policy.observe import Observation, PolicyMemory
 from requeue.policy.series import export_observed, export_unobserved, forget_queues
 from requeue.queues import BullQueue, map_redis_error
+from requeue.queues.cluster import slot_tag
 from requeue.queues.connection import forbidden_what
 from requeue.queues.scripts import Scripts, register
 from requeue.redact import redact_text
@@ -179,14 +181,17 @@ class EvaluationResult:
     failures: dict[int, str] = field(default_factory=dict)
 
 
-def child_replay(policy: PolicyRef, spec: QueuePolicySpec, action: AutoReplay) -> ChildReplay:
+def child_replay(
+    policy: PolicyRef, spec: QueuePolicySpec, action: AutoReplay, *, tag: str = ""
+) -> ChildReplay:
     """The child DLQReplay an :class:`AutoReplay` decision stands for.
 
     It re-checks the policy's gates before replaying, carries the per-job
     budget (:class:`~requeue.policy.budget.ReplayBudget`) as annotations, and
-    selects only what failed during the outage.
+    selects only what failed during the outage. ``tag``: the queues' hash tag on a Redis
+    Cluster (the budget key carries it, so the child's budget script stays in the queue's slot).
     """
-    budget = ReplayBudget.for_policy(policy.uid, action.max_replays_per_job)
+    budget = ReplayBudget.for_policy(policy.uid, action.max_replays_per_job, slot_tag=tag)
     replay_spec = DLQReplaySpec(
         redis=spec.redis,
         prefix=spec.prefix,
@@ -220,7 +225,7 @@ async def _mark_paused(redis: Redis, policy: PolicyRef, memory: PolicyMemory, qu
     """
     mark = replace(memory.get(queue), paused_by_policy=True)
     pipe = redis.pipeline(transaction=False)
-    queue_save_memory(pipe, policy.uid, PolicyMemory({queue: mark}))
+    queue_save_memory(pipe, policy.uid, PolicyMemory({queue: mark}), slot_tag=slot_tag(redis))
     await pipe.execute()
 
 
@@ -281,6 +286,7 @@ async def evaluate(
         save_trips = await _save_memory(redis, policy, new_memory, memory)
     if observation.error is None:
         export_observed(policy.namespace, policy.name, settled, list(observation.queues))
+        export_finished(policy.namespace, policy.name, observation.queues, spec.metrics.max_job_names)
     else:
         export_unobserved(policy.namespace, policy.name, observation.error_reason)
     seconds = time.perf_counter() - started
@@ -385,7 +391,9 @@ async def _remediate(acting: _Acting, index: int, action: Action, memory: Policy
         if isinstance(action, Pause):
             await _mark_paused(acting.redis, policy, memory, action.queue)
             acting.round_trips += 1
-        text, calls = await _execute(policy, acting.spec, action, acting.ops, acting.replays)
+        text, calls = await _execute(
+            policy, acting.spec, action, acting.ops, acting.replays, tag=slot_tag(acting.redis)
+        )
         acting.round_trips += calls
     except Exception as exc:  # every failure is reported, none stops the others
         message = _error_text(exc)
@@ -434,7 +442,7 @@ async def _save_memory(redis: Redis, policy: PolicyRef, memory: PolicyMemory, pr
     """
     try:
         pipe = redis.pipeline(transaction=False)
-        queue_save_memory(pipe, policy.uid, memory, previous)
+        queue_save_memory(pipe, policy.uid, memory, previous, slot_tag=slot_tag(redis))
         await pipe.execute()
     except _REDIS_ERRORS as exc:
         logger.warning(
@@ -450,8 +458,10 @@ async def _execute(
     action: Action,
     ops: QueueOps,
     replays: ReplayCreator | None,
+    *,
+    tag: str = "",
 ) -> tuple[str | None, int]:
-    """Carry out one remediation.
+    """Carry out one remediation (``tag``: the queues' hash tag on a Redis Cluster).
 
     Returns the text for ``lastActions[].result`` (None: no entry) and the
     number of Redis calls it made.
@@ -465,7 +475,7 @@ async def _execute(
     if isinstance(action, AutoReplay):
         if replays is None:
             raise RuntimeError("no ReplayCreator configured: cannot create child DLQReplays")
-        return await replays.create(child_replay(policy, spec, action)), 0
+        return await replays.create(child_replay(policy, spec, action, tag=tag)), 0
     if isinstance(action, Clean):
         grace_ms = int(action.grace.total_seconds() * 1000)
         removed = calls = 0

@@ -80,6 +80,7 @@ from requeue.replay.moves import Mover
 from requeue.replay.observed import ReplaySeries
 from requeue.replay.rate import TokenBucket
 from requeue.replay.selection import ReplayBudgetLike, Selection, selection_upper
+from requeue.replay.smoke import SmokeTesting
 from requeue.replay.state import (
     SELECTION_FIELD,
     Finish,
@@ -172,6 +173,8 @@ class ReplayEngine:
         )
         self._bulk = Bulk(redis, self.keys, lease_value=self._lease_value, chunk=tuning.bulk_chunk)
         self._verification = Verification(redis, self.keys)
+        #: ``spec.verify.smokeTest``; its ``secrets`` (and ``policy``) are set by the driver.
+        self.smoke = SmokeTesting(redis, self.keys)
         self._gating = Gating(redis, self.keys)
         namespace, _, name = owner.rpartition("/")
         #: The labels of ``requeue_replay_jobs_total`` (default: a replay made by hand, named by ``owner``).
@@ -328,8 +331,16 @@ class ReplayEngine:
             return await self._replay(spec, q, ctx, p)
         if stage == Stage.VERIFYING:
             ctx.status.phase = ReplayPhase.VERIFYING
+            smoke = self.smoke.wanted(spec)
+            if smoke is not None and self.smoke.started(p):
+                return await self.smoke.step(spec, smoke, ctx, p)
             watched = self._queue(spec, spec.target_queue or spec.queue)
-            return await self._verification.step(spec, watched, ctx, p)
+            try:
+                return await self._verification.step(spec, watched, ctx, p)
+            except Finish as fin:  # verification passed: the smoke test decides
+                if smoke is None or fin.phase != ReplayPhase.SUCCEEDED:
+                    raise
+                return await self.smoke.begin(ctx, p, fin.message)
         # Stage.DONE with a status that did not record it (crash between the two writes)
         outcome = p.get(Progress.OUTCOME) or ReplayPhase.SUCCEEDED.value
         raise Finish(
