@@ -354,3 +354,44 @@ async def _until(read: Any, check: Any, timeout: float, what: str) -> None:
             return
         await asyncio.sleep(0.02)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def test_a_dedupe_by_replay_over_the_cluster_keeps_its_keys_in_the_queues_slot(
+    cluster: RedisCluster, owner_client: aredis.Redis, tmp_path: Path
+) -> None:
+    queue = "orders-dedupe"
+    jobs = [
+        {"name": "order.charge", "data": {"orderId": f"o-{i % 4}", "tenant": "acme", "i": i}, "opts": {}}
+        for i in range(14)
+    ]
+    by_id = await _seed_failed(cluster, queue, jobs)
+    k = f"{PREFIX}:{queue}"
+    newest: dict[str, str] = {}
+    for job_id in [str(i) for i in await owner_client.zrange(f"{k}:failed", 0, -1)]:
+        newest[by_id[job_id]["data"]["orderId"]] = job_id
+    kept = set(newest.values())
+    manifest = write_manifest(
+        tmp_path / "replay.yaml",
+        {"queue": queue, "prefix": PREFIX, "selector": {"dedupeBy": "$.orderId"}},
+    )
+    res = await acli(
+        "replay", "-f", str(manifest), "--redis-url", cluster.url, "--replay-id", "dedupe-1", "-o", "json"
+    )
+    assert res.code == 0, res.output
+    status = json.loads(res.stdout)
+    assert (status["phase"], status["matched"], status["replayed"], status["duplicates"]) == (
+        "Succeeded",
+        4,
+        4,
+        10,
+    )
+    assert set(await owner_client.lrange(f"{k}:wait", 0, -1)) == kept
+    assert set(await owner_client.zrange(f"{k}:failed", 0, -1)) == set(by_id) - kept
+    # the value -> newest-job hash and the duplicate counts live in the queue's slot, on its node
+    assert await owner_client.hlen(f"requeue:replay:{PREFIX}:dedupe-1:dedupe") == 4
+    assert await owner_client.hgetall(f"requeue:replay:{PREFIX}:dedupe-1:duplicates") == {
+        "o-0": "3",
+        "o-1": "3",
+        "o-2": "2",
+        "o-3": "2",
+    }

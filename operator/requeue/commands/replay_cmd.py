@@ -709,8 +709,18 @@ def render_summary(
                 else ""
             )
         )
+    if st.duplicates or st.no_dedupe_key:
+        left = "that would stay failed" if dry_run else "left failed"
+        lines.append(
+            f"duplicates {left} (an older copy of a newer failed job): {st.duplicates}"
+            + (f"; without a dedupeBy value (each replayed): {st.no_dedupe_key}" if st.no_dedupe_key else "")
+        )
     if st.breakdown is not None:
-        for title, groups in (("by name", st.breakdown.by_name), ("by reason", st.breakdown.by_reason)):
+        for title, groups in (
+            ("by name", st.breakdown.by_name),
+            ("by reason", st.breakdown.by_reason),
+            ("duplicates by dedupeBy value", st.breakdown.duplicates_by_key or {}),
+        ):
             if groups:
                 lines.append(f"{title}:")
                 width = max(len(k) for k in groups)

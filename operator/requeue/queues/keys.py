@@ -195,9 +195,25 @@ class ReplayKeys:
             self.reasons,
             self.corrupt,
             self.not_failed,
+            self.dedupe,
+            self.duplicates,
         ]
 
+    @property
+    def dedupe(self) -> str:
+        """Hash: ``selector.dedupeBy`` value -> id of the newest matching failed job with it (the one
+        kept), written by the selection's first pass; its second pass snapshots only those ids."""
+        return self._key("dedupe")
 
+    @property
+    def duplicates(self) -> str:
+        """Hash: ``selector.dedupeBy`` value -> failed jobs left failed as its duplicates (the first
+        :data:`DUPLICATE_KEYS` values seen; all are counted in ``Progress.DUPLICATES``)."""
+        return self._key("duplicates")
+
+
+#: How many distinct ``dedupeBy`` values :attr:`ReplayKeys.duplicates` counts duplicates for.
+DUPLICATE_KEYS = 1000
 #: Field of :attr:`ReplayKeys.reasons` that counts the reasons past the cap on distinct ones.
 REASONS_OTHER = "\0other"
 #: Root of a QueuePolicy's keys (a budget key read from annotations must start with it).
@@ -361,6 +377,13 @@ class Progress(Declared):
     OUTCOME_REASON = "outcome_reason", "the final phase's reason"
     OUTCOME_MESSAGE = "outcome_message", "the final phase's message"
     FINISHED_MS = "finished_ms", "when the replay ended (ms)"
+    # selector.dedupeBy (the selection's first pass, then what its second pass left out)
+    DEDUPE_SCORE = "dd_score", "dedupeBy's first pass: score of the last failed-set member scanned"
+    DEDUPE_ID = "dd_id", "dedupeBy's first pass: id of the last failed-set member scanned"
+    DEDUPE_SCANNED = "dd_scanned", "dedupeBy's first pass: failed-set members scanned"
+    DEDUPE_DONE = "dd_done", '"1": the first pass is complete; the dedupe hash holds the job kept per value'
+    DUPLICATES = "duplicates", "matching jobs left failed: a newer failed job has the same dedupeBy value"
+    NO_DEDUPE_KEY = "no_dedupe_key", "selected jobs without a dedupeBy value (not deduplicated)"
 
 
 #: What the lease (:attr:`QueueKeys.lease`) holds: who drives a replay of the queue
@@ -403,6 +426,13 @@ def owned_keys() -> list[OwnedKey]:
         OwnedKey(r.reasons, "hash", "normalised failure reason -> matched jobs (`\\0other`: the rest)", kept),
         OwnedKey(r.corrupt, "list", "the first corrupt job ids", kept),
         OwnedKey(r.not_failed, "list", "the first ids of `selector.jobIds` not in the failed set", kept),
+        OwnedKey(r.dedupe, "hash", "`selector.dedupeBy` value -> id of the newest matching failed job", kept),
+        OwnedKey(
+            r.duplicates,
+            "hash",
+            f"`selector.dedupeBy` value -> duplicates left failed (first {DUPLICATE_KEYS} values)",
+            kept,
+        ),
         OwnedKey(
             r.legacy_copied,
             "list",

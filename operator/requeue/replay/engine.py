@@ -449,6 +449,8 @@ class ReplayEngine:
         st.corrupt = int_field(p, Progress.CORRUPT)
         st.over_budget = int_field(p, Progress.OVER_BUDGET)
         st.not_failed = int_field(p, Progress.NOT_FAILED)
+        st.duplicates = int_field(p, Progress.DUPLICATES)
+        st.no_dedupe_key = int_field(p, Progress.NO_DEDUPE_KEY)
         if Progress.VERIFIED_COMPLETED in p:
             st.completed = int_field(p, Progress.VERIFIED_COMPLETED)
             st.failed_again = int_field(p, Progress.VERIFIED_FAILED)
