@@ -204,6 +204,8 @@ def measure_floor(ds: Dataset) -> Measured:
 # ----------------------------------------------------------------------------- QueuePolicy
 
 POLICY_QUEUES = ("critical", "default", "bulk")
+#: Jobs through each queue between two measured evaluations.
+TRAFFIC_JOBS = 30
 
 
 async def _traffic(url: str, major: int, jobs_per_queue: int) -> None:
@@ -242,6 +244,11 @@ class PolicyFigures:
     per_eval_traffic: list[int]
     per_eval_idle: list[int]
     breakdown: Counter[str]
+    #: Commands the Node producer and workers themselves ran for the jobs between evaluations
+    #: (BullMQ's add, fetch and finish), and how many jobs that was: the scale to judge the
+    #: policy's own per-job read (one HMGET per finished job, for job latency) against.
+    traffic_commands: int = 0
+    traffic_jobs: int = 0
 
 
 async def _evaluations(
@@ -283,13 +290,16 @@ async def _evaluations(
         await once()  # loads the memory from Redis and reads the events streams from the window's start
         traffic: list[int] = []
         breakdown: Counter[str] = Counter()
+        bullmq = 0
         for _ in range(n):
-            await _traffic(url, major, 30)
+            reset_stats(stats_client)
+            await _traffic(url, major, TRAFFIC_JOBS)
+            bullmq += sum(command_stats(stats_client, PROBE_COMMANDS).values())
             calls = await once()
             traffic.append(sum(calls.values()))
             breakdown += calls
         idle = [sum((await once()).values()) for _ in range(n)]
-        return PolicyFigures(traffic, idle, breakdown)
+        return PolicyFigures(traffic, idle, breakdown, bullmq, n * TRAFFIC_JOBS * len(POLICY_QUEUES))
     finally:
         await redis.aclose()
 
@@ -460,6 +470,12 @@ def report(
             f"  {label}: {traffic:.0f} with traffic between evaluations ({traffic / n:.1f} per queue), "
             f"{idle:.0f} on idle queues ({idle / n:.1f} per queue)\n    per queue: {top}"
         )
+        if fig.traffic_jobs:
+            extra = (traffic - idle) / (fig.traffic_jobs / len(fig.per_eval_traffic))
+            print(
+                f"    per finished job: the policy {extra:.2f} more than on idle queues; BullMQ itself "
+                f"(Node producer and workers) {fig.traffic_commands / fig.traffic_jobs:.1f}"
+            )
     per_eval = statistics.median(example.per_eval_traffic) + gate_check
     print(
         f"  the example's Redis gate, checked at every evaluation (connect, 3 PINGs, INFO memory): "

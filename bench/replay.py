@@ -207,6 +207,12 @@ async def _child(mode: str, url: str, window: tuple[str, str]) -> dict[str, Any]
             body["mode"] = "Bulk" if mode.startswith("bulk") else "Exact"
         elif mode == "dryrun":
             body["dryRun"] = True
+        elif mode == "dryrun-filter":
+            body["dryRun"] = True
+            body["selector"] = {"dataMatch": {}}
+        elif mode in ("dryrun-dedupe", "dryrun-dedupe-unique"):
+            body["dryRun"] = True
+            body["selector"] = {"dedupeBy": "$.tenant" if mode == "dryrun-dedupe" else "$.i"}
         else:
             raise ValueError(mode)
         spec = DLQReplaySpec.model_validate(body)
@@ -215,8 +221,9 @@ async def _child(mode: str, url: str, window: tuple[str, str]) -> dict[str, Any]
         elapsed = time.perf_counter() - started
         if status.phase.value != "Succeeded":
             raise RuntimeError(f"replay ended {status.phase.value}: {status.message}")
-        jobs = status.matched if mode == "dryrun" else status.replayed
-        if mode == "dryrun":
+        dry = mode.startswith("dryrun")
+        jobs = status.matched if dry else status.replayed
+        if dry:
             scanned = await redis.hget(ReplayKeys(engine.replay_id).progress, Progress.SCANNED)
             jobs = int(scanned or 0)
         return {"elapsed": elapsed, "jobs": jobs, "matched": status.matched, "rss_kib": _vm_hwm_kib()}
@@ -428,6 +435,9 @@ MODES = (
     ("bulk-keep", "  the same, resetAttempts: false"),
     ("scan", "requeue inspect (analyse_failed_set)"),
     ("dryrun", "requeue dry run (engine, no filter)"),
+    ("dryrun-filter", "  dataMatch {} (every job read by the client)"),
+    ("dryrun-dedupe", "  dedupeBy $.tenant (37 values)"),
+    ("dryrun-dedupe-unique", "  dedupeBy $.i (every value once)"),
 )
 
 
@@ -447,7 +457,8 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated subset of: retry,selective,window,window-keep,bulk,bulk-keep,scan,dryrun",
+        help="comma-separated subset of: retry,selective,window,window-keep,bulk,bulk-keep,scan,dryrun,"
+        "dryrun-filter,dryrun-dedupe,dryrun-dedupe-unique",
     )
     parser.add_argument("--no-small", action="store_true", help="skip the 1k-job RSS baseline")
     parser.add_argument(
@@ -561,7 +572,7 @@ def report(args: argparse.Namespace, idle: Row, rows: dict[str, Row], small_rss:
             f"({r.median('jobs_per_s'):.0f} vs {ref:.0f} jobs/s), {r.median('max_ms'):.2f} ms "
             f"(retryJobs itself: {retry.median('max_ms') if retry else float('nan'):.2f} ms)",
         )
-    for key in ("scan", "dryrun"):
+    for key in ("scan", "dryrun", "dryrun-filter", "dryrun-dedupe", "dryrun-dedupe-unique"):
         if key in rows:
             r = rows[key]
             check(

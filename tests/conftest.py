@@ -25,6 +25,7 @@ from support.kube import Kube, start_kube  # noqa: E402
 from support.leaks import SESSION_PASSWORD, assert_no_session_leak  # noqa: E402
 from support.operator_proc import DEFAULT_COMMAND, OperatorProcess  # noqa: E402
 from support.queuepolicy import SlackSink  # noqa: E402
+from support.redis_cluster import RedisCluster  # noqa: E402
 from support.redis_server import RedisServer, find_redis_server  # noqa: E402
 from support.tcp_proxy import TcpProxy  # noqa: E402
 
@@ -136,6 +137,18 @@ async def proxy_factory() -> AsyncIterator[Callable[[str, int], Awaitable[TcpPro
     finally:
         for proxy in proxies:
             await proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[RedisCluster]:
+    """One Redis Cluster (3 primaries, 3 replicas) for the session, about 2 s to start; tests use
+    queues (or hash tags) of their own. The failover test (tests/interop/test_cluster.py) leaves
+    the slot of ``{bull}`` with a new primary and no replica; nothing else needs one."""
+    c = RedisCluster().start()
+    try:
+        yield c
+    finally:
+        c.stop()
 
 
 # ---------------------------------------------------------------- Kubernetes

@@ -181,15 +181,19 @@ class RedisServer:
         self.kill()
         raise RedisServerError(self._failure(f"redis-server did not answer PING within {timeout}s"))
 
-    def _answering_pid(self) -> int | None:
-        """The process id of the redis-server answering on our port, or None if nobody answers."""
-        client = redis.Redis(
+    def _probe_client(self) -> redis.Redis:
+        """A client for one quick probe of our port (half a second at most); the caller closes it."""
+        return redis.Redis(
             host=self.host,
             port=self.port,
             password=self.password,
             socket_timeout=0.5,
             socket_connect_timeout=0.5,
         )
+
+    def _answering_pid(self) -> int | None:
+        """The process id of the redis-server answering on our port, or None if nobody answers."""
+        client = self._probe_client()
         try:
             return int(client.info("server")["process_id"])
         except (redis.RedisError, KeyError, ValueError):
@@ -198,13 +202,8 @@ class RedisServer:
             client.close()
 
     def ping(self) -> bool:
-        client = redis.Redis(
-            host=self.host,
-            port=self.port,
-            password=self.password,
-            socket_timeout=0.5,
-            socket_connect_timeout=0.5,
-        )
+        """Whether a redis-server answers PING on our port."""
+        client = self._probe_client()
         try:
             return bool(client.ping())
         except redis.RedisError:

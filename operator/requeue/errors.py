@@ -181,6 +181,13 @@ class ArchiveFailed(PermanentError):
     exit_code = 1
 
 
+class SmokeTestFailed(PermanentError):
+    """spec.verify.smokeTest did not pass after its retries."""
+
+    reason = Reason.SMOKE_TEST_FAILED
+    exit_code = 1
+
+
 class GatesTimedOut(PermanentError):
     """Gates stayed red past gatePolicy.timeout."""
 

@@ -94,6 +94,29 @@ QUEUE_IDLE_SECONDS = Gauge(
     "processing stopped when it passes the policy's thresholds.stalledFor.",
     ["namespace", "policy", "queue"],
 )
+#: Buckets of the job latency and processing histograms: 50 ms to 1 h, 30 s (the runbook's p95
+#: alert) among them.
+JOB_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
+JOB_LATENCY_SECONDS = Histogram(
+    "bullmq_job_latency_seconds",
+    "Time from a job being added to it finishing (completed or, after its last attempt, failed), read "
+    "from the job hash (finishedOn - timestamp) when the events stream reports it finished. The job label "
+    "is its name; names beyond the policy's spec.metrics.maxJobNames are counted as job=other.",
+    ["namespace", "policy", "queue", "job"],
+    buckets=JOB_SECONDS_BUCKETS,
+)
+JOB_PROCESSING_SECONDS = Histogram(
+    "bullmq_job_processing_seconds",
+    "Time from a worker taking a job (its last attempt) to it finishing (finishedOn - processedOn).",
+    ["namespace", "policy", "queue", "job"],
+    buckets=JOB_SECONDS_BUCKETS,
+)
+JOBS_FINISHED = Counter(
+    "bullmq_jobs_finished_total",
+    "Jobs that finished, by outcome (completed, failed: after the last attempt), from the events stream. "
+    "job=unknown: the hash was gone when read (removeOnComplete: true) or beyond the lookup limit.",
+    ["namespace", "policy", "queue", "job", "outcome"],
+)
 ACTIONS = Counter(
     "requeue_actions_total",
     "Actions taken by policies (alert, recover, pause, resume, auto_replay, clean).",
@@ -110,6 +133,9 @@ REDIS_UP = Gauge(
     "at its last attempt, 0 when it could not.",
     ["namespace", "kind", "owner"],
 )
+
+#: The per-job series a QueuePolicy adds to; removed when it or its queue goes.
+JOB_SERIES = (JOB_LATENCY_SECONDS, JOB_PROCESSING_SECONDS, JOBS_FINISHED)
 
 #: The gauges a QueuePolicy sets per queue; removed when it cannot observe them.
 QUEUE_GAUGES = (QUEUE_JOBS, QUEUE_FAILURE_RATIO, QUEUE_PAUSED, QUEUE_DEPTH_LEGACY, QUEUE_IDLE_SECONDS)

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from requeue.api.common import RedisConnection
+from requeue.api.policy import QueuePolicySpec
 from requeue.api.replay import DLQReplaySpec
 from requeue.queues import QueueKeys, TlsOptions, connect
 from requeue.secrets import SecretSource
 
-__all__ = ["RedisTarget", "open_redis", "replay_queues", "resolve_redis"]
+__all__ = ["RedisTarget", "open_redis", "policy_queues", "replay_queues", "resolve_redis"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +61,13 @@ def replay_queues(spec: DLQReplaySpec) -> tuple[QueueKeys, ...]:
     return (QueueKeys(spec.prefix, spec.queue), *target)
 
 
+def policy_queues(spec: QueuePolicySpec) -> tuple[QueueKeys, ...]:
+    """The queues a QueuePolicy watches: on a Redis Cluster they must share one slot (its
+    prefix carries the hash tag, as BullMQ on a cluster needs), and the policy's client (its
+    pauses, cleans, memory and budget) goes to the primary serving it."""
+    return tuple(QueueKeys(spec.prefix, q) for q in dict.fromkeys(spec.queues))
+
+
 async def open_redis(
     secrets: SecretSource,
     conn: RedisConnection,
@@ -73,7 +81,7 @@ async def open_redis(
 
     :raises SecretNotFound: the Secret or key does not exist.
     :raises AuthFailed: Redis refused the credentials.
-    :raises RedisUnavailable: Redis cannot be reached.
+    :raises RedisUnreachable: Redis cannot be reached.
     :raises HashTagRequired: a Redis Cluster, and the queues do not share a hash-tagged slot.
     """
     target = await resolve_redis(secrets, conn, url=url)

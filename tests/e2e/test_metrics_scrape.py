@@ -159,7 +159,13 @@ async def test_two_namespaces_stay_apart_and_deleted_objects_leave_no_series(
         lambda f: value(f, "requeue_redis_up", namespace="payments", kind="QueuePolicy", owner="orders") == 0,
         "requeue_redis_up 0 for payments/orders",
     )
-    assert [s for s in labelled(found, **there) if s.startswith(("bullmq_", "queue_depth"))] == []
+    assert [s for s in labelled(found, **there) if s.startswith(("bullmq_queue_", "queue_depth"))] == []
+    # the per-job counters and histograms count what was seen: they stay (a counter that vanished
+    # and came back would read as a reset), and go with the policy
+    assert (
+        value(found, "bullmq_jobs_finished_total", **there, **queue, job="whatsapp.send", outcome="failed")
+        == 5
+    )
     assert value(found, "bullmq_queue_jobs", **here, **queue, state="failed") == 3  # the other one lives
 
     # a replay made by hand counts under its own name, until it is deleted

@@ -444,6 +444,8 @@ def test_status_json_is_the_operator_status_shape() -> None:
         "corrupt",
         "notFailed",
         "overBudget",
+        "duplicates",
+        "noDedupeKey",
         "failedAgain",
         "completed",
         "progress",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -33,7 +32,6 @@ from requeue.secrets import StaticSecrets
 from support.bullmq_jobs import JobSpec, add_jobs, create_queues, make_failed_jobs
 from support.redis_server import RedisServer
 
-evaluate_module = importlib.import_module("requeue.policy.evaluate")
 POLICY = PolicyRef(namespace="visapi", name="visapi-queues", uid="0b6c2f4e-uid", generation=3)
 TOKEN = "T000/B000/s3cr3tw3bh00kt0k3n"
 
@@ -370,7 +368,6 @@ async def age_failed_jobs(redis: aioredis.Redis, keys: QueueKeys, ids: list[str]
 async def test_clean_removes_only_jobs_older_than_grace_in_bounded_batches(
     redis: aioredis.Redis,
     redis_url: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     old = await make_failed_jobs(redis_url, "orders", [JobSpec("old", {"i": i}) for i in range(10)])
     await age_failed_jobs(redis, QueueKeys("bull", "orders"), old, seconds=60)
@@ -383,16 +380,15 @@ async def test_clean_removes_only_jobs_older_than_grace_in_bounded_batches(
             calls.append(limit)
             return await super().clean(queue, state, grace_ms=grace_ms, limit=limit)
 
-    monkeypatch.setattr(evaluate_module, "CLEAN_BATCH", 4)
     s = spec(actions={"clean": {"failed": {"grace": "4s", "limit": 1000}}})
-    result = await evaluate(POLICY, s, None, redis=redis, ops=CountingOps(redis))
+    result = await evaluate(POLICY, s, None, redis=redis, ops=CountingOps(redis), clean_batch=4)
     assert calls == [4, 4, 4]  # 4 + 4 + 2 removed: the short batch ends it
     remaining = set(await redis.zrange(QueueKeys("bull", "orders").failed, 0, -1))
     assert remaining == set(new) and not remaining & set(old)
     assert [(a.action, a.result) for a in result.status.last_actions] == [("Clean", "removed 10")]
     calls.clear()
     result = await evaluate(
-        POLICY, s, result.status, redis=redis, ops=CountingOps(redis), memory=result.memory
+        POLICY, s, result.status, redis=redis, ops=CountingOps(redis), memory=result.memory, clean_batch=4
     )
     assert calls == []  # nothing older than grace: no Clean at all
 

@@ -20,7 +20,7 @@ from requeue.api import (
     ReplayPhase,
 )
 from requeue.api.base import find_condition
-from requeue.errors import RedisUnavailable
+from requeue.errors import RedisUnreachable
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys, connect
 from requeue.replay import ReplayEngine, StepResult
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker, worker_waiting
@@ -496,7 +496,7 @@ async def test_redis_killed_mid_run_surfaces_redis_unavailable(redis_factory: An
         assert "127.0.0.1" in ready.message
         assert [e.reason for e in last.events] == ["RedisUnreachable"]
         assert last.status.phase == ReplayPhase.REPLAYING and last.delay > 0
-        with pytest.raises(RedisUnavailable):
+        with pytest.raises(RedisUnreachable):
             await engine.run(spec, last.status)
     finally:
         await client.aclose()

@@ -10,13 +10,14 @@ its data unchanged, jobs with a priority included (Bulk queues them as plain job
 
 from __future__ import annotations
 
-import asyncio
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 import redis.asyncio as aredis
 
 from requeue.api import DLQReplaySpec, ReplayPhase
+from requeue.clock import utcnow
 from requeue.queues import connect
 from requeue.replay import EngineTuning, ReplayEngine
 from support.node import (
@@ -51,7 +52,6 @@ async def test_bulk_replay_into_node_paused_queue_runs_each_job_once(
     rules = [FailRule("429 Too Many Requests", name="whatsapp.send")]
     async with NodeWorker(redis_url, qname, major=major, fail=rules) as worker:
         await worker.wait_for_final(ids, timeout_s=60)
-    await asyncio.sleep(0.2)
     live = await pause_with_live_traffic(redis_url, qname, major=major)
 
     client = await connect(redis_url)
@@ -65,9 +65,15 @@ async def test_bulk_replay_into_node_paused_queue_runs_each_job_once(
                 "rate": {"jobsPerSecond": 100_000, "batchSize": 15},
             }
         )
-        margin = EngineTuning(clock_skew_ms=100)  # the jobs above are older than that
+        margin = EngineTuning(clock_skew_ms=100)
+
+        def ahead() -> datetime:
+            """The engine's clock, the margin ahead of real time: the jobs that failed above are
+            in Bulk's window at once, without sleeping past the margin."""
+            return utcnow() + timedelta(milliseconds=margin.clock_skew_ms)
+
         st = await ReplayEngine(
-            client, replay_id=f"bulk-{major}-{reset}", owner="ns/bulk", tuning=margin
+            client, replay_id=f"bulk-{major}-{reset}", owner="ns/bulk", tuning=margin, clock=ahead
         ).run(spec)
     finally:
         await client.aclose()

@@ -13,10 +13,10 @@ __all__ = ["Handler", "endpoint"]
 
 
 @asynccontextmanager
-async def endpoint(handler: Handler, *, path: str = "/health") -> AsyncIterator[str]:
-    """Serve ``GET path`` with ``handler`` on a free loopback port; yields the URL."""
+async def endpoint(handler: Handler, *, path: str = "/health", method: str = "GET") -> AsyncIterator[str]:
+    """Serve ``method path`` with ``handler`` on a free loopback port; yields the URL."""
     app = web.Application()
-    app.router.add_get(path, handler)
+    app.router.add_route(method, path, handler)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:

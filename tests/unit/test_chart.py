@@ -651,6 +651,12 @@ RUNBOOK_ALERTS = {
     "BullMQQueueBacklogHigh": ('bullmq_queue_jobs{state="waiting"} > 1000', "10m", "warning"),
     "BullMQQueueFailureRatioHigh": ("bullmq_queue_failure_ratio > 0.05", "5m", "warning"),
     "BullMQQueuePausedTooLong": ("bullmq_queue_paused == 1", "30m", "warning"),
+    "BullMQJobLatencyHigh": (
+        "histogram_quantile(0.95, sum by (namespace, policy, queue, le) "
+        "(rate(bullmq_job_latency_seconds_bucket[5m]))) > 30",
+        "5m",
+        "warning",
+    ),
     "RequeueReplayFailed": ('requeue_replays{phase="Failed"} > 0', None, "warning"),
     "RequeueRedisUnreachable": ("requeue_redis_up == 0", "2m", "critical"),
     "RequeueOperatorDown": (
@@ -741,6 +747,9 @@ def test_alert_thresholds_come_from_values(chart: helm_python.Chart) -> None:
             "failureRatioFor": "15m",
             "queuePausedFor": "2h",
             "operatorDownFor": "10m",
+            "jobLatencyP95Threshold": 12.5,
+            "jobLatencyFor": "20m",
+            "jobLatencyWindow": "10m",
             "runbookBaseUrl": "https://wiki.example.com/queues#",
         }
     }
@@ -751,6 +760,10 @@ def test_alert_thresholds_come_from_values(chart: helm_python.Chart) -> None:
     assert "20%" in found["BullMQQueueFailureRatioHigh"]["annotations"]["description"]
     assert found["BullMQQueuePausedTooLong"]["for"] == "2h"
     assert found["RequeueOperatorDown"]["for"] == "10m"
+    latency = found["BullMQJobLatencyHigh"]
+    assert latency["expr"].endswith("(rate(bullmq_job_latency_seconds_bucket[10m]))) > 12.5")
+    assert latency["for"] == "20m"
+    assert "above 12.5s for 20m" in latency["annotations"]["description"]
     assert found["RequeueRedisUnreachable"]["annotations"]["runbook_url"] == (
         "https://wiki.example.com/queues#requeueredisunreachable"
     )
@@ -795,6 +808,8 @@ def test_dashboard_panels_query_real_metrics(chart: helm_python.Chart) -> None:
     assert "bullmq_queue_failure_ratio" in by_title["Failure ratio"][0]
     assert "rate(requeue_replay_jobs_total" in by_title["Replay progress (jobs/s)"][0]
     assert "requeue_gate_healthy" in by_title["Gate health"][0]
+    assert "histogram_quantile(0.95" in by_title["Job latency p95 (added to finished)"][0]
+    assert "bullmq_job_latency_seconds_bucket" in by_title["Job latency p95 (added to finished)"][0]
     # Every requeue metric is on the dashboard, except the runbook-compatible legacy gauge.
     exported = {n for n in sample_names() if not n.endswith(("_sum", "_count"))} - {"queue_depth_total"}
     assert exported <= used, f"not on the dashboard: {sorted(exported - used)}"

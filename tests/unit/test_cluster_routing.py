@@ -15,8 +15,16 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from requeue.errors import HashTagRequired, RedisUrlInvalid
-from requeue.queues.cluster import hash_tag, is_cluster_url, owner_of, parse_cluster_url, queue_slot
-from requeue.queues.keys import QueueKeys, ReplayKeys
+from requeue.policy.budget import ReplayBudget
+from requeue.queues.cluster import (
+    hash_tag,
+    is_cluster_url,
+    owner_of,
+    parse_cluster_url,
+    primaries_of,
+    queue_slot,
+)
+from requeue.queues.keys import PolicyKeys, QueueKeys, ReplayKeys, budget_taken_key, untag
 from requeue.redact import redact_url, sensitive_parts
 
 PASSWORDS = st.text(
@@ -46,7 +54,10 @@ def test_every_key_requeue_owns_for_a_queue_shares_its_slot() -> None:
     q = QueueKeys("{bull}", "whatsapp")
     tag, slot = queue_slot([q])
     replay = ReplayKeys("6f1c-uid", tag)
-    mine = [q.lease, *replay.all(), replay.legacy_copied]
+    policy = PolicyKeys("9a2e-uid", tag)
+    budget = ReplayBudget.for_policy("9a2e-uid", 1, slot_tag=tag)
+    mine = [q.lease, *replay.all(), replay.legacy_copied, policy.memory, policy.replays]
+    mine += [budget.key, budget_taken_key(budget.key, "6f1c-uid")]
     bullmq = [q.failed, q.wait, q.meta, q.events, q.job("42"), q.job("odd}{id"), q.lock("7")]
     assert {key_slot(k.encode()) for k in mine + bullmq} == {slot}
     assert replay.progress == "requeue:replay:{bull}:6f1c-uid:progress"
@@ -54,6 +65,35 @@ def test_every_key_requeue_owns_for_a_queue_shares_its_slot() -> None:
 
 def test_off_a_cluster_replay_keys_keep_their_names() -> None:
     assert ReplayKeys("abc").progress == "requeue:replay:abc:progress"
+    assert PolicyKeys("u-1").memory == "requeue:policy:u-1:memory"
+    assert ReplayBudget.for_policy("u-1", 2).key == "requeue:policy:u-1:replays"
+
+
+@pytest.mark.parametrize(
+    ("text", "split"),
+    [
+        ("{bull}:cli-ops-1", ("bull", "cli-ops-1")),
+        ("cli-ops-1", ("", "cli-ops-1")),
+        ("{}:x", ("", "{}:x")),  # no tag: as written
+        ("{a}b", ("", "{a}b")),
+    ],
+)
+def test_an_id_is_read_back_out_of_a_tagged_key(text: str, split: tuple[str, str]) -> None:
+    assert untag(text) == split
+    tag, replay_id = untag(
+        ReplayKeys("r-9", "bull").progress.removeprefix("requeue:replay:")[: -len(":progress")]
+    )
+    assert (tag, replay_id) == ("bull", "r-9")
+
+
+def test_every_primary_comes_from_cluster_slots() -> None:
+    reply = [
+        [0, 5460, ["127.0.0.1", 7000, "id0"], ["127.0.0.1", 7003, "id3"]],
+        [5461, 10922, ["", 7001, "id1"]],
+        [10923, 12000, ["127.0.0.1", 7002, "id2"]],
+        [12001, 16383, ["127.0.0.1", 7002, "id2"]],  # one primary, two ranges: named once
+    ]
+    assert primaries_of(reply, asked="seed") == [("127.0.0.1", 7000), ("seed", 7001), ("127.0.0.1", 7002)]
 
 
 @pytest.mark.parametrize("prefix", ["bull", "{bull", "b{}ull", "bull}"])

@@ -68,10 +68,26 @@ STORED_FIELDS = {
     "vc",
     "vf",
     "vp",
+    # added with verify.smokeTest: absent in older replays, which never had one
+    "smoke",
+    "smoke_attempts",
+    "smoke_next_ms",
+    "smoke_sent_ms",
+    "smoke_verified",
+    "smoke_answer",
+    "smoke_c",
+    "smoke_f",
     "outcome",
     "outcome_reason",
     "outcome_message",
     "finished_ms",
+    # added with selector.dedupeBy: only a replay with dedupeBy writes them; absent, read as 0 / not done
+    "dd_score",
+    "dd_id",
+    "dd_scanned",
+    "dd_done",
+    "duplicates",
+    "no_dedupe_key",
 }
 STORED_STAGES = {"gates", "selecting", "replaying", "verifying", "done"}
 #: Literals in requeue's Lua that equal a declared name but are not one: BULK_GUARD's veto reason.

@@ -181,6 +181,25 @@ _window_or_bad: st.SearchStrategy[dict[str, str]] = _rare.flatmap(
 )
 
 
+_dedupe_paths = st.one_of(
+    st.sampled_from(["$.orderId", "$.a.b", "$.items[0].sku", "$[3]", "$._x-y", "$" + ".a" * 16]),
+    st.from_regex(r"\A\$(\.[a-z]{1,4}|\[[1-9][0-9]{0,2}\]){1,4}\Z"),
+)
+_bad_dedupe_paths = (
+    "orderId",
+    "$",
+    "$..a",
+    "$.a[*]",
+    "$['a']",
+    "$.a[01]",
+    "$.a b",
+    "$.a\n",
+    "$" + ".a" * 17,
+    "$.a" + "b" * 300,
+    "$.é",
+)
+
+
 def selector(*, per_job: bool = True) -> st.SearchStrategy[Any]:
     """A selector; without ``per_job`` (mode Bulk) mostly only a time window and a count."""
     per_job_fields = {
@@ -191,6 +210,7 @@ def selector(*, per_job: bool = True) -> st.SearchStrategy[Any]:
         ),
         "failedReasonPattern": maybe(_regexes, *_bad_regexes),
         "dataMatch": maybe(_data_match),
+        "dedupeBy": maybe(_dedupe_paths, *_bad_dedupe_paths),
     }
     count = {"maxJobs": maybe(ints(1, 10_000_000))}
     if per_job:
@@ -464,6 +484,10 @@ FOUND = [
     ("beyond int64 crashed the CEL stand-in", _with("verify", {"maxFailedAgain": 2**63}), False),
     ("int64 max is a valid count", _with("verify", {"maxFailedAgain": 2**63 - 1}), True),
     ("seconds beyond int32 overflow a date", _with("ttlSecondsAfterFinished", 2**31), False),
+    ("dedupeBy with mode Bulk", {**_with("selector.dedupeBy", "$.orderId"), "mode": "Bulk"}, False),
+    ("dedupeBy beside jobIds", {**_VALID_REPLAY, "selector": {"jobIds": ["1"], "dedupeBy": "$.a"}}, False),
+    ("dedupeBy at 16 segments", _with("selector.dedupeBy", "$" + ".a" * 16), True),
+    ("dedupeBy at 17 segments", _with("selector.dedupeBy", "$" + ".a" * 17), False),
     (
         "beyond int64 inside dataMatch is a float to the API server",
         _with("selector.dataMatch", {"n": 2**70}),

@@ -8,6 +8,7 @@ import re2
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from requeue.api.base import INT64_MAX, ApiModel, SecretKeyRef, Timestamp, cel_rules
+from requeue.api.jsonpath import MAX_PATH_LENGTH, PATH_PATTERN, parse_json_path
 
 
 def compile_re2(pattern: str) -> Any:
@@ -79,6 +80,10 @@ WINDOW_RULE = (
 )
 
 
+#: :data:`PATH_PATTERN` inside a CEL string literal (backslashes escaped).
+_CEL_PATH_PATTERN = PATH_PATTERN.replace("\\", "\\\\")
+
+
 class Selector(ApiModel):
     """Which failed jobs to pick. All set filters must match (AND); an empty selector picks all."""
 
@@ -111,7 +116,31 @@ class Selector(ApiModel):
         default=None, description="Only jobs that failed before this time (RFC 3339)."
     )
     max_jobs: int | None = Field(
-        default=None, ge=1, le=10_000_000, description="Replay at most this many (oldest failures first)."
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Replay at most this many (oldest failures first; with dedupeBy, kept jobs count).",
+    )
+    dedupe_by: str | None = Field(
+        default=None,
+        description=(
+            "JSON path into the job data naming a job's logical identity, e.g. $.orderId or "
+            "$.order.items[0].sku (only .name and [index] steps). Of the matching failed jobs with "
+            "the same value there, only the newest (last failed) is replayed; the others stay "
+            "failed and are counted in status.duplicates. Jobs whose data lacks the path (or holds "
+            "null there) are not deduplicated: each is replayed and counted in status.noDedupeKey. "
+            "Needs mode Exact."
+        ),
+        json_schema_extra={
+            "maxLength": MAX_PATH_LENGTH,
+            **cel_rules(
+                (
+                    f"self.matches('{_CEL_PATH_PATTERN}')",
+                    "dedupeBy must be a JSON path made of $ and .name or [index] steps, e.g. $.orderId "
+                    "or $.items[0].sku (no wildcards, filters or quotes)",
+                )
+            ),
+        },
     )
 
     @field_validator("failed_reason_pattern")
@@ -119,6 +148,13 @@ class Selector(ApiModel):
     def _compiles_in_re2(cls, value: str | None) -> str | None:
         if value is not None:
             compile_re2(value)
+        return value
+
+    @field_validator("dedupe_by")
+    @classmethod
+    def _supported_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_json_path(value)
         return value
 
     @model_validator(mode="after")

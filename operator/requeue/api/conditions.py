@@ -78,6 +78,7 @@ class Reason(StrEnum):
     KUBERNETES_API_ERROR = "KubernetesApiError"
     DESTINATION_DENIED = "DestinationDenied"
     VERIFICATION_FAILED = "VerificationFailed"
+    SMOKE_TEST_FAILED = "SmokeTestFailed"
     GATES_TIMED_OUT = "GatesTimedOut"
     TRANSIENT_ERROR = "TransientError"
     PERMANENT_ERROR = "PermanentError"
@@ -98,6 +99,7 @@ class Reason(StrEnum):
     REPLAYING = "Replaying"
     THROTTLED = "Throttled"
     VERIFYING = "Verifying"
+    SMOKE_TESTING = "SmokeTesting"
     SUSPENDED = "Suspended"
     INTERRUPTED = "Interrupted"
     HELD_BY_GATES = "HeldByGates"
@@ -124,6 +126,7 @@ class Reason(StrEnum):
     SPEC_ACCEPTED = "SpecAccepted"
     IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
     REPLAY_FINISHED = "ReplayFinished"
+    SMOKE_TEST_PASSED = "SmokeTestPassed"
     # -- a DLQReplay's Events
     REPLAY_STARTED = "ReplayStarted"
     SELECTED = "Selected"
@@ -142,6 +145,7 @@ class Reason(StrEnum):
     STALLED_JOBS = "StalledJobs"
     PROCESSING_STOPPED = "ProcessingStopped"
     FAILED_GROWING = "FailedGrowing"
+    LATENCY_ABOVE_THRESHOLD = "LatencyAboveThreshold"
     # -- why processing stopped (.status.queues[].processingStopped.reason; PausedByOthers too)
     WORKERS_DOWN = "WorkersDown"
     WORKERS_STUCK = "WorkersStuck"
@@ -172,8 +176,8 @@ REASON_DOCS: dict[Reason, str] = {
     "(CLI exit 2).",
     Reason.REDIS_URL_INVALID: "The Redis URL (Secret or flag) cannot be parsed; shown redacted (CLI exit 2).",
     Reason.HASH_TAG_REQUIRED: "On a Redis Cluster (`redis+cluster://`), the queue's prefix (or name) "
-    "has no hash tag such as `{bull}`, or targetQueue hashes to another slot: BullMQ's and requeue's keys "
-    "of a queue must share one slot (CLI exit 2).",
+    "has no hash tag such as `{bull}`, or targetQueue (or another queue of the same QueuePolicy) hashes to "
+    "another slot: BullMQ's and requeue's keys of a queue must share one slot (CLI exit 2).",
     Reason.AUTH_FAILED: "Redis, Postgres or an HTTP gate refused the credentials (CLI exit 3).",
     Reason.FORBIDDEN: "Redis's ACL user lacks a command or key pattern requeue needs (NOPERM; the "
     "message names it; README 'Redis ACL users'; CLI exit 3).",
@@ -186,8 +190,12 @@ REASON_DOCS: dict[Reason, str] = {
     "of the name in its path (the message lists the names they do); retried (CLI exit 3).",
     Reason.QUEUE_LOCKED: "Another replay (or process) holds the queue's lease; this one waits.",
     Reason.KUBERNETES_API_ERROR: "The Kubernetes API server was unreachable or answered with an error.",
-    Reason.DESTINATION_DENIED: "A gate's host is refused by the operator's gate destination policy.",
+    Reason.DESTINATION_DENIED: "A gate's (or verify.smokeTest's) host is refused by the operator's gate "
+    "destination policy; a smoke test to it ends the replay Failed at once.",
     Reason.VERIFICATION_FAILED: "Fewer replayed jobs completed than verify.minSuccessRate asks.",
+    Reason.SMOKE_TEST_FAILED: "verify.smokeTest did not pass after its retries: a wrong status or JSON "
+    "value, no answer, or the job it triggered failed or did not complete in time (the message has the "
+    "answer: status and a short body excerpt, secrets redacted; CLI exit 1).",
     Reason.GATES_TIMED_OUT: "The gates stayed red past gatePolicy.timeout.",
     Reason.TRANSIENT_ERROR: "A temporary failure without a more specific name; retried.",
     Reason.PERMANENT_ERROR: "A failure retrying cannot fix, without a more specific name.",
@@ -208,6 +216,7 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.REPLAYING: "Progressing: moving the selected jobs.",
     Reason.THROTTLED: "Progressing: waiting for the rate limit.",
     Reason.VERIFYING: "Progressing: waiting for the replayed jobs to complete.",
+    Reason.SMOKE_TESTING: "Progressing: verification passed; running verify.smokeTest.",
     Reason.SUSPENDED: "spec.suspend is true: the replay waits.",
     Reason.INTERRUPTED: "CLI (`requeue replay`): stopped by Ctrl-C / SIGINT or SIGTERM; the queue it "
     "paused was resumed and its lease released. Rerunning the same command resumes it (exit 130).",
@@ -234,6 +243,7 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.IMMUTABLE_FIELD_CHANGED: "An immutable field changed after the replay started; the started "
     "values stay in use.",
     Reason.REPLAY_FINISHED: "Event or SpecIgnored: the replay finished (a finished one never runs again).",
+    Reason.SMOKE_TEST_PASSED: "Event: verify.smokeTest's request (and the job it triggered) passed.",
     Reason.REPLAY_STARTED: "Event: the replay started.",
     Reason.SELECTED: "Event: the matching jobs were selected.",
     Reason.RESUMED: "Event: the replay resumed from Redis after a restart.",
@@ -255,6 +265,8 @@ REASON_DOCS: dict[Reason, str] = {
     "thresholds.stalledFor; .status.queues[].processingStopped.reason says why.",
     Reason.FAILED_GROWING: "Healthy is False: a queue's failed count is above thresholds.failedGrowing.above "
     "and rose over the window.",
+    Reason.LATENCY_ABOVE_THRESHOLD: "Healthy is False: the 95th percentile of a queue's job latency "
+    "(added to finished) over the window is above thresholds.latencyP95.",
     Reason.WORKERS_DOWN: "processingStopped: no worker is connected to the queue (or, where CLIENT LIST "
     "is refused, no job is active).",
     Reason.WORKERS_STUCK: "processingStopped: workers hold active jobs that do not finish.",

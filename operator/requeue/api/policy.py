@@ -73,6 +73,13 @@ class Thresholds(ApiModel):
         le=INT64_MAX,
         description="Fewest finished jobs in the window before failureRatePercent is judged.",
     )
+    latency_p95: Duration | None = Field(
+        default=None,
+        description=(
+            "Alert when the 95th percentile of job latency (added to finished) over `window` is above this, "
+            "e.g. 30s (the runbook's p95 alert; .status.queues[].latencyP95Seconds). Unset: not checked."
+        ),
+    )
 
 
 class AutoReplaySpec(ApiModel):
@@ -133,6 +140,30 @@ class Alerts(ApiModel):
     )
 
 
+class PolicyMetrics(ApiModel):
+    """What the policy exports to Prometheus beyond its queue gauges."""
+
+    max_job_names: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description=(
+            "Job names with their own `job` label on the job latency, processing and outcome series, per "
+            "queue: the first names seen; later ones are counted under `other` (bounded series)."
+        ),
+    )
+    max_job_lookups: int = Field(
+        default=1000,
+        ge=0,
+        le=10_000,
+        description=(
+            "Finished jobs whose hash is read per queue and evaluation (one HMGET each, the newest) for job "
+            "latency and names. Jobs beyond it are counted as job `unknown` and not timed; 0 reads none "
+            "(no latency, outcomes only)."
+        ),
+    )
+
+
 class QueuePolicySpec(ApiModel):
     """A standing policy over one or more queues of one Redis."""
 
@@ -155,6 +186,7 @@ class QueuePolicySpec(ApiModel):
     thresholds: Thresholds = Field(default_factory=Thresholds, description="Alerting thresholds.")
     actions: Actions = Field(default_factory=Actions, description="Automatic remediation.")
     alerts: Alerts = Field(default_factory=Alerts, description="Alert destinations.")
+    metrics: PolicyMetrics = Field(default_factory=PolicyMetrics, description="Prometheus series options.")
     dry_run: bool = Field(
         default=False, description="Decide and report only: no pause, resume, replay or clean."
     )
@@ -164,7 +196,7 @@ class QueueBreach(StatusModel):
     """One threshold a queue is breaching, and when requeue last alerted about it."""
 
     kind: str = Field(
-        description="failed, waiting, failureRate, stalled, processingStopped or failedGrowing."
+        description="failed, waiting, failureRate, stalled, processingStopped, failedGrowing or latencyP95."
     )
     message: str = Field(default="", description='What was measured, e.g. "failed 150 > 100".')
     since: datetime = Field(description="When the breach began.")
@@ -250,6 +282,17 @@ class QueueState(StatusModel):
         default=None,
         description="Change of the failed count over the window (thresholds.failedGrowing); unset before "
         "a second observation.",
+    )
+    latency_p95_seconds: float | None = Field(
+        default=None,
+        description=(
+            "95th percentile of job latency (added to finished) over the window, in seconds, from the job "
+            "hashes of the jobs that finished in it (at most 5% above the exact value); unset when none was "
+            "timed."
+        ),
+    )
+    latency_jobs: int = Field(
+        default=0, description="Jobs the latency percentile is based on (finished in the window and timed)."
     )
     healthy: bool = Field(default=True, description="No threshold breached.")
     reasons: list[str] = Field(default_factory=list, description="Breached thresholds.")

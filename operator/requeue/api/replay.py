@@ -21,6 +21,7 @@ from requeue.api.base import (
 )
 from requeue.api.common import WINDOW_RULE, Rate, RedisConnection, Selector
 from requeue.api.gates import GatePolicy, GateSpec, GateStatus
+from requeue.api.smoke import SmokeTest, SmokeTestStatus
 
 #: Most ids ``selector.jobIds`` may list: a hand-picked set, read in one bounded pass per page.
 MAX_JOB_IDS = 1000
@@ -32,9 +33,9 @@ JobId = Annotated[str, Field(min_length=1, max_length=256)]
 _JOB_IDS_RULE = (
     "!has(self.jobIds) || ((!has(self.jobNames) || size(self.jobNames) == 0)"
     " && !has(self.failedReasonPattern) && !has(self.dataMatch) && !has(self.failedAfter)"
-    " && !has(self.failedBefore) && !has(self.maxJobs))",
+    " && !has(self.failedBefore) && !has(self.maxJobs) && !has(self.dedupeBy))",
     "jobIds names the jobs to replay and takes no other filter (jobNames, failedReasonPattern, "
-    "dataMatch, failedAfter, failedBefore, maxJobs)",
+    "dataMatch, failedAfter, failedBefore, maxJobs, dedupeBy)",
 )
 
 
@@ -77,6 +78,7 @@ class ReplaySelector(Selector):
             or self.failed_after is not None
             or self.failed_before is not None
             or self.max_jobs is not None
+            or self.dedupe_by is not None
         ):
             raise ValueError(_JOB_IDS_RULE[1])
         return self
@@ -97,6 +99,11 @@ class Verify(ApiModel):
         ge=0,
         le=INT64_MAX,
         description="Fail if more replayed jobs than this fail again. Unset: no bound.",
+    )
+    smoke_test: SmokeTest | None = Field(
+        default=None,
+        description="After verification passed, send this HTTP request (and optionally wait for the job "
+        "it triggers); the replay succeeds only if it passes, else Failed with reason SmokeTestFailed.",
     )
 
 
@@ -121,10 +128,19 @@ _BULK_RULE = (
 )
 
 
+#: Why Bulk takes no ``dedupeBy``: ``moveJobsToWait`` moves jobs without anyone reading their
+#: data, so nothing can tell two copies of one message apart.
+_BULK_DEDUPE_RULE = (
+    "!has(self.mode) || self.mode != 'Bulk' || !has(self.selector) || !has(self.selector.dedupeBy)",
+    "selector.dedupeBy needs mode Exact: mode Bulk moves jobs with BullMQ's moveJobsToWait "
+    "without reading their data, so it cannot tell duplicates apart",
+)
+
+
 class DLQReplaySpec(ApiModel):
     """Replay failed BullMQ jobs: which, how fast, after which checks, verified how."""
 
-    model_config = ConfigDict(json_schema_extra=cel_rules(_BULK_RULE))
+    model_config = ConfigDict(json_schema_extra=cel_rules(_BULK_RULE, _BULK_DEDUPE_RULE))
 
     redis: RedisConnection = Field(description="The Redis that holds the queue.")
     prefix: KeyPrefix = Field(default="bull", description="BullMQ key prefix.")
@@ -209,6 +225,8 @@ class DLQReplaySpec(ApiModel):
             or s.data_match is not None
             or s.job_ids is not None
         )
+        if self.mode == ReplayMode.BULK and s.dedupe_by is not None:
+            raise ValueError(_BULK_DEDUPE_RULE[1])
         if self.mode == ReplayMode.BULK and (per_job or self.target_queue):
             raise ValueError(_BULK_RULE[1])
         return self
@@ -247,6 +265,11 @@ class Breakdown(StatusModel):
     by_reason: dict[str, int] = Field(
         default_factory=dict, description="Matched jobs per normalised failure reason."
     )
+    duplicates_by_key: dict[str, int] | None = Field(
+        default=None,
+        description="selector.dedupeBy: failed jobs left failed per value (a bounded sample: the 20 values "
+        "with the most duplicates among the first 1000 values that had any). Unset when none was left.",
+    )
 
 
 class DLQReplayStatus(StatusModel):
@@ -278,6 +301,16 @@ class DLQReplayStatus(StatusModel):
         description="Failed jobs the selector matched but left out of the snapshot: they had reached "
         "their auto-replay budget (the owning QueuePolicy's maxReplaysPerJob).",
     )
+    duplicates: int = Field(
+        default=0,
+        description="Failed jobs the selector matched but left failed because a newer failed job has "
+        "the same selector.dedupeBy value (only the newest of each value is replayed).",
+    )
+    no_dedupe_key: int = Field(
+        default=0,
+        description="Matched jobs whose data has no value (or null) at selector.dedupeBy: not "
+        "deduplicated, each replayed.",
+    )
     failed_again: int = Field(default=0, description="Replayed jobs that failed again.")
     completed: int = Field(default=0, description="Replayed jobs that completed during verify.")
     progress: str = Field(default="", description='Replayed and skipped of matched, e.g. "1200/5000".')
@@ -293,4 +326,7 @@ class DLQReplayStatus(StatusModel):
     breakdown: Breakdown | None = Field(default=None, description="Matched jobs by name and reason.")
     sample_ids: list[str] = Field(default_factory=list, description="First matched job ids.")
     corrupt_ids: list[str] = Field(default_factory=list, description="First corrupt job ids.")
+    smoke_test: SmokeTestStatus | None = Field(
+        default=None, description="The post-replay smoke test (spec.verify.smokeTest), once it started."
+    )
     message: str = Field(default="", description="Last thing worth telling a person.")

@@ -24,25 +24,17 @@ inside job data are not special-cased (requeue cannot know them), only bounded.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from redis import exceptions as rx
+from redis.asyncio import Redis
 
-from requeue.commands.output import (
-    ConnectRetry,
-    RedactedValues,
-    connect_retrying,
-    print_json,
-    report_error,
-)
-from requeue.errors import JobNotFound, RequeueError
-from requeue.queues import BullQueue, Cursor, connect, map_redis_error
+from requeue.commands.output import RedactedValues, print_json, run_on_redis
+from requeue.errors import JobNotFound
+from requeue.queues import BullQueue, Cursor, QueueKeys, connect
 from requeue.replay import normalize_reason
 
 __all__ = ["DATA_LIMIT", "STACK_LIMIT", "JobView", "bounded", "run_job_list", "run_job_view", "run_on_queue"]
@@ -231,30 +223,18 @@ def run_on_queue(
     queue: str,
     prefix: str,
 ) -> tuple[Any, RedactedValues] | int:
-    """Connect as ``inspect`` does (``--connect-timeout`` retries), refuse a queue without BullMQ keys
-    (QueueNotFound), ``await work(queue)``; its result and the secrets to redact output with, or the
-    exit code after printing the named error (``-o json``: the error object too)."""
-    secrets = RedactedValues()
-    secrets.add_url(redis_url)
+    """:func:`~requeue.commands.output.run_on_redis` on one queue: refuse a queue without BullMQ
+    keys (QueueNotFound), then ``await work(queue)``."""
 
-    def note(text: str) -> None:
-        print(f"requeue: {secrets.redact(text)}", file=sys.stderr, flush=True)
+    async def slot_owner() -> list[Redis]:  # a Redis Cluster URL: the primary serving the queue's slot
+        return [await connect(redis_url, queues=[QueueKeys(prefix, queue)])]
 
-    async def go() -> Any:
-        redis = await connect_retrying(lambda: connect(redis_url), ConnectRetry(connect_timeout), note)
-        try:
-            bull = BullQueue(redis, queue, prefix=prefix)
-            await bull.require_exists()
-            return await work(bull)
-        except (rx.RedisError, OSError) as exc:
-            raise map_redis_error(exc, url=redis_url, queue=queue) from None
-        finally:
-            await redis.aclose()
+    async def on_queue(clients: list[Redis]) -> Any:
+        bull = BullQueue(clients[0], queue, prefix=prefix)
+        await bull.require_exists()
+        return await work(bull)
 
-    try:
-        return asyncio.run(go()), secrets
-    except RequeueError as exc:
-        return report_error(exc, secrets, json_output=json_output)
+    return run_on_redis(redis_url, json_output, connect_timeout, on_queue, opener=slot_owner, queue=queue)
 
 
 def run_job_view(

@@ -17,18 +17,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 
+from redis import exceptions as rx
+from redis.asyncio import Redis
 from rich.console import Console
 
 from requeue.errors import (
     AuthFailed,
     Forbidden,
     RedisCertificateUntrusted,
-    RedisUnavailable,
+    RedisUnreachable,
     RequeueError,
     SecretNotFound,
     SelectionChanged,
     SpecInvalid,
 )
+from requeue.queues import connect, map_redis_error
 from requeue.redact import redact_text, sensitive_parts
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "make_console",
     "print_json",
     "report_error",
+    "run_on_redis",
 ]
 
 T = TypeVar("T")
@@ -104,21 +108,21 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2), flush=True)
 
 
+#: The start of the error line for each kind of failure; the first class that matches wins
+#: (Forbidden is an AuthFailed, so it comes first). Any other error is labelled with its reason.
+ERROR_LABELS: tuple[tuple[type[RequeueError], str], ...] = (
+    (Forbidden, "Forbidden by the Redis ACL"),
+    (AuthFailed, "authentication failed"),
+    (RedisUnreachable, "Redis unreachable"),
+    (SpecInvalid, "invalid spec"),
+    (SecretNotFound, "missing secret"),
+    (SelectionChanged, "selection changed"),
+)
+
+
 def error_label(exc: RequeueError) -> str:
     """A few words saying what kind of failure it is, for the start of the error line."""
-    if isinstance(exc, Forbidden):
-        return "Forbidden by the Redis ACL"
-    if isinstance(exc, AuthFailed):
-        return "authentication failed"
-    if isinstance(exc, RedisUnavailable):
-        return "Redis unreachable"
-    if isinstance(exc, SpecInvalid):
-        return "invalid spec"
-    if isinstance(exc, SecretNotFound):
-        return "missing secret"
-    if isinstance(exc, SelectionChanged):
-        return "selection changed"
-    return exc.reason
+    return next((label for kind, label in ERROR_LABELS if isinstance(exc, kind)), exc.reason)
 
 
 def report_error(
@@ -155,12 +159,12 @@ class ConnectRetry:
 async def connect_retrying(
     attempt: Callable[[], Awaitable[T]], retry: ConnectRetry, note: Callable[[str], None]
 ) -> T:
-    """``await attempt()`` until it does not raise :class:`RedisUnavailable` (an unreachable
+    """``await attempt()`` until it does not raise :class:`RedisUnreachable` (an unreachable
     Redis may be starting, failing over, or a port-forward away), noting each retry; credentials
     refused, a bad URL, an untrusted certificate or a missing secret are not retried (waiting
     cannot help).
 
-    :raises RedisUnavailable: every attempt failed; the message says how many, over how long.
+    :raises RedisUnreachable: every attempt failed; the message says how many, over how long.
     """
     delays = retry.delays()
     attempts = len(delays) + 1
@@ -170,7 +174,7 @@ async def connect_retrying(
             return await attempt()
         except RedisCertificateUntrusted:
             raise  # waiting cannot make the certificate verify
-        except RedisUnavailable as exc:
+        except RedisUnreachable as exc:
             if number == attempts:
                 tried = (
                     f"gave up after {attempts} attempts in {time.monotonic() - started:.1f}s"
@@ -186,6 +190,45 @@ async def connect_retrying(
             note(f"Redis unreachable, retrying in {delay:g}s (attempt {number} of {attempts}): {exc.message}")
             await asyncio.sleep(delay)
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def run_on_redis(
+    redis_url: str,
+    json_output: bool,
+    connect_timeout: float,
+    work: Callable[[list[Redis]], Awaitable[T]],
+    *,
+    opener: Callable[[], Awaitable[list[Redis]]] | None = None,
+    queue: str | None = None,
+) -> tuple[T, RedactedValues] | int:
+    """Connect as ``inspect`` does (``--connect-timeout`` retries, each noted on stderr), ``await
+    work(clients)``, close; its result and the secrets to redact output with, or the exit code after
+    printing the named error (``-o json``: the error object too). ``opener`` gives the clients (one
+    per primary of a cluster, or the one serving a queue's slot); by default one client of the URL.
+    ``queue`` is named in a Redis error."""
+    secrets = RedactedValues()
+    secrets.add_url(redis_url)
+
+    def note(text: str) -> None:
+        print(f"requeue: {secrets.redact(text)}", file=sys.stderr, flush=True)
+
+    async def one() -> list[Redis]:
+        return [await connect(redis_url)]
+
+    async def go() -> T:
+        clients = await connect_retrying(opener or one, ConnectRetry(connect_timeout), note)
+        try:
+            return await work(clients)
+        except (rx.RedisError, OSError) as exc:
+            raise map_redis_error(exc, url=redis_url, queue=queue) from None
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    try:
+        return asyncio.run(go()), secrets
+    except RequeueError as exc:
+        return report_error(exc, secrets, json_output=json_output)
 
 
 def color_wanted(no_color: bool = False) -> bool:

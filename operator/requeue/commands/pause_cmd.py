@@ -22,7 +22,7 @@ from typing import Any
 from requeue.commands.job_cmd import run_on_queue
 from requeue.commands.output import print_json
 from requeue.queues import BullQueue, ReplayKeys
-from requeue.queues.keys import PolicyKeys, Progress
+from requeue.queues.keys import PolicyKeys, Progress, untag
 
 __all__ = ["pause_holders", "run_pause"]
 
@@ -55,7 +55,8 @@ async def pause_holders(bull: BullQueue) -> list[str]:
             _s(v) for v in await bull.redis.hmget(key, [Progress.QUEUE, Progress.WE_PAUSED, Progress.OWNER])
         )
         if queue == bull.name and we_paused == "1":
-            holders.append(f"replay {key[len(head) : -len(tail)]}" + (f" ({owner})" if owner else ""))
+            replay_id = untag(key[len(head) : -len(tail)])[1]  # on a cluster: {tag}:<id>
+            holders.append(f"replay {replay_id}" + (f" ({owner})" if owner else ""))
     memory_pattern = PolicyKeys("*").memory
     head, tail = memory_pattern.split("*")
     for key in sorted(await _scan(bull, memory_pattern)):
@@ -65,7 +66,7 @@ async def pause_holders(bull: BullQueue) -> list[str]:
         except (ValueError, AttributeError):
             held = False
         if held:
-            holders.append(f"QueuePolicy {key[len(head) : -len(tail)]}")
+            holders.append(f"QueuePolicy {untag(key[len(head) : -len(tail)])[1]}")
     return holders
 
 

@@ -98,13 +98,13 @@ from requeue.errors import (
     AuthFailed,
     Forbidden,
     QueueNotFound,
-    RedisUnavailable,
+    RedisUnreachable,
     RequeueError,
     SecretNotFound,
     SelectionChanged,
     SpecInvalid,
 )
-from requeue.gates import GateRunner
+from requeue.gates import runner_for
 from requeue.queues import BullQueue, map_redis_error
 from requeue.queues.adapter import MAX_SCORE
 from requeue.redact import redact_url
@@ -128,7 +128,7 @@ PLAIN_PROGRESS_INTERVAL = 5.0
 _EXIT_BY_REASON: dict[str, int] = {
     AuthFailed.reason: AuthFailed.exit_code,
     Forbidden.reason: Forbidden.exit_code,
-    RedisUnavailable.reason: RedisUnavailable.exit_code,
+    RedisUnreachable.reason: RedisUnreachable.exit_code,
     SpecInvalid.reason: SpecInvalid.exit_code,
     SecretNotFound.reason: SecretNotFound.exit_code,
     QueueNotFound.reason: QueueNotFound.exit_code,
@@ -461,19 +461,9 @@ class _Replay:
         replay_id = self.replay_id
         if self.dry_run:  # a throw-away id: never touches (or finishes) the real replay's state
             replay_id = f"{self.replay_id}-dryrun-{pysecrets.token_hex(4)}"
-        gates = (
-            GateRunner(
-                self.spec.gates,
-                self.spec.gate_policy,
-                self.static,
-                default_redis_url=url,
-                default_redis_tls=target.tls,
-                owner=self.owner,
-            )
-            if self.spec.gates
-            else None
-        )
+        gates = runner_for(self.spec, self.static, target=target, owner=self.owner)  # target.url is url
         engine = ReplayEngine(redis, replay_id=replay_id, owner=self.owner, gates=gates)
+        engine.smoke.secrets = self.static
         reporter = self._reporter()
         loop = asyncio.get_running_loop()
         main_task = asyncio.current_task()
@@ -606,7 +596,7 @@ class _Replay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), result.delay)
 
-    def _give_up(self, engine: ReplayEngine, reporter: Reporter) -> RedisUnavailable:
+    def _give_up(self, engine: ReplayEngine, reporter: Reporter) -> RedisUnreachable:
         """The error that ends the command after the engine's bound of Redis failures in a row;
         the status printed says so too (the engine's says "retrying in", as the operator does)."""
         st = self.status
@@ -622,7 +612,7 @@ class _Replay:
         reporter.close()
         if self.opts.output != "json":  # with -o json the status goes into the error object
             self._print_result(headline=f"Gave up in phase {st.phase.value}: Redis unavailable")
-        return RedisUnavailable(message, queue=self.spec.queue, replay=self.owner)
+        return RedisUnreachable(message, queue=self.spec.queue, replay=self.owner)
 
     async def _interrupted(self, engine: ReplayEngine, reporter: Reporter) -> int:
         before = self.status
@@ -719,8 +709,18 @@ def render_summary(
                 else ""
             )
         )
+    if st.duplicates or st.no_dedupe_key:
+        left = "that would stay failed" if dry_run else "left failed"
+        lines.append(
+            f"duplicates {left} (an older copy of a newer failed job): {st.duplicates}"
+            + (f"; without a dedupeBy value (each replayed): {st.no_dedupe_key}" if st.no_dedupe_key else "")
+        )
     if st.breakdown is not None:
-        for title, groups in (("by name", st.breakdown.by_name), ("by reason", st.breakdown.by_reason)):
+        for title, groups in (
+            ("by name", st.breakdown.by_name),
+            ("by reason", st.breakdown.by_reason),
+            ("duplicates by dedupeBy value", st.breakdown.duplicates_by_key or {}),
+        ):
             if groups:
                 lines.append(f"{title}:")
                 width = max(len(k) for k in groups)

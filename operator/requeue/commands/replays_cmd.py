@@ -5,7 +5,9 @@ snapshot under ``requeue:replay:<id>:`` (:class:`requeue.queues.keys.ReplayKeys`
 for 3 days after it ends. ``list`` shows them; ``forget`` deletes a finished one's
 keys at once. A replay runs only while its queue's lease (:attr:`QueueKeys.lease`)
 names it: such a one is never touched, its keys are its progress (``ReplayRunning``,
-exit 2). One that has not finished and that no lease names was abandoned (its CLI
+exit 2). On a Redis Cluster (``redis+cluster://``) a replay's keys live in its queue's
+slot (``requeue:replay:{bull}:<id>:``, with the lease): both commands look on every primary.
+One that has not finished and that no lease names was abandoned (its CLI
 was stopped, e.g. while waiting for gates): its keys have no TTL, so ``list`` shows
 it ``Abandoned`` and ``forget`` may delete them (rerunning its command would resume).
 
@@ -20,25 +22,22 @@ it ``Abandoned`` and ``forget`` may delete them (rerunning its command would res
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
-from requeue.commands.output import ConnectRetry, RedactedValues, connect_retrying, print_json, report_error
-from requeue.errors import ReplayNotFound, ReplayRunning, RequeueError
-from requeue.queues import ReplayKeys, connect, map_redis_error
-from requeue.queues.keys import Progress, QueueKeys, Stage
+from requeue.commands.output import print_json, run_on_redis
+from requeue.errors import ReplayNotFound, ReplayRunning
+from requeue.queues import ReplayKeys
+from requeue.queues.connection import connect_each_primary
+from requeue.queues.keys import Progress, QueueKeys, Stage, untag
 from requeue.replay.lease import LeaseHolder
 
 __all__ = ["run_replays_forget", "run_replays_list"]
 
-T = TypeVar("T")
 #: Keys a listing may make Redis visit (SCAN pages of 1000).
 _SCAN_BUDGET = 200_000
 _FIELDS = (
@@ -66,30 +65,6 @@ def _iso(ms: str | None) -> str | None:
         return None
 
 
-def _run(
-    redis_url: str, json_output: bool, connect_timeout: float, work: Callable[[Redis], Awaitable[T]]
-) -> tuple[T, RedactedValues] | int:
-    secrets = RedactedValues()
-    secrets.add_url(redis_url)
-
-    def note(text: str) -> None:
-        print(f"requeue: {secrets.redact(text)}", file=sys.stderr, flush=True)
-
-    async def go() -> T:
-        redis = await connect_retrying(lambda: connect(redis_url), ConnectRetry(connect_timeout), note)
-        try:
-            return await work(redis)
-        except (rx.RedisError, OSError) as exc:
-            raise map_redis_error(exc, url=redis_url) from None
-        finally:
-            await redis.aclose()
-
-    try:
-        return asyncio.run(go()), secrets
-    except RequeueError as exc:
-        return report_error(exc, secrets, json_output=json_output)
-
-
 async def _scan(redis: Redis, pattern: str) -> list[str]:
     """The keys matching ``pattern``, from a ``SCAN`` bounded by :data:`_SCAN_BUDGET`."""
     found: list[str] = []
@@ -113,8 +88,8 @@ async def _driven(redis: Redis) -> set[str]:
     return ids
 
 
-async def _describe(redis: Redis, replay_id: str, now_ms: int, driven: set[str]) -> dict[str, Any] | None:
-    keys = ReplayKeys(replay_id)
+async def _describe(redis: Redis, keys: ReplayKeys, now_ms: int, driven: set[str]) -> dict[str, Any] | None:
+    replay_id = keys.replay_id
     values = [_s(v) for v in await redis.hmget(keys.progress, list(_FIELDS))]
     if all(v is None for v in values):
         return None
@@ -155,22 +130,35 @@ async def _describe(redis: Redis, replay_id: str, now_ms: int, driven: set[str])
     }
 
 
-async def _list(redis: Redis) -> list[dict[str, Any]]:
+async def _found(redis: Redis) -> list[ReplayKeys]:
+    """The replays whose progress hash is on this node (on a cluster: with their slot's tag)."""
     pattern = ReplayKeys("*").progress
     head, tail = pattern.split("*")
-    ids: set[str] = set()
+    found: set[ReplayKeys] = set()
     for key in await _scan(redis, pattern):
-        replay_id = key[len(head) : -len(tail)]
+        tag, replay_id = untag(key[len(head) : -len(tail)])
         if replay_id and ":" not in replay_id:
-            ids.add(replay_id)
-    now_ms, driven = round(time.time() * 1000), await _driven(redis)
-    out = [d for d in [await _describe(redis, i, now_ms, driven) for i in sorted(ids)] if d is not None]
+            found.add(ReplayKeys(replay_id, tag))
+    return sorted(found, key=lambda k: (k.replay_id, k.slot_tag))
+
+
+async def _list(nodes: list[Redis]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    now_ms = round(time.time() * 1000)
+    for redis in nodes:  # a cluster's primaries: each holds the replays of the queues in its slots
+        driven = await _driven(redis)
+        for keys in await _found(redis):
+            described = await _describe(redis, keys, now_ms, driven)
+            if described is not None:
+                out.append(described)
     return sorted(out, key=lambda d: d["startedAt"] or "", reverse=True)
 
 
 def run_replays_list(*, redis_url: str, output: str, connect_timeout: float) -> int:
     """Print the replays in this Redis, newest first; 0, or 3 when Redis is unreachable."""
-    result = _run(redis_url, output == "json", connect_timeout, _list)
+    result = run_on_redis(
+        redis_url, output == "json", connect_timeout, _list, opener=lambda: connect_each_primary(redis_url)
+    )
     if isinstance(result, int):
         return result
     replays, secrets = result
@@ -203,8 +191,19 @@ def run_replays_forget(*, redis_url: str, replay_id: str, output: str, connect_t
     """Delete a finished or abandoned replay's keys; 0, 2 when there is no such replay or a lease
     names it (it runs), 3 when Redis is unreachable."""
 
-    async def forget(redis: Redis) -> dict[str, Any]:
-        described = await _describe(redis, replay_id, round(time.time() * 1000), await _driven(redis))
+    async def forget(nodes: list[Redis]) -> dict[str, Any]:
+        redis, keys = nodes[0], ReplayKeys(replay_id)
+        found = False
+        for node in nodes:  # on a cluster: the primary of the replay's queue, with its slot's tag
+            here = [k for k in await _found(node) if k.replay_id == replay_id]
+            if here:
+                redis, keys, found = node, here[0], True
+                break
+        described = (
+            await _describe(redis, keys, round(time.time() * 1000), await _driven(redis))
+            if found or len(nodes) == 1  # one Redis: ask for the key, however many keys SCAN visits
+            else None
+        )
         if described is None:
             raise ReplayNotFound(
                 f'no replay "{replay_id}" in this Redis (no key '
@@ -219,7 +218,6 @@ def run_replays_forget(*, redis_url: str, replay_id: str, output: str, connect_t
                 "stay. Let it finish (or stop its command, or delete the DLQReplay), then forget it",
                 replay=replay_id,
             )
-        keys = ReplayKeys(replay_id)
         async with redis.pipeline(transaction=True) as pipe:
             await pipe.watch(keys.progress)  # a replay that starts again meanwhile aborts the delete
             done = _s(await pipe.hget(keys.progress, Progress.STAGE)) == Stage.DONE
@@ -244,7 +242,9 @@ def run_replays_forget(*, redis_url: str, replay_id: str, output: str, connect_t
             "replay": described,
         }
 
-    result = _run(redis_url, output == "json", connect_timeout, forget)
+    result = run_on_redis(
+        redis_url, output == "json", connect_timeout, forget, opener=lambda: connect_each_primary(redis_url)
+    )
     if isinstance(result, int):
         return result
     report, secrets = result

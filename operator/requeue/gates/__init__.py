@@ -10,6 +10,14 @@ from requeue.gates.http import check_http
 from requeue.gates.postgres import check_postgres
 from requeue.gates.redis import check_redis
 from requeue.gates.result import GateResult
-from requeue.gates.runner import GateRunner, run_check
+from requeue.gates.runner import GateRunner, run_check, runner_for
 
-__all__ = ["GateResult", "GateRunner", "check_http", "check_postgres", "check_redis", "run_check"]
+__all__ = [
+    "GateResult",
+    "GateRunner",
+    "check_http",
+    "check_postgres",
+    "check_redis",
+    "run_check",
+    "runner_for",
+]

@@ -13,6 +13,7 @@ import json
 import re
 import ssl
 import time
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -34,7 +35,18 @@ from requeue.gates.result import (
 from requeue.redact import redact_text, redact_url, sensitive_parts
 from requeue.secrets import SecretSource
 
-__all__ = ["MAX_BODY", "JsonPathError", "check_http", "evaluate_json_path", "is_missing", "json_equals"]
+__all__ = [
+    "MAX_BODY",
+    "HttpAnswer",
+    "JsonPathError",
+    "check_http",
+    "evaluate_json_path",
+    "exchange",
+    "is_missing",
+    "json_equals",
+    "judge",
+    "status_text",
+]
 
 #: Bytes of the response body read at most; the rest is never downloaded.
 MAX_BODY = 64 * 1024
@@ -45,6 +57,17 @@ _MISSING = object()
 
 class JsonPathError(ValueError):
     """The path is not of the supported form ``$.a.b[0]``."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    """What the server answered: the status, at most :data:`MAX_BODY` bytes of the body and
+    whether there was more, and the latency (seconds) up to the end of the body."""
+
+    status_code: int
+    body: bytes
+    truncated: bool
+    latency: float
 
 
 async def check_http(
@@ -58,20 +81,46 @@ async def check_http(
     started = time.monotonic()
     recording = RecordingSecrets(secrets)
     try:
-        headers = await _headers(spec, recording)
-        verify = await _verify(spec, recording)
-        response, body, truncated = await _send(spec, headers, verify, policy or current_policy())
+        answer = await exchange(spec, recording, policy or current_policy(), started=started)
     except CheckFailed as failure:
         return failure.result(started)
-    latency = time.monotonic() - started
-    status = _status_text(response.status_code)
-    if response.status_code not in spec.expect_status:
+    return judge(spec, answer, [*recording.values, *sensitive_parts(spec.url)])
+
+
+async def exchange(
+    spec: HttpGate, secrets: SecretSource, policy: DestinationPolicy, *, started: float
+) -> HttpAnswer:
+    """Send the request (header values from ``secrets``) where ``policy`` allows; the answer.
+
+    The HTTP gate and the replay's smoke test share it. ``started`` is ``time.monotonic()``
+    when the check began.
+
+    :raises CheckFailed: no answer (refused destination, timeout, TLS, bad CA), in words.
+    """
+    headers = await _headers(spec, secrets)
+    verify = await _verify(spec, secrets)
+    response, body, truncated = await _send(spec, headers, verify, policy)
+    return HttpAnswer(response.status_code, body, truncated, time.monotonic() - started)
+
+
+def judge(spec: HttpGate, answer: HttpAnswer, hidden: list[str]) -> GateResult:
+    """The answer against ``expectStatus`` and, with ``jsonPath``, ``equals``.
+
+    ``hidden``: the secret values the request carried, which a server may echo back.
+    """
+    status = _status_text(answer.status_code)
+    if answer.status_code not in spec.expect_status:
         expected = ", ".join(str(s) for s in spec.expect_status)
-        return GateResult.fail(f"{status} (expected {expected}){_redirect_note(spec, response)}", latency)
+        note = _redirect_note(spec, answer.status_code)
+        return GateResult.fail(f"{status} (expected {expected}){note}", answer.latency)
     if spec.json_path is None:
-        return GateResult.ok(status, latency)
-    hidden = [*recording.values, *sensitive_parts(spec.url)]
-    return _judge_json(spec, spec.json_path, status, body, truncated, latency, hidden)
+        return GateResult.ok(status, answer.latency)
+    return _judge_json(spec, spec.json_path, status, answer.body, answer.truncated, answer.latency, hidden)
+
+
+def status_text(code: int) -> str:
+    """``HTTP 503 Service Unavailable`` (the phrase only for a code HTTP knows)."""
+    return _status_text(code)
 
 
 async def _headers(spec: HttpGate, secrets: SecretSource) -> dict[str, str]:
@@ -157,10 +206,10 @@ def _http_error_cause(exc: httpx.HTTPError, spec: HttpGate) -> str:
     return cause
 
 
-def _redirect_note(spec: HttpGate, response: httpx.Response) -> str:
+def _redirect_note(spec: HttpGate, status_code: int) -> str:
     """For an unexpected 3xx we did not follow: say so. Not where it pointed: no response header
     value reaches the status (a Location may carry a token)."""
-    if not 300 <= response.status_code < 400 or spec.follow_redirects:
+    if not 300 <= status_code < 400 or spec.follow_redirects:
         return ""
     return "; redirects are not followed (set followRedirects: true to follow them)"
 

@@ -1,4 +1,11 @@
-"""Redis gate: PING round trip and memory headroom (the runbook's ``redis-cli ping`` and ``info memory``)."""
+"""Redis gate: PING round trip and memory headroom (the runbook's ``redis-cli ping`` and ``info memory``).
+
+A ``redis+cluster://`` URL checks the whole cluster, since a replay or policy may use any slot:
+the first seed that answers must report ``cluster_state:ok`` (``CLUSTER INFO``), and then every
+primary its ``CLUSTER SLOTS`` names is PINGed (the slowest median is judged against
+``maxLatency``) and, with ``maxMemoryPercent``, its ``INFO memory`` read (the fullest is judged).
+A primary that does not answer fails the gate with its address.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import asyncio
 import contextlib
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -29,6 +36,7 @@ from requeue.gates.result import (
     format_ms,
     read_secret,
 )
+from requeue.queues.cluster import NodeOpener, is_cluster_url, node_opener, primaries_of
 from requeue.queues.connection import TlsOptions, client_from_url
 from requeue.queues.sentinel import AddressCheck, is_sentinel_url
 from requeue.redact import redact_url
@@ -64,11 +72,15 @@ async def check_redis(
         max_latency = parse_duration(spec.max_latency).total_seconds()
         # a gate's own Sentinels choose the primary's address: it must pass the policy too
         check = (policy or current_policy()).resolve if spec.url_secret_ref is not None else None
-        client = _client_for(url, tls, timeout, check)
-        ping, memory = await _measure(client, spec, url, timeout)
+        if is_cluster_url(url):
+            ping, memory, where = await _measure_cluster(url, tls, spec, timeout, check)
+        else:
+            client = _client_for(url, tls, timeout, check)
+            ping, memory = await _measure(client, spec, url, timeout)
+            where = ""
     except CheckFailed as failure:
         return failure.result(started)
-    return _judge(spec, ping, memory, max_latency, time.monotonic() - started)
+    return _judge(spec, ping, memory, max_latency, time.monotonic() - started, where=where)
 
 
 async def _allowed(url: str, policy: DestinationPolicy) -> None:
@@ -167,18 +179,122 @@ def _failure_text(exc: RedisError | OSError, spec: RedisGate, *, tls_handshake_p
 
 
 def _judge(
-    spec: RedisGate, ping: float, memory: Mapping[str, Any], max_latency: float, latency: float
+    spec: RedisGate,
+    ping: float,
+    memory: Mapping[str, Any],
+    max_latency: float,
+    latency: float,
+    *,
+    where: str = "",
 ) -> GateResult:
-    """PING against ``maxLatency``, then memory against ``maxMemoryPercent``; the message lists both."""
+    """PING against ``maxLatency``, then memory against ``maxMemoryPercent``; the message lists both
+    (``where``: what was measured, on a cluster)."""
+    lead = f"{where}: " if where else ""
     if ping > max_latency:
-        return GateResult.fail(f"PING took {format_ms(ping)} (maxLatency {spec.max_latency})", latency)
-    parts = [f"PING {format_ms(ping)}"]
+        return GateResult.fail(f"{lead}PING took {format_ms(ping)} (maxLatency {spec.max_latency})", latency)
+    parts = [f"{lead}PING {format_ms(ping)}"]
     if spec.max_memory_percent is not None:
         healthy, summary = _memory_use(memory, spec.max_memory_percent)
         if not healthy:
             return GateResult.fail(summary, latency)
         parts.append(summary)
     return GateResult.ok("; ".join(parts), latency)
+
+
+def _gate_kwargs(url: str, tls: TlsOptions, timeout: float) -> dict[str, Any]:
+    """What every gate client gets: bounded sockets, no retries (a gate reports, it does not mask)."""
+    return {
+        "socket_connect_timeout": timeout,
+        "socket_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+        "client_name": "requeue-gate",
+        **tls.client_kwargs(url),
+    }
+
+
+async def _measure_cluster(
+    url: str, tls: TlsOptions, spec: RedisGate, seconds: float, check: AddressCheck | None
+) -> tuple[float, dict[str, Any], str]:
+    """``cluster_state:ok`` from the first seed that answers, then PING (and ``INFO memory``) of
+    every primary; the slowest PING, the fullest memory section, and words for what was checked.
+
+    ``check`` vets each primary's address (a gate's own cluster names them, as Sentinels do).
+    """
+    shown = redact_url(url)
+    try:
+        parsed, opener = await node_opener(url, _gate_kwargs(url, tls, seconds))
+    except RedisUrlInvalid as exc:
+        raise CheckFailed(exc.message) from None
+    where = ""
+    try:
+        async with asyncio.timeout(seconds):
+            state, nodes, where = await _cluster_state(parsed.seeds, opener)
+            if state != "ok":
+                raise CheckFailed(f"{shown}: cluster_state:{state} (CLUSTER INFO of {where})")
+            if not nodes:
+                raise CheckFailed(f"{shown}: no slot is served (CLUSTER SLOTS of {where})")
+            worst_ping, fullest = 0.0, dict[str, Any]()
+            for host, port in nodes:
+                where = f"primary {host}:{port}"
+                if check is not None:
+                    await check(host, port)
+                ping, memory = await _node_measure(opener(host, port), spec)
+                worst_ping = max(worst_ping, ping)
+                if _fullness(memory) >= _fullness(fullest):
+                    fullest = memory
+    except DestinationDenied as exc:
+        raise CheckFailed(f"{shown}: {where}: {exc.message}") from None
+    except (RedisError, OSError) as exc:
+        cause = _failure_text(exc, spec, tls_handshake_pending=False)
+        raise CheckFailed(f"{shown}: {where or 'no seed answered'}: {cause}") from exc
+    return worst_ping, fullest, f"cluster_state:ok, {len(nodes)} primaries (slowest PING)"
+
+
+async def _cluster_state(
+    seeds: Sequence[tuple[str, int]], opener: NodeOpener
+) -> tuple[str, list[tuple[str, int]], str]:
+    """``cluster_state`` and the primaries, as the first seed that answers says; and which seed."""
+    last: BaseException | None = None
+    for host, port in seeds:
+        client = opener(host, port)
+        try:
+            info = await client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+            slots = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+        except AuthenticationError:
+            raise  # the same credentials go to every node: no other seed would take them
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            last = exc
+            continue
+        finally:
+            await _close(client)
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        state = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in text.splitlines()
+                if line.startswith("cluster_state:")
+            ),
+            "unknown",
+        )
+        return state, primaries_of(slots, asked=host), f"seed {host}:{port}"
+    assert last is not None
+    raise last
+
+
+async def _node_measure(client: aioredis.Redis, spec: RedisGate) -> tuple[float, dict[str, Any]]:
+    """One primary: median PING and (with ``maxMemoryPercent``) its memory section."""
+    try:
+        ping = await _median_ping(client)
+        memory = await client.info("memory") if spec.max_memory_percent is not None else {}
+    finally:
+        await _close(client)
+    return ping, memory
+
+
+def _fullness(memory: Mapping[str, Any]) -> float:
+    limit = float(memory.get("maxmemory", 0) or 0)
+    return float(memory.get("used_memory", 0) or 0) / limit if limit > 0 else -1.0
 
 
 def _memory_use(memory: Mapping[str, Any], max_percent: float) -> tuple[bool, str]:

@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
 
 from requeue.api.base import parse_duration
 from requeue.api.gates import GatePolicy, GateSpec, GateStatus, GateType
@@ -38,7 +39,10 @@ from requeue.queues.connection import TlsOptions
 from requeue.redact import redact_text, sensitive_parts
 from requeue.secrets import SecretSource
 
-__all__ = ["GRACE", "GateRunner", "fold", "run_check"]
+if TYPE_CHECKING:
+    from requeue.redis_target import RedisTarget
+
+__all__ = ["GRACE", "GateRunner", "GatedSpec", "fold", "run_check", "runner_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -314,3 +318,37 @@ class GateRunner:
 
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+class GatedSpec(Protocol):
+    """A spec with health gates: a DLQReplay's or a QueuePolicy's."""
+
+    @property
+    def gates(self) -> list[GateSpec]: ...
+
+    @property
+    def gate_policy(self) -> GatePolicy: ...
+
+
+def runner_for(
+    spec: GatedSpec,
+    secrets: SecretSource,
+    *,
+    target: RedisTarget | None = None,
+    namespace: str = "",
+    owner: str = "",
+) -> GateRunner | None:
+    """The runner of ``spec``'s gates, or None if it has none. ``target`` is the resource's own
+    Redis (URL and TLS), which a redis gate without ``urlSecretRef`` checks; it is not needed
+    to only clear the gate metrics."""
+    if not spec.gates:
+        return None
+    return GateRunner(
+        spec.gates,
+        spec.gate_policy,
+        secrets,
+        default_redis_url=target.url if target is not None else None,
+        default_redis_tls=target.tls if target is not None else None,
+        namespace=namespace,
+        owner=owner,
+    )

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import kopf
 from pydantic import ValidationError
 
 from requeue.api.base import StatusModel
 from requeue.api.conditions import Reason
+from requeue.api.resources import GROUP, VERSION
 from requeue.errors import RequeueError
 from requeue.handlers.errors import to_kopf
+from requeue.k8s.status import patch_status
 from requeue.redact import redact_text
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "name_trouble",
     "object_state",
     "post_events",
+    "register_daemon",
     "run_daemon",
     "sleep",
 ]
@@ -45,6 +48,7 @@ RETRY_MAX = 60.0
 
 S = TypeVar("S", bound=StatusModel)
 StateT = TypeVar("StateT", bound="ObjectState[Any]")
+DriverT = TypeVar("DriverT", bound="DaemonDriver[Any]")
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,15 @@ class ObjectState(Generic[S]):
     cancelled: bool = False
     #: The daemon's latest status (newer than the object's while writes lag behind).
     status: S | None = None
+
+    def cancel(self) -> None:
+        """The object is being deleted: the daemon stops waiting and takes no further step."""
+        self.cancelled = True
+        self.wake.set()
+
+    def latest(self, model: type[S], raw: Mapping[str, Any] | None) -> S:
+        """The daemon's latest status, else the object's ``.status`` (``raw``) as ``model``."""
+        return self.status or load_status(model, raw)
 
 
 def object_state(memo: Any, kind: type[StateT]) -> StateT:
@@ -89,21 +102,24 @@ def load_status(model: type[S], raw: Mapping[str, Any] | None) -> S:
 class DaemonDriver(Generic[S]):
     """The loop both kinds' daemons share: step, write status, wait; until stopped or done.
 
-    A subclass says what a step is (:meth:`step_once`, returning the seconds to wait) and
-    when it is done (:meth:`done`); waiting, stopping and the per-object state are here.
+    A subclass says which kind it drives (the class attributes), what a step is
+    (:meth:`step_once`, returning the seconds to wait) and when it is done (:meth:`done`);
+    waiting, stopping, status writes and the per-object state are here.
     """
 
+    #: The kind's plural (``dlqreplays``), for status writes.
+    plural: ClassVar[str]
+    #: The word that names an object in logs and messages: ``replay`` gives ``replay ns/name``.
+    noun: ClassVar[str]
+    #: The kind's per-object state in kopf's memo.
+    state_class: ClassVar[type[ObjectState[Any]]]
+    #: The kind module's logger (so log lines keep their logger name).
+    log: ClassVar[logging.Logger]
+    #: The kind's ``.status`` model.
+    status_model: type[S]
+
     def __init__(
-        self,
-        *,
-        body: Any,
-        namespace: str,
-        name: str,
-        uid: str,
-        state: ObjectState[S],
-        status: S,
-        stopped: Any,
-        what: str,
+        self, *, body: Any, namespace: str, name: str, uid: str, state: ObjectState[S], stopped: Any
     ) -> None:
         self.body = body
         self.namespace = namespace
@@ -111,8 +127,8 @@ class DaemonDriver(Generic[S]):
         self.uid = uid
         self.state = state
         self.stopped = stopped
-        self.status: S = state.status or status
-        self.trouble = Trouble(what)
+        self.status: S = state.latest(self.status_model, body.get("status"))
+        self.trouble = Trouble(f"{self.noun} {namespace}/{name}")
         self.gone = False
 
     @property
@@ -132,6 +148,22 @@ class DaemonDriver(Generic[S]):
 
     async def close(self) -> None:
         """Release connections (the next step reconnects)."""
+
+    async def run(self) -> None:
+        """The whole daemon run: the loop; a kind may add what comes after it."""
+        await self.loop()
+
+    async def patch_status(self, wire: dict[str, Any]) -> bool:
+        """Write ``wire`` as ``.status``; False if it was not written (a failure is logged; an
+        object that is gone sets :attr:`gone`)."""
+        try:
+            ok = await patch_status(self.plural, self.namespace, self.name, wire)
+        except RequeueError as exc:
+            self.log.warning("%s: status not written: %s", self.trouble.what, exc.message)
+            return False
+        if not ok:
+            self.gone = True
+        return ok
 
     async def loop(self) -> None:
         """Step until stopped or done, waiting what each step asks; always close at the end."""
@@ -254,3 +286,44 @@ async def run_daemon(run: Awaitable[None], log: logging.Logger, what: str) -> No
     except Exception as exc:
         log.exception("%s: daemon failed", what)
         raise to_kopf(exc) from None
+
+
+def register_daemon(
+    driver: type[DriverT], *, id: str, cancellation_timeout: float
+) -> Callable[..., Awaitable[None]]:
+    """Register with kopf the daemon of ``driver``'s kind (one per object) and return it.
+
+    The same kopf options for both kinds: our loop turns every failure into status and
+    backoff, so ``errors``/``backoff``/``retries`` only bound what escapes it (bugs). No
+    ``timeout``: a replay may legitimately run for hours, and kopf's counts from the first try.
+    ``cancellation_timeout`` is how long a step may take to end after a stop request.
+    """
+
+    async def daemon(
+        body: kopf.Body,
+        namespace: str | None,
+        name: str | None,
+        uid: str | None,
+        memo: kopf.Memo,
+        stopped: kopf.DaemonStopped,
+        **_: Any,
+    ) -> None:
+        assert namespace and name and uid
+        state = object_state(memo, driver.state_class)
+        one = driver(body=body, namespace=namespace, name=name, uid=uid, state=state, stopped=stopped)
+        await run_daemon(one.run(), driver.log, one.trouble.what)
+
+    daemon.__name__ = daemon.__qualname__ = f"{driver.noun}_daemon"
+    daemon.__doc__ = f"Run a {driver.__name__} for one object until it is done or the daemon is stopped."
+    kopf.daemon(
+        GROUP,
+        VERSION,
+        driver.plural,
+        id=id,
+        errors=kopf.ErrorsMode.TEMPORARY,
+        backoff=30,
+        retries=20,
+        cancellation_backoff=5.0,
+        cancellation_timeout=cancellation_timeout,
+    )(daemon)
+    return daemon

@@ -60,16 +60,15 @@ from requeue.api.loading import parse
 from requeue.api.resources import GROUP, VERSION
 from requeue.clock import utcnow
 from requeue.errors import AuthFailed, RedisUnreachable, RequeueError, SpecInvalid
-from requeue.gates import GateRunner
+from requeue.gates import runner_for
 from requeue.handlers.daemon import (
     RETRY_MAX,
     DaemonDriver,
     ObjectState,
     describe_failure,
-    load_status,
     object_state,
     post_events,
-    run_daemon,
+    register_daemon,
 )
 from requeue.handlers.errors import to_kopf
 from requeue.k8s.objects import delete_object, patch_annotations
@@ -163,19 +162,16 @@ async def open_engine(
 class ReplayDriver(DaemonDriver[DLQReplayStatus]):
     """One daemon run for one DLQReplay: step the engine until the replay finishes or must stop."""
 
+    plural = PLURAL
+    noun = "replay"
+    state_class = ReplayState
+    log = logger
+    status_model = DLQReplayStatus
+
     def __init__(
         self, *, body: Any, namespace: str, name: str, uid: str, state: ReplayState, stopped: Any
     ) -> None:
-        super().__init__(
-            body=body,
-            namespace=namespace,
-            name=name,
-            uid=uid,
-            state=state,
-            status=load_status(DLQReplayStatus, body.get("status")),
-            stopped=stopped,
-            what=f"replay {namespace}/{name}",
-        )
+        super().__init__(body=body, namespace=namespace, name=name, uid=uid, state=state, stopped=stopped)
         self.engine: ReplayEngine | None = None
         self.redis_target: RedisTarget | None = None
         self.secrets: KubeSecrets | None = None
@@ -311,20 +307,10 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
                 self.namespace, self.name, self.uid, spec, budget=budget, series=self.series
             )
             self.secrets = KubeSecrets(self.namespace)
+            self.engine.smoke.secrets = self.secrets
         assert self.secrets is not None and self.redis_target is not None
-        target = self.redis_target
-        self.engine.gates = (
-            GateRunner(
-                spec.gates,
-                spec.gate_policy,
-                self.secrets,
-                default_redis_url=target.url,
-                default_redis_tls=target.tls,
-                namespace=self.namespace,
-                owner=self.name,
-            )
-            if spec.gates
-            else None
+        self.engine.gates = runner_for(
+            spec, self.secrets, target=self.redis_target, namespace=self.namespace, owner=self.name
         )
         return self.engine
 
@@ -359,13 +345,7 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
             force or self.status.phase.finished or elapsed >= STATUS_INTERVAL or delay >= STATUS_INTERVAL
         ):
             return
-        try:
-            ok = await patch_status(PLURAL, self.namespace, self.name, wire)
-        except RequeueError as exc:
-            logger.warning("replay %s/%s: status not written: %s", self.namespace, self.name, exc.message)
-            return
-        if not ok:
-            self.gone = True
+        if not await self.patch_status(wire):
             return
         self.written, self.written_at = wire, time.monotonic()
         PHASES.observe(self.namespace, self.name, self.status.phase)
@@ -388,14 +368,11 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
         ttlSecondsAfterFinished."""
         await self.flush()
         replay_finished(self.namespace, self.name)
-        if self.spec is not None and self.spec.gates:
-            GateRunner(
-                self.spec.gates,
-                self.spec.gate_policy,
-                KubeSecrets(self.namespace),
-                namespace=self.namespace,
-                owner=self.name,
-            ).clear_metrics()
+        if self.spec is not None:
+            secrets = KubeSecrets(self.namespace)
+            gates = runner_for(self.spec, secrets, namespace=self.namespace, owner=self.name)
+            if gates is not None:
+                gates.clear_metrics()
         while not self.stopping():
             ttl = (self.body.get("spec") or {}).get("ttlSecondsAfterFinished")
             left = ttl_left(ttl, self.status, utcnow())
@@ -419,39 +396,8 @@ class ReplayDriver(DaemonDriver[DLQReplayStatus]):
 # ---------------------------------------------------------------- kopf handlers
 
 
-@kopf.daemon(
-    GROUP,
-    VERSION,
-    PLURAL,
-    id="replay",
-    # Our loop turns every failure into status and backoff; these bound what escapes it (bugs).
-    errors=kopf.ErrorsMode.TEMPORARY,
-    backoff=30,
-    retries=20,
-    # No `timeout`: a replay may legitimately run for hours; kopf's timeout counts from the first try.
-    cancellation_backoff=5.0,
-    cancellation_timeout=25.0,
-)
-async def replay_daemon(
-    body: kopf.Body,
-    namespace: str | None,
-    name: str | None,
-    uid: str | None,
-    memo: kopf.Memo,
-    stopped: kopf.DaemonStopped,
-    **_: Any,
-) -> None:
-    """Drive one DLQReplay until it finishes (then honour its ttl) or the daemon is stopped."""
-    assert namespace and name and uid
-    driver = ReplayDriver(
-        body=body,
-        namespace=namespace,
-        name=name,
-        uid=uid,
-        state=object_state(memo, ReplayState),
-        stopped=stopped,
-    )
-    await run_daemon(driver.run(), logger, f"replay {namespace}/{name}")
+#: Drive one DLQReplay until it finishes (then honour its ttl) or the daemon is stopped.
+replay_daemon = register_daemon(ReplayDriver, id="replay", cancellation_timeout=25.0)
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="spec-changed", retries=10, backoff=5, timeout=300)
@@ -463,7 +409,7 @@ async def replay_spec_changed(
     state = object_state(memo, ReplayState)
     state.wake.set()
     async with state.lock:
-        current = state.status or load_status(DLQReplayStatus, status)
+        current = state.latest(DLQReplayStatus, status)
         if not current.phase.finished:
             return  # the daemon applies it at its next step (and reports immutable-field edits)
         gen = int(body.get("metadata", {}).get("generation") or 0)
@@ -501,10 +447,9 @@ async def replay_deleted(
     drop the snapshot. Waits for the daemon's current step first."""
     assert namespace and name and uid
     state = object_state(memo, ReplayState)
-    state.cancelled = True
-    state.wake.set()
+    state.cancel()
     async with state.lock:
-        current = state.status or load_status(DLQReplayStatus, status)
+        current = state.latest(DLQReplayStatus, status)
         if not cleanup_needed(current):
             forget_replay(namespace, name)
             return

@@ -63,16 +63,15 @@ from requeue.api.loading import parse
 from requeue.api.resources import GROUP, VERSION
 from requeue.clock import utcnow
 from requeue.errors import AuthFailed, RedisUnreachable, RequeueError, SentinelMasterUnknown, SpecInvalid
-from requeue.gates import GateRunner
+from requeue.gates import runner_for
 from requeue.handlers.daemon import (
     RETRY_FIRST,
     DaemonDriver,
     ObjectState,
     describe_failure,
-    load_status,
     object_state,
     post_events,
-    run_daemon,
+    register_daemon,
 )
 from requeue.handlers.errors import to_kopf
 from requeue.k8s.owned import Owner, create_owned
@@ -91,7 +90,7 @@ from requeue.policy import (
 from requeue.policy import finalize as finalizing
 from requeue.policy.decide import observation_failed, spec_rejected
 from requeue.policy.series import export_unobserved, forget_policy
-from requeue.redis_target import RedisTarget, open_redis
+from requeue.redis_target import RedisTarget, open_redis, policy_queues
 
 __all__ = [
     "PLURAL",
@@ -178,19 +177,16 @@ class KubeReplayCreator:
 class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
     """One daemon run for one QueuePolicy: evaluate every ``spec.interval`` until stopped."""
 
+    plural = PLURAL
+    noun = "policy"
+    state_class = PolicyState
+    log = logger
+    status_model = QueuePolicyStatus
+
     def __init__(
         self, *, body: Any, namespace: str, name: str, uid: str, state: PolicyState, stopped: Any
     ) -> None:
-        super().__init__(
-            body=body,
-            namespace=namespace,
-            name=name,
-            uid=uid,
-            state=state,
-            status=load_status(QueuePolicyStatus, body.get("status")),
-            stopped=stopped,
-            what=f"policy {namespace}/{name}",
-        )
+        super().__init__(body=body, namespace=namespace, name=name, uid=uid, state=state, stopped=stopped)
         self.policy = state
         self.secrets = KubeSecrets(namespace)
         self.replays = KubeReplayCreator(namespace, name, uid)
@@ -198,9 +194,6 @@ class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
         self.redis_target: RedisTarget | None = None
         self.connected_with: dict[str, Any] | None = None
         self.reported_invalid: int | None = None
-
-    async def run(self) -> None:
-        await self.loop()
 
     async def step_once(self) -> float:
         """One evaluation and its status write; returns the seconds to wait before the next."""
@@ -222,16 +215,8 @@ class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
                 await self.write()
                 return min(delay, max(interval, RETRY_FIRST))
             gates = None
-            if spec.gates:
-                runner = GateRunner(
-                    spec.gates,
-                    spec.gate_policy,
-                    self.secrets,
-                    default_redis_url=target.url,
-                    default_redis_tls=target.tls,
-                    namespace=self.namespace,
-                    owner=self.name,
-                )
+            runner = runner_for(spec, self.secrets, target=target, namespace=self.namespace, owner=self.name)
+            if runner is not None:
                 gates = self.status.gates
                 if runner.due(gates, now):
                     gates = await runner.check(gates, now)
@@ -303,11 +288,14 @@ class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
 
     async def connection(self, spec: QueuePolicySpec) -> tuple[Redis, RedisTarget]:
         """The Redis client, connected on first use and again when ``spec.redis`` changes."""
-        wanted = spec.redis.to_wire()
+        # on a Redis Cluster the queues choose the node: another prefix or queue list may mean another
+        wanted = {**spec.redis.to_wire(), "queues": [q.base for q in policy_queues(spec)]}
         if self.redis is not None and self.connected_with != wanted:
             await self.close()
         if self.redis is None:
-            self.redis, self.redis_target = await open_redis(self.secrets, spec.redis)
+            self.redis, self.redis_target = await open_redis(
+                self.secrets, spec.redis, queues=policy_queues(spec)
+            )
             self.connected_with = wanted
         assert self.redis_target is not None
         return self.redis, self.redis_target
@@ -329,13 +317,7 @@ class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
     # -- status and metrics
 
     async def write(self) -> None:
-        try:
-            ok = await patch_status(PLURAL, self.namespace, self.name, status_wire(self.status))
-        except RequeueError as exc:
-            logger.warning("policy %s/%s: status not written: %s", self.namespace, self.name, exc.message)
-            return
-        if not ok:
-            self.gone = True
+        await self.patch_status(status_wire(self.status))
 
     def forget_removed_queues(self) -> None:
         """Drop the metric series of queues no longer observed (removed from the spec)."""
@@ -349,38 +331,8 @@ class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
 # ---------------------------------------------------------------- kopf handlers
 
 
-@kopf.daemon(
-    GROUP,
-    VERSION,
-    PLURAL,
-    id="evaluate",
-    # Our loop turns every failure into status and backoff; these bound what escapes it (bugs).
-    errors=kopf.ErrorsMode.TEMPORARY,
-    backoff=30,
-    retries=20,
-    cancellation_backoff=5.0,
-    cancellation_timeout=30.0,
-)
-async def policy_daemon(
-    body: kopf.Body,
-    namespace: str | None,
-    name: str | None,
-    uid: str | None,
-    memo: kopf.Memo,
-    stopped: kopf.DaemonStopped,
-    **_: Any,
-) -> None:
-    """Evaluate one QueuePolicy every ``spec.interval`` until the daemon is stopped."""
-    assert namespace and name and uid
-    driver = PolicyDriver(
-        body=body,
-        namespace=namespace,
-        name=name,
-        uid=uid,
-        state=object_state(memo, PolicyState),
-        stopped=stopped,
-    )
-    await run_daemon(driver.run(), logger, f"policy {namespace}/{name}")
+#: Evaluate one QueuePolicy every ``spec.interval`` until the daemon is stopped.
+policy_daemon = register_daemon(PolicyDriver, id="evaluate", cancellation_timeout=30.0)
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="spec-changed", retries=3, backoff=1, timeout=60)
@@ -408,14 +360,13 @@ async def policy_deleted(
     """
     assert namespace and name and uid
     state = object_state(memo, PolicyState)
-    state.cancelled = True
-    state.wake.set()
+    state.cancel()
     async with state.lock:
-        current = state.status or load_status(QueuePolicyStatus, status)
+        current = state.latest(QueuePolicyStatus, status)
         decision = finalizing.plan(current, utcnow())
         try:
             spec = parse(QueuePolicySpec, dict(body.get("spec") or {}), name=f"{namespace}/{name}")
-            redis, _target = await open_redis(KubeSecrets(namespace), spec.redis)
+            redis, _target = await open_redis(KubeSecrets(namespace), spec.redis, queues=policy_queues(spec))
             try:
                 await finalizing.finalize(redis, spec, decision, uid)
             finally:
@@ -450,8 +401,7 @@ async def policy_deleted(
                 await patch_status(PLURAL, namespace, name, status_wire(decision.status))
         with contextlib.suppress(SpecInvalid):
             spec = parse(QueuePolicySpec, dict(body.get("spec") or {}))
-            if spec.gates:
-                GateRunner(
-                    spec.gates, spec.gate_policy, KubeSecrets(namespace), namespace=namespace, owner=name
-                ).clear_metrics()
+            runner = runner_for(spec, KubeSecrets(namespace), namespace=namespace, owner=name)
+            if runner is not None:
+                runner.clear_metrics()
         forget_policy(namespace, name)

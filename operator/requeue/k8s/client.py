@@ -21,7 +21,15 @@ from typing import Any
 from requeue.api.conditions import Reason
 from requeue.errors import TransientError
 
-__all__ = ["KubernetesApiError", "call_api", "core_v1", "custom_objects", "load_config", "translate"]
+__all__ = [
+    "KubernetesApiError",
+    "call_api",
+    "core_v1",
+    "custom_objects",
+    "load_config",
+    "translate",
+    "use_kubeconfig",
+]
 
 _lock = threading.Lock()
 _loaded = False
@@ -39,6 +47,17 @@ def load_config() -> None:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
         else:
             config.load_kube_config()  # type: ignore[no-untyped-call]
+        _loaded = True
+
+
+def use_kubeconfig(config_file: str | None, context: str | None) -> None:
+    """Configure the client from a kubeconfig and context chosen by the user (``kubectl requeue``):
+    their own credentials, not the in-cluster service account. Later calls use it."""
+    global _loaded
+    with _lock:
+        from kubernetes import config
+
+        config.load_kube_config(config_file=config_file, context=context)  # type: ignore[no-untyped-call]
         _loaded = True
 
 

@@ -8,7 +8,7 @@ from requeue.api.resources import GROUP, VERSION
 from requeue.k8s.client import call_api, custom_objects
 from requeue.k8s.status import MERGE_PATCH
 
-__all__ = ["delete_object", "patch_annotations"]
+__all__ = ["delete_object", "patch_annotations", "patch_spec"]
 
 
 async def patch_annotations(
@@ -36,6 +36,25 @@ async def patch_annotations(
             _request_timeout=request_timeout,
         ),
         f"annotating {plural} {namespace}/{name}",
+    )
+
+
+async def patch_spec(
+    plural: str, namespace: str, name: str, fields: Mapping[str, object], *, request_timeout: float = 10.0
+) -> bool:
+    """Merge ``fields`` into ``.spec`` (``kubectl requeue cancel``); False when the object does not exist."""
+    return await call_api(
+        lambda: custom_objects().patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            {"spec": dict(fields)},
+            _content_type=MERGE_PATCH,
+            _request_timeout=request_timeout,
+        ),
+        f"patching {plural} {namespace}/{name}",
     )
 
 

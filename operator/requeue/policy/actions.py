@@ -66,6 +66,8 @@ class BreachKind(StrEnum):
     PROCESSING_STOPPED = "processingStopped"
     #: Failed count above ``thresholds.failedGrowing.above`` and rising over the window.
     FAILED_GROWING = "failedGrowing"
+    #: 95th percentile of job latency over the window above ``thresholds.latencyP95``.
+    LATENCY_P95 = "latencyP95"
 
 
 #: Condition reason / Event reason of each breach kind.
@@ -76,6 +78,7 @@ BREACH_REASONS: Mapping[BreachKind, Reason] = {
     BreachKind.STALLED: Reason.STALLED_JOBS,
     BreachKind.PROCESSING_STOPPED: Reason.PROCESSING_STOPPED,
     BreachKind.FAILED_GROWING: Reason.FAILED_GROWING,
+    BreachKind.LATENCY_P95: Reason.LATENCY_ABOVE_THRESHOLD,
 }
 
 

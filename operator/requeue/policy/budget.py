@@ -89,8 +89,9 @@ class ReplayBudget:
     max_per_job: int
 
     @classmethod
-    def for_policy(cls, policy_uid: str, max_per_job: int) -> ReplayBudget:
-        return cls(replay_budget_key(policy_uid), max_per_job)
+    def for_policy(cls, policy_uid: str, max_per_job: int, *, slot_tag: str = "") -> ReplayBudget:
+        """``slot_tag``: the policy's queues' hash tag on a Redis Cluster ("" off one)."""
+        return cls(replay_budget_key(policy_uid, slot_tag), max_per_job)
 
     def annotations(self) -> dict[str, str]:
         """Annotations to put on a child DLQReplay."""

@@ -13,7 +13,11 @@ their lock still exists and their job's name and ``processedOn``, and, when
 ``thresholds.stalledFor`` is set and some queue has a backlog but saw no job
 finish since the last read, ``CLIENT LIST`` (one per evaluation, whatever the
 number of queues) to count each queue's worker connections
-(:mod:`requeue.queues.workers`); it is made only when one of these is needed.
+(:mod:`requeue.queues.workers`), and, for the jobs the events stream says
+finished since the last read (at most ``spec.metrics.maxJobLookups`` per queue, the newest),
+one ``HMGET`` of their name, ``timestamp``, ``processedOn`` and ``finishedOn``
+(job latency, :mod:`requeue.policy.latency`); it is made only when one of
+these is needed.
 A refused ``CLIENT LIST`` (an ACL without it, a managed Redis that renamed it)
 leaves the worker counts unknown instead of failing the observation. Further
 round trips happen only for queues whose events stream needs another page, and,
@@ -42,6 +46,7 @@ from requeue.api.base import parse_duration
 from requeue.api.gates import GateStatus
 from requeue.api.policy import CleanRule, QueuePolicySpec
 from requeue.policy.failure_rate import DEFAULT_MAX_PAGES, DEFAULT_PAGE_SIZE, EventReader
+from requeue.policy.latency import FinishedJob
 from requeue.policy.observe import ActiveJob, EventTally, Observation, PolicyMemory, QueueObservation
 from requeue.queues.adapter import queue_paused_read
 from requeue.queues.existence import existence_keys, list_queues, queue_not_found, redis_location
@@ -74,6 +79,7 @@ async def collect(
     page_size: int = DEFAULT_PAGE_SIZE,
     max_pages: int = DEFAULT_MAX_PAGES,
     stalled_scan_limit: int = DEFAULT_STALLED_SCAN_LIMIT,
+    job_lookups: int | None = None,
 ) -> tuple[Observation, CollectStats]:
     """Observe ``queues`` (see the module docstring); Redis errors propagate to the caller."""
     now_ms = int(now.timestamp() * 1000)
@@ -85,6 +91,7 @@ async def collect(
         check_stalled=spec.thresholds.stalled_active_seconds is not None,
         stalled_scan_limit=stalled_scan_limit,
         clean_rules=_clean_rules(spec),
+        job_lookups=spec.metrics.max_job_lookups if job_lookups is None else job_lookups,
     )
     reader = EventReader(
         spec.prefix,
@@ -102,7 +109,7 @@ async def collect(
     before = reader.round_trips
     await reader.finish(redis)
     tallies = reader.tallies()
-    second = await _second_round(redis, plan, first, _quiet_backlogs(spec, plan, first, tallies))
+    second = await _second_round(redis, plan, first, tallies, _quiet_backlogs(spec, plan, first, tallies))
     round_trips = 1 + second.round_trips + reader.round_trips - before
     not_found, list_trips = await _not_found(redis, plan, first)
 
@@ -130,6 +137,9 @@ class _Plan:
     stalled_scan_limit: int
     #: ``(state, rule)`` of each configured clean rule, completed before failed.
     clean_rules: list[tuple[str, CleanRule]]
+    #: Most finished jobs whose hash is read per queue (the newest): ``spec.metrics.maxJobLookups``
+    #: unless the caller says otherwise.
+    job_lookups: int
 
 
 def _clean_rules(spec: QueuePolicySpec) -> list[tuple[str, CleanRule]]:
@@ -231,20 +241,31 @@ class _SecondRound:
     active_jobs: dict[str, tuple[ActiveJob, ...]]
     #: Queue -> worker connections; empty when CLIENT LIST was not read or was refused.
     workers: dict[str, int]
+    #: Queue -> the jobs that finished since the last read, the newest with their hash's times.
+    finished: dict[str, tuple[FinishedJob, ...]]
     round_trips: int = 0
     commands: int = 0
 
 
-async def _second_round(redis: Redis, plan: _Plan, first: _FirstRound, quiet: list[str]) -> _SecondRound:
-    """Locks, names and start times of the active ids read, and CLIENT LIST when ``quiet`` has a
-    queue: one round trip, made only when either is needed (the ids had to be read first)."""
+async def _second_round(
+    redis: Redis, plan: _Plan, first: _FirstRound, tallies: dict[str, EventTally], quiet: list[str]
+) -> _SecondRound:
+    """Locks, names and start times of the active ids read, the name and times of the jobs that
+    finished since the last read (at most ``job_lookups`` per queue, the newest), and CLIENT LIST
+    when ``quiet`` has a queue: one round trip, made only when one of these is needed (the ids
+    had to be read first)."""
     lookups = [(q, jid) for q in plan.queues for jid in first.active_ids.get(q, ())]
-    if not lookups and not quiet:
-        return _SecondRound({q: () for q in first.active_ids}, {})
+    timed = {q: tallies[q].finished[-plan.job_lookups :] if plan.job_lookups else () for q in plan.queues}
+    timings = [(q, job) for q in plan.queues for job in timed[q]]
+    finished = {q: tallies[q].finished for q in plan.queues}
+    if not lookups and not quiet and not timings:
+        return _SecondRound({q: () for q in first.active_ids}, {}, finished)
     pipe = redis.pipeline(transaction=False)
     for q, jid in lookups:
         pipe.exists(plan.keys[q].lock(jid))
         pipe.hmget(plan.keys[q].job(jid), "name", "processedOn")
+    for q, job in timings:
+        pipe.hmget(plan.keys[q].job(job.id), "name", "timestamp", "processedOn", "finishedOn")
     if quiet:
         pipe.client_list()
     replies = await pipe.execute(raise_on_error=False)
@@ -257,13 +278,53 @@ async def _second_round(redis: Redis, plan: _Plan, first: _FirstRound, quiet: li
         jobs[q].append(
             ActiveJob(id=jid, name=_text(name), started_ms=_int_or_none(processed_on), locked=bool(locked))
         )
+    start = 2 * len(lookups)
+    finished = _with_times(plan, tallies, timings, replies[start : start + len(timings)])
     workers: dict[str, int] = {}
     if quiet and not isinstance(replies[-1], rx.RedisError):  # refused: the counts stay unknown
         names = (_text(c.get("name")) for c in replies[-1])
         workers = count_workers(names, plan.keys[quiet[0]].prefix, quiet)
-    return _SecondRound(
-        {q: tuple(js) for q, js in jobs.items()}, workers, 1, 2 * len(lookups) + (1 if quiet else 0)
-    )
+    commands = 2 * len(lookups) + len(timings) + (1 if quiet else 0)
+    return _SecondRound({q: tuple(js) for q, js in jobs.items()}, workers, finished, 1, commands)
+
+
+def _with_times(
+    plan: _Plan,
+    tallies: dict[str, EventTally],
+    timings: list[tuple[str, FinishedJob]],
+    replies: list[Any],
+) -> dict[str, tuple[FinishedJob, ...]]:
+    """Each queue's finished jobs, the newest (the ``timings``, in queue order) with their hash's
+    name and times; a hash that is gone leaves the name None (the job is counted, not timed), as
+    does a key that is no hash (a job id such as ``wait`` names one of the queue's own keys:
+    WRONGTYPE for that job only, not for the observation)."""
+    read: dict[str, list[FinishedJob]] = {q: [] for q in plan.queues}
+    for (q, job), reply in zip(timings, replies, strict=True):
+        if isinstance(reply, rx.ResponseError):
+            read[q].append(job)
+            continue
+        if isinstance(reply, Exception):
+            raise reply
+        name, added, processed, finished_on = reply
+        if name is None and added is None:
+            read[q].append(job)
+            continue
+        read[q].append(
+            FinishedJob(
+                id=job.id,
+                outcome=job.outcome,
+                entry_ms=job.entry_ms,
+                name=_text(name),
+                added_ms=_int_or_none(added),
+                processed_ms=_int_or_none(processed),
+                finished_ms=_int_or_none(finished_on),
+            )
+        )
+    out: dict[str, tuple[FinishedJob, ...]] = {}
+    for q in plan.queues:
+        every = tallies[q].finished
+        out[q] = every[: len(every) - len(read[q])] + tuple(read[q])
+    return out
 
 
 def _text(value: Any) -> str:
@@ -324,6 +385,7 @@ def _queue_observations(
             workers=second.workers.get(q),
             cleanable=first.cleanable[q],
             not_found=not_found.get(q),
+            finished_jobs=second.finished.get(q, ()),
         )
     return observed
 

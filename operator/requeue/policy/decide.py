@@ -374,6 +374,8 @@ def _queue_state(
         idle_since=None if health.idle_since is None else datetime.fromtimestamp(health.idle_since, UTC),
         processing_stopped=health.stopped,
         failed_change=health.failed_change,
+        latency_p95_seconds=health.latency_p95,
+        latency_jobs=health.latency_jobs,
         healthy=not breaches,
         reasons=[b.message for b in breaches],
         breaches=breaches,

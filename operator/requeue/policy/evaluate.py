@@ -47,10 +47,12 @@ from requeue.policy.archive import ArchivedClean, archived_clean, run_archived_c
 from requeue.policy.budget import ReplayBudget
 from requeue.policy.collect import collect
 from requeue.policy.decide import Decision, decide, queues_to_observe, settle
+from requeue.policy.job_series import export_finished
 from requeue.policy.memory import load_memory, queue_save_memory
 from requeue.policy.observe import Observation, PolicyMemory
 from requeue.policy.series import export_observed, export_unobserved, forget_queues
 from requeue.queues import BullQueue, map_redis_error
+from requeue.queues.cluster import slot_tag
 from requeue.queues.connection import forbidden_what
 from requeue.queues.scripts import Scripts, register
 from requeue.redact import redact_text
@@ -200,14 +202,17 @@ class EvaluationResult:
     failures: dict[int, str] = field(default_factory=dict)
 
 
-def child_replay(policy: PolicyRef, spec: QueuePolicySpec, action: AutoReplay) -> ChildReplay:
+def child_replay(
+    policy: PolicyRef, spec: QueuePolicySpec, action: AutoReplay, *, tag: str = ""
+) -> ChildReplay:
     """The child DLQReplay an :class:`AutoReplay` decision stands for.
 
     It re-checks the policy's gates before replaying, carries the per-job
     budget (:class:`~requeue.policy.budget.ReplayBudget`) as annotations, and
-    selects only what failed during the outage.
+    selects only what failed during the outage. ``tag``: the queues' hash tag on a Redis
+    Cluster (the budget key carries it, so the child's budget script stays in the queue's slot).
     """
-    budget = ReplayBudget.for_policy(policy.uid, action.max_replays_per_job)
+    budget = ReplayBudget.for_policy(policy.uid, action.max_replays_per_job, slot_tag=tag)
     replay_spec = DLQReplaySpec(
         redis=spec.redis,
         prefix=spec.prefix,
@@ -241,7 +246,7 @@ async def _mark_paused(redis: Redis, policy: PolicyRef, memory: PolicyMemory, qu
     """
     mark = replace(memory.get(queue), paused_by_policy=True)
     pipe = redis.pipeline(transaction=False)
-    queue_save_memory(pipe, policy.uid, PolicyMemory({queue: mark}))
+    queue_save_memory(pipe, policy.uid, PolicyMemory({queue: mark}), slot_tag=slot_tag(redis))
     await pipe.execute()
 
 
@@ -276,11 +281,13 @@ async def evaluate(
     gates: Sequence[GateStatus] | None = None,
     memory: PolicyMemory | None = None,
     now: datetime | None = None,
+    clean_batch: int = CLEAN_BATCH,
 ) -> EvaluationResult:
     """Observe every queue, decide, carry out what was decided, and return the settled status.
 
     :param memory: the previous result's memory; None loads it from Redis (one round trip).
     :param now: the evaluation time (tests pass their own); default: the current UTC time.
+    :param clean_batch: jobs removed per ``cleanJobsInSet`` call (tests pass a small one).
     """
     started = time.perf_counter()
     now = now or utcnow()
@@ -291,7 +298,7 @@ async def evaluate(
     decision = decide(
         spec, status, observation, memory, now=now, generation=policy.generation, policy_name=policy.name
     )
-    acting = _Acting(policy, spec, redis, ops, replays, events=list(decision.events))
+    acting = _Acting(policy, spec, redis, ops, replays, events=list(decision.events), clean_batch=clean_batch)
     await _carry_out(acting, decision)
     if notifier is not None and (acting.notify_items or observation.error is None):
         await _notify(acting, notifier)
@@ -302,6 +309,7 @@ async def evaluate(
         save_trips = await _save_memory(redis, policy, new_memory, memory)
     if observation.error is None:
         export_observed(policy.namespace, policy.name, settled, list(observation.queues))
+        export_finished(policy.namespace, policy.name, observation.queues, spec.metrics.max_job_names)
     else:
         export_unobserved(policy.namespace, policy.name, observation.error_reason)
     seconds = time.perf_counter() - started
@@ -376,6 +384,8 @@ class _Acting:
     notify_items: list[Alert | Recover] = field(default_factory=list)
     #: Redis round trips the actions made.
     round_trips: int = 0
+    #: Jobs removed per ``cleanJobsInSet`` call.
+    clean_batch: int = CLEAN_BATCH
 
 
 async def _carry_out(acting: _Acting, decision: Decision) -> None:
@@ -406,7 +416,15 @@ async def _remediate(acting: _Acting, index: int, action: Action, memory: Policy
         if isinstance(action, Pause):
             await _mark_paused(acting.redis, policy, memory, action.queue)
             acting.round_trips += 1
-        text, calls = await _execute(policy, acting.spec, action, acting.ops, acting.replays)
+        text, calls = await _execute(
+            policy,
+            acting.spec,
+            action,
+            acting.ops,
+            acting.replays,
+            tag=slot_tag(acting.redis),
+            clean_batch=acting.clean_batch,
+        )
         acting.round_trips += calls
     except Exception as exc:  # every failure is reported, none stops the others
         message = _error_text(exc)
@@ -455,7 +473,7 @@ async def _save_memory(redis: Redis, policy: PolicyRef, memory: PolicyMemory, pr
     """
     try:
         pipe = redis.pipeline(transaction=False)
-        queue_save_memory(pipe, policy.uid, memory, previous)
+        queue_save_memory(pipe, policy.uid, memory, previous, slot_tag=slot_tag(redis))
         await pipe.execute()
     except _REDIS_ERRORS as exc:
         logger.warning(
@@ -471,8 +489,11 @@ async def _execute(
     action: Action,
     ops: QueueOps,
     replays: ReplayCreator | None,
+    *,
+    tag: str = "",
+    clean_batch: int = CLEAN_BATCH,
 ) -> tuple[str | None, int]:
-    """Carry out one remediation.
+    """Carry out one remediation (``tag``: the queues' hash tag on a Redis Cluster).
 
     Returns the text for ``lastActions[].result`` (None: no entry) and the
     number of Redis calls it made.
@@ -486,7 +507,7 @@ async def _execute(
     if isinstance(action, AutoReplay):
         if replays is None:
             raise RuntimeError("no ReplayCreator configured: cannot create child DLQReplays")
-        return await replays.create(child_replay(policy, spec, action)), 0
+        return await replays.create(child_replay(policy, spec, action, tag=tag)), 0
     if isinstance(action, Clean):
         grace_ms = int(action.grace.total_seconds() * 1000)
         if action.archive is not None:
@@ -495,7 +516,7 @@ async def _execute(
             )
         removed = calls = 0
         while removed < action.limit:
-            batch = min(CLEAN_BATCH, action.limit - removed)
+            batch = min(clean_batch, action.limit - removed)
             n = await ops.clean(action.queue, action.state, grace_ms=grace_ms, limit=batch)
             calls += 1
             removed += n

@@ -17,6 +17,10 @@ the stream to ~10,000 entries (``opts.maxLenEvents``): more finished jobs than
 that between two reads of a queue are not seen — poll busy queues often.
 
 The first read of a queue (no cursor) starts ``window`` ago.
+
+The same read keeps the job id of every ``completed``/``failed`` entry
+(``EventTally.finished``): job latency (:mod:`requeue.policy.latency`) is
+measured from these, so the stream is read once per evaluation for both.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from requeue.policy.latency import FinishedJob
 from requeue.policy.observe import EventTally
 from requeue.queues.keys import QueueKeys
 
@@ -55,6 +60,7 @@ class _Progress:
     cursor: str
     start: str
     counts: dict[int, list[int]] = field(default_factory=dict)
+    finished: list[FinishedJob] = field(default_factory=list)
     pages: int = 0
     full: bool = False
 
@@ -120,7 +126,11 @@ class EventReader:
                 slot = 1
             else:
                 continue
-            second = int(eid.split("-", 1)[0]) // 1000
+            ms = int(eid.split("-", 1)[0])
+            second = ms // 1000
+            job_id = fields.get("jobId") if "jobId" in fields else fields.get(b"jobId")
+            if job_id is not None:
+                progress.finished.append(FinishedJob(id=_text(job_id), outcome=kind, entry_ms=ms))
             bucket = counts.get(second)
             if bucket is None:
                 bucket = counts[second] = [0, 0]
@@ -146,7 +156,10 @@ class EventReader:
     def tallies(self) -> dict[str, EventTally]:
         return {
             q: EventTally(
-                cursor=p.cursor, per_second={s: (c, f) for s, (c, f) in p.counts.items()}, behind=p.full
+                cursor=p.cursor,
+                per_second={s: (c, f) for s, (c, f) in p.counts.items()},
+                behind=p.full,
+                finished=tuple(p.finished),
             )
             for q, p in self._progress.items()
         }

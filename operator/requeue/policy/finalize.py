@@ -18,6 +18,7 @@ from requeue.policy.actions import Resume
 from requeue.policy.decide import Decision, release
 from requeue.policy.evaluate import BullQueueOps
 from requeue.policy.memory import memory_key
+from requeue.queues.cluster import slot_tag
 
 __all__ = ["finalize", "give_up", "plan", "resumes"]
 
@@ -40,7 +41,7 @@ async def finalize(redis: Redis, spec: QueuePolicySpec, decision: Decision, uid:
     ops = BullQueueOps(redis, spec.prefix)
     for action in resumes(decision):
         await ops.resume(action.queue)
-    await redis.delete(memory_key(uid))
+    await redis.delete(memory_key(uid, slot_tag(redis)))
 
 
 def give_up(exc: BaseException, decision: Decision, *, attempt: int, attempts: int) -> bool:

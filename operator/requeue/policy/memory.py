@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from requeue.policy.observe import PolicyMemory, QueueMemory
+from requeue.queues.cluster import slot_tag as client_slot_tag
 from requeue.queues.keys import PolicyKeys
 
 __all__ = ["MEMORY_TTL_SECONDS", "load_memory", "memory_key", "queue_save_memory", "replay_budget_key"]
@@ -25,14 +26,14 @@ __all__ = ["MEMORY_TTL_SECONDS", "load_memory", "memory_key", "queue_save_memory
 MEMORY_TTL_SECONDS = 7 * 24 * 3600
 
 
-def memory_key(policy_uid: str) -> str:
-    """``requeue:policy:{uid}:memory``."""
-    return PolicyKeys(policy_uid).memory
+def memory_key(policy_uid: str, slot_tag: str = "") -> str:
+    """``requeue:policy:{uid}:memory`` (on a Redis Cluster with the queues' hash tag before the uid)."""
+    return PolicyKeys(policy_uid, slot_tag).memory
 
 
-def replay_budget_key(policy_uid: str) -> str:
+def replay_budget_key(policy_uid: str, slot_tag: str = "") -> str:
     """``requeue:policy:{uid}:replays``: job id -> times auto-replayed (see :mod:`.budget`)."""
-    return PolicyKeys(policy_uid).replays
+    return PolicyKeys(policy_uid, slot_tag).replays
 
 
 def _text(value: object) -> str:
@@ -41,7 +42,9 @@ def _text(value: object) -> str:
 
 async def load_memory(redis: Redis, policy_uid: str) -> PolicyMemory:
     """Read the memory; a missing or corrupt entry becomes an empty one."""
-    raw: Mapping[bytes | str, bytes | str] = await redis.hgetall(memory_key(policy_uid))
+    raw: Mapping[bytes | str, bytes | str] = await redis.hgetall(
+        memory_key(policy_uid, client_slot_tag(redis))
+    )
     queues: dict[str, QueueMemory] = {}
     for field, value in raw.items():
         try:
@@ -54,13 +57,19 @@ async def load_memory(redis: Redis, policy_uid: str) -> PolicyMemory:
 
 
 def queue_save_memory(
-    pipe: Pipeline, policy_uid: str, memory: PolicyMemory, previous: PolicyMemory | None = None
+    pipe: Pipeline,
+    policy_uid: str,
+    memory: PolicyMemory,
+    previous: PolicyMemory | None = None,
+    *,
+    slot_tag: str = "",
 ) -> int:
     """Queue the commands that store ``memory`` on ``pipe``; returns how many were queued.
 
-    Fields of queues that left the policy are deleted; the TTL is refreshed.
+    Fields of queues that left the policy are deleted; the TTL is refreshed. ``slot_tag``: the
+    hash tag of the client's slot on a Redis Cluster (:func:`requeue.queues.cluster.slot_tag`).
     """
-    key = memory_key(policy_uid)
+    key = memory_key(policy_uid, slot_tag)
     commands = 0
     if memory.queues:
         pipe.hset(

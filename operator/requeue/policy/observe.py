@@ -11,7 +11,8 @@ Two kinds of state survive an evaluation:
 * :class:`PolicyMemory`: bookkeeping nobody needs to read — per queue the
   events-stream cursor, the failure-rate window (counts per time bucket),
   when an active job was first seen without a lock, since when jobs have waited
-  with none finishing, and samples of the failed count over the window. Stored as JSON in Redis
+  with none finishing, samples of the failed count over the window, and the latency
+  histogram over the window. Stored as JSON in Redis
   beside the queues (:mod:`requeue.policy.memory`), so it survives restarts
   without bloating the status object every interval.
 """
@@ -25,6 +26,7 @@ from typing import Any
 
 from requeue.api.conditions import Reason
 from requeue.api.gates import GateStatus
+from requeue.policy.latency import FinishedJob, LatencyBuckets, buckets_from_json, buckets_to_json
 
 __all__ = [
     "BUCKETS_PER_WINDOW",
@@ -54,6 +56,8 @@ class EventTally:
     per_second: Mapping[int, tuple[int, int]] = field(default_factory=dict)
     #: True when the read stopped at its page budget with entries left (the reader is behind).
     behind: bool = False
+    #: Every ``completed``/``failed`` entry read, oldest first (job id, outcome, entry time).
+    finished: tuple[FinishedJob, ...] = ()
 
     @property
     def completed(self) -> int:
@@ -104,6 +108,9 @@ class QueueObservation:
     #: The QueueNotFound message when BullMQ has no key for this queue (its counts are then
     #: zeros that mean nothing); None when the queue exists.
     not_found: str | None = None
+    #: The jobs that finished since the last read, with names and times from their hashes
+    #: (:mod:`requeue.policy.latency`); those beyond the lookup limit without.
+    finished_jobs: tuple[FinishedJob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,8 @@ class QueueMemory:
     #: ``(Unix second, failed count)`` samples, oldest first: at most one per window bucket, plus
     #: the newest one from before the window (the baseline ``failedGrowing`` compares with).
     failed_samples: tuple[tuple[int, int], ...] = ()
+    #: Latency window: per window bucket, the status histogram (:mod:`requeue.policy.latency`).
+    latency: LatencyBuckets = ()
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -152,6 +161,8 @@ class QueueMemory:
             data["s"] = self.idle_since
         if self.failed_samples:
             data["f"] = [list(f) for f in self.failed_samples]
+        if self.latency:
+            data["t"] = buckets_to_json(self.latency)
         return data
 
     @classmethod
@@ -162,6 +173,7 @@ class QueueMemory:
             lockless = {str(k): int(v) for k, v in dict(data.get("l", {})).items()}
             idle = data.get("s")
             samples = tuple((int(f[0]), int(f[1])) for f in data.get("f", ()))
+            latency = buckets_from_json(data.get("t", ()))[-(BUCKETS_PER_WINDOW + 1) :]
             return cls(
                 cursor=str(data.get("c", "")),
                 buckets=buckets,
@@ -169,8 +181,9 @@ class QueueMemory:
                 paused_by_policy=data.get("p") == 1,
                 idle_since=None if idle is None else int(idle),
                 failed_samples=samples[-(BUCKETS_PER_WINDOW + 2) :],
+                latency=latency,
             )
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, AttributeError):
             return cls()
 
 

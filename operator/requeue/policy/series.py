@@ -9,7 +9,10 @@ Three rules keep the series honest:
   refused credentials or commands), or removes it when the problem was another
   (an invalid spec, a missing Secret: whether Redis is up is then unknown);
 * a deleted policy removes every series it labels, counters included, and the
-  auto-replay counts it kept under its name.
+  auto-replay counts it kept under its name; the per-job latency, processing and
+  outcome series (:mod:`requeue.policy.job_series`) go with it, and with a queue
+  removed from its spec. A failed observation keeps them: they are counters and
+  histograms of what was seen, not gauges of the present.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from requeue.metrics import (
     REDIS_UP,
     REPLAY_JOBS,
 )
+from requeue.policy.job_series import forget_job_names
 
 __all__ = ["REDIS_DOWN_REASONS", "export_observed", "export_unobserved", "forget_policy", "forget_queues"]
 
@@ -94,6 +98,7 @@ def forget_queues(namespace: str, policy: str, queues: Sequence[str]) -> None:
     for queue in queues:
         for gauge in QUEUE_GAUGES:
             gauge.remove_by_labels({"namespace": namespace, "policy": policy, "queue": queue})
+    forget_job_names(namespace, policy, queues)
 
 
 def forget_policy(namespace: str, policy: str) -> None:
@@ -102,3 +107,4 @@ def forget_policy(namespace: str, policy: str) -> None:
     for metric in (*QUEUE_GAUGES, ACTIONS, REPLAY_JOBS):
         metric.remove_by_labels(labels)
     REDIS_UP.remove_by_labels({"namespace": namespace, "kind": KIND_POLICY, "owner": policy})
+    forget_job_names(namespace, policy)

@@ -24,6 +24,7 @@ from requeue.api.policy import (
     Thresholds,
 )
 from requeue.policy.actions import BREACH_REASONS, Alert, BreachKind, Recover
+from requeue.policy.latency import merge_window
 from requeue.policy.ledger import Ledger, clip
 from requeue.policy.observe import BUCKETS_PER_WINDOW, ActiveJob, QueueMemory, QueueObservation
 
@@ -84,13 +85,17 @@ class QueueHealth:
     failed_change: int | None = None
     #: Seconds the change is measured over (from the baseline sample to now).
     failed_change_seconds: int = 0
+    #: 95th percentile of job latency over the window (seconds); None when no job was timed in it.
+    latency_p95: float | None = None
+    #: Jobs the percentile is based on.
+    latency_jobs: int = 0
 
 
 def measure(
     th: Thresholds, window: timedelta, mem: QueueMemory, obs: QueueObservation, now: datetime
 ) -> QueueHealth:
-    """The failure rate over ``window``, stuck jobs, stopped processing and the failed trend,
-    from this observation and the memory."""
+    """The failure rate over ``window``, stuck jobs, stopped processing, the failed trend and the
+    job latency percentile, from this observation and the memory."""
     win = _merge_window(mem, obs, window, now)
     finished = win.completed + win.failed
     rate = 100.0 * win.failed / finished if finished else None
@@ -101,12 +106,14 @@ def measure(
     stuck_ids, stuck = _stuck(th, obs, lockless, now_s)
     idle_since = _idle_since(mem, obs, now_s)
     samples, change, span = _failed_trend(th, window, mem, obs, now_s)
+    latency = merge_window(mem.latency, obs.finished_jobs, window, now_s, BUCKETS_PER_WINDOW)
     memory = QueueMemory(
         cursor=obs.events.cursor or mem.cursor,
         buckets=win.buckets,
         lockless_since=lockless,
         idle_since=idle_since,
         failed_samples=samples,
+        latency=latency.buckets,
     )
     stopped_seconds = 0 if idle_since is None else max(0, now_s - idle_since)
     return QueueHealth(
@@ -120,6 +127,8 @@ def measure(
         idle_since=idle_since,
         failed_change=change,
         failed_change_seconds=span,
+        latency_p95=latency.p95(),
+        latency_jobs=latency.jobs,
     )
 
 
@@ -274,6 +283,11 @@ def find_breaches(spec: QueuePolicySpec, obs: QueueObservation, health: QueueHea
         span = _span(health.failed_change_seconds)
         found[BreachKind.FAILED_GROWING] = (
             f"failed {obs.failed} > {grow.above} and growing: +{change} in {span}"
+        )
+    p95, limit = health.latency_p95, th.latency_p95
+    if limit is not None and p95 is not None and p95 > parse_duration(limit).total_seconds():
+        found[BreachKind.LATENCY_P95] = (
+            f"job latency p95 {p95:g}s > {th.latency_p95} over {th.window} ({health.latency_jobs} jobs)"
         )
     return found
 

@@ -40,12 +40,17 @@ from requeue.redact import redact_url, split_url
 __all__ = [
     "CLUSTER_SCHEMES",
     "ClusterUrl",
+    "NodeOpener",
     "SlotClient",
     "SlotRoute",
+    "cluster_primaries",
+    "connect_primaries",
     "connect_slot_owner",
     "hash_tag",
     "is_cluster_url",
+    "node_opener",
     "parse_cluster_url",
+    "primaries_of",
     "queue_slot",
     "slot_tag",
 ]
@@ -104,8 +109,9 @@ def queue_slot(queues: Sequence[QueueKeys]) -> tuple[str, int]:
         elif own_slot != slot:
             raise HashTagRequired(
                 f"queue {name!r} hashes to slot {own_slot} and {queues[0].base[:-1]!r} to slot {slot}: "
-                f"on a Redis Cluster, a replay's queue and its targetQueue must share a hash tag "
-                f"(put the tag in the prefix, e.g. '{{bull}}', not in the queue name)",
+                f"on a Redis Cluster, a replay's queue and its targetQueue, and the queues of one "
+                f"QueuePolicy, must share a hash tag (put the tag in the prefix, e.g. '{{bull}}', not "
+                f"in the queue name)",
                 queue=q.queue,
             )
     if tag is None:
@@ -241,6 +247,23 @@ class NodeOpener:
         return aioredis.Redis.from_pool(pool)
 
 
+def primaries_of(reply: Any, *, asked: str) -> list[tuple[str, int]]:
+    """Every primary a ``CLUSTER SLOTS`` reply names (once each, in slot order)."""
+    out: list[tuple[str, int]] = []
+    for entry in reply if isinstance(reply, list) else []:
+        if not isinstance(entry, list | tuple) or len(entry) < 3:
+            continue
+        node = entry[2]
+        if not isinstance(node, list | tuple) or len(node) < 2:
+            continue
+        raw = node[0]
+        host = raw.decode() if isinstance(raw, bytes) else str(raw)
+        address = (host if host not in ("", "?") else asked, int(node[1]))
+        if address not in out:
+            out.append(address)
+    return out
+
+
 def owner_of(reply: Any, slot: int, *, asked: str) -> tuple[tuple[str, int] | None, list[tuple[str, int]]]:
     """The primary of ``slot`` in a ``CLUSTER SLOTS`` reply, and every node it names.
 
@@ -331,24 +354,15 @@ async def connect_slot_owner(url: str, queues: Sequence[QueueKeys], kwargs: dict
     :raises RedisUrlInvalid: the URL is not a usable cluster URL.
     :raises HashTagRequired: the queues do not share one hash-tagged slot.
     """
-    from requeue.queues.connection import client_from_url  # connection imports this module lazily
-
     if not queues:
         raise RedisUrlInvalid(
-            f"{redact_url(url)} is a Redis Cluster URL, which only DLQReplays, `requeue replay` and "
-            "`requeue inspect` take so far (QueuePolicies and the other commands do not yet): give "
-            "this one the redis:// URL of the primary that serves the queue's slot"
+            f"{redact_url(url)} is a Redis Cluster URL: say which queue it is for (the client goes to "
+            "the primary serving that queue's slot)"
         )
-    if kwargs.get("db") not in (None, 0):
-        raise RedisUrlInvalid(f"{redact_url(url)}: a Redis Cluster has only database 0")
     tag, slot = queue_slot(queues)
-    parsed = parse_cluster_url(url)
-    template = client_from_url(parsed.node_url(*parsed.seeds[0]), **kwargs)  # proves the options
-    pool = template.connection_pool
-    node_kwargs = dict(pool.connection_kwargs)
-    base_class = pool.connection_class
-    await template.aclose()
-    route = SlotRoute(seeds=parsed.seeds, slot=slot, open_node=NodeOpener(base_class, node_kwargs))
+    parsed, opener = await node_opener(url, kwargs)
+    base_class, node_kwargs = opener.connection_class, opener.kwargs
+    route = SlotRoute(seeds=parsed.seeds, slot=slot, open_node=opener)
     slot_class = SlotSSLConnection if issubclass(base_class, SSLConnection) else SlotConnection
     client = SlotClient(
         connection_pool=ConnectionPool(connection_class=slot_class, route=route, **node_kwargs)
@@ -357,3 +371,53 @@ async def connect_slot_owner(url: str, queues: Sequence[QueueKeys], kwargs: dict
     client.slot_tag = tag
     client.route = route
     return client
+
+
+async def node_opener(url: str, kwargs: dict[str, Any]) -> tuple[ClusterUrl, NodeOpener]:
+    """The parsed URL and a maker of plain clients to its nodes (same credentials, TLS, timeouts).
+
+    :raises RedisUrlInvalid: not a usable cluster URL, or a database other than 0.
+    """
+    from requeue.queues.connection import client_from_url  # connection imports this module lazily
+
+    if kwargs.get("db") not in (None, 0):
+        raise RedisUrlInvalid(f"{redact_url(url)}: a Redis Cluster has only database 0")
+    parsed = parse_cluster_url(url)
+    template = client_from_url(parsed.node_url(*parsed.seeds[0]), **kwargs)  # proves the options
+    pool = template.connection_pool
+    opener = NodeOpener(pool.connection_class, dict(pool.connection_kwargs))
+    await template.aclose()
+    return parsed, opener
+
+
+async def cluster_primaries(url: str, kwargs: dict[str, Any]) -> tuple[NodeOpener, list[tuple[str, int]]]:
+    """Every primary the cluster names now (asked of the seeds in turn), and how to open a client to one.
+
+    :raises RedisUrlInvalid: not a usable cluster URL.
+    :raises redis.exceptions.ConnectionError: no seed answered ``CLUSTER SLOTS``.
+    """
+    parsed, opener = await node_opener(url, kwargs)
+    problems: list[str] = []
+    for host, port in parsed.seeds:
+        client = opener(host, port)
+        try:
+            reply = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+        except rx.AuthenticationError:
+            raise  # the same credentials go to every node: AuthFailed, not "unreachable"
+        except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+            problems.append(f"{host}:{port}: {type(exc).__name__}")
+            continue
+        finally:
+            await client.aclose()
+        nodes = primaries_of(reply, asked=host)
+        if nodes:
+            return opener, nodes
+        problems.append(f"{host}:{port}: no slot assigned")
+    raise rx.ConnectionError(f"no seed of the Redis Cluster named its primaries ({'; '.join(problems[:6])})")
+
+
+async def connect_primaries(url: str, kwargs: dict[str, Any]) -> list[aioredis.Redis]:
+    """A client to each primary of the cluster (not yet connected): for what requeue reads from
+    every slot at once (``requeue replays list``: replay keys live in their queue's slot)."""
+    opener, nodes = await cluster_primaries(url, kwargs)
+    return [opener(host, port) for host, port in nodes]

@@ -281,6 +281,46 @@ def map_redis_error(
     return RedisUnavailable(f"Redis{where} unavailable ({detail})", queue=queue, replay=replay)
 
 
+def _client_kwargs(url: str, db: int | None, tls: TlsOptions, timeout_s: float) -> dict[str, Any]:
+    """What redis-py gets for every client of :func:`connect` (and each primary of a cluster)."""
+    kwargs: dict[str, Any] = {
+        "decode_responses": True,
+        "encoding_errors": "replace",
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "health_check_interval": 30,
+    }
+    if db is not None:
+        kwargs["db"] = db
+    kwargs.update(tls.client_kwargs(url))
+    return kwargs
+
+
+async def connect_each_primary(url: str, *, timeout_s: float = DEFAULT_TIMEOUT) -> list[aioredis.Redis]:
+    """A client per primary that answered PING: every primary of a ``redis+cluster://`` URL (for
+    what lives in every slot, e.g. the replays of all queues), else the one server of ``url``.
+
+    :raises RedisUrlInvalid: the URL cannot be parsed.
+    :raises AuthFailed: credentials refused.
+    :raises RedisUnavailable: a primary (or every seed) cannot be reached.
+    """
+    if not url.partition("://")[0].lower().endswith("+cluster"):
+        return [await connect(url, timeout_s=timeout_s)]
+    from requeue.queues.cluster import connect_primaries  # it builds on this module
+
+    kwargs = _client_kwargs(url, None, TlsOptions(), timeout_s)
+    clients: list[aioredis.Redis] = []
+    try:
+        clients = await connect_primaries(url, kwargs)
+        for client in clients:
+            await client.ping()
+    except (rx.RedisError, OSError) as exc:
+        for client in clients:
+            await client.aclose()
+        raise map_redis_error(exc, url=url) from None
+    return clients
+
+
 async def connect(
     url: str,
     *,
@@ -305,22 +345,16 @@ async def connect(
     :raises RedisUnavailable: cannot connect; the message carries the redacted URL.
     :raises HashTagRequired: a cluster URL, and the queues' keys would not share one slot.
     """
-    kwargs: dict[str, Any] = {
-        "decode_responses": True,
-        "encoding_errors": "replace",
-        "socket_timeout": timeout_s,
-        "socket_connect_timeout": timeout_s,
-        "health_check_interval": 30,
-    }
-    if db is not None:
-        kwargs["db"] = db
-    kwargs.update(
+    kwargs = _client_kwargs(
+        url,
+        db,
         TlsOptions(
             ca_pem=tls_ca_pem,
             insecure_skip_verify=tls_insecure_skip_verify,
             cert_pem=tls_cert_pem,
             key_pem=tls_key_pem,
-        ).client_kwargs(url)
+        ),
+        timeout_s,
     )
     if url.partition("://")[0].lower().endswith("+cluster"):
         from requeue.queues.cluster import connect_slot_owner  # it builds on this module

@@ -130,8 +130,7 @@ class ReplayKeys:
     slot_tag: str = ""
 
     def _key(self, suffix: str) -> str:
-        tag = f"{{{self.slot_tag}}}:" if self.slot_tag else ""
-        return f"{REQUEUE_PREFIX}:replay:{tag}{self.replay_id}:{suffix}"
+        return f"{REQUEUE_PREFIX}:replay:{tagged(self.slot_tag)}{self.replay_id}:{suffix}"
 
     @property
     def snapshot(self) -> str:
@@ -196,30 +195,69 @@ class ReplayKeys:
             self.reasons,
             self.corrupt,
             self.not_failed,
+            self.dedupe,
+            self.duplicates,
         ]
 
+    @property
+    def dedupe(self) -> str:
+        """Hash: ``selector.dedupeBy`` value -> id of the newest matching failed job with it (the one
+        kept), written by the selection's first pass; its second pass snapshots only those ids."""
+        return self._key("dedupe")
 
+    @property
+    def duplicates(self) -> str:
+        """Hash: ``selector.dedupeBy`` value -> failed jobs left failed as its duplicates (the first
+        :data:`DUPLICATE_KEYS` values seen; all are counted in ``Progress.DUPLICATES``)."""
+        return self._key("duplicates")
+
+
+#: How many distinct ``dedupeBy`` values :attr:`ReplayKeys.duplicates` counts duplicates for.
+DUPLICATE_KEYS = 1000
 #: Field of :attr:`ReplayKeys.reasons` that counts the reasons past the cap on distinct ones.
 REASONS_OTHER = "\0other"
 #: Root of a QueuePolicy's keys (a budget key read from annotations must start with it).
 POLICY_KEY_PREFIX = f"{REQUEUE_PREFIX}:policy:"
 
 
+def tagged(slot_tag: str) -> str:
+    """``{tag}:`` to put before an id in one of requeue's keys on a Redis Cluster; "" off one."""
+    return f"{{{slot_tag}}}:" if slot_tag else ""
+
+
+def untag(text: str) -> tuple[str, str]:
+    """``{tag}:rest`` -> (tag, rest); text without a leading tag -> ("", text). Reads the id back
+    out of a key :func:`tagged` built (``requeue:replay:{bull}:<id>:progress`` on a cluster)."""
+    if text.startswith("{"):
+        end = text.find("}:")
+        if end > 1:
+            return text[1:end], text[end + 2 :]
+    return "", text
+
+
 @dataclass(frozen=True)
 class PolicyKeys:
-    """The keys of one QueuePolicy (by UID)."""
+    """The keys of one QueuePolicy (by UID).
+
+    On a Redis Cluster they carry the hash tag of the policy's queues, as :class:`ReplayKeys`
+    do (``requeue:policy:{bull}:<uid>:memory``): the memory, the auto-replay budget and the
+    budget's per-replay sets live in the slot of ``{bull}:<queue>:...``, on the node that the
+    policy's client talks to, and the budget script (both keys) never crosses slots. Off a
+    cluster the tag is empty and the names are what they always were.
+    """
 
     policy_uid: str
+    slot_tag: str = ""
 
     @property
     def memory(self) -> str:
         """Hash: queue name -> JSON of what the policy remembers of it (``policy.memory``)."""
-        return f"{POLICY_KEY_PREFIX}{self.policy_uid}:memory"
+        return f"{POLICY_KEY_PREFIX}{tagged(self.slot_tag)}{self.policy_uid}:memory"
 
     @property
     def replays(self) -> str:
         """Hash: job id -> times the policy's auto replays took it (``policy.budget``)."""
-        return f"{POLICY_KEY_PREFIX}{self.policy_uid}:replays"
+        return f"{POLICY_KEY_PREFIX}{tagged(self.slot_tag)}{self.policy_uid}:replays"
 
 
 def budget_taken_key(budget_key: str, replay_id: str) -> str:
@@ -325,11 +363,27 @@ class Progress(Declared):
     VERIFIED_COMPLETED = "vc", "the last whole pass: replayed jobs completed (or removed)"
     VERIFIED_FAILED = "vf", "the last whole pass: replayed jobs failed again"
     VERIFIED_PENDING = "vp", "the last whole pass: replayed jobs still pending"
+    # the smoke test (replay/smoke.py), after verification passed
+    SMOKE = "smoke", 'the smoke test\'s state: "sending", "waiting" (for the triggered job) or "passed"'
+    SMOKE_ATTEMPTS = "smoke_attempts", "smoke test requests started (counted before each is sent)"
+    SMOKE_NEXT_MS = "smoke_next_ms", "not before this time the next smoke test request (ms; retryDelay)"
+    SMOKE_SENT_MS = "smoke_sent_ms", "when the request that passed was sent (ms); the job must be newer"
+    SMOKE_VERIFIED = "smoke_verified", "verification's summary, for the final message"
+    SMOKE_ANSWER = "smoke_answer", "the last answer to the smoke request (redacted)"
+    SMOKE_COMPLETED_FROM = "smoke_c", "waitForJob: completed-set score to look on from (ms)"
+    SMOKE_FAILED_FROM = "smoke_f", "waitForJob: failed-set score to look on from (ms)"
     # the end
     OUTCOME = "outcome", "the final phase (Succeeded, Failed)"
     OUTCOME_REASON = "outcome_reason", "the final phase's reason"
     OUTCOME_MESSAGE = "outcome_message", "the final phase's message"
     FINISHED_MS = "finished_ms", "when the replay ended (ms)"
+    # selector.dedupeBy (the selection's first pass, then what its second pass left out)
+    DEDUPE_SCORE = "dd_score", "dedupeBy's first pass: score of the last failed-set member scanned"
+    DEDUPE_ID = "dd_id", "dedupeBy's first pass: id of the last failed-set member scanned"
+    DEDUPE_SCANNED = "dd_scanned", "dedupeBy's first pass: failed-set members scanned"
+    DEDUPE_DONE = "dd_done", '"1": the first pass is complete; the dedupe hash holds the job kept per value'
+    DUPLICATES = "duplicates", "matching jobs left failed: a newer failed job has the same dedupeBy value"
+    NO_DEDUPE_KEY = "no_dedupe_key", "selected jobs without a dedupeBy value (not deduplicated)"
 
 
 #: What the lease (:attr:`QueueKeys.lease`) holds: who drives a replay of the queue
@@ -372,6 +426,13 @@ def owned_keys() -> list[OwnedKey]:
         OwnedKey(r.reasons, "hash", "normalised failure reason -> matched jobs (`\\0other`: the rest)", kept),
         OwnedKey(r.corrupt, "list", "the first corrupt job ids", kept),
         OwnedKey(r.not_failed, "list", "the first ids of `selector.jobIds` not in the failed set", kept),
+        OwnedKey(r.dedupe, "hash", "`selector.dedupeBy` value -> id of the newest matching failed job", kept),
+        OwnedKey(
+            r.duplicates,
+            "hash",
+            f"`selector.dedupeBy` value -> duplicates left failed (first {DUPLICATE_KEYS} values)",
+            kept,
+        ),
         OwnedKey(
             r.legacy_copied,
             "list",

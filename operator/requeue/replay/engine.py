@@ -64,7 +64,7 @@ from requeue.errors import (
     QueueLocked,
     QueueNotFound,
     RedisOutOfMemory,
-    RedisUnavailable,
+    RedisUnreachable,
 )
 from requeue.metrics import REPLAY_BATCH_SECONDS
 from requeue.queues import BullQueue, ReplayKeys, map_redis_error
@@ -80,6 +80,7 @@ from requeue.replay.moves import Mover
 from requeue.replay.observed import ReplaySeries
 from requeue.replay.rate import TokenBucket
 from requeue.replay.selection import ReplayBudgetLike, Selection, selection_upper
+from requeue.replay.smoke import SmokeTesting
 from requeue.replay.state import (
     SELECTION_FIELD,
     Finish,
@@ -110,7 +111,7 @@ SUSPENDED_DELAY = 60.0
 
 
 #: Ready reasons of a Redis outage the engine reports (and announces the end of).
-_OUTAGE_REASONS = (RedisUnavailable.reason, RedisOutOfMemory.reason)
+_OUTAGE_REASONS = (RedisUnreachable.reason, RedisOutOfMemory.reason)
 
 
 class ReplayEngine:
@@ -122,7 +123,7 @@ class ReplayEngine:
     :param gates: the resource's gates, or None for none.
     :param clock: the current time (tests inject theirs).
     :param redis_failure_bound: consecutive Redis errors before they are surfaced
-        (condition + Warning event; :meth:`run` raises :class:`RedisUnavailable`).
+        (condition + Warning event; :meth:`run` raises :class:`RedisUnreachable`).
     :param backoff: first retry delay after a Redis error (doubles, capped at 30 s).
     :param budget: a per-job replay budget (child DLQReplays of a QueuePolicy); jobs over it
         are left out of the snapshot and counted in the progress field ``over_budget``.
@@ -172,6 +173,8 @@ class ReplayEngine:
         )
         self._bulk = Bulk(redis, self.keys, lease_value=self._lease_value, chunk=tuning.bulk_chunk)
         self._verification = Verification(redis, self.keys)
+        #: ``spec.verify.smokeTest``; its ``secrets`` (and ``policy``) are set by the driver.
+        self.smoke = SmokeTesting(redis, self.keys)
         self._gating = Gating(redis, self.keys)
         namespace, _, name = owner.rpartition("/")
         #: The labels of ``requeue_replay_jobs_total`` (default: a replay made by hand, named by ``owner``).
@@ -252,7 +255,7 @@ class ReplayEngine:
     ) -> DLQReplayStatus:
         """Step until the replay finishes (or is suspended); the CLI's loop.
 
-        :raises RedisUnavailable: after ``redis_failure_bound`` consecutive Redis errors.
+        :raises RedisUnreachable: after ``redis_failure_bound`` consecutive Redis errors.
         """
         st = status or DLQReplayStatus()
         while True:
@@ -264,7 +267,7 @@ class ReplayEngine:
                 return st
             if self.redis_failures >= self.redis_failure_bound:
                 ready = find_condition(st.conditions, ReplayCondition.READY)
-                raise RedisUnavailable(
+                raise RedisUnreachable(
                     ready.message if ready else "Redis unavailable", queue=spec.queue, replay=self.owner
                 )
             if result.delay > 0:
@@ -328,8 +331,16 @@ class ReplayEngine:
             return await self._replay(spec, q, ctx, p)
         if stage == Stage.VERIFYING:
             ctx.status.phase = ReplayPhase.VERIFYING
+            smoke = self.smoke.wanted(spec)
+            if smoke is not None and self.smoke.started(p):
+                return await self.smoke.step(spec, smoke, ctx, p)
             watched = self._queue(spec, spec.target_queue or spec.queue)
-            return await self._verification.step(spec, watched, ctx, p)
+            try:
+                return await self._verification.step(spec, watched, ctx, p)
+            except Finish as fin:  # verification passed: the smoke test decides
+                if smoke is None or fin.phase != ReplayPhase.SUCCEEDED:
+                    raise
+                return await self.smoke.begin(ctx, p, fin.message)
         # Stage.DONE with a status that did not record it (crash between the two writes)
         outcome = p.get(Progress.OUTCOME) or ReplayPhase.SUCCEEDED.value
         raise Finish(
@@ -438,6 +449,8 @@ class ReplayEngine:
         st.corrupt = int_field(p, Progress.CORRUPT)
         st.over_budget = int_field(p, Progress.OVER_BUDGET)
         st.not_failed = int_field(p, Progress.NOT_FAILED)
+        st.duplicates = int_field(p, Progress.DUPLICATES)
+        st.no_dedupe_key = int_field(p, Progress.NO_DEDUPE_KEY)
         if Progress.VERIFIED_COMPLETED in p:
             st.completed = int_field(p, Progress.VERIFIED_COMPLETED)
             st.failed_again = int_field(p, Progress.VERIFIED_FAILED)

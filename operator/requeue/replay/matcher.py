@@ -18,6 +18,10 @@ from requeue.replay.reasons import MAX_REASON_LENGTH, normalize_reason
 __all__ = ["MAX_REASON_LENGTH", "Matcher", "is_subset", "normalize_reason", "to_ms"]
 
 
+#: ``Matcher.matches``'s default: the data has not been parsed yet.
+_UNPARSED: Any = object()
+
+
 def is_subset(expected: Any, actual: Any) -> bool:
     """JSON subset test: every key of ``expected`` is in ``actual`` with a matching value.
 
@@ -71,18 +75,20 @@ class Matcher:
         s = self.selector
         return not s.job_names and s.failed_reason_pattern is None and s.data_match is None
 
-    def matches(self, job: FailedJob) -> bool:
-        """Whether a readable (non-corrupt) job passes every filter of the selector."""
+    def matches(self, job: FailedJob, data: Any = _UNPARSED) -> bool:
+        """Whether a readable (non-corrupt) job passes every filter of the selector (``data``: the
+        job's data parsed already, to spare a second parse)."""
         s = self.selector
         if s.job_names and not any(fnmatch.fnmatchcase(job.name or "", g) for g in s.job_names):
             return False
         if self._reason is not None and not self._reason.search(job.failed_reason or ""):
             return False
         if s.data_match is not None:
-            try:
-                data = json.loads(job.data or "null")
-            except ValueError:
-                return False
+            if data is _UNPARSED:
+                try:
+                    data = json.loads(job.data or "null")
+                except ValueError:
+                    return False
             if not is_subset(s.data_match, data):
                 return False
         return True

@@ -22,10 +22,11 @@ from redis.asyncio.client import Pipeline
 
 from requeue.api import Breakdown, DLQReplaySpec, DLQReplayStatus, ReplayMode, ReplayPhase
 from requeue.api.conditions import Reason, ReplayCondition
+from requeue.api.jsonpath import JsonPath, parse_json_path
 from requeue.queues import BullQueue, Cursor, FailedJob, FailedPage, ReplayKeys
 from requeue.queues.adapter import text
 from requeue.queues.keys import REASONS_OTHER, Progress
-from requeue.replay import by_id
+from requeue.replay import by_id, dedupe
 from requeue.replay.bulk import oldest_first
 from requeue.replay.matcher import Matcher, normalize_reason, to_ms
 from requeue.replay.state import (
@@ -102,6 +103,13 @@ class _PageTally:
     reasons: dict[str, int] = field(default_factory=dict)
     prioritized: int = 0
     over: int = 0
+    #: dedupeBy: matching jobs left failed (a newer one has their value), per value
+    duplicates: int = 0
+    dup_keys: dict[str, int] = field(default_factory=dict)
+    #: dedupeBy: picked jobs without a value at the path
+    no_key: list[str] = field(default_factory=list)
+    #: dedupeBy: values first seen in this pass, to record with the page (value -> id)
+    claimed: dict[str, str] = field(default_factory=dict)
 
     def count(self, job: FailedJob, n: int) -> None:
         """Count a picked job in (``n`` = 1) or back out (``n`` = -1) of the breakdown."""
@@ -123,26 +131,49 @@ class _PageTally:
                 self.count(job, -1)
         self.picked = [i for i in self.picked if i not in refused]
         self.lifo = [i for i in self.lifo if i not in refused]
+        self.no_key = [i for i in self.no_key if i not in refused]
 
 
-def _pick(page: FailedPage, matcher: Matcher, room: int | None) -> _PageTally:
-    """The page's matching jobs, up to ``room`` (what is left of ``maxJobs``), and its corrupt ones."""
+def _pick(
+    page: FailedPage, matcher: Matcher, room: int | None, verdicts: dedupe.PageVerdicts | None = None
+) -> _PageTally:
+    """The page's matching jobs, up to ``room`` (what is left of ``maxJobs``), and its corrupt ones;
+    with ``verdicts`` (dedupeBy) only the kept ones, the others counted as duplicates."""
     t = _PageTally(done=page.done)
-    everything = matcher.only_time_window
+    everything = matcher.only_time_window and verdicts is None
     for job in page.jobs:
         if job.corrupt_reason is not None:
             t.corrupt.append(job.id)
             continue
         if not everything and not matcher.matches(job):
             continue
+        verdict = verdicts.by_id.get(job.id) if verdicts is not None else None
+        if verdict is dedupe.Verdict.DUPLICATE and verdicts is not None:
+            t.duplicates += 1
+            _bump(t.dup_keys, verdicts.keys[job.id], 1)
+            continue
         if room is not None and len(t.picked) >= room:
             # the page overshoots maxJobs: stop right after the last picked job
             t.done = True
             break
+        if verdict is dedupe.Verdict.NO_KEY:
+            t.no_key.append(job.id)
+        elif verdicts is not None and verdict is dedupe.Verdict.KEEP:
+            key = verdicts.keys[job.id]
+            if key in verdicts.claimed:
+                t.claimed[key] = job.id
         t.pick(job)
     if room is not None and len(t.picked) >= room:
         t.done = True
     return t
+
+
+def duplicates_note(spec: DLQReplaySpec, st: DLQReplayStatus) -> str:
+    """``", 3 duplicates left failed (dedupeBy $.orderId), 1 without a value"``; "" without dedupeBy."""
+    if not spec.selector.dedupe_by:
+        return ""
+    missing = f", {st.no_dedupe_key} without a value there" if st.no_dedupe_key else ""
+    return f", {st.duplicates} duplicates left failed (dedupeBy {spec.selector.dedupe_by}){missing}"
 
 
 def _top(d: dict[Any, Any]) -> dict[str, int]:
@@ -182,6 +213,13 @@ class Selection:
         st.progress = f"{st.replayed + st.skipped}/{st.matched}"
         scanned_total = int_field(p, Progress.SCANNED)
         st.message = f"selecting: scanned {scanned_total}, matched {st.matched}"
+        if spec.selector.dedupe_by and p.get(Progress.DEDUPE_DONE) != "1":
+            st.message = (
+                f"selecting: finding the newest job per {spec.selector.dedupe_by}, "
+                f"scanned {int_field(p, Progress.DEDUPE_SCANNED)}"
+            )
+        elif spec.selector.dedupe_by:
+            st.message += f", {st.duplicates} duplicates left failed"
         if not done:
             return 0.0
         await self.summary(st, ctx.events)
@@ -195,7 +233,8 @@ class Selection:
         ctx.event(
             "Normal",
             Reason.SELECTED,
-            f"selected {st.matched} failed jobs (scanned {scanned_total}, {st.corrupt} corrupt{over})",
+            f"selected {st.matched} failed jobs (scanned {scanned_total}, {st.corrupt} corrupt{over}"
+            f"{duplicates_note(spec, st)})",
         )
         ctx.condition(ReplayCondition.PROGRESSING, True, Reason.REPLAYING, f"replaying {st.matched} jobs")
         if st.matched == 0:
@@ -210,7 +249,7 @@ class Selection:
         if spec.mode != ReplayMode.BULK:
             return (
                 f"dry run: {st.matched} jobs would be replayed (scanned {scanned}, "
-                f"{st.corrupt} corrupt); nothing moved"
+                f"{st.corrupt} corrupt{duplicates_note(spec, st)}); nothing moved"
             )
         prio, lifo = (
             int(x or 0)
@@ -230,19 +269,44 @@ class Selection:
         matcher = Matcher(spec.selector)
         upper = int_field(p, Progress.UPPER) or selection_upper(spec, now, self.tuning.clock_skew_ms)
         page_size = SELECT_PAGE_SIZE_NAMES if matcher.name_globs else SELECT_PAGE_SIZE
-        with_data = spec.selector.data_match is not None
+        path = parse_json_path(spec.selector.dedupe_by) if spec.selector.dedupe_by else None
+        with_data = spec.selector.data_match is not None or path is not None
         # A pure time window needs nothing from the client per job: it is selected inside
         # Redis (the breakdown and corrupt checks included). A replay budget must see ids.
-        in_redis = matcher.only_time_window and self.budget is None and spec.selector.job_ids is None
+        in_redis = (
+            matcher.only_time_window
+            and self.budget is None
+            and spec.selector.job_ids is None
+            and path is None
+        )
         scanned_now = 0
         done = False
         while not done and scanned_now < self.tuning.select_step_members:
+            if path is not None and p.get(Progress.DEDUPE_DONE) != "1":
+                scanned_now += await self._index_page(q, p, matcher, path, upper, page_size)
+                continue
             if in_redis:
                 done, scanned = await self._window_page(spec, q, st, p, matcher, upper)
             else:
-                done, scanned = await self._page(spec, q, st, p, matcher, upper, page_size, with_data)
+                done, scanned = await self._page(spec, q, st, p, matcher, upper, page_size, with_data, path)
             scanned_now += scanned
         return done
+
+    async def _index_page(
+        self, q: BullQueue, p: dict[str, str], matcher: Matcher, path: JsonPath, upper: int, page_size: int
+    ) -> int:
+        """One page of dedupeBy's first pass (:func:`requeue.replay.dedupe.index_page`); returns scanned."""
+        page = await q.select_page(
+            Cursor(p.get(Progress.DEDUPE_SCORE, ""), p.get(Progress.DEDUPE_ID, "")),
+            min_score=matcher.min_score,
+            max_score=matcher.max_score(upper),
+            name_globs=matcher.name_globs,
+            count=page_size,
+            with_data=True,
+            budget_us=SELECT_BUDGET_US,
+        )
+        await dedupe.index_page(self.redis, self.keys, page, matcher, path, p, upper)
+        return page.scanned
 
     async def _window_page(
         self,
@@ -291,6 +355,7 @@ class Selection:
         upper: int,
         page_size: int,
         with_data: bool,
+        path: JsonPath | None = None,
     ) -> tuple[bool, int]:
         """One page into the snapshot; ``p`` is updated to what was committed. Returns (done, scanned)."""
         cursor = Cursor(p.get(Progress.SEL_SCORE, ""), p.get(Progress.SEL_ID, ""))
@@ -307,7 +372,8 @@ class Selection:
                 budget_us=SELECT_BUDGET_US,
             )
         room = (spec.selector.max_jobs - st.matched) if spec.selector.max_jobs else None
-        t = _pick(page, matcher, room)
+        verdicts = await dedupe.verdicts(self.redis, self.keys, page, matcher, path) if path else None
+        t = _pick(page, matcher, room, verdicts)
         if self.budget is not None and t.picked:
             await self._charge_budget(spec, page, t)
         await self._commit_page(st, p, page, t, upper)
@@ -315,6 +381,8 @@ class Selection:
         st.corrupt += len(t.corrupt)
         st.over_budget += t.over
         st.not_failed += len(page.not_failed)
+        st.duplicates += t.duplicates
+        st.no_dedupe_key += len(t.no_key)
         p.update(
             {
                 Progress.SEL_SCORE: page.cursor.score,
@@ -325,6 +393,8 @@ class Selection:
                 Progress.PRIO_COUNT: str(int_field(p, Progress.PRIO_COUNT) + t.prioritized),
                 Progress.OVER_BUDGET: str(int_field(p, Progress.OVER_BUDGET) + t.over),
                 Progress.NOT_FAILED: str(int_field(p, Progress.NOT_FAILED) + len(page.not_failed)),
+                Progress.DUPLICATES: str(int_field(p, Progress.DUPLICATES) + t.duplicates),
+                Progress.NO_DEDUPE_KEY: str(int_field(p, Progress.NO_DEDUPE_KEY) + len(t.no_key)),
             }
         )
         return t.done, page.scanned
@@ -355,8 +425,10 @@ class Selection:
                 or text(await pipe.hget(k.progress, Progress.STAGE)) != Stage.SELECTING
             ):
                 raise rx.WatchError("selection moved on meanwhile")
+            dup_keys = await dedupe.duplicate_counts(pipe, k, t.dup_keys)
             pipe.multi()  # type: ignore[no-untyped-call]
             self._snapshot_writes(pipe, t, slow)
+            self._dedupe_writes(pipe, t, dup_keys)
             self._progress_writes(pipe, page, t, upper)
             by_id.not_failed_writes(pipe, k, page)
             await pipe.execute()
@@ -377,6 +449,18 @@ class Selection:
             pipe.rpush(k.corrupt, *t.corrupt)
             pipe.ltrim(k.corrupt, 0, CORRUPT_IDS - 1)
             pipe.hincrby(k.progress, Progress.CORRUPT, len(t.corrupt))
+
+    def _dedupe_writes(self, pipe: Pipeline, t: _PageTally, dup_keys: dict[str, int]) -> None:
+        """dedupeBy's part of a page: values kept for the first time in this pass, duplicates counted."""
+        k = self.keys
+        if t.claimed:
+            pipe.hset(k.dedupe, mapping=t.claimed)  # type: ignore[arg-type]
+        if t.duplicates:
+            pipe.hincrby(k.progress, Progress.DUPLICATES, t.duplicates)
+        for key, n in dup_keys.items():
+            pipe.hincrby(k.duplicates, key, n)
+        if t.no_key:
+            pipe.hincrby(k.progress, Progress.NO_DEDUPE_KEY, len(t.no_key))
 
     def _progress_writes(self, pipe: Pipeline, page: FailedPage, t: _PageTally, upper: int) -> None:
         k = self.keys
@@ -407,7 +491,8 @@ class Selection:
             pipe.hgetall(k.reasons)
             pipe.lrange(k.snapshot, 0, SAMPLE_IDS - 1)
             pipe.lrange(k.corrupt, 0, CORRUPT_IDS - 1)
-            names, reasons, sample, corrupt = await pipe.execute()
+            pipe.hgetall(k.duplicates)
+            names, reasons, sample, corrupt, duplicates = await pipe.execute()
         # The window selection counts reasons with digits folded in Redis; normalising is
         # idempotent and treats every digit alike, so normalising again here gives the
         # same groups either way.
@@ -416,7 +501,9 @@ class Selection:
             reason = text(raw_reason) or ""
             group = "<other>" if reason == REASONS_OTHER else normalize_reason(reason)
             by_reason[group] = by_reason.get(group, 0) + int(n)
-        st.breakdown = Breakdown(by_name=_top(names), by_reason=_top(by_reason))
+        st.breakdown = Breakdown(
+            by_name=_top(names), by_reason=_top(by_reason), duplicates_by_key=_top(duplicates) or None
+        )
         st.sample_ids = [text(x) or "" for x in sample]
         st.corrupt_ids = [text(x) or "" for x in corrupt]
         await by_id.read_not_failed(self.redis, k, st)

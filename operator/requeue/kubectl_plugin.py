@@ -1,0 +1,263 @@
+"""``kubectl requeue``: the requeue CLI as a kubectl plugin, with the cluster as the source of secrets.
+
+kubectl runs any ``kubectl-requeue`` on PATH for ``kubectl requeue ...``, passing the arguments
+after ``requeue`` (installing requeue installs this entry point). It is the requeue CLI, plus
+what the current kubeconfig context can supply, read with the user's own credentials:
+
+* ``inspect --from dlqreplay/NAME`` (or ``queuepolicy/NAME``): the Redis URL from the object's
+  ``spec.redis.urlSecretRef`` Secret, the queue and prefix from its spec (a QueuePolicy of several
+  queues needs ``--queue``). The URL goes to the CLI through ``REQUEUE_REDIS_URL``, never argv.
+* ``replay -f FILE``: every Secret the manifest refers to and that ``--secret``/the environment do
+  not give is read from the cluster (the manifest's namespace, else the context's) and handed to the
+  CLI as ``REQUEUE_SECRET_<NAME>_<KEY>``.
+* ``cancel NAME``: ``spec.cancel: true`` on a DLQReplay; the operator stops it at its next step and
+  leaves it Cancelled with its counts.
+
+kubectl passes no global flags to a plugin, so ``-n/--namespace``, ``--context`` and
+``--kubeconfig`` are read here (anywhere on the line); ``KUBECONFIG`` is honoured as kubectl does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from requeue.api.common import RedisConnection
+from requeue.api.resources import GROUP, VERSION
+from requeue.errors import ReplayNotFound, RequeueError, SecretNotFound, SpecInvalid
+from requeue.secrets import env_name
+
+__all__ = ["KubeContext", "main"]
+
+PROG = "kubectl requeue"
+_KINDS = {
+    "dlqreplay": "dlqreplays",
+    "dlqreplays": "dlqreplays",
+    "queuepolicy": "queuepolicies",
+    "queuepolicies": "queuepolicies",
+}
+_KUBE_FLAGS = {
+    "-n": "namespace",
+    "--namespace": "namespace",
+    "--context": "context",
+    "--kubeconfig": "kubeconfig",
+}
+
+
+@dataclass(frozen=True)
+class KubeContext:
+    """Where the plugin talks to: the kubeconfig file, the context, and the namespace to use."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+
+    def load(self) -> str:
+        """Configure the Kubernetes client for this context; the namespace (flag, context's, ``default``)."""
+        from kubernetes import config
+
+        from requeue.k8s.client import use_kubeconfig
+
+        try:
+            use_kubeconfig(self.kubeconfig, self.context)
+            contexts, active = config.list_kube_config_contexts(config_file=self.kubeconfig)  # type: ignore[no-untyped-call]
+        except (config.ConfigException, OSError) as exc:
+            raise SpecInvalid(f"kubeconfig: {exc}") from None
+        chosen = (
+            next((c for c in contexts if c.get("name") == self.context), active) if self.context else active
+        )
+        return self.namespace or (chosen or {}).get("context", {}).get("namespace") or "default"
+
+
+def split_kube_flags(args: Sequence[str]) -> tuple[KubeContext, list[str]]:
+    """The arguments without kubectl's ``-n``, ``--namespace``, ``--context``, ``--kubeconfig``
+    (``--x=v`` or ``--x v``), and those as a :class:`KubeContext`."""
+    found: dict[str, str] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, value = arg.partition("=")
+        if name in _KUBE_FLAGS and (eq or i + 1 < len(args)):
+            found[_KUBE_FLAGS[name]] = value if eq else args[i + 1]
+            i += 1 if eq else 2
+            continue
+        rest.append(arg)
+        i += 1
+    return KubeContext(**found), rest
+
+
+def _option(args: list[str], *names: str) -> str | None:
+    """The value of the first of ``names`` in ``args`` (``--x v`` or ``--x=v``), removed from ``args``."""
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in names:
+            if eq:
+                del args[i]
+                return value
+            if i + 1 < len(args):
+                value = args[i + 1]
+                del args[i : i + 2]
+                return value
+    return None
+
+
+def _wants_json(args: Sequence[str]) -> bool:
+    return any(a in ("-ojson", "--output=json", "-o=json") for a in args) or any(
+        a in ("-o", "--output") and b == "json" for a, b in itertools.pairwise(args)
+    )
+
+
+def _has(args: Sequence[str], *names: str) -> bool:
+    return any(a.partition("=")[0] in names for a in args)
+
+
+async def _read_object(plural: str, namespace: str, name: str) -> dict[str, Any]:
+    from requeue.k8s.client import custom_objects, translate
+
+    def get() -> Any:
+        return custom_objects().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+
+    try:
+        obj: dict[str, Any] = await asyncio.to_thread(get)
+    except Exception as exc:
+        if getattr(exc, "status", None) == 404:
+            raise ReplayNotFound(f"{plural}.{GROUP} {namespace}/{name} not found") from None
+        raise translate(exc, f"reading {plural} {namespace}/{name}") from None
+    return obj
+
+
+async def _from_object(ref: str, kube: KubeContext, args: list[str]) -> None:
+    """``--from KIND/NAME``: REQUEUE_REDIS_URL from its Secret; ``--queue``/``--prefix`` from its spec."""
+    from requeue.k8s.secrets import KubeSecrets
+    from requeue.redis_target import resolve_redis
+
+    kind, _, name = ref.partition("/")
+    plural = _KINDS.get(kind.lower())
+    if plural is None or not name:
+        raise SpecInvalid(f"--from {ref!r}: expected dlqreplay/NAME or queuepolicy/NAME")
+    namespace = kube.load()
+    spec = (await _read_object(plural, namespace, name)).get("spec") or {}
+    try:
+        conn = RedisConnection.model_validate(spec.get("redis") or {})
+    except ValueError:
+        raise SpecInvalid(f"{plural} {namespace}/{name}: spec.redis is not valid") from None
+    target = await resolve_redis(KubeSecrets(namespace), conn)
+    os.environ["REQUEUE_REDIS_URL"] = target.url
+    if not _has(args, "--prefix") and spec.get("prefix"):
+        args += ["--prefix", str(spec["prefix"])]
+    if not _has(args, "--queue"):
+        queues = [spec["queue"]] if spec.get("queue") else list(spec.get("queues") or [])
+        if len(queues) != 1:
+            raise SpecInvalid(
+                f"{plural} {namespace}/{name} watches {len(queues)} queues: say which with --queue"
+            )
+        args += ["--queue", str(queues[0])]
+
+
+async def _manifest_secrets(args: list[str], kube: KubeContext) -> None:
+    """Put every Secret of ``replay -f FILE``'s manifest not given otherwise into the environment."""
+    from requeue.commands.replay_cmd import load_manifest, secret_refs
+    from requeue.k8s.secrets import KubeSecrets
+    from requeue.secrets import StaticSecrets
+
+    file = None
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in ("-f", "--filename"):
+            file = value if eq else (args[i + 1] if i + 1 < len(args) else None)
+            if file == "-":  # the CLI reads the manifest again: keep stdin's text for it
+                with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as copy:
+                    copy.write(sys.stdin.read())
+                file = copy.name
+                args[i : i + (1 if eq else 2)] = ["-f", file]
+            break
+    if file is None:
+        return
+    manifest = load_manifest(file)
+    given = StaticSecrets.from_flags([v for i, v in enumerate(args) if i and args[i - 1] == "--secret"])
+    url_given = _has(args, "--redis-url") or "REQUEUE_REDIS_URL" in os.environ
+    missing = []
+    for where, ref in secret_refs(manifest.spec):
+        if url_given and where == "spec.redis.urlSecretRef":
+            continue
+        try:
+            await given.get(ref)
+        except SecretNotFound:
+            missing.append(ref)
+    if not missing:  # everything given: no cluster needed
+        return
+    in_context = kube.load()
+    cluster = KubeSecrets(str(manifest.metadata.get("namespace") or in_context))
+    for ref in missing:
+        try:
+            os.environ[env_name(ref)] = await cluster.get(ref)
+        except SecretNotFound:
+            continue  # the CLI names every missing one, with how to pass it
+
+
+async def _cancel(args: list[str], kube: KubeContext) -> int:
+    from requeue.k8s.objects import patch_spec
+
+    if len(args) != 1 or args[0].startswith("-"):
+        raise click.UsageError("usage: kubectl requeue cancel NAME [-n NAMESPACE]")
+    name = args[0]
+    namespace = kube.load()
+    if not await patch_spec("dlqreplays", namespace, name, {"cancel": True}):
+        raise ReplayNotFound(f"dlqreplays.{GROUP} {namespace}/{name} not found")
+    print(
+        f"dlqreplay.{GROUP}/{name} cancel requested (spec.cancel: true): the operator stops it at its "
+        "next step and leaves it Cancelled with its counts"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``kubectl-requeue`` entry point."""
+    kube, args = split_kube_flags(list(sys.argv[1:] if argv is None else argv))
+    try:
+        if args[:1] == ["cancel"]:
+            sys.exit(asyncio.run(_cancel(args[1:], kube)))
+        ref = _option(args, "--from")
+        if ref is not None:
+            if args[:1] != ["inspect"]:
+                raise click.UsageError(
+                    "--from goes with inspect: kubectl requeue inspect --from dlqreplay/NAME"
+                )
+            asyncio.run(_from_object(ref, kube, args))
+        if args[:1] == ["replay"]:
+            asyncio.run(_manifest_secrets(args, kube))
+    except click.UsageError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+    except RequeueError as exc:
+        from requeue.commands.output import RedactedValues, error_object, print_json
+        from requeue.redact import redact_text
+
+        if _wants_json(args):  # as the CLI's own errors: the error object on stdout
+            print_json(error_object(exc.reason, exc.message, exc.exit_code, RedactedValues()))
+        print(f"{PROG}: {exc.reason}: {redact_text(exc.message)}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    from requeue.cli import main as requeue
+
+    if not args or args[0] in ("-h", "--help"):
+        print(_PLUGIN_HELP)
+    requeue.main(args=args, prog_name=PROG)
+
+
+_PLUGIN_HELP = """kubectl requeue: the requeue CLI in the current kubeconfig context
+(-n, --context, --kubeconfig).
+
+Plugin additions:
+  inspect --from dlqreplay/NAME|queuepolicy/NAME   Redis URL, queue and prefix from the object
+  replay -f FILE                                   the manifest's Secrets read from the cluster
+  cancel NAME                                      set spec.cancel on a DLQReplay (kept as Cancelled)
+"""

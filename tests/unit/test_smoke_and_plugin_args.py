@@ -1,0 +1,51 @@
+"""The smoke test's spec rules (as the API server's CEL rules say them) and how the kubectl plugin
+takes kubectl's own flags out of the requeue command line."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from requeue.api.smoke import SmokeTest
+from requeue.kubectl_plugin import KubeContext, split_kube_flags
+
+URL = "https://api.example.com/hooks/test"
+FROM_SECRET = {"secretKeyRef": {"name": "api", "key": "body"}}
+
+
+def test_one_body_at_most() -> None:
+    with pytest.raises(ValidationError, match="set at most one of body or bodyFrom"):
+        SmokeTest.model_validate({"url": URL, "body": "{}", "bodyFrom": FROM_SECRET})
+    assert SmokeTest.model_validate({"url": URL, "bodyFrom": FROM_SECRET}).body is None
+
+
+def test_retries_are_bounded_and_json_path_needs_equals() -> None:
+    with pytest.raises(ValidationError, match="less than or equal to 10"):
+        SmokeTest.model_validate({"url": URL, "retries": 11})
+    with pytest.raises(ValidationError, match="jsonPath and equals go together"):
+        SmokeTest.model_validate({"url": URL, "jsonPath": "$.ok"})
+    smoke = SmokeTest.model_validate({"url": URL, "waitForJob": {"queue": "orders"}})
+    assert (smoke.retries, smoke.retry_delay, smoke.wait_for_job and smoke.wait_for_job.timeout) == (
+        2,
+        "5s",
+        "5m",
+    )
+
+
+def test_kubectl_flags_are_taken_out_anywhere() -> None:
+    kube, rest = split_kube_flags(
+        [
+            "inspect",
+            "-n",
+            "ops",
+            "--from",
+            "dlqreplay/x",
+            "--context=prod",
+            "--kubeconfig",
+            "/k",
+            "--name",
+            "pay",
+        ]
+    )
+    assert kube == KubeContext(kubeconfig="/k", context="prod", namespace="ops")
+    assert rest == ["inspect", "--from", "dlqreplay/x", "--name", "pay"]  # --name is requeue's
