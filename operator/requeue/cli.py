@@ -524,6 +524,26 @@ def _grace(ctx: click.Context, param: click.Parameter, value: str) -> float:
     show_default=True,
     help="Remove at most this many jobs (oldest first).",
 )
+@click.option(
+    "--archive-dsn",
+    envvar="REQUEUE_ARCHIVE_DSN",
+    metavar="DSN",
+    help="Write each job to this Postgres (libpq string or postgresql:// URL) before removing it; "
+    "a job not written is not removed [env REQUEUE_ARCHIVE_DSN].",
+)
+@click.option(
+    "--archive-table",
+    default="requeue_archived_jobs",
+    show_default=True,
+    help="With --archive-dsn: the table.",
+)
+@click.option(
+    "--archive-batch",
+    type=click.IntRange(min=1, max=1000),
+    default=200,
+    show_default=True,
+    help="With --archive-dsn: jobs archived, then removed, per round.",
+)
 def clean(
     redis_url: str,
     queue: str,
@@ -534,9 +554,32 @@ def clean(
     state: str,
     grace: float,
     limit: int,
+    archive_dsn: str | None,
+    archive_table: str,
+    archive_batch: int,
 ) -> None:
-    """Remove old completed or failed jobs with BullMQ's own cleanJobsInSet (as Queue.clean does)."""
+    """Remove old completed or failed jobs with BullMQ's own cleanJobsInSet (as Queue.clean does);
+    with --archive-dsn, each job is written to Postgres first and removed with BullMQ's removeJob."""
     from requeue.commands.clean_cmd import run_clean
+
+    if archive_dsn and not dry_run:
+        from requeue.commands.archive_cmd import run_clean_archived
+
+        sys.exit(
+            run_clean_archived(
+                redis_url=redis_url,
+                queue=queue,
+                prefix=prefix,
+                state=state,
+                grace_s=grace,
+                limit=limit,
+                output=output,
+                connect_timeout=connect_timeout,
+                dsn=archive_dsn,
+                table=archive_table,
+                batch=archive_batch,
+            )
+        )
 
     sys.exit(
         run_clean(
@@ -555,6 +598,104 @@ def clean(
 
 for _command in (pause, resume, clean):
     _command.help = f"{_command.help}\n\n    {_QUEUE_EXIT_CODES}"
+
+
+@main.command("export")
+@redis_url_option(
+    help="Redis URL [env REQUEUE_REDIS_URL]; with -f, default: the manifest's redis.urlSecretRef."
+)
+@click.option("--queue", help="BullMQ queue name (with -f: the manifest's).")
+@click.option(
+    "--prefix", default="bull", show_default=True, help="BullMQ key prefix (with -f: the manifest's)."
+)
+@click.option(
+    "--state",
+    required=True,
+    type=click.Choice(
+        [
+            "failed",
+            "completed",
+            "wait",
+            "waiting",
+            "delayed",
+            "prioritized",
+            "paused",
+            "active",
+            "waiting-children",
+        ]
+    ),
+    help="The jobs to export.",
+)
+@click.option("--name", "job_name", metavar="NAME", help="Only jobs with this job name.")
+@click.option(
+    "--reason",
+    metavar="REASON",
+    help="Only jobs with this failure reason (as inspect groups it, or verbatim).",
+)
+@click.option(
+    "-f",
+    "--filename",
+    "file",
+    metavar="FILE",
+    help="A DLQReplay manifest: export the jobs its selector chooses, from its queue and Redis.",
+)
+@click.option(
+    "--secret",
+    "secrets",
+    multiple=True,
+    metavar="NAME/KEY=VALUE",
+    help="With -f: value of a Secret key the manifest references; or env REQUEUE_SECRET_<NAME>_<KEY>.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Write at most this many jobs.")
+@connect_timeout_option()
+@no_color_option(expose=False)
+def export(
+    redis_url: str | None,
+    queue: str | None,
+    prefix: str,
+    state: str,
+    job_name: str | None,
+    reason: str | None,
+    file: str | None,
+    secrets: tuple[str, ...],
+    limit: int | None,
+    connect_timeout: float,
+) -> None:
+    """Write every job of one state as JSON lines on stdout (all hash fields, data, stack traces;
+    corrupt jobs raw with "corrupt"), e.g. before a clean: `requeue export --queue Q --state failed
+    > failed.jsonl`. Read-only; bounded memory; a summary on stderr.
+
+    Exit codes: 0 done, 2 queue not found, invalid manifest, missing secret or a usage error,
+    3 Redis unreachable (retried for --connect-timeout) or authentication failed, 130 interrupted
+    (the lines written are whole). A failure also prints {"schemaVersion": 1, "error": {...}} as
+    the last line on stdout.
+    """
+    from requeue.commands.export_cmd import ExportOptions, run_export
+
+    if file is not None and (queue is not None or job_name is not None or reason is not None):
+        raise click.UsageError(
+            "with -f FILE the manifest names the queue and the selector; drop --queue/--name/--reason"
+        )
+    if file is None and (queue is None or redis_url is None):
+        raise click.UsageError(
+            "say what to export: --queue Q and --redis-url (or REQUEUE_REDIS_URL), or -f FILE"
+        )
+    sys.exit(
+        run_export(
+            ExportOptions(
+                redis_url=redis_url,
+                queue=queue,
+                prefix=prefix,
+                state="wait" if state == "waiting" else state,
+                name=job_name,
+                reason=reason,
+                file=file,
+                secrets=secrets,
+                limit=limit,
+                connect_timeout=connect_timeout,
+            )
+        )
+    )
 
 
 @main.group()

@@ -16,6 +16,7 @@
     │   ├── AuthFailed              Redis/Postgres/HTTP refused the credentials
     │   │   └── Forbidden           Redis's ACL user lacks a command or key requeue needs
     │   ├── VerificationFailed      replayed jobs did not succeed well enough
+    │   ├── ArchiveFailed           a clean could not archive its jobs to Postgres (nothing removed)
     │   └── GatesTimedOut           gates did not pass within gatePolicy.timeout
     └── TransientError              may pass on its own; retry with backoff
         ├── RedisUnreachable        cannot reach Redis, or it errored
@@ -170,6 +171,13 @@ class VerificationFailed(PermanentError):
     """The replayed jobs did not meet spec.verify."""
 
     reason = Reason.VERIFICATION_FAILED
+    exit_code = 1
+
+
+class ArchiveFailed(PermanentError):
+    """A clean with ``archive`` could not write its jobs to Postgres; it removed none of them."""
+
+    reason = Reason.ARCHIVE_FAILED
     exit_code = 1
 
 

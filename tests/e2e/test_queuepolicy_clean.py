@@ -9,8 +9,10 @@ clean script reads), so the test needs no long wait.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
+import psycopg
 import pytest
 import redis.asyncio as aioredis
 from bullmq import Queue
@@ -91,3 +93,49 @@ async def test_clean_removes_only_jobs_older_than_grace_in_bounded_batches(
     assert [
         a["result"] for a in st["lastActions"] if a["action"] == "Clean" and a["reason"].startswith("failed")
     ] == ["removed 2"], removed
+
+
+async def test_clean_with_archive_writes_jobs_to_postgres_from_a_secret_before_removing(
+    kube: Kube,
+    operator_factory: Any,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    pg_dsn: str,
+) -> None:
+    table = f"archive_e2e_{uuid.uuid4().hex[:10]}"
+    failed = await make_failed_jobs(
+        redis_url, "default", [JobSpec("pdf.generate", {"i": i}) for i in range(6)]
+    )
+    await age(redis_client, "failed", failed[:4], hours=2)
+    before = {i: await redis_client.hgetall(f"bull:default:{i}") for i in failed[:4]}
+
+    await apply(kube, secret("redis", {"url": redis_url}))
+    await apply(kube, secret("archive-db", {"dsn": pg_dsn}))
+    operator = operator_factory(operator_command())
+    archive = {"dsnSecretRef": {"name": "archive-db", "key": "dsn"}, "table": table}
+    try:
+        await apply(
+            kube,
+            policy(
+                "keep-then-clean",
+                ["default"],
+                interval="1s",
+                actions={"clean": {"failed": {"grace": "1h", "limit": 100, "archive": archive}}},
+            ),
+        )
+        st = await wait_policy(
+            kube,
+            "keep-then-clean",
+            lambda s: queue_state(s, "default").get("failed") == 2,
+            operator=operator,
+            timeout=30,
+            what="old failed jobs archived and cleaned",
+        )
+        assert set(await redis_client.zrange("bull:default:failed", 0, -1)) == set(failed[4:])
+        assert any(a.get("result") == "archived and removed 4" for a in st.get("lastActions", []))
+        with psycopg.connect(pg_dsn) as conn:
+            rows = conn.execute(f"SELECT job_id, fields FROM {table}").fetchall()
+        assert {job_id: fields for job_id, fields in rows} == before  # one row each, exact fields
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")

@@ -74,6 +74,7 @@ class Reason(StrEnum):
     REDIS_CERTIFICATE_UNTRUSTED = "RedisCertificateUntrusted"
     SENTINEL_MASTER_UNKNOWN = "SentinelMasterUnknown"
     QUEUE_LOCKED = "QueueLocked"
+    ARCHIVE_FAILED = "ArchiveFailed"
     KUBERNETES_API_ERROR = "KubernetesApiError"
     DESTINATION_DENIED = "DestinationDenied"
     VERIFICATION_FAILED = "VerificationFailed"
@@ -160,6 +161,9 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.SPEC_INVALID: "The spec does not validate; the message names the field (CLI exit 2).",
     Reason.SECRET_NOT_FOUND: "A referenced Secret or key does not exist in the resource's namespace "
     "(CLI exit 2).",
+    Reason.ARCHIVE_FAILED: "A clean with `archive` could not write the jobs to Postgres (unreachable, "
+    "credentials refused, no permission on the table, a bad DSN or table name): nothing was removed; "
+    "the message names the cause (CLI exit 1; a QueuePolicy's Clean fails with an ActionFailed Event).",
     Reason.JOB_NOT_FOUND: "CLI (`requeue inspect --job`): no job with that id in the queue, neither a "
     "job hash nor an entry in any of BullMQ's sets (removed, or a typo; exit 2).",
     Reason.REPLAY_NOT_FOUND: "CLI (`requeue replays forget`): no replay state with that id in this Redis "

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import Field
 
+from requeue.api.archive import ArchiveSpec
 from requeue.api.base import (
     INT64_MAX,
     SECONDS_MAX,
@@ -101,6 +102,13 @@ class CleanRule(ApiModel):
 
     grace: Duration = Field(description="Keep jobs that finished more recently than this.")
     limit: int = Field(default=1000, ge=1, le=100_000, description="Most jobs removed per evaluation.")
+    archive: ArchiveSpec | None = Field(
+        default=None,
+        description=(
+            "Write each job to a Postgres table before removing it; a job that could not be written "
+            "is not removed. Unset: removed without a copy."
+        ),
+    )
 
 
 class CleanSpec(ApiModel):

@@ -225,7 +225,7 @@ class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
                 spec,
                 self.status,
                 redis=redis,
-                ops=BullQueueOps(redis, spec.prefix),
+                ops=BullQueueOps(redis, spec.prefix, secrets=self.secrets),
                 replays=self.replays,
                 notifier=self.notifier(spec),
                 gates=gates,

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import ClassVar, Literal
 
+from requeue.api.archive import ArchiveSpec
 from requeue.api.common import Rate, Selector
 from requeue.api.conditions import Reason
 from requeue.api.replay import Verify
@@ -147,6 +148,8 @@ class Clean:
     state: Literal["completed", "failed"]
     grace: timedelta
     limit: int
+    #: Write each job to Postgres first (:mod:`requeue.policy.archive`); None: remove without a copy.
+    archive: ArchiveSpec | None = None
 
 
 #: Every action a decision can contain.

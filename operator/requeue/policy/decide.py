@@ -402,7 +402,7 @@ def _schedule_clean(spec: QueuePolicySpec, observation: Observation, ledger: Led
             if obs.cleanable is not None:
                 count = obs.cleanable.get(state, count)
             if rule is not None and count > 0:
-                ledger.act(Clean(name, state, parse_duration(rule.grace), rule.limit))
+                ledger.act(Clean(name, state, parse_duration(rule.grace), rule.limit, rule.archive))
 
 
 def _set_health(spec: QueuePolicySpec, observation: Observation, tally: _Tally, ledger: Ledger) -> None:

@@ -33,6 +33,7 @@ from typing import Protocol
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
+from requeue.api.archive import ArchiveSpec
 from requeue.api.common import Rate
 from requeue.api.conditions import Reason
 from requeue.api.gates import GateStatus
@@ -42,6 +43,7 @@ from requeue.clock import utcnow
 from requeue.errors import RequeueError
 from requeue.metrics import ACTIONS, POLICY_EVALUATION_SECONDS
 from requeue.policy.actions import Action, Alert, AutoReplay, Clean, Pause, PolicyEvent, Recover, Resume
+from requeue.policy.archive import ArchivedClean, archived_clean, run_archived_clean
 from requeue.policy.budget import ReplayBudget
 from requeue.policy.collect import collect
 from requeue.policy.decide import Decision, decide, queues_to_observe, settle
@@ -54,6 +56,7 @@ from requeue.queues.cluster import slot_tag
 from requeue.queues.connection import forbidden_what
 from requeue.queues.scripts import Scripts, register
 from requeue.redact import redact_text
+from requeue.secrets import SecretSource
 
 __all__ = [
     "CLEAN_BATCH",
@@ -131,10 +134,12 @@ class Notifier(Protocol):
 class BullQueueOps:
     """:class:`QueueOps` over :class:`requeue.queues.BullQueue` (scripts registered once)."""
 
-    def __init__(self, redis: Redis, prefix: str = "bull") -> None:
+    def __init__(self, redis: Redis, prefix: str = "bull", *, secrets: SecretSource | None = None) -> None:
+        """:param secrets: where a clean's ``archive.dsnSecretRef`` is read (none: no archive)."""
         self._redis = redis
         self._prefix = prefix
         self._scripts: Scripts = register(redis)
+        self._secrets = secrets
 
     def _queue(self, queue: str) -> BullQueue:
         return BullQueue(self._redis, queue, prefix=self._prefix, scripts=self._scripts)
@@ -147,6 +152,22 @@ class BullQueueOps:
 
     async def clean(self, queue: str, state: str, *, grace_ms: int, limit: int) -> int:
         return await self._queue(queue).clean(state, grace_ms=grace_ms, limit=limit)
+
+    async def clean_archived(
+        self, queue: str, state: str, *, grace_ms: int, limit: int, archive: ArchiveSpec
+    ) -> ArchivedClean:
+        """Archive each job to Postgres, then remove it (:mod:`requeue.policy.archive`)."""
+        if self._secrets is None:
+            raise RuntimeError("no SecretSource configured: cannot read archive.dsnSecretRef")
+        cutoff_ms = round(time.time() * 1000) - grace_ms
+        return await archived_clean(
+            self._queue(queue),
+            state,
+            cutoff_ms=cutoff_ms,
+            limit=limit,
+            archive=archive,
+            secrets=self._secrets,
+        )
 
 
 # ----------------------------------------------------------------- results
@@ -489,6 +510,10 @@ async def _execute(
         return await replays.create(child_replay(policy, spec, action, tag=tag)), 0
     if isinstance(action, Clean):
         grace_ms = int(action.grace.total_seconds() * 1000)
+        if action.archive is not None:
+            return await run_archived_clean(
+                ops, action.queue, action.state, grace_ms=grace_ms, limit=action.limit, archive=action.archive
+            )
         removed = calls = 0
         while removed < action.limit:
             batch = min(clean_batch, action.limit - removed)
