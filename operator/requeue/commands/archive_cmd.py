@@ -16,11 +16,10 @@ would go, as a plain ``requeue clean --dry-run`` does.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
-from typing import Any
 
 from requeue.api.archive import ArchiveSpec
 from requeue.api.base import SecretKeyRef
+from requeue.commands.clean_cmd import clean_report
 from requeue.commands.job_cmd import run_on_queue
 from requeue.commands.output import print_json
 from requeue.policy.archive import ArchivedClean, archived_clean
@@ -75,16 +74,9 @@ def run_clean_archived(
     if isinstance(result, int):
         return result
     done, hidden = result
-    cutoff = datetime.fromtimestamp(cutoff_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    report: dict[str, Any] = {
-        "schemaVersion": 1,
-        "queue": queue,
-        "prefix": prefix,
-        "state": state,
-        "graceSeconds": grace_s,
-        "limit": limit,
-        "cutoff": cutoff,
-        "dryRun": False,
+    report = clean_report(queue, prefix, state, grace_s, limit, cutoff_ms, dry_run=False)
+    cutoff = report["cutoff"]
+    report |= {
         "archiveTable": table,
         "removed": done.removed,
         "archived": done.archived,

@@ -56,16 +56,9 @@ def run_clean(
     if isinstance(result, int):
         return result
     ids, secrets = result
-    cutoff = datetime.fromtimestamp(cutoff_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    report: dict[str, Any] = {
-        "schemaVersion": 1,
-        "queue": queue,
-        "prefix": prefix,
-        "state": state,
-        "graceSeconds": grace_s,
-        "limit": limit,
-        "cutoff": cutoff,
-        "dryRun": dry_run,
+    report = clean_report(queue, prefix, state, grace_s, limit, cutoff_ms, dry_run=dry_run)
+    cutoff = report["cutoff"]
+    report |= {
         "removed": len(ids),
         "ids": ids[:_IDS_SHOWN],
     }
@@ -84,3 +77,19 @@ def run_clean(
         line += f"\nthe limit was reached: more may {'qualify' if dry_run else 'remain'}; run again"
     print(secrets.redact(line), flush=True)
     return 0
+
+
+def clean_report(
+    queue: str, prefix: str, state: str, grace_s: float, limit: int, cutoff_ms: int, *, dry_run: bool
+) -> dict[str, Any]:
+    """The head of ``clean``'s JSON report, shared by a plain and an archiving clean."""
+    return {
+        "schemaVersion": 1,
+        "queue": queue,
+        "prefix": prefix,
+        "state": state,
+        "graceSeconds": grace_s,
+        "limit": limit,
+        "cutoff": datetime.fromtimestamp(cutoff_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "dryRun": dry_run,
+    }
