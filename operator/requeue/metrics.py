@@ -134,6 +134,12 @@ REDIS_UP = Gauge(
     ["namespace", "kind", "owner"],
 )
 
+ESCALATION_LEVEL = Gauge(
+    "requeue_escalation_level",
+    "The escalation level a QueuePolicy has in force (spec.escalation): 0 none, 1 its first level, ...",
+    ["namespace", "policy"],
+)
+
 #: The per-job series a QueuePolicy adds to; removed when it or its queue goes.
 JOB_SERIES = (JOB_LATENCY_SECONDS, JOB_PROCESSING_SECONDS, JOBS_FINISHED)
 

@@ -48,6 +48,8 @@ class PolicyCondition(StrEnum):
     GATES_PASSED = "GatesPassed"
     #: The last evaluation could observe every queue.
     READY = "Ready"
+    #: An escalation level (spec.escalation) is in force.
+    ESCALATED = "Escalated"
 
 
 #: Any condition type.
@@ -154,6 +156,11 @@ class Reason(StrEnum):
     ACTION_FAILED = "ActionFailed"
     NOTIFY_FAILED = "NotifyFailed"
     RESOLVED = "Resolved"
+    # -- escalation (Escalated, Events)
+    NOT_ESCALATED = "NotEscalated"
+    ESCALATION_RAISED = "EscalationRaised"
+    ESCALATION_LOWERED = "EscalationLowered"
+    ESCALATION_CLEARED = "EscalationCleared"
 
 
 #: What each reason means and where it appears; the reasons table of docs/api-reference.md.
@@ -276,6 +283,12 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.ACTION_FAILED: "Event: an action of the policy failed; lastActions[].result says why.",
     Reason.NOTIFY_FAILED: "Event: the Slack notification failed.",
     Reason.RESOLVED: "Event: the problem last reported is resolved.",
+    Reason.NOT_ESCALATED: "Escalated is False: no escalation level's conditions have held for its holdFor.",
+    Reason.ESCALATION_RAISED: "Escalated is True, and an Event: a higher escalation level is in force; "
+    ".status.escalation says which, since when and which conditions held.",
+    Reason.ESCALATION_LOWERED: "Escalated is True, and an Event: a lower escalation level is in force "
+    "(the higher one's conditions were clear for its holdFor).",
+    Reason.ESCALATION_CLEARED: "Event: escalation ended; the queues it paused were resumed.",
 }
 
 

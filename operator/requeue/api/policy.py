@@ -19,6 +19,7 @@ from requeue.api.base import (
     StatusModel,
 )
 from requeue.api.common import Rate, RedisConnection, Selector
+from requeue.api.escalation import EscalationSpec, EscalationStatus
 from requeue.api.gates import GatePolicy, GateSpec, GateStatus
 from requeue.api.replay import Verify
 
@@ -190,6 +191,10 @@ class QueuePolicySpec(ApiModel):
     dry_run: bool = Field(
         default=False, description="Decide and report only: no pause, resume, replay or clean."
     )
+    escalation: EscalationSpec | None = Field(
+        default=None,
+        description="Escalation levels (the runbook's levels 1-3): conditions, hold time, actions.",
+    )
 
 
 class QueueBreach(StatusModel):
@@ -347,4 +352,7 @@ class QueuePolicyStatus(StatusModel):
     last_replayed_outage: datetime | None = Field(
         default=None,
         description="Start of the outage whose failures were last auto-replayed (once per outage).",
+    )
+    escalation: EscalationStatus | None = Field(
+        default=None, description="The escalation level in force, since when and why (spec.escalation)."
     )

@@ -89,6 +89,8 @@ from requeue.policy import (
 )
 from requeue.policy import finalize as finalizing
 from requeue.policy.decide import observation_failed, spec_rejected
+from requeue.policy.escalation import forget_level
+from requeue.policy.escalation_send import WebhookSender
 from requeue.policy.series import export_unobserved, forget_policy
 from requeue.redis_target import RedisTarget, open_redis, policy_queues
 
@@ -231,6 +233,7 @@ class PolicyDriver(DaemonDriver[QueuePolicyStatus]):
                 gates=gates,
                 memory=self.policy.memory,
                 now=now,
+                channels=WebhookSender(self.secrets) if spec.escalation is not None else None,
             )
             events = list(result.events)
             ready = find_condition(result.status.conditions, PolicyCondition.READY)
@@ -405,3 +408,4 @@ async def policy_deleted(
             if runner is not None:
                 runner.clear_metrics()
         forget_policy(namespace, name)
+        forget_level(namespace, name)

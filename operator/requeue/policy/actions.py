@@ -111,6 +111,8 @@ class Pause:
     kind: ClassVar[ActionKind] = ActionKind.PAUSE
     queue: str
     reason: str
+    #: Paused by an escalation level (``.status.escalation.pausedQueues``), not by a red gate.
+    escalation: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,8 @@ class Resume:
     kind: ClassVar[ActionKind] = ActionKind.RESUME
     queue: str
     reason: str
+    #: Resumes a queue an escalation level paused.
+    escalation: bool = False
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ from requeue.api.policy import (
     QueueState,
 )
 from requeue.errors import QueueNotFound
-from requeue.policy import autoreplay, thresholds
+from requeue.policy import autoreplay, escalation, thresholds
 from requeue.policy.actions import (
     BREACH_REASONS,
     REMEDIATION,
@@ -119,6 +119,8 @@ class Decision:
     dry_run: bool
     #: The status the decision started from (:func:`settle` restores parts of it on failures).
     previous: QueuePolicyStatus | None = None
+    #: Escalation's messages to send and snapshot to read (:mod:`.escalation`).
+    escalation: escalation.EscalationOutcome | None = None
 
     @property
     def to_execute(self) -> tuple[Action, ...]:
@@ -149,7 +151,8 @@ def queues_to_observe(spec: QueuePolicySpec, status: QueuePolicyStatus | None) -
     listed = list(dict.fromkeys(spec.queues))
     seen = set(listed)
     held = [q.name for q in (status.queues if status else []) if q.paused_by_policy and q.name not in seen]
-    return listed + held
+    held += escalation.held_queues(status.escalation if status else None)
+    return listed + list(dict.fromkeys(q for q in held if q not in seen))
 
 
 # ----------------------------------------------------------------- decide
@@ -178,12 +181,17 @@ def decide(
     if observation.error is not None:
         return _unobservable(spec, prev, observation, observation.error, memory, gates, ledger)
     tally = _decide_queues(spec, prev, observation, memory, gates, ledger)
-    marks = autoreplay.plan(
-        spec, prev, observation, gates.finished_outage(), policy_name=policy_name, ledger=ledger
-    )
+    escalated = _escalate(spec, prev, observation, gates, tally, ledger, policy_name)
+    if escalation.blocks_auto_replay(spec, escalated.status):
+        marks = autoreplay.ReplayMarks(prev.last_auto_replay_at, prev.last_replayed_outage)
+    else:
+        marks = autoreplay.plan(
+            spec, prev, observation, gates.finished_outage(), policy_name=policy_name, ledger=ledger
+        )
     _schedule_clean(spec, observation, ledger)
     _set_health(spec, observation, tally, ledger)
     new_status = _status(prev, observation, gates, marks, tally, ledger)
+    new_status.escalation = escalated.status
     return Decision(
         new_status,
         PolicyMemory(tally.memory),
@@ -191,7 +199,42 @@ def decide(
         tuple(ledger.events),
         spec.dry_run,
         prev,
+        escalated,
     )
+
+
+def _escalate(
+    spec: QueuePolicySpec,
+    prev: QueuePolicyStatus,
+    observation: Observation,
+    gates: Gates,
+    tally: _Tally,
+    ledger: Ledger,
+    policy_name: str,
+) -> escalation.EscalationOutcome:
+    """Escalation levels (:mod:`.escalation`) over the queue states just decided; its pause
+    hand-overs replace those states."""
+    states = {q.name: q for q in tally.queues}
+    listed = set(spec.queues)
+    signals = escalation.Signals(
+        queues=[q for q in tally.queues if q.name in listed],
+        gates=spec.gates,
+        results=observation.gates,
+        min_increase=spec.thresholds.failed_growing.min_increase if spec.thresholds.failed_growing else 1,
+    )
+    outcome = escalation.escalate(
+        spec,
+        prev.escalation,
+        signals,
+        observation.queues,
+        states,
+        gates.state == "red" and spec.actions.pause_while_gates_fail,
+        ledger,
+        policy_name=policy_name,
+    )
+    if outcome.queues:
+        tally.queues = [outcome.queues.get(q.name, q) for q in tally.queues]
+    return outcome
 
 
 def unobserved(owner: HasConditions, reason: Reason, message: str, *, generation: int, now: datetime) -> None:
@@ -493,10 +536,18 @@ def release(status: QueuePolicyStatus | None, *, now: datetime, reason: str = "p
             records.append(PolicyAction(at=now, action=ActionKind.RESUME.value, queue=q.name, reason=reason))
             q = q.model_copy(update={"paused_by_policy": False})
         queues.append(q.model_copy(update={"dry_run_paused": False}))
+    resumed = {a.queue for a in actions}
+    for name in escalation.held_queues(prev.escalation):
+        if name not in resumed:  # paused by an escalation level: ours to resume as well
+            actions.append(Resume(name, reason, escalation=True))
+            events.append(PolicyEvent("Normal", Reason.QUEUE_RESUMED, f"resumed {name}: {reason}"))
+            records.append(PolicyAction(at=now, action=ActionKind.RESUME.value, queue=name, reason=reason))
+    esc = prev.escalation.model_copy(update={"paused_queues": []}) if prev.escalation else None
     new_status = prev.model_copy(
         update={
             "queues": queues,
             "last_actions": (records[::-1] + list(prev.last_actions))[:LAST_ACTIONS_LIMIT],
+            "escalation": esc,
         }
     )
     return Decision(new_status, PolicyMemory(), tuple(actions), tuple(events), False, prev)
@@ -532,13 +583,16 @@ def settle(
             _annotate(entries, action, text, now=now)
     queues = {q.name: q for q in status.queues}
     replay_failed = False
+    failed: list[Action] = []
     for index, text in (failures or {}).items():
         action = decision.actions[index]
+        failed.append(action)
         _annotate(entries, action, f"failed: {text}", now=now)
         replay_failed = _undo(queues, action) or replay_failed
     update: dict[str, object] = {
         "queues": list(queues.values()),
         "last_actions": (cleaned[::-1] + entries)[:LAST_ACTIONS_LIMIT],
+        "escalation": escalation.undo_failed(status.escalation, failed),
     }
     if replay_failed and decision.previous is not None:
         update["last_replayed_outage"] = decision.previous.last_replayed_outage
@@ -570,6 +624,8 @@ def _clean_record(action: Clean, text: str, *, now: datetime, dry_run: bool) -> 
 def _undo(queues: dict[str, QueueState], action: Action) -> bool:
     """Undo the status effect of a failed action; True when it was an AutoReplay (un-mark the outage)."""
     state = queues.get(action.queue)
+    if isinstance(action, Pause | Resume) and action.escalation:
+        return False  # escalation's marks: escalation.undo_failed
     if isinstance(action, Pause) and state is not None:
         queues[action.queue] = state.model_copy(update={"paused_by_policy": False, "paused": False})
     elif isinstance(action, Resume) and state is not None:

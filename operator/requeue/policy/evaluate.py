@@ -48,12 +48,15 @@ from requeue.policy.budget import ReplayBudget
 from requeue.policy.collect import collect
 from requeue.policy.decide import Decision, decide, queues_to_observe, settle
 from requeue.policy.job_series import export_finished
+from requeue.policy.escalation import export_level, with_results
+from requeue.policy.escalation_send import EscalationSender
 from requeue.policy.memory import load_memory, queue_save_memory
 from requeue.policy.observe import Observation, PolicyMemory
 from requeue.policy.series import export_observed, export_unobserved, forget_queues
 from requeue.queues import BullQueue, map_redis_error
 from requeue.queues.cluster import slot_tag
 from requeue.queues.connection import forbidden_what
+from requeue.queues.keys import QueueKeys
 from requeue.queues.scripts import Scripts, register
 from requeue.redact import redact_text
 from requeue.secrets import SecretSource
@@ -282,12 +285,14 @@ async def evaluate(
     memory: PolicyMemory | None = None,
     now: datetime | None = None,
     clean_batch: int = CLEAN_BATCH,
+    channels: EscalationSender | None = None,
 ) -> EvaluationResult:
     """Observe every queue, decide, carry out what was decided, and return the settled status.
 
     :param memory: the previous result's memory; None loads it from Redis (one round trip).
     :param now: the evaluation time (tests pass their own); default: the current UTC time.
     :param clean_batch: jobs removed per ``cleanJobsInSet`` call (tests pass a small one).
+    :param channels: sends escalation messages (``spec.escalation`` levels' ``notify``).
     """
     started = time.perf_counter()
     now = now or utcnow()
@@ -302,7 +307,11 @@ async def evaluate(
     await _carry_out(acting, decision)
     if notifier is not None and (acting.notify_items or observation.error is None):
         await _notify(acting, notifier)
+    sent, sample = await _escalation_effects(acting, decision, channels)
     settled = settle(decision, now=now, results=acting.results, failures=acting.failures)
+    if decision.escalation is not None:
+        settled.escalation = with_results(settled.escalation, now=now, sent=sent, sample=sample)
+    export_level(policy.namespace, policy.name, settled.escalation)
     new_memory = _with_pause_marks(decision.memory, settled)
     save_trips = 0
     if observation.error is None:
@@ -462,6 +471,61 @@ async def _notify(acting: _Acting, notifier: Notifier) -> None:
         message = _error_text(exc)
         logger.warning("policy %s/%s: notification failed: %s", policy.namespace, policy.name, message)
         acting.events.append(PolicyEvent("Warning", Reason.NOTIFY_FAILED, message))
+
+
+async def _escalation_effects(
+    acting: _Acting, decision: Decision, channels: EscalationSender | None
+) -> tuple[dict[str, str], dict[str, list[str]] | None]:
+    """Send the escalation messages (one per channel) and read the snapshot's failed-id sample.
+
+    Returns each channel's outcome (for ``.status.escalation.notifications``) and the sample
+    per queue (None when no snapshot was asked for). A failure of either is a Warning Event;
+    nothing is retried (the message is about a change that has happened).
+    """
+    outcome = decision.escalation
+    sent: dict[str, str] = {}
+    if outcome is None:
+        return sent, None
+    policy = acting.policy
+    for notice in outcome.notices:
+        name = notice.channel.name
+        if channels is None:
+            sent[name] = "failed: no sender configured"
+            continue
+        try:
+            await channels.send(notice.channel.webhook_secret_ref, notice.text)
+        except Exception as exc:  # reported; the other channels are still told
+            message = _error_text(exc)
+            sent[name] = f"failed: {message}"
+            logger.warning(
+                "policy %s/%s: escalation message to %s failed: %s",
+                policy.namespace,
+                policy.name,
+                name,
+                message,
+            )
+            acting.events.append(PolicyEvent("Warning", Reason.NOTIFY_FAILED, f"channel {name}: {message}"))
+            continue
+        sent[name] = "sent"
+    request = outcome.snapshot
+    if request is None or not request.queues:
+        return sent, None
+    keys = [QueueKeys(acting.spec.prefix, q).failed for q in request.queues]
+    try:
+        pipe = acting.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.zrevrange(key, 0, request.sample_size - 1)
+        replies = await pipe.execute()
+        acting.round_trips += 1
+    except _REDIS_ERRORS as exc:
+        message = _error_text(exc)
+        acting.events.append(PolicyEvent("Warning", Reason.ACTION_FAILED, f"escalation snapshot: {message}"))
+        return sent, None
+    sample = {
+        q: [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        for q, ids in zip(request.queues, replies, strict=True)
+    }
+    return sent, sample
 
 
 async def _save_memory(redis: Redis, policy: PolicyRef, memory: PolicyMemory, previous: PolicyMemory) -> int:

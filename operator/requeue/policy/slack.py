@@ -25,7 +25,7 @@ from requeue.policy.actions import Alert, Recover
 from requeue.redact import redact_text
 from requeue.secrets import SecretSource
 
-__all__ = ["SlackNotifier", "format_line"]
+__all__ = ["SlackNotifier", "format_line", "hide_from_http_logs"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ class _RedactSecrets(logging.Filter):
 _FILTER = _RedactSecrets()
 for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).addFilter(_FILTER)
+
+
+def hide_from_http_logs(url: str) -> None:
+    """Redact ``url`` (a webhook, a secret) from what httpx and httpcore log from now on."""
+    _FILTER.secrets.add(url)
 
 
 def format_line(item: Alert | Recover) -> str:
