@@ -94,7 +94,7 @@ class CountCondition(ApiModel):
 class ProcessingStoppedCondition(ApiModel):
     """Queues whose processing stopped for thresholds.stalledFor (requires thresholds.stalledFor)."""
 
-    reasons: list[StoppedCause] = Field(
+    reasons: list[Annotated[StoppedCause, Field(strict=False)]] = Field(
         default_factory=list,
         max_length=4,
         description="Only these causes (PausedByOthers, WorkersDown, WorkersStuck, WorkersIdle); empty: any.",
@@ -128,11 +128,13 @@ class GatesCondition(ApiModel):
     """The policy's gates are red: the named ones and those of the kinds given (none given: every gate)."""
 
     names: list[GateName] = Field(default_factory=list, max_length=20, description="Gates by name.")
-    kinds: list[GateType] = Field(
-        default_factory=list, max_length=3, description="Gates by kind: redis, postgres, http."
+    kinds: list[Annotated[GateType, Field(strict=False)]] = Field(
+        default_factory=list,
+        max_length=3, description="Gates by kind: redis, postgres, http."
     )
     red: GatesRed = Field(
-        default=GatesRed.ANY, description="any: one selected gate is red; all: every selected gate is."
+        default=GatesRed.ANY,
+        strict=False, description="any: one selected gate is red; all: every selected gate is."
     )
 
 

@@ -429,6 +429,8 @@ def _hold(
                     _record(Pause(name, reason, escalation=True), ledger, dry_run=True)
                     would.append(name)
                 continue
+            if any(isinstance(x, Pause) and x.queue == name for x in ledger.actions):
+                continue  # the gate rule pauses it now (it is taken over once paused)
             withdrawn = _withdraw_resume(name, ledger)
             state = outcome_state(name, outcome, states)
             if not obs.paused:
