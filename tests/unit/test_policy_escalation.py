@@ -379,7 +379,7 @@ def test_every_gate_red_and_gates_by_kind() -> None:
         ),
         (
             {"levels": [{"name": "L1", "when": {"any": [{"breaching": {"kinds": ["failedd"]}}]}}]},
-            "unknown breach kind(s) failedd",
+            "breaching.kinds.0",
         ),
         (
             {"levels": [{"name": "L1", "when": {"any": [{"gates": {}}]}}] * 2},
@@ -395,6 +395,13 @@ def test_invalid_escalation_specs_are_rejected_with_a_message(body: dict[str, An
     with pytest.raises(ValidationError) as info:
         EscalationSpec.model_validate(body)
     assert message in str(info.value).replace("hold_for", "holdFor")
+
+
+def test_breach_names_are_the_policys_breach_kinds() -> None:
+    from requeue.api.escalation import BreachName
+    from requeue.policy.actions import BreachKind
+
+    assert {b.value for b in BreachName} == {b.value for b in BreachKind}
 
 
 def test_settle_keeps_escalation_marks_consistent_with_results() -> None:

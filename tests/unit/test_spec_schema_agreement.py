@@ -350,6 +350,101 @@ _BULK = obj(
 REPLAY_SPEC = st.booleans().flatmap(lambda bulk: _BULK if bulk else _EXACT)
 
 _clean_rule = obj({"grace": maybe(_durations, *_bad_durations)}, {"limit": maybe(ints(1, 100_000))})
+_count = obj({"above": maybe(ints(0, 10))}, {"minQueues": maybe(ints(1, 500))})
+_escalation_condition = obj(
+    {},
+    also=exactly_one(
+        {
+            "failed": maybe(
+                obj({"above": maybe(ints(0, 10))}, {"growing": _bools, "minQueues": maybe(ints(1, 500))})
+            ),
+            "waiting": maybe(_count),
+            "stuckActive": maybe(_count),
+            "processingStopped": maybe(
+                obj(
+                    {},
+                    {
+                        "reasons": maybe(
+                            st.lists(
+                                st.sampled_from(["WorkersDown", "WorkersStuck", "PausedByOthers"]), max_size=3
+                            ),
+                            ["Down"],
+                        ),
+                        "minQueues": maybe(ints(1, 500)),
+                    },
+                )
+            ),
+            "breaching": maybe(
+                obj(
+                    {},
+                    {
+                        "kinds": maybe(
+                            st.lists(st.sampled_from(["failed", "failureRate"]), max_size=2), ["x"]
+                        ),
+                        "minQueues": maybe(ints(1, 500)),
+                    },
+                )
+            ),
+            "gates": maybe(
+                obj(
+                    {},
+                    {
+                        "names": maybe(st.lists(_names, max_size=2), list(_bad_names[:1])),
+                        "kinds": maybe(
+                            st.lists(st.sampled_from(["redis", "postgres", "http"]), max_size=2), ["mysql"]
+                        ),
+                        "red": maybe(st.sampled_from(["any", "all"]), "most"),
+                    },
+                )
+            ),
+        }
+    ),
+)
+_channel = obj(
+    {
+        "name": maybe(st.sampled_from(["oncall", "incident", "L1"]), "-x", ""),
+        "webhookSecretRef": _secret_ref,
+    },
+    {"mention": maybe(st.sampled_from(["", "<!here>"]), "x" * 201)},
+)
+_escalation = obj(
+    {
+        "levels": maybe(
+            st.lists(
+                obj(
+                    {
+                        "name": maybe(st.sampled_from(["L1", "L2", "critical"]), "", "a b"),
+                        "when": maybe(
+                            obj(
+                                {},
+                                {
+                                    "all": maybe(st.lists(_escalation_condition, max_size=2)),
+                                    "any": maybe(st.lists(_escalation_condition, max_size=2)),
+                                },
+                            )
+                        ),
+                    },
+                    {
+                        "holdFor": maybe(_durations, *_bad_durations),
+                        "actions": maybe(
+                            obj(
+                                {},
+                                {
+                                    "notify": maybe(st.lists(_channel, max_size=2)),
+                                    "pauseQueues": _bools,
+                                    "stopAutoReplay": _bools,
+                                    "snapshot": _bools,
+                                    "sampleSize": maybe(ints(1, 50)),
+                                },
+                            )
+                        ),
+                    },
+                ),
+                max_size=3,
+            )
+        )
+    }
+)
 POLICY_SPEC = obj(
     {
         "redis": maybe(_redis),
@@ -406,6 +501,7 @@ POLICY_SPEC = obj(
             )
         ),
         "dryRun": _bools,
+        "escalation": maybe(_escalation),
     },
 )
 

@@ -22,6 +22,7 @@ from requeue.api.gates import GateName, GateType
 
 __all__ = [
     "CONDITION_SIGNALS",
+    "BreachName",
     "BreachingCondition",
     "CountCondition",
     "EscalationAction",
@@ -59,6 +60,17 @@ class StoppedCause(StrEnum):
     WORKERS_DOWN = "WorkersDown"
     WORKERS_STUCK = "WorkersStuck"
     WORKERS_IDLE = "WorkersIdle"
+
+
+class BreachName(StrEnum):
+    """A threshold breach (``.status.queues[].breaches[].kind``; the policy's BreachKind)."""
+
+    FAILED = "failed"
+    WAITING = "waiting"
+    FAILURE_RATE = "failureRate"
+    STALLED = "stalled"
+    PROCESSING_STOPPED = "processingStopped"
+    FAILED_GROWING = "failedGrowing"
 
 
 class GatesRed(StrEnum):
@@ -105,7 +117,7 @@ class ProcessingStoppedCondition(ApiModel):
 class BreachingCondition(ApiModel):
     """Queues breaching thresholds ("failures across several queues")."""
 
-    kinds: list[str] = Field(
+    kinds: list[Annotated[BreachName, Field(strict=False)]] = Field(
         default_factory=list,
         max_length=6,
         description=(
@@ -115,26 +127,18 @@ class BreachingCondition(ApiModel):
     )
     min_queues: int = Field(default=1, ge=1, le=500, description="In at least this many queues.")
 
-    @model_validator(mode="after")
-    def _known_kinds(self) -> BreachingCondition:
-        known = {"failed", "waiting", "failureRate", "stalled", "processingStopped", "failedGrowing"}
-        unknown = sorted(set(self.kinds) - known)
-        if unknown:
-            raise ValueError(f"unknown breach kind(s) {', '.join(unknown)}: use {', '.join(sorted(known))}")
-        return self
-
 
 class GatesCondition(ApiModel):
     """The policy's gates are red: the named ones and those of the kinds given (none given: every gate)."""
 
     names: list[GateName] = Field(default_factory=list, max_length=20, description="Gates by name.")
     kinds: list[Annotated[GateType, Field(strict=False)]] = Field(
-        default_factory=list,
-        max_length=3, description="Gates by kind: redis, postgres, http."
+        default_factory=list, max_length=3, description="Gates by kind: redis, postgres, http."
     )
     red: GatesRed = Field(
         default=GatesRed.ANY,
-        strict=False, description="any: one selected gate is red; all: every selected gate is."
+        strict=False,
+        description="any: one selected gate is red; all: every selected gate is.",
     )
 
 
@@ -197,7 +201,10 @@ class EscalationWhen(ApiModel):
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
-            ("size(self.all) + size(self.any) > 0", "a level needs at least one condition in all or any")
+            (
+                "(has(self.all) && size(self.all) > 0) || (has(self.any) && size(self.any) > 0)",
+                "a level needs at least one condition in all or any",
+            )
         )
     )
 
@@ -273,6 +280,13 @@ class EscalationLevel(ApiModel):
         ),
     )
     actions: EscalationAction = Field(default_factory=EscalationAction, description="What it does.")
+
+    @model_validator(mode="after")
+    def _unique_channels(self) -> EscalationLevel:
+        names = [c.name for c in self.actions.notify]
+        if len(set(names)) != len(names):
+            raise ValueError(f"level {self.name!r}: notify channel names must be unique")
+        return self
 
 
 class EscalationSpec(ApiModel):

@@ -127,7 +127,7 @@ def judge(condition: EscalationCondition, signals: Signals) -> str | None:
         ]
         return _enough(hits, p.min_queues, "processing stopped")
     if (b := condition.breaching) is not None:
-        kinds = set(b.kinds)
+        kinds = {k.value for k in b.kinds}
         hits = [
             f"{q.name} ({', '.join(sorted(x.kind for x in q.breaches if not kinds or x.kind in kinds))})"
             for q in queues
