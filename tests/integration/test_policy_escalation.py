@@ -1,0 +1,213 @@
+"""Escalation levels through :func:`evaluate` against real Redis, real BullMQ failed jobs and real
+webhooks: the snapshot's failed-id sample, the metric, a dry run that pauses and sends nothing,
+and a failing webhook that becomes a Warning Event without leaking its URL."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from aiohttp import web
+from prometheus_client import REGISTRY
+
+from requeue.api.gates import GateStatus
+from requeue.api.policy import QueuePolicySpec
+from requeue.policy.escalation_send import WebhookSender
+from requeue.policy.evaluate import BullQueueOps, EvaluationResult, PolicyRef, evaluate
+from requeue.secrets import StaticSecrets
+from support.bullmq_jobs import JobSpec, make_failed_jobs
+from support.policy_sim import T0, gate
+
+POLICY = PolicyRef(namespace="visapi", name="escalating", uid="5e1c-uid", generation=1)
+TOKEN = "T000/B000/esc4l4t10nt0k3n"
+
+
+class Channel:
+    """A Slack-compatible incoming webhook on loopback that records POSTs (and can refuse them)."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.status = 200
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.texts.append(str((await request.json())["text"]))
+        return web.Response(status=self.status, text="ok" if self.status < 300 else "no_service")
+
+    async def start(self) -> Channel:
+        app = web.Application()
+        app.router.add_post("/services/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/services/{TOKEN}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def channel() -> AsyncIterator[Channel]:
+    hook = await Channel().start()
+    try:
+        yield hook
+    finally:
+        await hook.stop()
+
+
+@pytest_asyncio.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def spec(dry: bool) -> QueuePolicySpec:
+    return QueuePolicySpec.model_validate(
+        {
+            "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+            "queues": ["orders", "emails"],
+            "gates": [{"name": "database", "http": {"url": "http://127.0.0.1:1/"}}],
+            "dryRun": dry,
+            "escalation": {
+                "levels": [
+                    {
+                        "name": "L2",
+                        "holdFor": "1m",
+                        "when": {"all": [{"gates": {}}, {"failed": {"above": 2, "minQueues": 2}}]},
+                        "actions": {
+                            "notify": [
+                                {"name": "oncall", "webhookSecretRef": {"name": "hooks", "key": "oncall"}}
+                            ],
+                            "pauseQueues": True,
+                            "snapshot": True,
+                            "sampleSize": 2,
+                        },
+                    }
+                ]
+            },
+        }
+    )
+
+
+async def walk(
+    redis: aioredis.Redis, s: QueuePolicySpec, sender: WebhookSender, gates: list[GateStatus], minutes: int
+) -> EvaluationResult:
+    """Evaluate at T0 and again ``minutes`` later (the injected clock; nothing sleeps)."""
+    ops = BullQueueOps(redis)
+    result = await evaluate(POLICY, s, None, redis=redis, ops=ops, gates=gates, now=T0, channels=sender)
+    return await evaluate(
+        POLICY,
+        s,
+        result.status,
+        redis=redis,
+        ops=ops,
+        gates=gates,
+        memory=result.memory,
+        now=T0 + timedelta(minutes=minutes),
+        channels=sender,
+    )
+
+
+def level_metric() -> float | None:
+    return REGISTRY.get_sample_value(
+        "requeue_escalation_level", {"namespace": "visapi", "policy": "escalating"}
+    )
+
+
+async def test_level_two_pauses_sends_and_snapshots_the_newest_failed_ids(
+    redis: aioredis.Redis, redis_url: str, channel: Channel
+) -> None:
+    orders = await make_failed_jobs(
+        redis_url, "orders", [JobSpec("order.charge", {"i": i}) for i in range(4)]
+    )
+    await make_failed_jobs(redis_url, "emails", [JobSpec("email.send", {"i": i}) for i in range(3)])
+    sender = WebhookSender(StaticSecrets({("hooks", "oncall"): channel.url}))
+    red = [gate("database", False)]
+
+    result = await walk(redis, spec(False), sender, red, minutes=1)
+    esc = result.status.escalation
+    assert esc is not None and (esc.level, esc.name) == (1, "L2"), esc
+    assert sorted(esc.paused_queues) == ["emails", "orders"]
+    assert await redis.hexists("bull:orders:meta", "paused") and await redis.hexists(
+        "bull:emails:meta", "paused"
+    )
+    assert len(channel.texts) == 1 and "escalation raised to L2" in channel.texts[0]
+    assert [(n.channel, n.result) for n in esc.notifications] == [("oncall", "sent")]
+    assert esc.snapshot is not None
+    sample = {s.queue: s.ids for s in esc.snapshot.failed_sample}
+    newest = await redis.zrevrange("bull:orders:failed", 0, 1)
+    assert sample["orders"] == newest and set(newest) <= set(orders)
+    assert len(sample["emails"]) == 2
+    assert level_metric() == 1
+
+
+async def test_dry_run_pauses_nothing_and_sends_nothing(
+    redis: aioredis.Redis, redis_url: str, channel: Channel
+) -> None:
+    await make_failed_jobs(redis_url, "orders", [JobSpec("order.charge", {"i": i}) for i in range(4)])
+    await make_failed_jobs(redis_url, "emails", [JobSpec("email.send", {"i": i}) for i in range(3)])
+    sender = WebhookSender(StaticSecrets({("hooks", "oncall"): channel.url}))
+
+    result = await walk(redis, spec(True), sender, [gate("database", False)], minutes=1)
+    esc = result.status.escalation
+    assert esc is not None and esc.level == 1 and esc.dry_run
+    assert esc.paused_queues == [] and sorted(esc.dry_run_paused_queues) == ["emails", "orders"]
+    assert not await redis.hexists("bull:orders:meta", "paused")
+    assert not await redis.hexists("bull:emails:meta", "paused")
+    assert channel.texts == []
+    assert [(n.channel, n.result) for n in esc.notifications] == [("oncall", "[dry run] not sent")]
+    raised = [e.message for e in result.events if e.reason == "EscalationRaised"]
+    assert len(raised) == 1 and raised[0].startswith("[dry run] escalation raised to L2")
+    assert {(a.action, a.queue, a.dry_run) for a in result.status.last_actions} >= {
+        ("Pause", "orders", True),
+        ("Pause", "emails", True),
+    }
+
+
+async def test_a_failing_webhook_is_a_warning_event_and_its_url_stays_secret(
+    redis: aioredis.Redis, redis_url: str, channel: Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    channel.status = 500
+    await make_failed_jobs(redis_url, "orders", [JobSpec("order.charge", {"i": i}) for i in range(4)])
+    await make_failed_jobs(redis_url, "emails", [JobSpec("email.send", {"i": i}) for i in range(3)])
+    sender = WebhookSender(StaticSecrets({("hooks", "oncall"): channel.url}))
+
+    result = await walk(redis, spec(False), sender, [gate("database", False)], minutes=1)
+    esc = result.status.escalation
+    assert esc is not None and esc.level == 1  # the level changed; telling people failed
+    warnings = [e.message for e in result.events if e.reason == "NotifyFailed"]
+    assert len(warnings) == 1 and "channel oncall" in warnings[0] and "answered 500" in warnings[0]
+    [note] = esc.notifications
+    assert note.result.startswith("failed: escalation webhook (secret hooks/oncall) answered 500")
+    logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("aiohttp"))
+    everything: Any = logged + repr(result.status) + repr(result.events)
+    assert TOKEN not in everything and "esc4l4t10n" not in everything
+    again = await evaluate(
+        POLICY,
+        spec(False),
+        result.status,
+        redis=redis,
+        ops=BullQueueOps(redis),
+        gates=[gate("database", False)],
+        memory=result.memory,
+        now=T0 + timedelta(minutes=2),
+        channels=sender,
+    )
+    assert again.status.escalation is not None and again.status.escalation.level == 1
+    assert len(channel.texts) == 1  # one attempt, not repeated by later evaluations
