@@ -67,7 +67,6 @@ def sim(dry: bool = False, **actions: Any) -> PolicySim:
         escalation=levels(),
     )
     s = PolicySim(spec)
-    s.set_named_gates = None  # type: ignore[attr-defined]
     s.gates = (gate("db", True), gate("provider", True))
     return s
 
@@ -259,6 +258,28 @@ def test_dry_run_records_what_it_would_do_and_sends_nothing() -> None:
     d = s.step()  # no second would-be pause
     assert not d.status.last_actions or d.status.last_actions[0].at != s.now
     assert not s.q("orders").paused
+
+
+def test_turning_dry_run_on_keeps_real_pauses_until_it_is_off_again() -> None:
+    s = sim()
+    gates(s, db=False)
+    s.q("orders").failed = s.q("emails").failed = 80
+    s.step()
+    s.step(timedelta(minutes=3))
+    assert s.q("orders").paused and s.q("emails").paused
+    s.spec = s.spec.model_copy(update={"dry_run": True})
+    gates(s, db=True)
+    s.q("orders").failed = s.q("emails").failed = 0
+    s.step()
+    d = s.step(timedelta(minutes=3))
+    assert d.status.escalation is not None and d.status.escalation.level == 0
+    assert d.to_execute == () and s.q("orders").paused  # a dry run undoes nothing
+    assert sorted(d.status.escalation.paused_queues) == ["emails", "orders"]
+    s.spec = s.spec.model_copy(update={"dry_run": False})
+    d = s.step()
+    assert sorted(a.queue for a in d.actions if isinstance(a, Resume)) == ["emails", "orders"]
+    assert not s.q("orders").paused and d.status.escalation is not None
+    assert d.status.escalation.paused_queues == []
 
 
 def test_stop_auto_replay_holds_the_outage_until_escalation_ends() -> None:

@@ -149,6 +149,7 @@ step_st = st.fixed_dictionaries(
         ),
         "failed": st.lists(st.integers(min_value=0, max_value=200), min_size=3, max_size=3),
         "execute": st.sampled_from([True, True, True, False]),
+        "dry": st.sampled_from([None, None, None, None, "on", "off"]),
     }
 )
 
@@ -165,6 +166,8 @@ def run(sim: PolicySim, steps: list[dict[str, Any]]) -> list[tuple[int, int, Any
             (sim.external_pause if what == "pause" else sim.external_resume)(queue)
         for queue, failed in zip(QUEUES, s["failed"], strict=True):
             sim.q(queue).failed = failed
+        if s["dry"] is not None:
+            sim.spec = sim.spec.model_copy(update={"dry_run": s["dry"] == "on"})
         out.append(step(sim, s["advance"], s["execute"]))
     return out
 
@@ -214,6 +217,7 @@ def test_everything_escalation_paused_is_resumed_once_healthy(
 ) -> None:
     sim = PolicySim(spec(False, pauseWhileGatesFail=gate_pause))
     run(sim, steps)
+    sim.spec = sim.spec.model_copy(update={"dry_run": False})
     sim.gates = (gate("db", True), gate("provider", True))
     for queue in QUEUES:
         sim.q(queue).failed = 0

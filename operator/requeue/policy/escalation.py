@@ -449,9 +449,9 @@ def _hold(
             obs = observed.get(name)
             if obs is None:
                 continue
-            ours.remove(name)
             if dry:
-                continue  # a dry run does not undo real pauses (as pauseWhileGatesFail does not)
+                continue  # a dry run keeps real pauses and their marks (as pauseWhileGatesFail does)
+            ours.remove(name)
             state = outcome_state(name, outcome, states)
             if gates_red and name in listed:
                 # the gate rule wants it paused: hand it back rather than resume and pause again
