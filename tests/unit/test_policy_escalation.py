@@ -62,7 +62,7 @@ def sim(dry: bool = False, **actions: Any) -> PolicySim:
         queues=["orders", "emails"],
         gates=[DB, PROVIDER],
         dryRun=dry,
-        thresholds={"failedGrowing": {"above": 50}, "window": "5m"},
+        thresholds={"failedGrowing": {"above": 50}, "window": "5m", "stalledFor": "15m"},
         actions=actions,
         escalation=levels(),
     )
@@ -436,3 +436,41 @@ def test_settle_keeps_escalation_marks_consistent_with_results() -> None:
     index = next(i for i, a in enumerate(d.actions) if isinstance(a, Pause) and a.queue == "emails")
     settled = settle(d, now=s.now, failures={index: "boom"})
     assert settled.escalation is not None and settled.escalation.paused_queues == ["orders"]
+
+
+@pytest.mark.parametrize(
+    ("condition", "message"),
+    [
+        ({"failed": {"above": 50, "growing": True}}, "failed.growing needs thresholds.failedGrowing"),
+        ({"processingStopped": {}}, "processingStopped needs thresholds.stalledFor"),
+        ({"stuckActive": {"above": 0}}, "stuckActive needs thresholds.stalledActiveSeconds"),
+    ],
+)
+def test_a_condition_on_an_unmeasured_signal_is_rejected_by_model_and_api_server(
+    condition: dict[str, Any], message: str
+) -> None:
+    from requeue.api import QueuePolicy
+    from requeue.api.loading import parse
+    from requeue.errors import SpecInvalid
+    from support.crd_validate import load_crds, validate
+
+    spec = {
+        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+        "queues": ["orders"],
+        "escalation": {"levels": [{"name": "L1", "when": {"any": [condition]}}]},
+    }
+    doc = {
+        "apiVersion": "requeue.dev/v1alpha1",
+        "kind": "QueuePolicy",
+        "metadata": {"name": "x", "namespace": "default"},
+        "spec": spec,
+    }
+    with pytest.raises(SpecInvalid) as info:
+        parse(QueuePolicy, doc)
+    assert message in info.value.message
+    errors = validate(load_crds()["QueuePolicy"], doc)
+    assert any(message in e for e in errors), errors
+    # with the threshold set, both accept it
+    spec["thresholds"] = {"failedGrowing": {"above": 1}, "stalledFor": "15m", "stalledActiveSeconds": 60}
+    parse(QueuePolicy, doc)
+    assert validate(load_crds()["QueuePolicy"], doc) == []

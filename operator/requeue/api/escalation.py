@@ -22,6 +22,7 @@ from requeue.api.gates import GateName, GateType
 
 __all__ = [
     "CONDITION_SIGNALS",
+    "THRESHOLD_RULES",
     "BreachName",
     "BreachingCondition",
     "CountCondition",
@@ -383,3 +384,57 @@ class EscalationStatus(StatusModel):
     notifications: list[EscalationNotification] = Field(
         default_factory=list, description="The last message per channel."
     )
+
+
+def _each_condition(test: str) -> str:
+    """CEL over a QueuePolicy spec: ``test`` (about condition ``c``) holds for every condition."""
+    return (
+        "!has(self.escalation) || self.escalation.levels.all(l, "
+        f"(!has(l.when.all) || l.when.all.all(c, {test})) && (!has(l.when.any) || l.when.any.all(c, {test})))"
+    )
+
+
+#: (threshold field, the condition that needs it (CEL about ``c``), message): a condition over a
+#: signal the policy only measures when that threshold is set. Checked by the model
+#: (:func:`missing_thresholds`) and, as CEL rules on QueuePolicySpec, by the API server.
+THRESHOLD_RULES: tuple[tuple[str, str, str], ...] = (
+    (
+        "failedGrowing",
+        "has(c.failed) && has(c.failed.growing) && c.failed.growing",
+        "an escalation condition failed.growing needs thresholds.failedGrowing (the failed count's trend)",
+    ),
+    (
+        "stalledFor",
+        "has(c.processingStopped)",
+        "an escalation condition processingStopped needs thresholds.stalledFor",
+    ),
+    (
+        "stalledActiveSeconds",
+        "has(c.stuckActive)",
+        "an escalation condition stuckActive needs thresholds.stalledActiveSeconds",
+    ),
+)
+
+
+def threshold_cel_rules() -> list[tuple[str, str]]:
+    """The CEL rules (rule, message) of :data:`THRESHOLD_RULES` for QueuePolicySpec."""
+    return [
+        (
+            f"(has(self.thresholds) && has(self.thresholds.{field})) || ({_each_condition(f'!({needs})')})",
+            message,
+        )
+        for field, needs, message in THRESHOLD_RULES
+    ]
+
+
+def missing_thresholds(escalation: EscalationSpec | None, configured: set[str]) -> list[str]:
+    """Messages of :data:`THRESHOLD_RULES` broken by ``escalation`` given the thresholds set (wire names)."""
+    if escalation is None:
+        return []
+    conditions = [c for level in escalation.levels for c in (*level.when.all, *level.when.any)]
+    uses = {
+        "failedGrowing": any(c.failed is not None and c.failed.growing for c in conditions),
+        "stalledFor": any(c.processing_stopped is not None for c in conditions),
+        "stalledActiveSeconds": any(c.stuck_active is not None for c in conditions),
+    }
+    return [message for field, _, message in THRESHOLD_RULES if uses[field] and field not in configured]

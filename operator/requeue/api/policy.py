@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from requeue.api.archive import ArchiveSpec
 from requeue.api.base import (
@@ -17,9 +17,10 @@ from requeue.api.base import (
     QueueName,
     SecretKeyRef,
     StatusModel,
+    cel_rules,
 )
 from requeue.api.common import Rate, RedisConnection, Selector
-from requeue.api.escalation import EscalationSpec, EscalationStatus
+from requeue.api.escalation import EscalationSpec, EscalationStatus, missing_thresholds, threshold_cel_rules
 from requeue.api.gates import GatePolicy, GateSpec, GateStatus
 from requeue.api.replay import Verify
 
@@ -168,6 +169,8 @@ class PolicyMetrics(ApiModel):
 class QueuePolicySpec(ApiModel):
     """A standing policy over one or more queues of one Redis."""
 
+    model_config = ConfigDict(json_schema_extra=cel_rules(*threshold_cel_rules()))
+
     redis: RedisConnection = Field(description="The Redis that holds the queues.")
     prefix: KeyPrefix = Field(default="bull", description="BullMQ key prefix.")
     queues: list[QueueName] = Field(
@@ -195,6 +198,14 @@ class QueuePolicySpec(ApiModel):
         default=None,
         description="Escalation levels (the runbook's levels 1-3): conditions, hold time, actions.",
     )
+
+    @model_validator(mode="after")
+    def _escalation_thresholds(self) -> QueuePolicySpec:
+        configured = {name for name, value in self.thresholds.to_wire().items() if value is not None}
+        missing = missing_thresholds(self.escalation, configured)
+        if missing:
+            raise ValueError("; ".join(missing))
+        return self
 
 
 class QueueBreach(StatusModel):
