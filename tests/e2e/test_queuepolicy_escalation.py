@@ -10,6 +10,7 @@ and ``requeue_escalation_level`` on /metrics.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,10 +24,12 @@ from support.kube import Kube
 from support.node import FailRule, NodeWorker, pause_queue, run_producer
 from support.queuepolicy import (
     FAST_GATES,
+    QPOL,
     SlackSink,
     apply,
     condition,
     evaluations,
+    kubectl,
     metric,
     policy,
     policy_events,
@@ -46,6 +49,12 @@ async def incident() -> AsyncIterator[SlackSink]:
     sink = await SlackSink().start()
     yield sink
     await sink.stop()
+
+
+async def kube_delete(kube: Kube, name: str) -> None:
+    """``kubectl delete qpol`` and wait until it is gone (the finalizer ran)."""
+    await kubectl(kube, "delete", "qpol", name, "--timeout=60s")
+    assert await asyncio.to_thread(kube.get, QPOL, name) is None
 
 
 def level(st: dict[str, Any]) -> int:
@@ -210,4 +219,52 @@ async def test_outage_walks_l1_l2_and_back_one_event_and_one_message_per_transit
         resumed = [e["message"] for e in await policy_events(kube, "visapi") if e["reason"] == "QueueResumed"]
         assert sorted(resumed) == ["resumed emails: escalation ended", "resumed orders: escalation ended"], (
             resumed
+        )
+
+
+async def test_deleting_a_policy_mid_escalation_resumes_what_escalation_paused_and_drops_its_series(
+    kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    database = {"up": False}
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"ok": database["up"]}, status=200 if database["up"] else 503)
+
+    port = free_port()
+    await apply(kube, secret("redis", {"url": redis_url}))
+    await run_producer(redis_url, "orders", [{"name": "order.charge", "data": {}}], major=6)
+    await run_producer(redis_url, "reports", [{"name": "report.build", "data": {}}], major=6)
+    await pause_queue(redis_url, "reports", major=6)  # someone else's pause
+    operator = operator_factory(operator_command(metrics_port=port))
+    async with endpoint(health) as url:
+        await apply(
+            kube,
+            policy(
+                "halt",
+                ["orders", "reports"],
+                interval="1s",
+                gates=[{"name": "database", "http": {"url": url, "timeout": "1s"}}],
+                gatePolicy=FAST_GATES,
+                escalation={
+                    "levels": [
+                        {
+                            "name": "halt",
+                            "holdFor": "1s",
+                            "when": {"all": [{"gates": {"red": "all"}}]},
+                            "actions": {"pauseQueues": True},
+                        }
+                    ]
+                },
+            ),
+        )
+        st = await wait_policy(kube, "halt", lambda s: level(s) == 1, operator=operator, what="level 1")
+        assert st["escalation"]["pausedQueues"] == ["orders"], st["escalation"]
+        assert await redis_client.hexists("bull:orders:meta", "paused")
+        assert metric(await scrape(port), "requeue_escalation_level", namespace="default", policy="halt") == 1
+
+        await kube_delete(kube, "halt")
+        assert not await redis_client.hexists("bull:orders:meta", "paused")
+        assert await redis_client.hget("bull:reports:meta", "paused") == "1"
+        assert (
+            metric(await scrape(port), "requeue_escalation_level", namespace="default", policy="halt") is None
         )
