@@ -183,6 +183,9 @@ async def test_outage_walks_l1_l2_and_back_one_event_and_one_message_per_transit
         assert (
             metric(await scrape(port), "requeue_escalation_level", namespace="default", policy="visapi") == 2
         )
+        rows = (await kubectl(kube, "get", "qpol", "visapi")).splitlines()
+        assert rows[0].split() == ["NAME", "QUEUES", "HEALTHY", "ESCALATION", "AGE"], rows
+        assert rows[1].split()[3] == "L2", rows
         assert len(slack.messages) == 2 and "escalation raised to L2" in slack.messages[1]
         assert len(incident.messages) == 1 and "escalation raised to L2" in incident.messages[0]
         assert {n["channel"]: n["result"] for n in esc["notifications"]} == {

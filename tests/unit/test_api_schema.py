@@ -67,6 +67,7 @@ def test_crd_carries_names_columns_and_status_subresource() -> None:
     assert [c["name"] for c in policy["versions"][0]["additionalPrinterColumns"]] == [
         "Queues",
         "Healthy",
+        "Escalation",
         "Age",
     ]
 

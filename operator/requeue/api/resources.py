@@ -113,6 +113,11 @@ QueuePolicy.INFO = KindInfo(
             '.status.conditions[?(@.type=="Healthy")].status',
             description="All thresholds and gates fine.",
         ),
+        PrinterColumn(
+            "Escalation",
+            ".status.escalation.name",
+            description="The escalation level in force (spec.escalation); empty when none.",
+        ),
         _AGE,
     ),
 )
