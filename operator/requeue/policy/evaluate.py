@@ -47,9 +47,9 @@ from requeue.policy.archive import ArchivedClean, archived_clean, run_archived_c
 from requeue.policy.budget import ReplayBudget
 from requeue.policy.collect import collect
 from requeue.policy.decide import Decision, decide, queues_to_observe, settle
-from requeue.policy.job_series import export_finished
 from requeue.policy.escalation import export_level, with_results
 from requeue.policy.escalation_send import EscalationSender
+from requeue.policy.job_series import export_finished
 from requeue.policy.memory import load_memory, queue_save_memory
 from requeue.policy.observe import Observation, PolicyMemory
 from requeue.policy.series import export_observed, export_unobserved, forget_queues
