@@ -72,6 +72,7 @@ class BreachName(StrEnum):
     STALLED = "stalled"
     PROCESSING_STOPPED = "processingStopped"
     FAILED_GROWING = "failedGrowing"
+    LATENCY_P95 = "latencyP95"
 
 
 class GatesRed(StrEnum):
@@ -120,10 +121,10 @@ class BreachingCondition(ApiModel):
 
     kinds: list[Annotated[BreachName, Field(strict=False)]] = Field(
         default_factory=list,
-        max_length=6,
+        max_length=7,
         description=(
-            "Only these breaches (failed, waiting, failureRate, stalled, processingStopped, failedGrowing); "
-            "empty: any."
+            "Only these breaches (failed, waiting, failureRate, stalled, processingStopped, failedGrowing, "
+            "latencyP95); empty: any."
         ),
     )
     min_queues: int = Field(default=1, ge=1, le=500, description="In at least this many queues.")
