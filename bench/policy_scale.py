@@ -103,7 +103,11 @@ def seed_queues(url: str, count: int, jobs: int, waiting: int) -> dict[str, int]
     client = redis_sync.Redis.from_url(url)
     try:
         keys = [k.decode() for k in client.scan_iter(f"{PREFIX}:{TEMPLATE}:*", count=1000)]
-        dumps = {k: client.dump(k) for k in keys}
+        dumps: dict[str, bytes] = {}
+        for key in keys:
+            blob = client.dump(key)
+            if blob is not None:  # None: gone meanwhile (nothing else writes to this server)
+                dumps[key] = blob
         ttl = {k: max(0, int(client.pttl(k))) for k in keys}
         prefix = f"{PREFIX}:{TEMPLATE}:"
         for i in range(count):
