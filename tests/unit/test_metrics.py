@@ -90,6 +90,29 @@ def test_a_policy_that_cannot_observe_leaves_no_gauges_and_says_why_for_redis() 
     assert series_of(namespace="unit-a", kind="QueuePolicy") == []
 
 
+def test_a_queue_without_a_failure_rate_loses_its_ratio_series_and_only_it() -> None:
+    """No finished job in the window: no ratio rather than the last one; the other queue keeps its."""
+    ratio = "bullmq_queue_failure_ratio"
+    both = QueuePolicyStatus.model_validate(
+        {"queues": [{"name": "a", "failureRatePercent": 25.0}, {"name": "b", "failureRatePercent": 50.0}]}
+    )
+    export_observed("unit-d", "orders", both, ["a", "b"])
+    a = {"namespace": "unit-d", "policy": "orders", "queue": "a"}
+    b = {**a, "queue": "b"}
+    assert REGISTRY.get_sample_value(ratio, a) == 0.25
+    assert REGISTRY.get_sample_value(ratio, b) == 0.5
+
+    quiet_a = QueuePolicyStatus.model_validate(
+        {"queues": [{"name": "a"}, {"name": "b", "failureRatePercent": 50.0}]}
+    )
+    export_observed("unit-d", "orders", quiet_a, ["a", "b"])
+    assert REGISTRY.get_sample_value(ratio, a) is None
+    assert REGISTRY.get_sample_value(ratio, b) == 0.5
+    export_observed("unit-d", "orders", quiet_a, ["a", "b"])  # absent already: nothing to remove
+    assert REGISTRY.get_sample_value(ratio, a) is None
+    export_unobserved("unit-d", "orders", Reason.SECRET_NOT_FOUND)
+
+
 def test_a_deleted_policy_takes_its_counters_and_its_auto_replays_but_nothing_else() -> None:
     metrics.ACTIONS.labels("unit-b", "orders", "alert", "default").inc()
     ReplaySeries.of("unit-b", "orders-default-0123456789", policy="orders").count("default", "replayed", 3)

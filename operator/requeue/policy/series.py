@@ -17,6 +17,7 @@ Three rules keep the series honest:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from requeue.api.conditions import Reason
@@ -64,23 +65,27 @@ _STATES = ("waiting", "active", "completed", "failed", "delayed", "prioritized")
 def export_observed(namespace: str, policy: str, status: QueuePolicyStatus, observed: Sequence[str]) -> None:
     """Set the gauges of the queues just ``observed`` from ``status``, and Redis up."""
     REDIS_UP.labels(namespace, KIND_POLICY, policy).set(1)
+    # Label values by position (the metrics' label order: namespace, policy, queue[, state]) and
+    # the exact ``remove``: runs for every queue at every evaluation, so no keyword parsing and no
+    # ``remove_by_labels``, which scans every series of the gauge (quadratic in queues watched).
     for q in status.queues:
         if q.name not in observed:
             continue
-        labels = {"namespace": namespace, "policy": policy, "queue": q.name}
+        name = q.name
         for state in _STATES:
             value = getattr(q, state)
-            QUEUE_JOBS.labels(**labels, state=state).set(value)
-            QUEUE_DEPTH_LEGACY.labels(**labels, status=state).set(value)
-        QUEUE_PAUSED.labels(**labels).set(1 if q.paused else 0)
+            QUEUE_JOBS.labels(namespace, policy, name, state).set(value)
+            QUEUE_DEPTH_LEGACY.labels(namespace, policy, name, state).set(value)
+        QUEUE_PAUSED.labels(namespace, policy, name).set(1 if q.paused else 0)
         idle = 0.0
         if q.idle_since is not None and status.last_evaluated_at is not None:
             idle = max(0.0, (status.last_evaluated_at - q.idle_since).total_seconds())
-        QUEUE_IDLE_SECONDS.labels(**labels).set(idle)
+        QUEUE_IDLE_SECONDS.labels(namespace, policy, name).set(idle)
         if q.failure_rate_percent is not None:
-            QUEUE_FAILURE_RATIO.labels(**labels).set(q.failure_rate_percent / 100)
+            QUEUE_FAILURE_RATIO.labels(namespace, policy, name).set(q.failure_rate_percent / 100)
         else:
-            QUEUE_FAILURE_RATIO.remove_by_labels(labels)
+            with contextlib.suppress(KeyError):  # absent already (prometheus-client < 0.21 raises)
+                QUEUE_FAILURE_RATIO.remove(namespace, policy, name)
 
 
 def export_unobserved(namespace: str, policy: str, reason: Reason | str | None) -> None:
