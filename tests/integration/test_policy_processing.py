@@ -21,7 +21,7 @@ from requeue.policy.evaluate import BullQueueOps, EvaluationResult, PolicyRef, e
 from requeue.policy.memory import load_memory
 from requeue.policy.slack import SlackNotifier
 from requeue.queues import QueueKeys
-from requeue.queues.workers import count_workers, worker_bases
+from requeue.queues.workers import CLIENT_LIST, client_names, count_workers, worker_bases
 from requeue.secrets import StaticSecrets
 from support import async_wait_until
 from support.node import FailRule, NodeWorker, pause_queue, run_producer
@@ -206,6 +206,27 @@ def test_worker_connections_are_counted_as_bullmq_names_them() -> None:
         "x" + ":w:" * 50_000,
     ]
     assert count_workers(names, "bull", ["orders", "other"]) == {"orders": 4, "other": 1}
+
+
+async def test_connection_names_read_from_the_raw_client_list_are_redis_own(
+    redis_client: aioredis.Redis, redis_url: str
+) -> None:
+    """The names :func:`client_names` reads from ``CLIENT LIST`` as it came are the ones redis-py's
+    full parse gives, for named and unnamed connections, on text and bytes clients alike."""
+    node, _python = worker_bases("bull", "orders")
+    named = [aioredis.Redis.from_url(redis_url) for _ in range(3)]
+    try:
+        for client, name in zip(named, (node, f"{node}:w:pdf-1", "lib-name=x"), strict=True):
+            await client.client_setname(name)
+        expected = sorted(str(c.get("name", "")) for c in await redis_client.client_list())
+        raw = await redis_client.execute_command(*CLIENT_LIST)  # type: ignore[no-untyped-call]
+        assert sorted(client_names(raw)) == expected
+        assert sorted(client_names(raw.decode() if isinstance(raw, bytes) else raw)) == expected
+        assert {node, f"{node}:w:pdf-1", "lib-name=x", ""} <= set(expected)
+        assert count_workers(client_names(raw), "bull", ["orders"]) == {"orders": 2}
+    finally:
+        for client in named:
+            await client.aclose()
 
 
 async def test_failures_growing_is_judged_from_remembered_samples(

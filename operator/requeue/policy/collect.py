@@ -51,7 +51,7 @@ from requeue.policy.observe import ActiveJob, EventTally, Observation, PolicyMem
 from requeue.queues.adapter import queue_paused_read
 from requeue.queues.existence import existence_keys, list_queues, queue_not_found, redis_location
 from requeue.queues.keys import QueueKeys
-from requeue.queues.workers import count_workers
+from requeue.queues.workers import CLIENT_LIST, client_names, count_workers
 
 __all__ = ["DEFAULT_STALLED_SCAN_LIMIT", "CollectStats", "collect"]
 
@@ -267,7 +267,7 @@ async def _second_round(
     for q, job in timings:
         pipe.hmget(plan.keys[q].job(job.id), "name", "timestamp", "processedOn", "finishedOn")
     if quiet:
-        pipe.client_list()
+        pipe.execute_command(*CLIENT_LIST)  # as it came: only the names are read
     replies = await pipe.execute(raise_on_error=False)
     for reply in replies[: 2 * len(lookups)]:
         if isinstance(reply, Exception):
@@ -282,8 +282,7 @@ async def _second_round(
     finished = _with_times(plan, tallies, timings, replies[start : start + len(timings)])
     workers: dict[str, int] = {}
     if quiet and not isinstance(replies[-1], rx.RedisError):  # refused: the counts stay unknown
-        names = (_text(c.get("name")) for c in replies[-1])
-        workers = count_workers(names, plan.keys[quiet[0]].prefix, quiet)
+        workers = count_workers(client_names(replies[-1]), plan.keys[quiet[0]].prefix, quiet)
     commands = 2 * len(lookups) + len(timings) + (1 if quiet else 0)
     return _SecondRound({q: tuple(js) for q, js in jobs.items()}, workers, finished, 1, commands)
 
