@@ -10,8 +10,9 @@ one evaluation in-process; this script runs the whole operator as users do:
    rest, then ``--waiting`` jobs added and left waiting), and its keys are copied with
    ``DUMP``/``RESTORE`` under every queue name: each queue holds byte for byte what BullMQ
    wrote (job hashes, ``failed``/``completed``/``wait``, ``meta``, ``events`` stream).
-2. The devcluster API stand-in (what ``requeue demo`` and tests/e2e run on) in a thread of
-   this process, and ``requeue run --standalone -A --metrics-port ...`` as a subprocess
+2. The devcluster API stand-in (what ``requeue demo`` and tests/e2e run on) in a process of
+   its own, made light enough to keep up (:func:`lenient_crds`, :func:`_serve_cluster`), and
+   ``requeue run --standalone -A --metrics-port ...`` as a subprocess
    (tests/support/operator_proc.py's ``OperatorProcess``).
 3. ``N / --per-policy`` QueuePolicies of ``--per-policy`` queues each, created through
    the API: ``examples/policy.yaml``'s thresholds and actions (pause while gates fail,
