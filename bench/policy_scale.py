@@ -17,8 +17,8 @@ one evaluation in-process; this script runs the whole operator as users do:
 3. ``N / --per-policy`` QueuePolicies of ``--per-policy`` queues each, created through
    the API: ``examples/policy.yaml``'s thresholds and actions (pause while gates fail,
    auto replay, clean rules, Events), ``--interval`` (10 s), and a ``redis`` gate on the
-   policy's own Redis (``--gate none`` for none; the example's Postgres gate and Slack
-   webhook are left out: nothing to reach here).
+   policy's own Redis (``--gate none`` for none; the example's Postgres gate, Slack
+   webhook, archive and escalation levels are left out: nothing to reach here).
 4. Waits until every policy has been evaluated ``--settle`` times (kopf has started every
    daemon, the memories are loaded), then measures over ``--window`` seconds:
 
