@@ -37,9 +37,9 @@ class KubeSecrets:
     @property
     def api(self) -> Any:
         if self._api is None:
-            from kubernetes import client
+            from requeue.k8s.client import core_v1
 
-            self._api = client.CoreV1Api()
+            self._api = core_v1()
         return self._api
 
     async def get(self, ref: SecretKeyRef) -> str:
