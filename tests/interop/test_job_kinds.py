@@ -51,7 +51,9 @@ async def replay(redis_url: str, queue: str, ids: list[str], tmp_path: Path) -> 
     return status
 
 
-async def flow(redis_url: str, queue: str, major: int, children: list[dict[str, Any]]) -> tuple[str, list[str]]:
+async def flow(
+    redis_url: str, queue: str, major: int, children: list[dict[str, Any]]
+) -> tuple[str, list[str]]:
     out = await kinds(redis_url, queue, major, "flow", children=children)
     return str(out["parent"]), [str(c) for c in out["children"]]
 
@@ -85,3 +87,112 @@ async def test_failed_flow_child_replayed_then_parent_completes(
         finals = await worker.wait_for_final([bad_child, parent])
     assert (finals[bad_child].outcome, finals[parent].outcome) == ("completed", "completed")
     assert [p.id for p in worker.processed] == [bad_child, parent]
+
+
+async def parent_links(redis: aredis.Redis, k: str, parent: str, roles: dict[str, str]) -> dict[str, Any]:
+    """Where the parent holds its children (by role): open, processed, failed/ignored, unsuccessful."""
+
+    def role(key: str) -> str:
+        return roles[key.rsplit(":", 1)[1]]
+
+    pk = f"{k}:{parent}"
+    return {
+        "dependencies": sorted(role(x) for x in await redis.smembers(f"{pk}:dependencies")),
+        "processed": sorted(role(x) for x in await redis.hkeys(f"{pk}:processed")),
+        "failed": sorted(role(x) for x in await redis.hkeys(f"{pk}:failed")),
+        "unsuccessful": sorted(role(x) for x in await redis.zrange(f"{pk}:unsuccessful", 0, -1)),
+    }
+
+
+async def retried_flow(
+    redis_url: str,
+    redis: aredis.Redis,
+    tmp_path: Path,
+    *,
+    major: int,
+    qname: str,
+    child_opts: dict[str, Any],
+    by: str,
+) -> list[dict[str, Any]]:
+    """A parent with one healthy child and one failing child (``child_opts``); after the first
+    worker run the failing child is retried ``by`` "node" (``Job.retry``) or "requeue"
+    (``requeue replay``), then a healthy worker runs. Returns what a user sees (states by role
+    and the parent's links) after the failure, after the retry and after the second run."""
+    parent, (ok_child, bad_child) = await flow(
+        redis_url,
+        qname,
+        major,
+        [
+            {"name": "child", "data": {"n": 1}},
+            {"name": "child", "data": {"n": 2, "fail": True}, "opts": child_opts},
+        ],
+    )
+    roles = {parent: "parent", ok_child: "ok_child", bad_child: "bad_child"}
+    k = f"bull:{qname}"
+
+    async def seen() -> dict[str, Any]:
+        by_id = await states(redis_url, qname, major, list(roles))
+        return {
+            "states": {roles[i]: s for i, s in by_id.items()},
+            "links": await parent_links(redis, k, parent, roles),
+            "failed_set": sorted(roles[i] for i in await redis.zrange(f"{k}:failed", 0, -1)),
+        }
+
+    async with NodeWorker(redis_url, qname, major=major, fail=FAIL_MARKED) as worker:
+        await worker.wait_for_final([ok_child, bad_child])
+        if child_opts.get("ignoreDependencyOnFailure"):
+            await worker.wait_for_final([parent])  # the parent goes on without the child
+    after_failure = await seen()
+
+    if by == "node":
+        out = await kinds(redis_url, qname, major, "retry", ids=[bad_child])
+        assert out["results"] == {bad_child: "ok"}
+    else:
+        status = await replay(redis_url, qname, [bad_child], tmp_path)
+        assert (status["phase"], status["replayed"]) == ("Succeeded", 1), status
+    after_retry = await seen()
+
+    async with NodeWorker(redis_url, qname, major=major) as worker:
+        await worker.wait_for_final([bad_child])
+        if after_retry["states"]["parent"] == "waiting-children":
+            await worker.wait_for_final([parent])
+    return [after_failure, after_retry, await seen()]
+
+
+@pytest.mark.parametrize("major", MAJORS)
+@pytest.mark.parametrize("option", ["failParentOnFailure", "ignoreDependencyOnFailure"])
+async def test_flow_child_option_replay_matches_bullmq_job_retry(
+    major: int, option: str, redis_url: str, redis_client: aredis.Redis, tmp_path: Path
+) -> None:
+    """The same flow twice: Node's ``Job.retry`` on one, ``requeue replay`` on the other; every
+    state a user can see is the same at every step."""
+    child_opts = {option: True}
+    by_node = await retried_flow(
+        redis_url,
+        redis_client,
+        tmp_path,
+        major=major,
+        qname=f"{option}-node-{major}",
+        child_opts=child_opts,
+        by="node",
+    )
+    by_requeue = await retried_flow(
+        redis_url,
+        redis_client,
+        tmp_path,
+        major=major,
+        qname=f"{option}-rq-{major}",
+        child_opts=child_opts,
+        by="requeue",
+    )
+    assert by_requeue == by_node
+    if option == "failParentOnFailure":  # the parent failed with the child; retrying the child
+        assert by_node[0]["states"]["parent"] == "failed"  # does not bring the parent back
+        assert by_node[2]["states"] == {"parent": "failed", "ok_child": "completed", "bad_child": "completed"}
+    else:  # the parent went on without the child and completed; the child runs again alone
+        assert by_node[0]["states"]["parent"] == "completed"
+        assert by_node[2]["states"] == {
+            "parent": "completed",
+            "ok_child": "completed",
+            "bad_child": "completed",
+        }
