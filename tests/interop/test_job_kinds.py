@@ -196,3 +196,68 @@ async def test_flow_child_option_replay_matches_bullmq_job_retry(
             "ok_child": "completed",
             "bad_child": "completed",
         }
+
+
+async def deduplicated_retry(
+    redis_url: str, redis: aredis.Redis, tmp_path: Path, *, major: int, qname: str, by: str
+) -> dict[str, Any]:
+    """A deduplicated job (``deduplication: {id}``) fails, is retried ``by`` "node" or "requeue";
+    then the app adds the same deduplication id again while the retried job waits, and once
+    more after it completed. Returns what BullMQ did with each later add."""
+    k = f"bull:{qname}"
+    dedup = {"deduplication": {"id": "otp-4915"}}
+    first = str(
+        (await kinds(redis_url, qname, major, "add", name="otp", data={"fail": True}, opts=dedup))["id"]
+    )
+    async with NodeWorker(redis_url, qname, major=major, fail=FAIL_MARKED) as worker:
+        await worker.wait_for_final([first])
+    key_after_failure = await redis.get(f"{k}:de:otp-4915")
+
+    if by == "node":
+        assert (await kinds(redis_url, qname, major, "retry", ids=[first]))["results"] == {first: "ok"}
+    else:
+        status = await replay(redis_url, qname, [first], tmp_path)
+        assert (status["phase"], status["replayed"]) == ("Succeeded", 1), status
+
+    while_waiting = str(
+        (await kinds(redis_url, qname, major, "add", name="otp", data={"n": 2}, opts=dedup))["id"]
+    )
+    wait_list = await redis.lrange(f"{k}:wait", 0, -1)
+    run_ids = [first] if while_waiting == first else [first, while_waiting]
+    async with NodeWorker(redis_url, qname, major=major) as worker:
+        finals = await worker.wait_for_final(run_ids)
+    after = str((await kinds(redis_url, qname, major, "add", name="otp", data={"n": 3}, opts=dedup))["id"])
+    again = str((await kinds(redis_url, qname, major, "add", name="otp", data={"n": 4}, opts=dedup))["id"])
+    return {
+        "key_after_failure": key_after_failure,
+        "deduplicated_while_waiting": while_waiting == first,
+        "wait_list": ["first" if i == first else "new" for i in wait_list],
+        "outcomes": sorted(f.outcome for f in finals.values()),
+        "deduplicated_after_completion": after in (first, while_waiting),
+        "later_add_deduplicated_by_the_next": again == after,
+    }
+
+
+@pytest.mark.parametrize("major", MAJORS)
+async def test_deduplicated_job_replay_keeps_bullmq_deduplication_as_job_retry_does(
+    major: int, redis_url: str, redis_client: aredis.Redis, tmp_path: Path
+) -> None:
+    by_node = await deduplicated_retry(
+        redis_url, redis_client, tmp_path, major=major, qname=f"dedup-node-{major}", by="node"
+    )
+    by_requeue = await deduplicated_retry(
+        redis_url, redis_client, tmp_path, major=major, qname=f"dedup-rq-{major}", by="requeue"
+    )
+    assert by_requeue == by_node
+    # What BullMQ does, and so what requeue does: the failure deleted the deduplication key
+    # (BullMQ frees the id when a job finishes), and a retry does not set it again; so an add
+    # with the same id while the retried job waits is NOT deduplicated: both run. Later jobs
+    # are deduplicated among themselves as before (the id is BullMQ's again).
+    assert by_node == {
+        "key_after_failure": None,
+        "deduplicated_while_waiting": False,
+        "wait_list": ["new", "first"],
+        "outcomes": ["completed", "completed"],
+        "deduplicated_after_completion": False,
+        "later_add_deduplicated_by_the_next": True,
+    }
