@@ -261,3 +261,42 @@ async def test_deduplicated_job_replay_keeps_bullmq_deduplication_as_job_retry_d
         "deduplicated_after_completion": False,
         "later_add_deduplicated_by_the_next": True,
     }
+
+
+@pytest.mark.parametrize("major", MAJORS)
+async def test_failed_job_scheduler_runs_replay_and_the_scheduler_keeps_producing(
+    major: int, redis_url: str, redis_client: aredis.Redis, tmp_path: Path
+) -> None:
+    qname = f"sched-{major}"
+    k = f"bull:{qname}"
+    await kinds(
+        redis_url,
+        qname,
+        major,
+        "scheduler",
+        schedulerId="digest-every-300ms",
+        repeat={"every": 300},
+        name="digest",
+        data={"fail": True},
+    )
+    async with NodeWorker(redis_url, qname, major=major, fail=FAIL_MARKED) as worker:
+        await worker.wait_for(2, timeout_s=30)
+    failed = await redis_client.zrange(f"{k}:failed", 0, -1)
+    assert len(failed) >= 2 and all(i.startswith("repeat:digest-every-300ms:") for i in failed), failed
+
+    status = await replay(redis_url, qname, failed, tmp_path)
+    assert (status["phase"], status["matched"], status["replayed"]) == ("Succeeded", len(failed), len(failed))
+    assert await redis_client.zcard(f"{k}:failed") == 0
+
+    # healthy again: the replayed runs complete once each, and the scheduler goes on adding runs
+    async with NodeWorker(redis_url, qname, major=major) as worker:
+        finals = await worker.wait_for_final(failed)
+        await worker.wait_for(len(failed) + 2, timeout_s=30)
+    assert all(finals[i].outcome == "completed" for i in failed)
+    runs = [p.id for p in worker.processed]
+    assert sorted(i for i in runs if i in failed) == sorted(failed)  # each replayed run once
+    fresh = [p for p in worker.processed if p.id not in failed]
+    assert len(fresh) >= 2 and all(p.outcome == "completed" and p.name == "digest" for p in fresh)
+    assert len(set(runs)) == len(runs)
+    schedulers = (await kinds(redis_url, qname, major, "schedulers"))["ids"]
+    assert schedulers == ["digest-every-300ms"]
