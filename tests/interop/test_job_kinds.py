@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aredis
 
 from support.cli import acli, write_manifest
-from support.node import MAJORS, FailRule, NodeWorker, run_node_script
+from support.node import MAJORS, FailRule, NodeWorker, run_node_script, run_producer
 
 pytestmark = pytest.mark.interop
 
@@ -89,6 +89,19 @@ async def test_failed_flow_child_replayed_then_parent_completes(
     assert [p.id for p in worker.processed] == [bad_child, parent]
 
 
+async def members(redis: aredis.Redis, key: str, kind: str = "zset") -> list[str]:
+    """A zset's members in order, a list's items, a set's members or a hash's fields, as str."""
+    if kind == "zset":
+        raw: Any = await redis.zrange(key, 0, -1)
+    elif kind == "list":
+        raw = await redis.lrange(key, 0, -1)
+    elif kind == "set":
+        raw = sorted(await redis.smembers(key))
+    else:
+        raw = await redis.hkeys(key)
+    return [str(x) for x in raw]
+
+
 async def parent_links(redis: aredis.Redis, k: str, parent: str, roles: dict[str, str]) -> dict[str, Any]:
     """Where the parent holds its children (by role): open, processed, failed/ignored, unsuccessful."""
 
@@ -97,10 +110,10 @@ async def parent_links(redis: aredis.Redis, k: str, parent: str, roles: dict[str
 
     pk = f"{k}:{parent}"
     return {
-        "dependencies": sorted(role(x) for x in await redis.smembers(f"{pk}:dependencies")),
-        "processed": sorted(role(x) for x in await redis.hkeys(f"{pk}:processed")),
-        "failed": sorted(role(x) for x in await redis.hkeys(f"{pk}:failed")),
-        "unsuccessful": sorted(role(x) for x in await redis.zrange(f"{pk}:unsuccessful", 0, -1)),
+        "dependencies": sorted(role(x) for x in await members(redis, f"{pk}:dependencies", "set")),
+        "processed": sorted(role(x) for x in await members(redis, f"{pk}:processed", "hash")),
+        "failed": sorted(role(x) for x in await members(redis, f"{pk}:failed", "hash")),
+        "unsuccessful": sorted(role(x) for x in await members(redis, f"{pk}:unsuccessful")),
     }
 
 
@@ -135,7 +148,7 @@ async def retried_flow(
         return {
             "states": {roles[i]: s for i, s in by_id.items()},
             "links": await parent_links(redis, k, parent, roles),
-            "failed_set": sorted(roles[i] for i in await redis.zrange(f"{k}:failed", 0, -1)),
+            "failed_set": sorted(roles[i] for i in await members(redis, f"{k}:failed")),
         }
 
     async with NodeWorker(redis_url, qname, major=major, fail=FAIL_MARKED) as worker:
@@ -222,7 +235,7 @@ async def deduplicated_retry(
     while_waiting = str(
         (await kinds(redis_url, qname, major, "add", name="otp", data={"n": 2}, opts=dedup))["id"]
     )
-    wait_list = await redis.lrange(f"{k}:wait", 0, -1)
+    wait_list = await members(redis, f"{k}:wait", "list")
     run_ids = [first] if while_waiting == first else [first, while_waiting]
     async with NodeWorker(redis_url, qname, major=major) as worker:
         finals = await worker.wait_for_final(run_ids)
@@ -281,7 +294,7 @@ async def test_failed_job_scheduler_runs_replay_and_the_scheduler_keeps_producin
     )
     async with NodeWorker(redis_url, qname, major=major, fail=FAIL_MARKED) as worker:
         await worker.wait_for(2, timeout_s=30)
-    failed = await redis_client.zrange(f"{k}:failed", 0, -1)
+    failed = await members(redis_client, f"{k}:failed")
     assert len(failed) >= 2 and all(i.startswith("repeat:digest-every-300ms:") for i in failed), failed
 
     status = await replay(redis_url, qname, failed, tmp_path)
@@ -300,3 +313,103 @@ async def test_failed_job_scheduler_runs_replay_and_the_scheduler_keeps_producin
     assert len(set(runs)) == len(runs)
     schedulers = (await kinds(redis_url, qname, major, "schedulers"))["ids"]
     assert schedulers == ["digest-every-300ms"]
+
+
+def big_payload() -> str:
+    """1 MiB of text that is not one repeated byte: every BMP range JSON escapes or not."""
+    chars = "".join(chr(c) for c in range(0x20, 0x2FF) if chr(c) not in '"\\') + "\u00e4\u20ac\U0001f4e6\n\t"
+    out = (chars * (2**20 // len(chars) + 1))[: 2**20]
+    return out
+
+
+OPTION_JOBS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "lifo": {"lifo": True},
+    "priority5": {"priority": 5},
+    "priority1": {"priority": 1},
+    "backoff": {"attempts": 2, "backoff": {"type": "fixed", "delay": 50}},
+    "plain2": {},
+}
+
+
+async def retried_options(
+    redis_url: str, redis: aredis.Redis, tmp_path: Path, *, major: int, qname: str, by: str, blob: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Jobs with each option (and a 1 MiB payload) fail; all are retried ``by`` "node" (``Job.retry``
+    in failed-set order) or "requeue"; returns where they landed and the order a worker ran them."""
+    specs = [
+        {"name": role, "data": {"fail": True, "role": role}, "opts": opts}
+        for role, opts in OPTION_JOBS.items()
+    ]
+    specs.append({"name": "big", "data": {"fail": True, "role": "big", "blob": blob}, "opts": {}})
+    ids = await run_producer(redis_url, qname, specs, major=major)
+    roles = {i: str(s["name"]) for i, s in zip(ids, specs, strict=True)}
+    k = f"bull:{qname}"
+    async with NodeWorker(redis_url, qname, major=major, fail=FAIL_MARKED) as worker:
+        finals = await worker.wait_for_final(ids)
+    assert all(f.outcome == "failed" for f in finals.values())
+    assert finals[next(i for i, r in roles.items() if r == "backoff")].attempts_made == 2
+    failed = await members(redis, f"{k}:failed")
+    data_before = {roles[i]: str(await redis.hget(f"{k}:{i}", "data")) for i in ids}
+
+    if by == "node":
+        out = await kinds(redis_url, qname, major, "retry", ids=failed)
+        assert out["results"] == dict.fromkeys(failed, "ok")
+    else:
+        status = await replay(redis_url, qname, failed, tmp_path)
+        assert (status["phase"], status["replayed"]) == ("Succeeded", len(ids)), status
+    landed: dict[str, Any] = {
+        "failed_order": [roles[i] for i in failed],
+        "wait": [roles[i] for i in await members(redis, f"{k}:wait", "list")],
+        "prioritized": [roles[i] for i in await members(redis, f"{k}:prioritized")],
+        "data_unchanged": {
+            roles[i]: str(await redis.hget(f"{k}:{i}", "data")) == data_before[roles[i]] for i in ids
+        },
+    }
+    async with NodeWorker(redis_url, qname, major=major) as worker:
+        finals = await worker.wait_for_final(ids)
+    landed["ran"] = [roles[p.id] for p in worker.processed]
+    landed["outcomes"] = {roles[i]: (f.outcome, f.attempts_made) for i, f in finals.items()}
+    ran_data = {roles[i]: f.data for i, f in finals.items()}
+    assert ran_data["big"]["blob"] == blob  # the 1 MiB payload reached the worker byte for byte
+    return landed, data_before
+
+
+@pytest.mark.parametrize("major", MAJORS)
+async def test_priority_lifo_backoff_and_1mb_jobs_land_where_job_retry_puts_them(
+    major: int, redis_url: str, redis_client: aredis.Redis, tmp_path: Path
+) -> None:
+    blob = big_payload()
+    by_node, _ = await retried_options(
+        redis_url, redis_client, tmp_path, major=major, qname=f"opts-node-{major}", by="node", blob=blob
+    )
+    by_requeue, data = await retried_options(
+        redis_url, redis_client, tmp_path, major=major, qname=f"opts-rq-{major}", by="requeue", blob=blob
+    )
+    # requeue: BullMQ 6's reprocessJob on both majors, so priority jobs go back to
+    # prioritized, by priority, behind the plain ones (a worker takes wait first)
+    assert by_requeue["prioritized"] == ["priority1", "priority5"]
+    priority = {"priority1", "priority5"}
+    # each job LPUSHed in failed-set order, the LIFO one RPUSHed: it is the next one taken
+    plain = [r for r in by_requeue["failed_order"] if r not in priority and r != "lifo"]
+    assert by_requeue["wait"] == [*reversed(plain), "lifo"]
+    assert by_requeue["ran"] == ["lifo", *plain, "priority1", "priority5"]
+    assert all(by_requeue["data_unchanged"].values())
+    assert json.loads(data["big"])["blob"] == blob
+    # attempts reset: the backoff job (attempts 2) had a fresh budget and completed first time
+    assert by_requeue["outcomes"] == dict.fromkeys(by_requeue["outcomes"], ("completed", 1))
+    same = ("wait", "prioritized", "ran", "failed_order")
+    assert {k: v for k, v in by_node.items() if k not in same} == {
+        k: v for k, v in by_requeue.items() if k not in same
+    }
+    node_plain = [r for r in by_node["failed_order"] if r not in priority and r != "lifo"]
+    if major == 6:  # exactly where Job.retry puts them
+        assert by_node["prioritized"] == ["priority1", "priority5"]
+        assert by_node["wait"] == [*reversed(node_plain), "lifo"]
+    else:
+        # BullMQ 5's own Job.retry (reprocessJob-8) drops the priority: its priority jobs go to
+        # wait like plain ones. requeue keeps them prioritized (BullMQ 5 workers consume
+        # prioritized too); everything else is the same.
+        assert by_node["prioritized"] == []
+        node_all = [r for r in by_node["failed_order"] if r != "lifo"]
+        assert by_node["wait"] == [*reversed(node_all), "lifo"]

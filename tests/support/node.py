@@ -133,6 +133,10 @@ FIX = "run `npm ci --prefix tests/interop` (Node.js >= 20 and npm on PATH)"
 
 JsonObj = dict[str, Any]
 
+#: Longest JSON line read from a Node script: a worker echoes each job's data, and a 1 MiB
+#: payload (tests/interop/test_job_kinds.py) is far past asyncio's 64 KiB default.
+LINE_LIMIT = 16 * 2**20
+
 
 class NodeInteropUnavailable(RuntimeError):
     """Node.js or the pinned npm packages are missing; the message has the fix."""
@@ -206,6 +210,7 @@ async def run_node_script(
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        limit=LINE_LIMIT,
     )
     try:
         stdout, stderr = await asyncio.wait_for(proc.communicate(json.dumps(dict(args)).encode()), timeout_s)
@@ -460,6 +465,7 @@ class NodeWorker:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            limit=LINE_LIMIT,
         )
         self._tasks = [
             asyncio.create_task(self._read_stdout()),
