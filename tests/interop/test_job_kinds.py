@@ -413,3 +413,44 @@ async def test_priority_lifo_backoff_and_1mb_jobs_land_where_job_retry_puts_them
         assert by_node["prioritized"] == []
         node_all = [r for r in by_node["failed_order"] if r != "lifo"]
         assert by_node["wait"] == [*reversed(node_all), "lifo"]
+
+
+@pytest.mark.parametrize("major", MAJORS)
+async def test_jobs_job_retry_refuses_are_refused_counted_and_named(
+    major: int, redis_url: str, redis_client: aredis.Redis, tmp_path: Path
+) -> None:
+    """A completed job, an id with no job, and a flow parent waiting for its failed child:
+    BullMQ's ``Job.retry`` refuses each; ``requeue replay`` leaves each alone too, counts it in
+    ``notFailed``, names it in ``notFailedIds`` and moves only the failed one."""
+    qname = f"refuse-{major}"
+    k = f"bull:{qname}"
+    failed_id, completed_id = await run_producer(
+        redis_url,
+        qname,
+        [{"name": "a", "data": {"fail": True}, "opts": {}}, {"name": "b", "data": {}, "opts": {}}],
+        major=major,
+    )
+    parent, (child,) = await flow(redis_url, qname, major, [{"name": "c", "data": {"fail": True}}])
+    async with NodeWorker(redis_url, qname, major=major, fail=FAIL_MARKED) as worker:
+        await worker.wait_for_final([failed_id, completed_id, child])
+    assert await states(redis_url, qname, major, [parent, completed_id]) == {
+        parent: "waiting-children",
+        completed_id: "completed",
+    }
+    refused = [completed_id, "no-such-job", parent]
+
+    by_node = (await kinds(redis_url, qname, major, "retry", ids=refused))["results"]
+    assert by_node[completed_id] == f"Job {completed_id} is not in the failed state. reprocessJob"
+    assert by_node[parent] == f"Job {parent} is not in the failed state. reprocessJob"
+    assert by_node["no-such-job"] == "no such job"  # Job.fromId finds nothing to retry
+
+    status = await replay(redis_url, qname, [failed_id, *refused], tmp_path)
+    assert (status["phase"], status["matched"], status["replayed"]) == ("Succeeded", 1, 1)
+    assert status["notFailed"] == 3
+    assert sorted(status["notFailedIds"]) == sorted(refused)
+    assert await members(redis_client, f"{k}:wait", "list") == [failed_id]
+    assert await states(redis_url, qname, major, [parent, completed_id, child]) == {
+        parent: "waiting-children",
+        completed_id: "completed",
+        child: "failed",
+    }
