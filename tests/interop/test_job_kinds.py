@@ -5,6 +5,14 @@ priority, LIFO, backoff, a 1 MB payload); ``requeue replay`` replays them by id;
 of the same major then runs them. Where BullMQ's own ``Job.retry`` is the reference, the same
 arrangement is made twice in one test, one copy retried by Node, the other replayed by requeue,
 and the states compared.
+
+What they show (BullMQ 5.81 and 6.7): requeue moves each kind through BullMQ's own
+``reprocessJob``/``moveJobsToWait``, which put a flow child back among its parent's open
+dependencies exactly as ``Job.retry`` does. Two consequences of BullMQ's design, not of
+requeue's, are asserted so nobody is surprised: a ``failParentOnFailure`` parent stays failed
+when its child is replayed, and a deduplicated job's id is free once it failed, so a replay does
+not deduplicate a new add with that id. The one deliberate difference: BullMQ 5's ``Job.retry``
+drops a job's priority, requeue keeps it (BullMQ 6's script, which BullMQ 5 workers read).
 """
 
 from __future__ import annotations
