@@ -12,6 +12,7 @@ import click
 
 from requeue.api.crd import write_chart_crds, write_crds
 from requeue.api.docs import render_reference
+from requeue.api.jsonpath import JsonPath, JsonPathError, parse_json_path
 
 FC = TypeVar("FC", bound=Callable[..., object])
 
@@ -348,6 +349,16 @@ def replay(
     )
 
 
+def _json_path_option(ctx: click.Context, param: click.Parameter, value: str | None) -> JsonPath | None:
+    """Parse a JSON path option; a path outside the subset is a usage error naming the problem."""
+    if value is None:
+        return None
+    try:
+        return parse_json_path(value)
+    except JsonPathError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
 @main.command(cls=JsonErrorsCommand)
 @redis_url_option(required=True, help="Redis URL [env REQUEUE_REDIS_URL].")
 @click.option("--queue", required=True, help="BullMQ queue name.")
@@ -384,6 +395,24 @@ def replay(
     show_default=True,
     help="Jobs listed at most with --name/--reason.",
 )
+@click.option(
+    "--duplicates",
+    is_flag=True,
+    help="List duplicate waiting jobs instead: job ids listed more than once in wait/paused/prioritized.",
+)
+@click.option(
+    "--business-key",
+    metavar="PATH",
+    callback=_json_path_option,
+    help="With --duplicates: also jobs with the same value at this JSON path of their data, e.g. $.orderId.",
+)
+@click.option(
+    "--max-jobs",
+    type=click.IntRange(min=1, max=100_000),
+    default=1000,
+    show_default=True,
+    help="With --duplicates: job ids read per list (the newest).",
+)
 @connect_timeout_option()
 @no_color_option()
 def inspect(
@@ -397,12 +426,16 @@ def inspect(
     job_name: str | None,
     reason: str | None,
     limit: int,
+    duplicates: bool,
+    business_key: JsonPath | None,
+    max_jobs: int,
     connect_timeout: float,
     no_color: bool,
 ) -> None:
     """What is in a queue's failed set: by job name, normalised failure reason and hour. Read-only.
 
-    --job ID shows one job; --name and/or --reason list the failed jobs of one group.
+    --job ID shows one job; --name and/or --reason list the failed jobs of one group;
+    --duplicates lists duplicate waiting jobs (by id, and with --business-key by a JSON path).
 
     Exit codes: 0 done, 2 queue not found (no BullMQ key under the prefix), job not
     found, or a usage error, 3 Redis unreachable (retried for --connect-timeout) or
@@ -411,6 +444,25 @@ def inspect(
     """
     if job_id is not None and (job_name is not None or reason is not None):
         raise click.UsageError("use either --job or --name/--reason, not both")
+    if business_key is not None and not duplicates:
+        raise click.UsageError("--business-key needs --duplicates")
+    if duplicates:
+        if job_id is not None or job_name is not None or reason is not None:
+            raise click.UsageError("use either --duplicates or --job/--name/--reason, not both")
+        from requeue.commands.inspect_duplicates_cmd import run_inspect_duplicates
+
+        sys.exit(
+            run_inspect_duplicates(
+                redis_url=redis_url,
+                queue=queue,
+                prefix=prefix,
+                business_key=business_key,
+                max_jobs=max_jobs,
+                top=top,
+                output="json" if output == "json" else "text",
+                connect_timeout=connect_timeout,
+            )
+        )
     if job_id is not None or job_name is not None or reason is not None:
         from requeue.commands.job_cmd import run_job_list, run_job_view
 

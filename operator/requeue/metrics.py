@@ -94,6 +94,13 @@ QUEUE_IDLE_SECONDS = Gauge(
     "processing stopped when it passes the policy's thresholds.stalledFor.",
     ["namespace", "policy", "queue"],
 )
+QUEUE_DUPLICATE_JOBS = Gauge(
+    "bullmq_queue_duplicate_jobs",
+    "Duplicate waiting jobs found by the policy's spec.duplicates among the ids it reads (bounded by "
+    "maxJobs per list): kind=id counts job ids listed more than once in wait/paused/prioritized, "
+    "kind=business_key counts businessKey values held by more than one waiting job.",
+    ["namespace", "policy", "queue", "kind"],
+)
 #: Buckets of the job latency and processing histograms: 50 ms to 1 h, 30 s (the runbook's p95
 #: alert) among them.
 JOB_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
@@ -144,4 +151,11 @@ ESCALATION_LEVEL = Gauge(
 JOB_SERIES = (JOB_LATENCY_SECONDS, JOB_PROCESSING_SECONDS, JOBS_FINISHED)
 
 #: The gauges a QueuePolicy sets per queue; removed when it cannot observe them.
-QUEUE_GAUGES = (QUEUE_JOBS, QUEUE_FAILURE_RATIO, QUEUE_PAUSED, QUEUE_DEPTH_LEGACY, QUEUE_IDLE_SECONDS)
+QUEUE_GAUGES = (
+    QUEUE_JOBS,
+    QUEUE_FAILURE_RATIO,
+    QUEUE_PAUSED,
+    QUEUE_DEPTH_LEGACY,
+    QUEUE_IDLE_SECONDS,
+    QUEUE_DUPLICATE_JOBS,
+)

@@ -148,6 +148,7 @@ class Reason(StrEnum):
     PROCESSING_STOPPED = "ProcessingStopped"
     FAILED_GROWING = "FailedGrowing"
     LATENCY_ABOVE_THRESHOLD = "LatencyAboveThreshold"
+    DUPLICATE_JOBS = "DuplicateJobs"
     # -- why processing stopped (.status.queues[].processingStopped.reason; PausedByOthers too)
     WORKERS_DOWN = "WorkersDown"
     WORKERS_STUCK = "WorkersStuck"
@@ -274,6 +275,8 @@ REASON_DOCS: dict[Reason, str] = {
     "and rose over the window.",
     Reason.LATENCY_ABOVE_THRESHOLD: "Healthy is False: the 95th percentile of a queue's job latency "
     "(added to finished) over the window is above thresholds.latencyP95.",
+    Reason.DUPLICATE_JOBS: "Event: a queue has duplicate waiting jobs (a job id listed twice, or two jobs "
+    "with the same spec.duplicates.businessKey); .status.queues[].duplicates lists a sample.",
     Reason.WORKERS_DOWN: "processingStopped: no worker is connected to the queue (or, where CLIENT LIST "
     "is refused, no job is active).",
     Reason.WORKERS_STUCK: "processingStopped: workers hold active jobs that do not finish.",

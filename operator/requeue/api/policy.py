@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from requeue.api.archive import ArchiveSpec
 from requeue.api.base import (
@@ -22,6 +22,7 @@ from requeue.api.base import (
 from requeue.api.common import Rate, RedisConnection, Selector
 from requeue.api.escalation import EscalationSpec, EscalationStatus, missing_thresholds, threshold_cel_rules
 from requeue.api.gates import GatePolicy, GateSpec, GateStatus
+from requeue.api.jsonpath import MAX_PATH_LENGTH, PATH_PATTERN, parse_json_path
 from requeue.api.replay import Verify
 
 
@@ -166,6 +167,50 @@ class PolicyMetrics(ApiModel):
     )
 
 
+#: :data:`PATH_PATTERN` inside a CEL string literal (backslashes escaped).
+_CEL_PATH_PATTERN = PATH_PATTERN.replace("\\", "\\\\")
+
+
+class DuplicatesSpec(ApiModel):
+    """Look for duplicate jobs among those waiting (the runbook's "Duplicate jobs in queue")."""
+
+    business_key: str | None = Field(
+        default=None,
+        description=(
+            "JSON path into the job data naming a job's business identity, e.g. $.orderId (only .name and "
+            "[index] steps, as selector.dedupeBy). Two waiting jobs with the same value there are duplicates "
+            "by key. Unset: only job ids listed twice are looked for."
+        ),
+        json_schema_extra={
+            "maxLength": MAX_PATH_LENGTH,
+            **cel_rules(
+                (
+                    f"self.matches('{_CEL_PATH_PATTERN}')",
+                    "businessKey must be a JSON path made of $ and .name or [index] steps, e.g. $.orderId "
+                    "(no wildcards, filters or quotes)",
+                )
+            ),
+        },
+    )
+    max_jobs: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description=(
+            "Job ids read per list (wait, paused, prioritized) and queue at each evaluation: the newest of "
+            "wait and paused, the next to run of prioritized. Jobs beyond are not checked; with businessKey, "
+            "one HGET per id read."
+        ),
+    )
+
+    @field_validator("business_key")
+    @classmethod
+    def _supported_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_json_path(value)
+        return value
+
+
 class QueuePolicySpec(ApiModel):
     """A standing policy over one or more queues of one Redis."""
 
@@ -197,6 +242,14 @@ class QueuePolicySpec(ApiModel):
     escalation: EscalationSpec | None = Field(
         default=None,
         description="Escalation levels (the runbook's levels 1-3): conditions, hold time, actions.",
+    )
+    duplicates: DuplicatesSpec | None = Field(
+        default=None,
+        description=(
+            "Look for duplicate jobs waiting: ids listed twice and, with businessKey, jobs with the same "
+            "key (.status.queues[].duplicates, a Warning Event, bullmq_queue_duplicate_jobs). "
+            "Unset: not looked for."
+        ),
     )
 
     @model_validator(mode="after")
@@ -244,6 +297,26 @@ class StuckJob(StatusModel):
     age_seconds: int = Field(default=0, description="Seconds since it was taken.")
     lock_expired: bool = Field(
         default=False, description="Its lock is gone: the worker holding it died or lost Redis."
+    )
+
+
+class DuplicateKey(StatusModel):
+    """A business key held by more than one waiting job."""
+
+    key: str = Field(description="The value at spec.duplicates.businessKey, as JSON (cut to 200 characters).")
+    jobs: int = Field(default=0, description="Waiting jobs holding it (among those read).")
+    job_ids: list[str] = Field(default_factory=list, description="Jobs holding it (at most 10).")
+
+
+class QueueDuplicates(StatusModel):
+    """Duplicate jobs found among the waiting jobs read (spec.duplicates)."""
+
+    scanned: int = Field(default=0, description="Job ids read from wait, paused and prioritized.")
+    ids: int = Field(default=0, description="Job ids listed more than once (in one list or in two).")
+    business_keys: int = Field(default=0, description="Business keys held by more than one waiting job.")
+    sample_ids: list[str] = Field(default_factory=list, description="Duplicate ids (at most 10).")
+    sample_keys: list[DuplicateKey] = Field(
+        default_factory=list, description="Duplicate business keys with their jobs (at most 10)."
     )
 
 
@@ -309,6 +382,9 @@ class QueueState(StatusModel):
     )
     latency_jobs: int = Field(
         default=0, description="Jobs the latency percentile is based on (finished in the window and timed)."
+    )
+    duplicates: QueueDuplicates | None = Field(
+        default=None, description="Duplicate waiting jobs (spec.duplicates); unset when not looked for."
     )
     healthy: bool = Field(default=True, description="No threshold breached.")
     reasons: list[str] = Field(default_factory=list, description="Breached thresholds.")

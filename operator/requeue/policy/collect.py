@@ -24,6 +24,10 @@ round trips happen only for queues whose events stream needs another page, and,
 when a queue does not exist (a typo), for the bounded ``SCAN`` that lists the
 queues that do (:mod:`requeue.queues.existence`).
 
+When ``spec.duplicates`` is set, :func:`requeue.queues.duplicates.find_duplicates` adds one
+round trip (two with a business key) for all the queues that exist, reading at most
+``maxJobs`` ids per list.
+
 These are plain read-only commands rather than BullMQ's ``getCounts`` script:
 observing must not change anything (``getCounts`` may pop a pre-v5 marker),
 and redis-py checks ``SCRIPT EXISTS`` before each pipeline that carries a
@@ -44,11 +48,13 @@ from redis.asyncio.client import Pipeline
 
 from requeue.api.base import parse_duration
 from requeue.api.gates import GateStatus
+from requeue.api.jsonpath import parse_json_path
 from requeue.api.policy import CleanRule, QueuePolicySpec
 from requeue.policy.failure_rate import DEFAULT_MAX_PAGES, DEFAULT_PAGE_SIZE, EventReader
 from requeue.policy.latency import FinishedJob
 from requeue.policy.observe import ActiveJob, EventTally, Observation, PolicyMemory, QueueObservation
 from requeue.queues.adapter import queue_paused_read
+from requeue.queues.duplicates import Duplicates, find_duplicates
 from requeue.queues.existence import existence_keys, list_queues, queue_not_found, redis_location
 from requeue.queues.keys import QueueKeys
 from requeue.queues.workers import CLIENT_LIST, client_names, count_workers
@@ -112,8 +118,10 @@ async def collect(
     second = await _second_round(redis, plan, first, tallies, _quiet_backlogs(spec, plan, first, tallies))
     round_trips = 1 + second.round_trips + reader.round_trips - before
     not_found, list_trips = await _not_found(redis, plan, first)
+    duplicates, dup_trips = await _duplicates(redis, spec, plan, not_found)
+    round_trips += dup_trips
 
-    observed = _queue_observations(plan, first, tallies, second, not_found)
+    observed = _queue_observations(plan, first, tallies, second, not_found, duplicates)
     observation = Observation(at=now, queues=observed, gates=tuple(gates) if gates is not None else None)
     return observation, CollectStats(
         round_trips=round_trips + list_trips, commands=commands + second.commands + list_trips
@@ -351,12 +359,26 @@ async def _not_found(redis: Redis, plan: _Plan, first: _FirstRound) -> tuple[dic
     return {q: queue_not_found(q, prefix, location, listing).message for q in missing}, listing.calls
 
 
+async def _duplicates(
+    redis: Redis, spec: QueuePolicySpec, plan: _Plan, not_found: dict[str, str]
+) -> tuple[dict[str, Duplicates], int]:
+    """Duplicate waiting jobs of the queues that exist, when ``spec.duplicates`` asks (bounded
+    reads, :mod:`requeue.queues.duplicates`), and the round trips that took."""
+    wanted = spec.duplicates
+    existing = {q: plan.keys[q] for q in plan.queues if q not in not_found}
+    if wanted is None or not existing:
+        return {}, 0
+    path = parse_json_path(wanted.business_key) if wanted.business_key else None
+    return await find_duplicates(redis, existing, max_jobs=wanted.max_jobs, path=path)
+
+
 def _queue_observations(
     plan: _Plan,
     first: _FirstRound,
     tallies: dict[str, EventTally],
     second: _SecondRound,
     not_found: dict[str, str],
+    duplicates: dict[str, Duplicates],
 ) -> dict[str, QueueObservation]:
     """One :class:`QueueObservation` per queue from what was read.
 
@@ -385,6 +407,7 @@ def _queue_observations(
             cleanable=first.cleanable[q],
             not_found=not_found.get(q),
             finished_jobs=second.finished.get(q, ()),
+            duplicates=duplicates.get(q),
         )
     return observed
 

@@ -67,8 +67,10 @@ from requeue.api.base import ConditionStatus, HasConditions, find_condition, par
 from requeue.api.conditions import PolicyCondition, Reason
 from requeue.api.policy import (
     CleanRule,
+    DuplicateKey,
     PolicyAction,
     QueueBreach,
+    QueueDuplicates,
     QueuePolicySpec,
     QueuePolicyStatus,
     QueueState,
@@ -90,6 +92,7 @@ from requeue.policy.actions import (
 from requeue.policy.ledger import Ledger, clip
 from requeue.policy.observe import Observation, PolicyMemory, QueueMemory, QueueObservation
 from requeue.policy.pausing import Gates, Hold, gate_results, pause_or_resume, track_gates
+from requeue.queues.duplicates import Duplicates
 
 __all__ = [
     "LAST_ACTIONS_LIMIT",
@@ -374,7 +377,51 @@ def _decide_queue(
     hold = pause_or_resume(scope.spec, scope.gates, name, before, obs, mem, ledger)
     # an unlisted queue has no breaches and no dry-run pause; it stays only while it is still ours
     if listed or hold.by_policy:
-        tally.queues.append(_queue_state(name, obs, hold, health, breaches))
+        state = _queue_state(name, obs, hold, health, breaches)
+        state.duplicates = duplicates_state(obs.duplicates)
+        _announce_duplicates(scope.spec, name, before, state.duplicates, ledger)
+        tally.queues.append(state)
+
+
+def duplicates_state(found: Duplicates | None) -> QueueDuplicates | None:
+    """``.status.queues[].duplicates`` from what the bounded read found (None: not looked for)."""
+    if found is None:
+        return None
+    return QueueDuplicates(
+        scanned=found.scanned,
+        ids=found.ids,
+        business_keys=found.business_keys,
+        sample_ids=list(found.sample_ids),
+        sample_keys=[DuplicateKey(key=k, jobs=n, job_ids=list(ids)) for k, n, ids in found.sample_keys],
+    )
+
+
+def _announce_duplicates(
+    spec: QueuePolicySpec,
+    name: str,
+    before: QueueState | None,
+    now: QueueDuplicates | None,
+    ledger: Ledger,
+) -> None:
+    """One Warning Event when duplicates appear (none, or none looked for, at the last evaluation);
+    not again while they stay (the status and the gauge carry the counts)."""
+    if now is None or not (now.ids or now.business_keys):
+        return
+    prev = before.duplicates if before is not None else None
+    if prev is not None and (prev.ids or prev.business_keys):
+        return
+    parts = []
+    if now.ids:
+        parts.append(f"{now.ids} job ids listed more than once (e.g. {', '.join(now.sample_ids[:3])})")
+    if now.business_keys:
+        path = spec.duplicates.business_key if spec.duplicates else ""
+        keys = ", ".join(k.key for k in now.sample_keys[:3])
+        parts.append(f"{now.business_keys} values of {path} held by several waiting jobs (e.g. {keys})")
+    ledger.announce(
+        "Warning",
+        Reason.DUPLICATE_JOBS,
+        clip(f"queue {name}: " + "; ".join(parts) + f" among the {now.scanned} waiting ids read"),
+    )
 
 
 def _not_found(

@@ -27,6 +27,7 @@ from typing import Any
 from requeue.api.conditions import Reason
 from requeue.api.gates import GateStatus
 from requeue.policy.latency import FinishedJob, LatencyBuckets, buckets_from_json, buckets_to_json
+from requeue.queues.duplicates import Duplicates
 
 __all__ = [
     "BUCKETS_PER_WINDOW",
@@ -111,6 +112,9 @@ class QueueObservation:
     #: The jobs that finished since the last read, with names and times from their hashes
     #: (:mod:`requeue.policy.latency`); those beyond the lookup limit without.
     finished_jobs: tuple[FinishedJob, ...] = ()
+    #: Duplicate waiting jobs (:mod:`requeue.queues.duplicates`); None when ``spec.duplicates``
+    #: is unset.
+    duplicates: Duplicates | None = None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import contextlib
 from collections.abc import Sequence
 
 from requeue.api.conditions import Reason
-from requeue.api.policy import QueuePolicyStatus
+from requeue.api.policy import QueuePolicyStatus, QueueState
 from requeue.errors import (
     AuthFailed,
     Forbidden,
@@ -34,6 +34,7 @@ from requeue.metrics import (
     ACTIONS,
     KIND_POLICY,
     QUEUE_DEPTH_LEGACY,
+    QUEUE_DUPLICATE_JOBS,
     QUEUE_FAILURE_RATIO,
     QUEUE_GAUGES,
     QUEUE_IDLE_SECONDS,
@@ -81,11 +82,26 @@ def export_observed(namespace: str, policy: str, status: QueuePolicyStatus, obse
         if q.idle_since is not None and status.last_evaluated_at is not None:
             idle = max(0.0, (status.last_evaluated_at - q.idle_since).total_seconds())
         QUEUE_IDLE_SECONDS.labels(namespace, policy, name).set(idle)
+        _export_duplicates(namespace, policy, q)
         if q.failure_rate_percent is not None:
             QUEUE_FAILURE_RATIO.labels(namespace, policy, name).set(q.failure_rate_percent / 100)
         else:
             with contextlib.suppress(KeyError):  # absent already (prometheus-client < 0.21 raises)
                 QUEUE_FAILURE_RATIO.remove(namespace, policy, name)
+
+
+def _export_duplicates(namespace: str, policy: str, q: QueueState) -> None:
+    """The duplicate gauges of a queue whose policy looks for duplicates; none otherwise (the
+    business-key series only when a key is named: 0 would claim a check that was not made)."""
+    labels = {"namespace": namespace, "policy": policy, "queue": q.name}
+    if q.duplicates is None:  # scans only the series of queues that look for duplicates
+        QUEUE_DUPLICATE_JOBS.remove_by_labels(labels)
+        return
+    QUEUE_DUPLICATE_JOBS.labels(**labels, kind="id").set(q.duplicates.ids)
+    if q.duplicates.business_keys is not None:
+        QUEUE_DUPLICATE_JOBS.labels(**labels, kind="business_key").set(q.duplicates.business_keys)
+    else:
+        QUEUE_DUPLICATE_JOBS.remove_by_labels({**labels, "kind": "business_key"})
 
 
 def export_unobserved(namespace: str, policy: str, reason: Reason | str | None) -> None:
