@@ -657,6 +657,7 @@ RUNBOOK_ALERTS = {
         "5m",
         "warning",
     ),
+    "BullMQDuplicateJobs": ("bullmq_queue_duplicate_jobs > 0", "5m", "warning"),
     "RequeueReplayFailed": ('requeue_replays{phase="Failed"} > 0', None, "warning"),
     "RequeueRedisUnreachable": ("requeue_redis_up == 0", "2m", "critical"),
     "RequeueOperatorDown": (
