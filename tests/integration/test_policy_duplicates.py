@@ -17,7 +17,9 @@ from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from requeue.api.policy import QueuePolicySpec
+from requeue.policy.collect import collect
 from requeue.policy.evaluate import BullQueueOps, EvaluationResult, PolicyRef, evaluate
+from requeue.policy.observe import PolicyMemory
 from requeue.policy.series import forget_policy
 from requeue.queues import QueueKeys
 from support.cli import cli
@@ -141,6 +143,23 @@ async def test_without_business_key_only_ids_are_looked_for_and_unset_means_off(
     assert result.status.queues[0].duplicates is None and gauge("id") is None
     assert [e for e in result.events if e.reason == "DuplicateJobs"] == []
     forget_policy(POLICY.namespace, POLICY.name)
+
+
+async def test_the_read_costs_two_round_trips_and_one_command_per_list_and_distinct_id(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    await seed(redis_url, redis_client)
+    memory = PolicyMemory()
+    now = datetime.now(UTC)
+    off = QueuePolicySpec.model_validate(
+        {"redis": {"urlSecretRef": {"name": "r", "key": "u"}}, "queues": [Q]}
+    )
+    _, base = await collect(redis_client, off, [Q], memory, now=now)
+    _, by_id = await collect(redis_client, spec(), [Q], memory, now=now)
+    _, by_key = await collect(redis_client, spec(businessKey="$.orderId"), [Q], memory, now=now)
+    assert (by_id.round_trips - base.round_trips, by_id.commands - base.commands) == (1, 3)
+    # 3 list reads + one HGET per distinct id read (7 jobs; the two copies are not read twice)
+    assert (by_key.round_trips - base.round_trips, by_key.commands - base.commands) == (2, 3 + 7)
 
 
 def test_a_business_key_outside_the_path_subset_is_refused_by_name() -> None:

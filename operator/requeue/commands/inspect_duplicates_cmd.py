@@ -60,10 +60,10 @@ def run_inspect_duplicates(
         )
         try:
             await BullQueue(redis, queue, prefix=prefix).require_exists()
-            found, _ = await find_duplicates(
+            read = await find_duplicates(
                 redis, {queue: keys}, max_jobs=max_jobs, path=business_key, sample=top
             )
-            return found[queue]
+            return read.queues[queue]
         except (rx.RedisError, OSError) as exc:
             raise map_redis_error(exc, url=redis_url, queue=queue) from None
         finally:

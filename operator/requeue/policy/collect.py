@@ -37,7 +37,7 @@ ones ``getCounts`` reports on BullMQ 5+ data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -54,7 +54,7 @@ from requeue.policy.failure_rate import DEFAULT_MAX_PAGES, DEFAULT_PAGE_SIZE, Ev
 from requeue.policy.latency import FinishedJob
 from requeue.policy.observe import ActiveJob, EventTally, Observation, PolicyMemory, QueueObservation
 from requeue.queues.adapter import queue_paused_read
-from requeue.queues.duplicates import Duplicates, find_duplicates
+from requeue.queues.duplicates import DuplicateRead, Duplicates, find_duplicates
 from requeue.queues.existence import existence_keys, list_queues, queue_not_found, redis_location
 from requeue.queues.keys import QueueKeys
 from requeue.queues.workers import CLIENT_LIST, client_names, count_workers
@@ -118,13 +118,14 @@ async def collect(
     second = await _second_round(redis, plan, first, tallies, _quiet_backlogs(spec, plan, first, tallies))
     round_trips = 1 + second.round_trips + reader.round_trips - before
     not_found, list_trips = await _not_found(redis, plan, first)
-    duplicates, dup_trips = await _duplicates(redis, spec, plan, not_found)
-    round_trips += dup_trips
+    dup = await _duplicates(redis, spec, plan, not_found)
+    round_trips += dup.round_trips
 
-    observed = _queue_observations(plan, first, tallies, second, not_found, duplicates)
+    observed = _queue_observations(plan, first, tallies, second, not_found, dup.queues)
     observation = Observation(at=now, queues=observed, gates=tuple(gates) if gates is not None else None)
     return observation, CollectStats(
-        round_trips=round_trips + list_trips, commands=commands + second.commands + list_trips
+        round_trips=round_trips + list_trips,
+        commands=commands + second.commands + list_trips + dup.commands,
     )
 
 
@@ -361,13 +362,13 @@ async def _not_found(redis: Redis, plan: _Plan, first: _FirstRound) -> tuple[dic
 
 async def _duplicates(
     redis: Redis, spec: QueuePolicySpec, plan: _Plan, not_found: dict[str, str]
-) -> tuple[dict[str, Duplicates], int]:
+) -> DuplicateRead:
     """Duplicate waiting jobs of the queues that exist, when ``spec.duplicates`` asks (bounded
     reads, :mod:`requeue.queues.duplicates`), and the round trips that took."""
     wanted = spec.duplicates
     existing = {q: plan.keys[q] for q in plan.queues if q not in not_found}
     if wanted is None or not existing:
-        return {}, 0
+        return DuplicateRead({}, 0, 0)
     path = parse_json_path(wanted.business_key) if wanted.business_key else None
     return await find_duplicates(redis, existing, max_jobs=wanted.max_jobs, path=path)
 
@@ -378,7 +379,7 @@ def _queue_observations(
     tallies: dict[str, EventTally],
     second: _SecondRound,
     not_found: dict[str, str],
-    duplicates: dict[str, Duplicates],
+    duplicates: Mapping[str, Duplicates],
 ) -> dict[str, QueueObservation]:
     """One :class:`QueueObservation` per queue from what was read.
 

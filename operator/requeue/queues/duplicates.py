@@ -35,6 +35,7 @@ from requeue.queues.keys import QueueKeys
 __all__ = [
     "DEFAULT_MAX_JOBS",
     "SAMPLE_SIZE",
+    "DuplicateRead",
     "Duplicates",
     "count_duplicates",
     "find_duplicates",
@@ -133,6 +134,15 @@ def count_duplicates(
     )
 
 
+@dataclass(frozen=True)
+class DuplicateRead:
+    """What :func:`find_duplicates` found per queue, and what the read cost."""
+
+    queues: Mapping[str, Duplicates]
+    round_trips: int
+    commands: int
+
+
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
@@ -144,9 +154,9 @@ async def find_duplicates(
     max_jobs: int = DEFAULT_MAX_JOBS,
     path: JsonPath | None = None,
     sample: int = SAMPLE_SIZE,
-) -> tuple[dict[str, Duplicates], int]:
-    """Queue -> :class:`Duplicates` for every queue of ``keys``, and the round trips spent
-    (one, or two when ``path`` is named). Redis errors propagate to the caller."""
+) -> DuplicateRead:
+    """:class:`Duplicates` for every queue of ``keys``, and the round trips (one, or two when
+    ``path`` is named and ids were read) and commands spent. Redis errors propagate."""
     queues = list(keys)
     pipe = redis.pipeline(transaction=False)
     for q in queues:
@@ -160,7 +170,7 @@ async def find_duplicates(
         per = replies[i * len(LISTS) : (i + 1) * len(LISTS)]
         lists[q] = {name: [_text(j) for j in ids] for name, ids in zip(LISTS, per, strict=True)}
     data: dict[str, dict[str, str | None]] = {q: {} for q in queues}
-    trips = 1
+    trips, commands = 1, len(queues) * len(LISTS)
     if path is not None:
         distinct = {q: dict.fromkeys(j for ids in lists[q].values() for j in ids) for q in queues}
         lookups = [(q, jid) for q in queues for jid in distinct[q]]
@@ -171,7 +181,9 @@ async def find_duplicates(
             # a job id naming one of the queue's own keys (WRONGTYPE) holds no key, not an error
             got = await pipe.execute(raise_on_error=False)
             trips += 1
+            commands += len(lookups)
             for (q, jid), raw in zip(lookups, got, strict=True):
                 if isinstance(raw, (bytes, str)):
                     data[q][jid] = _text(raw)
-    return {q: count_duplicates(lists[q], data[q], path, sample=sample) for q in queues}, trips
+    found = {q: count_duplicates(lists[q], data[q], path, sample=sample) for q in queues}
+    return DuplicateRead(found, trips, commands)
