@@ -134,7 +134,8 @@ async def test_without_business_key_only_ids_are_looked_for_and_unset_means_off(
     await seed(redis_url, redis_client)
     result = await run(redis_client, spec(), None, datetime.now(UTC))
     dup = result.status.queues[0].duplicates
-    assert dup is not None and dup.ids == 2 and dup.business_keys == 0 and dup.sample_keys == []
+    assert dup is not None and dup.ids == 2 and dup.business_keys is None and dup.sample_keys == []
+    assert gauge("id") == 2 and gauge("business_key") is None  # no key named: no series for it
     off = QueuePolicySpec.model_validate(
         {"redis": {"urlSecretRef": {"name": "r", "key": "u"}}, "queues": [Q]}
     )

@@ -108,6 +108,15 @@ def test_the_warning_event_comes_once_when_duplicates_appear_and_again_after_the
     _, again = run(dup, first)
     assert again == []
     cleared, none = run(clean, first)
-    assert none == [] and cleared.duplicates == QueueDuplicates(scanned=1)
+    assert none == [] and cleared.duplicates == QueueDuplicates(scanned=1, business_keys=0)
     _, back = run(dup, cleared)
     assert len(back) == 1
+
+
+def test_status_samples_cut_hostile_ids_and_leave_business_keys_unset_without_a_key() -> None:
+    long_id = "9" * 5000
+    found = count_duplicates({"wait": [long_id, long_id]})
+    state = duplicates_state(found, keyed=False)
+    assert state is not None and state.business_keys is None and state.ids == 1
+    assert len(state.sample_ids[0]) == 200 and state.sample_ids[0].endswith("...")
+    assert duplicates_state(None) is None

@@ -313,7 +313,12 @@ class QueueDuplicates(StatusModel):
 
     scanned: int = Field(default=0, description="Job ids read from wait, paused and prioritized.")
     ids: int = Field(default=0, description="Job ids listed more than once (in one list or in two).")
-    business_keys: int = Field(default=0, description="Business keys held by more than one waiting job.")
+    business_keys: int | None = Field(
+        default=None,
+        description=(
+            "Business keys held by more than one waiting job; unset without spec.duplicates.businessKey."
+        ),
+    )
     sample_ids: list[str] = Field(default_factory=list, description="Duplicate ids (at most 10).")
     sample_keys: list[DuplicateKey] = Field(
         default_factory=list, description="Duplicate business keys with their jobs (at most 10)."

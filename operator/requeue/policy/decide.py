@@ -378,21 +378,31 @@ def _decide_queue(
     # an unlisted queue has no breaches and no dry-run pause; it stays only while it is still ours
     if listed or hold.by_policy:
         state = _queue_state(name, obs, hold, health, breaches)
-        state.duplicates = duplicates_state(obs.duplicates)
+        keyed = scope.spec.duplicates is not None and scope.spec.duplicates.business_key is not None
+        state.duplicates = duplicates_state(obs.duplicates, keyed=keyed)
         _announce_duplicates(scope.spec, name, before, state.duplicates, ledger)
         tally.queues.append(state)
 
 
-def duplicates_state(found: Duplicates | None) -> QueueDuplicates | None:
-    """``.status.queues[].duplicates`` from what the bounded read found (None: not looked for)."""
+#: Longest job id kept in ``.status.queues[].duplicates`` samples.
+_ID_CHARS = 200
+
+
+def duplicates_state(found: Duplicates | None, *, keyed: bool = True) -> QueueDuplicates | None:
+    """``.status.queues[].duplicates`` from what the bounded read found (None: not looked for;
+    ``businessKeys`` unset unless ``keyed``: no key named). Ids are cut to 200 characters (a job
+    id is anything a producer chose)."""
     if found is None:
         return None
     return QueueDuplicates(
         scanned=found.scanned,
         ids=found.ids,
-        business_keys=found.business_keys,
-        sample_ids=list(found.sample_ids),
-        sample_keys=[DuplicateKey(key=k, jobs=n, job_ids=list(ids)) for k, n, ids in found.sample_keys],
+        business_keys=found.business_keys if keyed else None,
+        sample_ids=[clip(j, _ID_CHARS) for j in found.sample_ids],
+        sample_keys=[
+            DuplicateKey(key=k, jobs=n, job_ids=[clip(j, _ID_CHARS) for j in ids])
+            for k, n, ids in found.sample_keys
+        ],
     )
 
 
