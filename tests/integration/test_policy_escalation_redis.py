@@ -5,14 +5,11 @@ and a failing webhook that becomes a Warning Event without leaking its URL."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
-from aiohttp import web
 from prometheus_client import REGISTRY
 
 from requeue.api.gates import GateStatus
@@ -21,59 +18,11 @@ from requeue.policy.escalation_send import WebhookSender
 from requeue.policy.evaluate import BullQueueOps, EvaluationResult, PolicyRef, evaluate
 from requeue.secrets import StaticSecrets
 from support.bullmq_jobs import JobSpec, make_failed_jobs
+from support.leaks import SLACK_TOKEN
 from support.policy_sim import T0, gate
+from support.queuepolicy import SlackSink
 
 POLICY = PolicyRef(namespace="visapi", name="escalating", uid="5e1c-uid", generation=1)
-TOKEN = "T000/B000/esc4l4t10nt0k3n"
-
-
-class Channel:
-    """A Slack-compatible incoming webhook on loopback that records POSTs (and can refuse them)."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self.status = 200
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        self.texts.append(str((await request.json())["text"]))
-        return web.Response(status=self.status, text="ok" if self.status < 300 else "no_service")
-
-    async def start(self) -> Channel:
-        app = web.Application()
-        app.router.add_post("/services/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/services/{TOKEN}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
-@pytest_asyncio.fixture
-async def channel() -> AsyncIterator[Channel]:
-    hook = await Channel().start()
-    try:
-        yield hook
-    finally:
-        await hook.stop()
-
-
-@pytest_asyncio.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def spec(dry: bool) -> QueuePolicySpec:
@@ -130,46 +79,46 @@ def level_metric() -> float | None:
 
 
 async def test_level_two_pauses_sends_and_snapshots_the_newest_failed_ids(
-    redis: aioredis.Redis, redis_url: str, channel: Channel
+    redis_client: aioredis.Redis, redis_url: str, slack: SlackSink
 ) -> None:
     orders = await make_failed_jobs(
         redis_url, "orders", [JobSpec("order.charge", {"i": i}) for i in range(4)]
     )
     await make_failed_jobs(redis_url, "emails", [JobSpec("email.send", {"i": i}) for i in range(3)])
-    sender = WebhookSender(StaticSecrets({("hooks", "oncall"): channel.url}))
+    sender = WebhookSender(StaticSecrets({("hooks", "oncall"): slack.url}))
     red = [gate("database", False)]
 
-    result = await walk(redis, spec(False), sender, red, minutes=1)
+    result = await walk(redis_client, spec(False), sender, red, minutes=1)
     esc = result.status.escalation
     assert esc is not None and (esc.level, esc.name) == (1, "L2"), esc
     assert sorted(esc.paused_queues) == ["emails", "orders"]
-    assert await redis.hexists("bull:orders:meta", "paused") and await redis.hexists(
+    assert await redis_client.hexists("bull:orders:meta", "paused") and await redis_client.hexists(
         "bull:emails:meta", "paused"
     )
-    assert len(channel.texts) == 1 and "escalation raised to L2" in channel.texts[0]
+    assert len(slack.messages) == 1 and "escalation raised to L2" in slack.messages[0]
     assert [(n.channel, n.result) for n in esc.notifications] == [("oncall", "sent")]
     assert esc.snapshot is not None
     sample = {s.queue: s.ids for s in esc.snapshot.failed_sample}
-    newest = await redis.zrevrange("bull:orders:failed", 0, 1)
+    newest = await redis_client.zrevrange("bull:orders:failed", 0, 1)
     assert sample["orders"] == newest and set(newest) <= set(orders)
     assert len(sample["emails"]) == 2
     assert level_metric() == 1
 
 
 async def test_dry_run_pauses_nothing_and_sends_nothing(
-    redis: aioredis.Redis, redis_url: str, channel: Channel
+    redis_client: aioredis.Redis, redis_url: str, slack: SlackSink
 ) -> None:
     await make_failed_jobs(redis_url, "orders", [JobSpec("order.charge", {"i": i}) for i in range(4)])
     await make_failed_jobs(redis_url, "emails", [JobSpec("email.send", {"i": i}) for i in range(3)])
-    sender = WebhookSender(StaticSecrets({("hooks", "oncall"): channel.url}))
+    sender = WebhookSender(StaticSecrets({("hooks", "oncall"): slack.url}))
 
-    result = await walk(redis, spec(True), sender, [gate("database", False)], minutes=1)
+    result = await walk(redis_client, spec(True), sender, [gate("database", False)], minutes=1)
     esc = result.status.escalation
     assert esc is not None and esc.level == 1 and esc.dry_run
     assert esc.paused_queues == [] and sorted(esc.dry_run_paused_queues) == ["emails", "orders"]
-    assert not await redis.hexists("bull:orders:meta", "paused")
-    assert not await redis.hexists("bull:emails:meta", "paused")
-    assert channel.texts == []
+    assert not await redis_client.hexists("bull:orders:meta", "paused")
+    assert not await redis_client.hexists("bull:emails:meta", "paused")
+    assert slack.messages == []
     assert [(n.channel, n.result) for n in esc.notifications] == [("oncall", "[dry run] not sent")]
     raised = [e.message for e in result.events if e.reason == "EscalationRaised"]
     assert len(raised) == 1 and raised[0].startswith("[dry run] escalation raised to L2")
@@ -180,15 +129,15 @@ async def test_dry_run_pauses_nothing_and_sends_nothing(
 
 
 async def test_a_failing_webhook_is_a_warning_event_and_its_url_stays_secret(
-    redis: aioredis.Redis, redis_url: str, channel: Channel, caplog: pytest.LogCaptureFixture
+    redis_client: aioredis.Redis, redis_url: str, slack: SlackSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    channel.status = 500
+    slack.status = 500
     await make_failed_jobs(redis_url, "orders", [JobSpec("order.charge", {"i": i}) for i in range(4)])
     await make_failed_jobs(redis_url, "emails", [JobSpec("email.send", {"i": i}) for i in range(3)])
-    sender = WebhookSender(StaticSecrets({("hooks", "oncall"): channel.url}))
+    sender = WebhookSender(StaticSecrets({("hooks", "oncall"): slack.url}))
 
-    result = await walk(redis, spec(False), sender, [gate("database", False)], minutes=1)
+    result = await walk(redis_client, spec(False), sender, [gate("database", False)], minutes=1)
     esc = result.status.escalation
     assert esc is not None and esc.level == 1  # the level changed; telling people failed
     warnings = [e.message for e in result.events if e.reason == "NotifyFailed"]
@@ -197,17 +146,17 @@ async def test_a_failing_webhook_is_a_warning_event_and_its_url_stays_secret(
     assert note.result.startswith("failed: escalation webhook (secret hooks/oncall) answered 500")
     logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("aiohttp"))
     everything: Any = logged + repr(result.status) + repr(result.events)
-    assert TOKEN not in everything and "esc4l4t10n" not in everything
+    assert SLACK_TOKEN not in everything and slack.url not in everything
     again = await evaluate(
         POLICY,
         spec(False),
         result.status,
-        redis=redis,
-        ops=BullQueueOps(redis),
+        redis=redis_client,
+        ops=BullQueueOps(redis_client),
         gates=[gate("database", False)],
         memory=result.memory,
         now=T0 + timedelta(minutes=2),
         channels=sender,
     )
     assert again.status.escalation is not None and again.status.escalation.level == 1
-    assert len(channel.texts) == 1  # one attempt, not repeated by later evaluations
+    assert len(slack.messages) == 1  # one attempt, not repeated by later evaluations

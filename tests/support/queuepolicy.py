@@ -191,12 +191,14 @@ class SlackSink:
     def __init__(self) -> None:
         self.messages: list[str] = []
         self.url = ""
+        #: The HTTP status it answers with (set 500 to see how a refusing webhook is reported).
+        self.status = 200
         self._runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.messages.append(str(body.get("text", "")))
-        return web.Response(text="ok")
+        return web.Response(status=self.status, text="ok" if self.status < 300 else "no_service")
 
     async def start(self) -> SlackSink:
         app = web.Application()
