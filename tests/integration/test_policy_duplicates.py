@@ -16,12 +16,14 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
+from requeue.api.jsonpath import parse_json_path
 from requeue.api.policy import QueuePolicySpec
 from requeue.policy.collect import collect
 from requeue.policy.evaluate import BullQueueOps, EvaluationResult, PolicyRef, evaluate
 from requeue.policy.observe import PolicyMemory
 from requeue.policy.series import forget_policy
 from requeue.queues import QueueKeys
+from requeue.queues.duplicates import find_duplicates
 from support.cli import cli
 from support.node import run_producer
 
@@ -146,7 +148,7 @@ async def test_without_business_key_only_ids_are_looked_for_and_unset_means_off(
     forget_policy(POLICY.namespace, POLICY.name)
 
 
-async def test_the_read_costs_two_round_trips_and_one_command_per_list_and_distinct_id(
+async def test_the_read_costs_a_round_trip_per_list_read_and_two_per_distinct_id_with_a_key(
     redis_url: str, redis_client: aioredis.Redis
 ) -> None:
     await seed(redis_url, redis_client)
@@ -160,7 +162,7 @@ async def test_the_read_costs_two_round_trips_and_one_command_per_list_and_disti
     _, by_key = await collect(redis_client, spec(businessKey="$.orderId"), [Q], memory, now=now)
     assert (by_id.round_trips - base.round_trips, by_id.commands - base.commands) == (1, 3)
     # 3 list reads + one HGET per distinct id read (7 jobs; the two copies are not read twice)
-    assert (by_key.round_trips - base.round_trips, by_key.commands - base.commands) == (2, 3 + 7)
+    assert (by_key.round_trips - base.round_trips, by_key.commands - base.commands) == (3, 3 + 7 + 7)
 
 
 def test_a_business_key_outside_the_path_subset_is_refused_by_name() -> None:
@@ -209,3 +211,17 @@ async def test_inspect_duplicates_lists_ids_and_business_keys(
     assert bad.code == 2 and "UnsupportedSegment" in bad.stderr
     missing = cli("inspect", "--redis-url", redis_url, "--queue", "ordres", "--duplicates")
     assert missing.code == 2 and "QueueNotFound" in missing.stderr + missing.stdout
+
+
+async def test_payloads_over_the_read_limit_are_not_read_for_their_key(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """Two 1 MiB jobs of the same order (a producer's payloads, not requeue's to bound) are
+    neither read nor counted: only their size is asked; the small copies still are."""
+    jobs = [{"name": "order.create", "data": {"orderId": "BIG", "blob": "x" * (1 << 20)}}] * 2
+    jobs += [{"name": "order.create", "data": {"orderId": "SMALL"}}] * 2
+    await run_producer(redis_url, Q, jobs, major=MAJOR)
+    read = await find_duplicates(redis_client, {Q: QueueKeys("bull", Q)}, path=parse_json_path("$.orderId"))
+    dupes = read.queues[Q]
+    assert dupes.business_keys == 1 and [key for key, _, _ in dupes.sample_keys] == ['"SMALL"']
+    assert read.commands == 3 + 4 + 2  # the lists, the four sizes, the two small payloads

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from requeue.api.jsonpath import JsonPath
 from requeue.queues.keys import QueueKeys
@@ -147,6 +148,10 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+#: Bytes of ``data`` read per job to find its business key; bigger payloads are not read.
+DATA_LIMIT = 64 * 1024
+
+
 async def find_duplicates(
     redis: Redis,
     keys: Mapping[str, QueueKeys],
@@ -155,8 +160,9 @@ async def find_duplicates(
     path: JsonPath | None = None,
     sample: int = SAMPLE_SIZE,
 ) -> DuplicateRead:
-    """:class:`Duplicates` for every queue of ``keys``, and the round trips (one, or two when
-    ``path`` is named and ids were read) and commands spent. Redis errors propagate."""
+    """:class:`Duplicates` for every queue of ``keys``, and the round trips (one; with ``path``
+    and ids read, two more: each job's data size, then the data of those at most
+    :data:`DATA_LIMIT`) and commands spent. Redis errors propagate."""
     queues = list(keys)
     pipe = redis.pipeline(transaction=False)
     for q in queues:
@@ -175,15 +181,40 @@ async def find_duplicates(
         distinct = {q: dict.fromkeys(j for ids in lists[q].values() for j in ids) for q in queues}
         lookups = [(q, jid) for q in queues for jid in distinct[q]]
         if lookups:
-            pipe = redis.pipeline(transaction=False)
-            for q, jid in lookups:
-                pipe.hget(keys[q].job(jid), "data")
-            # a job id naming one of the queue's own keys (WRONGTYPE) holds no key, not an error
-            got = await pipe.execute(raise_on_error=False)
+            small = await _small_data(redis, [keys[q].job(jid) for q, jid in lookups])
             trips += 1
             commands += len(lookups)
-            for (q, jid), raw in zip(lookups, got, strict=True):
-                if isinstance(raw, (bytes, str)):
-                    data[q][jid] = _text(raw)
+            wanted = [(q, jid) for (q, jid), ok in zip(lookups, small, strict=True) if ok]
+            if wanted:
+                pipe = redis.pipeline(transaction=False)
+                for q, jid in wanted:
+                    pipe.hmget(keys[q].job(jid), ["data"])
+                got = await pipe.execute(raise_on_error=False)
+                trips += 1
+                commands += len(wanted)
+                for (q, jid), reply in zip(wanted, got, strict=True):
+                    _raise_unless_wrongtype(reply)
+                    raw = reply[0] if isinstance(reply, list) else None
+                    if isinstance(raw, (bytes, str)):
+                        data[q][jid] = _text(raw)
     found = {q: count_duplicates(lists[q], data[q], path, sample=sample) for q in queues}
     return DuplicateRead(found, trips, commands)
+
+
+async def _small_data(redis: Redis, job_keys: list[str]) -> list[bool]:
+    """For each job hash, whether its ``data`` is at most :data:`DATA_LIMIT` bytes: a producer's
+    1 MiB payloads are never read to find a business key (they hold none for this check)."""
+    pipe = redis.pipeline(transaction=False)
+    for key in job_keys:
+        pipe.hstrlen(key, "data")
+    sizes = await pipe.execute(raise_on_error=False)
+    for reply in sizes:
+        _raise_unless_wrongtype(reply)
+    return [isinstance(n, int) and 0 < n <= DATA_LIMIT for n in sizes]
+
+
+def _raise_unless_wrongtype(reply: object) -> None:
+    """A job id naming one of the queue's own keys (WRONGTYPE) holds no key; any other error
+    (NOPERM for a user without the command, OOM, ...) is raised, never counted as "no duplicates"."""
+    if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
+        raise reply
