@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 
+from prometheus_client import Gauge
+
 from requeue.api.conditions import Reason
 from requeue.api.policy import QueuePolicyStatus, QueueState
 from requeue.errors import (
@@ -86,22 +88,28 @@ def export_observed(namespace: str, policy: str, status: QueuePolicyStatus, obse
         if q.failure_rate_percent is not None:
             QUEUE_FAILURE_RATIO.labels(namespace, policy, name).set(q.failure_rate_percent / 100)
         else:
-            with contextlib.suppress(KeyError):  # absent already (prometheus-client < 0.21 raises)
-                QUEUE_FAILURE_RATIO.remove(namespace, policy, name)
+            _remove(QUEUE_FAILURE_RATIO, namespace, policy, name)
 
 
 def _export_duplicates(namespace: str, policy: str, q: QueueState) -> None:
     """The duplicate gauges of a queue whose policy looks for duplicates; none otherwise (the
-    business-key series only when a key is named: 0 would claim a check that was not made)."""
-    labels = {"namespace": namespace, "policy": policy, "queue": q.name}
-    if q.duplicates is None:  # scans only the series of queues that look for duplicates
-        QUEUE_DUPLICATE_JOBS.remove_by_labels(labels)
-        return
-    QUEUE_DUPLICATE_JOBS.labels(**labels, kind="id").set(q.duplicates.ids)
-    if q.duplicates.business_keys is not None:
-        QUEUE_DUPLICATE_JOBS.labels(**labels, kind="business_key").set(q.duplicates.business_keys)
+    business-key series only when a key is named: 0 would claim a check that was not made).
+    Exact ``remove`` by labels, as for the failure ratio: this runs for every queue."""
+    found = q.duplicates
+    if found is not None:
+        QUEUE_DUPLICATE_JOBS.labels(namespace, policy, q.name, "id").set(found.ids)
     else:
-        QUEUE_DUPLICATE_JOBS.remove_by_labels({**labels, "kind": "business_key"})
+        _remove(QUEUE_DUPLICATE_JOBS, namespace, policy, q.name, "id")
+    if found is not None and found.business_keys is not None:
+        QUEUE_DUPLICATE_JOBS.labels(namespace, policy, q.name, "business_key").set(found.business_keys)
+    else:
+        _remove(QUEUE_DUPLICATE_JOBS, namespace, policy, q.name, "business_key")
+
+
+def _remove(gauge: Gauge, *labels: str) -> None:
+    """Drop one series if it exists (prometheus-client < 0.21 raises KeyError for an absent one)."""
+    with contextlib.suppress(KeyError):
+        gauge.remove(*labels)
 
 
 def export_unobserved(namespace: str, policy: str, reason: Reason | str | None) -> None:
