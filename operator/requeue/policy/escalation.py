@@ -57,6 +57,9 @@ from requeue.policy.actions import ActionKind, Pause, Resume
 from requeue.policy.ledger import Ledger, clip
 from requeue.policy.observe import QueueObservation
 
+#: Characters of a failed job id kept in the snapshot (ids are the producer's, of any length).
+MAX_ID_CHARS = 200
+
 __all__ = [
     "EscalationOutcome",
     "LevelTiming",
@@ -588,7 +591,8 @@ def with_results(
         note(status, channel, now, result)
     if sample is not None and status.snapshot is not None:
         status.snapshot.failed_sample = [
-            FailedSample(queue=queue, ids=list(ids)[:MAX_SAMPLE]) for queue, ids in sample.items()
+            FailedSample(queue=queue, ids=[clip(i, MAX_ID_CHARS) for i in list(ids)[:MAX_SAMPLE]])
+            for queue, ids in sample.items()
         ]
     return status
 

@@ -514,7 +514,8 @@ async def _escalation_effects(
     try:
         pipe = acting.redis.pipeline(transaction=False)
         for key in keys:
-            pipe.zrevrange(key, 0, request.sample_size - 1)
+            # ZRANGE ... REV (6.2+), not redis-py's ZREVRANGE: the policy user has ZRANGE only
+            pipe.execute_command("ZRANGE", key, 0, request.sample_size - 1, "REV")
         replies = await pipe.execute()
         acting.round_trips += 1
     except _REDIS_ERRORS as exc:
