@@ -272,3 +272,66 @@ async def test_replays_list_and_forget_with_the_readme_users(acl: AclRedis, tmp_
     assert acl.admin.exists(*ReplayKeys(done["id"]).all()) == 0
     res = await acli("replays", "forget", "cli-ops-other", "--redis-url", replay_url, "-o", "json")
     assert res.code == 2 and json.loads(res.stdout)["error"]["reason"] == "ReplayRunning", res.output
+
+
+async def test_the_readme_users_run_duplicates_escalation_export_and_an_archiving_clean(
+    acl: AclRedis, tmp_path: Path, pg_dsn: str
+) -> None:
+    """The features that read more than counts, each with exactly the README's rights: a policy
+    with ``duplicates.businessKey`` and an escalation snapshot, ``inspect --duplicates`` and
+    ``export`` as the read-only user, and a clean that archives to Postgres as the policy user."""
+    await make_failed_jobs(acl.server.url, Q, jobs(4))
+    acl.admin.lpush(K.wait, "dup-1", "dup-1")
+    acl.admin.hset(K.job("dup-1"), mapping={"name": "x", "data": '{"orderId": 7}', "timestamp": "1"})
+
+    inspect_url = acl.create("requeue-inspect")
+    res = await acli("inspect", "--redis-url", inspect_url, "--queue", Q, "--duplicates",
+                     "--business-key", "$.orderId", "-o", "json")  # fmt: skip
+    assert res.code == 0, res.output
+    res = await acli("export", "--redis-url", inspect_url, "--queue", Q, "--state", "failed")
+    assert res.code == 0, res.output
+    assert len(res.stdout.splitlines()) == 4
+
+    spec = QueuePolicySpec.model_validate(
+        {
+            "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+            "queues": [Q],
+            "interval": "10s",
+            "duplicates": {"businessKey": "$.orderId"},
+            "escalation": {
+                "levels": [
+                    {
+                        "name": "L1",
+                        "holdFor": "0s",
+                        "when": {"any": [{"failed": {"above": 1}}]},
+                        "actions": {"snapshot": True, "sampleSize": 2},
+                    }
+                ]
+            },
+        }
+    )
+    as_policy = aioredis.Redis.from_url(acl.create("requeue-policy"), decode_responses=True)
+    try:
+        result = await evaluate(POLICY, spec, None, redis=as_policy, ops=BullQueueOps(as_policy), gates=[])
+    finally:
+        await as_policy.aclose()
+    assert [e for e in result.events if e.type == "Warning" and "Forbidden" in e.message] == []
+    assert result.status.queues, [(c.type, c.reason, c.message) for c in result.status.conditions]
+    queue = result.status.queues[0]
+    assert queue.duplicates is not None and queue.duplicates.ids == 1, queue.duplicates
+    esc = result.status.escalation
+    assert esc is not None and esc.snapshot is not None and esc.snapshot.failed_sample, esc
+    assert len(esc.snapshot.failed_sample[0].ids) == 2
+
+    table = f"acl_archive_{datetime.now(UTC).strftime('%H%M%S%f')}"
+    policy_url = acl.create("requeue-policy")
+    res = await acli("clean", "--redis-url", policy_url, "--queue", Q, "--state", "failed", "--grace", "0s",
+                     "--archive-dsn", pg_dsn, "--archive-table", table, "-o", "json")  # fmt: skip
+    try:
+        assert res.code == 0, res.output
+        assert json.loads(res.stdout)["archived"] == 4 and acl.admin.zcard(K.failed) == 0
+    finally:
+        import psycopg
+
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
