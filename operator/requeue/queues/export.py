@@ -98,6 +98,7 @@ async def id_pages(
                 return
             start += page
     last: tuple[float, str] | None = None
+    tied = 0  # members yielded so far at the cursor's score: where the next page starts in the tie
     kept: list[tuple[str, float | None]]
     while True:
         if last is None:
@@ -107,22 +108,41 @@ async def id_pages(
             kept = [(_s(m), float(s)) for m, s in items]
             full = len(items) == page
         else:
-            kept, offset = [], 0
-            while True:  # members tied on the cursor's score and at or before its id are skipped
-                items = await redis.zrangebyscore(
-                    key, last[0], "+inf", start=offset, num=page, withscores=True
-                )
-                full = len(items) == page
-                after = last
-                kept = [(_s(p[0]), float(p[1])) for p in items if (float(p[1]), _s(p[0])) > after]
-                if kept or not full:
-                    break
-                offset += page
+            kept, full = await _after(redis, key, last, tied, page)
         if kept:
             yield kept
-            last = (float(kept[-1][1] or 0), kept[-1][0])
+            score = float(kept[-1][1] or 0)
+            same = sum(1 for _, s in kept if s == score)
+            tied = tied + same if last is not None and score == last[0] else same
+            last = (score, kept[-1][0])
         if not full:
             return
+
+
+async def _after(
+    redis: Redis, key: str, last: tuple[float, str], tied: int, page: int
+) -> tuple[list[tuple[str, float | None]], bool]:
+    """The next page after ``last``, and whether the read was full. Members tied on its score
+    are ordered by member, so the page starts right after the ``tied`` already yielded (checked:
+    the member before must be ``last``); if the set changed under the cursor, the tie is read
+    again from its start and what was yielded is skipped (bounded pages, each read once)."""
+    offset = tied - 1
+    items: list[Any] = await redis.zrangebyscore(
+        key, last[0], "+inf", start=offset, num=page + 1, withscores=True
+    )
+    if items and (float(items[0][1]), _s(items[0][0])) == last:
+        rest = items[1:]
+        return [(_s(m), float(s)) for m, s in rest], len(rest) == page
+    offset = 0
+    while True:  # members tied on the cursor's score and at or before its id are skipped
+        items = await redis.zrangebyscore(key, last[0], "+inf", start=offset, num=page, withscores=True)
+        full = len(items) == page
+        kept: list[tuple[str, float | None]] = [
+            (_s(p[0]), float(p[1])) for p in items if (float(p[1]), _s(p[0])) > last
+        ]
+        if kept or not full:
+            return kept, full
+        offset += page
 
 
 @dataclass(frozen=True)
