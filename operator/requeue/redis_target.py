@@ -55,10 +55,17 @@ async def resolve_redis(
 
 
 def replay_queues(spec: DLQReplaySpec) -> tuple[QueueKeys, ...]:
-    """The queues a replay writes to (its queue, and its targetQueue): on a Redis Cluster they
-    must share one slot, and the client goes to the primary serving it."""
+    """The queues a replay touches (its queue, its targetQueue, the queue its smoke test waits
+    on): on a Redis Cluster they must share one slot (else ``HashTagRequired`` up front), and
+    the client goes to the primary serving it."""
     target = () if spec.target_queue is None else (QueueKeys(spec.prefix, spec.target_queue),)
-    return (QueueKeys(spec.prefix, spec.queue), *target)
+    smoke = spec.verify.smoke_test if spec.verify is not None else None
+    waited = (
+        ()
+        if smoke is None or smoke.wait_for_job is None
+        else (QueueKeys(spec.prefix, smoke.wait_for_job.queue),)
+    )
+    return tuple(dict.fromkeys((QueueKeys(spec.prefix, spec.queue), *target, *waited)))
 
 
 def policy_queues(spec: QueuePolicySpec) -> tuple[QueueKeys, ...]:

@@ -49,3 +49,27 @@ def test_kubectl_flags_are_taken_out_anywhere() -> None:
     )
     assert kube == KubeContext(kubeconfig="/k", context="prod", namespace="ops")
     assert rest == ["inspect", "--from", "dlqreplay/x", "--name", "pay"]  # --name is requeue's
+
+
+def test_the_queue_a_smoke_test_waits_on_shares_the_replays_slot_on_a_cluster() -> None:
+    """A waitForJob queue with its own hash tag is refused before anything runs (HashTagRequired),
+    instead of MOVED answers on every look once the replay has moved its jobs."""
+    from requeue.api import DLQReplaySpec
+    from requeue.errors import HashTagRequired
+    from requeue.queues.cluster import queue_slot
+    from requeue.redis_target import replay_queues
+
+    def spec(queue: str) -> DLQReplaySpec:
+        return DLQReplaySpec.model_validate(
+            {
+                "queue": "{a}orders",
+                "prefix": "bull",
+                "redis": {"urlSecretRef": {"name": "r", "key": "u"}},
+                "verify": {"smokeTest": {"url": URL, "waitForJob": {"queue": queue}}},
+            }
+        )
+
+    assert [q.queue for q in replay_queues(spec("{a}emails"))] == ["{a}orders", "{a}emails"]
+    queue_slot(replay_queues(spec("{a}emails")))  # one tag: one slot
+    with pytest.raises(HashTagRequired, match="waitForJob"):
+        queue_slot(replay_queues(spec("{x}emails")))

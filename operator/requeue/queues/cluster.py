@@ -109,8 +109,9 @@ def queue_slot(queues: Sequence[QueueKeys]) -> tuple[str, int]:
         elif own_slot != slot:
             raise HashTagRequired(
                 f"queue {name!r} hashes to slot {own_slot} and {queues[0].base[:-1]!r} to slot {slot}: "
-                f"on a Redis Cluster, a replay's queue and its targetQueue, and the queues of one "
-                f"QueuePolicy, must share a hash tag (put the tag in the prefix, e.g. '{{bull}}', not "
+                f"on a Redis Cluster, a replay's queue, its targetQueue and its smoke test's "
+                f"waitForJob queue, and the queues of one QueuePolicy, must share a hash tag (put the "
+                f"tag in the prefix, e.g. '{{bull}}', not "
                 f"in the queue name)",
                 queue=q.queue,
             )
