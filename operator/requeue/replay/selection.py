@@ -296,14 +296,13 @@ class Selection:
         self, q: BullQueue, p: dict[str, str], matcher: Matcher, path: JsonPath, upper: int, page_size: int
     ) -> int:
         """One page of dedupeBy's first pass (:func:`requeue.replay.dedupe.index_page`); returns scanned."""
-        page = await q.select_page(
+        page = await _scan_page(
+            q,
             Cursor(p.get(Progress.DEDUPE_SCORE, ""), p.get(Progress.DEDUPE_ID, "")),
-            min_score=matcher.min_score,
-            max_score=matcher.max_score(upper),
-            name_globs=matcher.name_globs,
-            count=page_size,
-            with_data=True,
-            budget_us=SELECT_BUDGET_US,
+            matcher,
+            upper,
+            page_size,
+            True,
         )
         await dedupe.index_page(self.redis, self.keys, page, matcher, path, p, upper)
         return page.scanned
@@ -362,15 +361,7 @@ class Selection:
         if spec.selector.job_ids is not None:
             page = await by_id.id_page(q, spec.selector.job_ids, cursor)
         else:
-            page = await q.select_page(
-                cursor,
-                min_score=matcher.min_score,
-                max_score=matcher.max_score(upper),
-                name_globs=matcher.name_globs,
-                count=page_size,
-                with_data=with_data,
-                budget_us=SELECT_BUDGET_US,
-            )
+            page = await _scan_page(q, cursor, matcher, upper, page_size, with_data)
         room = (spec.selector.max_jobs - st.matched) if spec.selector.max_jobs else None
         verdicts = await dedupe.verdicts(self.redis, self.keys, page, matcher, path) if path else None
         t = _pick(page, matcher, room, verdicts)
@@ -516,3 +507,19 @@ class Selection:
                     f"(first: {', '.join(st.corrupt_ids[:5])})",
                 )
             )
+
+
+async def _scan_page(
+    q: BullQueue, cursor: Cursor, matcher: Matcher, upper: int, count: int, with_data: bool
+) -> FailedPage:
+    """One bounded page of the failed set after ``cursor`` in the selector's window, pre-filtered
+    by job name inside Redis: what both dedupeBy's first pass and the selection read."""
+    return await q.select_page(
+        cursor,
+        min_score=matcher.min_score,
+        max_score=matcher.max_score(upper),
+        name_globs=matcher.name_globs,
+        count=count,
+        with_data=with_data,
+        budget_us=SELECT_BUDGET_US,
+    )
