@@ -23,13 +23,14 @@ it ``Abandoned`` and ``forget`` may delete them (rerunning its command would res
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
-from requeue.commands.output import print_json, run_on_redis
+from requeue.commands.output import RedactedValues, print_json, run_on_redis
 from requeue.errors import ReplayNotFound, ReplayRunning
 from requeue.queues import ReplayKeys
 from requeue.queues.connection import connect_each_primary
@@ -37,6 +38,8 @@ from requeue.queues.keys import Progress, QueueKeys, Stage, untag
 from requeue.replay.lease import LeaseHolder
 
 __all__ = ["run_replays_forget", "run_replays_list"]
+
+T = TypeVar("T")
 
 #: Keys a listing may make Redis visit (SCAN pages of 1000).
 _SCAN_BUDGET = 200_000
@@ -154,11 +157,19 @@ async def _list(nodes: list[Redis]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda d: d["startedAt"] or "", reverse=True)
 
 
+def _on_every_primary(
+    redis_url: str, output: str, connect_timeout: float, work: Callable[[list[Redis]], Awaitable[T]]
+) -> tuple[T, RedactedValues] | int:
+    """:func:`~requeue.commands.output.run_on_redis` with a client per primary (one off a
+    cluster): a replay's keys live on the primary serving its queue's slot."""
+    return run_on_redis(
+        redis_url, output == "json", connect_timeout, work, opener=lambda: connect_each_primary(redis_url)
+    )
+
+
 def run_replays_list(*, redis_url: str, output: str, connect_timeout: float) -> int:
     """Print the replays in this Redis, newest first; 0, or 3 when Redis is unreachable."""
-    result = run_on_redis(
-        redis_url, output == "json", connect_timeout, _list, opener=lambda: connect_each_primary(redis_url)
-    )
+    result = _on_every_primary(redis_url, output, connect_timeout, _list)
     if isinstance(result, int):
         return result
     replays, secrets = result
@@ -242,9 +253,7 @@ def run_replays_forget(*, redis_url: str, replay_id: str, output: str, connect_t
             "replay": described,
         }
 
-    result = run_on_redis(
-        redis_url, output == "json", connect_timeout, forget, opener=lambda: connect_each_primary(redis_url)
-    )
+    result = _on_every_primary(redis_url, output, connect_timeout, forget)
     if isinstance(result, int):
         return result
     report, secrets = result
