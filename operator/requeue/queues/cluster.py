@@ -34,6 +34,7 @@ from redis.asyncio.connection import AbstractConnection, Connection, ConnectionP
 from redis.crc import key_slot
 
 from requeue.errors import HashTagRequired, RedisUrlInvalid
+from requeue.queues.connection import is_certificate_error
 from requeue.queues.keys import QueueKeys
 from requeue.redact import redact_url, split_url
 
@@ -212,6 +213,8 @@ class SlotRoute:
             try:
                 reply = await self._ask(host, port)
             except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+                if same_on_every_node(exc):
+                    raise
                 problems.append(f"{host}:{port}: {type(exc).__name__}")
                 continue
             owner, known = owner_of(reply, self.slot, asked=host)
@@ -391,6 +394,13 @@ async def node_opener(url: str, kwargs: dict[str, Any]) -> tuple[ClusterUrl, Nod
     return parsed, opener
 
 
+def same_on_every_node(exc: BaseException) -> bool:
+    """Whether trying the next node is pointless: the same credentials and the same CA go to every
+    node, so a refused password (``AuthFailed``) or a certificate the CA did not sign
+    (``RedisCertificateUntrusted``) must be named as such, not folded into "no node answered"."""
+    return isinstance(exc, rx.AuthenticationError) or is_certificate_error(exc)
+
+
 async def cluster_primaries(url: str, kwargs: dict[str, Any]) -> tuple[NodeOpener, list[tuple[str, int]]]:
     """Every primary the cluster names now (asked of the seeds in turn), and how to open a client to one.
 
@@ -403,9 +413,9 @@ async def cluster_primaries(url: str, kwargs: dict[str, Any]) -> tuple[NodeOpene
         client = opener(host, port)
         try:
             reply = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
-        except rx.AuthenticationError:
-            raise  # the same credentials go to every node: AuthFailed, not "unreachable"
         except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+            if same_on_every_node(exc):
+                raise
             problems.append(f"{host}:{port}: {type(exc).__name__}")
             continue
         finally:

@@ -208,6 +208,11 @@ class _SentinelAuthError(rx.AuthenticationError):
     """Every Sentinel that answered refused the credentials offered to it."""
 
 
+class _SentinelCertificateError(rx.ConnectionError):
+    """Every Sentinel presented a certificate the CA given did not sign (its text keeps redis-py's
+    "certificate verify failed", so the caller names it ``RedisCertificateUntrusted``)."""
+
+
 def named_sentinel_error(
     exc: BaseException, *, where: str, detail: str, queue: str | None, replay: str | None
 ) -> RedisUnreachable | None:
@@ -250,7 +255,9 @@ class _Sentinels(Sentinel):
         """
         errors: list[str] = []
         known: set[str] = set()
-        refused = answered = 0
+        from requeue.queues.connection import is_certificate_error  # it builds on this module
+
+        refused = untrusted = answered = 0
         seen_down: str | None = None
         for i, sentinel in enumerate(self.sentinels):
             address = _client_address(sentinel)
@@ -258,6 +265,7 @@ class _Sentinels(Sentinel):
                 masters: dict[str, dict[str, Any]] = await sentinel.sentinel_masters()  # type: ignore[assignment]
             except (rx.ConnectionError, rx.ResponseError, rx.TimeoutError) as exc:
                 refused += isinstance(exc, rx.AuthenticationError) or "NOAUTH" in str(exc)
+                untrusted += is_certificate_error(exc)
                 errors.append(f"{address}: {type(exc).__name__}: {exc}")
                 continue
             answered += 1
@@ -287,6 +295,11 @@ class _Sentinels(Sentinel):
             raise _SentinelAuthError(
                 f"every Sentinel refused the credentials ({tried}); give the Sentinels' own in "
                 "?sentinel_password=... (percent-encoded)"
+            )
+        if untrusted and untrusted == len(errors):
+            raise _SentinelCertificateError(
+                f"every Sentinel's TLS certificate failed to verify ({tried}); the same CA "
+                "(spec.redis.tls) verifies the Sentinels and the data nodes"
             )
         raise NoSentinelError(f"no Sentinel answered at {self.url.addresses} ({tried})")
 
