@@ -16,12 +16,15 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import quote
 
 import redis
 from redis.crc import key_slot
 
-from support.redis_server import RedisServer
+from support.gates import make_certificates
+from support.redis_server import RedisServer, free_port
+from support.tls_redis import make_client_certificate
 
 #: A password with every character a URL parser trips over (``,`` included: it separates seeds).
 CLUSTER_PASSWORD = "p@ss/w:rd?#,x%zz'\"\\ ok"
@@ -44,14 +47,49 @@ def _cluster_port() -> int:
 
 
 class RedisCluster:
-    """Six nodes; :attr:`url` is the ``redis+cluster://`` URL requeue takes (password raw)."""
+    """Six nodes; :attr:`url` is the ``redis+cluster://`` URL requeue takes (password raw).
 
-    def __init__(self, *, password: str = CLUSTER_PASSWORD, nodes: int = 6) -> None:
+    :param tls: a directory for a throw-away CA and server certificate: every node then also
+        listens with TLS on :attr:`tls_ports`, and speaks TLS on the cluster bus and to its
+        replicas (``--tls-cluster``, ``--tls-replication``). Clients on a TLS port are told
+        TLS ports (``CLUSTER SLOTS``, ``MOVED``), clients on the plain port plain ones, so Node
+        producers seed over the plain ports while requeue is proven over ``rediss+cluster://``.
+        Needs a ``redis-server`` built with TLS (Debian's; the 6.2 wheel's is not).
+    """
+
+    def __init__(self, *, password: str = CLUSTER_PASSWORD, nodes: int = 6, tls: Path | None = None) -> None:
         self.password = password
+        self.ca_pem: str | None = None
+        self.tls_ports: list[int] = []
         auth = ["--masterauth", password, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        ports = [_cluster_port() for _ in range(nodes)]
+        per_node: list[list[str]] = [[] for _ in ports]
+        binary = None
+        if tls is not None:
+            binary = shutil.which("redis-server")
+            if binary is None:
+                raise RuntimeError("a redis-server built with TLS (Debian's) is needed on PATH")
+            certs = make_certificates(tls)
+            make_client_certificate(tls)  # the cluster bus checks the connecting node's certificate
+            self.ca_pem = certs.ca_pem
+            self.tls_ports = [free_port() for _ in ports]
+            for port, tls_port, args in zip(ports, self.tls_ports, per_node, strict=True):
+                args += [
+                    *("--tls-port", str(tls_port), "--tls-cluster", "yes", "--tls-replication", "yes"),
+                    *("--tls-cert-file", str(certs.cert_file), "--tls-key-file", str(certs.key_file)),
+                    *(
+                        "--tls-client-cert-file",
+                        str(tls / "client.crt"),
+                        "--tls-client-key-file",
+                        str(tls / "client.key"),
+                    ),
+                    *("--tls-ca-cert-file", str(tls / "ca.crt"), "--tls-auth-clients", "no"),
+                    *("--cluster-port", str(port + 10000)),  # the bus stays where _cluster_port found room
+                ]
         self.nodes = [
             RedisServer(
-                port=_cluster_port(),
+                port=port,
+                binary=binary,
                 password=password,
                 args=[
                     *auth,
@@ -60,10 +98,18 @@ class RedisCluster:
                     # the killed primary's replica must be allowed to take over at once
                     "--cluster-replica-validity-factor",
                     "0",
+                    *extra,
                 ],
             )
-            for _ in range(nodes)
+            for port, extra in zip(ports, per_node, strict=True)
         ]
+
+    @property
+    def tls_url(self) -> str:
+        """The ``rediss+cluster://`` URL of two seeds' TLS ports, the password raw."""
+        assert self.tls_ports, "this cluster was started without tls="
+        seeds = ",".join(f"127.0.0.1:{p}" for p in self.tls_ports[:2])
+        return f"rediss+cluster://:{self.password}@{seeds}"
 
     @property
     def url(self) -> str:

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +27,9 @@ from urllib.parse import quote
 import redis
 
 from support import wait_until
+from support.gates import make_certificates
 from support.redis_server import RedisServer, RedisServerError, find_redis_server, free_port
+from support.tls_redis import make_client_certificate
 
 __all__ = ["MASTER_NAME", "SENTINEL_PASSWORD", "SentinelProcess", "SentinelSet", "config_quote"]
 
@@ -64,7 +67,9 @@ class SentinelProcess:
         auth_pass: str | None,
         requirepass: str | None = None,
         binary: str | None = None,
+        tls_lines: Sequence[str] = (),
     ) -> None:
+        """:param tls_lines: redis.conf lines that make it speak TLS (see :class:`SentinelSet`)."""
         self.binary = binary or find_redis_server()
         self.port = free_port()
         self.host = "127.0.0.1"
@@ -90,6 +95,9 @@ class SentinelProcess:
                 f"requirepass {config_quote(requirepass)}",
                 f"sentinel sentinel-pass {config_quote(requirepass)}",
             ]
+        self.tls_port = free_port() if tls_lines else None
+        if self.tls_port is not None:
+            lines += [f"tls-port {self.tls_port}", *tls_lines]
         self.config = self._dir / "sentinel.conf"
         self.config.write_text("\n".join(lines) + "\n")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -165,6 +173,11 @@ class SentinelSet:
 
     :param sentinel_password: the Sentinels' own ``requirepass`` (None: no password; Bitnami's
         ``auth.sentinel: false``).
+    :param tls: a directory for a throw-away CA and certificates: every process then also listens
+        with TLS (the data nodes on :attr:`tls_ports`, each Sentinel on its ``tls_port``), replicates
+        and monitors over TLS (``tls-replication``), and the Sentinels name the TLS ports, as a
+        TLS-only install would; :meth:`tls_url` is the ``rediss+sentinel://`` URL. The plain ports
+        stay for the test's own checks. Needs a ``redis-server`` built with TLS (Debian's).
     """
 
     def __init__(
@@ -174,32 +187,81 @@ class SentinelSet:
         sentinel_password: str | None = None,
         master: str = MASTER_NAME,
         sentinels: int = 3,
+        tls: Path | None = None,
     ) -> None:
         self.password = password
         self.sentinel_password = sentinel_password
         self.master = master
+        self.ca_pem: str | None = None
+        #: (name, value) of the TLS settings every process gets (flags for data nodes, config lines
+        #: for Sentinels)
+        self._tls: list[tuple[str, str]] = []
+        binary = None
         auth = ["--masterauth", password]
-        self.primary = RedisServer(password=password, args=auth)
-        self.replica = RedisServer(password=password, args=auth)
+        if tls is not None:
+            binary = shutil.which("redis-server")
+            if binary is None:
+                raise RuntimeError("a redis-server built with TLS (Debian's) is needed on PATH")
+            self.ca_pem = make_certificates(tls).ca_pem
+            make_client_certificate(tls)
+            self._tls = [
+                ("tls-cert-file", str(tls / "server.crt")),
+                ("tls-key-file", str(tls / "server.key")),
+                # Sentinels and replicas connect as clients; a Sentinel checks another's certificate
+                ("tls-client-cert-file", str(tls / "client.crt")),
+                ("tls-client-key-file", str(tls / "client.key")),
+                ("tls-ca-cert-file", str(tls / "ca.crt")),
+                ("tls-auth-clients", "no"),
+                ("tls-replication", "yes"),
+            ]
+        self.tls_ports = {"primary": free_port(), "replica": free_port()} if tls is not None else {}
+        self.primary = RedisServer(password=password, binary=binary, args=[*auth, *self._tls_args("primary")])
+        self.replica = RedisServer(password=password, binary=binary, args=[*auth, *self._tls_args("replica")])
         self._count = sentinels
         self.sentinels: list[SentinelProcess] = []
 
+    def _tls_args(self, role: str) -> list[str]:
+        """The TLS settings as a data node's command-line arguments, with its TLS port."""
+        if not self._tls:
+            return []
+        return [
+            "--tls-port",
+            str(self.tls_ports[role]),
+            *(arg for n, v in self._tls for arg in (f"--{n}", v)),
+        ]
+
+    def announced_port(self, server: RedisServer) -> int:
+        """The port the Sentinels name for ``server``: its TLS port when the set speaks TLS."""
+        if not self.tls_ports:
+            return server.port
+        return self.tls_ports["primary" if server is self.primary else "replica"]
+
     def start(self, timeout: float = 30.0) -> SentinelSet:
         self.primary.start()
-        self.replica.extra_args += ["--replicaof", self.primary.host, str(self.primary.port)]
+        primary_port = self.announced_port(self.primary)
+        self.replica.extra_args += ["--replicaof", self.primary.host, str(primary_port)]
         self.replica.start()
         wait_until(self._replica_in_sync, timeout=timeout, message="the replica to sync with the primary")
         for _ in range(self._count):
             self.sentinels.append(
                 SentinelProcess(
                     master=self.master,
-                    primary=(self.primary.host, self.primary.port),
+                    primary=(self.primary.host, primary_port),
                     auth_pass=self.password,
                     requirepass=self.sentinel_password,
+                    binary=self.primary.binary,
+                    tls_lines=[f"{n} {config_quote(v)}" for n, v in self._tls],
                 ).start()
             )
         wait_until(self._sentinels_ready, timeout=timeout, message=self._state)
         return self
+
+    def tls_url(self, *, db: int = 0) -> str:
+        """``rediss+sentinel://:<password>@<TLS ports of the Sentinels>/<master>/<db>``."""
+        hosts = ",".join(f"{s.host}:{s.tls_port}" for s in self.sentinels)
+        return (
+            f"rediss+sentinel://:{quote(self.password, safe='')}@{hosts}/{quote(self.master, safe='')}/{db}"
+        )
 
     def url(self, *, master: str | None = None, db: int = 0, query: str = "") -> str:
         """``redis+sentinel://:<password>@s1,s2,s3/<master>/<db>`` (the password percent-encoded)."""
@@ -216,7 +278,7 @@ class SentinelSet:
     def current_primary(self) -> RedisServer:
         """The data node the Sentinels name the primary now."""
         port = self.master_port()
-        return self.primary if port == self.primary.port else self.replica
+        return self.primary if port == self.announced_port(self.primary) else self.replica
 
     def master_port(self) -> int | None:
         for sentinel in self.sentinels:
@@ -246,7 +308,7 @@ class SentinelSet:
 
         def promoted() -> bool:
             named = {s.master_address(self.master) for s in self.sentinels}
-            if named != {(self.replica.host, self.replica.port)}:
+            if named != {(self.replica.host, self.announced_port(self.replica))}:
                 return False
             client = redis.Redis.from_url(self.replica.url, decode_responses=True)
             try:
@@ -278,7 +340,8 @@ class SentinelSet:
                 client.close()
             if int(state.get("num-other-sentinels", 0)) < self._count - 1:
                 return False
-            if not any(int(r["port"]) == self.replica.port and not r.get("is_sdown") for r in replicas):
+            replica_port = self.announced_port(self.replica)
+            if not any(int(r["port"]) == replica_port and not r.get("is_sdown") for r in replicas):
                 return False
         return True
 
