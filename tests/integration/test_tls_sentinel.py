@@ -66,7 +66,8 @@ async def lists(url: str, queue: str = Q) -> tuple[set[str], set[str]]:
     keys = QueueKeys("bull", queue)
     client = aioredis.Redis.from_url(url, decode_responses=True)
     try:
-        return set(await client.lrange(keys.wait, 0, -1)), set(await client.zrange(keys.failed, 0, -1))
+        waiting, failed = await client.lrange(keys.wait, 0, -1), await client.zrange(keys.failed, 0, -1)
+        return {str(i) for i in waiting}, {str(i) for i in failed}
     finally:
         await client.aclose()
 
