@@ -42,8 +42,9 @@ from requeue.commands.output import (
     error_label,
     error_object,
 )
+from requeue.commands.redis_env import cli_connect
 from requeue.errors import RequeueError, SpecInvalid
-from requeue.queues import BullQueue, FailedJob, connect, map_redis_error
+from requeue.queues import BullQueue, FailedJob, map_redis_error
 from requeue.queues.export import (
     EXPORT_STATES,
     LOG_LINES_PER_JOB,
@@ -172,7 +173,7 @@ def run_export(opts: ExportOptions, *, out: BinaryIO | None = None) -> int:
                 url = await static.get(ref)
                 hidden.add_url(url)
         assert url is not None
-        redis = await connect_retrying(lambda: connect(url), ConnectRetry(opts.connect_timeout), note)
+        redis = await connect_retrying(lambda: cli_connect(url), ConnectRetry(opts.connect_timeout), note)
         try:
             bull = BullQueue(redis, queue, prefix=prefix)
             await bull.require_exists()
