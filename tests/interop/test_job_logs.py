@@ -208,3 +208,47 @@ async def test_a_line_logged_between_archive_and_removal_keeps_the_round_and_is_
     with psycopg.connect(pg_dsn) as conn:
         [(logs,)] = conn.execute(f"SELECT logs FROM {table} WHERE job_id = %s", (ids["few"],)).fetchall()
     assert logs["lines"] == [*LINES, "one more line"] and logs["total"] == 5
+
+
+@pytest.mark.timeout(300)
+async def test_a_user_who_may_not_alter_the_previous_table_is_told_the_statement_and_nothing_goes(
+    redis_url: str, redis_client: aioredis.Redis, pg_dsn: str, table: str
+) -> None:
+    ids = await fail_with_logs(redis_url, redis_client)
+    role = f"archiver_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # the table is the owner's; the role writes
+        conn.execute(PREVIOUS_TABLE.format(table))
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {role}")
+        conn.execute(f"GRANT SELECT, INSERT, UPDATE ON {table} TO {role}")
+    dsn = f"host=127.0.0.1 port=5432 dbname=test user={role}"
+    args = (
+        "clean", "--redis-url", redis_url, "--queue", Q, "--state", "failed", "--grace", "0s",
+        "--archive-dsn", dsn, "--archive-table", table, "-o", "json",
+    )  # fmt: skip
+    try:
+        refused = await acli(*args)
+        assert refused.code == 1, refused.output
+        error = json.loads(refused.stdout)["error"]
+        assert error["reason"] == "ArchiveFailed"
+        assert error["message"] == (
+            f"archive table {table} has no logs column (added by this version of requeue) and this "
+            f'user may not add it: run ALTER TABLE "{table}" ADD COLUMN logs jsonb as its owner; '
+            "nothing was removed"
+        )
+        assert await redis_client.zcard(K.failed) == 3
+        assert all([await redis_client.exists(K.logs(ids[k])) for k in ("few", "many")])
+
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:  # the owner runs what it said
+            conn.execute(f'ALTER TABLE "{table}" ADD COLUMN logs jsonb')
+        done = await acli(*args)
+        assert done.code == 0, done.output
+        assert json.loads(done.stdout)["removed"] == 3
+        with psycopg.connect(pg_dsn) as conn:
+            [(logs,)] = conn.execute(f"SELECT logs FROM {table} WHERE job_id = %s", (ids["few"],)).fetchall()
+        assert logs["lines"] == LINES
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+            conn.execute(f"REVOKE ALL ON SCHEMA public FROM {role}")
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
