@@ -12,6 +12,10 @@ would take most of the run. ``tests/interop/test_export_interop.py`` exports Nod
     .venv/bin/python bench/export.py                       # 10k, 100k, 300k jobs of ~1 KiB + 300 of 1 MiB
     .venv/bin/python bench/export.py --sizes 10000,50000   # a quick look
 
+Two more rows carry job logs (``job.log()`` lines, the list ``<prefix>:<queue>:<id>:logs``):
+``--logged`` jobs with ``--log-lines`` lines of ~80 B each, and ``--log-heavy`` jobs with 1,200
+lines of 1 KiB (cut by the export to the newest 1,000 lines, 1 MiB, per job).
+
 Figures only, no assertions.
 """
 
@@ -70,6 +74,31 @@ def seed(client: redis.Redis, queue: str, count: int, data_bytes: int, start: in
     pipe.execute()
 
 
+def seed_logs(client: redis.Redis, queue: str, count: int, lines: int, line_bytes: int) -> None:
+    """Give jobs 0..count-1 of ``queue`` ``lines`` log lines of ``line_bytes`` each (as addLog: RPUSH)."""
+    pipe = client.pipeline(transaction=False)
+    for i in range(count):
+        key = f"bull:{queue}:{i}:logs"
+        for k in range(lines):
+            pipe.rpush(key, f"{k:06d} attempt log line ".ljust(line_bytes, "."))
+            if len(pipe) >= 2000:
+                pipe.execute()
+    pipe.execute()
+
+
+def _seed_logs_child(port: int, queue: str, count: int, lines: int, line_bytes: int) -> None:
+    seed_logs(redis.Redis(port=port), queue, count, lines, line_bytes)
+
+
+def seed_logs_apart(port: int, queue: str, count: int, lines: int, line_bytes: int) -> None:
+    """:func:`seed_logs` in a child process (see :func:`seed_apart`)."""
+    child = mp.Process(target=_seed_logs_child, args=(port, queue, count, lines, line_bytes))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"seeding logs failed ({child.exitcode})")
+
+
 def seed_apart(port: int, queue: str, count: int, data_bytes: int, start: int = 0) -> None:
     """:func:`seed` in a child process: Linux carries a process's peak RSS across ``exec`` into
     the ``ru_maxrss`` of what it starts, so this process stays small for the measured children."""
@@ -119,6 +148,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,300000", help="Job counts, comma-separated.")
     parser.add_argument("--data-bytes", type=int, default=1024, help="Bytes of data per job.")
     parser.add_argument("--big", type=int, default=300, help="Jobs of 1 MiB data in the last run (0: none).")
+    parser.add_argument("--logged", type=int, default=10000, help="Jobs with log lines (0: no such row).")
+    parser.add_argument("--log-lines", type=int, default=20, help="Log lines of ~80 B per --logged job.")
+    parser.add_argument(
+        "--log-heavy", type=int, default=100, help="Jobs with 1,200 log lines of 1 KiB (0: no such row)."
+    )
     args = parser.parse_args()
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,6 +198,20 @@ def main() -> None:
                 print(
                     f"{args.big:>8}  {seconds:>8.1f}  {args.big / seconds:>8.0f}  {written / 2**20:>8.1f}  "
                     f"{rss_kib / 1024:>12.1f}   (1 MiB of data per job)"
+                )
+            rows = [
+                ("logged", args.logged, args.log_lines, 80, f"{args.log_lines} log lines of 80 B per job"),
+                ("heavy", args.log_heavy, 1200, 1024, "1,200 log lines of 1 KiB per job, cut to 1,000"),
+            ]
+            for queue, jobs, lines, line_bytes, what in rows:
+                if not jobs:
+                    continue
+                seed_apart(port, queue, jobs, args.data_bytes)
+                seed_logs_apart(port, queue, jobs, lines, line_bytes)
+                seconds, rss_kib, written = run_export(url, queue)
+                print(
+                    f"{jobs:>8}  {seconds:>8.1f}  {jobs / seconds:>8.0f}  {written / 2**20:>8.1f}  "
+                    f"{rss_kib / 1024:>12.1f}   ({what})"
                 )
         finally:
             server.terminate()

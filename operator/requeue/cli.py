@@ -699,6 +699,15 @@ for _command in (pause, resume, clean):
     help="With -f: value of a Secret key the manifest references; or env REQUEUE_SECRET_<NAME>_<KEY>.",
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Write at most this many jobs.")
+@click.option(
+    "--log-lines",
+    type=click.IntRange(min=0, max=1_000_000),
+    default=1000,
+    show_default=True,
+    metavar="N",
+    help="Log lines (job.log) kept per job, the newest; 1 MiB at most; a cut list is marked logsCut. "
+    "0: none.",
+)
 @connect_timeout_option()
 @no_color_option(expose=False)
 def export(
@@ -711,11 +720,12 @@ def export(
     file: str | None,
     secrets: tuple[str, ...],
     limit: int | None,
+    log_lines: int,
     connect_timeout: float,
 ) -> None:
-    """Write every job of one state as JSON lines on stdout (all hash fields, data, stack traces;
-    corrupt jobs raw with "corrupt"), e.g. before a clean: `requeue export --queue Q --state failed
-    > failed.jsonl`. Read-only; bounded memory; a summary on stderr.
+    """Write every job of one state as JSON lines on stdout (all hash fields, data, stack traces,
+    its job.log lines; corrupt jobs raw with "corrupt"), e.g. before a clean: `requeue export
+    --queue Q --state failed > failed.jsonl`. Read-only; bounded memory; a summary on stderr.
 
     Exit codes: 0 done, 2 queue not found, invalid manifest, missing secret or a usage error,
     3 Redis unreachable (retried for --connect-timeout) or authentication failed, 130 interrupted
@@ -745,6 +755,7 @@ def export(
                 secrets=secrets,
                 limit=limit,
                 connect_timeout=connect_timeout,
+                log_lines=log_lines,
             )
         )
     )

@@ -5,8 +5,13 @@ after ``requeue`` (installing requeue installs this entry point). It is the requ
 what the current kubeconfig context can supply, read with the user's own credentials:
 
 * ``inspect --from dlqreplay/NAME`` (or ``queuepolicy/NAME``): the Redis URL from the object's
-  ``spec.redis.urlSecretRef`` Secret, the queue and prefix from its spec (a QueuePolicy of several
-  queues needs ``--queue``). The URL goes to the CLI through ``REQUEUE_REDIS_URL``, never argv.
+  ``spec.redis.urlSecretRef`` Secret, its ``db``, its ``tls`` CA bundle and client certificate
+  from their Secrets, the queue and prefix from its spec (a QueuePolicy of several queues needs
+  ``--queue``). They go to the CLI in its environment (``REQUEUE_REDIS_URL``,
+  ``REQUEUE_REDIS_TLS_*``, ``REQUEUE_REDIS_DB``: :mod:`requeue.commands.redis_env`), never argv.
+* ``replay --from dlqreplay/NAME``: the DLQReplay's spec, read from the cluster, run by the CLI
+  as ``replay -f`` runs a manifest (``--dry-run`` to preview); its Secrets (Redis URL, TLS,
+  gates, smoke test) read from the object's namespace as for ``replay -f``.
 * ``replay -f FILE``: every Secret the manifest refers to and that ``--secret``/the environment do
   not give is read from the cluster (the manifest's namespace, else the context's) and handed to the
   CLI as ``REQUEUE_SECRET_<NAME>_<KEY>``.
@@ -20,6 +25,8 @@ kubectl passes no global flags to a plugin, so ``-n/--namespace``, ``--context``
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import itertools
 import os
 import sys
@@ -29,10 +36,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
+import yaml
 
 from requeue.api.common import RedisConnection
+from requeue.api.replay import ReplayPhase
 from requeue.api.resources import GROUP, VERSION
 from requeue.errors import ReplayNotFound, RequeueError, SecretNotFound, SpecInvalid
+from requeue.redis_target import RedisTarget
 from requeue.secrets import env_name
 
 __all__ = ["KubeContext", "main"]
@@ -151,7 +161,7 @@ async def _from_object(ref: str, kube: KubeContext, args: list[str]) -> None:
     except ValueError:
         raise SpecInvalid(f"{plural} {namespace}/{name}: spec.redis is not valid") from None
     target = await resolve_redis(KubeSecrets(namespace), conn)
-    os.environ["REQUEUE_REDIS_URL"] = target.url
+    _hand_over(target)
     if not _has(args, "--prefix") and spec.get("prefix"):
         args += ["--prefix", str(spec["prefix"])]
     if not _has(args, "--queue"):
@@ -161,6 +171,76 @@ async def _from_object(ref: str, kube: KubeContext, args: list[str]) -> None:
                 f"{plural} {namespace}/{name} watches {len(queues)} queues: say which with --queue"
             )
         args += ["--queue", str(queues[0])]
+
+
+def _hand_over(target: RedisTarget) -> None:
+    """The resolved Redis into the CLI's environment (:mod:`requeue.commands.redis_env`): the
+    URL, database, CA bundle and client certificate; nothing on argv, nothing printed."""
+    from requeue.commands import redis_env
+
+    os.environ["REQUEUE_REDIS_URL"] = target.url
+    values = {
+        redis_env.ENV_CA: target.tls.ca_pem,
+        redis_env.ENV_CERT: target.tls.cert_pem,
+        redis_env.ENV_KEY: target.tls.key_pem,
+        redis_env.ENV_INSECURE: "1" if target.tls.insecure_skip_verify else None,
+        redis_env.ENV_DB: None if target.db is None else str(target.db),
+    }
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)  # the object's settings, not a leftover of the shell's
+        else:
+            os.environ[name] = value
+
+
+async def _replay_from(ref: str, kube: KubeContext, args: list[str]) -> None:
+    """``replay --from dlqreplay/NAME``: the object's spec as a manifest file for ``-f``.
+
+    The run is the CLI's own: its replay id comes from namespace/name (as ``replay -f`` of the
+    object's manifest), not from the object's uid, so the operator's state for the object is
+    neither resumed nor touched; ``spec.suspend`` and ``spec.cancel`` (which hold or stop the
+    operator's run) are left out, since asking for this run is the decision to run it. A real
+    run of an object the operator may be driving (not suspended, not finished) is refused:
+    two drivers would take turns on the queue's lease.
+    """
+    kind, _, name = ref.partition("/")
+    plural = _KINDS.get(kind.lower())
+    if plural == "queuepolicies":
+        raise SpecInvalid(
+            f"replay --from {ref}: a QueuePolicy is not a replay (its actions.autoReplay creates "
+            f"DLQReplays); give dlqreplay/NAME, or look at its queues with inspect --from {ref}"
+        )
+    if plural is None or not name:
+        raise SpecInvalid(f"--from {ref!r}: replay takes dlqreplay/NAME")
+    if _has(args, "-f", "--filename", "--job"):
+        raise click.UsageError("use either --from dlqreplay/NAME or -f FILE / --job, not both")
+    namespace = kube.load()
+    obj = await _read_object(plural, namespace, name)
+    spec = {k: v for k, v in (obj.get("spec") or {}).items() if k not in ("suspend", "cancel")}
+    held = bool((obj.get("spec") or {}).get("suspend"))
+    phase = (obj.get("status") or {}).get("phase")
+    finished = phase in {p.value for p in ReplayPhase} and ReplayPhase(phase).finished
+    if not _has(args, "--dry-run") and not spec.get("dryRun") and not held and not finished:
+        raise SpecInvalid(
+            f"dlqreplays.{GROUP} {namespace}/{name} is not suspended and has not finished "
+            f"(phase {phase or 'none yet'}): the operator runs it. Preview with --dry-run, or "
+            "set spec.suspend: true first and run it here"
+        )
+    manifest = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "DLQReplay",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+    with tempfile.NamedTemporaryFile("w", prefix="requeue-from-", suffix=".yaml", delete=False) as copy:
+        yaml.safe_dump(manifest, copy)
+    atexit.register(_remove, copy.name)
+    args += ["-f", copy.name]
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 async def _manifest_secrets(args: list[str], kube: KubeContext) -> None:
@@ -228,11 +308,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(asyncio.run(_cancel(args[1:], kube)))
         ref = _option(args, "--from")
         if ref is not None:
-            if args[:1] != ["inspect"]:
+            if args[:1] == ["replay"]:
+                asyncio.run(_replay_from(ref, kube, args))
+            elif args[:1] == ["inspect"]:
+                asyncio.run(_from_object(ref, kube, args))
+            else:
                 raise click.UsageError(
-                    "--from goes with inspect: kubectl requeue inspect --from dlqreplay/NAME"
+                    "--from goes with inspect or replay: kubectl requeue inspect --from dlqreplay/NAME, "
+                    "kubectl requeue replay --from dlqreplay/NAME --dry-run"
                 )
-            asyncio.run(_from_object(ref, kube, args))
         if args[:1] == ["replay"]:
             asyncio.run(_manifest_secrets(args, kube))
     except click.UsageError as exc:
@@ -257,7 +341,8 @@ _PLUGIN_HELP = """kubectl requeue: the requeue CLI in the current kubeconfig con
 (-n, --context, --kubeconfig).
 
 Plugin additions:
-  inspect --from dlqreplay/NAME|queuepolicy/NAME   Redis URL, queue and prefix from the object
+  inspect --from dlqreplay/NAME|queuepolicy/NAME   Redis URL, TLS, queue and prefix from the object
+  replay --from dlqreplay/NAME [--dry-run]         run (or preview) the DLQReplay's spec from here
   replay -f FILE                                   the manifest's Secrets read from the cluster
   cancel NAME                                      set spec.cancel on a DLQReplay (kept as Cancelled)
 """

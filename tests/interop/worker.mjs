@@ -1,6 +1,7 @@
 // A real BullMQ Worker that fails the jobs matching a rule and completes the rest.
 // Args: {redisUrl, prefix, queue,
-//        fail?: [{name?: string, data?: {field: value, ...}, message: string}],
+//        fail?: [{name?: string, data?: {field: value, ...}, message: string,
+//                 logs?: [string, ...], logLines?: N}],
 //        concurrency?: 1, processMs?: 0,
 //        lockDurationMs?: BullMQ's lockDuration (30000): how soon a killed worker's locks expire,
 //        maxJobs?: N       stop after N processed attempts,
@@ -8,7 +9,8 @@
 //        timeoutMs?: 120000  hard stop}
 // A rule matches when every given criterion matches (name equality, and
 // every `data` field equal to the job's data field); the first matching rule's
-// message is thrown. SIGTERM/SIGINT stop the worker gracefully (active jobs
+// message is thrown, after the rule's `logs` (then `logLines` lines "line <k> of <id>")
+// are written with job.log(). SIGTERM/SIGINT stop the worker gracefully (active jobs
 // finish). A globally paused queue is simply not consumed until resumed.
 // Prints: {"event":"ready"} once connected, then one line per processed attempt:
 //   {"event":"processed","id","name","data","opts","attemptsMade",
@@ -47,7 +49,11 @@ run(async () => {
     before.set(job.id, job.attemptsMade);
     if (args.processMs) await new Promise((r) => setTimeout(r, args.processMs));
     const rule = rules.find((r) => matches(r, job));
-    if (rule) throw new Error(rule.message ?? 'failed by rule');
+    if (rule) {
+      for (const line of rule.logs ?? []) await job.log(line);
+      for (let k = 0; k < (rule.logLines ?? 0); k += 1) await job.log(`line ${k} of ${job.id}`);
+      throw new Error(rule.message ?? 'failed by rule');
+    }
     return { ok: true };
   };
 

@@ -340,6 +340,10 @@ class FailRule:
     message: str
     name: str | None = None
     data: Mapping[str, Any] | None = None
+    #: Lines the worker writes with ``job.log()`` before it throws.
+    logs: Sequence[str] = ()
+    #: Then this many lines ``line <k> of <id>``.
+    log_lines: int = 0
 
     def to_json(self) -> JsonObj:
         if self.name is None and self.data is None:
@@ -349,6 +353,10 @@ class FailRule:
             out["name"] = self.name
         if self.data is not None:
             out["data"] = dict(self.data)
+        if self.logs:
+            out["logs"] = list(self.logs)
+        if self.log_lines:
+            out["logLines"] = self.log_lines
         return out
 
 

@@ -5,8 +5,11 @@ failed.jsonl``. One line per job (:func:`requeue.queues.export.job_record`): eve
 the data, options, stack traces and return value parsed when they are JSON, and corrupt jobs
 (missing hash, not a hash, no name, data not JSON) kept raw with ``"corrupt": "<why>"``. A line
 is never cut: the export restores every field exactly (:func:`requeue.queues.export.restore_fields`),
-however large. Memory stays bounded: ids are read a page at a time and hashes a few MiB per
-round trip, and each line is written as soon as it is made.
+however large. Each line carries the job's log lines (``job.log()``; ``logs``, ``logsTotal``),
+the newest ``--log-lines`` of them (1000 by default, 1 MiB at most); a job with more says so
+in ``logsCut``, and :func:`requeue.queues.export.restore_logs` restores an uncut list exactly.
+Memory stays bounded: ids are read a page at a time, hashes a few MiB per round trip, logs a
+job at a time, and lines are written as they are made.
 
 Filters, as ``requeue inspect`` lists a group: ``--name`` (exact job name), ``--reason`` (a
 normalised reason as ``inspect`` groups it, or verbatim), or ``-f`` a DLQReplay manifest whose
@@ -39,9 +42,22 @@ from requeue.commands.output import (
     error_label,
     error_object,
 )
+from requeue.commands.redis_env import cli_connect
 from requeue.errors import RequeueError, SpecInvalid
-from requeue.queues import BullQueue, FailedJob, connect, map_redis_error
-from requeue.queues.export import EXPORT_STATES, compact_json, id_pages, job_record, read_jobs
+from requeue.queues import BullQueue, FailedJob, map_redis_error
+from requeue.queues.export import (
+    EXPORT_STATES,
+    LOG_LINES_PER_JOB,
+    NO_LOGS,
+    LogLimits,
+    add_logs,
+    compact_json,
+    id_pages,
+    job_record,
+    log_lengths,
+    read_jobs,
+    read_logs,
+)
 from requeue.replay import normalize_reason
 
 __all__ = ["EXPORT_STATES", "ExportOptions", "ExportSummary", "run_export"]
@@ -61,6 +77,7 @@ class ExportOptions:
     secrets: tuple[str, ...] = ()
     limit: int | None = None
     connect_timeout: float = 10.0
+    log_lines: int = LOG_LINES_PER_JOB
 
 
 @dataclass
@@ -72,6 +89,7 @@ class ExportSummary:
     scanned: int = 0
     bytes: int = 0
     limited: bool = False
+    logs_cut: int = 0
 
 
 @dataclass
@@ -155,7 +173,7 @@ def run_export(opts: ExportOptions, *, out: BinaryIO | None = None) -> int:
                 url = await static.get(ref)
                 hidden.add_url(url)
         assert url is not None
-        redis = await connect_retrying(lambda: connect(url), ConnectRetry(opts.connect_timeout), note)
+        redis = await connect_retrying(lambda: cli_connect(url), ConnectRetry(opts.connect_timeout), note)
         try:
             bull = BullQueue(redis, queue, prefix=prefix)
             await bull.require_exists()
@@ -182,25 +200,39 @@ def run_export(opts: ExportOptions, *, out: BinaryIO | None = None) -> int:
     return 0
 
 
+#: Bytes of lines gathered before a write (a chunk's jobs with their logs can be many MiB).
+_WRITE_BYTES = 1024 * 1024
+
+
 async def _export(
     bull: BullQueue, opts: ExportOptions, filt: _Filter, stream: BinaryIO, summary: ExportSummary
 ) -> None:
+    limits = LogLimits(lines=opts.log_lines)
     async for page in id_pages(bull.redis, bull.keys, opts.state):
         summary.scanned += len(page)
         async for chunk in read_jobs(bull.redis, bull.keys, [job_id for job_id, _ in page]):
-            lines = []
-            for job in chunk:
+            counts = await log_lengths(bull.redis, bull.keys, [job.id for job in chunk])
+            lines: list[bytes] = []
+            held = 0
+            for job, count in zip(chunk, counts, strict=True):
                 record = job_record(job, queue=bull.name, prefix=bull.prefix, state=opts.state)
                 if not filt.keep(record):
                     continue
                 if opts.limit is not None and summary.written >= opts.limit:
                     summary.limited = True
                     break
+                logs = await read_logs(bull.redis, bull.keys, job.id, count, limits) if count else NO_LOGS
+                add_logs(record, logs, limits)
                 line = _one_line(json.dumps(record, ensure_ascii=False)).encode() + b"\n"
                 lines.append(line)
+                held += len(line)
                 summary.written += 1
                 summary.bytes += len(line)
                 summary.corrupt += record["corrupt"] is not None
+                summary.logs_cut += logs.cut
+                if held >= _WRITE_BYTES:
+                    stream.write(b"".join(lines))
+                    lines, held = [], 0
             stream.write(b"".join(lines))
             stream.flush()
             if summary.limited:
@@ -230,6 +262,11 @@ def _summary(
         f"requeue: {'stopped after exporting' if stopped else 'exported'} {summary.written} {what}: "
         f"{summary.corrupt} corrupt, {summary.scanned} scanned, {summary.bytes} bytes"
     )
+    if summary.logs_cut:
+        text += (
+            f"; the logs of {summary.logs_cut} jobs were cut to their newest lines "
+            f"(--log-lines {opts.log_lines}, 1 MiB per job; see logsCut)"
+        )
     if summary.limited:
         text += f"; --limit {opts.limit} reached, more may match"
     print(hidden.redact(text), file=sys.stderr, flush=True)

@@ -56,8 +56,9 @@ from requeue.commands.output import (
     print_json,
     report_error,
 )
+from requeue.commands.redis_env import cli_connect
 from requeue.errors import RequeueError
-from requeue.queues import BullQueue, QueueKeys, connect, map_redis_error
+from requeue.queues import BullQueue, QueueKeys, map_redis_error
 from requeue.redact import redact_url
 
 __all__ = ["run_inspect"]
@@ -105,7 +106,7 @@ def run_inspect(
 async def _scan(
     url: str, queue: str, prefix: str, top: int, sample: int, retry: ConnectRetry, note: Callable[[str], None]
 ) -> FailedSetReport:
-    redis = await connect_retrying(lambda: connect(url, queues=[QueueKeys(prefix, queue)]), retry, note)
+    redis = await connect_retrying(lambda: cli_connect(url, queues=[QueueKeys(prefix, queue)]), retry, note)
     try:
         bull = BullQueue(redis, queue, prefix=prefix)
         await bull.require_exists()  # QueueNotFound (exit 2) rather than "0 failed jobs" for a typo

@@ -27,8 +27,9 @@ from redis import exceptions as rx
 
 from requeue.api.jsonpath import JsonPath
 from requeue.commands.output import ConnectRetry, RedactedValues, connect_retrying, print_json, report_error
+from requeue.commands.redis_env import cli_connect
 from requeue.errors import RequeueError
-from requeue.queues import BullQueue, QueueKeys, connect, map_redis_error
+from requeue.queues import BullQueue, QueueKeys, map_redis_error
 from requeue.queues.duplicates import Duplicates, find_duplicates
 from requeue.redact import redact_url
 
@@ -56,7 +57,7 @@ def run_inspect_duplicates(
     async def scan() -> Duplicates:
         keys = QueueKeys(prefix, queue)
         redis = await connect_retrying(
-            lambda: connect(redis_url, queues=[keys]), ConnectRetry(connect_timeout), note
+            lambda: cli_connect(redis_url, queues=[keys]), ConnectRetry(connect_timeout), note
         )
         try:
             await BullQueue(redis, queue, prefix=prefix).require_exists()

@@ -33,8 +33,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from requeue.commands.output import RedactedValues, print_json, run_on_redis
+from requeue.commands.redis_env import cli_connect
 from requeue.errors import JobNotFound
-from requeue.queues import BullQueue, Cursor, QueueKeys, connect
+from requeue.queues import BullQueue, Cursor, QueueKeys
 from requeue.replay import normalize_reason
 
 __all__ = ["DATA_LIMIT", "STACK_LIMIT", "JobView", "bounded", "run_job_list", "run_job_view", "run_on_queue"]
@@ -227,7 +228,7 @@ def run_on_queue(
     keys (QueueNotFound), then ``await work(queue)``."""
 
     async def slot_owner() -> list[Redis]:  # a Redis Cluster URL: the primary serving the queue's slot
-        return [await connect(redis_url, queues=[QueueKeys(prefix, queue)])]
+        return [await cli_connect(redis_url, queues=[QueueKeys(prefix, queue)])]
 
     async def on_queue(clients: list[Redis]) -> Any:
         bull = BullQueue(clients[0], queue, prefix=prefix)

@@ -21,6 +21,7 @@ from redis import exceptions as rx
 from redis.asyncio import Redis
 from rich.console import Console
 
+from requeue.commands.redis_env import cli_connect
 from requeue.errors import (
     AuthFailed,
     Forbidden,
@@ -31,7 +32,7 @@ from requeue.errors import (
     SelectionChanged,
     SpecInvalid,
 )
-from requeue.queues import connect, map_redis_error
+from requeue.queues import map_redis_error
 from requeue.redact import redact_text, sensitive_parts
 
 __all__ = [
@@ -213,7 +214,7 @@ def run_on_redis(
         print(f"requeue: {secrets.redact(text)}", file=sys.stderr, flush=True)
 
     async def one() -> list[Redis]:
-        return [await connect(redis_url)]
+        return [await cli_connect(redis_url)]
 
     async def go() -> T:
         clients = await connect_retrying(opener or one, ConnectRetry(connect_timeout), note)

@@ -5,16 +5,17 @@ One round, at most ``archive.batchSize`` jobs:
 
 1. The ids BullMQ's ``cleanJobsInSet`` would take (``ZRANGEBYSCORE <state> 0 <cutoff> LIMIT``,
    oldest first).
-2. ``WATCH`` their job hashes on the connection that will remove them; then (on another
-   connection) check each id is still in the set at or before the cutoff, and read the
-   hashes byte-bounded (:func:`requeue.queues.export.read_jobs`).
+2. ``WATCH`` their job hashes and log lists on the connection that will remove them; then (on
+   another connection) check each id is still in the set at or before the cutoff, and read the
+   hashes byte-bounded (:func:`requeue.queues.export.read_jobs`) and each job's log lines (the
+   newest 1000 and 1 MiB, as ``requeue export``; a cut list says so in the row).
 3. Write them to Postgres in one transaction: ``INSERT ... ON CONFLICT (prefix, queue, job_id,
    job_timestamp) DO UPDATE ... WHERE`` the stored fields differ. Committed, or the round stops
    with :class:`~requeue.errors.ArchiveFailed` and nothing is removed.
-4. ``MULTI``, BullMQ's ``removeJob`` for exactly those ids, ``EXEC``. A job that changed since
-   step 2 (BullMQ touches a job's hash whenever it leaves ``failed`` or ``completed``: a retry,
-   a replay, a removal) aborts the EXEC: nothing of that round is removed, and the next round
-   reads it again.
+4. ``MULTI``, BullMQ's ``removeJob`` for exactly those ids (it deletes their logs too), ``EXEC``.
+   A job that changed since step 2 (BullMQ touches a job's hash whenever it leaves ``failed`` or
+   ``completed``: a retry, a replay, a removal; ``job.log()`` appends to its log list) aborts the
+   EXEC: nothing of that round is removed, and the next round reads it again.
 
 Why ``removeJob`` per id and not ``cleanJobsInSet`` with bounds: ``cleanJobsInSet`` removes the
 first ``limit`` members at or before a timestamp as they are when it runs; a job that left the
@@ -34,7 +35,12 @@ per job whatever happens. The table (created when missing)::
     data jsonb,              -- the data parsed, NULL when not JSON
     fields jsonb,            -- every hash field as its exact text
     raw_fields jsonb,        -- fields that are not UTF-8 text: base64 name -> base64 value
-    archived_at timestamptz
+    archived_at timestamptz,
+    logs jsonb               -- the job's log lines: {"lines": [...], "raw": {index: base64},
+                             --   "total": N, "cut": null or why fewer than N}; NULL: none
+
+A table made by requeue before ``logs`` existed gets the column (``ALTER TABLE ... ADD COLUMN IF
+NOT EXISTS``) when the archive opens; a user who may not alter it is told the statement to run.
 """
 
 from __future__ import annotations
@@ -57,7 +63,17 @@ from requeue.api.archive import ArchiveSpec
 from requeue.api.base import parse_duration
 from requeue.errors import ArchiveFailed, RequeueError
 from requeue.queues import BullQueue
-from requeue.queues.export import RawJob, job_record, read_jobs
+from requeue.queues.export import (
+    NO_LOGS,
+    JobLogs,
+    LogLimits,
+    RawJob,
+    add_logs,
+    job_record,
+    log_lengths,
+    read_jobs,
+    read_logs,
+)
 from requeue.redact import encode_userinfo, redact_text, sensitive_parts
 from requeue.secrets import SecretSource
 
@@ -88,6 +104,7 @@ _COLUMNS = (
     "data",
     "fields",
     "raw_fields",
+    "logs",
 )
 
 
@@ -131,9 +148,28 @@ def _jsonb_safe(value: Any) -> bool:
     return "\\u0000" not in text
 
 
-def archive_row(job: RawJob, *, queue: str, prefix: str, state: str) -> tuple[Any, ...]:
+#: How much of a job's log list a row keeps (as ``requeue export``'s default).
+ARCHIVE_LOG_LIMITS = LogLimits()
+
+
+def _logs_json(record: dict[str, Any]) -> Jsonb | None:
+    if not record["logsTotal"]:
+        return None
+    return Jsonb(
+        {
+            "lines": record["logs"],
+            "raw": record["rawLogs"],
+            "total": record["logsTotal"],
+            "cut": record["logsCut"],
+        }
+    )
+
+
+def archive_row(
+    job: RawJob, *, queue: str, prefix: str, state: str, logs: JobLogs = NO_LOGS
+) -> tuple[Any, ...]:
     """The table row of one job (columns as :data:`_COLUMNS`)."""
-    record = job_record(job, queue=queue, prefix=prefix, state=state)
+    record = add_logs(job_record(job, queue=queue, prefix=prefix, state=state), logs, ARCHIVE_LOG_LIMITS)
     fields = {k.decode(): v.decode() for k, v in (job.fields or {}).items() if _utf8_no_nul(k, v)}
     try:
         timestamp = int(float(fields.get("timestamp") or 0))
@@ -153,6 +189,7 @@ def archive_row(job: RawJob, *, queue: str, prefix: str, state: str) -> tuple[An
         Jsonb(data) if data is not None and _jsonb_safe(data) else None,
         Jsonb(fields),
         Jsonb(record["rawFields"]) if record["rawFields"] else None,
+        _logs_json(record),
     )
 
 
@@ -228,18 +265,39 @@ class ArchiveDestination:
         await self._run("create table", self._create)
 
     async def _create(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        async with conn.transaction():
-            await conn.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {} ("
-                    " prefix text NOT NULL, queue text NOT NULL, job_id text NOT NULL,"
-                    " job_timestamp bigint NOT NULL, state text NOT NULL, name text,"
-                    " failed_reason text, finished_at timestamptz, corrupt text, data jsonb,"
-                    " fields jsonb NOT NULL, raw_fields jsonb,"
-                    " archived_at timestamptz NOT NULL DEFAULT now(),"
-                    " PRIMARY KEY (prefix, queue, job_id, job_timestamp))"
-                ).format(self.table)
-            )
+        """Create the table when missing; give a table made before the ``logs`` column that column
+        (altered only when missing, so a user with INSERT/UPDATE alone keeps working on a table
+        already migrated). One transaction: nothing is left open for the writes to nest in."""
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} ("
+                        " prefix text NOT NULL, queue text NOT NULL, job_id text NOT NULL,"
+                        " job_timestamp bigint NOT NULL, state text NOT NULL, name text,"
+                        " failed_reason text, finished_at timestamptz, corrupt text, data jsonb,"
+                        " fields jsonb NOT NULL, raw_fields jsonb,"
+                        " archived_at timestamptz NOT NULL DEFAULT now(), logs jsonb,"
+                        " PRIMARY KEY (prefix, queue, job_id, job_timestamp))"
+                    ).format(self.table)
+                )
+                cur = await conn.execute(
+                    "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = 'logs' "
+                    "AND NOT attisdropped",
+                    (self.table.as_string(conn),),
+                )
+                if await cur.fetchone() is None:
+                    await conn.execute(
+                        sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS logs jsonb").format(self.table)
+                    )
+        except psycopg.errors.InsufficientPrivilege as exc:
+            if "must be owner" not in str(exc):
+                raise
+            raise ArchiveFailed(
+                f"archive table {self.spec.table} has no logs column (added by this version of "
+                f"requeue) and this user may not add it: run ALTER TABLE "
+                f"{self.table.as_string(conn)} ADD COLUMN logs jsonb as its owner; nothing was removed"
+            ) from None
 
     async def _run(self, what: str, work: Any) -> Any:
         assert self.conn is not None
@@ -255,13 +313,16 @@ class ArchiveDestination:
             "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (prefix, queue, job_id, job_timestamp) DO UPDATE "
             "SET state = EXCLUDED.state, name = EXCLUDED.name, failed_reason = EXCLUDED.failed_reason, "
             "finished_at = EXCLUDED.finished_at, corrupt = EXCLUDED.corrupt, data = EXCLUDED.data, "
-            "fields = EXCLUDED.fields, raw_fields = EXCLUDED.raw_fields, archived_at = now() "
+            "fields = EXCLUDED.fields, raw_fields = EXCLUDED.raw_fields, logs = EXCLUDED.logs, "
+            "archived_at = now() "
             "WHERE {}.fields IS DISTINCT FROM EXCLUDED.fields "
-            "OR {}.raw_fields IS DISTINCT FROM EXCLUDED.raw_fields"
+            "OR {}.raw_fields IS DISTINCT FROM EXCLUDED.raw_fields "
+            "OR {}.logs IS DISTINCT FROM EXCLUDED.logs"
         ).format(
             self.table,
             sql.SQL(", ").join(map(sql.Identifier, _COLUMNS)),
             sql.SQL(", ").join(sql.Placeholder() * len(_COLUMNS)),
+            self.table,
             self.table,
             self.table,
         )
@@ -341,13 +402,21 @@ async def _round(
     if not ids:
         return 0, 0, False
     async with redis.pipeline(transaction=True) as pipe:
-        await pipe.watch(*[keys.job(i) for i in ids])
+        await pipe.watch(*[key for i in ids for key in (keys.job(i), keys.logs(i))])
         scores = await redis.zmscore(set_key, ids)
         live = [i for i, s in zip(ids, scores, strict=True) if s is not None and s <= cutoff_ms]
         chunks = []
         async for jobs in read_jobs(redis, keys, live):
-            chunks.append([archive_row(j, queue=bull.name, prefix=bull.prefix, state=state) for j in jobs])
-        result.calls += 2 + len(chunks)
+            counts = await log_lengths(redis, keys, [j.id for j in jobs])
+            rows = []
+            for job, count in zip(jobs, counts, strict=True):
+                logs = NO_LOGS
+                if count:
+                    logs = await read_logs(redis, keys, job.id, count, ARCHIVE_LOG_LIMITS)
+                    result.calls += 1
+                rows.append(archive_row(job, queue=bull.name, prefix=bull.prefix, state=state, logs=logs))
+            chunks.append(rows)
+        result.calls += 2 + 2 * len(chunks)
         archived = await destination.write(chunks)
         pipe.multi()  # type: ignore[no-untyped-call]
         for job_id in live:

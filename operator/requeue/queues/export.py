@@ -11,6 +11,13 @@ clean's Postgres archive).
   whatever the payloads, and every Redis call touches one key.
 * **Exact bytes.** Hashes are read undecoded; a field name or value that is not UTF-8
   (or holds a NUL, which Postgres text refuses) is kept as base64 in ``rawFields``.
+* **Logs with the job, bounded.** A job's log lines (``job.log()``, the list
+  :meth:`~requeue.queues.keys.QueueKeys.logs`) are counted for a chunk in one pipelined round
+  trip (``LLEN``); a job that has some is read from its newest line back, :data:`LOG_PAGE`
+  lines per ``LRANGE`` (positive indexes, so lines appended meanwhile shift nothing), up to
+  :data:`LOG_LINES_PER_JOB` lines and :data:`LOG_BYTES_PER_JOB` bytes (one line at least).
+  Newest first because BullMQ's own ``keepLogs`` trims the same end, and the last lines are
+  the ones that say why it failed; a cut list says so in ``logsCut``.
 * **Corrupt jobs are kept, marked.** A missing hash, a key of another type, a job without
   a name or whose data is not JSON: the record carries ``corrupt`` (why) and everything
   that could be read.
@@ -21,12 +28,16 @@ One record per job (:func:`job_record`), the line ``requeue export`` prints::
      "name": "email.send", "corrupt": null,
      "data": {...}, "opts": {...}, "stacktrace": [...], "returnvalue": ...,
      "fields": {"timestamp": "1720000000000", "failedReason": "...", ...},
-     "rawFields": {}}
+     "rawFields": {},
+     "logs": ["connecting", "429 from upstream"], "rawLogs": {}, "logsTotal": 2, "logsCut": null}
 
 ``data``, ``opts``, ``stacktrace`` and ``returnvalue`` are the parsed JSON (the raw text when it
 is not JSON). Every hash field is restored exactly by :func:`restore_fields`: a field is in
 ``fields`` as text unless its text is exactly the compact JSON of the parsed value (then the
-parsed value stands for it), and in ``rawFields`` (base64) when it is not text.
+parsed value stands for it), and in ``rawFields`` (base64) when it is not text. The log list is
+restored exactly by :func:`restore_logs` unless ``logsCut`` says lines were left out: ``logs``
+holds each line as text, ``null`` where the line is not text, and ``rawLogs`` that line's bytes
+(base64) by its index.
 """
 
 from __future__ import annotations
@@ -47,13 +58,22 @@ __all__ = [
     "BYTES_PER_READ",
     "EXPORT_STATES",
     "JSON_FIELDS",
+    "LOG_BYTES_PER_JOB",
+    "LOG_LINES_PER_JOB",
+    "NO_LOGS",
+    "JobLogs",
+    "LogLimits",
     "RawJob",
+    "add_logs",
     "compact_json",
     "id_pages",
     "job_record",
     "loads_strict",
+    "log_lengths",
     "read_jobs",
+    "read_logs",
     "restore_fields",
+    "restore_logs",
 ]
 
 #: BullMQ states and whether their key is a sorted set (True) or a list (False).
@@ -75,6 +95,12 @@ _LARGE_FIELDS = ("data", "stacktrace", "returnvalue", "failedReason", "opts")
 BYTES_PER_READ = 4 * 1024 * 1024
 #: Ids per page of a state.
 DEFAULT_ID_PAGE = 500
+#: Log lines kept per job at most, the newest (``requeue export --log-lines`` changes it).
+LOG_LINES_PER_JOB = 1000
+#: Bytes of log lines kept per job at most, the newest lines that fit (one line at least).
+LOG_BYTES_PER_JOB = 1024 * 1024
+#: Log lines per ``LRANGE``.
+LOG_PAGE = 200
 
 
 def _s(value: Any) -> str:
@@ -209,6 +235,112 @@ async def _other_type(redis: Redis, keys: QueueKeys, job_id: str) -> RawJob:
     if kind == "string":
         raw = await redis.execute_command("GET", keys.job(job_id), **{NEVER_DECODE: True})  # type: ignore[no-untyped-call]
     return RawJob(job_id, None, kind, raw)
+
+
+@dataclass(frozen=True)
+class LogLimits:
+    """How much of one job's log list is kept: the newest ``lines`` lines, ``bytes`` at most."""
+
+    lines: int = LOG_LINES_PER_JOB
+    bytes: int = LOG_BYTES_PER_JOB
+
+    def describe(self) -> str:
+        return f"at most {self.lines} lines and {self.bytes} bytes per job"
+
+
+@dataclass(frozen=True)
+class JobLogs:
+    """The newest lines of a job's log list (oldest first, as stored) and the list's length when
+    it was counted; fewer lines than ``total`` means the list was cut (or trimmed meanwhile)."""
+
+    lines: list[bytes]
+    total: int
+
+    @property
+    def cut(self) -> bool:
+        return len(self.lines) < self.total
+
+
+#: A job without log lines.
+NO_LOGS = JobLogs([], 0)
+
+
+async def log_lengths(redis: Redis, keys: QueueKeys, ids: Sequence[str]) -> list[int]:
+    """How many log lines each job of ``ids`` has (one pipelined round trip; a logs key that is
+    not a list counts as none)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.llen(keys.logs(job_id))
+        replies = await pipe.execute(raise_on_error=False)
+    out = []
+    for reply in replies:
+        if isinstance(reply, rx.ResponseError) and "WRONGTYPE" in str(reply):
+            out.append(0)
+        elif isinstance(reply, Exception):
+            raise reply
+        else:
+            out.append(int(reply))
+    return out
+
+
+async def read_logs(
+    redis: Redis, keys: QueueKeys, job_id: str, total: int, limits: LogLimits = LogLimits()
+) -> JobLogs:
+    """The newest lines of the job's log list of ``total`` lines (:func:`log_lengths`), within
+    ``limits``, read :data:`LOG_PAGE` at a time from the newest back."""
+    if total <= 0 or limits.lines <= 0:
+        return JobLogs([], max(total, 0))
+    key = keys.logs(job_id)
+    newest_first: list[bytes] = []
+    used = 0
+    end = total - 1
+    floor = max(0, total - limits.lines)
+    while end >= floor:
+        start = max(floor, end - LOG_PAGE + 1)
+        page: list[bytes] = await redis.execute_command("LRANGE", key, start, end, **{NEVER_DECODE: True})  # type: ignore[no-untyped-call]
+        for line in reversed(page):
+            if newest_first and used + len(line) > limits.bytes:
+                return JobLogs(newest_first[::-1], total)
+            newest_first.append(line)
+            used += len(line)
+        if len(page) < end - start + 1:
+            break  # the list was trimmed meanwhile: what is left was read
+        end = start - 1
+    return JobLogs(newest_first[::-1], total)
+
+
+def add_logs(record: dict[str, Any], logs: JobLogs, limits: LogLimits) -> dict[str, Any]:
+    """Put a job's log lines into its record (see the module docstring)."""
+    texts: list[str | None] = []
+    raw: dict[str, str] = {}
+    for i, line in enumerate(logs.lines):
+        text = _text(line)
+        texts.append(text)
+        if text is None:
+            raw[str(i)] = base64.b64encode(line).decode()
+    record["logs"] = texts
+    record["rawLogs"] = raw
+    record["logsTotal"] = logs.total
+    record["logsCut"] = (
+        f"kept the newest {len(logs.lines)} of {logs.total} log lines ({limits.describe()})"
+        if logs.cut
+        else None
+    )
+    return record
+
+
+def restore_logs(record: dict[str, Any]) -> list[bytes]:
+    """Every line of the job's log list, byte for byte, oldest first.
+
+    :raises ValueError: the record's lines were cut (``logsCut``): the list cannot be restored.
+    """
+    if record.get("logsCut"):
+        raise ValueError(f"job {record.get('id')}: {record['logsCut']}: its log list cannot be restored")
+    raw = record.get("rawLogs") or {}
+    return [
+        base64.b64decode(raw[str(i)]) if text is None else text.encode()
+        for i, text in enumerate(record.get("logs") or [])
+    ]
 
 
 def _no_constant(name: str) -> Any:

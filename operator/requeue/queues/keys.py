@@ -3,8 +3,9 @@
 BullMQ's layout (measured on BullMQ 5/6 and Python bullmq 3.4): ``{prefix}:{queue}:``
 followed by ``wait``/``active``/``paused`` (lists), ``failed``/``completed``/``delayed``/
 ``prioritized``/``marker`` (sorted sets; failed and completed scored by finish time in
-ms), ``meta`` (hash; ``paused`` field), ``events`` (stream), ``pc`` (priority counter)
-and ``{id}`` (the job hash).
+ms), ``meta`` (hash; ``paused`` field), ``events`` (stream), ``pc`` (priority counter),
+``{id}`` (the job hash) and ``{id}:logs`` (the job's log lines, a list: ``job.log()`` RPUSHes,
+``keepLogs`` trims from the head; BullMQ's ``removeJob`` deletes it with the hash).
 
 requeue's own keys live under ``requeue:`` and carry the replay's UID, so two
 replays never share state and a replay's state survives the process that wrote it.
@@ -51,6 +52,11 @@ class QueueKeys:
     def job(self, job_id: str) -> str:
         """The job hash."""
         return self.base + job_id
+
+    def logs(self, job_id: str) -> str:
+        """The job's log lines (a list, oldest first): what ``job.log(line)`` appends (BullMQ's
+        ``addLog`` script RPUSHes, then LTRIMs to ``keepLogs``); read by export and the archive."""
+        return self.base + job_id + ":logs"
 
     def lock(self, job_id: str) -> str:
         """The job's lock (a string held by the worker processing it; it expires if the worker dies)."""
