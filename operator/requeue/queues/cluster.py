@@ -35,6 +35,7 @@ from redis.crc import key_slot
 
 from requeue.errors import HashTagRequired, RedisUrlInvalid
 from requeue.queues.keys import QueueKeys
+from requeue.queues.seeds import host_address, parse_hosts
 from requeue.redact import redact_url, split_url
 
 __all__ = [
@@ -134,8 +135,7 @@ class ClusterUrl:
     def node_url(self, host: str, port: int) -> str:
         """The ``redis://`` (or ``rediss://``) URL of one node, with the same credentials and options."""
         auth = f"{self.userinfo}@" if self.userinfo is not None else ""
-        shown = f"[{host}]" if ":" in host else host
-        return f"{self.scheme}://{auth}{shown}:{port}{self.tail}"
+        return f"{self.scheme}://{auth}{host_address(host, port)}{self.tail}"
 
 
 def parse_cluster_url(url: str) -> ClusterUrl:
@@ -149,33 +149,18 @@ def parse_cluster_url(url: str) -> ClusterUrl:
     shown = redact_url(url)
     if parts is None or parts.scheme.lower() not in CLUSTER_SCHEMES:
         raise RedisUrlInvalid(f"{shown} is not a Redis Cluster URL (redis+cluster://host:port[,host:port])")
-    seeds: list[tuple[str, int]] = []
-    for item in parts.hostport.split(",")[: MAX_SEEDS + 1]:
-        host, port = _host_port(item)
-        if not host or port is None:
-            raise RedisUrlInvalid(
-                f"{shown} is not a valid Redis Cluster URL: each seed node is host:port "
-                f"(comma-separated, e.g. redis+cluster://:PASSWORD@redis-0:6379,redis-1:6379)"
-            )
-        seeds.append((host, port))
-    if len(seeds) > MAX_SEEDS:
-        raise RedisUrlInvalid(f"{shown} names more than {MAX_SEEDS} seed nodes; a few are enough")
+    seeds = parse_hosts(
+        parts.hostport,
+        most=MAX_SEEDS,
+        default_port=None,
+        invalid=f"{shown} is not a valid Redis Cluster URL: each seed node is host:port "
+        f"(comma-separated, e.g. redis+cluster://:PASSWORD@redis-0:6379,redis-1:6379)",
+        too_many=f"{shown} names more than {MAX_SEEDS} seed nodes; a few are enough",
+    )
     if parts.path not in ("", "/", "/0"):
         raise RedisUrlInvalid(f"{shown}: a Redis Cluster has only database 0; remove {parts.path!r}")
     tail = "/0" + (f"?{parts.query}" if parts.query else "")
-    return ClusterUrl(CLUSTER_SCHEMES[parts.scheme.lower()], parts.userinfo, tuple(seeds), tail)
-
-
-def _host_port(item: str) -> tuple[str, int | None]:
-    """``host:port`` or ``[v6]:port`` -> (host, port); port None when missing or not a number."""
-    if item.startswith("["):
-        host, _, rest = item[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port = item.rpartition(":")
-    if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
-        return host, None
-    return host, int(port)
+    return ClusterUrl(CLUSTER_SCHEMES[parts.scheme.lower()], parts.userinfo, seeds, tail)
 
 
 class SlotRoute:
