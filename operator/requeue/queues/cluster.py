@@ -239,13 +239,8 @@ def primaries_of(reply: Any, *, asked: str) -> list[tuple[str, int]]:
     for entry in reply if isinstance(reply, list) else []:
         if not isinstance(entry, list | tuple) or len(entry) < 3:
             continue
-        node = entry[2]
-        if not isinstance(node, list | tuple) or len(node) < 2:
-            continue
-        raw = node[0]
-        host = raw.decode() if isinstance(raw, bytes) else str(raw)
-        address = (host if host not in ("", "?") else asked, int(node[1]))
-        if address not in out:
+        address = _node_address(entry[2], asked)
+        if address is not None and address not in out:
             out.append(address)
     return out
 
@@ -263,16 +258,26 @@ def owner_of(reply: Any, slot: int, *, asked: str) -> tuple[tuple[str, int] | No
             continue
         start, end = int(entry[0]), int(entry[1])
         for i, node in enumerate(entry[2:]):
-            if not isinstance(node, list | tuple) or len(node) < 2:
+            address = _node_address(node, asked)
+            if address is None:
                 continue
-            raw = node[0]
-            host = raw.decode() if isinstance(raw, bytes) else str(raw)
-            address = (host if host not in ("", "?") else asked, int(node[1]))
             if address not in nodes:
                 nodes.append(address)
             if i == 0 and start <= slot <= end:
                 owner = address
     return owner, nodes
+
+
+def _node_address(node: Any, asked: str) -> tuple[str, int] | None:
+    """``[host, port, id, ...]`` of a ``CLUSTER SLOTS`` entry -> (host, port); None when malformed.
+
+    A host of ``""`` or ``"?"`` means "the node you asked" (Redis 7 when it does not know its own).
+    """
+    if not isinstance(node, list | tuple) or len(node) < 2:
+        return None
+    raw = node[0]
+    host = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return (host if host not in ("", "?") else asked, int(node[1]))
 
 
 class _SlotConnectionMixin:
