@@ -38,7 +38,16 @@ from support.dlqreplay import (
 )
 from support.kube import Kube
 from support.operator_proc import OperatorProcess
-from support.queuepolicy import apply, gated_policy, gates, wait_auto_replay, wait_policy, with_a_redis_gate
+from support.queuepolicy import (
+    apply,
+    apply_until_green,
+    auto_replay,
+    gated_policy,
+    gates,
+    wait_auto_replay,
+    wait_policy,
+    with_a_redis_gate,
+)
 
 #: Longer than the suite's 120 s default: 20k real jobs are made first, then 20 restarts.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
@@ -193,24 +202,8 @@ async def test_sigkill_at_random_points_of_a_policy_auto_replay_moves_each_job_o
     )
     gate = await with_a_redis_gate(kube, redis_url, redis_factory)
     operator = operator_factory(operator_command())
-    await apply(
-        kube,
-        gated_policy(
-            "visapi-queues",
-            ["default"],
-            actions={
-                "autoReplay": {
-                    "selector": {"jobNames": ["whatsapp.*"]},
-                    "stableFor": "1s",
-                    "cooldown": "1s",
-                    "rate": RATE,
-                }
-            },
-        ),
-    )
-    await wait_policy(
-        kube, "visapi-queues", lambda s: gates(s) == "True", operator=operator, what="gates green"
-    )
+    manifest = gated_policy("visapi-queues", ["default"], actions={"autoReplay": auto_replay(RATE)})
+    await apply_until_green(kube, manifest, operator=operator)
     gate.kill()
     await wait_policy(
         kube, "visapi-queues", lambda s: gates(s) == "False", operator=operator, what="the outage"
