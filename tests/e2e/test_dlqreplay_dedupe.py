@@ -15,7 +15,7 @@ import yaml
 from bullmq import Job, Queue
 
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker, wait_in_set
-from support.dlqreplay import events, operator_command, replay, secret, wait_status_async
+from support.dlqreplay import events, operator_command, replay, secret, wait_finished, wait_status_async
 from support.kube import Kube
 from support.queuepolicy import (
     DLQR,
@@ -137,10 +137,9 @@ async def test_a_queue_policy_auto_replay_passes_dedupe_by_to_its_child(
         child = await wait_auto_replay(kube, "orders", operator=operator, what="the auto replay")
         obj = await asyncio.to_thread(kube.get, DLQR, child)
         assert obj is not None and obj["spec"]["selector"]["dedupeBy"] == "$.orderId"
-        done = await wait_status_async(
+        done = await wait_finished(
             kube,
             child,
-            lambda s: s.get("phase") in ("Succeeded", "Failed"),
             operator=operator,
             timeout=40,
             what="the child's end",

@@ -34,7 +34,7 @@ from support.dlqreplay import (
     replay_uid,
     secret,
     status,
-    wait_status_async,
+    wait_finished,
 )
 from support.kube import Kube
 from support.operator_proc import OperatorProcess
@@ -157,10 +157,9 @@ async def test_sigkill_at_20_random_points_of_a_20k_replay_moves_each_job_once(
     log = KillLog(kill_points(SEED, KILLS, JOBS, margin=2000))
     await kill_at_points(operator, redis_client, the_uid, all_ids, log, check_status=status_never_ahead)
 
-    st = await wait_status_async(
+    st = await wait_finished(
         kube,
         "big",
-        lambda s: s.get("phase") in ("Succeeded", "Failed"),
         operator=operator,
         timeout=120,
         what=f"the end of the replay; {log}",
@@ -241,10 +240,9 @@ async def test_sigkill_at_random_points_of_a_policy_auto_replay_moves_each_job_o
 
     name = await wait_auto_replay(kube, "visapi-queues", operator=operator)
     assert name == child
-    st = await wait_status_async(
+    st = await wait_finished(
         kube,
         name,
-        lambda s: s.get("phase") in ("Succeeded", "Failed"),
         operator=operator,
         timeout=90,
         what=f"the end of the child; {log}",

@@ -17,7 +17,7 @@ from bullmq import Job, Queue
 
 from support import async_wait_until
 from support.bullmq_jobs import JobSpec, create_queues, make_failed_jobs, run_worker, wait_in_set
-from support.dlqreplay import operator_command, secret, wait_status_async
+from support.dlqreplay import operator_command, secret, wait_finished
 from support.kube import Kube
 from support.queuepolicy import (
     DLQR,
@@ -189,10 +189,9 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
         assert obj["spec"]["redis"] == {"urlSecretRef": {"name": "redis", "key": "url"}}
         listed = await kubectl(kube, "get", "dlqr", "-l", "requeue.dev/policy=visapi-queues")
         assert child1 in listed
-        done1 = await wait_status_async(
+        done1 = await wait_finished(
             kube,
             child1,
-            lambda s: s.get("phase") in ("Succeeded", "Failed"),
             operator=operator,
             timeout=40,
             what="child 1 finished",
@@ -223,10 +222,9 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
         child2 = await wait_auto_replay(
             kube, "visapi-queues", after=child1, operator=operator, what="the second auto replay"
         )
-        done2 = await wait_status_async(
+        done2 = await wait_finished(
             kube,
             child2,
-            lambda s: s.get("phase") in ("Succeeded", "Failed"),
             operator=operator,
             timeout=40,
             what="child 2 finished",
