@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -70,9 +71,11 @@ def assert_nothing_left(mark: str, output: str) -> None:
     assert not Path(workdir[1]).exists()
 
 
-def start_demo(mark: str, *args: str) -> subprocess.Popen[str]:
-    """``requeue demo *args`` in the background, its children marked with ``mark``; output on a pipe."""
-    return subprocess.Popen(
+@contextmanager
+def running_demo(mark: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """``requeue demo *args`` in the background, its children marked with ``mark``, output on a
+    pipe; killed on the way out if the test did not end it."""
+    demo = subprocess.Popen(
         [sys.executable, "-m", "requeue", "demo", *args],
         cwd=REPO_ROOT,
         env=demo_env(mark),
@@ -80,6 +83,19 @@ def start_demo(mark: str, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    try:
+        yield demo
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+
+
+def interrupt(demo: subprocess.Popen[str], signum: int) -> str:
+    """Send ``signum`` (what Ctrl-C or ``kill`` does) and wait for the demo to end; the rest of its output."""
+    demo.send_signal(signum)
+    rest, _ = demo.communicate(timeout=60)
+    return rest
 
 
 def read_until(
@@ -149,17 +165,11 @@ def test_demo_replays_the_whatsapp_jobs_and_cleans_up() -> None:
 )
 def test_an_interrupted_demo_stops_everything_it_started(signum: int, when: str) -> None:
     mark = uuid.uuid4().hex
-    demo = start_demo(mark, "--jobs", "300")
     lines: list[str] = []
-    try:
+    with running_demo(mark, "--jobs", "300") as demo:
         read_until(demo, lines, lambda line: re.search(rf"\d+\.\ds {when}\b", line), f"reaching {when}")
         assert marked_processes(mark), "the demo's children should be running now"
-        demo.send_signal(signum)
-        rest, _ = demo.communicate(timeout=60)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
+        rest = interrupt(demo, signum)
     output = "".join(lines) + rest
     assert demo.returncode == 130, output
     assert "interrupted: stopping everything the demo started" in output
@@ -185,9 +195,8 @@ def test_without_the_demo_extra_it_says_what_to_install() -> None:
 @pytest.mark.timeout(240)
 def test_keep_leaves_a_cluster_to_explore_until_ctrl_c() -> None:
     mark = uuid.uuid4().hex
-    demo = start_demo(mark, "--jobs", "200", "--keep")
     lines: list[str] = []
-    try:
+    with running_demo(mark, "--jobs", "200", "--keep") as demo:
         # "operator log: ..." is the last line of the --keep instructions
         read_until(demo, lines, lambda line: line.startswith("operator log: "), "staying up")
         output = "".join(lines)
@@ -209,12 +218,7 @@ def test_keep_leaves_a_cluster_to_explore_until_ctrl_c() -> None:
             timeout=30,
         )
         assert got.stdout == "Succeeded", got.stderr
-        demo.send_signal(signal.SIGINT)
-        rest, _ = demo.communicate(timeout=60)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
+        rest = interrupt(demo, signal.SIGINT)
     output = "".join(lines) + rest
     assert demo.returncode == 0, output  # the replay Succeeded; Ctrl-C is how --keep ends
     assert not Path(kubeconfig[1]).exists()
