@@ -149,7 +149,6 @@ async def test_redis_killed_mid_run_resumes_after_restart_each_job_once(
         "slow",
         operator=operator,
         timeout=120,
-        what="the end of the replay",
     )
     assert st["phase"] == "Succeeded", st
     assert st["matched"] == st["replayed"] == n

@@ -131,7 +131,6 @@ async def test_gate_red_holds_and_pauses_green_replays_and_workers_verify(
             name,
             operator=operator,
             timeout=90,
-            what="the end of the replay",
         )
         assert st["phase"] == "Succeeded", st
         assert sorted(worker.completed) == sorted(wanted)
@@ -174,7 +173,6 @@ async def test_workers_failing_again_end_in_verification_failed(
             "orders-retry",
             operator=operator,
             timeout=60,
-            what="the end of the replay",
         )
     assert st["phase"] == "Failed"
     assert condition(st, "Succeeded")["reason"] == "VerificationFailed"

@@ -63,7 +63,6 @@ async def test_sigkill_three_times_during_a_5k_replay_moves_each_job_once(
         "big",
         operator=operator,
         timeout=90,
-        what="the end of the replay",
     )
     assert st["phase"] == "Succeeded", st
     assert st["matched"] == st["replayed"] == JOBS

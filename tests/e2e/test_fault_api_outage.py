@@ -114,7 +114,6 @@ async def test_api_server_down_30s_mid_replay_the_replay_goes_on_and_status_catc
         "long",
         operator=operator,
         timeout=90,
-        what="the end of the replay",
     )
     seen = await in_redis(redis_client, uid)
     check_exactly_once(seen, ids, selected=ids, what="at the end")
