@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,46 @@ def assert_nothing_left(mark: str, output: str) -> None:
     workdir = re.search(r"removed (/\S+requeue-demo-\S+)", output)
     assert workdir, output
     assert not Path(workdir[1]).exists()
+
+
+@contextmanager
+def running_demo(mark: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """``requeue demo *args`` in the background, its children marked with ``mark``, output on a
+    pipe; killed on the way out if the test did not end it."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "requeue", "demo", *args],
+        cwd=REPO_ROOT,
+        env=demo_env(mark),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield demo
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+
+
+def interrupt(demo: subprocess.Popen[str], signum: int) -> str:
+    """Send ``signum`` (what Ctrl-C or ``kill`` does) and wait for the demo to end; the rest of its output."""
+    demo.send_signal(signum)
+    rest, _ = demo.communicate(timeout=60)
+    return rest
+
+
+def read_until(
+    demo: subprocess.Popen[str], lines: list[str], stop: Callable[[str], object], what: str
+) -> None:
+    """Append the demo's output lines to ``lines`` up to the first that ``stop`` accepts; fail (with
+    the output) when the demo ends before, naming ``what`` it should have done."""
+    assert demo.stdout is not None
+    for line in demo.stdout:
+        lines.append(line)
+        if stop(line):
+            return
+    pytest.fail(f"the demo ended before {what}:\n{''.join(lines)}")
 
 
 @pytest.mark.timeout(240)
@@ -123,30 +165,11 @@ def test_demo_replays_the_whatsapp_jobs_and_cleans_up() -> None:
 )
 def test_an_interrupted_demo_stops_everything_it_started(signum: int, when: str) -> None:
     mark = uuid.uuid4().hex
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "requeue", "demo", "--jobs", "300"],
-        cwd=REPO_ROOT,
-        env=demo_env(mark),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     lines: list[str] = []
-    try:
-        assert demo.stdout is not None
-        for line in demo.stdout:
-            lines.append(line)
-            if re.search(rf"\d+\.\ds {when}\b", line):
-                break
-        else:
-            pytest.fail(f"the demo ended before reaching {when}:\n{''.join(lines)}")
+    with running_demo(mark, "--jobs", "300") as demo:
+        read_until(demo, lines, lambda line: re.search(rf"\d+\.\ds {when}\b", line), f"reaching {when}")
         assert marked_processes(mark), "the demo's children should be running now"
-        demo.send_signal(signum)
-        rest, _ = demo.communicate(timeout=60)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
+        rest = interrupt(demo, signum)
     output = "".join(lines) + rest
     assert demo.returncode == 130, output
     assert "interrupted: stopping everything the demo started" in output
@@ -172,23 +195,10 @@ def test_without_the_demo_extra_it_says_what_to_install() -> None:
 @pytest.mark.timeout(240)
 def test_keep_leaves_a_cluster_to_explore_until_ctrl_c() -> None:
     mark = uuid.uuid4().hex
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "requeue", "demo", "--jobs", "200", "--keep"],
-        cwd=REPO_ROOT,
-        env=demo_env(mark),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     lines: list[str] = []
-    try:
-        assert demo.stdout is not None
-        for line in demo.stdout:
-            lines.append(line)
-            if line.startswith("operator log: "):  # the last line of the --keep instructions
-                break
-        else:
-            pytest.fail(f"the demo ended instead of staying up:\n{''.join(lines)}")
+    with running_demo(mark, "--jobs", "200", "--keep") as demo:
+        # "operator log: ..." is the last line of the --keep instructions
+        read_until(demo, lines, lambda line: line.startswith("operator log: "), "staying up")
         output = "".join(lines)
         kubeconfig = re.search(r"^export KUBECONFIG=(\S+)$", output, re.MULTILINE)
         assert kubeconfig, output
@@ -208,12 +218,7 @@ def test_keep_leaves_a_cluster_to_explore_until_ctrl_c() -> None:
             timeout=30,
         )
         assert got.stdout == "Succeeded", got.stderr
-        demo.send_signal(signal.SIGINT)
-        rest, _ = demo.communicate(timeout=60)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
+        rest = interrupt(demo, signal.SIGINT)
     output = "".join(lines) + rest
     assert demo.returncode == 0, output  # the replay Succeeded; Ctrl-C is how --keep ends
     assert not Path(kubeconfig[1]).exists()

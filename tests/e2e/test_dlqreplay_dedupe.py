@@ -15,11 +15,13 @@ import yaml
 from bullmq import Job, Queue
 
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker, wait_in_set
-from support.dlqreplay import events, operator_command, replay, secret, wait_status_async
+from support.dlqreplay import events, operator_command, replay, secret, wait_finished, wait_status_async
 from support.kube import Kube
 from support.queuepolicy import (
     DLQR,
     apply,
+    apply_until_green,
+    auto_replay,
     gated_policy,
     gates,
     wait_auto_replay,
@@ -111,14 +113,10 @@ async def test_a_queue_policy_auto_replay_passes_dedupe_by_to_its_child(
 ) -> None:
     gate = await with_a_redis_gate(kube, redis_url, redis_factory)
     operator = operator_factory(operator_command())
-    auto = {
-        "selector": {"dedupeBy": "$.orderId"},
-        "stableFor": "1s",
-        "cooldown": "1s",
-        "rate": {"jobsPerSecond": 200, "batchSize": 50},
-    }
-    await apply(kube, gated_policy("orders", ["default"], actions={"autoReplay": auto}))
-    await wait_policy(kube, "orders", lambda s: gates(s) == "True", operator=operator, what="gates green")
+    auto = auto_replay({"jobsPerSecond": 200, "batchSize": 50}, selector={"dedupeBy": "$.orderId"})
+    await apply_until_green(
+        kube, gated_policy("orders", ["default"], actions={"autoReplay": auto}), operator=operator
+    )
 
     down = True
     q = Queue("default", {"connection": redis_url})
@@ -139,10 +137,9 @@ async def test_a_queue_policy_auto_replay_passes_dedupe_by_to_its_child(
         child = await wait_auto_replay(kube, "orders", operator=operator, what="the auto replay")
         obj = await asyncio.to_thread(kube.get, DLQR, child)
         assert obj is not None and obj["spec"]["selector"]["dedupeBy"] == "$.orderId"
-        done = await wait_status_async(
+        done = await wait_finished(
             kube,
             child,
-            lambda s: s.get("phase") in ("Succeeded", "Failed"),
             operator=operator,
             timeout=40,
             what="the child's end",

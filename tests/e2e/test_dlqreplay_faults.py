@@ -16,7 +16,15 @@ import redis.asyncio as aioredis
 
 from support import wait_until
 from support.bullmq_jobs import JobSpec, make_failed_jobs
-from support.dlqreplay import condition, events, operator_command, replay, secret, wait_status_async
+from support.dlqreplay import (
+    condition,
+    events,
+    operator_command,
+    replay,
+    secret,
+    wait_finished,
+    wait_status_async,
+)
 from support.kube import Kube
 
 pytestmark = pytest.mark.e2e
@@ -136,13 +144,11 @@ async def test_redis_killed_mid_run_resumes_after_restart_each_job_once(
     assert all(e != "Failed" for e in reasons), reasons
 
     server.start()  # same port, same directory: the AOF brings the data (and the snapshot) back
-    st = await wait_status_async(
+    st = await wait_finished(
         kube,
         "slow",
-        lambda s: s.get("phase") in ("Succeeded", "Failed"),
         operator=operator,
         timeout=120,
-        what="the end of the replay",
     )
     assert st["phase"] == "Succeeded", st
     assert st["matched"] == st["replayed"] == n

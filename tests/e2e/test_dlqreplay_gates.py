@@ -25,6 +25,7 @@ from support.dlqreplay import (
     operator_command,
     replay,
     secret,
+    wait_finished,
     wait_gone_async,
     wait_status_async,
 )
@@ -125,13 +126,11 @@ async def test_gate_red_holds_and_pauses_green_replays_and_workers_verify(
         assert row is not None, "the replay never left WaitingForGates"
         assert row[1] == "default" and re.fullmatch(r"\d+/60", row[3]), row
 
-        st = await wait_status_async(
+        st = await wait_finished(
             kube,
             name,
-            lambda s: s.get("phase") in ("Succeeded", "Failed"),
             operator=operator,
             timeout=90,
-            what="the end of the replay",
         )
         assert st["phase"] == "Succeeded", st
         assert sorted(worker.completed) == sorted(wanted)
@@ -169,13 +168,11 @@ async def test_workers_failing_again_end_in_verification_failed(
     operator = operator_factory(operator_command())
     async with run_worker(redis_url, "orders", fail_when=lambda job: "upstream still down"):
         await apply(kube, replay("orders-retry", "orders", verify={"window": "2m", "minSuccessRate": 0.9}))
-        st = await wait_status_async(
+        st = await wait_finished(
             kube,
             "orders-retry",
-            lambda s: s.get("phase") in ("Succeeded", "Failed"),
             operator=operator,
             timeout=60,
-            what="the end of the replay",
         )
     assert st["phase"] == "Failed"
     assert condition(st, "Succeeded")["reason"] == "VerificationFailed"

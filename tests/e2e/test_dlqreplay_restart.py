@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from support.bullmq_jobs import JobSpec, make_failed_jobs
-from support.dlqreplay import operator_command, replay, secret, wait_status_async
+from support.dlqreplay import operator_command, replay, secret, wait_finished, wait_status_async
 from support.kube import Kube
 
 pytestmark = pytest.mark.e2e
@@ -58,13 +58,11 @@ async def test_sigkill_three_times_during_a_5k_replay_moves_each_job_once(
         operator.kill()  # SIGKILL: no cleanup, no final status write
         operator.start()
 
-    st = await wait_status_async(
+    st = await wait_finished(
         kube,
         "big",
-        lambda s: s.get("phase") in ("Succeeded", "Failed"),
         operator=operator,
         timeout=90,
-        what="the end of the replay",
     )
     assert st["phase"] == "Succeeded", st
     assert st["matched"] == st["replayed"] == JOBS

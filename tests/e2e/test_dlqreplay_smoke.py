@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
-from support.dlqreplay import condition, event_reasons, operator_command, replay, secret, wait_status_async
+from support.dlqreplay import condition, event_reasons, operator_command, replay, secret, wait_finished
 from support.http_endpoint import endpoint
 from support.kube import Kube
 from support.leaks import leaks
@@ -68,10 +68,9 @@ async def test_smoke_test_decides_the_outcome_and_hides_its_token(
     operator = operator_factory(operator_command())
     async with endpoint(flaky, path="/smoke", method="POST") as ok_url, run_worker(redis_url, "default"):
         await asyncio.to_thread(kube.kubectl.apply, smoke_replay("smoke-ok", ok_url, retries=2))
-        st = await wait_status_async(
+        st = await wait_finished(
             kube,
             "smoke-ok",
-            lambda s: s.get("phase") in ("Succeeded", "Failed"),
             operator=operator,
             timeout=60,
         )
@@ -85,10 +84,9 @@ async def test_smoke_test_decides_the_outcome_and_hides_its_token(
     await make_failed_jobs(redis_url, "default", [JobSpec("send", {"again": i}) for i in range(3)])
     async with endpoint(down, path="/smoke", method="POST") as down_url, run_worker(redis_url, "default"):
         await asyncio.to_thread(kube.kubectl.apply, smoke_replay("smoke-ko", down_url, retries=1))
-        st = await wait_status_async(
+        st = await wait_finished(
             kube,
             "smoke-ko",
-            lambda s: s.get("phase") in ("Succeeded", "Failed"),
             operator=operator,
             timeout=60,
         )

@@ -27,6 +27,7 @@ from support.dlqreplay import (
     replay_uid,
     secret,
     status,
+    wait_finished,
     wait_status_async,
 )
 from support.kube import Kube, kubeconfig
@@ -108,13 +109,11 @@ async def test_api_server_down_30s_mid_replay_the_replay_goes_on_and_status_catc
     )
     assert caught_up["phase"] in ("Replaying", "Succeeded"), caught_up
 
-    st = await wait_status_async(
+    st = await wait_finished(
         kube,
         "long",
-        lambda s: s.get("phase") in ("Succeeded", "Failed"),
         operator=operator,
         timeout=90,
-        what="the end of the replay",
     )
     seen = await in_redis(redis_client, uid)
     check_exactly_once(seen, ids, selected=ids, what="at the end")

@@ -34,11 +34,20 @@ from support.dlqreplay import (
     replay_uid,
     secret,
     status,
-    wait_status_async,
+    wait_finished,
 )
 from support.kube import Kube
 from support.operator_proc import OperatorProcess
-from support.queuepolicy import apply, gated_policy, gates, wait_auto_replay, wait_policy, with_a_redis_gate
+from support.queuepolicy import (
+    apply,
+    apply_until_green,
+    auto_replay,
+    gated_policy,
+    gates,
+    wait_auto_replay,
+    wait_policy,
+    with_a_redis_gate,
+)
 
 #: Longer than the suite's 120 s default: 20k real jobs are made first, then 20 restarts.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
@@ -148,10 +157,9 @@ async def test_sigkill_at_20_random_points_of_a_20k_replay_moves_each_job_once(
     log = KillLog(kill_points(SEED, KILLS, JOBS, margin=2000))
     await kill_at_points(operator, redis_client, the_uid, all_ids, log, check_status=status_never_ahead)
 
-    st = await wait_status_async(
+    st = await wait_finished(
         kube,
         "big",
-        lambda s: s.get("phase") in ("Succeeded", "Failed"),
         operator=operator,
         timeout=120,
         what=f"the end of the replay; {log}",
@@ -193,24 +201,8 @@ async def test_sigkill_at_random_points_of_a_policy_auto_replay_moves_each_job_o
     )
     gate = await with_a_redis_gate(kube, redis_url, redis_factory)
     operator = operator_factory(operator_command())
-    await apply(
-        kube,
-        gated_policy(
-            "visapi-queues",
-            ["default"],
-            actions={
-                "autoReplay": {
-                    "selector": {"jobNames": ["whatsapp.*"]},
-                    "stableFor": "1s",
-                    "cooldown": "1s",
-                    "rate": RATE,
-                }
-            },
-        ),
-    )
-    await wait_policy(
-        kube, "visapi-queues", lambda s: gates(s) == "True", operator=operator, what="gates green"
-    )
+    manifest = gated_policy("visapi-queues", ["default"], actions={"autoReplay": auto_replay(RATE)})
+    await apply_until_green(kube, manifest, operator=operator)
     gate.kill()
     await wait_policy(
         kube, "visapi-queues", lambda s: gates(s) == "False", operator=operator, what="the outage"
@@ -248,10 +240,9 @@ async def test_sigkill_at_random_points_of_a_policy_auto_replay_moves_each_job_o
 
     name = await wait_auto_replay(kube, "visapi-queues", operator=operator)
     assert name == child
-    st = await wait_status_async(
+    st = await wait_finished(
         kube,
         name,
-        lambda s: s.get("phase") in ("Succeeded", "Failed"),
         operator=operator,
         timeout=90,
         what=f"the end of the child; {log}",

@@ -31,7 +31,7 @@ from support.dlqreplay import (
     replay,
     replay_uid,
     secret,
-    wait_status_async,
+    wait_finished,
 )
 from support.kube import Kube
 from support.queuepolicy import apply
@@ -106,10 +106,9 @@ async def test_two_operators_one_driver_per_queue_no_double_moves_and_the_rate_h
             await apply(kube, replay(name, "default", selector={"jobNames": [jobs]}, rate=RATE))
         finals = {}
         for name in ("whatsapp", "email"):
-            finals[name] = await wait_status_async(
+            finals[name] = await wait_finished(
                 kube,
                 name,
-                lambda s: s.get("phase") in ("Succeeded", "Failed"),
                 operator=first,
                 timeout=90,
                 what=f"replay {name} finished",

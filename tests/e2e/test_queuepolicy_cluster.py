@@ -23,7 +23,7 @@ from redis.crc import key_slot
 
 from support import async_wait_until
 from support.cli import acli
-from support.dlqreplay import check_exactly_once, in_redis, operator_command, secret, wait_status_async
+from support.dlqreplay import check_exactly_once, in_redis, operator_command, secret, wait_finished
 from support.kube import Kube
 from support.node import FailRule, NodeWorker, run_producer
 from support.queuepolicy import (
@@ -169,10 +169,9 @@ async def test_a_policy_on_a_cluster_pauses_on_red_and_auto_replays_once_green(
     # it comes back: the queue resumes, then one child DLQReplay replays what failed in the outage
     dependency.restart()
     child = await wait_auto_replay(kube, NAME, operator=operator)
-    done = await wait_status_async(
+    done = await wait_finished(
         kube,
         child,
-        lambda s: s.get("phase") in ("Succeeded", "Failed"),
         operator=operator,
         timeout=60,
         what="the child replay finished",

@@ -22,7 +22,8 @@ from support.dlqreplay import operator_command, wait_gone_async, wait_status_asy
 from support.kube import Kube
 from support.queuepolicy import (
     DLQR,
-    apply,
+    apply_until_green,
+    auto_replay,
     gated_policy,
     gates,
     kubectl,
@@ -46,25 +47,10 @@ async def test_deleting_a_policy_mid_replay_stops_its_child_and_loses_nothing(
 ) -> None:
     gate = await with_a_redis_gate(kube, redis_url, redis_factory)
     operator = operator_factory(operator_command())
-    await apply(
-        kube,
-        gated_policy(
-            "visapi-queues",
-            ["default"],
-            # slow on purpose: 2 jobs a second, so the delete lands mid-replay
-            actions={
-                "autoReplay": {
-                    "selector": {"jobNames": ["whatsapp.*"]},
-                    "stableFor": "1s",
-                    "cooldown": "1s",
-                    "rate": {"jobsPerSecond": 2, "batchSize": 1},
-                }
-            },
-        ),
-    )
-    await wait_policy(
-        kube, "visapi-queues", lambda s: gates(s) == "True", operator=operator, what="gates green"
-    )
+    # slow on purpose: 2 jobs a second, so the delete lands mid-replay
+    slow = auto_replay({"jobsPerSecond": 2, "batchSize": 1})
+    manifest = gated_policy("visapi-queues", ["default"], actions={"autoReplay": slow})
+    await apply_until_green(kube, manifest, operator=operator)
 
     down = True
     q = Queue("default", {"connection": redis_url})

@@ -13,7 +13,6 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
-from support.dlqreplay import operator_command, secret
 from support.kube import Kube
 from support.node import run_producer
 from support.queuepolicy import (
@@ -21,13 +20,13 @@ from support.queuepolicy import (
     evaluations,
     kubectl,
     metric,
+    operator_with_metrics,
     policy,
     policy_events,
     queue_state,
     scrape,
     wait_policy,
 )
-from support.redis_server import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -35,9 +34,7 @@ pytestmark = pytest.mark.e2e
 async def test_duplicates_are_in_status_an_event_and_a_gauge_that_goes_with_the_policy(
     kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis
 ) -> None:
-    port = free_port()
-    await apply(kube, secret("redis", {"url": redis_url}))
-    operator = operator_factory(operator_command(metrics_port=port))
+    operator, port = await operator_with_metrics(kube, operator_factory, redis_url)
     orders = ["A-1", "A-2", "A-1", "A-3"]
     ids = await run_producer(
         redis_url, "orders", [{"name": "order.create", "data": {"orderId": o}} for o in orders], major=6

@@ -21,6 +21,7 @@ from support.queuepolicy import (
     QPOL,
     SlackSink,
     apply,
+    apply_until_green,
     condition,
     evaluations,
     gated_policy,
@@ -54,7 +55,7 @@ async def test_sigkill_mid_outage_keeps_the_queue_paused_and_resumes_it_once(
     await apply(kube, secret("ops-slack", {"url": slack.url}))
     await create_queues(redis_url, "default")  # the app's queue: exists, nothing in it yet
     operator = operator_factory(operator_command())
-    await apply(
+    await apply_until_green(
         kube,
         gated_policy(
             "visapi-queues",
@@ -63,13 +64,8 @@ async def test_sigkill_mid_outage_keeps_the_queue_paused_and_resumes_it_once(
             thresholds={"waiting": 2},
             alerts={"slackWebhookSecretRef": {"name": "ops-slack", "key": "url"}},
         ),
-    )
-    await wait_policy(
-        kube,
-        "visapi-queues",
-        lambda s: gates(s) == "True" and condition(s, "Ready").get("status") == "True",
         operator=operator,
-        what="gates green",
+        ready=True,
     )
     uid = await object_uid(kube, QPOL, "visapi-queues")
 

@@ -17,13 +17,15 @@ from bullmq import Job, Queue
 
 from support import async_wait_until
 from support.bullmq_jobs import JobSpec, create_queues, make_failed_jobs, run_worker, wait_in_set
-from support.dlqreplay import operator_command, secret, wait_status_async
+from support.dlqreplay import operator_command, secret, wait_finished
 from support.kube import Kube
 from support.queuepolicy import (
     DLQR,
     FAST_GATES,
     QPOL,
     apply,
+    apply_until_green,
+    auto_replay,
     condition,
     evaluations,
     gated_policy,
@@ -60,7 +62,7 @@ async def test_gate_red_pauses_green_resumes_never_a_queue_paused_by_others(
     await apply(kube, secret("redis", {"url": redis_url}))
     await apply(kube, secret("db", {"dsn": f"postgresql://postgres@127.0.0.1:{proxy.port}/test"}))
     operator = operator_factory(operator_command())
-    await apply(
+    st = await apply_until_green(
         kube,
         policy(
             "visapi-queues",
@@ -75,13 +77,8 @@ async def test_gate_red_pauses_green_resumes_never_a_queue_paused_by_others(
             gatePolicy=FAST_GATES,
             actions={"pauseWhileGatesFail": True},
         ),
-    )
-    st = await wait_policy(
-        kube,
-        "visapi-queues",
-        lambda s: gates(s) == "True" and condition(s, "Ready").get("status") == "True",
         operator=operator,
-        what="gates green",
+        ready=True,
     )
     assert st.get("gatesGreenSince")
     assert queue_state(st, "bulk")["paused"] is True and queue_state(st, "bulk")["pausedByPolicy"] is False
@@ -151,25 +148,9 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
     gate = await with_a_redis_gate(kube, redis_url, redis_factory)
     port = free_port()
     operator = operator_factory(operator_command(metrics_port=port))
-    await apply(
-        kube,
-        gated_policy(
-            "visapi-queues",
-            ["default"],
-            actions={
-                "autoReplay": {
-                    "selector": {"jobNames": ["whatsapp.*"]},
-                    "stableFor": "1s",
-                    "cooldown": "1s",
-                    "maxReplaysPerJob": 1,
-                    "rate": {"jobsPerSecond": 200, "batchSize": 50},
-                }
-            },
-        ),
-    )
-    await wait_policy(
-        kube, "visapi-queues", lambda s: gates(s) == "True", operator=operator, what="gates green"
-    )
+    auto = auto_replay({"jobsPerSecond": 200, "batchSize": 50}, maxReplaysPerJob=1)
+    manifest = gated_policy("visapi-queues", ["default"], actions={"autoReplay": auto})
+    await apply_until_green(kube, manifest, operator=operator)
     uid = await object_uid(kube, QPOL, "visapi-queues")
 
     down = True
@@ -208,10 +189,9 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
         assert obj["spec"]["redis"] == {"urlSecretRef": {"name": "redis", "key": "url"}}
         listed = await kubectl(kube, "get", "dlqr", "-l", "requeue.dev/policy=visapi-queues")
         assert child1 in listed
-        done1 = await wait_status_async(
+        done1 = await wait_finished(
             kube,
             child1,
-            lambda s: s.get("phase") in ("Succeeded", "Failed"),
             operator=operator,
             timeout=40,
             what="child 1 finished",
@@ -242,10 +222,9 @@ async def test_auto_replay_once_per_outage_within_the_per_job_budget(
         child2 = await wait_auto_replay(
             kube, "visapi-queues", after=child1, operator=operator, what="the second auto replay"
         )
-        done2 = await wait_status_async(
+        done2 = await wait_finished(
             kube,
             child2,
-            lambda s: s.get("phase") in ("Succeeded", "Failed"),
             operator=operator,
             timeout=40,
             what="child 2 finished",

@@ -15,7 +15,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from requeue.metrics import JOB_SECONDS_BUCKETS
-from support.dlqreplay import operator_command, secret
 from support.kube import Kube
 from support.node import NodeWorker, run_producer
 from support.queuepolicy import (
@@ -24,13 +23,13 @@ from support.queuepolicy import (
     evaluations,
     kubectl,
     metric,
+    operator_with_metrics,
     policy,
     policy_events,
     queue_state,
     scrape,
     wait_policy,
 )
-from support.redis_server import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -40,9 +39,7 @@ NAMES = ("pdf.generate", "email.send", "sms.send")
 async def test_latency_p95_is_flagged_and_exported_per_job_name_and_goes_with_the_policy(
     kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis
 ) -> None:
-    port = free_port()
-    await apply(kube, secret("redis", {"url": redis_url}))
-    operator = operator_factory(operator_command(metrics_port=port))
+    operator, port = await operator_with_metrics(kube, operator_factory, redis_url)
     jobs = [{"name": NAMES[i % len(NAMES)], "data": {"i": i}} for i in range(12)]
     async with NodeWorker(redis_url, "documents", major=6, process_ms=250) as worker:
         ids = await run_producer(redis_url, "documents", jobs, major=6)

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from support.dlqreplay import operator_command, secret
 from support.kube import Kube
 from support.node import NodeWorker, run_producer
 from support.queuepolicy import (
@@ -21,13 +20,13 @@ from support.queuepolicy import (
     condition,
     evaluations,
     metric,
+    operator_with_metrics,
     policy,
     policy_events,
     queue_state,
     scrape,
     wait_policy,
 )
-from support.redis_server import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -35,10 +34,7 @@ pytestmark = pytest.mark.e2e
 async def test_processing_stopped_while_no_worker_runs_then_resumed(
     kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis, slack: SlackSink
 ) -> None:
-    port = free_port()
-    await apply(kube, secret("redis", {"url": redis_url}))
-    await apply(kube, secret("ops-slack", {"url": slack.url}))
-    operator = operator_factory(operator_command(metrics_port=port))
+    operator, port = await operator_with_metrics(kube, operator_factory, redis_url, slack=slack)
     ids = await run_producer(
         redis_url, "default", [{"name": "invoice.send", "data": {"i": i}} for i in range(6)], major=6
     )

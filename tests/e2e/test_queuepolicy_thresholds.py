@@ -13,17 +13,19 @@ import redis.asyncio as aioredis
 from bullmq import Queue
 
 from support.bullmq_jobs import JobSpec, create_queues, make_failed_jobs, run_worker
-from support.dlqreplay import operator_command, secret
+from support.dlqreplay import operator_command
 from support.kube import Kube
 from support.leaks import SLACK_TOKEN
 from support.queuepolicy import (
     SlackSink,
     apply,
+    apply_until_green,
     condition,
     evaluations,
     gated_policy,
     kubectl,
     metric,
+    operator_with_metrics,
     policy,
     policy_events,
     queue_state,
@@ -31,7 +33,6 @@ from support.queuepolicy import (
     wait_policy,
     with_a_redis_gate,
 )
-from support.redis_server import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -39,10 +40,7 @@ pytestmark = pytest.mark.e2e
 async def test_breach_alerts_once_recovery_once_metrics_and_printer_column(
     kube: Kube, operator_factory: Any, redis_url: str, redis_client: aioredis.Redis, slack: SlackSink
 ) -> None:
-    port = free_port()
-    await apply(kube, secret("redis", {"url": redis_url}))
-    await apply(kube, secret("ops-slack", {"url": slack.url}))
-    operator = operator_factory(operator_command(metrics_port=port))
+    operator, port = await operator_with_metrics(kube, operator_factory, redis_url, slack=slack)
     await create_queues(redis_url, "default", "bulk")  # the app's queues exist, with nothing in them
     await apply(
         kube,
@@ -169,7 +167,7 @@ async def test_dry_run_only_reports(
     gate_redis = await with_a_redis_gate(kube, redis_url, redis_factory)
     old = await make_failed_jobs(redis_url, "default", [JobSpec("report", {"i": i}) for i in range(3)])
     operator = operator_factory(operator_command())
-    await apply(
+    await apply_until_green(
         kube,
         gated_policy(
             "rehearsal",
@@ -177,13 +175,7 @@ async def test_dry_run_only_reports(
             dryRun=True,
             actions={"pauseWhileGatesFail": True, "clean": {"failed": {"grace": "1s", "limit": 100}}},
         ),
-    )
-    await wait_policy(
-        kube,
-        "rehearsal",
-        lambda s: condition(s, "GatesPassed").get("status") == "True",
         operator=operator,
-        what="gates green",
     )
     gate_redis.kill()
     st = await wait_policy(

@@ -12,13 +12,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from requeue.api import DLQReplayStatus, ReplayCondition, ReplayPhase
+from requeue.api import ReplayCondition, ReplayPhase
 from requeue.api.base import find_condition
 from requeue.errors import RedisOutOfMemory
 from requeue.queues import QueueKeys, connect
-from requeue.replay import ReplayEngine
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker
-from support.replay import ONE_BATCH_PER_STEP, replay_spec
+from support.replay import replay_under_way
 
 Q = "default"
 K = QueueKeys("bull", Q)
@@ -34,18 +33,7 @@ async def test_replay_holds_on_redis_oom_with_a_named_reason_and_resumes_when_me
     ids = await make_failed_jobs(server.url, Q, [JobSpec("whatsapp.send", {"i": i}) for i in range(N)])
     client = await connect(server.url, timeout_s=5)
     try:
-        spec = replay_spec(rate={"jobsPerSecond": 100_000, "batchSize": 10})
-        engine = ReplayEngine(
-            client,
-            replay_id="oom",
-            owner="ns/oom",
-            redis_failure_bound=2,
-            backoff=0.01,
-            tuning=ONE_BATCH_PER_STEP,
-        )
-        st = DLQReplayStatus()
-        while st.replayed < 10:
-            st = (await engine.step(spec, st)).status
+        engine, spec, st = await replay_under_way(client, "oom", redis_failure_bound=2)
         assert st.phase == ReplayPhase.REPLAYING
 
         # Redis full: every write is refused with "OOM command not allowed ..."

@@ -19,13 +19,14 @@ from pydantic import ValidationError
 from requeue.api.jsonpath import parse_json_path
 from requeue.api.policy import QueuePolicySpec
 from requeue.policy.collect import collect
-from requeue.policy.evaluate import BullQueueOps, EvaluationResult, PolicyRef, evaluate
+from requeue.policy.evaluate import PolicyRef
 from requeue.policy.observe import PolicyMemory
 from requeue.policy.series import forget_policy
 from requeue.queues import QueueKeys
 from requeue.queues.duplicates import find_duplicates
 from support.cli import cli
 from support.node import run_producer
+from support.policy_eval import evaluate_after
 
 POLICY = PolicyRef(namespace="shop", name="dupes", uid="5e1f-dupes-uid", generation=1)
 MAJOR = 6
@@ -60,20 +61,6 @@ async def seed(redis_url: str, redis_client: aioredis.Redis) -> list[str]:
     return ids
 
 
-async def run(
-    redis_client: aioredis.Redis, policy: QueuePolicySpec, last: EvaluationResult | None, now: datetime
-) -> EvaluationResult:
-    return await evaluate(
-        POLICY,
-        policy,
-        last.status if last else None,
-        redis=redis_client,
-        ops=BullQueueOps(redis_client),
-        memory=last.memory if last else None,
-        now=now,
-    )
-
-
 async def test_duplicates_by_id_and_business_key_in_status_event_and_metric(
     redis_url: str, redis_client: aioredis.Redis
 ) -> None:
@@ -81,7 +68,7 @@ async def test_duplicates_by_id_and_business_key_in_status_event_and_metric(
     policy = spec(businessKey="$.orderId")
     t0 = datetime.now(UTC)
 
-    first = await run(redis_client, policy, None, t0)
+    first = await evaluate_after(POLICY, redis_client, policy, None, t0)
     dup = first.status.queues[0].duplicates
     assert dup is not None
     assert dup.scanned == 9  # 7 wait (6 + the pushed copy) + 2 prioritized
@@ -100,7 +87,7 @@ async def test_duplicates_by_id_and_business_key_in_status_event_and_metric(
     assert "3 values of $.orderId" in warnings[0].message
     assert gauge("id") == 2 and gauge("business_key") == 3
 
-    second = await run(redis_client, policy, first, t0 + timedelta(seconds=30))
+    second = await evaluate_after(POLICY, redis_client, policy, first, t0 + timedelta(seconds=30))
     assert [e for e in second.events if e.reason == "DuplicateJobs"] == []  # once, not every evaluation
     assert second.status.queues[0].duplicates == dup
 
@@ -108,7 +95,7 @@ async def test_duplicates_by_id_and_business_key_in_status_event_and_metric(
     keys = QueueKeys("bull", Q)
     await redis_client.lrem(keys.wait, 1, ids[1])
     await redis_client.zrem(keys.prioritized, ids[2])
-    third = await run(redis_client, policy, second, t0 + timedelta(seconds=60))
+    third = await evaluate_after(POLICY, redis_client, policy, second, t0 + timedelta(seconds=60))
     after = third.status.queues[0].duplicates
     assert after is not None and after.ids == 0 and after.business_keys == 3 and after.scanned == 7
     assert gauge("id") == 0 and gauge("business_key") == 3
@@ -122,7 +109,9 @@ async def test_reads_are_bounded_to_the_newest_max_jobs_per_list(
 ) -> None:
     ids = await seed(redis_url, redis_client)
     # the 2 newest of wait: the pushed copy of ids[1] and ids[5]; prioritized: ids[2] (score 1), ids[6]
-    result = await run(redis_client, spec(businessKey="$.orderId", maxJobs=2), None, datetime.now(UTC))
+    result = await evaluate_after(
+        POLICY, redis_client, spec(businessKey="$.orderId", maxJobs=2), None, datetime.now(UTC)
+    )
     dup = result.status.queues[0].duplicates
     assert dup is not None and dup.scanned == 4
     assert dup.ids == 0  # the other copies of ids[1] and ids[2] were beyond the bound
@@ -134,7 +123,7 @@ async def test_without_business_key_only_ids_are_looked_for_and_unset_means_off(
     redis_url: str, redis_client: aioredis.Redis
 ) -> None:
     await seed(redis_url, redis_client)
-    result = await run(redis_client, spec(), None, datetime.now(UTC))
+    result = await evaluate_after(POLICY, redis_client, spec(), None, datetime.now(UTC))
     dup = result.status.queues[0].duplicates
     assert dup is not None and dup.ids == 2 and dup.business_keys is None and dup.sample_keys == []
     assert gauge("id") == 2 and gauge("business_key") is None  # no key named: no series for it
@@ -142,7 +131,7 @@ async def test_without_business_key_only_ids_are_looked_for_and_unset_means_off(
         {"redis": {"urlSecretRef": {"name": "r", "key": "u"}}, "queues": [Q]}
     )
     forget_policy(POLICY.namespace, POLICY.name)
-    result = await run(redis_client, off, None, datetime.now(UTC))
+    result = await evaluate_after(POLICY, redis_client, off, None, datetime.now(UTC))
     assert result.status.queues[0].duplicates is None and gauge("id") is None
     assert [e for e in result.events if e.reason == "DuplicateJobs"] == []
     forget_policy(POLICY.namespace, POLICY.name)

@@ -91,13 +91,10 @@ async def webhook() -> AsyncIterator[Webhook]:
         await hook.stop()
 
 
-@pytest_asyncio.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+@pytest.fixture
+def redis(redis_client: aioredis.Redis) -> aioredis.Redis:
+    """The shared ``redis_client`` (tests/conftest.py) under the name these tests use."""
+    return redis_client
 
 
 class Recorder:
@@ -456,26 +453,18 @@ async def test_stalled_active_job_without_a_lock(redis: aioredis.Redis, redis_ur
         result = await evaluate(POLICY, s, None, redis=redis, ops=BullQueueOps(redis), now=t0)
         assert result.status.queues[0].stalled == 0 and result.status.queues[0].active == 1
         await redis.delete(keys.job(str(job.id)) + ":lock")  # what PX expiry does to a dead worker's lock
-        result = await evaluate(
-            POLICY,
-            s,
-            result.status,
-            redis=redis,
-            ops=BullQueueOps(redis),
-            memory=result.memory,
-            now=t0 + timedelta(seconds=10),
-        )
-        assert result.status.queues[0].stalled == 0
-        result = await evaluate(
-            POLICY,
-            s,
-            result.status,
-            redis=redis,
-            ops=BullQueueOps(redis),
-            memory=result.memory,
-            now=t0 + timedelta(seconds=75),
-        )
-        assert result.status.queues[0].stalled == 1
+        # lockless for 10 s: not yet stalled; for 75 s (> stalledActiveSeconds): stalled
+        for seconds, stalled in ((10, 0), (75, 1)):
+            result = await evaluate(
+                POLICY,
+                s,
+                result.status,
+                redis=redis,
+                ops=BullQueueOps(redis),
+                memory=result.memory,
+                now=t0 + timedelta(seconds=seconds),
+            )
+            assert result.status.queues[0].stalled == stalled, seconds
         assert cond(result.status, PolicyCondition.HEALTHY) == ("False", "StalledJobs")
     finally:
         release.set()

@@ -25,9 +25,10 @@ from requeue.api.base import find_condition
 from requeue.api.conditions import PolicyCondition, Reason
 from requeue.api.policy import QueuePolicySpec, QueueState
 from requeue.metrics import JOB_SECONDS_BUCKETS
-from requeue.policy.evaluate import BullQueueOps, EvaluationResult, PolicyRef, evaluate
+from requeue.policy.evaluate import EvaluationResult, PolicyRef
 from requeue.policy.series import forget_policy
 from support.node import FailRule, NodeWorker, run_producer
+from support.policy_eval import evaluate_after
 
 POLICY = PolicyRef(namespace="visapi", name="latency", uid="5e1f-latency-uid", generation=1)
 MAJOR = 6
@@ -88,20 +89,6 @@ def sample(name: str, **labels: str) -> float | None:
     return REGISTRY.get_sample_value(name, {"namespace": POLICY.namespace, "policy": POLICY.name, **labels})
 
 
-async def run(
-    redis: aioredis.Redis, policy: QueuePolicySpec, last: EvaluationResult | None, now: datetime
-) -> EvaluationResult:
-    return await evaluate(
-        POLICY,
-        policy,
-        last.status if last else None,
-        redis=redis,
-        ops=BullQueueOps(redis),
-        memory=last.memory if last else None,
-        now=now,
-    )
-
-
 def only_queue(result: EvaluationResult) -> QueueState:
     (state,) = result.status.queues
     return state
@@ -123,7 +110,7 @@ async def test_latency_p95_histograms_and_outcomes_match_the_job_hashes(
     assert max(latencies) > 3 * min(h.processing for h in hashes)
 
     policy = spec(2, latencyP95="1s")
-    first = await run(redis_client, policy, None, datetime.now(UTC))
+    first = await evaluate_after(POLICY, redis_client, policy, None, datetime.now(UTC))
 
     state = only_queue(first)
     expected = exact_p95(latencies)
@@ -167,12 +154,12 @@ async def test_latency_p95_histograms_and_outcomes_match_the_job_hashes(
     )
 
     # the next evaluation reads only new entries: nothing counted twice, the window keeps the p95
-    again = await run(redis_client, policy, first, datetime.now(UTC))
+    again = await evaluate_after(POLICY, redis_client, policy, first, datetime.now(UTC))
     assert only_queue(again).latency_p95_seconds == state.latency_p95_seconds
     assert sample("bullmq_job_latency_seconds_count", queue="documents", job="other") == 8
 
     # once the window has passed, nothing is left to judge: the breach recovers
-    later = await run(redis_client, policy, again, _after(hashes, 6))
+    later = await evaluate_after(POLICY, redis_client, policy, again, _after(hashes, 6))
     calm = only_queue(later)
     assert (calm.latency_p95_seconds, calm.latency_jobs, calm.healthy) == (None, 0, True)
     assert [e.reason for e in later.events] == [Reason.RECOVERED]
@@ -198,7 +185,7 @@ async def test_jobs_removed_on_complete_are_counted_as_unknown_and_not_timed(
         await worker.wait_for_final(ids)
     assert not await redis_client.exists(*(f"bull:documents:{i}" for i in ids))
 
-    result = await run(redis_client, spec(20, latencyP95="1s"), None, datetime.now(UTC))
+    result = await evaluate_after(POLICY, redis_client, spec(20, latencyP95="1s"), None, datetime.now(UTC))
 
     state = only_queue(result)
     assert (state.latency_p95_seconds, state.latency_jobs, state.healthy) == (None, 0, True)
@@ -219,7 +206,7 @@ async def test_only_the_newest_jobs_up_to_max_job_lookups_are_read(
         {**spec(20).model_dump(by_alias=True, exclude_none=True), "metrics": {"maxJobLookups": 2}}
     )
 
-    result = await run(redis_client, policy, None, datetime.now(UTC))
+    result = await evaluate_after(POLICY, redis_client, policy, None, datetime.now(UTC))
 
     assert only_queue(result).latency_jobs == 2
     assert sample("bullmq_jobs_finished_total", queue="documents", job="email.send", outcome="completed") == 2
@@ -242,7 +229,7 @@ async def test_garbled_job_hashes_are_counted_and_not_timed(redis_client: aiored
         await redis_client.xadd("bull:documents:events", {"event": "completed", "jobId": jid})
     await redis_client.xadd("bull:documents:events", {"event": "failed", "noJobId": "x"})
 
-    result = await run(redis_client, spec(20, latencyP95="1s"), None, datetime.now(UTC))
+    result = await evaluate_after(POLICY, redis_client, spec(20, latencyP95="1s"), None, datetime.now(UTC))
 
     state = only_queue(result)
     assert (state.latency_p95_seconds, state.latency_jobs, state.healthy) == (None, 0, True)

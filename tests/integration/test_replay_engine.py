@@ -24,7 +24,7 @@ from requeue.errors import RedisUnreachable
 from requeue.queues import BullQueue, QueueKeys, ReplayKeys, connect
 from requeue.replay import ReplayEngine, StepResult
 from support.bullmq_jobs import JobSpec, make_failed_jobs, run_worker, worker_waiting
-from support.replay import ONE_BATCH_PER_STEP, drive, drive_losing_status
+from support.replay import drive, drive_losing_status, replay_under_way
 from support.replay import replay_spec as make_spec
 
 Q = "default"
@@ -476,18 +476,7 @@ async def test_redis_killed_mid_run_surfaces_redis_unavailable(redis_factory: An
     await make_failed_jobs(server.url, Q, jobs(50))
     client = await connect(server.url, timeout_s=1)
     try:
-        spec = make_spec(rate={"jobsPerSecond": 100_000, "batchSize": 10})
-        engine = ReplayEngine(
-            client,
-            replay_id="k",
-            owner="ns/k",
-            redis_failure_bound=3,
-            backoff=0.01,
-            tuning=ONE_BATCH_PER_STEP,
-        )
-        st = DLQReplayStatus()
-        while st.replayed < 10:
-            st = (await engine.step(spec, st)).status
+        engine, spec, st = await replay_under_way(client, "k", redis_failure_bound=3)
         server.kill()
         results = [await engine.step(spec, st) for _ in range(3)]
         last = results[-1]
@@ -509,18 +498,7 @@ async def test_redis_back_after_a_reported_outage_is_ready_again_with_an_event(r
     ids = await make_failed_jobs(server.url, Q, jobs(30))
     client = await connect(server.url, timeout_s=1)
     try:
-        spec = make_spec(rate={"jobsPerSecond": 100_000, "batchSize": 10})
-        engine = ReplayEngine(
-            client,
-            replay_id="back",
-            owner="ns/back",
-            redis_failure_bound=2,
-            backoff=0.01,
-            tuning=ONE_BATCH_PER_STEP,
-        )
-        st = DLQReplayStatus()
-        while st.replayed < 10:
-            st = (await engine.step(spec, st)).status
+        engine, spec, st = await replay_under_way(client, "back", redis_failure_bound=2)
         server.kill()
         for _ in range(2):
             st = (await engine.step(spec, st)).status

@@ -35,6 +35,7 @@ __all__ = [
     "replay_uid",
     "secret",
     "status",
+    "wait_finished",
     "wait_gone_async",
     "wait_status",
     "wait_status_async",
@@ -162,6 +163,28 @@ async def wait_status_async(
 
     result: dict[str, Any] = await async_wait_until(check, timeout=timeout, interval=0.1, message=explain)
     return result
+
+
+async def wait_finished(
+    kube: Kube,
+    name: str,
+    *,
+    operator: OperatorProcess | None = None,
+    timeout: float = 30.0,
+    what: str = "the end of the replay",
+    namespace: str = "default",
+) -> dict[str, Any]:
+    """Wait until the DLQReplay has finished, Succeeded or Failed (the test asserts which: a
+    failure then shows the whole status); its status."""
+    return await wait_status_async(
+        kube,
+        name,
+        lambda s: s.get("phase") in ("Succeeded", "Failed"),
+        operator=operator,
+        timeout=timeout,
+        what=what,
+        namespace=namespace,
+    )
 
 
 async def wait_gone_async(

@@ -18,22 +18,26 @@ import httpx
 from aiohttp import web
 
 from support import async_wait_until
-from support.dlqreplay import DLQR, condition, events, secret
+from support.dlqreplay import DLQR, condition, events, operator_command, secret
 from support.kube import Kube
 from support.leaks import SLACK_TOKEN
 from support.operator_proc import OperatorProcess
+from support.redis_server import free_port
 
 __all__ = [
     "DLQR",
     "QPOL",
     "SlackSink",
     "apply",
+    "apply_until_green",
+    "auto_replay",
     "condition",
     "evaluations",
     "gated_policy",
     "kubectl",
     "metric",
     "object_uid",
+    "operator_with_metrics",
     "policy",
     "policy_events",
     "scrape",
@@ -79,6 +83,43 @@ async def with_a_redis_gate(kube: Kube, redis_url: str, redis_factory: Any) -> A
     await apply(kube, secret("redis", {"url": redis_url}))
     await apply(kube, secret("gate-redis", {"url": gate.url}))
     return gate
+
+
+def auto_replay(
+    rate: dict[str, int], *, selector: dict[str, Any] | None = None, **fields: Any
+) -> dict[str, Any]:
+    """``actions.autoReplay`` of the outage tests: the ``whatsapp.*`` jobs (or ``selector``) once
+    the gates have been green for 1 s, 1 s apart, at ``rate``; ``fields`` add to it (camelCase)."""
+    chosen = selector if selector is not None else {"jobNames": ["whatsapp.*"]}
+    return {"selector": chosen, "stableFor": "1s", "cooldown": "1s", "rate": rate, **fields}
+
+
+async def apply_until_green(
+    kube: Kube, manifest: dict[str, Any], *, operator: OperatorProcess, ready: bool = False
+) -> dict[str, Any]:
+    """Apply a gated QueuePolicy and wait until its gates are green (with ``ready``, and it is
+    Ready): the starting point of every outage test. Returns that status."""
+    name = manifest["metadata"]["name"]
+    await apply(kube, manifest)
+    return await wait_policy(
+        kube,
+        name,
+        lambda s: gates(s) == "True" and (not ready or condition(s, "Ready").get("status") == "True"),
+        operator=operator,
+        what="gates green",
+    )
+
+
+async def operator_with_metrics(
+    kube: Kube, operator_factory: Any, redis_url: str, *, slack: SlackSink | None = None
+) -> tuple[OperatorProcess, int]:
+    """Secret ``redis`` (and ``ops-slack``, ``slack``'s webhook), then an operator serving
+    /metrics on a free port: the start of the tests that read what a policy exports."""
+    port = free_port()
+    await apply(kube, secret("redis", {"url": redis_url}))
+    if slack is not None:
+        await apply(kube, secret("ops-slack", {"url": slack.url}))
+    return operator_factory(operator_command(metrics_port=port)), port
 
 
 async def kubectl(kube: Kube, *args: str) -> str:

@@ -21,6 +21,7 @@ __all__ = [
     "lose_every_third_reply",
     "refail_first_replayed",
     "replay_spec",
+    "replay_under_way",
 ]
 
 #: A step moves one batch, as at a modest rate: tests that act between batches (kill Redis,
@@ -49,6 +50,27 @@ def replay_spec(base: Mapping[str, Any] | None = None, /, **fields: Any) -> DLQR
     body.update(base or {})
     body.update(fields)
     return DLQReplaySpec.model_validate(body)
+
+
+async def replay_under_way(
+    client: Redis, replay_id: str, *, redis_failure_bound: int, replayed: int = 10
+) -> tuple[ReplayEngine, DLQReplaySpec, DLQReplayStatus]:
+    """A replay of queue ``default`` in batches of 10, stepped until ``replayed`` jobs moved: where
+    the tests that take Redis away mid-replay start (owner ``ns/<replay_id>``, one batch a step,
+    10 ms backoff). Returns the engine, its spec and the status to step on from."""
+    spec = replay_spec(rate={"jobsPerSecond": 100_000, "batchSize": 10})
+    engine = ReplayEngine(
+        client,
+        replay_id=replay_id,
+        owner=f"ns/{replay_id}",
+        redis_failure_bound=redis_failure_bound,
+        backoff=0.01,
+        tuning=ONE_BATCH_PER_STEP,
+    )
+    st = DLQReplayStatus()
+    while st.replayed < replayed:
+        st = (await engine.step(spec, st)).status
+    return engine, spec, st
 
 
 async def drive(

@@ -17,6 +17,7 @@ from redis.crc import key_slot
 from requeue.errors import HashTagRequired, RedisUrlInvalid
 from requeue.policy.budget import ReplayBudget
 from requeue.queues.cluster import (
+    MAX_SEEDS,
     hash_tag,
     is_cluster_url,
     owner_of,
@@ -135,12 +136,29 @@ def test_cluster_urls_keep_any_password_and_never_show_it(password: str, user: s
         "redis+cluster://:pw@h:1,h2",
         "redis+cluster://:pw@h:1/3",
         "redis+cluster://:pw@h:99999",
+        "redis+cluster://:pw@h:",
+        "redis+cluster://:pw@[::1]",
+        "redis+cluster://:pw@[::1]x:1",
+        # a port of more digits than int() converts (4300): refused, not a ValueError
+        "redis+cluster://:pw@h:" + "9" * 5000,
+        "redis+cluster://:pw@" + ",".join(["h:1"] * (MAX_SEEDS + 1)),
+        "redis+cluster://:pw@" + "," * 1_000_000,
     ],
 )
 def test_unusable_cluster_urls_are_named_without_the_password(url: str) -> None:
     with pytest.raises(RedisUrlInvalid) as err:
         parse_cluster_url(url)
     assert ":pw@" not in err.value.message
+
+
+def test_seed_list_messages_say_what_is_wrong() -> None:
+    """The seed list is parsed as a Sentinel URL's list is (:mod:`requeue.queues.seeds`); the
+    messages stay the cluster's own, and a list that is too long is refused before it is read."""
+    with pytest.raises(RedisUrlInvalid, match="each seed node is host:port"):
+        parse_cluster_url("redis+cluster://h:1,h2")
+    with pytest.raises(RedisUrlInvalid, match=f"more than {MAX_SEEDS} seed nodes"):
+        parse_cluster_url("redis+cluster://" + ",".join(["bad"] * (MAX_SEEDS + 1)))
+    assert parse_cluster_url("redis+cluster://h:1").seeds == (("h", 1),)
 
 
 def test_the_slot_owner_comes_from_cluster_slots() -> None:

@@ -23,26 +23,22 @@ async def patch_annotations(
 
     Annotations are metadata: writing them never bumps ``.metadata.generation``.
     """
-
-    return await call_api(
-        lambda: custom_objects().patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            {"metadata": {"annotations": dict(annotations)}},
-            _content_type=MERGE_PATCH,
-            _request_timeout=request_timeout,
-        ),
-        f"annotating {plural} {namespace}/{name}",
-    )
+    body = {"metadata": {"annotations": dict(annotations)}}
+    return await _merge_patch(plural, namespace, name, body, "annotating", request_timeout)
 
 
 async def patch_spec(
     plural: str, namespace: str, name: str, fields: Mapping[str, object], *, request_timeout: float = 10.0
 ) -> bool:
     """Merge ``fields`` into ``.spec`` (``kubectl requeue cancel``); False when the object does not exist."""
+    return await _merge_patch(plural, namespace, name, {"spec": dict(fields)}, "patching", request_timeout)
+
+
+async def _merge_patch(
+    plural: str, namespace: str, name: str, body: Mapping[str, object], doing: str, request_timeout: float
+) -> bool:
+    """JSON-merge-patch ``body`` into the object; False when it does not exist. ``doing`` names the
+    write in an error's message (``annotating qpol default/x``)."""
     return await call_api(
         lambda: custom_objects().patch_namespaced_custom_object(
             GROUP,
@@ -50,11 +46,11 @@ async def patch_spec(
             namespace,
             plural,
             name,
-            {"spec": dict(fields)},
+            dict(body),
             _content_type=MERGE_PATCH,
             _request_timeout=request_timeout,
         ),
-        f"patching {plural} {namespace}/{name}",
+        f"{doing} {plural} {namespace}/{name}",
     )
 
 

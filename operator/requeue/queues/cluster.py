@@ -36,6 +36,7 @@ from redis.crc import key_slot
 from requeue.errors import HashTagRequired, RedisUrlInvalid
 from requeue.queues.connection import is_certificate_error
 from requeue.queues.keys import QueueKeys
+from requeue.queues.seeds import host_address, parse_hosts
 from requeue.redact import redact_url, split_url
 
 __all__ = [
@@ -135,8 +136,7 @@ class ClusterUrl:
     def node_url(self, host: str, port: int) -> str:
         """The ``redis://`` (or ``rediss://``) URL of one node, with the same credentials and options."""
         auth = f"{self.userinfo}@" if self.userinfo is not None else ""
-        shown = f"[{host}]" if ":" in host else host
-        return f"{self.scheme}://{auth}{shown}:{port}{self.tail}"
+        return f"{self.scheme}://{auth}{host_address(host, port)}{self.tail}"
 
 
 def parse_cluster_url(url: str) -> ClusterUrl:
@@ -150,33 +150,18 @@ def parse_cluster_url(url: str) -> ClusterUrl:
     shown = redact_url(url)
     if parts is None or parts.scheme.lower() not in CLUSTER_SCHEMES:
         raise RedisUrlInvalid(f"{shown} is not a Redis Cluster URL (redis+cluster://host:port[,host:port])")
-    seeds: list[tuple[str, int]] = []
-    for item in parts.hostport.split(",")[: MAX_SEEDS + 1]:
-        host, port = _host_port(item)
-        if not host or port is None:
-            raise RedisUrlInvalid(
-                f"{shown} is not a valid Redis Cluster URL: each seed node is host:port "
-                f"(comma-separated, e.g. redis+cluster://:PASSWORD@redis-0:6379,redis-1:6379)"
-            )
-        seeds.append((host, port))
-    if len(seeds) > MAX_SEEDS:
-        raise RedisUrlInvalid(f"{shown} names more than {MAX_SEEDS} seed nodes; a few are enough")
+    seeds = parse_hosts(
+        parts.hostport,
+        most=MAX_SEEDS,
+        default_port=None,
+        invalid=f"{shown} is not a valid Redis Cluster URL: each seed node is host:port "
+        f"(comma-separated, e.g. redis+cluster://:PASSWORD@redis-0:6379,redis-1:6379)",
+        too_many=f"{shown} names more than {MAX_SEEDS} seed nodes; a few are enough",
+    )
     if parts.path not in ("", "/", "/0"):
         raise RedisUrlInvalid(f"{shown}: a Redis Cluster has only database 0; remove {parts.path!r}")
     tail = "/0" + (f"?{parts.query}" if parts.query else "")
-    return ClusterUrl(CLUSTER_SCHEMES[parts.scheme.lower()], parts.userinfo, tuple(seeds), tail)
-
-
-def _host_port(item: str) -> tuple[str, int | None]:
-    """``host:port`` or ``[v6]:port`` -> (host, port); port None when missing or not a number."""
-    if item.startswith("["):
-        host, _, rest = item[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port = item.rpartition(":")
-    if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
-        return host, None
-    return host, int(port)
+    return ClusterUrl(CLUSTER_SCHEMES[parts.scheme.lower()], parts.userinfo, seeds, tail)
 
 
 class SlotRoute:
@@ -257,13 +242,8 @@ def primaries_of(reply: Any, *, asked: str) -> list[tuple[str, int]]:
     for entry in reply if isinstance(reply, list) else []:
         if not isinstance(entry, list | tuple) or len(entry) < 3:
             continue
-        node = entry[2]
-        if not isinstance(node, list | tuple) or len(node) < 2:
-            continue
-        raw = node[0]
-        host = raw.decode() if isinstance(raw, bytes) else str(raw)
-        address = (host if host not in ("", "?") else asked, int(node[1]))
-        if address not in out:
+        address = _node_address(entry[2], asked)
+        if address is not None and address not in out:
             out.append(address)
     return out
 
@@ -281,16 +261,26 @@ def owner_of(reply: Any, slot: int, *, asked: str) -> tuple[tuple[str, int] | No
             continue
         start, end = int(entry[0]), int(entry[1])
         for i, node in enumerate(entry[2:]):
-            if not isinstance(node, list | tuple) or len(node) < 2:
+            address = _node_address(node, asked)
+            if address is None:
                 continue
-            raw = node[0]
-            host = raw.decode() if isinstance(raw, bytes) else str(raw)
-            address = (host if host not in ("", "?") else asked, int(node[1]))
             if address not in nodes:
                 nodes.append(address)
             if i == 0 and start <= slot <= end:
                 owner = address
     return owner, nodes
+
+
+def _node_address(node: Any, asked: str) -> tuple[str, int] | None:
+    """``[host, port, id, ...]`` of a ``CLUSTER SLOTS`` entry -> (host, port); None when malformed.
+
+    A host of ``""`` or ``"?"`` means "the node you asked" (Redis 7 when it does not know its own).
+    """
+    if not isinstance(node, list | tuple) or len(node) < 2:
+        return None
+    raw = node[0]
+    host = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return (host if host not in ("", "?") else asked, int(node[1]))
 
 
 class _SlotConnectionMixin:

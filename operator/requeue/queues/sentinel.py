@@ -50,6 +50,7 @@ from redis.asyncio.connection import AbstractConnection, SSLConnection, parse_ur
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from requeue.errors import RedisUnreachable, RedisUrlInvalid, SentinelMasterUnknown
+from requeue.queues.seeds import host_address, parse_hosts
 from requeue.redact import encode_userinfo, redact_url, split_url
 
 __all__ = [
@@ -106,7 +107,7 @@ class SentinelUrl:
     @property
     def addresses(self) -> str:
         """``host:port, host:port`` of the Sentinels, for messages."""
-        return ", ".join(_address(h, p) for h, p in self.sentinels)
+        return ", ".join(host_address(h, p) for h, p in self.sentinels)
 
 
 def parse_sentinel_url(url: str) -> SentinelUrl:
@@ -119,18 +120,14 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     shown = shown_url(url)
     if parts is None or parts.scheme.lower() not in SENTINEL_SCHEMES:
         raise RedisUrlInvalid(f"{shown} is not a Redis Sentinel URL ({SENTINEL_URL_FORM})")
-    items = parts.hostport.split(",", MAX_SENTINELS)
-    if len(items) > MAX_SENTINELS:
-        raise RedisUrlInvalid(f"{shown} names more than {MAX_SENTINELS} Sentinels; three or five are enough")
-    sentinels = []
-    for item in items:
-        host, port = _host_port(item)
-        if not host or port is None:
-            raise RedisUrlInvalid(
-                f"{shown} is not a valid Redis Sentinel URL: each Sentinel is host[:port] with a port "
-                f"from 1 to 65535, comma-separated ({SENTINEL_URL_FORM})"
-            )
-        sentinels.append((host, port))
+    sentinels = parse_hosts(
+        parts.hostport,
+        most=MAX_SENTINELS,
+        default_port=DEFAULT_SENTINEL_PORT,
+        invalid=f"{shown} is not a valid Redis Sentinel URL: each Sentinel is host[:port] with a port "
+        f"from 1 to 65535, comma-separated ({SENTINEL_URL_FORM})",
+        too_many=f"{shown} names more than {MAX_SENTINELS} Sentinels; three or five are enough",
+    )
     master_part, _, db_part = parts.path.removeprefix("/").partition("/")
     master = unquote(master_part)
     if not master:
@@ -150,11 +147,12 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
             rest.append(pair)
     auth = f"{parts.userinfo}@" if parts.userinfo is not None else ""
     host, port = sentinels[0]
-    node_url = f"{SENTINEL_SCHEMES[parts.scheme.lower()]}://{auth}{_address(host, port)}/{db_part or '0'}" + (
-        f"?{'&'.join(rest)}" if rest else ""
+    node_url = (
+        f"{SENTINEL_SCHEMES[parts.scheme.lower()]}://{auth}{host_address(host, port)}/{db_part or '0'}"
+        + (f"?{'&'.join(rest)}" if rest else "")
     )
     return SentinelUrl(
-        tuple(sentinels),
+        sentinels,
         master,
         node_url,
         sentinel_username=own.get("sentinel_username") or None,
@@ -170,26 +168,6 @@ def shown_url(url: str) -> str:
     """``url`` redacted, then cut to :data:`MAX_SHOWN` characters (redacted before cutting)."""
     shown = redact_url(url)
     return shown if len(shown) <= MAX_SHOWN else shown[: MAX_SHOWN - 1] + "…"
-
-
-def _host_port(item: str) -> tuple[str, int | None]:
-    """``host[:port]`` or ``[v6][:port]`` -> (host, port); port None when not a number 1..65535."""
-    if item.startswith("["):
-        host, _, rest = item[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-        if rest and not rest.startswith(":"):
-            return host, None
-    else:
-        host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
-    if not port:
-        return host, DEFAULT_SENTINEL_PORT
-    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
-        return host, None
-    return host, int(port)
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # ---------------------------------------------------------------- errors
@@ -278,7 +256,7 @@ class _Sentinels(Sentinel):
                 found = str(state["ip"]), int(state["port"])
                 await self._check(*found)
                 return found
-            seen_down = f"{address} sees it at {_address(str(state['ip']), int(state['port']))} down"
+            seen_down = f"{address} sees it at {host_address(str(state['ip']), int(state['port']))} down"
         name = repr(service_name[:100])
         if seen_down is not None:
             raise MasterNotFoundError(
@@ -312,7 +290,7 @@ class _Sentinels(Sentinel):
         except Exception as exc:  # the policy's refusal, or a name that does not resolve
             text = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             raise MasterAddressRefused(
-                f"the Sentinels name the primary {_address(host, port)}: {text}"
+                f"the Sentinels name the primary {host_address(host, port)}: {text}"
             ) from None
 
 
@@ -322,7 +300,7 @@ class MasterAddressRefused(rx.ConnectionError):
 
 def _client_address(client: aioredis.Redis) -> str:
     kwargs = client.connection_pool.connection_kwargs
-    return _address(str(kwargs.get("host")), int(kwargs.get("port") or 0))
+    return host_address(str(kwargs.get("host")), int(kwargs.get("port") or 0))
 
 
 class _PrimaryPool(SentinelConnectionPool):
