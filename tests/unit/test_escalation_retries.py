@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from requeue.api.conditions import Reason
-from requeue.api.escalation import MAX_NOTIFY_ATTEMPTS, MAX_PENDING_NOTIFICATIONS
+from requeue.api.escalation import MAX_NOTIFY_ATTEMPTS, MAX_PENDING_NOTIFICATIONS, EscalationStatus
+from requeue.policy.decide import Decision
 from requeue.policy.escalation import Delivery, retry_delay, with_results
 from support.policy_sim import PolicySim, gate, make_spec
 
@@ -46,6 +47,15 @@ def sim() -> PolicySim:
     return s
 
 
+def state(s: PolicySim) -> EscalationStatus:
+    assert s.status is not None and s.status.escalation is not None
+    return s.status.escalation
+
+
+def due(d: Decision) -> list[tuple[str, int]]:
+    return [(n.channel.name, n.attempts) for n in (d.escalation.notices if d.escalation else [])]
+
+
 def attempts(s: PolicySim, channel: str) -> list[tuple[str, bool]]:
     return [(text.split("`: ", 1)[1], ok) for name, text, _, ok in s.sent if name == channel]
 
@@ -60,8 +70,8 @@ def test_a_failed_message_is_retried_after_its_backoff_and_sent_once() -> None:
     s.failing_channels = {"oncall"}
     s.gates = (gate("db", False),)
     d = s.step()
-    assert [(n.channel.name, n.attempts) for n in d.escalation.notices] == [("oncall", 0), ("room", 0)]
-    esc = s.status.escalation
+    assert due(d) == [("oncall", 0), ("room", 0)]
+    esc = state(s)
     assert esc is not None and esc.level == 1
     [pending] = esc.pending_notifications
     assert (pending.channel, pending.attempts, pending.last_error) == (
@@ -77,17 +87,17 @@ def test_a_failed_message_is_retried_after_its_backoff_and_sent_once() -> None:
     }
     # before the backoff: not tried
     d = s.step(timedelta(seconds=10))
-    assert d.escalation is not None and d.escalation.notices == []
+    assert due(d) == []
     # the webhook is back: the retry goes out, once
     s.failing_channels = set()
     d = s.step(timedelta(seconds=10))
-    assert [(n.channel.name, n.attempts) for n in d.escalation.notices] == [("oncall", 1)]
-    esc = s.status.escalation
+    assert due(d) == [("oncall", 1)]
+    esc = state(s)
     assert esc.pending_notifications == []
     assert {n.channel: n.result for n in esc.notifications}["oncall"] == "sent (attempt 2)"
     for _ in range(5):
         d = s.step(timedelta(minutes=10))
-        assert d.escalation is not None and d.escalation.notices == []
+        assert due(d) == []
     assert attempts(s, "oncall") == [
         ("escalation raised to L1 (level 1, was none): gate(s) red: db", False),
         ("escalation raised to L1 (level 1, was none): gate(s) red: db", True),
@@ -103,7 +113,7 @@ def test_a_message_is_given_up_after_the_last_attempt() -> None:
     for _ in range(MAX_NOTIFY_ATTEMPTS + 3):
         s.step(timedelta(minutes=5))
     assert [ok for _, ok in attempts(s, "room")] == [False] * MAX_NOTIFY_ATTEMPTS
-    esc = s.status.escalation
+    esc = state(s)
     assert esc is not None and esc.pending_notifications == []
     result = {n.channel: n.result for n in esc.notifications}["room"]
     assert result == f"gave up after {MAX_NOTIFY_ATTEMPTS} attempt(s): escalation webhook answered 503"
@@ -117,13 +127,13 @@ def test_a_channel_s_messages_go_out_in_order_behind_a_failed_one() -> None:
     s.step()  # L1: oncall fails
     s.q("orders").failed = 20
     d = s.step(timedelta(seconds=5))  # L2: a new message for oncall, tried at once behind the first
-    assert [(n.channel.name, n.attempts) for n in d.escalation.notices] == [
+    assert due(d) == [
         ("oncall", 1),
         ("oncall", 0),
         ("room", 0),  # L1's channel hears of the level it left
     ]
     assert [ok for _, ok in attempts(s, "oncall")] == [False, False]  # the second was not tried
-    esc = s.status.escalation
+    esc = state(s)
     assert esc is not None and [p.attempts for p in esc.pending_notifications] == [2, 0]
     s.failing_channels = set()
     s.step(timedelta(minutes=1))
@@ -131,7 +141,7 @@ def test_a_channel_s_messages_go_out_in_order_behind_a_failed_one() -> None:
         "escalation raised to L1",
         "escalation raised to L2",
     ]
-    assert s.status.escalation.pending_notifications == []
+    assert state(s).pending_notifications == []
 
 
 def test_with_results_reports_first_failure_success_after_retry_and_giving_up() -> None:
