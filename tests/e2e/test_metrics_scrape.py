@@ -112,7 +112,7 @@ async def test_two_namespaces_stay_apart_and_deleted_objects_leave_no_series(
     operator = operator_factory(operator_command(metrics_port=port))
     # the same policy name and the same queue name in both namespaces; default's is gated by a Redis gate
     await apply(kube, secret("gate-redis", {"url": redis_url}))
-    gated = {"gates": [redis_gate()], "gatePolicy": FAST_GATES}
+    gated: dict[str, Any] = {"gates": [redis_gate()], "gatePolicy": FAST_GATES}
     for namespace in ("default", "payments"):
         await apply(
             kube,
