@@ -147,6 +147,18 @@ ESCALATION_LEVEL = Gauge(
     ["namespace", "policy"],
 )
 
+ESCALATION_MESSAGES = Counter(
+    "requeue_escalation_messages_total",
+    "Attempts at sending escalation messages (spec.escalation levels' notify), by channel and outcome: "
+    "sent, failed (retried at a later evaluation) or given_up (its last attempt failed).",
+    ["namespace", "policy", "channel", "outcome"],
+)
+ESCALATION_MESSAGES_PENDING = Gauge(
+    "requeue_escalation_messages_pending",
+    "Escalation messages that failed to send and wait for a retry (.status.escalation.pendingNotifications).",
+    ["namespace", "policy"],
+)
+
 #: The per-job series a QueuePolicy adds to; removed when it or its queue goes.
 JOB_SERIES = (JOB_LATENCY_SECONDS, JOB_PROCESSING_SECONDS, JOBS_FINISHED)
 

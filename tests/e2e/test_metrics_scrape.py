@@ -22,7 +22,7 @@ from support import async_wait_until
 from support.bullmq_jobs import JobSpec, make_failed_jobs
 from support.dlqreplay import operator_command, replay, secret, wait_gone_async, wait_status_async
 from support.kube import Kube
-from support.queuepolicy import apply, kubectl, policy, scrape
+from support.queuepolicy import FAST_GATES, apply, kubectl, policy, redis_gate, scrape
 from support.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.e2e
@@ -110,11 +110,20 @@ async def test_two_namespaces_stay_apart_and_deleted_objects_leave_no_series(
     await apply(kube, secret("redis", {"url": other.url}, namespace="payments"))
     port = free_port()
     operator = operator_factory(operator_command(metrics_port=port))
-    # the same policy name and the same queue name in both namespaces
+    # the same policy name and the same queue name in both namespaces; default's is gated by a Redis gate
+    await apply(kube, secret("gate-redis", {"url": redis_url}))
+    gated: dict[str, Any] = {"gates": [redis_gate()], "gatePolicy": FAST_GATES}
     for namespace in ("default", "payments"):
         await apply(
             kube,
-            policy("orders", ["default"], namespace=namespace, interval="1s", thresholds={"failed": 1}),
+            policy(
+                "orders",
+                ["default"],
+                namespace=namespace,
+                interval="1s",
+                thresholds={"failed": 1},
+                **(gated if namespace == "default" else {}),
+            ),
         )
 
     queue = {"queue": "default"}
@@ -136,6 +145,12 @@ async def test_two_namespaces_stay_apart_and_deleted_objects_leave_no_series(
     for namespace in ("default", "payments"):
         up = {"namespace": namespace, "kind": "QueuePolicy", "owner": "orders"}
         assert value(found, "requeue_redis_up", **up) == 1
+    # a gate's health carries its kind (type: redis, postgres or http), what dashboards group by
+    gate = {"namespace": "default", "owner": "orders", "gate": "cache"}
+    found = await until(
+        port, lambda f: value(f, "requeue_gate_healthy", **gate, type="redis") == 1, "the redis gate green"
+    )
+    assert [s.labels for s in found if s.name == "requeue_gate_healthy"] == [{**gate, "type": "redis"}]
     found = await until(
         port,
         lambda f: all(

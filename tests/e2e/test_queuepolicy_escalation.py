@@ -271,3 +271,109 @@ async def test_deleting_a_policy_mid_escalation_resumes_what_escalation_paused_a
         assert (
             metric(await scrape(port), "requeue_escalation_level", namespace="default", policy="halt") is None
         )
+
+
+async def test_failures_across_job_names_raise_a_level_and_its_message_is_retried_until_the_webhook_takes_it(
+    kube: Kube, operator_factory: Any, redis_url: str, slack: SlackSink
+) -> None:
+    """Real Node workers fail jobs of three names in two queues: the level with ``failedJobNames``
+    is entered; its channel's webhook answers 500, so the message waits in
+    ``pendingNotifications`` and goes out, once, when the webhook works again."""
+    port = free_port()
+    slack.status = 500
+    await apply(kube, secret("redis", {"url": redis_url}))
+    await apply(kube, secret("hooks", {"oncall": slack.url}))
+    await run_producer(redis_url, "orders", [{"name": "order.charge", "data": {"warmup": 1}}], major=6)
+    await run_producer(redis_url, "emails", [{"name": "email.send", "data": {"warmup": 1}}], major=6)
+    operator = operator_factory(operator_command(metrics_port=port))
+    oncall = {"name": "oncall", "webhookSecretRef": {"name": "hooks", "key": "oncall"}}
+    down = FailRule("ECONNREFUSED provider:443", data={"fail": True})
+    async with (
+        NodeWorker(redis_url, "orders", major=6, fail=[down]) as orders,
+        NodeWorker(redis_url, "emails", major=6, fail=[down]) as emails,
+    ):
+        await apply(
+            kube,
+            policy(
+                "names",
+                ["orders", "emails"],
+                interval="1s",
+                escalation={
+                    "levels": [
+                        {
+                            "name": "L2",
+                            "holdFor": "1s",
+                            "when": {"all": [{"failedJobNames": {"atLeast": 3}}]},
+                            "actions": {"notify": [oncall]},
+                        },
+                        {
+                            "name": "L3",
+                            "holdFor": "1s",
+                            "when": {"any": [{"corruptJobs": {"above": 0}}]},
+                            "actions": {"notify": [oncall]},
+                        },
+                    ]
+                },
+            ),
+        )
+        st = await wait_policy(
+            kube,
+            "names",
+            lambda s: level(s) == 0 and len(s.get("queues", [])) == 2,
+            operator=operator,
+            what="level 0",
+        )
+        for q in st["queues"]:
+            assert q["failedJobNames"] == [] and q["corruptJobs"]["found"] == 0, q
+
+        order_ids = await run_producer(
+            redis_url,
+            "orders",
+            [
+                {"name": "order.charge", "data": {"fail": True, "i": 1}},
+                {"name": "order.refund", "data": {"fail": True, "i": 2}},
+            ],
+            major=6,
+        )
+        email_ids = await run_producer(
+            redis_url, "emails", [{"name": "email.send", "data": {"fail": True}}], major=6
+        )
+        await orders.wait_for_final(order_ids)
+        await emails.wait_for_final(email_ids)
+
+        st = await wait_policy(kube, "names", lambda s: level(s) == 1, operator=operator, what="level L2")
+        esc = st["escalation"]
+        assert esc["name"] == "L2" and len(esc["reasons"]) == 1, esc
+        assert esc["reasons"][0].startswith("failures across 3 job names: "), esc
+        assert {"email.send", "order.charge", "order.refund"} <= set(
+            esc["reasons"][0].replace(",", "").split()
+        )
+        [pending] = esc["pendingNotifications"]
+        assert pending["channel"] == "oncall" and pending["attempts"] >= 1, pending
+        assert "answered 500" in pending["lastError"] and slack.url not in str(st)
+        assert "escalation raised to L2" in pending["text"]
+        warned = [e["message"] for e in await policy_events(kube, "names") if e["reason"] == "NotifyFailed"]
+        assert len(warned) == 1 and "retried at later evaluations" in warned[0], warned
+        assert metric(await scrape(port), "requeue_escalation_messages_pending", policy="names") == 1
+
+        # the webhook works again: the next attempt (15 s after the first) sends it, once
+        tried = len(slack.messages)
+        slack.status = 200
+        st = await wait_policy(
+            kube,
+            "names",
+            lambda s: (s.get("escalation") or {}).get("pendingNotifications") == [],
+            operator=operator,
+            timeout=60,
+            what="the message sent",
+        )
+        [note] = st["escalation"]["notifications"]
+        assert note["channel"] == "oncall" and note["result"].startswith("sent (attempt "), note
+        await evaluations(kube, "names", 3, operator=operator)
+        assert len(slack.messages) == tried + 1 and "escalation raised to L2" in slack.messages[-1]
+        assert level(await wait_policy(kube, "names", lambda s: True)) == 1
+        retried = [e for e in await policy_events(kube, "names") if e["reason"] == "NotifyRetried"]
+        assert len(retried) == 1, retried
+        text = await scrape(port)
+        assert metric(text, "requeue_escalation_messages_pending", policy="names") == 0
+        assert metric(text, "requeue_escalation_messages_total", policy="names", outcome="sent") == 1

@@ -278,7 +278,8 @@ async def test_the_readme_users_run_duplicates_escalation_export_and_an_archivin
     acl: AclRedis, tmp_path: Path, pg_dsn: str
 ) -> None:
     """The features that read more than counts, each with exactly the README's rights: a policy
-    with ``duplicates.businessKey`` and an escalation snapshot, ``inspect --duplicates`` and
+    with ``duplicates.businessKey``, an escalation snapshot and the conditions failedJobNames and
+    corruptJobs, ``inspect --duplicates`` and
     ``export`` as the read-only user, and a clean that archives to Postgres as the policy user."""
     await make_failed_jobs(acl.server.url, Q, jobs(4))
     acl.admin.lpush(K.wait, "dup-1", "dup-1")
@@ -303,7 +304,13 @@ async def test_the_readme_users_run_duplicates_escalation_export_and_an_archivin
                     {
                         "name": "L1",
                         "holdFor": "0s",
-                        "when": {"any": [{"failed": {"above": 1}}]},
+                        "when": {
+                            "any": [
+                                {"failed": {"above": 1}},
+                                {"failedJobNames": {"atLeast": 5}},
+                                {"corruptJobs": {"above": 0}},
+                            ]
+                        },
                         "actions": {"snapshot": True, "sampleSize": 2},
                     }
                 ]
@@ -322,6 +329,9 @@ async def test_the_readme_users_run_duplicates_escalation_export_and_an_archivin
     esc = result.status.escalation
     assert esc is not None and esc.snapshot is not None and esc.snapshot.failed_sample, esc
     assert len(esc.snapshot.failed_sample[0].ids) == 2
+    # failedJobNames and corruptJobs read the failed jobs' hashes (hmget, hstrlen, zscore)
+    assert queue.failed_job_names is not None and queue.corrupt_jobs is not None
+    assert queue.corrupt_jobs.checked == 4 and queue.corrupt_jobs.found == 0, queue.corrupt_jobs
 
     table = f"acl_archive_{datetime.now(UTC).strftime('%H%M%S%f')}"
     policy_url = acl.create("requeue-policy")

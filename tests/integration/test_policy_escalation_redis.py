@@ -1,6 +1,6 @@
 """Escalation levels through :func:`evaluate` against real Redis, real BullMQ failed jobs and real
 webhooks: the snapshot's failed-id sample, the metric, a dry run that pauses and sends nothing,
-and a failing webhook that becomes a Warning Event without leaking its URL."""
+and a failing webhook that becomes a Warning Event (and a retry) without leaking its URL."""
 
 from __future__ import annotations
 
@@ -159,4 +159,7 @@ async def test_a_failing_webhook_is_a_warning_event_and_its_url_stays_secret(
         channels=sender,
     )
     assert again.status.escalation is not None and again.status.escalation.level == 1
-    assert len(slack.messages) == 1  # one attempt, not repeated by later evaluations
+    # retried at the later evaluation (test_policy_escalation_signals.py follows it to success)
+    assert len(slack.messages) == 2 and slack.messages[0] == slack.messages[1]
+    [pending] = again.status.escalation.pending_notifications
+    assert pending.attempts == 2 and slack.url not in repr(again.status)

@@ -15,6 +15,9 @@ from requeue.api.gates import GateStatus, GateType
 from requeue.api.policy import QueuePolicySpec, QueuePolicyStatus
 from requeue.policy.actions import Action, Pause, Resume
 from requeue.policy.decide import Decision, decide, settle
+from requeue.policy.escalation import Delivery, with_results
+from requeue.policy.job_failures import CorruptCheck
+from requeue.policy.latency import FinishedJob
 from requeue.policy.observe import EventTally, Observation, PolicyMemory, QueueObservation
 
 T0 = datetime(2025, 7, 16, 12, 0, tzinfo=UTC)
@@ -56,6 +59,10 @@ class QueueWorld:
     #: events since the last step: unix second -> (completed, failed)
     events: dict[int, tuple[int, int]] = field(default_factory=dict)
     lockless: frozenset[str] | None = None
+    #: jobs that finished since the last step, with names (as the hash read gives them)
+    finished: list[FinishedJob] = field(default_factory=list)
+    #: failed jobs checked for corruption since the last step (None: not checked)
+    corrupt_checks: list[CorruptCheck] | None = None
 
 
 @dataclass
@@ -68,6 +75,10 @@ class PolicySim:
     gates: tuple[GateStatus, ...] | None = None
     cursor: int = 0
     history: list[tuple[datetime, Decision]] = field(default_factory=list)
+    #: Channels whose webhook fails (escalation messages to them are retried by later steps).
+    failing_channels: set[str] = field(default_factory=set)
+    #: Every escalation message attempt, in order: (channel, text, first due, delivered).
+    sent: list[tuple[str, str, datetime | None, bool]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in self.spec.queues:
@@ -93,8 +104,13 @@ class PolicySim:
                 paused=w.paused,
                 events=EventTally(cursor=f"{self.cursor}-0", per_second=dict(w.events)),
                 lockless_active=w.lockless,
+                finished_jobs=tuple(w.finished),
+                corrupt_checks=None if w.corrupt_checks is None else tuple(w.corrupt_checks),
             )
             w.events = {}
+            w.finished = []
+            if w.corrupt_checks is not None:
+                w.corrupt_checks = []
         return Observation(at=self.now, queues=seen, gates=self.gates)
 
     def step(
@@ -126,6 +142,27 @@ class PolicySim:
                 failures[index] = "connection reset"
         if failures:
             self.status = settle(decision, now=self.now, failures=failures)
+        self.deliver(decision)
+
+    def deliver(self, decision: Decision) -> None:
+        """Send the escalation messages as the evaluator does: in order, a channel's rest skipped
+        after its first failure; the outcomes recorded with ``with_results``."""
+        if decision.escalation is None or self.status is None:
+            return
+        delivered: list[Delivery] = []
+        down: set[str] = set()
+        for notice in decision.escalation.notices:
+            name = notice.channel.name
+            if name in down:
+                continue
+            ok = name not in self.failing_channels
+            self.sent.append((name, notice.text, notice.since, ok))
+            if not ok:
+                down.add(name)
+            delivered.append(Delivery(notice, None if ok else "escalation webhook answered 503"))
+        self.status.escalation, _ = with_results(
+            self.status.escalation, now=self.now, delivered=delivered, sample=None
+        )
 
     def apply(self, action: Action) -> None:
         if isinstance(action, Pause):

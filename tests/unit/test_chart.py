@@ -660,6 +660,7 @@ RUNBOOK_ALERTS = {
     "BullMQDuplicateJobs": ("bullmq_queue_duplicate_jobs > 0", "5m", "warning"),
     "RequeueReplayFailed": ('requeue_replays{phase="Failed"} > 0', None, "warning"),
     "RequeueRedisUnreachable": ("requeue_redis_up == 0", "2m", "critical"),
+    "RequeueEscalationMessageUndelivered": ("requeue_escalation_messages_pending > 0", "5m", "critical"),
     "RequeueOperatorDown": (
         f'absent(up{{job="{RELEASE}-metrics", namespace="{NAMESPACE}"}} == 1)',
         "5m",

@@ -392,7 +392,8 @@ def test_every_gate_red_and_gates_by_kind() -> None:
         ({"levels": [{"name": "L1", "when": {}}]}, "at least one condition in all or any"),
         (
             {"levels": [{"name": "L1", "when": {"any": [{}]}}]},
-            "sets exactly one of failed, waiting, stuckActive, processingStopped, breaching or gates",
+            "sets exactly one of failed, waiting, stuckActive, processingStopped, breaching, gates, "
+            "failedJobNames or corruptJobs",
         ),
         (
             {"levels": [{"name": "L1", "when": {"any": [{"failed": {"above": 1}, "gates": {}}]}}]},

@@ -385,6 +385,10 @@ _escalation_condition = obj(
                     },
                 )
             ),
+            "failedJobNames": maybe(
+                obj({"atLeast": maybe(ints(1, 50), 51)}, {"minFailures": maybe(ints(1, 2**63 - 1))})
+            ),
+            "corruptJobs": maybe(_count),
             "gates": maybe(
                 obj(
                     {},
@@ -501,6 +505,7 @@ POLICY_SPEC = obj(
             )
         ),
         "dryRun": _bools,
+        "metrics": maybe(obj({}, {"maxJobLookups": maybe(st.sampled_from([0, 1, 1000]))})),
         "escalation": maybe(_escalation),
     },
 )

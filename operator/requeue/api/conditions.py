@@ -156,6 +156,7 @@ class Reason(StrEnum):
     AUTO_REPLAY = "AutoReplay"
     ACTION_FAILED = "ActionFailed"
     NOTIFY_FAILED = "NotifyFailed"
+    NOTIFY_RETRIED = "NotifyRetried"
     RESOLVED = "Resolved"
     # -- escalation (Escalated, Events)
     NOT_ESCALATED = "NotEscalated"
@@ -284,7 +285,9 @@ REASON_DOCS: dict[Reason, str] = {
     "a global concurrency of 0, workers on another prefix?).",
     Reason.AUTO_REPLAY: "Event: the policy created (or would create) a DLQReplay.",
     Reason.ACTION_FAILED: "Event: an action of the policy failed; lastActions[].result says why.",
-    Reason.NOTIFY_FAILED: "Event: the Slack notification failed.",
+    Reason.NOTIFY_FAILED: "Event: the Slack notification failed, or an escalation message did (retried at "
+    "later evaluations: .status.escalation.pendingNotifications), or was given up after its last attempt.",
+    Reason.NOTIFY_RETRIED: "Event: an escalation message that had failed was sent at a later attempt.",
     Reason.RESOLVED: "Event: the problem last reported is resolved.",
     Reason.NOT_ESCALATED: "Escalated is False: no escalation level's conditions have held for its holdFor.",
     Reason.ESCALATION_RAISED: "Escalated is True, and an Event: a higher escalation level is in force; "

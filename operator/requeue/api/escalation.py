@@ -37,9 +37,11 @@ __all__ = [
     "EscalationStatus",
     "EscalationWhen",
     "FailedCondition",
+    "FailedJobNamesCondition",
     "FailedSample",
     "GatesCondition",
     "GatesRed",
+    "PendingNotification",
     "ProcessingStoppedCondition",
     "SnapshotQueue",
     "StoppedCause",
@@ -52,6 +54,13 @@ LevelName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z
 MAX_LEVELS = 5
 #: Most failed job ids a snapshot keeps per queue.
 MAX_SAMPLE = 50
+#: Most distinct failed job names a policy tracks per queue over its window (a
+#: ``failedJobNames`` condition counts up to this many).
+MAX_FAILED_NAMES = 50
+#: Most attempts at one escalation message before it is given up.
+MAX_NOTIFY_ATTEMPTS = 8
+#: Most messages waiting for a retry, all channels together (the oldest beyond are dropped).
+MAX_PENDING_NOTIFICATIONS = 10
 
 
 class StoppedCause(StrEnum):
@@ -130,6 +139,26 @@ class BreachingCondition(ApiModel):
     min_queues: int = Field(default=1, ge=1, le=500, description="In at least this many queues.")
 
 
+class FailedJobNamesCondition(ApiModel):
+    """Failures across several job names: distinct names of jobs that failed within thresholds.window,
+    across the policy's queues (one name failing in two queues counts once)."""
+
+    at_least: int = Field(
+        ge=1,
+        le=MAX_FAILED_NAMES,
+        description=(
+            "At least this many distinct job names failed within the window (the names are read from the "
+            f"failed jobs' hashes; at most {MAX_FAILED_NAMES} names are tracked per queue)."
+        ),
+    )
+    min_failures: int = Field(
+        default=1,
+        ge=1,
+        le=INT64_MAX,
+        description="A name counts once this many of its jobs failed within the window (queues together).",
+    )
+
+
 class GatesCondition(ApiModel):
     """The policy's gates are red: the named ones and those of the kinds given (none given: every gate)."""
 
@@ -152,7 +181,12 @@ CONDITION_SIGNALS = (
     "processingStopped",
     "breaching",
     "gates",
+    "failedJobNames",
+    "corruptJobs",
 )
+
+#: The conditions that read job hashes (``spec.metrics.maxJobLookups`` must not be 0).
+_HASH_CONDITIONS = ("failedJobNames", "corruptJobs")
 
 
 class EscalationCondition(ApiModel):
@@ -162,8 +196,10 @@ class EscalationCondition(ApiModel):
         json_schema_extra=cel_rules(
             (
                 "[has(self.failed), has(self.waiting), has(self.stuckActive), has(self.processingStopped), "
-                "has(self.breaching), has(self.gates)].filter(x, x).size() == 1",
-                "set exactly one of failed, waiting, stuckActive, processingStopped, breaching or gates",
+                "has(self.breaching), has(self.gates), has(self.failedJobNames), has(self.corruptJobs)]"
+                ".filter(x, x).size() == 1",
+                "set exactly one of failed, waiting, stuckActive, processingStopped, breaching, gates, "
+                "failedJobNames or corruptJobs",
             )
         )
     )
@@ -179,6 +215,21 @@ class EscalationCondition(ApiModel):
     )
     breaching: BreachingCondition | None = Field(default=None, description="Queues breaching thresholds.")
     gates: GatesCondition | None = Field(default=None, description="Gates red.")
+    failed_job_names: FailedJobNamesCondition | None = Field(
+        default=None,
+        description=(
+            "Failures across several job names within thresholds.window (.status.queues[].failedJobNames; "
+            "needs the failed jobs' hashes: not with removeOnFail: true)."
+        ),
+    )
+    corrupt_jobs: CountCondition | None = Field(
+        default=None,
+        description=(
+            "Corrupt jobs found within thresholds.window: failed jobs whose hash BullMQ cannot read (gone "
+            "while still listed as failed, no name, no data or data that is not JSON), checked as the "
+            "events stream reports them failed (.status.queues[].corruptJobs)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> EscalationCondition:
@@ -189,11 +240,13 @@ class EscalationCondition(ApiModel):
             self.processing_stopped,
             self.breaching,
             self.gates,
+            self.failed_job_names,
+            self.corrupt_jobs,
         )
         if sum(x is not None for x in fields) != 1:
             raise ValueError(
                 "an escalation condition sets exactly one of failed, waiting, stuckActive, "
-                "processingStopped, breaching or gates"
+                "processingStopped, breaching, gates, failedJobNames or corruptJobs"
             )
         return self
 
@@ -359,7 +412,25 @@ class EscalationNotification(StatusModel):
 
     channel: str = Field(description="Channel name.")
     at: datetime = Field(description="When.")
-    result: str = Field(default="", description='"sent", "failed: ..." or "[dry run] not sent".')
+    result: str = Field(
+        default="",
+        description=(
+            '"sent" (after a retry: "sent (attempt N)"), "failed: ..." (retried: see pendingNotifications), '
+            '"gave up: ..." or "[dry run] not sent".'
+        ),
+    )
+
+
+class PendingNotification(StatusModel):
+    """A message to a channel that failed to send and is retried at a later evaluation."""
+
+    channel: str = Field(description="Channel name.")
+    webhook_secret_ref: SecretKeyRef = Field(description="The Secret key holding the channel's webhook URL.")
+    text: str = Field(description="The message, as it is to be sent.")
+    since: datetime = Field(description="When it was first due (the change of level it tells of).")
+    attempts: int = Field(default=0, description=f"Attempts made so far (at most {MAX_NOTIFY_ATTEMPTS}).")
+    next_attempt_at: datetime = Field(description="The first evaluation at or after this tries again.")
+    last_error: str = Field(default="", description="Why the last attempt failed.")
 
 
 class EscalationStatus(StatusModel):
@@ -384,6 +455,14 @@ class EscalationStatus(StatusModel):
     snapshot: EscalationSnapshot | None = Field(default=None, description="The last snapshot taken.")
     notifications: list[EscalationNotification] = Field(
         default_factory=list, description="The last message per channel."
+    )
+    pending_notifications: list[PendingNotification] = Field(
+        default_factory=list,
+        max_length=MAX_PENDING_NOTIFICATIONS,
+        description=(
+            "Messages that failed to send, oldest first: retried at later evaluations (with backoff, "
+            f"at most {MAX_NOTIFY_ATTEMPTS} attempts each), in order per channel."
+        ),
     )
 
 
@@ -417,15 +496,44 @@ THRESHOLD_RULES: tuple[tuple[str, str, str], ...] = (
 )
 
 
+#: The message when a condition that reads job hashes meets ``spec.metrics.maxJobLookups: 0``.
+HASH_LOOKUPS_MESSAGE = (
+    "an escalation condition failedJobNames or corruptJobs reads the failed jobs' hashes: "
+    "metrics.maxJobLookups must not be 0"
+)
+
+
 def threshold_cel_rules() -> list[tuple[str, str]]:
-    """The CEL rules (rule, message) of :data:`THRESHOLD_RULES` for QueuePolicySpec."""
+    """The CEL rules (rule, message) of :data:`THRESHOLD_RULES` for QueuePolicySpec, and the rule
+    that conditions reading job hashes need ``metrics.maxJobLookups`` above 0."""
+    uses_hashes = " || ".join(f"has(c.{name})" for name in _HASH_CONDITIONS)
     return [
+        *(
+            (
+                f"(has(self.thresholds) && has(self.thresholds.{field})) || "
+                f"({_each_condition(f'!({needs})')})",
+                message,
+            )
+            for field, needs, message in THRESHOLD_RULES
+        ),
         (
-            f"(has(self.thresholds) && has(self.thresholds.{field})) || ({_each_condition(f'!({needs})')})",
-            message,
-        )
-        for field, needs, message in THRESHOLD_RULES
+            "!has(self.metrics) || !has(self.metrics.maxJobLookups) || self.metrics.maxJobLookups > 0 || "
+            f"({_each_condition(f'!({uses_hashes})')})",
+            HASH_LOOKUPS_MESSAGE,
+        ),
     ]
+
+
+def uses_condition(escalation: EscalationSpec | None, signal: str) -> bool:
+    """Whether any level of ``escalation`` has a condition on ``signal`` (a python field name, e.g.
+    ``corrupt_jobs``): the policy reads what such a signal needs only when one does."""
+    if escalation is None:
+        return False
+    return any(
+        getattr(c, signal) is not None
+        for level in escalation.levels
+        for c in (*level.when.all, *level.when.any)
+    )
 
 
 def missing_thresholds(escalation: EscalationSpec | None, configured: set[str]) -> list[str]:

@@ -20,7 +20,15 @@ from requeue.api.base import (
     cel_rules,
 )
 from requeue.api.common import Rate, RedisConnection, Selector
-from requeue.api.escalation import EscalationSpec, EscalationStatus, missing_thresholds, threshold_cel_rules
+from requeue.api.escalation import (
+    HASH_LOOKUPS_MESSAGE,
+    MAX_FAILED_NAMES,
+    EscalationSpec,
+    EscalationStatus,
+    missing_thresholds,
+    threshold_cel_rules,
+    uses_condition,
+)
 from requeue.api.gates import GatePolicy, GateSpec, GateStatus
 from requeue.api.jsonpath import MAX_PATH_LENGTH, PATH_PATTERN, parse_json_path
 from requeue.api.replay import Verify
@@ -256,6 +264,9 @@ class QueuePolicySpec(ApiModel):
     def _escalation_thresholds(self) -> QueuePolicySpec:
         configured = {name for name, value in self.thresholds.to_wire().items() if value is not None}
         missing = missing_thresholds(self.escalation, configured)
+        reads_hashes = any(uses_condition(self.escalation, c) for c in ("failed_job_names", "corrupt_jobs"))
+        if self.metrics.max_job_lookups == 0 and reads_hashes:
+            missing.append(HASH_LOOKUPS_MESSAGE)
         if missing:
             raise ValueError("; ".join(missing))
         return self
@@ -325,6 +336,42 @@ class QueueDuplicates(StatusModel):
     )
 
 
+class FailedJobName(StatusModel):
+    """A job name that failed within the window, and how many of its jobs did."""
+
+    name: str = Field(description="Job name (cut to 200 characters).")
+    failed: int = Field(default=0, description="Its jobs that failed within the window (among those read).")
+
+
+#: Most corrupt job ids ``.status.queues[].corruptJobs.sample`` lists.
+CORRUPT_SAMPLE = 10
+
+
+class CorruptJobRef(StatusModel):
+    """A failed job whose hash BullMQ cannot read."""
+
+    id: str = Field(description="Job id (cut to 200 characters).")
+    reason: str = Field(
+        description=(
+            "Why: job hash missing (its id still in the failed set), job key is not a hash, job has no name, "
+            "job has no data, job data is not JSON."
+        )
+    )
+    at: datetime = Field(description="When it failed (the events stream's entry).")
+
+
+class QueueCorruptJobs(StatusModel):
+    """Corrupt jobs among the failed jobs checked within the window (an escalation corruptJobs condition)."""
+
+    found: int = Field(default=0, description="Corrupt failed jobs found within the window.")
+    checked: int = Field(default=0, description="Failed jobs checked within the window.")
+    sample: list[CorruptJobRef] = Field(
+        default_factory=list,
+        max_length=CORRUPT_SAMPLE,
+        description=f"The newest corrupt jobs found (at most {CORRUPT_SAMPLE}).",
+    )
+
+
 class QueueState(StatusModel):
     """The last observation of one queue."""
 
@@ -390,6 +437,21 @@ class QueueState(StatusModel):
     )
     duplicates: QueueDuplicates | None = Field(
         default=None, description="Duplicate waiting jobs (spec.duplicates); unset when not looked for."
+    )
+    failed_job_names: list[FailedJobName] | None = Field(
+        default=None,
+        max_length=MAX_FAILED_NAMES,
+        description=(
+            "Job names that failed within the window, most failures first (from the failed jobs' hashes, "
+            f"at most {MAX_FAILED_NAMES}); unset unless an escalation condition failedJobNames reads them."
+        ),
+    )
+    corrupt_jobs: QueueCorruptJobs | None = Field(
+        default=None,
+        description=(
+            "Corrupt failed jobs found within the window; unset unless an escalation condition corruptJobs "
+            "looks for them."
+        ),
     )
     healthy: bool = Field(default=True, description="No threshold breached.")
     reasons: list[str] = Field(default_factory=list, description="Breached thresholds.")

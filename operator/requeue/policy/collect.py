@@ -18,6 +18,11 @@ finished since the last read (at most ``spec.metrics.maxJobLookups`` per queue, 
 one ``HMGET`` of their name, ``timestamp``, ``processedOn`` and ``finishedOn``
 (job latency, :mod:`requeue.policy.latency`); it is made only when one of
 these is needed.
+When an escalation condition ``corruptJobs`` is set, the same round trip checks the newest
+failed ones of those jobs (at most :data:`~requeue.policy.job_failures.MAX_CORRUPT_CHECKS` per
+queue): ``HSTRLEN`` of their data and ``ZSCORE`` in the failed set beside the ``HMGET``; a
+third round trip, only when some checked job has data of at most 64 KiB, reads that data to
+see that it is JSON (:mod:`requeue.policy.job_failures`).
 A refused ``CLIENT LIST`` (an ACL without it, a managed Redis that renamed it)
 leaves the worker counts unknown instead of failing the observation. Further
 round trips happen only for queues whose events stream needs another page, and,
@@ -38,7 +43,7 @@ ones ``getCounts`` reports on BullMQ 5+ data.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -47,10 +52,12 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from requeue.api.base import parse_duration
+from requeue.api.escalation import uses_condition
 from requeue.api.gates import GateStatus
 from requeue.api.jsonpath import parse_json_path
 from requeue.api.policy import CleanRule, QueuePolicySpec
 from requeue.policy.failure_rate import DEFAULT_MAX_PAGES, DEFAULT_PAGE_SIZE, EventReader
+from requeue.policy.job_failures import DATA_LIMIT, MAX_CORRUPT_CHECKS, CorruptCheck, corrupt_reason
 from requeue.policy.latency import FinishedJob
 from requeue.policy.observe import ActiveJob, EventTally, Observation, PolicyMemory, QueueObservation
 from requeue.queues.adapter import queue_paused_read
@@ -98,6 +105,7 @@ async def collect(
         stalled_scan_limit=stalled_scan_limit,
         clean_rules=_clean_rules(spec),
         job_lookups=spec.metrics.max_job_lookups if job_lookups is None else job_lookups,
+        check_corrupt=uses_condition(spec.escalation, "corrupt_jobs"),
     )
     reader = EventReader(
         spec.prefix,
@@ -149,6 +157,8 @@ class _Plan:
     #: Most finished jobs whose hash is read per queue (the newest): ``spec.metrics.maxJobLookups``
     #: unless the caller says otherwise.
     job_lookups: int
+    #: An escalation condition ``corruptJobs`` is set: check the newest failed jobs read.
+    check_corrupt: bool = False
 
 
 def _clean_rules(spec: QueuePolicySpec) -> list[tuple[str, CleanRule]]:
@@ -254,6 +264,8 @@ class _SecondRound:
     finished: dict[str, tuple[FinishedJob, ...]]
     round_trips: int = 0
     commands: int = 0
+    #: Queue -> the failed jobs checked for corruption (only queues checked: ``check_corrupt``).
+    corrupt: dict[str, tuple[CorruptCheck, ...]] = field(default_factory=dict)
 
 
 async def _second_round(
@@ -269,12 +281,17 @@ async def _second_round(
     finished = {q: tallies[q].finished for q in plan.queues}
     if not lookups and not quiet and not timings:
         return _SecondRound({q: () for q in first.active_ids}, {}, finished)
+    checked = _to_check(plan, timings)
     pipe = redis.pipeline(transaction=False)
     for q, jid in lookups:
         pipe.exists(plan.keys[q].lock(jid))
         pipe.hmget(plan.keys[q].job(jid), "name", "processedOn")
     for q, job in timings:
         pipe.hmget(plan.keys[q].job(job.id), "name", "timestamp", "processedOn", "finishedOn")
+    for i in checked:
+        q, job = timings[i]
+        pipe.hstrlen(plan.keys[q].job(job.id), "data")
+        pipe.zscore(plan.keys[q].failed, job.id)
     if quiet:
         pipe.execute_command(*CLIENT_LIST)  # as it came: only the names are read
     replies = await pipe.execute(raise_on_error=False)
@@ -288,12 +305,100 @@ async def _second_round(
             ActiveJob(id=jid, name=_text(name), started_ms=_int_or_none(processed_on), locked=bool(locked))
         )
     start = 2 * len(lookups)
-    finished = _with_times(plan, tallies, timings, replies[start : start + len(timings)])
+    hashes = replies[start : start + len(timings)]
+    finished = _with_times(plan, tallies, timings, hashes)
+    start += len(timings)
     workers: dict[str, int] = {}
     if quiet and not isinstance(replies[-1], rx.RedisError):  # refused: the counts stay unknown
         workers = count_workers(client_names(replies[-1]), plan.keys[quiet[0]].prefix, quiet)
-    commands = 2 * len(lookups) + len(timings) + (1 if quiet else 0)
-    return _SecondRound({q: tuple(js) for q, js in jobs.items()}, workers, finished, 1, commands)
+    commands = 2 * len(lookups) + len(timings) + 2 * len(checked) + (1 if quiet else 0)
+    round_trips = 1
+    corrupt: dict[str, tuple[CorruptCheck, ...]] = {}
+    if plan.check_corrupt:
+        found, trips, calls = await _check_corrupt(
+            redis, plan, timings, hashes, checked, replies[start : start + 2 * len(checked)]
+        )
+        corrupt, round_trips, commands = found, round_trips + trips, commands + calls
+    return _SecondRound(
+        {q: tuple(js) for q, js in jobs.items()}, workers, finished, round_trips, commands, corrupt
+    )
+
+
+def _to_check(plan: _Plan, timings: list[tuple[str, FinishedJob]]) -> list[int]:
+    """Indexes into ``timings`` of the failed jobs to check for corruption: the newest
+    :data:`MAX_CORRUPT_CHECKS` failed ones per queue (none unless ``check_corrupt``)."""
+    if not plan.check_corrupt:
+        return []
+    per: dict[str, list[int]] = {}
+    for i, (q, job) in enumerate(timings):
+        if job.outcome == "failed":
+            per.setdefault(q, []).append(i)
+    return sorted(i for indexes in per.values() for i in indexes[-MAX_CORRUPT_CHECKS:])
+
+
+async def _check_corrupt(
+    redis: Redis,
+    plan: _Plan,
+    timings: list[tuple[str, FinishedJob]],
+    hashes: list[Any],
+    checked: list[int],
+    replies: list[Any],
+) -> tuple[dict[str, tuple[CorruptCheck, ...]], int, int]:
+    """Judge the checked failed jobs from their ``HMGET``, ``HSTRLEN data`` and ``ZSCORE`` replies,
+    reading the data of those with at most :data:`DATA_LIMIT` bytes of it in one more round trip
+    (only when there are any). Returns the checks per queue, the round trips and commands spent.
+
+    WRONGTYPE (a job id naming one of the queue's own keys) is an answer about that job; any other
+    error (NOPERM, OOM...) is raised, never taken as "not corrupt"."""
+    facts: list[tuple[str, FinishedJob, bool, bool, str | None, int, bool]] = []
+    for n, i in enumerate(checked):
+        q, job = timings[i]
+        fields, length, score = hashes[i], replies[2 * n], replies[2 * n + 1]
+        for reply in (fields, length, score):
+            if isinstance(reply, Exception) and not _wrongtype(reply):
+                raise reply
+        not_a_hash = isinstance(fields, Exception) or isinstance(length, Exception)
+        values = [] if not_a_hash else list(fields)
+        size = 0 if not_a_hash else int(length)
+        present = not not_a_hash and (any(v is not None for v in values) or size > 0)
+        name = _text(values[0]) if values and values[0] is not None else None
+        facts.append((q, job, not_a_hash, present, name, size, score is not None))
+    wanted = [
+        n
+        for n, (_, _, not_hash, present, name, size, _) in enumerate(facts)
+        if not not_hash and present and name and 0 < size <= DATA_LIMIT
+    ]
+    data: dict[int, str | None] = {}
+    trips = calls = 0
+    if wanted:
+        pipe = redis.pipeline(transaction=False)
+        for n in wanted:
+            q, job = facts[n][0], facts[n][1]
+            pipe.hmget(plan.keys[q].job(job.id), ["data"])
+        got = await pipe.execute(raise_on_error=False)
+        trips, calls = 1, len(wanted)
+        for n, reply in zip(wanted, got, strict=True):
+            if isinstance(reply, Exception) and not _wrongtype(reply):
+                raise reply
+            raw = reply[0] if isinstance(reply, list) else None
+            data[n] = None if raw is None else _text(raw)
+    out: dict[str, list[CorruptCheck]] = {q: [] for q in plan.queues}
+    for n, (q, job, not_hash, present, name, size, listed) in enumerate(facts):
+        reason = corrupt_reason(
+            not_a_hash=not_hash,
+            fields_present=present,
+            name=name,
+            data_length=size,
+            # not read (over the limit), or gone between the two reads (removed meanwhile): readable
+            data=data.get(n),
+            in_failed_set=listed,
+        )
+        out[q].append(CorruptCheck(id=job.id, entry_ms=job.entry_ms, reason=reason))
+    return {q: tuple(checks) for q, checks in out.items()}, trips, calls
+
+
+def _wrongtype(reply: Exception) -> bool:
+    return isinstance(reply, rx.ResponseError) and str(reply).startswith("WRONGTYPE")
 
 
 def _with_times(
@@ -409,6 +514,7 @@ def _queue_observations(
             not_found=not_found.get(q),
             finished_jobs=second.finished.get(q, ()),
             duplicates=duplicates.get(q),
+            corrupt_checks=second.corrupt.get(q, ()) if plan.check_corrupt else None,
         )
     return observed
 

@@ -65,18 +65,22 @@ from typing import Literal
 
 from requeue.api.base import ConditionStatus, HasConditions, find_condition, parse_duration, set_condition
 from requeue.api.conditions import PolicyCondition, Reason
+from requeue.api.escalation import uses_condition
 from requeue.api.policy import (
     CleanRule,
+    CorruptJobRef,
     DuplicateKey,
+    FailedJobName,
     PolicyAction,
     QueueBreach,
+    QueueCorruptJobs,
     QueueDuplicates,
     QueuePolicySpec,
     QueuePolicyStatus,
     QueueState,
 )
 from requeue.errors import QueueNotFound
-from requeue.policy import autoreplay, escalation, thresholds
+from requeue.policy import autoreplay, escalation, job_failures, thresholds
 from requeue.policy.actions import (
     BREACH_REASONS,
     REMEDIATION,
@@ -367,7 +371,14 @@ def _decide_queue(
         _not_found(name, before, obs.not_found, listed, ledger, tally)
         return
     mem = memory.get(name)
-    health = thresholds.measure(scope.spec.thresholds, scope.window, mem, obs, ledger.now)
+    health = thresholds.measure(
+        scope.spec.thresholds,
+        scope.window,
+        mem,
+        obs,
+        ledger.now,
+        track_names=uses_condition(scope.spec.escalation, "failed_job_names"),
+    )
     tally.memory[name] = health.memory
     current = thresholds.find_breaches(scope.spec, obs, health) if listed else {}
     breaches = thresholds.alert(scope.spec, name, current, before, scope.repeat_after, ledger)
@@ -476,9 +487,29 @@ def _queue_state(
         failed_change=health.failed_change,
         latency_p95_seconds=health.latency_p95,
         latency_jobs=health.latency_jobs,
+        failed_job_names=(
+            None
+            if health.failed_names is None
+            else [FailedJobName(name=n, failed=c) for n, c in health.failed_names.items()]
+        ),
+        corrupt_jobs=_corrupt_state(health.corrupt),
         healthy=not breaches,
         reasons=[b.message for b in breaches],
         breaches=breaches,
+    )
+
+
+def _corrupt_state(window: job_failures.CorruptWindow | None) -> QueueCorruptJobs | None:
+    """``.status.queues[].corruptJobs`` from the corrupt-job window (ids cut to 200 characters)."""
+    if window is None:
+        return None
+    return QueueCorruptJobs(
+        found=window.found,
+        checked=window.checked,
+        sample=[
+            CorruptJobRef(id=clip(jid, _ID_CHARS), reason=reason, at=datetime.fromtimestamp(ms / 1000, UTC))
+            for jid, reason, ms in window.sample
+        ],
     )
 
 

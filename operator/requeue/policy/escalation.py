@@ -22,6 +22,17 @@ level that pauses is in force, exactly the remembered queues that are still paus
 resumed (or handed back to the gate rule while a gate is still red); a queue someone else
 paused is never remembered, one someone resumed by hand is forgotten.
 
+**Messages are retried.** Each change of level queues one message per channel in
+``.status.escalation.pendingNotifications``; the evaluator sends what is due and
+:func:`with_results` drops what went out. A message that failed (the webhook answered 5xx, or
+could not be reached) stays, with its attempts and the time of the next one (backoff
+:func:`retry_delay`), and is tried again at a later evaluation, at most
+:data:`~requeue.api.escalation.MAX_NOTIFY_ATTEMPTS` times; a channel's messages go out in order
+(a new one for a channel that has some waiting is tried right away, behind them). One that was
+sent is never sent again: it leaves the list in the status written with its result. (A crash
+between the webhook's answer and that status write sends it once more, as it would the
+change of level itself: delivery is at least once.)
+
 **Dry run** (``spec.dryRun``): the level is tracked and reported the same way, the Events
 are emitted (prefixed "[dry run]"), would-be pauses and resumes are recorded in
 ``lastActions`` once per would-be transition, and no message is sent.
@@ -37,6 +48,8 @@ from datetime import datetime, timedelta
 from requeue.api.base import find_condition, parse_duration, set_condition
 from requeue.api.conditions import PolicyCondition, Reason
 from requeue.api.escalation import (
+    MAX_NOTIFY_ATTEMPTS,
+    MAX_PENDING_NOTIFICATIONS,
     MAX_SAMPLE,
     EscalationChannel,
     EscalationCondition,
@@ -48,12 +61,13 @@ from requeue.api.escalation import (
     EscalationStatus,
     FailedSample,
     GatesRed,
+    PendingNotification,
     SnapshotQueue,
 )
 from requeue.api.gates import GateSpec, GateStatus
 from requeue.api.policy import QueuePolicySpec, QueueState
-from requeue.metrics import ESCALATION_LEVEL
-from requeue.policy.actions import ActionKind, Pause, Resume
+from requeue.metrics import ESCALATION_LEVEL, ESCALATION_MESSAGES, ESCALATION_MESSAGES_PENDING
+from requeue.policy.actions import ActionKind, Pause, PolicyEvent, Resume
 from requeue.policy.ledger import Ledger, clip
 from requeue.policy.observe import QueueObservation
 
@@ -61,16 +75,19 @@ from requeue.policy.observe import QueueObservation
 MAX_ID_CHARS = 200
 
 __all__ = [
+    "Delivery",
     "EscalationOutcome",
     "LevelTiming",
     "Notice",
     "Signals",
     "blocks_auto_replay",
+    "count_deliveries",
     "escalate",
     "export_level",
     "forget_level",
     "held_queues",
     "judge",
+    "retry_delay",
     "step_levels",
     "undo_failed",
     "with_results",
@@ -78,6 +95,15 @@ __all__ = [
 
 #: Longest message to a channel.
 NOTICE_LIMIT = 3000
+#: Wait before the first retry of a message; doubled after each failed attempt up to :data:`RETRY_MAX`.
+RETRY_FIRST = timedelta(seconds=15)
+RETRY_MAX = timedelta(minutes=5)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """The wait after ``attempts`` failed attempts (>= 1): 15 s, 30 s, 1 m, ... at most 5 m."""
+    doubled: timedelta = RETRY_FIRST * (1 << max(0, min(attempts - 1, 16)))
+    return min(RETRY_MAX, doubled)
 
 
 # ----------------------------------------------------------------- signals
@@ -129,6 +155,15 @@ def judge(condition: EscalationCondition, signals: Signals) -> str | None:
             if q.processing_stopped is not None and (not wanted or q.processing_stopped.reason in wanted)
         ]
         return _enough(hits, p.min_queues, "processing stopped")
+    if (n := condition.failed_job_names) is not None:
+        return _judge_names(queues, n.at_least, n.min_failures)
+    if (x := condition.corrupt_jobs) is not None:
+        hits = [
+            f"{q.name} {q.corrupt_jobs.found}"
+            for q in queues
+            if q.corrupt_jobs is not None and q.corrupt_jobs.found > x.above
+        ]
+        return _enough(hits, x.min_queues, f"corrupt jobs > {x.above}")
     if (b := condition.breaching) is not None:
         kinds = {k.value for k in b.kinds}
         hits = [
@@ -140,6 +175,21 @@ def judge(condition: EscalationCondition, signals: Signals) -> str | None:
     g = condition.gates
     assert g is not None  # the model sets exactly one signal
     return _judge_gates(g.names, {k.value for k in g.kinds}, g.red, signals)
+
+
+def _judge_names(queues: Sequence[QueueState], at_least: int, min_failures: int) -> str | None:
+    """Failures across several job names: the names (all queues together) with at least
+    ``min_failures`` failures in the window, when there are ``at_least`` of them."""
+    totals: dict[str, int] = {}
+    for q in queues:
+        for entry in q.failed_job_names or ():
+            totals[entry.name] = totals.get(entry.name, 0) + entry.failed
+    names = sorted((n for n, c in totals.items() if c >= min_failures), key=lambda n: (-totals[n], n))
+    if len(names) < at_least:
+        return None
+    shown = ", ".join(f"{n} {totals[n]}" for n in names[:5])
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return f"failures across {len(names)} job names: {shown}{more}"
 
 
 def _judge_gates(names: Sequence[str], kinds: set[str], red: GatesRed, signals: Signals) -> str | None:
@@ -227,10 +277,22 @@ def step_levels(
 
 @dataclass(frozen=True)
 class Notice:
-    """One message to one channel about one change of level."""
+    """One message to one channel about one change of level (new, or a retry)."""
 
     channel: EscalationChannel
     text: str
+    #: When it was first due (with the channel and text, it names its pending entry).
+    since: datetime | None = None
+    #: Attempts made before this one.
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What became of one attempt: ``error`` None when the webhook took it."""
+
+    notice: Notice
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -246,7 +308,8 @@ class EscalationOutcome:
     """What :func:`escalate` decided (the pauses and Events are in the ledger)."""
 
     status: EscalationStatus | None
-    #: Messages to send (none in a dry run: they are recorded in the status as not sent).
+    #: Messages to send now, in order (each channel's oldest first; none in a dry run: they are
+    #: recorded in the status as not sent). The sender skips the rest of a channel after a failure.
     notices: list[Notice] = field(default_factory=list)
     snapshot: SnapshotRequest | None = None
     #: Queue states the pause hand-over changed (``pausedByPolicy`` taken over or handed back).
@@ -321,6 +384,7 @@ def escalate(
         levels=level_states,
         snapshot=prev.snapshot if prev else None,
         notifications=list(prev.notifications) if prev else [],
+        pending_notifications=list(prev.pending_notifications) if prev and not dry else [],
     )
     outcome = EscalationOutcome(status)
     transition: Reason | None = None
@@ -346,9 +410,47 @@ def escalate(
     listed = [q.name for q in signals.queues if not q.reason]
     _hold(status, pausing, after_name, listed, observed, states, gates_red, outcome, ledger, dry)
     _condition(status, transition, ledger)
+    outcome.notices = _due(status, outcome.notices, ledger.now)
     if esc is None and status.level == 0 and not status.paused_queues:
         outcome.status = None
+        outcome.notices = []
     return outcome
+
+
+def _due(status: EscalationStatus, new: Sequence[Notice], now: datetime) -> list[Notice]:
+    """Queue the new messages behind those waiting (at most :data:`MAX_PENDING_NOTIFICATIONS`, the
+    oldest dropped beyond), and list what to send now: every waiting message of a channel that has
+    a new one or whose oldest message is due, oldest first."""
+    pending = list(status.pending_notifications)
+    for notice in new:
+        pending.append(
+            PendingNotification(
+                channel=notice.channel.name,
+                webhook_secret_ref=notice.channel.webhook_secret_ref,
+                text=notice.text,
+                since=now,
+                next_attempt_at=now,
+            )
+        )
+    while len(pending) > MAX_PENDING_NOTIFICATIONS:
+        dropped = pending.pop(0)
+        note(status, dropped.channel, now, f"dropped after {dropped.attempts} attempt(s): too many waiting")
+    status.pending_notifications = pending
+    fresh = {n.channel.name for n in new}
+    oldest: dict[str, PendingNotification] = {}
+    for p in pending:
+        oldest.setdefault(p.channel, p)
+    due = {c for c, p in oldest.items() if c in fresh or p.next_attempt_at <= now}
+    return [
+        Notice(
+            EscalationChannel(name=p.channel, webhook_secret_ref=p.webhook_secret_ref),
+            p.text,
+            since=p.since,
+            attempts=p.attempts,
+        )
+        for p in pending
+        if p.channel in due
+    ]
 
 
 def _transition(
@@ -580,33 +682,106 @@ def with_results(
     status: EscalationStatus | None,
     *,
     now: datetime,
-    sent: Mapping[str, str],
+    delivered: Sequence[Delivery],
     sample: Mapping[str, Sequence[str]] | None,
-) -> EscalationStatus | None:
-    """Record what the evaluator did for escalation: each channel's outcome and the failed-id sample."""
+) -> tuple[EscalationStatus | None, list[PolicyEvent]]:
+    """Record what the evaluator did for escalation: each attempt's outcome (a message sent leaves
+    ``pendingNotifications``; one that failed waits for its next attempt, or is given up after the
+    last) and the failed-id sample. Returns the status and the Events to emit: a Warning when a
+    message first fails and when it is given up, a Normal one when a retry got it through."""
     if status is None:
-        return None
+        return None, []
     status = status.model_copy(deep=True)
-    for channel, result in sent.items():
-        note(status, channel, now, result)
+    events: list[PolicyEvent] = []
+    for outcome in delivered:
+        notice = outcome.notice
+        name = notice.channel.name
+        index = next(
+            (
+                i
+                for i, p in enumerate(status.pending_notifications)
+                if (p.channel, p.since, p.text) == (name, notice.since, notice.text)
+            ),
+            None,
+        )
+        entry = status.pending_notifications[index] if index is not None else None
+        attempt = notice.attempts + 1
+        if outcome.error is None:
+            if index is not None:
+                del status.pending_notifications[index]
+            note(status, name, now, "sent" if attempt == 1 else f"sent (attempt {attempt})")
+            if attempt > 1:
+                events.append(
+                    PolicyEvent(
+                        "Normal", Reason.NOTIFY_RETRIED, clip(f"channel {name}: sent at attempt {attempt}")
+                    )
+                )
+            continue
+        error = clip(outcome.error, 250)
+        if attempt >= MAX_NOTIFY_ATTEMPTS or entry is None or index is None:
+            if index is not None:
+                del status.pending_notifications[index]
+            note(status, name, now, f"gave up after {attempt} attempt(s): {error}")
+            events.append(
+                PolicyEvent(
+                    "Warning",
+                    Reason.NOTIFY_FAILED,
+                    clip(f"channel {name}: gave up after {attempt} attempt(s): {error}"),
+                )
+            )
+            continue
+        retry_at = now + retry_delay(attempt)
+        status.pending_notifications[index] = entry.model_copy(
+            update={"attempts": attempt, "next_attempt_at": retry_at, "last_error": error}
+        )
+        note(status, name, now, f"failed: {error} (attempt {attempt} of {MAX_NOTIFY_ATTEMPTS}, retried)")
+        if attempt == 1:
+            events.append(
+                PolicyEvent(
+                    "Warning",
+                    Reason.NOTIFY_FAILED,
+                    clip(
+                        f"channel {name}: {error}; retried at later evaluations "
+                        f"(at most {MAX_NOTIFY_ATTEMPTS} attempts)"
+                    ),
+                )
+            )
     if sample is not None and status.snapshot is not None:
         status.snapshot.failed_sample = [
             FailedSample(queue=queue, ids=[clip(i, MAX_ID_CHARS) for i in list(ids)[:MAX_SAMPLE]])
             for queue, ids in sample.items()
         ]
-    return status
+    return status, events
 
 
 def export_level(namespace: str, policy: str, status: EscalationStatus | None) -> None:
-    """``requeue_escalation_level{namespace,policy}``: the level in force (0 none); no series
-    for a policy without escalation."""
+    """``requeue_escalation_level{namespace,policy}``: the level in force (0 none), and
+    ``requeue_escalation_messages_pending``; no series for a policy without escalation."""
     if status is None:
         forget_level(namespace, policy)
     else:
         ESCALATION_LEVEL.labels(namespace=namespace, policy=policy).set(status.level)
+        ESCALATION_MESSAGES_PENDING.labels(namespace=namespace, policy=policy).set(
+            len(status.pending_notifications)
+        )
+
+
+def count_deliveries(namespace: str, policy: str, delivered: Sequence[Delivery]) -> None:
+    """``requeue_escalation_messages_total{channel,outcome}``: sent, failed or given_up."""
+    for outcome in delivered:
+        if outcome.error is None:
+            result = "sent"
+        elif outcome.notice.attempts + 1 >= MAX_NOTIFY_ATTEMPTS:
+            result = "given_up"
+        else:
+            result = "failed"
+        ESCALATION_MESSAGES.labels(namespace, policy, outcome.notice.channel.name, result).inc()
 
 
 def forget_level(namespace: str, policy: str) -> None:
     """Drop the policy's escalation series (the policy was deleted or has no escalation)."""
     with contextlib.suppress(KeyError):
         ESCALATION_LEVEL.remove(namespace, policy)
+    with contextlib.suppress(KeyError):
+        ESCALATION_MESSAGES_PENDING.remove(namespace, policy)
+    ESCALATION_MESSAGES.remove_by_labels({"namespace": namespace, "policy": policy})

@@ -47,7 +47,7 @@ from requeue.policy.archive import ArchivedClean, archived_clean, run_archived_c
 from requeue.policy.budget import ReplayBudget
 from requeue.policy.collect import collect
 from requeue.policy.decide import Decision, decide, queues_to_observe, settle
-from requeue.policy.escalation import export_level, with_results
+from requeue.policy.escalation import Delivery, count_deliveries, export_level, with_results
 from requeue.policy.escalation_send import EscalationSender
 from requeue.policy.job_series import export_finished
 from requeue.policy.memory import load_memory, queue_save_memory
@@ -307,10 +307,14 @@ async def evaluate(
     await _carry_out(acting, decision)
     if notifier is not None and (acting.notify_items or observation.error is None):
         await _notify(acting, notifier)
-    sent, sample = await _escalation_effects(acting, decision, channels)
+    delivered, sample = await _escalation_effects(acting, decision, channels)
     settled = settle(decision, now=now, results=acting.results, failures=acting.failures)
     if decision.escalation is not None:
-        settled.escalation = with_results(settled.escalation, now=now, sent=sent, sample=sample)
+        settled.escalation, told = with_results(
+            settled.escalation, now=now, delivered=delivered, sample=sample
+        )
+        acting.events.extend(told)
+        count_deliveries(policy.namespace, policy.name, delivered)
     export_level(policy.namespace, policy.name, settled.escalation)
     new_memory = _with_pause_marks(decision.memory, settled)
     save_trips = 0
@@ -475,41 +479,45 @@ async def _notify(acting: _Acting, notifier: Notifier) -> None:
 
 async def _escalation_effects(
     acting: _Acting, decision: Decision, channels: EscalationSender | None
-) -> tuple[dict[str, str], dict[str, list[str]] | None]:
-    """Send the escalation messages (one per channel) and read the snapshot's failed-id sample.
+) -> tuple[list[Delivery], dict[str, list[str]] | None]:
+    """Send the escalation messages that are due and read the snapshot's failed-id sample.
 
-    Returns each channel's outcome (for ``.status.escalation.notifications``) and the sample
-    per queue (None when no snapshot was asked for). A failure of either is a Warning Event;
-    nothing is retried (the message is about a change that has happened).
+    Returns each attempt's outcome (:func:`~requeue.policy.escalation.with_results` keeps the
+    failed ones for a later evaluation) and the sample per queue (None when no snapshot was asked
+    for). Each channel's messages go in order: after a failure the rest of that channel waits
+    (untried); the other channels are still told. A failed snapshot read is a Warning Event.
     """
     outcome = decision.escalation
-    sent: dict[str, str] = {}
+    delivered: list[Delivery] = []
     if outcome is None:
-        return sent, None
+        return delivered, None
     policy = acting.policy
+    down: set[str] = set()
     for notice in outcome.notices:
         name = notice.channel.name
-        if channels is None:
-            sent[name] = "failed: no sender configured"
+        if name in down:
             continue
         try:
+            if channels is None:
+                raise RuntimeError("no sender configured")
             await channels.send(notice.channel.webhook_secret_ref, notice.text)
         except Exception as exc:  # reported; the other channels are still told
             message = _error_text(exc)
-            sent[name] = f"failed: {message}"
+            down.add(name)
+            delivered.append(Delivery(notice, message))
             logger.warning(
-                "policy %s/%s: escalation message to %s failed: %s",
+                "policy %s/%s: escalation message to %s failed (attempt %d): %s",
                 policy.namespace,
                 policy.name,
                 name,
+                notice.attempts + 1,
                 message,
             )
-            acting.events.append(PolicyEvent("Warning", Reason.NOTIFY_FAILED, f"channel {name}: {message}"))
             continue
-        sent[name] = "sent"
+        delivered.append(Delivery(notice))
     request = outcome.snapshot
     if request is None or not request.queues:
-        return sent, None
+        return delivered, None
     keys = [QueueKeys(acting.spec.prefix, q).failed for q in request.queues]
     try:
         pipe = acting.redis.pipeline(transaction=False)
@@ -521,12 +529,12 @@ async def _escalation_effects(
     except _REDIS_ERRORS as exc:
         message = _error_text(exc)
         acting.events.append(PolicyEvent("Warning", Reason.ACTION_FAILED, f"escalation snapshot: {message}"))
-        return sent, None
+        return delivered, None
     sample = {
         q: [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
         for q, ids in zip(request.queues, replies, strict=True)
     }
-    return sent, sample
+    return delivered, sample
 
 
 async def _save_memory(redis: Redis, policy: PolicyRef, memory: PolicyMemory, previous: PolicyMemory) -> int:

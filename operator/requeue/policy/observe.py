@@ -26,6 +26,8 @@ from typing import Any
 
 from requeue.api.conditions import Reason
 from requeue.api.gates import GateStatus
+from requeue.api.policy import CORRUPT_SAMPLE
+from requeue.policy.job_failures import CorruptCheck, NameBuckets, names_from_json, names_to_json
 from requeue.policy.latency import FinishedJob, LatencyBuckets, buckets_from_json, buckets_to_json
 from requeue.queues.duplicates import Duplicates
 
@@ -115,6 +117,9 @@ class QueueObservation:
     #: Duplicate waiting jobs (:mod:`requeue.queues.duplicates`); None when ``spec.duplicates``
     #: is unset.
     duplicates: Duplicates | None = None
+    #: The failed jobs checked for corruption (:mod:`requeue.policy.job_failures`); None when not
+    #: checked (no escalation condition ``corruptJobs``).
+    corrupt_checks: tuple[CorruptCheck, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,12 @@ class QueueMemory:
     failed_samples: tuple[tuple[int, int], ...] = ()
     #: Latency window: per window bucket, the status histogram (:mod:`requeue.policy.latency`).
     latency: LatencyBuckets = ()
+    #: Failures per job name and window bucket (:mod:`requeue.policy.job_failures`).
+    failed_names: NameBuckets = ()
+    #: Corrupt-job window: ``(bucket start, checked, found)``, oldest first.
+    corrupt: tuple[tuple[int, int, int], ...] = ()
+    #: The newest corrupt jobs in the window: ``(id, reason, entry ms)``, newest first.
+    corrupt_sample: tuple[tuple[str, str, int], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -167,6 +178,12 @@ class QueueMemory:
             data["f"] = [list(f) for f in self.failed_samples]
         if self.latency:
             data["t"] = buckets_to_json(self.latency)
+        if self.failed_names:
+            data["n"] = names_to_json(self.failed_names)
+        if self.corrupt:
+            data["x"] = [list(b) for b in self.corrupt]
+        if self.corrupt_sample:
+            data["xs"] = [list(x) for x in self.corrupt_sample]
         return data
 
     @classmethod
@@ -178,6 +195,9 @@ class QueueMemory:
             idle = data.get("s")
             samples = tuple((int(f[0]), int(f[1])) for f in data.get("f", ()))
             latency = buckets_from_json(data.get("t", ()))[-(BUCKETS_PER_WINDOW + 1) :]
+            names = names_from_json(data.get("n", {}))
+            corrupt = tuple((int(b[0]), int(b[1]), int(b[2])) for b in data.get("x", ()))
+            corrupt_sample = tuple((str(x[0]), str(x[1]), int(x[2])) for x in data.get("xs", ()))
             return cls(
                 cursor=str(data.get("c", "")),
                 buckets=buckets,
@@ -186,6 +206,9 @@ class QueueMemory:
                 idle_since=None if idle is None else int(idle),
                 failed_samples=samples[-(BUCKETS_PER_WINDOW + 2) :],
                 latency=latency,
+                failed_names=names,
+                corrupt=corrupt[-(BUCKETS_PER_WINDOW + 1) :],
+                corrupt_sample=corrupt_sample[:CORRUPT_SAMPLE],
             )
         except (TypeError, ValueError, IndexError, AttributeError):
             return cls()

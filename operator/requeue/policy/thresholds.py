@@ -24,6 +24,7 @@ from requeue.api.policy import (
     Thresholds,
 )
 from requeue.policy.actions import BREACH_REASONS, Alert, BreachKind, Recover
+from requeue.policy.job_failures import CorruptWindow, merge_corrupt, merge_names
 from requeue.policy.latency import merge_window
 from requeue.policy.ledger import Ledger, clip
 from requeue.policy.observe import BUCKETS_PER_WINDOW, ActiveJob, QueueMemory, QueueObservation
@@ -89,13 +90,24 @@ class QueueHealth:
     latency_p95: float | None = None
     #: Jobs the percentile is based on.
     latency_jobs: int = 0
+    #: Failures per job name within the window, most first; None when names are not tracked.
+    failed_names: Mapping[str, int] | None = None
+    #: Corrupt failed jobs within the window; None when they are not looked for.
+    corrupt: CorruptWindow | None = None
 
 
 def measure(
-    th: Thresholds, window: timedelta, mem: QueueMemory, obs: QueueObservation, now: datetime
+    th: Thresholds,
+    window: timedelta,
+    mem: QueueMemory,
+    obs: QueueObservation,
+    now: datetime,
+    *,
+    track_names: bool = False,
 ) -> QueueHealth:
-    """The failure rate over ``window``, stuck jobs, stopped processing, the failed trend and the
-    job latency percentile, from this observation and the memory."""
+    """The failure rate over ``window``, stuck jobs, stopped processing, the failed trend, the
+    job latency percentile and (``track_names``; ``obs.corrupt_checks`` set) the failed job names
+    and corrupt jobs, from this observation and the memory."""
     win = _merge_window(mem, obs, window, now)
     finished = win.completed + win.failed
     rate = 100.0 * win.failed / finished if finished else None
@@ -107,6 +119,16 @@ def measure(
     idle_since = _idle_since(mem, obs, now_s)
     samples, change, span = _failed_trend(th, window, mem, obs, now_s)
     latency = merge_window(mem.latency, obs.finished_jobs, window, now_s, BUCKETS_PER_WINDOW)
+    names = (
+        merge_names(mem.failed_names, obs.finished_jobs, window, now_s, BUCKETS_PER_WINDOW)
+        if track_names
+        else None
+    )
+    corrupt = (
+        merge_corrupt(mem.corrupt, mem.corrupt_sample, obs.corrupt_checks, window, now_s, BUCKETS_PER_WINDOW)
+        if obs.corrupt_checks is not None
+        else None
+    )
     memory = QueueMemory(
         cursor=obs.events.cursor or mem.cursor,
         buckets=win.buckets,
@@ -114,6 +136,9 @@ def measure(
         idle_since=idle_since,
         failed_samples=samples,
         latency=latency.buckets,
+        failed_names=names.buckets if names is not None else (),
+        corrupt=corrupt.buckets if corrupt is not None else (),
+        corrupt_sample=corrupt.sample if corrupt is not None else (),
     )
     stopped_seconds = 0 if idle_since is None else max(0, now_s - idle_since)
     return QueueHealth(
@@ -129,6 +154,8 @@ def measure(
         failed_change_seconds=span,
         latency_p95=latency.p95(),
         latency_jobs=latency.jobs,
+        failed_names=names.counts if names is not None else None,
+        corrupt=corrupt,
     )
 
 
