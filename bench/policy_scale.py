@@ -54,6 +54,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -286,7 +287,7 @@ def status_kib(pid: int, field: str) -> int:
 
 
 def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as response:
         return str(response.read().decode())
 
 
@@ -328,6 +329,50 @@ class Result:
         """The operator's CPU per evaluation, everything it does for one included (status write,
         kopf's watch event of it, the gate check): what the ideal rate would cost."""
         return 10 * self.cpu_percent / self.evals_per_s if self.evals_per_s else float("nan")
+
+
+# ----------------------------------------------------------------------------- tracemalloc
+
+
+def snapshot(op: OperatorProcess, port: int, path: str, *, started: bool) -> None:
+    """SIGUSR1 to bench/traced_operator.py, then wait for its snapshot file (the first one once
+    the operator serves /metrics: imports done, no policy yet)."""
+    deadline = time.monotonic() + 300
+    while not started:
+        try:
+            scrape(port)
+            break
+        except OSError:
+            if time.monotonic() > deadline or not op.running:
+                raise RuntimeError(f"operator not serving /metrics:\n{op.logs()[-4000:]}") from None
+            time.sleep(0.5)
+    assert op.pid is not None
+    os.kill(op.pid, signal.SIGUSR1)
+    while not Path(path).exists() or Path(path).stat().st_size == 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no snapshot {path}")
+        time.sleep(0.5)
+    size = -1
+    while size != Path(path).stat().st_size:  # written in one go, but not atomically
+        size = Path(path).stat().st_size
+        time.sleep(1.0)
+
+
+def print_tracemalloc(prefix: str, rss_mib: float, top: int = 25) -> None:
+    """The end snapshot's biggest files and lines, and what grew most since the first snapshot."""
+    import tracemalloc
+
+    first = tracemalloc.Snapshot.load(f"{prefix}.0")
+    last = tracemalloc.Snapshot.load(f"{prefix}.1")
+    total = sum(s.size for s in last.statistics("filename")) / 2**20
+    print(f"  tracemalloc: {total:.1f} MiB traced at the end, RSS {rss_mib:.0f} MiB (tracing included)")
+    for group in ("filename", "lineno"):
+        print(f"  top {top} by {group}, end snapshot:")
+        for stat in last.statistics(group)[:top]:
+            print(f"    {stat.size / 2**20:8.2f} MiB {stat.count:9d} blocks  {stat.traceback[0]}")
+        print(f"  top {top} by {group}, growth since no policy existed:")
+        for diff in last.compare_to(first, group)[:top]:
+            print(f"    {diff.size_diff / 2**20:+8.2f} MiB {diff.count_diff:+9d} blocks  {diff.traceback[0]}")
 
 
 # ----------------------------------------------------------------------------- one size
@@ -376,9 +421,14 @@ def measure(args: argparse.Namespace, server: RedisServer, n: int, workdir: Path
         command = [*DEFAULT_COMMAND, "--metrics-port", str(port), "--metrics-address", "127.0.0.1"]
         if args.profile:
             command = [sys.executable, "-m", "cProfile", "-o", f"{args.profile}.{n}", *command[1:]]
+        if args.tracemalloc:
+            traced = str(ROOT / "bench" / "traced_operator.py")
+            command = [sys.executable, traced, f"{args.tracemalloc}.{n}", *command[3:]]
         op = OperatorProcess(cluster.kubeconfig, workdir / f"operator-{n}.log", command=command)
         op.start()
         assert op.pid is not None
+        if args.tracemalloc:
+            snapshot(op, port, f"{args.tracemalloc}.{n}.0", started=False)
         for p in range(policies):
             queues = [queue_name(p * args.per_policy + k) for k in range(args.per_policy)]
             cluster.create(QPOL_PATH, policy_manifest(p, queues, args.interval, args.gate))
@@ -398,6 +448,9 @@ def measure(args: argparse.Namespace, server: RedisServer, n: int, workdir: Path
         text1 = scrape(port)
         rss.append(status_kib(pid, "VmRSS"))
         hwm = status_kib(pid, "VmHWM")
+        if args.tracemalloc:
+            snapshot(op, port, f"{args.tracemalloc}.{n}.1", started=True)
+            print_tracemalloc(f"{args.tracemalloc}.{n}", rss[-1] / 1024)
         events = Counter(
             f"{e.get('type')}/{e.get('reason')}"
             for e in cluster.request("GET", f"/api/v1/namespaces/{NAMESPACE}/events")["items"]
@@ -496,6 +549,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=30, help="template jobs processed (1/3 fail)")
     parser.add_argument("--waiting", type=int, default=10, help="template jobs left waiting")
     parser.add_argument("--profile", metavar="PATH", help="run the operator under cProfile, dump to PATH.<N>")
+    parser.add_argument(
+        "--tracemalloc",
+        metavar="PATH",
+        help="run the operator under tracemalloc (bench/traced_operator.py), snapshots to PATH.<N>.0/.1 "
+        "(before the policies, end of the window), and print where the memory is; CPU and RSS then "
+        "include tracemalloc's own cost",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     workdir = Path(tempfile.mkdtemp(prefix="requeue-scale-"))

@@ -17,6 +17,11 @@ Label sets are bounded and never collide:
   cannot read its Redis removes its queue gauges rather than keep old values
   (see :mod:`requeue.policy.series` and :mod:`requeue.replay.observed`).
 
+The queue-level series (the queue gauges, the per-job histograms and counter) are
+:mod:`requeue.policy_metrics` collectors: plain numbers per policy rendered at scrape
+time, not one ``prometheus_client`` child object per series (one operator watching
+2,000 queues would keep ~51 MiB of those). Same exposition.
+
 ``*_created`` series are not exported: Prometheus does not use them, and every
 labelled counter and histogram would double its series.
 """
@@ -24,6 +29,9 @@ labelled counter and histogram would double its series.
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.metrics import MetricWrapperBase
+
+from requeue.policy_metrics import PolicyCounter, PolicyGauge, PolicyHistogram, PolicySeries, TwinGauge
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # (prometheus_client leaves it unannotated)
 
@@ -67,34 +75,35 @@ REPLAY_BATCH_SECONDS = Histogram(
 
 # -- queue policies ------------------------------------------------------------
 
-QUEUE_JOBS = Gauge(
+QUEUE_JOBS = PolicyGauge(
     "bullmq_queue_jobs",
     "Jobs in a BullMQ queue, by state (waiting, active, completed, failed, delayed, prioritized).",
     ["namespace", "policy", "queue", "state"],
 )
-QUEUE_FAILURE_RATIO = Gauge(
+QUEUE_FAILURE_RATIO = PolicyGauge(
     "bullmq_queue_failure_ratio",
     "Failed / (completed + failed) over the policy's window, 0-1.",
     ["namespace", "policy", "queue"],
 )
-QUEUE_PAUSED = Gauge(
+QUEUE_PAUSED = PolicyGauge(
     "bullmq_queue_paused",
     "1 while the queue is paused.",
     ["namespace", "policy", "queue"],
 )
-QUEUE_DEPTH_LEGACY = Gauge(
+QUEUE_DEPTH_LEGACY = TwinGauge(
+    QUEUE_JOBS,
     "queue_depth_total",
     "A gauge despite its _total suffix: the runbook's name, kept for existing dashboards. "
     "Same values as bullmq_queue_jobs (status = state); use that in new queries.",
     ["namespace", "policy", "queue", "status"],
 )
-QUEUE_IDLE_SECONDS = Gauge(
+QUEUE_IDLE_SECONDS = PolicyGauge(
     "bullmq_queue_idle_seconds",
     "Seconds jobs have waited in the queue with none completing or failing (0 while nothing waits): "
     "processing stopped when it passes the policy's thresholds.stalledFor.",
     ["namespace", "policy", "queue"],
 )
-QUEUE_DUPLICATE_JOBS = Gauge(
+QUEUE_DUPLICATE_JOBS = PolicyGauge(
     "bullmq_queue_duplicate_jobs",
     "Duplicate waiting jobs found by the policy's spec.duplicates among the ids it reads (bounded by "
     "maxJobs per list): kind=id counts job ids listed more than once in wait/paused/prioritized, "
@@ -104,7 +113,7 @@ QUEUE_DUPLICATE_JOBS = Gauge(
 #: Buckets of the job latency and processing histograms: 50 ms to 1 h, 30 s (the runbook's p95
 #: alert) among them.
 JOB_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
-JOB_LATENCY_SECONDS = Histogram(
+JOB_LATENCY_SECONDS = PolicyHistogram(
     "bullmq_job_latency_seconds",
     "Time from a job being added to it finishing (completed or, after its last attempt, failed), read "
     "from the job hash (finishedOn - timestamp) when the events stream reports it finished. The job label "
@@ -112,13 +121,13 @@ JOB_LATENCY_SECONDS = Histogram(
     ["namespace", "policy", "queue", "job"],
     buckets=JOB_SECONDS_BUCKETS,
 )
-JOB_PROCESSING_SECONDS = Histogram(
+JOB_PROCESSING_SECONDS = PolicyHistogram(
     "bullmq_job_processing_seconds",
     "Time from a worker taking a job (its last attempt) to it finishing (finishedOn - processedOn).",
     ["namespace", "policy", "queue", "job"],
     buckets=JOB_SECONDS_BUCKETS,
 )
-JOBS_FINISHED = Counter(
+JOBS_FINISHED = PolicyCounter(
     "bullmq_jobs_finished_total",
     "Jobs that finished, by outcome (completed, failed: after the last attempt), from the events stream. "
     "job=unknown: the hash was gone when read (removeOnComplete: true) or beyond the lookup limit.",
@@ -162,12 +171,27 @@ ESCALATION_MESSAGES_PENDING = Gauge(
 #: The per-job series a QueuePolicy adds to; removed when it or its queue goes.
 JOB_SERIES = (JOB_LATENCY_SECONDS, JOB_PROCESSING_SECONDS, JOBS_FINISHED)
 
-#: The gauges a QueuePolicy sets per queue; removed when it cannot observe them.
+#: The gauges a QueuePolicy sets per queue; removed when it cannot observe them
+#: (:data:`QUEUE_DEPTH_LEGACY` shows :data:`QUEUE_JOBS`' series: set and removed with them).
 QUEUE_GAUGES = (
     QUEUE_JOBS,
     QUEUE_FAILURE_RATIO,
     QUEUE_PAUSED,
-    QUEUE_DEPTH_LEGACY,
     QUEUE_IDLE_SECONDS,
     QUEUE_DUPLICATE_JOBS,
 )
+
+#: A metric as exported: its name (a counter's without ``_total``), type, label names and HELP.
+Described = tuple[str, str, tuple[str, ...], str]
+
+
+def described() -> list[Described]:
+    """Every metric this module defines, whichever class stores it (what the tests and the chart's
+    rules are checked against)."""
+    found: list[Described] = []
+    for obj in globals().values():
+        if isinstance(obj, MetricWrapperBase):
+            found.append((obj._name, str(obj._type), tuple(obj._labelnames), obj._documentation))
+        elif isinstance(obj, PolicySeries | TwinGauge):
+            found.append((obj.name, obj.type, obj.labelnames, obj.documentation))
+    return found

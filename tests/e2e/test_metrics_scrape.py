@@ -72,23 +72,18 @@ async def until(port: int, check: Callable[[list[Sample]], bool], what: str) -> 
 
 def defined_series() -> dict[str, set[str]]:
     """Each series name ``requeue.metrics`` defines, with its label names."""
-    from prometheus_client import Counter, Histogram
-    from prometheus_client.metrics import MetricWrapperBase
-
     from requeue import metrics
 
     names: dict[str, set[str]] = {}
-    for obj in vars(metrics).values():
-        if not isinstance(obj, MetricWrapperBase):
-            continue
-        labels = set(obj._labelnames)
-        if isinstance(obj, Counter):
-            names[f"{obj._name}_total"] = labels
-        elif isinstance(obj, Histogram):
-            names[f"{obj._name}_bucket"] = labels | {"le"}
-            names[f"{obj._name}_sum"] = names[f"{obj._name}_count"] = labels
+    for name, kind, labelnames, _ in metrics.described():
+        labels = set(labelnames)
+        if kind == "counter":
+            names[f"{name}_total"] = labels
+        elif kind == "histogram":
+            names[f"{name}_bucket"] = labels | {"le"}
+            names[f"{name}_sum"] = names[f"{name}_count"] = labels
         else:
-            names[obj._name] = labels
+            names[name] = labels
     return names
 
 

@@ -20,8 +20,6 @@ import kubernetes_validate
 import promql_parser
 import pytest
 import yaml
-from prometheus_client import Counter, Gauge, Histogram
-from prometheus_client.metrics import MetricWrapperBase
 
 from requeue import metrics
 from requeue.api import ReplayPhase
@@ -135,18 +133,15 @@ def permissions(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
 def sample_names() -> dict[str, set[str]]:
     """Every series name requeue exports, mapped to its label names."""
     names: dict[str, set[str]] = {}
-    for obj in vars(metrics).values():
-        if not isinstance(obj, MetricWrapperBase):
-            continue
-        labels = set(obj._labelnames)
-        base = obj._name
-        if isinstance(obj, Counter):
+    for base, kind, labelnames, _ in metrics.described():
+        labels = set(labelnames)
+        if kind == "counter":
             names[f"{base}_total"] = labels
-        elif isinstance(obj, Histogram):
+        elif kind == "histogram":
             for suffix in ("_bucket", "_sum", "_count"):
                 names[base + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
         else:
-            assert isinstance(obj, Gauge)
+            assert kind == "gauge"
             names[base] = labels
     return names
 

@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from requeue.api.resources import GROUP
+from requeue.malloc import limit_arenas
 
 __all__ = ["FINALIZER", "configure", "run_operator", "start_metrics_server"]
 
@@ -75,6 +76,7 @@ def run_operator(
     log_level: str = "info",
 ) -> None:
     """Run the operator until SIGTERM/SIGINT (blocking)."""
+    limit_arenas()  # before any thread starts (requeue.malloc says why)
     fmt = kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL
     level = "debug" if verbose else log_level.lower()
     kopf.configure(

@@ -38,24 +38,24 @@ def export_finished(
         admitted = _ADMITTED.setdefault((namespace, policy, queue), set())
         for job in obs.finished_jobs:
             label = fold_name(job.name, admitted, max_job_names)
-            JOBS_FINISHED.labels(namespace, policy, queue, label, job.outcome).inc()
+            JOBS_FINISHED.inc((namespace, policy, queue, label, job.outcome))
             latency = job.latency_seconds
             if latency is not None:
-                JOB_LATENCY_SECONDS.labels(namespace, policy, queue, label).observe(latency)
+                JOB_LATENCY_SECONDS.observe((namespace, policy, queue, label), latency)
             processing = job.processing_seconds
             if processing is not None:
-                JOB_PROCESSING_SECONDS.labels(namespace, policy, queue, label).observe(processing)
+                JOB_PROCESSING_SECONDS.observe((namespace, policy, queue, label), processing)
 
 
 def forget_job_names(namespace: str, policy: str, queues: Iterable[str] | None = None) -> None:
     """Remove the per-job series of ``queues`` (every queue when None) and their admitted names."""
     if queues is None:
         for metric in JOB_SERIES:
-            metric.remove_by_labels({"namespace": namespace, "policy": policy})
+            metric.remove_policy(namespace, policy)
         for key in [k for k in _ADMITTED if k[:2] == (namespace, policy)]:
             del _ADMITTED[key]
         return
     for queue in queues:
         for metric in JOB_SERIES:
-            metric.remove_by_labels({"namespace": namespace, "policy": policy, "queue": queue})
+            metric.remove_policy(namespace, policy, queue)
         _ADMITTED.pop((namespace, policy, queue), None)

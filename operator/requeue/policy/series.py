@@ -17,10 +17,7 @@ Three rules keep the series honest:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
-
-from prometheus_client import Gauge
 
 from requeue.api.conditions import Reason
 from requeue.api.policy import QueuePolicyStatus, QueueState
@@ -35,7 +32,6 @@ from requeue.errors import (
 from requeue.metrics import (
     ACTIONS,
     KIND_POLICY,
-    QUEUE_DEPTH_LEGACY,
     QUEUE_DUPLICATE_JOBS,
     QUEUE_FAILURE_RATIO,
     QUEUE_GAUGES,
@@ -68,54 +64,45 @@ _STATES = ("waiting", "active", "completed", "failed", "delayed", "prioritized")
 def export_observed(namespace: str, policy: str, status: QueuePolicyStatus, observed: Sequence[str]) -> None:
     """Set the gauges of the queues just ``observed`` from ``status``, and Redis up."""
     REDIS_UP.labels(namespace, KIND_POLICY, policy).set(1)
-    # Label values by position (the metrics' label order: namespace, policy, queue[, state]) and
-    # the exact ``remove``: runs for every queue at every evaluation, so no keyword parsing and no
-    # ``remove_by_labels``, which scans every series of the gauge (quadratic in queues watched).
+    # Label values by position (the metrics' label order: namespace, policy, queue[, state]);
+    # the queue gauges are plain numbers per policy (requeue.policy_metrics): exact removes are
+    # dict pops, a policy's series go with one.
     for q in status.queues:
         if q.name not in observed:
             continue
         name = q.name
         for state in _STATES:
-            value = getattr(q, state)
-            QUEUE_JOBS.labels(namespace, policy, name, state).set(value)
-            QUEUE_DEPTH_LEGACY.labels(namespace, policy, name, state).set(value)
-        QUEUE_PAUSED.labels(namespace, policy, name).set(1 if q.paused else 0)
+            QUEUE_JOBS.set((namespace, policy, name, state), getattr(q, state))
+        QUEUE_PAUSED.set((namespace, policy, name), 1 if q.paused else 0)
         idle = 0.0
         if q.idle_since is not None and status.last_evaluated_at is not None:
             idle = max(0.0, (status.last_evaluated_at - q.idle_since).total_seconds())
-        QUEUE_IDLE_SECONDS.labels(namespace, policy, name).set(idle)
+        QUEUE_IDLE_SECONDS.set((namespace, policy, name), idle)
         _export_duplicates(namespace, policy, q)
         if q.failure_rate_percent is not None:
-            QUEUE_FAILURE_RATIO.labels(namespace, policy, name).set(q.failure_rate_percent / 100)
+            QUEUE_FAILURE_RATIO.set((namespace, policy, name), q.failure_rate_percent / 100)
         else:
-            _remove(QUEUE_FAILURE_RATIO, namespace, policy, name)
+            QUEUE_FAILURE_RATIO.remove((namespace, policy, name))
 
 
 def _export_duplicates(namespace: str, policy: str, q: QueueState) -> None:
     """The duplicate gauges of a queue whose policy looks for duplicates; none otherwise (the
-    business-key series only when a key is named: 0 would claim a check that was not made).
-    Exact ``remove`` by labels, as for the failure ratio: this runs for every queue."""
+    business-key series only when a key is named: 0 would claim a check that was not made)."""
     found = q.duplicates
     if found is not None:
-        QUEUE_DUPLICATE_JOBS.labels(namespace, policy, q.name, "id").set(found.ids)
+        QUEUE_DUPLICATE_JOBS.set((namespace, policy, q.name, "id"), found.ids)
     else:
-        _remove(QUEUE_DUPLICATE_JOBS, namespace, policy, q.name, "id")
+        QUEUE_DUPLICATE_JOBS.remove((namespace, policy, q.name, "id"))
     if found is not None and found.business_keys is not None:
-        QUEUE_DUPLICATE_JOBS.labels(namespace, policy, q.name, "business_key").set(found.business_keys)
+        QUEUE_DUPLICATE_JOBS.set((namespace, policy, q.name, "business_key"), found.business_keys)
     else:
-        _remove(QUEUE_DUPLICATE_JOBS, namespace, policy, q.name, "business_key")
-
-
-def _remove(gauge: Gauge, *labels: str) -> None:
-    """Drop one series if it exists (prometheus-client < 0.21 raises KeyError for an absent one)."""
-    with contextlib.suppress(KeyError):
-        gauge.remove(*labels)
+        QUEUE_DUPLICATE_JOBS.remove((namespace, policy, q.name, "business_key"))
 
 
 def export_unobserved(namespace: str, policy: str, reason: Reason | str | None) -> None:
     """The policy could not observe its queues (``reason`` says why): its gauges go stale."""
     for gauge in QUEUE_GAUGES:
-        gauge.remove_by_labels({"namespace": namespace, "policy": policy})
+        gauge.remove_policy(namespace, policy)
     if reason in REDIS_DOWN_REASONS:
         REDIS_UP.labels(namespace, KIND_POLICY, policy).set(0)
     else:
@@ -126,14 +113,16 @@ def forget_queues(namespace: str, policy: str, queues: Sequence[str]) -> None:
     """Drop the gauges of queues the policy no longer watches (removed from its spec)."""
     for queue in queues:
         for gauge in QUEUE_GAUGES:
-            gauge.remove_by_labels({"namespace": namespace, "policy": policy, "queue": queue})
+            gauge.remove_policy(namespace, policy, queue)
     forget_job_names(namespace, policy, queues)
 
 
 def forget_policy(namespace: str, policy: str) -> None:
     """A deleted policy: remove every series labelled with it, so nothing outlives it."""
     labels = {"namespace": namespace, "policy": policy}
-    for metric in (*QUEUE_GAUGES, ACTIONS, REPLAY_JOBS):
+    for gauge in QUEUE_GAUGES:
+        gauge.remove_policy(namespace, policy)
+    for metric in (ACTIONS, REPLAY_JOBS):
         metric.remove_by_labels(labels)
     REDIS_UP.remove_by_labels({"namespace": namespace, "kind": KIND_POLICY, "owner": policy})
     forget_job_names(namespace, policy)
