@@ -79,6 +79,7 @@ class Reason(StrEnum):
     ARCHIVE_FAILED = "ArchiveFailed"
     KUBERNETES_API_ERROR = "KubernetesApiError"
     DESTINATION_DENIED = "DestinationDenied"
+    GATE_MISCONFIGURED = "GateMisconfigured"
     VERIFICATION_FAILED = "VerificationFailed"
     SMOKE_TEST_FAILED = "SmokeTestFailed"
     GATES_TIMED_OUT = "GatesTimedOut"
@@ -201,6 +202,10 @@ REASON_DOCS: dict[Reason, str] = {
     Reason.KUBERNETES_API_ERROR: "The Kubernetes API server was unreachable or answered with an error.",
     Reason.DESTINATION_DENIED: "A gate's (or verify.smokeTest's) host is refused by the operator's gate "
     "destination policy; a smoke test to it ends the replay Failed at once.",
+    Reason.GATE_MISCONFIGURED: "A gate's check cannot run because of its configuration: the DSN or CA "
+    "bundle in its Secret does not parse, or a redis gate has no Redis to check; like SecretNotFound, "
+    "DestinationDenied and RedisUrlInvalid on a gate, it is neither red nor green: a QueuePolicy's Ready is "
+    "False and nothing is paused, resumed or replayed on it; a DLQReplay fails at once (CLI exit 2).",
     Reason.VERIFICATION_FAILED: "Fewer replayed jobs completed than verify.minSuccessRate asks.",
     Reason.SMOKE_TEST_FAILED: "verify.smokeTest did not pass after its retries: a wrong status or JSON "
     "value, no answer, or the job it triggered failed or did not complete in time (the message has the "

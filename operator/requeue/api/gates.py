@@ -206,3 +206,10 @@ class GateStatus(StatusModel):
     last_checked_at: datetime | None = Field(default=None, description="When it was last checked.")
     consecutive_successes: int = Field(default=0, description="Passes in a row.")
     consecutive_failures: int = Field(default=0, description="Failures in a row.")
+    misconfigured: str | None = Field(
+        default=None,
+        description="Set when the last check could not run because of the gate's configuration: "
+        "the reason (SecretNotFound, DestinationDenied, RedisUrlInvalid, GateMisconfigured; the message "
+        "names the Secret or host). Such a gate is neither red nor green: healthy and the counters keep "
+        "their previous values, and nothing is paused, resumed or replayed because of it.",
+    )

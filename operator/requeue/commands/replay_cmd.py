@@ -99,6 +99,7 @@ from requeue.errors import (
     Forbidden,
     QueueNotFound,
     RedisUnreachable,
+    RedisUrlInvalid,
     RequeueError,
     SecretNotFound,
     SelectionChanged,
@@ -132,6 +133,9 @@ _EXIT_BY_REASON: dict[str, int] = {
     SpecInvalid.reason: SpecInvalid.exit_code,
     SecretNotFound.reason: SecretNotFound.exit_code,
     QueueNotFound.reason: QueueNotFound.exit_code,
+    # a gate whose check cannot run because of its configuration: the replay fails at once
+    RedisUrlInvalid.reason: RedisUrlInvalid.exit_code,
+    Reason.GATE_MISCONFIGURED: 2,
 }
 
 

@@ -22,6 +22,7 @@ import httpcore
 import httpx
 
 from requeue.api.base import parse_duration
+from requeue.api.conditions import Reason
 from requeue.api.gates import HeaderValueSource, HttpGate
 from requeue.gates.destinations import DestinationDenied, DestinationPolicy, GuardedBackend, current_policy
 from requeue.gates.result import (
@@ -136,7 +137,10 @@ async def _verify(spec: HttpGate, secrets: SecretSource) -> ssl.SSLContext:
     except (ssl.SSLError, ValueError):
         assert spec.ca_secret_ref is not None
         ref = f"{spec.ca_secret_ref.name}/{spec.ca_secret_ref.key}"
-        raise CheckFailed(f"the CA in secret {ref} is not a valid PEM certificate bundle") from None
+        raise CheckFailed(
+            f"the CA in secret {ref} is not a valid PEM certificate bundle",
+            misconfigured=Reason.GATE_MISCONFIGURED,
+        ) from None
 
 
 async def _send(
@@ -162,7 +166,9 @@ async def _send(
         ):
             body, truncated = await _read_capped(response)
     except DestinationDenied as exc:
-        raise CheckFailed(f"{spec.method} {shown}: {exc.message}") from None
+        raise CheckFailed(
+            f"{spec.method} {shown}: {exc.message}", misconfigured=Reason.DESTINATION_DENIED
+        ) from None
     except (httpx.TimeoutException, TimeoutError) as exc:
         what = "could not connect" if isinstance(exc, httpx.ConnectTimeout) else "no complete response"
         raise CheckFailed(f"{spec.method} {shown}: {what} within {spec.timeout} (timeout)") from exc

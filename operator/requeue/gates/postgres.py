@@ -16,6 +16,7 @@ from psycopg.abc import ConnDict
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from requeue.api.base import parse_duration
+from requeue.api.conditions import Reason
 from requeue.api.gates import PostgresGate
 from requeue.gates.destinations import DestinationDenied, DestinationPolicy, current_policy, pin_postgres
 from requeue.gates.result import CheckFailed, GateResult, clip, first_line, format_ms, read_secret
@@ -84,7 +85,7 @@ async def _allowed(params: ConnDict, target: str, policy: DestinationPolicy) -> 
     try:
         await pin_postgres(policy, params)
     except DestinationDenied as exc:
-        raise CheckFailed(f"{target}: {exc.message}") from None
+        raise CheckFailed(f"{target}: {exc.message}", misconfigured=Reason.DESTINATION_DENIED) from None
     except OSError:
         pass  # not resolvable: connecting says so in its own words
 
@@ -99,7 +100,8 @@ async def _connection_params(spec: PostgresGate, secrets: SecretSource) -> ConnD
         # libpq's parse error quotes the offending text, which may be the password: say nothing of it
         ref = f"{spec.dsn_secret_ref.name}/{spec.dsn_secret_ref.key}"
         raise CheckFailed(
-            f"the DSN in secret {ref} is not a valid connection string or postgresql:// URL"
+            f"the DSN in secret {ref} is not a valid connection string or postgresql:// URL",
+            misconfigured=Reason.GATE_MISCONFIGURED,
         ) from None
 
 

@@ -24,6 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from requeue.api.base import parse_duration
+from requeue.api.conditions import Reason
 from requeue.api.gates import RedisGate
 from requeue.errors import RedisUrlInvalid
 from requeue.gates.destinations import DestinationDenied, DestinationPolicy, check_url, current_policy
@@ -89,7 +90,9 @@ async def _allowed(url: str, policy: DestinationPolicy) -> None:
     try:
         await check_url(policy, url, 6379)
     except DestinationDenied as exc:
-        raise CheckFailed(f"{redact_url(url)}: {exc.message}") from None
+        raise CheckFailed(
+            f"{redact_url(url)}: {exc.message}", misconfigured=Reason.DESTINATION_DENIED
+        ) from None
     except OSError:
         pass  # not resolvable: connecting says so in its own words
 
@@ -102,7 +105,7 @@ async def _redis_to_check(
         return (await read_secret(secrets, spec.url_secret_ref)).strip(), TlsOptions()
     if default_url:
         return default_url, default_tls or TlsOptions()
-    raise CheckFailed("no Redis to check: set urlSecretRef")
+    raise CheckFailed("no Redis to check: set urlSecretRef", misconfigured=Reason.GATE_MISCONFIGURED)
 
 
 def _client_for(url: str, tls: TlsOptions, timeout: float, check: AddressCheck | None) -> aioredis.Redis:
@@ -124,7 +127,7 @@ def _client_for(url: str, tls: TlsOptions, timeout: float, check: AddressCheck |
             **tls.client_kwargs(url),
         )
     except RedisUrlInvalid as exc:  # names the query option at fault; redacted
-        raise CheckFailed(exc.message) from None
+        raise CheckFailed(exc.message, misconfigured=exc.reason) from None
 
 
 async def _measure(
@@ -225,7 +228,7 @@ async def _measure_cluster(
     try:
         parsed, opener = await node_opener(url, _gate_kwargs(url, tls, seconds))
     except RedisUrlInvalid as exc:
-        raise CheckFailed(exc.message) from None
+        raise CheckFailed(exc.message, misconfigured=exc.reason) from None
     where = ""
     try:
         async with asyncio.timeout(seconds):
@@ -244,7 +247,9 @@ async def _measure_cluster(
                 if _fullness(memory) >= _fullness(fullest):
                     fullest = memory
     except DestinationDenied as exc:
-        raise CheckFailed(f"{shown}: {where}: {exc.message}") from None
+        raise CheckFailed(
+            f"{shown}: {where}: {exc.message}", misconfigured=Reason.DESTINATION_DENIED
+        ) from None
     except (RedisError, OSError) as exc:
         cause = _failure_text(exc, spec, tls_handshake_pending=False)
         raise CheckFailed(f"{shown}: {where or 'no seed answered'}: {cause}") from exc

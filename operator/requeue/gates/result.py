@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from requeue.api.base import SecretKeyRef
-from requeue.errors import RequeueError
+from requeue.api.conditions import Reason
+from requeue.errors import RequeueError, SecretNotFound
 from requeue.redact import sensitive_parts
 from requeue.secrets import SecretSource
 
@@ -23,13 +24,31 @@ from requeue.secrets import SecretSource
 MAX_MESSAGE = 512
 
 
+#: Reasons that say a check could not run because of its configuration (see :class:`GateResult`).
+CONFIGURATION_REASONS = frozenset(
+    {Reason.SECRET_NOT_FOUND, Reason.DESTINATION_DENIED, Reason.REDIS_URL_INVALID, Reason.GATE_MISCONFIGURED}
+)
+
+
 @dataclass(frozen=True, slots=True)
 class GateResult:
-    """One check: did it pass, why (secret-free), and how long it took (seconds)."""
+    """One check: did it pass, why (secret-free), and how long it took (seconds).
+
+    ``misconfigured`` is set when the check could not run because of its configuration,
+    something only a person can fix and no retry will: a Secret or key that does not exist
+    (``SecretNotFound``), a host the operator's gate destination policy refuses
+    (``DestinationDenied``), a Redis URL that does not parse (``RedisUrlInvalid``), a DSN or CA
+    bundle that does not parse or a redis gate with no Redis to check (``GateMisconfigured``).
+    Such a gate says nothing about the dependency: it is neither red nor green, and nothing
+    (pause, resume, auto replay) is decided on it. Everything the dependency itself answers
+    (refused, timeout, DNS, TLS verification, refused credentials, an HTTP status, a query
+    error) is a red result as before: those are what a gate is there to notice.
+    """
 
     healthy: bool
     message: str
     latency: float = 0.0
+    misconfigured: Reason | None = None
 
     @classmethod
     def ok(cls, message: str, latency: float = 0.0) -> GateResult:
@@ -39,6 +58,12 @@ class GateResult:
     def fail(cls, message: str, latency: float = 0.0) -> GateResult:
         return cls(False, message, latency)
 
+    @classmethod
+    def unusable(cls, reason: Reason, message: str, latency: float = 0.0) -> GateResult:
+        """The check could not run because of its configuration (``reason``: one of
+        :data:`CONFIGURATION_REASONS`)."""
+        return cls(False, message, latency, reason)
+
 
 class CheckFailed(Exception):
     """A step of a check found the gate red; the check returns it as a failed :class:`GateResult`.
@@ -47,25 +72,32 @@ class CheckFailed(Exception):
     in the check. Not a :class:`RequeueError`: it never leaves the check, since
     "unreachable" is a result. ``at`` is when the failure was found, so time spent
     closing a broken connection afterwards does not count in the latency.
+    ``misconfigured``: the check could not run because of its configuration
+    (see :class:`GateResult`), not because the dependency failed.
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, misconfigured: Reason | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.misconfigured = misconfigured
         self.at = time.monotonic()
 
     def result(self, started: float) -> GateResult:
         """The failed result, with the latency from ``started`` (``time.monotonic()``) to the failure."""
-        return GateResult.fail(self.message, self.at - started)
+        return GateResult(False, self.message, self.at - started, self.misconfigured)
 
 
 async def read_secret(secrets: SecretSource, ref: SecretKeyRef) -> str:
     """The secret's value; a missing or unreadable secret fails the check.
 
+    A missing Secret or key is a configuration error (``misconfigured``: SecretNotFound);
+    the Kubernetes API failing to answer is not (the gate is red, as for any outage).
     The :class:`RequeueError` message names the Secret and key, never a value.
     """
     try:
         return await secrets.get(ref)
+    except SecretNotFound as exc:
+        raise CheckFailed(exc.message, misconfigured=exc.reason) from exc
     except RequeueError as exc:
         raise CheckFailed(exc.message) from exc
 

@@ -99,7 +99,7 @@ async def run_check(
     if default_redis_url:
         secrets_seen.extend(sensitive_parts(default_redis_url))
     message = clip(redact_text(result.message, secrets_seen))
-    return GateResult(result.healthy, message, time.monotonic() - started)
+    return GateResult(result.healthy, message, time.monotonic() - started, result.misconfigured)
 
 
 async def _bounded(gate: GateSpec, check: Callable[[], Awaitable[GateResult]], limit: float) -> GateResult:
@@ -151,9 +151,26 @@ def fold(
     ``healthy`` turns true after ``successThreshold`` passes in a row and false
     after ``failureThreshold`` failures in a row; otherwise it keeps its value.
     A ``previous`` of another type (the gate was redefined) is ignored.
+
+    A result that says the check could not run (``misconfigured``: a missing Secret, a denied
+    destination...) is no evidence about the dependency: ``healthy`` and the counters stay
+    as they were (a new gate: not healthy, no passes, no failures) and ``misconfigured`` names
+    the reason, so a red gate stays red and a green one green until a real check says otherwise.
     """
     if previous is not None and previous.type != gate.type:
         previous = None
+    if result.misconfigured is not None:
+        return GateStatus(
+            name=gate.name,
+            type=gate.type,
+            healthy=previous.healthy if previous else False,
+            message=result.message,
+            latency_ms=round(result.latency * 1000, 3),
+            last_checked_at=now,
+            consecutive_successes=previous.consecutive_successes if previous else 0,
+            consecutive_failures=previous.consecutive_failures if previous else 0,
+            misconfigured=result.misconfigured.value,
+        )
     successes = previous.consecutive_successes if previous else 0
     failures = previous.consecutive_failures if previous else 0
     was_healthy = previous.healthy if previous else False
@@ -243,26 +260,43 @@ class GateRunner:
                 1 if result.healthy else 0
             )
             GATE_CHECK_SECONDS.labels(gate.type.value).observe(result.latency)
-            if not result.healthy:
+            if result.misconfigured is not None:
+                logger.warning(
+                    "gate %s (%s) cannot be checked (%s): %s",
+                    gate.name,
+                    gate.type.value,
+                    result.misconfigured.value,
+                    result.message,
+                )
+            elif not result.healthy:
                 logger.info("gate %s (%s) failed: %s", gate.name, gate.type.value, result.message)
         return statuses
 
     def all_passed(self, statuses: list[GateStatus]) -> bool:
-        """Every gate has passed ``successThreshold`` times in a row (True when there are no gates)."""
+        """Every gate has passed ``successThreshold`` times in a row (True when there are no gates);
+        a gate whose check cannot run (``misconfigured``) has not."""
         by_name = self._current(statuses)
         return all(
             (s := by_name.get(g.name)) is not None
+            and s.misconfigured is None
             and s.consecutive_successes >= self.policy.success_threshold
             for g in self.gates
         )
 
     def any_red(self, statuses: list[GateStatus]) -> bool:
-        """Some gate has failed ``failureThreshold`` times in a row."""
+        """Some gate has failed ``failureThreshold`` times in a row (a ``misconfigured`` one is not red)."""
         by_name = self._current(statuses)
         return any(
-            (s := by_name.get(g.name)) is not None and s.consecutive_failures >= self.policy.failure_threshold
+            (s := by_name.get(g.name)) is not None
+            and s.misconfigured is None
+            and s.consecutive_failures >= self.policy.failure_threshold
             for g in self.gates
         )
+
+    def misconfigured(self, statuses: list[GateStatus]) -> list[GateStatus]:
+        """Statuses of the gates whose last check could not run because of their configuration."""
+        by_name = self._current(statuses)
+        return [s for g in self.gates if (s := by_name.get(g.name)) is not None and s.misconfigured]
 
     def due(self, statuses: list[GateStatus], now: datetime) -> bool:
         """A check is due: some gate was never checked, or ``interval`` has passed since the oldest check.
@@ -298,6 +332,8 @@ class GateRunner:
             s = by_name.get(g.name)
             if s is None or s.last_checked_at is None:
                 parts.append(f"{g.name}: not checked yet")
+            elif s.misconfigured:
+                parts.append(f"{g.name}: cannot be checked ({s.misconfigured}): {s.message}")
             elif s.consecutive_failures:
                 parts.append(f"{g.name}: {s.message}")
             else:

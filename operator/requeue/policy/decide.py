@@ -25,7 +25,13 @@ Rules, in the order they are applied:
    the breach (``FailedAboveThreshold``...; ``ThresholdsBreached`` when kinds mix).
 2. **Gates.** ``GatesPassed`` follows the gate results. An outage begins when a
    gate turns red (``outageStartedAt``) and ends when all are green
-   (``gatesGreenSince``). Gates not checked yet change nothing.
+   (``gatesGreenSince``). Gates not checked yet change nothing. A gate whose
+   check cannot run because of its configuration (``misconfigured``: a missing
+   Secret or key, a denied destination, a URL/DSN/CA that does not parse) is
+   neither red nor green: it changes nothing either (no pause, no resume, no
+   auto replay; the previous state is kept), ``GatesPassed`` is Unknown and
+   ``Ready`` False with its reason (``SecretNotFound``...), with a Warning Event.
+   Escalation conditions on gates count it as not red.
 3. **pauseWhileGatesFail.** While any gate is red, every listed queue that is
    not paused is paused and marked ``pausedByPolicy``. When all gates are
    green (or the option is switched off, or the queue leaves the policy),
@@ -95,7 +101,15 @@ from requeue.policy.actions import (
 )
 from requeue.policy.ledger import Ledger, clip
 from requeue.policy.observe import Observation, PolicyMemory, QueueMemory, QueueObservation
-from requeue.policy.pausing import Gates, Hold, gate_results, pause_or_resume, track_gates
+from requeue.policy.pausing import (
+    Gates,
+    Hold,
+    gate_results,
+    misconfigured_gates,
+    misconfigured_reason,
+    pause_or_resume,
+    track_gates,
+)
 from requeue.queues.duplicates import Duplicates
 
 __all__ = [
@@ -197,6 +211,7 @@ def decide(
         )
     _schedule_clean(spec, observation, ledger)
     _set_health(spec, observation, tally, ledger)
+    _gates_unusable(spec, prev, observation, ledger)
     new_status = _status(prev, observation, gates, marks, tally, ledger)
     new_status.escalation = escalated.status
     return Decision(
@@ -580,6 +595,27 @@ def _set_health(spec: QueuePolicySpec, observation: Observation, tally: _Tally, 
         ledger.generation,
         ledger.now,
     )
+
+
+def _gates_unusable(
+    spec: QueuePolicySpec, prev: QueuePolicyStatus, observation: Observation, ledger: Ledger
+) -> None:
+    """Rule 2's configuration case: a gate whose check cannot run (a missing Secret...) makes
+    ``Ready`` False with its reason (``SecretNotFound``...), and a Warning Event says so once
+    when it begins or its reason changes. The queues were still observed and judged; only the
+    gate is unusable, and nothing was decided on it (:mod:`.pausing`)."""
+    unusable = misconfigured_gates(spec, observation.gates)
+    if not unusable:
+        return
+    reason = misconfigured_reason(unusable[0])
+    message = clip(
+        "; ".join(f"gate {g.name} cannot be checked: {g.message}" for g in unusable)
+        + ": nothing is paused, resumed or replayed because of it until it is fixed"
+    )
+    before = find_condition(prev.conditions, PolicyCondition.READY)
+    if before is None or before.status != ConditionStatus.FALSE or before.reason != reason:
+        ledger.announce("Warning", reason, message)
+    set_condition(ledger, PolicyCondition.READY, False, reason, message, ledger.generation, ledger.now)
 
 
 def _status(

@@ -203,7 +203,10 @@ def _judge_gates(names: Sequence[str], kinds: set[str], red: GatesRed, signals: 
     if not selected:
         return None
     results = {r.name: r for r in signals.results}
-    red_ones = [n for n in selected if n in results and not results[n].healthy]
+    # a gate that cannot be checked (misconfigured: a missing Secret...) is not red
+    red_ones = [
+        n for n in selected if n in results and not results[n].healthy and not results[n].misconfigured
+    ]
     if red == GatesRed.ALL and len(red_ones) == len(selected):
         return f"every selected gate red: {', '.join(red_ones)}"
     if red == GatesRed.ANY and red_ones:

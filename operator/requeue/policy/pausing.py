@@ -5,6 +5,15 @@ resumes it; the same gate state also brackets the outage auto replay waits for.
 The care here is to resume only what this policy paused (``pausedByPolicy``,
 and the memory's mark when a status write was lost), and in a dry run to say
 "would pause" once per would-be pause rather than every evaluation.
+
+A gate whose check cannot run because of its configuration (``misconfigured``:
+a missing Secret or key, a destination the operator's policy denies, a URL, DSN
+or CA bundle that does not parse) is neither red nor green. While such a gate
+exists and no other gate is really red, the state is ``misconfigured``: nothing
+is paused, nothing this policy paused is resumed (the previous state is kept),
+and no auto replay starts (its outage needs the gates green). ``GatesPassed``
+is Unknown with the configuration reason; ``Ready`` says it too (:mod:`.decide`).
+A gate that really is red still pauses, whatever another gate's configuration.
 """
 
 from __future__ import annotations
@@ -15,26 +24,48 @@ from datetime import datetime
 from typing import Literal
 
 from requeue.api.base import ConditionStatus, find_condition, set_condition
-from requeue.api.conditions import PolicyCondition, Reason
+from requeue.api.conditions import PolicyCondition, Reason, stored_reason
 from requeue.api.gates import GateStatus
 from requeue.api.policy import QueuePolicySpec, QueuePolicyStatus, QueueState
+from requeue.gates.result import CONFIGURATION_REASONS
 from requeue.policy import autoreplay
 from requeue.policy.actions import ActionKind, Pause, Resume
 from requeue.policy.ledger import Ledger, clip
 from requeue.policy.observe import Observation, QueueMemory, QueueObservation
 
-__all__ = ["GateState", "Gates", "Hold", "gate_results", "pause_or_resume", "track_gates"]
+__all__ = [
+    "GateState",
+    "Gates",
+    "Hold",
+    "gate_results",
+    "misconfigured_gates",
+    "misconfigured_reason",
+    "pause_or_resume",
+    "track_gates",
+]
 
 
-GateState = Literal["none", "unknown", "red", "green"]
+GateState = Literal["none", "unknown", "misconfigured", "red", "green"]
 
 #: ``GatesPassed`` status and reason for each gate state.
 _GATE_CONDITIONS: Mapping[GateState, tuple[ConditionStatus, Reason]] = {
     "none": (ConditionStatus.TRUE, Reason.NO_GATES),
     "unknown": (ConditionStatus.UNKNOWN, Reason.GATES_NOT_CHECKED),
+    "misconfigured": (ConditionStatus.UNKNOWN, Reason.GATE_MISCONFIGURED),  # the gate's reason, really
     "red": (ConditionStatus.FALSE, Reason.GATE_FAILED),
     "green": (ConditionStatus.TRUE, Reason.ALL_GATES_PASSED),
 }
+
+
+def misconfigured_gates(spec: QueuePolicySpec, gates: Sequence[GateStatus] | None) -> list[GateStatus]:
+    """The statuses of configured gates whose last check could not run because of their configuration."""
+    names = {g.name for g in spec.gates}
+    return [g for g in gates or () if g.name in names and g.misconfigured]
+
+
+def misconfigured_reason(gate: GateStatus) -> Reason:
+    """The reason a misconfigured gate names (GateMisconfigured for one unknown to this version)."""
+    return stored_reason(gate.misconfigured, Reason.GATE_MISCONFIGURED)
 
 
 def _gate_state(spec: QueuePolicySpec, gates: Sequence[GateStatus] | None) -> tuple[GateState, str]:
@@ -44,9 +75,14 @@ def _gate_state(spec: QueuePolicySpec, gates: Sequence[GateStatus] | None) -> tu
         return "unknown", "gates not checked yet"
     names = {g.name for g in spec.gates}
     by_name = {g.name: g for g in gates if g.name in names}
-    red = [g for g in by_name.values() if not g.healthy]
+    red = [g for g in by_name.values() if not g.healthy and not g.misconfigured]
     if red:
         return "red", clip("; ".join(f"{g.name}: {g.message or 'unhealthy'}" for g in red))
+    unusable = misconfigured_gates(spec, gates)
+    if unusable:
+        return "misconfigured", clip(
+            "; ".join(f"{g.name} cannot be checked ({g.misconfigured}): {g.message}" for g in unusable)
+        )
     missing = sorted(names - by_name.keys())
     if missing:
         return "unknown", f"not checked yet: {', '.join(missing)}"
@@ -75,7 +111,16 @@ def track_gates(
     """Rule 2: ``GatesPassed``, when the outage began and since when the gates are all green."""
     state, message = _gate_state(spec, observation.gates)
     prev_gates = find_condition(prev.conditions, PolicyCondition.GATES_PASSED)
-    prev_red = prev_gates is not None and prev_gates.status == ConditionStatus.FALSE
+    prev_red = prev_gates is not None and (
+        prev_gates.status == ConditionStatus.FALSE
+        # misconfigured in the middle of an outage (it keeps the state): the outage goes on
+        or (
+            prev_gates.status == ConditionStatus.UNKNOWN
+            and prev_gates.reason in CONFIGURATION_REASONS
+            and prev.outage_started_at is not None
+            and prev.gates_green_since is None
+        )
+    )
     outage_started = prev.outage_started_at
     green_since = prev.gates_green_since
     if state == "red":
@@ -89,7 +134,10 @@ def track_gates(
             green_since = ledger.now
         if prev_red:
             ledger.announce("Normal", Reason.GATES_RECOVERED, message)
+    # "misconfigured": outage_started and green_since stay as they were (the previous state is kept)
     status, reason = _GATE_CONDITIONS[state]
+    if state == "misconfigured":
+        reason = misconfigured_reason(misconfigured_gates(spec, observation.gates)[0])
     set_condition(
         ledger, PolicyCondition.GATES_PASSED, status, reason, message, ledger.generation, ledger.now
     )
@@ -118,7 +166,9 @@ def pause_or_resume(
     mem: QueueMemory,
     ledger: Ledger,
 ) -> Hold:
-    """Rule 3: pause a listed queue while a gate is red; resume only what this policy paused."""
+    """Rule 3: pause a listed queue while a gate is red; resume only what this policy paused.
+
+    Gates ``misconfigured`` (or not checked yet): neither; the queue stays as it is."""
     # memory's mark covers a pause whose status write was lost (the process died in between)
     by_policy = (before.paused_by_policy if before else False) or mem.paused_by_policy
     # resumed by someone else (or never took effect): not ours any more

@@ -5,6 +5,16 @@ Prometheus, ... checks in :mod:`requeue.gates`) hold a replay before it starts a
 ``recheckDuringReplay``, while it runs. With ``pauseQueue`` the queue is paused while a
 gate is red, and resumed only by the replay that paused it (``we_paused`` in the
 progress hash): a queue someone else paused stays paused.
+
+A gate whose check cannot run because of its configuration (``misconfigured`` in its
+status: a missing Secret or key, a destination the operator's policy denies, a URL, DSN
+or CA bundle that does not parse) ends the replay Failed at once with that reason
+(``SecretNotFound``...), as the CLI refuses to start without the Secrets a manifest names
+(exit 2). Waiting would hold the queue's lease for the whole ``gatePolicy.timeout`` to end
+in ``GatesTimedOut`` anyway unless someone notices; a failed replay that never passed its
+gates has moved nothing, and one fixed Secret plus a re-applied DLQReplay starts afresh.
+The queue is left as found: a pause this replay made for a real red gate is undone by
+the end of the replay, like any other failure.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from requeue.api import (
     parse_duration,
 )
 from requeue.api.base import ConditionStatus
-from requeue.api.conditions import Reason, ReplayCondition
+from requeue.api.conditions import Reason, ReplayCondition, stored_reason
 from requeue.errors import GatesTimedOut
 from requeue.queues import BullQueue, ReplayKeys
 from requeue.queues.keys import Progress
@@ -43,6 +53,21 @@ class GateRunnerLike(Protocol):
     def any_red(self, statuses: list[GateStatus]) -> bool: ...
 
     def due(self, statuses: list[GateStatus], now: datetime) -> bool: ...
+
+
+def fail_if_misconfigured(statuses: list[GateStatus]) -> None:
+    """End the replay Failed when a gate cannot be checked because of its configuration,
+    with the first such gate's reason (``SecretNotFound``...) and every such gate named."""
+    unusable = [g for g in statuses if g.misconfigured]
+    if not unusable:
+        return
+    reason = stored_reason(unusable[0].misconfigured, Reason.GATE_MISCONFIGURED)
+    raise Finish(
+        ReplayPhase.FAILED,
+        reason,
+        "; ".join(f"gate {g.name} cannot be checked: {g.message}" for g in unusable)
+        + " (fix the gate's configuration and apply the replay again)",
+    )
 
 
 class Gating:
@@ -69,6 +94,7 @@ class Gating:
             return None
         if runner.due(st.gates, ctx.now):
             st.gates = await runner.check(st.gates, ctx.now)
+        fail_if_misconfigured(st.gates)
         if runner.all_passed(st.gates):
             before = find_condition(st.conditions, ReplayCondition.GATES_PASSED)
             if before is None or before.status != ConditionStatus.TRUE:
@@ -183,6 +209,7 @@ class Gating:
         held = gates_ok is not None and gates_ok.status != ConditionStatus.TRUE
         if not held and runner.due(st.gates, ctx.now):
             st.gates = await runner.check(st.gates, ctx.now)
+            fail_if_misconfigured(st.gates)
             held = runner.any_red(st.gates)
         if not held:
             return None
