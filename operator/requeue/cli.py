@@ -800,6 +800,45 @@ def replays_forget(replay_id: str, redis_url: str, output: str, connect_timeout:
 
 
 @main.command()
+@redis_url_option(
+    required=True, help="Redis URL to seed into (never a production Redis) [env REQUEUE_REDIS_URL]."
+)
+@click.option("--queue", default="default", show_default=True, help="BullMQ queue name.")
+@click.option("--prefix", default="bull", show_default=True, help="BullMQ key prefix.")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1, max=200_000),
+    default=300,
+    show_default=True,
+    help="Failed jobs to make (60% whatsapp.send, 25% pdf.generate, 15% email.send).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=120,
+    show_default=True,
+    help="Seconds the jobs may take to fail before the command gives up (exit 3).",
+)
+@no_color_option()
+def seed(redis_url: str, queue: str, prefix: str, jobs: int, timeout: float, no_color: bool) -> None:
+    """Make failed BullMQ jobs to rehearse on: a simulated outage's mix, failed by a real BullMQ worker.
+
+    Adds the jobs with BullMQ's Queue.addBulk and fails each with a Worker whose processor raises
+    the outage's error ("429 Too Many Requests" for whatsapp.send, which examples/replay.yaml
+    selects), so the data has exactly the shape a real outage leaves. Jobs are added to those
+    already there. Stop the queue's real workers first: they would take the jobs.
+    Exit codes: 0 seeded, 2 usage error, 3 Redis unreachable or the jobs did not fail in time.
+    """
+    from requeue.commands.seed_cmd import run_seed
+
+    sys.exit(
+        run_seed(
+            redis_url=redis_url, queue=queue, prefix=prefix, jobs=jobs, timeout=timeout, no_color=no_color
+        )
+    )
+
+
+@main.command()
 @click.option(
     "--jobs",
     type=click.IntRange(min=10, max=200_000),

@@ -172,3 +172,16 @@ async def test_replay_with_a_client_certificate_from_secrets(tmp_path: Path) -> 
         assert res.code == 0, res.output
         assert json.loads(res.stdout)["replayed"] == len(ids)
         assert "PRIVATE KEY" not in res.output and PASSWORD not in res.output
+
+
+async def test_cli_inspect_names_its_own_way_to_give_the_ca(tls_redis: tuple[str, str], tmp_path: Path) -> None:
+    """The CLI has no spec.redis.tls: the message names ``?ssl_ca_certs=`` too, and that works."""
+    url, _ca_pem = tls_redis
+    await make_failed_jobs(seeding(url, tmp_path), Q, [JobSpec("x", reason="boom")])
+    untrusted = await acli("inspect", "--redis-url", url, "--queue", Q)
+    assert untrusted.code == 3, untrusted.output
+    assert "does not verify" in untrusted.output and "?ssl_ca_certs=" in untrusted.output
+    assert PASSWORD not in untrusted.output
+    trusted = await acli("inspect", "--redis-url", seeding(url, tmp_path), "--queue", Q, "-o", "json")
+    assert trusted.code == 0, trusted.output
+    assert PASSWORD not in trusted.output

@@ -111,6 +111,7 @@ from requeue.queues.adapter import MAX_SCORE
 from requeue.redact import redact_url
 from requeue.redis_target import open_redis, replay_queues
 from requeue.replay import ReplayEngine, StepResult
+from requeue.replay.gating import current_message
 from requeue.replay.state import SELECTION_FIELDS, changed_fields, recorded_selection, spec_values
 from requeue.secrets import StaticSecrets, env_name
 
@@ -312,7 +313,8 @@ class Reporter:
         now = time.monotonic()
         if st.phase != self.phase:
             self.phase = st.phase
-            self.note(f"phase {st.phase.value}: {st.message or 'starting'}")
+            message = current_message(st.phase.value, st.message or "")
+            self.note(f"phase {st.phase.value}: {message or 'starting'}")
             self.last_line, self.last_progress = now, st.progress
         elif now - self.last_line >= PLAIN_PROGRESS_INTERVAL and st.progress != self.last_progress:
             self.note(f"{st.phase.value}: {st.message or st.progress}")
@@ -359,7 +361,8 @@ class RichReporter(Reporter):
             self.note(f"{event.type.lower()}: {event.reason}: {event.message}")
         if st.phase != self.phase:
             self.phase = st.phase
-            self.note(f"phase {st.phase.value}: {st.message or 'starting'}")
+            message = current_message(st.phase.value, st.message or "")
+            self.note(f"phase {st.phase.value}: {message or 'starting'}")
         gates = ""
         if st.gates:
             ok = sum(1 for g in st.gates if g.healthy)

@@ -11,6 +11,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from requeue.replay.gating import current_message
+
 __all__ = ["ReplayView"]
 
 _PHASE_STYLE = {
@@ -34,6 +36,11 @@ def _gates(status: dict[str, Any]) -> list[tuple[str, str, str, Any]]:
         state = "ok" if g.get("healthy") else "red" if g.get("consecutiveFailures") else "checking"
         out.append((g.get("name", "?"), state, str(g.get("message", "")), g.get("latencyMs")))
     return out
+
+
+def _message(status: dict[str, Any]) -> str:
+    """The status message, unless it is the gates' and the replay no longer waits for them."""
+    return current_message(str(status.get("phase", "Pending")), str(status.get("message") or ""))
 
 
 _GATE_STYLE = {"ok": "green", "red": "red", "checking": "yellow"}
@@ -66,7 +73,7 @@ class ReplayView:
             return
         phase = status.get("phase", "Pending")
         gates = tuple((name, state) for name, state, _, _ in _gates(status))
-        key = (phase, gates, status.get("message", ""))
+        key = (phase, gates, _message(status))
         progress = (phase, int(status.get("replayed", 0)), int(status.get("completed", 0)))
         now = time.monotonic()
         if key != self._last_key:
@@ -91,7 +98,7 @@ class ReplayView:
         gates = ", ".join(f"{name} {state}" for name, state, _, _ in _gates(status))
         if gates:
             parts.append(f"gates: {gates}")
-        message = status.get("message", "")
+        message = _message(status)
         line = " | ".join(parts) + (f" | {message}" if message else "")
         self.console.print(f"{self._stamp()} {line}", highlight=False, soft_wrap=True)
 
@@ -129,8 +136,8 @@ class ReplayView:
             )
         if status.get("gates"):
             rows.append(gates)
-        if status.get("message"):
-            rows.append(Text(status["message"], "dim"))
+        if message := _message(status):
+            rows.append(Text(message, "dim"))
         return Group(*rows)
 
     def close(self, status: dict[str, Any]) -> None:

@@ -58,7 +58,14 @@ def _payload(name: str, i: int) -> dict[str, Any]:
     return {"to": f"applicant{i}@example.com", "subject": "Your visa application"}
 
 
-async def seed_failed_jobs(redis_url: str, queue: str, workload: Workload, *, timeout: float = 60.0) -> float:  # noqa: ASYNC109
+async def seed_failed_jobs(
+    redis_url: str,
+    queue: str,
+    workload: Workload,
+    *,
+    timeout: float = 60.0,  # noqa: ASYNC109
+    prefix: str = "bull",
+) -> float:
     """Add the jobs (interleaved, as an outage fails them) and fail each with its outage error.
 
     Returns the seconds it took. Uses its own worker, closed before returning.
@@ -74,27 +81,31 @@ async def seed_failed_jobs(redis_url: str, queue: str, workload: Workload, *, ti
                 remaining[name] -= 1
                 jobs.append({"name": name, "data": _payload(name, i), "opts": {"attempts": 1}})
                 i += 1
-    q = Queue(queue, {"connection": redis_url})
-    try:
-        for start in range(0, len(jobs), BULK):
-            await q.addBulk(jobs[start : start + BULK])
-    finally:
-        await q.close()
-
-    async def fail(job: Job, token: str) -> None:
-        raise Exception(reasons[job.name])
-
-    worker = Worker(queue, fail, {"connection": redis_url, "concurrency": 200, "drainDelay": 1})
     client = aioredis.Redis.from_url(redis_url)
     try:
-        deadline = time.monotonic() + timeout
-        failed_set = BullQueue(client, queue)
-        while (await failed_set.counts("failed"))["failed"] < len(jobs):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"seeding: not all {len(jobs)} jobs failed within {timeout:.0f}s")
-            await asyncio.sleep(0.05)
+        failed_set = BullQueue(client, queue, prefix=prefix)
+        before = (await failed_set.counts("failed"))["failed"]  # the queue may hold failed jobs already
+        q = Queue(queue, {"connection": redis_url, "prefix": prefix})
+        try:
+            for start in range(0, len(jobs), BULK):
+                await q.addBulk(jobs[start : start + BULK])
+        finally:
+            await q.close()
+
+        async def fail(job: Job, token: str) -> None:
+            raise Exception(reasons[job.name])
+
+        options = {"connection": redis_url, "prefix": prefix, "concurrency": 200, "drainDelay": 1}
+        worker = Worker(queue, fail, options)
+        try:
+            deadline = time.monotonic() + timeout
+            while (await failed_set.counts("failed"))["failed"] < before + len(jobs):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"seeding: not all {len(jobs)} jobs failed within {timeout:.0f}s")
+                await asyncio.sleep(0.05)
+        finally:
+            await worker.close()
     finally:
-        await worker.close()
         await client.aclose()
     return time.monotonic() - started
 

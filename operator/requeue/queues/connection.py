@@ -267,7 +267,8 @@ def map_redis_error(
     if is_certificate_error(exc):
         return RedisCertificateUntrusted(
             f"Redis{where} presents a TLS certificate that does not verify ({detail}): give the CA "
-            "that signed it in spec.redis.tls.caSecretRef (a PEM bundle), or check the host name",
+            "that signed it (a PEM bundle) in spec.redis.tls.caSecretRef, or with the CLI as "
+            "?ssl_ca_certs=/path/ca.pem in the URL; or check the host name",
             queue=queue,
             replay=replay,
         )

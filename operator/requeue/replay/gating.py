@@ -40,6 +40,21 @@ from requeue.queues import BullQueue, ReplayKeys
 from requeue.queues.keys import Progress
 from requeue.replay.state import Finish, StepContext
 
+#: How the message a replay holding on its gates writes to ``.status.message`` begins.
+WAITING_FOR_GATES = "waiting for gates"
+
+
+def current_message(phase: str, message: str) -> str:
+    """``.status.message`` as a progress line should show it: the gates' "waiting for gates (...)"
+    stays in the status until the next step writes its own message, so once the replay has left
+    ``WaitingForGates`` (or ``Pending``) that text is stale and shown as nothing."""
+    if message.startswith(WAITING_FOR_GATES) and phase not in (
+        ReplayPhase.WAITING_FOR_GATES.value,
+        ReplayPhase.PENDING.value,
+    ):
+        return ""
+    return message
+
 
 class GateRunnerLike(Protocol):
     """What the engine needs from the gates (``requeue.gates.GateRunner`` is one)."""
@@ -112,7 +127,7 @@ class Gating:
         st, now = ctx.status, ctx.now
         red = runner.any_red(st.gates)
         names = ", ".join(f"{g.name}: {g.message}" for g in st.gates if not g.healthy) or "not checked yet"
-        msg = f"waiting for gates ({names})"
+        msg = f"{WAITING_FOR_GATES} ({names})"
         before = find_condition(st.conditions, ReplayCondition.GATES_PASSED)
         if red and (
             before is None or before.status != ConditionStatus.FALSE or before.reason != Reason.GATES_RED
