@@ -34,7 +34,7 @@ def unusable(healthy_before: bool, reason: Reason = Reason.SECRET_NOT_FOUND) -> 
     )
 
 
-# ---------------------------------------------------------------- the checks say which failures are configuration
+# ---------------------------------------------------------------- which failures are configuration
 
 
 async def test_a_missing_secret_is_secret_not_found_in_every_gate_type() -> None:
