@@ -23,7 +23,7 @@ def test_seed_then_the_readme_cli_commands(redis_url: str) -> None:
     assert "seeded 100 failed jobs" in seeded.stdout and "60  whatsapp.send" in seeded.stdout
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        failed = client.zrange(K.failed, 0, -1)
+        failed = [str(i) for i in client.zrange(K.failed, 0, -1)]
         assert len(failed) == 100
         whatsapp = [i for i in failed if client.hget(K.job(i), "name") == "whatsapp.send"]
         assert len(whatsapp) == 60
