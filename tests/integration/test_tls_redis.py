@@ -174,7 +174,9 @@ async def test_replay_with_a_client_certificate_from_secrets(tmp_path: Path) -> 
         assert "PRIVATE KEY" not in res.output and PASSWORD not in res.output
 
 
-async def test_cli_inspect_names_its_own_way_to_give_the_ca(tls_redis: tuple[str, str], tmp_path: Path) -> None:
+async def test_cli_inspect_names_its_own_way_to_give_the_ca(
+    tls_redis: tuple[str, str], tmp_path: Path
+) -> None:
     """The CLI has no spec.redis.tls: the message names ``?ssl_ca_certs=`` too, and that works."""
     url, _ca_pem = tls_redis
     await make_failed_jobs(seeding(url, tmp_path), Q, [JobSpec("x", reason="boom")])
