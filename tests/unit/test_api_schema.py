@@ -118,7 +118,15 @@ INVALID_REPLAYS = [
     ("spec.selector.maxJobs", 0, "spec.selector.maxJobs"),
     ("spec.selector.failedAfter", "yesterday", "spec.selector.failedAfter"),
     ("spec.selector.failedAfter", "2025-07-16T09:00:00", "spec.selector.failedAfter"),
-    ("spec.selector.failedBefore", "2025-07-16T08:00:00Z", "spec.selector"),
+    (  # a window that ends before it starts (the example leaves its window commented out)
+        "spec.selector",
+        {
+            "jobNames": ["whatsapp.send"],
+            "failedAfter": "2025-07-16T09:00:00Z",
+            "failedBefore": "2025-07-16T08:00:00Z",
+        },
+        "spec.selector",
+    ),
     ("spec.gatePolicy.interval", "10 seconds", "spec.gatePolicy.interval"),
     ("spec.gatePolicy.successThreshold", 0, "spec.gatePolicy.successThreshold"),
     ("spec.verify.minSuccessRate", 1.5, "spec.verify.minSuccessRate"),
