@@ -52,6 +52,34 @@ async def test_a_secret_not_given_exits_2_at_once_naming_each_and_how_to_pass_it
     assert "t0ken" not in res.output
 
 
+async def test_a_gate_whose_host_is_denied_exits_2_at_once_and_moves_nothing(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """REQUEUE_GATE_DENY refuses the gate's host: configuration, like a missing Secret, so exit 2
+    with the reason, not a red gate waited on until gatePolicy.timeout and not exit 1."""
+    await make_failed_jobs(redis_url, Q, failed_jobs(5))
+    health = f"http://127.0.0.1:{free_port()}/health"
+    manifest = write_manifest(
+        tmp_path / "replay.yaml",
+        {
+            "pauseQueue": True,
+            "gates": [{"name": "provider", "http": {"url": health, "timeout": "1s"}}],
+            "gatePolicy": {"interval": "1s", "timeout": "10m"},
+        },
+    )
+    res = cli(
+        "replay", "-f", str(manifest), "--redis-url", redis_url, "-o", "json",
+        env={"REQUEUE_GATE_DENY": "127.0.0.0/8"},
+    )  # fmt: skip
+    assert res.code == 2, res.output
+    status = json.loads(res.stdout)
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["reason"] == "DestinationDenied", status
+    assert "REQUEUE_GATE_DENY" in status["message"], status
+    assert await redis_client.zcard(K.failed) == 5  # nothing moved
+    assert not await redis_client.hexists(K.meta, "paused")  # and the queue is not left paused
+
+
 async def test_the_examples_stale_window_is_named_when_it_selects_nothing(
     redis_url: str, redis_client: aioredis.Redis
 ) -> None:

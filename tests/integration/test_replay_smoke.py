@@ -156,7 +156,7 @@ async def test_a_denied_destination_is_refused_before_anything_is_sent(
         manifest = write_manifest(tmp_path / "r.yaml", smoke_spec(url), name="smoke-denied")
         code, st, output = await replay(manifest, redis_url, env={"REQUEUE_GATE_DENY": "127.0.0.0/8"})
 
-    assert code == 1, output
+    assert code == 2, output  # configuration, as a missing Secret: not an outage to retry
     assert st["phase"] == "Failed"
     succeeded = next(c for c in st["conditions"] if c["type"] == "Succeeded")
     assert succeeded["reason"] == "DestinationDenied"

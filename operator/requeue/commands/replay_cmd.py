@@ -41,7 +41,8 @@ event otherwise; the result on stdout: a summary, or with ``-o json`` exactly
 the object the operator writes to ``.status``.
 
 Exit codes: 0 done, 1 failed (verification, gates timed out, snapshot lost),
-2 invalid spec, missing secret or queue not found, 3 Redis unreachable or credentials refused,
+2 invalid spec, missing secret, queue not found or a misconfigured gate (its Secret, URL or
+destination), 3 Redis unreachable or credentials refused,
 130 interrupted.
 """
 
@@ -137,6 +138,8 @@ _EXIT_BY_REASON: dict[str, int] = {
     # a gate whose check cannot run because of its configuration: the replay fails at once
     RedisUrlInvalid.reason: RedisUrlInvalid.exit_code,
     Reason.GATE_MISCONFIGURED: 2,
+    # a gate's or smoke test's host refused by REQUEUE_GATE_ALLOW/DENY: configuration, not an outage
+    Reason.DESTINATION_DENIED: 2,
 }
 
 
