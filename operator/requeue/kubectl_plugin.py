@@ -31,9 +31,9 @@ import itertools
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import yaml
@@ -46,6 +46,8 @@ from requeue.redis_target import RedisTarget
 from requeue.secrets import env_name
 
 __all__ = ["KubeContext", "main"]
+
+_T = TypeVar("_T")
 
 PROG = "kubectl requeue"
 _KINDS = {
@@ -71,20 +73,11 @@ class KubeContext:
     namespace: str | None = None
 
     def load(self) -> str:
-        """Configure the Kubernetes client for this context; the namespace (flag, context's, ``default``)."""
-        from kubernetes import config
-
+        """Use this context's cluster and user; the namespace (flag, context's, ``default``)."""
         from requeue.k8s.client import use_kubeconfig
 
-        try:
-            use_kubeconfig(self.kubeconfig, self.context)
-            contexts, active = config.list_kube_config_contexts(config_file=self.kubeconfig)  # type: ignore[no-untyped-call]
-        except (config.ConfigException, OSError) as exc:
-            raise SpecInvalid(f"kubeconfig: {exc}") from None
-        chosen = (
-            next((c for c in contexts if c.get("name") == self.context), active) if self.context else active
-        )
-        return self.namespace or (chosen or {}).get("context", {}).get("namespace") or "default"
+        conn = use_kubeconfig(self.kubeconfig, self.context)
+        return self.namespace or conn.namespace or "default"
 
 
 def split_kube_flags(args: Sequence[str]) -> tuple[KubeContext, list[str]]:
@@ -131,18 +124,19 @@ def _has(args: Sequence[str], *names: str) -> bool:
 
 
 async def _read_object(plural: str, namespace: str, name: str) -> dict[str, Any]:
-    from requeue.k8s.client import custom_objects, translate
+    import aiohttp
 
-    def get() -> Any:
-        return custom_objects().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+    from requeue.k8s.client import ApiStatusError, custom_object_path, request, translate
 
     try:
-        obj: dict[str, Any] = await asyncio.to_thread(get)
-    except Exception as exc:
-        if getattr(exc, "status", None) == 404:
+        obj = await request("GET", custom_object_path(GROUP, VERSION, namespace, plural, name))
+    except ApiStatusError as exc:
+        if exc.status == 404:
             raise ReplayNotFound(f"{plural}.{GROUP} {namespace}/{name} not found") from None
         raise translate(exc, f"reading {plural} {namespace}/{name}") from None
-    return obj
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise translate(exc, f"reading {plural} {namespace}/{name}") from None
+    return obj if isinstance(obj, dict) else {}
 
 
 async def _from_object(ref: str, kube: KubeContext, args: list[str]) -> None:
@@ -300,25 +294,39 @@ async def _cancel(args: list[str], kube: KubeContext) -> int:
     return 0
 
 
+def _run(step: Coroutine[Any, Any, _T]) -> _T:
+    """Run one step of the plugin's own API work, then close its API connections."""
+
+    async def run_then_close() -> _T:
+        from requeue.k8s.client import close
+
+        try:
+            return await step
+        finally:
+            await close()
+
+    return asyncio.run(run_then_close())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """The ``kubectl-requeue`` entry point."""
     kube, args = split_kube_flags(list(sys.argv[1:] if argv is None else argv))
     try:
         if args[:1] == ["cancel"]:
-            sys.exit(asyncio.run(_cancel(args[1:], kube)))
+            sys.exit(_run(_cancel(args[1:], kube)))
         ref = _option(args, "--from")
         if ref is not None:
             if args[:1] == ["replay"]:
-                asyncio.run(_replay_from(ref, kube, args))
+                _run(_replay_from(ref, kube, args))
             elif args[:1] == ["inspect"]:
-                asyncio.run(_from_object(ref, kube, args))
+                _run(_from_object(ref, kube, args))
             else:
                 raise click.UsageError(
                     "--from goes with inspect or replay: kubectl requeue inspect --from dlqreplay/NAME, "
                     "kubectl requeue replay --from dlqreplay/NAME --dry-run"
                 )
         if args[:1] == ["replay"]:
-            asyncio.run(_manifest_secrets(args, kube))
+            _run(_manifest_secrets(args, kube))
     except click.UsageError as exc:
         print(f"{PROG}: {exc.message}", file=sys.stderr)
         sys.exit(2)

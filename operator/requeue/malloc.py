@@ -2,10 +2,11 @@
 
 glibc gives every thread that allocates while another holds an arena an arena of its own,
 up to 8 per core, and memory freed in one arena is reused only by the threads that use it.
-The operator's status writes and Secret reads run the ``kubernetes`` client in asyncio's
-worker threads, so each of those threads fills and fragments an arena of its own with
-JSON bodies it parses and throws away: resident memory that the event loop's thread
-can never reuse (bench/README.md, "policy_scale"). Two arenas is what ``MALLOC_ARENA_MAX=2``,
+The operator's threads (the ``/metrics`` server's, asyncio's workers for DNS lookups and
+file reads; status writes and Secret reads ran there too until requeue's own async client
+replaced the ``kubernetes`` package) each fill and fragment an arena of their own with what
+they parse and throw away: resident memory that the event loop's thread can never reuse
+(bench/README.md, "policy_scale"). Two arenas is what ``MALLOC_ARENA_MAX=2``,
 the usual setting for threaded Python servers, gives; set before the first worker thread
 starts, it applies to the whole run.
 

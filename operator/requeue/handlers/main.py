@@ -14,9 +14,18 @@ from typing import Any
 import kopf
 
 from requeue.api.resources import GROUP
+from requeue.k8s import client as kube
 from requeue.malloc import limit_arenas
 
-__all__ = ["FINALIZER", "configure", "run_operator", "start_metrics_server"]
+__all__ = [
+    "FINALIZER",
+    "close_api_session",
+    "configure",
+    "connection_info",
+    "login",
+    "run_operator",
+    "start_metrics_server",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +51,48 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.background.instant_exit_timeout = 2.0
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "requeue"  # the "From" column of `kubectl describe`
+
+
+#: Above kopf's own logins (10-20), which still run when no client library is installed.
+LOGIN_PRIORITY = 100
+
+
+@kopf.on.login()
+async def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf logs in with the credentials requeue's own requests use (:mod:`requeue.k8s.config`):
+    one reader of the kubeconfig or service account, exec plugins included. Called again when
+    the API answers 401, so a rotated token or an expired plugin credential is picked up."""
+    return await connection_info()
+
+
+async def connection_info() -> kopf.ConnectionInfo:
+    """The process's API connection (:func:`requeue.k8s.client.connection`) as kopf's credentials,
+    with a fresh token."""
+    conn = kube.connection()
+    conn.forget_credentials()
+    auth = await conn.authorization()
+    scheme, _sep, token = (auth or "").partition(" ")
+    return kopf.ConnectionInfo(
+        server=conn.server,
+        default_namespace=conn.namespace,
+        ca_path=conn.ca_file,
+        ca_data=None if conn.ca_file else conn.ca_data,
+        insecure=conn.insecure or None,
+        certificate_path=conn.cert_file,
+        private_key_path=conn.key_file,
+        scheme=scheme if scheme == "Bearer" else None,
+        token=token if scheme == "Bearer" else None,
+        username=conn.username if scheme == "Basic" else None,
+        password=conn.password if scheme == "Basic" else None,
+        proxy_url=conn.proxy_url,
+        priority=LOGIN_PRIORITY,
+    )
+
+
+@kopf.on.cleanup()
+async def close_api_session(**_: Any) -> None:
+    """Close requeue's API connections as the operator stops."""
+    await kube.close()
 
 
 def start_metrics_server(port: int, address: str = "0.0.0.0") -> bool:
@@ -86,9 +137,8 @@ def run_operator(
         log_format=fmt,
     )
     import requeue.handlers  # noqa: F401  (registers every handler)
-    from requeue.k8s.client import load_config
 
-    load_config()  # the kubernetes client (Secrets, status writes) uses the same cluster as kopf
+    kube.load_config()  # a kubeconfig or service account that cannot be read fails here, at once
     start_metrics_server(metrics_port, metrics_address)
     kopf.run(
         standalone=standalone,

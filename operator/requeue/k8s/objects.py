@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from requeue.api.resources import GROUP, VERSION
-from requeue.k8s.client import call_api, custom_objects
-from requeue.k8s.status import MERGE_PATCH
+from requeue.k8s.client import MERGE_PATCH, call_api, custom_object_path
 
 __all__ = ["delete_object", "patch_annotations", "patch_spec"]
 
@@ -40,17 +39,12 @@ async def _merge_patch(
     """JSON-merge-patch ``body`` into the object; False when it does not exist. ``doing`` names the
     write in an error's message (``annotating qpol default/x``)."""
     return await call_api(
-        lambda: custom_objects().patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            dict(body),
-            _content_type=MERGE_PATCH,
-            _request_timeout=request_timeout,
-        ),
+        "PATCH",
+        custom_object_path(GROUP, VERSION, namespace, plural, name),
         f"{doing} {plural} {namespace}/{name}",
+        body=body,
+        content_type=MERGE_PATCH,
+        request_timeout=request_timeout,
     )
 
 
@@ -62,23 +56,14 @@ async def delete_object(
     With ``uid`` the deletion is preconditioned on it, so a newer object that
     reuses the name is never deleted by mistake (the API server answers 409).
     """
-    from kubernetes import client
-
-    body = client.V1DeleteOptions(
-        propagation_policy="Background",
-        preconditions=client.V1Preconditions(uid=uid) if uid else None,
-    )
-
+    body: dict[str, object] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+    if uid:
+        body["preconditions"] = {"uid": uid}
     return await call_api(
-        lambda: custom_objects().delete_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            body=body,
-            _request_timeout=request_timeout,
-        ),
+        "DELETE",
+        custom_object_path(GROUP, VERSION, namespace, plural, name),
         f"deleting {plural} {namespace}/{name}",
+        body=body,
         absent=(404, 409),
+        request_timeout=request_timeout,
     )

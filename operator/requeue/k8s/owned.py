@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from requeue.api.resources import API_VERSION, GROUP, VERSION
-from requeue.k8s.client import call_api, custom_objects
+from requeue.k8s.client import call_api, custom_object_path
 
 __all__ = ["Owner", "create_owned"]
 
@@ -72,14 +72,10 @@ async def create_owned(
     }
 
     return await call_api(
-        lambda: custom_objects().create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            body,
-            _request_timeout=request_timeout,
-        ),
+        "POST",
+        custom_object_path(GROUP, VERSION, namespace, plural),
         f"creating {plural} {namespace}/{name}",
+        body=body,
         absent=(409,),
+        request_timeout=request_timeout,
     )

@@ -11,11 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from requeue.api.resources import GROUP, VERSION
-from requeue.k8s.client import call_api, custom_objects
+from requeue.k8s.client import MERGE_PATCH, call_api, custom_object_path
 
 __all__ = ["MERGE_PATCH", "patch_status"]
-
-MERGE_PATCH = "application/merge-patch+json"
 
 
 async def patch_status(
@@ -27,15 +25,10 @@ async def patch_status(
     """
 
     return await call_api(
-        lambda: custom_objects().patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            {"status": dict(status)},
-            _content_type=MERGE_PATCH,
-            _request_timeout=request_timeout,
-        ),
+        "PATCH",
+        custom_object_path(GROUP, VERSION, namespace, plural, name) + "/status",
         f"writing status of {plural} {namespace}/{name}",
+        body={"status": dict(status)},
+        content_type=MERGE_PATCH,
+        request_timeout=request_timeout,
     )
