@@ -41,8 +41,9 @@ MERGE_PATCH = "application/merge-patch+json"
 
 _lock = threading.Lock()
 _connection: ApiConnection | None = None
-#: One session per event loop (the operator has one; tests and the kubectl plugin start others).
-_sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+#: One session per event loop (the operator has one; tests and the kubectl plugin start others),
+#: with the connection it was made for (its TLS context is the connection's).
+_sessions: dict[asyncio.AbstractEventLoop, tuple[ApiConnection, aiohttp.ClientSession]] = {}
 
 
 class KubernetesApiError(TransientError):
@@ -111,7 +112,7 @@ async def request(
             headers["Authorization"] = auth
         if data is not None:
             headers["Content-Type"] = content_type
-        async with _session(conn).request(
+        async with (await _session(conn)).request(
             method,
             conn.server + path,
             data=data,
@@ -123,26 +124,31 @@ async def request(
                 continue
             if resp.status >= 400:
                 raise ApiStatusError(resp.status, resp.reason or "")
-            return await resp.json(content_type=None)
+            text = await resp.text()
+            return json.loads(text) if text.strip() else None
     raise AssertionError("unreachable: the second attempt returns or raises")
 
 
-def _session(conn: ApiConnection) -> aiohttp.ClientSession:
+async def _session(conn: ApiConnection) -> aiohttp.ClientSession:
     loop = asyncio.get_running_loop()
-    session = _sessions.get(loop)
-    if session is None or session.closed:
-        for old in [lp for lp in _sessions if lp.is_closed()]:
-            del _sessions[old]  # a finished loop's session: its connections died with the loop
-        connector = aiohttp.TCPConnector(ssl=conn.ssl_context() or True, limit=16)
-        session = _sessions[loop] = aiohttp.ClientSession(connector=connector)
+    for finished in [lp for lp in _sessions if lp.is_closed()]:
+        del _sessions[finished]  # a finished loop's session: its connections died with the loop
+    made = _sessions.get(loop)
+    if made is not None and made[0] is conn and not made[1].closed:
+        return made[1]
+    if made is not None:  # another kubeconfig or context since: its TLS context may differ
+        await made[1].close()
+    connector = aiohttp.TCPConnector(ssl=conn.ssl_context() or True, limit=16)
+    session = aiohttp.ClientSession(connector=connector)
+    _sessions[loop] = (conn, session)
     return session
 
 
 async def close() -> None:
     """Close this event loop's session (the operator's cleanup, the end of a CLI command)."""
-    session = _sessions.pop(asyncio.get_running_loop(), None)
-    if session is not None:
-        await session.close()
+    made = _sessions.pop(asyncio.get_running_loop(), None)
+    if made is not None:
+        await made[1].close()
 
 
 def translate(exc: BaseException, what: str) -> Exception:
