@@ -323,6 +323,7 @@ class Result:
     api_cpu_percent: float
     api_failures: int
     events: list[tuple[str, int]]
+    transient: list[tuple[str, int]]
 
     @property
     def cpu_per_eval_ms(self) -> float:
@@ -451,9 +452,11 @@ def measure(args: argparse.Namespace, server: RedisServer, n: int, workdir: Path
         if args.tracemalloc:
             snapshot(op, port, f"{args.tracemalloc}.{n}.1", started=True)
             print_tracemalloc(f"{args.tracemalloc}.{n}", rss[-1] / 1024)
-        events = Counter(
-            f"{e.get('type')}/{e.get('reason')}"
-            for e in cluster.request("GET", f"/api/v1/namespaces/{NAMESPACE}/events")["items"]
+        posted = cluster.request("GET", f"/api/v1/namespaces/{NAMESPACE}/events")["items"]
+        events = Counter(f"{e.get('type')}/{e.get('reason')}" for e in posted)
+        # what a transient failure said (the reason alone hides whether it was the API or Redis)
+        transient = Counter(
+            str(e.get("message"))[:160] for e in posted if e.get("reason") == "TransientError"
         )
         name = "requeue_policy_evaluation_seconds"
         evals = sample(text1, f"{name}_count") - sample(text0, f"{name}_count")
@@ -477,6 +480,7 @@ def measure(args: argparse.Namespace, server: RedisServer, n: int, workdir: Path
             api_cpu_percent=100 * (api1 - api0) / elapsed,
             api_failures=api_failures,
             events=events.most_common(6),
+            transient=transient.most_common(3),
         )
     finally:
         client.close()
@@ -519,6 +523,8 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
             f"top commands in the window: {top}; Events since start: "
             + (", ".join(f"{reason} {n}" for reason, n in r.events) or "none")
         )
+        for message, n in r.transient:
+            print(f"  TransientError x{n}: {message}")
     print()
     print(
         f"target (issue 16): 2,000 queues at 10 s under {TARGET_CPU_PERCENT:g}% of one core "

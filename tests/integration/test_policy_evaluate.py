@@ -406,7 +406,8 @@ async def test_one_round_trip_observes_every_queue(redis_url: str) -> None:
     try:
         await client.ping()
         names = [f"q{i}" for i in range(50)]
-        await create_queues(redis_url, *names)
+        for name in names:  # a job waits in each: the queue is known to exist without asking
+            await add_jobs(redis_url, name, [JobSpec(name="send")])
         s = spec(
             queues=names,
             thresholds={"failureRatePercent": 5, "failed": 1},
@@ -415,7 +416,18 @@ async def test_one_round_trip_observes_every_queue(redis_url: str) -> None:
         CountingConnection.sends = 0
         observation, stats = await collect(client, s, names, PolicyMemory(), now=datetime.now(UTC))
         assert CountingConnection.sends == 1 == stats.round_trips
-        assert stats.commands == 50 * 12 and len(observation.queues) == 50
+        # 7 sizes, the paused flag, the events page, 2 clean rules
+        assert stats.commands == 50 * 11 and len(observation.queues) == 50
+
+        # a queue with no job at all: one EXISTS tells it from a typo, in one more round trip
+        await create_queues(redis_url, "drained")
+        CountingConnection.sends = 0
+        every = [*names, "drained"]
+        observation, stats = await collect(
+            client, spec(queues=every), every, PolicyMemory(), now=datetime.now(UTC)
+        )
+        assert CountingConnection.sends == 2 == stats.round_trips
+        assert stats.commands == 51 * 9 + 1 and observation.queues["drained"].not_found is None
 
         CountingConnection.sends = 0
         result = await evaluate(POLICY, s, None, redis=client, ops=BullQueueOps(client))

@@ -2,8 +2,7 @@
 
 One pipeline carries, for every queue: the lengths of ``wait``, ``paused``
 (pre-BullMQ-5), ``active``, and the sizes of ``completed``, ``failed``,
-``delayed``, ``prioritized``; the ``paused`` flag of ``meta``; whether BullMQ
-has any key for the queue at all (one ``EXISTS``); the first page
+``delayed``, ``prioritized``; the ``paused`` flag of ``meta``; the first page
 of the events stream; and, when ``thresholds.stalledActiveSeconds`` is set,
 the ids of the ``stalled_scan_limit`` oldest active jobs (the tail of
 ``active``: BullMQ pushes a job it starts at the head); and, per clean rule, how
@@ -25,9 +24,12 @@ third round trip, only when some checked job has data of at most 64 KiB, reads t
 see that it is JSON (:mod:`requeue.policy.job_failures`).
 A refused ``CLIENT LIST`` (an ACL without it, a managed Redis that renamed it)
 leaves the worker counts unknown instead of failing the observation. Further
-round trips happen only for queues whose events stream needs another page, and,
-when a queue does not exist (a typo), for the bounded ``SCAN`` that lists the
-queues that do (:mod:`requeue.queues.existence`).
+round trips happen only for queues whose events stream needs another page, and
+for queues where every count is zero and the flag unset: one ``EXISTS`` of every key
+BullMQ writes for a queue tells an empty queue from one that does not exist (a typo); for
+those, the bounded ``SCAN`` that lists the queues that do (:mod:`requeue.queues.existence`).
+A queue with any job is known to exist without asking (one command per queue and
+evaluation less; issue 16's "at most 10 per queue with the defaults").
 
 When ``spec.duplicates`` is set, :func:`requeue.queues.duplicates.find_duplicates` adds one
 round trip (two with a business key) for all the queues that exist, reading at most
@@ -70,7 +72,7 @@ __all__ = ["DEFAULT_STALLED_SCAN_LIMIT", "CollectStats", "collect"]
 
 #: Most active jobs (the oldest) checked per queue per evaluation: lock, name and start time.
 DEFAULT_STALLED_SCAN_LIMIT = 1000
-_PER_QUEUE = 9  # commands per queue before the events page
+_PER_QUEUE = 8  # commands per queue before the events page
 
 
 @dataclass(frozen=True)
@@ -125,15 +127,15 @@ async def collect(
     tallies = reader.tallies()
     second = await _second_round(redis, plan, first, tallies, _quiet_backlogs(spec, plan, first, tallies))
     round_trips = 1 + second.round_trips + reader.round_trips - before
-    not_found, list_trips = await _not_found(redis, plan, first)
+    not_found, found_trips, found_calls = await _not_found(redis, plan, first)
     dup = await _duplicates(redis, spec, plan, not_found)
     round_trips += dup.round_trips
 
     observed = _queue_observations(plan, first, tallies, second, not_found, dup.queues)
     observation = Observation(at=now, queues=observed, gates=tuple(gates) if gates is not None else None)
     return observation, CollectStats(
-        round_trips=round_trips + list_trips,
-        commands=commands + second.commands + list_trips + dup.commands,
+        round_trips=round_trips + found_trips,
+        commands=commands + second.commands + found_calls + dup.commands,
     )
 
 
@@ -192,7 +194,6 @@ def _queue_first_round(pipe: Pipeline, plan: _Plan, reader: EventReader) -> int:
         pipe.zcard(k.delayed)
         pipe.zcard(k.prioritized)
         queue_paused_read(pipe, k)
-        pipe.exists(*existence_keys(k))
     commands = len(queues) * _PER_QUEUE + reader.queue_first(pipe)
     if plan.check_stalled:
         for q in queues:
@@ -453,16 +454,26 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-async def _not_found(redis: Redis, plan: _Plan, first: _FirstRound) -> tuple[dict[str, str], int]:
-    """Queue -> QueueNotFound message for each queue BullMQ has no key for, and the ``SCAN``
-    round trips spent listing the queues that exist (one bounded listing, only when needed)."""
-    missing = [q for i, q in enumerate(plan.queues) if not int(first.counts[(i + 1) * _PER_QUEUE - 1])]
+async def _not_found(redis: Redis, plan: _Plan, first: _FirstRound) -> tuple[dict[str, str], int, int]:
+    """Queue -> QueueNotFound message for each queue BullMQ has no key for; the round trips and
+    commands that took. Only a queue whose counts are all zero can be missing: one ``EXISTS``
+    each, in one round trip, and one bounded listing of the queues there when one is."""
+    empty = [
+        q for i, q in enumerate(plan.queues) if not any(first.counts[i * _PER_QUEUE : (i + 1) * _PER_QUEUE])
+    ]
+    if not empty:
+        return {}, 0, 0
+    pipe = redis.pipeline(transaction=False)
+    for q in empty:
+        pipe.exists(*existence_keys(plan.keys[q]))
+    missing = [q for q, present in zip(empty, await pipe.execute(), strict=True) if not int(present)]
     if not missing:
-        return {}, 0
+        return {}, 1, len(empty)
     prefix = plan.keys[missing[0]].prefix
     listing = await list_queues(redis, prefix)
     location = redis_location(redis)
-    return {q: queue_not_found(q, prefix, location, listing).message for q in missing}, listing.calls
+    found = {q: queue_not_found(q, prefix, location, listing).message for q in missing}
+    return found, 1 + listing.calls, len(empty) + listing.calls
 
 
 async def _duplicates(
@@ -494,7 +505,7 @@ def _queue_observations(
     """
     observed: dict[str, QueueObservation] = {}
     for i, q in enumerate(plan.queues):
-        wait, paused_list, active, completed, failed, delayed, prioritized, paused, _ = first.counts[
+        wait, paused_list, active, completed, failed, delayed, prioritized, paused = first.counts[
             i * _PER_QUEUE : (i + 1) * _PER_QUEUE
         ]
         observed[q] = QueueObservation(
