@@ -8,9 +8,13 @@ certificates, exec plugins, token files, merged kubeconfigs, and the API's error
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import glob
+import os
 import ssl
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,8 +29,8 @@ from aiohttp import web
 from requeue.api import SecretKeyRef
 from requeue.errors import RequeueError, SecretNotFound, TransientError
 from requeue.handlers.main import LOGIN_PRIORITY, connection_info
-from requeue.k8s import client
-from requeue.k8s.config import KubeconfigInvalid
+from requeue.k8s import client, config
+from requeue.k8s.config import ExecPluginFailed, KubeconfigInvalid
 from requeue.k8s.secrets import KubeSecrets
 from requeue.k8s.status import patch_status
 from support.gates import make_certificates
@@ -34,6 +38,7 @@ from support.redis_server import free_port
 from support.tls_redis import make_client_certificate
 
 REF = SecretKeyRef(name="cgb", key="bearer")
+EXEC_API = "client.authentication.k8s.io/v1"
 VALUE = 'tok-3f9a1c/?#@:%"\\'
 LEAK = "body-secret-9d1e"  # what an error answer's body carries: never shown
 
@@ -207,6 +212,7 @@ async def test_tls_with_the_kubeconfigs_ca_data_and_client_certificate_data(tmp_
         client.use_kubeconfig(str(config), None)
         assert await KubeSecrets("payments").get(REF) == VALUE
         assert api.seen[-1][2:] == (None, True)  # no token; the client certificate was shown
+        assert glob.glob(os.path.join(tempfile.gettempdir(), "requeue-kube-*")) == []  # no key on disk
         await client.close()
 
         # the same server without the CA: refused, and said so
@@ -270,13 +276,29 @@ async def test_an_exec_plugins_token_is_reused_until_it_expires_or_is_refused(
 async def test_an_exec_plugin_that_fails_is_named_without_its_output(tmp_path: Path) -> None:
     script = tmp_path / "bad.py"
     script.write_text(f"import sys; print('password={LEAK}', file=sys.stderr); sys.exit(3)\n")
-    config = kubeconfig(
-        tmp_path / "kc", "http://127.0.0.1:1", {"exec": {"command": sys.executable, "args": [str(script)]}}
-    )
-    client.use_kubeconfig(str(config), None)
-    with pytest.raises(KubeconfigInvalid) as caught:
-        await client.connection().authorization()
+    user = {"exec": {"apiVersion": EXEC_API, "command": sys.executable, "args": [str(script)]}}
+    client.use_kubeconfig(str(kubeconfig(tmp_path / "kc", "http://127.0.0.1:1", user)), None)
+    with pytest.raises(ExecPluginFailed) as caught:  # transient: the next evaluation runs it again
+        await KubeSecrets("payments").get(REF)
     assert caught.value.message == f"kubeconfig exec plugin {sys.executable} exited 3"
+    # an exec entry without its apiVersion is refused, as client-go does
+    user = {"exec": {"command": sys.executable, "args": [str(script)]}}
+    client.use_kubeconfig(str(kubeconfig(tmp_path / "kc", "http://127.0.0.1:1", user)), None)
+    with pytest.raises(KubeconfigInvalid, match="needs a command and an apiVersion"):
+        await KubeSecrets("payments").get(REF)
+
+
+async def test_many_requests_at_once_run_the_plugin_once(
+    tmp_path: Path, exec_plugin: tuple[Path, Path]
+) -> None:
+    """200 policies starting together must not start 200 ``aws eks get-token``."""
+    script, runs = exec_plugin
+    api = FakeApi(secrets={("payments", "cgb"): {"bearer": b64(VALUE)}})
+    user = {"exec": {"apiVersion": EXEC_API, "command": sys.executable, "args": [str(script)]}}
+    async with serve(api) as url:
+        client.use_kubeconfig(str(kubeconfig(tmp_path / "kc", url, user)), None)
+        got = await asyncio.gather(*(KubeSecrets("payments").get(REF) for _ in range(20)))
+    assert got == [VALUE] * 20 and runs.read_text() == "1"
 
 
 async def test_a_token_file_is_read_again_on_a_401(tmp_path: Path) -> None:
@@ -324,10 +346,65 @@ async def test_merged_kubeconfigs_first_wins_and_context_chooses(
 async def test_kopf_logs_in_with_the_same_credentials(tmp_path: Path, exec_plugin: tuple[Path, Path]) -> None:
     script, runs = exec_plugin
     port = free_port()
-    user = {"exec": {"command": sys.executable, "args": [str(script)]}}
+    user = {"exec": {"apiVersion": EXEC_API, "command": sys.executable, "args": [str(script)]}}
     client.use_kubeconfig(str(kubeconfig(tmp_path / "kc", f"http://127.0.0.1:{port}", user)), None)
     info = await connection_info()
     assert (info.server, info.token, info.scheme) == (f"http://127.0.0.1:{port}", "token-1", "Bearer")
     assert (info.default_namespace, info.priority) == ("payments", LOGIN_PRIORITY)
     info = await connection_info()  # kopf calls it again after a 401: a fresh credential
     assert info.token == "token-2" and runs.read_text() == "2"
+    assert info.expiration is None  # the plugin said no expiry: kopf waits for a 401
+    assert "token-2" not in repr(client.connection())
+
+
+async def test_kopf_gets_the_same_ca_and_client_certificate(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path)
+    cert_pem, key_pem = make_client_certificate(tmp_path)
+    user = {"client-certificate-data": b64(cert_pem), "client-key-data": b64(key_pem)}
+    config = kubeconfig(
+        tmp_path / "kc", "https://127.0.0.1:1", user, **{"certificate-authority-data": b64(certs.ca_pem)}
+    )
+    client.use_kubeconfig(str(config), None)
+    info = await connection_info()
+    assert (info.ca_data, info.certificate_data, info.private_key_data) == (
+        certs.ca_pem.encode(), cert_pem.encode(), key_pem.encode()
+    )  # fmt: skip
+    assert info.token is None and info.ca_path is None and info.certificate_path is None
+    assert key_pem not in repr(client.connection())
+
+
+async def test_insecure_with_a_ca_is_refused(tmp_path: Path) -> None:
+    cluster = {"insecure-skip-tls-verify": True, "certificate-authority-data": b64("pem")}
+    with pytest.raises(KubeconfigInvalid, match="insecure-skip-tls-verify and a certificate authority"):
+        client.use_kubeconfig(
+            str(kubeconfig(tmp_path / "kc", "https://h:1", {"token": "t"}, **cluster)), None
+        )
+
+
+async def test_the_plugin_prefers_a_kubeconfig_and_the_operator_the_service_account(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kubectl requeue in a CI pod with its own kubeconfig talks to that cluster; the operator in its
+    pod uses its service account (its token file read again after a 401)."""
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text("sa-token\n")
+    (account / "namespace").write_text("requeue-system")
+    monkeypatch.setattr(config, "SERVICE_ACCOUNT", account)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
+    monkeypatch.setenv(
+        "KUBECONFIG", str(kubeconfig(tmp_path / "kc", "http://127.0.0.1:1", {"token": "mine"}))
+    )
+
+    mine = client.use_kubeconfig(None, None)
+    assert (mine.server, mine.token, mine.namespace) == ("http://127.0.0.1:1", "mine", "payments")
+    operator = config.load_connection()  # what `requeue run` loads (client.load_config, once)
+    assert (operator.server, operator.namespace, operator.ca_file) == (
+        "https://[fd00::1]:6443",
+        "requeue-system",
+        None,
+    )
+    assert await operator.authorization() == "Bearer sa-token"
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))  # no kubeconfig: the plugin uses the pod's
+    assert client.use_kubeconfig(None, None).namespace == "requeue-system"

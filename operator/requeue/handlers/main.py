@@ -53,7 +53,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.reporting_component = "requeue"  # the "From" column of `kubectl describe`
 
 
-#: Above kopf's own logins (10-20), which still run when no client library is installed.
+#: kopf runs its own fallback logins only when no login handler is registered, as here; the
+#: priority matters only beside another login handler an embedding application adds.
 LOGIN_PRIORITY = 100
 
 
@@ -78,13 +79,17 @@ async def connection_info() -> kopf.ConnectionInfo:
         ca_path=conn.ca_file,
         ca_data=None if conn.ca_file else conn.ca_data,
         insecure=conn.insecure or None,
-        certificate_path=conn.cert_file,
-        private_key_path=conn.key_file,
+        certificate_path=None if conn.cert_data else conn.cert_file,
+        private_key_path=None if conn.key_data else conn.key_file,
+        certificate_data=conn.cert_data,
+        private_key_data=conn.key_data,
         scheme=scheme if scheme == "Bearer" else None,
         token=token if scheme == "Bearer" else None,
         username=conn.username if scheme == "Basic" else None,
         password=conn.password if scheme == "Basic" else None,
         proxy_url=conn.proxy_url,
+        trust_env=True,
+        expiration=conn.expires,
         priority=LOGIN_PRIORITY,
     )
 

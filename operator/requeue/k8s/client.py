@@ -21,7 +21,7 @@ import aiohttp
 
 from requeue.api.conditions import Reason
 from requeue.errors import TransientError
-from requeue.k8s.config import ApiConnection, load_connection
+from requeue.k8s.config import ApiConnection, load_connection, user_connection
 
 __all__ = [
     "MERGE_PATCH",
@@ -72,10 +72,10 @@ def load_config() -> ApiConnection:
 
 def use_kubeconfig(config_file: str | None, context: str | None) -> ApiConnection:
     """Use a kubeconfig and context chosen by the user (``kubectl requeue``): their own
-    credentials, not the in-cluster service account. Later calls use it."""
+    credentials, found as kubectl finds them. Later calls use it."""
     global _connection
     with _lock:
-        _connection = load_connection(config_file, context)
+        _connection = user_connection(config_file, context)
         return _connection
 
 
@@ -118,7 +118,10 @@ async def request(
             data=data,
             headers=headers,
             proxy=conn.proxy_url,
-            timeout=aiohttp.ClientTimeout(total=request_timeout),
+            server_hostname=conn.tls_server_name,
+            # per connect and per read, not in total: waiting for a pooled connection while 200
+            # policies start at once is not the API server being slow
+            timeout=aiohttp.ClientTimeout(sock_connect=request_timeout, sock_read=request_timeout),
         ) as resp:
             if resp.status == 401 and not renewed and conn.forget_credentials():
                 continue
@@ -139,7 +142,7 @@ async def _session(conn: ApiConnection) -> aiohttp.ClientSession:
     if made is not None:  # another kubeconfig or context since: its TLS context may differ
         await made[1].close()
     connector = aiohttp.TCPConnector(ssl=conn.ssl_context() or True, limit=16)
-    session = aiohttp.ClientSession(connector=connector)
+    session = aiohttp.ClientSession(connector=connector, trust_env=True)  # HTTPS_PROXY, NO_PROXY
     _sessions[loop] = (conn, session)
     return session
 
