@@ -72,11 +72,15 @@ def assert_nothing_left(mark: str, output: str) -> None:
 
 
 @contextmanager
-def running_demo(mark: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+def running_demo(mark: str, *args: str, sigint_ignored: bool = False) -> Iterator[subprocess.Popen[str]]:
     """``requeue demo *args`` in the background, its children marked with ``mark``, output on a
-    pipe; killed on the way out if the test did not end it."""
+    pipe; killed on the way out if the test did not end it. ``sigint_ignored``: started as a
+    script's ``&`` starts it, SIGINT ignored (``trap "" INT``, inherited through ``exec``)."""
+    command = [sys.executable, "-m", "requeue", "demo", *args]
+    if sigint_ignored:
+        command = ["bash", "-c", 'trap "" INT; exec "$@"', "demo", *command]
     demo = subprocess.Popen(
-        [sys.executable, "-m", "requeue", "demo", *args],
+        command,
         cwd=REPO_ROOT,
         env=demo_env(mark),
         stdout=subprocess.PIPE,
@@ -161,12 +165,21 @@ def test_demo_replays_the_whatsapp_jobs_and_cleans_up() -> None:
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
-    ("signum", "when"), [(signal.SIGINT, "Replaying"), (signal.SIGTERM, "WaitingForGates")]
+    ("signum", "when", "sigint_ignored"),
+    [
+        (signal.SIGINT, "Replaying", False),
+        (signal.SIGTERM, "WaitingForGates", False),
+        # started in a script's background: Python installs no KeyboardInterrupt handler then,
+        # and Ctrl-C used to be ignored (the demo ran on and exited 0)
+        (signal.SIGINT, "Replaying", True),
+    ],
 )
-def test_an_interrupted_demo_stops_everything_it_started(signum: int, when: str) -> None:
+def test_an_interrupted_demo_stops_everything_it_started(
+    signum: int, when: str, sigint_ignored: bool
+) -> None:
     mark = uuid.uuid4().hex
     lines: list[str] = []
-    with running_demo(mark, "--jobs", "300") as demo:
+    with running_demo(mark, "--jobs", "300", sigint_ignored=sigint_ignored) as demo:
         read_until(demo, lines, lambda line: re.search(rf"\d+\.\ds {when}\b", line), f"reaching {when}")
         assert marked_processes(mark), "the demo's children should be running now"
         rest = interrupt(demo, signum)

@@ -80,19 +80,27 @@ async def test_a_gate_whose_host_is_denied_exits_2_at_once_and_moves_nothing(
     assert not await redis_client.hexists(K.meta, "paused")  # and the queue is not left paused
 
 
-async def test_the_examples_stale_window_is_named_when_it_selects_nothing(
-    redis_url: str, redis_client: aioredis.Redis
+async def test_the_examples_window_once_uncommented_is_named_when_it_selects_nothing(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
+    """The example's window is commented out; a user who uncomments it without setting it to
+    their outage selects nothing, and is told why (not "Succeeded, 0 jobs")."""
     await make_failed_jobs(redis_url, Q, failed_jobs(60))
+    text = EXAMPLE.read_text()
+    assert '    # failedAfter: "2025-07-16T09:00:00Z"' in text, "the example's window moved"
+    manifest = tmp_path / "replay.yaml"
+    manifest.write_text(
+        text.replace("# failedAfter:", "failedAfter:").replace("# failedBefore:", "failedBefore:")
+    )
     given = ["--secret", "visapi-db/dsn=postgres://u:p@127.0.0.1:1/db", "--secret", "cgb/bearer=t0ken"]
-    res = cli("replay", "-f", str(EXAMPLE), "--redis-url", redis_url, "--dry-run", *given)
+    res = cli("replay", "-f", str(manifest), "--redis-url", redis_url, "--dry-run", *given)
     assert res.code == 0, res.output
     assert "would replay 0 jobs" in res.stdout, res.stdout
     window = "2025-07-16T09:00:00Z..2025-07-16T11:00:00Z"
     assert f"0 of 60 failed jobs fall in the window {window}" in res.stdout, res.stdout
     assert "edit the window" in res.stdout
 
-    res = cli("replay", "-f", str(EXAMPLE), "--redis-url", redis_url, "--dry-run", "-o", "json", *given)
+    res = cli("replay", "-f", str(manifest), "--redis-url", redis_url, "--dry-run", "-o", "json", *given)
     assert res.code == 0, res.output
     assert json.loads(res.stdout)["matched"] == 0  # stdout stays exactly the status object
     assert f"0 of 60 failed jobs fall in the window {window}" in res.stderr, res.stderr

@@ -56,7 +56,11 @@ def run_demo(*, jobs: int = 3000, keep: bool = False, color: bool = True, timeou
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)  # like Ctrl-C: stop and clean up
+        # Ctrl-C and SIGTERM stop and clean up. SIGINT too is handled here, not left to Python's
+        # KeyboardInterrupt: a demo started in the background of a script inherits SIGINT
+        # ignored, and Python then installs no handler of its own (Ctrl-C did nothing).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
         return await session.main()
 
     try:
