@@ -230,7 +230,10 @@ async def test_a_queue_with_no_bullmq_keys_fails_queue_not_found_once(
         kube, "typo", lambda s: s.get("phase") == "Failed", operator=operator, what="phase Failed"
     )
     shown = redact_url(redis_url)  # the password never shows
-    expected = f'queue "defualt" has no BullMQ keys under prefix "bull" in {shown}; queues there: default'
+    expected = (
+        f'queue "defualt" has no BullMQ keys under prefix "bull" in {shown}; did you mean "default"? '
+        "queues there: default"
+    )
     assert st["message"] == expected
     for type_ in ("Ready", "Succeeded"):
         assert (condition(st, type_)["status"], condition(st, type_)["reason"]) == ("False", "QueueNotFound")

@@ -163,7 +163,7 @@ async def test_inspect_of_a_queue_with_no_keys_exits_2_naming_the_queues_there(r
     assert res.stdout == ""
     assert res.stderr.splitlines() == [
         f'requeue: QueueNotFound: queue "defualt" has no BullMQ keys under prefix "bull" in {shown}; '
-        "queues there: default, emails"
+        'did you mean "default"? queues there: default, emails'
     ], res.stderr
 
     res = cli("inspect", "--redis-url", redis_url, "--queue", Q, "--prefix", "bul", "-o", "json")

@@ -402,7 +402,8 @@ async def test_a_queue_with_no_bullmq_keys_exits_2_naming_the_queues_there(
     before = keyspace(redis_url)
     shown = redact_url(redis_url)  # the password never shows
     expected = (
-        f'queue "defualt" has no BullMQ keys under prefix "bull" in {shown}; queues there: default, emails'
+        f'queue "defualt" has no BullMQ keys under prefix "bull" in {shown}; did you mean "default"? '
+        "queues there: default, emails"
     )
     for extra in ([], ["--dry-run"]):
         res = await acli("replay", "-f", str(manifest), "--redis-url", redis_url, *extra)

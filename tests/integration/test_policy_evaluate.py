@@ -625,7 +625,8 @@ async def test_a_queue_with_no_bullmq_keys_is_reported_never_acted_on_and_the_ot
     queues = {q.name: q for q in result.status.queues}
     shown = redact_url(redis_url)  # the password never shows
     expected = (
-        f'queue "ordres" has no BullMQ keys under prefix "bull" in {shown}; queues there: emails, orders'
+        f'queue "ordres" has no BullMQ keys under prefix "bull" in {shown}; did you mean "orders"? '
+        "queues there: emails, orders"
     )
     assert (queues["ordres"].reason, queues["ordres"].message) == ("QueueNotFound", expected)
     assert not queues["ordres"].healthy and not queues["ordres"].paused_by_policy

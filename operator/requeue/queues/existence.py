@@ -21,6 +21,7 @@ talks to, which is where a hash-tagged prefix keeps them all.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,9 +93,16 @@ class QueueListing:
     calls: int = 0
     #: The user's ACL refused ``SCAN``: nothing could be listed (the queue is still not found).
     refused: bool = False
+    #: Every name the scan found (``names`` shows the first ``limit``): where a typo's match is.
+    found: tuple[str, ...] = ()
 
-    def describe(self) -> str:
-        """``queues there: default, emails`` (``and more`` when cut), for a message."""
+    def describe(self, queue: str = "") -> str:
+        """``did you mean "orders"? queues there: default, emails`` (``and more`` when cut)."""
+        close = closest_name(queue, self.found or self.names) if queue else None
+        hint = f'did you mean "{close}"? ' if close else ""
+        return hint + self._listed()
+
+    def _listed(self) -> str:
         if self.refused:
             return "cannot list the queues there: this user may not SCAN (check the queue name and prefix)"
         if not self.names:
@@ -140,7 +148,53 @@ async def list_queues(
             scanned_all = False
             break
     names = sorted(found)
-    return QueueListing(tuple(names[:limit]), more=len(names) > limit or not scanned_all, calls=calls)
+    more = len(names) > limit or not scanned_all
+    return QueueListing(tuple(names[:limit]), more=more, calls=calls, found=tuple(names))
+
+
+#: Edits (insert, delete, change one character; case is free) a name may be from a queue's to be
+#: offered as "did you mean"; names longer than :data:`_MAX_COMPARED` are not compared, nor more
+#: than :data:`_MAX_CANDIDATES` names (a worst case of ~50 ms on the event loop).
+_MAX_EDITS = 2
+_MAX_COMPARED = 100
+_MAX_CANDIDATES = 200
+
+
+def closest_name(queue: str, names: Sequence[str]) -> str | None:
+    """The one existing queue name within :data:`_MAX_EDITS` edits of ``queue`` (the nearest; the
+    first in order on a tie), or None. Banded: O(len x edits) per name, whatever the names hold."""
+    if not queue or len(queue) > _MAX_COMPARED:
+        return None
+    best: tuple[int, str] | None = None
+    for name in names[:_MAX_CANDIDATES]:
+        if name == queue or len(name) > _MAX_COMPARED:
+            continue
+        edits = _edits_within(queue.lower(), name.lower(), _MAX_EDITS)
+        if edits is not None and (best is None or edits < best[0]):
+            best = (edits, name)
+    return best[1] if best else None
+
+
+def _edits_within(a: str, b: str, limit: int) -> int | None:
+    """Levenshtein distance of ``a`` and ``b`` when at most ``limit``, else None; only the cells
+    within ``limit`` of the diagonal are computed."""
+    if abs(len(a) - len(b)) > limit:
+        return None
+    far = limit + 1
+    row = {j: j for j in range(min(len(b), limit) + 1)}
+    for i in range(1, len(a) + 1):
+        new = {}
+        for j in range(max(0, i - limit), min(len(b), i + limit) + 1):
+            if j == 0:
+                new[j] = i
+                continue
+            change = row.get(j - 1, far) + (a[i - 1] != b[j - 1])
+            new[j] = min(change, row.get(j, far) + 1, new.get(j - 1, far) + 1)
+        row = new
+        if min(row.values(), default=far) > limit:
+            return None
+    edits = row.get(len(b), far)
+    return edits if edits <= limit else None
 
 
 def redis_location(redis: Redis) -> str:
@@ -160,7 +214,8 @@ def redis_location(redis: Redis) -> str:
 def queue_not_found(queue: str, prefix: str, location: str, listing: QueueListing) -> QueueNotFound:
     """The named error, its message saying where requeue looked and what is there instead."""
     return QueueNotFound(
-        f'queue "{queue}" has no BullMQ keys under prefix "{prefix}" in {location}; {listing.describe()}',
+        f'queue "{queue}" has no BullMQ keys under prefix "{prefix}" in {location}; '
+        + listing.describe(queue),
         queue=queue,
     )
 
