@@ -476,12 +476,17 @@ def report(
                 f"    per finished job: the policy {extra:.2f} more than on idle queues; BullMQ itself "
                 f"(Node producer and workers) {fig.traffic_commands / fig.traffic_jobs:.1f}"
             )
-    per_eval = statistics.median(example.per_eval_traffic) + gate_check
+    at_rest = statistics.median(example.per_eval_idle) + gate_check
+    busy = statistics.median(example.per_eval_traffic) + gate_check
+    jobs_per_eval = example.traffic_jobs / len(example.per_eval_traffic)
+    per_finished = (busy - at_rest) / jobs_per_eval if jobs_per_eval else 0.0
     print(
         f"  the example's Redis gate, checked at every evaluation (connect, 3 PINGs, INFO memory): "
         f"{gate_check}\n"
-        f"  the example policy per 30 s: {per_eval:.0f} commands; per 30-day month "
-        f"({EVALUATIONS_PER_MONTH} evaluations): {per_eval * EVALUATIONS_PER_MONTH:,.0f}"
+        f"  the example policy per 30 s on idle queues: {at_rest:.0f} commands; per 30-day month "
+        f"({EVALUATIONS_PER_MONTH} evaluations): {at_rest * EVALUATIONS_PER_MONTH:,.0f}, "
+        f"plus {per_finished:.2f} per job that finishes (with this run's traffic: {busy:.0f} per 30 s, "
+        f"{busy * EVALUATIONS_PER_MONTH:,.0f} a month)"
     )
 
 

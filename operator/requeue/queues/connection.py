@@ -26,6 +26,7 @@ from requeue.errors import (
 )
 from requeue.queues.keys import QueueKeys
 from requeue.queues.sentinel import is_sentinel_url, named_sentinel_error, sentinel_client
+from requeue.queues.tls_probe import scheme_mismatch
 from requeue.redact import encode_userinfo, redact_text, redact_url, sensitive_parts, split_url
 
 #: Seconds to wait for connecting and for each command.
@@ -367,5 +368,8 @@ async def connect(
         await client.ping()
     except (rx.RedisError, OSError) as exc:
         await client.aclose()
-        raise map_redis_error(exc, url=url) from None
+        error = map_redis_error(exc, url=url)
+        if type(error) is RedisUnavailable and (mismatch := await scheme_mismatch(url)):
+            raise RedisUrlInvalid(f"Redis at {redact_url(url)}: {mismatch}") from None
+        raise error from None
     return client
