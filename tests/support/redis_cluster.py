@@ -124,29 +124,37 @@ class RedisCluster:
         return f"redis+cluster://:{quote(self.password, safe='')}@{seeds}"
 
     def start(self, timeout: float = 30.0) -> RedisCluster:
-        for node in self.nodes:
-            node.start()
+        """Start every node and join them; a failure stops the nodes already started (a test that
+        fails here leaves no redis-server behind) and says what redis-cli printed."""
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError("redis-cli is not on PATH (apt-get install redis-tools)")
-        subprocess.run(
-            [
-                cli,
-                "-a",
-                self.password,
-                "--no-auth-warning",
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{n.port}" for n in self.nodes),
-                "--cluster-replicas",
-                "1",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=timeout,
-        )
-        self.wait_until(self.healthy, timeout, "every node to report cluster_state:ok with 3 replicas")
+        try:
+            for node in self.nodes:
+                node.start()
+            created = subprocess.run(
+                [
+                    cli,
+                    "-a",
+                    self.password,
+                    "--no-auth-warning",
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                    "--cluster-replicas",
+                    "1",
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+            if created.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout}{created.stderr}")
+            self.wait_until(self.healthy, timeout, "every node to report cluster_state:ok with 3 replicas")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
