@@ -21,6 +21,7 @@ with their first ids and why; they are not part of the groups.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from requeue.clock import utcnow
-from requeue.queues import DEFAULT_PAGE_SIZE, BullQueue, Cursor, FailedJob
+from requeue.queues import DEFAULT_PAGE_SIZE, BullQueue, FailedJob
 from requeue.replay import normalize_reason
 
 __all__ = [
@@ -223,19 +224,20 @@ async def _scan_pages(
     page_size: int,
     on_page: Callable[[int], Awaitable[None] | None] | None,
 ) -> None:
-    """Feed every page below ``upper`` to ``scan``, in score order, reporting progress after each."""
-    cursor = Cursor()
-    done = False
-    while not done:
-        page = await queue.select_page(cursor, max_score=upper, count=page_size)
-        cursor, done = page.cursor, page.done
-        scan.take(page.scanned, page.jobs)
-        if on_page is not None:
-            pending = on_page(scan.total)
-            if pending is not None:
-                await pending
-        if page.scanned == 0:
-            break  # nothing left below the upper bound (the set shrank meanwhile)
+    """Feed every page below ``upper`` to ``scan``, in score order, reporting progress after each.
+
+    Only the data's shape is asked of Redis (``with_data=False``: is it JSON), not the data:
+    the report counts corrupt jobs, it shows no data. Redis reads the next page while this
+    one is grouped (:meth:`BullQueue.iter_pages`).
+    """
+    pages = queue.iter_pages(max_score=upper, count=page_size, with_data=False)
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            scan.take(page.scanned, page.jobs)
+            if on_page is not None:
+                progress = on_page(scan.total)
+                if progress is not None:
+                    await progress
 
 
 class _Scan:

@@ -7,9 +7,11 @@ clients never stall for more than a few milliseconds.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -100,6 +102,8 @@ class FailedJob:
     prioritized: bool = False
     #: Whether the data is JSON, when Redis checked it (a page read without data); None: check ``data``.
     data_is_json: bool | None = None
+    #: False when Redis saw no data at all in the hash (then ``data_is_json`` is False too).
+    has_data: bool = True
 
     @property
     def corrupt_reason(self) -> str | None:
@@ -107,7 +111,9 @@ class FailedJob:
         if self.name is None:
             return "job hash missing or has no name"
         if self.data_is_json is not None:
-            return None if self.data_is_json else "job has no data or it is not JSON"
+            if not self.has_data:
+                return "job has no data"
+            return None if self.data_is_json else "job data is not JSON"
         if self.data is None:
             return "job has no data"
         try:
@@ -303,6 +309,61 @@ class BullQueue:
         early (not done; the cursor says where) once the script has run that long, so a page
         never stalls other clients much longer whatever the cache or machine (0 = no limit).
         """
+        reply = await self._select_page_reply(
+            cursor, min_score, max_score, name_globs, count, with_data=with_data, budget_us=budget_us
+        )
+        return _page_from_reply(reply)
+
+    async def iter_pages(
+        self,
+        *,
+        max_score: int = MAX_SCORE,
+        count: int = DEFAULT_PAGE_SIZE,
+        with_data: bool = True,
+        budget_us: int = DEFAULT_PAGE_BUDGET_US,
+    ) -> AsyncGenerator[FailedPage, None]:
+        """Every page of the failed set below ``max_score``, in score order (as :meth:`select_page`
+        from the start), until a page is done or empty.
+
+        The next page's script call is sent as soon as this page's cursor is read, before its
+        jobs are parsed and handed on: Redis reads page n+1 while Python handles page n. One call
+        is in flight at a time, as before, so each call's stall is the same.
+        """
+
+        def ask(cursor: Cursor) -> asyncio.Task[list[Any]]:
+            reply = self._select_page_reply(
+                cursor, 0, max_score, (), count, with_data=with_data, budget_us=budget_us
+            )
+            return asyncio.ensure_future(reply)
+
+        pending: asyncio.Task[list[Any]] | None = ask(Cursor())
+        try:
+            while pending is not None:
+                reply = await pending
+                scanned, cursor, done = _page_head(reply)
+                # an empty page: nothing left below max_score (the set shrank meanwhile)
+                pending = ask(cursor) if not done and scanned else None
+                if pending is not None:
+                    await asyncio.sleep(0)  # let it send the call before this page is parsed
+                yield _page_from_reply(reply)
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
+
+    async def _select_page_reply(
+        self,
+        cursor: Cursor,
+        min_score: int,
+        max_score: int,
+        name_globs: Sequence[str],
+        count: int,
+        *,
+        with_data: bool,
+        budget_us: int,
+    ) -> list[Any]:
+        """SELECT_PAGE's reply, decoded (see :func:`_page_head`, :func:`_page_from_reply`)."""
         patterns: list[str] = []
         if name_globs:
             converted = [glob_to_lua(g) for g in name_globs]
@@ -322,27 +383,8 @@ class BullQueue:
                 *patterns,
             ],
         )
-        reply = json.loads(raw)
-        scanned = int(reply[0])
-        new_cursor = Cursor(text(reply[1]) or "", text(reply[2]) or "")
-        done = int(reply[3]) == 1
-        jobs: list[FailedJob] = []
-        for i in range(4, len(reply), 6):
-            flags = reply[i + 5]
-            data = reply[i + 4]
-            jobs.append(
-                FailedJob(
-                    id=str(reply[i]),
-                    finished_on=int(float(reply[i + 1] or 0)),
-                    name=reply[i + 2] or None,
-                    failed_reason=reply[i + 3] or None,
-                    data=data or None,
-                    lifo=flags[0] == "1",
-                    prioritized=flags[1] == "1",
-                    data_is_json=None if flags[2] == "?" else flags[2] == "1",
-                )
-            )
-        return FailedPage(jobs=jobs, scanned=scanned, cursor=new_cursor, done=done)
+        reply: list[Any] = json.loads(raw)
+        return reply
 
     async def fetch(
         self,
@@ -641,3 +683,37 @@ class BullQueue:
             raise ValueError(f"clean_finished_preview reads completed or failed, not {state!r}")
         ids = await self.redis.zrangebyscore(self.keys.key(state), 0, cutoff_ms, start=0, num=limit)
         return [text(i) or "" for i in ids]
+
+
+def data_flag(flags: str) -> bool | None:
+    """The third character of a selection script's flags as :attr:`FailedJob.data_is_json`
+    ("?": the data itself was returned, not checked)."""
+    return None if flags[2] == "?" else flags[2] == "1"
+
+
+def _page_head(reply: Sequence[Any]) -> tuple[int, Cursor, bool]:
+    """(members scanned, the cursor after them, done) of a SELECT_PAGE reply."""
+    return int(reply[0]), Cursor(text(reply[1]) or "", text(reply[2]) or ""), int(reply[3]) == 1
+
+
+def _page_from_reply(reply: Sequence[Any]) -> FailedPage:
+    """A SELECT_PAGE reply as a :class:`FailedPage` (six entries per job after the head)."""
+    scanned, cursor, done = _page_head(reply)
+    jobs: list[FailedJob] = []
+    for i in range(4, len(reply), 6):
+        flags = reply[i + 5]
+        data = reply[i + 4]
+        jobs.append(
+            FailedJob(
+                id=str(reply[i]),
+                finished_on=int(float(reply[i + 1] or 0)),
+                name=reply[i + 2] or None,
+                failed_reason=reply[i + 3] or None,
+                data=data or None,
+                lifo=flags[0] == "1",
+                prioritized=flags[1] == "1",
+                data_is_json=data_flag(flags),
+                has_data=flags[2] != "-",
+            )
+        )
+    return FailedPage(jobs=jobs, scanned=scanned, cursor=cursor, done=done)

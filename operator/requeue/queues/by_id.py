@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from requeue.queues.adapter import BullQueue, Cursor, FailedJob, FailedPage, text
+from requeue.queues.adapter import BullQueue, Cursor, FailedJob, FailedPage, data_flag, text
 from requeue.queues.lua import render
 
 __all__ = ["ID_PAGE_SIZE", "READ_FAILED_BY_ID", "failed_by_id"]
@@ -30,7 +30,7 @@ ID_PAGE_SIZE = 100
 #: KEYS[1] failed zset. ARGV[1] job key prefix, ARGV[2..] job ids. Returns one JSON text:
 #: per id, [id, score (false: not in the failed set), name (false: hash or name missing),
 #: failedReason, flags]; ``flags`` as SELECT_PAGE's: lifo "1"/"0", priority > 0 "1"/"0",
-#: data is JSON "1"/"0".
+#: data is JSON "1", not JSON "0", no data "-".
 READ_FAILED_BY_ID = render(
     r"""
 local rcall = redis.call
@@ -51,7 +51,8 @@ for i = 2, #ARGV do
       local lifo, prio = "0", "0"
       if f[4] and string.find(f[4], '"lifo":true', 1, true) then lifo = "1" end
       if f[5] and (tonumber(f[5]) or 0) > 0 then prio = "1" end
-      local valid = (f[3] and pcall(decode, f[3])) and "1" or "0"
+      local valid = "-"
+      if f[3] and f[3] ~= "" then valid = pcall(decode, f[3]) and "1" or "0" end
       out[#out + 1] = {id, score, f[1], f[2] or false, lifo .. prio .. valid}
     end
   end
@@ -91,7 +92,8 @@ async def failed_by_id(
                 data=None,
                 lifo=flags[0] == "1",
                 prioritized=flags[1] == "1",
-                data_is_json=flags[2] == "1",
+                data_is_json=data_flag(flags),
+                has_data=flags[2] != "-",
             )
         )
     return FailedPage(

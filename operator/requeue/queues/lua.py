@@ -138,7 +138,8 @@ end
 #: than thousands): [scanned, cursor score, cursor id, done, then per candidate:
 #: id, score, name (false if the hash or name is missing), failedReason, data (false
 #: when not asked for), flags]. ``flags`` is three characters: opts say lifo "1"/"0",
-#: priority > 0 "1"/"0", data is JSON "1"/"0" ("?" when the data was returned).
+#: priority > 0 "1"/"0", data is JSON "1", not JSON "0", no data "-" ("?" when the data was
+#: returned).
 #: Ties on the score are ordered by member like the zset itself,
 #: and a cursor member that left the set meanwhile is stepped over by (score, id).
 SELECT_PAGE = render(
@@ -192,7 +193,8 @@ for i = 1, #items, 2 do
       if f[5] and (tonumber(f[5]) or 0) > 0 then prio = "1" end
       local data = f[3]
       if not want_data then
-        valid = (data and pcall(decode, data)) and "1" or "0"
+        valid = "-"
+        if data and data ~= "" then valid = pcall(decode, data) and "1" or "0" end
         data = false
       end
       out[#out + 1] = id; out[#out + 1] = score; out[#out + 1] = name
