@@ -410,11 +410,8 @@ class Selection:
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(k.progress)
-            sel_id = text(await pipe.hget(k.progress, Progress.SEL_ID)) or ""
-            if (
-                sel_id != (p.get(Progress.SEL_ID) or "")
-                or text(await pipe.hget(k.progress, Progress.STAGE)) != Stage.SELECTING
-            ):
+            sel_id, stage = await pipe.hmget(k.progress, [Progress.SEL_ID, Progress.STAGE])
+            if (text(sel_id) or "") != (p.get(Progress.SEL_ID) or "") or text(stage) != Stage.SELECTING:
                 raise rx.WatchError("selection moved on meanwhile")
             dup_keys = await dedupe.duplicate_counts(pipe, k, t.dup_keys)
             pipe.multi()  # type: ignore[no-untyped-call]
