@@ -7,8 +7,6 @@ clients never stall for more than a few milliseconds.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, Iterable, Sequence
@@ -323,34 +321,21 @@ class BullQueue:
         budget_us: int = DEFAULT_PAGE_BUDGET_US,
     ) -> AsyncGenerator[FailedPage, None]:
         """Every page of the failed set below ``max_score``, in score order (as :meth:`select_page`
-        from the start), until a page is done or empty.
+        from the start), until a page is done or empty (the set shrank meanwhile).
 
-        The next page's script call is sent as soon as this page's cursor is read, before its
-        jobs are parsed and handed on: Redis reads page n+1 while Python handles page n. One call
-        is in flight at a time, as before, so each call's stall is the same.
+        One call at a time. Sending the next page's call before parsing this one was tried and
+        measured: no gain on 20k jobs (93-94k scanned jobs/s either way; Redis's own ~8 µs per
+        scanned job is most of the time), so it is not done.
         """
-
-        def ask(cursor: Cursor) -> asyncio.Task[list[Any]]:
-            reply = self._select_page_reply(
+        cursor = Cursor()
+        while True:
+            reply = await self._select_page_reply(
                 cursor, 0, max_score, (), count, with_data=with_data, budget_us=budget_us
             )
-            return asyncio.ensure_future(reply)
-
-        pending: asyncio.Task[list[Any]] | None = ask(Cursor())
-        try:
-            while pending is not None:
-                reply = await pending
-                scanned, cursor, done = _page_head(reply)
-                # an empty page: nothing left below max_score (the set shrank meanwhile)
-                pending = ask(cursor) if not done and scanned else None
-                if pending is not None:
-                    await asyncio.sleep(0)  # let it send the call before this page is parsed
-                yield _page_from_reply(reply)
-        finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pending
+            scanned, cursor, done = _page_head(reply)
+            yield _page_from_reply(reply)
+            if done or not scanned:
+                return
 
     async def _select_page_reply(
         self,
